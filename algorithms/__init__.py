@@ -1,0 +1,1 @@
+"""Inference-time algorithms, one file per family (selection, search, speculative decoding, ...)."""

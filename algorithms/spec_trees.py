@@ -1,0 +1,512 @@
+"""Speculative (tree) decoding on probability arrays: drafting, verification, toy loop.
+
+Model-agnostic core of speculative decoding. A draft model proposes a token tree; the
+target model scores every node once; the verifier decides which root-to-node path is
+accepted and which extra token is emitted, such that the emitted sequence has exactly
+the target's distribution. Everything here works on distributions (probability
+vectors), so the same code runs with a toy bigram model (exact tests) and with a
+transformer behind the decode interface.
+
+Methods
+  * Single chain (Leviathan et al. 2023 / Chen et al. 2023): `speculative_sample_chain`.
+  * i.i.d. multi-draft (SpecInfer-style, k chains drawn with replacement):
+    `build_iid_tree`, verified by RRS *with* replacement.
+  * RSD-C (Jeon et al. 2024): Gumbel-Top-k at every node, fixed branching (b_1..b_L):
+    `build_rsdc_tree`, verified by RRS *without* replacement.
+  * RSD-S: stochastic beam search (Kool et al. 2019) of width W and depth L:
+    `build_rsds_tree`, verified by RRS without replacement. NOTE: the tests show this
+    combination is NOT exact (see tests/test_spec_trees.py::test_rsds_is_not_exact);
+    the tree is built by SBS as described in the paper, and the verifier treats each
+    node's kept children as draws without replacement, but under SBS the *number* of
+    kept children of a node depends on which tokens were drawn, so conditioned on a
+    j-th child existing, that child is not distributed as Q_j.
+
+Tree representation (one sequence; vmap for a batch)
+  Nodes are flattened in BFS order, node 0 is the root (the last committed token; it
+  has no draft token of its own). Siblings are contiguous and in draw order.
+    token_M   int32  token at each node (root: the last committed token)
+    parent_M  int32  parent node index, -1 for the root
+    depth_M   int32  0 for the root
+    q_MxV     float  draft next-token distribution after each node's prefix (what the
+                     node's children were drawn from). Rows of deepest-level nodes are 0:
+                     the draft model is never run on them.
+  The verifier needs p_MxV, the target next-token distribution after each node's prefix
+  (one target call on the flattened tree).
+
+Draft callback
+  Construction is level by level. `draft_fn(state, tokens_N, parents_N) -> (state, q_NxV)`
+  returns the draft distributions after the N new nodes (global node indices of their
+  parents are given so a transformer can build the tree attention mask and positions;
+  the new nodes occupy the next N BFS slots). `state` is any pytree the draft model
+  threads through (e.g. its KV cache); a bigram table ignores it (`table_draft_fn`).
+  Level sizes are static, so the loop over levels is a Python loop (unrolled under jit).
+
+Guards (exact-arithmetic probability-zero events, documented choices)
+  * zero residual: if max(0, r - Q) sums to 0 then r <= Q pointwise, i.e. r == Q, and a
+    rejection has probability sum(max(0, r - Q)) = 0; should float noise reject anyway
+    we keep r unchanged (the natural limit) instead of dividing by zero.
+  * zero Q: a child whose token has Q_j(x) = 0 (Gumbel-Top-k / SBS asked for more
+    children than the draft's support, or the remaining support is exhausted) is an
+    invalid draft: it is skipped, leaving r and Q unchanged. This is exactly RRS with
+    fewer children, so exactness holds. Such nodes (and their subtrees) are never
+    accepted. In the single chain a draft token with q(x) = 0 is rejected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Array = jax.Array
+DraftFn = Callable[[Any, Array, Array], tuple[Any, Array]]
+
+
+# ----------------------------------------------------------------------------------
+# Tree container
+# ----------------------------------------------------------------------------------
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class DraftTree:
+  """A draft token tree in BFS order (see module docstring).
+
+  Static fields: `max_depth` (deepest level L), `max_children` (most children any node
+  can have, the width of `children_table`), `without_replacement` (how RRS updates Q
+  after a rejection: siblings were drawn without replacement, or i.i.d.).
+  """
+
+  token_M: Array
+  parent_M: Array
+  depth_M: Array
+  q_MxV: Array
+  max_depth: int = dataclasses.field(metadata=dict(static=True))
+  max_children: int = dataclasses.field(metadata=dict(static=True))
+  without_replacement: bool = dataclasses.field(metadata=dict(static=True))
+
+
+def table_draft_fn(table_VxV: Array) -> DraftFn:
+  """Draft callback of a bigram model: q(next | node) = table[token of node]."""
+
+  def draft_fn(state, tokens_N, parents_N):
+    del parents_N
+    return state, table_VxV[tokens_N]
+
+  return draft_fn
+
+
+def children_table(parent_M: Array, max_children: int) -> Array:
+  """children_MxC[n] = children of node n in BFS (= draw) order, padded with -1."""
+  M = parent_M.shape[0]
+  idx_M = jnp.arange(M)
+  is_child_MxM = parent_M[None, :] == idx_M[:, None]
+  # Sort key: children first, by index (stable), non-children after.
+  key_MxM = jnp.where(is_child_MxM, idx_M[None, :], M + idx_M[None, :])
+  order_MxM = jnp.argsort(key_MxM, axis=1)[:, :max_children]
+  valid_MxC = jnp.take_along_axis(is_child_MxM, order_MxM, axis=1)
+  return jnp.where(valid_MxC, order_MxM, -1).astype(jnp.int32)
+
+
+def _log(q):
+  return jnp.where(q > 0, jnp.log(jnp.where(q > 0, q, 1.0)), -jnp.inf)
+
+
+def _normalise(x_V):
+  s = x_V.sum(-1, keepdims=True)
+  return jnp.where(s > 0, x_V / jnp.where(s > 0, s, 1.0), x_V)
+
+
+def residual(p_V: Array, q_V: Array) -> Array:
+  """normalise(max(0, p - q)); returns p itself if the residual mass is 0 (p == q)."""
+  res_V = jnp.maximum(p_V - q_V, 0.0)
+  s = res_V.sum(-1, keepdims=True)
+  return jnp.where(s > 0, res_V / jnp.where(s > 0, s, 1.0), p_V)
+
+
+def _categorical(key, probs_V, shape=()):
+  return jax.random.categorical(key, _log(probs_V), shape=shape).astype(jnp.int32)
+
+
+def gumbel_top_k(key: Array, q_V: Array, k: int) -> Array:
+  """k draws without replacement from q, in draw order: top-k of log q + Gumbel.
+
+  If k exceeds the support of q the trailing entries have q = 0 (invalid draws).
+  """
+  g_V = jax.random.gumbel(key, q_V.shape, dtype=q_V.dtype)
+  _, idx_K = lax.top_k(_log(q_V) + g_V, k)
+  return idx_K.astype(jnp.int32)
+
+
+# ----------------------------------------------------------------------------------
+# Single chain
+# ----------------------------------------------------------------------------------
+
+
+class ChainResult(NamedTuple):
+  tokens_Gp1: Array  # emitted tokens, -1 after num_emitted
+  num_emitted: Array  # num_accepted + 1
+  num_accepted: Array
+
+
+def speculative_sample_chain(
+    key: Array, draft_tokens_G: Array, q_GxV: Array, p_Gp1xV: Array
+) -> ChainResult:
+  """Leviathan/Chen speculative sampling of one draft chain of gamma tokens.
+
+  q_GxV[i]: draft distribution x_i was drawn from; p_Gp1xV[i]: target distribution at
+  the same prefix (p_Gp1xV[gamma] is the bonus distribution after all drafts).
+  Accept x_i with prob min(1, p/q); at the first rejection emit a sample of
+  normalise(max(0, p - q)); if all gamma are accepted emit a bonus sample of p.
+  """
+  G = draft_tokens_G.shape[0]
+  if q_GxV.shape[0] != G or p_Gp1xV.shape[0] != G + 1:
+    raise ValueError(
+        f"q must be (gamma, V) and p (gamma+1, V) for gamma={G}; "
+        f"got q {q_GxV.shape}, p {p_Gp1xV.shape}"
+    )
+  k_u, k_y = jax.random.split(key)
+  qx_G = jnp.take_along_axis(q_GxV, draft_tokens_G[:, None], 1)[:, 0]
+  px_G = jnp.take_along_axis(p_Gp1xV[:G], draft_tokens_G[:, None], 1)[:, 0]
+  u_G = jax.random.uniform(k_u, (G,), dtype=q_GxV.dtype)
+  accept_G = (qx_G > 0) & (u_G * qx_G < px_G)
+  n = jnp.sum(jnp.cumprod(accept_G.astype(jnp.int32)))
+  q_at = q_GxV[jnp.minimum(n, G - 1)]
+  r_V = jnp.where(n < G, residual(p_Gp1xV[n], q_at), p_Gp1xV[n])
+  y = _categorical(k_y, r_V)
+  i_Gp1 = jnp.arange(G + 1)
+  drafts_Gp1 = jnp.concatenate([draft_tokens_G, jnp.zeros((1,), jnp.int32)])
+  tokens = jnp.where(i_Gp1 < n, drafts_Gp1, jnp.where(i_Gp1 == n, y, -1))
+  return ChainResult(tokens.astype(jnp.int32), n + 1, n)
+
+
+def chain_from_tree(tree: DraftTree) -> tuple[Array, Array]:
+  """(draft_tokens_G, q_GxV) of a single-chain tree (build_iid_tree, num_drafts=1)."""
+  if tree.max_children != 1:
+    raise ValueError(f"not a chain: max_children={tree.max_children}")
+  return tree.token_M[1:], tree.q_MxV[:-1]
+
+
+# ----------------------------------------------------------------------------------
+# Tree construction
+# ----------------------------------------------------------------------------------
+
+
+def _check_root(q_root_V, V_needed=None):
+  if q_root_V.ndim != 1:
+    raise ValueError(f"q_root_V must be one distribution (V,), got {q_root_V.shape}")
+  if V_needed is not None and V_needed > q_root_V.shape[0]:
+    raise ValueError(f"{V_needed} draws without replacement > vocab {q_root_V.shape[0]}")
+
+
+def build_iid_tree(
+    key: Array,
+    root_token: Array,
+    q_root_V: Array,
+    draft_fn: DraftFn,
+    draft_state: Any,
+    num_drafts: int,
+    depth: int,
+) -> tuple[DraftTree, Any]:
+  """k = num_drafts independent draft chains of length `depth` (with replacement).
+
+  Chains are not merged when they share a prefix (static topology): node (level l,
+  chain c) is at index 1 + (l-1) k + c, its parent is (l-1, c) or the root. RRS with
+  replacement stays exact: a chain's continuation is a fresh draft given its prefix.
+  num_drafts=1 gives the single chain.
+  """
+  if num_drafts < 1 or depth < 1:
+    raise ValueError(f"num_drafts and depth must be >= 1, got {num_drafts}, {depth}")
+  _check_root(q_root_V)
+  k, V = num_drafts, q_root_V.shape[0]
+  keys = jax.random.split(key, depth)
+  tokens = [jnp.asarray(root_token, jnp.int32)[None]]
+  parents = [jnp.array([-1], jnp.int32)]
+  qs = [q_root_V[None]]
+  q_KxV = jnp.broadcast_to(q_root_V, (k, V))
+  for l in range(1, depth + 1):
+    tok_K = jax.vmap(_categorical)(jax.random.split(keys[l - 1], k), q_KxV)
+    par_K = (jnp.zeros((k,), jnp.int32) if l == 1
+             else 1 + (l - 2) * k + jnp.arange(k, dtype=jnp.int32))
+    tokens.append(tok_K)
+    parents.append(par_K)
+    if l < depth:
+      draft_state, q_KxV = draft_fn(draft_state, tok_K, par_K)
+      qs.append(q_KxV)
+    else:
+      qs.append(jnp.zeros((k, V), q_root_V.dtype))
+  depth_M = jnp.concatenate([jnp.zeros((1,), jnp.int32)]
+                            + [jnp.full((k,), l, jnp.int32) for l in range(1, depth + 1)])
+  tree = DraftTree(jnp.concatenate(tokens), jnp.concatenate(parents), depth_M,
+                   jnp.concatenate(qs), max_depth=depth, max_children=k,
+                   without_replacement=False)
+  return tree, draft_state
+
+
+def build_rsdc_tree(
+    key: Array,
+    root_token: Array,
+    q_root_V: Array,
+    draft_fn: DraftFn,
+    draft_state: Any,
+    branching: Sequence[int],
+) -> tuple[DraftTree, Any]:
+  """RSD-C: every level-(l-1) node gets b_l children by Gumbel-Top-b_l of its q.
+
+  Level l has prod(b_1..b_l) nodes; the children of the i-th node of level l-1 are
+  nodes i*b_l .. i*b_l + b_l - 1 of level l, in draw order (fixed topology).
+  """
+  branching = tuple(int(b) for b in branching)
+  if not branching or min(branching) < 1:
+    raise ValueError(f"branching must be a non-empty tuple of ints >= 1, got {branching}")
+  _check_root(q_root_V, max(branching))
+  V = q_root_V.shape[0]
+  L = len(branching)
+  keys = jax.random.split(key, L)
+  tokens = [jnp.asarray(root_token, jnp.int32)[None]]
+  parents = [jnp.array([-1], jnp.int32)]
+  depths = [jnp.zeros((1,), jnp.int32)]
+  qs = [q_root_V[None]]
+  q_NxV, start, n = q_root_V[None], 0, 1  # current level: q, first index, size
+  for l, b in enumerate(branching, start=1):
+    tok_NxB = jax.vmap(gumbel_top_k, in_axes=(0, 0, None))(
+        jax.random.split(keys[l - 1], n), q_NxV, b)
+    tok = tok_NxB.reshape(-1)
+    par = (start + jnp.arange(n * b, dtype=jnp.int32) // b).astype(jnp.int32)
+    tokens.append(tok)
+    parents.append(par)
+    depths.append(jnp.full((n * b,), l, jnp.int32))
+    start, n = start + n, n * b
+    if l < L:
+      draft_state, q_NxV = draft_fn(draft_state, tok, par)
+      qs.append(q_NxV)
+    else:
+      qs.append(jnp.zeros((n, V), q_root_V.dtype))
+  tree = DraftTree(jnp.concatenate(tokens), jnp.concatenate(parents),
+                   jnp.concatenate(depths), jnp.concatenate(qs), max_depth=L,
+                   max_children=max(branching), without_replacement=True)
+  return tree, draft_state
+
+
+def _truncated_gumbel(G_B, Gt_BxV):
+  """Kool et al. (2019) SBS: shift sibling perturbed scores so their max equals G.
+
+  v = G - G~ + log1p(-exp(G~ - Z)),  G' = G - relu(v) - log1p(exp(-|v|)).
+  Beams with G = -inf (invalid) get all children -inf.
+  """
+  Z_B = jnp.max(Gt_BxV, axis=1)
+  G = G_B[:, None]
+  diff = jnp.where(jnp.isfinite(Z_B)[:, None], Gt_BxV - Z_B[:, None], -jnp.inf)
+  v = G - Gt_BxV + jnp.log1p(-jnp.exp(diff))
+  Gp = G - jax.nn.relu(v) - jnp.log1p(jnp.exp(-jnp.abs(v)))
+  ok = jnp.isfinite(G) & jnp.isfinite(Gt_BxV)
+  return jnp.where(ok, Gp, -jnp.inf)
+
+
+def build_rsds_tree(
+    key: Array,
+    root_token: Array,
+    q_root_V: Array,
+    draft_fn: DraftFn,
+    draft_state: Any,
+    beam_width: int,
+    depth: int,
+) -> tuple[DraftTree, Any]:
+  """RSD-S: stochastic beam search of width W for `depth` levels; the tree is the union
+  of all beams kept at every level (W nodes per level, M = 1 + W L).
+
+  Per beam: phi (log-prob of its prefix under q) and G (perturbed score, root 0). For
+  every child phi' = phi + log q(x), G~ = phi' + Gumbel, Z = max over siblings,
+  G' = truncated Gumbel (see `_truncated_gumbel`); keep the global top W by G'. Level l
+  is stored grouped by parent, siblings in decreasing G' (= their draw order without
+  replacement). A node whose G' is -inf (fewer than W candidates with q > 0) is invalid
+  and gets skipped by the verifier because its token has q = 0 under its parent.
+  """
+  W, L = int(beam_width), int(depth)
+  if W < 1 or L < 1:
+    raise ValueError(f"beam_width and depth must be >= 1, got {W}, {L}")
+  _check_root(q_root_V, W)
+  V = q_root_V.shape[0]
+  keys = jax.random.split(key, L)
+  dt = q_root_V.dtype
+  tokens = [jnp.asarray(root_token, jnp.int32)[None]]
+  parents = [jnp.array([-1], jnp.int32)]
+  depths = [jnp.zeros((1,), jnp.int32)]
+  qs = [q_root_V[None]]
+  q_BxV = q_root_V[None]
+  phi_B = jnp.zeros((1,), dt)
+  G_B = jnp.zeros((1,), dt)
+  start = 0
+  for l in range(1, L + 1):
+    B = q_BxV.shape[0]
+    phic_BxV = jnp.where(jnp.isfinite(phi_B)[:, None], phi_B[:, None] + _log(q_BxV), -jnp.inf)
+    Gt_BxV = phic_BxV + jax.random.gumbel(keys[l - 1], (B, V), dtype=dt)
+    Gp_BxV = _truncated_gumbel(G_B, Gt_BxV)
+    Gsel_W, flat_W = lax.top_k(Gp_BxV.reshape(-1), W)
+    # Group by parent; top_k order is decreasing G', kept within a parent (stable sort).
+    order_W = jnp.argsort(flat_W // V, stable=True)
+    flat_W, Gsel_W = flat_W[order_W], Gsel_W[order_W]
+    par_local_W, tok_W = flat_W // V, (flat_W % V).astype(jnp.int32)
+    phi_B = phic_BxV.reshape(-1)[flat_W]
+    G_B = Gsel_W
+    par_W = (start + par_local_W).astype(jnp.int32)
+    tokens.append(tok_W)
+    parents.append(par_W)
+    depths.append(jnp.full((W,), l, jnp.int32))
+    start += B
+    if l < L:
+      draft_state, q_BxV = draft_fn(draft_state, tok_W, par_W)
+      qs.append(q_BxV)
+    else:
+      qs.append(jnp.zeros((W, V), dt))
+  tree = DraftTree(jnp.concatenate(tokens), jnp.concatenate(parents),
+                   jnp.concatenate(depths), jnp.concatenate(qs), max_depth=L,
+                   max_children=W, without_replacement=True)
+  return tree, draft_state
+
+
+# ----------------------------------------------------------------------------------
+# Verification: recursive rejection sampling
+# ----------------------------------------------------------------------------------
+
+
+class TreeResult(NamedTuple):
+  path_D: Array  # accepted node indices, -1 after num_accepted
+  num_accepted: Array  # accepted draft tokens
+  extra_token: Array  # the token emitted after the accepted path
+  tokens_Dp1: Array  # emitted tokens (accepted drafts, then extra), -1 padded
+  num_emitted: Array  # num_accepted + 1
+
+
+def verify_tree(key: Array, tree: DraftTree, p_MxV: Array) -> TreeResult:
+  """Recursive rejection sampling down the tree (Jeon et al. 2024; SpecInfer).
+
+  At node n with children x_1..x_m in draw order: r_1 = p_n, Q_1 = q_n; for j = 1..m
+  accept x_j with prob min(1, r_j(x_j) / Q_j(x_j)) and descend into it, else
+  r_{j+1} = normalise(max(0, r_j - Q_j)) and Q_{j+1} = Q_j without x_j, renormalised
+  (tree.without_replacement) or Q_j (i.i.d. siblings). If all are rejected (or n is a
+  leaf, m = 0) emit y ~ r_{m+1}. Guards: see module docstring.
+  """
+  M, V = p_MxV.shape
+  if tree.q_MxV.shape != (M, V) or tree.token_M.shape != (M,):
+    raise ValueError(f"p_MxV {p_MxV.shape} does not match tree q {tree.q_MxV.shape}, "
+                     f"tokens {tree.token_M.shape}")
+  C, D = tree.max_children, tree.max_depth
+  children_MxC = children_table(tree.parent_M, C)
+  k_u, k_y = jax.random.split(key)
+  u_MxC = jax.random.uniform(k_u, (M, C), dtype=p_MxV.dtype)
+  wo = tree.without_replacement
+
+  def visit(node):
+    q_V = tree.q_MxV[node]
+
+    def child(j, carry):
+      r_V, keep_V, acc = carry
+      c = children_MxC[node, j]
+      x = tree.token_M[jnp.maximum(c, 0)]
+      Q_V = _normalise(q_V * keep_V) if wo else q_V
+      Qx = Q_V[x]
+      active = (acc < 0) & (c >= 0) & (Qx > 0)
+      accept = active & (u_MxC[node, j] * Qx < r_V[x])
+      reject = active & ~accept
+      r_V = jnp.where(reject, residual(r_V, Q_V), r_V)
+      if wo:
+        keep_V = jnp.where(reject, keep_V.at[x].set(0.0), keep_V)
+      return r_V, keep_V, jnp.where(accept, c, acc)
+
+    init = (p_MxV[node], jnp.ones((V,), p_MxV.dtype), jnp.int32(-1))
+    r_V, _, acc = lax.fori_loop(0, C, child, init)
+    return r_V, acc
+
+  def cond(s):
+    return ~s[1]
+
+  def body(s):
+    node, done, n, path_D, r_fin = s
+    r_V, acc = visit(node)
+    took = acc >= 0
+    path_D = jnp.where(took, path_D.at[jnp.minimum(n, D - 1)].set(acc), path_D)
+    return (jnp.where(took, acc, node), ~took, n + took.astype(jnp.int32), path_D,
+            jnp.where(took, r_fin, r_V))
+
+  init = (jnp.int32(0), jnp.bool_(False), jnp.int32(0), jnp.full((D,), -1, jnp.int32),
+          jnp.zeros((V,), p_MxV.dtype))
+  _, _, n, path_D, r_V = lax.while_loop(cond, body, init)
+  y = _categorical(k_y, r_V)
+  i_Dp1 = jnp.arange(D + 1)
+  drafts = tree.token_M[jnp.maximum(jnp.concatenate([path_D, jnp.array([-1])]), 0)]
+  tokens = jnp.where(i_Dp1 < n, drafts, jnp.where(i_Dp1 == n, y, -1)).astype(jnp.int32)
+  return TreeResult(path_D, n, y, tokens, n + 1)
+
+
+# ----------------------------------------------------------------------------------
+# Toy decode loop (bigram target and draft): exactness tests and block efficiency
+# ----------------------------------------------------------------------------------
+
+METHODS = ("chain", "iid", "rsd_c", "rsd_s")
+
+
+def propose(method: str, key, root_token, q_root_V, draft_fn, draft_state, **kw):
+  """Dispatch on method name: chain(gamma), iid(num_drafts, depth), rsd_c(branching),
+  rsd_s(beam_width, depth)."""
+  if method == "chain":
+    return build_iid_tree(key, root_token, q_root_V, draft_fn, draft_state, 1, kw["gamma"])
+  if method == "iid":
+    return build_iid_tree(key, root_token, q_root_V, draft_fn, draft_state,
+                          kw["num_drafts"], kw["depth"])
+  if method == "rsd_c":
+    return build_rsdc_tree(key, root_token, q_root_V, draft_fn, draft_state, kw["branching"])
+  if method == "rsd_s":
+    return build_rsds_tree(key, root_token, q_root_V, draft_fn, draft_state,
+                           kw["beam_width"], kw["depth"])
+  raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+
+
+class ToyDecode(NamedTuple):
+  tokens_K: Array  # first K emitted tokens
+  num_blocks: Array  # target calls (blocks) needed for K tokens
+  num_emitted: Array  # tokens emitted by those blocks (>= K, the last may overshoot)
+
+
+def bigram_generate(key, method: str, target_VxV, draft_VxV, start_token,
+                    num_tokens: int, **kw) -> ToyDecode:
+  """Speculative decoding of num_tokens tokens with bigram target and draft tables.
+
+  Runs num_tokens blocks (each emits >= 1 token) in a lax.scan; blocks after the first
+  num_tokens tokens are computed but ignored. The single chain uses
+  `speculative_sample_chain`, the trees `verify_tree`. One sequence: vmap for a batch.
+  """
+  V = target_VxV.shape[0]
+  if target_VxV.shape != (V, V) or draft_VxV.shape != (V, V):
+    raise ValueError(f"tables must be (V, V): {target_VxV.shape}, {draft_VxV.shape}")
+  draft_fn = table_draft_fn(draft_VxV)
+  probe, _ = jax.eval_shape(
+      lambda: propose(method, jax.random.key(0), jnp.int32(0), draft_VxV[0], draft_fn,
+                      None, **kw))
+  D = probe.max_depth
+  buf = jnp.full((num_tokens + D + 1,), -1, jnp.int32)
+
+  def block(carry, key_b):
+    buf, pos, last, nblk, nemit = carry
+    k_t, k_v = jax.random.split(key_b)
+    tree, _ = propose(method, k_t, last, draft_VxV[last], draft_fn, None, **kw)
+    p_MxV = target_VxV[tree.token_M]
+    if method == "chain":
+      toks, q = chain_from_tree(tree)
+      tok_Dp1, n_emit = speculative_sample_chain(k_v, toks, q, p_MxV)[:2]
+    else:
+      res = verify_tree(k_v, tree, p_MxV)
+      tok_Dp1, n_emit = res.tokens_Dp1, res.num_emitted
+    live = pos < num_tokens
+    new_buf = lax.dynamic_update_slice(buf, tok_Dp1, (pos,))
+    buf = jnp.where(live, new_buf, buf)
+    last = jnp.where(live, tok_Dp1[n_emit - 1], last)
+    live_i = live.astype(jnp.int32)
+    return (buf, pos + live_i * n_emit, last, nblk + live_i, nemit + live_i * n_emit), None
+
+  init = (buf, jnp.int32(0), jnp.asarray(start_token, jnp.int32), jnp.int32(0), jnp.int32(0))
+  (buf, _, _, nblk, nemit), _ = lax.scan(block, init, jax.random.split(key, num_tokens))
+  return ToyDecode(buf[:num_tokens], nblk, nemit)

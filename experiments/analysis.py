@@ -1,0 +1,311 @@
+"""Scaling-law fits, Pareto frontiers and plots for compute-optimal inference studies.
+
+- `fit_coverage_power_law`: coverage(k) ~ exp(a * k^b) (Large Language Monkeys), fitted
+  with scipy curve_fit on -log coverage; R^2 reported on coverage itself.
+- `fit_log_linear` / `fit_accuracy_vs_flops`: accuracy ~ slope * log10(FLOPs) + intercept
+  per method.
+- `pareto_frontier`, `compute_optimal_method`: which (method, budget) point is best at
+  each compute budget.
+- `fit_compute_optimal_allocation`: from a grid of (S solutions, V verifications,
+  accuracy, compute C) take the best (S, V) at each budget (the Pareto frontier of the
+  grid) and fit S_opt ~ C^a, V_opt ~ C^b by least squares in log-log space (the SC vs
+  generative-verifier study reports a ~ 0.57, b ~ 0.39).
+- Plots: PNG files drawn on matplotlib's Agg canvas directly (`FigureCanvasAgg`), so
+  importing this module never switches the global backend of a notebook.
+
+numpy / scipy / matplotlib only; inputs are plain arrays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping
+
+import numpy as np
+from scipy import optimize
+
+
+def _r2(y, y_pred) -> float:
+  y = np.asarray(y, np.float64)
+  ss_res = float(np.sum((y - y_pred) ** 2))
+  ss_tot = float(np.sum((y - y.mean()) ** 2))
+  return 1.0 - ss_res / ss_tot if ss_tot > 0 else (1.0 if ss_res == 0 else 0.0)
+
+
+def _vec(name: str, x, min_len: int = 1) -> np.ndarray:
+  x = np.asarray(x, np.float64)
+  if x.ndim != 1 or x.size < min_len:
+    raise ValueError(f"{name} must be 1-D with at least {min_len} entries, "
+                     f"got shape {x.shape}")
+  if not np.isfinite(x).all():
+    raise ValueError(f"{name} contains non-finite values")
+  return x
+
+
+def _same_len(**arrays) -> None:
+  lens = {k: len(v) for k, v in arrays.items()}
+  if len(set(lens.values())) != 1:
+    raise ValueError(f"length mismatch: {lens}")
+
+
+# ----------------------------------------------------------------------------------
+# Fits.
+
+
+@dataclasses.dataclass(frozen=True)
+class PowerLawFit:
+  """log(coverage(k)) = a * k^b."""
+  a: float
+  b: float
+  r2: float
+
+  def predict(self, k) -> np.ndarray:
+    return np.exp(self.a * np.asarray(k, np.float64) ** self.b)
+
+
+def fit_coverage_power_law(ks, coverage) -> PowerLawFit:
+  """Fits log(coverage(k)) ~ a * k^b by curve_fit of c * k^b on -log coverage
+  (c = -a > 0), started from a log-log linear fit. R^2 is on coverage.
+
+  Coverage must be in (0, 1]: a zero coverage has no logarithm, so drop such points
+  explicitly before fitting. Needs at least 3 points.
+  """
+  ks = _vec("ks", ks, 3)
+  cov = _vec("coverage", coverage, 3)
+  _same_len(ks=ks, coverage=cov)
+  if (ks <= 0).any():
+    raise ValueError("ks must be positive")
+  if (cov <= 0).any() or (cov > 1).any():
+    raise ValueError("coverage must be in (0, 1]; drop zero-coverage points first")
+  y = -np.log(cov)
+  pos = y > 0
+  if pos.sum() >= 2:
+    slope, intercept = np.polyfit(np.log(ks[pos]), np.log(y[pos]), 1)
+    p0 = (float(np.exp(intercept)), float(slope))
+  else:
+    p0 = (1.0, -0.5)
+
+  def model(k, c, b):
+    return c * k**b
+
+  (c, b), _ = optimize.curve_fit(model, ks, y, p0=p0, bounds=([0.0, -np.inf],
+                                                              [np.inf, np.inf]),
+                                 maxfev=20_000)
+  fit = PowerLawFit(a=-float(c), b=float(b), r2=0.0)
+  return dataclasses.replace(fit, r2=_r2(cov, fit.predict(ks)))
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearFit:
+  """y = slope * x + intercept (x = log10 of compute for accuracy-vs-FLOPs fits)."""
+  slope: float
+  intercept: float
+  r2: float
+
+  def predict(self, x) -> np.ndarray:
+    return self.slope * np.asarray(x, np.float64) + self.intercept
+
+
+def fit_log_linear(flops, accuracy) -> LinearFit:
+  """Least-squares fit of accuracy ~ slope * log10(flops) + intercept."""
+  flops = _vec("flops", flops, 2)
+  acc = _vec("accuracy", accuracy, 2)
+  _same_len(flops=flops, accuracy=acc)
+  if (flops <= 0).any():
+    raise ValueError("flops must be positive")
+  x = np.log10(flops)
+  if np.ptp(x) == 0:
+    raise ValueError("flops must take at least two distinct values")
+  slope, intercept = np.polyfit(x, acc, 1)
+  return LinearFit(float(slope), float(intercept), _r2(acc, slope * x + intercept))
+
+
+def fit_accuracy_vs_flops(results: Mapping[str, tuple]) -> dict[str, LinearFit]:
+  """`results`: method -> (flops, accuracy) arrays. Returns method -> LinearFit."""
+  return {m: fit_log_linear(f, a) for m, (f, a) in results.items()}
+
+
+# ----------------------------------------------------------------------------------
+# Pareto frontier and compute-optimal choices.
+
+
+def pareto_frontier(compute, accuracy) -> np.ndarray:
+  """Indices of the non-dominated (compute, accuracy) points, by increasing compute.
+
+  Point i is dominated if another point has compute <= and accuracy >= with one of the
+  two strict. Exact duplicates keep the first index. O(n log n): sort by compute, then
+  accuracy descending, and keep each point that beats the best accuracy so far.
+  """
+  compute = _vec("compute", compute)
+  acc = _vec("accuracy", accuracy)
+  _same_len(compute=compute, accuracy=acc)
+  order = np.lexsort((np.arange(len(acc)), -acc, compute))
+  keep = []
+  best = -np.inf
+  for i in order:
+    if acc[i] > best:
+      keep.append(i)
+      best = acc[i]
+  return np.asarray(keep, dtype=np.int64)
+
+
+@dataclasses.dataclass(frozen=True)
+class BudgetChoice:
+  """Best method per budget: method name ('' where nothing fits), its accuracy (nan
+  where nothing fits), the compute of the chosen point and its index in the
+  concatenation of the methods' points in `results` order (-1 where nothing fits)."""
+  budgets: np.ndarray
+  methods: list
+  accuracy: np.ndarray
+  compute: np.ndarray
+  index: np.ndarray
+
+
+def compute_optimal_method(budgets, results: Mapping[str, tuple]) -> BudgetChoice:
+  """For each budget, the (method, point) with the highest accuracy among points with
+  compute <= budget. Accuracy ties go to the lower compute, then to the method listed
+  first. `results`: method -> (compute, accuracy)."""
+  budgets = _vec("budgets", budgets)
+  names, comp, acc = [], [], []
+  for m, (c, a) in results.items():
+    c, a = _vec(f"{m} compute", c), _vec(f"{m} accuracy", a)
+    _same_len(compute=c, accuracy=a)
+    names += [m] * len(c)
+    comp.append(c)
+    acc.append(a)
+  if not names:
+    raise ValueError("results is empty")
+  comp, acc = np.concatenate(comp), np.concatenate(acc)
+  methods = []
+  best_acc, best_comp = np.full(len(budgets), np.nan), np.full(len(budgets), np.nan)
+  best_idx = np.full(len(budgets), -1, np.int64)
+  order = np.lexsort((np.arange(len(acc)), comp, -acc))  # best accuracy first
+  for j, b in enumerate(budgets):
+    fits = order[comp[order] <= b]
+    if len(fits) == 0:
+      methods.append("")
+      continue
+    i = fits[0]
+    methods.append(names[i])
+    best_acc[j], best_comp[j], best_idx[j] = acc[i], comp[i], i
+  return BudgetChoice(budgets, methods, best_acc, best_comp, best_idx)
+
+
+@dataclasses.dataclass(frozen=True)
+class AllocationFit:
+  """Compute-optimal allocation: S_opt ~ s_coef * C^s_exponent, same for V.
+
+  `budgets`, `s_opt`, `v_opt`, `accuracy` are the frontier points the fits used."""
+  s_exponent: float
+  s_coef: float
+  s_r2: float
+  v_exponent: float
+  v_coef: float
+  v_r2: float
+  budgets: np.ndarray
+  s_opt: np.ndarray
+  v_opt: np.ndarray
+  accuracy: np.ndarray
+
+
+def fit_compute_optimal_allocation(s, v, accuracy, compute, budgets=None) -> AllocationFit:
+  """Fits S_opt ~ C^a and V_opt ~ C^b from a grid of (S, V, accuracy, C) runs.
+
+  For each budget level the compute-optimal (S, V) is the most accurate grid point with
+  C <= budget (ties to lower C). Default budget levels: the C of each Pareto-frontier
+  point of the grid, i.e. every budget at which the optimum changes. The exponents are
+  least-squares slopes of log S_opt and log V_opt against log budget. S and V must be
+  positive (fit the V = 0 self-consistency baseline separately).
+  """
+  s, v = _vec("s", s, 2), _vec("v", v, 2)
+  acc, comp = _vec("accuracy", accuracy, 2), _vec("compute", compute, 2)
+  _same_len(s=s, v=v, accuracy=acc, compute=comp)
+  if (s <= 0).any() or (v <= 0).any() or (comp <= 0).any():
+    raise ValueError("s, v and compute must be positive for a log-log fit")
+  if budgets is None:
+    budgets = comp[pareto_frontier(comp, acc)]
+  choice = compute_optimal_method(budgets, {"grid": (comp, acc)})
+  ok = np.isfinite(choice.accuracy)
+  if ok.sum() < 2:
+    raise ValueError("need at least two budgets with a feasible grid point")
+  budgets = np.asarray(choice.budgets)[ok]
+  rows = choice.index[ok]
+  s_opt, v_opt = s[rows], v[rows]
+  log_b = np.log(budgets)
+  if np.ptp(log_b) == 0:
+    raise ValueError("budgets must take at least two distinct values")
+  sa, sb = np.polyfit(log_b, np.log(s_opt), 1)
+  va, vb = np.polyfit(log_b, np.log(v_opt), 1)
+  return AllocationFit(
+      s_exponent=float(sa), s_coef=float(np.exp(sb)),
+      s_r2=_r2(np.log(s_opt), sa * log_b + sb),
+      v_exponent=float(va), v_coef=float(np.exp(vb)),
+      v_r2=_r2(np.log(v_opt), va * log_b + vb),
+      budgets=budgets, s_opt=s_opt, v_opt=v_opt, accuracy=acc[rows])
+
+
+# ----------------------------------------------------------------------------------
+# Plots (PNG, Agg canvas).
+
+
+def _new_figure(figsize=(6.0, 4.0)):
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  fig = Figure(figsize=figsize, dpi=120)
+  FigureCanvasAgg(fig)
+  return fig, fig.add_subplot(1, 1, 1)
+
+
+def plot_accuracy_vs_flops(results: Mapping[str, tuple], path: str, *,
+                           fits: Mapping[str, LinearFit] | None = None,
+                           frontier: bool = True, title: str = "") -> str:
+  """Accuracy vs FLOPs (log x) per method, with optional log-linear fits and the
+  Pareto frontier over all methods. `results`: method -> (flops, accuracy)."""
+  fig, ax = _new_figure()
+  all_c, all_a = [], []
+  for m, (c, a) in results.items():
+    c, a = _vec(f"{m} flops", c), _vec(f"{m} accuracy", a)
+    order = np.argsort(c)
+    line, = ax.plot(c[order], a[order], marker="o", ms=3, label=m)
+    if fits is not None and m in fits:
+      xs = np.geomspace(c.min(), c.max(), 50)
+      ax.plot(xs, fits[m].predict(np.log10(xs)), ls=":", color=line.get_color())
+    all_c.append(c)
+    all_a.append(a)
+  if frontier and all_c:
+    c, a = np.concatenate(all_c), np.concatenate(all_a)
+    idx = pareto_frontier(c, a)
+    ax.step(c[idx], a[idx], where="post", color="k", lw=1.5, alpha=0.6,
+            label="Pareto frontier")
+  ax.set_xscale("log")
+  ax.set_xlabel("FLOPs")
+  ax.set_ylabel("accuracy")
+  if title:
+    ax.set_title(title)
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, format="png")
+  return path
+
+
+def plot_coverage(ks, coverage, path: str, *, fit: PowerLawFit | None = None,
+                  title: str = "") -> str:
+  """Coverage vs number of samples (log x), with the exponentiated power-law fit."""
+  ks, cov = _vec("ks", ks), _vec("coverage", coverage)
+  fig, ax = _new_figure()
+  ax.plot(ks, cov, marker="o", ms=3, ls="none", label="coverage")
+  if fit is not None:
+    xs = np.geomspace(ks.min(), ks.max(), 100)
+    ax.plot(xs, fit.predict(xs), label=f"exp({fit.a:.3g} k^{fit.b:.3g}), "
+                                       f"R²={fit.r2:.3f}")
+  ax.set_xscale("log")
+  ax.set_xlabel("samples k")
+  ax.set_ylabel("coverage (pass@k)")
+  if title:
+    ax.set_title(title)
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, format="png")
+  return path

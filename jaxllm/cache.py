@@ -1,0 +1,90 @@
+"""Pre-allocated KV cache with per-row lengths.
+
+Slot j of row b holds the token at position j for j < lengths[b] (committed
+tokens). Shapes are static: every layer's buffer is [B, S, Kv, K]. Rows are
+independent sequences, so forking a prompt into N samples, resampling particles
+or reordering beams is a gather along the batch axis (`reorder`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxllm.config import ModelConfig
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class KVCache:
+  k: tuple  # per layer [B, S, Kv, K]
+  v: tuple  # per layer [B, S, Kv, K]
+  lengths: Any  # [B] int32: committed tokens per row
+
+  @property
+  def batch(self) -> int:
+    return self.lengths.shape[0]
+
+  @property
+  def size(self) -> int:
+    return self.k[0].shape[1]
+
+
+def init_cache(cfg: ModelConfig, batch: int, size: int, dtype=None) -> KVCache:
+  """An empty cache of `size` slots per row."""
+  if size <= 0:
+    raise ValueError(f"cache size must be > 0, got {size}")
+  dtype = jnp.dtype(dtype or cfg.dtype)
+  shape = (batch, size, cfg.n_kv_heads, cfg.head_dim)
+  z = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layers))
+  return KVCache(k=z(), v=z(), lengths=jnp.zeros((batch,), jnp.int32))
+
+
+def write_new(buf_BxSxKvxK, new_BxTxKvxK, lengths_B):
+  """Write T new entries per row at slots [lengths, lengths + T).
+
+  Writes past the end of the buffer are dropped (never wrapped or shifted);
+  callers bound lengths + T <= S statically (see generate.py).
+  """
+  B, T = new_BxTxKvxK.shape[:2]
+  rows = jnp.arange(B)[:, None]
+  slots = lengths_B[:, None] + jnp.arange(T)[None, :]
+  return buf_BxSxKvxK.at[rows, slots].set(new_BxTxKvxK.astype(buf_BxSxKvxK.dtype),
+                                          mode="drop")
+
+
+def reorder(cache: KVCache, index_N) -> KVCache:
+  """Gather rows: row n of the result is row index_N[n] of `cache`.
+
+  N may differ from B (fork one prompt into N samples with index = zeros(N)).
+  """
+  take = lambda x: jnp.take(x, index_N, axis=0)
+  return jax.tree_util.tree_map(take, cache)
+
+
+def commit_path(cache: KVCache, path_BxL, n_accept_B) -> KVCache:
+  """Keep the entries of an accepted tree path.
+
+  After `forward(..., n_valid_B=0)` wrote M tree tokens at slots
+  [lengths, lengths + M), `path_BxL[b, :n_accept_B[b]]` lists which of them
+  (0-based, in path order) were accepted; they are moved to slots
+  [lengths, lengths + n_accept) and the length advances by n_accept.
+  """
+  B, L = path_BxL.shape
+  lengths = cache.lengths
+  rows = jnp.arange(B)[:, None]
+  src = lengths[:, None] + path_BxL  # [B, L]
+  keep = jnp.arange(L)[None, :] < n_accept_B[:, None]
+  dst = jnp.where(keep, lengths[:, None] + jnp.arange(L)[None, :],
+                  cache.size)  # out of range -> dropped
+
+  def move(buf):
+    vals = buf[rows, jnp.clip(src, 0, cache.size - 1)]
+    return buf.at[rows, dst].set(vals, mode="drop")
+
+  return KVCache(k=tuple(move(b) for b in cache.k),
+                 v=tuple(move(b) for b in cache.v),
+                 lengths=lengths + n_accept_B)

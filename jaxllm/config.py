@@ -1,0 +1,159 @@
+"""Model configuration: one frozen, hashable dataclass for the Llama / Qwen2 /
+SmolLM / Gemma 2 families. It is passed to jitted functions as a static argument,
+so every field is a plain Python value (tuples, not lists).
+
+Every inconsistency raises ValueError naming the field at construction time, so
+nothing fails later with an opaque XLA shape error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+ACTIVATIONS = ("silu", "gelu_tanh", "gelu")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+  """Llama-3-style frequency-dependent RoPE scaling (rope_type 'llama3')."""
+
+  factor: float = 8.0
+  low_freq_factor: float = 1.0
+  high_freq_factor: float = 4.0
+  original_max_position: int = 8192
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Decoder-only transformer hyper-parameters.
+
+  `layer_windows` gives, per layer, the sliding-window size (0 = global
+  attention). Use `sliding_window` + `sliding_window_pattern` as a shortcut:
+  pattern p makes every layer i with (i + 1) % p != 0 local (Gemma 2: p = 2,
+  i.e. local, global, local, ...).
+  """
+
+  vocab_size: int
+  d_model: int
+  n_layers: int
+  n_heads: int
+  n_kv_heads: int
+  d_ff: int
+  head_dim: Optional[int] = None  # default d_model // n_heads
+  activation: str = "silu"  # silu -> SwiGLU; gelu_tanh -> GeGLU (Gemma)
+  norm_eps: float = 1e-5
+  norm_plus_one: bool = False  # RMSNorm scale is (1 + w) (Gemma)
+  post_norms: bool = False  # extra RMSNorm after attention and FFN (Gemma 2)
+  rope_theta: float = 10000.0
+  rope_scaling: Optional[RopeScaling] = None
+  tie_embeddings: bool = True
+  qkv_bias: bool = False  # Qwen2
+  attn_softcap: Optional[float] = None  # Gemma 2: 50.0
+  final_softcap: Optional[float] = None  # Gemma 2: 30.0
+  query_pre_attn_scalar: Optional[float] = None  # scale = qpas**-0.5
+  embed_scale: bool = False  # multiply embeddings by sqrt(d_model) (Gemma)
+  sliding_window: Optional[int] = None
+  sliding_window_pattern: int = 1  # 1: all layers local when sliding_window set
+  layer_windows: Optional[tuple[int, ...]] = None
+  max_seq_len: int = 2048
+  dtype: str = "float32"  # activation / compute dtype
+  param_dtype: str = "float32"
+
+  def __post_init__(self):
+    def need(cond, field, msg):
+      if not cond:
+        raise ValueError(f"ModelConfig.{field}: {msg}")
+
+    for f in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads",
+              "d_ff", "max_seq_len"):
+      v = getattr(self, f)
+      need(isinstance(v, int) and v > 0, f, f"must be a positive int, got {v!r}")
+    if self.head_dim is None:
+      need(self.d_model % self.n_heads == 0, "n_heads",
+           f"d_model={self.d_model} is not divisible by n_heads={self.n_heads} "
+           "(set head_dim explicitly if that is intended)")
+      object.__setattr__(self, "head_dim", self.d_model // self.n_heads)
+    need(isinstance(self.head_dim, int) and self.head_dim > 0 and
+         self.head_dim % 2 == 0, "head_dim",
+         f"must be a positive even int (RoPE rotates pairs), got {self.head_dim!r}")
+    need(self.n_heads % self.n_kv_heads == 0, "n_kv_heads",
+         f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}")
+    need(self.activation in ACTIVATIONS, "activation",
+         f"unknown activation {self.activation!r}; expected one of {ACTIVATIONS}")
+    need(self.dtype in DTYPES, "dtype", f"{self.dtype!r} not in {DTYPES}")
+    need(self.param_dtype in DTYPES, "param_dtype",
+         f"{self.param_dtype!r} not in {DTYPES}")
+    need(self.norm_eps > 0, "norm_eps", f"must be > 0, got {self.norm_eps}")
+    need(self.rope_theta > 0, "rope_theta", f"must be > 0, got {self.rope_theta}")
+    for f in ("attn_softcap", "final_softcap", "query_pre_attn_scalar"):
+      v = getattr(self, f)
+      need(v is None or v > 0, f, f"must be None or > 0, got {v}")
+    need(self.sliding_window is None or self.sliding_window > 0,
+         "sliding_window", f"must be None or > 0, got {self.sliding_window}")
+    need(self.sliding_window_pattern >= 1, "sliding_window_pattern",
+         f"must be >= 1, got {self.sliding_window_pattern}")
+    if self.layer_windows is not None:
+      object.__setattr__(self, "layer_windows", tuple(self.layer_windows))
+      need(len(self.layer_windows) == self.n_layers, "layer_windows",
+           f"has {len(self.layer_windows)} entries for n_layers={self.n_layers}")
+      need(all(isinstance(w, int) and w >= 0 for w in self.layer_windows),
+           "layer_windows", "entries must be ints >= 0 (0 = global)")
+    if isinstance(self.rope_scaling, dict):
+      object.__setattr__(self, "rope_scaling", RopeScaling(**self.rope_scaling))
+
+  @property
+  def q_per_kv(self) -> int:
+    return self.n_heads // self.n_kv_heads
+
+  @property
+  def attn_scale(self) -> float:
+    base = self.query_pre_attn_scalar or self.head_dim
+    return float(base) ** -0.5
+
+  @property
+  def windows(self) -> tuple[int, ...]:
+    """Per-layer sliding window (0 = global attention)."""
+    if self.layer_windows is not None:
+      return self.layer_windows
+    w, p = self.sliding_window, self.sliding_window_pattern
+    if not w:
+      return (0,) * self.n_layers
+    return tuple(w if p == 1 or (i + 1) % p != 0 else 0
+                 for i in range(self.n_layers))
+
+  def replace(self, **kw) -> "ModelConfig":
+    return dataclasses.replace(self, **kw)
+
+  # ---- parameter counts (used by the FLOPs accounting) ----
+  def param_counts(self) -> dict[str, int]:
+    d, h, kv, hd, f = (self.d_model, self.n_heads, self.n_kv_heads,
+                       self.head_dim, self.d_ff)
+    attn = d * h * hd + 2 * d * kv * hd + h * hd * d
+    if self.qkv_bias:
+      attn += h * hd + 2 * kv * hd
+    mlp = 3 * d * f
+    norms = (4 if self.post_norms else 2) * d
+    per_layer = attn + mlp + norms
+    embed = self.vocab_size * d
+    head = 0 if self.tie_embeddings else self.vocab_size * d
+    return dict(per_layer=per_layer, layers=per_layer * self.n_layers,
+                embed=embed, lm_head=head, final_norm=d,
+                total=per_layer * self.n_layers + embed + head + d)
+
+
+def llama_like(vocab_size=32000, d_model=512, n_layers=8, n_heads=8,
+               n_kv_heads=4, d_ff=1408, **kw) -> ModelConfig:
+  """A Llama-family config (SwiGLU, RMSNorm, RoPE, GQA)."""
+  return ModelConfig(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers,
+                     n_heads=n_heads, n_kv_heads=n_kv_heads, d_ff=d_ff, **kw)
+
+
+def smollm2_135m(**kw) -> ModelConfig:
+  """SmolLM2-135M architecture (Llama family)."""
+  base = dict(vocab_size=49152, d_model=576, n_layers=30, n_heads=9,
+              n_kv_heads=3, d_ff=1536, norm_eps=1e-5, rope_theta=100000.0,
+              tie_embeddings=True, max_seq_len=8192)
+  base.update(kw)
+  return ModelConfig(**base)

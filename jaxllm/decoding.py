@@ -1,0 +1,158 @@
+"""The narrow decode interface the algorithms drive, and two implementations.
+
+An algorithm reaches a model only through these calls (t5x's
+`tokens_to_logits` idea, extended to the cache operations search needs):
+
+  prefill(params, tokens_BxT, lengths_B, cache_size) -> (state, logits_BxV)
+  extend(params, state, tokens_BxS, valid_BxS=None)  -> (state, logits_BxSxV)
+      ragged multi-token step: row b appends its first sum(valid_BxS[b]) tokens
+      (valid must be a prefix mask); logits[b, s] is the next-token
+      distribution after token s.
+  reorder(state, index_N) -> state
+      gather rows: fork a prompt into N samples, resample particles, reorder
+      beams, move rows between a queue and the working batch.
+  score_tree(params, state, tokens_BxM, parent_M) -> (state, logits_BxMxV)
+      nodes in BFS order, parent -1 = child of the committed prefix; nothing is
+      committed (speculative decoding).
+  commit(state, path_BxL, n_accept_B) -> state
+      keep the accepted tree nodes path[b, :n_accept[b]] (node indices).
+  lengths(state) -> [B] committed tokens per row.
+
+`Transformer` implements it with the KV-cached model; `BigramLM` is a toy
+model with an exactly known next-token distribution p(x_t | x_{t-1}) =
+softmax(table[x_{t-1}]), which makes exactness tests possible.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxllm import cache as cache_lib
+from jaxllm.config import ModelConfig
+from jaxllm.model import forward
+
+
+def tree_depths(parent_M) -> jax.Array:
+  """Depth of each node (1 for children of the prefix); parents precede children."""
+  parent_M = jnp.asarray(parent_M)
+  M = parent_M.shape[0]
+
+  def body(i, d):
+    p = parent_M[i]
+    return d.at[i].set(jnp.where(p < 0, 1, d[jnp.maximum(p, 0)] + 1))
+
+  return jax.lax.fori_loop(0, M, body, jnp.zeros((M,), jnp.int32))
+
+
+def tree_ancestor_mask(parent_M) -> jax.Array:
+  """mask[i, j] = node j is node i or one of its ancestors."""
+  parent_M = jnp.asarray(parent_M)
+  M = parent_M.shape[0]
+
+  def body(i, m):
+    p = parent_M[i]
+    row = jnp.where(p < 0, jnp.zeros((M,), bool), m[jnp.maximum(p, 0)])
+    return m.at[i].set(row.at[i].set(True))
+
+  return jax.lax.fori_loop(0, M, body, jnp.zeros((M, M), bool))
+
+
+def _valid_count(tokens_BxS, valid_BxS):
+  if valid_BxS is None:
+    return jnp.full((tokens_BxS.shape[0],), tokens_BxS.shape[1], jnp.int32)
+  return valid_BxS.astype(jnp.int32).sum(-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Transformer:
+  """The decode interface over the KV-cached transformer (state = KVCache)."""
+
+  cfg: ModelConfig
+
+  @property
+  def vocab_size(self) -> int:
+    return self.cfg.vocab_size
+
+  def prefill(self, params, tokens_BxT, lengths_B, cache_size: int):
+    B, T = tokens_BxT.shape
+    if T > cache_size:
+      raise ValueError(f"prompt length {T} is longer than the cache "
+                       f"(cache_size={cache_size})")
+    state = cache_lib.init_cache(self.cfg, B, cache_size)
+    logits, state, _ = forward(params, tokens_BxT, self.cfg, cache=state,
+                               n_valid_B=lengths_B.astype(jnp.int32),
+                               logits_at="last")
+    return state, logits
+
+  def extend(self, params, state, tokens_BxS, valid_BxS=None):
+    logits, state, _ = forward(params, tokens_BxS, self.cfg, cache=state,
+                               n_valid_B=_valid_count(tokens_BxS, valid_BxS))
+    return state, logits
+
+  def reorder(self, state, index_N):
+    return cache_lib.reorder(state, index_N)
+
+  def lengths(self, state):
+    return state.lengths
+
+  def score_tree(self, params, state, tokens_BxM, parent_M):
+    B, M = tokens_BxM.shape
+    depth = tree_depths(parent_M)
+    pos = state.lengths[:, None] + depth[None, :] - 1
+    mask = jnp.broadcast_to(tree_ancestor_mask(parent_M), (B, M, M))
+    logits, state, _ = forward(params, tokens_BxM, self.cfg, cache=state,
+                               positions_BxT=pos, attn_mask_BxTxT=mask,
+                               n_valid_B=jnp.zeros((B,), jnp.int32))
+    return state, logits
+
+  def commit(self, state, path_BxL, n_accept_B):
+    return cache_lib.commit_path(state, path_BxL, n_accept_B)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class BigramState:
+  last: Any  # [B] last committed token
+  lengths: Any  # [B]
+  pending: Any = None  # [B, M] tokens of the last scored tree
+
+
+@dataclasses.dataclass(frozen=True)
+class BigramLM:
+  """Toy model: params = table_VxV of logits, next ~ softmax(table[last])."""
+
+  vocab_size: int
+
+  def prefill(self, table_VxV, tokens_BxT, lengths_B, cache_size: int = 0):
+    lengths_B = lengths_B.astype(jnp.int32)
+    last = jnp.take_along_axis(tokens_BxT, jnp.maximum(lengths_B - 1, 0)[:, None],
+                               axis=1)[:, 0]
+    return BigramState(last=last, lengths=lengths_B), table_VxV[last]
+
+  def extend(self, table_VxV, state, tokens_BxS, valid_BxS=None):
+    n = _valid_count(tokens_BxS, valid_BxS)
+    idx = jnp.maximum(n - 1, 0)[:, None]
+    new_last = jnp.take_along_axis(tokens_BxS, idx, axis=1)[:, 0]
+    last = jnp.where(n > 0, new_last, state.last)
+    return BigramState(last=last, lengths=state.lengths + n), table_VxV[tokens_BxS]
+
+  def reorder(self, state, index_N):
+    return jax.tree_util.tree_map(lambda x: jnp.take(x, index_N, axis=0), state)
+
+  def lengths(self, state):
+    return state.lengths
+
+  def score_tree(self, table_VxV, state, tokens_BxM, parent_M):
+    return (BigramState(state.last, state.lengths, tokens_BxM),
+            table_VxV[tokens_BxM])
+
+  def commit(self, state, path_BxL, n_accept_B):
+    idx = jnp.maximum(n_accept_B - 1, 0)
+    node = jnp.take_along_axis(path_BxL, idx[:, None], axis=1)
+    tok = jnp.take_along_axis(state.pending, node, axis=1)[:, 0]
+    last = jnp.where(n_accept_B > 0, tok, state.last)
+    return BigramState(last=last, lengths=state.lengths + n_accept_B)

@@ -1,0 +1,391 @@
+"""Import llama-architecture GGUF checkpoints (llama.cpp's file format).
+
+`load_gguf(path)` returns `(ModelConfig, Params)`: the architecture metadata is
+read into a ModelConfig and every tensor is dequantised to float (with the
+`gguf` package's reference dequantiser; Q4_0/Q4_1/Q8_0/F16/F32/BF16 and the
+k-quants all go through it) and mapped onto our Params layout.
+
+Three facts about GGUF that this file handles:
+
+* Shapes are stored in ggml order (fastest-varying dim first), so a Linear
+  weight that Hugging Face stores as [out, in] is listed as [in, out]. We
+  read row-major numpy arrays, i.e. [out, in]; we transpose to our
+  x @ W orientation.
+* llama.cpp's RoPE rotates interleaved pairs (2i, 2i+1), HF rotates halves
+  (i, i + K/2). convert_hf_to_gguf therefore permutes the rows of the Q and K
+  projections inside each head: HF row a*K/2 + j (a in {0,1}) becomes row
+  2j + a. `unpermute_rotary` inverts this so our rotate-half RoPE is correct.
+* Llama-3 RoPE scaling is not stored as metadata but as a `rope_freqs.weight`
+  tensor of per-frequency divisors; we fit the llama3 parameters back from it
+  and check the fit reproduces the tensor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import struct
+from typing import Any, Optional
+
+import jax.numpy as jnp
+import numpy as np
+
+from jaxllm.config import ModelConfig, RopeScaling
+from jaxllm.params import LayerParams, Params, check_params
+
+GGUF_MAGIC = b"GGUF"
+SUPPORTED_ARCHS = ("llama",)
+
+
+# ----------------------------------------------------------------------------
+# Reading the file
+# ----------------------------------------------------------------------------
+# The header is parsed here with `struct` (gguf.GGUFReader builds a numpy view
+# per string and takes ~5-10 s on a 49k-token vocabulary); tensor data is a
+# memmap, dequantised by the gguf package.
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f",
+            7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorInfo:
+  name: str
+  ggml_type: int  # gguf.GGMLQuantizationType value
+  shape: tuple[int, ...]  # row-major (numpy) order, i.e. reversed ggml dims
+  offset: int  # absolute byte offset in the file
+  n_bytes: int
+
+
+class _Cursor:
+  """Little-endian reads from a bytes-like buffer."""
+
+  def __init__(self, buf):
+    self.buf, self.pos = buf, 0
+
+  def scalar(self, fmt):
+    (v,) = struct.unpack_from(fmt, self.buf, self.pos)
+    self.pos += struct.calcsize(fmt)
+    return v
+
+  def string(self):
+    n = self.scalar("<Q")
+    if self.pos + n > len(self.buf):
+      raise struct.error("string runs past the end of the file")
+    s = bytes(self.buf[self.pos:self.pos + n]).decode("utf-8", "replace")
+    self.pos += n
+    return s
+
+  def value(self, vtype):
+    if vtype in _SCALARS:
+      v = self.scalar(_SCALARS[vtype])
+      return bool(v) if vtype == 7 else v
+    if vtype == _STRING:
+      return self.string()
+    if vtype == _ARRAY:
+      itype, n = self.scalar("<I"), self.scalar("<Q")
+      if itype in _SCALARS and itype != 7:
+        dt = np.dtype(_SCALARS[itype])
+        if self.pos + n * dt.itemsize > len(self.buf):
+          raise struct.error("array runs past the end of the file")
+        arr = np.frombuffer(self.buf, dt, n, self.pos)
+        self.pos += n * dt.itemsize
+        return arr.tolist()
+      return [self.value(itype) for _ in range(n)]
+    raise ValueError(f"unknown GGUF value type {vtype}")
+
+
+class GGUFFile:
+  """A parsed GGUF file: `metadata` (key -> Python value), `tensors`
+  (name -> TensorInfo, in file order) and `array(name)` to dequantise one."""
+
+  def __init__(self, path: str):
+    import gguf  # imported lazily: only GGUF users need it
+
+    self.path = path = os.fspath(path)
+    if not os.path.isfile(path):
+      raise ValueError(f"GGUF file {path!r} does not exist")
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+      magic = f.read(4)
+    if magic != GGUF_MAGIC:
+      raise ValueError(f"{path!r} is not a GGUF file: magic number {magic!r}, "
+                       f"expected {GGUF_MAGIC!r}")
+    self._data = np.memmap(path, dtype=np.uint8, mode="r")
+    cur = _Cursor(self._data)
+    cur.pos = 4
+    try:
+      self.version = cur.scalar("<I")
+      if self.version not in (2, 3):
+        raise ValueError(f"{path!r}: GGUF version {self.version} is not "
+                         "supported (expected 2 or 3; big-endian files are "
+                         "not supported)")
+      n_tensors, n_kv = cur.scalar("<Q"), cur.scalar("<Q")
+      self.metadata: dict[str, Any] = {}
+      for _ in range(n_kv):
+        key = cur.string()
+        self.metadata[key] = cur.value(cur.scalar("<I"))
+      raw = []
+      for _ in range(n_tensors):
+        name = cur.string()
+        dims = [cur.scalar("<Q") for _ in range(cur.scalar("<I"))]
+        raw.append((name, dims, cur.scalar("<I"), cur.scalar("<Q")))
+    except struct.error as e:
+      raise ValueError(f"GGUF file {path!r} is truncated or corrupt in its "
+                       f"header: {e}") from e
+    align = int(self.metadata.get("general.alignment", 32))
+    start = -(-cur.pos // align) * align
+    self.tensors: dict[str, TensorInfo] = {}
+    for name, dims, gtype, off in raw:
+      try:
+        qtype = gguf.GGMLQuantizationType(gtype)
+      except ValueError:
+        raise ValueError(f"{path!r}: tensor {name!r} has unknown ggml type "
+                         f"{gtype}") from None
+      block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+      n_el = int(np.prod(dims))
+      if dims and dims[0] % block:
+        raise ValueError(f"{path!r}: tensor {name!r} row length {dims[0]} is "
+                         f"not a multiple of the {qtype.name} block {block}")
+      n_bytes = n_el // block * type_size
+      if start + off + n_bytes > size:
+        raise ValueError(f"GGUF file {path!r} is truncated: tensor {name!r} "
+                         f"needs bytes up to {start + off + n_bytes}, the "
+                         f"file has {size}")
+      if name in self.tensors:
+        raise ValueError(f"{path!r}: duplicate tensor {name!r}")
+      self.tensors[name] = TensorInfo(name, int(qtype),
+                                      tuple(int(d) for d in reversed(dims)),
+                                      start + off, n_bytes)
+
+  def array(self, name: str) -> np.ndarray:
+    """Tensor `name` dequantised to a float32 numpy array (row-major shape)."""
+    import gguf
+
+    t = self.tensors[name]
+    qtype = gguf.GGMLQuantizationType(t.ggml_type)
+    raw = self._data[t.offset:t.offset + t.n_bytes]
+    typed = {gguf.GGMLQuantizationType.F32: np.float32,
+             gguf.GGMLQuantizationType.F16: np.float16,
+             gguf.GGMLQuantizationType.F64: np.float64}
+    if qtype in typed:
+      arr = raw.view(typed[qtype]).reshape(t.shape).astype(np.float32)
+    else:
+      byte_shape = gguf.quants.quant_shape_to_byte_shape(t.shape, qtype)
+      arr = gguf.quants.dequantize(raw.reshape(byte_shape), qtype)
+    arr = np.array(arr, dtype=np.float32)  # own the memory (not the memmap)
+    if arr.shape != t.shape:
+      raise ValueError(f"tensor {name!r}: dequantised shape {arr.shape} != "
+                       f"{t.shape}")
+    return arr
+
+
+def open_gguf(path: str) -> GGUFFile:
+  """Parse a GGUF file's header. Raises ValueError naming the file for a
+  wrong magic number, a truncated header or truncated tensor data."""
+  return GGUFFile(path)
+
+
+# ----------------------------------------------------------------------------
+# Config
+# ----------------------------------------------------------------------------
+def _get(meta: dict, key: str, path: str, default=None, required=True):
+  if key in meta:
+    v = meta[key]
+    if isinstance(v, list):
+      raise ValueError(f"{path!r}: metadata {key!r} is a per-layer list {v[:4]}"
+                       "...; only a single value is supported")
+    return v
+  if required:
+    raise ValueError(f"{path!r}: missing GGUF metadata key {key!r}")
+  return default
+
+
+def llama3_scaling_from_factors(factors_K2: np.ndarray, head_dim: int,
+                                rope_theta: float,
+                                original_max_position: int = 8192
+                                ) -> Optional[RopeScaling]:
+  """Fit Llama-3 RoPE scaling parameters to llama.cpp's rope_freqs divisors.
+
+  Llama-3 divides inverse frequency i by f_i: the full factor F for long
+  wavelengths, 1 for short ones, and 1 / ((1 - s)/F + s) in between, with
+  s = (P / wavelen - lo) / (hi - lo) linear in 1/wavelen. Only the ratios
+  P/lo, P/hi matter, so P (original context) is taken from metadata (default
+  8192) and lo, hi are solved by a least-squares line through the middle
+  band. Raises ValueError when the factors are not of that form.
+  """
+  f = np.asarray(factors_K2, np.float64)
+  if f.shape != (head_dim // 2,):
+    raise ValueError(f"rope_freqs has shape {f.shape}, expected "
+                     f"({head_dim // 2},)")
+  F = float(f.max())
+  if np.allclose(f, 1.0, rtol=0, atol=1e-6):
+    return None
+  inv = 1.0 / rope_theta ** (np.arange(0, head_dim, 2) / head_dim)
+  x = inv / (2 * np.pi)  # 1 / wavelength
+  mid = (f > 1 + 1e-4) & (f < F - 1e-4 * F)
+  if mid.sum() < 2:
+    raise ValueError("rope_freqs: fewer than two frequencies in the "
+                     "interpolated band; cannot recover llama3 rope scaling")
+  s = (1.0 / f[mid] - 1.0 / F) / (1.0 - 1.0 / F)
+  a, b = np.polyfit(x[mid], s, 1)
+  P = float(original_max_position)
+  lo = -b * P / a
+  hi = lo + P / a
+  rs = RopeScaling(factor=round(F, 6), low_freq_factor=round(float(lo), 4),
+                   high_freq_factor=round(float(hi), 4),
+                   original_max_position=int(original_max_position))
+  # Check: recompute the divisors from the fitted parameters.
+  wavelen = 1.0 / x
+  smooth = (P / wavelen - rs.low_freq_factor) / (rs.high_freq_factor -
+                                                 rs.low_freq_factor)
+  mid_f = 1.0 / ((1 - smooth) / rs.factor + smooth)
+  refit = np.where(wavelen > P / rs.low_freq_factor, rs.factor,
+                   np.where(wavelen < P / rs.high_freq_factor, 1.0, mid_f))
+  if not np.allclose(refit, f, rtol=1e-4, atol=1e-6):
+    raise ValueError(f"rope_freqs {f} are not llama3-style scaling factors")
+  return rs
+
+
+def config_from_metadata(meta: dict, path: str = "<gguf>",
+                         rope_freqs: Optional[np.ndarray] = None,
+                         tied: bool = True, vocab_size: Optional[int] = None,
+                         dtype: str = "float32") -> ModelConfig:
+  """A ModelConfig from llama-architecture GGUF metadata."""
+  arch = meta.get("general.architecture")
+  if arch not in SUPPORTED_ARCHS:
+    raise ValueError(f"{path!r}: unsupported GGUF architecture {arch!r}; "
+                     f"supported: {SUPPORTED_ARCHS}")
+  g = lambda k, **kw: _get(meta, f"{arch}.{k}", path, **kw)
+  d_model = int(g("embedding_length"))
+  n_heads = int(g("attention.head_count"))
+  n_kv = int(g("attention.head_count_kv", default=n_heads, required=False))
+  head_dim = int(g("attention.key_length", default=d_model // n_heads,
+                   required=False))
+  rot = g("rope.dimension_count", default=head_dim, required=False)
+  if int(rot) != head_dim:
+    raise ValueError(f"{path!r}: partial rotary (rope.dimension_count={rot} "
+                     f"< head_dim={head_dim}) is not supported")
+  theta = float(g("rope.freq_base", default=10000.0, required=False))
+  if vocab_size is None:
+    vocab_size = g("vocab_size", default=None, required=False)
+    if vocab_size is None:
+      vocab_size = len(_get(meta, "tokenizer.ggml.tokens", path))
+  scaling_type = g("rope.scaling.type", default="none", required=False)
+  if scaling_type not in ("none", "llama3"):
+    raise ValueError(f"{path!r}: rope scaling type {scaling_type!r} is not "
+                     "supported (ModelConfig supports llama3 only)")
+  rope_scaling = None
+  if rope_freqs is not None:
+    omp = int(g("rope.scaling.original_context_length", default=8192,
+                required=False))
+    rope_scaling = llama3_scaling_from_factors(rope_freqs, head_dim, theta, omp)
+  return ModelConfig(
+      vocab_size=int(vocab_size),
+      d_model=d_model,
+      n_layers=int(g("block_count")),
+      n_heads=n_heads,
+      n_kv_heads=n_kv,
+      d_ff=int(g("feed_forward_length")),
+      head_dim=head_dim,
+      activation="silu",
+      norm_eps=float(g("attention.layer_norm_rms_epsilon")),
+      rope_theta=theta,
+      rope_scaling=rope_scaling,
+      tie_embeddings=tied,
+      max_seq_len=int(g("context_length", default=2048, required=False)),
+      dtype=dtype,
+      param_dtype=dtype,
+  )
+
+
+# ----------------------------------------------------------------------------
+# Tensors
+# ----------------------------------------------------------------------------
+def unpermute_rotary(w_OxI: np.ndarray, n_heads: int) -> np.ndarray:
+  """Undo convert_hf_to_gguf's Q/K row permutation (interleaved -> halves).
+
+  Within each head the GGUF row 2j + a holds HF row a*K/2 + j.
+  """
+  O, I = w_OxI.shape
+  K = O // n_heads
+  if K * n_heads != O or K % 2:
+    raise ValueError(f"cannot unpermute {w_OxI.shape} into {n_heads} heads "
+                     "of even size")
+  return (w_OxI.reshape(n_heads, K // 2, 2, I).swapaxes(1, 2).reshape(O, I))
+
+
+_LAYER_NAMES = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
+                "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")
+
+
+def params_from_tensors(cfg: ModelConfig, tensors: dict[str, np.ndarray],
+                        path: str = "<gguf>") -> Params:
+  """Map GGUF tensors ([out, in] row-major float arrays) onto Params."""
+  D, H, Kv, K = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+  dt = jnp.dtype(cfg.param_dtype)
+  used = set()
+
+  def take(name):
+    if name not in tensors:
+      raise ValueError(f"{path!r}: missing tensor {name!r}")
+    used.add(name)
+    return tensors[name]
+
+  def arr(x):
+    return jnp.asarray(x, dtype=dt)
+
+  layers = []
+  for i in range(cfg.n_layers):
+    t = {n: take(f"blk.{i}.{n}.weight") for n in _LAYER_NAMES}
+    wq = unpermute_rotary(t["attn_q"], H)
+    wk = unpermute_rotary(t["attn_k"], Kv)
+    layers.append(LayerParams(
+        attn_norm=arr(t["attn_norm"]),
+        wq=arr(wq.T.reshape(D, H, K)),
+        wk=arr(wk.T.reshape(D, Kv, K)),
+        wv=arr(t["attn_v"].T.reshape(D, Kv, K)),
+        wo=arr(t["attn_output"].T.reshape(H, K, D)),
+        mlp_norm=arr(t["ffn_norm"]),
+        w_gate=arr(t["ffn_gate"].T),
+        w_up=arr(t["ffn_up"].T),
+        w_down=arr(t["ffn_down"].T),
+    ))
+  params = Params(
+      embed=arr(take("token_embd.weight")),
+      layers=tuple(layers),
+      final_norm=arr(take("output_norm.weight")),
+      lm_head=None if cfg.tie_embeddings else arr(take("output.weight").T),
+  )
+  extra = sorted(set(tensors) - used - {"rope_freqs.weight"})
+  if extra:
+    raise ValueError(f"{path!r}: unexpected tensors {extra[:8]} for a llama "
+                     "checkpoint")
+  try:
+    check_params(cfg, params)
+  except ValueError as e:
+    raise ValueError(f"{path!r}: {e}") from e
+  return params
+
+
+def load_gguf(path, dtype: str = "float32") -> tuple[ModelConfig, Params]:
+  """Read a llama-architecture GGUF (a path or an open GGUFFile) into
+  (ModelConfig, Params).
+
+  Weights are dequantised to float32 and then cast to `dtype` (also used as
+  the config's compute and parameter dtype).
+  """
+  f = path if isinstance(path, GGUFFile) else open_gguf(path)
+  tensors = {name: f.array(name) for name in f.tensors}
+  if "token_embd.weight" not in tensors:
+    raise ValueError(f"{f.path!r}: missing tensor 'token_embd.weight'")
+  vocab = tensors["token_embd.weight"].shape[0]
+  arch = f.metadata.get("general.architecture")
+  meta_vocab = f.metadata.get(f"{arch}.vocab_size")
+  if meta_vocab is not None and int(meta_vocab) != vocab:
+    raise ValueError(f"{f.path!r}: {arch}.vocab_size={meta_vocab} but "
+                     f"token_embd has {vocab} rows")
+  cfg = config_from_metadata(
+      f.metadata, f.path, rope_freqs=tensors.get("rope_freqs.weight"),
+      tied="output.weight" not in tensors, vocab_size=vocab, dtype=dtype)
+  return cfg, params_from_tensors(cfg, tensors, f.path)

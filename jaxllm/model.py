@@ -1,0 +1,236 @@
+"""The decoder-only transformer: plain functions over the Params pytree.
+
+One `forward` serves training (no cache), prefill and decode (cache), ragged
+multi-token extension (per-row number of valid tokens) and tree verification
+(an arbitrary mask among the new tokens plus explicit positions).
+
+Shapes: B batch, T new tokens, S cache slots, D width, H query heads, Kv KV
+heads, G = H / Kv, K head dim, V vocab.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from jaxllm.cache import KVCache, write_new
+from jaxllm.config import ModelConfig
+from jaxllm.params import LayerParams, Params
+
+NEG_INF = -1e30  # finite, so fully masked rows give a uniform softmax, not NaN
+
+
+def rms_norm(x, w, cfg: ModelConfig):
+  x32 = x.astype(jnp.float32)
+  y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) +
+                          cfg.norm_eps)
+  scale = (1.0 + w.astype(jnp.float32)) if cfg.norm_plus_one else w.astype(
+      jnp.float32)
+  return (y * scale).astype(x.dtype)
+
+
+def rope_inv_freq(cfg: ModelConfig) -> jax.Array:
+  """Inverse frequencies [K/2], with Llama-3 scaling if configured."""
+  K = cfg.head_dim
+  inv = 1.0 / (cfg.rope_theta ** (jnp.arange(0, K, 2, dtype=jnp.float32) / K))
+  rs = cfg.rope_scaling
+  if rs is None:
+    return inv
+  low_wavelen = rs.original_max_position / rs.low_freq_factor
+  high_wavelen = rs.original_max_position / rs.high_freq_factor
+  wavelen = 2 * jnp.pi / inv
+  smooth = (rs.original_max_position / wavelen - rs.low_freq_factor) / (
+      rs.high_freq_factor - rs.low_freq_factor)
+  mid = (1 - smooth) * inv / rs.factor + smooth * inv
+  return jnp.where(wavelen > low_wavelen, inv / rs.factor,
+                   jnp.where(wavelen < high_wavelen, inv, mid))
+
+
+def apply_rope(x_BxTxNxK, positions_BxT, inv_freq):
+  """Rotate-half RoPE (the Hugging Face convention)."""
+  ang = positions_BxT.astype(jnp.float32)[..., None] * inv_freq  # [B,T,K/2]
+  cos = jnp.cos(ang)[:, :, None, :]
+  sin = jnp.sin(ang)[:, :, None, :]
+  x = x_BxTxNxK.astype(jnp.float32)
+  x1, x2 = jnp.split(x, 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_BxTxNxK.dtype)
+
+
+def _softcap(x, cap):
+  return x if cap is None else cap * jnp.tanh(x / cap)
+
+
+def attention(q_BxTxHxK, k_BxSxKvxK, v_BxSxKvxK, mask_BxTxS, cfg: ModelConfig):
+  """Grouped-query attention with an explicit boolean mask (plain jnp)."""
+  B, T, H, K = q_BxTxHxK.shape
+  Kv = k_BxSxKvxK.shape[2]
+  q = q_BxTxHxK.reshape(B, T, Kv, H // Kv, K)
+  s = jnp.einsum("btkgd,bskd->bkgts", q, k_BxSxKvxK,
+                 preferred_element_type=jnp.float32) * cfg.attn_scale
+  s = _softcap(s, cfg.attn_softcap)
+  s = jnp.where(mask_BxTxS[:, None, None], s, NEG_INF)
+  p = jax.nn.softmax(s, axis=-1).astype(v_BxSxKvxK.dtype)
+  o = jnp.einsum("bkgts,bskd->btkgd", p, v_BxSxKvxK)
+  return o.reshape(B, T, H, K)
+
+
+def _mlp(x, lp: LayerParams, cfg: ModelConfig):
+  gate = x @ lp.w_gate
+  act = (jax.nn.silu(gate) if cfg.activation == "silu" else
+         jax.nn.gelu(gate, approximate=(cfg.activation == "gelu_tanh")))
+  return (act * (x @ lp.w_up)) @ lp.w_down
+
+
+def _qkv(x, lp: LayerParams):
+  q = jnp.einsum("btd,dhk->bthk", x, lp.wq)
+  k = jnp.einsum("btd,dhk->bthk", x, lp.wk)
+  v = jnp.einsum("btd,dhk->bthk", x, lp.wv)
+  if lp.bq is not None:
+    q, k, v = q + lp.bq, k + lp.bk, v + lp.bv
+  return q, k, v
+
+
+def build_masks(cfg: ModelConfig, positions_BxT, lengths_B, S: Optional[int],
+                new_mask_BxTxT, n_valid_B):
+  """Boolean attention masks, one per distinct window size.
+
+  Without a cache (S is None) keys are the T new tokens. With a cache, key slot
+  j of row b holds a committed token when j < lengths[b] (slot == position) and
+  new token j - lengths[b] when lengths[b] <= j < lengths[b] + T.
+  Returns ({window: mask_BxTxS}, key_positions_BxS).
+  """
+  B, T = positions_BxT.shape
+  if new_mask_BxTxT is None:
+    t = jnp.arange(T)
+    new_mask_BxTxT = jnp.broadcast_to(t[None, :, None] >= t[None, None, :],
+                                      (B, T, T))
+  if S is None:
+    base = new_mask_BxTxT
+    kpos = positions_BxT
+  else:
+    j = jnp.arange(S)[None, :]  # [1,S]
+    rel = j - lengths_B[:, None]  # [B,S] index into the new tokens
+    in_new = (rel >= 0) & (rel < T)
+    rel_c = jnp.clip(rel, 0, T - 1)
+    new_part = jnp.take_along_axis(
+        new_mask_BxTxT, jnp.broadcast_to(rel_c[:, None, :], (B, T, S)), axis=2)
+    base = (j < lengths_B[:, None])[:, None, :] | (in_new[:, None, :] & new_part)
+    kpos = jnp.where(in_new, jnp.take_along_axis(positions_BxT, rel_c, axis=1),
+                     j)
+  masks = {}
+  for w in sorted(set(cfg.windows)):
+    if w == 0:
+      masks[w] = base
+    else:
+      masks[w] = base & (positions_BxT[:, :, None] - kpos[:, None, :] < w)
+  return masks, kpos
+
+
+def forward(params: Params,
+            tokens_BxT: jax.Array,
+            cfg: ModelConfig,
+            *,
+            cache: Optional[KVCache] = None,
+            positions_BxT: Optional[jax.Array] = None,
+            attn_mask_BxTxT: Optional[jax.Array] = None,
+            n_valid_B: Optional[jax.Array] = None,
+            logits_at: str = "all",
+            return_hidden: bool = False,
+            layers: Optional[tuple[int, ...]] = None):
+  """Run the transformer on T new tokens per row.
+
+  Args:
+    tokens_BxT: token ids; rows may be right-padded (see n_valid_B).
+    cache: if given, new keys/values are written at slots [lengths, lengths+T)
+      and queries attend to the committed prefix plus the new tokens.
+    positions_BxT: RoPE positions; default lengths + arange(T) (or arange(T)
+      without a cache). Tree verification passes root position + depth.
+    attn_mask_BxTxT: which new tokens each new token sees (default causal; a
+      tree passes its ancestor-or-self mask; bidirectional passes all True).
+    n_valid_B: how many of the T tokens per row are real; the cache length of
+      row b advances by n_valid_B[b] (default T). Pass zeros to score without
+      committing.
+    logits_at: "all" -> [B,T,V]; "last" -> [B,V] at token n_valid-1 of each
+      row; "none" -> no LM head (hidden states only).
+    return_hidden: also return the residual stream after every layer.
+    layers: indices of layers to run (layer skipping / early exit); default all.
+  Returns: (logits, new_cache or None, hidden states tuple or None).
+  """
+  B, T = tokens_BxT.shape
+  if n_valid_B is None:
+    n_valid_B = jnp.full((B,), T, jnp.int32)
+  lengths = cache.lengths if cache is not None else jnp.zeros((B,), jnp.int32)
+  if positions_BxT is None:
+    positions_BxT = lengths[:, None] + jnp.arange(T, dtype=jnp.int32)[None]
+  S = None if cache is None else cache.k[0].shape[1]
+  masks, _ = build_masks(cfg, positions_BxT, lengths, S, attn_mask_BxTxT,
+                         n_valid_B)
+  inv_freq = rope_inv_freq(cfg)
+  dtype = jnp.dtype(cfg.dtype)
+
+  x = params.embed[tokens_BxT].astype(dtype)
+  if cfg.embed_scale:
+    x = x * jnp.asarray(cfg.d_model ** 0.5, dtype)
+  hidden = []
+  new_k, new_v = [], []
+  layer_ids = range(cfg.n_layers) if layers is None else layers
+  for i in layer_ids:
+    lp = params.layers[i]
+    h = rms_norm(x, lp.attn_norm, cfg)
+    q, k, v = _qkv(h, lp)
+    q = apply_rope(q, positions_BxT, inv_freq)
+    k = apply_rope(k, positions_BxT, inv_freq)
+    if cache is None:
+      keys, vals = k, v
+    else:
+      keys = write_new(cache.k[i], k, lengths)
+      vals = write_new(cache.v[i], v, lengths)
+      new_k.append(keys)
+      new_v.append(vals)
+    o = attention(q, keys, vals, masks[cfg.windows[i]], cfg)
+    o = jnp.einsum("bthk,hkd->btd", o, lp.wo)
+    if lp.post_attn_norm is not None:
+      o = rms_norm(o, lp.post_attn_norm, cfg)
+    x = x + o
+    h = rms_norm(x, lp.mlp_norm, cfg)
+    m = _mlp(h, lp, cfg)
+    if lp.post_mlp_norm is not None:
+      m = rms_norm(m, lp.post_mlp_norm, cfg)
+    x = x + m
+    if return_hidden:
+      hidden.append(x)
+
+  new_cache = None
+  if cache is not None:
+    # Skipped layers keep their old buffers (layer skipping fills them itself).
+    ks, vs = list(cache.k), list(cache.v)
+    for j, i in enumerate(layer_ids):
+      ks[i], vs[i] = new_k[j], new_v[j]
+    new_cache = KVCache(k=tuple(ks), v=tuple(vs), lengths=lengths + n_valid_B)
+
+  if logits_at == "none":
+    logits = None
+  else:
+    if logits_at == "last":
+      idx = jnp.clip(n_valid_B - 1, 0, T - 1)
+      x = jnp.take_along_axis(x, idx[:, None, None], axis=1)[:, 0]
+    elif logits_at != "all":
+      raise ValueError(f"logits_at must be 'all', 'last' or 'none', got "
+                       f"{logits_at!r}")
+    logits = lm_head(params, x, cfg)
+  return logits, new_cache, (tuple(hidden) if return_hidden else None)
+
+
+def lm_head(params: Params, x, cfg: ModelConfig):
+  """Final norm + output projection (+ final soft-cap), float32 logits."""
+  h = rms_norm(x, params.final_norm, cfg)
+  if params.lm_head is None:  # tied: contract with the embedding table directly
+    logits = jnp.einsum("...d,vd->...v", h, params.embed.astype(h.dtype),
+                        preferred_element_type=jnp.float32)
+  else:
+    logits = jnp.einsum("...d,dv->...v", h, params.lm_head.astype(h.dtype),
+                        preferred_element_type=jnp.float32)
+  return _softcap(logits, cfg.final_softcap)

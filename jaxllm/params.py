@@ -1,0 +1,171 @@
+"""Parameter pytrees, described once.
+
+`param_specs(cfg)` returns the parameter tree with a `ParamSpec` (shape, logical
+axes, initialiser) at every leaf. Initialisation, abstract shapes and (logical)
+shardings are all derived from that one description.
+
+Layout (per layer weights are kept as separate arrays, one `LayerParams` per
+layer, so the forward pass indexes nothing and each layer's KV cache is a
+separate buffer that can be updated in place):
+
+  embed        [V, D]                      ("vocab", "embed")
+  layers[i]:
+    attn_norm  [D]
+    wq [D, H, K]   wk [D, Kv, K]   wv [D, Kv, K]   wo [H, K, D]
+    bq [H, K]      bk [Kv, K]      bv [Kv, K]          (QKV bias only)
+    post_attn_norm [D]                                  (Gemma 2 only)
+    mlp_norm   [D]
+    w_gate [D, F]  w_up [D, F]  w_down [F, D]
+    post_mlp_norm [D]                                   (Gemma 2 only)
+  final_norm   [D]
+  lm_head      [D, V]  (None when tied to embed)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+from jaxllm.config import ModelConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamSpec:
+  shape: tuple[int, ...]
+  axes: tuple[Optional[str], ...]  # logical axis names, one per dim
+  init: str = "normal"  # normal | zeros | ones
+  fan_in: int = 1  # normal init std = 1 / sqrt(fan_in)
+
+
+def _dc(cls):
+  cls = dataclasses.dataclass(cls)
+  return jax.tree_util.register_dataclass(cls)
+
+
+@_dc
+class LayerParams:
+  attn_norm: Any
+  wq: Any
+  wk: Any
+  wv: Any
+  wo: Any
+  mlp_norm: Any
+  w_gate: Any
+  w_up: Any
+  w_down: Any
+  bq: Any = None
+  bk: Any = None
+  bv: Any = None
+  post_attn_norm: Any = None
+  post_mlp_norm: Any = None
+
+
+@_dc
+class Params:
+  embed: Any
+  layers: tuple
+  final_norm: Any
+  lm_head: Any = None
+
+
+def is_spec(x) -> bool:
+  return isinstance(x, ParamSpec)
+
+
+def param_specs(cfg: ModelConfig) -> Params:
+  """The parameter tree with a ParamSpec at every leaf."""
+  D, H, Kv, K, F, V = (cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim,
+                       cfg.d_ff, cfg.vocab_size)
+  norm_init = "zeros" if cfg.norm_plus_one else "ones"
+  norm = lambda: ParamSpec((D,), ("embed",), norm_init)
+
+  def layer():
+    bias = cfg.qkv_bias
+    return LayerParams(
+        attn_norm=norm(),
+        wq=ParamSpec((D, H, K), ("embed", "heads", "head_dim"), fan_in=D),
+        wk=ParamSpec((D, Kv, K), ("embed", "kv_heads", "head_dim"), fan_in=D),
+        wv=ParamSpec((D, Kv, K), ("embed", "kv_heads", "head_dim"), fan_in=D),
+        wo=ParamSpec((H, K, D), ("heads", "head_dim", "embed"), fan_in=H * K),
+        bq=ParamSpec((H, K), ("heads", "head_dim"), "zeros") if bias else None,
+        bk=ParamSpec((Kv, K), ("kv_heads", "head_dim"), "zeros") if bias else None,
+        bv=ParamSpec((Kv, K), ("kv_heads", "head_dim"), "zeros") if bias else None,
+        post_attn_norm=norm() if cfg.post_norms else None,
+        mlp_norm=norm(),
+        w_gate=ParamSpec((D, F), ("embed", "mlp"), fan_in=D),
+        w_up=ParamSpec((D, F), ("embed", "mlp"), fan_in=D),
+        w_down=ParamSpec((F, D), ("mlp", "embed"), fan_in=F),
+        post_mlp_norm=norm() if cfg.post_norms else None,
+    )
+
+  return Params(
+      embed=ParamSpec((V, D), ("vocab", "embed"), fan_in=D),
+      layers=tuple(layer() for _ in range(cfg.n_layers)),
+      final_norm=norm(),
+      lm_head=None if cfg.tie_embeddings else ParamSpec((D, V), ("embed", "vocab"),
+                                                        fan_in=D),
+  )
+
+
+def _map_specs(fn: Callable[[ParamSpec], Any], specs: Params):
+  return jax.tree_util.tree_map(fn, specs, is_leaf=is_spec)
+
+
+def init_params(cfg: ModelConfig, key: jax.Array) -> Params:
+  """Random initialisation: N(0, 1/fan_in) matrices, unit (or zero) norms."""
+  specs = param_specs(cfg)
+  leaves, treedef = jax.tree_util.tree_flatten(specs, is_leaf=is_spec)
+  keys = jax.random.split(key, len(leaves))
+  dtype = jnp.dtype(cfg.param_dtype)
+
+  def one(spec: ParamSpec, k):
+    if spec.init == "zeros":
+      return jnp.zeros(spec.shape, dtype)
+    if spec.init == "ones":
+      return jnp.ones(spec.shape, dtype)
+    std = spec.fan_in ** -0.5
+    return (std * jax.random.normal(k, spec.shape, jnp.float32)).astype(dtype)
+
+  return jax.tree_util.tree_unflatten(
+      treedef, [one(s, k) for s, k in zip(leaves, keys)])
+
+
+def abstract_params(cfg: ModelConfig) -> Params:
+  """ShapeDtypeStructs of the parameters (no memory allocated)."""
+  dtype = jnp.dtype(cfg.param_dtype)
+  return _map_specs(lambda s: jax.ShapeDtypeStruct(s.shape, dtype),
+                    param_specs(cfg))
+
+
+def logical_axes(cfg: ModelConfig) -> Params:
+  """The logical axis names of every parameter (for sharding rules)."""
+  return _map_specs(lambda s: s.axes, param_specs(cfg))
+
+
+def count_params(params) -> int:
+  return sum(int(x.size) for x in jax.tree_util.tree_leaves(params))
+
+
+def check_params(cfg: ModelConfig, params: Params) -> None:
+  """Raise ValueError naming the first parameter whose shape does not match cfg."""
+  want = abstract_params(cfg)
+  w_flat, w_def = jax.tree_util.tree_flatten_with_path(want)
+  try:
+    g_flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  except Exception as e:  # pragma: no cover - defensive
+    raise ValueError(f"params are not a Params tree: {e}") from e
+  w_paths = {jax.tree_util.keystr(p): v for p, v in w_flat}
+  g_paths = {jax.tree_util.keystr(p): v for p, v in g_flat}
+  for p in w_paths:
+    if p not in g_paths:
+      raise ValueError(f"missing parameter {p} (expected shape "
+                       f"{w_paths[p].shape})")
+  for p in g_paths:
+    if p not in w_paths:
+      raise ValueError(f"unexpected parameter {p} for this config")
+    if tuple(g_paths[p].shape) != tuple(w_paths[p].shape):
+      raise ValueError(f"parameter {p} has shape {tuple(g_paths[p].shape)}, "
+                       f"config expects {tuple(w_paths[p].shape)}")

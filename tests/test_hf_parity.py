@@ -1,0 +1,374 @@
+"""Parity of jaxllm against transformers on tiny random Llama / Qwen2 / Gemma 2
+models built locally, plus safetensors round trips and bad-file errors.
+
+Reference: transformers' own eager PyTorch implementation (float32).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import safetensors.numpy
+from safetensors import safe_open
+
+import _hf_models as hfm
+from jaxllm import hf
+from jaxllm.cache import init_cache
+from jaxllm.model import forward
+
+CASES = sorted(hfm.CASES)
+REL_TOL = 1e-5
+T, B = 24, 3  # longer than every sliding window in the cases
+P, N_NEW = 8, 16
+
+
+def rel_err(ours, theirs):
+  ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
+  return np.max(np.abs(ours - theirs)) / np.max(np.abs(theirs))
+
+
+def tokens(seed, shape, vocab=128):
+  return np.random.default_rng(seed).integers(0, vocab, size=shape)
+
+
+def our_logits(params, cfg, toks):
+  fn = jax.jit(lambda p, t: forward(p, t, cfg)[0])
+  return np.asarray(fn(params, jnp.asarray(toks, jnp.int32)))
+
+
+def our_greedy(params, cfg, prompt_BxP, n_new):
+  """Cached greedy decoding: one prefill, then one token per step."""
+  b, p = prompt_BxP.shape
+  step = jax.jit(lambda prm, t, c: forward(prm, t, cfg, cache=c,
+                                           logits_at="last")[:2])
+  cache = init_cache(cfg, b, p + n_new)
+  logits, cache = step(params, jnp.asarray(prompt_BxP, jnp.int32), cache)
+  out = []
+  for _ in range(n_new):
+    tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    out.append(tok)
+    logits, cache = step(params, tok[:, None], cache)
+  return np.stack([np.asarray(t) for t in out], axis=1)
+
+
+def read_tensors(path):
+  with safe_open(path, framework="numpy") as f:
+    return {k: f.get_tensor(k) for k in f.keys()}
+
+
+@pytest.fixture(scope="module", params=CASES, ids=CASES)
+def case(request, tmp_path_factory):
+  """(name, torch model, its saved directory, our loaded (cfg, params))."""
+  name = request.param
+  model = hfm.build_hf_model(name, seed=CASES.index(name))
+  d = str(tmp_path_factory.mktemp(name))
+  model.save_pretrained(d)
+  return name, model, d, hf.load_hf(d)
+
+
+def test_logits_match_transformers(case):
+  name, model, _, (cfg, params) = case
+  toks = tokens(1, (B, T))
+  theirs = hfm.hf_logits(model, toks)
+  ours = our_logits(params, cfg, toks)
+  assert ours.shape == theirs.shape == (B, T, 128)
+  assert rel_err(ours, theirs) < REL_TOL, name
+
+
+def test_greedy_generation_matches_transformers(case):
+  _, model, _, (cfg, params) = case
+  prompt = tokens(2, (2, P))
+  theirs = hfm.hf_greedy(model, prompt, N_NEW)
+  assert theirs.shape == (2, N_NEW)
+  np.testing.assert_array_equal(our_greedy(params, cfg, prompt, N_NEW), theirs)
+
+
+def test_hf_import_export_bit_exact(case, tmp_path):
+  """load_hf -> save_hf rewrites the very tensors transformers saved."""
+  _, _, d, (cfg, params) = case
+  hf.save_hf(str(tmp_path), cfg, params,
+             model_type=json.load(open(os.path.join(d, "config.json")))[
+                 "model_type"])
+  orig = read_tensors(os.path.join(d, "model.safetensors"))
+  ours = read_tensors(str(tmp_path / "model.safetensors"))
+  assert sorted(orig) == sorted(ours)
+  for k in orig:
+    assert orig[k].dtype == ours[k].dtype and orig[k].shape == ours[k].shape, k
+    assert orig[k].tobytes() == ours[k].tobytes(), k
+  cfg2, params2 = hf.load_hf(str(tmp_path))
+  assert cfg2 == cfg
+  for a, b in zip(jax.tree_util.tree_leaves(params),
+                  jax.tree_util.tree_leaves(params2)):
+    assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+
+
+def _perturbed_init(cfg, seed):
+  """Our own random params (independent of any HF model), with random norms
+  and biases so every tensor's mapping is exercised."""
+  from jaxllm.params import init_params
+  params = init_params(cfg, jax.random.key(seed))
+  key = jax.random.key(seed + 1)
+
+  def bump(path, x):
+    name = jax.tree_util.keystr(path)
+    if name.endswith("norm") or name[-2:] in ("bq", "bk", "bv"):
+      k = jax.random.fold_in(key, hash(name) % (2**31))
+      return x + 0.2 * jax.random.normal(k, x.shape, x.dtype)
+    return x
+  params = jax.tree_util.tree_map_with_path(bump, params)
+  return params.__class__(embed=params.embed * 4.0, layers=params.layers,
+                          final_norm=params.final_norm, lm_head=params.lm_head)
+
+
+def test_export_loads_in_transformers(case, tmp_path):
+  """Our random params -> save_hf -> transformers: same logits as ours."""
+  name, _, d, (cfg, _) = case
+  params = _perturbed_init(cfg, 7)
+  family = hfm.CASES[name][0]
+  hf.save_hf(str(tmp_path), cfg, params, model_type=family)
+  model = hfm.load_hf_model(str(tmp_path))
+  toks = tokens(3, (2, T))
+  theirs = hfm.hf_logits(model, toks)
+  assert rel_err(our_logits(params, cfg, toks), theirs) < REL_TOL
+
+
+# --------------------------------------------------------------------------
+# config parsing
+# --------------------------------------------------------------------------
+
+def test_config_windows_follow_transformers():
+  """Per-layer windows equal transformers' own layer_types for each case."""
+  for name in CASES:
+    hcfg = hfm.hf_config(name)
+    cfg = hf.config_from_hf(hcfg.to_dict())
+    sw = getattr(hcfg, "sliding_window", None)
+    want = tuple(sw if (t == "sliding_attention" and sw) else 0
+                 for t in hcfg.layer_types) if hasattr(hcfg, "layer_types") \
+        else (0,) * cfg.n_layers
+    assert cfg.windows == want, name
+  g = hf.config_from_hf(hfm.hf_config("gemma2_softcap_window").to_dict())
+  assert g.windows == (5, 0, 5)
+  q = hf.config_from_hf(hfm.hf_config("qwen2_bias_nowindow").to_dict())
+  assert q.windows == (0, 0)
+
+
+def _base(model_type="llama", **kw):
+  d = dict(model_type=model_type, vocab_size=128, hidden_size=64,
+           intermediate_size=96, num_hidden_layers=2, num_attention_heads=4)
+  d.update(kw)
+  return d
+
+
+@pytest.mark.parametrize("field", hf._REQUIRED)
+def test_config_missing_field(field):
+  d = _base()
+  del d[field]
+  with pytest.raises(ValueError, match=rf"my/config\.json: missing required "
+                     rf"field '{field}'"):
+    hf.config_from_hf(d, "my/config.json")
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(model_type="mistral"), "unsupported model_type 'mistral'"),
+    (dict(rope_parameters=dict(rope_type="yarn", factor=2.0)),
+     "unsupported rope type 'yarn'"),
+    (dict(rope_scaling=dict(type="linear", factor=2.0)),
+     "unsupported rope type 'linear'"),
+    (dict(rope_parameters=dict(rope_type="llama3", factor=8.0,
+                               low_freq_factor=1.0)),
+     "rope_parameters.high_freq_factor"),
+    (dict(hidden_act="relu2"), "unsupported hidden_act 'relu2'"),
+    (dict(mlp_bias=True), "mlp_bias"),
+    (dict(num_key_value_heads=3), "n_kv_heads"),
+], ids=["model_type", "yarn", "legacy_linear", "llama3_field", "act",
+        "mlp_bias", "kv_heads"])
+def test_config_unsupported(kw, msg):
+  with pytest.raises(ValueError, match=msg):
+    hf.config_from_hf(_base(**kw))
+
+
+def test_config_legacy_rope_fields():
+  """transformers 4.x wrote rope_theta + rope_scaling at top level."""
+  cfg = hf.config_from_hf(_base(rope_theta=5e5, max_position_embeddings=256,
+                                rope_scaling=dict(rope_type="llama3", factor=4.0,
+                                                  low_freq_factor=1.0,
+                                                  high_freq_factor=2.0)))
+  assert cfg.rope_theta == 5e5
+  assert cfg.rope_scaling.factor == 4.0
+  assert cfg.rope_scaling.original_max_position == 256  # falls back to max pos
+
+
+# --------------------------------------------------------------------------
+# bad files
+# --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small_ckpt(tmp_path_factory):
+  """A tiny Llama checkpoint (tied) saved by transformers."""
+  model = hfm.build_hf_model("llama3_rope_mqa_tied", seed=5)
+  d = str(tmp_path_factory.mktemp("small"))
+  model.save_pretrained(d)
+  return d
+
+
+def _copy_with(src, dst, tensors=None, config=None):
+  os.makedirs(dst, exist_ok=True)
+  cfg = json.load(open(os.path.join(src, "config.json")))
+  if config is not None:
+    cfg = config(cfg)
+  json.dump(cfg, open(os.path.join(dst, "config.json"), "w"))
+  t = read_tensors(os.path.join(src, "model.safetensors"))
+  if tensors is not None:
+    t = tensors(t)
+  safetensors.numpy.save_file(t, os.path.join(dst, "model.safetensors"),
+                              metadata={"format": "pt"})
+  return str(dst)
+
+
+def test_truncated_safetensors(small_ckpt, tmp_path):
+  d = _copy_with(small_ckpt, tmp_path)
+  path = os.path.join(d, "model.safetensors")
+  data = open(path, "rb").read()
+  open(path, "wb").write(data[: len(data) // 2])
+  with pytest.raises(ValueError, match=r"model\.safetensors is not a valid "
+                     r"safetensors file \(truncated or corrupt"):
+    hf.load_hf(d)
+
+
+def test_garbage_safetensors(small_ckpt, tmp_path):
+  d = _copy_with(small_ckpt, tmp_path)
+  open(os.path.join(d, "model.safetensors"), "wb").write(b"\x00" * 64)
+  with pytest.raises(ValueError, match="model.safetensors is not a valid"):
+    hf.load_hf(d)
+
+
+def test_config_json_missing_field(small_ckpt, tmp_path):
+  def drop(c):
+    del c["num_hidden_layers"]
+    return c
+  d = _copy_with(small_ckpt, tmp_path, config=drop)
+  with pytest.raises(ValueError, match=r"config\.json: missing required field "
+                     r"'num_hidden_layers'"):
+    hf.load_hf(d)
+
+
+def test_missing_dir_or_weights(tmp_path):
+  with pytest.raises(FileNotFoundError, match="config.json"):
+    hf.load_hf(str(tmp_path))
+  json.dump(_base(), open(tmp_path / "config.json", "w"))
+  with pytest.raises(FileNotFoundError, match=r"no \*\.safetensors"):
+    hf.load_hf(str(tmp_path))
+
+
+def test_wrong_shape(small_ckpt, tmp_path):
+  name = "model.layers.1.self_attn.k_proj.weight"
+
+  def bad(t):
+    t[name] = np.zeros((32, 64), np.float32)  # MQA expects [16, 64]
+    return t
+  d = _copy_with(small_ckpt, tmp_path, tensors=bad)
+  with pytest.raises(ValueError, match=rf"'{name}' has shape \[32, 64\], "
+                     r"expected \[16, 64\]"):
+    hf.load_hf(d)
+
+
+def test_missing_tensor(small_ckpt, tmp_path):
+  name = "model.layers.1.mlp.up_proj.weight"
+
+  def drop(t):
+    del t[name]
+    return t
+  d = _copy_with(small_ckpt, tmp_path, tensors=drop)
+  with pytest.raises(ValueError, match=rf"missing tensor '{name}'"):
+    hf.load_hf(d)
+
+
+def test_unexpected_tensor(small_ckpt, tmp_path):
+  name = "model.layers.0.self_attn.o_proj.bias"
+
+  def add(t):
+    t[name] = np.zeros((64,), np.float32)
+    return t
+  d = _copy_with(small_ckpt, tmp_path, tensors=add)
+  with pytest.raises(ValueError, match=rf"unexpected tensor '{name}'"):
+    hf.load_hf(d)
+
+
+def test_tied_head_present(small_ckpt, tmp_path):
+  """lm_head.weight next to tied embeddings: fine if equal, error if not."""
+  ref_cfg, ref = hf.load_hf(small_ckpt)
+
+  def same(t):
+    t["lm_head.weight"] = t["model.embed_tokens.weight"].copy()
+    return t
+  cfg, params = hf.load_hf(_copy_with(small_ckpt, tmp_path / "a", tensors=same))
+  assert cfg == ref_cfg and params.lm_head is None
+  np.testing.assert_array_equal(params.embed, ref.embed)
+
+  def differ(t):
+    t["lm_head.weight"] = t["model.embed_tokens.weight"] + 1.0
+    return t
+  d = _copy_with(small_ckpt, tmp_path / "b", tensors=differ)
+  with pytest.raises(ValueError, match="'lm_head.weight' differs"):
+    hf.load_hf(d)
+
+
+def test_sharded_checkpoint(small_ckpt, tmp_path):
+  """Two shards + model.safetensors.index.json load like the single file."""
+  t = read_tensors(os.path.join(small_ckpt, "model.safetensors"))
+  names = sorted(t)
+  shards = {"model-00001-of-00002.safetensors": names[::2],
+            "model-00002-of-00002.safetensors": names[1::2]}
+  weight_map = {}
+  for fname, ns in shards.items():
+    safetensors.numpy.save_file({n: t[n] for n in ns}, str(tmp_path / fname),
+                                metadata={"format": "pt"})
+    weight_map.update({n: fname for n in ns})
+  json.dump({"metadata": {}, "weight_map": weight_map},
+            open(tmp_path / "model.safetensors.index.json", "w"))
+  json.dump(json.load(open(os.path.join(small_ckpt, "config.json"))),
+            open(tmp_path / "config.json", "w"))
+  cfg, params = hf.load_hf(str(tmp_path))
+  ref_cfg, ref = hf.load_hf(small_ckpt)
+  assert cfg == ref_cfg
+  for a, b in zip(jax.tree_util.tree_leaves(params),
+                  jax.tree_util.tree_leaves(ref)):
+    np.testing.assert_array_equal(a, b)
+  # A shard the index names but that is gone.
+  os.remove(tmp_path / "model-00002-of-00002.safetensors")
+  with pytest.raises(FileNotFoundError, match="model-00002-of-00002"):
+    hf.load_hf(str(tmp_path))
+
+
+def test_bfloat16_checkpoint(small_ckpt, tmp_path):
+  """bf16 tensors (how real checkpoints ship) load as bf16, or cast on request."""
+  import ml_dtypes
+
+  def to_bf16(t):
+    return {k: v.astype(ml_dtypes.bfloat16) for k, v in t.items()}
+
+  def set_dtype(c):
+    c["dtype"] = "bfloat16"
+    return c
+  d = _copy_with(small_ckpt, tmp_path, tensors=to_bf16, config=set_dtype)
+  cfg, params = hf.load_hf(d)
+  assert cfg.param_dtype == "bfloat16" and params.embed.dtype == jnp.bfloat16
+  ref = read_tensors(os.path.join(small_ckpt, "model.safetensors"))
+  np.testing.assert_array_equal(
+      np.asarray(params.embed, np.float32),
+      ref["model.embed_tokens.weight"].astype(ml_dtypes.bfloat16).astype(
+          np.float32))
+  cfg32, params32 = hf.load_hf(d, dtype="float32")
+  assert cfg32.param_dtype == "float32" and params32.embed.dtype == jnp.float32
+
+
+def test_export_rejects_incompatible_config(case, tmp_path):
+  name, _, _, (cfg, params) = case
+  other = "gemma2" if hfm.CASES[name][0] != "gemma2" else "llama"
+  with pytest.raises(ValueError, match=f"cannot export as '{other}'"):
+    hf.save_hf(str(tmp_path), cfg, params, model_type=other)
