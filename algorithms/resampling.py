@@ -427,7 +427,9 @@ def _conditional_strat_sys(key, p, ref_index, ref_slot, systematic_: bool):
   key_k, key_u, key_rest = jax.random.split(key, 3)
   # The slot that carries the reference, chosen with P(k) ∝ P(A^k = ref_index).
   has_mass = jnp.sum(overlap) > 0
-  k = jnp.where(has_mass, jax.random.categorical(key_k, jnp.log(overlap)), ref_slot)
+  k_draw = _inverse_cdf(_normalised_cdf(jnp.where(has_mass, overlap, 1.0)),
+                        jax.random.uniform(key_k, (1,), p.dtype))[0]
+  k = jnp.where(has_mass, k_draw, ref_slot)
   lo = jnp.maximum(lo_b, k_lo[k])
   hi = jnp.maximum(jnp.minimum(hi_b, k_hi[k]), lo)
   u_k = lo + (hi - lo) * jax.random.uniform(key_u, (), p.dtype)

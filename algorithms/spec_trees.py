@@ -99,16 +99,27 @@ def table_draft_fn(table_VxV: Array) -> DraftFn:
   return draft_fn
 
 
+def _sibling_rank(group_N: Array) -> Array:
+  """rank_N[i] = number of j < i with group[j] == group[i] (sort-free, O(N^2))."""
+  N = group_N.shape[0]
+  same_NxN = group_N[:, None] == group_N[None, :]
+  before_NxN = jnp.arange(N)[None, :] < jnp.arange(N)[:, None]
+  return jnp.sum(same_NxN & before_NxN, axis=1).astype(jnp.int32)
+
+
 def children_table(parent_M: Array, max_children: int) -> Array:
-  """children_MxC[n] = children of node n in BFS (= draw) order, padded with -1."""
+  """children_MxC[n] = children of node n in BFS (= draw) order, padded with -1.
+
+  Dense and sort-free (M is small; sorts are slow under vmap on CPU). Children beyond
+  max_children are dropped, so max_children must bound every node's branching.
+  """
   M = parent_M.shape[0]
-  idx_M = jnp.arange(M)
-  is_child_MxM = parent_M[None, :] == idx_M[:, None]
-  # Sort key: children first, by index (stable), non-children after.
-  key_MxM = jnp.where(is_child_MxM, idx_M[None, :], M + idx_M[None, :])
-  order_MxM = jnp.argsort(key_MxM, axis=1)[:, :max_children]
-  valid_MxC = jnp.take_along_axis(is_child_MxM, order_MxM, axis=1)
-  return jnp.where(valid_MxC, order_MxM, -1).astype(jnp.int32)
+  idx_M = jnp.arange(M, dtype=jnp.int32)
+  is_child_MxM = parent_M[None, :] == idx_M[:, None]  # [n, i]: i is a child of n
+  slot_MxC = _sibling_rank(parent_M)[:, None] == jnp.arange(max_children)[None, :]
+  sel_MxCxM = is_child_MxM[:, None, :] & slot_MxC.T[None, :, :]
+  found_MxC = sel_MxCxM.any(-1)
+  return jnp.where(found_MxC, jnp.sum(sel_MxCxM * idx_M, -1), -1).astype(jnp.int32)
 
 
 def _log(q):
@@ -346,9 +357,12 @@ def build_rsds_tree(
     Gt_BxV = phic_BxV + jax.random.gumbel(keys[l - 1], (B, V), dtype=dt)
     Gp_BxV = _truncated_gumbel(G_B, Gt_BxV)
     Gsel_W, flat_W = lax.top_k(Gp_BxV.reshape(-1), W)
-    # Group by parent; top_k order is decreasing G', kept within a parent (stable sort).
-    order_W = jnp.argsort(flat_W // V, stable=True)
-    flat_W, Gsel_W = flat_W[order_W], Gsel_W[order_W]
+    # Group by parent, keeping top_k's decreasing-G' order within a parent (a stable
+    # sort by parent, done sort-free: position = #beams with smaller parent + rank).
+    pl_W = flat_W // V
+    pos_W = jnp.sum(pl_W[None, :] < pl_W[:, None], axis=1) + _sibling_rank(pl_W)
+    inv_W = jnp.zeros((W,), jnp.int32).at[pos_W].set(jnp.arange(W, dtype=jnp.int32))
+    flat_W, Gsel_W = flat_W[inv_W], Gsel_W[inv_W]
     par_local_W, tok_W = flat_W // V, (flat_W % V).astype(jnp.int32)
     phi_B = phic_BxV.reshape(-1)[flat_W]
     G_B = Gsel_W

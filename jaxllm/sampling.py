@@ -74,11 +74,40 @@ def filter_logits(logits_BxV, s: Sampling):
   return logits
 
 
+def _inverse_cdf(key, w_BxN):
+  """Index drawn with probability proportional to w (w >= 0, positive sum).
+
+  u is drawn in (0, 1], so an index with zero weight is never returned."""
+  cdf = jnp.cumsum(w_BxN, axis=-1)
+  u = (1.0 - jax.random.uniform(key, w_BxN.shape[:-1] + (1,))) * cdf[..., -1:]
+  idx = jnp.sum(cdf < u, axis=-1)
+  return jnp.minimum(idx, w_BxN.shape[-1] - 1).astype(jnp.int32)
+
+
+def sample_from_logits(key, logits_BxV, block: int = 256):
+  """Categorical draw by two-level CDF inversion (block, then token).
+
+  Needs 2 uniforms per row instead of the B*V Gumbel variates of
+  jax.random.categorical, whose generation dominates a CPU decode step at
+  large V. Two levels keep float32 cumulative sums short (<= V/block and
+  block terms), so small probabilities are not swamped by rounding.
+  """
+  *lead, V = logits_BxV.shape
+  nb = -(-V // block)
+  lg = logits_BxV.astype(jnp.float32)
+  lg = jnp.pad(lg, [(0, 0)] * len(lead) + [(0, nb * block - V)],
+               constant_values=-jnp.inf)
+  w = jnp.exp(lg - lg.max(-1, keepdims=True)).reshape(*lead, nb, block)
+  k1, k2 = jax.random.split(key)
+  blk = _inverse_cdf(k1, w.sum(-1))
+  inner = jnp.take_along_axis(w, blk[..., None, None], axis=-2)[..., 0, :]
+  return blk * block + _inverse_cdf(k2, inner)
+
+
 def sample(key, logits_BxV, s: Sampling):
   """Draw one token per row; temperature 0 gives argmax of the raw logits."""
   greedy = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
-  drawn = jax.random.categorical(key, filter_logits(logits_BxV, s),
-                                 axis=-1).astype(jnp.int32)
+  drawn = sample_from_logits(key, filter_logits(logits_BxV, s))
   return jnp.where(s.temperature > 0, drawn, greedy)
 
 

@@ -71,18 +71,28 @@ def hf_config(case: str):
 
 @torch.no_grad()
 def randomize_(model, seed: int) -> None:
-  """Redraw every parameter: N(0, 1/fan_in) matrices, N(0,1) embeddings,
-  0.5-std head, random biases and norms (around 1, or around 0 for Gemma)."""
+  """Redraw every parameter: N(0, 1/fan_in) matrices, 0.5-std head, random
+  biases and norms (around 1, or around 0 for Gemma's (1 + w)).
+
+  Embeddings: N(0, 1) when untied. A tied head scores token v by e_v . h and
+  h still contains the input embedding e_t, so big embeddings make the model
+  echo its last token forever (a useless greedy test); tied models get small
+  embeddings (smaller still for Gemma, which multiplies them by sqrt(d)) and a
+  larger Gemma final norm to keep the logits spread out.
+  """
   gen = torch.Generator().manual_seed(seed)
   gemma = model.config.model_type == "gemma2"
+  tied = model.config.tie_word_embeddings
   for name, p in model.named_parameters():
     r = torch.randn(p.shape, generator=gen, dtype=torch.float32)
-    if name.endswith("norm.weight"):
+    if name == "model.norm.weight" and gemma and tied:
+      val = 0.2 * r + 3.0
+    elif name.endswith("norm.weight"):
       val = 0.2 * r + (0.0 if gemma else 1.0)
     elif name.endswith(".bias"):
       val = 0.2 * r
     elif "embed_tokens" in name:
-      val = r
+      val = r * ((0.02 if gemma else 0.1) if tied else 1.0)
     elif name == "lm_head.weight":
       val = 0.5 * r
     else:

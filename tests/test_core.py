@@ -43,6 +43,17 @@ def toks(shape, seed=1, vocab=97):
   return jax.random.randint(jax.random.key(seed), shape, 0, vocab)
 
 
+_FWD = jax.jit(forward, static_argnames=("cfg",))
+
+
+def ref_logits(params, cfg, seq, pad_to=32):
+  """Uncached causal forward over one sequence (padded to one shape, so a
+  single compilation serves every length): logits [len(seq), V]."""
+  seq = [int(t) for t in seq]
+  arr = jnp.array([seq + [0] * (pad_to - len(seq))])
+  return _FWD(params, arr, cfg=cfg)[0][0, :len(seq)]
+
+
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_cached_decode_matches_full_forward(name):
   cfg, params = make(name)
@@ -107,17 +118,16 @@ def test_ragged_extend_matches_per_row():
   valid = jnp.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
   state, logits = model.extend(params, state, step, valid)
   np.testing.assert_array_equal(state.lengths, [7, 8])
-  seq0 = jnp.concatenate([x[0, :4], step[0, :3]])[None]
-  seq1 = jnp.concatenate([x[1, :3], step[1]])[None]
-  r0, _, _ = forward(params, seq0, cfg)
-  r1, _, _ = forward(params, seq1, cfg)
-  np.testing.assert_allclose(logits[0, :3], r0[0, 4:], atol=2e-5, rtol=2e-5)
-  np.testing.assert_allclose(logits[1], r1[0, 3:], atol=2e-5, rtol=2e-5)
+  seq0 = list(x[0, :4]) + list(step[0, :3])
+  seq1 = list(x[1, :3]) + list(step[1])
+  r0, r1 = ref_logits(params, cfg, seq0), ref_logits(params, cfg, seq1)
+  np.testing.assert_allclose(logits[0, :3], r0[4:], atol=2e-5, rtol=2e-5)
+  np.testing.assert_allclose(logits[1], r1[3:], atol=2e-5, rtol=2e-5)
   # The next step continues from the right place in both rows.
   state, l2 = model.extend(params, state, jnp.array([[5], [6]]))
-  s0, _, _ = forward(params, jnp.concatenate([seq0, jnp.array([[5]])], 1), cfg)
-  s1, _, _ = forward(params, jnp.concatenate([seq1, jnp.array([[6]])], 1), cfg)
-  np.testing.assert_allclose(l2[:, 0], jnp.stack([s0[0, -1], s1[0, -1]]),
+  s0 = ref_logits(params, cfg, seq0 + [5])
+  s1 = ref_logits(params, cfg, seq1 + [6])
+  np.testing.assert_allclose(l2[:, 0], jnp.stack([s0[-1], s1[-1]]),
                              atol=2e-5, rtol=2e-5)
 
 
@@ -134,18 +144,15 @@ def test_tree_scoring_matches_per_path_forward_and_commit(name):
   np.testing.assert_array_equal(state.lengths, [5])  # nothing committed
   paths = {0: [0], 1: [1], 2: [0, 2], 3: [0, 3], 4: [1, 4], 5: [0, 3, 5]}
   for node, path in paths.items():
-    seq = jnp.concatenate([prompt[0], tree[0, jnp.array(path)]])[None]
-    ref, _, _ = forward(params, seq, cfg)
-    np.testing.assert_allclose(logits[0, node], ref[0, -1], atol=2e-5,
-                               rtol=2e-5)
+    ref = ref_logits(params, cfg, list(prompt[0]) + list(tree[0, jnp.array(path)]))
+    np.testing.assert_allclose(logits[0, node], ref[-1], atol=2e-5, rtol=2e-5)
   # Commit path 0 -> 3 -> 5 and check the next token's logits.
   state = model.commit(state, jnp.array([[0, 3, 5]]), jnp.array([3]))
   np.testing.assert_array_equal(state.lengths, [8])
   state, nxt = model.extend(params, state, jnp.array([[11]]))
-  seq = jnp.concatenate([prompt[0], tree[0, jnp.array([0, 3, 5])],
-                         jnp.array([11])])[None]
-  ref, _, _ = forward(params, seq, cfg)
-  np.testing.assert_allclose(nxt[0, 0], ref[0, -1], atol=2e-5, rtol=2e-5)
+  ref = ref_logits(params, cfg, list(prompt[0]) +
+                   list(tree[0, jnp.array([0, 3, 5])]) + [11])
+  np.testing.assert_allclose(nxt[0, 0], ref[-1], atol=2e-5, rtol=2e-5)
 
 
 def test_hidden_states_and_layer_subset():
@@ -176,8 +183,7 @@ def test_batch_of_ragged_prompts_matches_single_greedy():
   # Reference: argmax by full forward passes.
   seq = list(prompts[1])
   for _ in range(12):
-    lg, _, _ = forward(params, jnp.array([seq]), cfg)
-    seq.append(int(jnp.argmax(lg[0, -1])))
+    seq.append(int(jnp.argmax(ref_logits(params, cfg, seq)[-1])))
   np.testing.assert_array_equal(batch.tokens[1], seq[9:])
 
 
@@ -197,8 +203,8 @@ def test_stop_tokens_budgets_and_logprobs():
       assert gen[-1] == 7
   # Log-probs equal the model's log-softmax at each generated token.
   seq = [1, 2, 3] + list(toks_[0, :lens[0]])
-  lg, _, _ = forward(params, jnp.array([seq]), cfg)
-  ref = jax.nn.log_softmax(lg[0, 2:-1])[jnp.arange(lens[0]), toks_[0, :lens[0]]]
+  lg = ref_logits(params, cfg, seq)
+  ref = jax.nn.log_softmax(lg[2:-1])[jnp.arange(lens[0]), toks_[0, :lens[0]]]
   np.testing.assert_allclose(out.logprobs[0, :lens[0]], ref, atol=1e-4)
 
 
@@ -275,7 +281,8 @@ def test_prompt_longer_than_cache():
     generate(model, params, [list(range(30))], jax.random.key(0), 8,
              cache_size=32)
   with pytest.raises(ValueError, match="max_seq_len"):
-    generate(model, params, [list(range(100))], jax.random.key(0), 64)
+    generate(model, params, [[i % 90 for i in range(100)]],
+             jax.random.key(0), 64)
   with pytest.raises(ValueError, match="token ids"):
     generate(model, params, [[1, 500]], jax.random.key(0), 4)
   with pytest.raises(ValueError, match="cache"):

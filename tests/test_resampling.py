@@ -24,15 +24,19 @@ P_MIN = 1e-6
 Z_MAX = 5.3  # two-sided p ~ 1.2e-7 per comparison
 NUM_DRAWS = 20_000
 
-# Dyadic weights (exact in float32); N * w = [0.25, 0.75, 1.25, 1.75] and [0, 1, 0.5, 2.5].
+N = 8  # one particle count for the whole file: each sampler is compiled only a few times
+
+# Dyadic weights (exact in float32) with zero-weight particles interleaved;
+# N * w = [.5, 0, 1.5, 2.5, 0, 0, 3.5, 0] and [.25, 0, 1.75, .75, 0, 2.25, 3, 0].
 DYADIC_WEIGHTS = [
-    np.array([1, 3, 5, 7]) / 16,
-    np.array([0, 2, 1, 5]) / 8,
+    np.array([1, 0, 3, 5, 0, 0, 7, 0]) / 16,
+    np.array([1, 0, 7, 3, 0, 9, 12, 0]) / 32,
 ]
 
 
 # ----------------------------------------------------------------------------------
-# Independent float64 references: exact law of the offspring-count vector (M = N)
+# Independent float64 references: exact law {count vector: prob} of the offspring
+# counts when drawing n ancestors from w (enumeration over the support of w).
 # ----------------------------------------------------------------------------------
 
 
@@ -42,13 +46,16 @@ def _compositions(total, parts):
     yield tuple(edges[i + 1] - edges[i] - 1 for i in range(parts))
 
 
+def _embed(support, counts, size):
+  c = np.zeros(size, int)
+  c[list(support)] = counts
+  return tuple(c)
+
+
 def _exact_multinomial(w, n):
-  return {c: scipy.stats.multinomial.pmf(c, n, w) for c in _compositions(n, len(w))}
-
-
-def _counts_from_points(points, cdf):
-  idx = np.searchsorted(cdf, points, side="right")
-  return tuple(np.bincount(idx, minlength=len(cdf)))
+  support = np.flatnonzero(w)
+  return {_embed(support, c, len(w)): scipy.stats.multinomial.pmf(c, n, w[support])
+          for c in _compositions(n, len(support))}
 
 
 def _exact_systematic(w, n):
@@ -58,19 +65,19 @@ def _exact_systematic(w, n):
   cuts = {0.0, 1.0}
   for k in range(n):
     for c in cdf:
-      u = n * c - k
-      if 0 < u < 1:
-        cuts.add(u)
+      if 0 < n * c - k < 1:
+        cuts.add(n * c - k)
   cuts = sorted(cuts)
   law = {}
   for a, b in zip(cuts[:-1], cuts[1:]):
-    c = _counts_from_points((np.arange(n) + (a + b) / 2) / n, cdf)
+    idx = np.searchsorted(cdf, (np.arange(n) + (a + b) / 2) / n, side="right")
+    c = tuple(np.bincount(idx, minlength=len(w)))
     law[c] = law.get(c, 0.0) + (b - a)
   return law
 
 
 def _stratum_law(w, n):
-  """P[k, j] = P(point in stratum k falls in particle j's interval)."""
+  """P[k, j] = P(the point of stratum k falls in particle j's CDF interval)."""
   cdf = np.concatenate([[0.0], np.cumsum(w)])
   lo, hi = cdf[:-1], cdf[1:]
   out = np.zeros((n, len(w)))
@@ -81,12 +88,12 @@ def _stratum_law(w, n):
 
 def _exact_stratified(w, n):
   per = _stratum_law(w, n)
+  supports = [np.flatnonzero(per[k]) for k in range(n)]
   law = {}
-  for choice in itertools.product(range(len(w)), repeat=n):
+  for choice in itertools.product(*supports):
     prob = np.prod([per[k, j] for k, j in enumerate(choice)])
-    if prob > 0:
-      c = tuple(np.bincount(choice, minlength=len(w)))
-      law[c] = law.get(c, 0.0) + prob
+    c = tuple(np.bincount(choice, minlength=len(w)))
+    law[c] = law.get(c, 0.0) + prob
   return law
 
 
@@ -95,9 +102,8 @@ def _exact_residual(w, n):
   r = n - floors.sum()
   if r == 0:
     return {tuple(floors): 1.0}
-  res = (n * w - floors) / r
-  return {tuple(floors + np.array(c)): scipy.stats.multinomial.pmf(c, r, res)
-          for c in _compositions(r, len(w))}
+  return {tuple(floors + np.array(c)): p
+          for c, p in _exact_multinomial((n * w - floors) / r, r).items()}
 
 
 EXACT = {
@@ -124,6 +130,10 @@ def _batched_resample(scheme, num_samples):
 def _batched_conditional(scheme):
   return jax.jit(jax.vmap(
       lambda k, p, b, s: rs.conditional_resample(k, p, b, scheme, s)))
+
+
+_resample_jit = jax.jit(rs.resample, static_argnums=(2, 3))
+_resample_log_weights_jit = jax.jit(rs.resample_log_weights, static_argnums=(2, 3))
 
 
 def _keys(seed):
@@ -185,23 +195,23 @@ def _assert_law(counts_KxN, law):
 def test_offspring_count_law_is_exact(scheme, widx):
   w = DYADIC_WEIGHTS[widx]
   anc = _draw(scheme, w, seed=11 + widx)
-  assert anc.dtype == np.int32 and anc.shape == (NUM_DRAWS, 4)
-  _assert_law(_offspring(anc, 4), EXACT[scheme](w, 4))
+  assert anc.dtype == np.int32 and anc.shape == (NUM_DRAWS, N)
+  _assert_law(_offspring(anc, N), EXACT[scheme](w, N))
 
 
-@pytest.mark.parametrize("num_samples", [8, 5])
+@pytest.mark.parametrize("num_samples", [N, 5])
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_unbiased_offspring_counts(scheme, num_samples):
   rng = np.random.default_rng(0)
-  w = rng.dirichlet(np.ones(8) * 0.7).astype(np.float32)
+  w = rng.dirichlet(np.ones(N) * 0.7).astype(np.float32)
   w /= w.sum()
   anc = _draw(scheme, w, seed=3, num_samples=num_samples)
   assert anc.shape == (NUM_DRAWS, num_samples)
-  assert anc.min() >= 0 and anc.max() < 8
-  counts = _offspring(anc, 8)
+  assert anc.min() >= 0 and anc.max() < N
+  counts = _offspring(anc, N)
   target = num_samples * w.astype(np.float64)
   mean, sd = counts.mean(0), counts.std(0, ddof=1)
-  for j in range(8):
+  for j in range(N):
     if sd[j] == 0:  # deterministic count (e.g. systematic with integer M w_j)
       assert abs(mean[j] - target[j]) < 1e-4, (j, mean[j], target[j])
     else:
@@ -212,7 +222,7 @@ def test_unbiased_offspring_counts(scheme, num_samples):
 def test_low_variance_schemes_beat_multinomial():
   w = np.array([0.3, 0.05, 0.15, 0.02, 0.2, 0.08, 0.12, 0.08], np.float32)
   w /= w.sum()
-  n = 8
+  n = N
   var = {s: _offspring(_draw(s, w, seed=5), n).var(0, ddof=1).sum()
          for s in SCHEMES}
   # Closed-form sums of per-particle offspring variances (float64):
@@ -234,22 +244,22 @@ def test_low_variance_schemes_beat_multinomial():
 
 def test_systematic_counts_are_floor_or_ceil():
   w = np.array([0.3, 0.05, 0.15, 0.02, 0.2, 0.08, 0.12, 0.08], np.float32)
-  counts = _offspring(_draw("systematic", w, seed=6), 8)
-  lo = np.floor(8 * w.astype(np.float64))
+  counts = _offspring(_draw("systematic", w, seed=6), N)
+  lo = np.floor(N * w.astype(np.float64))
   assert ((counts == lo) | (counts == lo + 1)).all()
 
 
 def test_residual_deterministic_part_is_exact():
   w = np.array([0.41, 0.02, 0.26, 0.0, 0.31, 0.0, 0.0, 0.0], np.float32)
   w /= w.sum()
-  m = 8
+  m = N
   floors = np.floor(m * w.astype(np.float64)).astype(int)
   assert floors.tolist() == [3, 0, 2, 0, 2, 0, 0, 0]
-  det = np.repeat(np.arange(8), floors)
+  det = np.repeat(np.arange(N), floors)
   anc = _draw("residual", w, seed=7, num_samples=m)
   np.testing.assert_array_equal(anc[:, :len(det)],
                                 np.broadcast_to(det, (NUM_DRAWS, len(det))))
-  counts = _offspring(anc, 8)
+  counts = _offspring(anc, N)
   assert (counts >= floors).all()
   assert (counts[:, 3] == 0).all()  # zero weight: never drawn, not even as a residual
 
@@ -257,38 +267,37 @@ def test_residual_deterministic_part_is_exact():
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_degenerate_probabilities(scheme):
   for j in (0, 5, 7):  # one-hot, including both ends of the CDF (u = 0, u -> 1)
-    np.testing.assert_array_equal(_draw(scheme, np.eye(8)[j], seed=j), j)
-    np.testing.assert_array_equal(_draw(scheme, np.eye(8)[j], seed=j, num_samples=5), j)
-  sparse = np.zeros(8, np.float32)
+    np.testing.assert_array_equal(_draw(scheme, np.eye(N)[j], seed=j), j)
+    np.testing.assert_array_equal(_draw(scheme, np.eye(N)[j], seed=j, num_samples=5), j)
+  sparse = np.zeros(N, np.float32)
   sparse[[0, 5, 7]] = [0.2, 0.5, 0.3]
   assert set(np.unique(_draw(scheme, sparse, seed=8))) <= {0, 5, 7}
   # Unnormalised probabilities are accepted (divided by their sum).
-  np.testing.assert_array_equal(_draw(scheme, 3.0 * np.eye(8)[2], seed=9), 2)
+  np.testing.assert_array_equal(_draw(scheme, 3.0 * np.eye(N)[2], seed=9), 2)
 
 
 def test_resample_log_weights_degenerate():
   key = jax.random.PRNGKey(1)
-  anc = rs.resample_log_weights(key, jnp.full(6, -jnp.inf), 6, "systematic")
-  np.testing.assert_array_equal(np.sort(anc), np.arange(6))  # uniform: one copy each
-  logw = jnp.array([jnp.nan, 0.0, jnp.inf, -jnp.inf, jnp.inf, 3.0])
+  anc = _resample_log_weights_jit(key, jnp.full(N, -jnp.inf), N, "systematic")
+  np.testing.assert_array_equal(anc, np.arange(N))  # uniform: one copy each
+  logw = jnp.array([jnp.nan, 0.0, jnp.inf, -jnp.inf, jnp.inf, 3.0, 1e30, -1e30])
   for scheme in SCHEMES:
-    anc = np.asarray(rs.resample_log_weights(key, logw, 64, scheme))
+    anc = np.asarray(_resample_log_weights_jit(key, logw, N, scheme))
     assert set(np.unique(anc)) <= {2, 4}
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_vmap_over_problems_matches_per_problem(scheme):
   rng = np.random.default_rng(1)
-  probs_BxN = rng.dirichlet(np.ones(8), size=NUM_DRAWS).astype(np.float32)
+  probs_BxN = rng.dirichlet(np.ones(N), size=NUM_DRAWS).astype(np.float32)
   batched = _draw(scheme, probs_BxN, seed=2)
-  assert batched.shape == (NUM_DRAWS, 8) and batched.dtype == np.int32
+  assert batched.shape == (NUM_DRAWS, N) and batched.dtype == np.int32
   keys = _keys(2)
-  for b in (0, 1, NUM_DRAWS - 1):  # each row is that problem's own unbatched draw
+  for b in (0, NUM_DRAWS - 1):  # each row is that problem's own unbatched draw
     np.testing.assert_array_equal(batched[b],
-                                  rs.resample(keys[b], probs_BxN[b], 8, scheme))
-  from_logw = jax.vmap(lambda k, lw: rs.resample_log_weights(k, lw, 8, scheme))(
-      keys[:3], jnp.log(probs_BxN[:3]))
-  np.testing.assert_array_equal(from_logw, batched[:3])
+                                  _resample_jit(keys[b], probs_BxN[b], N, scheme))
+    np.testing.assert_array_equal(
+        batched[b], _resample_log_weights_jit(keys[b], np.log(probs_BxN[b]), N, scheme))
 
 
 def test_invalid_arguments_raise():
@@ -327,11 +336,11 @@ def test_invalid_arguments_raise():
 
 def test_normalize_matches_scipy_on_finite_inputs():
   rng = np.random.default_rng(2)
-  x = rng.normal(size=(5, 9)) * 30 + rng.normal(size=(5, 1)) * 1e3
-  probs, inc = jax.vmap(rs.normalize_log_weights)(jnp.asarray(x, jnp.float32))
+  x = rng.normal(size=(5, N)) * 30 + rng.normal(size=(5, 1)) * 1e3
+  probs, inc = jax.jit(jax.vmap(rs.normalize_log_weights))(jnp.asarray(x, jnp.float32))
   np.testing.assert_allclose(probs, scipy.special.softmax(x, axis=1), rtol=1e-4,
                              atol=1e-7)
-  np.testing.assert_allclose(inc, scipy.special.logsumexp(x, axis=1) - math.log(9),
+  np.testing.assert_allclose(inc, scipy.special.logsumexp(x, axis=1) - math.log(N),
                              rtol=1e-5)
 
 
@@ -370,27 +379,20 @@ def test_normalize_vmap_over_degenerate_batch():
 
 
 def test_ess_and_entropy_closed_forms():
-  n = 8
-  uniform = jnp.full(n, 1 / n)
-  one_hot = jnp.zeros(n).at[3].set(1.0)
-  two = jnp.zeros(n).at[jnp.array([1, 6])].set(0.5)
-  np.testing.assert_allclose(rs.ess(uniform), n, rtol=1e-6)
-  np.testing.assert_allclose(rs.ess(one_hot), 1.0)
-  np.testing.assert_allclose(rs.ess(two), 2.0)
-  np.testing.assert_allclose(rs.ess(5 * two), 2.0)  # scale-free
-  assert rs.ess(jnp.zeros(n)) == 0.0
-  np.testing.assert_allclose(rs.entropy_normalised(uniform), 1.0, rtol=1e-6)
-  np.testing.assert_allclose(rs.entropy_normalised(one_hot), 0.0, atol=1e-7)
-  np.testing.assert_allclose(rs.entropy_normalised(two), math.log(2) / math.log(8),
-                             rtol=1e-6)
+  two = np.zeros(N)
+  two[[1, 6]] = 0.5
+  random = np.random.default_rng(3).dirichlet(np.ones(N), size=4)
+  rows = np.concatenate([[np.full(N, 1 / N), np.eye(N)[3], two, 5 * two, np.zeros(N)],
+                         random])
+  fn = jax.jit(jax.vmap(lambda p: (rs.ess(p), rs.entropy_normalised(p))))
+  ess, ent = map(np.asarray, fn(rows.astype(np.float32)))
+  np.testing.assert_allclose(ess[:5], [N, 1, 2, 2, 0], rtol=1e-6)  # 5 * two: scale-free
+  np.testing.assert_allclose(ess[5:], 1 / (random ** 2).sum(1), rtol=1e-5)
+  np.testing.assert_allclose(ent[:4], [1, 0, math.log(2) / math.log(N),
+                                       math.log(2) / math.log(N)], rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(ent[5:], scipy.stats.entropy(random, axis=1) / math.log(N),
+                             rtol=1e-5)
   assert rs.entropy_normalised(jnp.ones(1)) == 1.0
-  rng = np.random.default_rng(3)
-  p = rng.dirichlet(np.ones(n), size=4)
-  np.testing.assert_allclose(jax.vmap(rs.ess)(jnp.asarray(p, jnp.float32)),
-                             1 / (p ** 2).sum(1), rtol=1e-5)
-  np.testing.assert_allclose(
-      jax.jit(jax.vmap(rs.entropy_normalised))(jnp.asarray(p, jnp.float32)),
-      scipy.stats.entropy(p, axis=1) / math.log(n), rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------------
@@ -399,63 +401,68 @@ def test_ess_and_entropy_closed_forms():
 
 
 def test_prm_reference_probs():
-  r = np.array([0.9, 0.5, 0.2, 0.0, 1.0, 0.75])
+  r = np.array([0.9, 0.5, 0.2, 0.0, 1.0, 0.75, 0.33, 0.999])
   eps, t = 1e-6, 0.7
   # The clip bounds are float32 numbers (1 - 1e-6 rounds to 0.99999899).
   rc = np.clip(r, np.float32(eps), np.float32(1 - eps)).astype(np.float64)
   expected = scipy.special.softmax(np.log(rc / (1 - rc)) / t)
-  got = jax.jit(rs.prm_reference_probs)(jnp.asarray(r, jnp.float32), t, eps)
-  np.testing.assert_allclose(got, expected, rtol=2e-4, atol=1e-9)
-  # Score exactly 1 (clipped) dominates but nothing is inf or NaN.
-  assert np.isfinite(rs.prm_logit_log_weights(jnp.asarray(r, jnp.float32))).all()
-  with_nan = rs.prm_reference_probs(jnp.array([jnp.nan, 0.5, 0.5]))
-  np.testing.assert_allclose(with_nan, [0.0, 0.5, 0.5])
-  all_nan = rs.prm_reference_probs(jnp.full(3, jnp.nan))
-  np.testing.assert_allclose(all_nan, [1 / 3] * 3, rtol=1e-6)
+  with_nan = np.array([np.nan, 0.5, 0.5, np.nan, np.nan, np.nan, np.nan, np.nan])
+  rows = np.stack([r, with_nan, np.full(N, np.nan)]).astype(np.float32)
+  fn = jax.jit(jax.vmap(lambda s: (rs.prm_reference_probs(s, t, eps),
+                                   rs.prm_logit_log_weights(s, t, eps))))
+  probs, logw = map(np.asarray, fn(rows))
+  np.testing.assert_allclose(probs[0], expected, rtol=2e-4, atol=1e-9)
+  assert np.isfinite(logw[0]).all()  # scores 0 and 1 are clipped
+  np.testing.assert_allclose(probs[1], [0, 0.5, 0.5, 0, 0, 0, 0, 0])  # NaN: zero weight
+  np.testing.assert_allclose(probs[2], np.full(N, 1 / N), rtol=1e-6)  # all NaN: uniform
+
+
+_reweight_jit = jax.jit(rs.reweight)
+_normalize_jit = jax.jit(rs.normalize_log_weights)
 
 
 def test_prm_log_potential_and_reweight_evidence():
   rng = np.random.default_rng(4)
-  r1, r2 = rng.uniform(0.05, 1.0, size=(2, 6))
-  pot1 = rs.prm_log_potential(jnp.asarray(r1, jnp.float32))
-  pot2 = rs.prm_log_potential(jnp.asarray(r2, jnp.float32), temperature=2.0)
-  np.testing.assert_allclose(pot1, np.log(r1), rtol=1e-5)
-  np.testing.assert_allclose(pot2, np.log(r2) / 2, rtol=1e-5)
-  logw, inc1 = rs.reweight(jnp.zeros(6), pot1)
-  logw, inc2 = jax.jit(rs.reweight)(logw, pot2)
+  r1, r2 = rng.uniform(0.05, 1.0, size=(2, N))
+  pot = jax.jit(jax.vmap(rs.prm_log_potential))(np.stack([r1, r2, np.zeros(N)]),
+                                                np.array([1.0, 2.0, 1.0]))
+  np.testing.assert_allclose(pot[0], np.log(r1), rtol=1e-5)
+  np.testing.assert_allclose(pot[1], np.log(r2) / 2, rtol=1e-5)
+  assert np.isfinite(pot[2]).all()  # a zero score is clipped to eps by default ...
+  np.testing.assert_array_equal(rs.prm_log_potential(jnp.zeros(2), eps=0.0),
+                                [-np.inf] * 2)  # ... and kills the particle with eps = 0
+  logw, inc1 = _reweight_jit(np.zeros(N), pot[0])
+  logw, inc2 = _reweight_jit(logw, pot[1])
   total = np.log(r1) + np.log(r2) / 2
   # Without resampling: log Z_hat = log mean_i prod_t G_t(i); weights ∝ prod_t G_t.
-  np.testing.assert_allclose(inc1 + inc2, scipy.special.logsumexp(total) - math.log(6),
+  np.testing.assert_allclose(inc1 + inc2, scipy.special.logsumexp(total) - math.log(N),
                              rtol=1e-5)
-  np.testing.assert_allclose(rs.normalize_log_weights(logw)[0],
-                             scipy.special.softmax(total), rtol=1e-5)
-  # Zero scores: clipped to eps by default, -inf (dead particle) with eps = 0.
-  assert np.isfinite(rs.prm_log_potential(jnp.zeros(2))).all()
-  np.testing.assert_array_equal(rs.prm_log_potential(jnp.zeros(2), eps=0.0), [-np.inf] * 2)
+  np.testing.assert_allclose(_normalize_jit(logw)[0], scipy.special.softmax(total),
+                             rtol=1e-5)
 
 
 def test_reweight_active_mask_and_degenerate():
-  logw0 = jnp.log(jnp.array([0.5, 0.25, 0.25]))
-  pot = jnp.log(jnp.array([0.1, 0.8, 0.4]))
-  active = jnp.array([True, False, True])
-  new, inc = rs.reweight(logw0, pot, active)
-  g = np.array([0.1, 1.0, 0.4])  # the finished particle keeps its weight (G = 1)
-  w = np.array([0.5, 0.25, 0.25])
-  np.testing.assert_allclose(inc, np.log((w * g).sum()), rtol=1e-6)
-  np.testing.assert_allclose(rs.normalize_log_weights(new)[0], w * g / (w * g).sum(),
-                             rtol=1e-6)
+  w = np.array([0.3, 0.1, 0.1, 0.2, 0.05, 0.05, 0.1, 0.1])
+  g = np.array([0.1, 0.8, 0.4, 0.9, 0.2, 0.5, 0.7, 0.3])
+  active = np.array([True, False, True, True, True, False, True, True])
+  new, inc = rs.reweight(np.log(w), np.log(g), active)
+  g_eff = np.where(active, g, 1.0)  # finished particles keep their weight (G = 1)
+  np.testing.assert_allclose(inc, np.log((w * g_eff).sum()), rtol=1e-6)
+  np.testing.assert_allclose(_normalize_jit(new)[0], w * g_eff / (w * g_eff).sum(),
+                             rtol=1e-5)
   # All potentials -inf: evidence increment -inf, weights uniform, nothing NaN.
-  new, inc = rs.reweight(logw0, jnp.full(3, -jnp.inf))
+  new, inc = _reweight_jit(np.log(w), np.full(N, -np.inf))
   assert inc == -np.inf and not np.isnan(new).any()
-  np.testing.assert_allclose(rs.normalize_log_weights(new)[0], [1 / 3] * 3, rtol=1e-6)
+  np.testing.assert_allclose(_normalize_jit(new)[0], np.full(N, 1 / N), rtol=1e-6)
   # A dead particle (-inf) with +inf potential stays dead; live +inf takes the mass.
-  new, inc = rs.reweight(jnp.array([-jnp.inf, 0.0, 0.0]),
-                         jnp.array([jnp.inf, jnp.nan, jnp.inf]))
+  prev = np.array([-np.inf] + [0.0] * 7)
+  pot = np.array([np.inf, np.nan, np.inf, 0, 0, 0, 0, 0])
+  new, inc = _reweight_jit(prev, pot)
   assert inc == np.inf and not np.isnan(new).any()
-  np.testing.assert_allclose(rs.normalize_log_weights(new)[0], [0.0, 0.0, 1.0])
+  np.testing.assert_allclose(_normalize_jit(new)[0], np.eye(N)[2])
   # Previous weights all -inf count as uniform.
-  new, inc = rs.reweight(jnp.full(2, -jnp.inf), jnp.log(jnp.array([0.2, 0.6])))
-  np.testing.assert_allclose(inc, math.log(0.4), rtol=1e-6)
+  new, inc = _reweight_jit(np.full(N, -np.inf), np.log(g))
+  np.testing.assert_allclose(inc, np.log(g.mean()), rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------------
@@ -464,24 +471,26 @@ def test_reweight_active_mask_and_degenerate():
 
 
 def test_should_and_maybe_resample():
-  flat = jnp.zeros(4)
-  peaked = jnp.log(jnp.array([0.97, 0.01, 0.01, 0.01]))  # ESS ~ 1.06
-  assert not rs.should_resample(jnp.full(4, 0.25), 0.5)
-  assert rs.should_resample(jnp.exp(peaked), 0.5)
-  assert not rs.should_resample(jnp.exp(peaked), 0.0)  # 0 -> never
-  assert rs.should_resample(jnp.full(4, 0.25), 1.01)  # > 1 -> always
+  flat = np.zeros(N)
+  peaked = np.log(np.array([0.93] + [0.01] * 7))  # ESS ~ 1.16 < N / 2
+  with_nan = np.array([np.nan] + [0.0] * 7)  # ESS = 7 >= N / 2
+  should = jax.jit(jax.vmap(rs.should_resample))
+  probs = np.stack([np.full(N, 1 / N), np.exp(peaked), np.exp(peaked), np.full(N, 1 / N)])
+  np.testing.assert_array_equal(should(probs, np.array([0.5, 0.5, 0.0, 1.01])),
+                                [False, True, False, True])  # 0: never, > 1: always
   fn = jax.jit(jax.vmap(lambda k, lw: rs.maybe_resample(k, lw, 0.5, "systematic")))
-  keys = jax.random.split(jax.random.PRNGKey(3), 2)
-  anc, logw_after, did = fn(keys, jnp.stack([flat, peaked]))
-  np.testing.assert_array_equal(did, [False, True])
-  np.testing.assert_array_equal(anc[0], np.arange(4))
+  keys = jax.random.split(jax.random.PRNGKey(3), 3)
+  anc, logw_after, did = fn(keys, np.stack([flat, peaked, with_nan]))
+  np.testing.assert_array_equal(did, [False, True, False])
+  np.testing.assert_array_equal(anc[0], np.arange(N))
+  np.testing.assert_array_equal(anc[2], np.arange(N))
   np.testing.assert_array_equal(logw_after[0], flat)
-  np.testing.assert_array_equal(logw_after[1], np.zeros(4))
-  # Systematic with N w = [3.88, .04, .04, .04]: particle 0 gets 3 or 4 copies.
-  assert 3 <= int((anc[1] == 0).sum()) <= 4
-  np.testing.assert_array_equal(anc[1], rs.systematic(keys[1], jnp.exp(peaked), 4))
-  anc, logw_after, did = rs.maybe_resample(keys[0], jnp.array([jnp.nan, 0.0, 0.0]), 0.5)
-  assert not did and logw_after[0] == -np.inf
+  np.testing.assert_array_equal(logw_after[1], np.zeros(N))
+  np.testing.assert_array_equal(logw_after[2], np.where(np.isnan(with_nan), -np.inf, 0.0))
+  # Systematic with N w_0 = 7.44: particle 0 gets 7 or 8 copies.
+  assert 7 <= int((anc[1] == 0).sum()) <= 8
+  np.testing.assert_array_equal(
+      anc[1], rs.systematic(keys[1], rs.normalize_log_weights(peaked)[0], N))
 
 
 # ----------------------------------------------------------------------------------
@@ -514,20 +523,17 @@ def test_entropic_temperature_hand_computed():
 
 
 def test_tempered_probs():
-  logw = np.array([0.0, 2.0, -1.0, -np.inf])
-  finite = logw[:3]
-  for t in (1.0, 2.5):
-    got = jax.jit(rs.tempered_probs)(jnp.asarray(logw, jnp.float32), t)
-    np.testing.assert_allclose(got[:3], scipy.special.softmax(finite / t), rtol=1e-5)
-    assert got[3] == 0.0
-  np.testing.assert_allclose(rs.tempered_probs(jnp.asarray(logw, jnp.float32), jnp.inf),
-                             [1 / 3, 1 / 3, 1 / 3, 0.0], rtol=1e-6)
-  got = rs.tempered_probs(jnp.array([jnp.inf, 0.0, jnp.nan]), jnp.inf)
-  np.testing.assert_allclose(got, [1.0, 0.0, 0.0])
-  batch_t = jnp.array([1.0, 4.0])
-  got = jax.vmap(rs.tempered_probs, in_axes=(None, 0))(jnp.asarray(finite, jnp.float32),
-                                                        batch_t)
-  np.testing.assert_allclose(got[1], scipy.special.softmax(finite / 4), rtol=1e-5)
+  logw = np.array([0.0, 2.0, -1.0, -np.inf, 0.5, -3.0, 1.0, -np.inf])
+  live = np.isfinite(logw)
+  rows = np.stack([logw, logw, logw, logw, [np.inf, 0, np.nan, 1, 2, 3, 4, -np.inf]])
+  temps = np.array([1.0, 2.5, 4.0, np.inf, np.inf])
+  got = np.asarray(jax.jit(jax.vmap(rs.tempered_probs))(rows, temps))
+  for b, t in enumerate(temps[:3]):
+    np.testing.assert_allclose(got[b, live], scipy.special.softmax(logw[live] / t),
+                               rtol=1e-5)
+    assert (got[b, ~live] == 0.0).all()
+  np.testing.assert_allclose(got[3], live / live.sum(), rtol=1e-6)  # T = inf: uniform
+  np.testing.assert_array_equal(got[4], np.eye(N)[0])  # +inf keeps all the mass
 
 
 # ----------------------------------------------------------------------------------
@@ -545,38 +551,40 @@ def _conditional_draws(scheme, w, ref_index, ref_slot, seed):
 
 @pytest.mark.parametrize("scheme", SCHEMES)
 @pytest.mark.parametrize("widx, ref_index, ref_slot",
-                         [(0, 0, 0), (0, 3, 2), (1, 2, 3), (1, 3, 0)])
+                         [(0, 0, 0), (0, 6, 5), (1, 3, 7), (1, 6, 0)])
 def test_conditional_resample_law(scheme, widx, ref_index, ref_slot):
   """Keeps the reference, and the count law is c_b P(c) / (N w_b) (exact, exchangeable)."""
   w = DYADIC_WEIGHTS[widx]
+  assert w[ref_index] > 0
   anc = _conditional_draws(scheme, w, ref_index, ref_slot, seed=21 + ref_slot)
-  assert anc.dtype == np.int32 and anc.shape == (NUM_DRAWS, 4)
+  assert anc.dtype == np.int32 and anc.shape == (NUM_DRAWS, N)
   assert (anc[:, ref_slot] == ref_index).all()
-  law = {c: c[ref_index] * p / (4 * w[ref_index]) for c, p in EXACT[scheme](w, 4).items()}
-  _assert_law(_offspring(anc, 4), law)
+  law = {c: c[ref_index] * p / (N * w[ref_index]) for c, p in EXACT[scheme](w, N).items()}
+  _assert_law(_offspring(anc, N), law)
 
 
 def test_conditional_multinomial_others_iid():
-  w = np.array([0.1, 0.0, 0.3, 0.6])  # non-dyadic weights are fine here
+  w = np.array([0.1, 0.0, 0.3, 0.25, 0.05, 0.0, 0.18, 0.12])  # need not be dyadic
   anc = _conditional_draws("multinomial", w, 1, 0, seed=9)
   assert (anc[:, 0] == 1).all()  # even a zero-weight reference is kept
   others = anc[:, 1:].ravel()
-  obs = np.bincount(others, minlength=4)
-  assert obs[1] == 0
-  pvalue = scipy.stats.chisquare(obs[[0, 2, 3]], others.size * w[[0, 2, 3]]).pvalue
+  obs = np.bincount(others, minlength=N)
+  live = w > 0
+  assert obs[~live].sum() == 0
+  pvalue = scipy.stats.chisquare(obs[live], others.size * w[live]).pvalue
   assert pvalue > P_MIN
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_conditional_resample_vmap_traced_reference(scheme):
   rng = np.random.default_rng(5)
-  probs_BxN = rng.dirichlet(np.ones(4), size=NUM_DRAWS).astype(np.float32)
+  probs_BxN = rng.dirichlet(np.ones(N), size=NUM_DRAWS).astype(np.float32)
   probs_BxN[:100, 2] = 0.0  # zero-weight reference (an impossible event) in some rows
-  refs = rng.integers(0, 4, size=NUM_DRAWS).astype(np.int32)
+  refs = rng.integers(0, N, size=NUM_DRAWS).astype(np.int32)
   refs[:100] = 2
-  slots = rng.integers(0, 4, size=NUM_DRAWS).astype(np.int32)
+  slots = rng.integers(0, N, size=NUM_DRAWS).astype(np.int32)
   anc = _conditional_draws(scheme, probs_BxN, refs, slots, seed=4)
-  assert anc.shape == (NUM_DRAWS, 4) and anc.min() >= 0 and anc.max() < 4
+  assert anc.shape == (NUM_DRAWS, N) and anc.min() >= 0 and anc.max() < N
   np.testing.assert_array_equal(anc[np.arange(NUM_DRAWS), slots], refs)
   # Apart from the reference slot, zero-weight particles are never drawn.
   others = anc[:100].copy()

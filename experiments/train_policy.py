@@ -1,0 +1,257 @@
+"""Supervised training of a small character-level policy on `arith` problems.
+
+  python -m experiments.train_policy --config=configs/arith_policy.py \
+      [--config.train.steps=200] [--workdir=results/arith/policy]
+
+Each step draws fresh problems from a generator seeded by (seed, step) (held-out
+evaluation problems are never trained on), packs BOS + prompt + solution + EOS
+texts into fixed-length rows and trains on the solution tokens only. A
+checkpoint (params, optimiser state, step, rng) is written every
+`train.checkpoint_every` steps; rerunning the same command after an
+interruption resumes from the latest one and ends with identical parameters.
+
+Writes to --workdir: `checkpoints/` (train states), `policy/` (final params),
+`model_config.json`, `config.json`, `metrics.json` (greedy accuracy, pass@1,
+pass@k / coverage up to `eval.final_samples` samples, wall times).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from algorithms.estimators import pass_at_k
+from experiments import config_utils
+from experiments.tasks import arith
+from jaxllm import checkpoint, train
+from jaxllm.config import ModelConfig
+from jaxllm.decoding import Transformer
+from jaxllm.generate import generate
+from jaxllm.params import init_params
+from jaxllm.sampling import make_sampling
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), "configs", "arith_policy.py")
+
+EVAL_SEED_OFFSET = 1_000_003  # held-out problems: generate(seed + offset)
+TOK = arith.TOKENIZER
+
+
+def task_kwargs(config) -> dict:
+  t = config.task
+  return dict(n_steps=config_utils.as_tuple(t.n_steps), n_digits=t.n_digits,
+              mul_digits=t.mul_digits, ops=tuple(t.ops))
+
+
+def model_config(config) -> ModelConfig:
+  return ModelConfig(vocab_size=TOK.vocab_size, **config.model.to_dict())
+
+
+def heldout_problems(config, n: int) -> list[arith.ArithProblem]:
+  return arith.generate(n, config.seed + EVAL_SEED_OFFSET, **task_kwargs(config))
+
+
+def example(p: arith.ArithProblem):
+  """(tokens, loss_mask): BOS + prompt (no loss), solution + EOS (loss)."""
+  prompt = TOK.encode(p.prompt, add_bos=True)
+  return train.lm_example(prompt, TOK.encode(p.solution, add_eos=True))
+
+
+def make_batch_fn(config, exclude: set[str]):
+  """batch_fn(step): packed rows of fresh problems, a pure function of step."""
+  kw = task_kwargs(config)
+  rows, length = config.train.batch_size, config.train.seq_len
+
+  def examples(step):
+    chunk = 0
+    while True:  # problems from (seed, step, chunk); skip held-out questions
+      seed = int(np.random.default_rng([config.seed, step, chunk]).integers(2**62))
+      for p in arith.generate(64, seed, **kw):
+        if p.question not in exclude:
+          yield example(p)
+      chunk += 1
+
+  def batch_fn(step):
+    batch, _ = train.pack_stream(examples(step), length, rows)
+    return batch
+
+  return batch_fn
+
+
+def prompts_of(problems):
+  return [TOK.encode(p.prompt, add_bos=True) for p in problems]
+
+
+def sample_tokens(cfg, params, problems, key, n_samples: int,
+                  temperature: float, max_new_tokens: int,
+                  rows_per_call: int = 1024):
+  """n_samples continuations per problem (rows problem-major): generated
+  tokens [P*N, max_new] (pad after EOS), lengths [P*N] (EOS included) and the
+  policy's log-probs [P*N, max_new]. Calls use a fixed row count, so there is
+  one compilation per shape."""
+  model = Transformer(cfg)
+  prompts = [pr for pr in prompts_of(problems) for _ in range(n_samples)]
+  toks, lens, lps = [], [], []
+  for i in range(0, len(prompts), rows_per_call):
+    chunk = prompts[i:i + rows_per_call]
+    if len(chunk) < rows_per_call and len(prompts) > rows_per_call:
+      chunk = chunk + [chunk[-1]] * (rows_per_call - len(chunk))  # same shape
+    out = generate(model, params, chunk, jax.random.fold_in(key, i),
+                   max_new_tokens, make_sampling(temperature),
+                   stop_tokens=[TOK.eos_id], pad_id=TOK.pad_id)
+    toks.append(np.asarray(out.tokens))
+    lens.append(np.asarray(out.lengths))
+    lps.append(np.asarray(out.logprobs))
+  n = len(prompts)
+  return (np.concatenate(toks)[:n], np.concatenate(lens)[:n],
+          np.concatenate(lps)[:n])
+
+
+def sample_solutions(cfg, params, problems, key, n_samples: int,
+                     temperature: float, max_new_tokens: int):
+  """n_samples solutions per problem: (texts [P][N], correct bool [P, N])."""
+  toks, _, _ = sample_tokens(cfg, params, problems, key, n_samples, temperature,
+                             max_new_tokens)
+  texts = [TOK.decode(t) for t in toks]
+  texts = [texts[j * n_samples:(j + 1) * n_samples] for j in range(len(problems))]
+  correct = np.array([[arith.check_answer(p, t) for t in ts]
+                      for p, ts in zip(problems, texts)], bool)
+  return texts, correct
+
+
+def greedy_accuracy(cfg, params, problems, max_new_tokens: int) -> float:
+  _, correct = sample_solutions(cfg, params, problems, jax.random.PRNGKey(0), 1,
+                                0.0, max_new_tokens)
+  return float(correct.mean())
+
+
+def final_report(cfg, params, config) -> dict:
+  e = config.eval
+  t0 = time.perf_counter()
+  probs = heldout_problems(config, max(e.final_problems, e.final_sample_problems))
+  greedy = greedy_accuracy(cfg, params, probs[:e.final_problems],
+                           e.max_new_tokens)
+  t1 = time.perf_counter()
+  _, correct = sample_solutions(cfg, params, probs[:e.final_sample_problems],
+                                jax.random.PRNGKey(config.seed + 7),
+                                e.final_samples, 1.0, e.max_new_tokens)
+  n = e.final_samples
+  ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= n]
+  c = correct.sum(1)
+  curve = pass_at_k(np.full_like(c, n), c, ks).mean(0)
+  return {"greedy_accuracy": greedy, "greedy_problems": e.final_problems,
+          "pass_at_1": float(correct.mean()),
+          "coverage": {str(k): float(v) for k, v in zip(ks, curve)},
+          f"coverage_at_{n}": float((c > 0).mean()),
+          "sample_problems": e.final_sample_problems, "samples": n,
+          "greedy_eval_s": t1 - t0, "sample_eval_s": time.perf_counter() - t1}
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes
+  t_start = time.perf_counter()
+  schema = config_utils.load_config_file(DEFAULT_CONFIG)
+  config = config_utils.validate(flags.FLAGS.config, schema)
+  workdir = flags.FLAGS.workdir
+  os.makedirs(workdir, exist_ok=True)
+  cfg = model_config(config)
+  tc = config.train
+
+  probe = heldout_problems(config, 0)  # validates the task knobs early
+  del probe
+  eval_probs = heldout_problems(config, max(config.eval.n_problems,
+                                            config.eval.final_problems,
+                                            config.eval.final_sample_problems))
+  exclude = {p.question for p in eval_probs}
+  longest = max(len(example(p)[0]) for p in arith.generate(
+      2000, config.seed + 17, **task_kwargs(config)))
+  if longest > tc.seq_len:
+    raise ValueError(f"config.train.seq_len={tc.seq_len} is shorter than a "
+                     f"training text ({longest} tokens)")
+
+  optimizer, _ = train.make_optimizer(
+      tc.learning_rate, warmup_steps=tc.warmup_steps, total_steps=tc.steps,
+      end_lr_ratio=tc.end_lr_ratio, weight_decay=tc.weight_decay,
+      clip_norm=tc.clip_norm)
+  compute = None if tc.compute_dtype == "float32" else tc.compute_dtype
+  step_fn = train.make_train_step(train.make_lm_loss_fn(cfg, compute), optimizer,
+                                  accum_steps=tc.accum_steps)
+  key = jax.random.PRNGKey(config.seed)
+  pkey, tkey = jax.random.split(key)
+  state = train.init_train_state(init_params(cfg, pkey), optimizer, tkey)
+  print(f"policy: {train.num_params(state.params):,} params, {cfg}", flush=True)
+
+  ckpt = checkpoint.CheckpointManager(os.path.join(workdir, "checkpoints"),
+                                     save_every=tc.checkpoint_every,
+                                     keep=tc.keep_checkpoints)
+  latest = ckpt.latest_step()
+  if latest is not None:
+    state = train.restore_train_state(ckpt, cfg, state, latest)
+    print(f"resumed from checkpoint at step {latest}", flush=True)
+
+  n_eval = config.eval.n_problems
+  eval_fn = lambda st: {"greedy_acc": greedy_accuracy(
+      cfg, st.params, eval_probs[:n_eval], config.eval.max_new_tokens)}
+  tokens_fn = lambda b: int(b["loss_mask"].sum())  # solution tokens trained on
+  t_train = time.perf_counter()
+  state, history = train.train_loop(
+      state, step_fn, make_batch_fn(config, exclude), tc.steps,
+      checkpoint_manager=ckpt,
+      log_every=tc.log_every, log_fn=lambda s: print(s, flush=True),
+      eval_every=config.eval.every, eval_fn=eval_fn if config.eval.every else None,
+      tokens_fn=tokens_fn)
+  train_s = time.perf_counter() - t_train
+
+  checkpoint.save_params(os.path.join(workdir, "policy"), state.params,
+                         overwrite=True)
+  with open(os.path.join(workdir, "model_config.json"), "w") as f:
+    json.dump(dataclasses.asdict(cfg), f, indent=2)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config_utils.to_json(config))
+
+  report = final_report(cfg, state.params, config)
+  report.update(train_s=train_s, total_s=time.perf_counter() - t_start,
+                steps=tc.steps, params=train.num_params(state.params),
+                history=history)
+  with open(os.path.join(workdir, "metrics.json"), "w") as f:
+    json.dump(report, f, indent=2)
+  cov = report[f"coverage_at_{report['samples']}"]
+  print(f"policy: greedy accuracy {report['greedy_accuracy']:.3f} "
+        f"pass@1 {report['pass_at_1']:.3f} coverage@{report['samples']} "
+        f"{cov:.3f} | train {train_s:.0f}s total {report['total_s']:.0f}s",
+        flush=True)
+
+
+def load_policy(policy_dir: str):
+  """(ModelConfig, params, training config as a ConfigDict) of a trained
+  policy written by this script."""
+  import ml_collections
+
+  with open(os.path.join(policy_dir, "model_config.json")) as f:
+    cfg = ModelConfig(**json.load(f))
+  with open(os.path.join(policy_dir, "config.json")) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  params = checkpoint.restore_params(os.path.join(policy_dir, "policy"), cfg)
+  return cfg, params, config
+
+
+def define_flags():
+  """Flags are defined only when run as a script, so other experiments can
+  import the helpers above (load_policy, sample_solutions, ...)."""
+  config_flags.DEFINE_config_file("config", DEFAULT_CONFIG,
+                                  "Training config file.")
+  flags.DEFINE_string("workdir", "results/arith/policy", "Output directory.")
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

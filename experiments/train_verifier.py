@@ -1,0 +1,274 @@
+"""Train a PRM and an ORM on samples of the trained arith policy.
+
+  python -m experiments.train_verifier --config=configs/arith_verifier.py \
+      [--workdir=results/arith/verifier]
+
+1. Sample `data.samples_per_problem` solutions (temperature 1, `generate`) for
+   fresh training problems and for the policy's held-out problems (test).
+2. Label every completed step with the exact checker (`arith.step_labels`,
+   prefix-correctness) at its delimiter token ("\\n", or EOS for the answer
+   line; a step cut off by the token budget gets no label), and every sample
+   with final-answer correctness at its last token.
+3. Train two reward models (transformer + scalar head, `jaxllm.reward`),
+   initialised from the policy's weights: a PRM (BCE at step delimiters) and an
+   ORM (BCE at the last token, or at every solution token with
+   `train.orm_labels="all"`).
+4. Report on the held-out samples: step-level PRM AUROC and ECE (10 bins), ORM
+   AUROC and ECE, the PRM's last-step score as an outcome predictor, the
+   generator-confidence baseline (exp mean token log-prob of the step), and
+   best-of-N accuracy with each score next to pass@1 and majority vote.
+
+Writes to --workdir: prm/ and orm/ (orbax: lm + head), model_config.json,
+config.json, metrics.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections import Counter
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from experiments import config_utils
+from experiments import train_policy as tp
+from experiments.tasks import arith
+from jaxllm import reward, train
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), "configs", "arith_verifier.py")
+VERIFIER_SEED_OFFSET = 2_000_003  # verifier training problems
+TOK = arith.TOKENIZER
+
+
+@dataclasses.dataclass
+class Sample:
+  problem: int  # index into the problem list
+  tokens: list  # BOS + prompt + generated tokens (EOS included if emitted)
+  prompt_len: int
+  step_pos: list  # token position of each labelled step's delimiter
+  step_labels: list  # exact prefix-correctness of those steps
+  step_conf: list  # generator confidence of each step: exp(mean log p)
+  correct: bool  # final answer correct
+
+
+def build_samples(problems, toks_RxM, lens_R, lps_RxM, n_samples: int):
+  """Label policy samples (rows problem-major) with the exact checker."""
+  out = []
+  for r in range(toks_RxM.shape[0]):
+    j = r // n_samples
+    p = problems[j]
+    prompt = TOK.encode(p.prompt, add_bos=True)
+    n = int(lens_R[r])
+    gen = [int(t) for t in toks_RxM[r, :n]]
+    ended = n > 0 and gen[-1] == TOK.eos_id
+    text = TOK.decode(gen)
+    labels = arith.step_labels(p, text)
+    ends = arith.step_spans(text)
+    pos, lab, conf = [], [], []
+    start = 0
+    for off, ok in zip(ends, labels):
+      if off == len(text) and not ended:
+        break  # the last step was cut off by the token budget
+      pos.append(len(prompt) + off)
+      lab.append(bool(ok))
+      conf.append(float(np.exp(np.mean(lps_RxM[r, start:off + 1]))))
+      start = off + 1
+    out.append(Sample(problem=j, tokens=prompt + gen, prompt_len=len(prompt),
+                      step_pos=pos, step_labels=lab, step_conf=conf,
+                      correct=arith.check_answer(p, text)))
+  return out
+
+
+def prm_example(s: Sample):
+  mask = [0] * len(s.tokens)
+  lab = [0] * len(s.tokens)
+  for p, l in zip(s.step_pos, s.step_labels):
+    mask[p], lab[p] = 1, int(l)
+  return s.tokens, mask, lab
+
+
+def orm_example(s: Sample, where: str):
+  T = len(s.tokens)
+  if where == "last":
+    mask = [0] * (T - 1) + [1]
+  elif where == "all":
+    mask = [0] * s.prompt_len + [1] * (T - s.prompt_len)
+  else:
+    raise ValueError(f"config.train.orm_labels must be 'last' or 'all', got "
+                     f"{where!r}")
+  return s.tokens, mask, [int(s.correct)] * T
+
+
+def train_reward_model(name, cfg, init, examples, config, log):
+  tc = config.train
+  optimizer, _ = train.make_optimizer(
+      tc.learning_rate, warmup_steps=tc.warmup_steps, total_steps=tc.steps,
+      end_lr_ratio=tc.end_lr_ratio, weight_decay=tc.weight_decay,
+      clip_norm=tc.clip_norm)
+  step_fn = train.make_train_step(reward.reward_loss_fn(cfg), optimizer)
+  state = train.init_train_state(init, optimizer,
+                                 jax.random.PRNGKey(config.seed + 1))
+  fields = ("label_mask", "labels")
+
+  def batch_fn(step):
+    order = train.step_rng(config.seed, step).permutation(len(examples))
+    batch, _ = train.pack_stream((examples[i] for i in order), tc.seq_len,
+                                 tc.batch_size, fields=fields)
+    return batch
+
+  state, history = train.train_loop(
+      state, step_fn, batch_fn, tc.steps, log_every=tc.log_every,
+      log_fn=lambda s: log(f"[{name}] {s}"),
+      tokens_fn=lambda b: int((b["segment_ids"] > 0).sum()))
+  return state.params, history
+
+
+def score_samples(model: reward.RewardModel, params, samples, batch: int = 256):
+  """Reward-model scores after every token of each sample (full forward)."""
+  score_fn = jax.jit(model.score_all)
+  out = []
+  T = train.bucket_length(max(len(s.tokens) for s in samples))
+  for i in range(0, len(samples), batch):
+    chunk = samples[i:i + batch]
+    toks = np.full((batch, T), TOK.pad_id, np.int32)
+    for k, s in enumerate(chunk):
+      toks[k, :len(s.tokens)] = s.tokens
+    sc = np.asarray(score_fn(params, jnp.asarray(toks)))
+    out += [sc[k, :len(s.tokens)] for k, s in enumerate(chunk)]
+  return out
+
+
+def best_of_n(samples, scores, n_problems):
+  """Accuracy of picking, per problem, the sample with the highest score."""
+  best = {}
+  for s, v in zip(samples, scores):
+    if s.problem not in best or v > best[s.problem][0]:
+      best[s.problem] = (v, s.correct)
+  return float(np.mean([best[j][1] for j in range(n_problems)]))
+
+
+def majority(samples, problems):
+  votes = {}
+  for s in samples:
+    a = arith.extract_answer(TOK.decode(s.tokens[s.prompt_len:]))
+    if a is not None:
+      votes.setdefault(s.problem, Counter())[a] += 1
+  return float(np.mean([j in votes and votes[j].most_common(1)[0][0] == p.answer
+                        for j, p in enumerate(problems)]))
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  t_start = time.perf_counter()
+  schema = config_utils.load_config_file(DEFAULT_CONFIG)
+  config = config_utils.validate(flags.FLAGS.config, schema)
+  workdir = flags.FLAGS.workdir
+  os.makedirs(workdir, exist_ok=True)
+  log = lambda s: print(s, flush=True)
+  d = config.data
+
+  cfg, policy_params, pconfig = tp.load_policy(config.policy_dir)
+  kw = tp.task_kwargs(pconfig)
+  test_problems = tp.heldout_problems(pconfig, d.test_problems)
+  held = {p.question for p in tp.heldout_problems(
+      pconfig, max(d.test_problems, pconfig.eval.final_problems,
+                   pconfig.eval.final_sample_problems, pconfig.eval.n_problems))}
+  pool = arith.generate(2 * d.train_problems + 64,
+                        pconfig.seed + VERIFIER_SEED_OFFSET, **kw)
+  train_problems = [p for p in pool if p.question not in held][:d.train_problems]
+
+  t0 = time.perf_counter()
+  key = jax.random.PRNGKey(config.seed)
+  n = d.samples_per_problem
+  tr = tp.sample_tokens(cfg, policy_params, train_problems,
+                        jax.random.fold_in(key, 0), n, d.temperature,
+                        d.max_new_tokens)
+  te = tp.sample_tokens(cfg, policy_params, test_problems,
+                        jax.random.fold_in(key, 1), n, d.temperature,
+                        d.max_new_tokens)
+  train_samples = build_samples(train_problems, *tr, n)
+  test_samples = build_samples(test_problems, *te, n)
+  sample_s = time.perf_counter() - t0
+  step_lab = [l for s in train_samples for l in s.step_labels]
+  log(f"sampled {len(train_samples)} train / {len(test_samples)} test solutions "
+      f"in {sample_s:.0f}s; train: {np.mean([s.correct for s in train_samples]):.3f}"
+      f" correct, {len(step_lab)} labelled steps ({np.mean(step_lab):.3f} correct)")
+
+  init_key = jax.random.PRNGKey(config.seed + 2)
+  lm_init = policy_params if config.model.init_from_policy else None
+  model = reward.RewardModel(cfg)
+  results, timings, params_out = {}, {}, {}
+  for name, make in (("prm", prm_example),
+                     ("orm", lambda s: orm_example(s, config.train.orm_labels))):
+    t0 = time.perf_counter()
+    init = reward.init_reward_params(cfg, init_key, lm_init)
+    params, history = train_reward_model(
+        name, cfg, init, [make(s) for s in train_samples], config, log)
+    timings[f"{name}_train_s"] = time.perf_counter() - t0
+    params_out[name] = params
+    results[f"{name}_history"] = history
+    reward.save_reward_params(os.path.join(workdir, name), params)
+
+  prm_tok = score_samples(model, params_out["prm"], test_samples)
+  orm_tok = score_samples(model, params_out["orm"], test_samples)
+  step_scores = np.array([sc[p] for s, sc in zip(test_samples, prm_tok)
+                          for p in s.step_pos])
+  step_labels = np.array([l for s in test_samples for l in s.step_labels])
+  step_conf = np.array([c for s in test_samples for c in s.step_conf])
+  orm_scores = np.array([sc[-1] for sc in orm_tok])
+  outcome = np.array([s.correct for s in test_samples])
+  prm_last = np.array([sc[s.step_pos[-1]] if s.step_pos else 0.0
+                       for s, sc in zip(test_samples, prm_tok)])
+  prm_min = np.array([min(sc[p] for p in s.step_pos) if s.step_pos else 0.0
+                      for s, sc in zip(test_samples, prm_tok)])
+  P = len(test_problems)
+  results.update({
+      "prm_step_auroc": reward.auroc(step_scores, step_labels),
+      "prm_step_ece": reward.expected_calibration_error(step_scores, step_labels),
+      "orm_auroc": reward.auroc(orm_scores, outcome),
+      "orm_ece": reward.expected_calibration_error(orm_scores, outcome),
+      "prm_last_step_outcome_auroc": reward.auroc(prm_last, outcome),
+      "generator_confidence_step_auroc": reward.auroc(step_conf, step_labels),
+      "test_steps": int(step_labels.size),
+      "test_step_correct_rate": float(step_labels.mean()),
+      "test_samples": len(test_samples),
+      "test_pass_at_1": float(outcome.mean()),
+      f"test_majority_at_{n}": majority(test_samples, test_problems),
+      f"test_best_of_{n}_orm": best_of_n(test_samples, orm_scores, P),
+      f"test_best_of_{n}_prm_min": best_of_n(test_samples, prm_min, P),
+      f"test_best_of_{n}_prm_last": best_of_n(test_samples, prm_last, P),
+      f"test_coverage_at_{n}": float(np.mean(
+          [any(s.correct for s in test_samples if s.problem == j)
+           for j in range(P)])),
+      "sample_s": sample_s, **timings,
+      "total_s": time.perf_counter() - t_start,
+  })
+  with open(os.path.join(workdir, "model_config.json"), "w") as f:
+    json.dump(dataclasses.asdict(cfg), f, indent=2)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config_utils.to_json(config))
+  with open(os.path.join(workdir, "metrics.json"), "w") as f:
+    json.dump(results, f, indent=2)
+  log(f"PRM step AUROC {results['prm_step_auroc']:.3f} ECE "
+      f"{results['prm_step_ece']:.3f} | ORM AUROC {results['orm_auroc']:.3f} ECE "
+      f"{results['orm_ece']:.3f} | gen-confidence step AUROC "
+      f"{results['generator_confidence_step_auroc']:.3f}")
+  log(f"test: pass@1 {results['test_pass_at_1']:.3f} maj@{n} "
+      f"{results[f'test_majority_at_{n}']:.3f} BoN@{n} ORM "
+      f"{results[f'test_best_of_{n}_orm']:.3f} PRM-min "
+      f"{results[f'test_best_of_{n}_prm_min']:.3f} coverage@{n} "
+      f"{results[f'test_coverage_at_{n}']:.3f} | total {results['total_s']:.0f}s")
+
+
+if __name__ == "__main__":
+  config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Verifier config.")
+  flags.DEFINE_string("workdir", "results/arith/verifier", "Output directory.")
+  app.run(main)

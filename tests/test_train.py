@@ -1,0 +1,276 @@
+"""Tests for jaxllm/train.py and experiments/config_utils.py (tiny sizes)."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from experiments import config_utils
+from jaxllm import checkpoint, train
+from jaxllm.config import ModelConfig
+from jaxllm.model import forward
+from jaxllm.params import init_params
+
+CFG = ModelConfig(vocab_size=11, d_model=16, n_layers=2, n_heads=2,
+                  n_kv_heads=1, d_ff=32, max_seq_len=64)
+
+
+def _batch(seed=0, B=4, T=12, V=11):
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(1, V, (B, T)).astype(np.int32)
+  # Ragged masks: different target counts per row (and per microbatch).
+  mask = np.zeros((B, T), np.int32)
+  for b, start in enumerate([2, 5, 9, 3][:B]):
+    mask[b, start:T - b] = 1
+  return {"tokens": tokens, "loss_mask": mask}
+
+
+def _np_log_softmax(x):
+  x = x - x.max(-1, keepdims=True)
+  return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def test_masked_lm_loss_matches_numpy_reference():
+  params = init_params(CFG, jax.random.PRNGKey(0))
+  b = _batch()
+  logits = np.asarray(forward(params, jnp.asarray(b["tokens"]), CFG)[0],
+                      np.float64)
+  lp = _np_log_softmax(logits)
+  total, count = 0.0, 0
+  B, T = b["tokens"].shape
+  for i in range(B):
+    for t in range(T - 1):
+      if b["loss_mask"][i, t + 1]:
+        total -= lp[i, t, b["tokens"][i, t + 1]]
+        count += 1
+  s, n, _ = train.lm_loss_terms(params, CFG, jnp.asarray(b["tokens"]),
+                                jnp.asarray(b["loss_mask"]))
+  assert int(n) == count
+  np.testing.assert_allclose(float(s), total, rtol=1e-5)
+  np.testing.assert_allclose(
+      float(train.lm_loss(params, CFG, b["tokens"], b["loss_mask"])),
+      total / count, rtol=1e-5)
+
+
+def test_packed_loss_equals_padded_loss():
+  params = init_params(CFG, jax.random.PRNGKey(1))
+  exs = [train.lm_example([1, 3, 4], [5, 6, 7, 2]),
+         train.lm_example([1, 8], [9, 10, 2]),
+         train.lm_example([1, 4, 4, 4], [3, 2])]
+  padded = train.pad_batch(exs, length=8)
+  packed = train.pack_batch(exs, length=16)
+  assert packed["tokens"].shape == (2, 16)  # 7 + 5 in row 0, 6 in row 1
+  np.testing.assert_array_equal(packed["segment_ids"][0, :13],
+                                [1] * 7 + [2] * 5 + [0])
+  np.testing.assert_array_equal(packed["positions"][0, 7:12], np.arange(5))
+  sp, npad, _ = train.lm_loss_terms(params, CFG, padded["tokens"],
+                                    padded["loss_mask"])
+  sk, nk, _ = train.lm_loss_terms(params, CFG, packed["tokens"],
+                                  packed["loss_mask"], packed["segment_ids"],
+                                  packed["positions"])
+  assert int(npad) == int(nk) == 4 + 3 + 2 - 0
+  np.testing.assert_allclose(float(sk), float(sp), rtol=1e-5)
+
+
+def test_batching_validation():
+  with pytest.raises(ValueError, match="longer than the batch length"):
+    train.pad_batch([[1, 2, 3, 4, 5]], length=4)
+  with pytest.raises(ValueError, match="do not fit"):
+    train.pack_batch([[1] * 5, [2] * 5, [3] * 5], length=8, rows=2)
+  batch, n = train.pack_stream(iter([[1] * 5, [2] * 3, [3] * 5, [4] * 3, [5]]),
+                               8, 2)
+  assert n == 4  # the 5th example ([5]) does not fit any more
+  assert batch["tokens"].shape == (2, 8)
+  assert train.bucket_length(17) == 32 and train.bucket_length(16) == 16
+  assert train.bucket_length(5, buckets=[8, 4]) == 8
+
+
+def test_schedule_warmup_cosine_closed_form():
+  _, sched = train.make_optimizer(1e-2, warmup_steps=10, total_steps=110,
+                                  end_lr_ratio=0.1)
+  for step in (0, 5, 10, 60, 110):
+    if step <= 10:
+      want = 1e-2 * step / 10
+    else:
+      frac = (step - 10) / 100
+      want = 1e-3 + (1e-2 - 1e-3) * 0.5 * (1 + math.cos(math.pi * frac))
+    np.testing.assert_allclose(float(sched(step)), want, rtol=1e-5, atol=1e-9)
+
+
+def _state(opt, seed=0):
+  return train.init_train_state(init_params(CFG, jax.random.PRNGKey(seed)), opt,
+                                jax.random.PRNGKey(seed + 100))
+
+
+def test_train_steps_lower_loss_on_fixed_batch():
+  opt, _ = train.make_optimizer(1e-2, warmup_steps=2, total_steps=30)
+  step = train.make_train_step(train.make_lm_loss_fn(CFG), opt)
+  b = _batch()
+  state = _state(opt)
+  first = None
+  for _ in range(30):
+    state, m = step(state, b)
+    first = float(m["loss"]) if first is None else first
+  final = float(train.lm_loss(state.params, CFG, b["tokens"], b["loss_mask"]))
+  assert final < 0.5 * first, (first, final)
+  assert int(state.step) == 30
+
+
+def test_grad_accumulation_equals_big_batch():
+  opt, _ = train.make_optimizer(1e-2, warmup_steps=1, total_steps=10)
+  loss_fn = train.make_lm_loss_fn(CFG)
+  b = _batch()
+  s1 = train.make_train_step(loss_fn, opt, accum_steps=1, donate=False)
+  s2 = train.make_train_step(loss_fn, opt, accum_steps=2, donate=False)
+  a, ma = s1(_state(opt), b)
+  c, mc = s2(_state(opt), b)
+  a, ma = s1(a, b)
+  c, mc = s2(c, b)
+  np.testing.assert_allclose(float(ma["loss"]), float(mc["loss"]), rtol=1e-5)
+  for x, y in zip(jax.tree_util.tree_leaves(a.params),
+                  jax.tree_util.tree_leaves(c.params)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4,
+                               atol=1e-6)
+  # The reference: gradient of the token-weighted mean over the whole batch.
+  g_ref = jax.grad(lambda p: train.lm_loss(p, CFG, b["tokens"],
+                                           b["loss_mask"]))(_state(opt).params)
+  _, _, _, g_acc = train.accumulate_grads(loss_fn, _state(opt).params, b,
+                                          jax.random.PRNGKey(0), 2)
+  for x, y in zip(jax.tree_util.tree_leaves(g_ref),
+                  jax.tree_util.tree_leaves(g_acc)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4,
+                               atol=1e-7)
+
+
+def test_accum_steps_must_divide_batch():
+  opt, _ = train.make_optimizer(1e-2, warmup_steps=1, total_steps=10)
+  step = train.make_train_step(train.make_lm_loss_fn(CFG), opt, accum_steps=3)
+  with pytest.raises(ValueError, match="not divisible by accum_steps=3"):
+    step(_state(opt), _batch())
+
+
+def test_mixed_precision_keeps_f32_master_params():
+  opt, _ = train.make_optimizer(1e-2, warmup_steps=1, total_steps=10)
+  b = _batch()
+  st = _state(opt)
+  l32 = float(train.lm_loss(st.params, CFG, b["tokens"], b["loss_mask"]))
+  l16 = float(train.lm_loss(st.params, CFG, b["tokens"], b["loss_mask"],
+                            compute_dtype="bfloat16"))
+  assert abs(l16 - l32) < 0.05 * l32  # bf16 rounding only
+  step = train.make_train_step(train.make_lm_loss_fn(CFG, "bfloat16"), opt)
+  st, m = step(st, b)
+  assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(st.params))
+  assert np.isfinite(float(m["loss"]))
+
+
+def _noisy_loss_fn(cfg):
+  """LM loss with a random target dropout drawn from the step key, so the
+  result depends on the rng carried in the train state."""
+  base = train.make_lm_loss_fn(cfg)
+
+  def loss_fn(params, batch, key):
+    keep = jax.random.bernoulli(key, 0.7, batch["loss_mask"].shape)
+    return base(params, dict(batch, loss_mask=batch["loss_mask"] * keep), key)
+
+  return loss_fn
+
+
+def _batch_fn(step):
+  rng = train.step_rng(7, step)
+  tokens = rng.integers(1, CFG.vocab_size, (4, 10)).astype(np.int32)
+  return {"tokens": tokens, "loss_mask": np.ones_like(tokens)}
+
+
+def test_resume_after_interruption_is_identical(tmp_path):
+  opt, _ = train.make_optimizer(1e-2, warmup_steps=2, total_steps=6)
+  step = train.make_train_step(_noisy_loss_fn(CFG), opt)
+  full, _ = train.train_loop(_state(opt), step, _batch_fn, 6)
+
+  mgr = checkpoint.CheckpointManager(str(tmp_path / "ck"), save_every=3, keep=2)
+  part, _ = train.train_loop(_state(opt), step, _batch_fn, 3,
+                             checkpoint_manager=mgr)
+  del part  # "interrupted" here
+  mgr.close()
+  mgr = checkpoint.CheckpointManager(str(tmp_path / "ck"), save_every=3, keep=2)
+  assert mgr.latest_step() == 3
+  fresh = _state(opt, seed=5)  # different init: everything must come from disk
+  resumed = train.restore_train_state(mgr, CFG, fresh)
+  assert int(resumed.step) == 3
+  resumed, _ = train.train_loop(resumed, step, _batch_fn, 6,
+                                checkpoint_manager=mgr)
+  mgr.close()
+  for x, y in zip(jax.tree_util.tree_leaves(full.params),
+                  jax.tree_util.tree_leaves(resumed.params)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  np.testing.assert_array_equal(np.asarray(full.rng), np.asarray(resumed.rng))
+
+
+def _schema():
+  c = ml_collections.ConfigDict()
+  c.steps = 10
+  c.lr = 1e-3
+  c.name = "x"
+  c.flag = False
+  c.sizes = (1, 2)
+  c.optional = None
+  c.model = ml_collections.ConfigDict()
+  c.model.d_model = 32
+  return c
+
+
+def test_config_validation_accepts_default_and_promotes_int_to_float():
+  cfg = _schema()
+  cfg.lr = 1  # int where float is expected: fine
+  cfg.optional = "anything"
+  cfg.sizes = [3, 4, 5]
+  out = config_utils.validate(cfg, _schema())
+  with pytest.raises(AttributeError):
+    out.new_field = 1  # locked
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda c: setattr(c, "stpes", 3), "config.stpes"),
+    (lambda c: setattr(c.model, "n_layer", 3), "config.model.n_layer"),
+])
+def test_config_unknown_field_is_rejected(edit, field):
+  cfg = _schema()
+  edit(cfg)
+  with pytest.raises(ValueError, match=f"unknown config field '{field}'"):
+    config_utils.validate(cfg, _schema())
+
+
+@pytest.mark.parametrize("build, field", [
+    (lambda: ml_collections.ConfigDict(dict(_schema().to_dict(), steps="ten")),
+     "config.steps"),
+    (lambda: ml_collections.ConfigDict(dict(_schema().to_dict(), steps=True)),
+     "config.steps"),
+    (lambda: ml_collections.ConfigDict(dict(_schema().to_dict(), lr="fast")),
+     "config.lr"),
+    (lambda: ml_collections.ConfigDict(dict(_schema().to_dict(),
+                                            model={"d_model": 3.5})),
+     "config.model.d_model"),
+    (lambda: ml_collections.ConfigDict(dict(_schema().to_dict(), sizes=(1, "a"))),
+     r"config.sizes\[1\]"),
+])
+def test_config_wrong_type_is_rejected(build, field):
+  with pytest.raises(ValueError, match=f"config field '{field}' must be of type"):
+    config_utils.validate(build(), _schema())
+
+
+def test_config_missing_field_is_rejected():
+  d = _schema().to_dict()
+  del d["flag"]
+  with pytest.raises(ValueError, match="'config.flag' is missing"):
+    config_utils.validate(ml_collections.ConfigDict(d), _schema())
+
+
+def test_policy_and_verifier_configs_validate_against_themselves():
+  import os
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  for name in ("arith_policy.py", "arith_verifier.py"):
+    path = os.path.join(root, "configs", name)
+    config_utils.validate(config_utils.load_config_file(path),
+                          config_utils.load_config_file(path))
