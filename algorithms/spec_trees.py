@@ -138,8 +138,25 @@ def residual(p_V: Array, q_V: Array) -> Array:
   return jnp.where(s > 0, res_V / jnp.where(s > 0, s, 1.0), p_V)
 
 
-def _categorical(key, probs_V, shape=()):
-  return jax.random.categorical(key, _log(probs_V), shape=shape).astype(jnp.int32)
+def _sample_from_uniform(u, probs_V):
+  """Inverse-CDF sample of an (unnormalised) probability vector from u ~ U[0, 1).
+
+  Zero-mass entries are never returned. (One uniform instead of a `categorical` call
+  keeps the number of PRNG expansions per block, and so the compile time, small.)
+  """
+  c_V = jnp.cumsum(probs_V)
+  return jnp.argmax(c_V > u * c_V[-1]).astype(jnp.int32)
+
+
+def _level_gumbels(key, sizes, V, dtype):
+  """One Gumbel draw for all levels of a tree (a list of (n_l, V) blocks)."""
+  total = sum(sizes)
+  g = jax.random.gumbel(key, (total, V), dtype=dtype)
+  out, start = [], 0
+  for n in sizes:
+    out.append(g[start:start + n])
+    start += n
+  return out
 
 
 def gumbel_top_k(key: Array, q_V: Array, k: int) -> Array:
@@ -179,15 +196,15 @@ def speculative_sample_chain(
         f"q must be (gamma, V) and p (gamma+1, V) for gamma={G}; "
         f"got q {q_GxV.shape}, p {p_Gp1xV.shape}"
     )
-  k_u, k_y = jax.random.split(key)
   qx_G = jnp.take_along_axis(q_GxV, draft_tokens_G[:, None], 1)[:, 0]
   px_G = jnp.take_along_axis(p_Gp1xV[:G], draft_tokens_G[:, None], 1)[:, 0]
-  u_G = jax.random.uniform(k_u, (G,), dtype=q_GxV.dtype)
+  u_Gp1 = jax.random.uniform(key, (G + 1,), dtype=q_GxV.dtype)
+  u_G = u_Gp1[:G]
   accept_G = (qx_G > 0) & (u_G * qx_G < px_G)
   n = jnp.sum(jnp.cumprod(accept_G.astype(jnp.int32)))
   q_at = q_GxV[jnp.minimum(n, G - 1)]
   r_V = jnp.where(n < G, residual(p_Gp1xV[n], q_at), p_Gp1xV[n])
-  y = _categorical(k_y, r_V)
+  y = _sample_from_uniform(u_Gp1[G], r_V)
   i_Gp1 = jnp.arange(G + 1)
   drafts_Gp1 = jnp.concatenate([draft_tokens_G, jnp.zeros((1,), jnp.int32)])
   tokens = jnp.where(i_Gp1 < n, drafts_Gp1, jnp.where(i_Gp1 == n, y, -1))
@@ -233,13 +250,13 @@ def build_iid_tree(
     raise ValueError(f"num_drafts and depth must be >= 1, got {num_drafts}, {depth}")
   _check_root(q_root_V)
   k, V = num_drafts, q_root_V.shape[0]
-  keys = jax.random.split(key, depth)
+  gumbels = _level_gumbels(key, [k] * depth, V, q_root_V.dtype)
   tokens = [jnp.asarray(root_token, jnp.int32)[None]]
   parents = [jnp.array([-1], jnp.int32)]
   qs = [q_root_V[None]]
   q_KxV = jnp.broadcast_to(q_root_V, (k, V))
   for l in range(1, depth + 1):
-    tok_K = jax.vmap(_categorical)(jax.random.split(keys[l - 1], k), q_KxV)
+    tok_K = jnp.argmax(_log(q_KxV) + gumbels[l - 1], axis=1).astype(jnp.int32)  # Gumbel-max
     par_K = (jnp.zeros((k,), jnp.int32) if l == 1
              else 1 + (l - 2) * k + jnp.arange(k, dtype=jnp.int32))
     tokens.append(tok_K)
@@ -276,16 +293,18 @@ def build_rsdc_tree(
   _check_root(q_root_V, max(branching))
   V = q_root_V.shape[0]
   L = len(branching)
-  keys = jax.random.split(key, L)
+  sizes = [1]
+  for b in branching[:-1]:
+    sizes.append(sizes[-1] * b)
+  gumbels = _level_gumbels(key, sizes, V, q_root_V.dtype)
   tokens = [jnp.asarray(root_token, jnp.int32)[None]]
   parents = [jnp.array([-1], jnp.int32)]
   depths = [jnp.zeros((1,), jnp.int32)]
   qs = [q_root_V[None]]
   q_NxV, start, n = q_root_V[None], 0, 1  # current level: q, first index, size
   for l, b in enumerate(branching, start=1):
-    tok_NxB = jax.vmap(gumbel_top_k, in_axes=(0, 0, None))(
-        jax.random.split(keys[l - 1], n), q_NxV, b)
-    tok = tok_NxB.reshape(-1)
+    _, tok_NxB = lax.top_k(_log(q_NxV) + gumbels[l - 1], b)  # Gumbel-Top-b per node
+    tok = tok_NxB.reshape(-1).astype(jnp.int32)
     par = (start + jnp.arange(n * b, dtype=jnp.int32) // b).astype(jnp.int32)
     tokens.append(tok)
     parents.append(par)
@@ -341,8 +360,8 @@ def build_rsds_tree(
     raise ValueError(f"beam_width and depth must be >= 1, got {W}, {L}")
   _check_root(q_root_V, W)
   V = q_root_V.shape[0]
-  keys = jax.random.split(key, L)
   dt = q_root_V.dtype
+  gumbels = _level_gumbels(key, [1] + [W] * (L - 1), V, dt)
   tokens = [jnp.asarray(root_token, jnp.int32)[None]]
   parents = [jnp.array([-1], jnp.int32)]
   depths = [jnp.zeros((1,), jnp.int32)]
@@ -354,7 +373,7 @@ def build_rsds_tree(
   for l in range(1, L + 1):
     B = q_BxV.shape[0]
     phic_BxV = jnp.where(jnp.isfinite(phi_B)[:, None], phi_B[:, None] + _log(q_BxV), -jnp.inf)
-    Gt_BxV = phic_BxV + jax.random.gumbel(keys[l - 1], (B, V), dtype=dt)
+    Gt_BxV = phic_BxV + gumbels[l - 1]
     Gp_BxV = _truncated_gumbel(G_B, Gt_BxV)
     Gsel_W, flat_W = lax.top_k(Gp_BxV.reshape(-1), W)
     # Group by parent, keeping top_k's decreasing-G' order within a parent (a stable
@@ -410,8 +429,8 @@ def verify_tree(key: Array, tree: DraftTree, p_MxV: Array) -> TreeResult:
                      f"tokens {tree.token_M.shape}")
   C, D = tree.max_children, tree.max_depth
   children_MxC = children_table(tree.parent_M, C)
-  k_u, k_y = jax.random.split(key)
-  u_MxC = jax.random.uniform(k_u, (M, C), dtype=p_MxV.dtype)
+  u = jax.random.uniform(key, (M * C + 1,), dtype=p_MxV.dtype)
+  u_MxC = u[:-1].reshape(M, C)
   wo = tree.without_replacement
 
   def visit(node):
@@ -449,7 +468,7 @@ def verify_tree(key: Array, tree: DraftTree, p_MxV: Array) -> TreeResult:
   init = (jnp.int32(0), jnp.bool_(False), jnp.int32(0), jnp.full((D,), -1, jnp.int32),
           jnp.zeros((V,), p_MxV.dtype))
   _, _, n, path_D, r_V = lax.while_loop(cond, body, init)
-  y = _categorical(k_y, r_V)
+  y = _sample_from_uniform(u[-1], r_V)
   i_Dp1 = jnp.arange(D + 1)
   drafts = tree.token_M[jnp.maximum(jnp.concatenate([path_D, jnp.array([-1])]), 0)]
   tokens = jnp.where(i_Dp1 < n, drafts, jnp.where(i_Dp1 == n, y, -1)).astype(jnp.int32)

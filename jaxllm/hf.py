@@ -495,7 +495,7 @@ def load_hf(ckpt_dir: str, *, dtype: Optional[str] = None,
           top["_tied_head"] = x
           continue
         loc, kind, shape, _ = want[n]
-        x = _from_hf(kind, x, shape).astype(np_dtype)
+        x = _from_hf(kind, x, shape).astype(np_dtype, copy=False)
         if len(loc) == 1:
           top[loc[0]] = x
         else:
