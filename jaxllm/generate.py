@@ -46,10 +46,13 @@ def bucket_length(n: int, buckets: Optional[Sequence[int]] = None) -> int:
 
 def _generate_impl(model, params, tokens_BxT, lengths_B, key, sampling,
                    stop_ids, max_new_B, pad_id, *, max_new_tokens: int,
-                   cache_size: int):
+                   cache_size: int, num_samples: int):
   TRACE_COUNT["generate"] += 1
-  B = tokens_BxT.shape[0]
   state, logits = model.prefill(params, tokens_BxT, lengths_B, cache_size)
+  if num_samples > 1:  # fork each prefilled prompt into num_samples rows
+    fork = jnp.repeat(jnp.arange(tokens_BxT.shape[0]), num_samples)
+    state, logits = model.reorder(state, fork), logits[fork]
+  B = logits.shape[0]
   out = jnp.full((B, max_new_tokens), pad_id, jnp.int32)
   lps = jnp.zeros((B, max_new_tokens), jnp.float32)
   done = max_new_B <= 0
@@ -80,7 +83,7 @@ def _generate_impl(model, params, tokens_BxT, lengths_B, key, sampling,
 
 _generate_jit = jax.jit(_generate_impl,
                         static_argnames=("model", "max_new_tokens",
-                                         "cache_size"))
+                                         "cache_size", "num_samples"))
 
 
 def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int = 0,
@@ -102,7 +105,8 @@ def generate(model, params, prompts, key, max_new_tokens: int,
              sampling: Optional[Sampling] = None, *,
              prompt_lengths=None, stop_tokens: Sequence[int] = (),
              max_new_B=None, pad_id: int = 0, cache_size: Optional[int] = None,
-             buckets: Optional[Sequence[int]] = None) -> GenerateOutput:
+             buckets: Optional[Sequence[int]] = None,
+             num_samples: int = 1) -> GenerateOutput:
   """Sample continuations for a batch of prompts.
 
   Args:
@@ -116,7 +120,12 @@ def generate(model, params, prompts, key, max_new_tokens: int,
       it does not recompile).
     cache_size: KV slots per row; default bucketed prompt length +
       max_new_tokens.
+    num_samples: samples per prompt. Each prompt is prefilled ONCE and its
+      cache forked (`reorder`) into num_samples rows; outputs are
+      prompt-major [B * num_samples, ...]; max_new_B then has that length.
   """
+  if not isinstance(num_samples, int) or num_samples < 1:
+    raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
   if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be a positive int, got "
                      f"{max_new_tokens!r}")
@@ -150,11 +159,12 @@ def generate(model, params, prompts, key, max_new_tokens: int,
     raise ValueError(f"prompt length {int(lengths.max())} + max_new_tokens="
                      f"{max_new_tokens} exceeds ModelConfig.max_seq_len="
                      f"{max_seq}")
-  B = tokens.shape[0]
+  B = tokens.shape[0] * num_samples
   if max_new_B is None:
     max_new_B = np.full((B,), max_new_tokens, np.int32)
   stop = np.asarray(list(stop_tokens) or [-1], np.int32)
   return _generate_jit(model, params, jnp.asarray(tokens), jnp.asarray(lengths),
                        key, sampling, jnp.asarray(stop),
                        jnp.asarray(max_new_B, jnp.int32), jnp.int32(pad_id),
-                       max_new_tokens=max_new_tokens, cache_size=cache_size)
+                       max_new_tokens=max_new_tokens, cache_size=cache_size,
+                       num_samples=num_samples)

@@ -298,3 +298,27 @@ def test_commit_path_moves_entries():
   out = commit_path(cache, jnp.array([[1, 4, 0]]), jnp.array([2]))
   np.testing.assert_array_equal(out.k[0][0, :6, 0, 0], [0, 1, 2, 4, 7, 5])
   np.testing.assert_array_equal(out.lengths, [5])
+
+
+def test_num_samples_forks_prefilled_prompt():
+  """num_samples=n equals generating from n copies of the prompt (same key
+  stream), while the prompt is prefilled once per prompt."""
+  cfg, params = make("gqa_tied")
+  model = Transformer(cfg)
+  s = make_sampling(1.0)
+  a = generate(model, params, [[1, 2, 3], [4, 5]], jax.random.key(0), 6, s,
+               num_samples=3)
+  b = generate(model, params, [[1, 2, 3]] * 3 + [[4, 5]] * 3,
+               jax.random.key(0), 6, s)
+  np.testing.assert_array_equal(a.tokens, b.tokens)
+  np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
+  calls = []
+
+  class Counting(Transformer):
+    def prefill(self, params, tokens, lengths, cache_size):
+      calls.append(tokens.shape)
+      return super().prefill(params, tokens, lengths, cache_size)
+
+  generate(Counting(cfg), params, [[1, 2, 3], [4, 5]], jax.random.key(0), 6, s,
+           num_samples=4)
+  assert calls == [(2, 16)]  # one prefill of the 2 prompts (bucket 16)

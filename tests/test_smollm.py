@@ -38,10 +38,14 @@ def ours(gguf_file):
 def hf_model(gguf_file):
   import torch
   from transformers import AutoModelForCausalLM
-  torch.set_num_threads(2)
-  return AutoModelForCausalLM.from_pretrained(
+  # One torch thread: on a shared 2-core machine more threads spin and make
+  # the small decode steps ~10x slower.
+  threads = torch.get_num_threads()
+  torch.set_num_threads(1)
+  yield AutoModelForCausalLM.from_pretrained(
       os.path.dirname(gguf_file), gguf_file=os.path.basename(gguf_file),
       dtype=torch.float32).eval()
+  torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
