@@ -502,6 +502,7 @@ class ToyDecode(NamedTuple):
   tokens_K: Array  # first K emitted tokens
   num_blocks: Array  # target calls (blocks) needed for K tokens
   num_emitted: Array  # tokens emitted by those blocks (>= K, the last may overshoot)
+  first_block_emitted: Array  # tokens emitted by the first block (from start_token)
 
 
 def bigram_generate(key, method: str, target_VxV, draft_VxV, start_token,
@@ -523,7 +524,7 @@ def bigram_generate(key, method: str, target_VxV, draft_VxV, start_token,
   buf = jnp.full((num_tokens + D + 1,), -1, jnp.int32)
 
   def block(carry, key_b):
-    buf, pos, last, nblk, nemit = carry
+    buf, pos, last, nblk, nemit, first = carry
     k_t, k_v = jax.random.split(key_b)
     tree, _ = propose(method, k_t, last, draft_VxV[last], draft_fn, None, **kw)
     p_MxV = target_VxV[tree.token_M]
@@ -538,8 +539,11 @@ def bigram_generate(key, method: str, target_VxV, draft_VxV, start_token,
     buf = jnp.where(live, new_buf, buf)
     last = jnp.where(live, tok_Dp1[n_emit - 1], last)
     live_i = live.astype(jnp.int32)
-    return (buf, pos + live_i * n_emit, last, nblk + live_i, nemit + live_i * n_emit), None
+    first = jnp.where(nblk == 0, n_emit, first)
+    return (buf, pos + live_i * n_emit, last, nblk + live_i, nemit + live_i * n_emit,
+            first), None
 
-  init = (buf, jnp.int32(0), jnp.asarray(start_token, jnp.int32), jnp.int32(0), jnp.int32(0))
-  (buf, _, _, nblk, nemit), _ = lax.scan(block, init, jax.random.split(key, num_tokens))
-  return ToyDecode(buf[:num_tokens], nblk, nemit)
+  init = (buf, jnp.int32(0), jnp.asarray(start_token, jnp.int32), jnp.int32(0), jnp.int32(0),
+          jnp.int32(0))
+  (buf, _, _, nblk, nemit, first), _ = lax.scan(block, init, jax.random.split(key, num_tokens))
+  return ToyDecode(buf[:num_tokens], nblk, nemit, first)

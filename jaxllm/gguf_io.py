@@ -3,7 +3,10 @@
 `load_gguf(path)` returns `(ModelConfig, Params)`: the architecture metadata is
 read into a ModelConfig and every tensor is dequantised to float (with the
 `gguf` package's reference dequantiser; Q4_0/Q4_1/Q8_0/F16/F32/BF16 and the
-k-quants all go through it) and mapped onto our Params layout.
+k-quants all go through it) and mapped onto our Params layout. `open_gguf`
+parses the header itself (`GGUFFile`: metadata dict + tensor table + memmap),
+which is much faster than gguf.GGUFReader on a large vocabulary and lets the
+model and the tokenizer (`Tokenizer.from_gguf`) share one parse.
 
 Three facts about GGUF that this file handles:
 

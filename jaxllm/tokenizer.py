@@ -159,6 +159,10 @@ class Tokenizer:
 
   def encode_batch(self, texts: Sequence[str],
                    add_special_tokens: bool = True) -> list[list[int]]:
+    if not add_special_tokens or not (self.add_bos_token or
+                                      self.add_eos_token):
+      return [e.ids for e in self.backend.encode_batch(
+          list(texts), add_special_tokens=False)]
     return [self.encode(t, add_special_tokens) for t in texts]
 
   def decode(self, ids, skip_special_tokens: bool = False) -> str:

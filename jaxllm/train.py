@@ -97,9 +97,12 @@ def lm_loss_terms(params, cfg: ModelConfig, tokens_BxT, loss_mask_BxT,
   return (nll * w).sum(), w.sum(), (correct * w).sum()
 
 
-def lm_loss(params, cfg: ModelConfig, tokens_BxT, loss_mask_BxT, **kw):
+def lm_loss(params, cfg: ModelConfig, tokens_BxT, loss_mask_BxT,
+            segment_ids_BxT=None, positions_BxT=None,
+            compute_dtype: Optional[str] = None):
   """Mean next-token NLL over the masked targets (nats per target token)."""
-  s, n, _ = lm_loss_terms(params, cfg, tokens_BxT, loss_mask_BxT, **kw)
+  s, n, _ = lm_loss_terms(params, cfg, tokens_BxT, loss_mask_BxT,
+                          segment_ids_BxT, positions_BxT, compute_dtype)
   return s / jnp.maximum(n, 1.0)
 
 

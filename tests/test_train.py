@@ -14,7 +14,7 @@ from jaxllm.config import ModelConfig
 from jaxllm.model import forward
 from jaxllm.params import init_params
 
-CFG = ModelConfig(vocab_size=11, d_model=16, n_layers=2, n_heads=2,
+CFG = ModelConfig(vocab_size=11, d_model=16, n_layers=1, n_heads=2,
                   n_kv_heads=1, d_ff=32, max_seq_len=64)
 
 
@@ -120,29 +120,21 @@ def test_train_steps_lower_loss_on_fixed_batch():
 
 
 def test_grad_accumulation_equals_big_batch():
+  """2 microbatches with different target counts == one step on the batch
+  (a mean of per-microbatch means would differ)."""
   opt, _ = train.make_optimizer(1e-2, warmup_steps=1, total_steps=10)
   loss_fn = train.make_lm_loss_fn(CFG)
   b = _batch()
-  s1 = train.make_train_step(loss_fn, opt, accum_steps=1, donate=False)
-  s2 = train.make_train_step(loss_fn, opt, accum_steps=2, donate=False)
-  a, ma = s1(_state(opt), b)
-  c, mc = s2(_state(opt), b)
-  a, ma = s1(a, b)
-  c, mc = s2(c, b)
+  a, ma = train.make_train_step(loss_fn, opt, accum_steps=1)(_state(opt), b)
+  c, mc = train.make_train_step(loss_fn, opt, accum_steps=2)(_state(opt), b)
   np.testing.assert_allclose(float(ma["loss"]), float(mc["loss"]), rtol=1e-5)
+  np.testing.assert_allclose(float(ma["grad_norm"]), float(mc["grad_norm"]),
+                             rtol=1e-5)
+  assert float(ma["weight"]) == float(b["loss_mask"][:, 1:].sum())
   for x, y in zip(jax.tree_util.tree_leaves(a.params),
                   jax.tree_util.tree_leaves(c.params)):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4,
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5,
                                atol=1e-6)
-  # The reference: gradient of the token-weighted mean over the whole batch.
-  g_ref = jax.grad(lambda p: train.lm_loss(p, CFG, b["tokens"],
-                                           b["loss_mask"]))(_state(opt).params)
-  _, _, _, g_acc = train.accumulate_grads(loss_fn, _state(opt).params, b,
-                                          jax.random.PRNGKey(0), 2)
-  for x, y in zip(jax.tree_util.tree_leaves(g_ref),
-                  jax.tree_util.tree_leaves(g_acc)):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4,
-                               atol=1e-7)
 
 
 def test_accum_steps_must_divide_batch():
@@ -156,9 +148,10 @@ def test_mixed_precision_keeps_f32_master_params():
   opt, _ = train.make_optimizer(1e-2, warmup_steps=1, total_steps=10)
   b = _batch()
   st = _state(opt)
-  l32 = float(train.lm_loss(st.params, CFG, b["tokens"], b["loss_mask"]))
-  l16 = float(train.lm_loss(st.params, CFG, b["tokens"], b["loss_mask"],
-                            compute_dtype="bfloat16"))
+  loss = jax.jit(train.lm_loss, static_argnames=("cfg", "compute_dtype"))
+  l32 = float(loss(st.params, CFG, b["tokens"], b["loss_mask"]))
+  l16 = float(loss(st.params, CFG, b["tokens"], b["loss_mask"],
+                   compute_dtype="bfloat16"))
   assert abs(l16 - l32) < 0.05 * l32  # bf16 rounding only
   step = train.make_train_step(train.make_lm_loss_fn(CFG, "bfloat16"), opt)
   st, m = step(st, b)
