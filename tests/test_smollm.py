@@ -98,14 +98,12 @@ def test_tokenizer_matches_transformers(ours, hf_tok):
                                      tokenize=True, return_dict=False)
 
 
-PROMPTS = [("chat", None), ("text", "The capital of France is"),
-           ("code", "def fib(n):\n    return")]
-
-
 def _prompt_ids(tok):
-  return [tok.apply_chat_template(TWO_TURNS if i else CHAT) if kind == "chat"
-          else tok.encode(text) for i, (kind, text) in
-          enumerate(PROMPTS + [("chat", None)])]
+  """Real prompts: two chat-templated conversations, plain text, code."""
+  return [tok.apply_chat_template(CHAT),
+          tok.encode("The capital of France is"),
+          tok.encode("def fib(n):\n    return"),
+          tok.apply_chat_template(TWO_TURNS)]
 
 
 @pytest.fixture(scope="module")

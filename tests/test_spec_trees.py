@@ -256,11 +256,14 @@ def test_chain_acceptance_matches_closed_form(verify_with_tree):
 def test_static_tree_topologies():
   _, Q = PAIRS["close"]
   fn = st.table_draft_fn(jnp.asarray(Q))
-  key, q0 = jax.random.key(0), jnp.asarray(Q[START])
-  iid, _ = st.build_iid_tree(key, jnp.int32(START), q0, fn, None, 3, 2)
+  q0 = jnp.asarray(Q[START])
+  build = jax.jit(lambda key: (
+      st.build_iid_tree(key, jnp.int32(START), q0, fn, None, 3, 2)[0],
+      st.build_rsdc_tree(key, jnp.int32(START), q0, fn, None, (3, 2))[0],
+      st.children_table(jnp.array([-1, 0, 0, 0, 1, 1, 2, 2, 3, 3]), 3)))
+  iid, rc, children = build(jax.random.key(0))
   np.testing.assert_array_equal(iid.parent_M, [-1, 0, 0, 0, 1, 2, 3])
   assert not iid.without_replacement
-  rc, _ = st.build_rsdc_tree(key, jnp.int32(START), q0, fn, None, (3, 2))
   assert rc.without_replacement
   np.testing.assert_array_equal(rc.parent_M, [-1, 0, 0, 0, 1, 1, 2, 2, 3, 3])
   np.testing.assert_array_equal(rc.depth_M, [0, 1, 1, 1, 2, 2, 2, 2, 2, 2])
@@ -268,7 +271,7 @@ def test_static_tree_topologies():
   np.testing.assert_allclose(rc.q_MxV[:4], Q[np.asarray(rc.token_M[:4])])
   assert float(jnp.abs(rc.q_MxV[4:]).sum()) == 0.0
   np.testing.assert_array_equal(
-      st.children_table(rc.parent_M, 3),
+      children,
       [[1, 2, 3], [4, 5, -1], [6, 7, -1], [8, 9, -1]] + [[-1, -1, -1]] * 6)
 
 
@@ -312,12 +315,13 @@ def test_truncated_gumbel_matches_direct_formula():
   """G' = -log(exp(-G) - exp(-Z) + exp(-G~)); the sibling max becomes G."""
   G = np.array([0.0, -1.3])
   Gt = np.array([[0.2, -0.7, -3.0, -np.inf], [0.5, 1.0, -2.0, -0.1]])
-  Gp = np.asarray(st._truncated_gumbel(jnp.asarray(G), jnp.asarray(Gt)))
+  trunc = jax.jit(st._truncated_gumbel)
+  Gp = np.asarray(trunc(jnp.asarray(G), jnp.asarray(Gt)))
   with np.errstate(divide="ignore"):
     ref = -np.log(np.exp(-G[:, None]) - np.exp(-Gt.max(1, keepdims=True)) + np.exp(-Gt))
   np.testing.assert_allclose(Gp, ref, rtol=1e-5)
   np.testing.assert_allclose(Gp.max(1), G, atol=1e-6)
-  invalid = np.asarray(st._truncated_gumbel(jnp.array([-jnp.inf]), jnp.array([[0.1, -1.0]])))
+  invalid = np.asarray(trunc(jnp.array([-jnp.inf, -jnp.inf]), jnp.full((2, 4), 0.1)))
   assert np.isneginf(invalid).all()
 
 
@@ -376,7 +380,7 @@ def test_bad_inputs_raise():
   with pytest.raises(ValueError, match="gamma"):
     st.speculative_sample_chain(key, jnp.zeros((3,), jnp.int32), jnp.ones((3, 4)) / 4,
                                 jnp.ones((3, 4)) / 4)
-  tree, _ = st.build_iid_tree(key, 0, q, fn, None, 2, 2)
+  tree, _ = jax.eval_shape(lambda k: st.build_iid_tree(k, 0, q, fn, None, 2, 2), key)
   with pytest.raises(ValueError, match="p_MxV"):
     st.verify_tree(key, tree, jnp.ones((4, 4)) / 4)
   with pytest.raises(ValueError, match="chain"):
