@@ -209,7 +209,10 @@ def main(argv):
   for name, make in (("prm", prm_example),
                      ("orm", lambda s: orm_example(s, config.train.orm_labels))):
     t0 = time.perf_counter()
-    init = reward.init_reward_params(cfg, init_key, lm_init)
+    # A fresh copy: the train step donates its state, so the policy's own
+    # arrays must not be handed over.
+    lm = None if lm_init is None else jax.tree_util.tree_map(jnp.copy, lm_init)
+    init = reward.init_reward_params(cfg, init_key, lm)
     params, history = train_reward_model(
         name, cfg, init, [make(s) for s in train_samples], config, log)
     timings[f"{name}_train_s"] = time.perf_counter() - t0

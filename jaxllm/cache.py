@@ -1,7 +1,8 @@
 """Pre-allocated KV cache with per-row lengths.
 
 Slot j of row b holds the token at position j for j < lengths[b] (committed
-tokens). Shapes are static: every layer's buffer is [B, S, Kv, K]. Rows are
+tokens). Shapes are static: every layer's buffer is [B, Kv, S, K] (KV-head
+major, so attention reads it as a batched matmul without a transpose). Rows are
 independent sequences, so forking a prompt into N samples, resampling particles
 or reordering beams is a gather along the batch axis (`reorder`).
 """
@@ -20,8 +21,8 @@ from jaxllm.config import ModelConfig
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class KVCache:
-  k: tuple  # per layer [B, S, Kv, K]
-  v: tuple  # per layer [B, S, Kv, K]
+  k: tuple  # per layer [B, Kv, S, K]
+  v: tuple  # per layer [B, Kv, S, K]
   lengths: Any  # [B] int32: committed tokens per row
 
   @property
@@ -30,7 +31,7 @@ class KVCache:
 
   @property
   def size(self) -> int:
-    return self.k[0].shape[1]
+    return self.k[0].shape[2]
 
 
 def init_cache(cfg: ModelConfig, batch: int, size: int, dtype=None) -> KVCache:
@@ -38,12 +39,12 @@ def init_cache(cfg: ModelConfig, batch: int, size: int, dtype=None) -> KVCache:
   if size <= 0:
     raise ValueError(f"cache size must be > 0, got {size}")
   dtype = jnp.dtype(dtype or cfg.dtype)
-  shape = (batch, size, cfg.n_kv_heads, cfg.head_dim)
+  shape = (batch, cfg.n_kv_heads, size, cfg.head_dim)
   z = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layers))
   return KVCache(k=z(), v=z(), lengths=jnp.zeros((batch,), jnp.int32))
 
 
-def write_new(buf_BxSxKvxK, new_BxTxKvxK, lengths_B):
+def write_new(buf_BxKvxSxK, new_BxTxKvxK, lengths_B):
   """Write T new entries per row at slots [lengths, lengths + T).
 
   Writes past the end of the buffer are dropped (never wrapped or shifted);
@@ -52,8 +53,10 @@ def write_new(buf_BxSxKvxK, new_BxTxKvxK, lengths_B):
   B, T = new_BxTxKvxK.shape[:2]
   rows = jnp.arange(B)[:, None]
   slots = lengths_B[:, None] + jnp.arange(T)[None, :]
-  return buf_BxSxKvxK.at[rows, slots].set(new_BxTxKvxK.astype(buf_BxSxKvxK.dtype),
-                                          mode="drop")
+  # Advanced indices (rows, slots) around a slice put [B, T] first: the
+  # update is [B, T, Kv, K], exactly the new entries.
+  return buf_BxKvxSxK.at[rows, :, slots].set(
+      new_BxTxKvxK.astype(buf_BxKvxSxK.dtype), mode="drop")
 
 
 def reorder(cache: KVCache, index_N) -> KVCache:
@@ -82,8 +85,8 @@ def commit_path(cache: KVCache, path_BxL, n_accept_B) -> KVCache:
                   cache.size)  # out of range -> dropped
 
   def move(buf):
-    vals = buf[rows, jnp.clip(src, 0, cache.size - 1)]
-    return buf.at[rows, dst].set(vals, mode="drop")
+    vals = buf[rows, :, jnp.clip(src, 0, cache.size - 1)]  # [B, L, Kv, K]
+    return buf.at[rows, :, dst].set(vals, mode="drop")
 
   return KVCache(k=tuple(move(b) for b in cache.k),
                  v=tuple(move(b) for b in cache.v),

@@ -63,18 +63,22 @@ def _softcap(x, cap):
   return x if cap is None else cap * jnp.tanh(x / cap)
 
 
-def attention(q_BxTxHxK, k_BxSxKvxK, v_BxSxKvxK, mask_BxTxS, cfg: ModelConfig):
-  """Grouped-query attention with an explicit boolean mask (plain jnp)."""
+def attention(q_BxTxHxK, k_BxKvxSxK, v_BxKvxSxK, mask_BxTxS, cfg: ModelConfig):
+  """Grouped-query attention with an explicit boolean mask (plain jnp).
+
+  Keys/values are KV-head-major ([B, Kv, S, K], the cache layout), so both
+  products are batched matmuls over (B, Kv) with no transpose of the cache.
+  """
   B, T, H, K = q_BxTxHxK.shape
-  Kv = k_BxSxKvxK.shape[2]
-  q = q_BxTxHxK.reshape(B, T, Kv, H // Kv, K)
-  s = jnp.einsum("btkgd,bskd->bkgts", q, k_BxSxKvxK,
+  Kv = k_BxKvxSxK.shape[1]
+  q = q_BxTxHxK.reshape(B, T, Kv, H // Kv, K).transpose(0, 2, 3, 1, 4)
+  s = jnp.einsum("bkgtd,bksd->bkgts", q, k_BxKvxSxK,
                  preferred_element_type=jnp.float32) * cfg.attn_scale
   s = _softcap(s, cfg.attn_softcap)
   s = jnp.where(mask_BxTxS[:, None, None], s, NEG_INF)
-  p = jax.nn.softmax(s, axis=-1).astype(v_BxSxKvxK.dtype)
-  o = jnp.einsum("bkgts,bskd->btkgd", p, v_BxSxKvxK)
-  return o.reshape(B, T, H, K)
+  p = jax.nn.softmax(s, axis=-1).astype(v_BxKvxSxK.dtype)
+  o = jnp.einsum("bkgts,bksd->bkgtd", p, v_BxKvxSxK)
+  return o.transpose(0, 3, 1, 2, 4).reshape(B, T, H, K)
 
 
 def _mlp(x, lp: LayerParams, cfg: ModelConfig):
@@ -165,7 +169,7 @@ def forward(params: Params,
   lengths = cache.lengths if cache is not None else jnp.zeros((B,), jnp.int32)
   if positions_BxT is None:
     positions_BxT = lengths[:, None] + jnp.arange(T, dtype=jnp.int32)[None]
-  S = None if cache is None else cache.k[0].shape[1]
+  S = None if cache is None else cache.size
   masks, _ = build_masks(cfg, positions_BxT, lengths, S, attn_mask_BxTxT,
                          n_valid_B)
   inv_freq = rope_inv_freq(cfg)
@@ -184,7 +188,7 @@ def forward(params: Params,
     q = apply_rope(q, positions_BxT, inv_freq)
     k = apply_rope(k, positions_BxT, inv_freq)
     if cache is None:
-      keys, vals = k, v
+      keys, vals = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
     else:
       keys = write_new(cache.k[i], k, lengths)
       vals = write_new(cache.v[i], v, lengths)

@@ -29,7 +29,7 @@ def test_prm_incremental_scores_equal_full_forward():
   rng = np.random.default_rng(0)
   B, T = 3, 14
   seqs = rng.integers(1, CFG.vocab_size, (B, T)).astype(np.int32)
-  full = np.asarray(model.score_all(params, jnp.asarray(seqs)))
+  full = np.asarray(jax.jit(model.score_all)(params, jnp.asarray(seqs)))
 
   lengths = np.array([3, 5, 2])  # ragged prompts
   prompt = np.zeros((B, 6), np.int32)
@@ -62,16 +62,16 @@ def test_prm_reorder_forks_rows():
   params = _rm_params(1)
   rng = np.random.default_rng(1)
   seqs = rng.integers(1, CFG.vocab_size, (2, 9)).astype(np.int32)
-  state, _ = model.prefill(params, jnp.asarray(seqs[:, :5]),
-                           jnp.array([5, 5]), 16)
+  state, _ = jax.jit(model.prefill, static_argnums=3)(
+      params, jnp.asarray(seqs[:, :5]), jnp.array([5, 5]), 16)
   index = jnp.array([1, 0, 1])
-  state = model.reorder(state, index)
+  state = jax.jit(model.reorder)(state, index)
   tail = np.stack([seqs[1, 5:], seqs[0, 5:], seqs[1, 5:]])
   # Row 2 continues differently from row 0 after the fork.
   tail[2] = rng.integers(1, CFG.vocab_size, 4)
-  _, sc = model.extend(params, state, jnp.asarray(tail))
+  _, sc = jax.jit(model.extend)(params, state, jnp.asarray(tail))
   ref_seqs = np.concatenate([seqs[np.asarray(index), :5], tail], axis=1)
-  ref = np.asarray(model.score_all(params, jnp.asarray(ref_seqs)))[:, 5:]
+  ref = np.asarray(jax.jit(model.score_all)(params, jnp.asarray(ref_seqs)))[:, 5:]
   np.testing.assert_allclose(np.asarray(sc), ref, rtol=1e-5, atol=1e-6)
 
 

@@ -218,9 +218,9 @@ def _chain_program(verify_with_tree, gamma):
   """vmapped (keys, p, q) -> accepted counts of single chains with p, q at every position."""
 
   def one(key, p, q):
-    const = lambda state, tok, par: (state, jnp.broadcast_to(q, (tok.shape[0], q.shape[0])))
+    draft_fn, state = st.node_table_draft_fn(jnp.broadcast_to(q, (gamma + 1, q.shape[0])))
     k1, k2 = jax.random.split(key)
-    tree, _ = st.build_iid_tree(k1, jnp.int32(0), q, const, None, 1, gamma)
+    tree, state = st.build_iid_tree(k1, jnp.int32(0), q, draft_fn, state, 1, gamma)
     p_MxV = jnp.broadcast_to(p, (gamma + 1, p.shape[0]))
     if verify_with_tree:
       return st.verify_tree(k2, tree, p_MxV).num_accepted
@@ -228,6 +228,16 @@ def _chain_program(verify_with_tree, gamma):
     return st.speculative_sample_chain(k2, toks, q_GxV, p_MxV).num_accepted
 
   return jax.jit(jax.vmap(one, in_axes=(0, None, None)))
+
+
+def test_node_table_draft_fn_feeds_rows_in_bfs_order():
+  q_MxV = jnp.arange(7 * 3, dtype=jnp.float32).reshape(7, 3) + 1.0
+  draft_fn, state = st.node_table_draft_fn(q_MxV)
+  state, q1 = draft_fn(state, jnp.zeros((3,), jnp.int32), jnp.zeros((3,), jnp.int32))
+  state, q2 = draft_fn(state, jnp.zeros((2,), jnp.int32), jnp.ones((2,), jnp.int32))
+  np.testing.assert_array_equal(q1, q_MxV[1:4])
+  np.testing.assert_array_equal(q2, q_MxV[4:6])
+  assert int(state) == 6
 
 
 @pytest.mark.parametrize("verify_with_tree", [False, True], ids=["chain", "rrs_on_chain"])

@@ -1,0 +1,163 @@
+r"""Particle-filter benchmark: our one-jit PF against plain batched sampling and
+against a re-prefill-every-step PF (what text-resubmitting libraries do).
+
+Same random transformer (sized like the arith policy by default: 4 layers,
+d=256), same prompt, N sequences of the same total length K * S tokens:
+  sample   jaxllm.generate: N rows, K * S tokens each, no stop token.
+  pf       algorithms.particle_filter: N particles, K steps of S tokens (the
+           random model rarely emits the delimiter / stop token, so steps use
+           their full budget), ConfidenceScorer (no PRM cost), reference
+           weighting, multinomial resampling every step: KV rows are forked.
+  reprefill the same PF loop where every step re-runs each particle's whole
+           text from scratch (fresh cache, prefill, sample one step; one jit
+           for that, resampling in numpy between steps): no cache reuse.
+Warm-up first, then `--repeats` timed runs with block_until_ready (medians).
+Prints a table and writes JSON.
+
+  python -m experiments.bench_search
+  python -m experiments.bench_search --particles=16,64,256 --steps=8 --step_tokens=16
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from absl import app, flags
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from algorithms.particle_filter import PFConfig, run_particle_filter
+from algorithms.scorers import ConfidenceScorer
+from algorithms.stepping import sample_step
+from jaxllm import ModelConfig, Transformer, generate, init_params, make_sampling
+from jaxllm.generate import bucket_length
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("particles", ["16", "64"], "Particle counts N.")
+flags.DEFINE_integer("steps", 8, "Steps K.")
+flags.DEFINE_integer("step_tokens", 16, "Tokens per step S.")
+flags.DEFINE_integer("prompt_len", 32, "Prompt tokens.")
+flags.DEFINE_integer("vocab", 64, "Vocabulary size.")
+flags.DEFINE_integer("d_model", 256, "Width.")
+flags.DEFINE_integer("layers", 4, "Layers.")
+flags.DEFINE_integer("repeats", 3, "Timed repeats (median).")
+flags.DEFINE_bool("reprefill", True, "Also time the re-prefill baseline.")
+flags.DEFINE_string("out", "results/bench_search.json", "JSON output path.")
+flags.DEFINE_integer("seed", 0, "Seed.")
+
+DELIM, STOP = 1, 2
+
+
+def _median(fn, repeats):
+  ts = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    ts.append(time.perf_counter() - t0)
+  return float(np.median(ts))
+
+
+def make_reprefill_step(model, S):
+  """One jitted PF step without cache reuse: prefill every particle's full
+  text into a fresh cache, sample one step, score it (confidence)."""
+  scorer = ConfidenceScorer()
+
+  @jax.jit
+  def step(params, texts_NxT, lengths_N, key):
+    state, logits = model.prefill(params, texts_NxT, lengths_N, texts_NxT.shape[1] + S)
+    _, _, st = sample_step(model, params, state, logits, key, make_sampling(1.0),
+                           max_step_tokens=S, delimiter_ids=(DELIM,),
+                           stop_ids=(STOP,))
+    _, score = scorer.score(None, None, st, jnp.ones_like(lengths_N, bool))
+    return st.tokens, st.length, score
+
+  return step
+
+
+def run_reprefill(step_fn, params, prompt, N, K, S, key, rng):
+  T = len(prompt) + K * S
+  texts = np.zeros((N, T), np.int32)
+  texts[:, :len(prompt)] = prompt
+  lengths = np.full((N,), len(prompt), np.int32)
+  for k in range(K):
+    key, sub = jax.random.split(key)
+    toks, lens, score = jax.device_get(step_fn(params, jnp.asarray(texts),
+                                               jnp.asarray(lengths), sub))
+    for i in range(N):
+      texts[i, lengths[i]:lengths[i] + lens[i]] = toks[i, :lens[i]]
+    lengths = lengths + lens
+    r = np.clip(score.astype(np.float64), 1e-6, 1 - 1e-6)
+    logw = np.log(r) - np.log1p(-r)
+    w = np.exp(logw - logw.max())
+    anc = rng.choice(N, size=N, p=w / w.sum())
+    texts, lengths = texts[anc], lengths[anc]
+  return texts, lengths
+
+
+def main(argv):
+  del argv
+  K, S = FLAGS.steps, FLAGS.step_tokens
+  cfg = ModelConfig(vocab_size=FLAGS.vocab, d_model=FLAGS.d_model,
+                    n_layers=FLAGS.layers, n_heads=4, n_kv_heads=4,
+                    d_ff=4 * FLAGS.d_model, max_seq_len=FLAGS.prompt_len + (K + 1) * S)
+  params = init_params(cfg, jax.random.key(FLAGS.seed))
+  model = Transformer(cfg)
+  rng = np.random.default_rng(FLAGS.seed)
+  prompt = [int(x) for x in rng.integers(3, FLAGS.vocab, FLAGS.prompt_len)]
+  rows = []
+  for N in [int(n) for n in FLAGS.particles]:
+    key = jax.random.key(N)
+    pf_cfg = PFConfig(n_particles=N, max_steps=K, max_step_tokens=S,
+                      delimiter_ids=(DELIM,), stop_ids=(STOP,))
+
+    def pf():
+      r, comp = run_particle_filter(model, params, ConfidenceScorer(), None, [prompt],
+                                    key, pf_cfg)
+      jax.block_until_ready(r.tokens)
+      return r, comp
+
+    def plain():
+      out = generate(model, params, [prompt] * N, key, K * S,
+                     cache_size=pf_cfg.min_cache_size(bucket_length(FLAGS.prompt_len)))
+      jax.block_until_ready(out.tokens)
+      return out
+
+    r, comp = pf()  # warm-up (compile)
+    out = plain()
+    t_pf = _median(pf, FLAGS.repeats)
+    t_plain = _median(plain, FLAGS.repeats)
+    row = dict(N=N, steps=K, step_tokens=S, pf_s=t_pf, sample_s=t_plain,
+               pf_over_sample=t_pf / t_plain,
+               pf_tokens=float(comp.generated_tokens),
+               sample_tokens=float(np.asarray(out.lengths).sum()),
+               pf_steps_run=int(r.steps_run), pf_flops=comp.flops)
+    if FLAGS.reprefill:
+      step_fn = make_reprefill_step(model, S)
+      run = lambda: run_reprefill(step_fn, params, prompt, N, K, S, key, rng)
+      run()  # warm-up
+      t_re = _median(run, FLAGS.repeats)
+      row.update(reprefill_s=t_re, speedup_vs_reprefill=t_re / t_pf)
+    rows.append(row)
+    print(row, flush=True)
+
+  hdr = f"{'N':>5} {'pf s':>8} {'sample s':>9} {'pf/sample':>10} {'reprefill s':>12} {'speed-up':>9}"
+  print(f"\nmodel: {cfg.n_layers} layers d={cfg.d_model} V={cfg.vocab_size}; "
+        f"K={K} steps x S={S} tokens; backend {jax.default_backend()}")
+  print(hdr)
+  for r in rows:
+    print(f"{r['N']:>5} {r['pf_s']:>8.3f} {r['sample_s']:>9.3f} "
+          f"{r['pf_over_sample']:>10.2f} {r.get('reprefill_s', float('nan')):>12.3f} "
+          f"{r.get('speedup_vs_reprefill', float('nan')):>9.1f}")
+  os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
+  with open(FLAGS.out, "w") as f:
+    json.dump(dict(backend=jax.default_backend(), d_model=cfg.d_model,
+                   layers=cfg.n_layers, vocab=cfg.vocab_size, rows=rows), f, indent=1)
+  print(f"wrote {FLAGS.out}")
+
+
+if __name__ == "__main__":
+  app.run(main)
