@@ -4,9 +4,10 @@ against a re-prefill-every-step PF (what text-resubmitting libraries do).
 Same random transformer (sized like the arith policy by default: 4 layers,
 d=256), same prompt, N sequences of the same total length K * S tokens:
   sample   jaxllm.generate: N rows, K * S tokens each, no stop token.
-  pf       algorithms.particle_filter: N particles, K steps of S tokens (the
-           random model rarely emits the delimiter / stop token, so steps use
-           their full budget), ConfidenceScorer (no PRM cost), reference
+  pf       algorithms.particle_filter: N particles, K steps of exactly S
+           tokens (no delimiter; the stop id is out of the vocabulary, so no
+           particle ends early and the token counts match), ConfidenceScorer
+           (no PRM cost), reference
            weighting, multinomial resampling every step: KV rows are forked.
   reprefill the same PF loop where every step re-runs each particle's whole
            text from scratch (fresh cache, prefill, sample one step; one jit
@@ -49,7 +50,6 @@ flags.DEFINE_bool("reprefill", True, "Also time the re-prefill baseline.")
 flags.DEFINE_string("out", "results/bench_search.json", "JSON output path.")
 flags.DEFINE_integer("seed", 0, "Seed.")
 
-DELIM, STOP = 1, 2
 
 
 def _median(fn, repeats):
@@ -70,8 +70,8 @@ def make_reprefill_step(model, S):
   def step(params, texts_NxT, lengths_N, key):
     state, logits = model.prefill(params, texts_NxT, lengths_N, texts_NxT.shape[1] + S)
     _, _, st = sample_step(model, params, state, logits, key, make_sampling(1.0),
-                           max_step_tokens=S, delimiter_ids=(DELIM,),
-                           stop_ids=(STOP,))
+                           max_step_tokens=S, delimiter_ids=(),
+                           stop_ids=(model.vocab_size,))
     _, score = scorer.score(None, None, st, jnp.ones_like(lengths_N, bool))
     return st.tokens, st.length, score
 
@@ -112,7 +112,7 @@ def main(argv):
   for N in [int(n) for n in FLAGS.particles]:
     key = jax.random.key(N)
     pf_cfg = PFConfig(n_particles=N, max_steps=K, max_step_tokens=S,
-                      delimiter_ids=(DELIM,), stop_ids=(STOP,))
+                      delimiter_ids=(), stop_ids=(cfg.vocab_size,))
 
     def pf():
       r, comp = run_particle_filter(model, params, ConfidenceScorer(), None, [prompt],

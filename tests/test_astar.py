@@ -216,6 +216,48 @@ def test_batched_pops_stay_optimal():
     assert abs(path_cost(cost[i], start[i], sol) - opt) < 1e-5, i
 
 
+CANDS = ((0,), (1, 2), (2, 0), (1, STOP), (STOP,))
+
+
+def test_candidate_steps_find_the_optimum():
+  """Enumerate mode over multi-token candidate steps (ragged extend), cost =
+  toy PRM cost + 0.5 * (-log p) under the bigram; UCS must return the best
+  concatenation of candidates (exhaustive DFS)."""
+  Lc, S = 6, 2
+  cost, tokens, lengths, table, start = make_instances(11)
+  logp = np.asarray(jax.nn.log_softmax(jnp.asarray(table), -1), np.float64)
+  cfg = AStarConfig(expansion="enumerate", candidate_steps=CANDS,
+                    max_solution_tokens=Lc, stop_ids=(STOP,), capacity=128,
+                    heuristic="zero", lm_weight=0.5)
+  res, _ = run_toy(cfg, cost, tokens, lengths, table)
+
+  def step_cost(i, last, cand):
+    total = 0.0
+    for x in cand:
+      total, last = total + cost[i, last, x] + 0.5 * -logp[last, x], x
+    return total
+
+  def best(i, last, length):  # min cost to finish from a state (DFS)
+    out = np.inf
+    for cand in CANDS:
+      m, c = length + len(cand), step_cost(i, last, cand)
+      if cand[-1] == STOP:
+        out = min(out, c)
+      elif m + S <= Lc:
+        out = min(out, c + best(i, cand[-1], m))
+    return out
+
+  assert np.asarray(res.by_search).all()
+  for i, sol in enumerate(answers(res)):
+    # Split the answer back into candidates and price it.
+    rest, last, total = sol, start[i], 0.0
+    while rest:
+      cand = next(c for c in CANDS if rest[:len(c)] == c)
+      total, last, rest = total + step_cost(i, last, cand), cand[-1], rest[len(cand):]
+    opt = best(i, start[i], 0)
+    assert abs(total - opt) < 1e-4 and abs(float(res.g[i]) - opt) < 1e-4, i
+
+
 def test_fallback_when_budget_is_tiny():
   cost, tokens, lengths, table, start = make_instances(5)
   logp = np.asarray(jax.nn.log_softmax(jnp.asarray(table), -1), np.float64)
