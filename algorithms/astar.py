@@ -100,7 +100,7 @@ the hardware but not charged (the count an ideal ragged implementation pays).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -527,7 +527,7 @@ def _search(model, scorer, cfg: AStarConfig, params, sparams, tokens_PxT,
   ans_f = jnp.where(found, c["inc_f"], jnp.where(best_ok, q.f[:, 0], jnp.inf))
   complete = found | (best_ok & best.complete)
   pstate, plogits, _ = c["pool"]
-  src = P * Q + pidx
+  src = jnp.where(best_ok, pidx * Q + q.payload[:, 0], P * Q + pidx)
   st = model.reorder(_concat_rows(pstate, root_state), src)
   lg = jnp.concatenate([plogits, root_logits])[src]
   greedy = make_sampling(0.0)

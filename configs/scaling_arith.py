@@ -1,0 +1,25 @@
+"""Default compute-optimal scaling sweep on the synthetic arith task.
+
+  python -m experiments.scaling --config=configs/scaling_arith.py \
+      --config.n_problems=200 --config.seeds=0,1,2
+"""
+
+import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.policy_dir = "results/arith/policy"
+  c.verifier_dir = "results/arith/verifier"
+  c.n_problems = 100
+  # Problems: the policy's held-out stream (train_policy.heldout_problems).
+  c.pool_size = 64  # samples per problem; budgets up to this
+  c.budgets = (1, 2, 4, 8, 16, 32, 64)
+  c.seeds = (0, 1)
+  c.temperature = 1.0
+  c.max_new_tokens = 48
+  c.max_steps = 8  # PRM step slots per sample
+  c.rows_per_call = 1024  # generate / score rows per compiled call
+  c.methods = ("coverage", "majority", "weighted_majority_orm", "bon_orm",
+               "bon_prm_min", "bon_prm_last", "bom_orm")
+  return c
