@@ -51,7 +51,10 @@ Guards (exact-arithmetic probability-zero events, documented choices)
     children than the draft's support, or the remaining support is exhausted) is an
     invalid draft: it is skipped, leaving r and Q unchanged. This is exactly RRS with
     fewer children, so exactness holds. Such nodes (and their subtrees) are never
-    accepted. In the single chain a draft token with q(x) = 0 is rejected.
+    accepted. (In Gumbel-Top-k / SBS trees such a child only follows the exhaustion of
+    the support, where Q_j = 0 and the residual step would be a no-op anyway; the guard
+    makes the rule explicit and protects other tree sources.) In the single chain a
+    draft token with q(x) = 0 is rejected.
 """
 
 from __future__ import annotations
@@ -272,7 +275,9 @@ def build_iid_tree(
   Chains are not merged when they share a prefix (static topology): node (level l,
   chain c) is at index 1 + (l-1) k + c, its parent is (l-1, c) or the root. RRS with
   replacement stays exact: a chain's continuation is a fresh draft given its prefix.
-  num_drafts=1 gives the single chain.
+  num_drafts=1 gives the single chain. (The without-replacement update is exact here
+  too, as a repeated sibling then has Q = 0 and is skipped, but measured on the toy
+  pairs it accepts slightly less, so i.i.d. trees use the with-replacement rule.)
   """
   if num_drafts < 1 or depth < 1:
     raise ValueError(f"num_drafts and depth must be >= 1, got {num_drafts}, {depth}")

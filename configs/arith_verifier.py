@@ -25,11 +25,11 @@ def get_config():
   c.model.init_from_policy = True  # else a fresh transformer of the policy's shape
 
   c.train = ml_collections.ConfigDict()
-  c.train.steps = 200  # per reward model (PRM, then ORM)
+  c.train.steps = 120  # per reward model (PRM, then ORM)
   c.train.batch_size = 16  # packed rows
   c.train.seq_len = 128
   c.train.learning_rate = 1e-3
-  c.train.warmup_steps = 20
+  c.train.warmup_steps = 12
   c.train.end_lr_ratio = 0.05
   c.train.weight_decay = 0.01
   c.train.clip_norm = 1.0
