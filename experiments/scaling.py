@@ -328,7 +328,9 @@ def run_sweep(config, out_dir):
           append_row(rows_path, row)
           rows[(m, k, seed)] = row
   print(f"sweep: {len(todo)} new rows, {generated} pools generated")
-  return summarize(rows, methods, budgets, out_dir)
+  summary = summarize(rows, methods, budgets, out_dir)
+  summary["new_rows"], summary["pools_generated"] = len(todo), generated
+  return summary
 
 
 FLAGS = flags.FLAGS
