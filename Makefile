@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: install demo test test-fast test-slow bench smollm gsm8k-data clean
+.PHONY: install demo chat-demo test test-slow bench smollm gsm8k-data clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -24,8 +24,13 @@ smollm: $(STAMP)
 gsm8k-data: $(STAMP)
 	$(BIN)/python -m experiments.tasks.prepare_gsm8k
 
+# Main job: train (or reuse) the arith policy + verifiers, run the scaling sweep.
 demo: $(STAMP)
 	$(BIN)/python -m experiments.demo
+
+# SmolLM2-135M-Instruct: chat template, sampling, tokens/s.
+chat-demo: $(STAMP)
+	$(BIN)/python -m experiments.chat_demo
 
 # The default test tier: everything except tests marked slow.
 test: $(STAMP) gsm8k-data

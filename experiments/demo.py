@@ -1,74 +1,56 @@
-r"""`make demo`: the main job.
+r"""`make demo`: the main job, end to end on the synthetic `arith` task.
 
-Loads the real SmolLM2-135M-Instruct (GGUF shipped on PyPI), chat-templates a
-question, samples an answer with the jitted KV-cached decoder and reports
-tokens/s. Writes a JSON record under --out_dir and names it on the last line.
+1. Train the small policy (experiments/train_policy.py) unless a trained one
+   is already in results/arith/policy.
+2. Train the PRM and ORM on the policy's samples (experiments/train_verifier.py)
+   unless results/arith/verifier has them.
+3. Run the default compute-optimal scaling sweep (experiments/scaling.py,
+   configs/scaling_arith.py): methods x budgets x seeds, table, fits, plots.
+The last line names the results directory. Every stage is resumable: rerun
+`make demo` after an interruption and finished work is reused.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import subprocess
+import sys
 import time
 
 from absl import app, flags
 
-import jax
-import numpy as np
-
-from jaxllm import Transformer, generate, make_sampling
-from jaxllm.pretrained import load_pretrained
-
 FLAGS = flags.FLAGS
-flags.DEFINE_string("question", "Natalia sold clips to 48 of her friends in "
-                    "April, and then she sold half as many clips in May. How "
-                    "many clips did Natalia sell altogether in April and May?",
-                    "The user message.")
-flags.DEFINE_integer("max_new_tokens", 128, "Token budget.")
-flags.DEFINE_float("temperature", 0.7, "Sampling temperature.")
-flags.DEFINE_float("top_p", 0.9, "Nucleus sampling mass.")
-flags.DEFINE_integer("num_samples", 4, "Samples (one prefill, forked cache).")
-flags.DEFINE_integer("seed", 0, "Seed.")
-flags.DEFINE_string("out_dir", "results/demo", "Where the JSON record goes.")
+flags.DEFINE_string("results", "results", "Root results directory.")
+flags.DEFINE_list("sweep_overrides", [], "Extra --config.X=Y for the sweep.")
+
+
+def _run(args):
+  print("$ " + " ".join(args), flush=True)
+  t0 = time.perf_counter()
+  subprocess.run([sys.executable, "-m"] + args, check=True)
+  print(f"  ({time.perf_counter() - t0:.0f}s)", flush=True)
 
 
 def main(argv):
   del argv
-  t0 = time.perf_counter()
-  cfg, params, tok = load_pretrained("smollm2-135m-instruct")
-  print(f"loaded SmolLM2-135M-Instruct: {cfg.param_counts()['total'] / 1e6:.1f}M "
-        f"params in {time.perf_counter() - t0:.1f}s on {jax.default_backend()}")
-  prompt = tok.render_chat(
-      [{"role": "user", "content": FLAGS.question}], add_generation_prompt=True)
-  ids = tok.encode(prompt)
-  model = Transformer(cfg)
-  sampling = make_sampling(FLAGS.temperature, top_p=FLAGS.top_p)
-  run = lambda key: jax.block_until_ready(generate(
-      model, params, [ids], key, FLAGS.max_new_tokens, sampling,
-      stop_tokens=[tok.eos_id], num_samples=FLAGS.num_samples))
-  t0 = time.perf_counter()
-  run(jax.random.key(FLAGS.seed + 1000))  # compile + warm up
-  compile_s = time.perf_counter() - t0
-  t0 = time.perf_counter()
-  out = run(jax.random.key(FLAGS.seed))
-  dt = time.perf_counter() - t0
-  lengths = np.asarray(out.lengths)
-  answers = [tok.decode([int(t) for t in out.tokens[i, :lengths[i]]
-                         if int(t) != tok.eos_id])
-             for i in range(FLAGS.num_samples)]
-  print(f"\nQ: {FLAGS.question}\n")
-  for i, a in enumerate(answers):
-    print(f"--- sample {i} ({lengths[i]} tokens) ---\n{a.strip()}\n")
-  tps = float(lengths.sum() / dt)
-  print(f"{int(lengths.sum())} tokens in {dt:.2f}s: {tps:.1f} tokens/s "
-        f"(batch {FLAGS.num_samples}; first call incl. compile {compile_s:.1f}s)")
-  os.makedirs(FLAGS.out_dir, exist_ok=True)
-  path = os.path.join(FLAGS.out_dir, "demo.json")
-  with open(path, "w") as f:
-    json.dump(dict(question=FLAGS.question, prompt=prompt, answers=answers,
-                   lengths=lengths.tolist(), seconds=dt, tokens_per_s=tps,
-                   compile_s=compile_s), f, indent=1)
-  print(f"results written to {path}")
+  root = FLAGS.results
+  policy = os.path.join(root, "arith", "policy")
+  verifier = os.path.join(root, "arith", "verifier")
+  sweep = os.path.join(root, "scaling", "arith")
+  if not os.path.exists(os.path.join(policy, "policy")):
+    _run(["experiments.train_policy", "--config=configs/arith_policy.py",
+          f"--workdir={policy}"])
+  else:
+    print(f"using the trained policy in {policy}")
+  if not all(os.path.exists(os.path.join(verifier, n)) for n in ("prm", "orm")):
+    _run(["experiments.train_verifier", "--config=configs/arith_verifier.py",
+          f"--workdir={verifier}", f"--config.policy_dir={policy}"])
+  else:
+    print(f"using the trained verifiers in {verifier}")
+  _run(["experiments.scaling", "--config=configs/scaling_arith.py",
+        f"--config.policy_dir={policy}", f"--config.verifier_dir={verifier}",
+        f"--out_dir={sweep}"] + [f"--config.{o}" for o in FLAGS.sweep_overrides])
+  print(f"results: {os.path.abspath(sweep)}")
 
 
 if __name__ == "__main__":

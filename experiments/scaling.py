@@ -206,18 +206,25 @@ def load_models(config):
 
 
 def read_rows(path):
-  rows = {}
+  """Finished rows by (method, budget, seed). A torn line left by a kill is
+  dropped and the file rewritten (atomically) without it, so appends that
+  follow start on a fresh line."""
+  rows, good, torn = {}, [], False
   if os.path.exists(path):
     with open(path) as f:
       for line in f:
-        line = line.strip()
-        if not line:
-          continue
         try:
           r = json.loads(line)
-        except json.JSONDecodeError:
-          continue  # a torn last line from a kill: recomputed below
-        rows[(r["method"], r["budget"], r["seed"])] = r
+          rows[(r["method"], r["budget"], r["seed"])] = r
+          if not line.endswith("\n"):
+            torn, line = True, line + "\n"
+          good.append(line)
+        except (json.JSONDecodeError, KeyError):
+          torn = True
+    if torn:
+      with open(path + ".tmp", "w") as f:
+        f.writelines(good)
+      os.replace(path + ".tmp", path)
   return rows
 
 
@@ -338,6 +345,8 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
+  from absl import logging
+  logging.set_verbosity(logging.WARNING)  # orbax logs every file it reads
   run_sweep(FLAGS.config, FLAGS.out_dir)
   print(f"results in {os.path.abspath(FLAGS.out_dir)}")
 

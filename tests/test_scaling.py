@@ -1,0 +1,117 @@
+"""Scaling sweep: resumable rows, no regeneration on rerun, forked prefill."""
+
+import dataclasses
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import scaling_arith
+from experiments import scaling
+from experiments.tasks import arith
+from jaxllm import ModelConfig, checkpoint, init_params, reward
+
+
+def _tiny_models(root):
+  """A random tiny policy and random PRM/ORM, saved as the training scripts
+  save them (the sweep's machinery does not care that they are untrained)."""
+  cfg = ModelConfig(vocab_size=arith.TOKENIZER.vocab_size, d_model=32,
+                    n_layers=1, n_heads=2, n_kv_heads=2, d_ff=64,
+                    max_seq_len=128)
+  pol = os.path.join(root, "policy")
+  os.makedirs(pol)
+  checkpoint.save_params(os.path.join(pol, "policy"),
+                         init_params(cfg, jax.random.key(0)))
+  with open(os.path.join(pol, "model_config.json"), "w") as f:
+    json.dump(dataclasses.asdict(cfg), f)
+  pconf = dict(seed=0, task=dict(n_steps=[2, 3], n_digits=1, mul_digits=1,
+                                 ops="+-*"))
+  with open(os.path.join(pol, "config.json"), "w") as f:
+    json.dump(pconf, f)
+  ver = os.path.join(root, "verifier")
+  os.makedirs(ver)
+  with open(os.path.join(ver, "model_config.json"), "w") as f:
+    json.dump(dataclasses.asdict(cfg), f)
+  for i, name in enumerate(("prm", "orm")):
+    reward.save_reward_params(os.path.join(ver, name),
+                              reward.init_reward_params(cfg, jax.random.key(i)))
+  return pol, ver
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  root = tmp_path_factory.mktemp("sweep")
+  pol, ver = _tiny_models(str(root))
+  c = scaling_arith.get_config()
+  c.policy_dir, c.verifier_dir = pol, ver
+  c.n_problems, c.pool_size, c.budgets, c.seeds = 6, 8, (1, 2, 4, 8), (0, 1)
+  c.max_new_tokens, c.rows_per_call = 16, 48
+  return root, c
+
+
+def _rows(out):
+  with open(os.path.join(out, "rows.jsonl")) as f:
+    rows = [json.loads(l) for l in f if l.strip()]
+  return {(r["method"], r["budget"], r["seed"]): r for r in rows}
+
+
+def test_rerun_does_no_work_and_kill_resume_matches(setup):
+  root, c = setup
+  full = str(root / "full")
+  s1 = scaling.run_sweep(c, full)
+  assert s1["pools_generated"] == 2
+  n_rows = len(c.methods) * len(c.budgets) * len(c.seeds)
+  assert s1["new_rows"] == n_rows
+  s2 = scaling.run_sweep(c, full)  # second run: nothing to do
+  assert s2["pools_generated"] == 0 and s2["new_rows"] == 0
+  assert s2["table"] == s1["table"]
+  ref = _rows(full)
+  assert len(ref) == n_rows
+
+  # A "killed" run: seed 1's pool never written, rows cut mid-line.
+  killed = str(root / "killed")
+  os.makedirs(killed)
+  with open(os.path.join(full, "rows.jsonl")) as f:
+    lines = f.readlines()
+  keep = [l for l in lines if json.loads(l)["seed"] == 0][:9]
+  with open(os.path.join(killed, "rows.jsonl"), "w") as f:
+    f.writelines(keep)
+    f.write(lines[-1][:20])  # a torn line
+  os.link(os.path.join(full, "pool_seed0.npz"),
+          os.path.join(killed, "pool_seed0.npz"))
+  s3 = scaling.run_sweep(c, killed)
+  assert s3["pools_generated"] == 1  # only seed 1's pool
+  got = _rows(killed)
+  assert got.keys() == ref.keys()
+  for k in ref:
+    assert got[k]["accuracy"] == pytest.approx(ref[k]["accuracy"])
+    assert got[k]["compute"] == pytest.approx(ref[k]["compute"])
+
+
+def test_pool_prefills_each_prompt_once(setup, monkeypatch):
+  """Sampling N candidates prefills a problem's prompt once (forked cache);
+  the compute record charges one prompt prefill per problem."""
+  root, c = setup
+  from jaxllm.decoding import Transformer
+  calls = []
+  orig = Transformer.prefill
+
+  def counting(self, params, tokens, lengths, cache_size):
+    calls.append(tokens.shape[0])
+    return orig(self, params, tokens, lengths, cache_size)
+
+  monkeypatch.setattr(Transformer, "prefill", counting)
+  policy, pconfig, vcfg, verifiers = scaling.load_models(c)
+  from experiments import train_policy as tp
+  problems = tp.heldout_problems(pconfig, c.n_problems)
+  c2 = ml_collections.ConfigDict(c.to_dict())
+  c2.rows_per_call = 48  # 6 problems x 8 samples in one call
+  jax.clear_caches()
+  pool = scaling.build_pool(policy, verifiers, problems, c2, seed=5)
+  assert calls == [6]  # one prefill row per problem, not per sample
+  rec = scaling.selection_compute("majority", pool, 8, policy[0], vcfg)
+  assert rec["prefill_tokens"] == pytest.approx(pool["prompt_lengths"].mean())
+  assert rec["generated_tokens"] == pytest.approx(8 * pool["lengths"].mean())
