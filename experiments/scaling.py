@@ -49,6 +49,10 @@ TOK = arith.TOKENIZER
 SELECTION_METHODS = ("coverage", "majority", "weighted_majority_orm",
                      "bon_orm", "bon_prm_min", "bon_prm_last", "bon_prm_prod",
                      "bon_prm_mean", "bom_orm")
+# Search methods run for real at every budget (N particles / paths; A*: a
+# generated-token budget of N * config.astar_tokens_per_sample), guided by the
+# PRM through its own KV cache (algorithms.scorers.ModelStepScorer).
+SEARCH_METHODS = ("pf", "pf_smc", "beam", "dvts", "astar")
 
 
 # ----------------------------- the sample pool -----------------------------
@@ -188,6 +192,73 @@ def selection_compute(method, pool, k, policy_cfg, verifier_cfg) -> dict:
   return rec.as_dict()
 
 
+# ----------------------------- search methods -----------------------------
+
+
+def run_search(method: str, k: int, policy, verifiers, problems, config,
+               seed: int):
+  """Run a search method with budget k on every problem.
+
+  Returns (accuracy, per-problem mean Compute dict)."""
+  from algorithms import astar, beam_search, particle_filter
+  from algorithms.scorers import ModelStepScorer
+  cfg, params = policy
+  rm, rparams = verifiers["prm"]
+  scorer = ModelStepScorer(rm)
+  model = Transformer(cfg)
+  prompts = [TOK.encode(p.prompt, add_bos=True) for p in problems]
+  key = jax.random.key(seed * 104729 + k)
+  steps = dict(delimiter_ids=(TOK.newline_id,), stop_ids=(TOK.eos_id,),
+               pad_id=TOK.pad_id)
+  S, K = config.max_step_tokens, config.max_steps
+  if method in ("pf", "pf_smc"):
+    pc = particle_filter.PFConfig(
+        n_particles=k, max_steps=K, max_step_tokens=S,
+        weighting="reference" if method == "pf" else "smc",
+        ess_threshold=None if method == "pf" else 0.5, **steps)
+    res, rec = particle_filter.run_particle_filter(
+        model, params, scorer, rparams, prompts, key, pc)
+    toks, lens = np.asarray(res.tokens), np.asarray(res.lengths)
+    texts = [[TOK.decode(toks[p, n, :lens[p, n]]) for n in range(k)]
+             for p in range(len(problems))]
+    answers = [[arith.extract_answer(t) for t in row] for row in texts]
+    picked = particle_filter.weighted_vote(answers, np.asarray(res.weights))
+    correct = [a is not None and a == p.answer for a, p in zip(picked, problems)]
+  elif method in ("beam", "dvts"):
+    bc = beam_search.BeamConfig(method=method, n_paths=k,
+                                beam_width=min(config.beam_width, k),
+                                max_steps=K, max_step_tokens=S, **steps)
+    res, rec = beam_search.run_beam_search(model, params, scorer, rparams,
+                                           prompts, key, bc)
+    toks, lens = np.asarray(res.tokens), np.asarray(res.lengths)
+    best = np.asarray(res.best)
+    correct = [arith.check_answer(p, TOK.decode(toks[i, best[i], :lens[i, best[i]]]))
+               for i, p in enumerate(problems)]
+  elif method == "astar":
+    ac = astar.AStarConfig(
+        capacity=max(16, 4 * k), num_children=config.astar_children,
+        max_step_tokens=S, max_solution_tokens=config.max_new_tokens,
+        delimiter_ids=steps["delimiter_ids"], stop_ids=steps["stop_ids"],
+        expected_total_steps=float(config.astar_expected_steps),
+        token_budget=float(k * config.astar_tokens_per_sample))
+    T = max(len(p) for p in prompts)
+    arr = np.full((len(prompts), T), TOK.pad_id, np.int32)
+    for i, p in enumerate(prompts):
+      arr[i, :len(p)] = p
+    res, rec = astar.run_astar(model, params, scorer, rparams,
+                               (arr, np.array([len(p) for p in prompts])), key,
+                               ac)
+    toks, lens = np.asarray(res.tokens), np.asarray(res.length)
+    correct = [arith.check_answer(p, TOK.decode(toks[i, :lens[i]]))
+               for i, p in enumerate(problems)]
+  else:
+    raise ValueError(f"unknown search method {method!r}; known: "
+                     f"{SEARCH_METHODS}")
+  P = len(problems)
+  per_problem = {f: v / P for f, v in dataclasses.asdict(rec).items()}
+  return float(np.mean(correct)), flops_lib.Compute(**per_problem).as_dict()
+
+
 # --------------------------------- sweep ----------------------------------
 
 
@@ -249,18 +320,24 @@ def summarize(rows, methods, budgets, out_dir):
       table[m] = (np.array(fl), np.array(accs))
   print("\naccuracy (mean over seeds); columns = budget (samples)")
   print(f"{'method':<24}" + "".join(f"{k:>8}" for k in budgets))
-  for m, (_, acc) in table.items():
-    print(f"{m:<24}" + "".join(f"{a:>8.3f}" for a in acc))
+  for m in table:
+    cells = []
+    for k in budgets:
+      rs = [r["accuracy"] for r in rows.values()
+            if r["method"] == m and r["budget"] == k]
+      cells.append(f"{np.mean(rs):>8.3f}" if rs else f"{'-':>8}")
+    print(f"{m:<24}" + "".join(cells))
   summary = {"table": {m: {"flops": f.tolist(), "accuracy": a.tolist()}
                        for m, (f, a) in table.items()}}
-  if "coverage" in table and len(budgets) >= 3:
+  if "coverage" in table and len(table["coverage"][1]) >= 3:
     cov = table["coverage"][1]
+    ks = sorted({r["budget"] for r in rows.values() if r["method"] == "coverage"})
     if (cov > 0).all():
-      fit = analysis.fit_coverage_power_law(budgets[:len(cov)], cov)
+      fit = analysis.fit_coverage_power_law(ks, cov)
       summary["coverage_fit"] = dataclasses.asdict(fit)
       print(f"\ncoverage fit: log(coverage(k)) = {fit.a:.4f} * k^{fit.b:.4f}, "
             f"R^2 = {fit.r2:.4f}")
-      analysis.plot_coverage(budgets[:len(cov)], cov,
+      analysis.plot_coverage(ks, cov,
                              os.path.join(out_dir, "coverage.png"), fit=fit)
   methods_acc = {m: v for m, v in table.items() if m != "coverage"}
   fits = analysis.fit_accuracy_vs_flops(
@@ -299,18 +376,26 @@ def run_sweep(config, out_dir):
     raise ValueError(f"config.budgets max {max(budgets)} exceeds "
                      f"config.pool_size={config.pool_size}")
   methods = list(config.methods)
+  search = list(config.search_methods)
+  search_budgets = [int(b) for b in config.search_budgets]
   for m in methods:
     if m not in SELECTION_METHODS:
       raise ValueError(f"config.methods: unknown method {m!r}; known: "
                        f"{SELECTION_METHODS}")
+  for m in search:
+    if m not in SEARCH_METHODS:
+      raise ValueError(f"config.search_methods: unknown method {m!r}; known: "
+                       f"{SEARCH_METHODS}")
   todo = [(m, k, s) for s in config.seeds for m in methods for k in budgets
           if (m, k, s) not in rows]
+  todo += [(m, k, s) for s in config.search_seeds for m in search
+           for k in search_budgets if (m, k, s) not in rows]
   generated = 0
   if todo:
     policy, pconfig, vcfg, verifiers = load_models(config)
     from experiments import train_policy as tp
     problems = tp.heldout_problems(pconfig, config.n_problems)
-    for seed in sorted({s for _, _, s in todo}):
+    for seed in sorted({s for m, _, s in todo if m in methods}):
       pool_path = os.path.join(out_dir, f"pool_seed{seed}.npz")
       t0 = time.perf_counter()
       if os.path.exists(pool_path):
@@ -334,8 +419,23 @@ def run_sweep(config, out_dir):
                      n_problems=config.n_problems)
           append_row(rows_path, row)
           rows[(m, k, seed)] = row
+    for m, k, seed in todo:
+      if m not in search:
+        continue
+      t0 = time.perf_counter()
+      acc, comp = run_search(m, k, policy, verifiers, problems, config, seed)
+      row = dict(method=m, budget=k, seed=seed, accuracy=acc, compute=comp,
+                 wall_s=time.perf_counter() - t0,
+                 n_problems=config.n_problems)
+      append_row(rows_path, row)
+      rows[(m, k, seed)] = row
+      print(f"  {m:<8} budget {k:>3} seed {seed}: accuracy {acc:.3f}, "
+            f"{comp['flops']:.3e} FLOPs/problem, {row['wall_s']:.1f}s",
+            flush=True)
   print(f"sweep: {len(todo)} new rows, {generated} pools generated")
-  summary = summarize(rows, methods, budgets, out_dir)
+  summary = summarize(rows, methods + search, sorted(set(budgets) |
+                                                     set(search_budgets)),
+                      out_dir)
   summary["new_rows"], summary["pools_generated"] = len(todo), generated
   return summary
 
