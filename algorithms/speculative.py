@@ -1,0 +1,511 @@
+"""Speculative (tree) decoding with real draft / target models behind the decode interface.
+
+`speculative_generate(target, target_params, draft, draft_params, prompts, key, config)`
+drives the exact probability-level algorithms of `algorithms/spec_trees.py` with two
+decode-interface models that share a vocabulary (`jaxllm.decoding.Transformer`, the
+layer-skipped `LayerSkipDraft` below, or the toy `BigramLM`). Methods (`config.method`):
+
+  autoregressive  plain sampling from the target, one target call per token (baseline)
+  chain           single draft chain of `gamma` tokens (Leviathan / Chen)
+  iid             `num_drafts` i.i.d. chains of length `depth` (SpecInfer-style RRS)
+  rsd_c           RSD-C: Gumbel-Top-b_l tree with branching schedule `branching`
+  rsd_s           RSD-S: stochastic beam search, width `beam_width`, depth `depth`
+
+One block (all rows at once; the per-row math is vmapped, so model calls are batched):
+
+  1. The draft extends its cache with its pending tokens (ragged: the extra token of
+     the previous block, preceded by the accepted leaf when the whole path down to a
+     leaf was accepted, since the draft never ran on leaves) and gets q at the root.
+  2. The draft builds the tree level by level (`spec_trees.propose`). Its callback
+     runs `draft.score_tree` over ALL non-root nodes drafted so far (the tree mask and
+     depth positions come from the interface; nothing is committed) and reads q of the
+     newest level. Re-scoring the earlier levels wastes draft FLOPs (sum of level
+     prefixes instead of the level) but keeps one call per level, needs nothing beyond
+     the interface, and is what a memory-bound accelerator pays for anyway.
+  3. ONE target call: `target.score_tree` over the whole BFS tree, root included. The
+     root is the last emitted token, which is kept *out* of the target cache between
+     blocks (the target cache holds the committed prefix minus its last token), so
+     the root's next-token distribution comes from the same call and a block costs
+     exactly one target call (instead of score_tree + a separate extend of the extra
+     token). `verify_tree` (or `speculative_sample_chain` for the chain) picks the
+     accepted path and the extra token.
+  4. `target.commit` keeps the root and the accepted nodes; the draft commits the
+     accepted nodes it scored (depth < L) from its last score_tree call; the rest
+     (leaf, extra token) becomes its pending input for step 1 of the next block.
+
+So after every block both caches hold exactly the emitted text minus the pending
+tokens, i.e. `target.extend(state, last)` gives the same logits as a fresh prefill of
+prompt + emitted text (tested). Rows that reached `max_new_tokens` are frozen (their
+states stop changing) while the others continue; the loop is a `lax.while_loop` over
+blocks inside one jit. Requirement on model states: every leaf has the batch axis first
+(true for KVCache and BigramState), so per-row functions can vmap over them.
+
+Sampling: temperature / top-k / top-p / min-p go through `jaxllm.sampling.filter_logits`
+for BOTH target and draft before the softmax, so the emitted text is distributed as
+plain sampling from the target with the same settings. Temperature 0 uses one-hot
+argmax distributions for both, which makes every method reproduce greedy decoding.
+
+Accounting: FLOPs use `jaxllm.flops.decode_flops` with the exact number of keys every
+processed token attends to (prefix + ancestors + itself); FLOPs are affine in the
+context without sliding windows, so summing contexts is exact there (with windows the
+mean context is used, an approximation). Models without a `cfg` (BigramLM) cost 0 FLOPs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from algorithms import spec_trees as st
+from jaxllm.decoding import Transformer
+from jaxllm.flops import Compute, decode_flops, prefill_flops
+from jaxllm.generate import pad_prompts
+from jaxllm.sampling import Sampling, filter_logits, make_sampling, sample
+
+METHODS = ("autoregressive", "chain", "iid", "rsd_c", "rsd_s")
+TRACE_COUNT = {"speculative": 0}
+
+
+# ----------------------------------------------------------------------------------
+# Layer-skipped draft: a sub-model of the target, no training needed
+# ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSkipDraft:
+  """Decode interface of the target restricted to a subset of its layers.
+
+  Takes the TARGET's params; every call runs only `layers` (in order) followed by the
+  shared final norm and LM head, with its own KV cache holding just those layers.
+  `layers=tuple(range(n))` is the early-exit sub-model of the first n layers (the SoFT
+  draft); any increasing subset (e.g. first, last and evenly spaced) is allowed.
+  """
+
+  target_cfg: Any  # ModelConfig of the full model
+  layers: tuple
+
+  def __post_init__(self):
+    layers = tuple(int(i) for i in self.layers)
+    n = self.target_cfg.n_layers
+    if not layers or any(b <= a for a, b in zip(layers, layers[1:])) or \
+        layers[0] < 0 or layers[-1] >= n:
+      raise ValueError(f"LayerSkipDraft.layers must be a non-empty increasing tuple of "
+                       f"layer indices in [0, {n}), got {self.layers!r}")
+    object.__setattr__(self, "layers", layers)
+
+  @property
+  def cfg(self):
+    """Config of the sub-model (what its cache and FLOPs are sized by)."""
+    win = self.target_cfg.windows
+    return self.target_cfg.replace(n_layers=len(self.layers),
+                                   layer_windows=tuple(win[i] for i in self.layers))
+
+  @property
+  def vocab_size(self) -> int:
+    return self.target_cfg.vocab_size
+
+  def sub_params(self, params):
+    return dataclasses.replace(params, layers=tuple(params.layers[i] for i in self.layers))
+
+  def _m(self):
+    return Transformer(self.cfg)
+
+  def prefill(self, params, tokens_BxT, lengths_B, cache_size: int):
+    return self._m().prefill(self.sub_params(params), tokens_BxT, lengths_B, cache_size)
+
+  def extend(self, params, state, tokens_BxS, valid_BxS=None):
+    return self._m().extend(self.sub_params(params), state, tokens_BxS, valid_BxS)
+
+  def reorder(self, state, index_N):
+    return self._m().reorder(state, index_N)
+
+  def lengths(self, state):
+    return state.lengths
+
+  def score_tree(self, params, state, tokens_BxM, parent_M):
+    return self._m().score_tree(self.sub_params(params), state, tokens_BxM, parent_M)
+
+  def commit(self, state, path_BxL, n_accept_B):
+    return self._m().commit(state, path_BxL, n_accept_B)
+
+
+# ----------------------------------------------------------------------------------
+# Config and output
+# ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecConfig:
+  """Static settings (hashable: one compilation per config and prompt bucket).
+
+  method: one of METHODS. gamma (chain); num_drafts, depth (iid); branching (rsd_c);
+  beam_width, depth (rsd_s). max_new_tokens emitted per row (the last block may emit
+  a few more; they are returned in `tokens_all`). sampling_*: applied to target AND
+  draft. cache_size: KV slots per row (default: bucketed prompt + max_new + tree size).
+  """
+
+  method: str = "chain"
+  max_new_tokens: int = 32
+  gamma: int = 4
+  num_drafts: int = 2
+  depth: int = 3
+  branching: tuple = (2, 2)
+  beam_width: int = 2
+  sampling_temperature: float = 1.0
+  sampling_top_k: Optional[int] = None
+  sampling_top_p: Optional[float] = None
+  sampling_min_p: Optional[float] = None
+  cache_size: Optional[int] = None
+  pad_id: int = 0
+
+  def __post_init__(self):
+    object.__setattr__(self, "branching", tuple(int(b) for b in self.branching))
+    if self.method not in METHODS:
+      raise ValueError(f"SpecConfig.method must be one of {METHODS}, got {self.method!r}")
+    if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+      raise ValueError(f"SpecConfig.max_new_tokens must be an int >= 1, got "
+                       f"{self.max_new_tokens!r}")
+    for f in ("gamma", "num_drafts", "depth", "beam_width"):
+      if int(getattr(self, f)) < 1:
+        raise ValueError(f"SpecConfig.{f} must be >= 1, got {getattr(self, f)}")
+    if not self.branching or min(self.branching) < 1:
+      raise ValueError(f"SpecConfig.branching must be non-empty, entries >= 1, got "
+                       f"{self.branching}")
+
+  def tree_kwargs(self) -> dict:
+    return {"chain": dict(gamma=self.gamma),
+            "iid": dict(num_drafts=self.num_drafts, depth=self.depth),
+            "rsd_c": dict(branching=self.branching),
+            "rsd_s": dict(beam_width=self.beam_width, depth=self.depth)}[self.method]
+
+  def level_sizes(self) -> tuple:
+    """Nodes per tree level 1..L (root excluded); () for autoregressive."""
+    m = self.method
+    if m == "autoregressive":
+      return ()
+    if m == "chain":
+      return (1,) * self.gamma
+    if m == "iid":
+      return (self.num_drafts,) * self.depth
+    if m == "rsd_s":
+      return (self.beam_width,) * self.depth
+    sizes, n = [], 1
+    for b in self.branching:
+      n *= b
+      sizes.append(n)
+    return tuple(sizes)
+
+  @property
+  def tree_tokens(self) -> int:
+    """Tokens the target scores per call (root included): the target budget."""
+    return 1 + sum(self.level_sizes())
+
+  @property
+  def draft_calls_per_block(self) -> int:
+    """L: one extend plus one score_tree per non-leaf level."""
+    return len(self.level_sizes())
+
+  def sampling(self) -> Sampling:
+    return make_sampling(self.sampling_temperature, self.sampling_top_k,
+                         self.sampling_top_p, self.sampling_min_p)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class SpecOutput:
+  tokens_all: Any  # [B, max_new + D + 1] emitted tokens, pad_id after num_emitted
+  num_emitted: Any  # [B] tokens emitted (>= max_new_tokens; the last block overshoots)
+  target_calls: Any  # [B] target calls (blocks) after the prefill
+  draft_calls: Any  # [B] draft calls after the prefill
+  accepted: Any  # [B] accepted draft tokens in total
+  target_state: Any  # target cache: prompt + emitted[:num_emitted - 1]
+  last: Any  # [B] the last emitted token (pending, not yet in target_state)
+  counts: Any  # dict of [B] float arrays: token / context sums for the FLOPs
+
+  _overshoot: int = dataclasses.field(default=0, metadata=dict(static=True))
+
+  @property
+  def tokens(self):
+    """[B, max_new_tokens] the requested tokens."""
+    return self.tokens_all[:, :self.tokens_all.shape[1] - self._overshoot]
+
+  @property
+  def block_efficiency(self):
+    """tau per row: tokens emitted per target call."""
+    return self.num_emitted / jnp.maximum(self.target_calls, 1)
+
+
+# ----------------------------------------------------------------------------------
+# The decode loop
+# ----------------------------------------------------------------------------------
+
+
+def sampling_probs(logits_xV, s: Sampling):
+  """The distribution tokens are drawn from: softmax of the filtered logits, or the
+  one-hot argmax at temperature 0 (same tie-breaking as `jaxllm.sampling.sample`)."""
+  V = logits_xV.shape[-1]
+  soft = jax.nn.softmax(filter_logits(logits_xV, s), axis=-1)
+  hard = jax.nn.one_hot(jnp.argmax(logits_xV, axis=-1), V, dtype=soft.dtype)
+  return jnp.where(s.temperature > 0, soft, hard)
+
+
+def _row(tree):
+  return jax.tree_util.tree_map(lambda x: x[None], tree)
+
+
+def _unrow(tree):
+  return jax.tree_util.tree_map(lambda x: x[0], tree)
+
+
+def _select(live, new, old):
+  return jax.tree_util.tree_map(lambda a, b: jnp.where(live, a, b), new, old)
+
+
+def _spec_block(target, tp, draft, dp, config: SpecConfig, s: Sampling,
+                t_state, d_state, pend_2, npend, key):
+  """One speculative block for ONE row (model states carry a batch axis of 1).
+
+  Returns (t_state, d_state, pend_2, npend, tokens_Dp1, n_emitted, n_accepted,
+  counts): the emitted tokens are the accepted drafts followed by the extra token.
+  """
+  sizes = config.level_sizes()
+  L = len(sizes)
+  k_tree, k_ver = jax.random.split(key)
+  # 1. the draft catches up with the pending tokens and gives q at the root.
+  d_len0 = draft.lengths(d_state)[0]
+  valid_2 = jnp.arange(2) < npend
+  d_state, dlog = draft.extend(dp, d_state, pend_2[None], valid_2[None])
+  q_root = sampling_probs(dlog[0, npend - 1], s)
+  root = pend_2[npend - 1]
+  d_len = draft.lengths(d_state)[0]
+
+  # 2. draft tree: re-score all non-root nodes so far (score index = spec index - 1).
+  def draft_fn(carry, tokens_N, parents_N):
+    base, toks, pars, _ = carry
+    toks = jnp.concatenate([toks, tokens_N])
+    pars = jnp.concatenate([pars, parents_N - 1])
+    scored, logits = draft.score_tree(dp, base, toks[None], pars)
+    N = tokens_N.shape[0]
+    return (base, toks, pars, scored), sampling_probs(logits[0, -N:], s)
+
+  carry0 = (d_state, jnp.zeros((0,), jnp.int32), jnp.zeros((0,), jnp.int32), None)
+  tree, (_, _, _, d_scored) = st.propose(config.method, k_tree, root, q_root, draft_fn,
+                                         carry0, **config.tree_kwargs())
+
+  # 3. one target call over the whole tree, root included.
+  t_len = target.lengths(t_state)[0]
+  t_scored, tlog = target.score_tree(tp, t_state, tree.token_M[None], tree.parent_M)
+  p_MxV = sampling_probs(tlog[0], s)
+  if config.method == "chain":
+    toks_G, q_GxV = st.chain_from_tree(tree)
+    res = st.speculative_sample_chain(k_ver, toks_G, q_GxV, p_MxV)
+    tok_Dp1, n_emit, n_acc = res.tokens_Gp1, res.num_emitted, res.num_accepted
+    path_D = jnp.where(jnp.arange(L) < n_acc, jnp.arange(1, L + 1), -1).astype(jnp.int32)
+  else:
+    res = st.verify_tree(k_ver, tree, p_MxV)
+    tok_Dp1, n_emit, n_acc, path_D = (res.tokens_Dp1, res.num_emitted, res.num_accepted,
+                                      res.path_D)
+  extra = tok_Dp1[n_acc]
+
+  # 4. commits: target keeps root + accepted path; draft keeps the accepted nodes it
+  # scored (depth < L); the leaf (if accepted) and the extra token become pending.
+  t_path = jnp.concatenate([jnp.zeros((1,), jnp.int32), jnp.maximum(path_D, 0)])
+  t_state = target.commit(t_scored, t_path[None], (n_acc + 1)[None])
+  if L > 1:
+    n_d = jnp.minimum(n_acc, L - 1)
+    d_path = jnp.maximum(path_D[:L - 1] - 1, 0)
+    d_state = draft.commit(d_scored, d_path[None], n_d[None])
+  leaf_taken = n_acc == L
+  leaf_tok = tok_Dp1[L - 1]
+  pend_2 = jnp.where(leaf_taken, jnp.stack([leaf_tok, extra]),
+                     jnp.stack([extra, jnp.int32(0)])).astype(jnp.int32)
+  npend = jnp.where(leaf_taken, 2, 1).astype(jnp.int32)
+
+  # FLOPs bookkeeping: tokens processed and the keys each attended to.
+  depth_sum = float(sum((l + 1) * n for l, n in enumerate(sizes)))
+  M = config.tree_tokens
+  npf = valid_2.sum().astype(jnp.float32)
+  d_tok = npf
+  d_ctx = npf * d_len0 + npf * (npf + 1) / 2
+  for l in range(1, L):  # score_tree over levels 1..l
+    m_l = float(sum(sizes[:l]))
+    s_l = float(sum((j + 1) * n for j, n in enumerate(sizes[:l])))
+    d_tok = d_tok + m_l
+    d_ctx = d_ctx + m_l * d_len + s_l
+  counts = dict(t_tok=jnp.float32(M), t_ctx=M * t_len + depth_sum + M,
+                d_tok=d_tok, d_ctx=d_ctx)
+  return t_state, d_state, pend_2, npend, tok_Dp1, n_emit, n_acc, counts
+
+
+def _prefill(model, params, tokens_BxT, lengths_B, cache_size):
+  """Prefill all but the last prompt token (the last one is the first block's root)."""
+  state, _ = model.prefill(params, tokens_BxT, lengths_B - 1, cache_size)
+  last = jnp.take_along_axis(tokens_BxT, (lengths_B - 1)[:, None], axis=1)[:, 0]
+  return state, last
+
+
+def _generate_impl(target, tp, draft, dp, tokens_BxT, lengths_B, key, s, *,
+                   config: SpecConfig, cache_size: int):
+  TRACE_COUNT["speculative"] += 1
+  B = tokens_BxT.shape[0]
+  N = config.max_new_tokens
+  D = len(config.level_sizes())
+  pad = jnp.int32(config.pad_id)
+  out = jnp.full((B, N + D + 1), pad, jnp.int32)
+  pos = jnp.zeros((B,), jnp.int32)
+  zeros_f = jnp.zeros((B,), jnp.float32)
+  zeros_i = jnp.zeros((B,), jnp.int32)
+  t_state, last = _prefill(target, tp, tokens_BxT, lengths_B, cache_size)
+
+  if config.method == "autoregressive":
+    def cond(c):
+      return jnp.any(c[2] < N)
+
+    def body(c):
+      i, t_state, pos, last, out, calls, cnt = c
+      live = pos < N
+      t_len = target.lengths(t_state)
+      new_state, logits = target.extend(tp, t_state, last[:, None])
+      tok = sample(jax.random.fold_in(key, i), logits[:, 0], s)
+      out = jnp.where(live[:, None], out.at[jnp.arange(B), pos].set(tok), out)
+      t_state = jax.vmap(_select)(live, new_state, t_state)
+      lf = live.astype(jnp.float32)
+      cnt = dict(t_tok=cnt["t_tok"] + lf, t_ctx=cnt["t_ctx"] + lf * (t_len + 1),
+                 d_tok=cnt["d_tok"], d_ctx=cnt["d_ctx"])
+      return (i + 1, t_state, pos + live, jnp.where(live, tok, last), out,
+              calls + live, cnt)
+
+    cnt = dict(t_tok=zeros_f, t_ctx=zeros_f, d_tok=zeros_f, d_ctx=zeros_f)
+    _, t_state, pos, last, out, calls, cnt = lax.while_loop(
+        cond, body, (jnp.int32(0), t_state, pos, last, out, zeros_i, cnt))
+    return SpecOutput(out, pos, calls, zeros_i, zeros_i, t_state, last, cnt,
+                      _overshoot=D + 1)
+
+  d_state, _ = _prefill(draft, dp, tokens_BxT, lengths_B, cache_size)
+  pend = jnp.stack([last, jnp.zeros_like(last)], axis=1)
+  npend = jnp.ones((B,), jnp.int32)
+
+  def row_block(t_state, d_state, pend_2, npend, pos, out_row, stats, k):
+    live = pos < N
+    t_new, d_new, pend_new, np_new, tok_Dp1, n_emit, n_acc, cnt = _spec_block(
+        target, tp, draft, dp, config, s, _row(t_state), _row(d_state), pend_2, npend, k)
+    t_state = _select(live, _unrow(t_new), t_state)
+    d_state = _select(live, _unrow(d_new), d_state)
+    tok_Dp1 = jnp.where(tok_Dp1 >= 0, tok_Dp1, pad)
+    out_row = jnp.where(live, lax.dynamic_update_slice(out_row, tok_Dp1, (pos,)), out_row)
+    li, lf = live.astype(jnp.int32), live.astype(jnp.float32)
+    calls, dcalls, acc, c = stats
+    c = {k_: c[k_] + lf * v for k_, v in cnt.items()}
+    stats = (calls + li, dcalls + li * D, acc + li * n_acc, c)
+    return (t_state, d_state, jnp.where(live, pend_new, pend_2),
+            jnp.where(live, np_new, npend), pos + li * n_emit, out_row, stats)
+
+  def cond(c):
+    return jnp.any(c[5] < N)
+
+  def body(c):
+    i, t_state, d_state, pend, npend, pos, out, stats = c
+    keys = jax.random.split(jax.random.fold_in(key, i), B)
+    res = jax.vmap(row_block)(t_state, d_state, pend, npend, pos, out, stats, keys)
+    return (i + 1,) + res[:2] + res[2:4] + (res[4], res[5], res[6])
+
+  cnt = dict(t_tok=zeros_f, t_ctx=zeros_f, d_tok=zeros_f, d_ctx=zeros_f)
+  stats = (zeros_i, zeros_i, zeros_i, cnt)
+  init = (jnp.int32(0), t_state, d_state, pend, npend, pos, out, stats)
+  _, t_state, _, pend, npend, pos, out, stats = lax.while_loop(cond, body, init)
+  calls, dcalls, acc, cnt = stats
+  last = jnp.take_along_axis(pend, (npend - 1)[:, None], axis=1)[:, 0]
+  # The target's pending token is the last emitted one (= the draft's last pending).
+  return SpecOutput(out, pos, calls, dcalls, acc, t_state, last, cnt,
+                    _overshoot=D + 1)
+
+
+_generate_jit = jax.jit(_generate_impl, static_argnames=(
+    "target", "draft", "config", "cache_size"))
+
+
+def _check_models(target, draft, config):
+  Vt = getattr(target, "vocab_size", None)
+  Vd = getattr(draft, "vocab_size", None) if draft is not None else Vt
+  if Vt is None or Vt != Vd:
+    raise ValueError(f"target and draft must share a vocabulary; got vocab_size "
+                     f"{Vt} (target) and {Vd} (draft)")
+  need = {"chain": 1, "iid": 1, "rsd_c": max(config.branching),
+          "rsd_s": config.beam_width, "autoregressive": 1}[config.method]
+  if need > Vt:
+    raise ValueError(f"{config.method} draws {need} children without replacement but "
+                     f"the vocabulary has only {Vt} tokens")
+  return Vt
+
+
+def _model_flops(model, tokens, ctx_sum):
+  """FLOPs of processing `tokens` tokens whose attended-key counts sum to ctx_sum."""
+  cfg = getattr(model, "cfg", None)
+  tokens = np.asarray(tokens, np.float64)
+  if cfg is None:
+    return np.zeros_like(tokens)
+  mean_ctx = np.asarray(ctx_sum, np.float64) / np.maximum(tokens, 1)
+  return tokens * decode_flops(cfg, mean_ctx)
+
+
+def compute_record(target, draft, config, out: SpecOutput, lengths_B) -> Compute:
+  """What the run spent (summed over rows). model_calls counts target AND draft calls
+  after the prefill; the split is in the SpecOutput fields."""
+  c = {k: np.asarray(v, np.float64) for k, v in out.counts.items()}
+  pre = np.asarray(lengths_B) - 1
+  pf = sum(float(np.sum(prefill_flops(m.cfg, pre))) for m in (target, draft)
+           if m is not None and getattr(m, "cfg", None) is not None
+           and (m is target or config.method != "autoregressive"))
+  n_models = 1 if config.method == "autoregressive" else 2
+  dec = float(np.sum(_model_flops(target, c["t_tok"], c["t_ctx"])))
+  if config.method != "autoregressive":
+    dec += float(np.sum(_model_flops(draft, c["d_tok"], c["d_ctx"])))
+  return Compute(prefill_tokens=float(pre.sum()) * n_models,
+                 generated_tokens=float(np.minimum(np.asarray(out.num_emitted),
+                                                   config.max_new_tokens).sum()),
+                 model_calls=float(np.sum(out.target_calls) + np.sum(out.draft_calls)),
+                 prefill_flops=pf, decode_flops=dec)
+
+
+def speculative_generate(target, target_params, draft, draft_params, prompts, key,
+                         config: SpecConfig):
+  """Sample `config.max_new_tokens` tokens per prompt with speculative decoding.
+
+  Args:
+    target, draft: decode-interface models sharing a vocabulary (draft unused for
+      method 'autoregressive'; pass None there if you like).
+    prompts: list of token-id lists (each >= 1 token), right-padded to a bucket.
+  Returns (SpecOutput, Compute). `out.tokens` [B, max_new_tokens] is distributed
+  exactly as sampling from the target with the config's sampling settings.
+  """
+  if config.method != "autoregressive" and draft is None:
+    raise ValueError(f"method {config.method!r} needs a draft model")
+  if draft is None:
+    draft, draft_params = target, target_params
+  V = _check_models(target, draft, config)
+  tokens, lengths = pad_prompts(prompts, config.pad_id)
+  if tokens.min() < 0 or tokens.max() >= V:
+    raise ValueError(f"prompt token ids must be in [0, {V}), got range "
+                     f"[{tokens.min()}, {tokens.max()}]")
+  need = tokens.shape[1] + config.max_new_tokens + config.tree_tokens + 2
+  cache_size = config.cache_size or need
+  if cache_size < need:
+    raise ValueError(f"SpecConfig.cache_size={cache_size} is too small: bucketed prompt "
+                     f"{tokens.shape[1]} + max_new_tokens {config.max_new_tokens} + tree "
+                     f"{config.tree_tokens} + 2 = {need} slots are needed")
+  for m in (target, draft):
+    max_seq = getattr(getattr(m, "cfg", None), "max_seq_len", None)
+    if max_seq is not None and int(lengths.max()) + config.max_new_tokens + \
+        config.tree_tokens > max_seq:
+      raise ValueError(f"prompt {int(lengths.max())} + max_new_tokens "
+                       f"{config.max_new_tokens} + tree {config.tree_tokens} exceeds "
+                       f"ModelConfig.max_seq_len={max_seq}")
+  out = _generate_jit(target, target_params, draft, draft_params, jnp.asarray(tokens),
+                      jnp.asarray(lengths), key, config.sampling(), config=config,
+                      cache_size=cache_size)
+  return out, compute_record(target, draft, config, out, lengths)
