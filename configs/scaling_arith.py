@@ -24,11 +24,12 @@ def get_config():
                "bon_prm_min", "bon_prm_last", "bom_orm")
   # Search methods (run for real at each budget; see experiments/scaling.py).
   c.search_methods = ("pf", "pf_smc", "beam", "dvts", "astar")
-  c.search_budgets = (4, 16, 64)
+  c.search_budgets = (4, 8, 16, 32, 64)
   c.search_seeds = (0,)
   c.max_step_tokens = 12  # one arith step line (+ delimiter) fits
   c.beam_width = 4
   c.astar_children = 4
+  c.astar_capacity = 128  # fixed, so budgets share one compiled search
   c.astar_expected_steps = 5
   c.astar_tokens_per_sample = 24  # A* token budget = budget * this
   return c

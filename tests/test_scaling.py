@@ -49,6 +49,8 @@ def setup(tmp_path_factory):
   c.policy_dir, c.verifier_dir = pol, ver
   c.n_problems, c.pool_size, c.budgets, c.seeds = 6, 8, (1, 2, 4, 8), (0, 1)
   c.max_new_tokens, c.rows_per_call = 16, 48
+  c.search_methods, c.search_budgets, c.search_seeds = ("pf",), (2,), (0,)
+  c.max_step_tokens, c.max_steps = 6, 3
   return root, c
 
 
@@ -63,7 +65,7 @@ def test_rerun_does_no_work_and_kill_resume_matches(setup):
   full = str(root / "full")
   s1 = scaling.run_sweep(c, full)
   assert s1["pools_generated"] == 2
-  n_rows = len(c.methods) * len(c.budgets) * len(c.seeds)
+  n_rows = len(c.methods) * len(c.budgets) * len(c.seeds) + 1  # + one PF row
   assert s1["new_rows"] == n_rows
   s2 = scaling.run_sweep(c, full)  # second run: nothing to do
   assert s2["pools_generated"] == 0 and s2["new_rows"] == 0
