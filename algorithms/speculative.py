@@ -457,11 +457,11 @@ def compute_record(target, draft, config, out: SpecOutput, lengths_B) -> Compute
   """What the run spent (summed over rows). model_calls counts target AND draft calls
   after the prefill; the split is in the SpecOutput fields."""
   c = {k: np.asarray(v, np.float64) for k, v in out.counts.items()}
-  pre = np.asarray(lengths_B) - 1
-  pf = sum(float(np.sum(prefill_flops(m.cfg, pre))) for m in (target, draft)
-           if m is not None and getattr(m, "cfg", None) is not None
-           and (m is target or config.method != "autoregressive"))
-  n_models = 1 if config.method == "autoregressive" else 2
+  pre = np.asarray(lengths_B) - 1  # the last prompt token is the first block's root
+  models = [target] if config.method == "autoregressive" else [target, draft]
+  pf = sum(float(np.sum(prefill_flops(m.cfg, pre))) for m in models
+           if getattr(m, "cfg", None) is not None)
+  n_models = len(models)
   dec = float(np.sum(_model_flops(target, c["t_tok"], c["t_ctx"])))
   if config.method != "autoregressive":
     dec += float(np.sum(_model_flops(draft, c["d_tok"], c["d_ctx"])))
@@ -505,7 +505,13 @@ def speculative_generate(target, target_params, draft, draft_params, prompts, ke
       raise ValueError(f"prompt {int(lengths.max())} + max_new_tokens "
                        f"{config.max_new_tokens} + tree {config.tree_tokens} exceeds "
                        f"ModelConfig.max_seq_len={max_seq}")
+  # Sampling values are array leaves of `Sampling`: strip them from the static config
+  # so that e.g. a temperature sweep reuses one compiled program.
+  static_cfg = dataclasses.replace(
+      config, sampling_temperature=1.0,
+      sampling_top_p=None if config.sampling().use_top_p is False else 0.5,
+      sampling_min_p=None if not config.sampling_min_p else 0.5)
   out = _generate_jit(target, target_params, draft, draft_params, jnp.asarray(tokens),
-                      jnp.asarray(lengths), key, config.sampling(), config=config,
+                      jnp.asarray(lengths), key, config.sampling(), config=static_cfg,
                       cache_size=cache_size)
   return out, compute_record(target, draft, config, out, lengths)

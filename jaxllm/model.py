@@ -63,16 +63,17 @@ def _softcap(x, cap):
   return x if cap is None else cap * jnp.tanh(x / cap)
 
 
-def attention(q_BxTxHxK, k_BxKvxSxK, v_BxKvxSxK, mask_BxTxS, cfg: ModelConfig):
+def attention(q_BxTxHxK, kT_BxKvxKxS, v_BxKvxSxK, mask_BxTxS, cfg: ModelConfig):
   """Grouped-query attention with an explicit boolean mask (plain jnp).
 
-  Keys/values are KV-head-major ([B, Kv, S, K], the cache layout), so both
-  products are batched matmuls over (B, Kv) with no transpose of the cache.
+  Keys come transposed ([B, Kv, K, S]) and values as [B, Kv, S, K] (the cache
+  layout), so both products are batched matmuls over (B, Kv) with no
+  transpose of the cache.
   """
   B, T, H, K = q_BxTxHxK.shape
-  Kv = k_BxKvxSxK.shape[1]
+  Kv = kT_BxKvxKxS.shape[1]
   q = q_BxTxHxK.reshape(B, T, Kv, H // Kv, K).transpose(0, 2, 3, 1, 4)
-  s = jnp.einsum("bkgtd,bksd->bkgts", q, k_BxKvxSxK,
+  s = jnp.einsum("bkgtd,bkds->bkgts", q, kT_BxKvxKxS,
                  preferred_element_type=jnp.float32) * cfg.attn_scale
   s = _softcap(s, cfg.attn_softcap)
   s = jnp.where(mask_BxTxS[:, None, None], s, NEG_INF)
@@ -188,9 +189,9 @@ def forward(params: Params,
     q = apply_rope(q, positions_BxT, inv_freq)
     k = apply_rope(k, positions_BxT, inv_freq)
     if cache is None:
-      keys, vals = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+      keys, vals = k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3)
     else:
-      keys = write_new(cache.k[i], k, lengths)
+      keys = write_new(cache.k[i], k, lengths, keys=True)
       vals = write_new(cache.v[i], v, lengths)
       new_k.append(keys)
       new_v.append(vals)

@@ -292,11 +292,15 @@ def test_prompt_longer_than_cache():
 def test_commit_path_moves_entries():
   cfg, _ = make("gqa_tied")
   cache = init_cache(cfg, 1, 10)
-  marks = jnp.arange(10, dtype=jnp.float32)[None, None, :, None]
-  cache = cache.__class__(k=tuple(jnp.broadcast_to(marks, c.shape) for c in cache.k),
-                          v=cache.v, lengths=jnp.array([3]))
+  marks = jnp.arange(10, dtype=jnp.float32)
+  cache = cache.__class__(
+      k=tuple(jnp.broadcast_to(marks[None, None, None, :], c.shape)
+              for c in cache.k),
+      v=tuple(jnp.broadcast_to(marks[None, None, :, None], c.shape)
+              for c in cache.v), lengths=jnp.array([3]))
   out = commit_path(cache, jnp.array([[1, 4, 0]]), jnp.array([2]))
-  np.testing.assert_array_equal(out.k[0][0, 0, :6, 0], [0, 1, 2, 4, 7, 5])
+  np.testing.assert_array_equal(out.k[0][0, 0, 0, :6], [0, 1, 2, 4, 7, 5])
+  np.testing.assert_array_equal(out.v[0][0, 0, :6, 0], [0, 1, 2, 4, 7, 5])
   np.testing.assert_array_equal(out.lengths, [5])
 
 
