@@ -23,7 +23,7 @@ def get_config():
   c.methods = ("coverage", "majority", "weighted_majority_orm", "bon_orm",
                "bon_prm_min", "bon_prm_last", "bom_orm")
   # Search methods (run for real at each budget; see experiments/scaling.py).
-  c.search_methods = ("pf", "pf_smc", "beam", "dvts", "astar")
+  c.search_methods = ("pf", "pf_smc", "epf", "beam", "dvts", "astar")
   c.search_budgets = (4, 8, 16, 32, 64)
   c.search_seeds = (0,)
   c.max_step_tokens = 12  # one arith step line (+ delimiter) fits

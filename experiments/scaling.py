@@ -52,7 +52,7 @@ SELECTION_METHODS = ("coverage", "majority", "weighted_majority_orm",
 # Search methods run for real at every budget (N particles / paths; A*: a
 # generated-token budget of N * config.astar_tokens_per_sample), guided by the
 # PRM through its own KV cache (algorithms.scorers.ModelStepScorer).
-SEARCH_METHODS = ("pf", "pf_smc", "beam", "dvts", "astar")
+SEARCH_METHODS = ("pf", "pf_smc", "epf", "beam", "dvts", "astar")
 
 
 # ----------------------------- the sample pool -----------------------------
@@ -211,11 +211,14 @@ def run_search(method: str, k: int, policy, verifiers, problems, config,
   steps = dict(delimiter_ids=(TOK.newline_id,), stop_ids=(TOK.eos_id,),
                pad_id=TOK.pad_id)
   S, K = config.max_step_tokens, config.max_steps
-  if method in ("pf", "pf_smc"):
+  if method in ("pf", "pf_smc", "epf"):
+    # pf: the reference behaviour; pf_smc: incremental log-weights with
+    # ESS-triggered resampling; epf: reference + entropic annealing (ESS mode).
     pc = particle_filter.PFConfig(
         n_particles=k, max_steps=K, max_step_tokens=S,
-        weighting="reference" if method == "pf" else "smc",
-        ess_threshold=None if method == "pf" else 0.5, **steps)
+        weighting="smc" if method == "pf_smc" else "reference",
+        ess_threshold=0.5 if method == "pf_smc" else None,
+        entropic="ess" if method == "epf" else None, **steps)
     res, rec = particle_filter.run_particle_filter(
         model, params, scorer, rparams, prompts, key, pc)
     toks, lens = np.asarray(res.tokens), np.asarray(res.lengths)
