@@ -94,8 +94,8 @@ def load_hf_model(name, cfg, params, torch_threads):
   if torch_threads:
     torch.set_num_threads(torch_threads)
   if name == "smollm2":
-    from jaxllm.pretrained import smollm2_gguf_path
-    path = smollm2_gguf_path()
+    from jaxllm.pretrained import pretrained_path
+    path = pretrained_path("smollm2-135m-instruct")
     return transformers.AutoModelForCausalLM.from_pretrained(
         os.path.dirname(path), gguf_file=os.path.basename(path),
         dtype=torch.float32).eval()
