@@ -12,6 +12,9 @@ r"""Compute-optimal scaling sweep: methods x budgets x seeds -> accuracy vs FLOP
    majority = maj@k, weighted majority (ORM), best-of-N (ORM; PRM with
    min / last / prod / mean aggregation) = BoN@k, best-of-majority = BoM@k.
    One pool therefore yields the whole budget curve.
+   Search methods (particle filtering: reference / SMC / entropic, PRM beam
+   search, DVTS, A*) are run for real at each of `search_budgets`, guided by
+   the PRM through its own KV cache.
 3. Each (method, budget, seed) row is appended to `rows.jsonl` as soon as it
    is computed (one line, flushed and fsynced); a killed sweep rerun with the
    same --out_dir skips finished rows and loses nothing.
