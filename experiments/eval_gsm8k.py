@@ -30,6 +30,17 @@ flags.DEFINE_float("temperature", 0.7, "Sampling temperature.")
 flags.DEFINE_integer("max_new_tokens", 256, "Token budget per solution.")
 flags.DEFINE_integer("problems_per_call", 8, "Problems per generate call.")
 flags.DEFINE_string("out", "results/gsm8k_smollm2.json", "JSON output.")
+flags.DEFINE_bool("flexible", False, "Also accept the last number in the text "
+                  "when no marked answer (boxed / #### / 'the answer is') is "
+                  "found (lm-eval's 'flexible-extract').")
+
+
+def check(problem, text) -> bool:
+  from experiments.tasks import answers
+  if FLAGS.flexible:
+    got = answers.extract_answer(text, fallback_last_number=True)
+    return answers.answers_equal(got, problem.answer)
+  return gsm8k.check_answer(problem, text)
 
 
 def _texts(tok, out, n_rows):
@@ -57,7 +68,7 @@ def main(argv):
     g = generate(model, params, chunk, jax.random.key(0), FLAGS.max_new_tokens,
                  make_sampling(0.0), stop_tokens=[tok.eos_id], buckets=buckets)
     texts, lens = _texts(tok, g, n)
-    greedy += [gsm8k.check_answer(p, t) for p, t in zip(problems[i:i + n], texts)]
+    greedy += [check(p, t) for p, t in zip(problems[i:i + n], texts)]
     gen_tokens += int(lens.sum())
     s = generate(model, params, chunk, jax.random.key(1 + i),
                  FLAGS.max_new_tokens, make_sampling(FLAGS.temperature),
@@ -66,7 +77,7 @@ def main(argv):
     texts, lens = _texts(tok, s, n * FLAGS.samples)
     gen_tokens += int(lens.sum())
     for j in range(n):
-      correct.append([gsm8k.check_answer(problems[i + j], t) for t in
+      correct.append([check(problems[i + j], t) for t in
                       texts[j * FLAGS.samples:(j + 1) * FLAGS.samples]])
     el = time.perf_counter() - t0
     print(f"{i + n}/{len(problems)} problems: greedy {np.mean(greedy):.3f}, "
@@ -78,6 +89,7 @@ def main(argv):
   res = dict(model="SmolLM2-135M-Instruct (Q4_1 GGUF, float32)",
              n_problems=len(problems), greedy_accuracy=float(np.mean(greedy)),
              samples=FLAGS.samples, temperature=FLAGS.temperature,
+             extraction="flexible" if FLAGS.flexible else "strict",
              coverage={str(k): float(v) for k, v in zip(ks, cov)},
              generated_tokens=gen_tokens, seconds=time.perf_counter() - t0)
   print(json.dumps(res, indent=1))
