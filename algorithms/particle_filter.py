@@ -92,7 +92,7 @@ import numpy as np
 from algorithms import resampling as rs
 from algorithms.stepping import BUDGET, STOP, Step, reorder_rows, sample_step
 from jaxllm import flops as flops_lib
-from jaxllm.generate import pad_prompts
+from jaxllm.generate import check_prompts
 from jaxllm.sampling import log_probs, make_sampling
 
 TRACE_COUNT = {"particle_filter": 0}  # incremented at trace time
@@ -260,19 +260,7 @@ def prompt_flops(cfg, lengths) -> float:
 
 def prepare_prompts(model, prompts, prompt_lengths, pad_id, min_cache, cache_size):
   """Right-padded prompts (bucketed), lengths and a validated cache size."""
-  if prompt_lengths is None:
-    tokens, lengths = pad_prompts(prompts, pad_id)
-  else:
-    tokens = np.asarray(prompts, np.int32)
-    lengths = np.asarray(prompt_lengths, np.int32)
-    if tokens.ndim != 2 or lengths.shape != (tokens.shape[0],):
-      raise ValueError(f"prompts must be [P, T] with prompt_lengths [P]; got "
-                       f"{tokens.shape} and {lengths.shape}")
-    if lengths.min() < 1 or lengths.max() > tokens.shape[1]:
-      raise ValueError("prompt_lengths must be in [1, T]")
-  vocab = getattr(model, "vocab_size", None)
-  if vocab is not None and (tokens.min() < 0 or tokens.max() >= vocab):
-    raise ValueError(f"prompt token ids must be in [0, {vocab})")
+  tokens, lengths = check_prompts(model, prompts, prompt_lengths, pad_id)
   need = min_cache(tokens.shape[1])
   size = need if cache_size is None else cache_size
   if size < need:

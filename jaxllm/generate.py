@@ -101,6 +101,33 @@ def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int = 0,
   return arr, lens
 
 
+def check_prompts(model, prompts, prompt_lengths=None, pad_id: int = 0,
+                  buckets: Optional[Sequence[int]] = None):
+  """Validated, right-padded, bucketed prompts: (tokens_BxT, lengths_B).
+
+  `prompts` is a list of token lists, or a padded [B, T] array with
+  `prompt_lengths` [B]. Token ids are checked against the model's vocabulary.
+  """
+  if prompt_lengths is None:
+    tokens, lengths = pad_prompts(prompts, pad_id, buckets)
+  else:
+    tokens = np.asarray(prompts, np.int32)
+    lengths = np.asarray(prompt_lengths, np.int32)
+    if tokens.ndim != 2 or lengths.shape != (tokens.shape[0],):
+      raise ValueError(f"prompts must be [B, T] with prompt_lengths [B]; got "
+                       f"{tokens.shape} and {lengths.shape}")
+    if lengths.min() < 1 or lengths.max() > tokens.shape[1]:
+      raise ValueError("prompt_lengths must be in [1, T]")
+    T = bucket_length(tokens.shape[1], buckets)
+    tokens = np.pad(tokens, ((0, 0), (0, T - tokens.shape[1])),
+                    constant_values=pad_id)
+  vocab = getattr(model, "vocab_size", None)
+  if vocab is not None and (tokens.min() < 0 or tokens.max() >= vocab):
+    raise ValueError(f"prompt token ids must be in [0, {vocab}), got range "
+                     f"[{tokens.min()}, {tokens.max()}]")
+  return tokens, lengths
+
+
 def generate(model, params, prompts, key, max_new_tokens: int,
              sampling: Optional[Sampling] = None, *,
              prompt_lengths=None, stop_tokens: Sequence[int] = (),
@@ -130,23 +157,8 @@ def generate(model, params, prompts, key, max_new_tokens: int,
     raise ValueError(f"max_new_tokens must be a positive int, got "
                      f"{max_new_tokens!r}")
   sampling = make_sampling() if sampling is None else sampling
-  if prompt_lengths is None:
-    tokens, lengths = pad_prompts(prompts, pad_id, buckets)
-  else:
-    tokens = np.asarray(prompts, np.int32)
-    lengths = np.asarray(prompt_lengths, np.int32)
-    if tokens.ndim != 2 or lengths.shape != (tokens.shape[0],):
-      raise ValueError(f"prompts must be [B, T] with prompt_lengths [B]; got "
-                       f"{tokens.shape} and {lengths.shape}")
-    if lengths.min() < 1 or lengths.max() > tokens.shape[1]:
-      raise ValueError("prompt_lengths must be in [1, T]")
-    T = bucket_length(tokens.shape[1], buckets)
-    tokens = np.pad(tokens, ((0, 0), (0, T - tokens.shape[1])),
-                    constant_values=pad_id)
-  vocab = getattr(model, "vocab_size", None)
-  if vocab is not None and (tokens.min() < 0 or tokens.max() >= vocab):
-    raise ValueError(f"prompt token ids must be in [0, {vocab}), got range "
-                     f"[{tokens.min()}, {tokens.max()}]")
+  tokens, lengths = check_prompts(model, prompts, prompt_lengths, pad_id,
+                                  buckets)
   need = int(lengths.max()) + max_new_tokens
   if cache_size is None:
     cache_size = tokens.shape[1] + max_new_tokens
