@@ -3,7 +3,7 @@
 `speculative_generate(target, target_params, draft, draft_params, prompts, key, config)`
 drives the exact probability-level algorithms of `algorithms/spec_trees.py` with two
 decode-interface models that share a vocabulary (`jaxllm.decoding.Transformer`, the
-layer-skipped `LayerSkipDraft` below, or the toy `BigramLM`). Methods (`config.method`):
+drafts of `algorithms/drafts.py`, or the toy `BigramLM`). Methods (`config.method`):
 
   autoregressive  plain sampling from the target, one target call per token (baseline)
   chain           single draft chain of `gamma` tokens (Leviathan / Chen)
@@ -62,6 +62,7 @@ import numpy as np
 from jax import lax
 
 from algorithms import spec_trees as st
+from algorithms.drafts import LayerSkipDraft, SubVocabDraft  # noqa: F401 (re-export)
 from jaxllm.decoding import Transformer
 from jaxllm.flops import Compute, decode_flops, prefill_flops
 from jaxllm.generate import pad_prompts
@@ -69,69 +70,6 @@ from jaxllm.sampling import Sampling, filter_logits, make_sampling, sample
 
 METHODS = ("autoregressive", "chain", "iid", "rsd_c", "rsd_s")
 TRACE_COUNT = {"speculative": 0}
-
-
-# ----------------------------------------------------------------------------------
-# Layer-skipped draft: a sub-model of the target, no training needed
-# ----------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class LayerSkipDraft:
-  """Decode interface of the target restricted to a subset of its layers.
-
-  Takes the TARGET's params; every call runs only `layers` (in order) followed by the
-  shared final norm and LM head, with its own KV cache holding just those layers.
-  `layers=tuple(range(n))` is the early-exit sub-model of the first n layers (the SoFT
-  draft); any increasing subset (e.g. first, last and evenly spaced) is allowed.
-  """
-
-  target_cfg: Any  # ModelConfig of the full model
-  layers: tuple
-
-  def __post_init__(self):
-    layers = tuple(int(i) for i in self.layers)
-    n = self.target_cfg.n_layers
-    if not layers or any(b <= a for a, b in zip(layers, layers[1:])) or \
-        layers[0] < 0 or layers[-1] >= n:
-      raise ValueError(f"LayerSkipDraft.layers must be a non-empty increasing tuple of "
-                       f"layer indices in [0, {n}), got {self.layers!r}")
-    object.__setattr__(self, "layers", layers)
-
-  @property
-  def cfg(self):
-    """Config of the sub-model (what its cache and FLOPs are sized by)."""
-    win = self.target_cfg.windows
-    return self.target_cfg.replace(n_layers=len(self.layers),
-                                   layer_windows=tuple(win[i] for i in self.layers))
-
-  @property
-  def vocab_size(self) -> int:
-    return self.target_cfg.vocab_size
-
-  def sub_params(self, params):
-    return dataclasses.replace(params, layers=tuple(params.layers[i] for i in self.layers))
-
-  def _m(self):
-    return Transformer(self.cfg)
-
-  def prefill(self, params, tokens_BxT, lengths_B, cache_size: int):
-    return self._m().prefill(self.sub_params(params), tokens_BxT, lengths_B, cache_size)
-
-  def extend(self, params, state, tokens_BxS, valid_BxS=None):
-    return self._m().extend(self.sub_params(params), state, tokens_BxS, valid_BxS)
-
-  def reorder(self, state, index_N):
-    return self._m().reorder(state, index_N)
-
-  def lengths(self, state):
-    return state.lengths
-
-  def score_tree(self, params, state, tokens_BxM, parent_M):
-    return self._m().score_tree(self.sub_params(params), state, tokens_BxM, parent_M)
-
-  def commit(self, state, path_BxL, n_accept_B):
-    return self._m().commit(state, path_BxL, n_accept_B)
 
 
 # ----------------------------------------------------------------------------------

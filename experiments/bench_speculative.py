@@ -4,20 +4,28 @@ For each model pair and each method (single chain, i.i.d. multi-draft, RSD-C, RS
 at equal target budget (draft tokens the target scores per call, root excluded: the
 `--budgets`) and at equal depth (`--depth`), it reports
   tau   block efficiency = tokens emitted per target call;
-  MBSU  memory-bound speed-up c * tau / (c * L + 1), c = target/draft FLOPs per token
-        (jaxllm.flops), L = draft calls per block;
+  MBSU  memory-bound speed-up c * tau / (c + L), c = target/draft FLOPs per token
+        (jaxllm.flops), L = draft calls per block: a block costs one target call plus
+        L draft calls, i.e. 1 + L / c target-call units, and emits tau tokens.
+        (../shared/ALGORITHMS.md writes c * tau / (c * L + 1); that tends to tau / L,
+        not tau, as the draft becomes free, so it is not used.)
   wall  wall-clock speed-up over autoregressive sampling through the same driver,
-        batch 1, after a warm-up (compile) run, same prompts and token counts.
+        batch 1, after a warm-up (compile) run, same prompts and token counts;
+  wall_gen  the same against `jaxllm.generate` (the fastest plain sampler here).
 Pairs: `tiny` = the arith policy (results/arith/policy, from experiments/train_policy)
 with its first `--tiny_draft_layers` layers as the draft (a random 3-layer pair if no
 policy is there); `smollm` = SmolLM2-135M with its first `--smollm_draft_layers` of 30
-layers as the draft (skipped with a message if the GGUF package is not installed).
+layers as the draft (skipped with a message if the GGUF package is not installed);
+`smollm_distilled` = SmolLM2-135M with the sub-vocabulary draft distilled by
+experiments/train_draft.py (results/smollm2/draft), on held-out GSM8K problems.
 The layer-skipped drafts are untrained early exits (no SoFT): expect low acceptance.
 
   python -m experiments.bench_speculative                         # ~5 min on 2 CPUs
   python -m experiments.bench_speculative --pairs=tiny --budgets=4,8,16,32
   python -m experiments.bench_speculative --smollm_methods=chain,iid,rsd_c,rsd_s \
       --smollm_budgets=4,8,16 --max_new_tokens=64 --prompts=4
+  python -m experiments.bench_speculative --pairs=smollm_distilled \
+      --distilled_budgets=4,8 --max_new_tokens=64
 
 Compile time dominates on CPU (SmolLM: ~20 s autoregressive, ~50 s per tree config),
 so the default SmolLM run is small; widen it with the flags.
@@ -29,19 +37,23 @@ import json
 import os
 import time
 
-from absl import app, flags
+from absl import app, flags, logging
 
 import jax
 import numpy as np
 
-from algorithms.speculative import LayerSkipDraft, SpecConfig, speculative_generate
+from algorithms.drafts import LayerSkipDraft, load_draft
+from algorithms.speculative import SpecConfig, speculative_generate
 from jaxllm import flops as flops_lib
+from jaxllm.generate import generate
+from jaxllm.sampling import make_sampling
 from jaxllm.config import ModelConfig
 from jaxllm.decoding import Transformer
 from jaxllm.params import init_params
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("pairs", ["tiny", "smollm"], "Model pairs: tiny, smollm.")
+flags.DEFINE_list("pairs", ["tiny", "smollm", "smollm_distilled"],
+                  "Model pairs: tiny, smollm, smollm_distilled.")
 flags.DEFINE_list("budgets", ["4", "8", "16"], "Draft tokens per target call (tiny).")
 flags.DEFINE_integer("depth", 4, "Depth of the equal-depth comparison (tiny).")
 flags.DEFINE_list("methods", ["chain", "iid", "rsd_c", "rsd_s"], "Methods (tiny).")
@@ -50,6 +62,12 @@ flags.DEFINE_list("smollm_budgets", ["8"], "Budgets (smollm).")
 flags.DEFINE_bool("smollm_equal_depth", False, "Also the equal-depth group (smollm).")
 flags.DEFINE_integer("tiny_draft_layers", 1, "Draft = first n layers (tiny target).")
 flags.DEFINE_integer("smollm_draft_layers", 8, "Draft = first n of 30 layers.")
+flags.DEFINE_string("draft_dir", "results/smollm2/draft/draft",
+                    "Distilled SmolLM2 draft (experiments/train_draft.py).")
+flags.DEFINE_list("distilled_methods", ["chain", "iid", "rsd_c", "rsd_s"],
+                  "Methods (smollm_distilled).")
+flags.DEFINE_list("distilled_budgets", ["4", "8"], "Budgets (smollm_distilled).")
+flags.DEFINE_integer("distilled_prompts", 2, "Held-out GSM8K prompts (distilled).")
 flags.DEFINE_string("policy_dir", "results/arith/policy", "Trained arith policy.")
 flags.DEFINE_integer("max_new_tokens", 32, "Tokens per prompt.")
 flags.DEFINE_integer("prompts", 4, "Prompts per config (tiny), each run at batch 1.")
@@ -92,7 +110,7 @@ def _describe(c: SpecConfig) -> str:
 
 
 def tiny_pair():
-  """(name, target cfg, params, draft layers, prompts)."""
+  """(name, target cfg, params, draft, draft params, prompts)."""
   n = FLAGS.tiny_draft_layers
   path = FLAGS.policy_dir
   if os.path.isdir(os.path.join(path, "policy")):
@@ -102,34 +120,62 @@ def tiny_pair():
     tok = arith.TOKENIZER
     problems = arith.generate(FLAGS.prompts, seed=FLAGS.seed + 123)
     prompts = [tok.encode(p.prompt, add_bos=True) for p in problems]
-    return "arith-policy", cfg, params, tuple(range(n)), prompts
+    return "arith-policy", cfg, params, LayerSkipDraft(cfg, range(n)), params, prompts
   print(f"no trained policy at {path}: using a random 3-layer pair")
   cfg = ModelConfig(vocab_size=64, d_model=64, n_layers=3, n_heads=4, n_kv_heads=2,
                     d_ff=128, max_seq_len=256)
   params = init_params(cfg, jax.random.key(FLAGS.seed))
   rng = np.random.default_rng(FLAGS.seed)
   prompts = [list(rng.integers(0, 64, size=8)) for _ in range(FLAGS.prompts)]
-  return "random-3L", cfg, params, tuple(range(n)), prompts
+  return "random-3L", cfg, params, LayerSkipDraft(cfg, range(n)), params, prompts
 
 
-def smollm_pair():
+def _smollm():
   try:
     from jaxllm.pretrained import load_pretrained
-    cfg, params, tok = load_pretrained("smollm2-135m-instruct")
+    return load_pretrained("smollm2-135m-instruct")
   except (ValueError, ImportError) as e:
     print(f"skipping smollm: {e}")
     return None
+
+
+def smollm_pair():
+  got = _smollm()
+  if got is None:
+    return None
+  cfg, params, tok = got
   texts = ["The capital of France is", "def fibonacci(n):",
            "Once upon a time, there was", "The three primary colors are"]
   prompts = [tok.encode(t) for t in texts][:FLAGS.smollm_prompts]
-  return "smollm2-135m", cfg, params, tuple(range(FLAGS.smollm_draft_layers)), prompts
+  draft = LayerSkipDraft(cfg, range(FLAGS.smollm_draft_layers))
+  return "smollm2-135m", cfg, params, draft, params, prompts
 
 
-def run_config(target, params, draft, c: SpecConfig, prompts, seed, repeats):
+def smollm_distilled_pair():
+  """SmolLM2 + its distilled sub-vocabulary draft, on the ORIGINAL GSM8K problems of
+  the templates the draft never saw (experiments/train_draft.heldout_problems)."""
+  if not os.path.exists(os.path.join(FLAGS.draft_dir, "draft.json")):
+    print(f"skipping smollm_distilled: no draft at {FLAGS.draft_dir} "
+          "(python -m experiments.train_draft)")
+    return None
+  got = _smollm()
+  if got is None:
+    return None
+  cfg, params, tok = got
+  draft, dparams, meta = load_draft(FLAGS.draft_dir)
+  from experiments.tasks import gsm8k
+  orig = gsm8k.load_original()
+  held = orig[int(meta.get("train_templates", 80)):][:FLAGS.distilled_prompts]
+  prompts = [tok.apply_chat_template(
+      [{"role": "user", "content": gsm8k.format_prompt(p.question)}]) for p in held]
+  return "smollm2-135m+distilled", cfg, params, draft, dparams, prompts
+
+
+def run_config(target, params, draft, dparams, c: SpecConfig, prompts, seed, repeats):
   """Warm-up (compile) on prompt 0, then timed batch-1 runs per prompt: the fastest
   of `repeats` runs is kept (the machine is shared; the minimum is the least noisy)."""
   key = jax.random.key(seed)
-  out, _ = speculative_generate(target, params, draft, params, [prompts[0]], key, c)
+  out, _ = speculative_generate(target, params, draft, dparams, [prompts[0]], key, c)
   out.tokens.block_until_ready()
   emitted = calls = accepted = 0
   wall = flops = 0.0
@@ -138,7 +184,7 @@ def run_config(target, params, draft, c: SpecConfig, prompts, seed, repeats):
     ts = []
     for _ in range(repeats):
       t0 = time.perf_counter()
-      out, comp = speculative_generate(target, params, draft, params, [p], k, c)
+      out, comp = speculative_generate(target, params, draft, dparams, [p], k, c)
       out.tokens.block_until_ready()
       ts.append(time.perf_counter() - t0)
     wall += min(ts)
@@ -152,18 +198,41 @@ def run_config(target, params, draft, c: SpecConfig, prompts, seed, repeats):
               flops_per_token=flops / n_tok)
 
 
-def bench_pair(name, cfg, params, layers, prompts, methods, budgets, depth, repeats):
-  target, draft = Transformer(cfg), LayerSkipDraft(cfg, layers)
+def run_generate(target, params, prompts, seed, repeats):
+  """Plain `jaxllm.generate` at batch 1 (no stop tokens), same token count."""
+  s = make_sampling(FLAGS.temperature)
+  key = jax.random.key(seed)
+  generate(target, params, [prompts[0]], key, FLAGS.max_new_tokens, s).tokens \
+      .block_until_ready()
+  wall = 0.0
+  for p in prompts:
+    ts = []
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      generate(target, params, [p], key, FLAGS.max_new_tokens, s).tokens \
+          .block_until_ready()
+      ts.append(time.perf_counter() - t0)
+    wall += min(ts)
+  return wall / (len(prompts) * FLAGS.max_new_tokens)
+
+
+def bench_pair(name, cfg, params, draft, dparams, prompts, methods, budgets, depth,
+               repeats):
+  target = Transformer(cfg)
   ctx = np.mean([len(p) for p in prompts]) + FLAGS.max_new_tokens / 2
   c = float(flops_lib.decode_flops(cfg, ctx) / flops_lib.decode_flops(draft.cfg, ctx))
   kw = dict(max_new_tokens=FLAGS.max_new_tokens, sampling_temperature=FLAGS.temperature)
-  print(f"\n== {name}: target {cfg.n_layers} layers, draft layers {list(layers)}, "
-        f"c = target/draft FLOPs per token = {c:.2f}, batch 1, "
+  what = (f"draft layers {list(draft.layers)}" if isinstance(draft, LayerSkipDraft) else
+          f"draft {draft.cfg.n_layers} layers over {draft.cfg.vocab_size - 1} tokens")
+  print(f"\n== {name}: target {cfg.n_layers} layers, {what}, "
+        f"c = target/draft FLOPs per token = {c:.2f}, batch 1, T={FLAGS.temperature}, "
         f"{len(prompts)} prompt(s) x {FLAGS.max_new_tokens} tokens", flush=True)
   t0 = time.perf_counter()
   ar = SpecConfig(method="autoregressive", **kw)
-  base = run_config(target, params, None, ar, prompts, FLAGS.seed, repeats)
-  print(f"autoregressive: {base['s_per_token'] * 1e3:.2f} ms/token "
+  base = run_config(target, params, None, None, ar, prompts, FLAGS.seed, repeats)
+  gen_s = run_generate(target, params, prompts, FLAGS.seed, repeats)
+  print(f"autoregressive: {base['s_per_token'] * 1e3:.2f} ms/token through the driver, "
+        f"{gen_s * 1e3:.2f} with jaxllm.generate "
         f"(incl. compile {time.perf_counter() - t0:.0f} s)", flush=True)
   groups = [("budget", b, method_config(m, budget=b, **kw)) for b in budgets
             for m in methods]
@@ -171,54 +240,63 @@ def bench_pair(name, cfg, params, layers, prompts, methods, budgets, depth, repe
     groups += [("depth", depth, method_config(m, depth=depth, **kw)) for m in methods]
   rows = []
   hdr = (f"{'group':>9} {'method':>7} {'tree':>14} {'M':>3} {'L':>2} {'tau':>5} "
-         f"{'MBSU':>5} {'wall x':>6} {'ms/tok':>7} {'FLOPs/tok':>9}")
+         f"{'MBSU':>5} {'wall x':>6} {'gen x':>6} {'ms/tok':>7} {'FLOPs/tok':>9}")
   print(hdr)
   for group, val, sc in groups:
-    r = run_config(target, params, draft, sc, prompts, FLAGS.seed, repeats)
+    r = run_config(target, params, draft, dparams, sc, prompts, FLAGS.seed, repeats)
     L = sc.draft_calls_per_block
     r.update(pair=name, group=f"{group}={val}", method=sc.method, tree=_describe(sc),
              tree_tokens=sc.tree_tokens, draft_calls_per_block=L, c=c,
-             mbsu=c * r["tau"] / (c * L + 1),
-             wall_speedup=base["s_per_token"] / r["s_per_token"])
+             mbsu=c * r["tau"] / (c + L),
+             wall_speedup=base["s_per_token"] / r["s_per_token"],
+             wall_speedup_vs_generate=gen_s / r["s_per_token"])
     rows.append(r)
     print(f"{r['group']:>9} {sc.method:>7} {r['tree']:>14} {sc.tree_tokens:>3} {L:>2} "
           f"{r['tau']:>5.2f} {r['mbsu']:>5.2f} {r['wall_speedup']:>6.2f} "
+          f"{r['wall_speedup_vs_generate']:>6.2f} "
           f"{r['s_per_token'] * 1e3:>7.2f} {r['flops_per_token']:>9.3g}", flush=True)
-  # Re-time the baseline at the end (load on a shared machine drifts); keep the min
+  # Re-time the baselines at the end (load on a shared machine drifts); keep the min
   # for the speed-ups, which are recomputed from it.
-  again = run_config(target, params, None, ar, prompts, FLAGS.seed, repeats)
+  again = run_config(target, params, None, None, ar, prompts, FLAGS.seed, repeats)
+  gen_s = min(gen_s, run_generate(target, params, prompts, FLAGS.seed, repeats))
   if again["s_per_token"] < base["s_per_token"]:
     base = again
-    for r in rows:
-      r["wall_speedup"] = base["s_per_token"] / r["s_per_token"]
-    print(f"autoregressive re-timed: {base['s_per_token'] * 1e3:.2f} ms/token; wall x "
-          "column: " + " ".join(f"{r['wall_speedup']:.2f}" for r in rows))
-  base.update(pair=name, method="autoregressive", c=c)
-  return dict(pair=name, c=c, draft_layers=list(layers), autoregressive=base, rows=rows)
+  for r in rows:
+    r["wall_speedup"] = base["s_per_token"] / r["s_per_token"]
+    r["wall_speedup_vs_generate"] = gen_s / r["s_per_token"]
+  print(f"baselines re-timed (min kept): driver {base['s_per_token'] * 1e3:.2f} ms/token, "
+        f"generate {gen_s * 1e3:.2f}; wall x: " +
+        " ".join(f"{r['wall_speedup']:.2f}" for r in rows) + "; gen x: " +
+        " ".join(f"{r['wall_speedup_vs_generate']:.2f}" for r in rows))
+  base.update(pair=name, method="autoregressive", c=c, generate_s_per_token=gen_s)
+  return dict(pair=name, c=c, draft=what, autoregressive=base, rows=rows)
 
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # orbax logs every read at INFO
   t_start = time.perf_counter()
   results = dict(devices=str(jax.devices()), max_new_tokens=FLAGS.max_new_tokens,
                  temperature=FLAGS.temperature, pairs=[])
   for pair in FLAGS.pairs:
     if pair == "tiny":
-      name, cfg, params, layers, prompts = tiny_pair()
-      res = bench_pair(name, cfg, params, layers, prompts, FLAGS.methods,
-                       [int(b) for b in FLAGS.budgets], FLAGS.depth, FLAGS.repeats)
+      got, methods, budgets, depth, repeats = (tiny_pair(), FLAGS.methods, FLAGS.budgets,
+                                               FLAGS.depth, FLAGS.repeats)
     elif pair == "smollm":
-      got = smollm_pair()
-      if got is None:
-        continue
-      name, cfg, params, layers, prompts = got
-      res = bench_pair(name, cfg, params, layers, prompts, FLAGS.smollm_methods,
-                       [int(b) for b in FLAGS.smollm_budgets],
-                       FLAGS.depth if FLAGS.smollm_equal_depth else 0,
-                       FLAGS.smollm_repeats)
+      got, methods, budgets, repeats = (smollm_pair(), FLAGS.smollm_methods,
+                                        FLAGS.smollm_budgets, FLAGS.smollm_repeats)
+      depth = FLAGS.depth if FLAGS.smollm_equal_depth else 0
+    elif pair == "smollm_distilled":
+      got, methods, budgets, depth, repeats = (
+          smollm_distilled_pair(), FLAGS.distilled_methods, FLAGS.distilled_budgets, 0,
+          FLAGS.smollm_repeats)
     else:
-      raise ValueError(f"unknown pair {pair!r}; expected tiny or smollm")
-    results["pairs"].append(res)
+      raise ValueError(f"unknown pair {pair!r}; expected tiny, smollm or "
+                       "smollm_distilled")
+    if got is None:
+      continue
+    results["pairs"].append(bench_pair(*got, methods, [int(b) for b in budgets], depth,
+                                       repeats))
   results["total_s"] = time.perf_counter() - t_start
   os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
   with open(FLAGS.out, "w") as f:

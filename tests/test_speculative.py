@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from algorithms.drafts import init_sub_vocab_draft
 from algorithms.speculative import (METHODS, LayerSkipDraft, SpecConfig,
                                     speculative_generate)
 from jaxllm import flops as flops_lib
@@ -182,6 +183,27 @@ def test_transformer_layer_skip_draft_is_exact(method):
   # The layer-skipped draft is useful: some drafts get accepted.
   assert np.asarray(out.accepted).mean() > 0.2
   assert comp.decode_flops > 0 and comp.prefill_flops > 0
+
+
+@pytest.mark.parametrize("method", ["chain"] + [pytest.param(m, marks=SLOW)
+                                                for m in ("rsd_s", "rsd_c")])
+def test_transformer_sub_vocab_draft_is_exact(method):
+  """A draft that never proposes 3 of the 8 tokens (q = 0 where the target has mass:
+  the target's residual must supply them) still yields the target's distribution."""
+  cfg, params = _tiny()
+  draft, dparams = init_sub_vocab_draft(cfg, params, [0, 2, 3, 5, 7], 1)
+  n = 8_000
+  sc = SpecConfig(method=method, max_new_tokens=2, sampling_top_k=6,
+                  **TF_EXACT_KW[method])
+  out, _ = speculative_generate(Transformer(cfg), params, draft, dparams,
+                                [PROMPT] * n, jax.random.key(6), sc)
+  toks = np.asarray(out.tokens)
+  counts = np.bincount(toks[:, 0] * V_TF + toks[:, 1], minlength=V_TF ** 2)
+  exact = _exact_two_token_probs(cfg, params, PROMPT, top_k=6)
+  assert exact.reshape(V_TF, V_TF)[[1, 4, 6]].sum() > 0.05  # the missed tokens matter
+  pval = _chisquare(counts, exact, n)
+  assert pval > ALPHA, f"p-value {pval:.2e}"
+  assert np.asarray(out.accepted).mean() > 0.1
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,0 +1,280 @@
+r"""Distil a small sub-vocabulary draft for SmolLM2-135M-Instruct (speculative decoding).
+
+  python -m experiments.train_draft [--workdir=results/smollm2/draft] [--steps=300]
+
+The draft (`algorithms.drafts.SubVocabDraft`) is the target's first `--n_layers`
+layers + final norm, with a tied head over the `--vocab_subset` most frequent tokens
+of the data (+ one "other" class), initialised from SmolLM2's own weights and trained
+to match SmolLM2's next-token distribution. Stages (each cached in --workdir, so a
+rerun skips what is done and a killed run resumes from its last finished stage):
+
+  1. data: SmolLM2's temperature-1 answers to GSM8K variants of templates
+     [0, --train_templates) in the chat template (`make gsm8k-data`); shards of
+     --gen_batch prompts, written atomically.
+  2. teacher: SmolLM2's top-`--topk` next-token probabilities at every answer
+     position (the soft labels).
+  3. train: AdamW on the soft-label cross-entropy (`drafts.distill_loss_fn`) over
+     random windows of `--seq_len` tokens; only answer positions are trained.
+  4. eval: on SmolLM2's answers to the ORIGINAL problems of the held-out templates
+     [--train_templates, 100) (what bench_speculative times), the exact acceptance
+     rate of one draft token at temperature 1, E[sum_x min(p(x), q(x))], and greedy
+     agreement, before and after training.
+
+Writes <workdir>/draft (algorithms.drafts.save_draft) and <workdir>/metrics.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from absl import app, flags, logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from algorithms import drafts
+from experiments.tasks import gsm8k
+from jaxllm import train as train_lib
+from jaxllm.decoding import Transformer
+from jaxllm.generate import generate
+from jaxllm.model import forward
+from jaxllm.params import count_params
+from jaxllm.pretrained import load_pretrained
+from jaxllm.sampling import make_sampling
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", "results/smollm2/draft", "Output directory.")
+flags.DEFINE_integer("n_layers", 2, "Target layers the draft starts from.")
+flags.DEFINE_integer("vocab_subset", 8192, "Tokens the draft's head covers.")
+flags.DEFINE_integer("train_templates", 80, "Templates [0, n) train; the rest eval.")
+flags.DEFINE_integer("variants_per_template", 4, "Training prompts per template.")
+flags.DEFINE_integer("max_new_tokens", 256, "Answer length cap when generating data.")
+flags.DEFINE_integer("gen_batch", 64, "Prompts per generation call.")
+flags.DEFINE_integer("topk", 32, "Teacher probabilities kept per position.")
+flags.DEFINE_integer("steps", 300, "Training steps.")
+flags.DEFINE_integer("batch_size", 8, "Windows per step.")
+flags.DEFINE_integer("seq_len", 256, "Window length.")
+flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate.")
+flags.DEFINE_integer("eval_problems", 20, "Held-out originals for the eval.")
+flags.DEFINE_integer("seed", 0, "Seed.")
+
+BUCKETS = (256, 512)
+
+
+def chat_prompts(tok, problems):
+  return [tok.apply_chat_template([{"role": "user",
+                                    "content": gsm8k.format_prompt(p.question)}])
+          for p in problems]
+
+
+def heldout_problems(n: int):
+  """The original GSM8K problems of the held-out templates (bench_speculative's)."""
+  orig = gsm8k.load_original()
+  return [p for i, p in enumerate(orig) if i >= FLAGS.train_templates][:n]
+
+
+def _save_npz(path, **arrays):
+  tmp = path + ".tmp.npz"
+  np.savez(tmp, **arrays)
+  os.replace(tmp, path)
+
+
+def sample_answers(model, params, tok, prompts, seed):
+  """SmolLM2 temperature-1 answers: list of (prompt ids, answer ids incl. EOS)."""
+  out = []
+  for i in range(0, len(prompts), FLAGS.gen_batch):
+    chunk = prompts[i:i + FLAGS.gen_batch]
+    n = len(chunk)
+    chunk = chunk + [chunk[-1]] * (FLAGS.gen_batch - n)  # one shape per bucket
+    g = generate(model, params, chunk, jax.random.key(seed + i), FLAGS.max_new_tokens,
+                 make_sampling(1.0), stop_tokens=[tok.eos_id], buckets=BUCKETS)
+    toks, lens = np.asarray(g.tokens), np.asarray(g.lengths)
+    out += [(chunk[j], toks[j, :lens[j]].tolist()) for j in range(n)]
+  return out
+
+
+def stage_data(model, params, tok):
+  """Stage 1: shards of (prompt, answer) pairs for the training templates."""
+  os.makedirs(os.path.join(FLAGS.workdir, "data"), exist_ok=True)
+  problems = gsm8k.generate_variants(FLAGS.variants_per_template, seed=FLAGS.seed,
+                                     template_ids=range(FLAGS.train_templates))
+  prompts = chat_prompts(tok, problems)
+  pairs = []
+  for s, i in enumerate(range(0, len(prompts), FLAGS.gen_batch)):
+    path = os.path.join(FLAGS.workdir, "data", f"shard{s:03d}.npz")
+    if not os.path.exists(path):
+      t0 = time.perf_counter()
+      got = sample_answers(model, params, tok, prompts[i:i + FLAGS.gen_batch],
+                           FLAGS.seed * 1000 + s)
+      _save_npz(path, seqs=np.array([np.array(p + a, np.int32) for p, a in got],
+                                    dtype=object),
+                prompt_len=np.array([len(p) for p, _ in got]))
+      n_tok = sum(len(a) for _, a in got)
+      print(f"data shard {s}: {len(got)} answers, {n_tok} tokens, "
+            f"{time.perf_counter() - t0:.0f} s", flush=True)
+    z = np.load(path, allow_pickle=True)  # our own file, written just above
+    pairs += list(zip(z["seqs"], z["prompt_len"]))
+  return pairs
+
+
+def teacher_topk(model, params, seqs, prompt_lens, k):
+  """Per sequence: (ids [n, k], p [n, k]) of the target's next-token distribution at
+  positions prompt_len - 1 .. len - 2 (the ones that predict answer tokens)."""
+  cfg = model.cfg
+
+  @jax.jit
+  def topk(params, tokens_BxT):
+    logits, _, _ = forward(params, tokens_BxT, cfg)
+    p, ids = jax.lax.top_k(jax.nn.softmax(logits, axis=-1), k)
+    return ids, p
+
+  out = []
+  for s, pl in zip(seqs, prompt_lens):
+    T = next(b for b in BUCKETS + (cfg.max_seq_len,) if b >= len(s))
+    ids, p = topk(params, jnp.asarray(np.pad(s, (0, T - len(s)))[None]))
+    sl = slice(int(pl) - 1, len(s) - 1)
+    out.append((np.asarray(ids[0, sl], np.int32), np.asarray(p[0, sl], np.float16)))
+  return out
+
+
+def stage_teacher(model, params, pairs):
+  path = os.path.join(FLAGS.workdir, "teacher.npz")
+  if not os.path.exists(path):
+    t0 = time.perf_counter()
+    tk = teacher_topk(model, params, [s for s, _ in pairs], [p for _, p in pairs],
+                      FLAGS.topk)
+    _save_npz(path, ids=np.array([a for a, _ in tk], dtype=object),
+              p=np.array([b for _, b in tk], dtype=object))
+    print(f"teacher top-{FLAGS.topk}: {len(tk)} sequences, "
+          f"{time.perf_counter() - t0:.0f} s", flush=True)
+  z = np.load(path, allow_pickle=True)  # our own file
+  return list(zip(z["ids"], z["p"]))
+
+
+def make_batch_fn(pairs, teacher):
+  """batch_fn(step): random windows, deterministic in the step (resumable)."""
+  L, k = FLAGS.seq_len, FLAGS.topk
+
+  def batch_fn(step):
+    rng = train_lib.step_rng(FLAGS.seed, step)
+    tokens = np.zeros((FLAGS.batch_size, L), np.int32)
+    ids = np.zeros((FLAGS.batch_size, L, k), np.int32)
+    p = np.zeros((FLAGS.batch_size, L, k), np.float32)
+    w = np.zeros((FLAGS.batch_size, L), np.float32)
+    for b in range(FLAGS.batch_size):
+      i = int(rng.integers(len(pairs)))
+      s, pl = pairs[i]
+      pl = int(pl)
+      n_ans = len(s) - pl
+      # window start: somewhere from 64 tokens before the answer to its middle
+      lo = max(0, pl - 64)
+      hi = max(lo, min(pl + n_ans // 2, len(s) - 2))
+      o = int(rng.integers(lo, hi + 1))
+      seg = s[o:o + L]
+      tokens[b, :len(seg)] = seg
+      # position t (window) = o + t (sequence) predicts s[o+t+1]; trained iff that
+      # is an answer token, i.e. o + t >= pl - 1; teacher row = o + t - (pl - 1).
+      t = np.arange(len(seg))
+      r = o + t - (pl - 1)
+      ok = (r >= 0) & (o + t + 1 < len(s))
+      ids[b, t[ok]] = teacher[i][0][r[ok]]
+      p[b, t[ok]] = teacher[i][1][r[ok]]
+      w[b, t[ok]] = 1.0
+    return dict(tokens=tokens, topk_ids=ids, topk_p=p, weight=w)
+
+  return batch_fn
+
+
+def acceptance(target_cfg, tparams, draft, dparams, pairs):
+  """Exact one-token acceptance at temperature 1, E_pos[sum_x min(p, q)], and greedy
+  agreement, over the answer positions of `pairs`."""
+  @jax.jit
+  def both(tparams, dparams, tokens_BxT):
+    lp, _, _ = forward(tparams, tokens_BxT, target_cfg)
+    lq, _, _ = forward(dparams.inner, dparams.to_sub_V[tokens_BxT], draft.cfg)
+    lq = draft.full_logits(dparams, lq)
+    p, q = jax.nn.softmax(lp, -1), jax.nn.softmax(lq, -1)
+    return jnp.minimum(p, q).sum(-1), jnp.argmax(lp, -1) == jnp.argmax(lq, -1)
+
+  acc, agree = [], []
+  for s, pl in pairs:
+    T = next(b for b in BUCKETS + (target_cfg.max_seq_len,) if b >= len(s))
+    a, g = both(tparams, dparams, jnp.asarray(np.pad(s, (0, T - len(s)))[None]))
+    sl = slice(int(pl) - 1, len(s) - 1)
+    acc.append(np.asarray(a[0, sl]))
+    agree.append(np.asarray(g[0, sl]))
+  return float(np.concatenate(acc).mean()), float(np.concatenate(agree).mean())
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)  # orbax logs every write at INFO
+  t_start = time.perf_counter()
+  os.makedirs(FLAGS.workdir, exist_ok=True)
+  cfg, params, tok = load_pretrained("smollm2-135m-instruct")
+  model = Transformer(cfg)
+  pairs = stage_data(model, params, tok)
+  n_ans = sum(len(s) - int(pl) for s, pl in pairs)
+  print(f"data: {len(pairs)} answers, {n_ans} answer tokens", flush=True)
+  teacher = stage_teacher(model, params, pairs)
+
+  subset = drafts.frequent_tokens([s for s, _ in pairs], FLAGS.vocab_subset,
+                                  always=[tok.eos_id])
+  ans_tok = np.concatenate([s[int(pl):] for s, pl in pairs])
+  cover = float(np.isin(ans_tok, subset).mean())
+  draft, dparams = drafts.init_sub_vocab_draft(cfg, params, subset, FLAGS.n_layers)
+  print(f"draft: {FLAGS.n_layers} layers, head over {FLAGS.vocab_subset} tokens "
+        f"(covering {cover:.2%} of answer tokens), {count_params(dparams.inner):,} "
+        f"params vs target {count_params(params):,}", flush=True)
+
+  held = heldout_problems(FLAGS.eval_problems)
+  held_path = os.path.join(FLAGS.workdir, "heldout.npz")
+  if not os.path.exists(held_path):
+    got = sample_answers(model, params, tok, chat_prompts(tok, held), 10**6)
+    _save_npz(held_path, seqs=np.array([np.array(p + a, np.int32) for p, a in got],
+                                       dtype=object),
+              prompt_len=np.array([len(p) for p, _ in got]))
+  z = np.load(held_path, allow_pickle=True)  # our own file
+  held_pairs = list(zip(z["seqs"], z["prompt_len"]))
+  acc0, agree0 = acceptance(cfg, params, draft, dparams, held_pairs)
+  print(f"before training: acceptance {acc0:.3f}, greedy agreement {agree0:.3f}",
+        flush=True)
+
+  opt, _ = train_lib.make_optimizer(FLAGS.learning_rate, warmup_steps=20,
+                                    total_steps=FLAGS.steps, weight_decay=0.01)
+  state = train_lib.init_train_state(dparams.inner, opt, jax.random.key(FLAGS.seed))
+  step = train_lib.make_train_step(drafts.distill_loss_fn(draft, dparams.to_sub_V), opt)
+  t0 = time.perf_counter()
+  state, hist = train_lib.train_loop(
+      state, step, make_batch_fn(pairs, teacher), FLAGS.steps,
+      log_every=max(1, FLAGS.steps // 10),
+      tokens_fn=lambda b: int(b["weight"].sum()))
+  train_s = time.perf_counter() - t0
+  dparams = drafts.SubVocabParams(state.params, dparams.to_sub_V, dparams.to_full_K)
+  acc1, agree1 = acceptance(cfg, params, draft, dparams, held_pairs)
+  print(f"after training: acceptance {acc1:.3f}, greedy agreement {agree1:.3f} "
+        f"({train_s:.0f} s training)", flush=True)
+  metrics = dict(n_layers=FLAGS.n_layers, vocab_subset=FLAGS.vocab_subset,
+                 answer_token_coverage=cover, train_answers=len(pairs),
+                 train_answer_tokens=int(n_ans), steps=FLAGS.steps,
+                 draft_params=count_params(dparams.inner),
+                 target_params=count_params(params),
+                 acceptance_before=acc0, greedy_agreement_before=agree0,
+                 acceptance_after=acc1, greedy_agreement_after=agree1,
+                 heldout_answers=len(held_pairs), train_seconds=train_s,
+                 history=hist, total_seconds=time.perf_counter() - t_start)
+  drafts.save_draft(os.path.join(FLAGS.workdir, "draft"), draft, dparams,
+                    meta=dict(target="smollm2-135m-instruct",
+                              train_templates=FLAGS.train_templates, **{
+                                  k: v for k, v in metrics.items() if k != "history"}))
+  with open(os.path.join(FLAGS.workdir, "metrics.json"), "w") as f:
+    json.dump(metrics, f, indent=1)
+  print(f"wrote {FLAGS.workdir}/draft and metrics.json "
+        f"({metrics['total_seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+  app.run(main)
