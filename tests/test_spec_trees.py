@@ -399,3 +399,28 @@ def test_bad_inputs_raise():
     st.bigram_generate(key, "beam", jnp.eye(4), jnp.eye(4), 0, 3)
   with pytest.raises(ValueError, match="tables"):
     st.bigram_generate(key, "chain", jnp.eye(4), jnp.eye(3), 0, 3, gamma=2)
+
+
+def test_top_down_gumbel_values_match_direct_gumbel_perturbation():
+  """top_down_gumbel_top_k's (tokens, values) have the law of the top-k of
+  log q + Gumbel computed directly from V Gumbel variates: two-sample KS tests on each
+  of the k values and on the second value given the first token (the token order law
+  is checked by test_gumbel_top_k_is_sequential_sampling_without_replacement)."""
+  q = np.array([0.45, 0.3, 0.15, 0.07, 0.03], np.float32)
+  n = 40_000
+  keys = jax.random.split(jax.random.key(8), n)
+  tok, val = jax.jit(jax.vmap(lambda kk: st.top_down_gumbel_top_k(kk, jnp.asarray(q), 3)))(
+      keys)
+  tok, val = np.asarray(tok), np.asarray(val)
+  g = np.random.default_rng(0).gumbel(size=(n, len(q))) + np.log(q)
+  ref_tok = np.argsort(-g, axis=1)[:, :3]
+  ref_val = -np.sort(-g, axis=1)[:, :3]
+  assert (np.diff(val, axis=1) <= 0).all()
+  for j in range(3):
+    assert stats.ks_2samp(val[:, j], ref_val[:, j]).pvalue > 1e-4
+  for x in range(2):  # values given the first token (independence is part of the law)
+    assert stats.ks_2samp(val[tok[:, 0] == x, 1], ref_val[ref_tok[:, 0] == x, 1]).pvalue > 1e-4
+  # exhausted support: distinct zero-mass tokens with value -inf
+  t2, v2 = st.top_down_gumbel_top_k(jax.random.key(1), jnp.array([0.0, 0.7, 0.0, 0.3]), 4)
+  assert sorted(np.asarray(t2)[:2].tolist()) == [1, 3]
+  assert sorted(np.asarray(t2)[2:].tolist()) == [0, 2] and np.isneginf(np.asarray(v2)[2:]).all()
