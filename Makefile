@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: install demo chat-demo test test-slow bench smollm gsm8k-data clean
+.PHONY: install demo genrm chat-demo test test-slow bench bench-speculative draft smollm gsm8k-data clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,6 +28,10 @@ gsm8k-data: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m experiments.demo
 
+# Solve vs verify: trains (or reuses) a generative arith verifier, S x V study.
+genrm: $(STAMP)
+	$(BIN)/python -m experiments.genrm_allocation --config=configs/genrm_arith.py
+
 # SmolLM2-135M-Instruct: chat template, sampling, tokens/s.
 chat-demo: $(STAMP)
 	$(BIN)/python -m experiments.chat_demo
@@ -41,6 +45,13 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m experiments.bench_decode
+
+# Distil SmolLM2's sub-vocabulary draft, then benchmark speculative decoding.
+draft: $(STAMP) gsm8k-data
+	$(BIN)/python -m experiments.train_draft
+
+bench-speculative: $(STAMP)
+	$(BIN)/python -m experiments.bench_speculative
 
 clean:
 	rm -rf $(VENV) .pytest_cache results

@@ -1,0 +1,599 @@
+r"""Solve versus verify: self-consistency against a generative verifier (GenRM)
+at equal compute, and the compute-optimal split between solutions and
+verifications.
+
+  python -m experiments.genrm_allocation --config=configs/genrm_arith.py \
+      [--config.n_problems=64] [--out_dir=results/arith/genrm]
+
+1. Verifier: trained by experiments/train_genverifier.py into
+   `config.verifier_dir` if that has no finished verifier yet.
+2. Pool, on the policy's held-out problems (saved atomically, reused on rerun):
+   `sc_pool_size` temperature-1 solutions per problem (each prompt prefilled
+   once and forked, `generate(num_samples=...)`) -> `solutions.npz`; for the
+   first `pool_size` of them, `verifications` sampled verification chains each
+   (each verifier prompt prefilled once and forked) -> one
+   `verify_chunkNNN.npz` per `chunk_problems` problems, so a killed run loses
+   at most one chunk. `pool_meta.json` pins the settings the pool was made with.
+3. Estimates (exact or unbiased, from the one pool): GenRM accuracy at every
+   (S, V) of the grid = best of S by the fraction of Yes among V verdicts,
+   ties broken uniformly at random (algorithms/genrm.py, exact); the same with
+   ties broken by majority vote among the tied (Monte Carlo); self-consistency
+   maj@S (algorithms/estimators.py, ties random). Rows are appended to
+   `rows.jsonl` (the resumable pattern of experiments/scaling.py).
+4. Budgets: C(S, V) = S * (1 + lambda * V), lambda = mean verification chain
+   tokens / mean solution tokens (generated tokens, EOS included, measured in
+   the pool); FLOPs from jaxllm.flops: generator prefill (once per problem) +
+   S solution decodes; verifier prefill of its prompt (problem + candidate,
+   once per verified solution) + S * V chain decodes. C counts generated tokens
+   only, as in the paper; FLOPs count the verifier re-reading the candidate.
+5. Report: the (S, V) accuracy table; per budget C the best (S, V) and SC at
+   equal C (SC spends all of C on solutions: S = floor(C), measured up to
+   `sc_pool_size`); the crossing (smallest budget from which the best GenRM
+   configuration beats SC at every larger budget in range); the GenRM budget
+   needed to match SC; fits S_opt ~ C^a, V_opt ~ C^b over the compute-optimal
+   grid points (least squares in log-log, R^2); JSON + PNG in --out_dir, whose
+   path is the last printed line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from algorithms import estimators, genrm
+from experiments import analysis, config_utils, scaling
+from experiments import train_genverifier as tg
+from experiments import train_policy as tp
+from experiments.tasks import arith
+from jaxllm import flops as flops_lib
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), "configs", "genrm_arith.py")
+TOK = arith.TOKENIZER
+META_KEYS = ("seed", "policy_dir", "verifier_dir", "n_problems", "pool_size",
+             "sc_pool_size", "verifications", "temperature", "max_new_tokens",
+             "max_verify_tokens")
+
+
+# ------------------------------- the pool ----------------------------------
+
+
+def _atomic_savez(path, **arrays):
+  scaling._atomic_savez(path, **arrays)
+
+
+def _check_meta(config, out_dir):
+  """Write pool_meta.json, or check that the existing pool was made with the
+  same settings (a different pool would silently mix two experiments)."""
+  meta = {k: config[k] for k in META_KEYS}
+  path = os.path.join(out_dir, "pool_meta.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    diff = {k: (old.get(k), meta[k]) for k in META_KEYS if old.get(k) != meta[k]}
+    if diff:
+      raise ValueError(f"{out_dir} holds a pool made with other settings "
+                       f"(field: (pool, config)) {diff}; use another --out_dir")
+  else:
+    with open(path + ".tmp", "w") as f:
+      json.dump(meta, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def build_solutions(policy, problems, config) -> dict:
+  """sc_pool_size solutions per problem, labelled by the exact checker."""
+  cfg, params = policy
+  P, N = len(problems), config.sc_pool_size
+  prompts = [TOK.encode(p.prompt, add_bos=True) for p in problems]
+  toks, lens = tg.sample_forked(cfg, params, prompts,
+                                jax.random.PRNGKey(config.seed * 7919 + 1), N,
+                                config.max_new_tokens, config.temperature,
+                                config.rows_per_call)
+  texts = tg.decode_rows(toks, lens)
+  answers = [[arith.extract_answer(texts[p * N + n]) for n in range(N)]
+             for p in range(P)]
+  correct = np.array([[arith.check_answer(problems[p], texts[p * N + n])
+                       for n in range(N)] for p in range(P)], bool)
+  target = np.array([[tg.verification_target(problems[p], texts[p * N + n])[1]
+                      for n in range(N)] for p in range(P)], bool)
+  return dict(tokens=toks.reshape(P, N, -1).astype(np.uint8),
+              lengths=lens.reshape(P, N).astype(np.int32),
+              prompt_lengths=np.array([len(x) for x in prompts], np.int32),
+              answers=scaling._dense_answer_ids(answers), correct=correct,
+              target_verdict=target)
+
+
+def build_verification_chunk(verifier, problems, sol, lo, hi, config) -> dict:
+  """`verifications` chains for each of the first pool_size solutions of
+  problems lo..hi-1."""
+  vcfg, vparams = verifier
+  N, M = config.pool_size, config.verifications
+  probs, cands = [], []
+  for p in range(lo, hi):
+    for n in range(N):
+      probs.append(problems[p])
+      cands.append(TOK.decode(sol["tokens"][p, n, :sol["lengths"][p, n]]))
+  key = jax.random.fold_in(jax.random.PRNGKey(config.seed * 7919 + 2), lo)
+  yes, lens, vpl = tg.verify_candidates(vcfg, vparams, probs, cands, key, config, M)
+  B = hi - lo
+  return dict(yes=yes.reshape(B, N, M), chain_lengths=lens.reshape(B, N, M)
+              .astype(np.int32), verifier_prompt_lengths=vpl.reshape(B, N)
+              .astype(np.int32))
+
+
+def load_or_build_pool(config, out_dir, log=print):
+  """The pool (dict of arrays), building whatever is missing. Returns (pool,
+  info) with what was generated and how long each stage took."""
+  _check_meta(config, out_dir)
+  info = {"solutions_generated": False, "chunks_generated": 0}
+  P, C = config.n_problems, config.chunk_problems
+  chunks = [(lo, min(lo + C, P)) for lo in range(0, P, C)]
+  sol_path = os.path.join(out_dir, "solutions.npz")
+  chunk_path = lambda i: os.path.join(out_dir, f"verify_chunk{i:03d}.npz")
+  need_sol = not os.path.exists(sol_path)
+  need_chunks = [i for i in range(len(chunks)) if not os.path.exists(chunk_path(i))]
+  policy = verifier = problems = None
+  if need_sol or need_chunks:
+    pcfg, pparams, pconfig = tp.load_policy(config.policy_dir)
+    policy = (pcfg, pparams)
+    problems = tp.heldout_problems(pconfig, P)
+  t0 = time.perf_counter()
+  if need_sol:
+    sol = build_solutions(policy, problems, config)
+    _atomic_savez(sol_path, **sol)
+    info["solutions_generated"] = True
+    log(f"pool: {P} x {config.sc_pool_size} solutions in "
+        f"{time.perf_counter() - t0:.0f}s")
+  else:
+    sol = dict(np.load(sol_path))
+  info["solutions_s"] = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  if need_chunks:
+    verifier = tg.load_verifier(config.verifier_dir)
+    for i in need_chunks:
+      t1 = time.perf_counter()
+      ch = build_verification_chunk(verifier, problems, sol, *chunks[i], config)
+      _atomic_savez(chunk_path(i), **ch)
+      info["chunks_generated"] += 1
+      log(f"pool: verified problems {chunks[i][0]}-{chunks[i][1] - 1} "
+          f"({(chunks[i][1] - chunks[i][0]) * config.pool_size} solutions x "
+          f"{config.verifications}) in {time.perf_counter() - t1:.0f}s")
+  info["verifications_s"] = time.perf_counter() - t0
+  parts = [dict(np.load(chunk_path(i))) for i in range(len(chunks))]
+  pool = dict(sol)
+  for k in parts[0]:
+    pool[k] = np.concatenate([p[k] for p in parts])
+  want = (P, config.pool_size, config.verifications)
+  if pool["yes"].shape != want or pool["correct"].shape != (P, config.sc_pool_size):
+    raise ValueError(f"pool in {out_dir} has shapes {pool['yes'].shape} / "
+                     f"{pool['correct'].shape}, config wants {want}")
+  return pool, info
+
+
+# ---------------------------- compute accounting ---------------------------
+
+
+def _decode_flops(cfg, prompt_len, new_tokens) -> np.ndarray:
+  """Decode FLOPs of new_tokens tokens after prompt_len (elementwise), via
+  jaxllm.flops on the unique (prompt, new) pairs."""
+  pl, nt = np.broadcast_arrays(np.asarray(prompt_len), np.asarray(new_tokens))
+  pairs, inv = np.unique(np.stack([pl.ravel(), nt.ravel()], 1), axis=0,
+                         return_inverse=True)
+  f = (flops_lib.generate_flops(cfg, pairs[:, 0], pairs[:, 1])
+       - flops_lib.prefill_flops(cfg, pairs[:, 0]))
+  return f[np.ravel(inv)].reshape(pl.shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class CostModel:
+  """Mean per-problem costs measured in the pool."""
+  lam: float  # verification tokens / solution tokens
+  solution_tokens: float
+  verification_tokens: float
+  prompt_tokens: float
+  verifier_prompt_tokens: float
+  gen_prefill_flops: float  # once per problem
+  gen_decode_flops: float  # per solution
+  ver_prefill_flops: float  # per verified solution (prompt + candidate)
+  ver_decode_flops: float  # per verification chain
+
+  def budget(self, s, v):
+    return genrm.budget(s, v, self.lam)
+
+  def compute(self, s: int, v: int) -> dict:
+    """jaxllm.flops.Compute of one problem at (S, V) (V = 0: no verifier)."""
+    rec = flops_lib.Compute(
+        prefill_tokens=self.prompt_tokens, generated_tokens=s * self.solution_tokens,
+        prefill_flops=self.gen_prefill_flops, decode_flops=s * self.gen_decode_flops)
+    if v > 0:
+      rec = rec + flops_lib.Compute(
+          verifier_tokens=s * (self.verifier_prompt_tokens
+                               + v * self.verification_tokens),
+          verifier_calls=float(s * v),
+          verifier_flops=s * (self.ver_prefill_flops + v * self.ver_decode_flops))
+    return rec.as_dict()
+
+
+def cost_model(pool, pcfg, vcfg) -> CostModel:
+  sol_len = pool["lengths"].astype(np.float64)
+  chain = pool["chain_lengths"].astype(np.float64)
+  pl, vpl = pool["prompt_lengths"], pool["verifier_prompt_lengths"]
+  return CostModel(
+      lam=genrm.token_ratio(chain, sol_len),
+      solution_tokens=float(sol_len.mean()),
+      verification_tokens=float(chain.mean()),
+      prompt_tokens=float(pl.mean()),
+      verifier_prompt_tokens=float(vpl.mean()),
+      gen_prefill_flops=float(flops_lib.prefill_flops(pcfg, pl).mean()),
+      gen_decode_flops=float(_decode_flops(pcfg, pl[:, None],
+                                           pool["lengths"]).mean()),
+      ver_prefill_flops=float(flops_lib.prefill_flops(
+          vcfg, np.unique(vpl))[np.searchsorted(np.unique(vpl), vpl)].mean()),
+      ver_decode_flops=float(_decode_flops(vcfg, vpl[..., None],
+                                           pool["chain_lengths"]).mean()))
+
+
+# ------------------------------- estimates ---------------------------------
+
+
+def estimate_rows(pool, config, rows, rows_path, cost: CostModel, log=print):
+  """Accuracy rows not yet in `rows` (keyed (method, S, seed)): 'sc' at every
+  needed S, 'genrm_v{V}' (exact, random ties) and 'genrm_maj_v{V}' (Monte
+  Carlo, majority among tied) at every (S, V) of the grid."""
+  seed = config.seed
+  s_grid = [int(s) for s in config.s_grid]
+  v_grid = [int(v) for v in config.v_grid]
+  N, M, Nsc = config.pool_size, config.verifications, config.sc_pool_size
+  if max(s_grid) > N or max(v_grid) > M or min(s_grid) < 1 or min(v_grid) < 1:
+    raise ValueError(f"config.s_grid must lie in [1, pool_size={N}] and "
+                     f"config.v_grid in [1, verifications={M}]")
+  yes = pool["yes"].sum(-1).astype(np.int64)
+  correct = pool["correct"]
+  new = 0
+
+  def add(method, s, acc, stderr, v):
+    nonlocal new
+    row = dict(method=method, budget=int(s), seed=seed, v=int(v),
+               accuracy=float(acc), stderr=float(stderr),
+               c=float(cost.budget(s, v)), compute=cost.compute(int(s), int(v)),
+               n_problems=int(correct.shape[0]))
+    scaling.append_row(rows_path, row)
+    rows[(method, int(s), seed)] = row
+    new += 1
+
+  sc_ks = list(range(1, Nsc + 1))  # every k: SC at any budget C is maj@floor(C)
+  todo = [k for k in sc_ks if ("sc", k, seed) not in rows]
+  if todo:
+    est = estimators.majority_at_k(pool["answers"], correct, todo, seed=seed,
+                                   num_subsets=config.sc_subsets)
+    P = correct.shape[0]
+    for j, k in enumerate(todo):
+      add("sc", k, est.value_PxK[:, j].mean(),
+          np.sqrt((est.stderr_PxK[:, j] ** 2).sum()) / P, 0)
+  for v in v_grid:
+    todo = [s for s in s_grid if (f"genrm_v{v}", s, seed) not in rows]
+    if todo:
+      acc = genrm.genrm_accuracy(yes, M, correct[:, :N], todo, v).mean(0)
+      for s, a in zip(todo, acc):
+        add(f"genrm_v{v}", s, a, 0.0, v)
+    todo = [s for s in s_grid if (f"genrm_maj_v{v}", s, seed) not in rows]
+    if todo and config.mc_subsets >= 2:
+      est = genrm.genrm_accuracy_mc(yes, M, correct[:, :N], todo, v,
+                                    answers_PxN=pool["answers"][:, :N],
+                                    tie_break="majority",
+                                    num_subsets=config.mc_subsets, seed=seed + v)
+      P = correct.shape[0]
+      for j, s in enumerate(todo):
+        add(f"genrm_maj_v{v}", s, est.value_PxS[:, j].mean(),
+            np.sqrt((est.stderr_PxS[:, j] ** 2).sum()) / P, v)
+  return new
+
+
+# -------------------------------- summary ----------------------------------
+
+
+def _grid(rows, prefix, seed, v_grid, s_grid):
+  out = {}
+  for v in v_grid:
+    for s in s_grid:
+      r = rows.get((f"{prefix}{v}", s, seed))
+      if r is not None:
+        out[(s, v)] = r
+  return out
+
+
+def _fit(s, v, acc, comp):
+  try:
+    f = analysis.fit_compute_optimal_allocation(s, v, acc, comp)
+  except ValueError as e:  # e.g. a flat frontier in a tiny test pool
+    return {"error": str(e)}
+  d = dataclasses.asdict(f)
+  return {k: (x.tolist() if isinstance(x, np.ndarray) else x) for k, x in d.items()}
+
+
+def summarize(rows, pool, cost: CostModel, config, out_dir, verifier_metrics,
+              log=print) -> dict:
+  seed = config.seed
+  s_grid = [int(s) for s in config.s_grid]
+  v_grid = [int(v) for v in config.v_grid]
+  Nsc = config.sc_pool_size
+  main_prefix = "genrm_v" if config.tie_break == "random" else "genrm_maj_v"
+  grid = _grid(rows, main_prefix, seed, v_grid, s_grid)
+  sc = {k: r for (m, k, sd), r in rows.items() if m == "sc" and sd == seed}
+
+  # (S, V) table
+  log(f"\nGenRM accuracy over (S solutions, V verifications), ties "
+      f"{config.tie_break}; V=0 is self-consistency (maj@S)")
+  log(f"{'S':>4} | {'V=0':>6}" + "".join(f"{'V=' + str(v):>7}" for v in v_grid))
+  for s in s_grid:
+    log(f"{s:>4} | {sc[s]['accuracy']:6.3f}" + "".join(
+        f"{grid[(s, v)]['accuracy']:7.3f}" for v in v_grid))
+
+  keys = sorted(grid)
+  s_arr = np.array([k[0] for k in keys], float)
+  v_arr = np.array([k[1] for k in keys], float)
+  acc = np.array([grid[k]["accuracy"] for k in keys])
+  c_arr = np.array([grid[k]["c"] for k in keys])
+  f_arr = np.array([grid[k]["compute"]["flops"] for k in keys])
+  sc_k = np.array(sorted(sc))
+
+  def sc_at(c):  # SC spends the whole budget on solutions: S = floor(C)
+    k = int(math.floor(c + 1e-9))
+    return sc[k]["accuracy"] if 1 <= k <= Nsc else float("nan")
+
+  def best_at(c):
+    ok = np.flatnonzero(c_arr <= c + 1e-9)
+    if len(ok) == 0:
+      return None
+    i = ok[np.lexsort((c_arr[ok], -acc[ok]))[0]]
+    return i
+
+  # per-budget table
+  log(f"\nper budget C = S(1 + lambda V), lambda = {cost.lam:.3f}: best GenRM "
+      f"(S, V) with C(S, V) <= C against SC at equal C (S = C)")
+  log(f"{'C':>6} {'best S':>6} {'V':>3} {'C used':>7} {'GenRM':>6} "
+      f"{'FLOPs':>10} {'SC':>6} {'SC FLOPs':>10}  winner")
+  per_budget = []
+  for c in config.budgets:
+    i = best_at(c)
+    sca = sc_at(c)
+    scf = cost.compute(int(math.floor(c)), 0)["flops"] if not math.isnan(sca) else None
+    rec = dict(budget=float(c), sc_accuracy=sca, sc_flops=scf)
+    if i is not None:
+      rec.update(s=int(s_arr[i]), v=int(v_arr[i]), c_used=float(c_arr[i]),
+                 accuracy=float(acc[i]), flops=float(f_arr[i]))
+    win = ("-" if i is None or math.isnan(sca) else
+           "GenRM" if acc[i] > sca else "SC" if acc[i] < sca else "tie")
+    rec["winner"] = win
+    per_budget.append(rec)
+    g = (f"{int(s_arr[i]):>6} {int(v_arr[i]):>3} {c_arr[i]:7.1f} {acc[i]:6.3f} "
+         f"{f_arr[i]:10.3e}" if i is not None else f"{'-':>6} {'-':>3} {'-':>7} "
+         f"{'-':>6} {'-':>10}")
+    s_txt = (f"{sca:6.3f} {scf:10.3e}" if not math.isnan(sca)
+             else f"{'-':>6} {'-':>10}")
+    log(f"{c:>6g} {g} {s_txt}  {win}")
+
+  # crossing on a dense set of budgets: every grid point's C within SC's range
+  levels = np.unique(np.concatenate([c_arr, sc_k.astype(float)]))
+  levels = levels[(levels >= 1) & (levels <= Nsc)]
+  best_lv = np.array([acc[best_at(c)] if best_at(c) is not None else np.nan
+                      for c in levels])
+  sc_lv = np.array([sc_at(c) for c in levels])
+  cross = genrm.crossover_budget(levels, best_lv, sc_lv)
+  ever = bool(np.any(best_lv > sc_lv))
+  log("\ncrossing: " + (f"GenRM beats SC at every budget from C = {cross:g} "
+                        f"(up to C = {levels.max():g}, SC's range)"
+                        if cross is not None else
+                        "never in range (C <= %g)" % levels.max()
+                        + ("; GenRM wins at some budgets: " + ", ".join(
+                            f"{c:.1f}" for c in levels[best_lv > sc_lv])
+                           if ever else "")))
+
+  # GenRM budget needed to match SC at k samples
+  match = []
+  log("GenRM compute needed to match SC at k solutions:")
+  for k in sc_k:
+    if k not in {int(b) for b in config.budgets}:
+      continue
+    hit = np.flatnonzero(acc >= sc[k]["accuracy"] - 1e-12)
+    if len(hit):
+      i = hit[np.argmin(c_arr[hit])]
+      m = dict(k=int(k), sc_accuracy=sc[k]["accuracy"], c=float(c_arr[i]),
+               ratio=float(c_arr[i] / k), s=int(s_arr[i]), v=int(v_arr[i]),
+               flops_ratio=float(f_arr[i] / cost.compute(int(k), 0)["flops"]))
+      log(f"  SC@{k:<4} {sc[k]['accuracy']:.3f}: GenRM at C = {c_arr[i]:.1f} "
+          f"(S={int(s_arr[i])}, V={int(v_arr[i])}), x{m['ratio']:.2f} compute, "
+          f"x{m['flops_ratio']:.2f} FLOPs")
+    else:
+      m = dict(k=int(k), sc_accuracy=sc[k]["accuracy"], c=None, ratio=None)
+      log(f"  SC@{k:<4} {sc[k]['accuracy']:.3f}: not reached by any grid point "
+          f"(GenRM best {acc.max():.3f})")
+    match.append(m)
+
+  fit_c = _fit(s_arr, v_arr, acc, c_arr)
+  fit_f = _fit(s_arr, v_arr, acc, f_arr)
+  for name, f in (("C", fit_c), ("FLOPs", fit_f)):
+    if "error" in f:
+      log(f"fit vs {name}: not possible ({f['error']})")
+    else:
+      log(f"fit vs {name}: S_opt ~ C^{f['s_exponent']:.3f} (R^2 "
+          f"{f['s_r2']:.3f}), V_opt ~ C^{f['v_exponent']:.3f} (R^2 "
+          f"{f['v_r2']:.3f}) over {len(f['budgets'])} compute-optimal points")
+  if "error" not in fit_c:
+    log("compute-optimal points (C, S, V, accuracy): " + ", ".join(
+        f"({b:.1f}, {int(s)}, {int(v)}, {a:.3f})" for b, s, v, a in zip(
+            fit_c["budgets"], fit_c["s_opt"], fit_c["v_opt"], fit_c["accuracy"])))
+
+  other = "genrm_maj_v" if main_prefix == "genrm_v" else "genrm_v"
+  grid_other = _grid(rows, other, seed, v_grid, s_grid)
+  if grid_other:
+    log(f"\nties by {'majority among tied' if other == 'genrm_maj_v' else 'random'}"
+        f" ({'Monte Carlo' if other == 'genrm_maj_v' else 'exact'}):")
+    log(f"{'S':>4} |" + "".join(f"{'V=' + str(v):>7}" for v in v_grid))
+    for s in s_grid:
+      log(f"{s:>4} |" + "".join(
+          f"{grid_other[(s, v)]['accuracy']:7.3f}" if (s, v) in grid_other
+          else f"{'-':>7}" for v in v_grid))
+
+  plot_path = plot(grid, sc, cost, config, os.path.join(out_dir,
+                                                        "genrm_allocation.png"))
+  summary = dict(
+      lambda_=cost.lam, cost_model=dataclasses.asdict(cost),
+      verifier_on_pool=verifier_metrics,
+      table={f"S{s}_V{v}": grid[(s, v)]["accuracy"] for s, v in keys},
+      table_other_tie_break={f"S{s}_V{v}": r["accuracy"]
+                             for (s, v), r in grid_other.items()},
+      self_consistency={int(k): sc[k]["accuracy"] for k in sc_k},
+      per_budget=per_budget, crossing_budget=cross,
+      crossing="never in range" if cross is None else cross,
+      genrm_wins_at=[float(c) for c in levels[best_lv > sc_lv]],
+      match_sc=match, fit_vs_c=fit_c, fit_vs_flops=fit_f,
+      tie_break=config.tie_break, plot=plot_path)
+  return summary
+
+
+def plot(grid, sc, cost, config, path) -> str:
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  fig = Figure(figsize=(11, 4.2), dpi=120)
+  FigureCanvasAgg(fig)
+  axes = [fig.add_subplot(1, 2, i + 1) for i in range(2)]
+  sc_k = np.array(sorted(sc))
+  keys = sorted(grid)
+  for ax, unit in zip(axes, ("c", "flops")):
+    x_of = (lambda r: r["c"]) if unit == "c" else (lambda r: r["compute"]["flops"])
+    ax.plot([x_of(sc[k]) for k in sc_k], [sc[k]["accuracy"] for k in sc_k],
+            "k-o", ms=3, lw=2, label="self-consistency (V=0)")
+    for v in config.plot_v:
+      pts = [grid[k] for k in keys if k[1] == v]
+      if pts:
+        ax.plot([x_of(r) for r in pts], [r["accuracy"] for r in pts], "-o",
+                ms=3, label=f"GenRM V={v}")
+    xs = np.array([x_of(grid[k]) for k in keys])
+    ys = np.array([grid[k]["accuracy"] for k in keys])
+    idx = analysis.pareto_frontier(xs, ys)
+    ax.step(xs[idx], ys[idx], where="post", color="r", lw=1.2, alpha=0.7,
+            ls="--", label="GenRM compute-optimal frontier")
+    ax.set_xscale("log")
+    ax.set_xlabel("budget C = S(1 + λV)  [solution units]" if unit == "c"
+                  else "FLOPs per problem")
+    ax.set_ylabel("accuracy")
+    ax.grid(True, which="both", alpha=0.3)
+  axes[0].set_title(f"solve vs verify (λ = {cost.lam:.2f})")
+  axes[1].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, format="png")
+  return path
+
+
+# ---------------------------------- run ------------------------------------
+
+
+def run(config, out_dir, log=print) -> dict:
+  t_start = time.perf_counter()
+  os.makedirs(out_dir, exist_ok=True)
+  timings = {}
+  if config.sc_pool_size < config.pool_size:
+    raise ValueError(f"config.sc_pool_size={config.sc_pool_size} must be >= "
+                     f"config.pool_size={config.pool_size}")
+  if config.tie_break not in genrm.TIE_BREAKS:
+    raise ValueError(f"config.tie_break must be one of {genrm.TIE_BREAKS}, got "
+                     f"{config.tie_break!r}")
+  if config.tie_break == "majority" and config.mc_subsets < 2:
+    raise ValueError("config.tie_break='majority' needs config.mc_subsets >= 2")
+  trained = False
+  if not os.path.exists(os.path.join(config.verifier_dir, "model_config.json")):
+    t0 = time.perf_counter()
+    log(f"no verifier in {config.verifier_dir}: training it")
+    tg.train_verifier(config, config.verifier_dir, log=log)
+    timings["verifier_train_s"] = time.perf_counter() - t0
+    trained = True
+  t0 = time.perf_counter()
+  pool, info = load_or_build_pool(config, out_dir, log=log)
+  timings.update(pool_s=time.perf_counter() - t0,
+                 solutions_s=info["solutions_s"],
+                 verifications_s=info["verifications_s"])
+  pcfg, _, _ = tp.load_policy(config.policy_dir)
+  with open(os.path.join(config.verifier_dir, "model_config.json")) as f:
+    from jaxllm.config import ModelConfig
+    vcfg = ModelConfig(**json.load(f))
+  cost = cost_model(pool, pcfg, vcfg)
+
+  # the verifier on the pool (held-out problems): verdicts vs exact targets
+  N = config.pool_size
+  yes = pool["yes"]
+  target = pool["target_verdict"][:, :N]
+  correct = pool["correct"][:, :N]
+  score = yes.mean(-1)
+  from jaxllm import reward
+  vmet = dict(
+      verdict_accuracy=float((yes == target[..., None]).mean()),
+      verdict_accuracy_on_correct=float(yes[target].mean()) if target.any()
+      else float("nan"),
+      verdict_accuracy_on_wrong=float((~yes[~target]).mean()) if (~target).any()
+      else float("nan"),
+      score_auroc_vs_answer=reward.auroc(score, correct),
+      score_auroc_vs_verdict=reward.auroc(score, target),
+      single_verdict_auroc_vs_answer=reward.auroc(yes[..., 0], correct),
+      within_problem_auroc_vs_answer=tg.within_problem_auroc(score, correct),
+      pass_at_1=float(pool["correct"].mean()),
+      coverage_at_pool=float(correct.any(1).mean()))
+  log(f"\npool: {config.n_problems} held-out problems, {config.sc_pool_size} "
+      f"solutions each ({N} verified x {config.verifications}); pass@1 "
+      f"{vmet['pass_at_1']:.3f}, coverage@{N} {vmet['coverage_at_pool']:.3f}")
+  log(f"tokens: solution {cost.solution_tokens:.1f}, verification chain "
+      f"{cost.verification_tokens:.1f} -> lambda {cost.lam:.3f}; FLOPs: "
+      f"solution {cost.gen_decode_flops:.3e}, verification "
+      f"{cost.ver_decode_flops:.3e} (+ {cost.ver_prefill_flops:.3e} verifier "
+      f"prefill per solution)")
+  log(f"verifier on the pool: verdict accuracy {vmet['verdict_accuracy']:.3f} "
+      f"(Yes on correct-target {vmet['verdict_accuracy_on_correct']:.3f}, No on "
+      f"wrong-target {vmet['verdict_accuracy_on_wrong']:.3f}); AUROC vs answer "
+      f"correctness: {config.verifications}-verdict score "
+      f"{vmet['score_auroc_vs_answer']:.3f} (within problems "
+      f"{vmet['within_problem_auroc_vs_answer']:.3f}), one verdict "
+      f"{vmet['single_verdict_auroc_vs_answer']:.3f}")
+
+  t0 = time.perf_counter()
+  rows_path = os.path.join(out_dir, "rows.jsonl")
+  rows = scaling.read_rows(rows_path)
+  new = estimate_rows(pool, config, rows, rows_path, cost, log=log)
+  timings["estimates_s"] = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  summary = summarize(rows, pool, cost, config, out_dir, vmet, log=log)
+  timings["summary_s"] = time.perf_counter() - t0
+  timings["total_s"] = time.perf_counter() - t_start
+  summary.update(timings=timings, new_rows=new, verifier_trained=trained,
+                 solutions_generated=info["solutions_generated"],
+                 chunks_generated=info["chunks_generated"])
+  with open(os.path.join(out_dir, "config.json"), "w") as f:
+    f.write(config_utils.to_json(config))
+  tmp = os.path.join(out_dir, "summary.json.tmp")
+  with open(tmp, "w") as f:
+    json.dump(summary, f, indent=1, default=str)
+  os.replace(tmp, os.path.join(out_dir, "summary.json"))
+  log("\ntimings: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
+  return summary
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  schema = config_utils.load_config_file(DEFAULT_CONFIG)
+  config = config_utils.validate(flags.FLAGS.config, schema)
+  run(config, flags.FLAGS.out_dir)
+  print(f"results in {os.path.abspath(flags.FLAGS.out_dir)}")
+
+
+if __name__ == "__main__":
+  config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Study config.")
+  flags.DEFINE_string("out_dir", "results/arith/genrm", "Output directory.")
+  app.run(main)
