@@ -181,20 +181,23 @@ def sub_vocab_maps(token_ids_K, full_vocab: int):
   return jnp.asarray(to_sub), jnp.asarray(ids.astype(np.int32))
 
 
-def frequent_tokens(token_lists, size: int, always=()) -> np.ndarray:
-  """The `size` most frequent ids in `token_lists` (ties by id), `always` included."""
-  counts: dict = {}
-  for toks in token_lists:
-    u, c = np.unique(np.asarray(toks, np.int64), return_counts=True)
-    for a, b in zip(u.tolist(), c.tolist()):
-      counts[a] = counts.get(a, 0) + b
-  for a in always:
-    counts[int(a)] = float("inf")
-  order = sorted(counts, key=lambda t: (-counts[t], t))
-  if len(order) < size:
-    raise ValueError(f"only {len(order)} distinct tokens in the data, asked for "
-                     f"{size}")
-  return np.asarray(order[:size], np.int32)
+def frequent_tokens(token_lists, size: int, always=(), weights=None) -> np.ndarray:
+  """The `size` ids of largest total weight in `token_lists` (ties by id), `always`
+  included. weights: parallel lists of per-token weights (default 1 = counts), e.g.
+  the target's probabilities of its top-k ids, to rank by expected frequency."""
+  ids = np.concatenate([np.asarray(t, np.int64).ravel() for t in token_lists])
+  w = (np.ones(len(ids)) if weights is None else
+       np.concatenate([np.asarray(x, np.float64).ravel() for x in weights]))
+  if len(w) != len(ids):
+    raise ValueError(f"weights have {len(w)} entries for {len(ids)} tokens")
+  always = np.asarray(always, np.int64).ravel()
+  uniq, inv = np.unique(np.concatenate([ids, always]), return_inverse=True)
+  total = np.bincount(inv, weights=np.concatenate([w, np.zeros(len(always))]))
+  total[np.isin(uniq, always)] = np.inf
+  if len(uniq) < size:
+    raise ValueError(f"only {len(uniq)} distinct tokens in the data, asked for {size}")
+  order = np.lexsort((uniq, -total))  # by weight desc, then id
+  return uniq[order[:size]].astype(np.int32)
 
 
 def init_sub_vocab_draft(target_cfg: ModelConfig, target_params: Params, token_ids_K,

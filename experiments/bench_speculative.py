@@ -54,7 +54,7 @@ from jaxllm.params import init_params
 FLAGS = flags.FLAGS
 flags.DEFINE_list("pairs", ["tiny", "smollm", "smollm_distilled"],
                   "Model pairs: tiny, smollm, smollm_distilled.")
-flags.DEFINE_list("budgets", ["4", "8", "16"], "Draft tokens per target call (tiny).")
+flags.DEFINE_list("budgets", ["4", "8", "16", "32"], "Draft tokens per target call (tiny).")
 flags.DEFINE_integer("depth", 4, "Depth of the equal-depth comparison (tiny).")
 flags.DEFINE_list("methods", ["chain", "iid", "rsd_c", "rsd_s"], "Methods (tiny).")
 flags.DEFINE_list("smollm_methods", ["chain", "rsd_s"], "Methods (smollm).")

@@ -221,8 +221,13 @@ def main(argv):
   print(f"data: {len(pairs)} answers, {n_ans} answer tokens", flush=True)
   teacher = stage_teacher(model, params, pairs)
 
-  subset = drafts.frequent_tokens([s for s, _ in pairs], FLAGS.vocab_subset,
-                                  always=[tok.eos_id])
+  # Rank tokens by how often they appear (inputs) plus the target's expected count
+  # of them as next token (sum of its top-k probabilities), so the subset covers
+  # what the target would say, not only what it said in this sample.
+  subset = drafts.frequent_tokens(
+      [s for s, _ in pairs] + [i for i, _ in teacher], FLAGS.vocab_subset,
+      always=[tok.eos_id],
+      weights=[np.ones(len(s)) for s, _ in pairs] + [p for _, p in teacher])
   ans_tok = np.concatenate([s[int(pl):] for s, pl in pairs])
   cover = float(np.isin(ans_tok, subset).mean())
   draft, dparams = drafts.init_sub_vocab_draft(cfg, params, subset, FLAGS.n_layers)

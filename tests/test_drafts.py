@@ -95,6 +95,8 @@ def test_distill_loss_closed_form():
 def test_frequent_tokens_and_maps():
   got = drafts.frequent_tokens([[5, 5, 3, 7], [3, 5, 1]], 3, always=[9])
   np.testing.assert_array_equal(got, [9, 5, 3])  # 9 forced; 5 (3x), 3 (2x)
+  got = drafts.frequent_tokens([[5, 3, 3], [7, 5]], 2, weights=[[1, 1, 1], [0.5, 2.5]])
+  np.testing.assert_array_equal(got, [5, 3])  # weights 3.5, 2, 0.5
   to_sub, to_full = drafts.sub_vocab_maps([4, 2], 6)
   np.testing.assert_array_equal(to_sub, [0, 0, 2, 0, 1, 0])
   np.testing.assert_array_equal(to_full, [4, 2])
