@@ -2,21 +2,20 @@
 budget accounting, the generative verifier's targets against arith.step_labels,
 and a tiny end-to-end run that resumes."""
 
-import dataclasses
 import itertools
 import json
 import os
 
-import jax
 import numpy as np
 import pytest
 
 from algorithms import genrm
+from _tiny_policy import save_tiny_policy
 from configs import genrm_arith
 from experiments import genrm_allocation as ga
 from experiments import train_genverifier as tg
 from experiments.tasks import arith
-from jaxllm import ModelConfig, checkpoint, init_params
+from jaxllm import ModelConfig
 from jaxllm import flops as flops_lib
 
 
@@ -231,25 +230,9 @@ def test_verifier_targets_follow_step_labels():
 # ------------------------------ end to end ---------------------------------
 
 
-def _tiny_policy(root):
-  cfg = ModelConfig(vocab_size=arith.TOKENIZER.vocab_size, d_model=32,
-                    n_layers=1, n_heads=2, n_kv_heads=2, d_ff=64,
-                    max_seq_len=128)
-  pol = os.path.join(root, "policy")
-  os.makedirs(pol)
-  checkpoint.save_params(os.path.join(pol, "policy"),
-                         init_params(cfg, jax.random.key(0)))
-  with open(os.path.join(pol, "model_config.json"), "w") as f:
-    json.dump(dataclasses.asdict(cfg), f)
-  with open(os.path.join(pol, "config.json"), "w") as f:
-    json.dump(dict(seed=0, task=dict(n_steps=[2, 3], n_digits=1, mul_digits=1,
-                                     ops="+-*")), f)
-  return pol
-
-
 def _tiny_config(root):
   c = genrm_arith.get_config()
-  c.policy_dir = _tiny_policy(str(root))
+  c.policy_dir, _ = save_tiny_policy(str(root))
   c.verifier_dir = str(root / "verifier")
   v = c.verifier
   v.train_problems, v.samples_per_problem, v.max_new_tokens = 8, 2, 8

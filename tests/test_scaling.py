@@ -9,28 +9,16 @@ import ml_collections
 import numpy as np
 import pytest
 
+from _tiny_policy import save_tiny_policy
 from configs import scaling_arith
 from experiments import scaling
-from experiments.tasks import arith
-from jaxllm import ModelConfig, checkpoint, init_params, reward
+from jaxllm import reward
 
 
 def _tiny_models(root):
   """A random tiny policy and random PRM/ORM, saved as the training scripts
   save them (the sweep's machinery does not care that they are untrained)."""
-  cfg = ModelConfig(vocab_size=arith.TOKENIZER.vocab_size, d_model=32,
-                    n_layers=1, n_heads=2, n_kv_heads=2, d_ff=64,
-                    max_seq_len=128)
-  pol = os.path.join(root, "policy")
-  os.makedirs(pol)
-  checkpoint.save_params(os.path.join(pol, "policy"),
-                         init_params(cfg, jax.random.key(0)))
-  with open(os.path.join(pol, "model_config.json"), "w") as f:
-    json.dump(dataclasses.asdict(cfg), f)
-  pconf = dict(seed=0, task=dict(n_steps=[2, 3], n_digits=1, mul_digits=1,
-                                 ops="+-*"))
-  with open(os.path.join(pol, "config.json"), "w") as f:
-    json.dump(pconf, f)
+  pol, cfg = save_tiny_policy(root)
   ver = os.path.join(root, "verifier")
   os.makedirs(ver)
   with open(os.path.join(ver, "model_config.json"), "w") as f:
