@@ -23,11 +23,11 @@ def get_config():
   v = c.verifier = ml_collections.ConfigDict()
   v.init_from_policy = True
   v.max_seq_len = 256  # verifier prompt (<= ~72 tokens) + chain (<= ~60)
-  v.train_problems = 1024  # fresh problems, never the held-out ones
+  v.train_problems = 2048  # fresh problems, never the held-out ones
   v.samples_per_problem = 4  # temperature-1 policy candidates per problem
   v.temperature = 1.0
   v.max_new_tokens = 48  # candidate solution budget (as the policy's eval)
-  v.steps = 500
+  v.steps = 1500  # 500 steps: within-problem AUROC 0.685 and SC wins everywhere
   v.mark_weight = 4  # loss weight of the mark / verdict digits
   v.batch_size = 8  # packed rows
   v.seq_len = 256

@@ -424,8 +424,8 @@ def summarize(rows, pool, cost: CostModel, config, out_dir, verifier_metrics,
     if "error" in f:
       log(f"fit vs {name}: not possible ({f['error']})")
     else:
-      log(f"fit vs {name}: S_opt ~ C^{f['s_exponent']:.3f} (R^2 "
-          f"{f['s_r2']:.3f}), V_opt ~ C^{f['v_exponent']:.3f} (R^2 "
+      log(f"fit vs {name}: S_opt ~ {name}^{f['s_exponent']:.3f} (R^2 "
+          f"{f['s_r2']:.3f}), V_opt ~ {name}^{f['v_exponent']:.3f} (R^2 "
           f"{f['v_r2']:.3f}) over {len(f['budgets'])} compute-optimal points")
   if "error" not in fit_c:
     log("compute-optimal points (C, S, V, accuracy): " + ", ".join(
