@@ -63,7 +63,6 @@ from jax import lax
 
 from algorithms import spec_trees as st
 from algorithms.drafts import LayerSkipDraft, SubVocabDraft  # noqa: F401 (re-export)
-from jaxllm.decoding import Transformer
 from jaxllm.flops import Compute, decode_flops, prefill_flops
 from jaxllm.generate import pad_prompts
 from jaxllm.sampling import Sampling, filter_logits, make_sampling, sample

@@ -85,10 +85,11 @@ def _save_npz(path, **arrays):
 def sample_answers(model, params, tok, prompts, seed):
   """SmolLM2 temperature-1 answers: list of (prompt ids, answer ids incl. EOS)."""
   out = []
-  for i in range(0, len(prompts), FLAGS.gen_batch):
-    chunk = prompts[i:i + FLAGS.gen_batch]
+  size = min(FLAGS.gen_batch, len(prompts))  # a short list is not padded to gen_batch
+  for i in range(0, len(prompts), size):
+    chunk = prompts[i:i + size]
     n = len(chunk)
-    chunk = chunk + [chunk[-1]] * (FLAGS.gen_batch - n)  # one shape per bucket
+    chunk = chunk + [chunk[-1]] * (size - n)  # one shape per bucket
     g = generate(model, params, chunk, jax.random.key(seed + i), FLAGS.max_new_tokens,
                  make_sampling(1.0), stop_tokens=[tok.eos_id], buckets=BUCKETS)
     toks, lens = np.asarray(g.tokens), np.asarray(g.lengths)
