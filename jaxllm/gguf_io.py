@@ -33,7 +33,7 @@ from typing import Any, Optional
 import jax.numpy as jnp
 import numpy as np
 
-from jaxllm.config import ModelConfig, RopeScaling
+from jaxllm.config import DTYPES, ModelConfig, RopeScaling
 from jaxllm.params import LayerParams, Params, check_params
 
 GGUF_MAGIC = b"GGUF"
@@ -136,7 +136,8 @@ class GGUFFile:
     except struct.error as e:
       raise ValueError(f"GGUF file {path!r} is truncated or corrupt in its "
                        f"header: {e}") from e
-    align = int(self.metadata.get("general.alignment", 32))
+    align = metadata_value(self.metadata, "general.alignment", path,
+                           "pos_int", default=32)
     start = -(-cur.pos // align) * align
     self.tensors: dict[str, TensorInfo] = {}
     for name, dims, gtype, off in raw:
@@ -192,16 +193,67 @@ def open_gguf(path: str) -> GGUFFile:
 # ----------------------------------------------------------------------------
 # Config
 # ----------------------------------------------------------------------------
-def _get(meta: dict, key: str, path: str, default=None, required=True):
-  if key in meta:
-    v = meta[key]
-    if isinstance(v, list):
-      raise ValueError(f"{path!r}: metadata {key!r} is a per-layer list {v[:4]}"
-                       "...; only a single value is supported")
-    return v
-  if required:
-    raise ValueError(f"{path!r}: missing GGUF metadata key {key!r}")
-  return default
+_KINDS = {
+    "int": "an integer", "uint": "an integer >= 0",
+    "pos_int": "an integer > 0", "float": "a finite number",
+    "pos_float": "a finite number > 0", "bool": "a bool", "str": "a string",
+    "str_list": "an array of strings", "int_list": "an array of integers",
+}
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _kind_ok(v, kind: str) -> bool:
+  if kind in ("int", "uint", "pos_int"):
+    return _is_int(v) and (kind == "int" or v >= (0 if kind == "uint" else 1))
+  if kind in ("float", "pos_float"):
+    return ((_is_int(v) or isinstance(v, float)) and np.isfinite(v) and
+            (kind == "float" or v > 0))
+  if kind == "bool":
+    return isinstance(v, bool)
+  if kind == "str":
+    return isinstance(v, str)
+  if kind == "str_list":
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+  if kind == "int_list":
+    return isinstance(v, list) and all(_is_int(x) for x in v)
+  raise AssertionError(kind)
+
+
+def metadata_value(meta: dict, key: str, path: str, kind: str, *,
+                   default: Any = None, required: bool = False) -> Any:
+  """`meta[key]` checked to be of `kind`, or `default` when absent.
+
+  `kind`: "int", "uint" (>= 0), "pos_int" (> 0), "float" (finite; an int is
+  accepted and returned as float), "pos_float", "bool", "str", "str_list" or
+  "int_list". GGUF stores a per-layer value as an array; only single values
+  are supported for scalar kinds.
+
+  Raises:
+    ValueError: naming the file and the key, when the key is missing and
+      `required`, or when its value is of the wrong type or out of range.
+  """
+  if key not in meta:
+    if required:
+      raise ValueError(f"{path!r}: missing GGUF metadata key {key!r}")
+    return default
+  v = meta[key]
+  if isinstance(v, list) and not kind.endswith("_list"):
+    raise ValueError(f"{path!r}: metadata {key!r} is a per-layer list {v[:4]}"
+                     "...; only a single value is supported")
+  if not _kind_ok(v, kind):
+    shown = f"a {len(v)}-element array" if isinstance(v, list) else repr(v)
+    raise ValueError(f"{path!r}: GGUF metadata {key!r} must be {_KINDS[kind]}, "
+                     f"got {type(v).__name__} {shown}")
+  return float(v) if kind in ("float", "pos_float") else v
+
+
+def _get(meta: dict, key: str, path: str, default=None, required=True,
+         kind: str = "pos_int"):
+  return metadata_value(meta, key, path, kind, default=default,
+                        required=required)
 
 
 def llama3_scaling_from_factors(factors_K2: np.ndarray, head_dim: int,
@@ -235,9 +287,13 @@ def llama3_scaling_from_factors(factors_K2: np.ndarray, head_dim: int,
   P = float(original_max_position)
   lo = -b * P / a
   hi = lo + P / a
-  rs = RopeScaling(factor=round(F, 6), low_freq_factor=round(float(lo), 4),
-                   high_freq_factor=round(float(hi), 4),
-                   original_max_position=int(original_max_position))
+  try:
+    rs = RopeScaling(factor=round(F, 6), low_freq_factor=round(float(lo), 4),
+                     high_freq_factor=round(float(hi), 4),
+                     original_max_position=int(original_max_position))
+  except ValueError as e:  # e.g. a fitted high_freq_factor <= low_freq_factor
+    raise ValueError(f"rope_freqs {f} are not llama3-style scaling factors "
+                     f"({e})") from e
   # Check: recompute the divisors from the fitted parameters.
   wavelen = 1.0 / x
   smooth = (P / wavelen - rs.low_freq_factor) / (rs.high_freq_factor -
@@ -260,46 +316,56 @@ def config_from_metadata(meta: dict, path: str = "<gguf>",
     raise ValueError(f"{path!r}: unsupported GGUF architecture {arch!r}; "
                      f"supported: {SUPPORTED_ARCHS}")
   g = lambda k, **kw: _get(meta, f"{arch}.{k}", path, **kw)
-  d_model = int(g("embedding_length"))
-  n_heads = int(g("attention.head_count"))
-  n_kv = int(g("attention.head_count_kv", default=n_heads, required=False))
-  head_dim = int(g("attention.key_length", default=d_model // n_heads,
-                   required=False))
+  d_model = g("embedding_length")
+  n_heads = g("attention.head_count")
+  n_kv = g("attention.head_count_kv", default=n_heads, required=False)
+  head_dim = g("attention.key_length", default=d_model // n_heads,
+               required=False)
   rot = g("rope.dimension_count", default=head_dim, required=False)
-  if int(rot) != head_dim:
+  if rot != head_dim:
     raise ValueError(f"{path!r}: partial rotary (rope.dimension_count={rot} "
                      f"< head_dim={head_dim}) is not supported")
-  theta = float(g("rope.freq_base", default=10000.0, required=False))
+  theta = g("rope.freq_base", default=10000.0, required=False,
+            kind="pos_float")
   if vocab_size is None:
     vocab_size = g("vocab_size", default=None, required=False)
     if vocab_size is None:
-      vocab_size = len(_get(meta, "tokenizer.ggml.tokens", path))
-  scaling_type = g("rope.scaling.type", default="none", required=False)
+      vocab_size = len(_get(meta, "tokenizer.ggml.tokens", path,
+                            kind="str_list"))
+  scaling_type = g("rope.scaling.type", default="none", required=False,
+                   kind="str")
   if scaling_type not in ("none", "llama3"):
     raise ValueError(f"{path!r}: rope scaling type {scaling_type!r} is not "
                      "supported (ModelConfig supports llama3 only)")
+  omp = g("rope.scaling.original_context_length", default=8192,
+          required=False)
+  n_layers = g("block_count")
+  d_ff = g("feed_forward_length")
+  eps = g("attention.layer_norm_rms_epsilon", kind="pos_float")
+  max_seq_len = g("context_length", default=2048, required=False)
   rope_scaling = None
   if rope_freqs is not None:
-    omp = int(g("rope.scaling.original_context_length", default=8192,
-                required=False))
     rope_scaling = llama3_scaling_from_factors(rope_freqs, head_dim, theta, omp)
-  return ModelConfig(
-      vocab_size=int(vocab_size),
-      d_model=d_model,
-      n_layers=int(g("block_count")),
-      n_heads=n_heads,
-      n_kv_heads=n_kv,
-      d_ff=int(g("feed_forward_length")),
-      head_dim=head_dim,
-      activation="silu",
-      norm_eps=float(g("attention.layer_norm_rms_epsilon")),
-      rope_theta=theta,
-      rope_scaling=rope_scaling,
-      tie_embeddings=tied,
-      max_seq_len=int(g("context_length", default=2048, required=False)),
-      dtype=dtype,
-      param_dtype=dtype,
-  )
+  try:
+    return ModelConfig(
+        vocab_size=int(vocab_size),
+        d_model=d_model,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_kv_heads=n_kv,
+        d_ff=d_ff,
+        head_dim=head_dim,
+        activation="silu",
+        norm_eps=eps,
+        rope_theta=theta,
+        rope_scaling=rope_scaling,
+        tie_embeddings=tied,
+        max_seq_len=max_seq_len,
+        dtype=dtype,
+        param_dtype=dtype,
+    )
+  except ValueError as e:
+    raise ValueError(f"{path!r}: {e}") from e
 
 
 # ----------------------------------------------------------------------------
@@ -376,19 +442,31 @@ def load_gguf(path, dtype: str = "float32") -> tuple[ModelConfig, Params]:
   (ModelConfig, Params).
 
   Weights are dequantised to float32 and then cast to `dtype` (also used as
-  the config's compute and parameter dtype).
+  the config's compute and parameter dtype). The config (metadata, the
+  vocabulary size from token_embd's shape, tied embeddings from the absence
+  of output.weight) is built and checked before any weight is dequantised.
+
+  Raises:
+    ValueError: naming the file and the metadata key or tensor, for missing
+      or wrongly typed metadata, a config ModelConfig rejects, or missing,
+      unexpected or wrongly shaped tensors; also for an unknown `dtype`.
   """
+  if dtype not in DTYPES:
+    raise ValueError(f"dtype {dtype!r} is not one of {DTYPES}")
   f = path if isinstance(path, GGUFFile) else open_gguf(path)
-  tensors = {name: f.array(name) for name in f.tensors}
-  if "token_embd.weight" not in tensors:
+  if "token_embd.weight" not in f.tensors:
     raise ValueError(f"{f.path!r}: missing tensor 'token_embd.weight'")
-  vocab = tensors["token_embd.weight"].shape[0]
+  vocab = f.tensors["token_embd.weight"].shape[0]
   arch = f.metadata.get("general.architecture")
-  meta_vocab = f.metadata.get(f"{arch}.vocab_size")
-  if meta_vocab is not None and int(meta_vocab) != vocab:
+  meta_vocab = metadata_value(f.metadata, f"{arch}.vocab_size", f.path,
+                              "pos_int")
+  if meta_vocab is not None and meta_vocab != vocab:
     raise ValueError(f"{f.path!r}: {arch}.vocab_size={meta_vocab} but "
                      f"token_embd has {vocab} rows")
+  rope_freqs = (f.array("rope_freqs.weight") if "rope_freqs.weight" in f.tensors
+                else None)
   cfg = config_from_metadata(
-      f.metadata, f.path, rope_freqs=tensors.get("rope_freqs.weight"),
-      tied="output.weight" not in tensors, vocab_size=vocab, dtype=dtype)
+      f.metadata, f.path, rope_freqs=rope_freqs,
+      tied="output.weight" not in f.tensors, vocab_size=vocab, dtype=dtype)
+  tensors = {name: f.array(name) for name in f.tensors}
   return cfg, params_from_tensors(cfg, tensors, f.path)

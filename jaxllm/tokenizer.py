@@ -14,6 +14,16 @@ its jinja2 chat template. Two constructors:
   decoder, CONTROL tokens added as special tokens and USER_DEFINED tokens as
   plain added tokens.
 
+Special tokens added by `encode(text, add_special_tokens=True)` follow
+transformers' fast tokenizers (PreTrainedTokenizerFast / TokenizersBackend,
+checked against transformers 5.x): with a tokenizer.json, its post-processor
+alone decides (Llama-3's TemplateProcessing prepends <|begin_of_text|>; a
+ByteLevel or absent post-processor adds nothing); `add_bos_token` /
+`add_eos_token` in tokenizer_config.json are ignored, as transformers ignores
+them, with a warning when they disagree with the post-processor. From a GGUF
+(no tokenizer.json), `tokenizer.ggml.add_bos_token` / `add_eos_token`, when
+present, build the post-processor (bos before, eos after the text).
+
 The chat template is rendered the way transformers renders it (sandboxed
 jinja2, trim_blocks and lstrip_blocks, `raise_exception`, a non-escaping
 `tojson`, the special tokens as strings in the context) and the result is
@@ -22,14 +32,17 @@ encoded without adding any further special tokens.
 
 from __future__ import annotations
 
+import copy
 import datetime
 import functools
 import json
 import os
+import warnings
 from typing import Any, Optional, Sequence
 
 import tokenizers
-from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+from tokenizers import (AddedToken, Regex, decoders, models, pre_tokenizers,
+                        processors)
 
 # llama.cpp token types (tokenizer.ggml.token_type).
 TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED = 1, 2, 3, 4
@@ -95,6 +108,26 @@ def _compile_template(source: str):
   return env.from_string(source)
 
 
+def bos_eos_post_processor(bos: Optional[tuple[str, int]],
+                           eos: Optional[tuple[str, int]]
+                           ) -> processors.TemplateProcessing:
+  """The post-processor transformers builds from add_bos_token/add_eos_token.
+
+  `bos` / `eos`: (token, id) to add before / after the text, or None for
+  none. Same templates as transformers' `update_post_processor`: single
+  `bos $A eos`, pair `bos $A eos bos $B eos`.
+  """
+  b = f"{bos[0]}:0 " if bos else ""
+  e = f" {eos[0]}:0" if eos else ""
+  single = f"{b}$A:0{e}"
+  pair = (f"{single}{(' ' + bos[0] + ':1') if bos else ''} $B:1"
+          f"{(' ' + eos[0] + ':1') if eos else ''}")
+  special = [t for t in (bos, eos) if t]
+  return processors.TemplateProcessing(single=single, pair=pair,
+                                       special_tokens=list(dict.fromkeys(
+                                           special)))
+
+
 class Tokenizer:
   """Text <-> token ids, special token ids and chat template of one model."""
 
@@ -104,9 +137,30 @@ class Tokenizer:
                pad_token: Optional[str] = None,
                unk_token: Optional[str] = None,
                chat_template: Optional[str] = None,
-               add_bos_token: bool = False,
-               add_eos_token: bool = False):
-    self.backend = backend
+               add_bos_token: Optional[bool] = None,
+               add_eos_token: Optional[bool] = None):
+    """Wrap `backend` with the model's special tokens and chat template.
+
+    `add_bos_token` / `add_eos_token`: None (both, the default) keeps the
+    backend's post-processor, so `encode` adds exactly the special tokens
+    it adds, as PreTrainedTokenizerFast does with a tokenizer.json. Either
+    one set replaces the post-processor by transformers' bos/eos template
+    (the unset one counts as False; a flag without its token is dropped).
+    Truncation and padding configured in the backend are switched off
+    (transformers does the same when encoding without them). The backend
+    passed in is copied before any change, never modified.
+
+    Raises:
+      ValueError: a special token that is not in the vocabulary, or a flag
+        that is not a bool or None.
+    """
+    if not isinstance(backend, tokenizers.Tokenizer):
+      raise ValueError("backend must be a tokenizers.Tokenizer, got "
+                       f"{type(backend).__name__}")
+    for name, flag in (("add_bos_token", add_bos_token),
+                       ("add_eos_token", add_eos_token)):
+      if flag is not None and not isinstance(flag, bool):
+        raise ValueError(f"{name} must be a bool or None, got {flag!r}")
     self.special_tokens = {}
     for name, tok in (("bos_token", bos_token), ("eos_token", eos_token),
                       ("pad_token", pad_token), ("unk_token", unk_token)):
@@ -116,8 +170,19 @@ class Tokenizer:
         raise ValueError(f"{name} {tok!r} is not in the vocabulary")
       self.special_tokens[name] = tok
     self.chat_template = chat_template
-    self.add_bos_token = add_bos_token and bos_token is not None
-    self.add_eos_token = add_eos_token and eos_token is not None
+    explicit = add_bos_token is not None or add_eos_token is not None
+    if (explicit or backend.truncation is not None or
+        backend.padding is not None):
+      backend = copy.deepcopy(backend)
+      backend.no_truncation()
+      backend.no_padding()
+    if explicit:
+      backend.post_processor = bos_eos_post_processor(
+          (bos_token, backend.token_to_id(bos_token))
+          if add_bos_token and bos_token is not None else None,
+          (eos_token, backend.token_to_id(eos_token))
+          if add_eos_token and eos_token is not None else None)
+    self.backend = backend
 
   # ---- special tokens ----
   def _id(self, name) -> Optional[int]:
@@ -132,6 +197,34 @@ class Tokenizer:
   pad_id = property(lambda self: self._id("pad_token"))
   unk_id = property(lambda self: self._id("unk_token"))
 
+  @functools.cached_property
+  def special_affixes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(ids before, ids after) the text that `encode(..., True)` adds.
+
+    Found by encoding a short probe with and without special tokens, so it
+    reflects whatever post-processor the backend has. ((), ()) if the
+    backend encodes none of the probes to any token.
+    """
+    for probe in ("a", "0", "x", ".", " "):
+      bare = self.backend.encode(probe, add_special_tokens=False).ids
+      if not bare:
+        continue
+      full = self.backend.encode(probe, add_special_tokens=True).ids
+      for k in range(len(full) - len(bare) + 1):
+        if full[k:k + len(bare)] == bare:
+          return tuple(full[:k]), tuple(full[k + len(bare):])
+    return (), ()
+
+  @property
+  def add_bos_token(self) -> bool:
+    """Whether `encode(text)` starts with the bos token."""
+    return self.bos_id is not None and self.bos_id in self.special_affixes[0]
+
+  @property
+  def add_eos_token(self) -> bool:
+    """Whether `encode(text)` ends with the eos token."""
+    return self.eos_id is not None and self.eos_id in self.special_affixes[1]
+
   @property
   def vocab_size(self) -> int:
     return self.backend.get_vocab_size(with_added_tokens=True)
@@ -144,26 +237,33 @@ class Tokenizer:
 
   # ---- encode / decode ----
   def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-    """Token ids of `text`; with add_special_tokens, the bos/eos the model's
-    config asks for (none for SmolLM2). Special-token text in `text` (e.g.
-    '<|im_start|>') maps to its single id."""
+    """Token ids of `text`, as transformers' `tok(text)["input_ids"]`.
+
+    With add_special_tokens, the special tokens the post-processor adds (see
+    the module doc: e.g. <|begin_of_text|> for Llama-3, none for SmolLM2).
+    Special-token text in `text` (e.g. '<|im_start|>') maps to its single id.
+
+    Raises:
+      ValueError: `text` is not a str.
+    """
     if not isinstance(text, str):
       raise ValueError(f"encode expects a str, got {type(text).__name__}")
-    ids = self.backend.encode(text, add_special_tokens=False).ids
-    if add_special_tokens:
-      if self.add_bos_token:
-        ids = [self.bos_id] + ids
-      if self.add_eos_token:
-        ids = ids + [self.eos_id]
-    return ids
+    return self.backend.encode(
+        text, add_special_tokens=bool(add_special_tokens)).ids
 
   def encode_batch(self, texts: Sequence[str],
                    add_special_tokens: bool = True) -> list[list[int]]:
-    if not add_special_tokens or not (self.add_bos_token or
-                                      self.add_eos_token):
-      return [e.ids for e in self.backend.encode_batch(
-          list(texts), add_special_tokens=False)]
-    return [self.encode(t, add_special_tokens) for t in texts]
+    """`[encode(t, add_special_tokens) for t in texts]`, encoded in parallel.
+
+    Raises:
+      ValueError: an element of `texts` is not a str.
+    """
+    texts = list(texts)
+    for t in texts:
+      if not isinstance(t, str):
+        raise ValueError(f"encode_batch expects strs, got {type(t).__name__}")
+    return [e.ids for e in self.backend.encode_batch(
+        texts, add_special_tokens=bool(add_special_tokens))]
 
   def decode(self, ids, skip_special_tokens: bool = False) -> str:
     ids = [int(i) for i in ids]
@@ -195,7 +295,21 @@ class Tokenizer:
   @classmethod
   def from_files(cls, path: str) -> "Tokenizer":
     """From a directory with tokenizer.json (+ tokenizer_config.json,
-    chat_template.jinja) or from the path of a tokenizer.json."""
+    chat_template.jinja) or from the path of a tokenizer.json.
+
+    As transformers' `AutoTokenizer.from_pretrained(dir)` with a
+    tokenizer.json: special tokens come from tokenizer_config.json, the chat
+    template from chat_template.jinja if present, else from
+    tokenizer_config.json's `chat_template` ("default" of a named list);
+    the special tokens `encode` adds come from tokenizer.json's
+    post-processor only (tokenizer_config.json's add_bos_token /
+    add_eos_token are ignored, with a warning where they disagree).
+
+    Raises:
+      ValueError: naming the file (and the field), for a missing or
+        unparsable tokenizer.json, an unparsable tokenizer_config.json, a
+        field of the wrong type, or a special token not in the vocabulary.
+    """
     path = os.fspath(path)
     if os.path.isdir(path):
       tok_json, folder = os.path.join(path, "tokenizer.json"), path
@@ -207,77 +321,132 @@ class Tokenizer:
       backend = tokenizers.Tokenizer.from_file(tok_json)
     except Exception as e:
       raise ValueError(f"cannot parse tokenizer file {tok_json!r}: {e}") from e
+    # transformers encodes without the truncation / padding a tokenizer.json
+    # may carry unless asked for them.
+    backend.no_truncation()
+    backend.no_padding()
     conf = {}
     conf_path = os.path.join(folder, "tokenizer_config.json")
     if os.path.isfile(conf_path):
-      with open(conf_path, encoding="utf-8") as f:
-        conf = json.load(f)
-    template = conf.get("chat_template")
+      try:
+        with open(conf_path, encoding="utf-8") as f:
+          conf = json.load(f)
+      except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{conf_path!r} is not valid JSON: {e}") from e
+      if not isinstance(conf, dict):
+        raise ValueError(f"{conf_path!r}: expected a JSON object, got "
+                         f"{type(conf).__name__}")
+
+    def bad(field, want):
+      return ValueError(f"{conf_path!r}: field {field!r} must be {want}, got "
+                        f"{conf[field]!r}")
+
     jinja_path = os.path.join(folder, "chat_template.jinja")
-    if template is None and os.path.isfile(jinja_path):
+    if os.path.isfile(jinja_path):  # takes priority, as in transformers
       with open(jinja_path, encoding="utf-8") as f:
         template = f.read()
-    if isinstance(template, list):  # named templates: take "default"
-      named = {t["name"]: t["template"] for t in template}
-      template = named.get("default")
+    else:
+      template = conf.get("chat_template")
+      if isinstance(template, list):  # named templates: take "default"
+        if not all(isinstance(t, dict) and isinstance(t.get("name"), str) and
+                   isinstance(t.get("template"), str) for t in template):
+          raise bad("chat_template", "a string or a list of "
+                    "{'name': str, 'template': str}")
+        template = {t["name"]: t["template"] for t in template}.get("default")
+      elif template is not None and not isinstance(template, str):
+        raise bad("chat_template", "a string or a list of named templates")
 
     def tok(name):
       v = conf.get(name)
-      return v.get("content") if isinstance(v, dict) else v
+      if isinstance(v, dict):
+        # an AddedToken dict: its string content, else a type error below
+        v = v["content"] if isinstance(v.get("content"), str) else v
+      if v is not None and not isinstance(v, str):
+        raise bad(name, "a string, an AddedToken dict with a string "
+                  "'content', or null")
+      return v
 
-    return cls(backend, bos_token=tok("bos_token"), eos_token=tok("eos_token"),
-               pad_token=tok("pad_token"), unk_token=tok("unk_token"),
-               chat_template=template,
-               add_bos_token=bool(conf.get("add_bos_token", False)),
-               add_eos_token=bool(conf.get("add_eos_token", False)))
+    for flag in ("add_bos_token", "add_eos_token"):
+      if conf.get(flag) is not None and not isinstance(conf[flag], bool):
+        raise bad(flag, "a bool or null")
+    specials = {name: tok(name) for name in ("bos_token", "eos_token",
+                                             "pad_token", "unk_token")}
+    try:
+      out = cls(backend, chat_template=template, **specials)
+    except ValueError as e:
+      raise ValueError(f"{conf_path!r}: {e}") from e
+    for flag, adds in (("add_bos_token", out.add_bos_token),
+                       ("add_eos_token", out.add_eos_token)):
+      if conf.get(flag) is not None and conf[flag] != adds:
+        warnings.warn(
+            f"{conf_path}: {flag}={conf[flag]} but the post-processor of "
+            f"{tok_json} {'adds' if adds else 'does not add'} that token; "
+            "encode follows tokenizer.json, as transformers does",
+            stacklevel=2)
+    return out
 
   @classmethod
   def from_gguf(cls, path) -> "Tokenizer":
     """From a GGUF file's tokenizer metadata (byte-level BPE only); `path`
-    may also be an open `gguf_io.GGUFFile`."""
+    may also be an open `gguf_io.GGUFFile`.
+
+    As transformers' GGUF loader: `tokenizer.ggml.add_bos_token` /
+    `add_eos_token`, when present, decide whether `encode` adds bos / eos;
+    when both are absent it adds nothing.
+
+    Raises:
+      ValueError: naming the file and the metadata key, for a missing key,
+        a value of the wrong type, an out-of-range special token id, or an
+        unsupported tokenizer model or pre-tokenizer.
+    """
     from jaxllm import gguf_io
 
     f = path if isinstance(path, gguf_io.GGUFFile) else gguf_io.open_gguf(path)
     path, meta = f.path, f.metadata
 
-    def get(key, default=None, required=False):
-      if key in meta:
-        return meta[key]
-      if required:
-        raise ValueError(f"{path!r}: missing GGUF metadata key {key!r}")
-      return default
+    def get(key, kind, default=None, required=False):
+      return gguf_io.metadata_value(meta, key, path, kind, default=default,
+                                    required=required)
 
-    kind = get("tokenizer.ggml.model", required=True)
+    kind = get("tokenizer.ggml.model", "str", required=True)
     if kind != "gpt2":
       raise ValueError(f"{path!r}: tokenizer.ggml.model={kind!r} is not "
                        "supported (only 'gpt2' byte-level BPE)")
-    pre = get("tokenizer.ggml.pre", "default")
+    pre = get("tokenizer.ggml.pre", "str", "default")
     if pre not in GGUF_PRE_SPLITS:
       raise ValueError(f"{path!r}: unknown tokenizer.ggml.pre={pre!r}; known: "
                        f"{sorted(GGUF_PRE_SPLITS)}")
-    tokens = get("tokenizer.ggml.tokens", required=True)
-    merges = get("tokenizer.ggml.merges", required=True)
-    types = get("tokenizer.ggml.token_type") or [TOKEN_NORMAL] * len(tokens)
+    tokens = get("tokenizer.ggml.tokens", "str_list", required=True)
+    merges = get("tokenizer.ggml.merges", "str_list", required=True)
+    types = (get("tokenizer.ggml.token_type", "int_list") or
+             [TOKEN_NORMAL] * len(tokens))
     if len(types) != len(tokens):
       raise ValueError(f"{path!r}: {len(types)} token types for "
                        f"{len(tokens)} tokens")
-    backend = build_byte_level_bpe(tokens, merges, types, GGUF_PRE_SPLITS[pre])
+    template = get("tokenizer.chat_template", "str")
+    add_bos = get("tokenizer.ggml.add_bos_token", "bool")
+    add_eos = get("tokenizer.ggml.add_eos_token", "bool")
 
     def special(key):
-      i = get(f"tokenizer.ggml.{key}")
+      i = get(f"tokenizer.ggml.{key}", "int")
       if i is None:
         return None
-      if not 0 <= int(i) < len(tokens):
-        raise ValueError(f"{path!r}: tokenizer.ggml.{key}={i} out of range")
-      return tokens[int(i)]
+      if not 0 <= i < len(tokens):
+        raise ValueError(f"{path!r}: tokenizer.ggml.{key}={i} out of range "
+                         f"(the vocabulary has {len(tokens)} tokens)")
+      return i
 
-    return cls(backend, bos_token=special("bos_token_id"),
-               eos_token=special("eos_token_id"),
-               pad_token=special("padding_token_id"),
-               unk_token=special("unknown_token_id"),
-               chat_template=get("tokenizer.chat_template"),
-               add_bos_token=bool(get("tokenizer.ggml.add_bos_token", False)),
-               add_eos_token=bool(get("tokenizer.ggml.add_eos_token", False)))
+    ids = {name: special(key) for name, key in (
+        ("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"),
+        ("pad_token", "padding_token_id"), ("unk_token", "unknown_token_id"))}
+    backend = build_byte_level_bpe(tokens, merges, types, GGUF_PRE_SPLITS[pre])
+    names = {k: None if i is None else tokens[i] for k, i in ids.items()}
+    if add_bos is not None or add_eos is not None:
+      bos, eos = ids["bos_token"], ids["eos_token"]
+      backend.post_processor = bos_eos_post_processor(
+          (names["bos_token"], bos) if add_bos and bos is not None else None,
+          (names["eos_token"], eos) if add_eos and eos is not None else None)
+    return cls(backend, chat_template=template, **names)
 
 
 def build_byte_level_bpe(tokens: Sequence[str], merges: Sequence[str],

@@ -440,3 +440,60 @@ def test_pretrained_missing_package_names_make_target(monkeypatch):
     pretrained.load_pretrained("smollm2-135m-instruct")
   with pytest.raises(ValueError, match="unknown pretrained model 'gpt5'"):
     pretrained.load_pretrained("gpt5")
+
+
+@pytest.mark.parametrize("key, value, msg", [
+    ("llama.embedding_length", "64", "must be an integer > 0, got str '64'"),
+    ("llama.embedding_length", 64.0, "must be an integer > 0, got float"),
+    ("llama.attention.head_count", 0, "must be an integer > 0, got int 0"),
+    ("llama.attention.head_count_kv", True, "must be an integer > 0, got "
+     "bool"),
+    ("llama.block_count", None, "must be an integer > 0, got NoneType"),
+    ("llama.attention.layer_norm_rms_epsilon", "1e-5",
+     "must be a finite number > 0, got str"),
+    ("llama.attention.layer_norm_rms_epsilon", float("nan"),
+     "must be a finite number > 0"),
+    ("llama.rope.freq_base", -1.0, "must be a finite number > 0"),
+    ("llama.context_length", [64, 64], "is a per-layer list"),
+    ("llama.rope.scaling.type", 3, "must be a string, got int 3"),
+    ("llama.vocab_size", "64", "must be an integer > 0"),
+])
+def test_metadata_of_wrong_type_names_file_and_key(key, value, msg, tmp_path):
+  model = tiny_hf_llama(True, seed=5)
+  good = tmp_path / "good.gguf"
+  write_llama_gguf(model, good)
+  f = gguf_io.open_gguf(good)
+  meta = dict(f.metadata, **{key: value})
+  with pytest.raises(ValueError, match=r"good\.gguf") as e:
+    gguf_io.config_from_metadata(meta, str(good))
+  assert repr(key) in str(e.value) and msg in str(e.value)
+
+
+def test_wrong_metadata_raises_before_dequantising(tmp_path, monkeypatch):
+  """A bad header value is reported before any weight is read."""
+  model = tiny_hf_llama(True, seed=5)
+  path = tmp_path / "bad.gguf"
+  c = model.config
+  w = gguf.GGUFWriter(str(path), "llama")
+  w.add_context_length(c.max_position_embeddings)
+  w.add_key_value("llama.embedding_length", "64", gguf.GGUFValueType.STRING)
+  w.add_block_count(c.num_hidden_layers)
+  w.add_tensor("token_embd.weight", np.zeros((64, 64), np.float32))
+  _close(w)
+  read = []
+  real = gguf_io.GGUFFile.array
+  monkeypatch.setattr(gguf_io.GGUFFile, "array",
+                      lambda self, name: read.append(name) or real(self, name))
+  with pytest.raises(ValueError, match=r"bad\.gguf.*'llama\.embedding_length'"
+                     " must be an integer > 0, got str '64'"):
+    gguf_io.load_gguf(path)
+  assert read == []
+  with pytest.raises(ValueError, match="dtype 'float8'"):
+    gguf_io.load_gguf(path, dtype="float8")
+  # A wrong alignment is caught while parsing the header.
+  w = gguf.GGUFWriter(str(tmp_path / "align.gguf"), "llama")
+  w.add_key_value("general.alignment", "32", gguf.GGUFValueType.STRING)
+  _close(w)
+  with pytest.raises(ValueError, match=r"align\.gguf.*'general\.alignment' "
+                     "must be an integer > 0"):
+    gguf_io.open_gguf(tmp_path / "align.gguf")
