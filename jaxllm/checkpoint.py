@@ -12,10 +12,19 @@ before reading any data, then restores straight onto the requested shardings
 `CheckpointManager` wraps `orbax.checkpoint.CheckpointManager` for training
 loops: save every K steps, keep the last n, restore params + optimiser state +
 step + RNG key. Written against orbax-checkpoint 0.12 (`ocp.args` API).
+
+`save_model_config` / `load_model_config` write and read the ModelConfig that
+goes with a params checkpoint (`model_config.json`, the fields of
+`dataclasses.asdict(cfg)`); `model_config_from_dict` checks such a dict from
+any JSON file (e.g. the `cfg` of a draft's draft.json), naming the file and
+the field for a missing, unknown or invalid field.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
 import os
 from typing import Any, Optional, Union
 
@@ -23,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from jaxllm.config import ModelConfig
+from jaxllm.config import ModelConfig, RopeScaling
 from jaxllm.params import LayerParams, Params, abstract_params
 
 Sharding = jax.sharding.Sharding
@@ -70,6 +79,128 @@ def _short(e: Exception, n: int = 300) -> str:
   """First n characters of an exception (TensorStore errors run to pages)."""
   msg = f"{type(e).__name__}: {e}"
   return msg if len(msg) <= n else msg[:n] + " ..."
+
+
+# --------------------------------------------------------------------------
+# model_config.json
+# --------------------------------------------------------------------------
+
+MODEL_CONFIG_FILE = "model_config.json"
+
+
+def _fields(cls) -> tuple[dict, set]:
+  """({field name: Field}, names of the fields without a default)."""
+  fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+  required = {n for n, f in fields.items()
+              if f.default is dataclasses.MISSING and
+              f.default_factory is dataclasses.MISSING}
+  return fields, required
+
+
+def _json_text(v: Any) -> str:
+  try:
+    return json.dumps(v)
+  except (TypeError, ValueError):
+    return repr(v)
+
+
+def _check_keys(d: dict, cls, where: str) -> None:
+  fields, required = _fields(cls)
+  missing = sorted(required - set(d))
+  if missing:
+    raise ValueError(f"{where}missing required field {missing[0]!r} (all "
+                     f"missing: {missing})")
+  unknown = sorted(set(d) - set(fields))
+  if unknown:
+    raise ValueError(f"{where}unknown field {unknown[0]!r} (all unknown: "
+                     f"{unknown}; known: {sorted(fields)})")
+  for k, v in d.items():
+    # JSON allows NaN / Infinity; no ModelConfig number may be either.
+    if isinstance(v, float) and not math.isfinite(v):
+      raise ValueError(f"{where}field {k!r} must be finite, got {v}")
+
+
+def model_config_from_dict(d: Any, source: str) -> ModelConfig:
+  """A ModelConfig from a dict written as `dataclasses.asdict(cfg)` (JSON).
+
+  `source` names the file (and, for a nested dict, where in it) in error
+  messages. `rope_scaling` may be a dict of RopeScaling fields or null;
+  `layer_windows` a list or null. Field values are checked by ModelConfig
+  itself (types and ranges); this adds the structure a JSON file can get
+  wrong.
+
+  Raises:
+    ValueError: "<source>: ..." naming the field, when `d` is not an object,
+      a required field is missing, a field is unknown (a typo or a file from
+      another version), a number is NaN / infinite, or ModelConfig /
+      RopeScaling rejects a value.
+  """
+  if not isinstance(d, dict):
+    raise ValueError(f"{source}: expected a JSON object of ModelConfig "
+                     f"fields, got {_json_text(d)[:80]}")
+  where = f"{source}: "
+  _check_keys(d, ModelConfig, where)
+  kw = dict(d)
+  rs = kw.get("rope_scaling")
+  if rs is not None:
+    if not isinstance(rs, dict):
+      raise ValueError(f"{where}field 'rope_scaling' must be an object of "
+                       f"RopeScaling fields or null, got {_json_text(rs)}")
+    _check_keys(rs, RopeScaling, f"{where}rope_scaling: ")
+  lw = kw.get("layer_windows")
+  if lw is not None and not isinstance(lw, list):
+    raise ValueError(f"{where}field 'layer_windows' must be a list of ints or "
+                     f"null, got {_json_text(lw)}")
+  try:
+    if rs is not None:
+      kw["rope_scaling"] = RopeScaling(**rs)
+    if lw is not None:
+      kw["layer_windows"] = tuple(lw)
+    return ModelConfig(**kw)
+  except (ValueError, TypeError) as e:
+    raise ValueError(f"{where}{e}") from e
+
+
+def load_model_config(path: str) -> ModelConfig:
+  """Read a ModelConfig from `path`: a JSON file, or a directory holding
+  `model_config.json` (as written by `save_model_config`).
+
+  Raises:
+    FileNotFoundError: naming the file, when it does not exist.
+    ValueError: naming the file (and the field), when it is not valid JSON
+      or not a valid ModelConfig (see `model_config_from_dict`).
+  """
+  path = os.fspath(path)
+  if os.path.isdir(path):
+    path = os.path.join(path, MODEL_CONFIG_FILE)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"model config {path} not found")
+  try:
+    with open(path, encoding="utf-8") as f:
+      d = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{path} is not valid JSON: {e}") from e
+  return model_config_from_dict(d, path)
+
+
+def save_model_config(path: str, cfg: ModelConfig) -> str:
+  """Write `cfg` as JSON to `path` (a file, or a directory: then
+  `<path>/model_config.json`), atomically (a temporary file renamed into
+  place, so a reader never sees half a file). Returns the file's path.
+
+  Raises:
+    ValueError: `cfg` is not a ModelConfig.
+  """
+  if not isinstance(cfg, ModelConfig):
+    raise ValueError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
+  path = os.fspath(path)
+  if os.path.isdir(path):
+    path = os.path.join(path, MODEL_CONFIG_FILE)
+  tmp = f"{path}.tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(dataclasses.asdict(cfg), f, indent=2)
+  os.replace(tmp, path)
+  return path
 
 
 # --------------------------------------------------------------------------

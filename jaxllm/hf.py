@@ -98,21 +98,83 @@ _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 # config.json <-> ModelConfig
 # --------------------------------------------------------------------------
 
-def _rope(hf: dict, get, source: str):
+_KINDS = {"pos_int": "an integer > 0", "uint": "an integer >= 0",
+          "pos_float": "a finite number > 0", "float": "a finite number",
+          "bool": "true or false", "str": "a string",
+          "str_list": "a list of strings", "dict": "an object"}
+
+
+def _kind_ok(v: Any, kind: str) -> bool:
+  is_int = isinstance(v, int) and not isinstance(v, bool)
+  if kind == "pos_int":
+    return is_int and v > 0
+  if kind == "uint":
+    return is_int and v >= 0
+  if kind in ("pos_float", "float"):
+    return ((is_int or isinstance(v, float)) and np.isfinite(v) and
+            (kind == "float" or v > 0))
+  if kind == "bool":
+    return isinstance(v, bool)
+  if kind == "str":
+    return isinstance(v, str)
+  if kind == "str_list":
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+  if kind == "dict":
+    return isinstance(v, dict)
+  raise AssertionError(kind)
+
+
+def _json_text(v: Any) -> str:
+  try:
+    return json.dumps(v)
+  except (TypeError, ValueError):
+    return repr(v)
+
+
+def hf_field(value: Any, name: str, kind: str, source: str,
+             nullable: bool = False) -> Any:
+  """`value` of config field `name` checked to be of `kind`.
+
+  `kind`: "pos_int", "uint", "pos_float" / "float" (finite; an int is
+  accepted and returned as float), "bool", "str", "str_list" or "dict".
+  `nullable`: None passes through (a field whose null means "derive it" or
+  "off", as in transformers).
+
+  Raises:
+    ValueError: "<source>: field '<name>' must be ..., got <value>".
+  """
+  if value is None and nullable:
+    return None
+  if not _kind_ok(value, kind):
+    raise ValueError(f"{source}: field {name!r} must be {_KINDS[kind]}"
+                     f"{' or null' if nullable else ''}, got "
+                     f"{_json_text(value)}")
+  return float(value) if kind in ("pos_float", "float") else value
+
+
+def _rope(hf: dict, max_pos: int, source: str):
   """(rope_theta, RopeScaling or None) from rope_parameters / legacy fields."""
-  rp = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-  if not isinstance(rp, dict):
-    raise ValueError(f"{source}: rope_parameters must be a dict, got {rp!r}")
-  layer_types = set(hf.get("layer_types") or ())
+  key = "rope_parameters" if hf.get("rope_parameters") else "rope_scaling"
+  rp = hf.get(key) or {}
+  hf_field(rp, key, "dict", source)
+  layer_types = set(hf_field(hf.get("layer_types"), "layer_types",
+                             "str_list", source, nullable=True) or ())
   if layer_types & set(rp):
     raise ValueError(f"{source}: per-layer-type rope_parameters "
                      f"({sorted(layer_types & set(rp))}) are not supported")
-  theta = float(rp.get("rope_theta", hf.get("rope_theta", 10000.0)))
+  if "rope_theta" in rp:
+    theta = hf_field(rp["rope_theta"], f"{key}.rope_theta", "pos_float",
+                     source)
+  else:
+    theta = hf_field(hf.get("rope_theta", 10000.0), "rope_theta", "pos_float",
+                     source)
   prf = rp.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
-  if prf not in (None, 1, 1.0):
-    raise ValueError(f"{source}: partial_rotary_factor={prf} is not supported "
-                     "(only full-width RoPE)")
-  rope_type = rp.get("rope_type", rp.get("type", "default"))
+  if prf is not None and (not _kind_ok(prf, "float") or prf != 1):
+    raise ValueError(f"{source}: partial_rotary_factor={_json_text(prf)} is "
+                     "not supported (only full-width RoPE)")
+  type_key = "rope_type" if "rope_type" in rp else "type"
+  rope_type = hf_field(rp.get(type_key, "default"), f"{key}.{type_key}", "str",
+                       source)
   if rope_type == "default":
     return theta, None
   if rope_type != "llama3":
@@ -121,41 +183,52 @@ def _rope(hf: dict, get, source: str):
   for f in ("factor", "low_freq_factor", "high_freq_factor"):
     if f not in rp:
       raise ValueError(f"{source}: missing required field "
-                       f"'rope_parameters.{f}' for rope type 'llama3'")
-  orig = rp.get("original_max_position_embeddings",
-                hf.get("original_max_position_embeddings",
-                       get("max_position_embeddings")))
-  return theta, RopeScaling(factor=float(rp["factor"]),
-                            low_freq_factor=float(rp["low_freq_factor"]),
-                            high_freq_factor=float(rp["high_freq_factor"]),
-                            original_max_position=int(orig))
+                       f"'{key}.{f}' for rope type 'llama3'")
+  num = {f: hf_field(rp[f], f"{key}.{f}", "pos_float", source)
+         for f in ("factor", "low_freq_factor", "high_freq_factor")}
+  if "original_max_position_embeddings" in rp:
+    orig = hf_field(rp["original_max_position_embeddings"],
+                    f"{key}.original_max_position_embeddings", "pos_int",
+                    source)
+  else:
+    orig = hf_field(hf.get("original_max_position_embeddings", max_pos),
+                    "original_max_position_embeddings", "pos_int", source)
+  try:
+    return theta, RopeScaling(original_max_position=orig, **num)
+  except ValueError as e:
+    raise ValueError(f"{source}: {key}: {e}") from e
 
 
 def _windows(hf: dict, family: str, get, n_layers: int, source: str):
-  """Per-layer sliding windows (0 = global) exactly as transformers sets them."""
+  """Per-layer sliding windows (0 = global) exactly as transformers sets them.
+
+  `get(field, kind, nullable)`: the typed field or its family default."""
   if family == "llama":
     return None
   if family == "qwen2":
     # Qwen2Config drops sliding_window unless use_sliding_window is true; then
     # layers i >= max_window_layers are local (or as `layer_types` says).
-    if not get("use_sliding_window") or get("sliding_window") is None:
+    if (not get("use_sliding_window", "bool") or
+        get("sliding_window", "pos_int", True) is None):
       return None
-    default_types = ["sliding_attention" if i >= get("max_window_layers")
+    first_local = get("max_window_layers", "uint")
+    default_types = ["sliding_attention" if i >= first_local
                      else "full_attention" for i in range(n_layers)]
   else:  # gemma2: local, global, local, ... unless layer_types says otherwise
     default_types = ["sliding_attention" if (i + 1) % 2 else "full_attention"
                      for i in range(n_layers)]
-  types = hf.get("layer_types") or default_types
+  types = hf_field(hf.get("layer_types"), "layer_types", "str_list", source,
+                   nullable=True) or default_types
   if len(types) != n_layers:
     raise ValueError(f"{source}: layer_types has {len(types)} entries for "
                      f"num_hidden_layers={n_layers}")
   bad = set(types) - {"sliding_attention", "full_attention"}
   if bad:
     raise ValueError(f"{source}: unsupported layer_types {sorted(bad)}")
-  w = get("sliding_window")
+  w = get("sliding_window", "pos_int", True)
   if w is None:
     return None
-  return tuple(int(w) if t == "sliding_attention" else 0 for t in types)
+  return tuple(w if t == "sliding_attention" else 0 for t in types)
 
 
 def config_from_hf(hf: dict, source: str = "config.json", *,
@@ -164,8 +237,19 @@ def config_from_hf(hf: dict, source: str = "config.json", *,
 
   `source` names the file in error messages. `dtype` sets both param and
   compute dtype; default: the checkpoint's `dtype` / `torch_dtype`, else
-  float32.
+  float32. Fields missing from the dict take the transformers default of
+  the family; an explicit null is kept where transformers gives it a
+  meaning (no soft-cap, no sliding window, head_dim / num_key_value_heads
+  derived) and rejected elsewhere.
+
+  Raises:
+    ValueError: "<source>: ..." naming the field, for a missing required
+      field, a field of the wrong type or out of range (e.g. "hidden_size":
+      "abc", "rms_norm_eps": null), or an unsupported feature; also for an
+      unknown `dtype` argument.
   """
+  if dtype is not None and dtype not in DTYPES:
+    raise ValueError(f"dtype {dtype!r} is not one of {DTYPES}")
   if not isinstance(hf, dict):
     raise ValueError(f"{source}: expected a JSON object, got {type(hf).__name__}")
   for f in _REQUIRED:
@@ -177,8 +261,9 @@ def config_from_hf(hf: dict, source: str = "config.json", *,
                      f"(supported: {FAMILIES})")
   defaults = _DEFAULTS[family]
 
-  def get(f):  # an explicit null stays None (e.g. no soft-cap), as in HF
-    return hf[f] if f in hf else defaults.get(f)
+  def get(f, kind, nullable=False):  # an explicit null stays None, as in HF
+    return hf_field(hf[f] if f in hf else defaults.get(f), f, kind, source,
+                    nullable)
 
   # Features transformers supports for these families that our model does not.
   unsupported = {"llama": ("attention_bias", "mlp_bias"),
@@ -186,47 +271,59 @@ def config_from_hf(hf: dict, source: str = "config.json", *,
                                          "use_bidirectional_attention")}
   for f in unsupported[family]:
     if hf.get(f):
-      raise ValueError(f"{source}: {f}={hf[f]!r} is not supported for "
-                       f"model_type {family!r}")
+      raise ValueError(f"{source}: {f}={_json_text(hf[f])} is not supported "
+                       f"for model_type {family!r}")
 
   act_field = "hidden_activation" if family == "gemma2" else "hidden_act"
-  act = get(act_field)
+  act = get(act_field, "str")
   if act not in _ACTIVATIONS:
     raise ValueError(f"{source}: unsupported {act_field} {act!r} "
                      f"(supported: {sorted(_ACTIVATIONS)})")
-  theta, scaling = _rope(hf, get, source)
-  n_layers = int(hf["num_hidden_layers"])
-  n_heads = int(hf["num_attention_heads"])
-  n_kv = get("num_key_value_heads") or n_heads
-  head_dim = get("head_dim") or int(hf["hidden_size"]) // n_heads
+  vocab = get("vocab_size", "pos_int")
+  d_model = get("hidden_size", "pos_int")
+  d_ff = get("intermediate_size", "pos_int")
+  n_layers = get("num_hidden_layers", "pos_int")
+  n_heads = get("num_attention_heads", "pos_int")
+  n_kv = get("num_key_value_heads", "pos_int", True) or n_heads
+  head_dim = get("head_dim", "pos_int", True) or d_model // n_heads
+  eps = get("rms_norm_eps", "pos_float")
+  tie = get("tie_word_embeddings", "bool")
+  max_pos = get("max_position_embeddings", "pos_int")
+  gemma = family == "gemma2"
+  if gemma:
+    attn_cap = get("attn_logit_softcapping", "pos_float", True)
+    final_cap = get("final_logit_softcapping", "pos_float", True)
+    qpas = get("query_pre_attn_scalar", "pos_float")
+  else:
+    attn_cap = final_cap = qpas = None
+  theta, scaling = _rope(hf, max_pos, source)
+  windows = _windows(hf, family, get, n_layers, source)
   if dtype is None:
     dtype = hf.get("dtype") or hf.get("torch_dtype") or "float32"
-    dtype = dtype if dtype in DTYPES else "float32"
-  gemma = family == "gemma2"
+    dtype = dtype if isinstance(dtype, str) and dtype in DTYPES else "float32"
   try:
     return ModelConfig(
-        vocab_size=int(hf["vocab_size"]),
-        d_model=int(hf["hidden_size"]),
+        vocab_size=vocab,
+        d_model=d_model,
         n_layers=n_layers,
         n_heads=n_heads,
-        n_kv_heads=int(n_kv),
-        d_ff=int(hf["intermediate_size"]),
-        head_dim=int(head_dim),
+        n_kv_heads=n_kv,
+        d_ff=d_ff,
+        head_dim=head_dim,
         activation=_ACTIVATIONS[act],
-        norm_eps=float(get("rms_norm_eps")),
+        norm_eps=eps,
         norm_plus_one=gemma,
         post_norms=gemma,
         rope_theta=theta,
         rope_scaling=scaling,
-        tie_embeddings=bool(get("tie_word_embeddings")),
+        tie_embeddings=tie,
         qkv_bias=family == "qwen2",
-        attn_softcap=get("attn_logit_softcapping") if gemma else None,
-        final_softcap=get("final_logit_softcapping") if gemma else None,
-        query_pre_attn_scalar=(float(get("query_pre_attn_scalar"))
-                               if gemma else None),
+        attn_softcap=attn_cap,
+        final_softcap=final_cap,
+        query_pre_attn_scalar=qpas,
         embed_scale=gemma,
-        layer_windows=_windows(hf, family, get, n_layers, source),
-        max_seq_len=int(get("max_position_embeddings")),
+        layer_windows=windows,
+        max_seq_len=max_pos,
         dtype=dtype,
         param_dtype=dtype,
     )
@@ -402,9 +499,14 @@ def _safetensors_files(ckpt_dir: str) -> dict:
   """{file path: names expected in it or None (= whatever it holds)}."""
   index = os.path.join(ckpt_dir, "model.safetensors.index.json")
   if os.path.exists(index):
-    weight_map = _read_json(index).get("weight_map")
+    spec = _read_json(index)
+    weight_map = spec.get("weight_map") if isinstance(spec, dict) else None
     if not isinstance(weight_map, dict):
       raise ValueError(f"{index}: missing or malformed 'weight_map'")
+    for name, fname in weight_map.items():
+      if not isinstance(fname, str) or not fname:
+        raise ValueError(f"{index}: field 'weight_map.{name}' must be a file "
+                         f"name, got {_json_text(fname)}")
     files: dict = {}
     for name, fname in weight_map.items():
       files.setdefault(os.path.join(ckpt_dir, fname), set()).add(name)

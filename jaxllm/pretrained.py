@@ -15,7 +15,7 @@ import importlib.util
 import os
 
 from jaxllm import gguf_io
-from jaxllm.config import ModelConfig
+from jaxllm.config import DTYPES, ModelConfig
 from jaxllm.params import Params
 from jaxllm.tokenizer import Tokenizer
 
@@ -48,7 +48,16 @@ def pretrained_path(name: str) -> str:
 
 def load_pretrained(name: str, dtype: str = "float32"
                     ) -> tuple[ModelConfig, Params, Tokenizer]:
-  """(cfg, params, tokenizer) of a named checkpoint, params in `dtype`."""
+  """(cfg, params, tokenizer) of a named checkpoint, params in `dtype`.
+
+  Raises:
+    ValueError: an unknown `name` or `dtype`, a missing package (naming
+      `make smollm`), or a file whose metadata is missing or of the wrong
+      type (naming the file and the key), before any weight is read.
+  """
+  if dtype not in DTYPES:
+    raise ValueError(f"dtype {dtype!r} is not one of {DTYPES}")
   f = gguf_io.open_gguf(pretrained_path(name))
+  tok = Tokenizer.from_gguf(f)  # metadata only: fails fast, before weights
   cfg, params = gguf_io.load_gguf(f, dtype=dtype)
-  return cfg, params, Tokenizer.from_gguf(f)
+  return cfg, params, tok

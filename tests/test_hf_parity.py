@@ -400,3 +400,89 @@ def test_export_rejects_incompatible_config(case, tmp_path):
   other = "gemma2" if hfm.CASES[name][0] != "gemma2" else "llama"
   with pytest.raises(ValueError, match=f"cannot export as '{other}'"):
     hf.save_hf(str(tmp_path), cfg, params, model_type=other)
+
+
+@pytest.mark.parametrize("kw, field, msg", [
+    (dict(hidden_size="abc"), "hidden_size", 'an integer > 0, got "abc"'),
+    (dict(rms_norm_eps=None), "rms_norm_eps",
+     "a finite number > 0, got null"),
+    (dict(rms_norm_eps=float("nan")), "rms_norm_eps", "a finite number > 0"),
+    (dict(rms_norm_eps="1e-5"), "rms_norm_eps", 'got "1e-5"'),
+    (dict(vocab_size=128.0), "vocab_size", "an integer > 0, got 128.0"),
+    (dict(num_attention_heads=0), "num_attention_heads",
+     "an integer > 0, got 0"),
+    (dict(num_hidden_layers=True), "num_hidden_layers",
+     "an integer > 0, got true"),
+    (dict(num_key_value_heads="2"), "num_key_value_heads",
+     'an integer > 0 or null, got "2"'),
+    (dict(head_dim=-16), "head_dim", "an integer > 0 or null, got -16"),
+    (dict(tie_word_embeddings="false"), "tie_word_embeddings",
+     'true or false, got "false"'),
+    (dict(hidden_act=["silu"]), "hidden_act", "a string"),
+    (dict(max_position_embeddings=None), "max_position_embeddings",
+     "an integer > 0, got null"),
+    (dict(rope_theta="10000"), "rope_theta", "a finite number > 0"),
+    (dict(rope_parameters="default"), "rope_parameters", "an object"),
+    (dict(rope_parameters=dict(rope_type="llama3", factor="8",
+                               low_freq_factor=1.0, high_freq_factor=4.0)),
+     "rope_parameters.factor", 'a finite number > 0, got "8"'),
+    (dict(rope_parameters=dict(rope_type="llama3", factor=8.0,
+                               low_freq_factor=1.0, high_freq_factor=4.0,
+                               original_max_position_embeddings=8192.5)),
+     "rope_parameters.original_max_position_embeddings", "an integer > 0"),
+    (dict(rope_parameters=dict(rope_type=3)), "rope_parameters.rope_type",
+     "a string, got 3"),
+    (dict(model_type="qwen2", use_sliding_window="yes"), "use_sliding_window",
+     'true or false, got "yes"'),
+    (dict(model_type="qwen2", use_sliding_window=True, sliding_window=8,
+          max_window_layers=-1), "max_window_layers", "an integer >= 0"),
+    (dict(model_type="qwen2", use_sliding_window=True, sliding_window="8"),
+     "sliding_window", "an integer > 0 or null"),
+    (dict(model_type="gemma2", layer_types=[1, 2]), "layer_types",
+     "a list of strings or null"),
+    (dict(model_type="gemma2", attn_logit_softcapping="50"),
+     "attn_logit_softcapping", "a finite number > 0 or null"),
+    (dict(model_type="gemma2", query_pre_attn_scalar=None),
+     "query_pre_attn_scalar", "a finite number > 0, got null"),
+], ids=lambda x: x if isinstance(x, str) else None)
+def test_config_field_of_wrong_type_names_file_and_field(kw, field, msg):
+  with pytest.raises(ValueError) as e:
+    hf.config_from_hf(_base(**kw), "my/config.json")
+  assert str(e.value).startswith(f"my/config.json: field '{field}' must be "), \
+      str(e.value)
+  assert msg in str(e.value)
+
+
+def test_config_nulls_with_a_meaning_are_kept():
+  """null where transformers gives it a meaning: derived or switched off."""
+  cfg = hf.config_from_hf(_base(num_key_value_heads=None, head_dim=None))
+  assert (cfg.n_kv_heads, cfg.head_dim) == (4, 16)
+  g = hf.config_from_hf(_base("gemma2", attn_logit_softcapping=None,
+                              final_logit_softcapping=None,
+                              sliding_window=None))
+  assert g.attn_softcap is None and g.final_softcap is None
+  assert g.windows == (0, 0)
+  with pytest.raises(ValueError, match="dtype 'int8' is not one of"):
+    hf.config_from_hf(_base(), dtype="int8")
+
+
+def test_config_json_field_of_wrong_type(small_ckpt, tmp_path):
+  d = _copy_with(small_ckpt, tmp_path,
+                 config=lambda c: dict(c, hidden_size="abc"))
+  with pytest.raises(ValueError, match=r"config\.json: field 'hidden_size' "
+                     r'must be an integer > 0, got "abc"'):
+    hf.load_hf(d)
+  d = _copy_with(small_ckpt, tmp_path / "eps",
+                 config=lambda c: dict(c, rms_norm_eps=None))
+  with pytest.raises(ValueError, match=r"eps/config\.json: field "
+                     "'rms_norm_eps' must be a finite number > 0, got null"):
+    hf.load_hf(d)
+
+
+def test_index_weight_map_of_wrong_type(small_ckpt, tmp_path):
+  d = _copy_with(small_ckpt, tmp_path)
+  with open(os.path.join(d, "model.safetensors.index.json"), "w") as f:
+    json.dump({"weight_map": {"model.norm.weight": 3}}, f)
+  with pytest.raises(ValueError, match=r"index\.json: field "
+                     r"'weight_map\.model\.norm\.weight' must be a file name"):
+    hf.load_hf(d)
