@@ -9,6 +9,10 @@ JSON.
   python -m experiments.bench_decode                      # ~40M Llama config
   python -m experiments.bench_decode --model=smollm2      # real SmolLM2-135M
   python -m experiments.bench_decode --batches=1,16 --repeats=3 --hf=false
+
+The flags are checked (`validate_flags`, and prompt + new tokens against the
+model's context right after it is built) before anything is timed; the JSON is
+rewritten after every batch size, so a failure later keeps the rows measured.
 """
 
 from __future__ import annotations
@@ -38,6 +42,41 @@ flags.DEFINE_bool("hf", True, "Also time transformers (torch, CPU).")
 flags.DEFINE_integer("torch_threads", 0, "torch threads (0 = all cores).")
 flags.DEFINE_string("out", "results/bench_decode.json", "JSON output path.")
 flags.DEFINE_integer("seed", 0, "Seed.")
+
+
+def validate_flags() -> list[int]:
+  """The batch sizes, after checking every flag.
+
+  Raises:
+    app.UsageError: naming the flag.
+  """
+  batches = []
+  for b in FLAGS.batches:
+    try:
+      batches.append(int(b))
+    except ValueError:
+      raise app.UsageError(f"--batches: {b!r} is not an int") from None
+  if not batches or min(batches) < 1:
+    raise app.UsageError(f"--batches must be a non-empty list of ints >= 1, "
+                         f"got {FLAGS.batches}")
+  # the recompilation check samples a second prompt 3 tokens shorter
+  if FLAGS.prompt_len < 4:
+    raise app.UsageError(f"--prompt_len must be >= 4, got {FLAGS.prompt_len}")
+  for name in ("new_tokens", "repeats"):
+    if getattr(FLAGS, name) < 1:
+      raise app.UsageError(f"--{name} must be >= 1, got {getattr(FLAGS, name)}")
+  if FLAGS.torch_threads < 0:
+    raise app.UsageError(f"--torch_threads must be >= 0, got "
+                         f"{FLAGS.torch_threads}")
+  return batches
+
+
+def _write_json(result) -> None:
+  os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
+  tmp = FLAGS.out + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(result, f, indent=1)
+  os.replace(tmp, FLAGS.out)
 
 
 def _median_time(fn, repeats):
@@ -137,14 +176,18 @@ def bench_hf(hf_model, prompts, new_tokens, repeats):
 
 def main(argv):
   del argv
-  batches = [int(b) for b in FLAGS.batches]
+  batches = validate_flags()
   print(f"devices: {jax.devices()}")
+  cfg, params, _ = build_model(FLAGS.model, FLAGS.seed)
+  if FLAGS.prompt_len + FLAGS.new_tokens > cfg.max_seq_len:
+    raise app.UsageError(f"--prompt_len={FLAGS.prompt_len} + --new_tokens="
+                         f"{FLAGS.new_tokens} exceeds the model's context "
+                         f"({cfg.max_seq_len})")
   ceil = measure_ceilings()
   print(f"ceilings: matmul {ceil['matmul_flops'] / 1e9:.1f} GFLOP/s "
         f"(xla {ceil['matmul_flops_xla'] / 1e9:.1f}, numpy "
         f"{ceil['matmul_flops_numpy'] / 1e9:.1f}); copy "
         f"{ceil['copy_bytes'] / 1e9:.1f} GB/s")
-  cfg, params, _ = build_model(FLAGS.model, FLAGS.seed)
   n_params = cfg.param_counts()["total"]
   hf_model = (load_hf_model(FLAGS.model, cfg, params, FLAGS.torch_threads)
               if FLAGS.hf else None)
@@ -172,6 +215,8 @@ def main(argv):
                  ceil["matmul_flops"])
       row["speedup"] = tok_s / row["hf_tok_s"]
     rows.append(row)
+    _write_json(dict(model=FLAGS.model, params=n_params, prompt_len=P,
+                     new_tokens=N, ceilings=ceil, rows=rows, complete=False))
     print(f"batch {B}: ours {tok_s:.1f} tok/s"
           + (f", hf {row['hf_tok_s']:.1f} tok/s, x{row['speedup']:.2f}"
              if hf_model is not None else ""), flush=True)
@@ -203,10 +248,9 @@ def main(argv):
                 new_tokens=N, flops_per_token=flops_tok,
                 weight_bytes_per_step=wbytes, ceilings=ceil, rows=rows,
                 same_bucket_recompiled=recompiled,
-                backend=jax.default_backend(), devices=str(jax.devices()))
-  os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
-  with open(FLAGS.out, "w") as f:
-    json.dump(result, f, indent=1)
+                backend=jax.default_backend(), devices=str(jax.devices()),
+                complete=True)
+  _write_json(result)
   print(f"wrote {FLAGS.out}")
 
 

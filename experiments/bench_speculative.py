@@ -28,7 +28,10 @@ The layer-skipped drafts are untrained early exits (no SoFT): expect low accepta
       --distilled_budgets=4,8 --max_new_tokens=64
 
 Compile time dominates on CPU (SmolLM: ~20 s autoregressive, ~50 s per tree config),
-so the default SmolLM run is small; widen it with the flags.
+so the default SmolLM run is small; widen it with the flags. Every flag is checked
+(`validate_flags`: pair and method names, budgets that each method's tree spends
+exactly) before any model is loaded, and the JSON is rewritten after each pair, so a
+failure in a later pair keeps the earlier pairs' results.
 """
 
 from __future__ import annotations
@@ -77,6 +80,98 @@ flags.DEFINE_integer("smollm_repeats", 1, "Timed repeats per prompt (smollm).")
 flags.DEFINE_float("temperature", 1.0, "Sampling temperature (target and draft).")
 flags.DEFINE_string("out", "results/bench_speculative.json", "JSON output path.")
 flags.DEFINE_integer("seed", 0, "Seed.")
+
+
+PAIRS = ("tiny", "smollm", "smollm_distilled")
+METHODS = ("chain", "iid", "rsd_c", "rsd_s")
+SMOLLM_PROMPTS = 4  # texts in smollm_pair
+SMOLLM_LAYERS = 30
+
+
+def _pair_flags(pair: str):
+  """(methods flag, budgets flag, depth) of a pair."""
+  if pair == "tiny":
+    return "methods", "budgets", FLAGS.depth
+  if pair == "smollm":
+    return ("smollm_methods", "smollm_budgets",
+            FLAGS.depth if FLAGS.smollm_equal_depth else 0)
+  return "distilled_methods", "distilled_budgets", 0
+
+
+def validate_flags() -> None:
+  """Check every flag before any model is loaded.
+
+  Raises:
+    app.UsageError: naming the flag (unknown pair / method, a budget that is
+      not a positive int or that a method's tree cannot spend exactly, ...).
+  """
+  for name in ("max_new_tokens", "prompts", "smollm_prompts", "repeats",
+               "smollm_repeats", "distilled_prompts", "tiny_draft_layers",
+               "smollm_draft_layers"):
+    if getattr(FLAGS, name) < 1:
+      raise app.UsageError(f"--{name} must be >= 1, got {getattr(FLAGS, name)}")
+  if FLAGS.depth < 0:
+    raise app.UsageError(f"--depth must be >= 0, got {FLAGS.depth}")
+  if not FLAGS.temperature >= 0:
+    raise app.UsageError(f"--temperature must be >= 0, got {FLAGS.temperature}")
+  if FLAGS.smollm_prompts > SMOLLM_PROMPTS:
+    raise app.UsageError(f"--smollm_prompts={FLAGS.smollm_prompts} exceeds the "
+                         f"{SMOLLM_PROMPTS} prompts there are")
+  if FLAGS.smollm_draft_layers > SMOLLM_LAYERS:
+    raise app.UsageError(f"--smollm_draft_layers={FLAGS.smollm_draft_layers} "
+                         f"exceeds SmolLM2's {SMOLLM_LAYERS} layers")
+  if not FLAGS.pairs:
+    raise app.UsageError(f"--pairs is empty; choose from {PAIRS}")
+  for p in FLAGS.pairs:
+    if p not in PAIRS:
+      raise app.UsageError(f"--pairs: unknown pair {p!r}; known: {PAIRS}")
+  kw = dict(max_new_tokens=FLAGS.max_new_tokens,
+            sampling_temperature=FLAGS.temperature)
+  for p in dict.fromkeys(FLAGS.pairs):
+    mflag, bflag, depth = _pair_flags(p)
+    methods, budgets = getattr(FLAGS, mflag), getattr(FLAGS, bflag)
+    if not methods:
+      raise app.UsageError(f"--{mflag} is empty (pair {p!r})")
+    for m in methods:
+      if m not in METHODS:
+        raise app.UsageError(f"--{mflag}: unknown method {m!r}; known: {METHODS}")
+    for b in budgets:
+      try:
+        b = int(b)
+      except ValueError:
+        raise app.UsageError(f"--{bflag}: {b!r} is not an int") from None
+      if b < 1:
+        raise app.UsageError(f"--{bflag}: budget {b} must be >= 1")
+      for m in methods:
+        try:
+          sc = method_config(m, budget=b, **kw)
+        except ValueError as e:
+          raise app.UsageError(f"--{bflag}: budget {b} for method {m!r}: {e}") \
+              from None
+        drafted = sc.tree_tokens - 1  # the budget excludes the root
+        if drafted != b:
+          raise app.UsageError(
+              f"--{bflag}: method {m!r} cannot spend exactly {b} draft tokens "
+              f"per call (its tree would draft {drafted}); use a multiple of "
+              f"{2 if b <= 8 else 4}")
+    if depth:
+      for m in methods:
+        try:
+          sc = method_config(m, depth=depth, **kw)
+        except ValueError as e:
+          raise app.UsageError(f"--depth={depth} for method {m!r}: {e}") from None
+        if len(sc.level_sizes()) != depth:
+          raise app.UsageError(f"--depth={depth} is too shallow for method {m!r} "
+                               f"(its equal-depth tree has "
+                               f"{len(sc.level_sizes())} levels)")
+
+
+def _write_results(results) -> None:
+  os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
+  tmp = FLAGS.out + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(results, f, indent=2)
+  os.replace(tmp, FLAGS.out)
 
 
 def method_config(method: str, budget: int = 0, depth: int = 0, **kw) -> SpecConfig:
@@ -275,6 +370,7 @@ def bench_pair(name, cfg, params, draft, dparams, prompts, methods, budgets, dep
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every read at INFO
+  validate_flags()
   t_start = time.perf_counter()
   results = dict(devices=str(jax.devices()), max_new_tokens=FLAGS.max_new_tokens,
                  temperature=FLAGS.temperature, pairs=[])
@@ -290,17 +386,17 @@ def main(argv):
       got, methods, budgets, depth, repeats = (
           smollm_distilled_pair(), FLAGS.distilled_methods, FLAGS.distilled_budgets, 0,
           FLAGS.smollm_repeats)
-    else:
-      raise ValueError(f"unknown pair {pair!r}; expected tiny, smollm or "
-                       "smollm_distilled")
+    else:  # validate_flags rejected it
+      raise AssertionError(pair)
     if got is None:
       continue
     results["pairs"].append(bench_pair(*got, methods, [int(b) for b in budgets], depth,
                                        repeats))
+    results["total_s"] = time.perf_counter() - t_start
+    _write_results(results)  # a later pair's failure keeps this one
   results["total_s"] = time.perf_counter() - t_start
-  os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
-  with open(FLAGS.out, "w") as f:
-    json.dump(results, f, indent=2)
+  results["complete"] = True
+  _write_results(results)
   print(f"\nwrote {FLAGS.out} ({results['total_s']:.0f} s)")
 
 

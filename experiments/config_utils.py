@@ -10,15 +10,25 @@ instead of silently adding a field.
 Type rules: an int is accepted where the schema has a float (promoted); a bool
 is never accepted as an int or float; lists and tuples are interchangeable
 (tuples are kept); a schema value of None accepts anything (an optional
-field); nested ConfigDicts are checked recursively.
+field); nested ConfigDicts are checked recursively. An unknown field's error
+suggests the closest known names ("did you mean ...").
+
+Every experiment checks its config this one way, before any expensive work:
+`validate` in its main (which also locks the config), `check` inside library
+entry points such as `scaling.run_sweep` that tests call directly (same
+checks, the caller's config left unlocked). Value ranges that the types do
+not capture are checked with the small helpers below (`positive`,
+`int_list`, `one_of`, ...), whose errors name the field the same way.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import json
+import math
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import ml_collections
 
@@ -46,9 +56,13 @@ def _check(value, schema, name: str):
                        f"got {_type_name(value)}")
     for k in value.keys():
       if k not in schema:
-        known = ", ".join(sorted(schema.keys()))
+        known = sorted(schema.keys())
+        close = difflib.get_close_matches(k, known, n=3, cutoff=0.6)
+        hint = (f"did you mean {' or '.join(repr(c) for c in close)}? "
+                if close else "")
         raise ValueError(f"unknown config field {name + '.' + k!r} "
-                         f"(known fields of {name!r}: {known})")
+                         f"({hint}known fields of {name!r}: "
+                         f"{', '.join(known)})")
     for k in schema.keys():
       if k not in value:
         raise ValueError(f"config field {name + '.' + k!r} is missing")
@@ -75,16 +89,175 @@ def _check(value, schema, name: str):
                      f"{_type_name(value)} {value!r}")
 
 
+def check(config: ml_collections.ConfigDict,
+          schema: ml_collections.ConfigDict, name: str = "config") -> None:
+  """Check `config` against `schema` (same fields, same types) without
+  changing it.
+
+  Raises:
+    ValueError: names the first unknown (with a did-you-mean), missing or
+      mistyped field.
+  """
+  if config is None:
+    raise ValueError("no config given (pass --config=configs/<file>.py)")
+  _check(config, schema, name)
+
+
 def validate(config: ml_collections.ConfigDict,
              schema: ml_collections.ConfigDict,
              name: str = "config") -> ml_collections.ConfigDict:
   """Check `config` against `schema` (same fields, same types), lock and return
   it. Raises ValueError naming the first unknown, missing or mistyped field."""
-  if config is None:
-    raise ValueError("no config given (pass --config=configs/<file>.py)")
-  _check(config, schema, name)
+  check(config, schema, name)
   config.lock()
   return config
+
+
+# ------------------------- value ranges, by field name ----------------------
+
+
+def get(config, field: str, default=KeyError):
+  """`config.a.b` for field 'a.b' (ConfigDict or nested dict). A missing field
+  returns `default`, or raises KeyError naming it when no default is given."""
+  cur = config
+  for part in field.split("."):
+    try:
+      cur = cur[part]
+    except (KeyError, AttributeError, TypeError):
+      if default is KeyError:
+        raise KeyError(f"config.{field} is missing") from None
+      return default
+  return cur
+
+
+def fields(config, names: Sequence[str]) -> dict:
+  """{name: value} for the dotted `names` present in `config` (a ConfigDict or
+  the nested dict of a saved config.json; absent names are skipped, so an
+  older record yields what it has)."""
+  missing = object()
+  out = {}
+  for n in names:
+    v = get(config, n, missing)
+    if v is not missing:
+      out[n] = v.to_dict() if hasattr(v, "to_dict") else v
+  return out
+
+
+def flatten(config, exclude: Sequence[str] = (), prefix: str = "") -> dict:
+  """{dotted field name: value} of every leaf field of `config` (a ConfigDict
+  or nested dict), leaving out the dotted names in `exclude`."""
+  out = {}
+  for k, v in config.items():
+    full = prefix + k
+    if full in exclude:
+      continue
+    if isinstance(v, (dict, ml_collections.ConfigDict)):
+      out.update(flatten(v, exclude, full + "."))
+    else:
+      out[full] = v
+  return out
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+  return (isinstance(v, (int, float)) and not isinstance(v, bool)
+          and math.isfinite(v))
+
+
+def positive(config, *names: str, name: str = "config") -> None:
+  """Every field in `names` is a number > 0 (an int >= 1 where it is an int).
+
+  Raises:
+    ValueError: naming the first field that is not.
+  """
+  for n in names:
+    v = get(config, n)
+    if not _is_number(v) or v <= 0:
+      raise ValueError(f"{name}.{n} must be > 0, got {v!r}")
+
+
+def non_negative(config, *names: str, name: str = "config") -> None:
+  """Every field in `names` is a finite number >= 0.
+
+  Raises:
+    ValueError: naming the first field that is not.
+  """
+  for n in names:
+    v = get(config, n)
+    if not _is_number(v) or v < 0:
+      raise ValueError(f"{name}.{n} must be >= 0, got {v!r}")
+
+
+def one_of(config, field: str, allowed: Sequence, name: str = "config"):
+  """The field's value, which must be one of `allowed`.
+
+  Raises:
+    ValueError: naming the field, its value and the allowed values.
+  """
+  v = get(config, field)
+  if v not in tuple(allowed):
+    raise ValueError(f"{name}.{field} must be one of {tuple(allowed)}, got {v!r}")
+  return v
+
+
+def int_list(config, field: str, *, low: int | None = 1,
+             high: int | None = None, high_name: str = "",
+             allow_empty: bool = False, name: str = "config") -> list[int]:
+  """The field as a list of distinct ints in [low, high].
+
+  `high_name` names what bounds it (e.g. 'config.pool_size') in the error.
+
+  Raises:
+    ValueError: naming the field when it is empty (unless `allow_empty`),
+      holds a non-int, a value out of range, or a duplicate.
+  """
+  v = get(config, field)
+  full = f"{name}.{field}"
+  if not isinstance(v, (list, tuple)):
+    raise ValueError(f"{full} must be a list of ints, got {v!r}")
+  if not v and not allow_empty:
+    raise ValueError(f"{full} is empty: give at least one value")
+  for i, x in enumerate(v):
+    if not _is_int(x):
+      raise ValueError(f"{full}[{i}] must be an int, got {x!r}")
+    if low is not None and x < low:
+      raise ValueError(f"{full}[{i}]={x} must be >= {low}")
+    if high is not None and x > high:
+      raise ValueError(f"{full}[{i}]={x} exceeds "
+                       f"{high_name or 'the maximum'}={high}")
+  dup = sorted({x for x in v if list(v).count(x) > 1})
+  if dup:
+    raise ValueError(f"{full} lists {dup} more than once")
+  return [int(x) for x in v]
+
+
+def str_list(config, field: str, allowed: Sequence[str], *,
+             allow_empty: bool = True, name: str = "config") -> list[str]:
+  """The field as a list of distinct names from `allowed`.
+
+  Raises:
+    ValueError: naming the field on an unknown name (with a did-you-mean), a
+      duplicate, or emptiness when not `allow_empty`.
+  """
+  v = get(config, field)
+  full = f"{name}.{field}"
+  if isinstance(v, str) or not isinstance(v, (list, tuple)):
+    raise ValueError(f"{full} must be a list of names, got {v!r}")
+  if not v and not allow_empty:
+    raise ValueError(f"{full} is empty: give at least one of {tuple(allowed)}")
+  for x in v:
+    if x not in allowed:
+      close = difflib.get_close_matches(str(x), list(allowed), n=1)
+      hint = f" (did you mean {close[0]!r}?)" if close else ""
+      raise ValueError(f"{full}: unknown name {x!r}{hint}; known: "
+                       f"{tuple(allowed)}")
+  dup = sorted({x for x in v if list(v).count(x) > 1})
+  if dup:
+    raise ValueError(f"{full} lists {dup} more than once")
+  return list(v)
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:

@@ -7,7 +7,10 @@ r"""`make demo`: the main job, end to end on the synthetic `arith` task.
 3. Run the default compute-optimal scaling sweep (experiments/scaling.py,
    configs/scaling_arith.py): methods x budgets x seeds, table, fits, plots.
 The last line names the results directory. Every stage is resumable: rerun
-`make demo` after an interruption and finished work is reused.
+`make demo` after an interruption and finished work is reused. The sweep's
+config (with --sweep_overrides) and its output directory are checked first
+(`experiments.scaling --validate_only`), so a misspelt override or a results
+directory made with other settings fails before any training.
 """
 
 from __future__ import annotations
@@ -27,7 +30,10 @@ flags.DEFINE_list("sweep_overrides", [], "Extra --config.X=Y for the sweep.")
 def _run(args):
   print("$ " + " ".join(args), flush=True)
   t0 = time.perf_counter()
-  subprocess.run([sys.executable, "-m"] + args, check=True)
+  rc = subprocess.run([sys.executable, "-m"] + args).returncode
+  if rc:
+    raise SystemExit(f"stopped: {args[0]} exited with status {rc} (its "
+                     f"message is above)")
   print(f"  ({time.perf_counter() - t0:.0f}s)", flush=True)
 
 
@@ -37,6 +43,11 @@ def main(argv):
   policy = os.path.join(root, "arith", "policy")
   verifier = os.path.join(root, "arith", "verifier")
   sweep = os.path.join(root, "scaling", "arith")
+  sweep_args = (["experiments.scaling", "--config=configs/scaling_arith.py",
+                 f"--config.policy_dir={policy}",
+                 f"--config.verifier_dir={verifier}", f"--out_dir={sweep}"] +
+                [f"--config.{o}" for o in FLAGS.sweep_overrides])
+  _run(sweep_args + ["--validate_only"])
   if not os.path.exists(os.path.join(policy, "policy")):
     _run(["experiments.train_policy", "--config=configs/arith_policy.py",
           f"--workdir={policy}"])
@@ -47,9 +58,7 @@ def main(argv):
           f"--workdir={verifier}", f"--config.policy_dir={policy}"])
   else:
     print(f"using the trained verifiers in {verifier}")
-  _run(["experiments.scaling", "--config=configs/scaling_arith.py",
-        f"--config.policy_dir={policy}", f"--config.verifier_dir={verifier}",
-        f"--out_dir={sweep}"] + [f"--config.{o}" for o in FLAGS.sweep_overrides])
+  _run(sweep_args)
   print(f"results: {os.path.abspath(sweep)}")
 
 

@@ -13,7 +13,9 @@ verifications.
    first `pool_size` of them, `verifications` sampled verification chains each
    (each verifier prompt prefilled once and forked) -> one
    `verify_chunkNNN.npz` per `chunk_problems` problems, so a killed run loses
-   at most one chunk. `pool_meta.json` pins the settings the pool was made with.
+   at most one chunk. `settings.json` pins every setting that changes the pool
+   or a row (experiments/workdir.py; `study_settings`), and --out_dir is
+   locked against a second run.
 3. Estimates (exact or unbiased, from the one pool): GenRM accuracy at every
    (S, V) of the grid = best of S by the fraction of Yes among V verdicts,
    ties broken uniformly at random (algorithms/genrm.py, exact); the same with
@@ -33,6 +35,13 @@ verifications.
    needed to match SC; fits S_opt ~ C^a, V_opt ~ C^b over the compute-optimal
    grid points (least squares in log-log, R^2); JSON + PNG in --out_dir, whose
    path is the last printed line.
+
+The whole config is checked (`validate_study`) before the verifier is trained
+or any model is loaded. Only `SUMMARY_ONLY` fields may change between runs on
+one --out_dir: the grids and budgets choose which rows are computed and
+reported, and each row depends only on its (method, S, seed) and the pinned
+settings (Monte Carlo draws are seeded per S), so extending a grid changes no
+row.
 """
 
 from __future__ import annotations
@@ -49,7 +58,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from algorithms import estimators, genrm
-from experiments import analysis, config_utils, scaling
+from experiments import analysis, config_utils, scaling, workdir
 from experiments import train_genverifier as tg
 from experiments import train_policy as tp
 from experiments.tasks import arith
@@ -58,9 +67,84 @@ from jaxllm import flops as flops_lib
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), "configs", "genrm_arith.py")
 TOK = arith.TOKENIZER
-META_KEYS = ("seed", "policy_dir", "verifier_dir", "n_problems", "pool_size",
-             "sc_pool_size", "verifications", "temperature", "max_new_tokens",
-             "max_verify_tokens")
+# Fields that only choose which rows are computed / reported (see module doc).
+SUMMARY_ONLY = ("s_grid", "v_grid", "plot_v", "budgets", "tie_break")
+RESULT_FILES = ("solutions.npz", "verify_chunk*.npz", "rows.jsonl")
+LEGACY_META = "pool_meta.json"  # what earlier versions pinned
+
+
+# ------------------------------ validation ---------------------------------
+
+
+def validate_study(config) -> None:
+  """Check the study config completely before anything is trained or loaded:
+  the schema of configs/genrm_arith.py (unknown fields, types), value ranges,
+  the (S, V) grids against the pool (1 <= S <= pool_size, 1 <= V <=
+  verifications), plot_v within v_grid, non-empty grids and budgets, the
+  tie-break, and the verifier's training settings. Reads only the schema.
+
+  Raises:
+    ValueError: naming the offending field.
+  """
+  config_utils.check(config, config_utils.load_config_file(DEFAULT_CONFIG))
+  config_utils.positive(config, "n_problems", "pool_size", "sc_pool_size",
+                        "verifications", "max_new_tokens", "max_verify_tokens",
+                        "rows_per_call", "chunk_problems")
+  config_utils.non_negative(config, "seed", "temperature", "mc_subsets")
+  if config.sc_pool_size < config.pool_size:
+    raise ValueError(f"config.sc_pool_size={config.sc_pool_size} must be >= "
+                     f"config.pool_size={config.pool_size}")
+  if config.sc_subsets < 2:
+    raise ValueError(f"config.sc_subsets must be >= 2, got {config.sc_subsets}")
+  config_utils.int_list(config, "s_grid", high=config.pool_size,
+                        high_name="config.pool_size")
+  v_grid = config_utils.int_list(config, "v_grid", high=config.verifications,
+                                 high_name="config.verifications")
+  for i, v in enumerate(config_utils.int_list(config, "plot_v",
+                                              allow_empty=True)):
+    if v not in v_grid:
+      raise ValueError(f"config.plot_v[{i}]={v} is not in config.v_grid="
+                       f"{tuple(v_grid)} (no curve to draw)")
+  config_utils.int_list(config, "budgets")
+  config_utils.one_of(config, "tie_break", genrm.TIE_BREAKS)
+  if config.tie_break == "majority" and config.mc_subsets < 2:
+    raise ValueError("config.tie_break='majority' needs config.mc_subsets >= 2")
+  tg.validate_verifier_config(config)
+
+
+def study_settings(config) -> dict:
+  """The settings pinned in out_dir: every top-level field but
+  `SUMMARY_ONLY` and the verifier section, plus the verifier's own pinned
+  settings (`train_genverifier.verifier_settings`: the pool's verdicts come
+  from that verifier). Accepts a ConfigDict or the nested dict of a saved
+  config.json (absent fields are skipped)."""
+  out = {k: v for k, v in config.items()
+         if k not in SUMMARY_ONLY and k != "verifier"}
+  out.update({k: v for k, v in tg.verifier_settings(config).items()
+              if k.startswith("verifier.")})
+  return out
+
+
+def _legacy_settings(out_dir):
+  """Earlier versions: pool_meta.json (what made the pool) over the config.json
+  of the last finished run."""
+  rec = workdir.read_json(os.path.join(out_dir, "config.json"))
+  rec = None if rec is None else study_settings(rec)
+  meta = workdir.read_json(os.path.join(out_dir, LEGACY_META))
+  if meta is not None:
+    rec = {**(rec or {}), **meta}
+  return rec
+
+
+def pin_study_dir(config, out_dir, check_only: bool = False) -> None:
+  """Record / check the study's settings in out_dir.
+
+  Raises:
+    ValueError: out_dir holds a pool or rows made with other settings
+      (naming every differing field).
+  """
+  workdir.pin_settings(out_dir, study_settings(config), results=RESULT_FILES,
+                       legacy=_legacy_settings, check_only=check_only)
 
 
 # ------------------------------- the pool ----------------------------------
@@ -68,24 +152,6 @@ META_KEYS = ("seed", "policy_dir", "verifier_dir", "n_problems", "pool_size",
 
 def _atomic_savez(path, **arrays):
   scaling._atomic_savez(path, **arrays)
-
-
-def _check_meta(config, out_dir):
-  """Write pool_meta.json, or check that the existing pool was made with the
-  same settings (a different pool would silently mix two experiments)."""
-  meta = {k: config[k] for k in META_KEYS}
-  path = os.path.join(out_dir, "pool_meta.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      old = json.load(f)
-    diff = {k: (old.get(k), meta[k]) for k in META_KEYS if old.get(k) != meta[k]}
-    if diff:
-      raise ValueError(f"{out_dir} holds a pool made with other settings "
-                       f"(field: (pool, config)) {diff}; use another --out_dir")
-  else:
-    with open(path + ".tmp", "w") as f:
-      json.dump(meta, f, indent=1)
-    os.replace(path + ".tmp", path)
 
 
 def build_solutions(policy, problems, config) -> dict:
@@ -131,8 +197,20 @@ def build_verification_chunk(verifier, problems, sol, lo, hi, config) -> dict:
 
 def load_or_build_pool(config, out_dir, log=print):
   """The pool (dict of arrays), building whatever is missing. Returns (pool,
-  info) with what was generated and how long each stage took."""
-  _check_meta(config, out_dir)
+  info) with what was generated and how long each stage took.
+
+  Locks out_dir (reentrant: `run` already holds it) and checks its settings.
+
+  Raises:
+    ValueError: out_dir was made with other settings, or a saved part of the
+      pool has the wrong shape.
+  """
+  with workdir.lock(out_dir):
+    pin_study_dir(config, out_dir)
+    return _load_or_build_pool_locked(config, out_dir, log)
+
+
+def _load_or_build_pool_locked(config, out_dir, log):
   info = {"solutions_generated": False, "chunks_generated": 0}
   P, C = config.n_problems, config.chunk_problems
   chunks = [(lo, min(lo + C, P)) for lo in range(0, P, C)]
@@ -252,7 +330,8 @@ def estimate_rows(pool, config, rows, rows_path, cost: CostModel, log=print):
   s_grid = [int(s) for s in config.s_grid]
   v_grid = [int(v) for v in config.v_grid]
   N, M, Nsc = config.pool_size, config.verifications, config.sc_pool_size
-  if max(s_grid) > N or max(v_grid) > M or min(s_grid) < 1 or min(v_grid) < 1:
+  if (not s_grid or not v_grid or max(s_grid) > N or max(v_grid) > M
+      or min(s_grid) < 1 or min(v_grid) < 1):
     raise ValueError(f"config.s_grid must lie in [1, pool_size={N}] and "
                      f"config.v_grid in [1, verifications={M}]")
   yes = pool["yes"].sum(-1).astype(np.int64)
@@ -269,15 +348,18 @@ def estimate_rows(pool, config, rows, rows_path, cost: CostModel, log=print):
     rows[(method, int(s), seed)] = row
     new += 1
 
+  # Monte Carlo draws are seeded per (seed, [V,] k), so every row is the same
+  # whichever rows were computed with it (resumes, longer grids).
   sc_ks = list(range(1, Nsc + 1))  # every k: SC at any budget C is maj@floor(C)
-  todo = [k for k in sc_ks if ("sc", k, seed) not in rows]
-  if todo:
-    est = estimators.majority_at_k(pool["answers"], correct, todo, seed=seed,
+  P = correct.shape[0]
+  for k in sc_ks:
+    if ("sc", k, seed) in rows:
+      continue
+    est = estimators.majority_at_k(pool["answers"], correct, [k],
+                                   seed=[seed, k],
                                    num_subsets=config.sc_subsets)
-    P = correct.shape[0]
-    for j, k in enumerate(todo):
-      add("sc", k, est.value_PxK[:, j].mean(),
-          np.sqrt((est.stderr_PxK[:, j] ** 2).sum()) / P, 0)
+    add("sc", k, est.value_PxK[:, 0].mean(),
+        np.sqrt((est.stderr_PxK[:, 0] ** 2).sum()) / P, 0)
   for v in v_grid:
     todo = [s for s in s_grid if (f"genrm_v{v}", s, seed) not in rows]
     if todo:
@@ -285,15 +367,14 @@ def estimate_rows(pool, config, rows, rows_path, cost: CostModel, log=print):
       for s, a in zip(todo, acc):
         add(f"genrm_v{v}", s, a, 0.0, v)
     todo = [s for s in s_grid if (f"genrm_maj_v{v}", s, seed) not in rows]
-    if todo and config.mc_subsets >= 2:
-      est = genrm.genrm_accuracy_mc(yes, M, correct[:, :N], todo, v,
+    for s in (todo if config.mc_subsets >= 2 else []):
+      est = genrm.genrm_accuracy_mc(yes, M, correct[:, :N], [s], v,
                                     answers_PxN=pool["answers"][:, :N],
                                     tie_break="majority",
-                                    num_subsets=config.mc_subsets, seed=seed + v)
-      P = correct.shape[0]
-      for j, s in enumerate(todo):
-        add(f"genrm_maj_v{v}", s, est.value_PxS[:, j].mean(),
-            np.sqrt((est.stderr_PxS[:, j] ** 2).sum()) / P, v)
+                                    num_subsets=config.mc_subsets,
+                                    seed=[seed, v, s])
+      add(f"genrm_maj_v{v}", s, est.value_PxS[:, 0].mean(),
+          np.sqrt((est.stderr_PxS[:, 0] ** 2).sum()) / P, v)
   return new
 
 
@@ -497,18 +578,49 @@ def plot(grid, sc, cost, config, path) -> str:
 # ---------------------------------- run ------------------------------------
 
 
+def check_study(config, out_dir) -> None:
+  """`validate_study`, plus the checks that out_dir and a finished verifier in
+  config.verifier_dir were made with this config's settings. Writes nothing.
+
+  Raises:
+    ValueError: naming the offending field(s).
+  """
+  validate_study(config)
+  _check_dirs(config, out_dir)
+  pin_study_dir(config, out_dir, check_only=True)
+  tg.pin_verifier_dir(config, config.verifier_dir, check_only=True)
+
+
+def _check_dirs(config, out_dir) -> None:
+  if os.path.realpath(config.verifier_dir) == os.path.realpath(out_dir):
+    raise ValueError(f"config.verifier_dir={config.verifier_dir!r} is the "
+                     f"study's output directory; give the verifier its own")
+
+
 def run(config, out_dir, log=print) -> dict:
+  """Run (or resume) the study into out_dir; returns the summary.
+
+  Raises:
+    ValueError: a bad config, or out_dir / verifier_dir made with other
+      settings (naming the fields) -- before anything is trained or loaded.
+    workdir.WorkdirBusy: another run holds out_dir or verifier_dir.
+  """
+  validate_study(config)
+  _check_dirs(config, out_dir)
+  with workdir.lock(out_dir):
+    pin_study_dir(config, out_dir)
+    # a finished verifier must have been trained with this config's settings
+    tg.pin_verifier_dir(config, config.verifier_dir, check_only=True)
+    with open(os.path.join(out_dir, "config.json.tmp"), "w") as f:
+      f.write(config_utils.to_json(config))
+    os.replace(os.path.join(out_dir, "config.json.tmp"),
+               os.path.join(out_dir, "config.json"))
+    return _run_locked(config, out_dir, log)
+
+
+def _run_locked(config, out_dir, log) -> dict:
   t_start = time.perf_counter()
-  os.makedirs(out_dir, exist_ok=True)
   timings = {}
-  if config.sc_pool_size < config.pool_size:
-    raise ValueError(f"config.sc_pool_size={config.sc_pool_size} must be >= "
-                     f"config.pool_size={config.pool_size}")
-  if config.tie_break not in genrm.TIE_BREAKS:
-    raise ValueError(f"config.tie_break must be one of {genrm.TIE_BREAKS}, got "
-                     f"{config.tie_break!r}")
-  if config.tie_break == "majority" and config.mc_subsets < 2:
-    raise ValueError("config.tie_break='majority' needs config.mc_subsets >= 2")
   trained = False
   if not os.path.exists(os.path.join(config.verifier_dir, "model_config.json")):
     t0 = time.perf_counter()
@@ -574,8 +686,6 @@ def run(config, out_dir, log=print) -> dict:
   summary.update(timings=timings, new_rows=new, verifier_trained=trained,
                  solutions_generated=info["solutions_generated"],
                  chunks_generated=info["chunks_generated"])
-  with open(os.path.join(out_dir, "config.json"), "w") as f:
-    f.write(config_utils.to_json(config))
   tmp = os.path.join(out_dir, "summary.json.tmp")
   with open(tmp, "w") as f:
     json.dump(summary, f, indent=1, default=str)
@@ -588,8 +698,15 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   schema = config_utils.load_config_file(DEFAULT_CONFIG)
-  config = config_utils.validate(flags.FLAGS.config, schema)
-  run(config, flags.FLAGS.out_dir)
+  try:  # every config / directory problem, before anything is trained
+    config = config_utils.validate(flags.FLAGS.config, schema)
+    check_study(config, flags.FLAGS.out_dir)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  try:
+    run(config, flags.FLAGS.out_dir)
+  except workdir.WorkdirBusy as e:
+    raise app.UsageError(str(e)) from None
   print(f"results in {os.path.abspath(flags.FLAGS.out_dir)}")
 
 

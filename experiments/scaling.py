@@ -20,7 +20,17 @@ r"""Compute-optimal scaling sweep: methods x budgets x seeds -> accuracy vs FLOP
    same --out_dir skips finished rows and loses nothing.
 4. At the end: the table (mean over seeds), scaling-law fits (coverage as an
    exponentiated power law in k; accuracy against log10 FLOPs per method), the
-   compute-optimal method per FLOPs budget, and PNG plots.
+   compute-optimal method per FLOPs budget, and PNG plots, all from the rows
+   this config asks for (other rows in rows.jsonl are kept, not reported).
+
+Before any model is loaded the config is checked (`validate_sweep`: the
+schema of configs/scaling_arith.py, value ranges, and the algorithm config of
+every search method at every budget), --out_dir is locked against a second
+sweep (experiments/workdir.py) and its settings.json must match the config in
+every field except `EXTENDABLE` (budgets, seeds and method lists: a row is a
+function of its (method, budget, seed), the pool of its seed and the pinned
+fields only, so adding budgets, seeds or methods extends a finished sweep and
+changes none of its rows).
 
 Compute per problem and budget k (FLOPs from jaxllm.flops): the prompt's
 prefill once, k samples' decode FLOPs (mean generated length in the pool),
@@ -36,26 +46,172 @@ import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from algorithms import estimators
-from experiments import analysis
+from algorithms import estimators, selection
+from experiments import analysis, config_utils, workdir
 from experiments.tasks import arith
 from jaxllm import Transformer, generate, make_sampling
 from jaxllm import flops as flops_lib
 from jaxllm.config import ModelConfig
 
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), "configs", "scaling_arith.py")
 TOK = arith.TOKENIZER
+PRM_PREFIX = "bon_prm_"  # + an aggregation of algorithms.selection
 SELECTION_METHODS = ("coverage", "majority", "weighted_majority_orm",
-                     "bon_orm", "bon_prm_min", "bon_prm_last", "bon_prm_prod",
-                     "bon_prm_mean", "bom_orm")
+                     "bon_orm") + tuple(
+                         PRM_PREFIX + a for a in ("min", "last", "prod", "mean")
+                     ) + ("bom_orm",)
+assert all(m[len(PRM_PREFIX):] in selection.AGGREGATIONS
+           for m in SELECTION_METHODS if m.startswith(PRM_PREFIX))
 # Search methods run for real at every budget (N particles / paths; A*: a
 # generated-token budget of N * config.astar_tokens_per_sample), guided by the
 # PRM through its own KV cache (algorithms.scorers.ModelStepScorer).
 SEARCH_METHODS = ("pf", "pf_smc", "epf", "beam", "dvts", "astar")
+# Config fields that only choose which rows exist; every other field is pinned
+# in out_dir/settings.json (see the module doc).
+EXTENDABLE = ("budgets", "seeds", "methods", "search_methods",
+              "search_budgets", "search_seeds")
+RESULT_FILES = ("rows.jsonl", "pool_seed*.npz")
+# Config fields each search method's algorithm config is built from.
+SEARCH_FIELDS = {
+    "pf": ("max_steps", "max_step_tokens"),
+    "beam": ("beam_width", "max_steps", "max_step_tokens"),
+    "astar": ("astar_capacity", "astar_children", "max_step_tokens",
+              "max_new_tokens", "astar_expected_steps",
+              "astar_tokens_per_sample"),
+}
+SEARCH_FIELDS.update(pf_smc=SEARCH_FIELDS["pf"], epf=SEARCH_FIELDS["pf"],
+                     dvts=SEARCH_FIELDS["beam"])
+
+
+# ------------------------------ validation ---------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepPlan:
+  """What a validated config asks for (tuples of ints / method names)."""
+  methods: tuple
+  budgets: tuple
+  seeds: tuple
+  search: tuple
+  search_budgets: tuple
+  search_seeds: tuple
+
+  def keys(self) -> list:
+    """Every (method, budget, seed) row of this config, selection first."""
+    return ([(m, k, s) for s in self.seeds for m in self.methods
+             for k in self.budgets] +
+            [(m, k, s) for s in self.search_seeds for m in self.search
+             for k in self.search_budgets])
+
+
+def search_config(method: str, k: int, config):
+  """The algorithm config (PFConfig / BeamConfig / AStarConfig) of a search
+  method at budget k; each validates itself.
+
+  Raises:
+    ValueError: an unknown method, or the algorithm config's own error.
+  """
+  from algorithms import astar, beam_search, particle_filter
+  steps = dict(delimiter_ids=(TOK.newline_id,), stop_ids=(TOK.eos_id,))
+  S, K = config.max_step_tokens, config.max_steps
+  if method in ("pf", "pf_smc", "epf"):
+    # pf: the reference behaviour; pf_smc: incremental log-weights with
+    # ESS-triggered resampling; epf: reference + entropic annealing (ESS mode).
+    return particle_filter.PFConfig(
+        n_particles=k, max_steps=K, max_step_tokens=S,
+        weighting="smc" if method == "pf_smc" else "reference",
+        ess_threshold=0.5 if method == "pf_smc" else None,
+        entropic="ess" if method == "epf" else None, pad_id=TOK.pad_id,
+        **steps)
+  if method in ("beam", "dvts"):
+    return beam_search.BeamConfig(method=method, n_paths=k,
+                                  beam_width=min(config.beam_width, k),
+                                  max_steps=K, max_step_tokens=S,
+                                  pad_id=TOK.pad_id, **steps)
+  if method == "astar":
+    return astar.AStarConfig(
+        capacity=config.astar_capacity, num_children=config.astar_children,
+        max_step_tokens=S, max_solution_tokens=config.max_new_tokens,
+        expected_total_steps=float(config.astar_expected_steps),
+        token_budget=float(k * config.astar_tokens_per_sample), **steps)
+  raise ValueError(f"unknown search method {method!r}; known: "
+                   f"{SEARCH_METHODS}")
+
+
+def validate_sweep(config) -> SweepPlan:
+  """Check a sweep config completely before any model is loaded: the schema of
+  configs/scaling_arith.py (unknown fields, types), value ranges, non-empty
+  method / budget / seed lists, budgets <= pool_size, and the algorithm config
+  of every search method at every search budget (e.g. beam search needs a
+  budget that is a multiple of its beam width). Pure: reads no file but the
+  schema, writes nothing.
+
+  Raises:
+    ValueError: naming the offending config field(s).
+  """
+  config_utils.check(config, config_utils.load_config_file(DEFAULT_CONFIG))
+  config_utils.positive(config, "n_problems", "pool_size", "max_new_tokens",
+                        "max_steps", "rows_per_call", "max_step_tokens",
+                        "beam_width", "astar_children", "astar_capacity",
+                        "astar_expected_steps", "astar_tokens_per_sample")
+  config_utils.non_negative(config, "temperature")
+  methods = config_utils.str_list(config, "methods", SELECTION_METHODS)
+  search = config_utils.str_list(config, "search_methods", SEARCH_METHODS)
+  if not methods and not search:
+    raise ValueError("config.methods and config.search_methods are both "
+                     "empty: nothing to run")
+  budgets = config_utils.int_list(config, "budgets", high=config.pool_size,
+                                  high_name="config.pool_size",
+                                  allow_empty=not methods)
+  seeds = config_utils.int_list(config, "seeds", low=0,
+                                allow_empty=not methods)
+  search_budgets = config_utils.int_list(config, "search_budgets",
+                                         allow_empty=not search)
+  search_seeds = config_utils.int_list(config, "search_seeds", low=0,
+                                       allow_empty=not search)
+  for m in search:
+    for k in search_budgets:
+      try:
+        search_config(m, k, config)
+      except ValueError as e:
+        used = ", ".join(f"config.{f}={config[f]!r}" for f in SEARCH_FIELDS[m])
+        raise ValueError(f"config.search_budgets: budget {k} does not work for "
+                         f"search method {m!r} (with {used}): {e}") from None
+  return SweepPlan(tuple(methods), tuple(budgets), tuple(seeds), tuple(search),
+                   tuple(search_budgets), tuple(search_seeds))
+
+
+def sweep_settings(config) -> dict:
+  """The settings pinned in out_dir/settings.json: every field but
+  `EXTENDABLE`. Accepts a ConfigDict or the nested dict of a saved
+  config.json (an earlier version's record)."""
+  return {k: (v.to_dict() if hasattr(v, "to_dict") else v)
+          for k, v in config.items() if k not in EXTENDABLE}
+
+
+def _pin(config, out_dir, check_only=False) -> dict:
+  # Sweeps before settings.json wrote their whole config to config.json first.
+  return workdir.pin_settings(
+      out_dir, sweep_settings(config), results=RESULT_FILES,
+      legacy=workdir.legacy_config_json(sweep_settings),
+      check_only=check_only)
+
+
+def check_sweep(config, out_dir) -> SweepPlan:
+  """`validate_sweep`, plus the check that out_dir (if it exists) was made
+  with the same settings. Writes nothing (a dry run).
+
+  Raises:
+    ValueError: naming the offending config field(s).
+  """
+  plan = validate_sweep(config)
+  _pin(config, out_dir, check_only=True)
+  return plan
 
 
 # ----------------------------- the sample pool -----------------------------
@@ -135,42 +291,66 @@ def build_pool(policy, verifiers, problems, config, seed: int) -> dict:
               orm=orm, prm_steps=prm_steps, prm_mask=prm_mask)
 
 
-def aggregate_prm(steps, mask, how):
-  if how == "min":
-    return np.where(mask, steps, np.inf).min(-1, initial=np.inf).clip(max=1)
-  if how == "last":
-    idx = np.maximum(mask.sum(-1) - 1, 0)
-    return np.take_along_axis(steps, idx[..., None], -1)[..., 0] * mask.any(-1)
-  if how == "prod":
-    return np.where(mask, steps, 1.0).prod(-1) * mask.any(-1)
-  if how == "mean":
-    return np.where(mask, steps, 0).sum(-1) / np.maximum(mask.sum(-1), 1)
-  raise ValueError(f"unknown PRM aggregation {how!r}")
+def load_pool(path: str, config) -> dict:
+  """A saved pool, checked against the config's shapes.
+
+  Raises:
+    ValueError: naming the file when its arrays do not have the shapes
+      (n_problems, pool_size[, max_steps]) the config asks for.
+  """
+  pool = dict(np.load(path))
+  P, N, S = config.n_problems, config.pool_size, config.max_steps
+  want = dict(answers=(P, N), correct=(P, N), lengths=(P, N), orm=(P, N),
+              prompt_lengths=(P,), prm_steps=(P, N, S), prm_mask=(P, N, S))
+  bad = {k: pool[k].shape if k in pool else None for k, w in want.items()
+         if k not in pool or pool[k].shape != w}
+  if bad:
+    raise ValueError(f"{path} does not match the config (array: shape found, "
+                     f"None = missing) {bad}; expected {want}")
+  return pool
 
 
 # ------------------------------ estimators --------------------------------
 
 
+def prm_scores(pool: dict, aggregation: str) -> np.ndarray:
+  """PRM score per sample [P, N] (float64): the pool's step scores aggregated
+  by `algorithms.selection.aggregate_step_scores` (a sample with no scored
+  step gets -inf, so it ranks below every scored sample)."""
+  return np.asarray(selection.aggregate_step_scores(
+      pool["prm_steps"], pool["prm_mask"], aggregation), np.float64)
+
+
 def selection_accuracy(method: str, pool: dict, ks, seed: int) -> np.ndarray:
-  """Mean accuracy over problems for every k (unbiased subset estimators)."""
+  """Mean accuracy over problems for every k in ks, shape [len(ks)] (unbiased
+  subset estimators).
+
+  Each k's value depends only on (method, pool, k, seed): the Monte Carlo
+  estimators (majority-type methods when C(n, k) is large) draw from a
+  generator seeded by (seed, k), so a row is the same whether it was computed
+  with other budgets, alone after a resume, or in a sweep with more budgets.
+
+  Raises:
+    ValueError: an unknown method, or a k outside [1, pool size].
+  """
   a, c = pool["answers"], pool["correct"]
   n = a.shape[1]
   if method == "coverage":
     return estimators.pass_at_k(np.full(len(c), n), c.sum(1), ks).mean(0)
-  if method == "majority":
-    est = estimators.majority_at_k(a, c, ks, seed=seed)
-    return est.value_PxK.mean(0)
-  if method == "weighted_majority_orm":
-    est = estimators.weighted_majority_at_k(a, pool["orm"], c, ks, seed=seed)
-    return est.value_PxK.mean(0)
-  if method == "bom_orm":
-    est = estimators.best_of_majority_at_k(a, pool["orm"], c, ks, alpha=0.1,
-                                           seed=seed)
-    return est.value_PxK.mean(0)
+  subset = {
+      "majority": lambda k: estimators.majority_at_k(a, c, [k], seed=[seed, k]),
+      "weighted_majority_orm": lambda k: estimators.weighted_majority_at_k(
+          a, pool["orm"], c, [k], seed=[seed, k]),
+      "bom_orm": lambda k: estimators.best_of_majority_at_k(
+          a, pool["orm"], c, [k], alpha=0.1, seed=[seed, k]),
+  }
+  if method in subset:
+    return np.array([subset[method](int(k)).value_PxK[:, 0].mean()
+                     for k in ks])
   if method == "bon_orm":
     return estimators.best_of_n_at_k(pool["orm"], c, ks).mean(0)
-  if method.startswith("bon_prm_"):
-    s = aggregate_prm(pool["prm_steps"], pool["prm_mask"], method[8:])
+  if method in SELECTION_METHODS and method.startswith(PRM_PREFIX):
+    s = prm_scores(pool, method[len(PRM_PREFIX):])
     return estimators.best_of_n_at_k(s, c, ks).mean(0)
   raise ValueError(f"unknown method {method!r}; known: {SELECTION_METHODS}")
 
@@ -211,17 +391,8 @@ def run_search(method: str, k: int, policy, verifiers, problems, config,
   model = Transformer(cfg)
   prompts = [TOK.encode(p.prompt, add_bos=True) for p in problems]
   key = jax.random.key(seed * 104729 + k)
-  steps = dict(delimiter_ids=(TOK.newline_id,), stop_ids=(TOK.eos_id,),
-               pad_id=TOK.pad_id)
-  S, K = config.max_step_tokens, config.max_steps
   if method in ("pf", "pf_smc", "epf"):
-    # pf: the reference behaviour; pf_smc: incremental log-weights with
-    # ESS-triggered resampling; epf: reference + entropic annealing (ESS mode).
-    pc = particle_filter.PFConfig(
-        n_particles=k, max_steps=K, max_step_tokens=S,
-        weighting="smc" if method == "pf_smc" else "reference",
-        ess_threshold=0.5 if method == "pf_smc" else None,
-        entropic="ess" if method == "epf" else None, **steps)
+    pc = search_config(method, k, config)
     res, rec = particle_filter.run_particle_filter(
         model, params, scorer, rparams, prompts, key, pc)
     toks, lens = np.asarray(res.tokens), np.asarray(res.lengths)
@@ -231,9 +402,7 @@ def run_search(method: str, k: int, policy, verifiers, problems, config,
     picked = particle_filter.weighted_vote(answers, np.asarray(res.weights))
     correct = [a is not None and a == p.answer for a, p in zip(picked, problems)]
   elif method in ("beam", "dvts"):
-    bc = beam_search.BeamConfig(method=method, n_paths=k,
-                                beam_width=min(config.beam_width, k),
-                                max_steps=K, max_step_tokens=S, **steps)
+    bc = search_config(method, k, config)
     res, rec = beam_search.run_beam_search(model, params, scorer, rparams,
                                            prompts, key, bc)
     toks, lens = np.asarray(res.tokens), np.asarray(res.lengths)
@@ -241,12 +410,7 @@ def run_search(method: str, k: int, policy, verifiers, problems, config,
     correct = [arith.check_answer(p, TOK.decode(toks[i, best[i], :lens[i, best[i]]]))
                for i, p in enumerate(problems)]
   elif method == "astar":
-    ac = astar.AStarConfig(
-        capacity=config.astar_capacity, num_children=config.astar_children,
-        max_step_tokens=S, max_solution_tokens=config.max_new_tokens,
-        delimiter_ids=steps["delimiter_ids"], stop_ids=steps["stop_ids"],
-        expected_total_steps=float(config.astar_expected_steps),
-        token_budget=float(k * config.astar_tokens_per_sample))
+    ac = search_config(method, k, config)
     T = max(len(p) for p in prompts)
     arr = np.full((len(prompts), T), TOK.pad_id, np.int32)
     for i, p in enumerate(prompts):
@@ -268,9 +432,42 @@ def run_search(method: str, k: int, policy, verifiers, problems, config,
 # --------------------------------- sweep ----------------------------------
 
 
+def check_model_dirs(config) -> None:
+  """The files `load_models` reads exist (checked before loading anything).
+
+  Raises:
+    ValueError: naming the missing file and the config field pointing there.
+  """
+  need = [("policy_dir", "model_config.json"), ("policy_dir", "config.json"),
+          ("policy_dir", "policy"), ("verifier_dir", "model_config.json"),
+          ("verifier_dir", "prm"), ("verifier_dir", "orm")]
+  for field, name in need:
+    path = os.path.join(config[field], name)
+    if not os.path.exists(path):
+      raise ValueError(f"config.{field}={config[field]!r} has no {name} "
+                       f"({path} does not exist)")
+
+
+def load_model_configs(config):
+  """(policy ModelConfig, verifier ModelConfig), read from their JSON files
+  without loading parameters (what the compute accounting needs)."""
+  cfgs = []
+  for field in ("policy_dir", "verifier_dir"):
+    path = os.path.join(config[field], "model_config.json")
+    if not os.path.exists(path):
+      raise ValueError(f"config.{field}={config[field]!r} has no "
+                       f"model_config.json ({path} does not exist)")
+    with open(path) as f:
+      cfgs.append(ModelConfig(**json.load(f)))
+  return tuple(cfgs)
+
+
 def load_models(config):
+  """(policy (cfg, params), policy training config, verifier cfg,
+  {'prm', 'orm': (RewardModel, params)})."""
   from experiments import train_policy as tp
   from jaxllm import reward
+  check_model_dirs(config)
   cfg, params, pconfig = tp.load_policy(config.policy_dir)
   with open(os.path.join(config.verifier_dir, "model_config.json")) as f:
     vcfg = ModelConfig(**json.load(f))
@@ -312,76 +509,104 @@ def append_row(path, row):
     os.fsync(f.fileno())
 
 
-def summarize(rows, methods, budgets, out_dir):
-  """Table, fits, compute-optimal choice and plots from the finished rows."""
-  table = {}
+def _log(line: str) -> None:
+  print(line, flush=True)
+
+
+def summarize(rows, methods, budgets, out_dir, log=_log):
+  """Table, fits, compute-optimal choice and plots from the finished rows.
+
+  rows: {(method, budget, seed): row} -- only the rows to report (run_sweep
+  passes the current config's). Works for any non-empty subset of methods:
+  coverage alone gets its table and power-law fit, the compute-optimal choice
+  and the accuracy plot need a method other than coverage, and a fit that is
+  impossible for a method (fewer than 2 distinct FLOPs) is reported as such.
+  Writes summary.json (atomically) and PNGs into out_dir; returns the summary.
+  """
+  table = {}  # method -> (budgets, flops, accuracy) over budgets with rows
   for m in methods:
-    accs, fl = [], []
+    ks, accs, fl = [], [], []
     for k in budgets:
       rs = [r for r in rows.values() if r["method"] == m and r["budget"] == k]
       if rs:
+        ks.append(k)
         accs.append(float(np.mean([r["accuracy"] for r in rs])))
         fl.append(float(np.mean([r["compute"]["flops"] for r in rs])))
     if accs:
-      table[m] = (np.array(fl), np.array(accs))
-  print("\naccuracy (mean over seeds); columns = budget (samples)")
-  print(f"{'method':<24}" + "".join(f"{k:>8}" for k in budgets))
-  for m in table:
-    cells = []
-    for k in budgets:
-      rs = [r["accuracy"] for r in rows.values()
-            if r["method"] == m and r["budget"] == k]
-      cells.append(f"{np.mean(rs):>8.3f}" if rs else f"{'-':>8}")
-    print(f"{m:<24}" + "".join(cells))
-  summary = {"table": {m: {"flops": f.tolist(), "accuracy": a.tolist()}
-                       for m, (f, a) in table.items()}}
-  if "coverage" in table and len(table["coverage"][1]) >= 3:
-    cov = table["coverage"][1]
-    ks = sorted({r["budget"] for r in rows.values() if r["method"] == "coverage"})
-    if (cov > 0).all():
+      table[m] = (np.array(ks), np.array(fl), np.array(accs))
+  log("\naccuracy (mean over seeds); columns = budget (samples)")
+  log(f"{'method':<24}" + "".join(f"{k:>8}" for k in budgets))
+  for m, (ks, _, accs) in table.items():
+    acc_of = dict(zip(ks.tolist(), accs))
+    log(f"{m:<24}" + "".join(f"{acc_of[k]:>8.3f}" if k in acc_of
+                             else f"{'-':>8}" for k in budgets))
+  summary = {"table": {m: {"budgets": ks.tolist(), "flops": f.tolist(),
+                           "accuracy": a.tolist()}
+                       for m, (ks, f, a) in table.items()}}
+  if "coverage" in table:
+    ks, _, cov = table["coverage"]
+    if len(cov) < 3:
+      log(f"\ncoverage fit: needs >= 3 budgets, have {len(cov)}")
+    elif not (cov > 0).all():
+      log("\ncoverage fit: not possible (zero coverage at budgets "
+          f"{ks[cov <= 0].tolist()})")
+    else:
       fit = analysis.fit_coverage_power_law(ks, cov)
       summary["coverage_fit"] = dataclasses.asdict(fit)
-      print(f"\ncoverage fit: log(coverage(k)) = {fit.a:.4f} * k^{fit.b:.4f}, "
-            f"R^2 = {fit.r2:.4f}")
+      log(f"\ncoverage fit: log(coverage(k)) = {fit.a:.4f} * k^{fit.b:.4f}, "
+          f"R^2 = {fit.r2:.4f}")
       analysis.plot_coverage(ks, cov,
                              os.path.join(out_dir, "coverage.png"), fit=fit)
-  methods_acc = {m: v for m, v in table.items() if m != "coverage"}
-  fits = analysis.fit_accuracy_vs_flops(
-      {m: v for m, v in methods_acc.items() if len(v[0]) >= 2})
+  methods_acc = {m: (f, a) for m, (_, f, a) in table.items() if m != "coverage"}
+  fits, fit_errors = {}, {}
+  for m, (f, a) in methods_acc.items():
+    if len(f) < 2:
+      continue
+    try:
+      fits[m] = analysis.fit_log_linear(f, a)
+    except ValueError as e:  # e.g. every budget at the same FLOPs
+      fit_errors[m] = str(e)
   summary["accuracy_vs_log10_flops"] = {m: dataclasses.asdict(f)
                                         for m, f in fits.items()}
-  print("\naccuracy vs log10 FLOPs (per method): slope, R^2")
-  for m, f in fits.items():
-    print(f"  {m:<24} slope {f.slope:+.4f}  R^2 {f.r2:.3f}")
-  all_flops = np.unique(np.concatenate([v[0] for v in methods_acc.values()]))
-  levels = np.geomspace(all_flops.min(), all_flops.max(), 6)
-  choice = analysis.compute_optimal_method(levels, methods_acc)
-  summary["compute_optimal"] = {
-      "budget_flops": levels.tolist(),
-      "method": [str(x) for x in choice.methods],
-      "accuracy": [float(x) for x in choice.accuracy]}
-  print("\ncompute-optimal method per FLOPs budget")
-  for b, m, a in zip(levels, choice.methods, choice.accuracy):
-    print(f"  {b:10.3e} FLOPs: {m} ({a:.3f})")
+  if fit_errors:
+    summary["accuracy_vs_log10_flops_errors"] = fit_errors
+  if methods_acc:
+    log("\naccuracy vs log10 FLOPs (per method): slope, R^2")
+    for m, f in fits.items():
+      log(f"  {m:<24} slope {f.slope:+.4f}  R^2 {f.r2:.3f}")
+    for m, e in fit_errors.items():
+      log(f"  {m:<24} no fit: {e}")
+    all_flops = np.unique(np.concatenate([v[0] for v in methods_acc.values()]))
+    levels = np.geomspace(all_flops.min(), all_flops.max(), 6)
+    choice = analysis.compute_optimal_method(levels, methods_acc)
+    summary["compute_optimal"] = {
+        "budget_flops": levels.tolist(),
+        "method": [str(x) for x in choice.methods],
+        "accuracy": [float(x) for x in choice.accuracy]}
+    log("\ncompute-optimal method per FLOPs budget")
+    for b, m, a in zip(levels, choice.methods, choice.accuracy):
+      log(f"  {b:10.3e} FLOPs: {m} ({a:.3f})")
+    analysis.plot_accuracy_vs_flops(
+        methods_acc, os.path.join(out_dir, "accuracy_vs_flops.png"), fits=fits)
+  else:
+    log("\nonly coverage (pass@k, an oracle) was run: no accuracy-vs-FLOPs "
+        "fit or compute-optimal choice")
   comp = astar_comparison(rows)
   if comp:
     summary["astar_vs"] = comp
-    print("\nA* against best-of-N / PF: A*'s cheapest budget reaching the same "
-          "accuracy (mean over seeds); ratios = A* / reference")
+    log("\nA* against best-of-N / PF: A*'s cheapest budget reaching the same "
+        "accuracy (mean over seeds); ratios = A* / reference")
     for c in comp:
       if c["astar_budget"] is None:
-        print(f"  {c['reference']:<14} @ {c['budget']:>3} (acc {c['accuracy']:.3f}):"
-              f" not reached (A* best {c['astar_best']:.3f})")
+        log(f"  {c['reference']:<14} @ {c['budget']:>3} (acc {c['accuracy']:.3f}):"
+            f" not reached (A* best {c['astar_best']:.3f})")
       else:
-        print(f"  {c['reference']:<14} @ {c['budget']:>3} (acc {c['accuracy']:.3f}):"
-              f" A* @ {c['astar_budget']:>3} acc {c['astar_accuracy']:.3f}, "
-              f"tokens x{c['token_ratio']:.2f}, PRM tokens "
-              f"x{c['prm_token_ratio']:.2f}")
-  analysis.plot_accuracy_vs_flops(methods_acc,
-                                  os.path.join(out_dir, "accuracy_vs_flops.png"),
-                                  fits=fits)
-  with open(os.path.join(out_dir, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=1, default=str)
+        log(f"  {c['reference']:<14} @ {c['budget']:>3} (acc {c['accuracy']:.3f}):"
+            f" A* @ {c['astar_budget']:>3} acc {c['astar_accuracy']:.3f}, "
+            f"tokens x{c['token_ratio']:.2f}, PRM tokens "
+            f"x{c['prm_token_ratio']:.2f}")
+  workdir.write_json_atomic(os.path.join(out_dir, "summary.json"), summary,
+                            indent=1, default=str)
   return summary
 
 
@@ -433,48 +658,66 @@ def astar_comparison(rows, references=("bon_prm_min", "bon_orm", "pf",
   return out
 
 
-def run_sweep(config, out_dir):
-  os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=1))
+def run_sweep(config, out_dir, log=_log):
+  """Run (or resume, or extend) the sweep into out_dir; returns the summary
+  (plus new_rows, pools_generated).
+
+  Order: `validate_sweep` (nothing touched on error), lock out_dir, check /
+  record its settings, write config.json, then compute only the missing rows.
+  Models are loaded only when a pool must be built or a search row run.
+
+  Raises:
+    ValueError: a bad config (naming the field), out_dir made with other
+      settings (naming the fields), a missing model file, or a saved pool of
+      the wrong shape -- all before any model is loaded.
+    workdir.WorkdirBusy: another sweep holds out_dir.
+  """
+  plan = validate_sweep(config)
+  with workdir.lock(out_dir):
+    _pin(config, out_dir)
+    with open(os.path.join(out_dir, "config.json.tmp"), "w") as f:
+      f.write(config_utils.to_json(config))
+    os.replace(os.path.join(out_dir, "config.json.tmp"),
+               os.path.join(out_dir, "config.json"))
+    return _run_locked(config, plan, out_dir, log)
+
+
+def _run_locked(config, plan: SweepPlan, out_dir, log):
   rows_path = os.path.join(out_dir, "rows.jsonl")
   rows = read_rows(rows_path)
-  budgets = [int(b) for b in config.budgets]
-  if max(budgets) > config.pool_size:
-    raise ValueError(f"config.budgets max {max(budgets)} exceeds "
-                     f"config.pool_size={config.pool_size}")
-  methods = list(config.methods)
-  search = list(config.search_methods)
-  search_budgets = [int(b) for b in config.search_budgets]
-  for m in methods:
-    if m not in SELECTION_METHODS:
-      raise ValueError(f"config.methods: unknown method {m!r}; known: "
-                       f"{SELECTION_METHODS}")
-  for m in search:
-    if m not in SEARCH_METHODS:
-      raise ValueError(f"config.search_methods: unknown method {m!r}; known: "
-                       f"{SEARCH_METHODS}")
-  todo = [(m, k, s) for s in config.seeds for m in methods for k in budgets
-          if (m, k, s) not in rows]
-  todo += [(m, k, s) for s in config.search_seeds for m in search
-           for k in search_budgets if (m, k, s) not in rows]
+  todo = [key for key in plan.keys() if key not in rows]
+  pool_path = lambda seed: os.path.join(out_dir, f"pool_seed{seed}.npz")
+  sel_seeds = sorted({s for m, _, s in todo if m in plan.methods})
+  need_models = (any(m in plan.search for m, _, _ in todo) or
+                 any(not os.path.exists(pool_path(s)) for s in sel_seeds))
   generated = 0
+  models = None
+  if need_models:
+    check_model_dirs(config)  # before loading anything
   if todo:
-    policy, pconfig, vcfg, verifiers = load_models(config)
-    from experiments import train_policy as tp
-    problems = tp.heldout_problems(pconfig, config.n_problems)
-    for seed in sorted({s for m, _, s in todo if m in methods}):
-      pool_path = os.path.join(out_dir, f"pool_seed{seed}.npz")
+    # Saved pools are checked before any model is loaded.
+    pools = {s: load_pool(pool_path(s), config) for s in sel_seeds
+             if os.path.exists(pool_path(s))}
+    if need_models:
+      from experiments import train_policy as tp
+      policy, pconfig, vcfg, verifiers = load_models(config)
+      problems = tp.heldout_problems(pconfig, config.n_problems)
+      models = (policy, verifiers, problems)
+      pcfg = policy[0]
+    else:
+      pcfg, vcfg = load_model_configs(config)
+    for seed in sel_seeds:
       t0 = time.perf_counter()
-      if os.path.exists(pool_path):
-        pool = dict(np.load(pool_path))
+      if seed in pools:
+        pool = pools.pop(seed)
       else:
+        policy, verifiers, problems = models
         pool = build_pool(policy, verifiers, problems, config, seed)
-        _atomic_savez(pool_path, **pool)
+        _atomic_savez(pool_path(seed), **pool)
         generated += 1
       pool_s = time.perf_counter() - t0
-      for m in methods:
-        ks = [k for k in budgets if (m, k, seed) not in rows]
+      for m in plan.methods:
+        ks = [k for k in plan.budgets if (m, k, seed) not in rows]
         if not ks:
           continue
         t1 = time.perf_counter()
@@ -482,14 +725,15 @@ def run_sweep(config, out_dir):
         dt = (time.perf_counter() - t1) / len(ks)
         for k, a in zip(ks, acc):
           row = dict(method=m, budget=k, seed=seed, accuracy=float(a),
-                     compute=selection_compute(m, pool, k, policy[0], vcfg),
+                     compute=selection_compute(m, pool, k, pcfg, vcfg),
                      wall_s=dt + pool_s * k / config.pool_size,
                      n_problems=config.n_problems)
           append_row(rows_path, row)
           rows[(m, k, seed)] = row
     for m, k, seed in todo:
-      if m not in search:
+      if m not in plan.search:
         continue
+      policy, verifiers, problems = models
       t0 = time.perf_counter()
       acc, comp = run_search(m, k, policy, verifiers, problems, config, seed)
       row = dict(method=m, budget=k, seed=seed, accuracy=acc, compute=comp,
@@ -497,14 +741,18 @@ def run_sweep(config, out_dir):
                  n_problems=config.n_problems)
       append_row(rows_path, row)
       rows[(m, k, seed)] = row
-      print(f"  {m:<8} budget {k:>3} seed {seed}: accuracy {acc:.3f}, "
-            f"{comp['flops']:.3e} FLOPs/problem, {row['wall_s']:.1f}s",
-            flush=True)
-  print(f"sweep: {len(todo)} new rows, {generated} pools generated")
-  summary = summarize(rows, methods + search, sorted(set(budgets) |
-                                                     set(search_budgets)),
-                      out_dir)
+      log(f"  {m:<8} budget {k:>3} seed {seed}: accuracy {acc:.3f}, "
+          f"{comp['flops']:.3e} FLOPs/problem, {row['wall_s']:.1f}s")
+  log(f"sweep: {len(todo)} new rows, {generated} pools generated")
+  current = {key: rows[key] for key in plan.keys()}
+  summary = summarize(current, list(plan.methods + plan.search),
+                      sorted(set(plan.budgets) | set(plan.search_budgets)),
+                      out_dir, log=log)
   summary["new_rows"], summary["pools_generated"] = len(todo), generated
+  other = len(rows) - len(current)
+  if other:
+    log(f"({other} rows of {rows_path} are not part of this config and are "
+        f"not reported)")
   return summary
 
 
@@ -515,14 +763,25 @@ def main(argv):
   del argv
   from absl import logging
   logging.set_verbosity(logging.WARNING)  # orbax logs every file it reads
-  run_sweep(FLAGS.config, FLAGS.out_dir)
+  try:
+    config = config_utils.validate(
+        FLAGS.config, config_utils.load_config_file(DEFAULT_CONFIG))
+    check_sweep(config, FLAGS.out_dir)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  if FLAGS.validate_only:
+    print(f"config OK for {os.path.abspath(FLAGS.out_dir)}")
+    return
+  try:
+    run_sweep(config, FLAGS.out_dir)
+  except workdir.WorkdirBusy as e:
+    raise app.UsageError(str(e)) from None
   print(f"results in {os.path.abspath(FLAGS.out_dir)}")
 
 
 if __name__ == "__main__":
-  config_flags.DEFINE_config_file(
-      "config", os.path.join(os.path.dirname(os.path.dirname(
-          os.path.abspath(__file__))), "configs", "scaling_arith.py"),
-      "Sweep config.")
+  config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Sweep config.")
   flags.DEFINE_string("out_dir", "results/scaling/arith", "Output directory.")
+  flags.DEFINE_bool("validate_only", False,
+                    "Check the config (and --out_dir's settings) and exit.")
   app.run(main)

@@ -21,11 +21,16 @@ rerun skips what is done and a killed run resumes from its last finished stage):
      agreement, before and after training.
 
 Writes <workdir>/draft (algorithms.drafts.save_draft) and <workdir>/metrics.json.
+
+The flags are checked (`validate_flags`) before the target is loaded, and
+against the target's shape right after, before any stage runs. --workdir is
+locked against a second run, and the flags the cached stages depend on
+(`STAGE_FLAGS`) are pinned in its settings.json (experiments/workdir.py): a
+rerun with other data flags is refused instead of training on the old data.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -36,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from algorithms import drafts
+from experiments import workdir as wd
 from experiments.tasks import gsm8k
 from jaxllm import train as train_lib
 from jaxllm.decoding import Transformer
@@ -62,6 +68,50 @@ flags.DEFINE_integer("eval_problems", 20, "Held-out originals for the eval.")
 flags.DEFINE_integer("seed", 0, "Seed.")
 
 BUCKETS = (256, 512)
+# Flags the cached stages (data shards, teacher.npz, heldout.npz) depend on;
+# the others (n_layers, vocab_subset, steps, ...) only change the training,
+# which every run redoes from scratch.
+STAGE_FLAGS = ("seed", "train_templates", "variants_per_template",
+               "max_new_tokens", "gen_batch", "topk", "eval_problems")
+STAGE_FILES = ("data", "teacher.npz", "heldout.npz")
+
+
+def validate_flags(cfg=None) -> None:
+  """Check the flags before anything expensive: ranges, and with the target's
+  ModelConfig `cfg`, that the draft fits inside it.
+
+  Raises:
+    app.UsageError: naming the flag.
+  """
+  positive = ("n_layers", "vocab_subset", "variants_per_template",
+              "max_new_tokens", "gen_batch", "topk", "steps", "batch_size",
+              "seq_len", "eval_problems")
+  for name in positive:
+    if getattr(FLAGS, name) < 1:
+      raise app.UsageError(f"--{name} must be >= 1, got {getattr(FLAGS, name)}")
+  if not FLAGS.learning_rate > 0:
+    raise app.UsageError(f"--learning_rate must be > 0, got {FLAGS.learning_rate}")
+  if FLAGS.seed < 0:
+    raise app.UsageError(f"--seed must be >= 0, got {FLAGS.seed}")
+  if not 1 <= FLAGS.train_templates < gsm8k.N_TEMPLATES:
+    raise app.UsageError(f"--train_templates must be in [1, {gsm8k.N_TEMPLATES})"
+                         f" (the rest are held out), got {FLAGS.train_templates}")
+  held = gsm8k.N_TEMPLATES - FLAGS.train_templates
+  if FLAGS.eval_problems > held:
+    raise app.UsageError(f"--eval_problems={FLAGS.eval_problems} exceeds the "
+                         f"{held} held-out templates (--train_templates="
+                         f"{FLAGS.train_templates})")
+  if cfg is not None:
+    if FLAGS.n_layers > cfg.n_layers:
+      raise app.UsageError(f"--n_layers={FLAGS.n_layers} exceeds the target's "
+                           f"{cfg.n_layers} layers")
+    if FLAGS.vocab_subset >= cfg.vocab_size:
+      raise app.UsageError(f"--vocab_subset={FLAGS.vocab_subset} must be "
+                           f"smaller than the target's vocabulary "
+                           f"({cfg.vocab_size})")
+    if FLAGS.topk > cfg.vocab_size:
+      raise app.UsageError(f"--topk={FLAGS.topk} exceeds the vocabulary "
+                           f"({cfg.vocab_size})")
 
 
 def chat_prompts(tok, problems):
@@ -213,9 +263,27 @@ def acceptance(target_cfg, tparams, draft, dparams, pairs):
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every write at INFO
+  validate_flags()
+  settings = {f"--{n}": getattr(FLAGS, n) for n in STAGE_FLAGS}
+  try:  # a workdir made with other data flags: refused before loading
+    wd.pin_settings(FLAGS.workdir, settings, results=STAGE_FILES,
+                    check_only=True)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  try:
+    with wd.lock(FLAGS.workdir):
+      wd.pin_settings(FLAGS.workdir, settings, results=STAGE_FILES)
+      run()
+  except wd.WorkdirBusy as e:
+    raise app.UsageError(str(e)) from None
+
+
+def run():
+  """Every stage, resuming what --workdir already holds (the caller holds its
+  lock and has pinned its settings)."""
   t_start = time.perf_counter()
-  os.makedirs(FLAGS.workdir, exist_ok=True)
   cfg, params, tok = load_pretrained("smollm2-135m-instruct")
+  validate_flags(cfg)  # before any stage
   model = Transformer(cfg)
   pairs = stage_data(model, params, tok)
   n_ans = sum(len(s) - int(pl) for s, pl in pairs)
@@ -276,8 +344,8 @@ def main(argv):
                     meta=dict(target="smollm2-135m-instruct",
                               train_templates=FLAGS.train_templates, **{
                                   k: v for k, v in metrics.items() if k != "history"}))
-  with open(os.path.join(FLAGS.workdir, "metrics.json"), "w") as f:
-    json.dump(metrics, f, indent=1)
+  wd.write_json_atomic(os.path.join(FLAGS.workdir, "metrics.json"), metrics,
+                       indent=1)
   print(f"wrote {FLAGS.workdir}/draft and metrics.json "
         f"({metrics['total_seconds']:.0f} s)")
 

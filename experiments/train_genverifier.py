@@ -43,6 +43,10 @@ held-out problems), the chain + EOS as LM targets, initialised from the
 policy's weights; checkpointed and resumable like train_policy. Writes to
 config.verifier_dir: verifier/ (params), model_config.json, config.json, metrics.json
 (verdict accuracy and AUROC of the V-verdict score on held-out samples).
+The config is checked before anything is loaded (`validate_verifier_config`);
+the directory is locked against a second run and its settings.json pins every
+setting that changes the trained verifier (`verifier_settings`), so a resume
+never continues another configuration's checkpoints (experiments/workdir.py).
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import config_utils
+from experiments import workdir as wd
 from experiments import train_policy as tp
 from experiments.tasks import arith
 from jaxllm import checkpoint, reward, train
@@ -71,6 +76,15 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(
 GENVERIFIER_SEED_OFFSET = 3_000_017  # verifier training problems
 HELDOUT_EXCLUDE = 2048  # held-out problems never used for training
 TOK = arith.TOKENIZER
+# config.verifier fields that change the trained verifier (the others --
+# log_every, checkpoint_every, eval_* -- only change logs and metrics.json,
+# which every run recomputes).
+PINNED_VERIFIER_FIELDS = (
+    "init_from_policy", "max_seq_len", "train_problems", "samples_per_problem",
+    "temperature", "max_new_tokens", "steps", "mark_weight", "batch_size",
+    "seq_len", "learning_rate", "warmup_steps", "end_lr_ratio", "weight_decay",
+    "clip_norm")
+RESULT_FILES = ("checkpoints", "verifier", "model_config.json")
 SEPARATOR = "::"
 YES, NO = "=1", "=0"
 
@@ -264,8 +278,71 @@ def verifier_metrics(problems, candidates, yes_RxV, per_problem: int = 1) -> dic
 # ------------------------------- training ----------------------------------
 
 
+def verifier_settings(config) -> dict:
+  """Every setting that changes the trained verifier, as pinned in its
+  directory: seed, policy_dir, rows_per_call (sampling chunks), the held-out
+  problems excluded from training (max(HELDOUT_EXCLUDE, n_problems)) and the
+  `PINNED_VERIFIER_FIELDS` of config.verifier. Accepts a ConfigDict or the
+  nested dict of a saved config.json (absent fields are skipped)."""
+  out = config_utils.fields(config, ("seed", "policy_dir", "rows_per_call") +
+                            tuple(f"verifier.{k}"
+                                  for k in PINNED_VERIFIER_FIELDS))
+  n = config_utils.get(config, "n_problems", None)
+  if n is not None:
+    out["excluded_heldout_problems"] = max(HELDOUT_EXCLUDE, int(n))
+  return out
+
+
+def validate_verifier_config(config) -> None:
+  """Value checks of what training the verifier reads (types are checked by
+  the schema), before any model is loaded.
+
+  Raises:
+    ValueError: naming the offending field.
+  """
+  config_utils.positive(
+      config, "n_problems", "rows_per_call", "max_verify_tokens",
+      "verifier.max_seq_len", "verifier.train_problems",
+      "verifier.samples_per_problem", "verifier.max_new_tokens",
+      "verifier.steps", "verifier.mark_weight", "verifier.batch_size",
+      "verifier.seq_len", "verifier.learning_rate",
+      "verifier.checkpoint_every", "verifier.eval_problems",
+      "verifier.eval_samples", "verifier.eval_verifications")
+  config_utils.non_negative(
+      config, "seed", "temperature", "verifier.temperature",
+      "verifier.warmup_steps", "verifier.end_lr_ratio",
+      "verifier.weight_decay", "verifier.clip_norm", "verifier.log_every")
+
+
+def pin_verifier_dir(config, workdir: str, check_only: bool = False) -> None:
+  """Record / check the verifier's settings in its directory (a finished
+  verifier made with other settings is refused, naming the fields).
+
+  Raises:
+    ValueError: the directory holds a verifier or checkpoints made with other
+      settings.
+  """
+  wd.pin_settings(
+      workdir, verifier_settings(config), results=RESULT_FILES,
+      legacy=wd.legacy_config_json(verifier_settings),
+      check_only=check_only)
+
+
 def train_verifier(config, workdir: str, log=print) -> dict:
-  """Train (or resume) the verifier into `workdir`; returns its metrics."""
+  """Train (or resume) the verifier into `workdir`; returns its metrics.
+
+  Raises:
+    ValueError: a bad config value or a directory made with other settings
+      (before anything is loaded).
+    experiments.workdir.WorkdirBusy: another run holds the directory.
+  """
+  validate_verifier_config(config)
+  with wd.lock(workdir):
+    pin_verifier_dir(config, workdir)
+    return _train_verifier_locked(config, workdir, log)
+
+
+def _train_verifier_locked(config, workdir: str, log) -> dict:
   t_start = time.perf_counter()
   v = config.verifier
   os.makedirs(workdir, exist_ok=True)
@@ -334,10 +411,11 @@ def train_verifier(config, workdir: str, log=print) -> dict:
                  train_yes_rate=float(targets.mean()), sample_s=sample_s,
                  train_s=train_s, eval_s=time.perf_counter() - t0,
                  total_s=time.perf_counter() - t_start, history=history)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
+  with open(os.path.join(workdir, "config.json.tmp"), "w") as f:
     f.write(config_utils.to_json(config))
-  with open(os.path.join(workdir, "metrics.json"), "w") as f:
-    json.dump(metrics, f, indent=2)
+  os.replace(os.path.join(workdir, "config.json.tmp"),
+             os.path.join(workdir, "config.json"))
+  wd.write_json_atomic(os.path.join(workdir, "metrics.json"), metrics, indent=2)
   # written last: its presence marks a finished verifier
   tmp = os.path.join(workdir, "model_config.json.tmp")
   with open(tmp, "w") as f:
@@ -358,8 +436,16 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   schema = config_utils.load_config_file(DEFAULT_CONFIG)
-  config = config_utils.validate(flags.FLAGS.config, schema)
-  train_verifier(config, config.verifier_dir)
+  try:  # every config / directory problem, before anything is loaded
+    config = config_utils.validate(flags.FLAGS.config, schema)
+    validate_verifier_config(config)
+    pin_verifier_dir(config, config.verifier_dir, check_only=True)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  try:
+    train_verifier(config, config.verifier_dir)
+  except wd.WorkdirBusy as e:
+    raise app.UsageError(str(e)) from None
 
 
 if __name__ == "__main__":

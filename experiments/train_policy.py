@@ -13,6 +13,11 @@ interruption resumes from the latest one and ends with identical parameters.
 Writes to --workdir: `checkpoints/` (train states), `policy/` (final params),
 `model_config.json`, `config.json`, `metrics.json` (greedy accuracy, pass@1,
 pass@k / coverage up to `eval.final_samples` samples, wall times).
+
+Before anything is built the config is checked (`validate_policy_config`),
+--workdir is locked against a second run and its settings.json must match
+every field but `NOT_PINNED` (experiments/workdir.py), so a resume never
+continues checkpoints trained with another configuration.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from ml_collections import config_flags
 
 from algorithms.estimators import pass_at_k
 from experiments import config_utils
+from experiments import workdir as wd
 from experiments.tasks import arith
 from jaxllm import checkpoint, train
 from jaxllm.config import ModelConfig
@@ -43,6 +49,14 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(
 
 EVAL_SEED_OFFSET = 1_000_003  # held-out problems: generate(seed + offset)
 TOK = arith.TOKENIZER
+# Fields the trained parameters do not depend on (logs, checkpoint files, and
+# the final report, which every run recomputes); every other field is pinned.
+# eval.n_problems / final_problems / final_sample_problems stay pinned: they
+# choose the held-out questions excluded from training.
+NOT_PINNED = ("train.log_every", "train.checkpoint_every",
+              "train.keep_checkpoints", "eval.every", "eval.max_new_tokens",
+              "eval.final_samples")
+RESULT_FILES = ("checkpoints", "policy", "model_config.json")
 
 
 def task_kwargs(config) -> dict:
@@ -155,28 +169,100 @@ def final_report(cfg, params, config) -> dict:
           "greedy_eval_s": t1 - t0, "sample_eval_s": time.perf_counter() - t1}
 
 
+def validate_policy_config(config) -> None:
+  """Check the training config before anything is built: the schema of
+  configs/arith_policy.py, value ranges, the task knobs, the model shape and
+  that every training text fits train.seq_len.
+
+  Raises:
+    ValueError: naming the offending field.
+  """
+  config_utils.check(config, config_utils.load_config_file(DEFAULT_CONFIG))
+  config_utils.positive(
+      config, "model.d_model", "model.n_layers", "model.n_heads",
+      "model.n_kv_heads", "model.d_ff", "model.max_seq_len", "train.steps",
+      "train.batch_size", "train.seq_len", "train.learning_rate",
+      "train.accum_steps", "train.checkpoint_every", "train.keep_checkpoints",
+      "eval.n_problems", "eval.max_new_tokens", "eval.final_problems",
+      "eval.final_samples", "eval.final_sample_problems")
+  config_utils.non_negative(
+      config, "seed", "train.warmup_steps", "train.end_lr_ratio",
+      "train.weight_decay", "train.clip_norm", "train.log_every", "eval.every")
+  config_utils.one_of(config, "train.compute_dtype", ("float32", "bfloat16"))
+  if config.train.batch_size % config.train.accum_steps:
+    raise ValueError(f"config.train.batch_size={config.train.batch_size} is "
+                     f"not divisible by config.train.accum_steps="
+                     f"{config.train.accum_steps}")
+  try:
+    heldout_problems(config, 0)  # the task knobs
+  except ValueError as e:
+    raise ValueError(f"config.task: {e}") from None
+  try:
+    model_config(config)
+  except (ValueError, TypeError) as e:
+    raise ValueError(f"config.model: {e}") from None
+  longest = max(len(example(p)[0]) for p in arith.generate(
+      2000, config.seed + 17, **task_kwargs(config)))
+  if longest > config.train.seq_len:
+    raise ValueError(f"config.train.seq_len={config.train.seq_len} is shorter "
+                     f"than a training text ({longest} tokens)")
+
+
+def policy_settings(config) -> dict:
+  """The settings pinned in the workdir (every field but NOT_PINNED)."""
+  return config_utils.flatten(config, exclude=NOT_PINNED)
+
+
+def pin_workdir(config, workdir: str, check_only: bool = False) -> None:
+  """Record / check the training settings in `workdir`.
+
+  Raises:
+    ValueError: it holds checkpoints or a policy trained with other settings.
+  """
+  wd.pin_settings(workdir, policy_settings(config), results=RESULT_FILES,
+                  legacy=wd.legacy_config_json(policy_settings),
+                  check_only=check_only)
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes
-  t_start = time.perf_counter()
   schema = config_utils.load_config_file(DEFAULT_CONFIG)
-  config = config_utils.validate(flags.FLAGS.config, schema)
-  workdir = flags.FLAGS.workdir
-  os.makedirs(workdir, exist_ok=True)
+  try:  # every config / directory problem, before anything is built
+    config = config_utils.validate(flags.FLAGS.config, schema)
+    validate_policy_config(config)
+    pin_workdir(config, flags.FLAGS.workdir, check_only=True)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  try:
+    run(config, flags.FLAGS.workdir)
+  except wd.WorkdirBusy as e:
+    raise app.UsageError(str(e)) from None
+
+
+def run(config, workdir: str) -> dict:
+  """Train (or resume) the policy into `workdir`; returns the final report.
+
+  Raises:
+    ValueError: a bad config or a workdir trained with other settings
+      (naming the fields), before anything is built.
+    experiments.workdir.WorkdirBusy: another run holds the workdir.
+  """
+  validate_policy_config(config)
+  with wd.lock(workdir):
+    pin_workdir(config, workdir)
+    return _run_locked(config, workdir)
+
+
+def _run_locked(config, workdir: str) -> dict:
+  t_start = time.perf_counter()
   cfg = model_config(config)
   tc = config.train
 
-  probe = heldout_problems(config, 0)  # validates the task knobs early
-  del probe
   eval_probs = heldout_problems(config, max(config.eval.n_problems,
                                             config.eval.final_problems,
                                             config.eval.final_sample_problems))
   exclude = {p.question for p in eval_probs}
-  longest = max(len(example(p)[0]) for p in arith.generate(
-      2000, config.seed + 17, **task_kwargs(config)))
-  if longest > tc.seq_len:
-    raise ValueError(f"config.train.seq_len={tc.seq_len} is shorter than a "
-                     f"training text ({longest} tokens)")
 
   optimizer, _ = train.make_optimizer(
       tc.learning_rate, warmup_steps=tc.warmup_steps, total_steps=tc.steps,
@@ -222,13 +308,13 @@ def main(argv):
   report.update(train_s=train_s, total_s=time.perf_counter() - t_start,
                 steps=tc.steps, params=train.num_params(state.params),
                 history=history)
-  with open(os.path.join(workdir, "metrics.json"), "w") as f:
-    json.dump(report, f, indent=2)
+  wd.write_json_atomic(os.path.join(workdir, "metrics.json"), report, indent=2)
   cov = report[f"coverage_at_{report['samples']}"]
   print(f"policy: greedy accuracy {report['greedy_accuracy']:.3f} "
         f"pass@1 {report['pass_at_1']:.3f} coverage@{report['samples']} "
         f"{cov:.3f} | train {train_s:.0f}s total {report['total_s']:.0f}s",
         flush=True)
+  return report
 
 
 def load_policy(policy_dir: str):

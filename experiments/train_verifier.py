@@ -19,7 +19,10 @@
    best-of-N accuracy with each score next to pass@1 and majority vote.
 
 Writes to --workdir: prm/ and orm/ (orbax: lm + head), model_config.json,
-config.json, metrics.json.
+config.json, metrics.json. Nothing is resumed (every run trains both models
+from scratch and rewrites every file), so the workdir is locked against a
+concurrent run but its settings are not pinned. The config is checked
+(`validate_config`) before anything is loaded.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from ml_collections import config_flags
 
 from experiments import config_utils
 from experiments import train_policy as tp
+from experiments import workdir as wd
 from experiments.tasks import arith
 from jaxllm import reward, train
 
@@ -45,6 +49,7 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), "configs", "arith_verifier.py")
 VERIFIER_SEED_OFFSET = 2_000_003  # verifier training problems
 TOK = arith.TOKENIZER
+ORM_LABELS = ("last", "all")  # train.orm_labels
 
 
 @dataclasses.dataclass
@@ -101,8 +106,8 @@ def orm_example(s: Sample, where: str):
   elif where == "all":
     mask = [0] * s.prompt_len + [1] * (T - s.prompt_len)
   else:
-    raise ValueError(f"config.train.orm_labels must be 'last' or 'all', got "
-                     f"{where!r}")
+    raise ValueError(f"config.train.orm_labels must be one of {ORM_LABELS}, "
+                     f"got {where!r}")
   return s.tokens, mask, [int(s.correct)] * T
 
 
@@ -164,13 +169,51 @@ def majority(samples, problems):
                         for j, p in enumerate(problems)]))
 
 
+def validate_config(config) -> None:
+  """Check the config before anything is loaded: the schema of
+  configs/arith_verifier.py, value ranges, train.orm_labels, and that
+  policy_dir holds a trained policy.
+
+  Raises:
+    ValueError: naming the offending field.
+  """
+  config_utils.check(config, config_utils.load_config_file(DEFAULT_CONFIG))
+  config_utils.positive(
+      config, "data.train_problems", "data.test_problems",
+      "data.samples_per_problem", "data.max_new_tokens", "train.steps",
+      "train.batch_size", "train.seq_len", "train.learning_rate")
+  config_utils.non_negative(
+      config, "seed", "data.temperature", "train.warmup_steps",
+      "train.end_lr_ratio", "train.weight_decay", "train.clip_norm",
+      "train.log_every")
+  config_utils.one_of(config, "train.orm_labels", ORM_LABELS)
+  for name in ("model_config.json", "config.json", "policy"):
+    path = os.path.join(config.policy_dir, name)
+    if not os.path.exists(path):
+      raise ValueError(f"config.policy_dir={config.policy_dir!r} has no {name} "
+                       f"({path} does not exist; train the policy first)")
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  t_start = time.perf_counter()
   schema = config_utils.load_config_file(DEFAULT_CONFIG)
-  config = config_utils.validate(flags.FLAGS.config, schema)
-  workdir = flags.FLAGS.workdir
+  try:  # every config problem, before anything is loaded
+    config = config_utils.validate(flags.FLAGS.config, schema)
+    validate_config(config)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  try:
+    with wd.lock(flags.FLAGS.workdir):
+      run(config, flags.FLAGS.workdir)
+  except wd.WorkdirBusy as e:
+    raise app.UsageError(str(e)) from None
+
+
+def run(config, workdir: str) -> None:
+  """Sample, label, train the PRM and ORM into `workdir`, report (the caller
+  holds the workdir's lock)."""
+  t_start = time.perf_counter()
   os.makedirs(workdir, exist_ok=True)
   log = lambda s: print(s, flush=True)
   d = config.data

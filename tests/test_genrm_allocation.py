@@ -283,5 +283,10 @@ def test_end_to_end_tiny_run_resumes(tmp_path):
   c2 = _tiny_config(tmp_path / "other")
   c2.verifier_dir = c.verifier_dir
   c2.verifications = 2
+  # (a V grid beyond the verifications is itself refused, before anything)
+  with pytest.raises(ValueError, match=r"config.v_grid\[1\]=3 exceeds "
+                                       r"config.verifications=2"):
+    ga.run(c2, out, log=lambda s: None)
+  c2.v_grid, c2.plot_v = (1, 2), (1, 2)
   with pytest.raises(ValueError, match="other settings"):
     ga.run(c2, out, log=lambda s: None)

@@ -61,9 +61,14 @@ def test_rerun_does_no_work_and_kill_resume_matches(setup):
   ref = _rows(full)
   assert len(ref) == n_rows
 
-  # A "killed" run: seed 1's pool never written, rows cut mid-line.
+  # A "killed" run: seed 1's pool never written, rows cut mid-line. Its
+  # settings.json was written before any pool (as a real run does).
   killed = str(root / "killed")
   os.makedirs(killed)
+  with open(os.path.join(full, "settings.json")) as f:
+    settings = f.read()
+  with open(os.path.join(killed, "settings.json"), "w") as f:
+    f.write(settings)
   with open(os.path.join(full, "rows.jsonl")) as f:
     lines = f.readlines()
   keep = [l for l in lines if json.loads(l)["seed"] == 0][:9]
