@@ -67,6 +67,196 @@ def test_normalize_and_format():
     assert answers.normalize_answer("1,2") == "1"
 
 
+# LaTeX number forms vs Math-Verify (PyPI math-verify, HF's answer checker): the
+# reference reads each text on its own; both must give the same exact rational,
+# or both no rational (ours None: unparsable, counted by the caller).
+MATH_VERIFY_CASES = [
+    # the issue's three
+    (r"\boxed{\frac12}", "0.5"),
+    (r"\boxed{\frac {3}{4}}", "0.75"),
+    (r"\boxed{2\frac{1}{2}}", "2.5"),
+    # \frac family
+    (r"\boxed{\dfrac{3}{4}}", "0.75"),
+    (r"\boxed{\tfrac{3}{4}}", "0.75"),
+    (r"\boxed{\cfrac{3}{4}}", "0.75"),
+    (r"\boxed{\frac 1 2}", "0.5"),
+    (r"\boxed{\frac{1}2}", "0.5"),
+    (r"\boxed{\frac1{2}}", "0.5"),
+    (r"\boxed{\frac{1}{3}}", "1/3"),
+    (r"\boxed{\frac{2}{4}}", "0.5"),
+    (r"\boxed{\frac{1.5}{2}}", "0.75"),
+    (r"\boxed{\frac{7}{2}}", "3.5"),
+    (r"\boxed{\displaystyle\frac{3}{4}}", "0.75"),
+    (r"\boxed{\dfrac{12}{5}\text{ hours}}", "2.4"),
+    # mixed numbers
+    (r"\boxed{1\frac12}", "1.5"),
+    (r"\boxed{2 \frac{1}{2}}", "2.5"),
+    (r"\boxed{-2\frac{1}{2}}", "-2.5"),
+    # signs and brackets
+    (r"\boxed{-\frac{3}{4}}", "-0.75"),
+    (r"\boxed{\frac{-3}{4}}", "-0.75"),
+    (r"\boxed{\frac{-3}{-4}}", "0.75"),
+    (r"\boxed{\left(\frac{3}{4}\right)}", "0.75"),
+    (r"\boxed{-\left(\frac{3}{4}\right)}", "-0.75"),
+    (r"\boxed{(3/4)}", "0.75"),
+    (r"\boxed{-5}", "-5"),
+    ("\\boxed{\u22123}", "-3"),
+    # thousands separators, decimals
+    (r"\boxed{1,234}", "1234"),
+    (r"\boxed{1{,}234}", "1234"),
+    (r"\boxed{1{,}234{,}567}", "1234567"),
+    (r"\boxed{1,000,000}", "1000000"),
+    (r"\boxed{2,500.75}", "2500.75"),
+    (r"\boxed{0.5}", "0.5"),
+    (r"\boxed{.5}", "0.5"),
+    (r"\boxed{5.00}", "5"),
+    (r"\boxed{0.125}", "0.125"),
+    (r"\boxed{1.5/3}", "0.5"),
+    (r"\boxed{007}", "7"),
+    # currency, units, \text{...}, spaces
+    (r"\boxed{\$18}", "18"),
+    (r"\boxed{\$1,234.50}", "1234.5"),
+    (r"\boxed{\$1{,}000}", "1000"),
+    (r"\boxed{\$ -5}", "-5"),
+    (r"\boxed{-\$5}", "-5"),
+    (r"\boxed{18 \text{ dollars}}", "18"),
+    (r"\boxed{18\text{ cm}}", "18"),
+    (r"\boxed{18\,\text{cm}}", "18"),
+    (r"\boxed{12 \mbox{ apples}}", "12"),
+    (r"\boxed{\text{18}}", "18"),
+    (r"\boxed{\mathbf{42}}", "42"),
+    (r"\boxed{\textbf{12}}", "12"),
+    (r"\boxed{42^\circ}", "42"),
+    (r"\boxed{42^{\circ}}", "42"),
+    (r"\boxed{\approx 18}", "18"),
+    # scientific forms and powers
+    (r"\boxed{1.5 \times 10^{3}}", "1500"),
+    (r"\boxed{3\cdot 10^4}", "30000"),
+    (r"\boxed{1.2\times10^{-3}}", "0.0012"),
+    (r"\boxed{3.5\times 10^{2}\text{ m}}", "350"),
+    (r"\boxed{10^{3}}", "1000"),
+    (r"\boxed{10^{-2}}", "0.01"),
+    (r"\boxed{2^{10}}", "1024"),
+    (r"\boxed{1.2E3}", "1200"),
+    # the answer span in text
+    (r"The answer is $\frac{3}{4}$.", "0.75"),
+    (r"The answer is \(\frac{3}{4}\).", "0.75"),
+    (r"Answer: $\frac12$", "0.5"),
+    ("So she pays 18 dollars. The answer is $18.", "18"),
+    ("#### 1,234", "1234"),
+    ("#### 18 dollars", "18"),
+    ("the answer is .5 of a cup", "0.5"),
+    # no exact rational value: ours None (unparsable), Math-Verify irrational,
+    # undefined, symbolic or nothing
+    (r"\boxed{\sqrt{2}}", None),
+    (r"\boxed{5\sqrt{2}}", None),
+    (r"\boxed{\frac{\sqrt{2}}{2}}", None),
+    (r"\boxed{\pi}", None),
+    (r"\boxed{\frac{3}{0}}", None),
+    (r"\boxed{\pm 3}", None),
+    (r"\boxed{x}", None),
+    (r"\boxed{x^2}", None),
+    (r"\boxed{e^{2}}", None),
+    (r"\boxed{}", None),
+]
+
+# Where we read a form on purpose unlike Math-Verify: (text, ours, a text
+# Math-Verify reads as our value, why).
+MATH_VERIFY_DEVIATIONS = [
+    (r"\boxed{75\%}", "75", r"\boxed{75}",
+     "GSM8K writes percent answers as the number of percent"),
+    ("The answer is 75%.", "75", "75", "the same, in text"),
+    (r"\boxed{\frac{3}{4}\%}", "0.75", r"\boxed{\frac{3}{4}}", "percent"),
+    (r"\boxed{1\,000}", "1000", r"\boxed{1000}",
+     "\\, is a thousands separator; Math-Verify reads 1*0"),
+    (r"\boxed{2.5e3}", "2500", r"\boxed{2.5\times10^3}",
+     "e-notation; Math-Verify reads e as Euler's number"),
+    (r"\boxed{\frac{1,000}{4}}", "250", r"\boxed{\frac{1000}{4}}",
+     "thousands separator inside \\frac; Math-Verify gives up"),
+    (r"\boxed{\text{\$}18}", "18", r"\boxed{18}",
+     "a dollar sign in \\text; Math-Verify multiplies by the empty text"),
+    (r"\boxed{x = 5}", "5", r"\boxed{5}",
+     "the right-hand side; Math-Verify keeps the equation x = 5"),
+    (r"\boxed{x_1 = 5}", "5", r"\boxed{5}", "the same, with a subscript"),
+]
+
+# Forms Math-Verify evaluates that are not number forms: unparsable here.
+NOT_NUMBER_FORMS = [r"\boxed{3 \times 4}", r"\boxed{3 \cdot \frac{1}{2}}",
+                    r"\boxed{\frac123}", r"\boxed{2.5\frac12}"]
+
+
+def _math_verify_rational(text):
+    """Math-Verify's reading of `text` as an exact Fraction, or None if it reads
+    nothing or no rational number."""
+    import sympy
+    from math_verify import parse
+    parsed = parse(text)
+    if not parsed or not isinstance(parsed[0], sympy.Expr):
+        return None
+    value = parsed[0].doit()  # 10**3 may come unevaluated
+    if not value.is_number:
+        return None
+    value = sympy.nsimplify(value, rational=True)
+    if not value.is_Rational:
+        return None
+    return Fraction(int(value.p), int(value.q))
+
+
+# Of the None cases, those with no number at all (the span passes on to the
+# next format); the others hold a value that is not a rational: unparsable.
+NO_NUMBER = {r"\boxed{x}", r"\boxed{x^2}", r"\boxed{e^{2}}", r"\boxed{}"}
+
+
+@pytest.mark.parametrize("text, expected", MATH_VERIFY_CASES)
+def test_latex_numbers_match_math_verify(text, expected):
+    from math_verify import parse, verify
+    got = answers.extraction(text)
+    assert got.answer == expected
+    want = _math_verify_rational(text)
+    if expected is None:
+        assert want is None
+        assert got.source == ("none" if text in NO_NUMBER else "unparsable: boxed")
+    else:
+        assert verify(parse(f"${expected}$"), parse(text))
+        # Exactly, where Math-Verify reads a number (\text{18} it keeps as a
+        # symbol named 18, which verify above matches by name).
+        if want is not None:
+            assert answers.parse_number(expected) == want
+
+
+@pytest.mark.parametrize("text, expected, equivalent, why", MATH_VERIFY_DEVIATIONS)
+def test_latex_numbers_deliberate_deviations(text, expected, equivalent, why):
+    assert answers.extract_answer(text) == expected, why
+    assert _math_verify_rational(equivalent) == answers.parse_number(expected)
+
+
+@pytest.mark.parametrize("text", NOT_NUMBER_FORMS)
+def test_expressions_are_unparsable_not_misread(text):
+    assert answers.extract_answer(text) is None
+    assert answers.extraction(text) == (None, "unparsable: boxed")
+
+
+def test_unparsable_marked_answer_is_counted_not_replaced():
+    # An unreadable boxed answer is not replaced by a lower-priority format, by
+    # a digit from inside it, or by the last number (even in flexible mode).
+    text = "The answer is 3.\n#### 3\nSo \\boxed{3\\sqrt{2}}"
+    for flexible in (False, True):
+        assert answers.extraction(text, flexible) == (None, "unparsable: boxed")
+    assert answers.extraction("so x = 5\\sqrt{2}", True) == (
+        None, "unparsable: last number")
+    # Flexible mode reads LaTeX numbers whole and skips digits in exponents.
+    assert answers.extraction("so the total is \\frac{3}{4} \\end{align}",
+                              True) == ("0.75", "last number")
+    assert answers.extraction("area 12 m^2", True) == ("12", "last number")
+    assert answers.extraction("no answer here", True) == (None, "none")
+    # A marked span without any number still passes to the next format.
+    assert answers.extraction("\\boxed{\\text{yes}}\n#### 4") == ("4", "####")
+    # Callers count None as a miss: never equal to anything.
+    assert not answers.answers_equal(answers.extract_answer("\\boxed{\\pi}"), "3")
+    with pytest.raises(ValueError, match="text must be a str"):
+        answers.extraction(None)
+
+
 # ---------------------------------------------------------------------------
 # safe_eval.py
 

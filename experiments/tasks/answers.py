@@ -5,122 +5,348 @@
   2. the last `#### ...` line (GSM8K's reference format),
   3. the last "answer is ..." / "answer: ..." (case-insensitive, e.g. "The final
      answer is $18."),
-  4. only if `fallback_last_number=True`: the last number anywhere in the text,
-and returns the first number in that span, normalised by `normalize_answer`.
+  4. only if `fallback_last_number=True` (lm-eval's "flexible-extract"): the last
+     number anywhere in the text,
+and returns the first number in that span, normalised by `normalize_answer`. A
+span with no number at all passes to the next format; a span whose first number
+cannot be read exactly (`\\sqrt{2}`, `2\\pi`, `3 \\times 4`, `\\frac{x}{2}`,
+`\\frac{3}{0}`) makes the answer None: unparsable, for the caller to count (it
+is never replaced by a digit read from inside the expression, nor by a number
+from a lower-priority format). `extraction(text)` also says which format
+answered or why there is none.
 
-Normalisation reads the number exactly (as a Fraction) so that `5`, `5.0`, `$5.00`
-and `5 dollars` agree, `1,234` is 1234 (commas only as thousands separators),
-`-3.5`, `.5`, `3/4` and `\\frac{3}{4}` are understood, and currency symbols,
-percent signs, units and trailing periods are ignored. The canonical string is an
-integer ("1200"), a terminating decimal ("-3.5") or a reduced ratio ("1/3").
+Numbers are read exactly (as a Fraction), in plain text and in the LaTeX forms
+models write, matching Math-Verify (PyPI `math-verify`, the reference in
+tests/test_tasks.py) on each:
+  `5`, `5.0`, `$5.00`, `5 dollars`, `\\$5`, `\\text{5 dollars}`, `\\mathbf{5}`
+      (currency, units, `\\text{...}`, `\\(...\\)` and `$...$` are dropped),
+  `1,234`, `1{,}234`, `1\\,234` (thousands separators; `1,2` is 1),
+  `-3.5`, `.5`, `−3` (Unicode minus), `-\\$5`, `\\$-5`,
+  `3/4`, `\\frac{3}{4}`, `\\dfrac`, `\\tfrac`, `\\cfrac`, `\\frac34` / `\\frac 3 4`
+      (single-token arguments), `\\frac{-3}{4}`, `-\\frac{3}{4}`, `\\frac{1.5}{2}`,
+  `2\\frac{1}{2}` and `2 \\frac12` (mixed numbers: 5/2; `-2\\frac12` is -5/2),
+  `\\left( \\frac{3}{4} \\right)`, `\\displaystyle`,
+  `75\\%` and `75%` (the number of percent, 75: GSM8K answers are written so),
+  `1.5 \\times 10^{3}`, `3\\cdot10^4`, `10^{-2}`, `2^{10}`, `1.2E3` / `2.5e3`,
+  `42^\\circ`.
+Where this deliberately differs from Math-Verify: a percent is its number (75,
+not 3/4), `1\\,000` is 1000 (Math-Verify reads 1*0), `2.5e3` is 2500 (Math-Verify
+reads e as Euler's number), `1,2` is 1 (Math-Verify: the set {1, 2}), a product
+`3 \\times 4` is unparsable (Math-Verify: 12), and letters after a number are a
+unit (`2x` is 2; Math-Verify: 2*x).
+
+The canonical string is an integer ("1200"), a terminating decimal ("-3.5") or a
+reduced ratio ("1/3").
 """
 
 from __future__ import annotations
 
 import re
 from fractions import Fraction
+from typing import NamedTuple
 
-# A number token: optional sign (possibly before a currency symbol), thousands-grouped
-# or plain digits, optional decimals; or a bare decimal like .5.
-_NUM = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+"
-_NUMBER_RE = re.compile(
-    r"(?<![\w.])(?P<sign>[-\u2212])?\s*(?:[$\u20ac\u00a3]|\\\$)?\s*(?P<sign2>[-\u2212])?(?P<num>" + _NUM + r")"
-    r"(?:\s*/\s*(?P<den>\d+)(?![\d.]))?"
-)
-_FRAC_RE = re.compile(r"(?P<sign>-)?\\[dt]?frac\{\s*(?P<a>-?\d+(?:\.\d+)?)\s*\}\{\s*(?P<b>\d+(?:\.\d+)?)\s*\}")
+# ---------------------------------------------------------------------------
+# LaTeX clean-up: what carries no value becomes a space (or nothing, for the
+# thin spaces inside a number), so only numbers and value-bearing macros stay.
+
+_UNWRAP = re.compile(
+    r"\\(?:text|textbf|textit|textrm|textsf|texttt|textnormal|textup|mathrm|"
+    r"mathbf|mathit|mathsf|mathtt|mathnormal|boldsymbol|bm|mbox|hbox|"
+    r"operatorname|boxed|fbox|underline|emph|ensuremath|"
+    r"(?:text)?color\{[^{}]*\})\s*"
+    r"\{([^{}]*)\}")
+_BLANKS = [  # (pattern, replacement), applied in order
+    (re.compile(r"\\(?:begin|end|label|tag|[hv]space\*?)\s*\{[^{}]*\}"), " "),
+    (re.compile("\u2212"), "-"),  # Unicode minus
+    (re.compile(r"\{,\}"), ","),
+    (re.compile(r"\\[,!]"), ""),  # thin / negative spaces: 1\,000 is 1000
+    (re.compile(r"\\(?:[dtc]frac)(?![A-Za-z])"), r"\\frac"),
+    (re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\circ(?![A-Za-z])|\u00b0|"
+                r"\\degree(?![A-Za-z])"), " "),
+    (re.compile(r"\\(?:left|right|[bB]igg?[lr]?|displaystyle|textstyle|"
+                r"scriptstyle|bf|it|rm|sf|tt|mathrm|limits|nolimits|"
+                r"quad|qquad|enspace|thinspace|medspace|thickspace|"
+                r"approx|sim|simeq|equiv|cong|leq?|geq?|lt|gt|neq?|to|"
+                r"rightarrow|Rightarrow|implies|therefore|newline|"
+                r"textdollar|euro|pounds|yen|dollar|percent|[lc]?dots|"
+                r"hfill|hline|par|item|noindent|nonumber|notag)(?![A-Za-z])"),
+     " "),
+    (re.compile(r"\\[$%;:() \[\]]|\\\\|[$%~\u20ac\u00a3\u00a5]"), " "),
+    (re.compile(r"_\s*(?:\{[^{}]*\}|[A-Za-z0-9])"), " "),  # subscripts: labels
+]
+
+
+def _clean(span: str) -> str:
+  """`span` with LaTeX markup that carries no value replaced by spaces."""
+  prev = None
+  while prev != span:  # unwrap \text{..} etc., innermost first
+    prev, span = span, _UNWRAP.sub(r" \1 ", span)
+  for pattern, repl in _BLANKS:
+    span = pattern.sub(repl, span)
+  return span
+
+
+# ---------------------------------------------------------------------------
+# Reading numbers from cleaned text.
+
+_DEC = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+"
+_SIGNED_DEC = re.compile(rf"\s*(-?)\s*({_DEC})\s*")
+_START = re.compile(
+    r"(?P<macro>\\[A-Za-z]+)|(?P<caret>\^)|"
+    r"(?<![\w.)}\]])(?P<sign>-)(?=[\s({]*(?:\d|\.\d|\\frac(?![A-Za-z])))|"
+    rf"(?<![\w.])(?P<num>{_DEC})")
+_WS = re.compile(r"\s*")
+_INT_EXP = re.compile(r"\s*\^\s*(?:\{\s*(-?\d+)\s*\}|(\d))")
+_SCI_TIMES = re.compile(
+    r"\s*(?:\\times|\\cdot|\u00d7|\*)\s*10\s*\^\s*(?:\{\s*(-?\d+)\s*\}|(\d))")
+_E_EXP = re.compile(r"[eE]([-+]?\d+)(?![\w.])")
+_MAX_EXP = 1000  # 10^1000 is fine as a Fraction; 10^(10^9) would not be
+# A macro whose value we cannot read, with its arguments: \sqrt[3]{x}, \pi.
+_MACRO_ARGS = re.compile(r"\s*(?:\[[^\[\]]*\]\s*)?")
+_TOKEN = re.compile(r"\\[A-Za-z]+|.", re.S)
+_NUM = re.compile(_DEC)
+_SIGN = re.compile(r"-[\s({]*")
+_RATIO = re.compile(rf"\s*/\s*({_DEC})(?![\w.])")
+_GLUED = re.compile(r"\\[A-Za-z]+|\^")
+
+
+def _skip_group(s: str, i: int) -> int:
+  """End of the `{...}` group (balanced) or single token starting at s[i:]."""
+  i = _WS.match(s, i).end()
+  if i >= len(s):
+    return i
+  if s[i] != "{":
+    return _TOKEN.match(s, i).end()
+  depth = 0
+  for j in range(i, len(s)):
+    depth += {"{": 1, "}": -1}.get(s[j], 0)
+    if depth == 0:
+      return j + 1
+  return len(s)
+
+
+def _skip_macro(s: str, i: int, name: str) -> int:
+  """End of an opaque macro starting at s[i:] and its braced arguments."""
+  j = i + len(name)
+  j = _MACRO_ARGS.match(s, j).end()
+  while j < len(s) and s[j] == "{":
+    j = _WS.match(s, _skip_group(s, j)).end()
+  return j
+
+
+def _frac_arg(s: str, i: int) -> tuple[Fraction | None, int]:
+  """A \\frac argument at s[i:]: `{ -1,234.5 }` or one digit (`\\frac12`)."""
+  i = _WS.match(s, i).end()
+  if i < len(s) and s[i].isdigit():
+    return Fraction(int(s[i])), i + 1
+  end = _skip_group(s, i)
+  if i >= len(s) or s[i] != "{":
+    return None, end
+  m = _SIGNED_DEC.fullmatch(s, i + 1, end - 1)
+  if m is None:
+    return None, end
+  v = Fraction(m.group(2).replace(",", ""))
+  return (-v if m.group(1) else v), end
+
+
+def _read_frac(s: str, i: int) -> tuple[Fraction | None, int]:
+  """\\frac{a}{b} starting at s[i:] (i at the backslash)."""
+  a, j = _frac_arg(s, i + len("\\frac"))
+  b, j = _frac_arg(s, j)
+  if a is None or b is None or b == 0:
+    return None, j
+  return a / b, j
+
+
+def _power(base: Fraction, exp_text: str) -> Fraction | None:
+  e = int(exp_text)
+  if abs(e) > _MAX_EXP or (base == 0 and e < 0):
+    return None
+  return base ** e
+
+
+def _read_number(s: str, i: int) -> tuple[Fraction | None, int]:
+  """The number expression starting at s[i:] (a sign, a digit, '.' or
+  \\frac) -> (exact value or None if unreadable, end)."""
+  negative = False
+  if s[i] == "-":
+    negative = True
+    i = _SIGN.match(s, i).end()
+  if s.startswith("\\frac", i):
+    value, j = _read_frac(s, i)
+    whole = None
+  else:
+    m = _NUM.match(s, i)
+    text = m.group(0)
+    value, j = Fraction(text.replace(",", "")), m.end()
+    whole = value if re.fullmatch(r"\d+", text) else None
+    k = _WS.match(s, j).end()
+    if whole is not None and s.startswith("\\frac", k):  # mixed number
+      frac, j2 = _read_frac(s, k)
+      if frac is None or frac < 0:
+        return None, j2
+      value, j = whole + frac, j2
+    elif (m2 := _E_EXP.match(s, j)):
+      value = _power(Fraction(10), m2.group(1))
+      value, j = (None if value is None else Fraction(text.replace(",", "")) *
+                  value), m2.end()
+    elif (m2 := _SCI_TIMES.match(s, j)):
+      p = _power(Fraction(10), m2.group(1) or m2.group(2))
+      value, j = (None if p is None else value * p), m2.end()
+    elif (m2 := _INT_EXP.match(s, j)):
+      value, j = _power(value, m2.group(1) or m2.group(2)), m2.end()
+    elif (m2 := _RATIO.match(s, j)):
+      den = Fraction(m2.group(1).replace(",", ""))
+      value, j = (None if den == 0 else value / den), m2.end()
+  if value is not None and negative:
+    value = -value
+  # Something glued on that continues the expression: 5\sqrt{2}, 2\pi,
+  # 3 \times 4, \frac12^2, \frac123, 2.5\frac12, x^{1/2}.
+  k = _WS.match(s, j).end()
+  glued = _GLUED.match(s, k)
+  if glued or (j < len(s) and s[j].isdigit()):
+    if glued and glued.group(0) == "^":
+      return None, _skip_group(s, k + 1)
+    if glued:
+      return None, _skip_macro(s, k, glued.group(0))
+    return None, j + 1
+  return value, j
+
+
+class _Item(NamedTuple):
+  value: Fraction | None  # None: a value we cannot read exactly
+  has_digit: bool  # an unreadable item that holds a digit is a number too
+
+
+def _items(span: str) -> list[_Item]:
+  """The numbers (readable or not) and opaque macros of `span`, in order."""
+  s = _clean(span)
+  out, pos = [], 0
+  while (m := _START.search(s, pos)) is not None:
+    if m.group("macro") and m.group("macro") != "\\frac":
+      end = _skip_macro(s, m.start(), m.group("macro"))
+      out.append(_Item(None, any(c.isdigit() for c in s[m.start():end])))
+      pos = end
+    elif m.group("caret"):  # an exponent of a variable (x^2): not a number
+      pos = _skip_group(s, m.end())
+    else:
+      value, pos = _read_number(s, m.start())
+      out.append(_Item(value, True))
+  return out
+
+
+def parse_number(span: str | None) -> Fraction | None:
+  """The first number in `span` as an exact Fraction, or None if there is none
+  or it cannot be read exactly (see the module doc for the forms read)."""
+  if span is None:
+    return None
+  items = _items(span)
+  return items[0].value if items else None
+
+
+def format_number(value: Fraction) -> str:
+  """Canonical text of an exact number: "12", "-3.5", or "1/3" if not a finite decimal."""
+  value = Fraction(value)
+  if value.denominator == 1:
+    return str(value.numerator)
+  d = value.denominator
+  k2 = k5 = 0
+  while d % 2 == 0:
+    d //= 2
+    k2 += 1
+  while d % 5 == 0:
+    d //= 5
+    k5 += 1
+  if d != 1:
+    return f"{value.numerator}/{value.denominator}"
+  places = max(k2, k5)
+  scaled = abs(value) * 10**places
+  digits = str(scaled.numerator).rjust(places + 1, "0")
+  sign = "-" if value < 0 else ""
+  return f"{sign}{digits[:-places]}.{digits[-places:]}"
+
+
+def normalize_answer(span: str | None) -> str | None:
+  """Canonical string of the first number in `span` ("$1,200.00" -> "1200"), or None."""
+  value = parse_number(span) if span is not None else None
+  return None if value is None else format_number(value)
+
+
+# ---------------------------------------------------------------------------
+# Extraction.
+
 _HASH_RE = re.compile(r"####\s*(?P<span>[^\n]*)")
 _ANSWER_IS_RE = re.compile(r"answer\s*(?:is|:)\s*:?\s*(?P<span>[^\n]*)", re.IGNORECASE)
 
 
 def _boxed_spans(text: str) -> list[str]:
-    """Contents of every \\boxed{...} / \\fbox{...}, with nested braces matched."""
-    spans = []
-    for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text):
-        depth, i = 1, m.end()
-        while i < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            i += 1
-        if depth == 0:
-            spans.append(text[m.end():i - 1])
-    return spans
+  """Contents of every \\boxed{...} / \\fbox{...}, with nested braces matched."""
+  spans = []
+  for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text):
+    depth, i = 1, m.end()
+    while i < len(text) and depth:
+      depth += {"{": 1, "}": -1}.get(text[i], 0)
+      i += 1
+    if depth == 0:
+      spans.append(text[m.end():i - 1])
+  return spans
 
 
-def parse_number(span: str) -> Fraction | None:
-    """The first number in `span` as an exact Fraction, or None if there is none."""
-    if span is None:
-        return None
-    span = span.replace("{,}", ",").replace("\\!", "").replace("\\,", "")
-    frac = _FRAC_RE.search(span)
-    m = _NUMBER_RE.search(span)
-    if frac and (m is None or frac.start() <= m.start()):
-        value = Fraction(frac.group("a")) / Fraction(frac.group("b"))
-        return -value if frac.group("sign") else value
-    if m is None:
-        return None
-    value = Fraction(m.group("num").replace(",", ""))
-    if m.group("den") is not None:
-        den = int(m.group("den"))
-        if den == 0 or "." in m.group("num"):
-            return None
-        value /= den
-    return -value if (m.group("sign") or m.group("sign2")) else value
+class Extraction(NamedTuple):
+  """What `extraction` found.
+
+  answer: the canonical number string, or None.
+  source: where it came from: "boxed", "####", "answer is" or "last number";
+    "unparsable: <format>" when that format's span starts with a value that
+    cannot be read exactly (answer None); "none" when no format holds a number.
+  """
+  answer: str | None
+  source: str
 
 
-def format_number(value: Fraction) -> str:
-    """Canonical text of an exact number: "12", "-3.5", or "1/3" if not a finite decimal."""
-    value = Fraction(value)
-    if value.denominator == 1:
-        return str(value.numerator)
-    d = value.denominator
-    k2 = k5 = 0
-    while d % 2 == 0:
-        d //= 2
-        k2 += 1
-    while d % 5 == 0:
-        d //= 5
-        k5 += 1
-    if d != 1:
-        return f"{value.numerator}/{value.denominator}"
-    places = max(k2, k5)
-    scaled = abs(value) * 10**places
-    digits = str(scaled.numerator).rjust(places + 1, "0")
-    sign = "-" if value < 0 else ""
-    return f"{sign}{digits[:-places]}.{digits[-places:]}"
+def extraction(text: str, fallback_last_number: bool = False) -> Extraction:
+  """The final answer of a generated solution and where it came from (see the
+  module doc for the order of formats).
 
-
-def normalize_answer(span: str | None) -> str | None:
-    """Canonical string of the first number in `span` ("$1,200.00" -> "1200"), or None."""
-    value = parse_number(span) if span is not None else None
-    return None if value is None else format_number(value)
+  Raises:
+    ValueError: `text` is not a str.
+  """
+  if not isinstance(text, str):
+    raise ValueError(f"text must be a str, got {type(text).__name__}")
+  candidates: list[tuple[str, str]] = []
+  boxed = _boxed_spans(text)
+  if boxed:
+    candidates.append(("boxed", boxed[-1]))
+  hashes = _HASH_RE.findall(text)
+  if hashes:
+    candidates.append(("####", hashes[-1]))
+  said = _ANSWER_IS_RE.findall(text)
+  if said:
+    candidates.append(("answer is", said[-1]))
+  for source, span in candidates:  # the highest-priority format with a number wins
+    items = _items(span)
+    if not items:
+      continue
+    if items[0].value is None:
+      return Extraction(None, f"unparsable: {source}")
+    return Extraction(format_number(items[0].value), source)
+  if fallback_last_number:
+    numbers = [it for it in _items(text) if it.has_digit]
+    if numbers:
+      if numbers[-1].value is None:
+        return Extraction(None, "unparsable: last number")
+      return Extraction(format_number(numbers[-1].value), "last number")
+  return Extraction(None, "none")
 
 
 def extract_answer(text: str, fallback_last_number: bool = False) -> str | None:
-    """Normalised final answer of a generated solution (see module doc), or None."""
-    if not isinstance(text, str):
-        raise ValueError(f"text must be a str, got {type(text).__name__}")
-    candidates: list[str] = []
-    boxed = _boxed_spans(text)
-    if boxed:
-        candidates.append(boxed[-1])
-    hashes = _HASH_RE.findall(text)
-    if hashes:
-        candidates.append(hashes[-1])
-    said = _ANSWER_IS_RE.findall(text)
-    if said:
-        candidates.append(said[-1])
-    for span in candidates:  # the highest-priority format that holds a number wins
-        ans = normalize_answer(span)
-        if ans is not None:
-            return ans
-    if fallback_last_number:
-        nums = list(_NUMBER_RE.finditer(text))
-        if nums:
-            return normalize_answer(nums[-1].group(0))
-    return None
+  """Normalised final answer of a generated solution (see module doc), or None
+  when there is none or it cannot be read (`extraction` says which)."""
+  return extraction(text, fallback_last_number).answer
 
 
 def answers_equal(a: str | None, b: str | None) -> bool:
-    """True iff both are answers (strings with a number) of exactly the same value."""
-    va = parse_number(a) if a is not None else None
-    vb = parse_number(b) if b is not None else None
-    return va is not None and vb is not None and va == vb
+  """True iff both are answers (strings with a number) of exactly the same value."""
+  va = parse_number(a) if a is not None else None
+  vb = parse_number(b) if b is not None else None
+  return va is not None and vb is not None and va == vb
