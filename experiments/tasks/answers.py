@@ -186,12 +186,8 @@ def _read_number(s: str, i: int) -> tuple[Fraction | None, int]:
       if frac is None or frac < 0:
         return None, j2
       value, j = whole + frac, j2
-    elif (m2 := _E_EXP.match(s, j)):
-      value = _power(Fraction(10), m2.group(1))
-      value, j = (None if value is None else Fraction(text.replace(",", "")) *
-                  value), m2.end()
-    elif (m2 := _SCI_TIMES.match(s, j)):
-      p = _power(Fraction(10), m2.group(1) or m2.group(2))
+    elif (m2 := _E_EXP.match(s, j) or _SCI_TIMES.match(s, j)):
+      p = _power(Fraction(10), next(g for g in m2.groups() if g is not None))
       value, j = (None if p is None else value * p), m2.end()
     elif (m2 := _INT_EXP.match(s, j)):
       value, j = _power(value, m2.group(1) or m2.group(2)), m2.end()
