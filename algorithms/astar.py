@@ -110,7 +110,10 @@ from algorithms import array_queue as aq
 from algorithms.stepping import BUDGET, DELIMITER, STOP, Step, sample_step
 from jaxllm import flops as flops_lib
 from jaxllm.config import ModelConfig
+from jaxllm.generate import check_prompts
 from jaxllm.sampling import make_sampling
+from jaxllm.validation import (INT32_LIMIT, check_int, check_length,
+                               check_token_ids, token_id_array)
 
 _TINY = 1e-30
 _DYNAMIC = ("token_budget", "scorer_call_budget", "max_iterations",
@@ -162,14 +165,16 @@ class AStarConfig:
   max_iterations: float = 1e6
 
   def __post_init__(self):
-    ids = lambda name: tuple(int(i) for i in getattr(self, name))
-    object.__setattr__(self, "delimiter_ids", ids("delimiter_ids"))
-    object.__setattr__(self, "stop_ids", ids("stop_ids"))
+    for name in ("delimiter_ids", "stop_ids"):
+      arr = token_id_array(f"AStarConfig.{name}", getattr(self, name))
+      if arr.ndim != 1:
+        raise ValueError(f"AStarConfig.{name} must be a flat sequence of token "
+                         f"ids, got {getattr(self, name)!r:.200}")
+      object.__setattr__(self, name, tuple(int(i) for i in arr))
     for name in ("capacity", "pop_batch", "num_children", "max_step_tokens",
                  "max_solution_tokens"):
-      v = getattr(self, name)
-      if not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"AStarConfig.{name} must be a positive int, got {v!r}")
+      object.__setattr__(self, name, check_int(
+          f"AStarConfig.{name}", getattr(self, name), lo=1))
     if self.pop_batch > self.capacity:
       raise ValueError(f"AStarConfig.pop_batch={self.pop_batch} exceeds "
                        f"capacity={self.capacity}")
@@ -186,8 +191,15 @@ class AStarConfig:
       if self.expansion != "enumerate":
         raise ValueError("AStarConfig.candidate_steps needs expansion="
                          "'enumerate'")
-      cands = tuple(tuple(int(t) for t in c) for c in self.candidate_steps)
-      if not cands or any(len(c) == 0 for c in cands):
+      cands = []
+      for c in self.candidate_steps:
+        arr = token_id_array("AStarConfig.candidate_steps", c)
+        if arr.ndim != 1 or arr.size == 0:
+          raise ValueError("AStarConfig.candidate_steps must be a non-empty "
+                           "sequence of non-empty token sequences")
+        cands.append(tuple(int(t) for t in arr))
+      cands = tuple(cands)
+      if not cands:
         raise ValueError("AStarConfig.candidate_steps must be a non-empty "
                          "sequence of non-empty token sequences")
       for c in cands:
@@ -580,24 +592,6 @@ def _find_cfg(obj) -> Optional[ModelConfig]:
   return None
 
 
-def _as_prompts(prompts):
-  if isinstance(prompts, (tuple, list)) and len(prompts) == 2:
-    tokens, lengths = prompts
-  else:
-    tokens, lengths = prompts, None
-  tokens = jnp.asarray(tokens)
-  if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
-    raise ValueError(f"prompts must be int tokens [P, T] or (tokens, lengths), "
-                     f"got {tokens.dtype} of shape {tuple(tokens.shape)}")
-  P, T = tokens.shape
-  lengths = (np.full((P,), T, np.int32) if lengths is None else
-             np.asarray(lengths, np.int32))
-  if lengths.shape != (P,) or (lengths < 1).any() or (lengths > T).any():
-    raise ValueError(f"prompt lengths must be [P={P}] ints in [1, {T}], got "
-                     f"{lengths}")
-  return tokens.astype(jnp.int32), jnp.asarray(lengths)
-
-
 def compute_record(result: AStarResult, model, scorer, lengths_P) -> "flops_lib.Compute":
   """What the search spent (see the module docstring for the conventions)."""
   lengths = np.asarray(lengths_P)
@@ -627,24 +621,50 @@ def compute_record(result: AStarResult, model, scorer, lengths_P) -> "flops_lib.
 
 
 def run_astar(model, params, scorer, scorer_params, prompts, key,
-              config: AStarConfig, *, heuristic_params=None):
+              config: AStarConfig, *, prompt_lengths=None, pad_id: int = 0,
+              heuristic_params=None):
   """A*-decoding for P problems at once. Returns (AStarResult, Compute).
 
-  model: a decode-interface model (jaxllm.decoding); scorer: a step scorer
-  (algorithms.scorers); prompts: int tokens [P, T] or (tokens [P, T],
-  lengths [P]); heuristic_params: pytree passed to a callable heuristic.
+  Args:
+    model: a decode-interface model (jaxllm.decoding); params its parameters.
+    scorer / scorer_params: a step scorer (algorithms.scorers).
+    prompts: a list of P token-id lists, or a right-padded int array [P, T]
+      with `prompt_lengths` [P] (the convention of `generate`:
+      `jaxllm.generate.check_prompts`; prompts are bucketed, padded with
+      `pad_id`).
+    key: PRNG key (sample mode).
+    config: AStarConfig.
+    pad_id: id in [0, V) written into prompt padding (answers are 0-padded).
+    heuristic_params: pytree passed to a callable heuristic.
+
+  Raises:
+    ValueError: naming the argument or field: pad_id, prompt ids,
+      AStarConfig.stop_ids / delimiter_ids / candidate_steps outside [0, V)
+      (`jaxllm.validation.check_token_ids`), malformed prompts, or prompt +
+      max_solution_tokens beyond ModelConfig.max_seq_len (of the model, or
+      of the scorer's model).
   """
   if not isinstance(config, AStarConfig):
     raise ValueError(f"config must be an AStarConfig, got {type(config)}")
-  tokens, lengths = _as_prompts(prompts)
-  if config.expansion == "enumerate":
-    V = model.vocab_size
-    ids = (config.candidate_steps or ()) + (config.stop_ids, config.delimiter_ids)
-    if any(not 0 <= t < V for c in ids for t in c):
-      raise ValueError(f"candidate / stop / delimiter token ids must be in "
-                       f"[0, {V})")
+  V = getattr(model, "vocab_size", None)
+  check_token_ids("AStarConfig.stop_ids", config.stop_ids, V)
+  check_token_ids("AStarConfig.delimiter_ids", config.delimiter_ids, V)
+  if config.candidate_steps is not None:
+    check_token_ids("AStarConfig.candidate_steps",
+                    [t for c in config.candidate_steps for t in c], V)
+  tokens, lengths = check_prompts(model, prompts, prompt_lengths, pad_id)
+  L = config.max_solution_tokens
+  what = f"prompt length {int(lengths.max())} + max_solution_tokens={L}"
+  check_length(what, int(lengths.max()) + L, "the int32 position range",
+               INT32_LIMIT)
+  for m in (model, getattr(scorer, "model", None)):
+    cfg = _find_cfg(m)
+    if cfg is not None:
+      check_length(what, int(lengths.max()) + L, "ModelConfig.max_seq_len",
+                   cfg.max_seq_len)
   sampling = make_sampling(config.temperature, config.top_k, config.top_p,
                            config.min_p)
+  tokens, lengths = jnp.asarray(tokens), jnp.asarray(lengths)
   result = _search_jit(model, scorer, config.static_part(), params,
                        scorer_params, tokens, lengths, key,
                        config.dynamic_part(), sampling, heuristic_params)

@@ -41,10 +41,12 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
-from algorithms.particle_filter import (add_hist, compute_record, flatten_steps,
+from algorithms.particle_filter import (add_hist, check_config_ids,
+                                        compute_record, flatten_steps, id_tuple,
                                         prepare_prompts, step_contexts)
 from algorithms.stepping import STOP, reorder_rows, sample_step
 from jaxllm.sampling import make_sampling
+from jaxllm.validation import check_int, check_token_id
 
 TRACE_COUNT = {"beam_search": 0}
 METHODS = ("beam", "dvts")
@@ -55,8 +57,12 @@ _WORST = -1e30  # rank of a live candidate with a NaN / -inf score
 class BeamConfig:
   """Static settings. n_paths N, beam_width M (N % M == 0); method 'beam' or
   'dvts'; max_steps rounds; max_step_tokens S per step; lookahead k greedy
-  steps before scoring; sampling_* for the candidate steps; return_trace
-  records every round (candidates, scores, kept indices) for inspection."""
+  steps before scoring; sampling_* for the candidate steps; cache_size KV
+  slots per row (default padded prompt + (K + lookahead) * S); pad_id the id
+  written into padding; return_trace records every round (candidates,
+  scores, kept indices) for inspection. Token ids (stop / delimiter / pad)
+  are checked for type here and against the model's vocabulary by
+  `run_beam_search` (ValueError naming the field)."""
 
   method: str = "beam"
   n_paths: int = 16
@@ -74,8 +80,14 @@ class BeamConfig:
   return_trace: bool = False
 
   def __post_init__(self):
-    object.__setattr__(self, "delimiter_ids", tuple(int(i) for i in self.delimiter_ids))
-    object.__setattr__(self, "stop_ids", tuple(int(i) for i in self.stop_ids))
+    for name in ("delimiter_ids", "stop_ids"):
+      object.__setattr__(self, name, id_tuple(f"BeamConfig.{name}",
+                                              getattr(self, name)))
+    object.__setattr__(self, "pad_id", check_token_id("BeamConfig.pad_id",
+                                                      self.pad_id, None))
+    if self.cache_size is not None:
+      object.__setattr__(self, "cache_size", check_int(
+          "BeamConfig.cache_size", self.cache_size, lo=1))
     if self.method not in METHODS:
       raise ValueError(f"BeamConfig.method must be one of {METHODS}, got "
                        f"{self.method!r}")
@@ -276,11 +288,20 @@ def run_beam_search(model, params, scorer, scorer_params, prompts, key,
                     config: BeamConfig, *, prompt_lengths=None):
   """PRM beam search (config.method='beam') or DVTS ('dvts').
 
-  prompts: P token lists, or [P, T] with prompt_lengths. Returns
-  (BeamResult, jaxllm.flops.Compute)."""
+  prompts: P token lists, or [P, T] with prompt_lengths (the convention of
+  `jaxllm.generate.check_prompts`). Returns (BeamResult, jaxllm.flops.Compute).
+
+  Raises:
+    ValueError: naming the argument or config field: config.pad_id /
+      stop_ids / delimiter_ids or prompt ids outside [0, V), malformed
+      prompts, or prompt + max_steps * max_step_tokens beyond
+      ModelConfig.max_seq_len or config.cache_size."""
+  if not isinstance(config, BeamConfig):
+    raise ValueError(f"config must be a BeamConfig, got {type(config)}")
+  check_config_ids(model, config, "BeamConfig")
   tokens, lengths, size = prepare_prompts(model, prompts, prompt_lengths,
                                           config.pad_id, config.min_cache_size,
-                                          config.cache_size)
+                                          config.cache_size, prefix="BeamConfig")
   result, counts = _beam_jit(model, scorer, config, params, scorer_params, tokens,
                              lengths, key, cache_size=size)
   return result, compute_record(model, scorer, lengths, counts)

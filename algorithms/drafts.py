@@ -32,6 +32,7 @@ from jaxllm.config import ModelConfig
 from jaxllm.decoding import Transformer
 from jaxllm.model import forward
 from jaxllm.params import Params
+from jaxllm.validation import check_int, check_token_ids, token_id_array
 
 
 # ----------------------------------------------------------------------------------
@@ -167,13 +168,17 @@ class SubVocabDraft:
 
 
 def sub_vocab_maps(token_ids_K, full_vocab: int):
-  """(to_sub_V, to_full_K) int32 arrays for a list of K distinct full-vocab ids."""
-  ids = np.asarray(token_ids_K, np.int64)
+  """(to_sub_V [V], to_full_K [K]) int32 arrays for K distinct full-vocab ids.
+
+  Raises:
+    ValueError: naming `full_vocab` (not an integer >= 1) or `token_ids_K`
+      (not a non-empty 1-D list of integers in [0, full_vocab), or repeated).
+  """
+  full_vocab = check_int("full_vocab", full_vocab, lo=1)
+  ids = token_id_array("token_ids_K", token_ids_K)
   if ids.ndim != 1 or len(ids) == 0:
     raise ValueError(f"token_ids_K must be a non-empty 1-D list, got shape {ids.shape}")
-  if ids.min() < 0 or ids.max() >= full_vocab:
-    raise ValueError(f"token ids must be in [0, {full_vocab}), got range "
-                     f"[{ids.min()}, {ids.max()}]")
+  check_token_ids("token_ids_K", ids, full_vocab)
   if len(np.unique(ids)) != len(ids):
     raise ValueError("token_ids_K has repeated ids")
   to_sub = np.zeros(full_vocab, np.int32)
@@ -185,12 +190,13 @@ def frequent_tokens(token_lists, size: int, always=(), weights=None) -> np.ndarr
   """The `size` ids of largest total weight in `token_lists` (ties by id), `always`
   included. weights: parallel lists of per-token weights (default 1 = counts), e.g.
   the target's probabilities of its top-k ids, to rank by expected frequency."""
-  ids = np.concatenate([np.asarray(t, np.int64).ravel() for t in token_lists])
+  ids = np.concatenate([token_id_array("token_lists", t).ravel()
+                        for t in token_lists])
   w = (np.ones(len(ids)) if weights is None else
        np.concatenate([np.asarray(x, np.float64).ravel() for x in weights]))
   if len(w) != len(ids):
     raise ValueError(f"weights have {len(w)} entries for {len(ids)} tokens")
-  always = np.asarray(always, np.int64).ravel()
+  always = token_id_array("always", always).ravel()
   uniq, inv = np.unique(np.concatenate([ids, always]), return_inverse=True)
   total = np.bincount(inv, weights=np.concatenate([w, np.zeros(len(always))]))
   total[np.isin(uniq, always)] = np.inf

@@ -94,6 +94,8 @@ from algorithms.stepping import BUDGET, STOP, Step, reorder_rows, sample_step
 from jaxllm import flops as flops_lib
 from jaxllm.generate import check_prompts
 from jaxllm.sampling import log_probs, make_sampling
+from jaxllm.validation import (INT32_LIMIT, check_int, check_length,
+                               check_token_id, check_token_ids, token_id_array)
 
 TRACE_COUNT = {"particle_filter": 0}  # incremented at trace time
 WEIGHTINGS = ("reference", "smc")
@@ -116,7 +118,12 @@ class PFConfig:
   lookahead: None, 'greedy' or 'sample' (one discarded extra step, see doc).
   n_sweeps: > 1 runs particle Gibbs. sampling_*: the policy's sampling.
   cache_size: KV slots per row (default padded prompt + (K + lookahead) * S).
-  return_logits: also return each final particle's next-token logits.
+  pad_id: id written into padding. return_logits: also return each final
+  particle's next-token logits. allow_no_stop: accept an empty stop_ids (no
+  particle can finish: every one runs exactly max_steps steps; for
+  benchmarks that need equal token counts). Token ids (stop / delimiter /
+  pad) are checked for type here and against the model's vocabulary by
+  `run_particle_filter` (ValueError naming the field).
   """
 
   n_particles: int = 16
@@ -138,10 +145,14 @@ class PFConfig:
   cache_size: Optional[int] = None
   pad_id: int = 0
   return_logits: bool = False
+  allow_no_stop: bool = False
 
   def __post_init__(self):
-    object.__setattr__(self, "delimiter_ids", tuple(int(i) for i in self.delimiter_ids))
-    object.__setattr__(self, "stop_ids", tuple(int(i) for i in self.stop_ids))
+    for name in ("delimiter_ids", "stop_ids"):
+      object.__setattr__(self, name, id_tuple(f"PFConfig.{name}",
+                                              getattr(self, name)))
+    object.__setattr__(self, "pad_id", check_token_id("PFConfig.pad_id",
+                                                      self.pad_id, None))
     for name in ("n_particles", "max_steps", "max_step_tokens", "n_sweeps"):
       v = getattr(self, name)
       if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -171,10 +182,12 @@ class PFConfig:
     if self.lookahead not in LOOKAHEADS:
       raise ValueError(f"PFConfig.lookahead must be one of {LOOKAHEADS}, "
                        f"got {self.lookahead!r}")
-    if not self.stop_ids:
-      raise ValueError("PFConfig.stop_ids is empty: particles could never finish")
-    if self.cache_size is not None and self.cache_size < 1:
-      raise ValueError(f"PFConfig.cache_size must be positive, got {self.cache_size}")
+    if not self.stop_ids and not self.allow_no_stop:
+      raise ValueError("PFConfig.stop_ids is empty: particles could never "
+                       "finish (set allow_no_stop=True to run max_steps steps)")
+    if self.cache_size is not None:
+      object.__setattr__(self, "cache_size", check_int(
+          "PFConfig.cache_size", self.cache_size, lo=1))
 
   def sampling(self):
     return make_sampling(self.sampling_temperature, self.sampling_top_k,
@@ -223,6 +236,24 @@ class PFResult:
 # ----------------------------------------------------------------------------
 
 
+def id_tuple(name: str, ids) -> tuple:
+  """A config's token-id set as a tuple of Python ints (a flat sequence of
+  integers; the vocabulary range is checked by `check_config_ids`)."""
+  arr = token_id_array(name, ids)
+  if arr.ndim != 1:
+    raise ValueError(f"{name} must be a flat sequence of token ids, got "
+                     f"{ids!r:.200}")
+  return tuple(int(i) for i in arr)
+
+
+def check_config_ids(model, config, prefix: str):
+  """Check a config's delimiter_ids / stop_ids against the model's vocabulary
+  (ValueError naming e.g. `PFConfig.stop_ids`)."""
+  vocab = getattr(model, "vocab_size", None)
+  for name in ("delimiter_ids", "stop_ids"):
+    check_token_ids(f"{prefix}.{name}", getattr(config, name), vocab)
+
+
 def step_contexts(lengths_B, length_B, S: int):
   """(context [B, S], valid [B, S]) of the step's tokens: token s of row b
   attends to lengths_B[b] + s + 1 keys."""
@@ -258,18 +289,32 @@ def prompt_flops(cfg, lengths) -> float:
   return float(np.sum(flops_lib.prefill_flops(cfg, np.asarray(lengths))))
 
 
-def prepare_prompts(model, prompts, prompt_lengths, pad_id, min_cache, cache_size):
-  """Right-padded prompts (bucketed), lengths and a validated cache size."""
-  tokens, lengths = check_prompts(model, prompts, prompt_lengths, pad_id)
-  need = min_cache(tokens.shape[1])
-  size = need if cache_size is None else cache_size
-  if size < need:
-    raise ValueError(f"cache_size={size} is too small: prompt ({tokens.shape[1]} "
-                     f"padded) + steps need {need}")
+def prepare_prompts(model, prompts, prompt_lengths, pad_id, min_cache, cache_size,
+                    prefix: str = "PFConfig"):
+  """Right-padded prompts (bucketed), lengths and a validated cache size.
+
+  `prefix` names the config in messages (e.g. "BeamConfig.pad_id").
+
+  Raises:
+    ValueError: a bad pad id / prompt (`jaxllm.generate.check_prompts`), or
+      prompt + steps beyond the int32 range, ModelConfig.max_seq_len or
+      cache_size.
+  """
+  tokens, lengths = check_prompts(model, prompts, prompt_lengths, pad_id,
+                                  pad_id_name=f"{prefix}.pad_id")
+  T = tokens.shape[1]
+  need = min_cache(T)
+  steps = need - T
+  what = f"prompt length {int(lengths.max())} + steps ({steps} tokens)"
+  check_length(what, int(lengths.max()) + steps, "the int32 position range",
+               INT32_LIMIT)
   max_seq = getattr(model_cfg(model), "max_seq_len", None)
-  if max_seq is not None and int(lengths.max()) + need - tokens.shape[1] > max_seq:
-    raise ValueError(f"prompt + max_steps * max_step_tokens exceeds "
-                     f"ModelConfig.max_seq_len={max_seq}")
+  if max_seq is not None:
+    check_length(what, int(lengths.max()) + steps, "ModelConfig.max_seq_len",
+                 max_seq)
+  size = need if cache_size is None else cache_size
+  check_length(f"padded prompt length {T} + steps ({steps} tokens)", need,
+               f"{prefix}.cache_size", size)
   return jnp.asarray(tokens), jnp.asarray(lengths), size
 
 
@@ -565,18 +610,35 @@ def run_particle_filter(model, params, scorer, scorer_params, prompts, key,
       step_ended [P, K]) reference trajectory: the first sweep is then already
       conditional (particle Gibbs started from a given reference).
   Returns: (PFResult, jaxllm.flops.Compute).
+
+  Raises:
+    ValueError: naming the argument or config field: PFConfig.pad_id /
+      stop_ids / delimiter_ids, prompt or init_reference ids outside [0, V),
+      malformed prompts (`jaxllm.generate.check_prompts`), or prompt +
+      steps beyond ModelConfig.max_seq_len or PFConfig.cache_size.
   """
+  if not isinstance(config, PFConfig):
+    raise ValueError(f"config must be a PFConfig, got {type(config)}")
+  check_config_ids(model, config, "PFConfig")
   tokens, lengths, size = prepare_prompts(model, prompts, prompt_lengths,
                                           config.pad_id, config.min_cache_size,
                                           config.cache_size)
   if init_reference is not None:
     P, K, S = tokens.shape[0], config.max_steps, config.max_step_tokens
-    rt, rl, re = (jnp.asarray(x, jnp.int32) for x in init_reference)
+    if len(init_reference) != 3:
+      raise ValueError("init_reference must be (step_tokens, step_lengths, "
+                       "step_ended)")
+    rt = check_token_ids("init_reference step_tokens", init_reference[0],
+                         getattr(model, "vocab_size", None))
+    rl, re = (np.asarray(x) for x in init_reference[1:])
     if rt.shape != (P, K, S) or rl.shape != (P, K) or re.shape != (P, K):
       raise ValueError(f"init_reference must be ([P,K,S], [P,K], [P,K]) = "
                        f"({(P, K, S)}, {(P, K)}, {(P, K)}); got "
                        f"{rt.shape}, {rl.shape}, {re.shape}")
-    init_reference = (rt, rl, re)
+    if rl.dtype.kind not in "iu" or rl.min() < 0 or rl.max() > S:
+      raise ValueError(f"init_reference step_lengths must be integers in "
+                       f"[0, {S}]")
+    init_reference = tuple(jnp.asarray(x, jnp.int32) for x in (rt, rl, re))
   result, counts = _pf_jit(model, scorer, config, params, scorer_params, tokens,
                            lengths, key, init_reference, cache_size=size)
   return result, compute_record(model, scorer, lengths, counts)

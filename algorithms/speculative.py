@@ -64,8 +64,10 @@ from jax import lax
 from algorithms import spec_trees as st
 from algorithms.drafts import LayerSkipDraft, SubVocabDraft  # noqa: F401 (re-export)
 from jaxllm.flops import Compute, decode_flops, prefill_flops
-from jaxllm.generate import pad_prompts
+from jaxllm.generate import check_prompts
 from jaxllm.sampling import Sampling, filter_logits, make_sampling, sample
+from jaxllm.validation import (INT32_LIMIT, check_int, check_length,
+                               check_token_id)
 
 METHODS = ("autoregressive", "chain", "iid", "rsd_c", "rsd_s")
 TRACE_COUNT = {"speculative": 0}
@@ -104,12 +106,14 @@ class SpecConfig:
     object.__setattr__(self, "branching", tuple(int(b) for b in self.branching))
     if self.method not in METHODS:
       raise ValueError(f"SpecConfig.method must be one of {METHODS}, got {self.method!r}")
-    if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-      raise ValueError(f"SpecConfig.max_new_tokens must be an int >= 1, got "
-                       f"{self.max_new_tokens!r}")
-    for f in ("gamma", "num_drafts", "depth", "beam_width"):
-      if int(getattr(self, f)) < 1:
-        raise ValueError(f"SpecConfig.{f} must be >= 1, got {getattr(self, f)}")
+    for f in ("max_new_tokens", "gamma", "num_drafts", "depth", "beam_width"):
+      object.__setattr__(self, f, check_int(f"SpecConfig.{f}", getattr(self, f),
+                                            lo=1))
+    if self.cache_size is not None:
+      object.__setattr__(self, "cache_size", check_int(
+          "SpecConfig.cache_size", self.cache_size, lo=1))
+    object.__setattr__(self, "pad_id", check_token_id("SpecConfig.pad_id",
+                                                      self.pad_id, None))
     if not self.branching or min(self.branching) < 1:
       raise ValueError(f"SpecConfig.branching must be non-empty, entries >= 1, got "
                        f"{self.branching}")
@@ -410,38 +414,46 @@ def compute_record(target, draft, config, out: SpecOutput, lengths_B) -> Compute
 
 
 def speculative_generate(target, target_params, draft, draft_params, prompts, key,
-                         config: SpecConfig):
+                         config: SpecConfig, *, prompt_lengths=None):
   """Sample `config.max_new_tokens` tokens per prompt with speculative decoding.
 
   Args:
     target, draft: decode-interface models sharing a vocabulary (draft unused for
       method 'autoregressive'; pass None there if you like).
-    prompts: list of token-id lists (each >= 1 token), right-padded to a bucket.
+    prompts: list of token-id lists (each >= 1 token), or a right-padded [B, T]
+      array with `prompt_lengths` [B] (`jaxllm.generate.check_prompts`);
+      bucketed and padded with config.pad_id.
   Returns (SpecOutput, Compute). `out.tokens` [B, max_new_tokens] is distributed
   exactly as sampling from the target with the config's sampling settings.
+
+  Raises:
+    ValueError: naming the argument or field: a missing draft, vocabularies
+      that differ, SpecConfig.pad_id or prompt ids outside [0, V), malformed
+      prompts, or prompt + max_new_tokens + tree beyond ModelConfig.max_seq_len
+      or SpecConfig.cache_size.
   """
+  if not isinstance(config, SpecConfig):
+    raise ValueError(f"config must be a SpecConfig, got {type(config)}")
   if config.method != "autoregressive" and draft is None:
     raise ValueError(f"method {config.method!r} needs a draft model")
   if draft is None:
     draft, draft_params = target, target_params
-  V = _check_models(target, draft, config)
-  tokens, lengths = pad_prompts(prompts, config.pad_id)
-  if tokens.min() < 0 or tokens.max() >= V:
-    raise ValueError(f"prompt token ids must be in [0, {V}), got range "
-                     f"[{tokens.min()}, {tokens.max()}]")
+  _check_models(target, draft, config)
+  tokens, lengths = check_prompts(target, prompts, prompt_lengths, config.pad_id,
+                                  pad_id_name="SpecConfig.pad_id")
   need = tokens.shape[1] + config.max_new_tokens + config.tree_tokens + 2
-  cache_size = config.cache_size or need
-  if cache_size < need:
-    raise ValueError(f"SpecConfig.cache_size={cache_size} is too small: bucketed prompt "
-                     f"{tokens.shape[1]} + max_new_tokens {config.max_new_tokens} + tree "
-                     f"{config.tree_tokens} + 2 = {need} slots are needed")
+  what = (f"prompt length {int(lengths.max())} + max_new_tokens "
+          f"{config.max_new_tokens} + tree {config.tree_tokens}")
+  n_max = int(lengths.max()) + config.max_new_tokens + config.tree_tokens
+  check_length(what, n_max, "the int32 position range", INT32_LIMIT)
   for m in (target, draft):
     max_seq = getattr(getattr(m, "cfg", None), "max_seq_len", None)
-    if max_seq is not None and int(lengths.max()) + config.max_new_tokens + \
-        config.tree_tokens > max_seq:
-      raise ValueError(f"prompt {int(lengths.max())} + max_new_tokens "
-                       f"{config.max_new_tokens} + tree {config.tree_tokens} exceeds "
-                       f"ModelConfig.max_seq_len={max_seq}")
+    if max_seq is not None:
+      check_length(what, n_max, "ModelConfig.max_seq_len", max_seq)
+  cache_size = need if config.cache_size is None else config.cache_size
+  check_length(f"bucketed prompt {tokens.shape[1]} + max_new_tokens "
+               f"{config.max_new_tokens} + tree {config.tree_tokens} + 2", need,
+               "SpecConfig.cache_size", cache_size)
   # Sampling values are array leaves of `Sampling`: strip them from the static config
   # so that e.g. a temperature sweep reuses one compiled program.
   static_cfg = dataclasses.replace(

@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxllm.sampling import Sampling, log_probs, sample
+from jaxllm.validation import (check_int, check_token_id, check_token_ids,
+                               is_concrete)
 
 BUDGET, DELIMITER, STOP = 0, 1, 2  # how a step ended
 
@@ -44,9 +46,24 @@ def sample_step(model, params, state, logits_BxV, key, sampling: Sampling, *,
                 stop_ids: Sequence[int], active_B=None, pad_id: int = 0):
   """Extend each active row by one step. Returns (state, logits_BxV, Step).
 
-  `max_step_tokens` is static (the Step arrays' width); the delimiter and
-  stop tokens are part of the step. Inactive rows are untouched.
+  `max_step_tokens` (S) is static (the Step arrays' width), an int >= 1; the
+  delimiter and stop tokens are part of the step. Inactive rows are
+  untouched. `delimiter_ids` / `stop_ids` / `pad_id` are token ids in
+  [0, V) with V = logits_BxV.shape[-1]; either id set may be empty (a step
+  then ends only by the other or by the budget S).
+
+  Raises:
+    ValueError: naming `max_step_tokens`, `delimiter_ids`, `stop_ids` or
+      `pad_id` (checked at trace time when they are Python / numpy values;
+      traced id arrays are not checked).
   """
+  V = logits_BxV.shape[-1]
+  check_int("max_step_tokens", max_step_tokens, lo=1)
+  for name, ids in (("delimiter_ids", delimiter_ids), ("stop_ids", stop_ids)):
+    if is_concrete(ids):
+      check_token_ids(name, ids, V)
+  if is_concrete(pad_id):
+    check_token_id("pad_id", pad_id, V)
   B = logits_BxV.shape[0]
   S = max_step_tokens
   active = jnp.ones((B,), bool) if active_B is None else active_B

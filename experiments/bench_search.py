@@ -5,7 +5,7 @@ Same random transformer (sized like the arith policy by default: 4 layers,
 d=256), same prompt, N sequences of the same total length K * S tokens:
   sample   jaxllm.generate: N rows, K * S tokens each, no stop token.
   pf       algorithms.particle_filter: N particles, K steps of exactly S
-           tokens (no delimiter; the stop id is out of the vocabulary, so no
+           tokens (no delimiter and no stop token: allow_no_stop=True, so no
            particle ends early and the token counts match), ConfidenceScorer
            (no PRM cost), reference
            weighting, multinomial resampling every step: KV rows are forked.
@@ -71,7 +71,7 @@ def make_reprefill_step(model, S):
     state, logits = model.prefill(params, texts_NxT, lengths_N, texts_NxT.shape[1] + S)
     _, _, st = sample_step(model, params, state, logits, key, make_sampling(1.0),
                            max_step_tokens=S, delimiter_ids=(),
-                           stop_ids=(model.vocab_size,))
+                           stop_ids=())
     _, score = scorer.score(None, None, st, jnp.ones_like(lengths_N, bool))
     return st.tokens, st.length, score
 
@@ -112,7 +112,7 @@ def main(argv):
   for N in [int(n) for n in FLAGS.particles]:
     key = jax.random.key(N)
     pf_cfg = PFConfig(n_particles=N, max_steps=K, max_step_tokens=S,
-                      delimiter_ids=(), stop_ids=(cfg.vocab_size,))
+                      delimiter_ids=(), stop_ids=(), allow_no_stop=True)
 
     def pf():
       r, comp = run_particle_filter(model, params, ConfidenceScorer(), None, [prompt],

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 from jaxllm import cache as cache_lib
 from jaxllm.config import ModelConfig
 from jaxllm.model import forward
+from jaxllm.validation import check_int
 
 
 def tree_depths(parent_M) -> jax.Array:
@@ -123,9 +124,16 @@ class BigramState:
 
 @dataclasses.dataclass(frozen=True)
 class BigramLM:
-  """Toy model: params = table_VxV of logits, next ~ softmax(table[last])."""
+  """Toy model: params = table_VxV of logits, next ~ softmax(table[last]).
+
+  Raises ValueError naming `BigramLM.vocab_size` unless it is an int >= 1.
+  """
 
   vocab_size: int
+
+  def __post_init__(self):
+    object.__setattr__(self, "vocab_size", check_int(
+        "BigramLM.vocab_size", self.vocab_size, lo=1))
 
   def prefill(self, table_VxV, tokens_BxT, lengths_B, cache_size: int = 0):
     lengths_B = lengths_B.astype(jnp.int32)

@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxllm.sampling import Sampling, log_probs, make_sampling, sample
+from jaxllm.validation import (INT32_LIMIT, check_int, check_length,
+                               check_token_id, check_token_ids, token_id_array)
 
 TRACE_COUNT = {"generate": 0}  # incremented at trace time (compile checks)
 
@@ -86,46 +88,101 @@ _generate_jit = jax.jit(_generate_impl,
                                          "cache_size", "num_samples"))
 
 
-def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int = 0,
-                buckets: Optional[Sequence[int]] = None):
-  """Right-pad token lists to a bucketed length: (tokens_BxT, lengths_B)."""
+def _prompt_list(prompts) -> list:
+  """`prompts` (a list of token-id lists, or rows of a [B, T] array) as a
+  list of 1-D int64 arrays; raises ValueError naming `prompts`."""
+  if isinstance(prompts, (str, bytes)) or not hasattr(prompts, "__len__"):
+    raise ValueError(f"prompts must be a list of token-id lists, or a [B, T] "
+                     f"array with prompt_lengths [B]; got {prompts!r:.200}")
   if len(prompts) == 0:
     raise ValueError("prompts is empty")
-  lens = np.array([len(p) for p in prompts], np.int32)
-  if lens.min() < 1:
-    raise ValueError("every prompt needs at least one token")
-  T = bucket_length(int(lens.max()), buckets)
-  arr = np.full((len(prompts), T), pad_id, np.int32)
+  out = []
   for i, p in enumerate(prompts):
+    arr = token_id_array("prompts", p)
+    if arr.ndim != 1:
+      raise ValueError(f"prompts must be a list of token-id lists, or a "
+                       f"[B, T] array with prompt_lengths [B]; prompts[{i}] "
+                       f"has shape {arr.shape}")
+    if arr.size == 0:
+      raise ValueError(f"every prompt needs at least one token (prompts[{i}] "
+                       f"is empty)")
+    out.append(arr)
+  return out
+
+
+def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int = 0,
+                buckets: Optional[Sequence[int]] = None):
+  """Right-pad token lists to a bucketed length: (tokens_BxT, lengths_B).
+
+  Checks the form (a non-empty list of non-empty integer lists) and that ids
+  fit int32; the vocabulary range is `check_prompts`' job.
+
+  Raises:
+    ValueError: naming `prompts` or `pad_id`.
+  """
+  pad_id = check_token_id("pad_id", pad_id, INT32_LIMIT + 1)
+  rows = _prompt_list(prompts)
+  check_token_ids("prompts", np.concatenate(rows), INT32_LIMIT + 1)
+  lens = np.array([len(p) for p in rows], np.int32)
+  T = bucket_length(int(lens.max()), buckets)
+  arr = np.full((len(rows), T), pad_id, np.int32)
+  for i, p in enumerate(rows):
     arr[i, :len(p)] = p
   return arr, lens
 
 
 def check_prompts(model, prompts, prompt_lengths=None, pad_id: int = 0,
-                  buckets: Optional[Sequence[int]] = None):
+                  buckets: Optional[Sequence[int]] = None, *,
+                  pad_id_name: str = "pad_id"):
   """Validated, right-padded, bucketed prompts: (tokens_BxT, lengths_B).
 
-  `prompts` is a list of token lists, or a padded [B, T] array with
-  `prompt_lengths` [B]. Token ids are checked against the model's vocabulary.
+  The one prompt convention of every decoding entry point (generate, particle
+  filtering, beam search / DVTS, A*, speculative decoding).
+
+  Args:
+    model: a decode-interface model; its `vocab_size` (if any) bounds the ids.
+    prompts: a list of B token-id lists (each >= 1 token), or a right-padded
+      int array [B, T] together with `prompt_lengths` [B] (ints in [1, T];
+      positions at or after a row's length are ignored and re-padded).
+    pad_id: written into padding positions; checked first (named
+      `pad_id_name`, e.g. "PFConfig.pad_id").
+    buckets: prompt-length buckets (default powers of two from 16).
+
+  Returns:
+    (tokens_BxT int32 with T the bucketed length, lengths_B int32).
+
+  Raises:
+    ValueError: naming `pad_id_name`, `prompts` or `prompt_lengths`: a bad
+      pad id, a malformed prompt list, non-integer ids, ids outside
+      [0, vocab_size) (`jaxllm.validation.check_token_ids`), or lengths out of
+      [1, T].
   """
-  if prompt_lengths is None:
-    tokens, lengths = pad_prompts(prompts, pad_id, buckets)
-  else:
-    tokens = np.asarray(prompts, np.int32)
-    lengths = np.asarray(prompt_lengths, np.int32)
-    if tokens.ndim != 2 or lengths.shape != (tokens.shape[0],):
-      raise ValueError(f"prompts must be [B, T] with prompt_lengths [B]; got "
-                       f"{tokens.shape} and {lengths.shape}")
-    if lengths.min() < 1 or lengths.max() > tokens.shape[1]:
-      raise ValueError("prompt_lengths must be in [1, T]")
-    T = bucket_length(tokens.shape[1], buckets)
-    tokens = np.pad(tokens, ((0, 0), (0, T - tokens.shape[1])),
-                    constant_values=pad_id)
   vocab = getattr(model, "vocab_size", None)
-  if vocab is not None and (tokens.min() < 0 or tokens.max() >= vocab):
-    raise ValueError(f"prompt token ids must be in [0, {vocab}), got range "
-                     f"[{tokens.min()}, {tokens.max()}]")
-  return tokens, lengths
+  limit = INT32_LIMIT + 1 if vocab is None else vocab
+  pad_id = check_token_id(pad_id_name, pad_id, limit)
+  if prompt_lengths is None:
+    rows = _prompt_list(prompts)
+    check_token_ids("prompts", np.concatenate(rows), limit)
+    return pad_prompts(rows, pad_id, buckets)
+  tokens = token_id_array("prompts", prompts)
+  lengths = np.asarray(prompt_lengths)
+  if tokens.ndim != 2 or lengths.shape != (tokens.shape[0],):
+    raise ValueError(f"prompts must be [B, T] with prompt_lengths [B]; got "
+                     f"{tokens.shape} and {lengths.shape}")
+  B, T = tokens.shape
+  if B == 0 or T == 0:
+    raise ValueError(f"prompts is empty (shape {tokens.shape})")
+  if (lengths.dtype.kind not in "iu" or lengths.min() < 1 or
+      lengths.max() > T):
+    raise ValueError(f"prompt_lengths must be integers in [1, {T}], got "
+                     f"{prompt_lengths!r:.200}")
+  lengths = lengths.astype(np.int32)
+  valid = np.arange(T)[None, :] < lengths[:, None]
+  check_token_ids("prompts", tokens[valid], limit)
+  T_b = bucket_length(T, buckets)
+  out = np.full((B, T_b), pad_id, np.int32)
+  out[:, :T] = np.where(valid, tokens, pad_id)
+  return out, lengths
 
 
 def generate(model, params, prompts, key, max_new_tokens: int,
@@ -139,42 +196,69 @@ def generate(model, params, prompts, key, max_new_tokens: int,
   Args:
     model: a decode-interface model (e.g. `Transformer(cfg)` or `BigramLM`).
     prompts: a list of token-id lists, or a right-padded int array [B, T] with
-      `prompt_lengths` [B].
-    max_new_tokens: static upper bound on generated tokens (output width).
+      `prompt_lengths` [B] (see `check_prompts`).
+    max_new_tokens: static upper bound on generated tokens (output width N),
+      an int >= 1; prompt + N must fit ModelConfig.max_seq_len and cache_size.
     sampling: `make_sampling(...)`; default temperature 1, no filters.
-    stop_tokens: a row stops after emitting any of these (e.g. EOS).
-    max_new_B: optional per-row budget <= max_new_tokens (an array: changing
-      it does not recompile).
+    stop_tokens: token ids in [0, V); a row stops after emitting any of them
+      (e.g. EOS). Empty: rows run to their budget.
+    max_new_B: optional per-row budget, integers in [0, max_new_tokens] of
+      shape [B * num_samples] (an array: changing it does not recompile).
+    pad_id: id in [0, V) written after a row stops and into prompt padding.
     cache_size: KV slots per row; default bucketed prompt length +
       max_new_tokens.
     num_samples: samples per prompt. Each prompt is prefilled ONCE and its
       cache forked (`reorder`) into num_samples rows; outputs are
       prompt-major [B * num_samples, ...]; max_new_B then has that length.
+
+  Returns:
+    GenerateOutput: tokens [B * num_samples, N], lengths, logprobs, steps.
+
+  Raises:
+    ValueError: naming the argument, for a non-positive num_samples or
+      max_new_tokens, a bad pad_id, prompts or stop_tokens (ids outside
+      [0, V), non-integers), a max_new_B of the wrong shape or range, or a
+      prompt + max_new_tokens that does not fit the cache or max_seq_len.
   """
-  if not isinstance(num_samples, int) or num_samples < 1:
-    raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
-  if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-    raise ValueError(f"max_new_tokens must be a positive int, got "
-                     f"{max_new_tokens!r}")
+  num_samples = check_int("num_samples", num_samples, lo=1)
+  max_new_tokens = check_int("max_new_tokens", max_new_tokens, lo=1)
   sampling = make_sampling() if sampling is None else sampling
+  vocab = getattr(model, "vocab_size", None)
   tokens, lengths = check_prompts(model, prompts, prompt_lengths, pad_id,
                                   buckets)
+  stop = check_token_ids("stop_tokens",
+                         () if stop_tokens is None else stop_tokens,
+                         INT32_LIMIT + 1 if vocab is None else vocab)
+  if stop.ndim != 1:
+    raise ValueError(f"stop_tokens must be a flat sequence of token ids, got "
+                     f"shape {stop.shape}")
+  what = (f"prompt length {int(lengths.max())} + max_new_tokens="
+          f"{max_new_tokens}")
   need = int(lengths.max()) + max_new_tokens
+  check_length(what, need, "the int32 position range", INT32_LIMIT)
+  max_seq = getattr(getattr(model, "cfg", None), "max_seq_len", None)
+  if max_seq is not None:
+    check_length(what, need, "ModelConfig.max_seq_len", max_seq)
   if cache_size is None:
     cache_size = tokens.shape[1] + max_new_tokens
-  if need > cache_size or tokens.shape[1] > cache_size:
-    raise ValueError(f"prompt (length {int(lengths.max())}, padded "
-                     f"{tokens.shape[1]}) + max_new_tokens={max_new_tokens} "
-                     f"does not fit in cache_size={cache_size}")
-  max_seq = getattr(getattr(model, "cfg", None), "max_seq_len", None)
-  if max_seq is not None and need > max_seq:
-    raise ValueError(f"prompt length {int(lengths.max())} + max_new_tokens="
-                     f"{max_new_tokens} exceeds ModelConfig.max_seq_len="
-                     f"{max_seq}")
+  cache_size = check_int("cache_size", cache_size, lo=1)
+  check_length(what, need, "cache_size", cache_size)
+  check_length(f"padded prompt length {tokens.shape[1]}", tokens.shape[1],
+               "cache_size", cache_size)
   B = tokens.shape[0] * num_samples
   if max_new_B is None:
     max_new_B = np.full((B,), max_new_tokens, np.int32)
-  stop = np.asarray(list(stop_tokens) or [-1], np.int32)
+  else:
+    budget = np.asarray(max_new_B)
+    if budget.shape != (B,):
+      raise ValueError(f"max_new_B must have shape [B * num_samples] = [{B}], "
+                       f"got {budget.shape}")
+    if budget.dtype.kind not in "iu" or (
+        B and (budget.min() < 0 or budget.max() > max_new_tokens)):
+      raise ValueError(f"max_new_B must be integers in [0, max_new_tokens="
+                       f"{max_new_tokens}], got {max_new_B!r:.200}")
+    max_new_B = budget.astype(np.int32)
+  stop = stop.astype(np.int32) if stop.size else np.array([-1], np.int32)
   return _generate_jit(model, params, jnp.asarray(tokens), jnp.asarray(lengths),
                        key, sampling, jnp.asarray(stop),
                        jnp.asarray(max_new_B, jnp.int32), jnp.int32(pad_id),

@@ -10,6 +10,13 @@
   microbatches) and optional mixed precision (f32 master params, bf16 compute).
 * Batching: `pad_to_length` / `lm_example` / `pad_batch` (one sequence per row,
   bucketed length) and `pack_batch` (first-fit packing into fixed-length rows).
+* Token ids are checked on the host, with one message
+  (`jaxllm.validation.check_token_ids`): by the batch builders (`lm_example`,
+  `pad_batch`, `pack_batch`, `pack_stream`; against `vocab_size=` when given,
+  else only integer ids in [0, 2**31)), and by `lm_loss_terms` / `lm_loss`
+  when called with concrete arrays (against cfg.vocab_size). Inside jit (the
+  train step) ids cannot be checked, and an id >= V gives a NaN loss: build
+  batches with the builders and `vocab_size=`.
 * `train_loop`: a step loop with periodic checkpoints, so a run that is
   interrupted and resumed gives exactly the same parameters as one that is not
   (the batch for step s must be a pure function of s; the rng lives in the
@@ -36,6 +43,8 @@ import optax
 
 from jaxllm.config import ModelConfig
 from jaxllm.model import forward
+from jaxllm.validation import (INT32_LIMIT, check_token_id, check_token_ids,
+                               is_concrete, token_id_array)
 
 # ---------------------------------------------------------------------------
 # Loss.
@@ -71,10 +80,17 @@ def lm_loss_terms(params, cfg: ModelConfig, tokens_BxT, loss_mask_BxT,
   loss_mask[t+1] (and, when packed, it belongs to the same segment as t).
   Returns (nll_sum, n_targets, n_correct) where n_correct counts targets the
   argmax predicts.
+
+  Raises:
+    ValueError: if the shapes differ, or, when `tokens_BxT` is concrete (not
+      traced), if an id lies outside [0, cfg.vocab_size) (it would give a NaN
+      loss; under jit check ids with the batch builders' `vocab_size=`).
   """
   if tokens_BxT.shape != loss_mask_BxT.shape:
     raise ValueError(f"tokens {tokens_BxT.shape} and loss_mask "
                      f"{loss_mask_BxT.shape} must have the same shape")
+  if is_concrete(tokens_BxT):
+    check_token_ids("tokens_BxT", tokens_BxT, cfg.vocab_size)
   ccfg = compute_config(cfg, compute_dtype)
   if compute_dtype is not None:
     params = cast_params(params, compute_dtype)
@@ -100,14 +116,21 @@ def lm_loss_terms(params, cfg: ModelConfig, tokens_BxT, loss_mask_BxT,
 def lm_loss(params, cfg: ModelConfig, tokens_BxT, loss_mask_BxT,
             segment_ids_BxT=None, positions_BxT=None,
             compute_dtype: Optional[str] = None):
-  """Mean next-token NLL over the masked targets (nats per target token)."""
+  """Mean next-token NLL over the masked targets (nats per target token).
+
+  Raises ValueError like `lm_loss_terms` (ids outside [0, V) when concrete).
+  """
   s, n, _ = lm_loss_terms(params, cfg, tokens_BxT, loss_mask_BxT,
                           segment_ids_BxT, positions_BxT, compute_dtype)
   return s / jnp.maximum(n, 1.0)
 
 
 def make_lm_loss_fn(cfg: ModelConfig, compute_dtype: Optional[str] = None):
-  """`loss_fn(params, batch, key)` for batches from `pad_batch`/`pack_batch`."""
+  """`loss_fn(params, batch, key)` for batches from `pad_batch`/`pack_batch`.
+
+  Token ids are checked only when the batch is concrete (not inside jit);
+  build batches with `vocab_size=cfg.vocab_size` to check them on the host.
+  """
 
   def loss_fn(params, batch, key):
     del key
@@ -246,17 +269,39 @@ def bucket_length(n: int, buckets: Optional[Sequence[int]] = None,
   return int(-(-n // multiple) * multiple)
 
 
-def lm_example(prompt_ids: Sequence[int], completion_ids: Sequence[int]):
+def _id_limit(vocab_size: Optional[int]) -> int:
+  """Upper bound (exclusive) for token ids: V, or the int32 range."""
+  return INT32_LIMIT + 1 if vocab_size is None else vocab_size
+
+
+def _token_list(name: str, ids, vocab_size: Optional[int]) -> np.ndarray:
+  """`ids` as a checked 1-D int64 array (ValueError naming `name`)."""
+  arr = token_id_array(name, ids)
+  if arr.ndim != 1:
+    raise ValueError(f"{name} must be a flat list of token ids, got shape "
+                     f"{arr.shape}")
+  return check_token_ids(name, arr, _id_limit(vocab_size))
+
+
+def lm_example(prompt_ids: Sequence[int], completion_ids: Sequence[int],
+               vocab_size: Optional[int] = None):
   """(tokens, loss_mask) of one prompt + completion: only completion tokens
-  are targets."""
-  tokens = list(prompt_ids) + list(completion_ids)
+  are targets.
+
+  Raises:
+    ValueError: naming `prompt_ids` / `completion_ids` if an id is not an
+      integer in [0, vocab_size) ([0, 2**31) when vocab_size is None).
+  """
+  tokens = (_token_list("prompt_ids", prompt_ids, vocab_size).tolist() +
+            _token_list("completion_ids", completion_ids, vocab_size).tolist())
   mask = [0] * len(prompt_ids) + [1] * len(completion_ids)
   return tokens, mask
 
 
-def _as_examples(examples, fields):
+def _as_examples(examples, fields, vocab_size: Optional[int] = None):
   """Normalise examples to (tokens, field_1, ...) tuples of equal lengths; a
-  bare token list gets an all-ones first field."""
+  bare token list gets an all-ones first field. Token ids are checked against
+  vocab_size (the int32 range when None)."""
   out = []
   for i, e in enumerate(examples):
     if not isinstance(e, tuple):
@@ -266,6 +311,7 @@ def _as_examples(examples, fields):
                        f"{list(fields)}")
     if any(len(f) != len(e[0]) for f in e[1:]):
       raise ValueError(f"example {i}: tokens and {list(fields)} lengths differ")
+    e = (_token_list(f"examples[{i}] tokens", e[0], vocab_size),) + tuple(e[1:])
     out.append(e)
   if not out:
     raise ValueError("examples is empty")
@@ -278,15 +324,23 @@ def _field_dtype(values) -> np.dtype:
 
 def pad_batch(examples, length: Optional[int] = None, pad_id: int = 0,
               buckets: Optional[Sequence[int]] = None,
-              fields: Sequence[str] = ("loss_mask",)):
+              fields: Sequence[str] = ("loss_mask",),
+              vocab_size: Optional[int] = None):
   """One example per row, right-padded to `length` (default: bucketed max).
 
   examples: (tokens, loss_mask) pairs (`lm_example`), or token lists (then
   every token is a target), or tuples (tokens, *per-token fields) named by
   `fields` (e.g. ("label_mask", "labels") for reward models). Padding gets 0
   in every field, so it is never a target. Returns numpy arrays [B, T].
+
+  Raises:
+    ValueError: naming `pad_id` or `examples[i] tokens` if an id is not an
+      integer in [0, vocab_size) ([0, 2**31) when vocab_size is None; pass the
+      model's vocab_size to rule out a NaN loss), or if an example is longer
+      than `length`.
   """
-  exs = _as_examples(examples, fields)
+  pad_id = check_token_id("pad_id", pad_id, _id_limit(vocab_size))
+  exs = _as_examples(examples, fields, vocab_size)
   longest = max(len(e[0]) for e in exs)
   T = bucket_length(longest, buckets) if length is None else length
   if longest > T:
@@ -305,15 +359,18 @@ def pad_batch(examples, length: Optional[int] = None, pad_id: int = 0,
 
 
 def pack_batch(examples, length: int, rows: Optional[int] = None,
-               pad_id: int = 0, fields: Sequence[str] = ("loss_mask",)):
+               pad_id: int = 0, fields: Sequence[str] = ("loss_mask",),
+               vocab_size: Optional[int] = None):
   """First-fit packing of examples into rows of `length` tokens.
 
   Returns tokens, the per-token `fields` (see `pad_batch`), segment_ids (1, 2,
   ... per example in a row; 0 for padding) and positions (restarting at 0 per
   example), all [R, length]. With `rows` given, exactly that many rows are
-  returned and an example that does not fit raises ValueError.
+  returned and an example that does not fit raises ValueError. Token ids and
+  `pad_id` are checked as in `pad_batch` (ValueError naming them).
   """
-  exs = _as_examples(examples, fields)
+  pad_id = check_token_id("pad_id", pad_id, _id_limit(vocab_size))
+  exs = _as_examples(examples, fields, vocab_size)
   fill: list[int] = []
   place = []
   for i, e in enumerate(exs):
@@ -348,10 +405,12 @@ def pack_batch(examples, length: int, rows: Optional[int] = None,
 
 
 def pack_stream(examples, length: int, rows: int,
-                fields: Sequence[str] = ("loss_mask",)):
+                fields: Sequence[str] = ("loss_mask",), pad_id: int = 0,
+                vocab_size: Optional[int] = None):
   """Pack examples from an iterator first-fit into `rows` rows of `length`
   tokens until the next example fits nowhere (static shapes, variable count).
-  Returns (batch as in `pack_batch`, number of examples packed)."""
+  Returns (batch as in `pack_batch`, number of examples packed). Ids are
+  checked as in `pack_batch`."""
   fill = [0] * rows
   taken = []
   for ex in examples:
@@ -365,7 +424,8 @@ def pack_stream(examples, length: int, rows: int,
     taken.append(ex)
   if not taken:
     raise ValueError("no example was packed")
-  return pack_batch(taken, length, rows=rows, fields=fields), len(taken)
+  return pack_batch(taken, length, rows=rows, pad_id=pad_id, fields=fields,
+                    vocab_size=vocab_size), len(taken)
 
 
 # ---------------------------------------------------------------------------

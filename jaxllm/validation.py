@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import jax
 import numpy as np
 
 
@@ -56,3 +57,82 @@ def check_token_ids(name: str, ids, vocab_size: Optional[int]) -> np.ndarray:
     raise ValueError(f"{name} token ids must be in [0, {vocab_size}), got "
                      f"range [{arr.min()}, {arr.max()}]")
   return arr
+
+
+# Token ids must also fit the int32 arrays the model reads; builders that do not
+# know the vocabulary check against this bound instead of vocab_size.
+INT32_LIMIT = 2**31 - 1
+
+
+def check_token_id(name: str, value, vocab_size: Optional[int]) -> int:
+  """Check one token id (a pad / eos id) and return it as a Python int.
+
+  Args:
+    name: the argument or field (used in the message), e.g. "pad_id".
+    value: an int (numpy integer scalars are accepted).
+    vocab_size: V; the id must lie in [0, V). None skips the range check.
+
+  Raises:
+    ValueError: naming `name` if `value` is not a single integer or is out
+      of range (same message as `check_token_ids`).
+  """
+  arr = token_id_array(name, value)
+  if arr.ndim != 0:
+    raise ValueError(f"{name} must be a single integer token id, got "
+                     f"{value!r:.200}")
+  return int(check_token_ids(name, arr, vocab_size))
+
+
+def is_concrete(*xs) -> bool:
+  """True if no leaf of `xs` is a jax tracer (values can be checked now)."""
+  return not any(isinstance(leaf, jax.core.Tracer)
+                 for leaf in jax.tree_util.tree_leaves(xs))
+
+
+def _range_text(lo, hi) -> str:
+  if lo is not None and hi is not None:
+    return f" in [{lo}, {hi}]"
+  if lo is not None:
+    return f" >= {lo}"
+  return f" <= {hi}" if hi is not None else ""
+
+
+def check_int(name: str, value, lo: Optional[int] = None,
+              hi: Optional[int] = None) -> int:
+  """Check a count / budget / size and return it as a Python int.
+
+  Args:
+    name: the argument or field (used in the message), e.g. "max_new_tokens".
+    value: an int or numpy integer (bools, floats and strings are rejected:
+      a float budget would silently truncate).
+    lo, hi: inclusive bounds (None: unbounded on that side).
+
+  Raises:
+    ValueError: "`name` must be an integer <range>, got <value>".
+  """
+  ok = (isinstance(value, (int, np.integer)) and
+        not isinstance(value, (bool, np.bool_)))
+  if ok:
+    v = int(value)
+    ok = (lo is None or v >= lo) and (hi is None or v <= hi)
+  if not ok:
+    raise ValueError(f"{name} must be an integer{_range_text(lo, hi)}, got "
+                     f"{value!r:.200}")
+  return v
+
+
+def check_length(what: str, need: int, limit_name: str, limit: int) -> None:
+  """Check that a sequence of `need` positions fits a limit.
+
+  Args:
+    what: how `need` was made, e.g. "prompt length 90 + max_new_tokens=64".
+    need: positions (tokens) required.
+    limit_name: the limit's name, e.g. "ModelConfig.max_seq_len" or
+      "cache_size".
+    limit: its value.
+
+  Raises:
+    ValueError: "`what` = `need` tokens exceeds `limit_name`=`limit`".
+  """
+  if need > limit:
+    raise ValueError(f"{what} = {need} tokens exceeds {limit_name}={limit}")

@@ -140,8 +140,9 @@ def answers(res):
 
 def run_toy(cfg, cost, tokens, lengths, table, hparams=None, seed=0):
   return run_astar(BigramLM(V), jnp.asarray(table), ToyCostScorer(),
-                   jnp.asarray(cost), (jnp.asarray(tokens), jnp.asarray(lengths)),
-                   jax.random.key(seed), cfg, heuristic_params=hparams)
+                   jnp.asarray(cost), jnp.asarray(tokens), jax.random.key(seed),
+                   cfg, prompt_lengths=jnp.asarray(lengths),
+                   heuristic_params=hparams)
 
 
 TOY = dict(expansion="enumerate", max_solution_tokens=L, stop_ids=(STOP,),
@@ -344,7 +345,7 @@ def test_sample_mode_keeps_pool_rows_exact():
                     delimiter_ids=(5,), stop_ids=(6,), heuristic="zero",
                     prm_weight=0.0, lm_weight=1.0, token_budget=40)
   res, comp = run_astar(Transformer(cfg_m), params, ConfidenceScorer(), None,
-                        (prompts, lengths), jax.random.key(4), cfg)
+                        prompts, jax.random.key(4), cfg, prompt_lengths=lengths)
   assert int(np.sum(res.evicted)) > 0
   np.testing.assert_array_equal(np.asarray(res.pushed) + np.asarray(res.dead),
                                 3 * np.asarray(res.expanded))
@@ -379,8 +380,8 @@ def test_bad_config_raises():
   with pytest.raises(ValueError, match="token ids"):
     run_astar(BigramLM(V), jnp.zeros((V, V)), ConfidenceScorer(), None,
               jnp.zeros((1, 1), jnp.int32), jax.random.key(0), cfg)
-  with pytest.raises(ValueError, match="prompt lengths"):
+  with pytest.raises(ValueError, match="prompt_lengths"):
     run_astar(BigramLM(V), jnp.zeros((V, V)), ConfidenceScorer(), None,
-              (jnp.zeros((1, 2), jnp.int32), jnp.array([3])),
-              jax.random.key(0), AStarConfig(stop_ids=(3,), max_step_tokens=2,
-                                             max_solution_tokens=4))
+              jnp.zeros((1, 2), jnp.int32), jax.random.key(0),
+              AStarConfig(stop_ids=(3,), max_step_tokens=2,
+                          max_solution_tokens=4), prompt_lengths=jnp.array([3]))
