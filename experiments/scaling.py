@@ -411,13 +411,8 @@ def run_search(method: str, k: int, policy, verifiers, problems, config,
                for i, p in enumerate(problems)]
   elif method == "astar":
     ac = search_config(method, k, config)
-    T = max(len(p) for p in prompts)
-    arr = np.full((len(prompts), T), TOK.pad_id, np.int32)
-    for i, p in enumerate(prompts):
-      arr[i, :len(p)] = p
-    res, rec = astar.run_astar(model, params, scorer, rparams,
-                               (arr, np.array([len(p) for p in prompts])), key,
-                               ac)
+    res, rec = astar.run_astar(model, params, scorer, rparams, prompts, key,
+                               ac, pad_id=TOK.pad_id)
     toks, lens = np.asarray(res.tokens), np.asarray(res.length)
     correct = [arith.check_answer(p, TOK.decode(toks[i, :lens[i]]))
                for i, p in enumerate(problems)]

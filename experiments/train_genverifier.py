@@ -393,7 +393,7 @@ def _train_verifier_locked(config, workdir: str, log) -> dict:
   def batch_fn(step):
     order = train.step_rng(config.seed, step).permutation(len(examples))
     batch, _ = train.pack_stream((examples[i] for i in order), v.seq_len,
-                                 v.batch_size)
+                                 v.batch_size, vocab_size=vcfg.vocab_size)
     return batch
 
   t0 = time.perf_counter()

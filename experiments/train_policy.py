@@ -94,7 +94,8 @@ def make_batch_fn(config, exclude: set[str]):
       chunk += 1
 
   def batch_fn(step):
-    batch, _ = train.pack_stream(examples(step), length, rows)
+    batch, _ = train.pack_stream(examples(step), length, rows,
+                                vocab_size=TOK.vocab_size)
     return batch
 
   return batch_fn

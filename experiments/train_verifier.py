@@ -125,7 +125,8 @@ def train_reward_model(name, cfg, init, examples, config, log):
   def batch_fn(step):
     order = train.step_rng(config.seed, step).permutation(len(examples))
     batch, _ = train.pack_stream((examples[i] for i in order), tc.seq_len,
-                                 tc.batch_size, fields=fields)
+                                 tc.batch_size, fields=fields,
+                                 vocab_size=cfg.vocab_size)
     return batch
 
   state, history = train.train_loop(
