@@ -90,12 +90,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from algorithms import resampling as rs
-from algorithms.stepping import BUDGET, STOP, Step, reorder_rows, sample_step
-from jaxllm import flops as flops_lib
-from jaxllm.generate import check_prompts
-from jaxllm.sampling import log_probs, make_sampling
-from jaxllm.validation import (INT32_LIMIT, check_int, check_length,
-                               check_token_id, check_token_ids, token_id_array)
+from algorithms.stepping import (  # noqa: F401 (re-exports, see below)
+    BUDGET, STOP, Step, add_hist, check_config_ids, compute_record,
+    flatten_steps, forced_step, hist_flops, id_tuple, merge_steps, model_config,
+    prepare_prompts, prompt_flops, reorder_rows, sample_step, scorer_model,
+    step_contexts)
+from jaxllm.sampling import make_sampling
+from jaxllm.validation import check_int, check_token_id, check_token_ids
 
 TRACE_COUNT = {"particle_filter": 0}  # incremented at trace time
 WEIGHTINGS = ("reference", "smc")
@@ -231,130 +232,9 @@ class PFResult:
   logits: Any = None
 
 
-# ----------------------------------------------------------------------------
-# Helpers shared with beam_search.py
-# ----------------------------------------------------------------------------
-
-
-def id_tuple(name: str, ids) -> tuple:
-  """A config's token-id set as a tuple of Python ints (a flat sequence of
-  integers; the vocabulary range is checked by `check_config_ids`)."""
-  arr = token_id_array(name, ids)
-  if arr.ndim != 1:
-    raise ValueError(f"{name} must be a flat sequence of token ids, got "
-                     f"{ids!r:.200}")
-  return tuple(int(i) for i in arr)
-
-
-def check_config_ids(model, config, prefix: str):
-  """Check a config's delimiter_ids / stop_ids against the model's vocabulary
-  (ValueError naming e.g. `PFConfig.stop_ids`)."""
-  vocab = getattr(model, "vocab_size", None)
-  for name in ("delimiter_ids", "stop_ids"):
-    check_token_ids(f"{prefix}.{name}", getattr(config, name), vocab)
-
-
-def step_contexts(lengths_B, length_B, S: int):
-  """(context [B, S], valid [B, S]) of the step's tokens: token s of row b
-  attends to lengths_B[b] + s + 1 keys."""
-  s = jnp.arange(S, dtype=jnp.int32)[None, :]
-  return lengths_B[:, None] + s + 1, s < length_B[:, None]
-
-
-def add_hist(hist_C, ctx_BxS, valid_BxS):
-  """Histogram of processed tokens by context (for exact FLOPs)."""
-  idx = jnp.where(valid_BxS, ctx_BxS, hist_C.shape[0])
-  return hist_C.at[idx.ravel()].add(1.0, mode="drop")
-
-
-def model_cfg(obj):
-  return getattr(obj, "cfg", None)
-
-
-def scorer_model(scorer):
-  """The model a scorer runs (None for free scorers like ConfidenceScorer)."""
-  return getattr(scorer, "model", None)
-
-
-def hist_flops(cfg, hist) -> float:
-  if cfg is None:
-    return 0.0
-  hist = np.asarray(hist, np.float64)
-  return float(hist @ flops_lib.decode_flops(cfg, np.arange(hist.shape[0])))
-
-
-def prompt_flops(cfg, lengths) -> float:
-  if cfg is None:
-    return 0.0
-  return float(np.sum(flops_lib.prefill_flops(cfg, np.asarray(lengths))))
-
-
-def prepare_prompts(model, prompts, prompt_lengths, pad_id, min_cache, cache_size,
-                    prefix: str = "PFConfig"):
-  """Right-padded prompts (bucketed), lengths and a validated cache size.
-
-  `prefix` names the config in messages (e.g. "BeamConfig.pad_id").
-
-  Raises:
-    ValueError: a bad pad id / prompt (`jaxllm.generate.check_prompts`), or
-      prompt + steps beyond the int32 range, ModelConfig.max_seq_len or
-      cache_size.
-  """
-  tokens, lengths = check_prompts(model, prompts, prompt_lengths, pad_id,
-                                  pad_id_name=f"{prefix}.pad_id")
-  T = tokens.shape[1]
-  need = min_cache(T)
-  steps = need - T
-  what = f"prompt length {int(lengths.max())} + steps ({steps} tokens)"
-  check_length(what, int(lengths.max()) + steps, "the int32 position range",
-               INT32_LIMIT)
-  max_seq = getattr(model_cfg(model), "max_seq_len", None)
-  if max_seq is not None:
-    check_length(what, int(lengths.max()) + steps, "ModelConfig.max_seq_len",
-                 max_seq)
-  size = need if cache_size is None else cache_size
-  check_length(f"padded prompt length {T} + steps ({steps} tokens)", need,
-               f"{prefix}.cache_size", size)
-  return jnp.asarray(tokens), jnp.asarray(lengths), size
-
-
-def flatten_steps(step_tokens_BxKxS, step_len_BxK, pad_id: int):
-  """Concatenate each row's steps: (tokens [B, K*S], lengths [B])."""
-  B, K, S = step_tokens_BxKxS.shape
-  offs = jnp.cumsum(step_len_BxK, axis=1) - step_len_BxK  # [B, K]
-  s = jnp.arange(S)[None, None, :]
-  pos = jnp.where(s < step_len_BxK[..., None], offs[..., None] + s, K * S)
-  out = jnp.full((B, K * S), pad_id, jnp.int32)
-  rows = jnp.arange(B)[:, None]
-  out = out.at[rows, pos.reshape(B, K * S)].set(
-      step_tokens_BxKxS.reshape(B, K * S), mode="drop")
-  return out, step_len_BxK.sum(1)
-
-
-def forced_step(model, params, state, logits_BxV, tokens_BxS, length_B, ended_B,
-                active_B):
-  """Replay given step tokens (ragged) through the model: (state, logits, Step).
-
-  Inactive rows are untouched. One `extend` call of S tokens."""
-  B, S = tokens_BxS.shape
-  n = jnp.where(active_B, length_B, 0)
-  valid = jnp.arange(S)[None, :] < n[:, None]
-  state, lg_BxSxV = model.extend(params, state, tokens_BxS, valid)
-  before = jnp.concatenate([logits_BxV[:, None], lg_BxSxV[:, :-1]], axis=1)
-  lp = jnp.take_along_axis(log_probs(before), tokens_BxS[..., None], -1)[..., 0]
-  last = jnp.take_along_axis(lg_BxSxV, jnp.maximum(n - 1, 0)[:, None, None], 1)[:, 0]
-  logits = jnp.where((n > 0)[:, None], last.astype(logits_BxV.dtype), logits_BxV)
-  step = Step(tokens=jnp.where(valid, tokens_BxS, 0), length=n,
-              logprob=jnp.where(valid, lp, 0.0),
-              ended=jnp.where(active_B, ended_B, BUDGET), calls=jnp.int32(1))
-  return state, logits, step
-
-
-def _merge_steps(a: Step, b: Step, use_b_B):
-  pick = lambda x, y: jnp.where(use_b_B.reshape(-1, *([1] * (x.ndim - 1))), y, x)
-  return Step(tokens=pick(a.tokens, b.tokens), length=pick(a.length, b.length),
-              logprob=pick(a.logprob, b.logprob), ended=pick(a.ended, b.ended),
-              calls=a.calls + b.calls)
+# Shared step-search plumbing now lives in algorithms/stepping.py; these names
+# are re-exported for callers that still import them from here.
+model_cfg = model_config
 
 
 def _log_mean_exp(x_N):
@@ -438,7 +318,7 @@ def _pf_impl(model, scorer, config: PFConfig, params, scorer_params, tokens_PxT,
         state, logits, fstep = forced_step(
             model, params, state, logits, ref_row(ref_tok[:, t]),
             ref_row(ref_len[:, t]), ref_row(ref_end[:, t]), f_act)
-        step = _merge_steps(step, fstep, is_ref)
+        step = merge_steps(step, fstep, is_ref)
         n["calls"] = n["calls"] + jnp.any(f_act).astype(jnp.int32)
         fctx, fvalid = step_contexts(ctx0, fstep.length, S)
         n["forced"] = add_hist(n["forced"], fctx, fvalid)
@@ -571,28 +451,6 @@ def _pf_impl(model, scorer, config: PFConfig, params, scorer_params, tokens_PxT,
 
 _pf_jit = jax.jit(_pf_impl, static_argnames=("model", "scorer", "config",
                                              "cache_size"))
-
-
-def compute_record(model, scorer, prompt_lengths, counts, *,
-                   scorer_prompt_tokens=True) -> flops_lib.Compute:
-  """Compute record from the in-jit counters (histograms over contexts)."""
-  cfg = model_cfg(model)
-  smodel = scorer_model(scorer)
-  vcfg = model_cfg(smodel) if smodel is not None else None
-  lengths = np.asarray(prompt_lengths)
-  gen, forced, scored = (np.asarray(counts[k], np.float64)
-                         for k in ("gen", "forced", "scored"))
-  rec = flops_lib.Compute(
-      prefill_tokens=float(lengths.sum() + forced.sum()),
-      generated_tokens=float(gen.sum()),
-      model_calls=float(1 + int(counts["calls"])),
-      prefill_flops=prompt_flops(cfg, lengths) + hist_flops(cfg, forced),
-      decode_flops=hist_flops(cfg, gen))
-  if smodel is not None:
-    rec.verifier_tokens = float(lengths.sum() + scored.sum())
-    rec.verifier_calls = float(1 + int(counts["vcalls"]))
-    rec.verifier_flops = prompt_flops(vcfg, lengths) + hist_flops(vcfg, scored)
-  return rec
 
 
 def run_particle_filter(model, params, scorer, scorer_params, prompts, key,

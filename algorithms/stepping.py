@@ -1,27 +1,48 @@
-"""One reasoning step for a whole batch of rows, inside jit.
+"""Step-level search plumbing shared by particle filtering, beam search / DVTS
+and A*: one reasoning step for a whole batch of rows, inside jit.
 
-Step-level search (particle filtering, beam search, DVTS, A*) extends every
-live row by one *step*: tokens are sampled until a step delimiter (e.g. the
-newline token), a stop token (EOS: the solution is finished) or a per-step
-token budget. Rows end their step at different lengths; a row that has ended
-stops committing tokens (`valid = False`), so its cache stays exact.
+Step-level search extends every live row by one *step*: tokens are sampled
+until a step delimiter (e.g. the newline token), a stop token (EOS: the
+solution is finished) or a per-step token budget. Rows end their step at
+different lengths; a row that has ended stops committing tokens
+(`valid = False`), so its cache stays exact.
 
-A row is carried as (model state row, next-token logits row): the logits after
-the committed prefix. Reordering rows (resampling, beam selection) must gather
-both (`reorder_rows`).
+A row is carried as (model state row, next-token logits row, scorer state
+row): the logits after the committed prefix (`Rows`). Reordering rows
+(forks, resampling, beam selection) gathers all three (`reorder`).
+
+Contents
+  sample_step / forced_step / merge_steps   one step per row (sampled/replayed)
+  id_tuple / check_config_ids / prepare_prompts   config ids and prompts
+  prefill_prompts / fork / prefill_and_fork / reorder   prefill once, fork N
+  flatten_steps                             concatenate a row's steps
+  step_contexts / add_hist / StepCounters   exact compute counters in jit
+  compute_record / flops_config             the Compute record (jaxllm.flops)
+
+Shape suffixes: B rows (= P problems x N rows per problem), P problems, N rows
+per problem (or an index length), T padded prompt length, S step token budget,
+K steps, V vocabulary, C context-histogram bins (cache_size + 1).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 
+import flax.struct
+import numpy as np
+
+from jaxllm import flops as flops_lib
+from jaxllm.config import ModelConfig
+from jaxllm.decoding import BigramLM
+from jaxllm.generate import check_prompts
 from jaxllm.sampling import Sampling, log_probs, sample
-from jaxllm.validation import (check_int, check_token_id, check_token_ids,
-                               is_concrete)
+from jaxllm.validation import (INT32_LIMIT, check_int, check_length,
+                               check_token_id, check_token_ids, is_concrete,
+                               token_id_array)
 
 BUDGET, DELIMITER, STOP = 0, 1, 2  # how a step ended
 
@@ -105,3 +126,362 @@ def sample_step(model, params, state, logits_BxV, key, sampling: Sampling, *,
 def reorder_rows(model, state, logits_BxV, index_N):
   """Gather rows of (state, logits) — resampling / beam selection / forks."""
   return model.reorder(state, index_N), jnp.take(logits_BxV, index_N, axis=0)
+
+
+# ----------------------------------------------------------------------------
+# Prompts: validation, bucketing and the cache size
+# ----------------------------------------------------------------------------
+
+
+def id_tuple(name: str, ids) -> tuple:
+  """A config's token-id set as a tuple of Python ints.
+
+  `ids` is a flat sequence of integers (the vocabulary range is checked later
+  by `check_config_ids`, once the model is known).
+
+  Raises:
+    ValueError: naming `name`, for non-integers or a nested sequence.
+  """
+  arr = token_id_array(name, ids)
+  if arr.ndim != 1:
+    raise ValueError(f"{name} must be a flat sequence of token ids, got "
+                     f"{ids!r:.200}")
+  return tuple(int(i) for i in arr)
+
+
+def check_config_ids(model, config, prefix: str) -> None:
+  """Check a config's `delimiter_ids` / `stop_ids` against the model's vocabulary.
+
+  Raises:
+    ValueError: naming e.g. `PFConfig.stop_ids` for an id outside [0, V).
+  """
+  vocab = getattr(model, "vocab_size", None)
+  for name in ("delimiter_ids", "stop_ids"):
+    check_token_ids(f"{prefix}.{name}", getattr(config, name), vocab)
+
+
+def prepare_prompts(model, prompts, prompt_lengths, pad_id: int,
+                    min_cache: Callable[[int], int], cache_size: Optional[int],
+                    prefix: str = "PFConfig"):
+  """Right-padded bucketed prompts, their lengths and a validated cache size.
+
+  Args:
+    model: a decode-interface model (its `vocab_size` and, through
+      `model_config`, `max_seq_len` bound the prompts).
+    prompts / prompt_lengths: `jaxllm.generate.check_prompts`'s convention (P
+      token lists, or a right-padded [P, T] array with lengths [P]).
+    pad_id: id written into the padding.
+    min_cache: padded prompt length T -> KV slots the search needs per row
+      (e.g. `PFConfig.min_cache_size`).
+    cache_size: KV slots per row, or None for `min_cache(T)`.
+    prefix: the config named in messages (e.g. "BeamConfig" -> "BeamConfig.pad_id").
+
+  Returns:
+    (tokens_PxT int32, lengths_P int32, cache_size int).
+
+  Raises:
+    ValueError: a bad pad id / prompt (`check_prompts`), or prompt + steps
+      beyond the int32 range, ModelConfig.max_seq_len or `cache_size`.
+  """
+  tokens, lengths = check_prompts(model, prompts, prompt_lengths, pad_id,
+                                  pad_id_name=f"{prefix}.pad_id")
+  T = tokens.shape[1]
+  need = min_cache(T)
+  steps = need - T
+  what = f"prompt length {int(lengths.max())} + steps ({steps} tokens)"
+  check_length(what, int(lengths.max()) + steps, "the int32 position range",
+               INT32_LIMIT)
+  max_seq = getattr(model_config(model), "max_seq_len", None)
+  if max_seq is not None:
+    check_length(what, int(lengths.max()) + steps, "ModelConfig.max_seq_len",
+                 max_seq)
+  size = need if cache_size is None else cache_size
+  check_length(f"padded prompt length {T} + steps ({steps} tokens)", need,
+               f"{prefix}.cache_size", size)
+  return jnp.asarray(tokens), jnp.asarray(lengths), size
+
+
+# ----------------------------------------------------------------------------
+# Prefill once, fork N rows per problem
+# ----------------------------------------------------------------------------
+
+
+@flax.struct.dataclass
+class Rows:
+  """The per-row search state every step-level search carries (B rows).
+
+  state: the model's decode state (KV cache) with B rows.
+  logits_BxV: next-token logits after each row's committed prefix.
+  sstate: the step scorer's state with B rows (e.g. a reward model's cache).
+  """
+
+  state: Any
+  logits_BxV: Any
+  sstate: Any
+
+
+def prefill_prompts(model, params, scorer, scorer_params, tokens_PxT, lengths_P,
+                    cache_size: int) -> Rows:
+  """Prefill every prompt ONCE in the model and in the scorer: Rows with B = P.
+
+  tokens_PxT / lengths_P: right-padded prompts (`prepare_prompts`);
+  cache_size: static KV slots per row. Costs one model call (counted by
+  `compute_record` as the prompt tokens' prefill).
+  """
+  state, logits = model.prefill(params, tokens_PxT, lengths_P, cache_size)
+  sstate = scorer.init(scorer_params, tokens_PxT, lengths_P, cache_size)
+  return Rows(state=state, logits_BxV=logits, sstate=sstate)
+
+
+def fork_index(n_problems: int, n_rows: int):
+  """int32 [P * N]: row p * N + i of the forked batch copies prompt row p."""
+  return jnp.repeat(jnp.arange(n_problems, dtype=jnp.int32), n_rows)
+
+
+def reorder(model, scorer, rows: Rows, index_N) -> Rows:
+  """Gather rows of the model state, the logits and the scorer state.
+
+  index_N: int32 [N] source row of each new row (forks, resampling, beam
+  selection). The one row gather of every step-level search.
+  """
+  state, logits = reorder_rows(model, rows.state, rows.logits_BxV, index_N)
+  return Rows(state=state, logits_BxV=logits,
+              sstate=scorer.reorder(rows.sstate, index_N))
+
+
+def fork(model, scorer, prompt_rows: Rows, n_rows: int) -> Rows:
+  """Fork P prefilled prompt rows into B = P * N rows (row p * N + i = copy i of
+  prompt p) by a gather (`reorder`): the prompt is never re-prefilled."""
+  P = prompt_rows.logits_BxV.shape[0]
+  return reorder(model, scorer, prompt_rows, fork_index(P, n_rows))
+
+
+def prefill_and_fork(model, params, scorer, scorer_params, tokens_PxT, lengths_P,
+                     cache_size: int, n_rows: int) -> Rows:
+  """Prefill each prompt once (`prefill_prompts`) and fork it into N rows
+  (`fork`): Rows with B = P * N, row p * N + i = sample i of problem p."""
+  rows = prefill_prompts(model, params, scorer, scorer_params, tokens_PxT,
+                         lengths_P, cache_size)
+  return fork(model, scorer, rows, n_rows)
+
+
+# ----------------------------------------------------------------------------
+# Forced steps and step bookkeeping
+# ----------------------------------------------------------------------------
+
+
+def forced_step(model, params, state, logits_BxV, tokens_BxS, length_B, ended_B,
+                active_B):
+  """Replay given step tokens (ragged) through the model: (state, logits_BxV, Step).
+
+  tokens_BxS: the step's tokens (row b uses its first length_B[b]); ended_B:
+  how each step ended (BUDGET / DELIMITER / STOP). Inactive rows are untouched
+  and get an empty step. One `extend` call of S tokens (particle Gibbs'
+  reference replay); the Step's logprob are the model's (temperature 1).
+  """
+  B, S = tokens_BxS.shape
+  n = jnp.where(active_B, length_B, 0)
+  valid = jnp.arange(S)[None, :] < n[:, None]
+  state, lg_BxSxV = model.extend(params, state, tokens_BxS, valid)
+  before = jnp.concatenate([logits_BxV[:, None], lg_BxSxV[:, :-1]], axis=1)
+  lp = jnp.take_along_axis(log_probs(before), tokens_BxS[..., None], -1)[..., 0]
+  last = jnp.take_along_axis(lg_BxSxV, jnp.maximum(n - 1, 0)[:, None, None], 1)[:, 0]
+  logits = jnp.where((n > 0)[:, None], last.astype(logits_BxV.dtype), logits_BxV)
+  step = Step(tokens=jnp.where(valid, tokens_BxS, 0), length=n,
+              logprob=jnp.where(valid, lp, 0.0),
+              ended=jnp.where(active_B, ended_B, BUDGET), calls=jnp.int32(1))
+  return state, logits, step
+
+
+def merge_steps(a: Step, b: Step, use_b_B) -> Step:
+  """Row-wise choice between two Steps (use_b_B: bool [B]); calls add up."""
+  pick = lambda x, y: jnp.where(use_b_B.reshape(-1, *([1] * (x.ndim - 1))), y, x)
+  return Step(tokens=pick(a.tokens, b.tokens), length=pick(a.length, b.length),
+              logprob=pick(a.logprob, b.logprob), ended=pick(a.ended, b.ended),
+              calls=a.calls + b.calls)
+
+
+def flatten_steps(step_tokens_BxKxS, step_len_BxK, pad_id: int):
+  """Concatenate each row's K steps: (tokens_Bx(K*S) pad-filled, lengths_B)."""
+  B, K, S = step_tokens_BxKxS.shape
+  offs = jnp.cumsum(step_len_BxK, axis=1) - step_len_BxK  # [B, K]
+  s = jnp.arange(S)[None, None, :]
+  pos = jnp.where(s < step_len_BxK[..., None], offs[..., None] + s, K * S)
+  out = jnp.full((B, K * S), pad_id, jnp.int32)
+  rows = jnp.arange(B)[:, None]
+  out = out.at[rows, pos.reshape(B, K * S)].set(
+      step_tokens_BxKxS.reshape(B, K * S), mode="drop")
+  return out, step_len_BxK.sum(1)
+
+
+# ----------------------------------------------------------------------------
+# Compute accounting: counters in jit, the Compute record outside
+# ----------------------------------------------------------------------------
+
+
+def step_contexts(lengths_B, length_B, S: int):
+  """(context_BxS, valid_BxS) of a step's tokens: token s of row b attends to
+  lengths_B[b] + s + 1 keys (lengths_B = committed tokens before the step);
+  valid marks the step's length_B[b] tokens."""
+  s = jnp.arange(S, dtype=jnp.int32)[None, :]
+  return lengths_B[:, None] + s + 1, s < length_B[:, None]
+
+
+def add_hist(hist_C, ctx_BxS, valid_BxS):
+  """Add the valid tokens to a histogram over contexts (hist_C[c] = tokens that
+  attended to c keys; contexts >= C are dropped). FLOPs follow exactly from it."""
+  idx = jnp.where(valid_BxS, ctx_BxS, hist_C.shape[0])
+  return hist_C.at[idx.ravel()].add(1.0, mode="drop")
+
+
+@flax.struct.dataclass
+class StepCounters:
+  """What a step-level search spent, counted inside jit (C = cache_size + 1).
+
+  gen: float32 [C] generated (sampled) tokens by context, look-ahead included.
+  forced: float32 [C] tokens forced through the model (a replayed reference).
+  scored: float32 [C] step tokens the scorer read, by context.
+  calls: int32 [] model calls after the prefill (one per sampled position,
+    one per forced step).
+  vcalls: int32 [] scorer calls after its prefill.
+  """
+
+  gen: Any
+  forced: Any
+  scored: Any
+  calls: Any
+  vcalls: Any
+
+  @classmethod
+  def zeros(cls, n_contexts: int) -> "StepCounters":
+    """All-zero counters with histograms of `n_contexts` bins."""
+    h = jnp.zeros((n_contexts,), jnp.float32)
+    return cls(gen=h, forced=h, scored=h, calls=jnp.int32(0),
+               vcalls=jnp.int32(0))
+
+  def count_step(self, lengths_B, length_B, S: int, *, generated: bool = True,
+                 scored: bool = True) -> "StepCounters":
+    """Add one step's tokens (committed lengths_B before it, length_B in it) to
+    `gen` (or `forced` with generated=False) and, with scored=True, `scored`."""
+    ctx, valid = step_contexts(lengths_B, length_B, S)
+    out = self
+    if generated:
+      out = out.replace(gen=add_hist(out.gen, ctx, valid))
+    else:
+      out = out.replace(forced=add_hist(out.forced, ctx, valid))
+    if scored:
+      out = out.replace(scored=add_hist(out.scored, ctx, valid))
+    return out
+
+
+# Model types that declare no FLOPs (toys with exactly known distributions).
+# A model may also declare itself free with a `flops_free = True` attribute.
+FLOPS_FREE_TYPES = (BigramLM,)
+
+
+def _model_chain(obj, depth: int = 4):
+  """obj, obj.model, obj.model.model, ... (wrappers such as GeneratorConfidence)."""
+  for _ in range(depth):
+    if obj is None:
+      return
+    yield obj
+    obj = getattr(obj, "model", None)
+
+
+def model_config(obj) -> Optional[ModelConfig]:
+  """The ModelConfig of a model or of the model it wraps (`.model`), else None."""
+  for m in _model_chain(obj):
+    cfg = getattr(m, "cfg", None)
+    if isinstance(cfg, ModelConfig):
+      return cfg
+  return None
+
+
+def is_flops_free(obj) -> bool:
+  """True for a model (or wrapper of one) that declares it costs no FLOPs:
+  a `flops_free = True` attribute or a type in FLOPS_FREE_TYPES (BigramLM)."""
+  return any(getattr(m, "flops_free", False) is True or
+             isinstance(m, FLOPS_FREE_TYPES) for m in _model_chain(obj))
+
+
+def flops_config(obj, what: str) -> Optional[ModelConfig]:
+  """The ModelConfig to count `obj`'s FLOPs from; None for a declared-free model.
+
+  Raises:
+    ValueError: naming `what`, when `obj` has no ModelConfig (`cfg`, possibly
+      through `.model`) and does not declare itself free; FLOPs are never
+      silently reported as 0.
+  """
+  cfg = model_config(obj)
+  if cfg is not None or is_flops_free(obj):
+    return cfg
+  raise ValueError(
+      f"{what} {type(obj).__name__} has no `cfg` (jaxllm ModelConfig) to count "
+      f"FLOPs from: give it one, declare a toy model free with "
+      f"`flops_free = True`, or pass count_flops=False")
+
+
+def hist_flops(cfg: Optional[ModelConfig], hist_C) -> float:
+  """FLOPs of the tokens in a context histogram (0 for cfg None)."""
+  if cfg is None:
+    return 0.0
+  hist = np.asarray(hist_C, np.float64)
+  return float(hist @ flops_lib.decode_flops(cfg, np.arange(hist.shape[0])))
+
+
+def prompt_flops(cfg: Optional[ModelConfig], lengths_P) -> float:
+  """FLOPs of prefilling prompts of the given lengths (0 for cfg None)."""
+  if cfg is None:
+    return 0.0
+  return float(np.sum(flops_lib.prefill_flops(cfg, np.asarray(lengths_P))))
+
+
+def scorer_model(scorer):
+  """The model a scorer runs (`scorer.model`), or None for a free scorer (e.g.
+  ConfidenceScorer, which reuses the policy's log-probs)."""
+  return getattr(scorer, "model", None)
+
+
+def compute_record(model, scorer, prompt_lengths, counts, *,
+                   count_flops: bool = True) -> flops_lib.Compute:
+  """The Compute record of a step-level search from its in-jit counters.
+
+  Args:
+    model: the policy (decode interface); scorer: the step scorer.
+    prompt_lengths: [P] prompt lengths (each prompt prefilled once; forks free).
+    counts: StepCounters (or a dict with the same keys), summed over sweeps.
+    count_flops: False reports every FLOPs field as 0 (explicit opt-out).
+
+  Returns:
+    jaxllm.flops.Compute: prefill = prompts + forced tokens, generated tokens,
+    model calls (1 prefill + counted calls); for a scorer that wraps a model
+    (`scorer.model`): verifier tokens (prompts + scored tokens), calls, FLOPs
+    (a reward model's decode_flops include an LM head it does not run: an
+    upper bound by 2 * V * D per token).
+
+  Raises:
+    ValueError: with count_flops, when the policy or the scorer's model has no
+      ModelConfig and does not declare itself free (`flops_config`).
+  """
+  if isinstance(counts, dict):
+    counts = StepCounters(**counts)
+  smodel = scorer_model(scorer)
+  cfg = vcfg = None
+  if count_flops:
+    cfg = flops_config(model, "model")
+    if smodel is not None:
+      vcfg = flops_config(smodel, "scorer model")
+  lengths = np.asarray(prompt_lengths)
+  gen, forced, scored = (np.asarray(x, np.float64)
+                         for x in (counts.gen, counts.forced, counts.scored))
+  rec = flops_lib.Compute(
+      prefill_tokens=float(lengths.sum() + forced.sum()),
+      generated_tokens=float(gen.sum()),
+      model_calls=float(1 + int(counts.calls)),
+      prefill_flops=prompt_flops(cfg, lengths) + hist_flops(cfg, forced),
+      decode_flops=hist_flops(cfg, gen))
+  if smodel is not None:
+    rec.verifier_tokens = float(lengths.sum() + scored.sum())
+    rec.verifier_calls = float(1 + int(counts.vcalls))
+    rec.verifier_flops = prompt_flops(vcfg, lengths) + hist_flops(vcfg, scored)
+  return rec

@@ -1,16 +1,19 @@
 """One-step sampling: exact step distribution (toy model) and cache
 consistency (transformer)."""
 
+import dataclasses
 import itertools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from scipy import stats
 
 from algorithms.scorers import ConfidenceScorer
 from algorithms.stepping import BUDGET, DELIMITER, STOP, sample_step
 from jaxllm import BigramLM, ModelConfig, Transformer, forward, init_params
+from jaxllm import flops as flops_lib
 from jaxllm.sampling import make_sampling
 
 V, DELIM, EOS, S = 4, 3, 2, 3
@@ -90,3 +93,64 @@ def test_transformer_step_keeps_cache_exact():
   L = np.asarray(step.length)
   want = np.exp(lp[0, :L[0]].mean())
   np.testing.assert_allclose(conf[0], want, rtol=1e-5)
+
+
+def test_compute_record_refuses_models_without_a_config():
+  """FLOPs are never silently 0: a model without a ModelConfig must declare
+  itself free (BigramLM is; `flops_free = True`) or the caller opts out."""
+  from algorithms import stepping
+
+  counts = stepping.StepCounters.zeros(8)
+  counts = counts.count_step(jnp.array([2, 3]), jnp.array([2, 1]), 3)
+
+  class NoCfg:
+    vocab_size = 4
+
+  with pytest.raises(ValueError, match="model NoCfg has no `cfg`"):
+    stepping.compute_record(NoCfg(), ConfidenceScorer(), [2, 3], counts)
+  rec = stepping.compute_record(NoCfg(), ConfidenceScorer(), [2, 3], counts,
+                                count_flops=False)
+  assert rec.flops == 0 and rec.generated_tokens == 3 and rec.prefill_tokens == 5
+
+  class Free(NoCfg):
+    flops_free = True
+
+  assert stepping.compute_record(Free(), ConfidenceScorer(), [2, 3], counts).flops == 0
+  assert stepping.compute_record(BigramLM(4), ConfidenceScorer(), [2, 3],
+                                 counts).flops == 0
+
+  @dataclasses.dataclass(frozen=True)
+  class Wrapping:  # a scorer whose model has no config
+    model: object
+
+  with pytest.raises(ValueError, match="scorer model"):
+    stepping.compute_record(BigramLM(4), Wrapping(NoCfg()), [2, 3], counts)
+  # A wrapper reaches its inner model's config (e.g. GeneratorConfidence).
+  cfg = ModelConfig(vocab_size=11, d_model=16, n_layers=1, n_heads=2,
+                    n_kv_heads=1, d_ff=32)
+  rec = stepping.compute_record(Transformer(cfg), Wrapping(Transformer(cfg)),
+                                [2, 3], counts)
+  # Generated tokens: row 0 contexts 3, 4; row 1 context 4 (closed form).
+  want = flops_lib.decode_flops(cfg, np.array([3, 4, 4])).sum()
+  np.testing.assert_allclose(rec.decode_flops, want)
+  np.testing.assert_allclose(rec.verifier_flops, want + flops_lib.prefill_flops(
+      cfg, np.array([2, 3])).sum())
+
+
+def test_prefill_and_fork_prefills_each_prompt_once():
+  from algorithms import stepping
+
+  calls = []
+  table = jax.random.normal(jax.random.key(0), (V, V))
+
+  class Counting(BigramLM):
+    def prefill(self, params, tokens, lengths, cache_size=0):
+      calls.append(tokens.shape)
+      return super().prefill(params, tokens, lengths, cache_size)
+
+  rows = stepping.prefill_and_fork(Counting(V), table, ConfidenceScorer(), None,
+                                   jnp.array([[1, 2], [3, 0]]), jnp.array([2, 1]),
+                                   8, 3)
+  assert calls == [(2, 2)]
+  np.testing.assert_array_equal(rows.state.last, [2, 2, 2, 3, 3, 3])
+  np.testing.assert_allclose(rows.logits_BxV, np.asarray(table)[[2, 2, 2, 3, 3, 3]])
