@@ -14,6 +14,31 @@ greedily (fallback). Everything (all problems, all iterations, the fallback)
 runs in one jitted function: a `lax.while_loop` over search iterations and a
 second one for the greedy fallback.
 
+Shape letters (this module)
+---------------------------
+  P  problems (prompts) searched at once
+  Q  queue capacity = pool rows per problem (`capacity`)
+  B  states popped and expanded per problem per iteration (`pop_batch`)
+  K  children per expanded state (`num_children`, or the candidate count)
+  W  = B * K children per problem per iteration
+  N  rows of a flat batch: P * W in the working batch, P * Q in the pool
+  S  step width: the most tokens one step adds (`step_width`)
+  L  solution-token cap (`max_solution_tokens`)
+  T  padded prompt length; H = T + L positions (KV slots per row)
+  V  vocabulary size
+
+One iteration, step by step (each a function below)
+---------------------------------------------------
+  _pop       pop the B best states per problem; a popped complete state may
+             become the incumbent; pick the states to expand
+  _fork      gather K copies of every popped pool row into the working batch
+  _expand    one step per working row (sampled, or a teacher-forced candidate)
+  _score     score the new steps; children's tokens, costs g and f = g + h
+  _push      push the live children (evict-worst keeps the Q best)
+  _rebuild_pool   pool slot i <- queue entry i, by one gather
+and after the loop: _answer (incumbent, or the best queued state) and
+_fallback (greedy completion when no complete state was popped).
+
 State pool (how model states move)
 ----------------------------------
 Each problem owns a pool of Q rows = the queue capacity: the model state row
@@ -29,26 +54,33 @@ concat assumes every leaf of a model / scorer state has the row axis first
 (true of `KVCache`, `BigramState` and the scorer states here; it is what
 `reorder = take(axis=0)` already assumes).
 
-Costs g and heuristics h (config fields; pluggable)
----------------------------------------------------
+Costs g and heuristics h (small objects; config names via REGISTRY)
+-------------------------------------------------------------------
 The paper's exact g / h were not available; this is our documented choice.
 A child's step cost is
     c = prm_weight * (-log r) + lm_weight * (-log p(step)) + token_cost * n
 with r the scorer's score of the new step (clipped to [1e-30, 1]), p(step)
-the generator's probability of the step's tokens and n its token count.
-`g_mode` combines the step costs of a state's d steps:
-    'sum':  g = sum of c                      (path cost; A* proper)
-    'mean': g = (sum of c) / d                (length-normalised: long
-            solutions are not penalised for having more steps)
+the generator's probability of the step's tokens and n its token count
+(`step_cost`). The path cost g of a state with d steps is an object with a
+method `g(cost_sum, depth)` (`AStarConfig.g_mode`):
+    'sum'  -> SumCost:   g = sum of c          (path cost; A* proper)
+    'mean' -> MeanCost:  g = (sum of c) / d    (length-normalised: long
+              solutions are not penalised for having more steps)
 token_cost > 0 is the other length-aware knob (a per-token price).
-`heuristic` estimates what remains (h = 0 for complete states, always):
-    'zero':   h = 0                           (uniform-cost search)
-    'latest': h = -log r_latest * max(expected_total_steps - d, 1)
-              (the latest step's PRM cost, paid again on each step expected
-              to remain; needs prm_weight's scale: it is not multiplied by it)
-    callable: h = fn(heuristic_params, HeuristicInput) -> [N], e.g. an exact
-              admissible bound in tests (`heuristic_params` is a traced
-              pytree passed to `run_astar`, so changing it does not recompile).
+The heuristic h estimates what remains (h = 0 for complete states, always);
+it is any callable `h(heuristic_params, HeuristicInput) -> float32 [N]`
+(`AStarConfig.heuristic`):
+    'zero'   -> ZeroHeuristic:        h = 0    (uniform-cost search)
+    'latest' -> LatestStepHeuristic:  h = -log r_latest * max(E - d, 1) with
+              E = expected_total_steps (the latest step's PRM cost, paid again
+              on each step expected to remain; needs prm_weight's scale: it is
+              not multiplied by it)
+    a user callable, e.g. an exact admissible bound in tests
+              (`heuristic_params` is a traced pytree passed to `run_astar`,
+              so changing it does not recompile).
+A new g or h is one small frozen dataclass (hashable: it is part of the
+static config); `REGISTRY` maps the config's string names to the built-in
+objects (`resolve`), so configs stay readable.
 With 'sum', non-negative costs and an admissible h, the first complete state
 popped is optimal among the states the search can reach (tests check this
 against exhaustive enumeration). In batched mode (B > 1) a popped complete
@@ -58,26 +90,30 @@ incumbent's are not expanded.
 
 Budgets, caps and the fallback
 ------------------------------
-Budgets are per problem and are traced arrays (a sweep does not recompile):
-`token_budget` (tokens generated by the search), `scorer_call_budget` (steps
-scored) and `max_iterations`. They are checked before each iteration, so the
-last iteration may overshoot by at most B * K steps. Solution tokens are
-capped at `max_solution_tokens` (L): a child that is not complete and has no
-room for another full step (length + S > L, S = the step width) is dropped
-("dead": neither scored nor pushed). When a problem stops without a complete solution popped, the best
-queued state (complete or not; the prompt itself if the queue is empty) is
-completed greedily, one temperature-0 token at a time, until a stop token or
-L tokens; those tokens are counted (generated tokens, model calls, FLOPs) but
-not scored and not charged to the budget.
+Budgets are per problem and are traced arrays (`Knobs`; a sweep does not
+recompile): `token_budget` (tokens generated by the search),
+`scorer_call_budget` (steps scored) and `max_iterations`; so are the cost
+weights, `expected_total_steps` and the sampling settings (a `Sampling`
+pytree: a temperature sweep does not recompile either). Budgets are checked
+before each iteration, so the last iteration may overshoot by at most B * K
+steps. Solution tokens are capped at `max_solution_tokens` (L): a child that
+is not complete and has no room for another full step (length + S > L) is
+dropped ("dead": neither scored nor pushed). When a problem stops without a
+complete solution popped, the best queued state (complete or not; the prompt
+itself if the queue is empty) is completed greedily, one temperature-0 token
+at a time, until a stop token or L tokens; those tokens are counted
+(generated tokens, model calls, FLOPs) but not scored and not charged to the
+budget.
 
 Expansion modes
 ---------------
 'sample':    K = num_children steps sampled from the generator (`sample_step`
              with the config's sampling settings; duplicates are not merged).
 'enumerate': every candidate step: `candidate_steps` (token tuples, fed with
-             one `extend` call), or, when None, every single vocabulary token
-             (one token = one step). Children the generator gives probability
-             0 are dropped. For exactness tests and small action spaces.
+             one `extend` call: `stepping.forced_step`), or, when None, every
+             single vocabulary token (one token = one step). Children the
+             generator gives probability 0 are dropped. For exactness tests
+             and small action spaces.
 
 What is counted (`jaxllm.flops.Compute`)
 ----------------------------------------
@@ -100,8 +136,9 @@ the hardware but not charged (the count an ideal ragged implementation pays).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, NamedTuple, Optional, Union
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -111,36 +148,159 @@ from algorithms.stepping import BUDGET, DELIMITER, STOP, Step, sample_step
 from jaxllm import flops as flops_lib
 from jaxllm.config import ModelConfig
 from jaxllm.generate import check_prompts
-from jaxllm.sampling import make_sampling
+from jaxllm.sampling import Sampling, make_sampling
 from jaxllm.validation import (INT32_LIMIT, check_int, check_length,
                                check_token_ids, token_id_array)
 
-_TINY = 1e-30
-_DYNAMIC = ("token_budget", "scorer_call_budget", "max_iterations",
-            "prm_weight", "lm_weight", "token_cost", "expected_total_steps")
+TRACE_COUNT = {"astar": 0}  # incremented at trace time (compile checks)
+_TINY = 1e-30  # scores are clipped to [_TINY, 1] before -log
 
 
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
+# ----------------------------------------------------------------------------
+# Costs and heuristics: small objects, named in configs through REGISTRY
+# ----------------------------------------------------------------------------
+
+
+@flax.struct.dataclass
 class HeuristicInput:
   """What a heuristic sees about N states (rows of one batch)."""
-  tokens: Any  # [N, L] solution tokens so far (0 after `length`)
-  length: Any  # [N] solution tokens
-  depth: Any  # [N] completed steps
-  last_score: Any  # [N] scorer score of the latest step (1 at the root)
-  last_token: Any  # [N] last token of prompt + solution
-  complete: Any  # [N] latest step ended with a stop token
-  problem: Any  # [N] index of the problem (prompt row) the state belongs to
-  g: Any  # [N] cost so far
+  tokens: Any  # int32 [N, L] solution tokens so far (0 after `length`)
+  length: Any  # int32 [N] solution tokens
+  depth: Any  # int32 [N] completed steps
+  last_score: Any  # float32 [N] scorer score of the latest step (1 at the root)
+  last_token: Any  # int32 [N] last token of prompt + solution
+  complete: Any  # bool [N] latest step ended with a stop token
+  problem: Any  # int32 [N] index of the problem (prompt row) of the state
+  g: Any  # float32 [N] cost so far (the path cost's g)
+  expected_total_steps: Any  # float32 [] the config's (traced) E
+
+
+@dataclasses.dataclass(frozen=True)
+class SumCost:
+  """g = sum of the step costs: the path cost of A* proper (with non-negative
+  step costs and an admissible h the first complete state popped is optimal)."""
+
+  def g(self, cost_N, depth_N):
+    """cost_N: float32 [N] summed step costs; depth_N: int32 [N] steps."""
+    del depth_N
+    return cost_N
+
+
+@dataclasses.dataclass(frozen=True)
+class MeanCost:
+  """g = (sum of the step costs) / depth: length-normalised, so long solutions
+  are not penalised for having more steps (the root, depth 0, has g = 0)."""
+
+  def g(self, cost_N, depth_N):
+    """cost_N: float32 [N] summed step costs; depth_N: int32 [N] steps."""
+    return cost_N / jnp.maximum(depth_N, 1).astype(jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class ZeroHeuristic:
+  """h = 0: uniform-cost search (Dijkstra); admissible for costs >= 0."""
+
+  def __call__(self, params, inp: HeuristicInput):
+    del params
+    return jnp.zeros_like(inp.g)
+
+
+@dataclasses.dataclass(frozen=True)
+class LatestStepHeuristic:
+  """h = -log r_latest * max(E - d, 1): the latest step's PRM cost, paid again
+  on every step expected to remain (E = expected_total_steps, d = depth).
+  Not admissible in general; not multiplied by prm_weight."""
+
+  def __call__(self, params, inp: HeuristicInput):
+    del params
+    remaining = jnp.maximum(inp.expected_total_steps -
+                            inp.depth.astype(jnp.float32), 1.0)
+    return -jnp.log(jnp.clip(inp.last_score, _TINY, 1.0)) * remaining
+
+
+# Config names -> objects: the one place a string in an AStarConfig is read.
+REGISTRY = {
+    "g_mode": {"sum": SumCost(), "mean": MeanCost()},
+    "heuristic": {"zero": ZeroHeuristic(), "latest": LatestStepHeuristic()},
+}
+
+
+def resolve(field: str, value):
+  """The object behind `AStarConfig.<field>` ('g_mode' or 'heuristic').
+
+  A registered name gives its object; an object is returned as it is, if it
+  has the right shape: a path cost needs a `g(cost_N, depth_N)` method, a
+  heuristic must be callable as `h(heuristic_params, HeuristicInput)`.
+
+  Raises:
+    ValueError: naming `AStarConfig.<field>`, for an unknown name or an object
+      of the wrong shape.
+  """
+  table = REGISTRY[field]
+  if isinstance(value, str):
+    if value in table:
+      return table[value]
+  elif field == "g_mode" and callable(getattr(value, "g", None)):
+    return value
+  elif field == "heuristic" and callable(value):
+    return value
+  what = ("an object with a g(cost, depth) method" if field == "g_mode" else
+          "a callable h(heuristic_params, HeuristicInput)")
+  raise ValueError(f"AStarConfig.{field} must be one of {sorted(table)} or "
+                   f"{what}, got {value!r}")
+
+
+def step_cost(knobs: "Knobs", score_N, logprob_N, n_tokens_N):
+  """c = prm_weight * (-log r) + lm_weight * (-log p) + token_cost * n, float32
+  [N]; r is clipped to [1e-30, 1]; the lm term is skipped (not 0 * inf) when
+  lm_weight is 0, so a step of probability 0 costs inf only when it counts."""
+  r = jnp.clip(score_N.astype(jnp.float32), _TINY, 1.0)
+  return (knobs.prm_weight * -jnp.log(r) +
+          jnp.where(knobs.lm_weight > 0, knobs.lm_weight * -logprob_N, 0.0) +
+          knobs.token_cost * n_tokens_N)
+
+
+# ----------------------------------------------------------------------------
+# Configuration
+# ----------------------------------------------------------------------------
+
+
+_KNOBS = ("expected_total_steps", "prm_weight", "lm_weight", "token_cost",
+          "token_budget", "scorer_call_budget", "max_iterations")
+# Sampling travels as a traced `Sampling` pytree (its static part, top_k and
+# which filters are on, is in the pytree's structure), so the static config
+# holds neutral values for these.
+_SAMPLING = dict(temperature=1.0, top_k=None, top_p=None, min_p=None)
+
+
+@flax.struct.dataclass
+class Knobs:
+  """The traced settings of one search (float32 scalars; a new value does not
+  recompile). See `AStarConfig` for their meaning."""
+  expected_total_steps: Any
+  prm_weight: Any
+  lm_weight: Any
+  token_cost: Any
+  token_budget: Any  # per problem: tokens generated by the search
+  scorer_call_budget: Any  # per problem: steps scored
+  max_iterations: Any  # loop iterations (shared by all problems)
 
 
 @dataclasses.dataclass(frozen=True)
 class AStarConfig:
   """A*-decoding settings. Shape-changing fields are static (changing them
-  recompiles); budgets and cost weights are traced (see _DYNAMIC)."""
+  recompiles); budgets, cost weights and sampling values are traced (`Knobs`,
+  `sampling()`). Token ids are checked for type here and against the
+  vocabulary by `run_astar`.
 
-  capacity: int = 64  # queue size = pool rows per problem (Q)
-  pop_batch: int = 1  # states popped and expanded per iteration (B)
+  Raises (on construction):
+    ValueError: naming the field: non-positive sizes, pop_batch > capacity,
+      an unknown expansion / g_mode / heuristic, bad candidate steps, a step
+      wider than max_solution_tokens, non-finite weights, negative budgets.
+  """
+
+  capacity: int = 64  # Q: queue size = pool rows per problem
+  pop_batch: int = 1  # B: states popped and expanded per iteration
   expansion: str = "sample"  # 'sample' | 'enumerate'
   num_children: int = 4  # K in sample mode
   candidate_steps: Optional[tuple] = None  # enumerate mode; None = every token
@@ -148,8 +308,9 @@ class AStarConfig:
   max_solution_tokens: int = 256  # L: cap on solution tokens (cache headroom)
   delimiter_ids: tuple = ()
   stop_ids: tuple = ()
-  g_mode: str = "sum"  # 'sum' | 'mean'
-  heuristic: Union[str, Callable] = "latest"  # 'zero' | 'latest' | callable
+  g_mode: Any = "sum"  # a REGISTRY name ('sum' | 'mean') or a path-cost object
+  # a REGISTRY name ('zero' | 'latest') or a callable h(params, HeuristicInput)
+  heuristic: Union[str, Callable] = "latest"
   # Sampling (sample mode); temperature 1 = the generator's distribution.
   temperature: float = 1.0
   top_k: Optional[int] = None
@@ -181,32 +342,11 @@ class AStarConfig:
     if self.expansion not in ("sample", "enumerate"):
       raise ValueError(f"AStarConfig.expansion must be 'sample' or "
                        f"'enumerate', got {self.expansion!r}")
-    if self.g_mode not in ("sum", "mean"):
-      raise ValueError(f"AStarConfig.g_mode must be 'sum' or 'mean', got "
-                       f"{self.g_mode!r}")
-    if not (callable(self.heuristic) or self.heuristic in ("zero", "latest")):
-      raise ValueError(f"AStarConfig.heuristic must be 'zero', 'latest' or a "
-                       f"callable, got {self.heuristic!r}")
+    resolve("g_mode", self.g_mode)
+    resolve("heuristic", self.heuristic)
     if self.candidate_steps is not None:
-      if self.expansion != "enumerate":
-        raise ValueError("AStarConfig.candidate_steps needs expansion="
-                         "'enumerate'")
-      cands = []
-      for c in self.candidate_steps:
-        arr = token_id_array("AStarConfig.candidate_steps", c)
-        if arr.ndim != 1 or arr.size == 0:
-          raise ValueError("AStarConfig.candidate_steps must be a non-empty "
-                           "sequence of non-empty token sequences")
-        cands.append(tuple(int(t) for t in arr))
-      cands = tuple(cands)
-      if not cands:
-        raise ValueError("AStarConfig.candidate_steps must be a non-empty "
-                         "sequence of non-empty token sequences")
-      for c in cands:
-        if any(t in self.stop_ids for t in c[:-1]):
-          raise ValueError(f"AStarConfig.candidate_steps: stop token inside "
-                           f"candidate {c} (only allowed last)")
-      object.__setattr__(self, "candidate_steps", cands)
+      object.__setattr__(self, "candidate_steps", _check_candidates(
+          self.candidate_steps, self.expansion, self.stop_ids))
     if self.step_width > self.max_solution_tokens:
       raise ValueError(f"AStarConfig.max_solution_tokens="
                        f"{self.max_solution_tokens} is smaller than one step "
@@ -239,12 +379,62 @@ class AStarConfig:
       return vocab_size
     return len(self.candidate_steps)
 
-  def static_part(self) -> "AStarConfig":
-    """The config without its traced fields (the jit cache key)."""
-    return dataclasses.replace(self, **{n: 0.0 for n in _DYNAMIC})
+  @property
+  def path_cost(self):
+    """The g object (`resolve('g_mode', ...)`)."""
+    return resolve("g_mode", self.g_mode)
 
-  def dynamic_part(self) -> dict:
-    return {n: jnp.float32(getattr(self, n)) for n in _DYNAMIC}
+  @property
+  def heuristic_fn(self):
+    """The h callable (`resolve('heuristic', ...)`)."""
+    return resolve("heuristic", self.heuristic)
+
+  def sampling(self) -> Sampling:
+    """The sampling settings as a `Sampling` pytree (traced values).
+
+    Raises:
+      ValueError: naming the bad field (`make_sampling`).
+    """
+    return make_sampling(self.temperature, self.top_k, self.top_p, self.min_p)
+
+  def static_part(self) -> "AStarConfig":
+    """The config without its traced fields (the jit cache key): knobs and
+    sampling values replaced by neutral ones."""
+    return dataclasses.replace(self, **{n: 0.0 for n in _KNOBS}, **_SAMPLING)
+
+  def dynamic_part(self) -> Knobs:
+    """The traced knobs (float32 scalars)."""
+    return Knobs(**{n: jnp.float32(getattr(self, n)) for n in _KNOBS})
+
+
+def _check_candidates(candidate_steps, expansion: str, stop_ids: tuple) -> tuple:
+  """candidate_steps as a tuple of non-empty int tuples, a stop id only last.
+
+  Raises:
+    ValueError: naming AStarConfig.candidate_steps (or needing 'enumerate').
+  """
+  if expansion != "enumerate":
+    raise ValueError("AStarConfig.candidate_steps needs expansion='enumerate'")
+  cands = []
+  for c in candidate_steps:
+    arr = token_id_array("AStarConfig.candidate_steps", c)
+    if arr.ndim != 1 or arr.size == 0:
+      raise ValueError("AStarConfig.candidate_steps must be a non-empty "
+                       "sequence of non-empty token sequences")
+    cands.append(tuple(int(t) for t in arr))
+  if not cands:
+    raise ValueError("AStarConfig.candidate_steps must be a non-empty "
+                     "sequence of non-empty token sequences")
+  for c in cands:
+    if any(t in stop_ids for t in c[:-1]):
+      raise ValueError(f"AStarConfig.candidate_steps: stop token inside "
+                       f"candidate {c} (only allowed last)")
+  return tuple(cands)
+
+
+# ----------------------------------------------------------------------------
+# Results and loop state
+# ----------------------------------------------------------------------------
 
 
 @jax.tree_util.register_dataclass
@@ -267,55 +457,246 @@ class AStarResult:
   fallback_tokens: Any  # [P] tokens generated by the greedy fallback
   iterations: Any  # [] while-loop iterations
   model_calls: Any  # [] batched generator calls after the prefill
-  hist_search: Any  # [T + L] search tokens per absolute position (FLOPs)
-  hist_scored: Any  # [T + L] scored step tokens per absolute position
-  hist_fallback: Any  # [T + L] fallback tokens per absolute position
+  hist_search: Any  # [H] search tokens per absolute position (FLOPs)
+  hist_scored: Any  # [H] scored step tokens per absolute position
+  hist_fallback: Any  # [H] fallback tokens per absolute position
 
 
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
-class _Meta:
-  """Bookkeeping of states, arrays with leading axes [P, Q] (or [N])."""
-  tok: Any  # [..., L]
-  length: Any
-  depth: Any
-  cost: Any  # sum of step costs
-  last_token: Any
-  complete: Any
+@flax.struct.dataclass
+class Rows:
+  """Model-facing rows: N rows of the model state (KV cache), float32
+  next-token logits [N, V] and the scorer state (row axis first in every
+  leaf)."""
+  state: Any
+  logits: Any
+  sstate: Any
+
+
+@flax.struct.dataclass
+class Meta:
+  """Bookkeeping of search states: leading axes [P, Q] in the pool, [P, B]
+  for pops, [N] in the working batch."""
+  tok: Any  # int32 [..., L] solution tokens (0 after `length`)
+  length: Any  # int32 [...] solution tokens
+  depth: Any  # int32 [...] completed steps
+  cost: Any  # float32 [...] sum of step costs (g = path_cost.g(cost, depth))
+  last_token: Any  # int32 [...] last token of prompt + solution
+  complete: Any  # bool [...] latest step ended with a stop token
+
+
+@flax.struct.dataclass
+class Incumbent:
+  """The best complete state popped so far, per problem."""
+  tok: Any  # int32 [P, L]
+  length: Any  # int32 [P]
+  g: Any  # float32 [P]
+  f: Any  # float32 [P], +inf while none
+  found: Any  # bool [P] a complete state was popped
+
+
+@flax.struct.dataclass
+class Counters:
+  """What the search spent so far (per problem unless noted)."""
+  search_tokens: Any  # int32 [P] tokens generated (children's steps)
+  scorer_calls: Any  # int32 [P] steps scored
+  expanded: Any  # int32 [P] states expanded
+  pushed: Any  # int32 [P] children pushed
+  evicted: Any  # int32 [P] queue entries evicted
+  dead: Any  # int32 [P] children dropped (length cap / probability 0)
+  hist_search: Any  # float32 [H] generated tokens per absolute position
+  hist_scored: Any  # float32 [H] scored tokens per absolute position
+  model_calls: Any  # int32 [] batched generator calls after the prefill
+  iterations: Any  # int32 [] loop iterations
+
+
+@flax.struct.dataclass
+class SearchLoop:
+  """The carry of the search's while loop."""
+  queue: Any  # aq.ArrayQueue with leading axis P (capacity Q; payload = slot)
+  pool: Rows  # P * Q rows; row p * Q + i holds queue entry i of problem p
+  meta: Meta  # [P, Q] bookkeeping of the pool rows
+  key: Any  # PRNG key (sample mode)
+  best: Incumbent
+  counts: Counters
+
+
+class _Env(NamedTuple):
+  """What every step of one traced search reads: the callbacks, the static
+  sizes and the traced inputs (a plain bundle, built once per trace)."""
+  model: Any
+  scorer: Any
+  cfg: AStarConfig  # static part
+  params: Any
+  sparams: Any
+  knobs: Knobs
+  sampling: Sampling
+  hparams: Any  # heuristic_params
+  lengths_P: Any  # int32 [P] prompt lengths
+  path_cost: Any
+  heuristic: Any
+  P: int
+  Q: int
+  B: int
+  K: int
+  S: int
+  L: int
+  H: int
+
+  @property
+  def W(self) -> int:
+    return self.B * self.K
 
 
 def _concat_rows(a, b):
+  """Row-wise concatenation of two pytrees whose leaves have the row axis
+  first (the pool and the working batch)."""
   return jax.tree_util.tree_map(lambda x, y: jnp.concatenate([x, y], 0), a, b)
 
 
-def _member(tok, ids):
-  if not ids:
-    return jnp.zeros(tok.shape, bool)
-  return jnp.any(tok[..., None] == jnp.asarray(ids, jnp.int32), axis=-1)
+def _take_meta(meta: Meta, slot_PxB) -> Meta:
+  """Gather [P, Q] bookkeeping at slots [P, B]."""
+  def take(x):
+    idx = slot_PxB.reshape(slot_PxB.shape + (1,) * (x.ndim - 2))
+    return jnp.take_along_axis(x, idx, axis=1)
+  return jax.tree_util.tree_map(take, meta)
 
 
-def _g(cfg, cost, depth):
-  if cfg.g_mode == "sum":
-    return cost
-  return cost / jnp.maximum(depth, 1).astype(jnp.float32)
+def _reorder(env: _Env, rows: Rows, index_N) -> Rows:
+  """Gather rows of the model state, logits and scorer state."""
+  return Rows(state=env.model.reorder(rows.state, index_N),
+              logits=rows.logits[index_N],
+              sstate=env.scorer.reorder(rows.sstate, index_N))
 
 
-def _h(cfg, dyn, hparams, inp: HeuristicInput):
-  if cfg.heuristic == "zero":
-    h = jnp.zeros_like(inp.g)
-  elif cfg.heuristic == "latest":
-    remaining = jnp.maximum(dyn["expected_total_steps"] -
-                            inp.depth.astype(jnp.float32), 1.0)
-    h = -jnp.log(jnp.clip(inp.last_score, _TINY, 1.0)) * remaining
-  else:
-    h = jnp.asarray(cfg.heuristic(hparams, inp), jnp.float32)
-  return jnp.where(inp.complete, 0.0, h)
+def _f(env: _Env, inp: HeuristicInput):
+  """f = g + h of N states (float32 [N]); h = 0 for complete states."""
+  h = jnp.asarray(env.heuristic(env.hparams, inp), jnp.float32)
+  return inp.g + jnp.where(inp.complete, 0.0, h)
+
+
+# ----------------------------------------------------------------------------
+# The search, step by step
+# ----------------------------------------------------------------------------
+
+
+def _init(env: _Env, tokens_PxT, key):
+  """Prefill the P prompts once; every pool row starts as a copy of its
+  problem's root, and each queue holds the root with f = h(root).
+
+  Returns (SearchLoop, root Rows [P]) (the root rows seed the fallback when a
+  queue ends empty)."""
+  P, Q, L, H = env.P, env.Q, env.L, env.H
+  pidx = jnp.arange(P)
+  state, logits = env.model.prefill(env.params, tokens_PxT, env.lengths_P, H)
+  sstate = env.scorer.init(env.sparams, tokens_PxT, env.lengths_P, H)
+  root = Rows(state=state, logits=logits.astype(jnp.float32), sstate=sstate)
+  prompt_last = tokens_PxT[pidx, env.lengths_P - 1]
+  zi, zf = jnp.zeros((P,), jnp.int32), jnp.zeros((P,), jnp.float32)
+  meta = Meta(tok=jnp.zeros((P, Q, L), jnp.int32),
+              length=jnp.zeros((P, Q), jnp.int32),
+              depth=jnp.zeros((P, Q), jnp.int32),
+              cost=jnp.zeros((P, Q), jnp.float32),
+              last_token=jnp.broadcast_to(prompt_last[:, None], (P, Q)),
+              complete=jnp.zeros((P, Q), bool))
+  f_root = _f(env, HeuristicInput(
+      tokens=jnp.zeros((P, L), jnp.int32), length=zi, depth=zi,
+      last_score=jnp.ones((P,)), last_token=prompt_last,
+      complete=jnp.zeros((P,), bool), problem=pidx, g=zf,
+      expected_total_steps=env.knobs.expected_total_steps))
+  queue = jax.vmap(lambda _: aq.empty(Q))(pidx)
+  queue, _ = jax.vmap(aq.push)(queue, f_root[:, None],
+                               jnp.zeros((P, 1), jnp.int32),
+                               jnp.ones((P, 1), bool))
+  best = Incumbent(tok=jnp.zeros((P, L), jnp.int32), length=zi, g=zf,
+                   f=jnp.full((P,), jnp.inf), found=jnp.zeros((P,), bool))
+  counts = Counters(search_tokens=zi, scorer_calls=zi, expanded=zi, pushed=zi,
+                    evicted=zi, dead=zi,
+                    hist_search=jnp.zeros((H,), jnp.float32),
+                    hist_scored=jnp.zeros((H,), jnp.float32),
+                    model_calls=jnp.int32(0), iterations=jnp.int32(0))
+  loop = SearchLoop(queue=queue, pool=_reorder(env, root, jnp.repeat(pidx, Q)),
+                    meta=meta, key=key, best=best, counts=counts)
+  return loop, root
+
+
+def _done(env: _Env, loop: SearchLoop):
+  """bool [P]: the problem's search is over: its incumbent beats every queued
+  f, its queue is empty, or a budget is spent."""
+  q, c, k = loop.queue, loop.counts, env.knobs
+  return ((loop.best.found & (loop.best.f <= jax.vmap(aq.peek)(q))) |
+          (jax.vmap(aq.size)(q) == 0) |
+          (c.search_tokens >= k.token_budget) |
+          (c.scorer_calls >= k.scorer_call_budget) |
+          (c.iterations >= k.max_iterations))
+
+
+def _pop(env: _Env, loop: SearchLoop, act_P):
+  """Pop the B best states of every active problem (act_P: bool [P]).
+
+  The first popped complete state (best f) becomes the incumbent if its f
+  beats the incumbent's; popped non-complete states with f below the
+  (updated) incumbent's are to be expanded.
+
+  Returns (loop with the new queue / incumbent / `expanded` count, parents
+  Meta [P, B], slot_PxB pool slots, expand_PxB bool)."""
+  P, B = env.P, env.B
+  pidx = jnp.arange(P)
+  popped, f_PxB, slot_PxB, valid_PxB = jax.vmap(lambda q: aq.pop(q, B))(
+      loop.queue)
+  queue = jax.tree_util.tree_map(
+      lambda new, old: jnp.where(
+          act_P.reshape((P,) + (1,) * (new.ndim - 1)), new, old),
+      popped, loop.queue)
+  valid_PxB = valid_PxB & act_P[:, None]
+  par = _take_meta(loop.meta, slot_PxB)  # [P, B, ...]
+  par_g = env.path_cost.g(par.cost, par.depth)
+  comp_PxB = valid_PxB & par.complete
+  has = comp_PxB.any(1)
+  first = jnp.argmax(comp_PxB, 1)
+  cand_f = jnp.where(has, f_PxB[pidx, first], jnp.inf)
+  old = loop.best
+  better = cand_f < old.f
+  best = Incumbent(
+      tok=jnp.where(better[:, None], par.tok[pidx, first], old.tok),
+      length=jnp.where(better, par.length[pidx, first], old.length),
+      g=jnp.where(better, par_g[pidx, first], old.g),
+      f=jnp.where(better, cand_f, old.f), found=old.found | has)
+  expand_PxB = valid_PxB & ~par.complete & (f_PxB < best.f[:, None])
+  counts = loop.counts.replace(
+      expanded=loop.counts.expanded + expand_PxB.sum(1, dtype=jnp.int32))
+  loop = loop.replace(queue=queue, best=best, counts=counts)
+  return loop, par, slot_PxB, expand_PxB
+
+
+def _fork(env: _Env, pool: Rows, par: Meta, slot_PxB, expand_PxB):
+  """K copies of every popped pool row form the working batch of N = P * B * K
+  rows (row (p * B + b) * K + k = child k of pop b of problem p).
+
+  Returns (Rows [N], parents Meta [N], act_N bool: the row is expanded)."""
+  P, Q, B, K = env.P, env.Q, env.B, env.K
+  rep = lambda x: jnp.repeat(x.reshape((P * B,) + x.shape[2:]), K, axis=0)
+  src = rep(jnp.arange(P)[:, None] * Q + slot_PxB)
+  return (_reorder(env, pool, src), jax.tree_util.tree_map(rep, par),
+          rep(expand_PxB))
+
+
+def _candidate_table(cfg: AStarConfig, K: int, S: int):
+  """Enumerate mode's K candidate steps as numpy arrays: (tokens int32 [K, S]
+  0-padded, lengths int32 [K]); every vocabulary token when candidate_steps
+  is None."""
+  if cfg.candidate_steps is None:
+    return np.arange(K, dtype=np.int32)[:, None], np.ones((K,), np.int32)
+  cand = np.zeros((K, S), np.int32)
+  for i, s in enumerate(cfg.candidate_steps):
+    cand[i, :len(s)] = s
+  return cand, np.array([len(s) for s in cfg.candidate_steps], np.int32)
 
 
 def _enumerate_step(model, params, state, logits_NxV, cand_KxS, len_K, active_N,
                     stop_ids):
-  """Extend row n by candidate n % K (teacher forced). Returns like
-  `sample_step`: (state, logits, Step)."""
+  """Extend row n by candidate n % K (teacher forced, one `extend` call).
+  Returns like `sample_step`: (state, logits_NxV, Step); a candidate's step
+  ended with STOP when its last token is a stop id, else DELIMITER."""
   N = logits_NxV.shape[0]
   K, S = cand_KxS.shape
   toks = jnp.tile(jnp.asarray(cand_KxS, jnp.int32), (N // K, 1))
@@ -331,253 +712,246 @@ def _enumerate_step(model, params, state, logits_NxV, cand_KxS, len_K, active_N,
   last = jnp.take_along_axis(ext, idx[:, None, None], 1)[:, 0]
   logits = jnp.where(active_N[:, None], last, logits_NxV)
   last_tok = jnp.take_along_axis(toks, idx[:, None], 1)[:, 0]
-  ended = jnp.where(active_N, jnp.where(_member(last_tok, stop_ids), STOP,
-                                        DELIMITER), BUDGET)
+  is_stop = jnp.isin(last_tok, jnp.asarray(stop_ids, jnp.int32))
+  ended = jnp.where(active_N, jnp.where(is_stop, STOP, DELIMITER), BUDGET)
   step = Step(tokens=jnp.where(valid, toks, 0), length=n,
               logprob=jnp.where(valid, lp, 0.0), ended=ended,
               calls=jnp.int32(1))
   return state, logits, step
 
 
-def _take_meta(meta: _Meta, slot_PxB):
-  """Gather [P, Q] bookkeeping at slots [P, B]."""
-  def take(x):
-    idx = slot_PxB.reshape(slot_PxB.shape + (1,) * (x.ndim - 2))
-    return jnp.take_along_axis(x, idx, axis=1)
-  return jax.tree_util.tree_map(take, meta)
+def _expand(env: _Env, rows: Rows, act_N, key):
+  """One step for every active working row: sampled (`sample_step` with the
+  traced sampling settings) or a teacher-forced candidate (enumerate mode).
+  The scorer state is not touched here. Returns (Rows, Step)."""
+  cfg = env.cfg
+  if cfg.expansion == "sample":
+    st, lg, step = sample_step(
+        env.model, env.params, rows.state, rows.logits, key, env.sampling,
+        max_step_tokens=env.S, delimiter_ids=cfg.delimiter_ids,
+        stop_ids=cfg.stop_ids, active_B=act_N)
+  else:
+    cand, clen = _candidate_table(cfg, env.K, env.S)
+    st, lg, step = _enumerate_step(env.model, env.params, rows.state,
+                                   rows.logits, cand, clen, act_N, cfg.stop_ids)
+  return rows.replace(state=st, logits=lg), step
 
 
-def _search(model, scorer, cfg: AStarConfig, params, sparams, tokens_PxT,
-            lengths_P, key, dyn, sampling, hparams):
-  P, T = tokens_PxT.shape
-  Q, B, L = cfg.capacity, cfg.pop_batch, cfg.max_solution_tokens
-  K, S = cfg.num_expansions(model.vocab_size), cfg.step_width
-  W = B * K
-  H = T + L  # positions (cache size)
+@flax.struct.dataclass
+class Children:
+  """The N = P * W children of one iteration (working-batch rows)."""
+  meta: Meta  # [N] their bookkeeping
+  f: Any  # float32 [N] f = g + h
+  n: Any  # int32 [N] tokens their step added (0 for inactive rows)
+  writ: Any  # bool [N, S] step token s was written
+  pos: Any  # int32 [N, S] solution position of step token s
+  scored: Any  # bool [N] the scorer read the step (= a scorer call)
+  alive: Any  # bool [N] scored with a finite f: to be pushed
+
+
+def _score(env: _Env, rows: Rows, par: Meta, step: Step, act_N):
+  """Children of the working batch: tokens, score, cost, g and f = g + h.
+
+  A child is *scored* when it is active, has non-zero probability under the
+  generator and is complete or has room for another full step; the rest are
+  dead (neither scored nor pushed). A scored child with a non-finite f is
+  dead too. Returns (Rows with the scorer state advanced, Children)."""
+  P, S, L, W = env.P, env.S, env.L, env.W
+  n = jnp.where(act_N, step.length, 0)
+  writ = jnp.arange(S)[None, :] < n[:, None]
+  pos = par.length[:, None] + jnp.arange(S)[None, :]
+  tok = par.tok.at[jnp.arange(P * W)[:, None], jnp.where(writ, pos, L)].set(
+      step.tokens, mode="drop")
+  length = par.length + n
+  complete = act_N & (step.ended == STOP)
+  lp_sum = jnp.sum(jnp.where(writ, step.logprob, 0.0), 1)
+  scored = act_N & jnp.isfinite(lp_sum) & (complete | (length + S <= L))
+  sstate, r = env.scorer.score(env.sparams, rows.sstate, step, scored)
+  r = jnp.clip(r.astype(jnp.float32), _TINY, 1.0)
+  last_tok = jnp.where(
+      n > 0, jnp.take_along_axis(step.tokens, jnp.maximum(n - 1, 0)[:, None],
+                                 1)[:, 0], par.last_token)
+  meta = Meta(tok=tok, length=length, depth=par.depth + 1,
+              cost=par.cost + step_cost(env.knobs, r, lp_sum, n),
+              last_token=last_tok, complete=complete)
+  f = _f(env, HeuristicInput(
+      tokens=tok, length=length, depth=meta.depth, last_score=r,
+      last_token=last_tok, complete=complete,
+      problem=jnp.repeat(jnp.arange(P), W),
+      g=env.path_cost.g(meta.cost, meta.depth),
+      expected_total_steps=env.knobs.expected_total_steps))
+  kids = Children(meta=meta, f=f, n=n, writ=writ, pos=pos, scored=scored,
+                  alive=scored & jnp.isfinite(f))
+  return rows.replace(sstate=sstate), kids
+
+
+def _count_children(env: _Env, counts: Counters, kids: Children,
+                    act_N) -> Counters:
+  """Charge the children's tokens (per problem and per absolute position),
+  steps scored and dead children."""
+  P, W, H = env.P, env.W, env.H
+  abs_pos = jnp.where(kids.writ, jnp.repeat(env.lengths_P, W)[:, None] +
+                      kids.pos, H)
+  per_P = lambda x: x.reshape(P, W).sum(1, dtype=jnp.int32)
+  return counts.replace(
+      hist_search=counts.hist_search.at[abs_pos].add(1.0, mode="drop"),
+      hist_scored=counts.hist_scored.at[
+          jnp.where(kids.scored[:, None], abs_pos, H)].add(1.0, mode="drop"),
+      search_tokens=counts.search_tokens + per_P(kids.n),
+      scorer_calls=counts.scorer_calls + per_P(kids.scored),
+      dead=counts.dead + per_P(act_N & ~kids.alive))
+
+
+def _push(env: _Env, queue, counts: Counters, f_N, alive_N):
+  """Push the live children (payload Q + child index w within its problem);
+  evict-worst keeps the Q best of queue + children. Returns (queue, counts)."""
+  P, Q, W = env.P, env.Q, env.W
+  size0 = jax.vmap(aq.size)(queue)
+  queue, _ = jax.vmap(aq.push)(
+      queue, f_N.reshape(P, W),
+      jnp.broadcast_to(Q + jnp.arange(W, dtype=jnp.int32), (P, W)),
+      alive_N.reshape(P, W))
+  n_alive = alive_N.reshape(P, W).sum(1, dtype=jnp.int32)
+  counts = counts.replace(
+      pushed=counts.pushed + n_alive,
+      evicted=counts.evicted + size0 + n_alive - jax.vmap(aq.size)(queue))
+  return queue, counts
+
+
+def _rebuild_pool(env: _Env, loop: SearchLoop, queue, rows: Rows,
+                  child: Meta) -> SearchLoop:
+  """Pool slot i <- queue entry i: ONE gather from concat(old pool [P * Q],
+  children [P * W]) (payload < Q: an old slot; >= Q: child payload - Q).
+  Queue payloads become 0..Q-1 again."""
+  P, Q, W = env.P, env.Q, env.W
   pidx = jnp.arange(P)
+  pl = jnp.where(queue.valid, queue.payload, jnp.arange(Q)[None, :])
+  gidx = jnp.where(pl < Q, pidx[:, None] * Q + pl,
+                   P * Q + pidx[:, None] * W + (pl - Q)).reshape(-1)
+  both = jax.tree_util.tree_map(
+      lambda a, b: jnp.concatenate([a, b.reshape((P, W) + b.shape[1:])], 1),
+      loop.meta, child)
+  return loop.replace(
+      pool=_reorder(env, _concat_rows(loop.pool, rows), gidx),
+      meta=_take_meta(both, pl),
+      queue=dataclasses.replace(queue, payload=jnp.broadcast_to(
+          jnp.arange(Q, dtype=jnp.int32), (P, Q))))
 
-  # Root: prefill the prompts; every pool row starts as a copy of its root.
-  root_state, root_logits = model.prefill(params, tokens_PxT, lengths_P, H)
-  root_logits = root_logits.astype(jnp.float32)
-  root_sstate = scorer.init(sparams, tokens_PxT, lengths_P, H)
-  prompt_last = tokens_PxT[pidx, lengths_P - 1]
-  rows = jnp.repeat(pidx, Q)
-  pool = (model.reorder(root_state, rows), root_logits[rows],
-          scorer.reorder(root_sstate, rows))
-  meta = _Meta(tok=jnp.zeros((P, Q, L), jnp.int32),
-               length=jnp.zeros((P, Q), jnp.int32),
-               depth=jnp.zeros((P, Q), jnp.int32),
-               cost=jnp.zeros((P, Q), jnp.float32),
-               last_token=jnp.broadcast_to(prompt_last[:, None], (P, Q)),
-               complete=jnp.zeros((P, Q), bool))
-  zero_P = jnp.zeros((P,), jnp.float32)
-  h_root = _h(cfg, dyn, hparams, HeuristicInput(
-      tokens=jnp.zeros((P, L), jnp.int32), length=jnp.zeros((P,), jnp.int32),
-      depth=jnp.zeros((P,), jnp.int32), last_score=jnp.ones((P,)),
-      last_token=prompt_last, complete=jnp.zeros((P,), bool), problem=pidx,
-      g=zero_P))
-  queue = jax.vmap(lambda _: aq.empty(Q))(pidx)
-  queue, _ = jax.vmap(aq.push)(queue, h_root[:, None],
-                               jnp.zeros((P, 1), jnp.int32),
-                               jnp.ones((P, 1), bool))
 
-  zi = jnp.zeros((P,), jnp.int32)
-  carry = dict(
-      queue=queue, pool=pool, meta=meta, key=key,
-      inc_tok=jnp.zeros((P, L), jnp.int32), inc_len=zi, inc_g=zero_P,
-      inc_f=jnp.full((P,), jnp.inf), found=jnp.zeros((P,), bool),
-      tokens=zi, calls=zi, expanded=zi, pushed=zi, evicted=zi, dead=zi,
-      hist=jnp.zeros((H,), jnp.float32),
-      hist_scored=jnp.zeros((H,), jnp.float32), model_calls=jnp.int32(0),
-      it=jnp.int32(0))
+def _iteration(env: _Env, loop: SearchLoop) -> SearchLoop:
+  """One search iteration: pop, fork, expand, score, push, rebuild the pool."""
+  loop, par, slot_PxB, expand_PxB = _pop(env, loop, ~_done(env, loop))
+  rows, par, act = _fork(env, loop.pool, par, slot_PxB, expand_PxB)
+  key, sub = jax.random.split(loop.key)
+  rows, step = _expand(env, rows, act, sub)
+  rows, kids = _score(env, rows, par, step, act)
+  counts = _count_children(env, loop.counts, kids, act)
+  counts = counts.replace(model_calls=counts.model_calls + step.calls,
+                          iterations=counts.iterations + 1)
+  queue, counts = _push(env, loop.queue, counts, kids.f, kids.alive)
+  loop = loop.replace(key=key, counts=counts)
+  return _rebuild_pool(env, loop, queue, rows, kids.meta)
 
-  def done_P(c):
-    q = c["queue"]
-    return ((c["found"] & (c["inc_f"] <= jax.vmap(aq.peek)(q))) |
-            (jax.vmap(aq.size)(q) == 0) |
-            (c["tokens"] >= dyn["token_budget"]) |
-            (c["calls"] >= dyn["scorer_call_budget"]) |
-            (c["it"] >= dyn["max_iterations"]))
 
-  def body(c):
-    c = dict(c)
-    act_P = ~done_P(c)
-    # 1. Pop the B best states of every active problem.
-    popped, f_PxB, slot_PxB, valid_PxB = jax.vmap(lambda q: aq.pop(q, B))(
-        c["queue"])
-    queue = jax.tree_util.tree_map(
-        lambda new, old: jnp.where(
-            act_P.reshape((P,) + (1,) * (new.ndim - 1)), new, old),
-        popped, c["queue"])
-    valid_PxB = valid_PxB & act_P[:, None]
-    par = _take_meta(c["meta"], slot_PxB)  # [P, B, ...]
-    par_g = _g(cfg, par.cost, par.depth)
-    # 2. Popped complete states: the first one (best f) may become the
-    #    incumbent; non-complete pops below the incumbent's f are expanded.
-    comp_PxB = valid_PxB & par.complete
-    has = comp_PxB.any(1)
-    first = jnp.argmax(comp_PxB, 1)
-    cand_f = jnp.where(has, f_PxB[pidx, first], jnp.inf)
-    better = cand_f < c["inc_f"]
-    c["inc_tok"] = jnp.where(better[:, None], par.tok[pidx, first], c["inc_tok"])
-    c["inc_len"] = jnp.where(better, par.length[pidx, first], c["inc_len"])
-    c["inc_g"] = jnp.where(better, par_g[pidx, first], c["inc_g"])
-    c["inc_f"] = jnp.where(better, cand_f, c["inc_f"])
-    c["found"] = c["found"] | has
-    expand_PxB = valid_PxB & ~par.complete & (f_PxB < c["inc_f"][:, None])
-    c["expanded"] = c["expanded"] + expand_PxB.sum(1, dtype=jnp.int32)
+def _answer(env: _Env, loop: SearchLoop, root: Rows):
+  """The searched answer per problem: the incumbent if one was popped; else
+  the best queued state; else (empty queue) the prompt.
 
-    # 3. Fork: K copies of every popped row form the working batch [P*B*K].
-    rep = lambda x: jnp.repeat(x.reshape((P * B,) + x.shape[2:]), K, axis=0)
-    src = rep(pidx[:, None] * Q + slot_PxB)
-    act = rep(expand_PxB)
-    pstate, plogits, psstate = c["pool"]
-    st, lg = model.reorder(pstate, src), plogits[src]
-    ss = scorer.reorder(psstate, src)
-    par = jax.tree_util.tree_map(rep, par)
-
-    # 4. Expand: one step per working row, then score it.
-    key, sub = jax.random.split(c["key"])
-    c["key"] = key
-    if cfg.expansion == "sample":
-      st, lg, step = sample_step(
-          model, params, st, lg, sub, sampling, max_step_tokens=S,
-          delimiter_ids=cfg.delimiter_ids, stop_ids=cfg.stop_ids,
-          active_B=act)
-    else:
-      if cfg.candidate_steps is None:
-        cand = np.arange(K, dtype=np.int32)[:, None]
-        clen = np.ones((K,), np.int32)
-      else:
-        cand = np.zeros((K, S), np.int32)
-        clen = np.array([len(s) for s in cfg.candidate_steps], np.int32)
-        for i, s in enumerate(cfg.candidate_steps):
-          cand[i, :len(s)] = s
-      st, lg, step = _enumerate_step(model, params, st, lg, cand, clen, act,
-                                     cfg.stop_ids)
-    c["model_calls"] = c["model_calls"] + step.calls
-
-    # 5. Children: tokens, costs, f. Dead children (no room for another step,
-    #    or probability 0 under the generator) are neither scored nor pushed.
-    n = jnp.where(act, step.length, 0)
-    writ = jnp.arange(S)[None, :] < n[:, None]
-    pos = par.length[:, None] + jnp.arange(S)[None, :]
-    tok = par.tok.at[jnp.arange(P * W)[:, None], jnp.where(writ, pos, L)].set(
-        step.tokens, mode="drop")
-    length = par.length + n
-    depth = par.depth + 1
-    complete = act & (step.ended == STOP)
-    lp_sum = jnp.sum(jnp.where(writ, step.logprob, 0.0), 1)
-    scored = act & jnp.isfinite(lp_sum) & (complete | (length + S <= L))
-    ss, r = scorer.score(sparams, ss, step, scored)
-    r = jnp.clip(r.astype(jnp.float32), _TINY, 1.0)
-    step_cost = (dyn["prm_weight"] * -jnp.log(r) +
-                 jnp.where(dyn["lm_weight"] > 0, dyn["lm_weight"] * -lp_sum,
-                           0.0) + dyn["token_cost"] * n)
-    cost = par.cost + step_cost
-    last_tok = jnp.where(
-        n > 0, jnp.take_along_axis(step.tokens, jnp.maximum(n - 1, 0)[:, None],
-                                   1)[:, 0], par.last_token)
-    g = _g(cfg, cost, depth)
-    h = _h(cfg, dyn, hparams, HeuristicInput(
-        tokens=tok, length=length, depth=depth, last_score=r,
-        last_token=last_tok, complete=complete,
-        problem=jnp.repeat(pidx, W), g=g))
-    f = g + h
-    alive = scored & jnp.isfinite(f)
-    child = _Meta(tok=tok, length=length, depth=depth, cost=cost,
-                  last_token=last_tok, complete=complete)
-    abs_pos = jnp.where(writ, jnp.repeat(lengths_P, W)[:, None] + pos, H)
-    c["hist"] = c["hist"].at[abs_pos].add(1.0, mode="drop")
-    c["hist_scored"] = c["hist_scored"].at[
-        jnp.where(scored[:, None], abs_pos, H)].add(1.0, mode="drop")
-    per_P = lambda x: x.reshape(P, W).sum(1, dtype=jnp.int32)
-    c["tokens"] = c["tokens"] + per_P(n)
-    c["calls"] = c["calls"] + per_P(scored)
-    c["dead"] = c["dead"] + per_P(act & ~alive)
-
-    # 6. Push; evict-worst keeps the Q best of queue + children.
-    size0 = jax.vmap(aq.size)(queue)
-    queue, _ = jax.vmap(aq.push)(
-        queue, f.reshape(P, W),
-        jnp.broadcast_to(Q + jnp.arange(W, dtype=jnp.int32), (P, W)),
-        alive.reshape(P, W))
-    c["pushed"] = c["pushed"] + per_P(alive)
-    c["evicted"] = c["evicted"] + size0 + per_P(alive) - jax.vmap(aq.size)(queue)
-
-    # 7. Rebuild the pool in queue order: slot i <- queue entry i, by one
-    #    gather from concat(old pool, children).
-    pl = jnp.where(queue.valid, queue.payload, jnp.arange(Q)[None, :])
-    gidx = jnp.where(pl < Q, pidx[:, None] * Q + pl,
-                     P * Q + pidx[:, None] * W + (pl - Q)).reshape(-1)
-    c["pool"] = (model.reorder(_concat_rows(pstate, st), gidx),
-                 jnp.concatenate([plogits, lg])[gidx],
-                 scorer.reorder(_concat_rows(psstate, ss), gidx))
-    both = jax.tree_util.tree_map(
-        lambda a, b: jnp.concatenate([a, b.reshape((P, W) + b.shape[1:])], 1),
-        c["meta"], child)
-    c["meta"] = _take_meta(both, pl)
-    c["queue"] = dataclasses.replace(
-        queue, payload=jnp.broadcast_to(jnp.arange(Q, dtype=jnp.int32), (P, Q)))
-    c["it"] = c["it"] + 1
-    return c
-
-  c = jax.lax.while_loop(lambda c: jnp.any(~done_P(c)), body, carry)
-
-  # Answer: the incumbent if one was popped; else the best queued state (the
-  # prompt if the queue is empty), completed greedily.
-  q = c["queue"]
+  Returns (Incumbent-shaped answer: tok [P, L], length, g, f, found = the
+  answer is complete; its model rows (state, logits [P, V]) for the
+  fallback)."""
+  P, Q = env.P, env.Q
+  pidx = jnp.arange(P)
+  q, inc = loop.queue, loop.best
   best_ok = q.valid[:, 0]
-  best = _take_meta(c["meta"], q.payload[:, :1])
-  best = jax.tree_util.tree_map(lambda x: x[:, 0], best)
-  found = c["found"]
-  ans_tok = jnp.where(found[:, None], c["inc_tok"],
-                      jnp.where(best_ok[:, None], best.tok, 0))
-  ans_len = jnp.where(found, c["inc_len"], jnp.where(best_ok, best.length, 0))
-  ans_g = jnp.where(found, c["inc_g"], jnp.where(
-      best_ok, _g(cfg, best.cost, best.depth), 0.0))
-  ans_f = jnp.where(found, c["inc_f"], jnp.where(best_ok, q.f[:, 0], jnp.inf))
-  complete = found | (best_ok & best.complete)
-  pstate, plogits, _ = c["pool"]
+  best = jax.tree_util.tree_map(
+      lambda x: x[:, 0], _take_meta(loop.meta, q.payload[:, :1]))
+  found = inc.found
+  ans = Incumbent(
+      tok=jnp.where(found[:, None], inc.tok,
+                    jnp.where(best_ok[:, None], best.tok, 0)),
+      length=jnp.where(found, inc.length, jnp.where(best_ok, best.length, 0)),
+      g=jnp.where(found, inc.g, jnp.where(
+          best_ok, env.path_cost.g(best.cost, best.depth), 0.0)),
+      f=jnp.where(found, inc.f, jnp.where(best_ok, q.f[:, 0], jnp.inf)),
+      found=found | (best_ok & best.complete))
   src = jnp.where(best_ok, pidx * Q + q.payload[:, 0], P * Q + pidx)
-  st = model.reorder(_concat_rows(pstate, root_state), src)
-  lg = jnp.concatenate([plogits, root_logits])[src]
+  st = env.model.reorder(_concat_rows(loop.pool.state, root.state), src)
+  lg = jnp.concatenate([loop.pool.logits, root.logits])[src]
+  return ans, st, lg
+
+
+def _fallback(env: _Env, ans: Incumbent, state, logits_PxV, key):
+  """Complete the unfinished answers greedily, one temperature-0 token at a
+  time, until a stop token or L solution tokens.
+
+  Returns (tok [P, L], length [P], complete [P], fallback tokens [P],
+  hist [H] fallback tokens per absolute position, model calls [])."""
+  P, L, H = env.P, env.L, env.H
+  pidx = jnp.arange(P)
   greedy = make_sampling(0.0)
 
-  def fb_cond(fc):
-    return jnp.any(fc[0])
-
-  def fb_body(fc):
+  def body(fc):
     live, st, lg, tok, length, complete, n_fb, hist, calls = fc
-    st, lg, step = sample_step(model, params, st, lg, c["key"], greedy,
+    st, lg, step = sample_step(env.model, env.params, st, lg, key, greedy,
                                max_step_tokens=1, delimiter_ids=(),
-                               stop_ids=cfg.stop_ids, active_B=live)
-    t = step.tokens[:, 0]
-    tok = tok.at[pidx, jnp.where(live, length, L)].set(t, mode="drop")
-    hist = hist.at[jnp.where(live, lengths_P + length, H)].add(1.0, mode="drop")
-    stopped = live & _member(t, cfg.stop_ids)
+                               stop_ids=env.cfg.stop_ids, active_B=live)
+    tok = tok.at[pidx, jnp.where(live, length, L)].set(step.tokens[:, 0],
+                                                       mode="drop")
+    hist = hist.at[jnp.where(live, env.lengths_P + length, H)].add(
+        1.0, mode="drop")
+    stopped = live & (step.ended == STOP)
     length = length + live
     n_fb = n_fb + live
     complete = complete | stopped
     live = live & ~stopped & (length < L)
     return live, st, lg, tok, length, complete, n_fb, hist, calls + 1
 
-  live0 = ~complete & (ans_len < L)
-  fb = jax.lax.while_loop(fb_cond, fb_body, (
-      live0, st, lg, ans_tok, ans_len, complete, zi,
-      jnp.zeros((H,), jnp.float32), jnp.int32(0)))
-  _, _, _, tok, length, complete, n_fb, hist_fb, fb_calls = fb
+  live0 = ~ans.found & (ans.length < L)
+  out = jax.lax.while_loop(lambda fc: jnp.any(fc[0]), body, (
+      live0, state, logits_PxV, ans.tok, ans.length, ans.found,
+      jnp.zeros((P,), jnp.int32), jnp.zeros((H,), jnp.float32),
+      jnp.int32(0)))
+  _, _, _, tok, length, complete, n_fb, hist, calls = out
+  return tok, length, complete, n_fb, hist, calls
+
+
+def _search(model, scorer, cfg: AStarConfig, params, sparams, tokens_PxT,
+            lengths_P, key, knobs: Knobs, sampling: Sampling, hparams):
+  """The whole search for P problems (jitted as `_search_jit`; model, scorer
+  and the static config are static). Returns AStarResult."""
+  TRACE_COUNT["astar"] += 1
+  P, T = tokens_PxT.shape
+  L = cfg.max_solution_tokens
+  env = _Env(model=model, scorer=scorer, cfg=cfg, params=params,
+             sparams=sparams, knobs=knobs, sampling=sampling, hparams=hparams,
+             lengths_P=lengths_P, path_cost=cfg.path_cost,
+             heuristic=cfg.heuristic_fn, P=P, Q=cfg.capacity,
+             B=cfg.pop_batch, K=cfg.num_expansions(model.vocab_size),
+             S=cfg.step_width, L=L, H=T + L)
+  loop, root = _init(env, tokens_PxT, key)
+  loop = jax.lax.while_loop(lambda c: jnp.any(~_done(env, c)),
+                            lambda c: _iteration(env, c), loop)
+  ans, st, lg = _answer(env, loop, root)
+  tok, length, complete, n_fb, hist_fb, fb_calls = _fallback(
+      env, ans, st, lg, loop.key)
+  c = loop.counts
   return AStarResult(
-      tokens=tok, length=length, complete=complete, by_search=found,
-      search_length=ans_len, g=ans_g, f=ans_f, expanded=c["expanded"],
-      pushed=c["pushed"], evicted=c["evicted"], dead=c["dead"],
-      scorer_calls=c["calls"], search_tokens=c["tokens"],
-      fallback_tokens=n_fb, iterations=c["it"],
-      model_calls=c["model_calls"] + fb_calls, hist_search=c["hist"],
-      hist_scored=c["hist_scored"], hist_fallback=hist_fb)
+      tokens=tok, length=length, complete=complete, by_search=loop.best.found,
+      search_length=ans.length, g=ans.g, f=ans.f, expanded=c.expanded,
+      pushed=c.pushed, evicted=c.evicted, dead=c.dead,
+      scorer_calls=c.scorer_calls, search_tokens=c.search_tokens,
+      fallback_tokens=n_fb, iterations=c.iterations,
+      model_calls=c.model_calls + fb_calls, hist_search=c.hist_search,
+      hist_scored=c.hist_scored, hist_fallback=hist_fb)
 
 
 _search_jit = jax.jit(_search, static_argnums=(0, 1, 2))
+
+
+# ----------------------------------------------------------------------------
+# Compute record and the entry point
+# ----------------------------------------------------------------------------
 
 
 def _find_cfg(obj) -> Optional[ModelConfig]:
@@ -592,7 +966,8 @@ def _find_cfg(obj) -> Optional[ModelConfig]:
   return None
 
 
-def compute_record(result: AStarResult, model, scorer, lengths_P) -> "flops_lib.Compute":
+def compute_record(result: AStarResult, model, scorer,
+                   lengths_P) -> "flops_lib.Compute":
   """What the search spent (see the module docstring for the conventions)."""
   lengths = np.asarray(lengths_P)
   hs = np.asarray(result.hist_search, np.float64)
@@ -625,6 +1000,10 @@ def run_astar(model, params, scorer, scorer_params, prompts, key,
               heuristic_params=None):
   """A*-decoding for P problems at once. Returns (AStarResult, Compute).
 
+  One compiled search per (model, scorer, static config, shapes): budgets,
+  cost weights, expected_total_steps, sampling values and heuristic_params
+  are traced, so sweeping them does not recompile.
+
   Args:
     model: a decode-interface model (jaxllm.decoding); params its parameters.
     scorer / scorer_params: a step scorer (algorithms.scorers).
@@ -635,14 +1014,14 @@ def run_astar(model, params, scorer, scorer_params, prompts, key,
     key: PRNG key (sample mode).
     config: AStarConfig.
     pad_id: id in [0, V) written into prompt padding (answers are 0-padded).
-    heuristic_params: pytree passed to a callable heuristic.
+    heuristic_params: pytree passed to the heuristic (a traced argument).
 
   Raises:
     ValueError: naming the argument or field: pad_id, prompt ids,
       AStarConfig.stop_ids / delimiter_ids / candidate_steps outside [0, V)
-      (`jaxllm.validation.check_token_ids`), malformed prompts, or prompt +
-      max_solution_tokens beyond ModelConfig.max_seq_len (of the model, or
-      of the scorer's model).
+      (`jaxllm.validation.check_token_ids`), malformed prompts, bad sampling
+      settings (`make_sampling`), or prompt + max_solution_tokens beyond
+      ModelConfig.max_seq_len (of the model, or of the scorer's model).
   """
   if not isinstance(config, AStarConfig):
     raise ValueError(f"config must be an AStarConfig, got {type(config)}")
@@ -662,8 +1041,7 @@ def run_astar(model, params, scorer, scorer_params, prompts, key,
     if cfg is not None:
       check_length(what, int(lengths.max()) + L, "ModelConfig.max_seq_len",
                    cfg.max_seq_len)
-  sampling = make_sampling(config.temperature, config.top_k, config.top_p,
-                           config.min_p)
+  sampling = config.sampling()
   tokens, lengths = jnp.asarray(tokens), jnp.asarray(lengths)
   result = _search_jit(model, scorer, config.static_part(), params,
                        scorer_params, tokens, lengths, key,
