@@ -126,11 +126,12 @@ verifier_calls: steps scored (dead children are not scored; this is also what
 verifier_tokens: prompt + scored step tokens, when the scorer runs a model (it
 has a `.model`); 0 for the stateless `ConfidenceScorer`. FLOPs come from
 `jaxllm.flops` with each token's exact context (prompt length + its position
-in the solution), for every model that has a `ModelConfig` as `.cfg` (found
-through `.model` links for scorers); toy models without a config (BigramLM)
-cost 0 FLOPs. Only committed tokens are counted: the padded positions of a
-ragged step and the inactive rows of the static-shape batch are computed by
-the hardware but not charged (the count an ideal ragged implementation pays).
+in the solution), through `stepping.compute_record`: every model needs a
+`ModelConfig` as `.cfg` (found through `.model` links for scorers) or must
+declare itself free (BigramLM does; 0 FLOPs), else `compute_record` raises.
+Only committed tokens are counted: the padded positions of a ragged step and
+the inactive rows of the static-shape batch are computed by the hardware but
+not charged (the count an ideal ragged implementation pays).
 """
 
 from __future__ import annotations
@@ -144,9 +145,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from algorithms import array_queue as aq
-from algorithms.stepping import BUDGET, DELIMITER, STOP, Step, sample_step
+from algorithms.stepping import (DELIMITER, STOP, Rows, Step, StepCounters,
+                                 compute_record as step_compute_record,
+                                 forced_step, model_config, prefill_prompts,
+                                 reorder, sample_step)
 from jaxllm import flops as flops_lib
-from jaxllm.config import ModelConfig
 from jaxllm.generate import check_prompts
 from jaxllm.sampling import Sampling, make_sampling
 from jaxllm.validation import (INT32_LIMIT, check_int, check_length,
@@ -463,16 +466,6 @@ class AStarResult:
 
 
 @flax.struct.dataclass
-class Rows:
-  """Model-facing rows: N rows of the model state (KV cache), float32
-  next-token logits [N, V] and the scorer state (row axis first in every
-  leaf)."""
-  state: Any
-  logits: Any
-  sstate: Any
-
-
-@flax.struct.dataclass
 class Meta:
   """Bookkeeping of search states: leading axes [P, Q] in the pool, [P, B]
   for pops, [N] in the working batch."""
@@ -513,7 +506,8 @@ class Counters:
 class SearchLoop:
   """The carry of the search's while loop."""
   queue: Any  # aq.ArrayQueue with leading axis P (capacity Q; payload = slot)
-  pool: Rows  # P * Q rows; row p * Q + i holds queue entry i of problem p
+  pool: Rows  # P * Q rows (stepping.Rows, float32 logits); row p * Q + i
+  #             holds queue entry i of problem p
   meta: Meta  # [P, Q] bookkeeping of the pool rows
   key: Any  # PRNG key (sample mode)
   best: Incumbent
@@ -549,7 +543,8 @@ class _Env(NamedTuple):
 
 def _concat_rows(a, b):
   """Row-wise concatenation of two pytrees whose leaves have the row axis
-  first (the pool and the working batch)."""
+  first (the pool and the working batch). A*-only: the other searches keep a
+  fixed batch, so stepping has no such helper."""
   return jax.tree_util.tree_map(lambda x, y: jnp.concatenate([x, y], 0), a, b)
 
 
@@ -559,13 +554,6 @@ def _take_meta(meta: Meta, slot_PxB) -> Meta:
     idx = slot_PxB.reshape(slot_PxB.shape + (1,) * (x.ndim - 2))
     return jnp.take_along_axis(x, idx, axis=1)
   return jax.tree_util.tree_map(take, meta)
-
-
-def _reorder(env: _Env, rows: Rows, index_N) -> Rows:
-  """Gather rows of the model state, logits and scorer state."""
-  return Rows(state=env.model.reorder(rows.state, index_N),
-              logits=rows.logits[index_N],
-              sstate=env.scorer.reorder(rows.sstate, index_N))
 
 
 def _f(env: _Env, inp: HeuristicInput):
@@ -587,9 +575,9 @@ def _init(env: _Env, tokens_PxT, key):
   queue ends empty)."""
   P, Q, L, H = env.P, env.Q, env.L, env.H
   pidx = jnp.arange(P)
-  state, logits = env.model.prefill(env.params, tokens_PxT, env.lengths_P, H)
-  sstate = env.scorer.init(env.sparams, tokens_PxT, env.lengths_P, H)
-  root = Rows(state=state, logits=logits.astype(jnp.float32), sstate=sstate)
+  root = prefill_prompts(env.model, env.params, env.scorer, env.sparams,
+                         tokens_PxT, env.lengths_P, H)
+  root = root.replace(logits_BxV=root.logits_BxV.astype(jnp.float32))
   prompt_last = tokens_PxT[pidx, env.lengths_P - 1]
   zi, zf = jnp.zeros((P,), jnp.int32), jnp.zeros((P,), jnp.float32)
   meta = Meta(tok=jnp.zeros((P, Q, L), jnp.int32),
@@ -614,7 +602,7 @@ def _init(env: _Env, tokens_PxT, key):
                     hist_search=jnp.zeros((H,), jnp.float32),
                     hist_scored=jnp.zeros((H,), jnp.float32),
                     model_calls=jnp.int32(0), iterations=jnp.int32(0))
-  loop = SearchLoop(queue=queue, pool=_reorder(env, root, jnp.repeat(pidx, Q)),
+  loop = SearchLoop(queue=queue, pool=reorder(env.model, env.scorer, root, jnp.repeat(pidx, Q)),
                     meta=meta, key=key, best=best, counts=counts)
   return loop, root
 
@@ -676,65 +664,45 @@ def _fork(env: _Env, pool: Rows, par: Meta, slot_PxB, expand_PxB):
   P, Q, B, K = env.P, env.Q, env.B, env.K
   rep = lambda x: jnp.repeat(x.reshape((P * B,) + x.shape[2:]), K, axis=0)
   src = rep(jnp.arange(P)[:, None] * Q + slot_PxB)
-  return (_reorder(env, pool, src), jax.tree_util.tree_map(rep, par),
+  return (reorder(env.model, env.scorer, pool, src), jax.tree_util.tree_map(rep, par),
           rep(expand_PxB))
 
 
 def _candidate_table(cfg: AStarConfig, K: int, S: int):
-  """Enumerate mode's K candidate steps as numpy arrays: (tokens int32 [K, S]
-  0-padded, lengths int32 [K]); every vocabulary token when candidate_steps
-  is None."""
+  """Enumerate mode's K candidate steps as numpy arrays: tokens int32 [K, S]
+  (0-padded), lengths int32 [K] and how each step ends, int32 [K] (STOP when
+  its last token is a stop id, else DELIMITER); every vocabulary token when
+  candidate_steps is None."""
   if cfg.candidate_steps is None:
-    return np.arange(K, dtype=np.int32)[:, None], np.ones((K,), np.int32)
-  cand = np.zeros((K, S), np.int32)
-  for i, s in enumerate(cfg.candidate_steps):
-    cand[i, :len(s)] = s
-  return cand, np.array([len(s) for s in cfg.candidate_steps], np.int32)
-
-
-def _enumerate_step(model, params, state, logits_NxV, cand_KxS, len_K, active_N,
-                    stop_ids):
-  """Extend row n by candidate n % K (teacher forced, one `extend` call).
-  Returns like `sample_step`: (state, logits_NxV, Step); a candidate's step
-  ended with STOP when its last token is a stop id, else DELIMITER."""
-  N = logits_NxV.shape[0]
-  K, S = cand_KxS.shape
-  toks = jnp.tile(jnp.asarray(cand_KxS, jnp.int32), (N // K, 1))
-  n = jnp.where(active_N, jnp.tile(jnp.asarray(len_K, jnp.int32), N // K), 0)
-  valid = jnp.arange(S)[None, :] < n[:, None]
-  state, ext = model.extend(params, state, toks, valid)
-  ext = ext.astype(jnp.float32)
-  prev = jnp.concatenate([logits_NxV[:, None].astype(jnp.float32),
-                          ext[:, :-1]], 1)
-  lp = jnp.take_along_axis(jax.nn.log_softmax(prev, -1), toks[..., None],
-                           -1)[..., 0]
-  idx = jnp.maximum(n - 1, 0)
-  last = jnp.take_along_axis(ext, idx[:, None, None], 1)[:, 0]
-  logits = jnp.where(active_N[:, None], last, logits_NxV)
-  last_tok = jnp.take_along_axis(toks, idx[:, None], 1)[:, 0]
-  is_stop = jnp.isin(last_tok, jnp.asarray(stop_ids, jnp.int32))
-  ended = jnp.where(active_N, jnp.where(is_stop, STOP, DELIMITER), BUDGET)
-  step = Step(tokens=jnp.where(valid, toks, 0), length=n,
-              logprob=jnp.where(valid, lp, 0.0), ended=ended,
-              calls=jnp.int32(1))
-  return state, logits, step
+    cand, clen = np.arange(K, dtype=np.int32)[:, None], np.ones((K,), np.int32)
+  else:
+    cand = np.zeros((K, S), np.int32)
+    for i, s in enumerate(cfg.candidate_steps):
+      cand[i, :len(s)] = s
+    clen = np.array([len(s) for s in cfg.candidate_steps], np.int32)
+  last = cand[np.arange(K), clen - 1]
+  ended = np.where(np.isin(last, cfg.stop_ids), STOP, DELIMITER).astype(np.int32)
+  return cand, clen, ended
 
 
 def _expand(env: _Env, rows: Rows, act_N, key):
   """One step for every active working row: sampled (`sample_step` with the
-  traced sampling settings) or a teacher-forced candidate (enumerate mode).
-  The scorer state is not touched here. Returns (Rows, Step)."""
-  cfg = env.cfg
+  traced sampling settings) or, in enumerate mode, candidate n % K teacher
+  forced into row n (`forced_step`, one `extend` call). The scorer state is
+  not touched here. Returns (Rows, Step)."""
+  cfg, N = env.cfg, env.P * env.W
   if cfg.expansion == "sample":
     st, lg, step = sample_step(
-        env.model, env.params, rows.state, rows.logits, key, env.sampling,
+        env.model, env.params, rows.state, rows.logits_BxV, key, env.sampling,
         max_step_tokens=env.S, delimiter_ids=cfg.delimiter_ids,
         stop_ids=cfg.stop_ids, active_B=act_N)
   else:
-    cand, clen = _candidate_table(cfg, env.K, env.S)
-    st, lg, step = _enumerate_step(env.model, env.params, rows.state,
-                                   rows.logits, cand, clen, act_N, cfg.stop_ids)
-  return rows.replace(state=st, logits=lg), step
+    cand, clen, ended = (jnp.asarray(np.tile(x, (N // env.K,) + (1,) *
+                                             (x.ndim - 1)))
+                         for x in _candidate_table(cfg, env.K, env.S))
+    st, lg, step = forced_step(env.model, env.params, rows.state,
+                               rows.logits_BxV, cand, clen, ended, act_N)
+  return rows.replace(state=st, logits_BxV=lg), step
 
 
 @flax.struct.dataclass
@@ -832,7 +800,7 @@ def _rebuild_pool(env: _Env, loop: SearchLoop, queue, rows: Rows,
       lambda a, b: jnp.concatenate([a, b.reshape((P, W) + b.shape[1:])], 1),
       loop.meta, child)
   return loop.replace(
-      pool=_reorder(env, _concat_rows(loop.pool, rows), gidx),
+      pool=reorder(env.model, env.scorer, _concat_rows(loop.pool, rows), gidx),
       meta=_take_meta(both, pl),
       queue=dataclasses.replace(queue, payload=jnp.broadcast_to(
           jnp.arange(Q, dtype=jnp.int32), (P, Q))))
@@ -877,7 +845,7 @@ def _answer(env: _Env, loop: SearchLoop, root: Rows):
       found=found | (best_ok & best.complete))
   src = jnp.where(best_ok, pidx * Q + q.payload[:, 0], P * Q + pidx)
   st = env.model.reorder(_concat_rows(loop.pool.state, root.state), src)
-  lg = jnp.concatenate([loop.pool.logits, root.logits])[src]
+  lg = jnp.concatenate([loop.pool.logits_BxV, root.logits_BxV])[src]
   return ans, st, lg
 
 
@@ -954,45 +922,27 @@ _search_jit = jax.jit(_search, static_argnums=(0, 1, 2))
 # ----------------------------------------------------------------------------
 
 
-def _find_cfg(obj) -> Optional[ModelConfig]:
-  """The ModelConfig of a model, or of the model a scorer wraps."""
-  for _ in range(4):
-    if obj is None:
-      return None
-    cfg = getattr(obj, "cfg", None)
-    if isinstance(cfg, ModelConfig):
-      return cfg
-    obj = getattr(obj, "model", None)
-  return None
-
-
 def compute_record(result: AStarResult, model, scorer,
                    lengths_P) -> "flops_lib.Compute":
-  """What the search spent (see the module docstring for the conventions)."""
-  lengths = np.asarray(lengths_P)
-  hs = np.asarray(result.hist_search, np.float64)
-  hv = np.asarray(result.hist_scored, np.float64)
-  hf = np.asarray(result.hist_fallback, np.float64)
-  ctx = np.arange(1, hs.shape[0] + 1)  # a token at position i sees i+1 keys
-  mcfg = _find_cfg(model)
-  smodel = getattr(scorer, "model", None)
-  scfg = _find_cfg(smodel)
-  search_tok = float(np.sum(result.search_tokens))
-  rec = flops_lib.Compute(
-      prefill_tokens=float(lengths.sum()),
-      generated_tokens=search_tok + float(np.sum(result.fallback_tokens)),
-      model_calls=1.0 + float(result.model_calls),
-      verifier_calls=float(np.sum(result.scorer_calls)))
-  if mcfg is not None:
-    rec.prefill_flops = float(np.sum(flops_lib.prefill_flops(mcfg, lengths)))
-    rec.decode_flops = float(np.sum((hs + hf) * flops_lib.decode_flops(mcfg, ctx)))
-  if smodel is not None:
-    rec.verifier_tokens = float(lengths.sum()) + float(hv.sum())
-    if scfg is not None:
-      rec.verifier_flops = float(
-          np.sum(flops_lib.prefill_flops(scfg, lengths)) +
-          np.sum(hv * flops_lib.decode_flops(scfg, ctx)))
-  return rec
+  """What the search spent (module docstring: "What is counted").
+
+  `stepping.compute_record` from the result's position histograms (a token
+  at position i attends to i + 1 keys), except verifier_calls: A* reports
+  the steps scored (what `scorer_call_budget` bounds; also for a free
+  scorer), not batched scorer calls.
+
+  Raises:
+    ValueError: the policy or the scorer's model has no ModelConfig and does
+      not declare itself FLOPs-free (`stepping.flops_config`).
+  """
+  ctx = lambda h: np.concatenate([[0.0], np.asarray(h, np.float64)])
+  counts = StepCounters(
+      gen=ctx(np.asarray(result.hist_search) + np.asarray(result.hist_fallback)),
+      forced=np.zeros((1,)), scored=ctx(result.hist_scored),
+      calls=result.model_calls, vcalls=0)
+  rec = step_compute_record(model, scorer, lengths_P, counts)
+  return dataclasses.replace(
+      rec, verifier_calls=float(np.sum(result.scorer_calls)))
 
 
 def run_astar(model, params, scorer, scorer_params, prompts, key,
@@ -1037,7 +987,7 @@ def run_astar(model, params, scorer, scorer_params, prompts, key,
   check_length(what, int(lengths.max()) + L, "the int32 position range",
                INT32_LIMIT)
   for m in (model, getattr(scorer, "model", None)):
-    cfg = _find_cfg(m)
+    cfg = model_config(m)
     if cfg is not None:
       check_length(what, int(lengths.max()) + L, "ModelConfig.max_seq_len",
                    cfg.max_seq_len)
