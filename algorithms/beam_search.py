@@ -3,12 +3,14 @@
 Both keep N rows per problem (P problems -> one batch of B = P * N rows) and
 run rounds of one reasoning step each (`sample_step`), scored by any step
 scorer. Rows are split into groups of G rows; each round every live row
-proposes one candidate step, the top `keep` candidates of each group (by
-score) survive and each survivor is expanded `beam_width` (M) times by
-forking its KV-cache / logits / scorer-state rows (`reorder_rows`):
+proposes one candidate step, the top E candidates of each group (by score)
+survive and each survivor is expanded `beam_width` (M) times by forking its
+KV-cache / logits / scorer-state rows (`stepping.reorder`). The split is the
+method's *group rule* (`GROUP_RULES`, the one place `BeamConfig.method` is
+read):
 
-  beam: one group of G = N rows per problem, keep = N / M   (PRM beam search)
-  dvts: N / M independent groups (subtrees) of G = M rows, keep = 1
+  beam: one group of G = N rows per problem, E = N / M   (PRM beam search)
+  dvts: N / M independent groups (subtrees) of G = M rows, E = 1
         (each subtree greedily keeps its best of M; subtrees never mix)
 
 Round 0 forks the prompt (prefilled once per problem) into N rows, so the
@@ -28,41 +30,102 @@ pool entry with the best score across the problem's groups; all pool entries
 and scores are returned for weighted voting. NaN / -inf scores rank below
 every finite score (but a live candidate always ranks above an idle row).
 
-Compute accounting follows algorithms/particle_filter.py (exact contexts,
-FLOPs 0 for models without a `cfg`, verifier cost only for scorers that wrap a
-model).
+Shape letters (this module)
+  P  problems            N  paths per problem (n_paths)   M  beam width
+  B  = P * N rows        G  rows per group                NG = B / G groups
+  E  candidates kept per group per round                  R  rounds (max_steps)
+  S  tokens per step (max_step_tokens)                    V  vocabulary
+  T  padded prompt length    C  context-histogram bins (cache_size + 1)
+
+One round, step by step (each a function below)
+  _expand   every live row samples one step (traced `Sampling`)
+  _score    the scorer scores it (after `lookahead` greedy steps); rank
+  _select   the top E candidates of every group
+  _keep     kept finished candidates enter their group's pool (best G kept)
+  _fork     row j of a group continues kept candidate j // M
+and after the loop, _finish builds the BeamResult.
+
+Sampling settings travel as a traced `Sampling` pytree, so a temperature /
+top-p sweep does not recompile (`BeamConfig.static_part` is the jit key).
+Compute accounting is `stepping.StepCounters` / `stepping.compute_record`
+(exact contexts; a model without a ModelConfig must declare itself FLOPs-free;
+verifier cost only for scorers that wrap a model).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 
-from algorithms.particle_filter import (add_hist, check_config_ids,
-                                        compute_record, flatten_steps, id_tuple,
-                                        prepare_prompts, step_contexts)
-from algorithms.stepping import STOP, reorder_rows, sample_step
-from jaxllm.sampling import make_sampling
+from algorithms.stepping import (STOP, Rows, StepCounters, check_config_ids,
+                                 compute_record, flatten_steps, id_tuple,
+                                 prefill_and_fork, prepare_prompts, reorder,
+                                 sample_step)
+from jaxllm.sampling import Sampling, make_sampling
 from jaxllm.validation import check_int, check_token_id
 
-TRACE_COUNT = {"beam_search": 0}
-METHODS = ("beam", "dvts")
+TRACE_COUNT = {"beam_search": 0}  # incremented at trace time (compile checks)
 _WORST = -1e30  # rank of a live candidate with a NaN / -inf score
+
+
+# ----------------------------------------------------------------------------
+# Group rules: how beam search and DVTS differ
+# ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class BeamRule:
+  """PRM beam search: a problem's N rows are one group; the best N / M
+  candidates survive and each is expanded M times."""
+
+  def group_size(self, n_paths: int, beam_width: int) -> int:
+    return n_paths
+
+  def keep(self, n_paths: int, beam_width: int) -> int:
+    return n_paths // beam_width
+
+
+@dataclasses.dataclass(frozen=True)
+class DvtsRule:
+  """DVTS: N / M independent subtrees of M rows; each keeps its best
+  candidate and expands it M times."""
+
+  def group_size(self, n_paths: int, beam_width: int) -> int:
+    return beam_width
+
+  def keep(self, n_paths: int, beam_width: int) -> int:
+    return 1
+
+
+GROUP_RULES = {"beam": BeamRule(), "dvts": DvtsRule()}  # BeamConfig.method
+METHODS = tuple(GROUP_RULES)
+# Sampling values travel as a traced `Sampling`; the jit key holds these.
+_SAMPLING = dict(sampling_temperature=1.0, sampling_top_k=None,
+                 sampling_top_p=None)
 
 
 @dataclasses.dataclass(frozen=True)
 class BeamConfig:
-  """Static settings. n_paths N, beam_width M (N % M == 0); method 'beam' or
-  'dvts'; max_steps rounds; max_step_tokens S per step; lookahead k greedy
-  steps before scoring; sampling_* for the candidate steps; cache_size KV
-  slots per row (default padded prompt + (K + lookahead) * S); pad_id the id
-  written into padding; return_trace records every round (candidates,
-  scores, kept indices) for inspection. Token ids (stop / delimiter / pad)
-  are checked for type here and against the model's vocabulary by
-  `run_beam_search` (ValueError naming the field)."""
+  """Beam search / DVTS settings (hashable; shape fields recompile, sampling
+  values do not).
+
+  method: 'beam' or 'dvts' (`GROUP_RULES`); n_paths N, beam_width M
+  (N % M == 0); max_steps R rounds; max_step_tokens S per step; delimiter_ids
+  / stop_ids end a step / a solution; lookahead k greedy steps before
+  scoring; sampling_* for the candidate steps (traced: `sampling()`);
+  cache_size KV slots per row (default padded prompt + (R + lookahead) * S);
+  pad_id the id written into padding; return_trace records every round
+  (candidates, scores, kept indices) for inspection.
+
+  Raises (on construction):
+    ValueError: naming the field: an unknown method, non-positive sizes,
+      N not a multiple of M, a negative lookahead, empty stop_ids, malformed
+      token ids (checked against the vocabulary by `run_beam_search`).
+  """
 
   method: str = "beam"
   n_paths: int = 16
@@ -88,7 +151,7 @@ class BeamConfig:
     if self.cache_size is not None:
       object.__setattr__(self, "cache_size", check_int(
           "BeamConfig.cache_size", self.cache_size, lo=1))
-    if self.method not in METHODS:
+    if self.method not in GROUP_RULES:
       raise ValueError(f"BeamConfig.method must be one of {METHODS}, got "
                        f"{self.method!r}")
     for name in ("n_paths", "beam_width", "max_steps", "max_step_tokens"):
@@ -107,17 +170,29 @@ class BeamConfig:
 
   @property
   def group_size(self) -> int:
-    return self.n_paths if self.method == "beam" else self.beam_width
+    """G: rows per group (the method's group rule)."""
+    return GROUP_RULES[self.method].group_size(self.n_paths, self.beam_width)
 
   @property
   def keep(self) -> int:
-    return self.n_paths // self.beam_width if self.method == "beam" else 1
+    """E: candidates kept per group per round (the method's group rule)."""
+    return GROUP_RULES[self.method].keep(self.n_paths, self.beam_width)
 
-  def sampling(self):
+  def sampling(self) -> Sampling:
+    """The candidate steps' sampling settings as a traced `Sampling`.
+
+    Raises:
+      ValueError: naming the bad setting (`make_sampling`).
+    """
     return make_sampling(self.sampling_temperature, self.sampling_top_k,
                          self.sampling_top_p)
 
+  def static_part(self) -> "BeamConfig":
+    """The config with neutral sampling values: the jit cache key."""
+    return dataclasses.replace(self, **_SAMPLING)
+
   def min_cache_size(self, padded_prompt_len: int) -> int:
+    """KV slots a row needs: padded prompt + (R + lookahead) * S."""
     return padded_prompt_len + (self.max_steps + self.lookahead) * self.max_step_tokens
 
 
@@ -126,14 +201,14 @@ class BeamConfig:
 class BeamResult:
   """Completed solutions per problem (pool of N = n_groups * G entries).
 
-  tokens [P, N, K*S], lengths [P, N], step_tokens [P, N, K, S], step_lengths
-  [P, N, K]; scores [P, N] (-inf = empty slot); finished [P, N] (ended with a
+  tokens [P, N, R*S], lengths [P, N], step_tokens [P, N, R, S], step_lengths
+  [P, N, R]; scores [P, N] (-inf = empty slot); finished [P, N] (ended with a
   stop token; False for truncated or empty); group [P, N] subtree of the
   entry; best [P] index of the best entry; rounds scalar. trace (only with
-  return_trace), per round r: cand_tokens [R, B, S], cand_lengths [R, B],
-  cand_scores [R, B], cand_active [R, B], cand_stop [R, B], source [R, B]
-  (row of round r-1 whose prefix row b extended; -1 in round 0) and kept
-  [R, P * n_groups, keep] (indices within the group).
+  return_trace) is a dict, per round r: cand_tokens [R, B, S], cand_lengths
+  [R, B], cand_scores [R, B], cand_active [R, B], cand_stop [R, B], source
+  [R, B] (row of round r-1 whose prefix row b extended; -1 in round 0) and
+  kept [R, NG, E] (indices within the group).
   """
 
   tokens: Any
@@ -148,136 +223,274 @@ class BeamResult:
   trace: Any = None
 
 
-def _beam_impl(model, scorer, config: BeamConfig, params, scorer_params, tokens_PxT,
-               lengths_P, key, cache_size: int):
+# ----------------------------------------------------------------------------
+# Loop state
+# ----------------------------------------------------------------------------
+
+
+@flax.struct.dataclass
+class Pool:
+  """Each group's completed solutions (the best G by score)."""
+  traj: Any  # int32 [NG, G, R, S] step tokens (pad_id after each step)
+  length: Any  # int32 [NG, G, R] step lengths
+  score: Any  # float32 [NG, G] rank score; -inf = empty slot
+  finished: Any  # bool [NG, G] ended with a stop token (else truncated)
+
+
+@flax.struct.dataclass
+class Trace:
+  """Every round's candidates (return_trace); see BeamResult.trace."""
+  cand_tokens: Any  # int32 [R, B, S]
+  cand_lengths: Any  # int32 [R, B]
+  cand_scores: Any  # float32 [R, B]
+  cand_active: Any  # bool [R, B]
+  cand_stop: Any  # bool [R, B]
+  source: Any  # int32 [R, B]
+  kept: Any  # int32 [R, NG, E]
+
+
+@flax.struct.dataclass
+class BeamLoop:
+  """The carry of the round loop."""
+  t: Any  # int32 [] rounds done
+  key: Any  # PRNG key
+  rows: Rows  # B rows: model state, logits [B, V], scorer state
+  traj: Any  # int32 [B, R, S] each row's steps so far
+  tlen: Any  # int32 [B, R] their lengths
+  alive: Any  # bool [B] the row extends a kept, unfinished candidate
+  source: Any  # int32 [B] the previous round's row it continues (-1: prompt)
+  pool: Pool
+  counts: StepCounters  # C bins
+  trace: Optional[Trace]  # None without return_trace
+
+
+@flax.struct.dataclass
+class Selection:
+  """One round's survivors, per group."""
+  kept: Any  # int32 [NG, E] kept candidates (index within the group)
+  row: Any  # int32 [NG, E] their batch rows
+  done: Any  # bool [NG, E] kept and finished (or the last round): to the pool
+  go: Any  # bool [NG, E] kept and unfinished: to be expanded
+
+
+class _Env(NamedTuple):
+  """What every step of one traced search reads (a plain bundle)."""
+  model: Any
+  scorer: Any
+  cfg: BeamConfig  # static part
+  params: Any
+  sparams: Any
+  sampling: Sampling
+  P: int
+  N: int
+  M: int
+  R: int
+  S: int
+  G: int
+  E: int
+
+  @property
+  def B(self) -> int:
+    return self.P * self.N
+
+  @property
+  def NG(self) -> int:
+    return self.B // self.G
+
+  def step_kw(self) -> dict:
+    c = self.cfg
+    return dict(max_step_tokens=self.S, delimiter_ids=c.delimiter_ids,
+                stop_ids=c.stop_ids, pad_id=c.pad_id)
+
+
+# ----------------------------------------------------------------------------
+# One round, step by step
+# ----------------------------------------------------------------------------
+
+
+def _init(env: _Env, tokens_PxT, lengths_P, key, cache_size: int) -> BeamLoop:
+  """Prefill each prompt once and fork it into N rows; empty pools."""
+  B, R, S, NG, G = env.B, env.R, env.S, env.NG, env.G
+  pad = env.cfg.pad_id
+  rows = prefill_and_fork(env.model, env.params, env.scorer, env.sparams,
+                          tokens_PxT, lengths_P, cache_size, env.N)
+  pool = Pool(traj=jnp.full((NG, G, R, S), pad, jnp.int32),
+              length=jnp.zeros((NG, G, R), jnp.int32),
+              score=jnp.full((NG, G), -jnp.inf, jnp.float32),
+              finished=jnp.zeros((NG, G), bool))
+  trace = None
+  if env.cfg.return_trace:
+    z = lambda *s: jnp.zeros(s, jnp.int32)
+    trace = Trace(cand_tokens=z(R, B, S), cand_lengths=z(R, B),
+                  cand_scores=jnp.full((R, B), -jnp.inf, jnp.float32),
+                  cand_active=jnp.zeros((R, B), bool),
+                  cand_stop=jnp.zeros((R, B), bool),
+                  source=jnp.full((R, B), -1, jnp.int32),
+                  kept=z(R, NG, env.E))
+  return BeamLoop(t=jnp.int32(0), key=key, rows=rows,
+                  traj=jnp.full((B, R, S), pad, jnp.int32),
+                  tlen=jnp.zeros((B, R), jnp.int32),
+                  alive=jnp.ones((B,), bool),
+                  source=jnp.full((B,), -1, jnp.int32), pool=pool,
+                  counts=StepCounters.zeros(cache_size + 1), trace=trace)
+
+
+def _expand(env: _Env, rows: Rows, counts: StepCounters, active_B, key):
+  """Every active row samples one candidate step (traced sampling settings).
+  Returns (Rows, Step, counts)."""
+  ctx0 = env.model.lengths(rows.state)
+  state, logits, step = sample_step(env.model, env.params, rows.state,
+                                    rows.logits_BxV, key, env.sampling,
+                                    active_B=active_B, **env.step_kw())
+  counts = counts.count_step(ctx0, step.length, env.S).replace(
+      calls=counts.calls + step.calls)
+  return rows.replace(state=state, logits_BxV=logits), step, counts
+
+
+def _score(env: _Env, rows: Rows, counts: StepCounters, step, active_B, stop_B,
+           key):
+  """Score the candidates: the scorer's score of the new step, or, with
+  lookahead k, of the k-th greedy step taken after it (unfinished
+  candidates only; the look-ahead states are discarded, their tokens and
+  scorer calls counted).
+
+  Returns (Rows with the scorer state advanced, rank float32 [B], score
+  float32 [B], counts). rank: the score with NaN / -inf mapped to _WORST for
+  active rows and -inf for idle rows, so a live candidate outranks an idle
+  row."""
+  sstate, score = env.scorer.score(env.sparams, rows.sstate, step, active_B)
+  counts = counts.replace(vcalls=counts.vcalls + 1)
+  rows = rows.replace(sstate=sstate)
+  la_rows, la_live = rows, active_B & ~stop_B
+  greedy = make_sampling(0.0)
+  for _ in range(env.cfg.lookahead):
+    ctx = env.model.lengths(la_rows.state)
+    st, lg, la_step = sample_step(env.model, env.params, la_rows.state,
+                                  la_rows.logits_BxV, key, greedy,
+                                  active_B=la_live, **env.step_kw())
+    ss, la_sc = env.scorer.score(env.sparams, la_rows.sstate, la_step, la_live)
+    la_rows = Rows(state=st, logits_BxV=lg, sstate=ss)
+    score = jnp.where(la_live, la_sc, score)
+    counts = counts.count_step(ctx, la_step.length, env.S).replace(
+        calls=counts.calls + la_step.calls,
+        vcalls=counts.vcalls + jnp.any(la_live).astype(jnp.int32))
+    la_live = la_live & (la_step.ended != STOP)
+  score = score.astype(jnp.float32)
+  rank = jnp.where(active_B, jnp.where(jnp.isnan(score), _WORST,
+                                       jnp.maximum(score, _WORST)), -jnp.inf)
+  return rows, rank, score, counts
+
+
+def _select(env: _Env, rank_B, active_B, stop_B, t) -> Selection:
+  """The top E candidates of every group (ties: lowest index). A kept
+  candidate is done if it finished or this is the last round R."""
+  NG, G = env.NG, env.G
+  _, kept = jax.lax.top_k(rank_B.reshape(NG, G), env.E)
+  kept = kept.astype(jnp.int32)
+  row = kept + (jnp.arange(NG, dtype=jnp.int32) * G)[:, None]
+  ok = jnp.take(active_B, row)
+  done = ok & (jnp.take(stop_B, row) | (t + 1 >= env.R))
+  return Selection(kept=kept, row=row, done=done, go=ok & ~done)
+
+
+def _keep(env: _Env, pool: Pool, sel: Selection, rank_B, stop_B, traj, tlen):
+  """The group's pool becomes the best G of (pool, kept done candidates),
+  by rank (ties: pool entries first, then lower index)."""
+  NG, G = env.NG, env.G
+  new_score = jnp.where(sel.done, jnp.take(rank_B, sel.row), -jnp.inf)
+  all_score = jnp.concatenate([pool.score, new_score], 1)  # [NG, G + E]
+  top_s, top_i = jax.lax.top_k(all_score, G)
+
+  def best(old, new):
+    both = jnp.concatenate([old, new], 1)
+    idx = top_i.reshape(NG, G, *([1] * (both.ndim - 2)))
+    return jnp.take_along_axis(both, idx, axis=1)
+
+  return Pool(traj=best(pool.traj, traj[sel.row]),
+              length=best(pool.length, tlen[sel.row]), score=top_s,
+              finished=best(pool.finished,
+                            sel.done & jnp.take(stop_B, sel.row)))
+
+
+def _fork(env: _Env, rows: Rows, sel: Selection):
+  """Row j of a group continues kept candidate j // M (a gather of the model
+  / scorer rows); rows of a done or unkept candidate go idle.
+  Returns (Rows, index_B source rows, alive_B)."""
+  j = jnp.arange(env.G) // env.M
+  index = jnp.take(sel.row, j, axis=1).reshape(env.B)
+  alive = jnp.take(sel.go, j, axis=1).reshape(env.B)
+  return reorder(env.model, env.scorer, rows, index), index, alive
+
+
+def _record(trace: Trace, t, step, score_B, active_B, stop_B, source_B,
+            kept) -> Trace:
+  """Write round t's candidates into the trace."""
+  return Trace(
+      cand_tokens=trace.cand_tokens.at[t].set(step.tokens),
+      cand_lengths=trace.cand_lengths.at[t].set(step.length),
+      cand_scores=trace.cand_scores.at[t].set(score_B),
+      cand_active=trace.cand_active.at[t].set(active_B),
+      cand_stop=trace.cand_stop.at[t].set(stop_B),
+      source=trace.source.at[t].set(source_B), kept=trace.kept.at[t].set(kept))
+
+
+def _round(env: _Env, v: BeamLoop) -> BeamLoop:
+  """One round: expand, score, select, keep (pool), fork."""
+  t, active = v.t, v.alive
+  key, k_step = jax.random.split(v.key)
+  rows, step, counts = _expand(env, v.rows, v.counts, active, k_step)
+  stop = active & (step.ended == STOP)
+  rows, rank, score, counts = _score(env, rows, counts, step, active, stop,
+                                     k_step)
+  pad = env.cfg.pad_id
+  traj = v.traj.at[:, t].set(jnp.where(active[:, None], step.tokens, pad))
+  tlen = v.tlen.at[:, t].set(jnp.where(active, step.length, 0))
+  sel = _select(env, rank, active, stop, t)
+  pool = _keep(env, v.pool, sel, rank, stop, traj, tlen)
+  rows, index, alive = _fork(env, rows, sel)
+  trace = v.trace
+  if trace is not None:
+    trace = _record(trace, t, step, score, active, stop, v.source, sel.kept)
+  return BeamLoop(t=t + 1, key=key, rows=rows, traj=traj[index],
+                  tlen=tlen[index], alive=alive, source=index, pool=pool,
+                  counts=counts, trace=trace)
+
+
+def _finish(env: _Env, v: BeamLoop) -> BeamResult:
+  """The pools as per-problem results (N entries per problem)."""
+  P, N, R, S, NG, G = env.P, env.N, env.R, env.S, env.NG, env.G
+  pool = v.pool
+  toks, lens = flatten_steps(pool.traj.reshape(NG * G, R, S),
+                             pool.length.reshape(NG * G, R), env.cfg.pad_id)
+  scores = pool.score.reshape(P, N)
+  groups = jnp.broadcast_to((jnp.arange(NG) % (N // G))[:, None], (NG, G))
+  trace = None
+  if v.trace is not None:
+    trace = {f.name: getattr(v.trace, f.name)
+             for f in dataclasses.fields(v.trace)}
+  return BeamResult(
+      tokens=toks.reshape(P, N, R * S), lengths=lens.reshape(P, N),
+      step_tokens=pool.traj.reshape(P, N, R, S),
+      step_lengths=pool.length.reshape(P, N, R), scores=scores,
+      finished=pool.finished.reshape(P, N), group=groups.reshape(P, N),
+      best=jnp.argmax(scores, axis=1).astype(jnp.int32), rounds=v.t,
+      trace=trace)
+
+
+def _beam_impl(model, scorer, config: BeamConfig, params, scorer_params,
+               tokens_PxT, lengths_P, key, sampling: Sampling, cache_size: int):
+  """The whole search (jitted as `_beam_jit`; model, scorer, the static
+  config and cache_size are static). Returns (BeamResult, StepCounters)."""
   TRACE_COUNT["beam_search"] += 1
   c = config
-  P = tokens_PxT.shape[0]
-  N, M, R, S = c.n_paths, c.beam_width, c.max_steps, c.max_step_tokens
-  G, Kp = c.group_size, c.keep
-  B = P * N
-  NG = B // G  # groups in the batch
-  C = cache_size + 1
-  sampling = c.sampling()
-  greedy = make_sampling(0.0)
-  kw = dict(max_step_tokens=S, delimiter_ids=c.delimiter_ids, stop_ids=c.stop_ids,
-            pad_id=c.pad_id)
-
-  state_p, logits_p = model.prefill(params, tokens_PxT, lengths_P, cache_size)
-  sstate_p = scorer.init(scorer_params, tokens_PxT, lengths_P, cache_size)
-  fork = jnp.repeat(jnp.arange(P, dtype=jnp.int32), N)
-  state, logits = reorder_rows(model, state_p, logits_p, fork)
-  sstate = scorer.reorder(sstate_p, fork)
-  z = lambda *s, dt=jnp.int32: jnp.zeros(s, dt)
-  v0 = dict(
-      t=jnp.int32(0), key=key, state=state, logits=logits, sstate=sstate,
-      traj=jnp.full((B, R, S), c.pad_id, jnp.int32), tlen=z(B, R),
-      alive=jnp.ones((B,), bool), source=jnp.full((B,), -1, jnp.int32),
-      pool_traj=jnp.full((NG, G, R, S), c.pad_id, jnp.int32),
-      pool_len=z(NG, G, R), pool_score=jnp.full((NG, G), -jnp.inf, jnp.float32),
-      pool_fin=jnp.zeros((NG, G), bool),
-      n=dict(gen=z(C, dt=jnp.float32), forced=z(C, dt=jnp.float32),
-             scored=z(C, dt=jnp.float32), calls=z(), vcalls=z()))
-  if c.return_trace:
-    v0["tr"] = dict(cand_tokens=z(R, B, S), cand_lengths=z(R, B),
-                    cand_scores=jnp.full((R, B), -jnp.inf, jnp.float32),
-                    cand_active=jnp.zeros((R, B), bool),
-                    cand_stop=jnp.zeros((R, B), bool),
-                    source=jnp.full((R, B), -1, jnp.int32), kept=z(R, NG, Kp))
-
-  def cond(v):
-    return (v["t"] < R) & jnp.any(v["alive"])
-
-  def body(v):
-    t = v["t"]
-    key, k_step = jax.random.split(v["key"])
-    active = v["alive"]
-    n = dict(v["n"])
-    ctx0 = model.lengths(v["state"])
-    state, logits, step = sample_step(model, params, v["state"], v["logits"], k_step,
-                                      sampling, active_B=active, **kw)
-    sstate, score = scorer.score(scorer_params, v["sstate"], step, active)
-    ctx, valid = step_contexts(ctx0, step.length, S)
-    n["gen"] = add_hist(n["gen"], ctx, valid)
-    n["scored"] = add_hist(n["scored"], ctx, valid)
-    n["calls"] = n["calls"] + step.calls
-    n["vcalls"] = n["vcalls"] + 1
-    stop = active & (step.ended == STOP)
-    # Look-ahead: k greedy steps from each unfinished candidate, then discarded.
-    la_state, la_logits, la_sstate = state, logits, sstate
-    la_live = active & ~stop
-    for _ in range(c.lookahead):
-      la_ctx = model.lengths(la_state)
-      la_state, la_logits, la_step = sample_step(model, params, la_state, la_logits,
-                                                 k_step, greedy, active_B=la_live, **kw)
-      la_sstate, la_sc = scorer.score(scorer_params, la_sstate, la_step, la_live)
-      score = jnp.where(la_live, la_sc, score)
-      ctx, valid = step_contexts(la_ctx, la_step.length, S)
-      n["gen"] = add_hist(n["gen"], ctx, valid)
-      n["scored"] = add_hist(n["scored"], ctx, valid)
-      n["calls"] = n["calls"] + la_step.calls
-      n["vcalls"] = n["vcalls"] + jnp.any(la_live).astype(jnp.int32)
-      la_live = la_live & (la_step.ended != STOP)
-    score = score.astype(jnp.float32)
-    rank = jnp.where(active, jnp.where(jnp.isnan(score), _WORST,
-                                       jnp.maximum(score, _WORST)), -jnp.inf)
-    traj = v["traj"].at[:, t].set(jnp.where(active[:, None], step.tokens, c.pad_id))
-    tlen = v["tlen"].at[:, t].set(jnp.where(active, step.length, 0))
-
-    # Selection: top `keep` candidates of every group.
-    _, kept = jax.lax.top_k(rank.reshape(NG, G), Kp)  # [NG, Kp] local
-    kept = kept.astype(jnp.int32)
-    kept_row = kept + (jnp.arange(NG, dtype=jnp.int32) * G)[:, None]
-    kept_ok = jnp.take(active, kept_row)
-    kept_done = kept_ok & (jnp.take(stop, kept_row) | (t + 1 >= R))
-    kept_go = kept_ok & ~kept_done
-
-    # Pool: best G of (pool, kept finished candidates).
-    new_score = jnp.where(kept_done, jnp.take(rank, kept_row), -jnp.inf)
-    all_score = jnp.concatenate([v["pool_score"], new_score], 1)  # [NG, G + Kp]
-    all_traj = jnp.concatenate([v["pool_traj"], traj[kept_row]], 1)
-    all_len = jnp.concatenate([v["pool_len"], tlen[kept_row]], 1)
-    all_fin = jnp.concatenate([v["pool_fin"], kept_done & jnp.take(stop, kept_row)], 1)
-    top_s, top_i = jax.lax.top_k(all_score, G)
-    take = lambda x: jnp.take_along_axis(x, top_i.reshape(NG, G, *([1] * (x.ndim - 2))),
-                                         axis=1)
-    pool = dict(pool_traj=take(all_traj), pool_len=take(all_len), pool_score=top_s,
-                pool_fin=take(all_fin))
-
-    # Expansion: row j of a group continues kept candidate j // M.
-    j = jnp.arange(G) // M
-    index = jnp.take(kept_row, j, axis=1).reshape(B)
-    alive = jnp.take(kept_go, j, axis=1).reshape(B)
-    state, logits = reorder_rows(model, state, logits, index)
-    sstate = scorer.reorder(sstate, index)
-    out = dict(t=t + 1, key=key, state=state, logits=logits, sstate=sstate,
-               traj=traj[index], tlen=tlen[index], alive=alive, source=index, n=n,
-               **pool)
-    if c.return_trace:
-      tr = v["tr"]
-      out["tr"] = dict(
-          cand_tokens=tr["cand_tokens"].at[t].set(step.tokens),
-          cand_lengths=tr["cand_lengths"].at[t].set(step.length),
-          cand_scores=tr["cand_scores"].at[t].set(score),
-          cand_active=tr["cand_active"].at[t].set(active),
-          cand_stop=tr["cand_stop"].at[t].set(stop),
-          source=tr["source"].at[t].set(v["source"]), kept=tr["kept"].at[t].set(kept))
-    return out
-
-  v = jax.lax.while_loop(cond, body, v0)
-  Np = N  # pool entries per problem
-  toks, lens = flatten_steps(v["pool_traj"].reshape(NG * G, R, S),
-                             v["pool_len"].reshape(NG * G, R), c.pad_id)
-  scores = v["pool_score"].reshape(P, Np)
-  groups = jnp.broadcast_to((jnp.arange(NG) % (N // G))[:, None], (NG, G))
-  result = BeamResult(
-      tokens=toks.reshape(P, Np, R * S), lengths=lens.reshape(P, Np),
-      step_tokens=v["pool_traj"].reshape(P, Np, R, S),
-      step_lengths=v["pool_len"].reshape(P, Np, R), scores=scores,
-      finished=v["pool_fin"].reshape(P, Np), group=groups.reshape(P, Np),
-      best=jnp.argmax(scores, axis=1).astype(jnp.int32), rounds=v["t"],
-      trace=v.get("tr"))
-  return result, v["n"]
+  env = _Env(model=model, scorer=scorer, cfg=c, params=params,
+             sparams=scorer_params, sampling=sampling, P=tokens_PxT.shape[0],
+             N=c.n_paths, M=c.beam_width, R=c.max_steps, S=c.max_step_tokens,
+             G=c.group_size, E=c.keep)
+  v = _init(env, tokens_PxT, lengths_P, key, cache_size)
+  v = jax.lax.while_loop(lambda v: (v.t < env.R) & jnp.any(v.alive),
+                         lambda v: _round(env, v), v)
+  return _finish(env, v), v.counts
 
 
 _beam_jit = jax.jit(_beam_impl, static_argnames=("model", "scorer", "config",
@@ -288,27 +501,43 @@ def run_beam_search(model, params, scorer, scorer_params, prompts, key,
                     config: BeamConfig, *, prompt_lengths=None):
   """PRM beam search (config.method='beam') or DVTS ('dvts').
 
-  prompts: P token lists, or [P, T] with prompt_lengths (the convention of
-  `jaxllm.generate.check_prompts`). Returns (BeamResult, jaxllm.flops.Compute).
+  Search-and-learn's baselines (ALGORITHMS.md: "Beam search and DVTS").
+  One compiled program per (model, scorer, static config, shapes); the
+  sampling values are traced.
+
+  Args:
+    model / params: a decode-interface model and its parameters.
+    scorer / scorer_params: a step scorer (algorithms.scorers).
+    prompts: P token lists, or [P, T] with prompt_lengths (the convention of
+      `jaxllm.generate.check_prompts`).
+    key: PRNG key.
+    config: BeamConfig.
+
+  Returns:
+    (BeamResult, jaxllm.flops.Compute).
 
   Raises:
     ValueError: naming the argument or config field: config.pad_id /
       stop_ids / delimiter_ids or prompt ids outside [0, V), malformed
-      prompts, or prompt + max_steps * max_step_tokens beyond
-      ModelConfig.max_seq_len or config.cache_size."""
+      prompts, bad sampling settings, prompt + max_steps * max_step_tokens
+      beyond ModelConfig.max_seq_len or config.cache_size, or a model without
+      a ModelConfig that does not declare itself FLOPs-free
+      (`stepping.compute_record`)."""
   if not isinstance(config, BeamConfig):
     raise ValueError(f"config must be a BeamConfig, got {type(config)}")
   check_config_ids(model, config, "BeamConfig")
   tokens, lengths, size = prepare_prompts(model, prompts, prompt_lengths,
                                           config.pad_id, config.min_cache_size,
                                           config.cache_size, prefix="BeamConfig")
-  result, counts = _beam_jit(model, scorer, config, params, scorer_params, tokens,
-                             lengths, key, cache_size=size)
+  result, counts = _beam_jit(model, scorer, config.static_part(), params,
+                             scorer_params, tokens, lengths, key,
+                             config.sampling(), cache_size=size)
   return result, compute_record(model, scorer, lengths, counts)
 
 
 def run_dvts(model, params, scorer, scorer_params, prompts, key, config: BeamConfig,
              **kw):
-  """DVTS: `run_beam_search` with method='dvts'."""
+  """DVTS: `run_beam_search` with method='dvts' (same arguments, returns and
+  Raises)."""
   return run_beam_search(model, params, scorer, scorer_params, prompts, key,
                          dataclasses.replace(config, method="dvts"), **kw)
