@@ -146,9 +146,10 @@ import numpy as np
 
 from algorithms import array_queue as aq
 from algorithms.stepping import (DELIMITER, STOP, Rows, Step, StepCounters,
+                                 check_config_ids,
                                  compute_record as step_compute_record,
-                                 forced_step, model_config, prefill_prompts,
-                                 reorder, sample_step)
+                                 forced_step, id_tuple, model_config,
+                                 prefill_prompts, reorder, sample_step)
 from jaxllm import flops as flops_lib
 from jaxllm.generate import check_prompts
 from jaxllm.sampling import Sampling, make_sampling
@@ -330,11 +331,8 @@ class AStarConfig:
 
   def __post_init__(self):
     for name in ("delimiter_ids", "stop_ids"):
-      arr = token_id_array(f"AStarConfig.{name}", getattr(self, name))
-      if arr.ndim != 1:
-        raise ValueError(f"AStarConfig.{name} must be a flat sequence of token "
-                         f"ids, got {getattr(self, name)!r:.200}")
-      object.__setattr__(self, name, tuple(int(i) for i in arr))
+      object.__setattr__(self, name, id_tuple(f"AStarConfig.{name}",
+                                              getattr(self, name)))
     for name in ("capacity", "pop_batch", "num_children", "max_step_tokens",
                  "max_solution_tokens"):
       object.__setattr__(self, name, check_int(
@@ -976,8 +974,7 @@ def run_astar(model, params, scorer, scorer_params, prompts, key,
   if not isinstance(config, AStarConfig):
     raise ValueError(f"config must be an AStarConfig, got {type(config)}")
   V = getattr(model, "vocab_size", None)
-  check_token_ids("AStarConfig.stop_ids", config.stop_ids, V)
-  check_token_ids("AStarConfig.delimiter_ids", config.delimiter_ids, V)
+  check_config_ids(model, config, "AStarConfig")
   if config.candidate_steps is not None:
     check_token_ids("AStarConfig.candidate_steps",
                     [t for c in config.candidate_steps for t in c], V)
