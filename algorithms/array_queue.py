@@ -15,6 +15,8 @@ the most recent of equal-priority entries is evicted first, so the queue
 behaves exactly like a Python heap of (f, seq, payload) tuples truncated to its
 Q best entries (the tests check this against `heapq`).
 
+Shape letters: Q capacity, N entries per push, B entries per pop.
+
 Operations (one queue; `jax.vmap` them for one queue per problem):
 
   empty(Q)                          a queue with no entries
@@ -37,21 +39,20 @@ as invalid), so +inf can mark empty entries unambiguously.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
-import jax
+import flax.struct
 import jax.numpy as jnp
 
 
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
+@flax.struct.dataclass
 class ArrayQueue:
-  f: Any  # [Q] float32, sorted ascending among valid entries
-  payload: Any  # [Q] int32
-  seq: Any  # [Q] int32
-  valid: Any  # [Q] bool, valid entries first
-  next_seq: Any  # [] int32
+  """One queue (leading axes [...] are added by `jax.vmap`)."""
+  f: Any  # float32 [Q] priority, ascending among valid entries (+inf empty)
+  payload: Any  # int32 [Q] what each entry refers to
+  seq: Any  # int32 [Q] insertion counter (FIFO among equal f)
+  valid: Any  # bool [Q] entry in use; valid entries first
+  next_seq: Any  # int32 [] counter for the next push
 
   @property
   def capacity(self) -> int:
@@ -59,7 +60,11 @@ class ArrayQueue:
 
 
 def empty(capacity: int) -> ArrayQueue:
-  """A queue of `capacity` entries, none in use."""
+  """A queue of `capacity` (Q) entries, none in use.
+
+  Raises:
+    ValueError: capacity is not a positive int.
+  """
   if not isinstance(capacity, int) or capacity < 1:
     raise ValueError(f"queue capacity must be a positive int, got {capacity!r}")
   return ArrayQueue(f=jnp.full((capacity,), jnp.inf, jnp.float32),
@@ -87,9 +92,13 @@ def _check_1d(name, x, n):
 def push(q: ArrayQueue, f_N, payload_N, valid_N=None):
   """Insert the valid new entries; keep the Q best of queue + new.
 
-  Returns (queue, kept_N): kept_N[n] says whether new entry n is in the queue
-  afterwards (False if it was invalid, had a non-finite priority or was
+  f_N float32 [N] priorities, payload_N int32 [N], valid_N bool [N] (default
+  all). Returns (queue, kept_N): kept_N[n] says whether new entry n is in the
+  queue afterwards (False if it was invalid, had a non-finite priority or was
   evicted straight away).
+
+  Raises:
+    ValueError: a batched queue (vmap instead) or inputs not of shape [N].
   """
   if q.f.ndim != 1:
     raise ValueError("push works on one queue; jax.vmap it over a batch of "
@@ -123,8 +132,13 @@ def push(q: ArrayQueue, f_N, payload_N, valid_N=None):
 
 
 def pop(q: ArrayQueue, num: int):
-  """Remove the `num` best entries. Returns (queue, f_B, payload_B, valid_B),
-  best first; entries beyond the queue's size come back with valid False."""
+  """Remove the `num` (B) best entries. Returns (queue, f_B, payload_B,
+  valid_B), best first; entries beyond the queue's size come back with valid
+  False.
+
+  Raises:
+    ValueError: a batched queue (vmap instead) or num not an int in [1, Q].
+  """
   if q.f.ndim != 1:
     raise ValueError("pop works on one queue; jax.vmap it over a batch of "
                      f"queues (got f of shape {tuple(q.f.shape)})")
