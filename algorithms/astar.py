@@ -948,6 +948,10 @@ def run_astar(model, params, scorer, scorer_params, prompts, key,
               heuristic_params=None):
   """A*-decoding for P problems at once. Returns (AStarResult, Compute).
 
+  Source: A*-decoding as summarised in ALGORITHMS.md
+  ("A*-decoding"); the paper's exact g / h were not available, so the costs
+  and heuristics here are our documented choice (module docstring).
+
   One compiled search per (model, scorer, static config, shapes): budgets,
   cost weights, expected_total_steps, sampling values and heuristic_params
   are traced, so sweeping them does not recompile.

@@ -501,7 +501,8 @@ def run_beam_search(model, params, scorer, scorer_params, prompts, key,
                     config: BeamConfig, *, prompt_lengths=None):
   """PRM beam search (config.method='beam') or DVTS ('dvts').
 
-  Search-and-learn's baselines (ALGORITHMS.md: "Beam search and DVTS").
+  Source: the search-and-learn baselines (Hugging Face, 2024) as summarised
+  in ALGORITHMS.md ("Beam search and DVTS").
   One compiled program per (model, scorer, static config, shapes); the
   sampling values are traced.
 
