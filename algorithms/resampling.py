@@ -19,11 +19,21 @@ Conventions
       increment is -inf (the evidence estimate correctly becomes zero);
     - if some entries are +inf they share the mass equally, the others get zero, and
       the log-normaliser increment is +inf.
+* Shape suffixes: N particles of one problem, M = num_samples ancestors drawn.
 * Ancestor indices are int32 `[num_samples]`; zero-probability particles are never
   chosen (the inverse CDF uses half-open intervals [cdf_{i-1}, cdf_i)).
 
 Resampling schemes (all unbiased: E[offspring_i] = num_samples * p_i)
 ---------------------------------------------------------------------
+Every scheme is one function with one signature (blackjax style),
+
+  scheme(key, probs_N, num_samples) -> ancestors int32 [num_samples],
+
+and `RESAMPLERS` is the one registry mapping config names to them (`get_scheme`
+accepts a name or the function itself). Adding a scheme = writing one function
+and, for particle Gibbs, its conditional version
+`conditional(key, probs_N, ref_index, ref_slot) -> ancestors_N` registered in
+`CONDITIONAL_RESAMPLERS` (keyed by the scheme function).
 * multinomial: i.i.d. categorical draws, in draw order.
 * stratified: one uniform per stratum [k/M, (k+1)/M); output sorted by particle.
 * systematic: one shared uniform offset; offspring count of particle i is always
@@ -47,14 +57,18 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Callable, Union
 
 import jax
 import jax.numpy as jnp
 
 Array = jax.Array
-
-SCHEMES = ("multinomial", "systematic", "stratified", "residual")
-ENTROPIC_MODES = ("ess", "entropy")
+# (key, probs_N, num_samples) -> ancestors [num_samples] int32
+Resampler = Callable[[Array, Array, int], Array]
+# (key, probs_N, ref_index, ref_slot) -> ancestors_N int32 with [ref_slot] = ref_index
+ConditionalResampler = Callable[[Array, Array, Array, Array], Array]
+# (probs_N, progress) -> untruncated entropic temperature (scalar, may be inf)
+EntropicMode = Callable[[Array, Array], Array]
 
 # Default clipping of PRM scores r into [eps, 1 - eps]: logit stays within about +-13.8,
 # and 1 - 1e-6 is still resolvable in float32 (its spacing near 1 is 6e-8).
@@ -87,12 +101,6 @@ def _check_num_samples(num_samples) -> int:
   if num_samples < 1:
     raise ValueError(f"num_samples must be >= 1, got {num_samples}")
   return int(num_samples)
-
-
-def _check_scheme(scheme: str) -> str:
-  if scheme not in SCHEMES:
-    raise ValueError(f"unknown resampling scheme {scheme!r}; expected one of {SCHEMES}")
-  return scheme
 
 
 def _is_concrete_number(x) -> bool:
@@ -269,22 +277,38 @@ def residual(key: Array, probs_N: Array, num_samples: int) -> Array:
   return jnp.where(jnp.arange(m) < num_det, det, draws)
 
 
-_SCHEME_FNS = {
+RESAMPLERS: dict[str, Resampler] = {
     "multinomial": multinomial,
     "systematic": systematic,
     "stratified": stratified,
     "residual": residual,
 }
+SCHEMES = tuple(RESAMPLERS)  # the registered names
+
+
+def get_scheme(scheme: Union[str, Resampler]) -> Resampler:
+  """The resampling function of a registered name, or `scheme` itself if callable.
+
+  Raises:
+    ValueError: an unknown name (naming the registered ones) or a non-callable.
+  """
+  if callable(scheme):
+    return scheme
+  if isinstance(scheme, str) and scheme in RESAMPLERS:
+    return RESAMPLERS[scheme]
+  raise ValueError(f"unknown resampling scheme {scheme!r}; expected one of {SCHEMES} "
+                   f"or a function (key, probs_N, num_samples) -> ancestors")
 
 
 def resample(key: Array, probs_N: Array, num_samples: int,
-             scheme: str = "multinomial") -> Array:
-  """Ancestor indices [num_samples] from probs_N with the named scheme (static)."""
-  return _SCHEME_FNS[_check_scheme(scheme)](key, probs_N, num_samples)
+             scheme: Union[str, Resampler] = "multinomial") -> Array:
+  """Ancestor indices [num_samples] from probs_N with `scheme` (a registered name,
+  static, or a Resampler function)."""
+  return get_scheme(scheme)(key, probs_N, num_samples)
 
 
 def resample_log_weights(key: Array, logw_N: Array, num_samples: int,
-                         scheme: str = "multinomial") -> Array:
+                         scheme: Union[str, Resampler] = "multinomial") -> Array:
   """Resample from unnormalised log-weights (degenerate inputs per module conventions)."""
   probs, _ = normalize_log_weights(logw_N)
   return resample(key, probs, num_samples, scheme)
@@ -302,7 +326,7 @@ def should_resample(probs_N: Array, threshold) -> Array:
 
 
 def maybe_resample(key: Array, logw_N: Array, threshold,
-                   scheme: str = "multinomial") -> tuple[Array, Array, Array]:
+                   scheme: Union[str, Resampler] = "multinomial") -> tuple[Array, Array, Array]:
   """Adaptive resampling: (ancestors_N, logw_after_N, resampled).
 
   If ESS < threshold * N: ancestors from `scheme` and log-weights reset to 0 (uniform);
@@ -332,8 +356,13 @@ def _check_eps(eps, upper: float):
 
 def prm_logit_log_weights(scores_N: Array, temperature=1.0,
                           eps=DEFAULT_SCORE_EPS) -> Array:
-  """Reference-PF log-weights logit(r) / T, r = latest step's PRM score clipped to
-  [eps, 1 - eps] (so r = 0 or 1 stays finite). NaN scores stay NaN -> zero weight."""
+  """prm_logit log-weights logit(r) / T (the reference PF implementation of Puri
+  et al. 2025), r = a PRM score clipped to [eps, 1 - eps] (so r = 0 or 1 stays
+  finite). NaN scores stay NaN -> zero weight. `temperature` may be traced.
+
+  Raises:
+    ValueError: a concrete temperature <= 0 or eps outside [0, 0.5).
+  """
   _check_positive(temperature, "temperature")
   _check_eps(eps, 0.5)
   r = _as_1d(scores_N, "scores_N")
@@ -341,11 +370,14 @@ def prm_logit_log_weights(scores_N: Array, temperature=1.0,
   return (jnp.log(r) - jnp.log1p(-r)) / temperature
 
 
-def prm_reference_probs(scores_N: Array, temperature=1.0,
-                        eps=DEFAULT_SCORE_EPS) -> Array:
-  """The reference particle filter's resampling weights w = softmax(logit(r) / T)."""
+def prm_logit_probs(scores_N: Array, temperature=1.0,
+                    eps=DEFAULT_SCORE_EPS) -> Array:
+  """The prm_logit resampling weights w = softmax(logit(r) / T), [N]."""
   probs, _ = normalize_log_weights(prm_logit_log_weights(scores_N, temperature, eps))
   return probs
+
+
+prm_reference_probs = prm_logit_probs  # old name (the reference implementation's)
 
 
 def prm_log_potential(scores_N: Array, temperature=1.0, eps=DEFAULT_SCORE_EPS) -> Array:
@@ -363,7 +395,47 @@ def prm_log_potential(scores_N: Array, temperature=1.0, eps=DEFAULT_SCORE_EPS) -
 # ----------------------------------------------------------------------------------
 
 
-def entropic_temperature(probs_N: Array, progress, mode: str = "ess",
+def ess_mode_temperature(probs_N: Array, progress) -> Array:
+  """Entropic mode "ess": T = (1 / ess_ratio) * (1 - progress), ess_ratio = ESS / N
+  (inf when ESS = 0). Untruncated; `entropic_temperature` gates and floors it."""
+  p = _as_1d(probs_N, "probs_N")
+  ratio = ess(p) / p.shape[0]
+  return jnp.where(ratio > 0, (1.0 - progress) / jnp.where(ratio > 0, ratio, 1.0),
+                   jnp.inf)
+
+
+def entropy_mode_temperature(probs_N: Array, progress) -> Array:
+  """Entropic mode "entropy": beta = H_n + (1 - H_n) * progress with
+  H_n = H(p) / ln N, T = 1 / beta (inf when beta = 0). Untruncated."""
+  p = _as_1d(probs_N, "probs_N")
+  h = entropy_normalised(p)
+  beta = h + (1.0 - h) * progress
+  return jnp.where(beta > 0, 1.0 / jnp.where(beta > 0, beta, 1.0), jnp.inf)
+
+
+ENTROPIC: dict[str, EntropicMode] = {
+    "ess": ess_mode_temperature,
+    "entropy": entropy_mode_temperature,
+}
+ENTROPIC_MODES = tuple(ENTROPIC)  # the registered names
+
+
+def get_entropic_mode(mode: Union[str, EntropicMode]) -> EntropicMode:
+  """The temperature function of a registered entropic mode, or `mode` if callable.
+
+  Raises:
+    ValueError: an unknown mode name.
+  """
+  if callable(mode):
+    return mode
+  if isinstance(mode, str) and mode in ENTROPIC:
+    return ENTROPIC[mode]
+  raise ValueError(f"unknown entropic mode {mode!r}; expected one of {ENTROPIC_MODES} "
+                   f"or a function (probs_N, progress) -> temperature")
+
+
+def entropic_temperature(probs_N: Array, progress,
+                         mode: Union[str, EntropicMode] = "ess",
                          ess_ratio_threshold=0.5, progress_threshold=0.5,
                          max_temperature=jnp.inf) -> Array:
   """Entropic-PF resampling temperature T >= 1 (scalar array).
@@ -376,19 +448,16 @@ def entropic_temperature(probs_N: Array, progress, mode: str = "ess",
   else T = 1. beta = 0 (one-hot p at progress 0) gives T = inf, i.e. uniform
   resampling over the live particles; `max_temperature` caps T (our flag, not in the
   paper). Resample from `tempered_probs(logw, T)`; final selection stays untempered.
+  `mode` is a name in `ENTROPIC` or an EntropicMode function.
+
+  Raises:
+    ValueError: an unknown mode name.
   """
-  if mode not in ENTROPIC_MODES:
-    raise ValueError(f"unknown entropic mode {mode!r}; expected one of {ENTROPIC_MODES}")
+  raw_fn = get_entropic_mode(mode)
   p = _as_1d(probs_N, "probs_N")
   progress = jnp.asarray(progress, p.dtype)
   ratio = ess(p) / p.shape[0]
-  if mode == "ess":
-    raw = jnp.where(ratio > 0, (1.0 - progress) / jnp.where(ratio > 0, ratio, 1.0),
-                    jnp.inf)
-  else:
-    h = entropy_normalised(p)
-    beta = h + (1.0 - h) * progress
-    raw = jnp.where(beta > 0, 1.0 / jnp.where(beta > 0, beta, 1.0), jnp.inf)
+  raw = raw_fn(p, progress)
   active = (ratio < ess_ratio_threshold) & (progress < progress_threshold)
   temperature = jnp.where(active, jnp.maximum(1.0, raw), 1.0)
   return jnp.minimum(temperature, max_temperature).astype(p.dtype)
@@ -462,8 +531,54 @@ def _conditional_residual(key, p, ref_index):
   return ancestors.at[k].set(ref_index), k
 
 
+def conditional_multinomial(key: Array, probs_N: Array, ref_index, ref_slot) -> Array:
+  """Conditional multinomial: the other N - 1 ancestors are i.i.d. from probs
+  (textbook CSMC); ancestors[ref_slot] = ref_index."""
+  return multinomial(key, probs_N, probs_N.shape[0]).at[ref_slot].set(ref_index)
+
+
+def conditional_stratified(key: Array, probs_N: Array, ref_index, ref_slot) -> Array:
+  """Conditional stratified resampling (see `conditional_resample`)."""
+  ancestors, k = _conditional_strat_sys(key, probs_N, ref_index, ref_slot, False)
+  return _swap(ancestors, k, ref_slot)
+
+
+def conditional_systematic(key: Array, probs_N: Array, ref_index, ref_slot) -> Array:
+  """Conditional systematic resampling (see `conditional_resample`)."""
+  ancestors, k = _conditional_strat_sys(key, probs_N, ref_index, ref_slot, True)
+  return _swap(ancestors, k, ref_slot)
+
+
+def conditional_residual(key: Array, probs_N: Array, ref_index, ref_slot) -> Array:
+  """Conditional residual resampling (see `conditional_resample`)."""
+  ancestors, k = _conditional_residual(key, probs_N, ref_index)
+  return _swap(ancestors, k, ref_slot)
+
+
+CONDITIONAL_RESAMPLERS: dict[Resampler, ConditionalResampler] = {
+    multinomial: conditional_multinomial,
+    stratified: conditional_stratified,
+    systematic: conditional_systematic,
+    residual: conditional_residual,
+}
+
+
+def get_conditional(scheme: Union[str, Resampler]) -> ConditionalResampler:
+  """The conditional (particle-Gibbs) version of a scheme.
+
+  Raises:
+    ValueError: an unknown scheme, or one without a registered conditional version.
+  """
+  fn = get_scheme(scheme)
+  if fn not in CONDITIONAL_RESAMPLERS:
+    raise ValueError(f"resampling scheme {scheme!r} has no conditional version for "
+                     f"particle Gibbs; register one in CONDITIONAL_RESAMPLERS")
+  return CONDITIONAL_RESAMPLERS[fn]
+
+
 def conditional_resample(key: Array, probs_N: Array, ref_index,
-                         scheme: str = "multinomial", ref_slot=0) -> Array:
+                         scheme: Union[str, Resampler] = "multinomial",
+                         ref_slot=0) -> Array:
   """Conditional-SMC resampling for particle Gibbs: N ancestors with
   ancestors[ref_slot] == ref_index, the others resampled given that constraint.
 
@@ -482,20 +597,16 @@ def conditional_resample(key: Array, probs_N: Array, ref_index,
   Slot labels other than ref_slot are not uniformly permuted (they need not be:
   the particle filter treats non-reference slots symmetrically). If w_ref = 0 (an
   impossible conditioning event) the slot is simply overwritten.
+
+  Raises:
+    ValueError: an unknown scheme or one without a conditional version
+      (`get_conditional`), or a concrete ref_index / ref_slot outside [0, N).
   """
   p = _as_1d(probs_N, "probs_N")
   n = p.shape[0]
-  _check_scheme(scheme)
+  conditional = get_conditional(scheme)
   _check_index(ref_index, n, "ref_index")
   _check_index(ref_slot, n, "ref_slot")
   ref_index = jnp.asarray(ref_index, jnp.int32)
   ref_slot = jnp.asarray(ref_slot, jnp.int32)
-  p = p / jnp.sum(p)
-  if scheme == "multinomial":
-    return multinomial(key, p, n).at[ref_slot].set(ref_index)
-  if scheme == "residual":
-    ancestors, k = _conditional_residual(key, p, ref_index)
-  else:
-    ancestors, k = _conditional_strat_sys(key, p, ref_index, ref_slot,
-                                          scheme == "systematic")
-  return _swap(ancestors, k, ref_slot)
+  return conditional(key, p / jnp.sum(p), ref_index, ref_slot)

@@ -11,6 +11,13 @@ generator's own confidence, an exact checker, a toy potential):
 Scores are in [0, 1] (a probability that the solution so far is correct)
 unless a scorer documents otherwise. Inactive rows keep their state; their
 score is unspecified and must be ignored by the caller.
+
+`StepScoreAggregate` folds each row's step scores into the aggregate of
+`algorithms.selection.aggregate_step_scores` (last / min / prod / mean) one
+step at a time, inside jit.
+
+Shape suffixes: B rows, S step token budget, T padded prompt length, N index
+length.
 """
 
 from __future__ import annotations
@@ -18,9 +25,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 
+from algorithms.selection import AGGREGATIONS
 from algorithms.stepping import Step
 
 
@@ -80,3 +89,66 @@ class ConfidenceScorer:
 
   def reorder(self, state, index_N):
     return jnp.take(state, index_N, axis=0)
+
+
+@flax.struct.dataclass
+class StepScoreAggregate:
+  """Running aggregate of each row's step scores (B rows), jit-friendly.
+
+  The incremental form of `algorithms.selection.aggregate_step_scores` (and
+  tested against it): after feeding step t's scores with `add(score_B,
+  active_B)` for t = 1..K, `value(agg)` equals aggregate_step_scores(scores,
+  active, agg) with the same edge cases: a row with no scored step gives -inf;
+  a NaN step score makes 'min', 'prod', 'mean' NaN, and 'last' NaN while it is
+  the latest. ('prod' and 'mean' are summed in step order, so they can differ
+  from the one-shot reduction in the last float32 bits.)
+
+  Fields (all [B]): last float32 (latest score), min float32, prod float32,
+  sum float32, count int32 (scored steps).
+  """
+
+  last: Any
+  min: Any
+  prod: Any
+  sum: Any
+  count: Any
+
+  @classmethod
+  def empty(cls, n_rows: int) -> "StepScoreAggregate":
+    """No step scored yet (every value is -inf)."""
+    f = lambda v: jnp.full((n_rows,), v, jnp.float32)
+    return cls(last=f(-jnp.inf), min=f(jnp.inf), prod=f(1.0), sum=f(0.0),
+               count=jnp.zeros((n_rows,), jnp.int32))
+
+  def add(self, score_B, active_B) -> "StepScoreAggregate":
+    """Fold in one step's scores for the active rows (others unchanged)."""
+    s = score_B.astype(jnp.float32)
+    on = lambda new, old: jnp.where(active_B, new, old)
+    return StepScoreAggregate(
+        last=on(s, self.last), min=on(jnp.minimum(self.min, s), self.min),
+        prod=on(self.prod * s, self.prod), sum=on(self.sum + s, self.sum),
+        count=self.count + active_B.astype(jnp.int32))
+
+  def value(self, aggregation: str):
+    """float32 [B]: the aggregate ('last', 'min', 'prod' or 'mean'); -inf for a
+    row with no scored step.
+
+    Raises:
+      ValueError: an unknown aggregation.
+    """
+    if aggregation == "last":
+      out = self.last
+    elif aggregation == "min":
+      out = self.min
+    elif aggregation == "prod":
+      out = self.prod
+    elif aggregation == "mean":
+      out = self.sum / jnp.maximum(self.count, 1).astype(jnp.float32)
+    else:
+      raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got "
+                       f"{aggregation!r}")
+    return jnp.where(self.count > 0, out, -jnp.inf)
+
+  def reorder(self, index_N) -> "StepScoreAggregate":
+    """Gather rows (resampling, forks)."""
+    return jax.tree_util.tree_map(lambda x: jnp.take(x, index_N, axis=0), self)

@@ -13,6 +13,7 @@ row): the logits after the committed prefix (`Rows`). Reordering rows
 
 Contents
   sample_step / forced_step / merge_steps   one step per row (sampled/replayed)
+  id_sequences                              delimiters / stops as token sequences
   id_tuple / check_config_ids / prepare_prompts   config ids and prompts
   prefill_prompts / fork / prefill_and_fork / reorder   prefill once, fork N
   flatten_steps                             concatenate a row's steps
@@ -62,31 +63,134 @@ def _member(tok_B, ids):
   return jnp.any(tok_B[:, None] == ids[None, :], axis=-1)
 
 
+def _is_int(x) -> bool:
+  return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def id_sequences(name: str, ids) -> tuple:
+  """A delimiter / stop set as Python ints, accepting token SEQUENCES.
+
+  `ids` is an int (one single-token id), a flat sequence of ints (single-token
+  ids; returned as a flat tuple of ints, as before) or a sequence whose items
+  are ints or token-id sequences, e.g. `(2, (198, 198))` (returned as a tuple
+  of int tuples, ints becoming 1-tuples). A sequence matches when a step's last
+  tokens equal it (`sample_step`).
+
+  Raises:
+    ValueError: naming `name`, for non-integer ids, an empty sequence, or
+      deeper nesting.
+  """
+  if _is_int(ids):
+    return (int(ids),)
+  if isinstance(ids, (np.ndarray, jax.Array)):
+    return id_tuple(name, np.asarray(ids))
+  if isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__"):
+    return id_tuple(name, ids)  # raises the one "integer token ids" message
+  items = list(ids)
+  if all(_is_int(i) for i in items):
+    return id_tuple(name, ids)
+  out = []
+  for item in items:
+    seq = (int(item),) if _is_int(item) else id_tuple(name, item)
+    if not seq:
+      raise ValueError(f"{name} holds an empty token sequence: {ids!r:.200}")
+    out.append(seq)
+  return tuple(out)
+
+
+def as_sequences(ids) -> tuple:
+  """Normalised delimiter / stop set (`id_sequences`) as a tuple of int tuples."""
+  return tuple(i if isinstance(i, tuple) else (i,) for i in ids)
+
+
+def flat_ids(ids) -> tuple:
+  """Every token id mentioned by a delimiter / stop set (for vocabulary checks)."""
+  return tuple(t for seq in as_sequences(ids) for t in seq)
+
+
+def _ends_with(toks_BxS, t, seqs):
+  """bool [B]: the step's tokens 0..t end with one of `seqs` (static int tuples).
+
+  Single tokens use a membership test; longer sequences compare the last
+  L = max length tokens, right-aligned (a sequence longer than t + 1 tokens
+  cannot match: it never reaches into the previous step)."""
+  if not seqs:
+    return jnp.zeros((toks_BxS.shape[0],), bool)
+  L = max(len(q) for q in seqs)
+  if L == 1:
+    return _member(toks_BxS[:, t], [q[0] for q in seqs])
+  pat = np.full((len(seqs), L), -1, np.int32)
+  for d, q in enumerate(seqs):
+    pat[d, L - len(q):] = q
+  need = np.array([len(q) for q in seqs], np.int32)
+  idx = t - (L - 1) + jnp.arange(L)
+  win = jnp.take(toks_BxS, jnp.clip(idx, 0, toks_BxS.shape[1] - 1), axis=1)
+  eq = (win[:, None, :] == pat[None]) | (pat[None] < 0)  # [B, D, L]
+  return jnp.any(jnp.all(eq, -1) & (t + 1 >= need)[None], -1)
+
+
+def _step_end_sets(delimiter_ids, stop_ids, V: int, S: int):
+  """Validated (delimiter, stop) matchers for sample_step: tuples of int tuples,
+  or traced flat id arrays (single tokens, unchecked)."""
+  out = []
+  for name, ids in (("delimiter_ids", delimiter_ids), ("stop_ids", stop_ids)):
+    if not is_concrete(ids):
+      out.append(ids)
+      continue
+    seqs = as_sequences(id_sequences(name, ids))
+    check_token_ids(name, [t for q in seqs for t in q], V)
+    for q in seqs:
+      if len(q) > S:
+        raise ValueError(f"{name} sequence {q} is longer than max_step_tokens="
+                         f"{S}: it could never end a step")
+    out.append(seqs)
+  return out
+
+
+def _matches(toks_BxS, t, tok_B, ids):
+  if isinstance(ids, tuple):
+    return _ends_with(toks_BxS, t, ids)
+  return _member(tok_B, ids)
+
+
 def sample_step(model, params, state, logits_BxV, key, sampling: Sampling, *,
-                max_step_tokens: int, delimiter_ids: Sequence[int],
-                stop_ids: Sequence[int], active_B=None, pad_id: int = 0):
+                max_step_tokens: int, delimiter_ids, stop_ids, active_B=None,
+                pad_id: int = 0):
   """Extend each active row by one step. Returns (state, logits_BxV, Step).
 
-  `max_step_tokens` (S) is static (the Step arrays' width), an int >= 1; the
-  delimiter and stop tokens are part of the step. Inactive rows are
-  untouched. `delimiter_ids` / `stop_ids` / `pad_id` are token ids in
-  [0, V) with V = logits_BxV.shape[-1]; either id set may be empty (a step
-  then ends only by the other or by the budget S).
+  A step ends after the first token that completes a stop sequence (ended =
+  STOP; stop wins over a delimiter ending at the same token), else one that
+  completes a delimiter sequence (DELIMITER), else after S tokens (BUDGET).
+  The delimiter / stop tokens are part of the step.
+
+  Args:
+    model / params / state / logits_BxV: the decode interface, its parameters
+      and B rows of state with their next-token logits.
+    key: PRNG key; sampling: the traced Sampling pytree (a new temperature
+      does not recompile).
+    max_step_tokens: S, static int >= 1 (the Step arrays' width).
+    delimiter_ids / stop_ids: each an int, a flat sequence of single-token
+      ids, or a sequence of token-id sequences (mixed with ints), e.g.
+      `delimiter_ids=((198, 198), (271,))` for a blank line written as two
+      "\n" tokens or one "\n\n" token (`id_sequences`). A sequence matches
+      on the step's last tokens, never across the step boundary. Either set
+      may be empty. Ids are in [0, V), V = logits_BxV.shape[-1]; a traced id
+      array is taken as single-token ids (unchecked).
+    active_B: bool [B] rows to extend (default all); inactive rows are
+      untouched and get an empty step. pad_id: id in [0, V) after a step's end.
 
   Raises:
     ValueError: naming `max_step_tokens`, `delimiter_ids`, `stop_ids` or
-      `pad_id` (checked at trace time when they are Python / numpy values;
-      traced id arrays are not checked).
+      `pad_id` (checked at trace time when they are Python / numpy values),
+      or a sequence longer than S.
   """
   V = logits_BxV.shape[-1]
   check_int("max_step_tokens", max_step_tokens, lo=1)
-  for name, ids in (("delimiter_ids", delimiter_ids), ("stop_ids", stop_ids)):
-    if is_concrete(ids):
-      check_token_ids(name, ids, V)
+  S = max_step_tokens
+  delims, stops = _step_end_sets(delimiter_ids, stop_ids, V, S)
   if is_concrete(pad_id):
     check_token_id("pad_id", pad_id, V)
   B = logits_BxV.shape[0]
-  S = max_step_tokens
   active = jnp.ones((B,), bool) if active_B is None else active_B
   toks = jnp.full((B, S), pad_id, jnp.int32)
   lps = jnp.zeros((B, S), jnp.float32)
@@ -109,8 +213,8 @@ def sample_step(model, params, state, logits_BxV, key, sampling: Sampling, *,
     length = length + live.astype(jnp.int32)
     state, nxt = model.extend(params, state, tok[:, None], live[:, None])
     logits = jnp.where(live[:, None], nxt[:, 0], logits)
-    is_stop = live & _member(tok, stop_ids)
-    is_delim = live & ~is_stop & _member(tok, delimiter_ids)
+    is_stop = live & _matches(toks, t, tok, stops)
+    is_delim = live & ~is_stop & _matches(toks, t, tok, delims)
     ended = jnp.where(is_stop, STOP, jnp.where(is_delim, DELIMITER, ended))
     live = live & ~is_stop & ~is_delim
     return t + 1, state, logits, live, toks, lps, ended, length, key
@@ -150,14 +254,15 @@ def id_tuple(name: str, ids) -> tuple:
 
 
 def check_config_ids(model, config, prefix: str) -> None:
-  """Check a config's `delimiter_ids` / `stop_ids` against the model's vocabulary.
+  """Check a config's `delimiter_ids` / `stop_ids` (single ids or token
+  sequences, `id_sequences`) against the model's vocabulary.
 
   Raises:
     ValueError: naming e.g. `PFConfig.stop_ids` for an id outside [0, V).
   """
   vocab = getattr(model, "vocab_size", None)
   for name in ("delimiter_ids", "stop_ids"):
-    check_token_ids(f"{prefix}.{name}", getattr(config, name), vocab)
+    check_token_ids(f"{prefix}.{name}", flat_ids(getattr(config, name)), vocab)
 
 
 def prepare_prompts(model, prompts, prompt_lengths, pad_id: int,
@@ -359,19 +464,14 @@ class StepCounters:
     return cls(gen=h, forced=h, scored=h, calls=jnp.int32(0),
                vcalls=jnp.int32(0))
 
-  def count_step(self, lengths_B, length_B, S: int, *, generated: bool = True,
-                 scored: bool = True) -> "StepCounters":
-    """Add one step's tokens (committed lengths_B before it, length_B in it) to
-    `gen` (or `forced` with generated=False) and, with scored=True, `scored`."""
+  def count_step(self, lengths_B, length_B, S: int,
+                 into: Sequence[str] = ("gen", "scored")) -> "StepCounters":
+    """Add one step's tokens (lengths_B committed tokens before it, length_B
+    in it, S its static width) to the histograms named in `into` (any of
+    "gen", "forced", "scored")."""
     ctx, valid = step_contexts(lengths_B, length_B, S)
-    out = self
-    if generated:
-      out = out.replace(gen=add_hist(out.gen, ctx, valid))
-    else:
-      out = out.replace(forced=add_hist(out.forced, ctx, valid))
-    if scored:
-      out = out.replace(scored=add_hist(out.scored, ctx, valid))
-    return out
+    return self.replace(**{k: add_hist(getattr(self, k), ctx, valid)
+                           for k in into})
 
 
 # Model types that declare no FLOPs (toys with exactly known distributions).

@@ -208,7 +208,7 @@ class TokenScore:
 
 
 @pytest.mark.parametrize("weighting", [
-    "smc", pytest.param("reference", marks=pytest.mark.slow)])
+    "smc", pytest.param("prm_logit", marks=pytest.mark.slow)])
 def test_degenerate_weights_never_nan(weighting):
   table = jnp.zeros((4, 4))  # uniform bigram over 4 tokens, STOP = 2
   eps = 0.0 if weighting == "smc" else 1e-6
@@ -231,7 +231,7 @@ def test_degenerate_weights_never_nan(weighting):
     first = toks[..., 0]  # first token of each step [P, N, K]
     taken = np.asarray(r.step_lengths) > 0
     if name in ("all_zero", "all_nan") or (name == "equal" and
-                                           weighting == "reference"):
+                                           weighting == "prm_logit"):
       # Nothing distinguishes particles: uniform weights.
       np.testing.assert_allclose(w, 1.0 / N, rtol=1e-5, err_msg=name)
     if name == "equal" and weighting == "smc":
@@ -243,7 +243,7 @@ def test_degenerate_weights_never_nan(weighting):
     if name in ("all_zero", "all_nan") and weighting == "smc":
       assert np.all(lz == -np.inf), name  # every particle has zero weight
     if name == "nan":
-      # A NaN-scored step gives weight zero (the latest step for 'reference').
+      # A NaN-scored step gives weight zero (the latest step for 'prm_logit').
       if weighting == "smc":
         bad = (taken & (first == 0)).any(-1)
       else:
@@ -255,7 +255,7 @@ def test_degenerate_weights_never_nan(weighting):
       bad = (taken & (first == 1)).any(-1)
       assert np.all(w[bad] == 0) and np.all(w[~bad] > 0)
       assert np.all(np.isfinite(lz))
-    if name == "one_zero" and weighting == "reference":
+    if name == "one_zero" and weighting == "prm_logit":
       assert np.all(w > 0)  # clipped to eps: tiny but positive
 
 
