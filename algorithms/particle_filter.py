@@ -829,11 +829,3 @@ def weighted_vote(answers, weights) -> list:
     out.append(max(total, key=total.get) if total else None)
   return out
 
-
-# Shared step-search plumbing lives in algorithms/stepping.py; these names are
-# re-exported while algorithms/beam_search.py still imports them from here.
-from algorithms.stepping import (  # noqa: E402,F401
-    add_hist, hist_flops, id_tuple, model_config, prompt_flops, scorer_model,
-    step_contexts)
-
-model_cfg = model_config
