@@ -1,5 +1,11 @@
 """Speculative (tree) decoding on probability arrays: drafting, verification, toy loop.
 
+Shape letters (suffixes of array names): V vocabulary; M tree nodes in BFS order, root
+included (M = 1 + budget); N nodes of one new level; D = L the deepest level (most
+draft tokens one block accepts), Dp1 = D + 1; G = gamma, the chain length (Gp1 =
+G + 1); K the number of i.i.d. chains / of top-down draws; W the SBS beam width; B beams
+of one SBS level; C the most children of a node.
+
 Model-agnostic core of speculative decoding. A draft model proposes a token tree; the
 target model scores every node once; the verifier decides which root-to-node path is
 accepted and which extra token is emitted, such that the emitted sequence has exactly
@@ -7,20 +13,27 @@ the target's distribution. Everything here works on distributions (probability
 vectors), so the same code runs with a toy bigram model (exact tests) and with a
 transformer behind the decode interface.
 
-Methods
-  * Single chain (Leviathan et al. 2023 / Chen et al. 2023): `speculative_sample_chain`.
-  * i.i.d. multi-draft (SpecInfer-style, k chains drawn with replacement):
-    `build_iid_tree`, verified by RRS *with* replacement.
-  * RSD-C (Jeon et al. 2024): Gumbel-Top-k at every node, fixed branching (b_1..b_L):
-    `build_rsdc_tree`, verified by RRS *without* replacement.
-  * RSD-S: stochastic beam search (Kool et al. 2019) of width W and depth L:
-    `build_rsds_tree`, verified by RRS without replacement. Exactness is tested, not
-    assumed (tests/test_spec_trees.py): under SBS the number of kept children of a node
-    is random (beams compete across subtrees), but given the earlier siblings a kept
-    sibling's token is independent of whether it survived the beam cut (the perturbed
-    values form an exponential race: each next value depends only on the tokens drawn
-    before it, and the next token is independent of the values), so RRS stays exact.
-    The chi-square tests agree (160k draws per method, 1M in the slow variants).
+Tree shapes: one frozen class per family owns its topology (`level_sizes`, `budget`,
+`max_depth`, `draft_width`), how it is built (`propose`) and verified (`verify`);
+`make_tree(name, **fields)` is the one name -> shape registry (`TREES`) used by
+`SpecConfig(method=...)` and the command lines, `tree_for_budget` / `tree_for_depth`
+size a family for benchmark comparisons. A new family is one `@register_tree` class.
+  * `Autoregressive()` ("autoregressive"): no draft, the baseline.
+  * `Chain(gamma)` ("chain", Leviathan et al. 2023 / Chen et al. 2023): one draft
+    chain, verified by `speculative_sample_chain`.
+  * `IIDTree(num_drafts, depth)` ("iid", SpecInfer-style, k chains drawn with
+    replacement): `build_iid_tree`, verified by RRS *with* replacement.
+  * `RSDC(branching)` ("rsd_c", Jeon et al. 2024): Gumbel-Top-k at every node, fixed
+    branching (b_1..b_L): `build_rsdc_tree`, verified by RRS *without* replacement.
+  * `RSDS(beam_width, depth)` ("rsd_s"): stochastic beam search (Kool et al. 2019) of
+    width W and depth L: `build_rsds_tree`, verified by RRS without replacement.
+    Exactness is tested, not assumed (tests/test_spec_trees.py): under SBS the number
+    of kept children of a node is random (beams compete across subtrees), but given
+    the earlier siblings a kept sibling's token is independent of whether it survived
+    the beam cut (the perturbed values form an exponential race: each next value
+    depends only on the tokens drawn before it, and the next token is independent of
+    the values), so RRS stays exact. The chi-square tests agree (160k draws per
+    method, 1M in the slow variants).
 
 Tree representation (one sequence; vmap for a batch)
   Nodes are flattened in BFS order, node 0 is the root (the last committed token; it
@@ -60,11 +73,13 @@ Guards (exact-arithmetic probability-zero events, documented choices)
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, ClassVar, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from jaxllm.validation import check_int
 
 Array = jax.Array
 DraftFn = Callable[[Any, Array, Array], tuple[Any, Array]]
@@ -540,26 +555,412 @@ def verify_tree(key: Array, tree: DraftTree, p_MxV: Array) -> TreeResult:
 
 
 # ----------------------------------------------------------------------------------
-# Toy decode loop (bigram target and draft): exactness tests and block efficiency
+# Tree shapes: one small frozen class per family, and the name registry
 # ----------------------------------------------------------------------------------
 
-METHODS = ("chain", "iid", "rsd_c", "rsd_s")
+
+def counts_field(default: tuple):
+  """A TreeShape field holding a non-empty tuple of counts >= 1 (e.g. a branching
+  schedule); fields without it hold one count >= 1."""
+  return dataclasses.field(default=default, metadata=dict(kind="counts"))
 
 
-def propose(method: str, key, root_token, q_root_V, draft_fn, draft_state, **kw):
-  """Dispatch on method name: chain(gamma), iid(num_drafts, depth), rsd_c(branching),
-  rsd_s(beam_width, depth)."""
-  if method == "chain":
-    return build_iid_tree(key, root_token, q_root_V, draft_fn, draft_state, 1, kw["gamma"])
-  if method == "iid":
+def _kind(f: dataclasses.Field) -> str:
+  return f.metadata.get("kind", "count")
+
+
+def _check_shape_field(name: str, kind: str, value):
+  """Validate one shape field (kind "count" or "counts"); returns the normalised value.
+
+  Raises:
+    ValueError: "`name` must be ..." naming the field.
+  """
+  if kind == "count":
+    return check_int(name, value, lo=1)
+  iterable = hasattr(value, "__iter__") and not isinstance(value, (str, bytes, dict))
+  entries = tuple(value) if iterable else None
+  if not entries:
+    raise ValueError(f"{name} must be a non-empty tuple of integers >= 1, got "
+                     f"{value!r:.200}")
+  return tuple(check_int(f"{name}[{i}]", v, lo=1) for i, v in enumerate(entries))
+
+
+@dataclasses.dataclass(frozen=True)
+class TreeShape:
+  """A speculative tree family with its static topology (hashable: a jit static).
+
+  Subclasses are frozen dataclasses whose fields are the family's sizes (each a count
+  >= 1, or a tuple of them declared with `counts_field`; validated on construction),
+  with a registry `name` (a ClassVar) and:
+    level_sizes        tuple, nodes per tree level 1..L (root excluded)
+    label              short text for tables, e.g. "W=2 L=3"
+    propose(...)       build one DraftTree (see `propose`)
+  and optionally
+    draft_width        most distinct tokens drawn without replacement from ONE draft
+                       distribution (must not exceed the vocabulary); default 1
+    verify(...)        the verifier; default recursive rejection sampling
+    for_budget / for_depth   the family's tree at a draft budget / depth and width.
+  Register a new family with `@register_tree`; nothing else needs to change.
+
+  Raises (on construction):
+    ValueError: naming the field, when a size is not an integer >= 1.
+  """
+
+  name: ClassVar[str] = ""
+
+  def __post_init__(self):
+    for f in dataclasses.fields(self):
+      object.__setattr__(self, f.name, _check_shape_field(
+          f"{type(self).__name__}.{f.name}", _kind(f), getattr(self, f.name)))
+
+  @property
+  def level_sizes(self) -> tuple[int, ...]:
+    """Nodes per level 1..L (root excluded); () for no tree."""
+    raise NotImplementedError
+
+  @property
+  def label(self) -> str:
+    """Short text for tables, e.g. "W=2 L=3"."""
+    raise NotImplementedError
+
+  @property
+  def max_depth(self) -> int:
+    """L: levels below the root = most draft tokens one block can accept."""
+    return len(self.level_sizes)
+
+  @property
+  def budget(self) -> int:
+    """Draft tokens the target scores per call (root excluded): sum(level_sizes)."""
+    return sum(self.level_sizes)
+
+  @property
+  def tree_tokens(self) -> int:
+    """M = budget + 1: tokens the target scores per call, root included."""
+    return 1 + self.budget
+
+  @property
+  def draft_width(self) -> int:
+    """Most distinct tokens drawn without replacement from one draft distribution."""
+    return 1
+
+  @property
+  def uses_draft(self) -> bool:
+    """False for plain autoregressive sampling (no draft model, no tree)."""
+    return self.max_depth > 0
+
+  def propose(self, key: Array, root_token: Array, q_root_V: Array, draft_fn: DraftFn,
+              draft_state: Any) -> tuple[DraftTree, Any]:
+    """Build one draft tree of this shape below `root_token`.
+
+    Args:
+      key: PRNG key.
+      root_token: int32 scalar, the last committed token (node 0).
+      q_root_V: [V] float, the draft's next-token distribution after the root.
+      draft_fn: `draft_fn(state, tokens_N, parents_N) -> (state, q_NxV)` (module
+        docstring), called once per non-leaf level below the root.
+      draft_state: pytree threaded through draft_fn.
+    Returns:
+      (DraftTree with M = tree_tokens nodes in BFS order, final draft_state).
+    Raises:
+      ValueError: q_root_V is not one distribution, or draft_width > V.
+    """
+    raise NotImplementedError
+
+  def verify(self, key: Array, tree: DraftTree, p_MxV: Array) -> "TreeResult":
+    """Accepted path and extra token of a tree from `propose`.
+
+    Args:
+      key: PRNG key.
+      tree: the DraftTree (M nodes).
+      p_MxV: [M, V] float, the target's next-token distribution after every node.
+    Returns:
+      TreeResult: path_D [D] accepted BFS node indices (-1 padded), num_accepted,
+      extra_token, tokens_Dp1 [D + 1] (accepted drafts then the extra token, -1
+      padded), num_emitted = num_accepted + 1.
+    Default: recursive rejection sampling (`verify_tree`); Chain overrides it with
+    chain-style verification (`speculative_sample_chain`).
+    """
+    return verify_tree(key, tree, p_MxV)
+
+  @classmethod
+  def for_budget(cls, budget: int, width: int) -> "TreeShape":
+    """This family's tree drafting about `budget` tokens per call at `width`."""
+    raise ValueError(f"tree method {cls.name!r} has no tree to size by budget")
+
+  @classmethod
+  def for_depth(cls, depth: int, width: int) -> "TreeShape":
+    """This family's tree of `depth` levels and about `width` leaves."""
+    raise ValueError(f"tree method {cls.name!r} has no tree to size by depth")
+
+
+TREES: dict[str, type[TreeShape]] = {}
+
+
+def register_tree(cls: type[TreeShape]) -> type[TreeShape]:
+  """Class decorator: make a TreeShape family known by its `name` (CLI, SpecConfig)."""
+  if not (isinstance(cls, type) and issubclass(cls, TreeShape)) or not cls.name:
+    raise ValueError(f"register_tree needs a named TreeShape subclass, got {cls!r}")
+  if cls.name in TREES:
+    raise ValueError(f"tree method {cls.name!r} is already registered")
+  TREES[cls.name] = cls
+  return cls
+
+
+def _tree_class(name: str, owner: Optional[str]) -> type[TreeShape]:
+  if not isinstance(name, str) or name not in TREES:
+    what = f"{owner}.method" if owner else "tree method"
+    raise ValueError(f"{what} must be one of {tuple(TREES)}, got {name!r}")
+  return TREES[name]
+
+
+def make_tree(name: str, owner: Optional[str] = None, **kwargs) -> TreeShape:
+  """The registry: build the tree shape registered as `name` from its fields.
+
+  `make_tree("rsd_s", beam_width=4, depth=3) == RSDS(beam_width=4, depth=3)`; fields
+  not given take the class defaults. `owner` (e.g. "SpecConfig") names the caller's
+  fields in error messages ("SpecConfig.gamma must be ...").
+
+  Raises:
+    ValueError: unknown name (lists the known ones), a field the family does not
+      have, or a size that is not an integer >= 1 (naming the field).
+  """
+  cls = _tree_class(name, owner)
+  kinds = {f.name: _kind(f) for f in dataclasses.fields(cls)}
+  checked = {}
+  for f, v in kwargs.items():
+    if f not in kinds:
+      raise ValueError(f"{owner + '.' if owner else ''}{f} does not apply to tree method "
+                       f"{name!r} (its fields: {tuple(kinds)})")
+    checked[f] = _check_shape_field(f"{owner or cls.__name__}.{f}", kinds[f], v)
+  return cls(**checked)
+
+
+def tree_for_budget(name: str, budget: int, width: int) -> TreeShape:
+  """The `name` family's tree that drafts exactly `budget` tokens per target call (root
+  excluded), `width` wide (chain: width unused; iid: width chains; rsd_s: beam width;
+  rsd_c: width children at the root, single children below).
+
+  Raises:
+    ValueError: unknown name, a non-positive budget / width, or a budget the family
+      cannot spend exactly at this width (e.g. iid at budget 10, width 4).
+  """
+  shape = _tree_class(name, None).for_budget(check_int("budget", budget, lo=1),
+                                             check_int("width", width, lo=1))
+  if shape.budget != budget:
+    raise ValueError(f"method {name!r} cannot spend exactly {budget} draft tokens per "
+                     f"call at width {width} (its tree would draft {shape.budget})")
+  return shape
+
+
+def tree_for_depth(name: str, depth: int, width: int) -> TreeShape:
+  """The `name` family's tree of exactly `depth` levels with `width` leaves (chain: 1;
+  rsd_c: width's prime factors as the first branchings, then single children).
+
+  Raises:
+    ValueError: unknown name, non-positive depth / width, or a depth the family cannot
+      reach exactly at this width (rsd_c at width 4 needs depth >= 2).
+  """
+  shape = _tree_class(name, None).for_depth(check_int("depth", depth, lo=1),
+                                            check_int("width", width, lo=1))
+  if shape.max_depth != depth:
+    raise ValueError(f"method {name!r} at width {width} has {shape.max_depth} levels, "
+                     f"not depth {depth}")
+  return shape
+
+
+def _prime_factors(n: int) -> tuple[int, ...]:
+  out, p = [], 2
+  while n > 1:
+    while n % p == 0:
+      out.append(p)
+      n //= p
+    p += 1
+  return tuple(out)
+
+
+@register_tree
+@dataclasses.dataclass(frozen=True)
+class Autoregressive(TreeShape):
+  """No draft: one token sampled from the target per call (the baseline). Its tree is
+  the root alone (M = 1) and `verify` samples the extra token from p at the root."""
+
+  name: ClassVar[str] = "autoregressive"
+
+  @property
+  def level_sizes(self):
+    return ()
+
+  @property
+  def label(self):
+    return "-"
+
+  @property
+  def draft_width(self):
+    return 0
+
+  def propose(self, key, root_token, q_root_V, draft_fn, draft_state):
+    del key, draft_fn
+    _check_root(q_root_V)
+    tree = DraftTree(jnp.asarray(root_token, jnp.int32)[None], jnp.array([-1], jnp.int32),
+                     jnp.zeros((1,), jnp.int32), q_root_V[None], max_depth=0,
+                     max_children=0, without_replacement=False)
+    return tree, draft_state
+
+  def verify(self, key, tree, p_MxV):
+    u = jax.random.uniform(key, (), dtype=p_MxV.dtype)
+    y = _sample_from_uniform(u, p_MxV[0])
+    return TreeResult(jnp.zeros((0,), jnp.int32), jnp.int32(0), y, y[None], jnp.int32(1))
+
+
+@register_tree
+@dataclasses.dataclass(frozen=True)
+class Chain(TreeShape):
+  """Single draft chain of `gamma` tokens (Leviathan et al. 2023 / Chen et al. 2023),
+  verified by `speculative_sample_chain`. Level sizes (1,) * gamma."""
+
+  name: ClassVar[str] = "chain"
+  gamma: int = 4
+
+  @property
+  def level_sizes(self):
+    return (1,) * self.gamma
+
+  @property
+  def label(self):
+    return f"gamma={self.gamma}"
+
+  def propose(self, key, root_token, q_root_V, draft_fn, draft_state):
+    return build_iid_tree(key, root_token, q_root_V, draft_fn, draft_state, 1, self.gamma)
+
+  def verify(self, key, tree, p_MxV):
+    """Chain-style verification (`speculative_sample_chain`); the path is BFS 1..n."""
+    toks_G, q_GxV = chain_from_tree(tree)
+    res = speculative_sample_chain(key, toks_G, q_GxV, p_MxV)
+    G, n = self.gamma, res.num_accepted
+    path_G = jnp.where(jnp.arange(G) < n, jnp.arange(1, G + 1), -1).astype(jnp.int32)
+    return TreeResult(path_G, n, res.tokens_Gp1[n], res.tokens_Gp1, res.num_emitted)
+
+  @classmethod
+  def for_budget(cls, budget, width):
+    del width
+    return cls(budget)
+
+  @classmethod
+  def for_depth(cls, depth, width):
+    del width
+    return cls(depth)
+
+
+@register_tree
+@dataclasses.dataclass(frozen=True)
+class IIDTree(TreeShape):
+  """`num_drafts` i.i.d. chains of length `depth` (SpecInfer-style), RRS with
+  replacement (`build_iid_tree`). Level sizes (num_drafts,) * depth."""
+
+  name: ClassVar[str] = "iid"
+  num_drafts: int = 2
+  depth: int = 3
+
+  @property
+  def level_sizes(self):
+    return (self.num_drafts,) * self.depth
+
+  @property
+  def label(self):
+    return f"k={self.num_drafts} d={self.depth}"
+
+  def propose(self, key, root_token, q_root_V, draft_fn, draft_state):
     return build_iid_tree(key, root_token, q_root_V, draft_fn, draft_state,
-                          kw["num_drafts"], kw["depth"])
-  if method == "rsd_c":
-    return build_rsdc_tree(key, root_token, q_root_V, draft_fn, draft_state, kw["branching"])
-  if method == "rsd_s":
+                          self.num_drafts, self.depth)
+
+  @classmethod
+  def for_budget(cls, budget, width):
+    return cls(width, budget // width)
+
+  @classmethod
+  def for_depth(cls, depth, width):
+    return cls(width, depth)
+
+
+@register_tree
+@dataclasses.dataclass(frozen=True)
+class RSDC(TreeShape):
+  """RSD-C (Jeon et al. 2024): Gumbel-Top-b_l children at every node of level l-1,
+  RRS without replacement (`build_rsdc_tree`). Level l has b_1 * ... * b_l nodes."""
+
+  name: ClassVar[str] = "rsd_c"
+  branching: tuple = counts_field((2, 2))
+
+  @property
+  def level_sizes(self):
+    sizes, n = [], 1
+    for b in self.branching:
+      n *= b
+      sizes.append(n)
+    return tuple(sizes)
+
+  @property
+  def label(self):
+    return f"b={list(self.branching)}"
+
+  @property
+  def draft_width(self):
+    return max(self.branching)
+
+  def propose(self, key, root_token, q_root_V, draft_fn, draft_state):
+    return build_rsdc_tree(key, root_token, q_root_V, draft_fn, draft_state,
+                           self.branching)
+
+  @classmethod
+  def for_budget(cls, budget, width):
+    """width children at the root, then one child each: width * (budget // width)."""
+    return cls((width,) + (1,) * (budget // width - 1))
+
+  @classmethod
+  def for_depth(cls, depth, width):
+    """width's prime factors as the first branchings ((2, 2) for 4), then 1s."""
+    f = _prime_factors(width)
+    return cls(f + (1,) * max(depth - len(f), 0))
+
+
+@register_tree
+@dataclasses.dataclass(frozen=True)
+class RSDS(TreeShape):
+  """RSD-S: stochastic beam search of width `beam_width` for `depth` levels, RRS
+  without replacement (`build_rsds_tree`). Level sizes (beam_width,) * depth."""
+
+  name: ClassVar[str] = "rsd_s"
+  beam_width: int = 2
+  depth: int = 3
+
+  @property
+  def level_sizes(self):
+    return (self.beam_width,) * self.depth
+
+  @property
+  def label(self):
+    return f"W={self.beam_width} L={self.depth}"
+
+  @property
+  def draft_width(self):
+    return self.beam_width
+
+  def propose(self, key, root_token, q_root_V, draft_fn, draft_state):
     return build_rsds_tree(key, root_token, q_root_V, draft_fn, draft_state,
-                           kw["beam_width"], kw["depth"])
-  raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+                           self.beam_width, self.depth)
+
+  @classmethod
+  def for_budget(cls, budget, width):
+    return cls(width, budget // width)
+
+  @classmethod
+  def for_depth(cls, depth, width):
+    return cls(width, depth)
+
+
+# ----------------------------------------------------------------------------------
+# Toy decode loop (bigram target and draft): exactness tests and block efficiency
+# ----------------------------------------------------------------------------------
 
 
 class ToyDecode(NamedTuple):
@@ -569,35 +970,46 @@ class ToyDecode(NamedTuple):
   first_block_emitted: Array  # tokens emitted by the first block (from start_token)
 
 
-def bigram_generate(key, method: str, target_VxV, draft_VxV, start_token,
-                    num_tokens: int, **kw) -> ToyDecode:
+def bigram_generate(key: Array, shape, target_VxV: Array, draft_VxV: Array,
+                    start_token, num_tokens: int, **tree_kwargs) -> ToyDecode:
   """Speculative decoding of num_tokens tokens with bigram target and draft tables.
 
+  Args:
+    key: PRNG key.
+    shape: a TreeShape, or a registry name whose fields are `tree_kwargs`
+      (`make_tree(shape, **tree_kwargs)`).
+    target_VxV, draft_VxV: [V, V] float, p(next | token) per row (rows sum to 1).
+    start_token: int, the token before the first emitted one.
+    num_tokens: K, tokens to emit.
+  Returns:
+    ToyDecode (first K tokens, blocks, tokens emitted by them, first block's count).
+
   Runs num_tokens blocks (each emits >= 1 token) in a lax.scan; blocks after the first
-  num_tokens tokens are computed but ignored. The single chain uses
-  `speculative_sample_chain`, the trees `verify_tree`. One sequence: vmap for a batch.
+  num_tokens tokens are computed but ignored. Each block is `shape.propose` then
+  `shape.verify`. One sequence: vmap for a batch.
+
+  Raises:
+    ValueError: tables not [V, V], or a bad shape / name / field (`make_tree`).
   """
   V = target_VxV.shape[0]
   if target_VxV.shape != (V, V) or draft_VxV.shape != (V, V):
     raise ValueError(f"tables must be (V, V): {target_VxV.shape}, {draft_VxV.shape}")
+  if isinstance(shape, str):
+    shape = make_tree(shape, **tree_kwargs)
+  elif tree_kwargs:
+    raise ValueError(f"tree fields {tuple(tree_kwargs)} given with a TreeShape {shape!r}")
+  if not isinstance(shape, TreeShape):
+    raise ValueError(f"shape must be a TreeShape or a tree method name, got {shape!r}")
   draft_fn = table_draft_fn(draft_VxV)
-  probe, _ = jax.eval_shape(
-      lambda: propose(method, jax.random.key(0), jnp.int32(0), draft_VxV[0], draft_fn,
-                      None, **kw))
-  D = probe.max_depth
+  D = shape.max_depth
   buf = jnp.full((num_tokens + D + 1,), -1, jnp.int32)
 
   def block(carry, key_b):
     buf, pos, last, nblk, nemit, first = carry
     k_t, k_v = jax.random.split(key_b)
-    tree, _ = propose(method, k_t, last, draft_VxV[last], draft_fn, None, **kw)
-    p_MxV = target_VxV[tree.token_M]
-    if method == "chain":
-      toks, q = chain_from_tree(tree)
-      tok_Dp1, n_emit = speculative_sample_chain(k_v, toks, q, p_MxV)[:2]
-    else:
-      res = verify_tree(k_v, tree, p_MxV)
-      tok_Dp1, n_emit = res.tokens_Dp1, res.num_emitted
+    tree, _ = shape.propose(k_t, last, draft_VxV[last], draft_fn, None)
+    res = shape.verify(k_v, tree, target_VxV[tree.token_M])
+    tok_Dp1, n_emit = res.tokens_Dp1, res.num_emitted
     live = pos < num_tokens
     new_buf = lax.dynamic_update_slice(buf, tok_Dp1, (pos,))
     buf = jnp.where(live, new_buf, buf)

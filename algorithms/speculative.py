@@ -1,22 +1,29 @@
 """Speculative (tree) decoding with real draft / target models behind the decode interface.
 
+Shape letters (suffixes of array names): B rows (prompts); T bucketed prompt length;
+V vocabulary; M tree nodes (root included) = config.tree.tree_tokens; N new nodes of one
+level; D = L the tree depth, Dp1 = D + 1; G the chain length; S extended tokens.
+
 `speculative_generate(target, target_params, draft, draft_params, prompts, key, config)`
 drives the exact probability-level algorithms of `algorithms/spec_trees.py` with two
 decode-interface models that share a vocabulary (`jaxllm.decoding.Transformer`, the
-drafts of `algorithms/drafts.py`, or the toy `BigramLM`). Methods (`config.method`):
+drafts of `algorithms/drafts.py`, or the toy `BigramLM`). The tree is one object,
+`config.tree` (a `spec_trees.TreeShape`); `SpecConfig(method=name, **fields)` builds it
+through the registry `spec_trees.make_tree`:
 
-  autoregressive  plain sampling from the target, one target call per token (baseline)
-  chain           single draft chain of `gamma` tokens (Leviathan / Chen)
-  iid             `num_drafts` i.i.d. chains of length `depth` (SpecInfer-style RRS)
-  rsd_c           RSD-C: Gumbel-Top-b_l tree with branching schedule `branching`
-  rsd_s           RSD-S: stochastic beam search, width `beam_width`, depth `depth`
+  Autoregressive()            "autoregressive"  plain sampling from the target, one
+                                                target call per token (baseline)
+  Chain(gamma)                "chain"   single draft chain (Leviathan / Chen)
+  IIDTree(num_drafts, depth)  "iid"     i.i.d. chains (SpecInfer-style RRS)
+  RSDC(branching)             "rsd_c"   RSD-C: Gumbel-Top-b_l tree
+  RSDS(beam_width, depth)     "rsd_s"   RSD-S: stochastic beam search
 
 One block (all rows at once; the per-row math is vmapped, so model calls are batched):
 
   1. The draft extends its cache with its pending tokens (ragged: the extra token of
      the previous block, preceded by the accepted leaf when the whole path down to a
      leaf was accepted, since the draft never ran on leaves) and gets q at the root.
-  2. The draft builds the tree level by level (`spec_trees.propose`). Its callback
+  2. The draft builds the tree level by level (`config.tree.propose`). Its callback
      runs `draft.score_tree` over ALL non-root nodes drafted so far (the tree mask and
      depth positions come from the interface; nothing is committed) and reads q of the
      newest level. Re-scoring the earlier levels wastes draft FLOPs (sum of level
@@ -27,8 +34,8 @@ One block (all rows at once; the per-row math is vmapped, so model calls are bat
      blocks (the target cache holds the committed prefix minus its last token), so
      the root's next-token distribution comes from the same call and a block costs
      exactly one target call (instead of score_tree + a separate extend of the extra
-     token). `verify_tree` (or `speculative_sample_chain` for the chain) picks the
-     accepted path and the extra token.
+     token). `config.tree.verify` (RRS, or `speculative_sample_chain` for the chain)
+     picks the accepted path and the extra token.
   4. `target.commit` keeps the root and the accepted nodes; the draft commits the
      accepted nodes it scored (depth < L) from its last score_tree call; the rest
      (leaf, extra token) becomes its pending input for step 1 of the next block.
@@ -45,10 +52,11 @@ for BOTH target and draft before the softmax, so the emitted text is distributed
 plain sampling from the target with the same settings. Temperature 0 uses one-hot
 argmax distributions for both, which makes every method reproduce greedy decoding.
 
-Accounting: FLOPs use `jaxllm.flops.decode_flops` with the exact number of keys every
-processed token attends to (prefix + ancestors + itself); FLOPs are affine in the
-context without sliding windows, so summing contexts is exact there (with windows the
-mean context is used, an approximation). Models without a `cfg` (BigramLM) cost 0 FLOPs.
+Accounting: a `jaxllm.flops.Compute` record; FLOPs use `jaxllm.flops.decode_flops` /
+`prefill_flops` with the exact number of keys every processed token attends to (prefix
++ ancestors + itself); FLOPs are affine in the context without sliding windows, so
+summing contexts is exact there (with windows the mean context is used, an
+approximation). Models without a `cfg` (BigramLM) cost 0 FLOPs.
 """
 
 from __future__ import annotations
@@ -69,7 +77,7 @@ from jaxllm.sampling import Sampling, filter_logits, make_sampling, sample
 from jaxllm.validation import (INT32_LIMIT, check_int, check_length,
                                check_token_id)
 
-METHODS = ("autoregressive", "chain", "iid", "rsd_c", "rsd_s")
+METHODS = tuple(st.TREES)  # registered tree method names (autoregressive included)
 TRACE_COUNT = {"speculative": 0}
 
 
@@ -78,78 +86,72 @@ TRACE_COUNT = {"speculative": 0}
 # ----------------------------------------------------------------------------------
 
 
+_TREE_FIELDS = ("gamma", "num_drafts", "depth", "branching", "beam_width")
+
+
 @dataclasses.dataclass(frozen=True)
 class SpecConfig:
   """Static settings (hashable: one compilation per config and prompt bucket).
 
-  method: one of METHODS. gamma (chain); num_drafts, depth (iid); branching (rsd_c);
-  beam_width, depth (rsd_s). max_new_tokens emitted per row (the last block may emit
-  a few more; they are returned in `tokens_all`). sampling_*: applied to target AND
-  draft. cache_size: KV slots per row (default: bucketed prompt + max_new + tree size).
+  tree: the speculative tree shape (`spec_trees.Chain(4)`, `IIDTree(2, 3)`,
+    `RSDC((2, 2))`, `RSDS(2, 3)` or `Autoregressive()`); default Chain(gamma=4).
+  method, gamma, num_drafts, depth, branching, beam_width: the name form, an
+    alternative to `tree` (existing callers, command lines): `tree` is built as
+    `spec_trees.make_tree(method, **the fields given)`, e.g.
+    `SpecConfig(method="rsd_s", beam_width=4) == SpecConfig(tree=RSDS(4, 3))`. These
+    are constructor arguments only (InitVars, not stored): read `config.tree`.
+  max_new_tokens: tokens emitted per row (the last block may emit a few more; they are
+    returned in `tokens_all`). sampling_*: applied to target AND draft. cache_size: KV
+    slots per row (default: bucketed prompt + max_new + tree size). pad_id: prompt pad.
+
+  Raises:
+    ValueError: naming the field: an unknown method, a tree field the method does
+      not have, a size that is not an integer >= 1, `tree` not a TreeShape or given
+      together with the name form, a bad cache_size / pad_id / max_new_tokens.
   """
 
-  method: str = "chain"
+  method: dataclasses.InitVar[Optional[str]] = None
   max_new_tokens: int = 32
-  gamma: int = 4
-  num_drafts: int = 2
-  depth: int = 3
-  branching: tuple = (2, 2)
-  beam_width: int = 2
+  gamma: dataclasses.InitVar[Optional[int]] = None
+  num_drafts: dataclasses.InitVar[Optional[int]] = None
+  depth: dataclasses.InitVar[Optional[int]] = None
+  branching: dataclasses.InitVar[Optional[tuple]] = None
+  beam_width: dataclasses.InitVar[Optional[int]] = None
   sampling_temperature: float = 1.0
   sampling_top_k: Optional[int] = None
   sampling_top_p: Optional[float] = None
   sampling_min_p: Optional[float] = None
   cache_size: Optional[int] = None
   pad_id: int = 0
+  tree: Optional[st.TreeShape] = None
 
-  def __post_init__(self):
-    object.__setattr__(self, "branching", tuple(int(b) for b in self.branching))
-    if self.method not in METHODS:
-      raise ValueError(f"SpecConfig.method must be one of {METHODS}, got {self.method!r}")
-    for f in ("max_new_tokens", "gamma", "num_drafts", "depth", "beam_width"):
-      object.__setattr__(self, f, check_int(f"SpecConfig.{f}", getattr(self, f),
-                                            lo=1))
+  def __post_init__(self, method, gamma, num_drafts, depth, branching, beam_width):
+    given = {k: v for k, v in zip(_TREE_FIELDS,
+                                  (gamma, num_drafts, depth, branching, beam_width))
+             if v is not None}
+    if self.tree is None:
+      tree = st.make_tree("chain" if method is None else method, "SpecConfig", **given)
+      object.__setattr__(self, "tree", tree)
+    elif not isinstance(self.tree, st.TreeShape):
+      raise ValueError(f"SpecConfig.tree must be a spec_trees.TreeShape (e.g. "
+                       f"spec_trees.Chain(4)), got {self.tree!r:.200}; pass a name as "
+                       f"method=")
+    elif method is not None or given:
+      raise ValueError(f"SpecConfig: give the tree either as tree={self.tree!r} or as "
+                       f"method= with its fields, not both (got method={method!r}, "
+                       f"{given})")
+    object.__setattr__(self, "max_new_tokens", check_int(
+        "SpecConfig.max_new_tokens", self.max_new_tokens, lo=1))
     if self.cache_size is not None:
       object.__setattr__(self, "cache_size", check_int(
           "SpecConfig.cache_size", self.cache_size, lo=1))
     object.__setattr__(self, "pad_id", check_token_id("SpecConfig.pad_id",
                                                       self.pad_id, None))
-    if not self.branching or min(self.branching) < 1:
-      raise ValueError(f"SpecConfig.branching must be non-empty, entries >= 1, got "
-                       f"{self.branching}")
-
-  def tree_kwargs(self) -> dict:
-    return {"chain": dict(gamma=self.gamma),
-            "iid": dict(num_drafts=self.num_drafts, depth=self.depth),
-            "rsd_c": dict(branching=self.branching),
-            "rsd_s": dict(beam_width=self.beam_width, depth=self.depth)}[self.method]
-
-  def level_sizes(self) -> tuple:
-    """Nodes per tree level 1..L (root excluded); () for autoregressive."""
-    m = self.method
-    if m == "autoregressive":
-      return ()
-    if m == "chain":
-      return (1,) * self.gamma
-    if m == "iid":
-      return (self.num_drafts,) * self.depth
-    if m == "rsd_s":
-      return (self.beam_width,) * self.depth
-    sizes, n = [], 1
-    for b in self.branching:
-      n *= b
-      sizes.append(n)
-    return tuple(sizes)
-
-  @property
-  def tree_tokens(self) -> int:
-    """Tokens the target scores per call (root included): the target budget."""
-    return 1 + sum(self.level_sizes())
 
   @property
   def draft_calls_per_block(self) -> int:
-    """L: one extend plus one score_tree per non-leaf level."""
-    return len(self.level_sizes())
+    """L: one extend plus one score_tree per non-leaf level (= tree depth)."""
+    return self.tree.max_depth
 
   def sampling(self) -> Sampling:
     return make_sampling(self.sampling_temperature, self.sampling_top_k,
@@ -214,7 +216,8 @@ def _spec_block(target, tp, draft, dp, config: SpecConfig, s: Sampling,
   Returns (t_state, d_state, pend_2, npend, tokens_Dp1, n_emitted, n_accepted,
   counts): the emitted tokens are the accepted drafts followed by the extra token.
   """
-  sizes = config.level_sizes()
+  shape = config.tree
+  sizes = shape.level_sizes
   L = len(sizes)
   k_tree, k_ver = jax.random.split(key)
   # 1. the draft catches up with the pending tokens and gives q at the root.
@@ -235,23 +238,16 @@ def _spec_block(target, tp, draft, dp, config: SpecConfig, s: Sampling,
     return (base, toks, pars, scored), sampling_probs(logits[0, -N:], s)
 
   carry0 = (d_state, jnp.zeros((0,), jnp.int32), jnp.zeros((0,), jnp.int32), None)
-  tree, (_, _, _, d_scored) = st.propose(config.method, k_tree, root, q_root, draft_fn,
-                                         carry0, **config.tree_kwargs())
+  tree, (_, _, _, d_scored) = shape.propose(k_tree, root, q_root, draft_fn, carry0)
 
   # 3. one target call over the whole tree, root included.
   t_len = target.lengths(t_state)[0]
   t_scored, tlog = target.score_tree(tp, t_state, tree.token_M[None], tree.parent_M)
   p_MxV = sampling_probs(tlog[0], s)
-  if config.method == "chain":
-    toks_G, q_GxV = st.chain_from_tree(tree)
-    res = st.speculative_sample_chain(k_ver, toks_G, q_GxV, p_MxV)
-    tok_Dp1, n_emit, n_acc = res.tokens_Gp1, res.num_emitted, res.num_accepted
-    path_D = jnp.where(jnp.arange(L) < n_acc, jnp.arange(1, L + 1), -1).astype(jnp.int32)
-  else:
-    res = st.verify_tree(k_ver, tree, p_MxV)
-    tok_Dp1, n_emit, n_acc, path_D = (res.tokens_Dp1, res.num_emitted, res.num_accepted,
-                                      res.path_D)
-  extra = tok_Dp1[n_acc]
+  res = shape.verify(k_ver, tree, p_MxV)
+  tok_Dp1, n_emit, n_acc, path_D = (res.tokens_Dp1, res.num_emitted, res.num_accepted,
+                                    res.path_D)
+  extra = res.extra_token
 
   # 4. commits: target keeps root + accepted path; draft keeps the accepted nodes it
   # scored (depth < L); the leaf (if accepted) and the extra token become pending.
@@ -269,7 +265,7 @@ def _spec_block(target, tp, draft, dp, config: SpecConfig, s: Sampling,
 
   # FLOPs bookkeeping: tokens processed and the keys each attended to.
   depth_sum = float(sum((l + 1) * n for l, n in enumerate(sizes)))
-  M = config.tree_tokens
+  M = shape.tree_tokens
   npf = valid_2.sum().astype(jnp.float32)
   d_tok = npf
   d_ctx = npf * d_len0 + npf * (npf + 1) / 2
@@ -295,7 +291,7 @@ def _generate_impl(target, tp, draft, dp, tokens_BxT, lengths_B, key, s, *,
   TRACE_COUNT["speculative"] += 1
   B = tokens_BxT.shape[0]
   N = config.max_new_tokens
-  D = len(config.level_sizes())
+  D = config.tree.max_depth
   pad = jnp.int32(config.pad_id)
   out = jnp.full((B, N + D + 1), pad, jnp.int32)
   pos = jnp.zeros((B,), jnp.int32)
@@ -303,7 +299,7 @@ def _generate_impl(target, tp, draft, dp, tokens_BxT, lengths_B, key, s, *,
   zeros_i = jnp.zeros((B,), jnp.int32)
   t_state, last = _prefill(target, tp, tokens_BxT, lengths_B, cache_size)
 
-  if config.method == "autoregressive":
+  if not config.tree.uses_draft:
     def cond(c):
       return jnp.any(c[2] < N)
 
@@ -376,10 +372,9 @@ def _check_models(target, draft, config):
   if Vt is None or Vt != Vd:
     raise ValueError(f"target and draft must share a vocabulary; got vocab_size "
                      f"{Vt} (target) and {Vd} (draft)")
-  need = {"chain": 1, "iid": 1, "rsd_c": max(config.branching),
-          "rsd_s": config.beam_width, "autoregressive": 1}[config.method]
+  need = config.tree.draft_width
   if need > Vt:
-    raise ValueError(f"{config.method} draws {need} children without replacement but "
+    raise ValueError(f"{config.tree} draws {need} children without replacement but "
                      f"the vocabulary has only {Vt} tokens")
   return Vt
 
@@ -399,12 +394,12 @@ def compute_record(target, draft, config, out: SpecOutput, lengths_B) -> Compute
   after the prefill; the split is in the SpecOutput fields."""
   c = {k: np.asarray(v, np.float64) for k, v in out.counts.items()}
   pre = np.asarray(lengths_B) - 1  # the last prompt token is the first block's root
-  models = [target] if config.method == "autoregressive" else [target, draft]
+  models = [target, draft] if config.tree.uses_draft else [target]
   pf = sum(float(np.sum(prefill_flops(m.cfg, pre))) for m in models
            if getattr(m, "cfg", None) is not None)
   n_models = len(models)
   dec = float(np.sum(_model_flops(target, c["t_tok"], c["t_ctx"])))
-  if config.method != "autoregressive":
+  if config.tree.uses_draft:
     dec += float(np.sum(_model_flops(draft, c["d_tok"], c["d_ctx"])))
   return Compute(prefill_tokens=float(pre.sum()) * n_models,
                  generated_tokens=float(np.minimum(np.asarray(out.num_emitted),
@@ -419,7 +414,7 @@ def speculative_generate(target, target_params, draft, draft_params, prompts, ke
 
   Args:
     target, draft: decode-interface models sharing a vocabulary (draft unused for
-      method 'autoregressive'; pass None there if you like).
+      the Autoregressive tree; pass None there if you like).
     prompts: list of token-id lists (each >= 1 token), or a right-padded [B, T]
       array with `prompt_lengths` [B] (`jaxllm.generate.check_prompts`);
       bucketed and padded with config.pad_id.
@@ -434,17 +429,17 @@ def speculative_generate(target, target_params, draft, draft_params, prompts, ke
   """
   if not isinstance(config, SpecConfig):
     raise ValueError(f"config must be a SpecConfig, got {type(config)}")
-  if config.method != "autoregressive" and draft is None:
-    raise ValueError(f"method {config.method!r} needs a draft model")
+  if config.tree.uses_draft and draft is None:
+    raise ValueError(f"method {config.tree.name!r} ({config.tree}) needs a draft model")
   if draft is None:
     draft, draft_params = target, target_params
   _check_models(target, draft, config)
   tokens, lengths = check_prompts(target, prompts, prompt_lengths, config.pad_id,
                                   pad_id_name="SpecConfig.pad_id")
-  need = tokens.shape[1] + config.max_new_tokens + config.tree_tokens + 2
+  need = tokens.shape[1] + config.max_new_tokens + config.tree.tree_tokens + 2
   what = (f"prompt length {int(lengths.max())} + max_new_tokens "
-          f"{config.max_new_tokens} + tree {config.tree_tokens}")
-  n_max = int(lengths.max()) + config.max_new_tokens + config.tree_tokens
+          f"{config.max_new_tokens} + tree {config.tree.tree_tokens}")
+  n_max = int(lengths.max()) + config.max_new_tokens + config.tree.tree_tokens
   check_length(what, n_max, "the int32 position range", INT32_LIMIT)
   for m in (target, draft):
     max_seq = getattr(getattr(m, "cfg", None), "max_seq_len", None)
@@ -452,7 +447,7 @@ def speculative_generate(target, target_params, draft, draft_params, prompts, ke
       check_length(what, n_max, "ModelConfig.max_seq_len", max_seq)
   cache_size = need if config.cache_size is None else config.cache_size
   check_length(f"bucketed prompt {tokens.shape[1]} + max_new_tokens "
-               f"{config.max_new_tokens} + tree {config.tree_tokens} + 2", need,
+               f"{config.max_new_tokens} + tree {config.tree.tree_tokens} + 2", need,
                "SpecConfig.cache_size", cache_size)
   # Sampling values are array leaves of `Sampling`: strip them from the static config
   # so that e.g. a temperature sweep reuses one compiled program.

@@ -1,5 +1,8 @@
 r"""Speculative tree decoding benchmark: block efficiency, MBSU and wall-clock speed-up.
 
+Shape letters: M tree tokens the target scores per call (root included); L draft
+calls per block (= tree depth); c target/draft FLOPs per token; tau block efficiency.
+
 For each model pair and each method (single chain, i.i.d. multi-draft, RSD-C, RSD-S)
 at equal target budget (draft tokens the target scores per call, root excluded: the
 `--budgets`) and at equal depth (`--depth`), it reports
@@ -27,6 +30,10 @@ The layer-skipped drafts are untrained early exits (no SoFT): expect low accepta
   python -m experiments.bench_speculative --pairs=smollm_distilled \
       --distilled_budgets=4,8 --max_new_tokens=64
 
+Trees come from the registry in algorithms/spec_trees.py: `tree_for_budget(method,
+budget, width)` with width 2 up to budget 8 and 4 above (`budget_width`), and
+`tree_for_depth(method, depth, 4)` for the equal-depth group.
+
 Compile time dominates on CPU (SmolLM: ~20 s autoregressive, ~50 s per tree config),
 so the default SmolLM run is small; widen it with the flags. Every flag is checked
 (`validate_flags`: pair and method names, budgets that each method's tree spends
@@ -45,6 +52,7 @@ from absl import app, flags, logging
 import jax
 import numpy as np
 
+from algorithms import spec_trees as st
 from algorithms.drafts import LayerSkipDraft, load_draft
 from algorithms.speculative import SpecConfig, speculative_generate
 from jaxllm import flops as flops_lib
@@ -83,7 +91,8 @@ flags.DEFINE_integer("seed", 0, "Seed.")
 
 
 PAIRS = ("tiny", "smollm", "smollm_distilled")
-METHODS = ("chain", "iid", "rsd_c", "rsd_s")
+METHODS = tuple(n for n in st.TREES if st.make_tree(n).uses_draft)  # tree methods
+DEPTH_WIDTH = 4  # leaves of the equal-depth trees
 SMOLLM_PROMPTS = 4  # texts in smollm_pair
 SMOLLM_LAYERS = 30
 
@@ -144,26 +153,16 @@ def validate_flags() -> None:
         raise app.UsageError(f"--{bflag}: budget {b} must be >= 1")
       for m in methods:
         try:
-          sc = method_config(m, budget=b, **kw)
+          method_config(m, budget=b, **kw)
         except ValueError as e:
-          raise app.UsageError(f"--{bflag}: budget {b} for method {m!r}: {e}") \
-              from None
-        drafted = sc.tree_tokens - 1  # the budget excludes the root
-        if drafted != b:
-          raise app.UsageError(
-              f"--{bflag}: method {m!r} cannot spend exactly {b} draft tokens "
-              f"per call (its tree would draft {drafted}); use a multiple of "
-              f"{2 if b <= 8 else 4}")
+          raise app.UsageError(f"--{bflag}: budget {b} for method {m!r}: {e}; use a "
+                               f"multiple of {budget_width(b)}") from None
     if depth:
       for m in methods:
         try:
-          sc = method_config(m, depth=depth, **kw)
+          method_config(m, depth=depth, **kw)
         except ValueError as e:
           raise app.UsageError(f"--depth={depth} for method {m!r}: {e}") from None
-        if len(sc.level_sizes()) != depth:
-          raise app.UsageError(f"--depth={depth} is too shallow for method {m!r} "
-                               f"(its equal-depth tree has "
-                               f"{len(sc.level_sizes())} levels)")
 
 
 def _write_results(results) -> None:
@@ -174,34 +173,23 @@ def _write_results(results) -> None:
   os.replace(tmp, FLAGS.out)
 
 
+def budget_width(budget: int) -> int:
+  """Tree width at a draft budget: 2 up to 8 draft tokens per call, then 4."""
+  return 2 if budget <= 8 else 4
+
+
 def method_config(method: str, budget: int = 0, depth: int = 0, **kw) -> SpecConfig:
-  """A method's tree at a given budget (draft tokens per call) or a given depth."""
+  """A method's tree at a given budget (draft tokens per call, exactly) or a given
+  depth (DEPTH_WIDTH leaves), through the spec_trees registry.
+
+  Raises:
+    ValueError: unknown method, or a budget / depth the method cannot meet exactly.
+  """
   if budget:
-    if method == "chain":
-      return SpecConfig(method="chain", gamma=budget, **kw)
-    k = 2 if budget <= 8 else 4
-    if method == "iid":
-      return SpecConfig(method="iid", num_drafts=k, depth=budget // k, **kw)
-    if method == "rsd_s":
-      return SpecConfig(method="rsd_s", beam_width=k, depth=budget // k, **kw)
-    if method == "rsd_c":  # k children at the root, then single children: k * depth
-      return SpecConfig(method="rsd_c", branching=(k,) + (1,) * (budget // k - 1), **kw)
-  else:  # equal depth, width ~ 4
-    if method == "chain":
-      return SpecConfig(method="chain", gamma=depth, **kw)
-    if method == "iid":
-      return SpecConfig(method="iid", num_drafts=4, depth=depth, **kw)
-    if method == "rsd_s":
-      return SpecConfig(method="rsd_s", beam_width=4, depth=depth, **kw)
-    if method == "rsd_c":
-      return SpecConfig(method="rsd_c", branching=(2, 2) + (1,) * (depth - 2), **kw)
-  raise ValueError(f"unknown method {method!r}")
-
-
-def _describe(c: SpecConfig) -> str:
-  return {"autoregressive": "-", "chain": f"gamma={c.gamma}",
-          "iid": f"k={c.num_drafts} d={c.depth}", "rsd_c": f"b={list(c.branching)}",
-          "rsd_s": f"W={c.beam_width} L={c.depth}"}[c.method]
+    tree = st.tree_for_budget(method, budget, budget_width(budget))
+  else:
+    tree = st.tree_for_depth(method, depth, DEPTH_WIDTH)
+  return SpecConfig(tree=tree, **kw)
 
 
 def tiny_pair():
@@ -323,7 +311,7 @@ def bench_pair(name, cfg, params, draft, dparams, prompts, methods, budgets, dep
         f"c = target/draft FLOPs per token = {c:.2f}, batch 1, T={FLAGS.temperature}, "
         f"{len(prompts)} prompt(s) x {FLAGS.max_new_tokens} tokens", flush=True)
   t0 = time.perf_counter()
-  ar = SpecConfig(method="autoregressive", **kw)
+  ar = SpecConfig(tree=st.Autoregressive(), **kw)
   base = run_config(target, params, None, None, ar, prompts, FLAGS.seed, repeats)
   gen_s = run_generate(target, params, prompts, FLAGS.seed, repeats)
   print(f"autoregressive: {base['s_per_token'] * 1e3:.2f} ms/token through the driver, "
@@ -340,13 +328,14 @@ def bench_pair(name, cfg, params, draft, dparams, prompts, methods, budgets, dep
   for group, val, sc in groups:
     r = run_config(target, params, draft, dparams, sc, prompts, FLAGS.seed, repeats)
     L = sc.draft_calls_per_block
-    r.update(pair=name, group=f"{group}={val}", method=sc.method, tree=_describe(sc),
-             tree_tokens=sc.tree_tokens, draft_calls_per_block=L, c=c,
+    r.update(pair=name, group=f"{group}={val}", method=sc.tree.name, tree=sc.tree.label,
+             tree_tokens=sc.tree.tree_tokens, draft_calls_per_block=L, c=c,
              mbsu=c * r["tau"] / (c + L),
              wall_speedup=base["s_per_token"] / r["s_per_token"],
              wall_speedup_vs_generate=gen_s / r["s_per_token"])
     rows.append(r)
-    print(f"{r['group']:>9} {sc.method:>7} {r['tree']:>14} {sc.tree_tokens:>3} {L:>2} "
+    print(f"{r['group']:>9} {sc.tree.name:>7} {r['tree']:>14} {sc.tree.tree_tokens:>3} "
+          f"{L:>2} "
           f"{r['tau']:>5.2f} {r['mbsu']:>5.2f} {r['wall_speedup']:>6.2f} "
           f"{r['wall_speedup_vs_generate']:>6.2f} "
           f"{r['s_per_token'] * 1e3:>7.2f} {r['flops_per_token']:>9.3g}", flush=True)
