@@ -3,7 +3,7 @@ against self-consistency at equal compute.
 
   python -m experiments.genrm_allocation --config=configs/genrm_arith.py \
       [--config.n_problems=64] [--config.verifications=8] \
-      [--out_dir=results/arith/genrm]
+      [--workdir=results/arith/genrm]
 
 Needs the policy (experiments/train_policy.py -> `policy_dir`); trains the
 verifier into `verifier_dir` if it is missing (experiments/train_genverifier.py,

@@ -248,12 +248,35 @@ def fit_compute_optimal_allocation(s, v, accuracy, compute, budgets=None) -> All
 # Plots (PNG, Agg canvas).
 
 
-def _new_figure(figsize=(6.0, 4.0)):
+def new_figure(figsize=(6.0, 4.0), ncols: int = 1):
+  """(figure, [axes]) on its own Agg canvas (no global backend switch), 120
+  dpi, `ncols` axes side by side."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
   fig = Figure(figsize=figsize, dpi=120)
   FigureCanvasAgg(fig)
-  return fig, fig.add_subplot(1, 1, 1)
+  return fig, [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
+
+
+def style_axes(ax, xlabel: str, ylabel: str, title: str = "",
+               legend_fontsize: int | None = 8) -> None:
+  """Log x axis, labels, optional title, grid, and a legend unless
+  `legend_fontsize` is None."""
+  ax.set_xscale("log")
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  if title:
+    ax.set_title(title)
+  ax.grid(True, which="both", alpha=0.3)
+  if legend_fontsize is not None:
+    ax.legend(fontsize=legend_fontsize)
+
+
+def save_figure(fig, path: str) -> str:
+  """Tight layout, then the PNG at `path`; returns `path`."""
+  fig.tight_layout()
+  fig.savefig(path, format="png")
+  return path
 
 
 def plot_accuracy_vs_flops(results: Mapping[str, tuple], path: str, *,
@@ -261,7 +284,7 @@ def plot_accuracy_vs_flops(results: Mapping[str, tuple], path: str, *,
                            frontier: bool = True, title: str = "") -> str:
   """Accuracy vs FLOPs (log x) per method, with optional log-linear fits and the
   Pareto frontier over all methods. `results`: method -> (flops, accuracy)."""
-  fig, ax = _new_figure()
+  fig, (ax,) = new_figure()
   all_c, all_a = [], []
   for m, (c, a) in results.items():
     c, a = _vec(f"{m} flops", c), _vec(f"{m} accuracy", a)
@@ -277,35 +300,19 @@ def plot_accuracy_vs_flops(results: Mapping[str, tuple], path: str, *,
     idx = pareto_frontier(c, a)
     ax.step(c[idx], a[idx], where="post", color="k", lw=1.5, alpha=0.6,
             label="Pareto frontier")
-  ax.set_xscale("log")
-  ax.set_xlabel("FLOPs")
-  ax.set_ylabel("accuracy")
-  if title:
-    ax.set_title(title)
-  ax.grid(True, which="both", alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, format="png")
-  return path
+  style_axes(ax, "FLOPs", "accuracy", title)
+  return save_figure(fig, path)
 
 
 def plot_coverage(ks, coverage, path: str, *, fit: PowerLawFit | None = None,
                   title: str = "") -> str:
   """Coverage vs number of samples (log x), with the exponentiated power-law fit."""
   ks, cov = _vec("ks", ks), _vec("coverage", coverage)
-  fig, ax = _new_figure()
+  fig, (ax,) = new_figure()
   ax.plot(ks, cov, marker="o", ms=3, ls="none", label="coverage")
   if fit is not None:
     xs = np.geomspace(ks.min(), ks.max(), 100)
     ax.plot(xs, fit.predict(xs), label=f"exp({fit.a:.3g} k^{fit.b:.3g}), "
                                        f"R²={fit.r2:.3f}")
-  ax.set_xscale("log")
-  ax.set_xlabel("samples k")
-  ax.set_ylabel("coverage (pass@k)")
-  if title:
-    ax.set_title(title)
-  ax.grid(True, which="both", alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, format="png")
-  return path
+  style_axes(ax, "samples k", "coverage (pass@k)", title)
+  return save_figure(fig, path)

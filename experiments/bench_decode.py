@@ -10,14 +10,15 @@ JSON.
   python -m experiments.bench_decode --model=smollm2      # real SmolLM2-135M
   python -m experiments.bench_decode --batches=1,16 --repeats=3 --hf=false
 
-The flags are checked (`validate_flags`, and prompt + new tokens against the
+Writes <workdir>/results.json (default workdir results/bench_decode). The
+flags are checked (`validate_flags`, and prompt + new tokens against the
 model's context right after it is built) before anything is timed; the JSON is
-rewritten after every batch size, so a failure later keeps the rows measured.
+rewritten (atomically) after every batch size, so a failure later keeps the
+rows measured.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
@@ -28,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import workdir
 from jaxllm import Transformer, generate, init_params, llama_like, make_sampling
 from jaxllm import flops as flops_lib
 from jaxllm.generate import TRACE_COUNT
@@ -40,8 +42,8 @@ flags.DEFINE_integer("new_tokens", 128, "Tokens generated per row.")
 flags.DEFINE_integer("repeats", 3, "Timed repeats (median reported).")
 flags.DEFINE_bool("hf", True, "Also time transformers (torch, CPU).")
 flags.DEFINE_integer("torch_threads", 0, "torch threads (0 = all cores).")
-flags.DEFINE_string("out", "results/bench_decode.json", "JSON output path.")
 flags.DEFINE_integer("seed", 0, "Seed.")
+workdir.define_flags("results/bench_decode")
 
 
 def validate_flags() -> list[int]:
@@ -50,42 +52,19 @@ def validate_flags() -> list[int]:
   Raises:
     app.UsageError: naming the flag.
   """
-  batches = []
-  for b in FLAGS.batches:
-    try:
-      batches.append(int(b))
-    except ValueError:
-      raise app.UsageError(f"--batches: {b!r} is not an int") from None
-  if not batches or min(batches) < 1:
-    raise app.UsageError(f"--batches must be a non-empty list of ints >= 1, "
-                         f"got {FLAGS.batches}")
+  batches = workdir.flag_ints("batches")
   # the recompilation check samples a second prompt 3 tokens shorter
-  if FLAGS.prompt_len < 4:
-    raise app.UsageError(f"--prompt_len must be >= 4, got {FLAGS.prompt_len}")
-  for name in ("new_tokens", "repeats"):
-    if getattr(FLAGS, name) < 1:
-      raise app.UsageError(f"--{name} must be >= 1, got {getattr(FLAGS, name)}")
-  if FLAGS.torch_threads < 0:
-    raise app.UsageError(f"--torch_threads must be >= 0, got "
-                         f"{FLAGS.torch_threads}")
+  workdir.flags_at_least(4, "prompt_len")
+  workdir.flags_at_least(1, "new_tokens", "repeats")
+  workdir.flags_at_least(0, "torch_threads")
   return batches
 
 
-def _write_json(result) -> None:
-  os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
-  tmp = FLAGS.out + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(result, f, indent=1)
-  os.replace(tmp, FLAGS.out)
-
-
-def _median_time(fn, repeats):
-  ts = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    ts.append(time.perf_counter() - t0)
-  return float(np.median(ts)), ts
+def _write_json(result) -> str:
+  os.makedirs(FLAGS.workdir, exist_ok=True)
+  path = os.path.join(FLAGS.workdir, workdir.RESULTS_FILE)
+  workdir.write_json_atomic(path, result, indent=1)
+  return path
 
 
 def measure_ceilings(repeats: int = 5) -> dict:
@@ -95,19 +74,19 @@ def measure_ceilings(repeats: int = 5) -> dict:
   b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
   mm = jax.jit(lambda x, y: x @ y)
   mm(a, b).block_until_ready()
-  t_xla, _ = _median_time(lambda: mm(a, b).block_until_ready(), repeats)
+  t_xla, _ = workdir.median_time(lambda: mm(a, b).block_until_ready(), repeats)
   an, bn = np.asarray(a), np.asarray(b)
   an @ bn
-  t_np, _ = _median_time(lambda: an @ bn, repeats)
+  t_np, _ = workdir.median_time(lambda: an @ bn, repeats)
   flops = 2 * n ** 3
   # Copy: read + write of a 256 MiB buffer (bytes moved = 2 * size).
   x = jnp.ones((64 * 1024 * 1024,), jnp.float32)
   cp = jax.jit(lambda v: v + 1.0)
   cp(x).block_until_ready()
-  t_cp, _ = _median_time(lambda: cp(x).block_until_ready(), repeats)
+  t_cp, _ = workdir.median_time(lambda: cp(x).block_until_ready(), repeats)
   xn = np.asarray(x)
   yn = np.empty_like(xn)
-  t_npcp, _ = _median_time(lambda: np.copyto(yn, xn), repeats)
+  t_npcp, _ = workdir.median_time(lambda: np.copyto(yn, xn), repeats)
   nbytes = 2 * x.size * 4
   return dict(matmul_flops_xla=flops / t_xla, matmul_flops_numpy=flops / t_np,
               matmul_flops=max(flops / t_xla, flops / t_np),
@@ -122,8 +101,7 @@ def build_model(name: str, seed: int):
                      n_kv_heads=4, d_ff=1408, max_seq_len=1024)
     params = init_params(cfg, jax.random.key(seed))
     return cfg, params, None
-  from jaxllm.pretrained import load_pretrained
-  cfg, params, _ = load_pretrained("smollm2-135m-instruct", dtype="float32")
+  cfg, params, _ = workdir.load_pretrained(dtype="float32")
   return cfg, params, "smollm2"
 
 
@@ -134,7 +112,7 @@ def load_hf_model(name, cfg, params, torch_threads):
     torch.set_num_threads(torch_threads)
   if name == "smollm2":
     from jaxllm.pretrained import pretrained_path
-    path = pretrained_path("smollm2-135m-instruct")
+    path = pretrained_path(workdir.SMOLLM2)
     return transformers.AutoModelForCausalLM.from_pretrained(
         os.path.dirname(path), gguf_file=os.path.basename(path),
         dtype=torch.float32).eval()
@@ -154,7 +132,7 @@ def bench_ours(cfg, params, prompts, new_tokens, repeats, key):
   out = run(key)
   first = time.perf_counter() - t0
   assert int(np.min(out.lengths)) == new_tokens, "rows stopped early"
-  med, ts = _median_time(lambda: run(jax.random.fold_in(key, 1)), repeats)
+  med, ts = workdir.median_time(lambda: run(jax.random.fold_in(key, 1)), repeats)
   return dict(first_call_s=first, median_s=med, times_s=ts,
               compile_s=max(first - med, 0.0))
 
@@ -170,13 +148,20 @@ def bench_hf(hf_model, prompts, new_tokens, repeats):
     def run():
       out = hf_model.generate(ids, **kw)
       assert out.shape[1] == ids.shape[1] + new_tokens
-    med, ts = _median_time(run, repeats)
+    med, ts = workdir.median_time(run, repeats)
   return dict(median_s=med, times_s=ts)
 
 
 def main(argv):
   del argv
   batches = validate_flags()
+  path = run(batches)
+  print(f"wrote {path}")
+
+
+def run(batches) -> str:
+  """Every batch size, the table and the recompilation check; returns the
+  JSON's path."""
   print(f"devices: {jax.devices()}")
   cfg, params, _ = build_model(FLAGS.model, FLAGS.seed)
   if FLAGS.prompt_len + FLAGS.new_tokens > cfg.max_seq_len:
@@ -250,8 +235,7 @@ def main(argv):
                 same_bucket_recompiled=recompiled,
                 backend=jax.default_backend(), devices=str(jax.devices()),
                 complete=True)
-  _write_json(result)
-  print(f"wrote {FLAGS.out}")
+  return _write_json(result)
 
 
 if __name__ == "__main__":

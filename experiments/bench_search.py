@@ -13,17 +13,21 @@ d=256), same prompt, N sequences of the same total length K * S tokens:
            text from scratch (fresh cache, prefill, sample one step; one jit
            for that, resampling in numpy between steps): no cache reuse.
 Warm-up first, then `--repeats` timed runs with block_until_ready (medians).
-Prints a table and writes JSON.
+Prints a table and writes <workdir>/results.json (default workdir
+results/bench_search).
 
   python -m experiments.bench_search
   python -m experiments.bench_search --particles=16,64,256 --steps=8 --step_tokens=16
+
+Every flag, the model config and every particle filter config are checked
+(`validate_flags`) before anything is built or timed; the JSON is rewritten
+(atomically) after every particle count, so a failure later keeps the rows
+measured (`complete` says whether every row is there).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import time
 
 from absl import app, flags
 
@@ -34,6 +38,7 @@ import numpy as np
 from algorithms.particle_filter import PFConfig, run_particle_filter
 from algorithms.scorers import ConfidenceScorer
 from algorithms.stepping import sample_step
+from experiments import workdir
 from jaxllm import ModelConfig, Transformer, generate, init_params, make_sampling
 from jaxllm.generate import bucket_length
 
@@ -47,18 +52,46 @@ flags.DEFINE_integer("d_model", 256, "Width.")
 flags.DEFINE_integer("layers", 4, "Layers.")
 flags.DEFINE_integer("repeats", 3, "Timed repeats (median).")
 flags.DEFINE_bool("reprefill", True, "Also time the re-prefill baseline.")
-flags.DEFINE_string("out", "results/bench_search.json", "JSON output path.")
 flags.DEFINE_integer("seed", 0, "Seed.")
+workdir.define_flags("results/bench_search")
+N_HEADS = 4
 
 
+def validate_flags():
+  """(model config, [(N, PFConfig)]) after checking every flag: the particle
+  counts, the sizes (the prompt draws ids 3..vocab-1; the width splits into
+  N_HEADS heads), and the model and particle filter configs they make (each
+  validates itself).
 
-def _median(fn, repeats):
-  ts = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    ts.append(time.perf_counter() - t0)
-  return float(np.median(ts))
+  Raises:
+    app.UsageError: naming the flag.
+  """
+  particles = workdir.flag_ints("particles")
+  workdir.flags_at_least(1, "steps", "step_tokens", "prompt_len", "layers",
+                         "repeats")
+  workdir.flags_at_least(4, "vocab")
+  workdir.flags_at_least(0, "seed")
+  if FLAGS.d_model % N_HEADS:
+    raise app.UsageError(f"--d_model={FLAGS.d_model} must be a multiple of "
+                         f"{N_HEADS} (the heads)")
+  K, S = FLAGS.steps, FLAGS.step_tokens
+  try:
+    cfg = ModelConfig(vocab_size=FLAGS.vocab, d_model=FLAGS.d_model,
+                      n_layers=FLAGS.layers, n_heads=N_HEADS,
+                      n_kv_heads=N_HEADS, d_ff=4 * FLAGS.d_model,
+                      max_seq_len=FLAGS.prompt_len + (K + 1) * S)
+  except (ValueError, TypeError) as e:
+    raise app.UsageError(f"the model config from --vocab/--d_model/--layers/"
+                         f"--prompt_len/--steps/--step_tokens: {e}") from None
+  runs = []
+  for N in particles:
+    try:
+      runs.append((N, PFConfig(n_particles=N, max_steps=K, max_step_tokens=S,
+                               delimiter_ids=(), stop_ids=(),
+                               allow_no_stop=True)))
+    except ValueError as e:
+      raise app.UsageError(f"--particles={N}: {e}") from None
+  return cfg, runs
 
 
 def make_reprefill_step(model, S):
@@ -98,21 +131,33 @@ def run_reprefill(step_fn, params, prompt, N, K, S, key, rng):
   return texts, lengths
 
 
+def _write_json(cfg, rows, complete: bool) -> str:
+  os.makedirs(FLAGS.workdir, exist_ok=True)
+  path = os.path.join(FLAGS.workdir, workdir.RESULTS_FILE)
+  workdir.write_json_atomic(path, dict(
+      backend=jax.default_backend(), d_model=cfg.d_model, layers=cfg.n_layers,
+      vocab=cfg.vocab_size, rows=rows, complete=complete), indent=1)
+  return path
+
+
 def main(argv):
   del argv
+  cfg, runs = validate_flags()
+  path = run(cfg, runs)
+  print(f"wrote {path}")
+
+
+def run(cfg, runs) -> str:
+  """Time every (N, PFConfig) of `runs`, writing the JSON after each row;
+  print the table; returns the JSON's path."""
   K, S = FLAGS.steps, FLAGS.step_tokens
-  cfg = ModelConfig(vocab_size=FLAGS.vocab, d_model=FLAGS.d_model,
-                    n_layers=FLAGS.layers, n_heads=4, n_kv_heads=4,
-                    d_ff=4 * FLAGS.d_model, max_seq_len=FLAGS.prompt_len + (K + 1) * S)
   params = init_params(cfg, jax.random.key(FLAGS.seed))
   model = Transformer(cfg)
   rng = np.random.default_rng(FLAGS.seed)
   prompt = [int(x) for x in rng.integers(3, FLAGS.vocab, FLAGS.prompt_len)]
   rows = []
-  for N in [int(n) for n in FLAGS.particles]:
+  for N, pf_cfg in runs:
     key = jax.random.key(N)
-    pf_cfg = PFConfig(n_particles=N, max_steps=K, max_step_tokens=S,
-                      delimiter_ids=(), stop_ids=(), allow_no_stop=True)
 
     def pf():
       r, comp = run_particle_filter(model, params, ConfidenceScorer(), None, [prompt],
@@ -128,8 +173,8 @@ def main(argv):
 
     r, comp = pf()  # warm-up (compile)
     out = plain()
-    t_pf = _median(pf, FLAGS.repeats)
-    t_plain = _median(plain, FLAGS.repeats)
+    t_pf, _ = workdir.median_time(pf, FLAGS.repeats)
+    t_plain, _ = workdir.median_time(plain, FLAGS.repeats)
     row = dict(N=N, steps=K, step_tokens=S, pf_s=t_pf, sample_s=t_plain,
                pf_over_sample=t_pf / t_plain,
                pf_tokens=float(comp.generated_tokens),
@@ -137,12 +182,14 @@ def main(argv):
                pf_steps_run=int(r.steps_run), pf_flops=comp.flops)
     if FLAGS.reprefill:
       step_fn = make_reprefill_step(model, S)
-      run = lambda: run_reprefill(step_fn, params, prompt, N, K, S, key, rng)
-      run()  # warm-up
-      t_re = _median(run, FLAGS.repeats)
+      reprefill = lambda: run_reprefill(step_fn, params, prompt, N, K, S, key,
+                                        rng)
+      reprefill()  # warm-up
+      t_re, _ = workdir.median_time(reprefill, FLAGS.repeats)
       row.update(reprefill_s=t_re, speedup_vs_reprefill=t_re / t_pf)
     rows.append(row)
-    print(row, flush=True)
+    _write_json(cfg, rows, complete=False)
+    workdir.progress(str(row))
 
   hdr = f"{'N':>5} {'pf s':>8} {'sample s':>9} {'pf/sample':>10} {'reprefill s':>12} {'speed-up':>9}"
   print(f"\nmodel: {cfg.n_layers} layers d={cfg.d_model} V={cfg.vocab_size}; "
@@ -152,11 +199,7 @@ def main(argv):
     print(f"{r['N']:>5} {r['pf_s']:>8.3f} {r['sample_s']:>9.3f} "
           f"{r['pf_over_sample']:>10.2f} {r.get('reprefill_s', float('nan')):>12.3f} "
           f"{r.get('speedup_vs_reprefill', float('nan')):>9.1f}")
-  os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
-  with open(FLAGS.out, "w") as f:
-    json.dump(dict(backend=jax.default_backend(), d_model=cfg.d_model,
-                   layers=cfg.n_layers, vocab=cfg.vocab_size, rows=rows), f, indent=1)
-  print(f"wrote {FLAGS.out}")
+  return _write_json(cfg, rows, complete=True)
 
 
 if __name__ == "__main__":

@@ -2,12 +2,16 @@ r"""SmolLM2 chat demo (`make chat-demo`).
 
 Loads the real SmolLM2-135M-Instruct (GGUF shipped on PyPI), chat-templates a
 question, samples an answer with the jitted KV-cached decoder and reports
-tokens/s. Writes a JSON record under --out_dir and names it on the last line.
+tokens/s. Writes <workdir>/results.json and names it on the last line.
+
+  python -m experiments.chat_demo [--question=...] [--num_samples=4] \
+      [--workdir=results/chat_demo]
+
+A demo's knobs are plain absl flags, checked before the model is loaded.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -16,8 +20,8 @@ from absl import app, flags
 import jax
 import numpy as np
 
+from experiments import workdir
 from jaxllm import Transformer, generate, make_sampling
-from jaxllm.pretrained import load_pretrained
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("question", "Natalia sold clips to 48 of her friends in "
@@ -29,28 +33,39 @@ flags.DEFINE_float("temperature", 0.7, "Sampling temperature.")
 flags.DEFINE_float("top_p", 0.9, "Nucleus sampling mass.")
 flags.DEFINE_integer("num_samples", 4, "Samples (one prefill, forked cache).")
 flags.DEFINE_integer("seed", 0, "Seed.")
-flags.DEFINE_string("out_dir", "results/chat_demo", "Where the JSON record goes.")
+workdir.define_flags("results/chat_demo",
+                     workdir_help="Where the JSON record goes.")
 
 
-def main(argv):
-  del argv
-  t0 = time.perf_counter()
-  cfg, params, tok = load_pretrained("smollm2-135m-instruct")
-  print(f"loaded SmolLM2-135M-Instruct: {cfg.param_counts()['total'] / 1e6:.1f}M "
-        f"params in {time.perf_counter() - t0:.1f}s on {jax.default_backend()}")
+def validate_flags() -> None:
+  """Check the flags before the model is loaded.
+
+  Raises:
+    app.UsageError: naming the flag.
+  """
+  workdir.flags_at_least(1, "max_new_tokens", "num_samples")
+  workdir.flags_at_least(0, "temperature")
+  if not 0 < FLAGS.top_p <= 1:
+    raise app.UsageError(f"--top_p must be in (0, 1], got {FLAGS.top_p}")
+
+
+def run(out_dir: str) -> dict:
+  """Load, template, sample (warm-up, then a timed call), print the answers;
+  writes and returns the record."""
+  cfg, params, tok = workdir.load_pretrained(log=workdir.progress)
   prompt = tok.render_chat(
       [{"role": "user", "content": FLAGS.question}], add_generation_prompt=True)
   ids = tok.encode(prompt)
   model = Transformer(cfg)
   sampling = make_sampling(FLAGS.temperature, top_p=FLAGS.top_p)
-  run = lambda key: jax.block_until_ready(generate(
+  sample = lambda key: jax.block_until_ready(generate(
       model, params, [ids], key, FLAGS.max_new_tokens, sampling,
       stop_tokens=[tok.eos_id], num_samples=FLAGS.num_samples))
   t0 = time.perf_counter()
-  run(jax.random.key(FLAGS.seed + 1000))  # compile + warm up
+  sample(jax.random.key(FLAGS.seed + 1000))  # compile + warm up
   compile_s = time.perf_counter() - t0
   t0 = time.perf_counter()
-  out = run(jax.random.key(FLAGS.seed))
+  out = sample(jax.random.key(FLAGS.seed))
   dt = time.perf_counter() - t0
   lengths = np.asarray(out.lengths)
   answers = [tok.decode([int(t) for t in out.tokens[i, :lengths[i]]
@@ -62,13 +77,21 @@ def main(argv):
   tps = float(lengths.sum() / dt)
   print(f"{int(lengths.sum())} tokens in {dt:.2f}s: {tps:.1f} tokens/s "
         f"(batch {FLAGS.num_samples}; first call incl. compile {compile_s:.1f}s)")
-  os.makedirs(FLAGS.out_dir, exist_ok=True)
-  path = os.path.join(FLAGS.out_dir, "demo.json")
-  with open(path, "w") as f:
-    json.dump(dict(question=FLAGS.question, prompt=prompt, answers=answers,
-                   lengths=lengths.tolist(), seconds=dt, tokens_per_s=tps,
-                   compile_s=compile_s), f, indent=1)
-  print(f"results written to {path}")
+  record = dict(question=FLAGS.question, prompt=prompt, answers=answers,
+                lengths=lengths.tolist(), seconds=dt, tokens_per_s=tps,
+                compile_s=compile_s)
+  os.makedirs(out_dir, exist_ok=True)
+  workdir.write_json_atomic(os.path.join(out_dir, workdir.RESULTS_FILE),
+                            record, indent=1)
+  return record
+
+
+def main(argv):
+  del argv
+  validate_flags()
+  run(FLAGS.workdir)
+  print(f"results written to "
+        f"{os.path.join(FLAGS.workdir, workdir.RESULTS_FILE)}")
 
 
 if __name__ == "__main__":

@@ -14,9 +14,10 @@ field); nested ConfigDicts are checked recursively. An unknown field's error
 suggests the closest known names ("did you mean ...").
 
 Every experiment checks its config this one way, before any expensive work:
-`validate` in its main (which also locks the config), `check` inside library
-entry points such as `scaling.run_sweep` that tests call directly (same
-checks, the caller's config left unlocked). Value ranges that the types do
+`validate` in its main (through `experiments.workdir.config_from_flags`, which
+also turns the error into a usage error; the config is locked), `check` inside
+library entry points such as `scaling.run_sweep` that tests call directly
+(same checks, the caller's config left unlocked). Value ranges that the types do
 not capture are checked with the small helpers below (`positive`,
 `int_list`, `one_of`, ...), whose errors name the field the same way.
 """
@@ -31,6 +32,15 @@ import os
 from typing import Any, Sequence
 
 import ml_collections
+
+
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), "configs")
+
+
+def config_path(name: str) -> str:
+  """The path of configs/<name> (an experiment's default config and schema)."""
+  return os.path.join(CONFIGS_DIR, name)
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
@@ -167,16 +177,20 @@ def _is_number(v) -> bool:
           and math.isfinite(v))
 
 
+def _numbers(config, names, ok, relation: str, name: str) -> None:
+  for n in names:
+    v = get(config, n)
+    if not _is_number(v) or not ok(v):
+      raise ValueError(f"{name}.{n} must be {relation}, got {v!r}")
+
+
 def positive(config, *names: str, name: str = "config") -> None:
   """Every field in `names` is a number > 0 (an int >= 1 where it is an int).
 
   Raises:
     ValueError: naming the first field that is not.
   """
-  for n in names:
-    v = get(config, n)
-    if not _is_number(v) or v <= 0:
-      raise ValueError(f"{name}.{n} must be > 0, got {v!r}")
+  _numbers(config, names, lambda v: v > 0, "> 0", name)
 
 
 def non_negative(config, *names: str, name: str = "config") -> None:
@@ -185,10 +199,7 @@ def non_negative(config, *names: str, name: str = "config") -> None:
   Raises:
     ValueError: naming the first field that is not.
   """
-  for n in names:
-    v = get(config, n)
-    if not _is_number(v) or v < 0:
-      raise ValueError(f"{name}.{n} must be >= 0, got {v!r}")
+  _numbers(config, names, lambda v: v >= 0, ">= 0", name)
 
 
 def one_of(config, field: str, allowed: Sequence, name: str = "config"):
@@ -201,6 +212,12 @@ def one_of(config, field: str, allowed: Sequence, name: str = "config"):
   if v not in tuple(allowed):
     raise ValueError(f"{name}.{field} must be one of {tuple(allowed)}, got {v!r}")
   return v
+
+
+def _no_duplicates(v, full: str) -> None:
+  dup = sorted({x for x in v if list(v).count(x) > 1})
+  if dup:
+    raise ValueError(f"{full} lists {dup} more than once")
 
 
 def int_list(config, field: str, *, low: int | None = 1,
@@ -228,9 +245,7 @@ def int_list(config, field: str, *, low: int | None = 1,
     if high is not None and x > high:
       raise ValueError(f"{full}[{i}]={x} exceeds "
                        f"{high_name or 'the maximum'}={high}")
-  dup = sorted({x for x in v if list(v).count(x) > 1})
-  if dup:
-    raise ValueError(f"{full} lists {dup} more than once")
+  _no_duplicates(v, full)
   return [int(x) for x in v]
 
 
@@ -254,9 +269,7 @@ def str_list(config, field: str, allowed: Sequence[str], *,
       hint = f" (did you mean {close[0]!r}?)" if close else ""
       raise ValueError(f"{full}: unknown name {x!r}{hint}; known: "
                        f"{tuple(allowed)}")
-  dup = sorted({x for x in v if list(v).count(x) > 1})
-  if dup:
-    raise ValueError(f"{full} lists {dup} more than once")
+  _no_duplicates(v, full)
   return list(v)
 
 

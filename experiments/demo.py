@@ -1,16 +1,20 @@
 r"""`make demo`: the main job, end to end on the synthetic `arith` task.
 
 1. Train the small policy (experiments/train_policy.py) unless a trained one
-   is already in results/arith/policy.
+   is already in <workdir>/arith/policy.
 2. Train the PRM and ORM on the policy's samples (experiments/train_verifier.py)
-   unless results/arith/verifier has them.
+   unless <workdir>/arith/verifier has them.
 3. Run the default compute-optimal scaling sweep (experiments/scaling.py,
-   configs/scaling_arith.py): methods x budgets x seeds, table, fits, plots.
+   configs/scaling_arith.py) into <workdir>/scaling/arith: methods x budgets x
+   seeds, table, fits, plots.
 The last line names the results directory. Every stage is resumable: rerun
 `make demo` after an interruption and finished work is reused. The sweep's
 config (with --sweep_overrides) and its output directory are checked first
 (`experiments.scaling --validate_only`), so a misspelt override or a results
 directory made with other settings fails before any training.
+
+Each stage is its own script with its own config (configs/*.py); this one only
+chains them, so its two flags are plain absl flags.
 """
 
 from __future__ import annotations
@@ -22,30 +26,33 @@ import time
 
 from absl import app, flags
 
+from experiments import workdir
+
 FLAGS = flags.FLAGS
-flags.DEFINE_string("results", "results", "Root results directory.")
+workdir.define_flags("results", workdir_help="Root results directory (the "
+                     "stages write below it).")
 flags.DEFINE_list("sweep_overrides", [], "Extra --config.X=Y for the sweep.")
 
 
 def _run(args):
-  print("$ " + " ".join(args), flush=True)
+  workdir.progress("$ " + " ".join(args))
   t0 = time.perf_counter()
   rc = subprocess.run([sys.executable, "-m"] + args).returncode
   if rc:
     raise SystemExit(f"stopped: {args[0]} exited with status {rc} (its "
                      f"message is above)")
-  print(f"  ({time.perf_counter() - t0:.0f}s)", flush=True)
+  workdir.progress(f"  ({time.perf_counter() - t0:.0f}s)")
 
 
 def main(argv):
   del argv
-  root = FLAGS.results
+  root = FLAGS.workdir
   policy = os.path.join(root, "arith", "policy")
   verifier = os.path.join(root, "arith", "verifier")
   sweep = os.path.join(root, "scaling", "arith")
   sweep_args = (["experiments.scaling", "--config=configs/scaling_arith.py",
                  f"--config.policy_dir={policy}",
-                 f"--config.verifier_dir={verifier}", f"--out_dir={sweep}"] +
+                 f"--config.verifier_dir={verifier}", f"--workdir={sweep}"] +
                 [f"--config.{o}" for o in FLAGS.sweep_overrides])
   _run(sweep_args + ["--validate_only"])
   if not os.path.exists(os.path.join(policy, "policy")):

@@ -3,7 +3,7 @@ at equal compute, and the compute-optimal split between solutions and
 verifications.
 
   python -m experiments.genrm_allocation --config=configs/genrm_arith.py \
-      [--config.n_problems=64] [--out_dir=results/arith/genrm]
+      [--config.n_problems=64] [--workdir=results/arith/genrm]
 
 1. Verifier: trained by experiments/train_genverifier.py into
    `config.verifier_dir` if that has no finished verifier yet.
@@ -14,7 +14,7 @@ verifications.
    (each verifier prompt prefilled once and forked) -> one
    `verify_chunkNNN.npz` per `chunk_problems` problems, so a killed run loses
    at most one chunk. `settings.json` pins every setting that changes the pool
-   or a row (experiments/workdir.py; `study_settings`), and --out_dir is
+   or a row (experiments/workdir.py; `study_settings`), and --workdir is
    locked against a second run.
 3. Estimates (exact or unbiased, from the one pool): GenRM accuracy at every
    (S, V) of the grid = best of S by the fraction of Yes among V verdicts,
@@ -33,12 +33,12 @@ verifications.
    `sc_pool_size`); the crossing (smallest budget from which the best GenRM
    configuration beats SC at every larger budget in range); the GenRM budget
    needed to match SC; fits S_opt ~ C^a, V_opt ~ C^b over the compute-optimal
-   grid points (least squares in log-log, R^2); JSON + PNG in --out_dir, whose
+   grid points (least squares in log-log, R^2); JSON + PNG in --workdir, whose
    path is the last printed line.
 
 The whole config is checked (`validate_study`) before the verifier is trained
 or any model is loaded. Only `SUMMARY_ONLY` fields may change between runs on
-one --out_dir: the grids and budgets choose which rows are computed and
+one --workdir: the grids and budgets choose which rows are computed and
 reported, and each row depends only on its (method, S, seed) and the pinned
 settings (Monte Carlo draws are seeded per S), so extending a grid changes no
 row.
@@ -47,25 +47,23 @@ row.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
 
 import jax
 import numpy as np
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import app, flags
 
 from algorithms import estimators, genrm
 from experiments import analysis, config_utils, scaling, workdir
 from experiments import train_genverifier as tg
 from experiments import train_policy as tp
 from experiments.tasks import arith
+from jaxllm import checkpoint, reward
 from jaxllm import flops as flops_lib
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), "configs", "genrm_arith.py")
+DEFAULT_CONFIG = config_utils.config_path("genrm_arith.py")
 TOK = arith.TOKENIZER
 # Fields that only choose which rows are computed / reported (see module doc).
 SUMMARY_ONLY = ("s_grid", "v_grid", "plot_v", "budgets", "tie_break")
@@ -128,7 +126,7 @@ def study_settings(config) -> dict:
 def _legacy_settings(out_dir):
   """Earlier versions: pool_meta.json (what made the pool) over the config.json
   of the last finished run."""
-  rec = workdir.read_json(os.path.join(out_dir, "config.json"))
+  rec = workdir.read_json(os.path.join(out_dir, workdir.CONFIG_FILE))
   rec = None if rec is None else study_settings(rec)
   meta = workdir.read_json(os.path.join(out_dir, LEGACY_META))
   if meta is not None:
@@ -150,10 +148,6 @@ def pin_study_dir(config, out_dir, check_only: bool = False) -> None:
 # ------------------------------- the pool ----------------------------------
 
 
-def _atomic_savez(path, **arrays):
-  scaling._atomic_savez(path, **arrays)
-
-
 def build_solutions(policy, problems, config) -> dict:
   """sc_pool_size solutions per problem, labelled by the exact checker."""
   cfg, params = policy
@@ -173,7 +167,7 @@ def build_solutions(policy, problems, config) -> dict:
   return dict(tokens=toks.reshape(P, N, -1).astype(np.uint8),
               lengths=lens.reshape(P, N).astype(np.int32),
               prompt_lengths=np.array([len(x) for x in prompts], np.int32),
-              answers=scaling._dense_answer_ids(answers), correct=correct,
+              answers=scaling.dense_answer_ids(answers), correct=correct,
               target_verdict=target)
 
 
@@ -195,7 +189,7 @@ def build_verification_chunk(verifier, problems, sol, lo, hi, config) -> dict:
               .astype(np.int32))
 
 
-def load_or_build_pool(config, out_dir, log=print):
+def load_or_build_pool(config, out_dir, log=workdir.progress):
   """The pool (dict of arrays), building whatever is missing. Returns (pool,
   info) with what was generated and how long each stage took.
 
@@ -220,13 +214,13 @@ def _load_or_build_pool_locked(config, out_dir, log):
   need_chunks = [i for i in range(len(chunks)) if not os.path.exists(chunk_path(i))]
   policy = verifier = problems = None
   if need_sol or need_chunks:
-    pcfg, pparams, pconfig = tp.load_policy(config.policy_dir)
+    pcfg, pparams, pconfig = workdir.load_policy(config.policy_dir)
     policy = (pcfg, pparams)
     problems = tp.heldout_problems(pconfig, P)
   t0 = time.perf_counter()
   if need_sol:
     sol = build_solutions(policy, problems, config)
-    _atomic_savez(sol_path, **sol)
+    workdir.save_npz_atomic(sol_path, **sol)
     info["solutions_generated"] = True
     log(f"pool: {P} x {config.sc_pool_size} solutions in "
         f"{time.perf_counter() - t0:.0f}s")
@@ -235,11 +229,11 @@ def _load_or_build_pool_locked(config, out_dir, log):
   info["solutions_s"] = time.perf_counter() - t0
   t0 = time.perf_counter()
   if need_chunks:
-    verifier = tg.load_verifier(config.verifier_dir)
+    verifier = workdir.load_model(config.verifier_dir, tg.PARAMS_NAME)
     for i in need_chunks:
       t1 = time.perf_counter()
       ch = build_verification_chunk(verifier, problems, sol, *chunks[i], config)
-      _atomic_savez(chunk_path(i), **ch)
+      workdir.save_npz_atomic(chunk_path(i), **ch)
       info["chunks_generated"] += 1
       log(f"pool: verified problems {chunks[i][0]}-{chunks[i][1] - 1} "
           f"({(chunks[i][1] - chunks[i][0]) * config.pool_size} solutions x "
@@ -322,7 +316,8 @@ def cost_model(pool, pcfg, vcfg) -> CostModel:
 # ------------------------------- estimates ---------------------------------
 
 
-def estimate_rows(pool, config, rows, rows_path, cost: CostModel, log=print):
+def estimate_rows(pool, config, rows, rows_path, cost: CostModel,
+                  log=workdir.progress):
   """Accuracy rows not yet in `rows` (keyed (method, S, seed)): 'sc' at every
   needed S, 'genrm_v{V}' (exact, random ties) and 'genrm_maj_v{V}' (Monte
   Carlo, majority among tied) at every (S, V) of the grid."""
@@ -344,7 +339,7 @@ def estimate_rows(pool, config, rows, rows_path, cost: CostModel, log=print):
                accuracy=float(acc), stderr=float(stderr),
                c=float(cost.budget(s, v)), compute=cost.compute(int(s), int(v)),
                n_problems=int(correct.shape[0]))
-    scaling.append_row(rows_path, row)
+    workdir.append_row(rows_path, row)
     rows[(method, int(s), seed)] = row
     new += 1
 
@@ -401,7 +396,7 @@ def _fit(s, v, acc, comp):
 
 
 def summarize(rows, pool, cost: CostModel, config, out_dir, verifier_metrics,
-              log=print) -> dict:
+              log=workdir.progress) -> dict:
   seed = config.seed
   s_grid = [int(s) for s in config.s_grid]
   v_grid = [int(v) for v in config.v_grid]
@@ -542,11 +537,9 @@ def summarize(rows, pool, cost: CostModel, config, out_dir, verifier_metrics,
 
 
 def plot(grid, sc, cost, config, path) -> str:
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
-  fig = Figure(figsize=(11, 4.2), dpi=120)
-  FigureCanvasAgg(fig)
-  axes = [fig.add_subplot(1, 2, i + 1) for i in range(2)]
+  """Accuracy against budget C (left) and FLOPs (right): self-consistency,
+  GenRM at each `config.plot_v`, and the GenRM frontier; PNG at `path`."""
+  fig, axes = analysis.new_figure((11, 4.2), ncols=2)
   sc_k = np.array(sorted(sc))
   keys = sorted(grid)
   for ax, unit in zip(axes, ("c", "flops")):
@@ -563,16 +556,12 @@ def plot(grid, sc, cost, config, path) -> str:
     idx = analysis.pareto_frontier(xs, ys)
     ax.step(xs[idx], ys[idx], where="post", color="r", lw=1.2, alpha=0.7,
             ls="--", label="GenRM compute-optimal frontier")
-    ax.set_xscale("log")
-    ax.set_xlabel("budget C = S(1 + λV)  [solution units]" if unit == "c"
-                  else "FLOPs per problem")
-    ax.set_ylabel("accuracy")
-    ax.grid(True, which="both", alpha=0.3)
+    analysis.style_axes(ax, "budget C = S(1 + λV)  [solution units]"
+                        if unit == "c" else "FLOPs per problem", "accuracy",
+                        legend_fontsize=None)
   axes[0].set_title(f"solve vs verify (λ = {cost.lam:.2f})")
   axes[1].legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, format="png")
-  return path
+  return analysis.save_figure(fig, path)
 
 
 # ---------------------------------- run ------------------------------------
@@ -597,7 +586,7 @@ def _check_dirs(config, out_dir) -> None:
                      f"study's output directory; give the verifier its own")
 
 
-def run(config, out_dir, log=print) -> dict:
+def run(config, out_dir, log=workdir.progress) -> dict:
   """Run (or resume) the study into out_dir; returns the summary.
 
   Raises:
@@ -611,10 +600,7 @@ def run(config, out_dir, log=print) -> dict:
     pin_study_dir(config, out_dir)
     # a finished verifier must have been trained with this config's settings
     tg.pin_verifier_dir(config, config.verifier_dir, check_only=True)
-    with open(os.path.join(out_dir, "config.json.tmp"), "w") as f:
-      f.write(config_utils.to_json(config))
-    os.replace(os.path.join(out_dir, "config.json.tmp"),
-               os.path.join(out_dir, "config.json"))
+    workdir.save_config(out_dir, config)
     return _run_locked(config, out_dir, log)
 
 
@@ -622,7 +608,8 @@ def _run_locked(config, out_dir, log) -> dict:
   t_start = time.perf_counter()
   timings = {}
   trained = False
-  if not os.path.exists(os.path.join(config.verifier_dir, "model_config.json")):
+  if not os.path.exists(os.path.join(config.verifier_dir,
+                                     checkpoint.MODEL_CONFIG_FILE)):
     t0 = time.perf_counter()
     log(f"no verifier in {config.verifier_dir}: training it")
     tg.train_verifier(config, config.verifier_dir, log=log)
@@ -633,11 +620,9 @@ def _run_locked(config, out_dir, log) -> dict:
   timings.update(pool_s=time.perf_counter() - t0,
                  solutions_s=info["solutions_s"],
                  verifications_s=info["verifications_s"])
-  pcfg, _, _ = tp.load_policy(config.policy_dir)
-  with open(os.path.join(config.verifier_dir, "model_config.json")) as f:
-    from jaxllm.config import ModelConfig
-    vcfg = ModelConfig(**json.load(f))
-  cost = cost_model(pool, pcfg, vcfg)
+  # the compute accounting needs the model shapes only, not their weights
+  cost = cost_model(pool, checkpoint.load_model_config(config.policy_dir),
+                    checkpoint.load_model_config(config.verifier_dir))
 
   # the verifier on the pool (held-out problems): verdicts vs exact targets
   N = config.pool_size
@@ -645,7 +630,6 @@ def _run_locked(config, out_dir, log) -> dict:
   target = pool["target_verdict"][:, :N]
   correct = pool["correct"][:, :N]
   score = yes.mean(-1)
-  from jaxllm import reward
   vmet = dict(
       verdict_accuracy=float((yes == target[..., None]).mean()),
       verdict_accuracy_on_correct=float(yes[target].mean()) if target.any()
@@ -676,7 +660,7 @@ def _run_locked(config, out_dir, log) -> dict:
 
   t0 = time.perf_counter()
   rows_path = os.path.join(out_dir, "rows.jsonl")
-  rows = scaling.read_rows(rows_path)
+  rows = workdir.read_rows(rows_path)
   new = estimate_rows(pool, config, rows, rows_path, cost, log=log)
   timings["estimates_s"] = time.perf_counter() - t0
   t0 = time.perf_counter()
@@ -686,31 +670,20 @@ def _run_locked(config, out_dir, log) -> dict:
   summary.update(timings=timings, new_rows=new, verifier_trained=trained,
                  solutions_generated=info["solutions_generated"],
                  chunks_generated=info["chunks_generated"])
-  tmp = os.path.join(out_dir, "summary.json.tmp")
-  with open(tmp, "w") as f:
-    json.dump(summary, f, indent=1, default=str)
-  os.replace(tmp, os.path.join(out_dir, "summary.json"))
+  workdir.write_json_atomic(os.path.join(out_dir, "summary.json"), summary,
+                            indent=1, default=str)
   log("\ntimings: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
   return summary
 
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)
-  schema = config_utils.load_config_file(DEFAULT_CONFIG)
-  try:  # every config / directory problem, before anything is trained
-    config = config_utils.validate(flags.FLAGS.config, schema)
-    check_study(config, flags.FLAGS.out_dir)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from None
-  try:
-    run(config, flags.FLAGS.out_dir)
-  except workdir.WorkdirBusy as e:
-    raise app.UsageError(str(e)) from None
-  print(f"results in {os.path.abspath(flags.FLAGS.out_dir)}")
+  # every config / directory problem, before anything is trained
+  config = workdir.config_from_flags(DEFAULT_CONFIG, check=check_study)
+  workdir.run_cli(run, config, flags.FLAGS.workdir)
+  print(f"results in {os.path.abspath(flags.FLAGS.workdir)}")
 
 
 if __name__ == "__main__":
-  config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Study config.")
-  flags.DEFINE_string("out_dir", "results/arith/genrm", "Output directory.")
+  workdir.define_flags("results/arith/genrm", DEFAULT_CONFIG)
   app.run(main)

@@ -1,7 +1,7 @@
 r"""Compute-optimal scaling sweep: methods x budgets x seeds -> accuracy vs FLOPs.
 
   python -m experiments.scaling --config=configs/scaling_arith.py \
-      [--config.budgets=1,2,4,8] [--out_dir=results/scaling/arith]
+      [--config.budgets=1,2,4,8] [--workdir=results/scaling/arith]
 
 1. Per seed, one large sample pool: `pool_size` solutions per problem from the
    policy (each prompt prefilled ONCE and its cache forked, `num_samples`),
@@ -17,7 +17,7 @@ r"""Compute-optimal scaling sweep: methods x budgets x seeds -> accuracy vs FLOP
    the PRM through its own KV cache.
 3. Each (method, budget, seed) row is appended to `rows.jsonl` as soon as it
    is computed (one line, flushed and fsynced); a killed sweep rerun with the
-   same --out_dir skips finished rows and loses nothing.
+   same --workdir skips finished rows and loses nothing.
 4. At the end: the table (mean over seeds), scaling-law fits (coverage as an
    exponentiated power law in k; accuracy against log10 FLOPs per method), the
    compute-optimal method per FLOPs budget, and PNG plots, all from the rows
@@ -25,7 +25,7 @@ r"""Compute-optimal scaling sweep: methods x budgets x seeds -> accuracy vs FLOP
 
 Before any model is loaded the config is checked (`validate_sweep`: the
 schema of configs/scaling_arith.py, value ranges, and the algorithm config of
-every search method at every budget), --out_dir is locked against a second
+every search method at every budget), --workdir is locked against a second
 sweep (experiments/workdir.py) and its settings.json must match the config in
 every field except `EXTENDABLE` (budgets, seeds and method lists: a row is a
 function of its (method, budget, seed), the pool of its seed and the pinned
@@ -40,7 +40,6 @@ and for verifier methods k verifier passes over prompt + sample.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 
@@ -48,17 +47,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
 
 from algorithms import estimators, selection
 from experiments import analysis, config_utils, workdir
 from experiments.tasks import arith
-from jaxllm import Transformer, generate, make_sampling
+from jaxllm import Transformer, checkpoint, generate, make_sampling
 from jaxllm import flops as flops_lib
-from jaxllm.config import ModelConfig
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), "configs", "scaling_arith.py")
+DEFAULT_CONFIG = config_utils.config_path("scaling_arith.py")
 TOK = arith.TOKENIZER
 PRM_PREFIX = "bon_prm_"  # + an aggregation of algorithms.selection
 SELECTION_METHODS = ("coverage", "majority", "weighted_majority_orm",
@@ -217,14 +213,9 @@ def check_sweep(config, out_dir) -> SweepPlan:
 # ----------------------------- the sample pool -----------------------------
 
 
-def _atomic_savez(path, **arrays):
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
-
-
-def _dense_answer_ids(answers_PxN):
-  """Per problem, map answer values to 0.. ids; None -> -1."""
+def dense_answer_ids(answers_PxN):
+  """Per problem, map answer values to 0.. ids in order of first appearance;
+  None -> -1 (the `answers` array of a pool, here and in the GenRM study)."""
   P, N = len(answers_PxN), len(answers_PxN[0])
   ids = np.full((P, N), -1, np.int32)
   for p in range(P):
@@ -286,7 +277,7 @@ def build_pool(policy, verifiers, problems, config, seed: int) -> dict:
       pos = len(prompts[p]) + ends
       prm_steps[p, n, :len(ends)] = scores["prm"][p, n, pos]
       prm_mask[p, n, :len(ends)] = True
-  return dict(answers=_dense_answer_ids(answers), correct=correct,
+  return dict(answers=dense_answer_ids(answers), correct=correct,
               lengths=lens, prompt_lengths=np.array([len(x) for x in prompts]),
               orm=orm, prm_steps=prm_steps, prm_mask=prm_mask)
 
@@ -433,82 +424,32 @@ def check_model_dirs(config) -> None:
   Raises:
     ValueError: naming the missing file and the config field pointing there.
   """
-  need = [("policy_dir", "model_config.json"), ("policy_dir", "config.json"),
-          ("policy_dir", "policy"), ("verifier_dir", "model_config.json"),
-          ("verifier_dir", "prm"), ("verifier_dir", "orm")]
-  for field, name in need:
-    path = os.path.join(config[field], name)
-    if not os.path.exists(path):
-      raise ValueError(f"config.{field}={config[field]!r} has no {name} "
-                       f"({path} does not exist)")
+  workdir.require_files(config, "policy_dir",
+                        (checkpoint.MODEL_CONFIG_FILE, workdir.CONFIG_FILE,
+                         "policy"))
+  workdir.require_files(config, "verifier_dir",
+                        (checkpoint.MODEL_CONFIG_FILE, "prm", "orm"))
 
 
 def load_model_configs(config):
   """(policy ModelConfig, verifier ModelConfig), read from their JSON files
   without loading parameters (what the compute accounting needs)."""
-  cfgs = []
   for field in ("policy_dir", "verifier_dir"):
-    path = os.path.join(config[field], "model_config.json")
-    if not os.path.exists(path):
-      raise ValueError(f"config.{field}={config[field]!r} has no "
-                       f"model_config.json ({path} does not exist)")
-    with open(path) as f:
-      cfgs.append(ModelConfig(**json.load(f)))
-  return tuple(cfgs)
+    workdir.require_files(config, field, (checkpoint.MODEL_CONFIG_FILE,))
+  return (checkpoint.load_model_config(config.policy_dir),
+          checkpoint.load_model_config(config.verifier_dir))
 
 
 def load_models(config):
   """(policy (cfg, params), policy training config, verifier cfg,
   {'prm', 'orm': (RewardModel, params)})."""
-  from experiments import train_policy as tp
-  from jaxllm import reward
   check_model_dirs(config)
-  cfg, params, pconfig = tp.load_policy(config.policy_dir)
-  with open(os.path.join(config.verifier_dir, "model_config.json")) as f:
-    vcfg = ModelConfig(**json.load(f))
-  verifiers = {}
-  for name in ("prm", "orm"):
-    rp = reward.restore_reward_params(os.path.join(config.verifier_dir, name),
-                                      vcfg)
-    verifiers[name] = (reward.RewardModel(vcfg), rp)
+  cfg, params, pconfig = workdir.load_policy(config.policy_dir)
+  vcfg, verifiers = workdir.load_reward_models(config.verifier_dir)
   return (cfg, params), pconfig, vcfg, verifiers
 
 
-def read_rows(path):
-  """Finished rows by (method, budget, seed). A torn line left by a kill is
-  dropped and the file rewritten (atomically) without it, so appends that
-  follow start on a fresh line."""
-  rows, good, torn = {}, [], False
-  if os.path.exists(path):
-    with open(path) as f:
-      for line in f:
-        try:
-          r = json.loads(line)
-          rows[(r["method"], r["budget"], r["seed"])] = r
-          if not line.endswith("\n"):
-            torn, line = True, line + "\n"
-          good.append(line)
-        except (json.JSONDecodeError, KeyError):
-          torn = True
-    if torn:
-      with open(path + ".tmp", "w") as f:
-        f.writelines(good)
-      os.replace(path + ".tmp", path)
-  return rows
-
-
-def append_row(path, row):
-  with open(path, "a") as f:
-    f.write(json.dumps(row) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
-
-
-def _log(line: str) -> None:
-  print(line, flush=True)
-
-
-def summarize(rows, methods, budgets, out_dir, log=_log):
+def summarize(rows, methods, budgets, out_dir, log=workdir.progress):
   """Table, fits, compute-optimal choice and plots from the finished rows.
 
   rows: {(method, budget, seed): row} -- only the rows to report (run_sweep
@@ -653,7 +594,7 @@ def astar_comparison(rows, references=("bon_prm_min", "bon_orm", "pf",
   return out
 
 
-def run_sweep(config, out_dir, log=_log):
+def run_sweep(config, out_dir, log=workdir.progress):
   """Run (or resume, or extend) the sweep into out_dir; returns the summary
   (plus new_rows, pools_generated).
 
@@ -670,16 +611,13 @@ def run_sweep(config, out_dir, log=_log):
   plan = validate_sweep(config)
   with workdir.lock(out_dir):
     _pin(config, out_dir)
-    with open(os.path.join(out_dir, "config.json.tmp"), "w") as f:
-      f.write(config_utils.to_json(config))
-    os.replace(os.path.join(out_dir, "config.json.tmp"),
-               os.path.join(out_dir, "config.json"))
+    workdir.save_config(out_dir, config)
     return _run_locked(config, plan, out_dir, log)
 
 
 def _run_locked(config, plan: SweepPlan, out_dir, log):
   rows_path = os.path.join(out_dir, "rows.jsonl")
-  rows = read_rows(rows_path)
+  rows = workdir.read_rows(rows_path)
   todo = [key for key in plan.keys() if key not in rows]
   pool_path = lambda seed: os.path.join(out_dir, f"pool_seed{seed}.npz")
   sel_seeds = sorted({s for m, _, s in todo if m in plan.methods})
@@ -708,7 +646,7 @@ def _run_locked(config, plan: SweepPlan, out_dir, log):
       else:
         policy, verifiers, problems = models
         pool = build_pool(policy, verifiers, problems, config, seed)
-        _atomic_savez(pool_path(seed), **pool)
+        workdir.save_npz_atomic(pool_path(seed), **pool)
         generated += 1
       pool_s = time.perf_counter() - t0
       for m in plan.methods:
@@ -723,7 +661,7 @@ def _run_locked(config, plan: SweepPlan, out_dir, log):
                      compute=selection_compute(m, pool, k, pcfg, vcfg),
                      wall_s=dt + pool_s * k / config.pool_size,
                      n_problems=config.n_problems)
-          append_row(rows_path, row)
+          workdir.append_row(rows_path, row)
           rows[(m, k, seed)] = row
     for m, k, seed in todo:
       if m not in plan.search:
@@ -734,7 +672,7 @@ def _run_locked(config, plan: SweepPlan, out_dir, log):
       row = dict(method=m, budget=k, seed=seed, accuracy=acc, compute=comp,
                  wall_s=time.perf_counter() - t0,
                  n_problems=config.n_problems)
-      append_row(rows_path, row)
+      workdir.append_row(rows_path, row)
       rows[(m, k, seed)] = row
       log(f"  {m:<8} budget {k:>3} seed {seed}: accuracy {acc:.3f}, "
           f"{comp['flops']:.3e} FLOPs/problem, {row['wall_s']:.1f}s")
@@ -756,27 +694,16 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  from absl import logging
-  logging.set_verbosity(logging.WARNING)  # orbax logs every file it reads
-  try:
-    config = config_utils.validate(
-        FLAGS.config, config_utils.load_config_file(DEFAULT_CONFIG))
-    check_sweep(config, FLAGS.out_dir)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from None
+  config = workdir.config_from_flags(DEFAULT_CONFIG, check=check_sweep)
   if FLAGS.validate_only:
-    print(f"config OK for {os.path.abspath(FLAGS.out_dir)}")
+    print(f"config OK for {os.path.abspath(FLAGS.workdir)}")
     return
-  try:
-    run_sweep(config, FLAGS.out_dir)
-  except workdir.WorkdirBusy as e:
-    raise app.UsageError(str(e)) from None
-  print(f"results in {os.path.abspath(FLAGS.out_dir)}")
+  workdir.run_cli(run_sweep, config, FLAGS.workdir)
+  print(f"results in {os.path.abspath(FLAGS.workdir)}")
 
 
 if __name__ == "__main__":
-  config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Sweep config.")
-  flags.DEFINE_string("out_dir", "results/scaling/arith", "Output directory.")
+  workdir.define_flags("results/scaling/arith", DEFAULT_CONFIG)
   flags.DEFINE_bool("validate_only", False,
-                    "Check the config (and --out_dir's settings) and exit.")
+                    "Check the config (and --workdir's settings) and exit.")
   app.run(main)

@@ -27,6 +27,7 @@ against the target's shape right after, before any stage runs. --workdir is
 locked against a second run, and the flags the cached stages depend on
 (`STAGE_FLAGS`) are pinned in its settings.json (experiments/workdir.py): a
 rerun with other data flags is refused instead of training on the old data.
+Its knobs are plain absl flags (no configs/ file): a one-off distillation.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from __future__ import annotations
 import os
 import time
 
-from absl import app, flags, logging
+from absl import app, flags
 
 import jax
 import jax.numpy as jnp
@@ -48,11 +49,10 @@ from jaxllm.decoding import Transformer
 from jaxllm.generate import generate
 from jaxllm.model import forward
 from jaxllm.params import count_params
-from jaxllm.pretrained import load_pretrained
 from jaxllm.sampling import make_sampling
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", "results/smollm2/draft", "Output directory.")
+wd.define_flags("results/smollm2/draft")
 flags.DEFINE_integer("n_layers", 2, "Target layers the draft starts from.")
 flags.DEFINE_integer("vocab_subset", 8192, "Tokens the draft's head covers.")
 flags.DEFINE_integer("train_templates", 80, "Templates [0, n) train; the rest eval.")
@@ -83,16 +83,12 @@ def validate_flags(cfg=None) -> None:
   Raises:
     app.UsageError: naming the flag.
   """
-  positive = ("n_layers", "vocab_subset", "variants_per_template",
-              "max_new_tokens", "gen_batch", "topk", "steps", "batch_size",
-              "seq_len", "eval_problems")
-  for name in positive:
-    if getattr(FLAGS, name) < 1:
-      raise app.UsageError(f"--{name} must be >= 1, got {getattr(FLAGS, name)}")
+  wd.flags_at_least(1, "n_layers", "vocab_subset", "variants_per_template",
+                    "max_new_tokens", "gen_batch", "topk", "steps",
+                    "batch_size", "seq_len", "eval_problems")
   if not FLAGS.learning_rate > 0:
     raise app.UsageError(f"--learning_rate must be > 0, got {FLAGS.learning_rate}")
-  if FLAGS.seed < 0:
-    raise app.UsageError(f"--seed must be >= 0, got {FLAGS.seed}")
+  wd.flags_at_least(0, "seed")
   if not 1 <= FLAGS.train_templates < gsm8k.N_TEMPLATES:
     raise app.UsageError(f"--train_templates must be in [1, {gsm8k.N_TEMPLATES})"
                          f" (the rest are held out), got {FLAGS.train_templates}")
@@ -126,10 +122,27 @@ def heldout_problems(n: int):
   return [p for i, p in enumerate(orig) if i >= FLAGS.train_templates][:n]
 
 
-def _save_npz(path, **arrays):
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
+def ragged(arrays) -> np.ndarray:
+  """A 1-D object array holding `arrays` (np.array(..., dtype=object) would
+  make one 2-D array of objects when they all have the same length)."""
+  out = np.empty(len(arrays), dtype=object)
+  for i, a in enumerate(arrays):
+    out[i] = a
+  return out
+
+
+def save_pairs(path, pairs) -> None:
+  """(prompt ids, answer ids) pairs as one npz (atomically): `seqs` (prompt +
+  answer per pair, a `ragged` array) and `prompt_len`."""
+  wd.save_npz_atomic(
+      path, seqs=ragged([np.array(p + a, np.int32) for p, a in pairs]),
+      prompt_len=np.array([len(p) for p, _ in pairs]))
+
+
+def load_pairs(path) -> list:
+  """[(sequence, prompt length)] of a `save_pairs` file."""
+  z = np.load(path, allow_pickle=True)  # our own file
+  return list(zip(z["seqs"], z["prompt_len"]))
 
 
 def sample_answers(model, params, tok, prompts, seed):
@@ -160,14 +173,11 @@ def stage_data(model, params, tok):
       t0 = time.perf_counter()
       got = sample_answers(model, params, tok, prompts[i:i + FLAGS.gen_batch],
                            FLAGS.seed * 1000 + s)
-      _save_npz(path, seqs=np.array([np.array(p + a, np.int32) for p, a in got],
-                                    dtype=object),
-                prompt_len=np.array([len(p) for p, _ in got]))
+      save_pairs(path, got)
       n_tok = sum(len(a) for _, a in got)
-      print(f"data shard {s}: {len(got)} answers, {n_tok} tokens, "
-            f"{time.perf_counter() - t0:.0f} s", flush=True)
-    z = np.load(path, allow_pickle=True)  # our own file, written just above
-    pairs += list(zip(z["seqs"], z["prompt_len"]))
+      wd.progress(f"data shard {s}: {len(got)} answers, {n_tok} tokens, "
+                  f"{time.perf_counter() - t0:.0f} s")
+    pairs += load_pairs(path)
   return pairs
 
 
@@ -197,10 +207,10 @@ def stage_teacher(model, params, pairs):
     t0 = time.perf_counter()
     tk = teacher_topk(model, params, [s for s, _ in pairs], [p for _, p in pairs],
                       FLAGS.topk)
-    _save_npz(path, ids=np.array([a for a, _ in tk], dtype=object),
-              p=np.array([b for _, b in tk], dtype=object))
-    print(f"teacher top-{FLAGS.topk}: {len(tk)} sequences, "
-          f"{time.perf_counter() - t0:.0f} s", flush=True)
+    wd.save_npz_atomic(path, ids=ragged([a for a, _ in tk]),
+                       p=ragged([b for _, b in tk]))
+    wd.progress(f"teacher top-{FLAGS.topk}: {len(tk)} sequences, "
+                f"{time.perf_counter() - t0:.0f} s")
   z = np.load(path, allow_pickle=True)  # our own file
   return list(zip(z["ids"], z["p"]))
 
@@ -262,7 +272,6 @@ def acceptance(target_cfg, tparams, draft, dparams, pairs):
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)  # orbax logs every write at INFO
   validate_flags()
   settings = {f"--{n}": getattr(FLAGS, n) for n in STAGE_FLAGS}
   try:  # a workdir made with other data flags: refused before loading
@@ -270,24 +279,25 @@ def main(argv):
                     check_only=True)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
-  try:
-    with wd.lock(FLAGS.workdir):
-      wd.pin_settings(FLAGS.workdir, settings, results=STAGE_FILES)
-      run()
-  except wd.WorkdirBusy as e:
-    raise app.UsageError(str(e)) from None
+  wd.run_cli(run, settings)
 
 
-def run():
-  """Every stage, resuming what --workdir already holds (the caller holds its
-  lock and has pinned its settings)."""
+def run(settings: dict):
+  """Every stage, resuming what --workdir already holds, under its lock and
+  with its `settings` pinned."""
+  with wd.lock(FLAGS.workdir):
+    wd.pin_settings(FLAGS.workdir, settings, results=STAGE_FILES)
+    _run_locked()
+
+
+def _run_locked():
   t_start = time.perf_counter()
-  cfg, params, tok = load_pretrained("smollm2-135m-instruct")
+  cfg, params, tok = wd.load_pretrained(log=wd.progress)
   validate_flags(cfg)  # before any stage
   model = Transformer(cfg)
   pairs = stage_data(model, params, tok)
   n_ans = sum(len(s) - int(pl) for s, pl in pairs)
-  print(f"data: {len(pairs)} answers, {n_ans} answer tokens", flush=True)
+  wd.progress(f"data: {len(pairs)} answers, {n_ans} answer tokens")
   teacher = stage_teacher(model, params, pairs)
 
   # Rank tokens by how often they appear (inputs) plus the target's expected count
@@ -300,22 +310,20 @@ def run():
   ans_tok = np.concatenate([s[int(pl):] for s, pl in pairs])
   cover = float(np.isin(ans_tok, subset).mean())
   draft, dparams = drafts.init_sub_vocab_draft(cfg, params, subset, FLAGS.n_layers)
-  print(f"draft: {FLAGS.n_layers} layers, head over {FLAGS.vocab_subset} tokens "
-        f"(covering {cover:.2%} of answer tokens), {count_params(dparams.inner):,} "
-        f"params vs target {count_params(params):,}", flush=True)
+  wd.progress(f"draft: {FLAGS.n_layers} layers, head over {FLAGS.vocab_subset} "
+              f"tokens (covering {cover:.2%} of answer tokens), "
+              f"{count_params(dparams.inner):,} params vs target "
+              f"{count_params(params):,}")
 
   held = heldout_problems(FLAGS.eval_problems)
   held_path = os.path.join(FLAGS.workdir, "heldout.npz")
   if not os.path.exists(held_path):
     got = sample_answers(model, params, tok, chat_prompts(tok, held), 10**6)
-    _save_npz(held_path, seqs=np.array([np.array(p + a, np.int32) for p, a in got],
-                                       dtype=object),
-              prompt_len=np.array([len(p) for p, _ in got]))
-  z = np.load(held_path, allow_pickle=True)  # our own file
-  held_pairs = list(zip(z["seqs"], z["prompt_len"]))
+    save_pairs(held_path, got)
+  held_pairs = load_pairs(held_path)
   acc0, agree0 = acceptance(cfg, params, draft, dparams, held_pairs)
-  print(f"before training: acceptance {acc0:.3f}, greedy agreement {agree0:.3f}",
-        flush=True)
+  wd.progress(f"before training: acceptance {acc0:.3f}, greedy agreement "
+              f"{agree0:.3f}")
 
   opt, _ = train_lib.make_optimizer(FLAGS.learning_rate, warmup_steps=20,
                                     total_steps=FLAGS.steps, weight_decay=0.01)
@@ -329,8 +337,8 @@ def run():
   train_s = time.perf_counter() - t0
   dparams = drafts.SubVocabParams(state.params, dparams.to_sub_V, dparams.to_full_K)
   acc1, agree1 = acceptance(cfg, params, draft, dparams, held_pairs)
-  print(f"after training: acceptance {acc1:.3f}, greedy agreement {agree1:.3f} "
-        f"({train_s:.0f} s training)", flush=True)
+  wd.progress(f"after training: acceptance {acc1:.3f}, greedy agreement "
+              f"{agree1:.3f} ({train_s:.0f} s training)")
   metrics = dict(n_layers=FLAGS.n_layers, vocab_subset=FLAGS.vocab_subset,
                  answer_token_coverage=cover, train_answers=len(pairs),
                  train_answer_tokens=int(n_ans), steps=FLAGS.steps,
@@ -341,7 +349,7 @@ def run():
                  heldout_answers=len(held_pairs), train_seconds=train_s,
                  history=hist, total_seconds=time.perf_counter() - t_start)
   drafts.save_draft(os.path.join(FLAGS.workdir, "draft"), draft, dparams,
-                    meta=dict(target="smollm2-135m-instruct",
+                    meta=dict(target=wd.SMOLLM2,
                               train_templates=FLAGS.train_templates, **{
                                   k: v for k, v in metrics.items() if k != "history"}))
   wd.write_json_atomic(os.path.join(FLAGS.workdir, "metrics.json"), metrics,

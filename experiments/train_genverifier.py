@@ -1,7 +1,10 @@
 r"""Train a small GENERATIVE verifier for arith: it writes a verification chain.
 
   python -m experiments.train_genverifier --config=configs/genrm_arith.py \
-      [--config.verifier.steps=300] [--config.verifier_dir=DIR]
+      [--config.verifier.steps=300] [--workdir=DIR]
+
+--workdir defaults to config.verifier_dir, where experiments/genrm_allocation.py
+looks for the verifier (and trains it there itself when it is missing).
 
 Format (character tokenizer of experiments/tasks/arith.py; nothing added to it):
 
@@ -41,7 +44,7 @@ digits carry `verifier.mark_weight` times the loss weight of other tokens.
 Training: temperature-1 policy samples on fresh problems (never the policy's
 held-out problems), the chain + EOS as LM targets, initialised from the
 policy's weights; checkpointed and resumable like train_policy. Writes to
-config.verifier_dir: verifier/ (params), model_config.json, config.json, metrics.json
+--workdir: verifier/ (params), model_config.json, config.json, metrics.json
 (verdict accuracy and AUROC of the V-verdict score on held-out samples).
 The config is checked before anything is loaded (`validate_verifier_config`);
 the directory is locked against a second run and its settings.json pins every
@@ -51,16 +54,13 @@ never continues another configuration's checkpoints (experiments/workdir.py).
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import app, flags
 
 from experiments import config_utils
 from experiments import workdir as wd
@@ -71,8 +71,7 @@ from jaxllm.decoding import Transformer
 from jaxllm.generate import generate
 from jaxllm.sampling import make_sampling
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), "configs", "genrm_arith.py")
+DEFAULT_CONFIG = config_utils.config_path("genrm_arith.py")
 GENVERIFIER_SEED_OFFSET = 3_000_017  # verifier training problems
 HELDOUT_EXCLUDE = 2048  # held-out problems never used for training
 TOK = arith.TOKENIZER
@@ -84,7 +83,8 @@ PINNED_VERIFIER_FIELDS = (
     "temperature", "max_new_tokens", "steps", "mark_weight", "batch_size",
     "seq_len", "learning_rate", "warmup_steps", "end_lr_ratio", "weight_decay",
     "clip_norm")
-RESULT_FILES = ("checkpoints", "verifier", "model_config.json")
+PARAMS_NAME = "verifier"  # <workdir>/verifier: the params (orbax)
+RESULT_FILES = ("checkpoints", PARAMS_NAME, checkpoint.MODEL_CONFIG_FILE)
 SEPARATOR = "::"
 YES, NO = "=1", "=0"
 
@@ -187,14 +187,6 @@ def decode_rows(toks, lens) -> list[str]:
 
 def verifier_config(policy_cfg, config):
   return policy_cfg.replace(max_seq_len=config.verifier.max_seq_len)
-
-
-def load_verifier(workdir: str):
-  """(ModelConfig, params) of a verifier written by this script."""
-  from jaxllm.config import ModelConfig
-  with open(os.path.join(workdir, "model_config.json")) as f:
-    cfg = ModelConfig(**json.load(f))
-  return cfg, checkpoint.restore_params(os.path.join(workdir, "verifier"), cfg)
 
 
 def training_problems(pconfig, n: int, exclude: set[str]):
@@ -328,7 +320,7 @@ def pin_verifier_dir(config, workdir: str, check_only: bool = False) -> None:
       check_only=check_only)
 
 
-def train_verifier(config, workdir: str, log=print) -> dict:
+def train_verifier(config, workdir: str, log=wd.progress) -> dict:
   """Train (or resume) the verifier into `workdir`; returns its metrics.
 
   Raises:
@@ -345,8 +337,7 @@ def train_verifier(config, workdir: str, log=print) -> dict:
 def _train_verifier_locked(config, workdir: str, log) -> dict:
   t_start = time.perf_counter()
   v = config.verifier
-  os.makedirs(workdir, exist_ok=True)
-  pcfg, pparams, pconfig = tp.load_policy(config.policy_dir)
+  pcfg, pparams, pconfig = wd.load_policy(config.policy_dir)
   vcfg = verifier_config(pcfg, config)
   exclude = {p.question for p in tp.heldout_problems(
       pconfig, max(HELDOUT_EXCLUDE, config.n_problems))}
@@ -372,10 +363,7 @@ def _train_verifier_locked(config, workdir: str, log) -> dict:
   log(f"genverifier data: {len(examples)} candidates in {sample_s:.0f}s, "
       f"{targets.mean():.3f} with a Yes target, longest {longest} tokens")
 
-  optimizer, _ = train.make_optimizer(
-      v.learning_rate, warmup_steps=v.warmup_steps, total_steps=v.steps,
-      end_lr_ratio=v.end_lr_ratio, weight_decay=v.weight_decay,
-      clip_norm=v.clip_norm)
+  optimizer = tp.make_optimizer(v)
   step_fn = train.make_train_step(train.make_lm_loss_fn(vcfg), optimizer)
   if v.init_from_policy:  # a copy: the train step donates its state
     init = jax.tree_util.tree_map(jnp.copy, pparams)
@@ -390,19 +378,15 @@ def _train_verifier_locked(config, workdir: str, log) -> dict:
     state = train.restore_train_state(ckpt, vcfg, state, latest)
     log(f"genverifier: resumed from step {latest}")
 
-  def batch_fn(step):
-    order = train.step_rng(config.seed, step).permutation(len(examples))
-    batch, _ = train.pack_stream((examples[i] for i in order), v.seq_len,
-                                 v.batch_size, vocab_size=vcfg.vocab_size)
-    return batch
-
   t0 = time.perf_counter()
   state, history = train.train_loop(
-      state, step_fn, batch_fn, v.steps, checkpoint_manager=ckpt,
+      state, step_fn, tp.shuffled_batch_fn(examples, config.seed, v.seq_len,
+                                           v.batch_size, vcfg.vocab_size),
+      v.steps, checkpoint_manager=ckpt,
       log_every=v.log_every, log_fn=lambda s: log(f"[genverifier] {s}"),
       tokens_fn=lambda b: int((b["loss_mask"] > 0).sum()))
   train_s = time.perf_counter() - t0
-  checkpoint.save_params(os.path.join(workdir, "verifier"), state.params,
+  checkpoint.save_params(os.path.join(workdir, PARAMS_NAME), state.params,
                          overwrite=True)
   t0 = time.perf_counter()
   metrics = evaluate(vcfg, state.params, pcfg, pparams, pconfig, config,
@@ -411,16 +395,11 @@ def _train_verifier_locked(config, workdir: str, log) -> dict:
                  train_yes_rate=float(targets.mean()), sample_s=sample_s,
                  train_s=train_s, eval_s=time.perf_counter() - t0,
                  total_s=time.perf_counter() - t_start, history=history)
-  with open(os.path.join(workdir, "config.json.tmp"), "w") as f:
-    f.write(config_utils.to_json(config))
-  os.replace(os.path.join(workdir, "config.json.tmp"),
-             os.path.join(workdir, "config.json"))
+  wd.save_config(workdir, config)
   wd.write_json_atomic(os.path.join(workdir, "metrics.json"), metrics, indent=2)
-  # written last: its presence marks a finished verifier
-  tmp = os.path.join(workdir, "model_config.json.tmp")
-  with open(tmp, "w") as f:
-    json.dump(dataclasses.asdict(vcfg), f, indent=2)
-  os.replace(tmp, os.path.join(workdir, "model_config.json"))
+  # written last (atomically): its presence marks a finished verifier
+  checkpoint.save_model_config(
+      os.path.join(workdir, checkpoint.MODEL_CONFIG_FILE), vcfg)
   log(f"genverifier: verdict accuracy {metrics['verdict_accuracy']:.3f} "
       f"(on correct {metrics['verdict_accuracy_on_correct']:.3f}, on wrong "
       f"{metrics['verdict_accuracy_on_wrong']:.3f}) | AUROC of the "
@@ -432,22 +411,27 @@ def _train_verifier_locked(config, workdir: str, log) -> dict:
   return metrics
 
 
+def check_training(config, workdir=None) -> None:
+  """The dry run of `train_verifier` into `workdir` (None: config.verifier_dir):
+  `validate_verifier_config`, and the directory's pinned settings. Writes
+  nothing.
+
+  Raises:
+    ValueError: naming the offending field(s).
+  """
+  validate_verifier_config(config)
+  pin_verifier_dir(config, workdir or config.verifier_dir, check_only=True)
+
+
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)
-  schema = config_utils.load_config_file(DEFAULT_CONFIG)
-  try:  # every config / directory problem, before anything is loaded
-    config = config_utils.validate(flags.FLAGS.config, schema)
-    validate_verifier_config(config)
-    pin_verifier_dir(config, config.verifier_dir, check_only=True)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from None
-  try:
-    train_verifier(config, config.verifier_dir)
-  except wd.WorkdirBusy as e:
-    raise app.UsageError(str(e)) from None
+  # every config / directory problem, before anything is loaded
+  config = wd.config_from_flags(DEFAULT_CONFIG, check=check_training)
+  wd.run_cli(train_verifier, config, flags.FLAGS.workdir or config.verifier_dir)
 
 
 if __name__ == "__main__":
-  config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Study config.")
+  wd.define_flags(None, DEFAULT_CONFIG, workdir_help=(
+      "Output directory (default: config.verifier_dir, where "
+      "experiments/genrm_allocation.py looks for the verifier)."))
   app.run(main)

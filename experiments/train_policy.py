@@ -22,16 +22,12 @@ continues checkpoints trained with another configuration.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import app, flags
 
 from algorithms.estimators import pass_at_k
 from experiments import config_utils
@@ -44,8 +40,7 @@ from jaxllm.generate import generate
 from jaxllm.params import init_params
 from jaxllm.sampling import make_sampling
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), "configs", "arith_policy.py")
+DEFAULT_CONFIG = config_utils.config_path("arith_policy.py")
 
 EVAL_SEED_OFFSET = 1_000_003  # held-out problems: generate(seed + offset)
 TOK = arith.TOKENIZER
@@ -67,6 +62,33 @@ def task_kwargs(config) -> dict:
 
 def model_config(config) -> ModelConfig:
   return ModelConfig(vocab_size=TOK.vocab_size, **config.model.to_dict())
+
+
+def make_optimizer(section):
+  """The optax optimizer of a training config section (`learning_rate`,
+  `warmup_steps`, `steps`, `end_lr_ratio`, `weight_decay`, `clip_norm`):
+  the policy's, the reward models' and the generative verifier's."""
+  optimizer, _ = train.make_optimizer(
+      section.learning_rate, warmup_steps=section.warmup_steps,
+      total_steps=section.steps, end_lr_ratio=section.end_lr_ratio,
+      weight_decay=section.weight_decay, clip_norm=section.clip_norm)
+  return optimizer
+
+
+def shuffled_batch_fn(examples, seed: int, seq_len: int, batch_size: int,
+                      vocab_size: int, fields=("loss_mask",)):
+  """batch_fn(step) for a fixed example list: a permutation drawn from (seed,
+  step), packed first-fit into `batch_size` rows of `seq_len` tokens (a pure
+  function of step, so a resumed run sees the same batches)."""
+
+  def batch_fn(step):
+    order = train.step_rng(seed, step).permutation(len(examples))
+    batch, _ = train.pack_stream((examples[i] for i in order), seq_len,
+                                 batch_size, fields=fields,
+                                 vocab_size=vocab_size)
+    return batch
+
+  return batch_fn
 
 
 def heldout_problems(config, n: int) -> list[arith.ArithProblem]:
@@ -225,20 +247,15 @@ def pin_workdir(config, workdir: str, check_only: bool = False) -> None:
                   check_only=check_only)
 
 
-def main(argv):
-  del argv
-  logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes
-  schema = config_utils.load_config_file(DEFAULT_CONFIG)
-  try:  # every config / directory problem, before anything is built
-    config = config_utils.validate(flags.FLAGS.config, schema)
-    validate_policy_config(config)
-    pin_workdir(config, flags.FLAGS.workdir, check_only=True)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from None
-  try:
-    run(config, flags.FLAGS.workdir)
-  except wd.WorkdirBusy as e:
-    raise app.UsageError(str(e)) from None
+def check_run(config, workdir: str) -> None:
+  """The dry run of `run`: `validate_policy_config`, and the workdir's pinned
+  settings. Writes nothing.
+
+  Raises:
+    ValueError: naming the offending field(s).
+  """
+  validate_policy_config(config)
+  pin_workdir(config, workdir, check_only=True)
 
 
 def run(config, workdir: str) -> dict:
@@ -265,17 +282,14 @@ def _run_locked(config, workdir: str) -> dict:
                                             config.eval.final_sample_problems))
   exclude = {p.question for p in eval_probs}
 
-  optimizer, _ = train.make_optimizer(
-      tc.learning_rate, warmup_steps=tc.warmup_steps, total_steps=tc.steps,
-      end_lr_ratio=tc.end_lr_ratio, weight_decay=tc.weight_decay,
-      clip_norm=tc.clip_norm)
+  optimizer = make_optimizer(tc)
   compute = None if tc.compute_dtype == "float32" else tc.compute_dtype
   step_fn = train.make_train_step(train.make_lm_loss_fn(cfg, compute), optimizer,
                                   accum_steps=tc.accum_steps)
   key = jax.random.PRNGKey(config.seed)
   pkey, tkey = jax.random.split(key)
   state = train.init_train_state(init_params(cfg, pkey), optimizer, tkey)
-  print(f"policy: {train.num_params(state.params):,} params, {cfg}", flush=True)
+  wd.progress(f"policy: {train.num_params(state.params):,} params, {cfg}")
 
   ckpt = checkpoint.CheckpointManager(os.path.join(workdir, "checkpoints"),
                                      save_every=tc.checkpoint_every,
@@ -283,7 +297,7 @@ def _run_locked(config, workdir: str) -> dict:
   latest = ckpt.latest_step()
   if latest is not None:
     state = train.restore_train_state(ckpt, cfg, state, latest)
-    print(f"resumed from checkpoint at step {latest}", flush=True)
+    wd.progress(f"resumed from checkpoint at step {latest}")
 
   n_eval = config.eval.n_problems
   eval_fn = lambda st: {"greedy_acc": greedy_accuracy(
@@ -293,17 +307,16 @@ def _run_locked(config, workdir: str) -> dict:
   state, history = train.train_loop(
       state, step_fn, make_batch_fn(config, exclude), tc.steps,
       checkpoint_manager=ckpt,
-      log_every=tc.log_every, log_fn=lambda s: print(s, flush=True),
+      log_every=tc.log_every, log_fn=wd.progress,
       eval_every=config.eval.every, eval_fn=eval_fn if config.eval.every else None,
       tokens_fn=tokens_fn)
   train_s = time.perf_counter() - t_train
 
   checkpoint.save_params(os.path.join(workdir, "policy"), state.params,
                          overwrite=True)
-  with open(os.path.join(workdir, "model_config.json"), "w") as f:
-    json.dump(dataclasses.asdict(cfg), f, indent=2)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config_utils.to_json(config))
+  checkpoint.save_model_config(
+      os.path.join(workdir, checkpoint.MODEL_CONFIG_FILE), cfg)
+  wd.save_config(workdir, config)  # read back by workdir.load_policy
 
   report = final_report(cfg, state.params, config)
   report.update(train_s=train_s, total_s=time.perf_counter() - t_start,
@@ -311,34 +324,25 @@ def _run_locked(config, workdir: str) -> dict:
                 history=history)
   wd.write_json_atomic(os.path.join(workdir, "metrics.json"), report, indent=2)
   cov = report[f"coverage_at_{report['samples']}"]
-  print(f"policy: greedy accuracy {report['greedy_accuracy']:.3f} "
-        f"pass@1 {report['pass_at_1']:.3f} coverage@{report['samples']} "
-        f"{cov:.3f} | train {train_s:.0f}s total {report['total_s']:.0f}s",
-        flush=True)
+  wd.progress(f"policy: greedy accuracy {report['greedy_accuracy']:.3f} "
+              f"pass@1 {report['pass_at_1']:.3f} coverage@{report['samples']} "
+              f"{cov:.3f} | train {train_s:.0f}s total "
+              f"{report['total_s']:.0f}s")
   return report
 
 
-def load_policy(policy_dir: str):
-  """(ModelConfig, params, training config as a ConfigDict) of a trained
-  policy written by this script."""
-  import ml_collections
-
-  with open(os.path.join(policy_dir, "model_config.json")) as f:
-    cfg = ModelConfig(**json.load(f))
-  with open(os.path.join(policy_dir, "config.json")) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  params = checkpoint.restore_params(os.path.join(policy_dir, "policy"), cfg)
-  return cfg, params, config
+# Where it was defined before experiments/workdir.py held model loading
+# (experiments/bench_speculative.py imports it from here).
+load_policy = wd.load_policy
 
 
-def define_flags():
-  """Flags are defined only when run as a script, so other experiments can
-  import the helpers above (load_policy, sample_solutions, ...)."""
-  config_flags.DEFINE_config_file("config", DEFAULT_CONFIG,
-                                  "Training config file.")
-  flags.DEFINE_string("workdir", "results/arith/policy", "Output directory.")
+def main(argv):
+  del argv
+  # every config / directory problem, before anything is built
+  config = wd.config_from_flags(DEFAULT_CONFIG, check=check_run)
+  wd.run_cli(run, config, flags.FLAGS.workdir)
 
 
 if __name__ == "__main__":
-  define_flags()
+  wd.define_flags("results/arith/policy", DEFAULT_CONFIG)
   app.run(main)

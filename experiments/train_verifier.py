@@ -28,7 +28,6 @@ concurrent run but its settings are not pinned. The config is checked
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from collections import Counter
@@ -36,17 +35,15 @@ from collections import Counter
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import app, flags
 
 from experiments import config_utils
 from experiments import train_policy as tp
 from experiments import workdir as wd
 from experiments.tasks import arith
-from jaxllm import reward, train
+from jaxllm import checkpoint, reward, train
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), "configs", "arith_verifier.py")
+DEFAULT_CONFIG = config_utils.config_path("arith_verifier.py")
 VERIFIER_SEED_OFFSET = 2_000_003  # verifier training problems
 TOK = arith.TOKENIZER
 ORM_LABELS = ("last", "all")  # train.orm_labels
@@ -113,22 +110,13 @@ def orm_example(s: Sample, where: str):
 
 def train_reward_model(name, cfg, init, examples, config, log):
   tc = config.train
-  optimizer, _ = train.make_optimizer(
-      tc.learning_rate, warmup_steps=tc.warmup_steps, total_steps=tc.steps,
-      end_lr_ratio=tc.end_lr_ratio, weight_decay=tc.weight_decay,
-      clip_norm=tc.clip_norm)
+  optimizer = tp.make_optimizer(tc)
   step_fn = train.make_train_step(reward.reward_loss_fn(cfg), optimizer)
   state = train.init_train_state(init, optimizer,
                                  jax.random.PRNGKey(config.seed + 1))
-  fields = ("label_mask", "labels")
-
-  def batch_fn(step):
-    order = train.step_rng(config.seed, step).permutation(len(examples))
-    batch, _ = train.pack_stream((examples[i] for i in order), tc.seq_len,
-                                 tc.batch_size, fields=fields,
-                                 vocab_size=cfg.vocab_size)
-    return batch
-
+  batch_fn = tp.shuffled_batch_fn(examples, config.seed, tc.seq_len,
+                                  tc.batch_size, cfg.vocab_size,
+                                  fields=("label_mask", "labels"))
   state, history = train.train_loop(
       state, step_fn, batch_fn, tc.steps, log_every=tc.log_every,
       log_fn=lambda s: log(f"[{name}] {s}"),
@@ -188,38 +176,29 @@ def validate_config(config) -> None:
       "train.end_lr_ratio", "train.weight_decay", "train.clip_norm",
       "train.log_every")
   config_utils.one_of(config, "train.orm_labels", ORM_LABELS)
-  for name in ("model_config.json", "config.json", "policy"):
-    path = os.path.join(config.policy_dir, name)
-    if not os.path.exists(path):
-      raise ValueError(f"config.policy_dir={config.policy_dir!r} has no {name} "
-                       f"({path} does not exist; train the policy first)")
+  wd.require_files(config, "policy_dir",
+                   (checkpoint.MODEL_CONFIG_FILE, wd.CONFIG_FILE, "policy"),
+                   hint="; train the policy first")
 
 
-def main(argv):
-  del argv
-  logging.set_verbosity(logging.WARNING)
-  schema = config_utils.load_config_file(DEFAULT_CONFIG)
-  try:  # every config problem, before anything is loaded
-    config = config_utils.validate(flags.FLAGS.config, schema)
-    validate_config(config)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from None
-  try:
-    with wd.lock(flags.FLAGS.workdir):
-      run(config, flags.FLAGS.workdir)
-  except wd.WorkdirBusy as e:
-    raise app.UsageError(str(e)) from None
+def run(config, workdir: str, log=wd.progress) -> dict:
+  """Sample, label, train the PRM and ORM into `workdir`, report; returns the
+  metrics.
+
+  Raises:
+    ValueError: a bad config (before anything is loaded).
+    experiments.workdir.WorkdirBusy: another run holds the workdir.
+  """
+  validate_config(config)
+  with wd.lock(workdir):
+    return _run_locked(config, workdir, log)
 
 
-def run(config, workdir: str) -> None:
-  """Sample, label, train the PRM and ORM into `workdir`, report (the caller
-  holds the workdir's lock)."""
+def _run_locked(config, workdir: str, log) -> dict:
   t_start = time.perf_counter()
-  os.makedirs(workdir, exist_ok=True)
-  log = lambda s: print(s, flush=True)
   d = config.data
 
-  cfg, policy_params, pconfig = tp.load_policy(config.policy_dir)
+  cfg, policy_params, pconfig = wd.load_policy(config.policy_dir)
   kw = tp.task_kwargs(pconfig)
   test_problems = tp.heldout_problems(pconfig, d.test_problems)
   held = {p.question for p in tp.heldout_problems(
@@ -298,12 +277,10 @@ def run(config, workdir: str) -> None:
       "sample_s": sample_s, **timings,
       "total_s": time.perf_counter() - t_start,
   })
-  with open(os.path.join(workdir, "model_config.json"), "w") as f:
-    json.dump(dataclasses.asdict(cfg), f, indent=2)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config_utils.to_json(config))
-  with open(os.path.join(workdir, "metrics.json"), "w") as f:
-    json.dump(results, f, indent=2)
+  checkpoint.save_model_config(
+      os.path.join(workdir, checkpoint.MODEL_CONFIG_FILE), cfg)
+  wd.save_config(workdir, config)
+  wd.write_json_atomic(os.path.join(workdir, "metrics.json"), results, indent=2)
   log(f"PRM step AUROC {results['prm_step_auroc']:.3f} ECE "
       f"{results['prm_step_ece']:.3f} | ORM AUROC {results['orm_auroc']:.3f} ECE "
       f"{results['orm_ece']:.3f} | gen-confidence step AUROC "
@@ -313,9 +290,17 @@ def run(config, workdir: str) -> None:
       f"{results[f'test_best_of_{n}_orm']:.3f} PRM-min "
       f"{results[f'test_best_of_{n}_prm_min']:.3f} coverage@{n} "
       f"{results[f'test_coverage_at_{n}']:.3f} | total {results['total_s']:.0f}s")
+  return results
+
+
+def main(argv):
+  del argv
+  # every config problem, before anything is loaded
+  config = wd.config_from_flags(DEFAULT_CONFIG,
+                                check=lambda c, _: validate_config(c))
+  wd.run_cli(run, config, flags.FLAGS.workdir)
 
 
 if __name__ == "__main__":
-  config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Verifier config.")
-  flags.DEFINE_string("workdir", "results/arith/verifier", "Output directory.")
+  wd.define_flags("results/arith/verifier", DEFAULT_CONFIG)
   app.run(main)

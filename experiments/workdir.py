@@ -1,4 +1,32 @@
-"""Output directories of resumable experiments: one run at a time, and only
+"""The one module of helpers the experiment scripts share (configs themselves
+are checked by experiments/config_utils.py):
+
+- the command line: `define_flags` (--config from configs/, --workdir),
+  `config_from_flags` (the validated config, or a usage error before anything
+  is loaded), `run_cli` (a run; a busy workdir is a usage error), and
+  `flag_ints` / `flags_at_least` for the benchmarks' plain absl flags;
+- output directories: `lock` and `pin_settings` (below);
+- files: atomic JSON / text / npz writes, `save_config` (config.json),
+  JSONL rows (`read_rows`, `append_row`), `require_files`;
+- models: `load_model` / `load_policy` / `load_reward_models` (what the
+  training scripts wrote) and `load_pretrained` (SmolLM2);
+- `progress` lines and `median_time` for benchmarks.
+
+A script that writes results takes `--workdir`; its main is thin:
+
+    def main(argv):
+      del argv
+      config = workdir.config_from_flags(DEFAULT_CONFIG, check=check_x)
+      workdir.run_cli(run, config, FLAGS.workdir)
+
+    if __name__ == "__main__":
+      workdir.define_flags("results/x", DEFAULT_CONFIG)
+      app.run(main)
+
+(flags are defined under `__main__`, so tests can import several experiment
+modules that each declare --config and --workdir).
+
+Output directories of resumable experiments: one run at a time, and only
 with the settings that made what is already there.
 
 Every experiment that writes to a directory and reuses what it finds there on
@@ -34,10 +62,17 @@ import fcntl
 import glob
 import json
 import os
+import time
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+
+import numpy as np
+from absl import app, flags, logging
 
 LOCK_FILE = ".lock"
 SETTINGS_FILE = "settings.json"
+CONFIG_FILE = "config.json"  # the run's whole config (provenance)
+RESULTS_FILE = "results.json"  # a benchmark's or demo's record
+SMOLLM2 = "smollm2-135m-instruct"
 
 _HELD: dict[str, int] = {}  # realpath -> nesting depth of this process's locks
 
@@ -216,12 +251,244 @@ def legacy_config_json(settings_fn: Callable[[Any], dict],
   return read
 
 
-def write_json_atomic(path: str, obj, **kw) -> None:
-  """json.dump(obj, **kw) to `path` through a temporary file (fsynced) and
-  os.replace, so a killed run never leaves a truncated file."""
+# ---------------------------------- files ----------------------------------
+
+
+def write_text_atomic(path: str, text: str) -> None:
+  """`text` to `path` through a temporary file (fsynced) and os.replace, so a
+  killed run never leaves a truncated file."""
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
-    json.dump(obj, f, **kw)
+    f.write(text)
     f.flush()
     os.fsync(f.fileno())
   os.replace(tmp, path)
+
+
+def write_json_atomic(path: str, obj, **kw) -> None:
+  """json.dump(obj, **kw) to `path`, atomically (`write_text_atomic`)."""
+  write_text_atomic(path, json.dumps(obj, **kw))
+
+
+def save_npz_atomic(path: str, **arrays) -> None:
+  """np.savez to `path` through a temporary file and os.replace (a pool or a
+  data shard is either whole or absent)."""
+  tmp = path + ".tmp.npz"
+  np.savez(tmp, **arrays)
+  os.replace(tmp, path)
+
+
+def save_config(workdir: str, config) -> str:
+  """The run's whole config as `<workdir>/config.json` (atomically; read back
+  by `load_policy` and by `pin_settings`' legacy readers). Returns the path."""
+  from experiments import config_utils
+  path = os.path.join(workdir, CONFIG_FILE)
+  write_text_atomic(path, config_utils.to_json(config))
+  return path
+
+
+ROW_KEY = ("method", "budget", "seed")
+
+
+def read_rows(path: str, key: Sequence[str] = ROW_KEY) -> dict:
+  """Finished rows of a JSONL file, by the tuple of their `key` fields. A torn
+  line left by a kill is dropped and the file rewritten (atomically) without
+  it, so appends that follow start on a fresh line."""
+  rows, good, torn = {}, [], False
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        try:
+          r = json.loads(line)
+          rows[tuple(r[k] for k in key)] = r
+          if not line.endswith("\n"):
+            torn, line = True, line + "\n"
+          good.append(line)
+        except (json.JSONDecodeError, KeyError):
+          torn = True
+    if torn:
+      with open(path + ".tmp", "w") as f:
+        f.writelines(good)
+      os.replace(path + ".tmp", path)
+  return rows
+
+
+def append_row(path: str, row: dict) -> None:
+  """One JSON line appended to `path`, flushed and fsynced (a killed run loses
+  at most the line it was writing, which `read_rows` drops)."""
+  with open(path, "a") as f:
+    f.write(json.dumps(row) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def require_files(config, field: str, names: Sequence[str],
+                  hint: str = "") -> None:
+  """Every name in `names` exists in the directory `config.<field>`.
+
+  Raises:
+    ValueError: naming the field, its value and the first missing file
+      (`hint` is appended to the message, e.g. what to run first).
+  """
+  d = config[field]
+  for name in names:
+    path = os.path.join(d, name)
+    if not os.path.exists(path):
+      raise ValueError(f"config.{field}={d!r} has no {name} ({path} does not "
+                       f"exist{hint})")
+
+
+# --------------------------------- models ----------------------------------
+
+
+def load_model(model_dir: str, params_name: str):
+  """(ModelConfig, params) a training script saved: `<model_dir>/
+  model_config.json` (jaxllm.checkpoint.load_model_config) and the orbax
+  params `<model_dir>/<params_name>`."""
+  from jaxllm import checkpoint
+  cfg = checkpoint.load_model_config(model_dir)
+  return cfg, checkpoint.restore_params(os.path.join(model_dir, params_name),
+                                        cfg)
+
+
+def load_policy(policy_dir: str):
+  """(ModelConfig, params, training config as a ConfigDict) of a policy
+  written by experiments/train_policy.py.
+
+  Raises:
+    FileNotFoundError / ValueError: naming the missing or unreadable file.
+  """
+  import ml_collections
+  from jaxllm import checkpoint
+  cfg = checkpoint.load_model_config(policy_dir)
+  path = os.path.join(policy_dir, CONFIG_FILE)
+  obj = read_json(path)
+  if obj is None:
+    raise FileNotFoundError(f"{path} not found (the policy's training config)")
+  params = checkpoint.restore_params(os.path.join(policy_dir, "policy"), cfg)
+  return cfg, params, ml_collections.ConfigDict(obj)
+
+
+def load_reward_models(verifier_dir: str, names: Sequence[str] = ("prm", "orm")):
+  """(ModelConfig, {name: (RewardModel, params)}) of the reward models
+  experiments/train_verifier.py wrote into `verifier_dir`."""
+  from jaxllm import checkpoint, reward
+  cfg = checkpoint.load_model_config(verifier_dir)
+  return cfg, {n: (reward.RewardModel(cfg), reward.restore_reward_params(
+      os.path.join(verifier_dir, n), cfg)) for n in names}
+
+
+def load_pretrained(name: str = SMOLLM2, dtype: str = "float32",
+                    log: Optional[Callable[[str], None]] = None):
+  """(ModelConfig, params, tokenizer) of a pretrained model shipped as a pip
+  package (jaxllm.pretrained); with `log`, one progress line saying what was
+  loaded, how large and how long it took."""
+  import jax
+  from jaxllm import pretrained
+  t0 = time.perf_counter()
+  cfg, params, tok = pretrained.load_pretrained(name, dtype=dtype)
+  if log is not None:
+    log(f"loaded {name}: {cfg.param_counts()['total'] / 1e6:.1f}M params in "
+        f"{time.perf_counter() - t0:.1f}s on {jax.default_backend()}")
+  return cfg, params, tok
+
+
+# ------------------------- progress and benchmarks -------------------------
+
+
+def progress(line: str) -> None:
+  """One progress line on stdout, flushed (the default `log` of the scripts'
+  library functions; tests pass their own)."""
+  print(line, flush=True)
+
+
+def median_time(fn: Callable[[], Any], repeats: int):
+  """(median seconds, every time) of `repeats` calls of `fn`, which must block
+  until its result is ready (jax.block_until_ready); warm up before."""
+  ts = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    ts.append(time.perf_counter() - t0)
+  return float(np.median(ts)), ts
+
+
+# ------------------------------ command line --------------------------------
+
+
+def define_flags(default_workdir: Optional[str],
+                 default_config: Optional[str] = None,
+                 workdir_help: str = "Output directory.") -> None:
+  """--workdir and, with `default_config` (a configs/*.py path), --config
+  (`config_flags.DEFINE_config_file`: `--config=FILE --config.a.b=VALUE`)."""
+  if default_config is not None:
+    from ml_collections import config_flags
+    config_flags.DEFINE_config_file(
+        "config", default_config,
+        "Config file (configs/*.py); override fields with --config.FIELD=V.")
+  flags.DEFINE_string("workdir", default_workdir, workdir_help)
+
+
+def config_from_flags(schema_path: str,
+                      check: Optional[Callable[[Any, str], None]] = None):
+  """The --config flag's config, checked against the schema file's
+  `get_config()` and locked (`config_utils.validate`), then `check(config,
+  --workdir)` (the script's dry run: value ranges, the workdir's pinned
+  settings). Nothing is loaded or written.
+
+  Raises:
+    app.UsageError: the first problem found (every ValueError), which absl
+      prints before exiting with status 1.
+  """
+  from experiments import config_utils
+  try:
+    config = config_utils.validate(
+        flags.FLAGS.config, config_utils.load_config_file(schema_path))
+    if check is not None:
+      check(config, flags.FLAGS.workdir)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  return config
+
+
+def run_cli(fn: Callable[..., Any], *args, **kwargs):
+  """fn(*args, **kwargs) for a script's main, with orbax's per-file INFO logs
+  silenced and a workdir held by another run (`WorkdirBusy`, naming its pid)
+  reported as a usage error."""
+  logging.set_verbosity(logging.WARNING)
+  try:
+    return fn(*args, **kwargs)
+  except WorkdirBusy as e:
+    raise app.UsageError(str(e)) from None
+
+
+def flag_ints(name: str, low: int = 1) -> list[int]:
+  """A list flag (flags.DEFINE_list) as ints >= `low`.
+
+  Raises:
+    app.UsageError: naming the flag, when it is empty or holds a non-int or a
+      value below `low`.
+  """
+  raw = getattr(flags.FLAGS, name)
+  out = []
+  for x in raw:
+    try:
+      out.append(int(x))
+    except ValueError:
+      raise app.UsageError(f"--{name}: {x!r} is not an int") from None
+  if not out or min(out) < low:
+    raise app.UsageError(f"--{name} must be a non-empty list of ints >= {low}, "
+                         f"got {raw}")
+  return out
+
+
+def flags_at_least(low, *names: str) -> None:
+  """Every flag in `names` is >= `low`.
+
+  Raises:
+    app.UsageError: "--NAME must be >= LOW, got V" for the first that is not.
+  """
+  for n in names:
+    v = getattr(flags.FLAGS, n)
+    if v < low:
+      raise app.UsageError(f"--{n} must be >= {low}, got {v}")

@@ -1,7 +1,6 @@
 """A random tiny arith policy saved the way experiments/train_policy.py saves one
 (the sweeps' machinery does not care that it is untrained)."""
 
-import dataclasses
 import json
 import os
 
@@ -22,8 +21,8 @@ def save_tiny_policy(root: str):
   os.makedirs(pol)
   checkpoint.save_params(os.path.join(pol, "policy"),
                          init_params(cfg, jax.random.key(0)))
-  with open(os.path.join(pol, "model_config.json"), "w") as f:
-    json.dump(dataclasses.asdict(cfg), f)
+  checkpoint.save_model_config(
+      os.path.join(pol, checkpoint.MODEL_CONFIG_FILE), cfg)
   with open(os.path.join(pol, "config.json"), "w") as f:
     json.dump(dict(seed=0, task=dict(n_steps=[2, 3], n_digits=1, mul_digits=1,
                                      ops="+-*")), f)

@@ -9,7 +9,6 @@ The sweep runs its real code path here with its model functions replaced by
 fakes that serve hand-made pools (no model is loaded or called), so expected
 rows are hand-computed and a refused run provably did no work."""
 
-import dataclasses
 import json
 import os
 import signal
@@ -28,6 +27,7 @@ from experiments import train_genverifier as tg
 from experiments import train_policy as tp
 from experiments import workdir
 from experiments.tasks import arith
+from jaxllm import checkpoint
 from jaxllm.config import ModelConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,8 +82,8 @@ class FakeModels:
                      (self.verifier_dir, ("prm", "orm"))):
       for n in names:
         os.makedirs(os.path.join(d, n), exist_ok=True)
-      with open(os.path.join(d, "model_config.json"), "w") as f:
-        json.dump(dataclasses.asdict(TINY), f)
+      checkpoint.save_model_config(
+          os.path.join(d, checkpoint.MODEL_CONFIG_FILE), TINY)
     with open(os.path.join(self.policy_dir, "config.json"), "w") as f:
       json.dump({}, f)
     monkeypatch.setattr(scaling, "load_models", self.load_models)
@@ -188,14 +188,14 @@ def test_results_without_a_record_or_from_an_older_version(tmp_path,
   # rows and pools nobody recorded the settings of
   anon = str(tmp_path / "anon")
   os.makedirs(anon)
-  scaling._atomic_savez(os.path.join(anon, "pool_seed0.npz"), **hand_pool())
+  workdir.save_npz_atomic(os.path.join(anon, "pool_seed0.npz"), **hand_pool())
   with pytest.raises(ValueError, match=r"holds results \(pool_seed0.npz\) but "
                                        r"no settings.json"):
     scaling.run_sweep(c, anon, log=quiet)
   # an earlier version wrote only config.json (its whole config)
   old = str(tmp_path / "old")
   os.makedirs(old)
-  scaling._atomic_savez(os.path.join(old, "pool_seed0.npz"), **hand_pool())
+  workdir.save_npz_atomic(os.path.join(old, "pool_seed0.npz"), **hand_pool())
   with open(os.path.join(old, "config.json"), "w") as f:
     f.write(config_utils.to_json(sweep_config(models, temperature=0.7)))
   with pytest.raises(ValueError, match=r"temperature: 0.7 -> 1.0"):
@@ -213,7 +213,7 @@ def test_results_without_a_record_or_from_an_older_version(tmp_path,
 def test_genrm_refuses_other_settings_and_a_verifier_trained_otherwise(
     tmp_path, monkeypatch):
   monkeypatch.setattr(tg, "train_verifier", _must_not_run("train_verifier"))
-  monkeypatch.setattr(tp, "load_policy", _must_not_run("load_policy"))
+  monkeypatch.setattr(workdir, "load_policy", _must_not_run("load_policy"))
   c = _genrm_config(tmp_path)
   # a pool made by an earlier version (pool_meta.json) with another seed
   out = str(tmp_path / "study")
@@ -345,7 +345,7 @@ def test_sweep_cli_rejects_a_misspelt_config_file(tmp_path):
   out = tmp_path / "sweep"
   proc = subprocess.run(
       [sys.executable, "-m", "experiments.scaling", f"--config={cfg}",
-       f"--out_dir={out}"], cwd=ROOT, capture_output=True, text=True,
+       f"--workdir={out}"], cwd=ROOT, capture_output=True, text=True,
       env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
   assert proc.returncode != 0
   assert "did you mean 'temperature'" in proc.stderr
@@ -422,7 +422,7 @@ def _genrm_config(root):
 def test_bad_study_values_fail_before_verifier_training(tmp_path, monkeypatch,
                                                         edit, message):
   monkeypatch.setattr(tg, "train_verifier", _must_not_run("train_verifier"))
-  monkeypatch.setattr(tp, "load_policy", _must_not_run("load_policy"))
+  monkeypatch.setattr(workdir, "load_policy", _must_not_run("load_policy"))
   c = _genrm_config(tmp_path)
   for k, v in edit.items():
     setattr(c, k, v)

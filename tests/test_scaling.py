@@ -1,18 +1,16 @@
 """Scaling sweep: resumable rows, no regeneration on rerun, forked prefill."""
 
-import dataclasses
 import json
 import os
 
 import jax
 import ml_collections
-import numpy as np
 import pytest
 
 from _tiny_policy import save_tiny_policy
 from configs import scaling_arith
 from experiments import scaling
-from jaxllm import reward
+from jaxllm import checkpoint, reward
 
 
 def _tiny_models(root):
@@ -21,8 +19,8 @@ def _tiny_models(root):
   pol, cfg = save_tiny_policy(root)
   ver = os.path.join(root, "verifier")
   os.makedirs(ver)
-  with open(os.path.join(ver, "model_config.json"), "w") as f:
-    json.dump(dataclasses.asdict(cfg), f)
+  checkpoint.save_model_config(
+      os.path.join(ver, checkpoint.MODEL_CONFIG_FILE), cfg)
   for i, name in enumerate(("prm", "orm")):
     reward.save_reward_params(os.path.join(ver, name),
                               reward.init_reward_params(cfg, jax.random.key(i)))
