@@ -120,7 +120,7 @@ def search_config(method: str, k: int, config):
     # ESS-triggered resampling; epf: reference + entropic annealing (ESS mode).
     return particle_filter.PFConfig(
         n_particles=k, max_steps=K, max_step_tokens=S,
-        weighting="smc" if method == "pf_smc" else "reference",
+        weighting="smc" if method == "pf_smc" else "prm_logit",
         ess_threshold=0.5 if method == "pf_smc" else None,
         entropic="ess" if method == "epf" else None, pad_id=TOK.pad_id,
         **steps)
