@@ -29,9 +29,12 @@ Scores are probabilities in [0, 1] (higher = more likely correct). Scorers:
 * `ExactChecker`: oracle scores from an exact step checker (host-side Python,
   not jittable; `params` is the list of problems, one per row).
 * `generative_verifier_scores`: a chat / LM verifier asked "Is this solution
-  correct? Answer Yes or No"; score = p(Yes) / (p(Yes) + p(No)) at the next
-  token. Works with any decode-interface model and any tokenizer with
-  `encode(text)`.
+  correct? Answer Yes or No"; score = p(yes) / (p(yes) + p(no)) at the next
+  token, where the yes / no tokens are the ones the model would write there
+  (found in context by tokenizing prompt + " Yes", so " Yes" after "Answer:"
+  with a byte-level BPE); it also reports p(yes) + p(no), the next-token mass
+  the verdict covers. Works with any decode-interface model and any tokenizer
+  with `encode(text)`.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from jaxllm.config import ModelConfig
 from jaxllm.model import forward, rms_norm
 from jaxllm.params import Params, init_params
 from jaxllm.train import segment_attention_mask
+from jaxllm.validation import check_token_ids
 
 # ---------------------------------------------------------------------------
 # Trained reward model (PRM / ORM): transformer + scalar head.
@@ -371,8 +375,13 @@ def _encode(tokenizer, text: str) -> list[int]:
 
 
 def word_token_ids(tokenizer, words: Sequence[str]) -> list[int]:
-  """The single token id of each word (ValueError if a word is several
-  tokens: pass ids explicitly then)."""
+  """The single token id of each word encoded ON ITS OWN (ValueError if a word
+  is several tokens).
+
+  Out of context: a byte-level BPE writes "Yes" after "Answer:" as the token
+  " Yes", not "Yes". To find the tokens a model emits after a prompt use
+  `verdict_token_ids`.
+  """
   ids = []
   for w in words:
     t = _encode(tokenizer, w)
@@ -383,38 +392,182 @@ def word_token_ids(tokenizer, words: Sequence[str]) -> list[int]:
   return ids
 
 
+def default_verdict_words(prompt: str) -> tuple[str, str]:
+  """The verdict as a writer continues `prompt`: (" Yes", " No") after a
+  non-space character (the default template ends in "Answer:"), ("Yes", "No")
+  after whitespace or an empty prompt (a chat template's generation prompt
+  ends in a newline)."""
+  sep = "" if not prompt or prompt[-1].isspace() else " "
+  return sep + "Yes", sep + "No"
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+  n = 0
+  for x, y in zip(a, b):
+    if x != y:
+      break
+    n += 1
+  return n
+
+
+def verdict_token_ids(tokenizer, prompt: str, words: Sequence[str]
+                      ) -> tuple[list[int], list[int]]:
+  """The token a model emits first for each of `words` right after `prompt`.
+
+  Encodes `prompt` and `prompt + word` for every word (without special
+  tokens) and reads each word's first token after the longest token prefix
+  they all share, so the answer is right for any tokenizer (byte-level BPE
+  " Yes" = "ĠYes", SentencePiece "▁Yes", ...), including one that merges the
+  prompt's last characters into the word (a prompt ending in "Answer: " with
+  word "Yes" gives the context "...Answer:" and the token " Yes").
+
+  Args:
+    tokenizer: anything with `encode(text)` (`add_special_tokens=False` is
+      passed when accepted).
+    prompt: the verifier prompt text the verdict follows.
+    words: the verdict words as they continue the prompt, e.g. (" Yes", " No").
+
+  Returns:
+    (context, ids): context = the shared token prefix, i.e. the prompt's tokens
+    the model reads before the verdict ([L] ints; all of encode(prompt) unless
+    the tokenizer merges across the boundary); ids = [len(words)] ints, the
+    first token of each word after the context (a word of several tokens is
+    represented by its first token).
+
+  Raises:
+    ValueError: naming the words, if a word adds no token after the prompt,
+      if the words tokenize the prompt's end differently (at the shared
+      context one word's next token is still prompt text), or if two words
+      share their first token.
+  """
+  base = _encode(tokenizer, prompt)
+  fulls = [_encode(tokenizer, prompt + w) for w in words]
+  shared = [_common_prefix(base, f) for f in fulls]
+  k = min(shared) if shared else len(base)
+  tail = repr(prompt[-24:])
+  for w, f, s in zip(words, fulls, shared):
+    if len(f) <= k:
+      raise ValueError(f"verdict word {w!r} adds no token after the prompt "
+                       f"(ending {tail}); pass yes_ids / no_ids explicitly")
+    if s > k:
+      raise ValueError(f"verdict words {list(words)} tokenize the end of the "
+                       f"prompt (ending {tail}) differently, so they do not "
+                       f"start at the same token; pass yes_ids / no_ids "
+                       f"explicitly")
+  ids = [f[k] for f in fulls]
+  if len(set(ids)) != len(ids):
+    raise ValueError(f"verdict words {list(words)} start with the same token "
+                     f"ids {ids} after the prompt (ending {tail}); choose words "
+                     f"whose first tokens differ or pass yes_ids / no_ids")
+  return base[:k], ids
+
+
 @functools.partial(jax.jit, static_argnames=("model",))
-def _yes_no_logodds(model, params, tokens_BxT, lengths_B, yes_ids, no_ids):
+def _yes_no_logprobs(model, params, tokens_BxT, lengths_B, yes_BxK, no_BxJ,
+                     extra_E):
+  """(log p(yes) [B], log p(no) [B], log p(extra) [B, E]) of the next token
+  after each prompt; yes / no are logsumexps over that row's ids."""
   _, logits = model.prefill(params, tokens_BxT, lengths_B, tokens_BxT.shape[1])
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  ly = jax.scipy.special.logsumexp(logp[:, yes_ids], axis=-1)
-  ln = jax.scipy.special.logsumexp(logp[:, no_ids], axis=-1)
-  return ly - ln
+  ly = jax.scipy.special.logsumexp(
+      jnp.take_along_axis(logp, yes_BxK, axis=1), axis=-1)
+  ln = jax.scipy.special.logsumexp(
+      jnp.take_along_axis(logp, no_BxJ, axis=1), axis=-1)
+  return ly, ln, logp[:, extra_E]
 
 
 @dataclasses.dataclass
 class VerifierScores:
-  scores: np.ndarray  # [N] p(Yes) / (p(Yes) + p(No))
-  prompt_tokens: np.ndarray  # [N] tokens the verifier read per solution
+  """What `generative_verifier_scores` read and said, per solution (N rows)."""
+
+  scores: np.ndarray  # [N] float, p(yes) / (p(yes) + p(no)) of the next token
+  prompt_tokens: np.ndarray  # [N] int, tokens the verifier read per solution
+  # [N] float, p(yes) + p(no) of the next token: how much of the model's
+  # next-token mass the verdict tokens cover. Small values mean the model
+  # would say something else there (wrong verdict tokens or template).
+  verdict_mass: np.ndarray
+  yes_ids: np.ndarray  # [N, Ky] int, the token ids summed as "yes" per row
+  no_ids: np.ndarray  # [N, Kn] int, the token ids summed as "no" per row
+  # [N, E] float, log p of each of `extra_ids` as the next token (diagnostics,
+  # e.g. another choice of verdict tokens read from the same forward pass)
+  extra_logprobs: np.ndarray
+
+
+def _model_vocab_size(model, params) -> int:
+  """The model's V: `model.vocab_size`, else the width of its prefill logits
+  (abstract evaluation, no compute)."""
+  V = getattr(model, "vocab_size", None)
+  if V is None:
+    tok = jax.ShapeDtypeStruct((1, 1), jnp.int32)
+    lens = jax.ShapeDtypeStruct((1,), jnp.int32)
+    _, logits = jax.eval_shape(lambda p, t, n: model.prefill(p, t, n, 1),
+                               params, tok, lens)
+    V = logits.shape[-1]
+  return int(V)
+
+
+def _id_set(name: str, ids, vocab_size: int) -> np.ndarray:
+  arr = np.unique(check_token_ids(name, ids, vocab_size).ravel())
+  if arr.size == 0:
+    raise ValueError(f"{name} must not be empty")
+  return arr
 
 
 def generative_verifier_scores(model, params, tokenizer, questions: Sequence[str],
                                solutions: Sequence[str], *,
                                template: Union[str, Callable[[str, str], str]] =
                                DEFAULT_VERIFIER_TEMPLATE,
+                               verdict_words: Optional[Sequence[str]] = None,
                                yes_ids: Optional[Sequence[int]] = None,
                                no_ids: Optional[Sequence[int]] = None,
                                prefix_ids: Sequence[int] = (),
+                               extra_ids: Sequence[int] = (),
                                batch_size: int = 64,
-                               pad_id: int = 0) -> VerifierScores:
+                               pad_id: int = 0,
+                               buckets: Optional[Sequence[int]] = None
+                               ) -> VerifierScores:
   """Ask a verifier model whether each solution is correct.
 
-  The prompt is `template.format(question=..., solution=...)` (or
+  The prompt text is `template.format(question=..., solution=...)` (or
   `template(question, solution)`, e.g. a chat template with the generation
-  prompt appended), encoded without special tokens after `prefix_ids` (e.g.
-  BOS). Score = p(Yes) / (p(Yes) + p(No)) of the next token, where p(Yes) sums
-  the probabilities of `yes_ids` (default: the single token of "Yes") and
-  likewise for No. One prefill per solution; no tokens are generated.
+  prompt appended). Score = p(yes) / (p(yes) + p(no)) of the next token; one
+  prefill per solution, no tokens generated.
+
+  By default the yes / no tokens are found IN CONTEXT for each prompt
+  (`verdict_token_ids`): the first token of `prompt + verdict_words[0]` resp.
+  `[1]` after the tokens they share with the prompt. `verdict_words` defaults
+  to `default_verdict_words(prompt)`: (" Yes", " No") after the default
+  template's "Answer:", ("Yes", "No") after a prompt ending in whitespace.
+  The verifier reads `prefix_ids` (e.g. BOS) + that shared context.
+
+  With explicit `yes_ids` and `no_ids` (both; each a set of ids whose
+  probabilities are summed) the verifier reads `prefix_ids` + the whole
+  encoded prompt and nothing is derived.
+
+  Args:
+    model: a decode-interface model (`prefill`), e.g. `Transformer(cfg)`.
+    params: its parameters.
+    tokenizer: `encode(text)` (without special tokens where it has the flag).
+    questions, solutions: N strings each.
+    extra_ids: E more ids whose next-token log-probabilities are returned
+      (`extra_logprobs`, at the same position as the verdict).
+    batch_size: prompts per prefill (shorter prompts are batched together;
+      the last batch is padded to this size when N > batch_size).
+    pad_id: id written into padding positions.
+    buckets: padded prompt lengths (`jaxllm.generate.pad_prompts`; default
+      powers of two). Each distinct padded length compiles once.
+
+  Returns:
+    VerifierScores with scores [N], prompt_tokens [N], verdict_mass [N]
+    (p(yes) + p(no)), yes_ids [N, Ky], no_ids [N, Kn], extra_logprobs
+    [N, E].
+
+  Raises:
+    ValueError: different numbers of questions and solutions; batch_size < 1;
+      only one of yes_ids / no_ids given; empty or overlapping yes / no ids;
+      verdict words that cannot be told apart (see `verdict_token_ids`); and,
+      before any model call, any prompt, prefix, pad, yes / no or extra id
+      outside [0, V) of the model (`check_token_ids`).
   """
   from jaxllm.generate import pad_prompts
 
@@ -423,26 +576,73 @@ def generative_verifier_scores(model, params, tokenizer, questions: Sequence[str
                      f"solutions")
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-  yes = list(yes_ids) if yes_ids is not None else word_token_ids(tokenizer, ["Yes"])
-  no = list(no_ids) if no_ids is not None else word_token_ids(tokenizer, ["No"])
-  if not yes or not no or set(yes) & set(no):
-    raise ValueError(f"yes_ids {yes} and no_ids {no} must be non-empty and "
-                     f"disjoint")
+  if (yes_ids is None) != (no_ids is None):
+    raise ValueError("pass both yes_ids and no_ids, or neither (then both are "
+                     "derived in context from verdict_words)")
+  if verdict_words is not None and len(verdict_words) != 2:
+    raise ValueError(f"verdict_words must be (yes_word, no_word), got "
+                     f"{verdict_words!r}")
+  V = _model_vocab_size(model, params)
+  prefix = [int(i) for i in check_token_ids("prefix_ids", list(prefix_ids),
+                                            V).ravel()]
+  check_token_ids("pad_id", pad_id, V)
+  extra = check_token_ids("extra_ids", list(extra_ids), V).ravel()
   fmt = template if callable(template) else (
       lambda q, s: template.format(question=q, solution=s))
-  prompts = [list(prefix_ids) + _encode(tokenizer, fmt(q, s))
-             for q, s in zip(questions, solutions)]
-  out = []
-  for i in range(0, len(prompts), batch_size):
-    chunk = prompts[i:i + batch_size]
-    n = len(chunk)
-    chunk = chunk + [chunk[-1]] * (batch_size - n) if len(prompts) > batch_size else chunk
-    toks, lens = pad_prompts(chunk, pad_id)
-    lo = _yes_no_logodds(model, params, jnp.asarray(toks), jnp.asarray(lens),
-                         jnp.asarray(yes, jnp.int32), jnp.asarray(no, jnp.int32))
-    out.append(np.asarray(jax.nn.sigmoid(lo))[:n])
-  return VerifierScores(scores=np.concatenate(out),
-                        prompt_tokens=np.array([len(p) for p in prompts]))
+  texts = [fmt(q, s) for q, s in zip(questions, solutions)]
+  N = len(texts)
+  if yes_ids is not None:
+    yes, no = _id_set("yes_ids", yes_ids, V), _id_set("no_ids", no_ids, V)
+    if set(yes.tolist()) & set(no.tolist()):
+      raise ValueError(f"yes_ids {yes.tolist()} and no_ids {no.tolist()} must "
+                       f"be disjoint")
+    prompts = [prefix + _encode(tokenizer, t) for t in texts]
+    yes_NxK = np.tile(yes, (N, 1))
+    no_NxK = np.tile(no, (N, 1))
+  else:
+    prompts, pairs = [], []
+    for t in texts:
+      words = (default_verdict_words(t) if verdict_words is None
+               else tuple(verdict_words))
+      ctx, ids = verdict_token_ids(tokenizer, t, words)
+      prompts.append(prefix + ctx)
+      pairs.append(ids)
+    pairs = np.asarray(pairs, np.int64).reshape(N, 2)
+    yes_NxK = check_token_ids("yes_ids (derived from the verdict words)",
+                              pairs[:, :1], V)
+    no_NxK = check_token_ids("no_ids (derived from the verdict words)",
+                             pairs[:, 1:], V)
+  if N and any(len(p) == 0 for p in prompts):
+    raise ValueError("a verifier prompt has no tokens (empty template and "
+                     "prefix_ids?)")
+  if N:
+    check_token_ids("verifier prompt ids",
+                    np.concatenate([np.asarray(p, np.int64) for p in prompts]),
+                    V)
+  lengths = np.array([len(p) for p in prompts], np.int64)
+  ly, ln = np.zeros((N,), np.float32), np.zeros((N,), np.float32)
+  lx = np.zeros((N, extra.size), np.float32)
+  order = np.argsort(lengths, kind="stable")  # similar lengths share a batch
+  for i in range(0, N, batch_size):
+    idx = order[i:i + batch_size]
+    n = len(idx)
+    if N > batch_size and n < batch_size:  # one shape for every batch
+      idx = np.concatenate([idx, np.repeat(idx[-1:], batch_size - n)])
+    toks, lens = pad_prompts([prompts[j] for j in idx], pad_id, buckets)
+    a, b, c = _yes_no_logprobs(
+        model, params, jnp.asarray(toks), jnp.asarray(lens),
+        jnp.asarray(yes_NxK[idx], jnp.int32),
+        jnp.asarray(no_NxK[idx], jnp.int32), jnp.asarray(extra, jnp.int32))
+    ly[idx[:n]] = np.asarray(a)[:n]
+    ln[idx[:n]] = np.asarray(b)[:n]
+    lx[idx[:n]] = np.asarray(c)[:n]
+  ly64, ln64 = ly.astype(np.float64), ln.astype(np.float64)
+  scores = 1.0 / (1.0 + np.exp(ln64 - ly64))
+  return VerifierScores(scores=scores, prompt_tokens=lengths,
+                        verdict_mass=np.exp(ly64) + np.exp(ln64),
+                        yes_ids=np.asarray(yes_NxK, np.int64),
+                        no_ids=np.asarray(no_NxK, np.int64),
+                        extra_logprobs=lx.astype(np.float64))
 
 
 # ---------------------------------------------------------------------------

@@ -191,9 +191,23 @@ def test_generative_verifier_score_is_normalised_yes_probability():
   b = tok.alphabet.index("b")
   want = (p[b, Y] + p[b, 0]) / (p[b, Y] + p[b, 0] + p[b, N])
   np.testing.assert_allclose(out.scores, [want], rtol=1e-5)
-  # Default yes/no ids: "Yes" is several tokens here, so it must be explicit.
+  # Default yes/no ids, found in context: after ": " the verdict words are
+  # "Yes" / "No", several tokens each here, scored by their first tokens.
+  out = reward.generative_verifier_scores(
+      BigramLM(V), table, tok, ["a"], ["b"], template="{question}{solution}: ")
+  s = tok.alphabet.index(" ")
+  np.testing.assert_array_equal(out.yes_ids, [[Y]])
+  np.testing.assert_array_equal(out.no_ids, [[N]])
+  np.testing.assert_allclose(out.scores, [p[s, Y] / (p[s, Y] + p[s, N])],
+                             rtol=1e-5)
+  np.testing.assert_allclose(out.verdict_mass, [p[s, Y] + p[s, N]], rtol=1e-5)
+  # Looked up out of context, "Yes" is several tokens here.
   with pytest.raises(ValueError, match="encodes to 3 tokens"):
-    reward.generative_verifier_scores(BigramLM(V), table, tok, ["a"], ["b"])
+    reward.word_token_ids(tok, ["Yes"])
+  # After "?" they are " Yes" / " No", whose first tokens are both " ".
+  with pytest.raises(ValueError, match="start with the same token"):
+    reward.generative_verifier_scores(BigramLM(V), table, tok, ["a"], ["b"],
+                                      template="{question}{solution}?")
 
 
 def test_exact_checker_scores_follow_step_labels():

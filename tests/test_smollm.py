@@ -181,3 +181,43 @@ def test_greedy_continuation_matches_transformers(ours, our_run, hf_model):
   answer = tok.decode(greedy[0])
   print("SmolLM2 greedy:", repr(answer))
   assert "Paris" in answer
+
+
+def test_generative_verifier_verdict_tokens_and_score(ours, hf_model, hf_tok):
+  """The verdict tokens after the default template's "Answer:" are " Yes" /
+  " No" (as transformers' tokenizer spells them), they carry most of the
+  next-token mass, and the score is p(" Yes") / (p(" Yes") + p(" No")) from
+  transformers' logits."""
+  from jaxllm import reward
+  from jaxllm.decoding import Transformer
+  cfg, params, tok = ours
+  q, s = "What is 2 + 3?", "2 + 3 = 5. The answer is 5."
+  text = reward.DEFAULT_VERIFIER_TEMPLATE.format(question=q, solution=s)
+  ctx, ids = reward.verdict_token_ids(tok, text,
+                                      reward.default_verdict_words(text))
+  want = [hf_tok(w, add_special_tokens=False)["input_ids"]
+          for w in (" Yes", " No")]
+  assert [len(w) for w in want] == [1, 1] and ids == want[0] + want[1]
+  assert hf_tok.convert_ids_to_tokens(ids) == ["ĠYes", "ĠNo"]
+  assert ctx == hf_tok(text, add_special_tokens=False)["input_ids"]
+  old = reward.word_token_ids(tok, ["Yes", "No"])  # the no-space tokens
+  assert hf_tok.convert_ids_to_tokens(old) == ["Yes", "No"]
+
+  out = reward.generative_verifier_scores(Transformer(cfg), params, tok, [q],
+                                          [s], extra_ids=old)
+  z = _hf_logits(hf_model, ctx)[-1].astype(np.float64)
+  logp = z - z.max() - np.log(np.exp(z - z.max()).sum())
+  # test_logits_match_transformers bounds our logit error by 1e-4 max|z|.
+  tol = 4e-4 * np.abs(z).max()
+  np.testing.assert_array_equal(out.yes_ids, [[ids[0]]])
+  np.testing.assert_array_equal(out.prompt_tokens, [len(ctx)])
+  lo = np.log(out.scores / (1 - out.scores))
+  np.testing.assert_allclose(lo, [logp[ids[0]] - logp[ids[1]]], atol=tol)
+  np.testing.assert_allclose(np.log(out.verdict_mass),
+                             [np.logaddexp(logp[ids[0]], logp[ids[1]])],
+                             atol=tol)
+  np.testing.assert_allclose(out.extra_logprobs, [logp[old]], atol=tol)
+  old_mass = np.exp(out.extra_logprobs).sum()
+  print(f"\nSmolLM2 verifier: score {out.scores[0]:.3f}, verdict mass "
+        f"{out.verdict_mass[0]:.3f} (no-space tokens: {old_mass:.4f})")
+  assert out.verdict_mass[0] > 100 * old_mass
