@@ -15,7 +15,9 @@ ks at once, so one sampling run yields the whole budget curve. numpy, float64.
 
 Conventions match `algorithms.selection`: answers are int ids per problem, a negative id
 means "no answer" (never wins a vote unless all are invalid, which counts as wrong), vote
-ties go to the lowest answer id unless random tie-breaking is asked for.
+ties go to the lowest answer id unless random tie-breaking is asked for. NaN scores are
+missing scores, as in `selection`: a NaN ranks below every number (-inf included) when
+samples or groups are ranked, and contributes nothing to a group's sum, mean or max.
 """
 
 from __future__ import annotations
@@ -78,9 +80,10 @@ def _check_pool(answers_PxN=None, scores_PxN=None, correct_PxN=None):
         raise ValueError(f"answers_PxN must be integer answer ids, got {x.dtype}")
       x = x.astype(np.int64)
     elif name == "scores_PxN":
-      x = x.astype(np.float64)
-      if np.isnan(x).any():
-        raise ValueError("scores_PxN contains NaN")
+      if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)
+              or x.dtype == bool):
+        raise ValueError(f"scores_PxN must be numeric, got {x.dtype}")
+      x = x.astype(np.float64)  # NaN allowed: a missing score (module docstring)
     else:
       if not np.isin(x, (0, 1)).all():
         raise ValueError("correct_PxN must be boolean (0/1)")
@@ -150,15 +153,26 @@ def best_of_n_at_k(scores_PxN, correct_PxN, ks: Sequence[int]) -> np.ndarray:
   the subset every member of the group is equally likely to be the pick: the group
   contributes its *mean* correctness. So: replace each sample's correctness by its
   tie-group mean, then apply the no-tie weights.
+
+  NaN scores rank below every number (-inf included) and tie with each other, as in
+  `selection.best_of_n` with a key: a NaN sample is picked only from a subset whose
+  scores are all NaN, uniformly among them.
+
+  Args:
+    scores_PxN: float [P, N]; correct_PxN: bool / 0-1 [P, N]; ks: budgets, 1 <= k <= N.
+
+  Raises:
+    ValueError: bad shapes or dtypes, or a k outside [1, N].
   """
   _, scores, correct = _check_pool(None, scores_PxN, correct_PxN)
   p, n = scores.shape
   weights_KxN = best_of_n_weights(n, ks)
-  order = np.argsort(-scores, axis=1, kind="stable")
+  order = np.argsort(-scores, axis=1, kind="stable")  # numpy sorts NaN last
   s = np.take_along_axis(scores, order, axis=1)
   corr = np.take_along_axis(correct.astype(np.float64), order, axis=1)
   new_group = np.ones_like(s, dtype=bool)
-  new_group[:, 1:] = s[:, 1:] != s[:, :-1]
+  same = (s[:, 1:] == s[:, :-1]) | (np.isnan(s[:, 1:]) & np.isnan(s[:, :-1]))
+  new_group[:, 1:] = ~same
   gid = (np.cumsum(new_group, axis=1) - 1) + (np.arange(p) * n)[:, None]
   sums = np.bincount(gid.ravel(), weights=corr.ravel(), minlength=p * n)
   cnts = np.bincount(gid.ravel(), minlength=p * n)
@@ -260,7 +274,8 @@ def _estimate_over_subsets(evaluate: Callable, p: int, n: int, ks_arr: np.ndarra
 
 def _group_totals(groups_PxN, weights_PxN, idx_Pxmxk, width: int):
   """Per-subset count and weight sum of every group (plus the invalid dummy group):
-  arrays of shape (P, m, width) via one flat bincount."""
+  arrays of shape (P, m, width) via one flat bincount. NaN weights must have been
+  replaced (by 0) by the caller."""
   p, m, _ = idx_Pxmxk.shape
   g = groups_PxN[np.arange(p)[:, None, None], idx_Pxmxk]
   flat = (np.arange(p * m).reshape(p, m, 1) * width + g).ravel()
@@ -275,11 +290,15 @@ def _group_totals(groups_PxN, weights_PxN, idx_Pxmxk, width: int):
 
 def _vote_correct(value_Pxmxg, present_Pxmxg, group_correct_PxG, tie_break: str):
   """Correctness of the arg-max group among present ones; 0 when none is present.
+  A NaN value ranks below every number (NaN groups tie with each other).
   'random': exact expectation under a uniform tie-break = mean correctness of the tied
   groups. 'lowest_id': the first tied group (dense index order = answer id order)."""
-  value = np.where(present_Pxmxg, value_Pxmxg, -np.inf)
+  nan = np.isnan(value_Pxmxg)
+  scored = present_Pxmxg & ~nan
+  pool = np.where(scored.any(-1, keepdims=True), scored, present_Pxmxg)
+  value = np.where(pool & ~nan, value_Pxmxg, -np.inf)
   best = value.max(-1, keepdims=True)
-  tied = present_Pxmxg & (value == best)
+  tied = pool & (value == best)
   gc = group_correct_PxG[:, None, :]
   any_present = present_Pxmxg.any(-1)
   if tie_break == "random":
@@ -322,10 +341,12 @@ def weighted_majority_at_k(answers_PxN, scores_PxN, correct_PxN, ks: Sequence[in
                            max_exact_subsets: int = 20_000, num_subsets: int = 2_000,
                            seed=0) -> SubsetEstimate:
   """Weighted-maj@k: as `majority_at_k`, voting with the sum of scores per answer
-  group (`selection.weighted_self_consistency`)."""
+  group (`selection.weighted_self_consistency`: a NaN score contributes nothing to its
+  group's sum; a NaN group sum, from +inf and -inf in one group, ranks last)."""
   if tie_break not in TIE_BREAKS:
     raise ValueError(f"tie_break must be one of {TIE_BREAKS}, got {tie_break!r}")
   answers, scores, correct = _check_pool(answers_PxN, scores_PxN, correct_PxN)
+  scores = np.where(np.isnan(scores), 0.0, scores)
   p, n = answers.shape
   ks_arr = _check_ks(ks, n)
   groups, group_correct, num_groups = _dense_groups(answers, correct)
@@ -349,38 +370,47 @@ def best_of_majority_at_k(answers_PxN, scores_PxN, correct_PxN, ks: Sequence[int
 
   Within each subset: groups with frequency count / k >= alpha are kept (all groups
   if none passes), ranked by `reward` ('mean', 'max' or 'sum' of the group's scores),
-  ties to the lowest answer id, as `selection.best_of_majority` without a key.
+  ties to the lowest answer id, as `selection.best_of_majority` without a key. NaN
+  scores as there: they count towards frequency, the reward uses the group's non-NaN
+  scores only, and a group with none has reward NaN ('mean', 'max'; ranked last) or
+  0 ('sum').
   """
   if reward not in GROUP_REWARDS:
     raise ValueError(f"reward must be one of {GROUP_REWARDS}, got {reward!r}")
-  if not 0.0 <= alpha <= 1.0:
-    raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-  if num_submit < 1:
-    raise ValueError(f"num_submit must be >= 1, got {num_submit}")
+  if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.number)) or \
+      not 0.0 <= alpha <= 1.0:
+    raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
+  if isinstance(num_submit, bool) or not isinstance(num_submit, (int, np.integer)) \
+      or num_submit < 1:
+    raise ValueError(f"num_submit must be an int >= 1, got {num_submit!r}")
   answers, scores, correct = _check_pool(answers_PxN, scores_PxN, correct_PxN)
   p, n = answers.shape
   ks_arr = _check_ks(ks, n)
   groups, group_correct, num_groups = _dense_groups(answers, correct)
   width = num_groups + 1
+  is_scored = ~np.isnan(scores)
+  scores0 = np.where(is_scored, scores, 0.0)
 
   def evaluate(idx, k):
-    counts, sums, flat = _group_totals(groups, scores, idx, width)
+    counts, sums, flat = _group_totals(groups, scores0, idx, width)
+    _, num_scored, _ = _group_totals(groups, is_scored.astype(np.float64), idx, width)
     if reward == "mean":
-      value = sums / np.maximum(counts, 1)
+      value = np.where(num_scored > 0, sums / np.maximum(num_scored, 1), np.nan)
     elif reward == "sum":
       value = sums
     else:
       value = np.full(counts.size, -np.inf)
-      w = scores[np.arange(p)[:, None, None], idx]
+      w = np.where(is_scored, scores, -np.inf)[np.arange(p)[:, None, None], idx]
       np.maximum.at(value, flat, w.ravel())
-      value = value.reshape(counts.shape)
+      value = np.where(num_scored > 0, value.reshape(counts.shape), np.nan)
     counts, value = counts[..., :num_groups], value[..., :num_groups]
     present = counts > 0
     passes = present & (counts / k >= alpha)
     eligible = np.where(passes.any(-1, keepdims=True), passes, present)
-    value = np.where(eligible, value, -np.inf)
+    nan = np.isnan(value)
+    value = np.where(eligible & ~nan, value, -np.inf)
     lowest_id = np.broadcast_to(np.arange(num_groups), value.shape)
-    order = np.lexsort((lowest_id, -value, ~eligible), axis=-1)[..., :num_submit]
+    order = np.lexsort((lowest_id, -value, nan, ~eligible), axis=-1)[..., :num_submit]
     hit = (np.take_along_axis(eligible, order, -1)
            & np.take_along_axis(np.broadcast_to(group_correct[:, None, :], value.shape),
                                 order, -1))

@@ -9,20 +9,91 @@ nothing fails later with an opaque XLA shape error.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from typing import Optional
+
+import numpy as np
 
 ACTIVATIONS = ("silu", "gelu_tanh", "gelu")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
+def as_int(name: str, value) -> int:
+  """`value` as a Python int, or ValueError naming `name`.
+
+  Accepts Python and numpy integers (0-d integer arrays too); rejects bools, floats
+  (even 4.0), strings and None, so a wrong type fails here with the field's name
+  rather than deep inside a jitted function.
+  """
+  if isinstance(value, (bool, np.bool_)) or not (
+      isinstance(value, numbers.Integral) or
+      (isinstance(value, np.ndarray) and value.ndim == 0
+       and np.issubdtype(value.dtype, np.integer))):
+    raise ValueError(f"{name} must be an int, got {value!r} "
+                     f"({type(value).__name__})")
+  return int(value)
+
+
+def as_real(name: str, value) -> float:
+  """`value` as a finite Python float, or ValueError naming `name`.
+
+  Accepts Python / numpy ints and floats and 0-d real arrays (jax ones too); rejects
+  bools, strings, complex numbers, None, NaN and +-inf.
+  """
+  if isinstance(value, (bool, np.bool_, str, bytes)) or value is None:
+    ok = False
+  elif isinstance(value, numbers.Real):
+    ok = True
+  else:  # a 0-d numpy / jax array
+    shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
+    ok = (shape == () and dtype is not None and
+          (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)))
+  if not ok:
+    raise ValueError(f"{name} must be a real number, got {value!r} "
+                     f"({type(value).__name__})")
+  out = float(value)
+  if not math.isfinite(out):
+    raise ValueError(f"{name} must be finite, got {out}")
+  return out
+
+
 @dataclasses.dataclass(frozen=True)
 class RopeScaling:
-  """Llama-3-style frequency-dependent RoPE scaling (rope_type 'llama3')."""
+  """Llama-3-style frequency-dependent RoPE scaling (rope_type 'llama3').
+
+  Wavelengths longer than original_max_position / low_freq_factor are divided by
+  `factor`, shorter than original_max_position / high_freq_factor kept, and those
+  between interpolated (see `jaxllm.model.rope_inv_freq`).
+
+  Validated at construction: `factor` and `low_freq_factor` finite and > 0,
+  `high_freq_factor` finite and > low_freq_factor (the interpolation divides by
+  their difference), `original_max_position` an int >= 1. Numbers are stored as
+  Python floats / ints. Raises ValueError naming the field.
+  """
 
   factor: float = 8.0
   low_freq_factor: float = 1.0
   high_freq_factor: float = 4.0
   original_max_position: int = 8192
+
+  def __post_init__(self):
+    def need(cond, field, msg):
+      if not cond:
+        raise ValueError(f"RopeScaling.{field}: {msg}")
+
+    for f in ("factor", "low_freq_factor", "high_freq_factor"):
+      object.__setattr__(self, f, as_real(f"RopeScaling.{f}", getattr(self, f)))
+    object.__setattr__(self, "original_max_position", as_int(
+        "RopeScaling.original_max_position", self.original_max_position))
+    need(self.factor > 0, "factor", f"must be > 0, got {self.factor}")
+    need(self.low_freq_factor > 0, "low_freq_factor",
+         f"must be > 0, got {self.low_freq_factor}")
+    need(self.high_freq_factor > self.low_freq_factor, "high_freq_factor",
+         f"must be > low_freq_factor={self.low_freq_factor}, got "
+         f"{self.high_freq_factor}")
+    need(self.original_max_position >= 1, "original_max_position",
+         f"must be >= 1, got {self.original_max_position}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +104,12 @@ class ModelConfig:
   attention). Use `sliding_window` + `sliding_window_pattern` as a shortcut:
   pattern p makes every layer i with (i + 1) % p != 0 local (Gemma 2: p = 2,
   i.e. local, global, local, ...).
+
+  Every field is checked at construction (ValueError naming the field): ints are
+  ints (not bools, floats or strings) and positive where a size; floats finite and
+  > 0 where they divide or scale (norm_eps, rope_theta, softcaps,
+  query_pre_attn_scalar); flags are bools; `rope_scaling` a RopeScaling (a dict is
+  converted). Numeric values are stored as Python ints / floats.
   """
 
   vocab_size: int
@@ -66,42 +143,73 @@ class ModelConfig:
       if not cond:
         raise ValueError(f"ModelConfig.{field}: {msg}")
 
+    def to_int(f):
+      v = as_int(f"ModelConfig.{f}", getattr(self, f))
+      object.__setattr__(self, f, v)
+      return v
+
+    def to_real(f):
+      v = as_real(f"ModelConfig.{f}", getattr(self, f))
+      object.__setattr__(self, f, v)
+      return v
+
     for f in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads",
               "d_ff", "max_seq_len"):
-      v = getattr(self, f)
-      need(isinstance(v, int) and v > 0, f, f"must be a positive int, got {v!r}")
+      v = to_int(f)
+      need(v > 0, f, f"must be a positive int, got {v!r}")
     if self.head_dim is None:
       need(self.d_model % self.n_heads == 0, "n_heads",
            f"d_model={self.d_model} is not divisible by n_heads={self.n_heads} "
            "(set head_dim explicitly if that is intended)")
       object.__setattr__(self, "head_dim", self.d_model // self.n_heads)
-    need(isinstance(self.head_dim, int) and self.head_dim > 0 and
-         self.head_dim % 2 == 0, "head_dim",
-         f"must be a positive even int (RoPE rotates pairs), got {self.head_dim!r}")
+    head_dim = to_int("head_dim")
+    need(head_dim > 0 and head_dim % 2 == 0, "head_dim",
+         f"must be a positive even int (RoPE rotates pairs), got {head_dim!r}")
     need(self.n_heads % self.n_kv_heads == 0, "n_kv_heads",
          f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}")
-    need(self.activation in ACTIVATIONS, "activation",
+    need(isinstance(self.activation, str) and self.activation in ACTIVATIONS,
+         "activation",
          f"unknown activation {self.activation!r}; expected one of {ACTIVATIONS}")
-    need(self.dtype in DTYPES, "dtype", f"{self.dtype!r} not in {DTYPES}")
-    need(self.param_dtype in DTYPES, "param_dtype",
-         f"{self.param_dtype!r} not in {DTYPES}")
-    need(self.norm_eps > 0, "norm_eps", f"must be > 0, got {self.norm_eps}")
-    need(self.rope_theta > 0, "rope_theta", f"must be > 0, got {self.rope_theta}")
-    for f in ("attn_softcap", "final_softcap", "query_pre_attn_scalar"):
+    need(isinstance(self.dtype, str) and self.dtype in DTYPES, "dtype",
+         f"{self.dtype!r} not in {DTYPES}")
+    need(isinstance(self.param_dtype, str) and self.param_dtype in DTYPES,
+         "param_dtype", f"{self.param_dtype!r} not in {DTYPES}")
+    for f in ("norm_plus_one", "post_norms", "tie_embeddings", "qkv_bias",
+              "embed_scale"):
       v = getattr(self, f)
-      need(v is None or v > 0, f, f"must be None or > 0, got {v}")
-    need(self.sliding_window is None or self.sliding_window > 0,
-         "sliding_window", f"must be None or > 0, got {self.sliding_window}")
-    need(self.sliding_window_pattern >= 1, "sliding_window_pattern",
-         f"must be >= 1, got {self.sliding_window_pattern}")
+      need(isinstance(v, (bool, np.bool_)), f, f"must be a bool, got {v!r}")
+      object.__setattr__(self, f, bool(v))
+    need(to_real("norm_eps") > 0, "norm_eps", f"must be > 0, got {self.norm_eps}")
+    need(to_real("rope_theta") > 0, "rope_theta",
+         f"must be > 0, got {self.rope_theta}")
+    for f in ("attn_softcap", "final_softcap", "query_pre_attn_scalar"):
+      if getattr(self, f) is not None:
+        v = to_real(f)
+        need(v > 0, f, f"must be None or > 0, got {v}")
+    if self.sliding_window is not None:
+      v = to_int("sliding_window")
+      need(v > 0, "sliding_window", f"must be None or > 0, got {v}")
+    v = to_int("sliding_window_pattern")
+    need(v >= 1, "sliding_window_pattern", f"must be >= 1, got {v}")
     if self.layer_windows is not None:
-      object.__setattr__(self, "layer_windows", tuple(self.layer_windows))
-      need(len(self.layer_windows) == self.n_layers, "layer_windows",
-           f"has {len(self.layer_windows)} entries for n_layers={self.n_layers}")
-      need(all(isinstance(w, int) and w >= 0 for w in self.layer_windows),
+      need(isinstance(self.layer_windows, (tuple, list)), "layer_windows",
+           f"must be a tuple of ints, got {self.layer_windows!r}")
+      windows = tuple(as_int(f"ModelConfig.layer_windows[{i}]", w)
+                      for i, w in enumerate(self.layer_windows))
+      object.__setattr__(self, "layer_windows", windows)
+      need(len(windows) == self.n_layers, "layer_windows",
+           f"has {len(windows)} entries for n_layers={self.n_layers}")
+      need(all(w >= 0 for w in windows),
            "layer_windows", "entries must be ints >= 0 (0 = global)")
     if isinstance(self.rope_scaling, dict):
+      names = {f.name for f in dataclasses.fields(RopeScaling)}
+      need(set(self.rope_scaling) <= names, "rope_scaling",
+           f"unknown keys {sorted(set(self.rope_scaling) - names)}; "
+           f"expected some of {sorted(names)}")
       object.__setattr__(self, "rope_scaling", RopeScaling(**self.rope_scaling))
+    need(self.rope_scaling is None or isinstance(self.rope_scaling, RopeScaling),
+         "rope_scaling",
+         f"must be None, a RopeScaling or a dict, got {self.rope_scaling!r}")
 
   @property
   def q_per_kv(self) -> int:

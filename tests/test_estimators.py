@@ -253,8 +253,11 @@ def test_validation_errors():
     est.majority_at_k(answers, np.array([[True, True, False]]), [1])
   with pytest.raises(ValueError, match="integer"):
     est.majority_at_k(answers.astype(float), correct, [1])
-  with pytest.raises(ValueError, match="NaN"):
-    est.best_of_n_at_k(np.array([[np.nan, 1.0, 2.0]]), correct, [1])
+  # A NaN score is a missing score (ranks last), no longer an error: the correct
+  # sample 0 is only picked alone (k=1: 1/3); with any other sample it loses.
+  np.testing.assert_allclose(
+      est.best_of_n_at_k(np.array([[np.nan, 1.0, 2.0]]), correct, [1, 2, 3]),
+      [[1 / 3, 0.0, 0.0]])
   with pytest.raises(ValueError, match="shape"):
     est.weighted_majority_at_k(answers, scores[:, :2], correct, [1])
   with pytest.raises(ValueError, match="method"):
@@ -263,3 +266,125 @@ def test_validation_errors():
     est.majority_at_k(answers, correct, [1], tie_break="coin")
   with pytest.raises(ValueError, match="alpha"):
     est.best_of_majority_at_k(answers, scores, correct, [1], alpha=2.0)
+
+
+# ----------------------------------------------------------------------------------
+# NaN scores (missing): rank below every number, contribute nothing to group sums,
+# means and maxima -- the rules of algorithms.selection.
+
+
+def bon_outcome_nan(scores, correct):
+  """bon_outcome where NaN ranks below -inf and NaNs tie with each other."""
+  def f(s):
+    scored = [i for i in s if not math.isnan(scores[i])]
+    if not scored:
+      return np.mean([correct[i] for i in s])
+    best = max(scores[i] for i in scored)
+    return np.mean([correct[i] for i in scored if scores[i] == best])
+  return f
+
+
+def bom_outcome_nan(answers, scores, correct, alpha, num_submit, reward):
+  def agg(v):
+    v = [x for x in v if not math.isnan(x)]
+    if reward == "sum":
+      return sum(v)
+    if not v:
+      return None
+    return sum(v) / len(v) if reward == "mean" else max(v)
+  def f(s):
+    groups = collections.defaultdict(list)
+    ok = {}
+    for i in s:
+      if answers[i] >= 0:
+        groups[answers[i]].append(scores[i])
+        ok[answers[i]] = correct[i]
+    kept = {a: v for a, v in groups.items() if len(v) / len(s) >= alpha} or groups
+    def rank(a):
+      r = agg(kept[a])
+      return (r is None, 0.0 if r is None else -r, a)
+    top = sorted(kept, key=rank)[:num_submit]
+    return float(any(ok[a] for a in top))
+  return f
+
+
+def with_nans(rng, scores, frac=0.3):
+  scores = scores.copy()
+  scores[rng.random(scores.shape) < frac] = np.nan
+  return scores
+
+
+def test_best_of_n_at_k_nan_hand_case():
+  # Scores [NaN, 1, NaN, 0], correct [1, 0, 1, 0]. k=1: 1/2. k=2 (6 subsets): {0,2}
+  # both NaN -> 1; {0,1}, {0,3}, {1,2}, {1,3}, {2,3} pick a scored sample -> 0.
+  # So 1/6. k >= 3: always a scored sample -> 0.
+  got = est.best_of_n_at_k(np.array([[np.nan, 1.0, np.nan, 0.0]]),
+                           np.array([[1, 0, 1, 0]]), [1, 2, 3, 4])
+  np.testing.assert_allclose(got, [[1 / 2, 1 / 6, 0.0, 0.0]], atol=1e-12)
+
+
+def test_best_of_n_at_k_nan_brute_force():
+  rng = np.random.default_rng(11)
+  for n in range(1, 9):
+    _, scores, correct = random_case(rng, p=4, n=n)
+    scores = with_nans(rng, scores)
+    scores[0, :] = np.nan  # one problem fully NaN
+    ks = list(range(1, n + 1))
+    got = est.best_of_n_at_k(scores, correct, ks)
+    for i in range(4):
+      want = [brute(n, k, bon_outcome_nan(scores[i], correct[i])) for k in ks]
+      np.testing.assert_allclose(got[i], want, atol=1e-12, err_msg=f"n={n}")
+
+
+def test_weighted_majority_at_k_nan_brute_force():
+  rng = np.random.default_rng(12)
+  for n in (3, 7):
+    answers, scores, correct = random_case(rng, p=5, n=n)
+    scores = with_nans(rng, scores)
+    zeroed = np.where(np.isnan(scores), 0.0, scores)  # NaN contributes nothing
+    ks = list(range(1, n + 1))
+    for tie_break in ("random", "lowest_id"):
+      res = est.weighted_majority_at_k(answers, scores, correct, ks,
+                                       tie_break=tie_break)
+      for i in range(5):
+        want = [brute(n, k, vote_outcome(answers[i], correct[i], zeroed[i], tie_break))
+                for k in ks]
+        np.testing.assert_allclose(res.value_PxK[i], want, atol=1e-12)
+
+
+@pytest.mark.parametrize("reward", ["mean", "max", "sum"])
+def test_best_of_majority_at_k_nan_brute_force(reward):
+  rng = np.random.default_rng(13)
+  n = 7
+  answers, scores, correct = random_case(rng, p=6, n=n)
+  scores = with_nans(rng, scores, 0.4)
+  ks = list(range(1, n + 1))
+  for alpha, num_submit in ((0.0, 1), (0.3, 2)):
+    res = est.best_of_majority_at_k(answers, scores, correct, ks, alpha=alpha,
+                                    num_submit=num_submit, reward=reward)
+    for i in range(6):
+      want = [brute(n, k, bom_outcome_nan(answers[i], scores[i], correct[i], alpha,
+                                          num_submit, reward)) for k in ks]
+      np.testing.assert_allclose(res.value_PxK[i], want, atol=1e-12,
+                                 err_msg=f"alpha={alpha} submit={num_submit}")
+
+
+@pytest.mark.parametrize("reward", ["mean", "max", "sum"])
+def test_nan_rules_agree_with_selection_module(reward):
+  rng = np.random.default_rng(14)
+  n, k = 7, 4
+  answers, scores, correct = random_case(rng, p=3, n=n)
+  scores = with_nans(rng, scores, 0.4)
+  subsets = np.array(list(itertools.combinations(range(n), k)))
+  res = est.best_of_majority_at_k(answers, scores, correct, [k], alpha=0.3,
+                                  num_submit=2, reward=reward)
+  wres = est.weighted_majority_at_k(answers, scores, correct, [k],
+                                    tie_break="lowest_id")
+  for i in range(3):
+    a = jnp.asarray(answers[i][subsets], jnp.int32)
+    s = jnp.asarray(scores[i][subsets], jnp.float32)
+    top = np.asarray(sel.best_of_majority(a, s, 0.3, k=2, reward=reward))
+    np.testing.assert_allclose(res.value_PxK[i, 0], (top == 0).any(1).mean(),
+                               atol=1e-12)
+    vote = np.asarray(sel.weighted_self_consistency(a, s))
+    np.testing.assert_allclose(wres.value_PxK[i, 0], (vote == 0).mean(), atol=1e-12)

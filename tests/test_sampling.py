@@ -113,3 +113,109 @@ def test_greedy_is_argmax_and_keys():
   c = sample(jax.random.key(6), lg, s)
   np.testing.assert_array_equal(a, b)
   assert (np.asarray(a) != np.asarray(c)).any()
+
+
+# ----------------------------------------------------------------------------------
+# Ties at a set-size cutoff: top-p and top-k keep exactly their set (lowest index
+# first among tied tokens); min-p is a threshold and keeps every tied token.
+
+
+def kept(logits_V, s):
+  lg = filter_logits(jnp.asarray(logits_V, jnp.float32)[None], s)[0]
+  return np.flatnonzero(np.isfinite(np.asarray(lg)))
+
+
+def hf_kept(warper, logits_V):
+  import torch
+  out = warper(None, torch.tensor(np.asarray(logits_V, np.float32))[None])
+  return np.flatnonzero(torch.isfinite(out[0]).numpy())
+
+
+@pytest.mark.parametrize("probs,top_p,want", [
+    # mass before each sorted token: 0, .4, .6, .8 -> the first two reach .5.
+    ([0.4, 0.2, 0.2, 0.2], 0.5, [0, 1]),
+    # 0, .5, .7, .9 -> two tokens; the tied 0.2s are not both kept.
+    ([0.5, 0.2, 0.2, 0.1], 0.6, [0, 1]),
+    # Tie at the top: a tiny top_p keeps only the lowest-index argmax (greedy).
+    ([0.4, 0.4, 0.15, 0.05], 1e-6, [0]),
+    ([0.1, 0.3, 0.3, 0.3], 1e-6, [1]),
+])
+def test_top_p_ties_keep_smallest_set(probs, top_p, want):
+  from transformers.generation.logits_process import TopPLogitsWarper
+  lg = np.log(np.asarray(probs, np.float32))
+  got = kept(lg, make_sampling(1.0, top_p=top_p))
+  np.testing.assert_array_equal(got, want)
+  # transformers keeps a set of the same size and the same probabilities (it may pick
+  # another member of a tie: its ascending sort keeps the highest index).
+  ref = hf_kept(TopPLogitsWarper(top_p), lg)
+  assert len(ref) == len(want)
+  np.testing.assert_allclose(np.sort(np.asarray(probs)[ref]),
+                             np.sort(np.asarray(probs)[want]))
+
+
+def test_top_p_tie_distribution():
+  """[0.4, 0.2, 0.2, 0.2], top_p 0.5: P(token 0) = 0.4 / 0.6 = 2/3, not 0.4."""
+  lg = np.log(np.array([0.4, 0.2, 0.2, 0.2], np.float32))
+  smp = draw(lg, make_sampling(1.0, top_p=0.5), seed=11)
+  assert chi2_pvalue(smp, [2 / 3, 1 / 3, 0.0, 0.0]) > ALPHA
+  lg = np.log(np.array([0.5, 0.2, 0.2, 0.1], np.float32))
+  smp = draw(lg, make_sampling(1.0, top_p=0.6), seed=12)
+  assert chi2_pvalue(smp, [5 / 7, 2 / 7, 0.0, 0.0]) > ALPHA
+
+
+def test_top_p_matches_transformers_on_random_logits():
+  from transformers.generation.logits_process import TopPLogitsWarper
+  rng = np.random.default_rng(0)
+  checked = 0
+  for trial in range(300):
+    V = int(rng.integers(2, 200))
+    lg = (rng.normal(size=V) * rng.uniform(0.3, 4.0)).astype(np.float32)
+    top_p = float(rng.uniform(0.01, 0.99))
+    p = np.sort(np.asarray(jax.nn.softmax(jnp.asarray(lg)), np.float64))[::-1]
+    if np.min(np.abs(np.cumsum(p) - top_p)) < 1e-4:
+      continue  # within float rounding of the boundary: either answer is right
+    got = kept(lg, make_sampling(1.0, top_p=top_p))
+    np.testing.assert_array_equal(got, hf_kept(TopPLogitsWarper(top_p), lg),
+                                  err_msg=f"trial {trial}")
+    checked += 1
+  assert checked > 250
+
+
+def test_top_k_ties_keep_exactly_k():
+  lg = np.array([1.0, 2.0, 2.0, 2.0, 0.0], np.float32)
+  np.testing.assert_array_equal(kept(lg, make_sampling(1.0, top_k=2)), [1, 2])
+  np.testing.assert_array_equal(kept(lg, make_sampling(1.0, top_k=1)), [1])
+  np.testing.assert_array_equal(kept(lg, make_sampling(1.0, top_k=4)), [0, 1, 2, 3])
+  # k = V and k > V keep everything.
+  np.testing.assert_array_equal(kept(lg, make_sampling(1.0, top_k=5)), range(5))
+  np.testing.assert_array_equal(kept(lg, make_sampling(1.0, top_k=10**9)), range(5))
+  # Distribution: two tokens of equal logit -> 1/2 each.
+  smp = draw(lg, make_sampling(1.0, top_k=2), seed=13)
+  assert chi2_pvalue(smp, [0, 0.5, 0.5, 0, 0]) > ALPHA
+
+
+def test_top_k_matches_transformers_on_untied_logits():
+  from transformers.generation.logits_process import TopKLogitsWarper
+  rng = np.random.default_rng(1)
+  for trial in range(100):
+    V = int(rng.integers(2, 100))
+    lg = rng.normal(size=V).astype(np.float32)
+    k = int(rng.integers(1, V + 3))
+    np.testing.assert_array_equal(kept(lg, make_sampling(1.0, top_k=k)),
+                                  hf_kept(TopKLogitsWarper(k), lg),
+                                  err_msg=f"trial {trial}")
+
+
+def test_min_p_keeps_every_token_at_threshold():
+  from transformers.generation.logits_process import MinPLogitsWarper
+  # p = [.4, .2, .2, .1, .1]; min_p .45 -> threshold .18: the tied .2s both stay
+  # (a threshold, not a set size), the .1s go.
+  lg = np.log(np.array([0.4, 0.2, 0.2, 0.1, 0.1], np.float32))
+  got = kept(lg, make_sampling(1.0, min_p=0.45))
+  np.testing.assert_array_equal(got, [0, 1, 2])
+  np.testing.assert_array_equal(got, hf_kept(MinPLogitsWarper(0.45), lg))
+  # Exactly at the threshold: equal logits, p = pmax, kept for any min_p < 1.
+  lg = np.array([0.0, 0.0, -5.0, 0.0], np.float32)
+  got = kept(lg, make_sampling(1.0, min_p=0.999))
+  np.testing.assert_array_equal(got, [0, 1, 3])
+  np.testing.assert_array_equal(got, hf_kept(MinPLogitsWarper(0.999), lg))
