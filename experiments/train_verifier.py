@@ -40,6 +40,7 @@ from absl import app, flags
 from experiments import config_utils
 from experiments import train_policy as tp
 from experiments import workdir as wd
+from algorithms import selection
 from experiments.tasks import arith
 from jaxllm import checkpoint, reward, train
 
@@ -139,13 +140,35 @@ def score_samples(model: reward.RewardModel, params, samples, batch: int = 256):
   return out
 
 
+def _problem_major(samples, values, n_problems):
+  """values [R] of problem-major samples as [P, N] (checks the layout)."""
+  n = len(samples) // n_problems
+  if n * n_problems != len(samples) or any(
+      s.problem != r // n for r, s in enumerate(samples)):
+    raise ValueError("samples must be problem-major with N per problem")
+  return np.asarray(values).reshape(n_problems, n)
+
+
 def best_of_n(samples, scores, n_problems):
-  """Accuracy of picking, per problem, the sample with the highest score."""
-  best = {}
-  for s, v in zip(samples, scores):
-    if s.problem not in best or v > best[s.problem][0]:
-      best[s.problem] = (v, s.correct)
-  return float(np.mean([best[j][1] for j in range(n_problems)]))
+  """Accuracy of `selection.best_of_n` on the samples (every sample counts as
+  answered; NaN ranks last, ties go to the lowest index)."""
+  scores_PxN = _problem_major(samples, np.asarray(scores, np.float32), n_problems)
+  correct_PxN = _problem_major(samples, [s.correct for s in samples], n_problems)
+  _, idx_P = selection.best_of_n(scores_PxN, np.zeros(scores_PxN.shape, np.int32))
+  return float(correct_PxN[np.arange(n_problems), np.asarray(idx_P)].mean())
+
+
+def prm_outcome_scores(samples, token_scores, how: str) -> np.ndarray:
+  """[R] PRM scores of each sample's steps aggregated by
+  `selection.aggregate_step_scores` (no scored step -> -inf)."""
+  S = max([len(s.step_pos) for s in samples] + [1])
+  steps_RxS = np.zeros((len(samples), S), np.float32)
+  mask_RxS = np.zeros((len(samples), S), bool)
+  for r, (s, sc) in enumerate(zip(samples, token_scores)):
+    steps_RxS[r, :len(s.step_pos)] = [sc[p] for p in s.step_pos]
+    mask_RxS[r, :len(s.step_pos)] = True
+  return np.asarray(selection.aggregate_step_scores(
+      steps_RxS[None], mask_RxS[None], how))[0]
 
 
 def majority(samples, problems):
@@ -251,10 +274,8 @@ def _run_locked(config, workdir: str, log) -> dict:
   step_conf = np.array([c for s in test_samples for c in s.step_conf])
   orm_scores = np.array([sc[-1] for sc in orm_tok])
   outcome = np.array([s.correct for s in test_samples])
-  prm_last = np.array([sc[s.step_pos[-1]] if s.step_pos else 0.0
-                       for s, sc in zip(test_samples, prm_tok)])
-  prm_min = np.array([min(sc[p] for p in s.step_pos) if s.step_pos else 0.0
-                      for s, sc in zip(test_samples, prm_tok)])
+  prm_last = prm_outcome_scores(test_samples, prm_tok, "last")
+  prm_min = prm_outcome_scores(test_samples, prm_tok, "min")
   P = len(test_problems)
   results.update({
       "prm_step_auroc": reward.auroc(step_scores, step_labels),
