@@ -5,6 +5,7 @@ with the real model, its chat template and the jitted KV-cached decoder (each
 prompt prefilled once and forked into the samples). Measurements, not targets.
 
   python -m experiments.eval_gsm8k [--samples=16] [--max_new_tokens=256]
+      [--workdir=results/eval_gsm8k]   (writes <workdir>/results.json)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import jax
 import numpy as np
 
 from algorithms.estimators import pass_at_k
+from experiments import workdir as wd
 from experiments.tasks import gsm8k
 from jaxllm import Transformer, generate, make_sampling
 from jaxllm.pretrained import load_pretrained
@@ -29,7 +31,8 @@ flags.DEFINE_integer("samples", 16, "Samples per problem (coverage@k).")
 flags.DEFINE_float("temperature", 0.7, "Sampling temperature.")
 flags.DEFINE_integer("max_new_tokens", 256, "Token budget per solution.")
 flags.DEFINE_integer("problems_per_call", 8, "Problems per generate call.")
-flags.DEFINE_string("out", "results/gsm8k_smollm2.json", "JSON output.")
+flags.DEFINE_string("workdir", "results/eval_gsm8k",
+                    "Output directory (results.json).")
 flags.DEFINE_bool("flexible", False, "Also accept the last number in the text "
                   "when no marked answer (boxed / #### / 'the answer is') is "
                   "found (lm-eval's 'flexible-extract').")
@@ -51,6 +54,9 @@ def _texts(tok, out, n_rows):
 
 def main(argv):
   del argv
+  wd.flags_at_least(1, "n_problems", "samples", "max_new_tokens",
+                    "problems_per_call")
+  wd.flags_at_least(0.0, "temperature")
   cfg, params, tok = load_pretrained("smollm2-135m-instruct")
   problems = gsm8k.load_original()[:FLAGS.n_problems]
   prompts = [tok.apply_chat_template(
@@ -93,10 +99,10 @@ def main(argv):
              coverage={str(k): float(v) for k, v in zip(ks, cov)},
              generated_tokens=gen_tokens, seconds=time.perf_counter() - t0)
   print(json.dumps(res, indent=1))
-  os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
-  with open(FLAGS.out, "w") as f:
-    json.dump(res, f, indent=1)
-  print(f"wrote {FLAGS.out}")
+  os.makedirs(FLAGS.workdir, exist_ok=True)
+  out = os.path.join(FLAGS.workdir, wd.RESULTS_FILE)
+  wd.write_json_atomic(out, res, indent=1)
+  print(f"wrote {out}")
 
 
 if __name__ == "__main__":
