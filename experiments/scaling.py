@@ -13,8 +13,9 @@ r"""Compute-optimal scaling sweep: methods x budgets x seeds -> accuracy vs FLOP
    min / last / prod / mean aggregation) = BoN@k, best-of-majority = BoM@k.
    One pool therefore yields the whole budget curve.
    Search methods (particle filtering: reference / SMC / entropic, PRM beam
-   search, DVTS, A*) are run for real at each of `search_budgets`, guided by
-   the PRM through its own KV cache.
+   search, DVTS, A*) are run for real at each of `search_budgets` through the
+   one method registry (`algorithms.methods.run`, budget = particles / paths /
+   A* sample-equivalent tokens), guided by the PRM through its own KV cache.
 3. Each (method, budget, seed) row is appended to `rows.jsonl` as soon as it
    is computed (one line, flushed and fsynced); a killed sweep rerun with the
    same --workdir skips finished rows and loses nothing.
@@ -48,7 +49,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from algorithms import estimators, selection
+from algorithms import estimators, particle_filter, selection
+from algorithms import methods as methods_lib
 from experiments import analysis, config_utils, workdir
 from experiments.tasks import arith
 from jaxllm import Transformer, checkpoint, generate, make_sampling
@@ -63,25 +65,30 @@ SELECTION_METHODS = ("coverage", "majority", "weighted_majority_orm",
                      ) + ("bom_orm",)
 assert all(m[len(PRM_PREFIX):] in selection.AGGREGATIONS
            for m in SELECTION_METHODS if m.startswith(PRM_PREFIX))
-# Search methods run for real at every budget (N particles / paths; A*: a
-# generated-token budget of N * config.astar_tokens_per_sample), guided by the
-# PRM through its own KV cache (algorithms.scorers.ModelStepScorer).
+# Search methods run for real at every budget through the one method registry
+# (algorithms.methods: N particles / paths; A*: a generated-token budget of
+# N * config.astar_tokens_per_sample), guided by the PRM through its own KV
+# cache (algorithms.scorers.ModelStepScorer).
 SEARCH_METHODS = ("pf", "pf_smc", "epf", "beam", "dvts", "astar")
+assert all(m in methods_lib.REGISTRY for m in SEARCH_METHODS)
 # Config fields that only choose which rows exist; every other field is pinned
 # in out_dir/settings.json (see the module doc).
 EXTENDABLE = ("budgets", "seeds", "methods", "search_methods",
               "search_budgets", "search_seeds")
 RESULT_FILES = ("rows.jsonl", "pool_seed*.npz")
-# Config fields each search method's algorithm config is built from.
+# Each search method's settings (algorithms.methods) -> the config field it is
+# read from; every method also gets the arith step / stop / pad ids.
+_PF_FIELDS = {"max_steps": "max_steps", "max_step_tokens": "max_step_tokens"}
 SEARCH_FIELDS = {
-    "pf": ("max_steps", "max_step_tokens"),
-    "beam": ("beam_width", "max_steps", "max_step_tokens"),
-    "astar": ("astar_capacity", "astar_children", "max_step_tokens",
-              "max_new_tokens", "astar_expected_steps",
-              "astar_tokens_per_sample"),
+    "pf": _PF_FIELDS, "pf_smc": _PF_FIELDS, "epf": _PF_FIELDS,
+    "beam": {"beam_width": "beam_width", **_PF_FIELDS},
+    "dvts": {"beam_width": "beam_width", **_PF_FIELDS},
+    "astar": {"capacity": "astar_capacity", "num_children": "astar_children",
+              "max_step_tokens": "max_step_tokens",
+              "max_solution_tokens": "max_new_tokens",
+              "expected_total_steps": "astar_expected_steps",
+              "tokens_per_sample": "astar_tokens_per_sample"},
 }
-SEARCH_FIELDS.update(pf_smc=SEARCH_FIELDS["pf"], epf=SEARCH_FIELDS["pf"],
-                     dvts=SEARCH_FIELDS["beam"])
 
 
 # ------------------------------ validation ---------------------------------
@@ -105,38 +112,33 @@ class SweepPlan:
              for k in self.search_budgets])
 
 
+def search_method(method: str, config) -> methods_lib.Method:
+  """The registered method (`algorithms.methods`) with the settings this sweep
+  gives it: the config fields of `SEARCH_FIELDS[method]` and the arith
+  delimiter / stop / pad ids. pf is the reference weighting, pf_smc SMC with
+  ESS-triggered resampling, epf entropic annealing (ESS mode): the registry's
+  presets; beam / DVTS cap the beam width at the budget.
+
+  Raises:
+    ValueError: a method this sweep does not run, listing the ones it does.
+  """
+  if method not in SEARCH_FIELDS:
+    raise ValueError(f"unknown search method {method!r}; known: "
+                     f"{SEARCH_METHODS}")
+  return methods_lib.method(
+      method, delimiter_ids=(TOK.newline_id,), stop_ids=(TOK.eos_id,),
+      pad_id=TOK.pad_id,
+      **{s: config[f] for s, f in SEARCH_FIELDS[method].items()})
+
+
 def search_config(method: str, k: int, config):
-  """The algorithm config (PFConfig / BeamConfig / AStarConfig) of a search
-  method at budget k; each validates itself.
+  """The algorithm config of a search method at budget k
+  (`algorithms.methods.Method.config`); each validates itself.
 
   Raises:
     ValueError: an unknown method, or the algorithm config's own error.
   """
-  from algorithms import astar, beam_search, particle_filter
-  steps = dict(delimiter_ids=(TOK.newline_id,), stop_ids=(TOK.eos_id,))
-  S, K = config.max_step_tokens, config.max_steps
-  if method in ("pf", "pf_smc", "epf"):
-    # pf: the reference behaviour; pf_smc: incremental log-weights with
-    # ESS-triggered resampling; epf: reference + entropic annealing (ESS mode).
-    return particle_filter.PFConfig(
-        n_particles=k, max_steps=K, max_step_tokens=S,
-        weighting="smc" if method == "pf_smc" else "prm_logit",
-        ess_threshold=0.5 if method == "pf_smc" else None,
-        entropic="ess" if method == "epf" else None, pad_id=TOK.pad_id,
-        **steps)
-  if method in ("beam", "dvts"):
-    return beam_search.BeamConfig(method=method, n_paths=k,
-                                  beam_width=min(config.beam_width, k),
-                                  max_steps=K, max_step_tokens=S,
-                                  pad_id=TOK.pad_id, **steps)
-  if method == "astar":
-    return astar.AStarConfig(
-        capacity=config.astar_capacity, num_children=config.astar_children,
-        max_step_tokens=S, max_solution_tokens=config.max_new_tokens,
-        expected_total_steps=float(config.astar_expected_steps),
-        token_budget=float(k * config.astar_tokens_per_sample), **steps)
-  raise ValueError(f"unknown search method {method!r}; known: "
-                   f"{SEARCH_METHODS}")
+  return search_method(method, config).config(k)
 
 
 def validate_sweep(config) -> SweepPlan:
@@ -175,7 +177,8 @@ def validate_sweep(config) -> SweepPlan:
       try:
         search_config(m, k, config)
       except ValueError as e:
-        used = ", ".join(f"config.{f}={config[f]!r}" for f in SEARCH_FIELDS[m])
+        used = ", ".join(f"config.{f}={config[f]!r}"
+                         for f in SEARCH_FIELDS[m].values())
         raise ValueError(f"config.search_budgets: budget {k} does not work for "
                          f"search method {m!r} (with {used}): {e}") from None
   return SweepPlan(tuple(methods), tuple(budgets), tuple(seeds), tuple(search),
@@ -371,47 +374,34 @@ def selection_compute(method, pool, k, policy_cfg, verifier_cfg) -> dict:
 
 def run_search(method: str, k: int, policy, verifiers, problems, config,
                seed: int):
-  """Run a search method with budget k on every problem.
+  """Run a search method with budget k on every problem (`algorithms.methods.run`).
 
-  Returns (accuracy, per-problem mean Compute dict)."""
-  from algorithms import astar, beam_search, particle_filter
+  A method that returns importance weights (particle filtering) is judged by
+  the weighted vote of its candidates' answers; the others by their chosen
+  answer. Returns (accuracy, per-problem mean Compute dict)."""
   from algorithms.scorers import ModelStepScorer
   cfg, params = policy
   rm, rparams = verifiers["prm"]
-  scorer = ModelStepScorer(rm)
-  model = Transformer(cfg)
   prompts = [TOK.encode(p.prompt, add_bos=True) for p in problems]
   key = jax.random.key(seed * 104729 + k)
-  if method in ("pf", "pf_smc", "epf"):
-    pc = search_config(method, k, config)
-    res, rec = particle_filter.run_particle_filter(
-        model, params, scorer, rparams, prompts, key, pc)
-    toks, lens = np.asarray(res.tokens), np.asarray(res.lengths)
+  out = methods_lib.run(search_method(method, config), Transformer(cfg),
+                        params, prompts, key, k, scorer=ModelStepScorer(rm),
+                        scorer_params=rparams)
+  P = len(problems)
+  if out.weights is not None:
+    toks = np.asarray(out.candidates)
+    lens = np.asarray(out.candidate_lengths)
     texts = [[TOK.decode(toks[p, n, :lens[p, n]]) for n in range(k)]
-             for p in range(len(problems))]
+             for p in range(P)]
     answers = [[arith.extract_answer(t) for t in row] for row in texts]
-    picked = particle_filter.weighted_vote(answers, np.asarray(res.weights))
-    correct = [a is not None and a == p.answer for a, p in zip(picked, problems)]
-  elif method in ("beam", "dvts"):
-    bc = search_config(method, k, config)
-    res, rec = beam_search.run_beam_search(model, params, scorer, rparams,
-                                           prompts, key, bc)
-    toks, lens = np.asarray(res.tokens), np.asarray(res.lengths)
-    best = np.asarray(res.best)
-    correct = [arith.check_answer(p, TOK.decode(toks[i, best[i], :lens[i, best[i]]]))
-               for i, p in enumerate(problems)]
-  elif method == "astar":
-    ac = search_config(method, k, config)
-    res, rec = astar.run_astar(model, params, scorer, rparams, prompts, key,
-                               ac, pad_id=TOK.pad_id)
-    toks, lens = np.asarray(res.tokens), np.asarray(res.length)
+    picked = particle_filter.weighted_vote(answers, np.asarray(out.weights))
+    correct = [a is not None and a == p.answer
+               for a, p in zip(picked, problems)]
+  else:
+    toks, lens = np.asarray(out.tokens), np.asarray(out.lengths)
     correct = [arith.check_answer(p, TOK.decode(toks[i, :lens[i]]))
                for i, p in enumerate(problems)]
-  else:
-    raise ValueError(f"unknown search method {method!r}; known: "
-                     f"{SEARCH_METHODS}")
-  P = len(problems)
-  per_problem = {f: v / P for f, v in dataclasses.asdict(rec).items()}
+  per_problem = {f: v / P for f, v in dataclasses.asdict(out.compute).items()}
   return float(np.mean(correct)), flops_lib.Compute(**per_problem).as_dict()
 
 
