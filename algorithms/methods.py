@@ -44,6 +44,10 @@ What the budget N means, per method
                                        tokens (tokens_per_sample=t)
   speculative        speculative       N draft tokens per target   draft
                                        call (a chain, gamma = N)
+  speculative_iid    speculative       N draft tokens: `width`     draft
+  speculative_rsd_c  speculative       chains / root children /    draft
+  speculative_rsd_s  speculative       beams (spec_trees.          draft
+                                       tree_for_budget)
 
 - Selection (`SelectionConfig`): `jaxllm.generate(num_samples=N)` samples N
   solutions per problem (each prompt prefilled ONCE, its cache forked), the
@@ -102,8 +106,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from algorithms import astar as astar_lib
-from algorithms import (beam_search, particle_filter, selection, speculative,
-                        stepping)
+from algorithms import (beam_search, particle_filter, selection, spec_trees,
+                        speculative, stepping)
 from algorithms.stepping import BUDGET, DELIMITER, STOP, Step, StepCounters
 from jaxllm import flops as flops_lib
 from jaxllm.generate import check_prompts, generate
@@ -677,9 +681,12 @@ def _build_astar(budget, *, tokens_per_sample=None, pad_id: int = 0,
   return AStarRun(config=astar_lib.AStarConfig(**settings), pad_id=pad_id)
 
 
-def _build_speculative(budget, **settings) -> speculative.SpecConfig:
-  return speculative.SpecConfig(method="chain", gamma=_budget(budget),
-                                **settings)
+def _build_speculative(budget, tree: str = "chain", width: int = 2,
+                       **settings) -> speculative.SpecConfig:
+  """SpecConfig whose `tree` family drafts exactly `budget` tokens per target
+  call (`spec_trees.tree_for_budget`; `width` is unused by the chain)."""
+  shape = spec_trees.tree_for_budget(tree, _budget(budget), width)
+  return speculative.SpecConfig(tree=shape, **settings)
 
 
 # ----------------------------------------------------------------------------
@@ -740,7 +747,13 @@ _PF = functools.partial(_fields, particle_filter.PFConfig, "n_particles")
 _BEAM = functools.partial(_fields, beam_search.BeamConfig, "n_paths")
 _ASTAR = lambda: _fields(astar_lib.AStarConfig) + ("tokens_per_sample",
                                                    "pad_id")
-_SPEC = functools.partial(_fields, speculative.SpecConfig, "tree")
+_SPEC = lambda: _fields(speculative.SpecConfig, "tree") + ("width",)
+
+
+def _speculative(tree: str, what: str) -> Entry:
+  return Entry("speculative", f"draft tokens per target call ({what})",
+               _build_speculative, _run_speculative, _SPEC,
+               fixed=dict(tree=tree))
 
 
 def _selection(rule, **defaults) -> Entry:
@@ -774,9 +787,10 @@ REGISTRY: dict[str, Entry] = {
     "dvts": _beam("dvts"),
     "astar": Entry("astar", "states expanded (or N * tokens_per_sample "
                    "generated tokens)", _build_astar, _run_astar, _ASTAR),
-    "speculative": Entry("speculative", "draft tokens per target call "
-                         "(chain length gamma)", _build_speculative,
-                         _run_speculative, _SPEC),
+    "speculative": _speculative("chain", "chain length gamma"),
+    "speculative_iid": _speculative("iid", "width i.i.d. chains"),
+    "speculative_rsd_c": _speculative("rsd_c", "width children at the root"),
+    "speculative_rsd_s": _speculative("rsd_s", "stochastic beam of width"),
 }
 NAMES = tuple(REGISTRY)
 

@@ -452,6 +452,15 @@ def test_presets_and_budget_rules():
       pop_batch=2, max_iterations=3.0, **ASTAR_KW), pad_id=1)
   assert methods.build("speculative", 5, max_new_tokens=8) == SpecConfig(
       method="chain", gamma=5, max_new_tokens=8)
+  # Tree families: budget 8 draft tokens per call at width 2 (hand-sized).
+  assert methods.build("speculative_iid", 8, width=2, max_new_tokens=8) == (
+      SpecConfig(method="iid", num_drafts=2, depth=4, max_new_tokens=8))
+  assert methods.build("speculative_rsd_s", 8, width=2, max_new_tokens=8) == (
+      SpecConfig(method="rsd_s", beam_width=2, depth=4, max_new_tokens=8))
+  assert methods.build("speculative_rsd_c", 8, width=2, max_new_tokens=8) == (
+      SpecConfig(method="rsd_c", branching=(2, 1, 1, 1), max_new_tokens=8))
+  with pytest.raises(ValueError, match="cannot spend exactly"):
+    methods.build("speculative_iid", 9, width=2, max_new_tokens=8)
   sel = methods.build("best_of_majority", 16, alpha=0.2, **s["selection"])
   assert sel.n_samples == 16 and sel.rule == methods.BestOfMajority(0.2)
   prm = methods.build("best_of_n_prm", 2, **s["selection"])
