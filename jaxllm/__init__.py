@@ -2,15 +2,18 @@
 
 from jaxllm.cache import KVCache, init_cache, reorder
 from jaxllm.config import ModelConfig, RopeScaling, llama_like, smollm2_135m
-from jaxllm.decoding import BigramLM, Transformer
-from jaxllm.generate import GenerateOutput, generate, pad_prompts
-from jaxllm.model import forward, lm_head
+from jaxllm.decoding import BigramLM, Transformer, prefill_and_fork
+from jaxllm.flops import Compute
+from jaxllm.generate import GenerateOutput, bucket_length, generate, pad_prompts
+from jaxllm.model import ATTENTION_IMPLS, forward, lm_head
 from jaxllm.params import Params, LayerParams, abstract_params, init_params
 from jaxllm.sampling import Sampling, make_sampling, sample
 
 __all__ = [
     "KVCache", "init_cache", "reorder", "ModelConfig", "RopeScaling",
-    "llama_like", "smollm2_135m", "BigramLM", "Transformer", "GenerateOutput",
-    "generate", "pad_prompts", "forward", "lm_head", "Params", "LayerParams",
-    "abstract_params", "init_params", "Sampling", "make_sampling", "sample",
+    "llama_like", "smollm2_135m", "BigramLM", "Transformer",
+    "prefill_and_fork", "Compute", "GenerateOutput", "bucket_length",
+    "generate", "pad_prompts", "ATTENTION_IMPLS", "forward", "lm_head",
+    "Params", "LayerParams", "abstract_params", "init_params", "Sampling",
+    "make_sampling", "sample",
 ]

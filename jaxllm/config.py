@@ -1,6 +1,6 @@
-"""Model configuration: one frozen, hashable dataclass for the Llama / Qwen2 /
-SmolLM / Gemma 2 families. It is passed to jitted functions as a static argument,
-so every field is a plain Python value (tuples, not lists).
+"""Model configuration: one frozen, hashable dataclass for the Llama / Mistral /
+Qwen2 / SmolLM / Gemma 2 families. It is passed to jitted functions as a static
+argument, so every field is a plain Python value (tuples, not lists).
 
 Every inconsistency raises ValueError naming the field at construction time, so
 nothing fails later with an opaque XLA shape error.
@@ -110,6 +110,10 @@ class ModelConfig:
   > 0 where they divide or scale (norm_eps, rope_theta, softcaps,
   query_pre_attn_scalar); flags are bools; `rope_scaling` a RopeScaling (a dict is
   converted). Numeric values are stored as Python ints / floats.
+
+  `attention_impl` names the attention implementation, an entry of
+  `jaxllm.model.ATTENTION_IMPLS` ("jnp", the plain-jnp path that runs on every
+  backend, is the default; a fused GPU/TPU kernel is registered beside it).
   """
 
   vocab_size: int
@@ -137,6 +141,7 @@ class ModelConfig:
   max_seq_len: int = 2048
   dtype: str = "float32"  # activation / compute dtype
   param_dtype: str = "float32"
+  attention_impl: str = "jnp"  # a key of jaxllm.model.ATTENTION_IMPLS
 
   def __post_init__(self):
     def need(cond, field, msg):
@@ -174,6 +179,13 @@ class ModelConfig:
          f"{self.dtype!r} not in {DTYPES}")
     need(isinstance(self.param_dtype, str) and self.param_dtype in DTYPES,
          "param_dtype", f"{self.param_dtype!r} not in {DTYPES}")
+    # The registry lives beside the implementations (imported here, not at
+    # module level: jaxllm.model imports this module).
+    from jaxllm.model import ATTENTION_IMPLS
+    need(isinstance(self.attention_impl, str) and
+         self.attention_impl in ATTENTION_IMPLS, "attention_impl",
+         f"unknown attention implementation {self.attention_impl!r}; "
+         f"registered: {sorted(ATTENTION_IMPLS)}")
     for f in ("norm_plus_one", "post_norms", "tie_embeddings", "qkv_bias",
               "embed_scale"):
       v = getattr(self, f)

@@ -21,12 +21,24 @@ An algorithm reaches a model only through these calls (t5x's
 `Transformer` implements it with the KV-cached model; `BigramLM` is a toy
 model with an exactly known next-token distribution p(x_t | x_{t-1}) =
 softmax(table[x_{t-1}]), which makes exactness tests possible.
+
+N samples per prompt: `prefill_and_fork` prefills each prompt ONCE and forks
+its state into N rows with one gather (`fork_index`); `generate(num_samples=)`
+and the step-level searches (algorithms.stepping) go through it.
+
+FLOPs: a model either has a `cfg` (jaxllm ModelConfig) that jaxllm.flops
+counts from, or declares `flops_free = True` (BigramLM); anything else is an
+error when FLOPs are counted (`jaxllm.flops.flops_config`), never a silent 0.
+
+Shape letters: B rows, P prompts, N samples per prompt (B = P * N after a
+fork), T prompt tokens, S tokens of a step, M tree nodes, L path length,
+V vocab.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -60,6 +72,32 @@ def tree_ancestor_mask(parent_M) -> jax.Array:
     return m.at[i].set(row.at[i].set(True))
 
   return jax.lax.fori_loop(0, M, body, jnp.zeros((M, M), bool))
+
+
+def fork_index(n_prompts: int, n_samples: int) -> jax.Array:
+  """int32 [P * N]: row p * N + i of a forked batch copies prompt row p
+  (prompt-major, the row order of every N-per-prompt output)."""
+  return jnp.repeat(jnp.arange(n_prompts, dtype=jnp.int32), n_samples)
+
+
+def prefill_and_fork(model, params, tokens_PxT, lengths_P, cache_size: int,
+                     n_samples: int):
+  """Prefill each of P prompts ONCE and fork it into N rows.
+
+  Args:
+    model: a decode-interface model; params its parameters.
+    tokens_PxT / lengths_P: right-padded prompts and their lengths.
+    cache_size: static KV slots per row. n_samples: N, a static int >= 1.
+
+  Returns:
+    (state, logits_BxV) with B = P * N rows, row p * N + i = sample i of
+    prompt p; one prefill model call on P rows (the fork is a gather).
+  """
+  state, logits = model.prefill(params, tokens_PxT, lengths_P, cache_size)
+  if n_samples == 1:
+    return state, logits
+  index = fork_index(tokens_PxT.shape[0], n_samples)
+  return model.reorder(state, index), logits[index]
 
 
 def _valid_count(tokens_BxS, valid_BxS):
@@ -126,10 +164,14 @@ class BigramState:
 class BigramLM:
   """Toy model: params = table_VxV of logits, next ~ softmax(table[last]).
 
+  It has no ModelConfig and declares itself free of FLOPs (`flops_free`), so
+  compute records count its tokens and calls and report 0 FLOPs on purpose.
+
   Raises ValueError naming `BigramLM.vocab_size` unless it is an int >= 1.
   """
 
   vocab_size: int
+  flops_free: ClassVar[bool] = True
 
   def __post_init__(self):
     object.__setattr__(self, "vocab_size", check_int(

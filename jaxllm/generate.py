@@ -5,6 +5,11 @@ of different lengths share a batch (right-padded, per-row lengths). Prompt
 lengths are padded up to a bucket so a new length in the same bucket reuses
 the compiled program; the per-row token budget (`max_new_B`) is an array, so
 sweeping budgets below `max_new_tokens` does not recompile either.
+`bucket_length` is jaxllm's one bucketing function (jaxllm.train uses it too,
+with its "multiple" rounding policy).
+
+Shape letters: B rows (prompts, times num_samples after the fork), T
+bucketed prompt length, N max_new_tokens, V vocab.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxllm.decoding import prefill_and_fork
 from jaxllm.sampling import Sampling, log_probs, make_sampling, sample
 from jaxllm.validation import (INT32_LIMIT, check_int, check_length,
                                check_token_id, check_token_ids, token_id_array)
@@ -32,15 +38,46 @@ class GenerateOutput:
   steps: Any  # scalar: decode steps run (model calls after the prefill)
 
 
-def bucket_length(n: int, buckets: Optional[Sequence[int]] = None) -> int:
-  """Smallest bucket >= n: powers of two from 16 by default."""
+BUCKET_POLICIES = ("pow2", "multiple")
+
+
+def bucket_length(n: int, buckets: Optional[Sequence[int]] = None, *,
+                  policy: str = "pow2", multiple: int = 16) -> int:
+  """The padded length for a sequence of n tokens: the smallest bucket >= n.
+
+  The one bucketing function of jaxllm (prompts here, training batches in
+  jaxllm.train). With explicit `buckets` the smallest one >= n; otherwise the
+  rounding `policy`:
+    "pow2"      powers of two from `multiple` (16, 32, 64, ...): few distinct
+                shapes, hence few compilations (prompts; the default).
+    "multiple"  the next multiple of `multiple` (16, 32, 48, ...): less
+                padding where the shape set matters less (training batches).
+
+  Args:
+    n: the length to cover, an int >= 1 (tokens).
+    buckets: allowed lengths (any order), or None for the policy.
+    policy: one of BUCKET_POLICIES. multiple: the rounding unit, >= 1.
+
+  Returns:
+    The bucket, a Python int >= n.
+
+  Raises:
+    ValueError: n < 1, an unknown policy, multiple < 1, or n larger than
+      every bucket ("length n exceeds the largest bucket ...").
+  """
+  n = check_int("length", n, lo=1)
   if buckets:
     for b in sorted(buckets):
       if b >= n:
-        return b
-    raise ValueError(f"prompt length {n} exceeds the largest bucket "
-                     f"{max(buckets)}")
-  b = 16
+        return int(b)
+    raise ValueError(f"length {n} exceeds the largest bucket {max(buckets)}")
+  multiple = check_int("multiple", multiple, lo=1)
+  if policy == "multiple":
+    return int(-(-n // multiple) * multiple)
+  if policy != "pow2":
+    raise ValueError(f"bucket policy must be one of {BUCKET_POLICIES}, got "
+                     f"{policy!r}")
+  b = multiple
   while b < n:
     b *= 2
   return b
@@ -50,10 +87,9 @@ def _generate_impl(model, params, tokens_BxT, lengths_B, key, sampling,
                    stop_ids, max_new_B, pad_id, *, max_new_tokens: int,
                    cache_size: int, num_samples: int):
   TRACE_COUNT["generate"] += 1
-  state, logits = model.prefill(params, tokens_BxT, lengths_B, cache_size)
-  if num_samples > 1:  # fork each prefilled prompt into num_samples rows
-    fork = jnp.repeat(jnp.arange(tokens_BxT.shape[0]), num_samples)
-    state, logits = model.reorder(state, fork), logits[fork]
+  # Each prompt prefilled once, its state forked into num_samples rows.
+  state, logits = prefill_and_fork(model, params, tokens_BxT, lengths_B,
+                                   cache_size, num_samples)
   B = logits.shape[0]
   out = jnp.full((B, max_new_tokens), pad_id, jnp.int32)
   lps = jnp.zeros((B, max_new_tokens), jnp.float32)

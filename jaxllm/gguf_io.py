@@ -21,6 +21,15 @@ Three facts about GGUF that this file handles:
 * Llama-3 RoPE scaling is not stored as metadata but as a `rope_freqs.weight`
   tensor of per-frequency divisors; we fit the llama3 parameters back from it
   and check the fit reproduces the tensor.
+
+Tensor names, layout transforms and which tensors carry the rotary
+permutation are not written here: they come from the family's entry in
+`jaxllm.hf.FAMILY_TABLE` (`TensorName.gguf`, `.transform`, `.gguf_rotary`),
+the one table HF import and export read too; `GGUF_ARCHS` maps a file's
+architecture to its entry.
+
+Shape letters: O output rows, I input columns of a [out, in] matrix, K head
+dim, K2 = K / 2 RoPE frequencies.
 """
 
 from __future__ import annotations
@@ -33,11 +42,16 @@ from typing import Any, Optional
 import jax.numpy as jnp
 import numpy as np
 
+from jaxllm import hf as hf_lib
 from jaxllm.config import DTYPES, ModelConfig, RopeScaling
 from jaxllm.params import LayerParams, Params, check_params
 
 GGUF_MAGIC = b"GGUF"
-SUPPORTED_ARCHS = ("llama",)
+# GGUF `general.architecture` -> the jaxllm.hf.FAMILY_TABLE entry whose
+# `gguf` names and transforms map its tensors (llama.cpp writes Mistral
+# checkpoints as "llama" too).
+GGUF_ARCHS = {"llama": "llama"}
+SUPPORTED_ARCHS = tuple(GGUF_ARCHS)
 
 
 # ----------------------------------------------------------------------------
@@ -384,52 +398,46 @@ def unpermute_rotary(w_OxI: np.ndarray, n_heads: int) -> np.ndarray:
   return (w_OxI.reshape(n_heads, K // 2, 2, I).swapaxes(1, 2).reshape(O, I))
 
 
-_LAYER_NAMES = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
-                "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")
-
-
 def params_from_tensors(cfg: ModelConfig, tensors: dict[str, np.ndarray],
-                        path: str = "<gguf>") -> Params:
-  """Map GGUF tensors ([out, in] row-major float arrays) onto Params."""
-  D, H, Kv, K = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+                        path: str = "<gguf>", family: str = "llama") -> Params:
+  """Map GGUF tensors ([out, in] row-major float arrays) onto Params.
+
+  Names, layouts and the Q/K row permutation come from the family's entry
+  in `jaxllm.hf.FAMILY_TABLE` (the table HF import / export read too).
+
+  Raises:
+    ValueError: naming `path`, for a missing or unexpected tensor, or a
+      tensor of the wrong shape.
+  """
   dt = jnp.dtype(cfg.param_dtype)
   used = set()
-
-  def take(name):
+  top: dict = {}
+  layers = [dict() for _ in range(cfg.n_layers)]
+  for p, i, t, shape in hf_lib.expand_tensors(cfg, family):
+    name = t.gguf.format(i=i)
     if name not in tensors:
       raise ValueError(f"{path!r}: missing tensor {name!r}")
     used.add(name)
-    return tensors[name]
-
-  def arr(x):
-    return jnp.asarray(x, dtype=dt)
-
-  layers = []
-  for i in range(cfg.n_layers):
-    t = {n: take(f"blk.{i}.{n}.weight") for n in _LAYER_NAMES}
-    wq = unpermute_rotary(t["attn_q"], H)
-    wk = unpermute_rotary(t["attn_k"], Kv)
-    layers.append(LayerParams(
-        attn_norm=arr(t["attn_norm"]),
-        wq=arr(wq.T.reshape(D, H, K)),
-        wk=arr(wk.T.reshape(D, Kv, K)),
-        wv=arr(t["attn_v"].T.reshape(D, Kv, K)),
-        wo=arr(t["attn_output"].T.reshape(H, K, D)),
-        mlp_norm=arr(t["ffn_norm"]),
-        w_gate=arr(t["ffn_gate"].T),
-        w_up=arr(t["ffn_up"].T),
-        w_down=arr(t["ffn_down"].T),
-    ))
-  params = Params(
-      embed=arr(take("token_embd.weight")),
-      layers=tuple(layers),
-      final_norm=arr(take("output_norm.weight")),
-      lm_head=None if cfg.tie_embeddings else arr(take("output.weight").T),
-  )
+    x = tensors[name]
+    if t.gguf_rotary:  # heads: the N of our [D, N, K]
+      x = unpermute_rotary(x, shape[1])
+    try:
+      x = jnp.asarray(hf_lib.TRANSFORMS[t.transform].load(x, shape), dtype=dt)
+    except ValueError as e:  # a reshape of a tensor of the wrong size
+      raise ValueError(f"{path!r}: tensor {name!r} of shape "
+                       f"{list(np.shape(tensors[name]))} does not fit "
+                       f"{p.format(i=i)} {list(shape)}: {e}") from e
+    if i is None:
+      top[p] = x
+    else:
+      layers[i][p.rsplit(".", 1)[1]] = x
+  params = Params(embed=top["embed"],
+                  layers=tuple(LayerParams(**d) for d in layers),
+                  final_norm=top["final_norm"], lm_head=top.get("lm_head"))
   extra = sorted(set(tensors) - used - {"rope_freqs.weight"})
   if extra:
-    raise ValueError(f"{path!r}: unexpected tensors {extra[:8]} for a llama "
-                     "checkpoint")
+    raise ValueError(f"{path!r}: unexpected tensors {extra[:8]} for a "
+                     f"{family} checkpoint")
   try:
     check_params(cfg, params)
   except ValueError as e:
@@ -454,10 +462,13 @@ def load_gguf(path, dtype: str = "float32") -> tuple[ModelConfig, Params]:
   if dtype not in DTYPES:
     raise ValueError(f"dtype {dtype!r} is not one of {DTYPES}")
   f = path if isinstance(path, GGUFFile) else open_gguf(path)
-  if "token_embd.weight" not in f.tensors:
-    raise ValueError(f"{f.path!r}: missing tensor 'token_embd.weight'")
-  vocab = f.tensors["token_embd.weight"].shape[0]
   arch = f.metadata.get("general.architecture")
+  # (an unsupported arch is reported by config_from_metadata below)
+  names = hf_lib.FAMILY_TABLE[GGUF_ARCHS.get(arch, "llama")].tensors
+  embed, head = names["embed"].gguf, names["lm_head"].gguf
+  if embed not in f.tensors:
+    raise ValueError(f"{f.path!r}: missing tensor {embed!r}")
+  vocab = f.tensors[embed].shape[0]
   meta_vocab = metadata_value(f.metadata, f"{arch}.vocab_size", f.path,
                               "pos_int")
   if meta_vocab is not None and meta_vocab != vocab:
@@ -467,6 +478,6 @@ def load_gguf(path, dtype: str = "float32") -> tuple[ModelConfig, Params]:
                 else None)
   cfg = config_from_metadata(
       f.metadata, f.path, rope_freqs=rope_freqs,
-      tied="output.weight" not in f.tensors, vocab_size=vocab, dtype=dtype)
+      tied=head not in f.tensors, vocab_size=vocab, dtype=dtype)
   tensors = {name: f.array(name) for name in f.tensors}
-  return cfg, params_from_tensors(cfg, tensors, f.path)
+  return cfg, params_from_tensors(cfg, tensors, f.path, GGUF_ARCHS[arch])

@@ -1,9 +1,11 @@
 """Hugging Face checkpoints: read and write `config.json` + `*.safetensors`.
 
-Supported families (`model_type` in config.json):
-  llama   Llama 1/2/3 (incl. Llama-3 `rope_type: llama3` scaling), SmolLM
-  qwen2   Qwen2 / Qwen2.5 (q/k/v bias; optional sliding window per layer)
-  gemma2  Gemma 2 (GeGLU, (1 + w) RMSNorm, post norms, soft-caps, local/global)
+Supported families (`model_type` in config.json), one `Family` entry each in
+`FAMILY_TABLE`:
+  llama    Llama 1/2/3 (incl. Llama-3 `rope_type: llama3` scaling), SmolLM
+  mistral  Mistral (Llama tensors; `sliding_window` on every layer)
+  qwen2    Qwen2 / Qwen2.5 (q/k/v bias; optional sliding window per layer)
+  gemma2   Gemma 2 (GeGLU, (1 + w) RMSNorm, post norms, soft-caps, local/global)
 
 `load_hf(dir)` reads tensors with the `safetensors` library into numpy (never
 unpickles anything), maps Hugging Face names onto our `Params` and checks that
@@ -11,21 +13,33 @@ the checkpoint holds exactly the tensors the config implies, with the right
 shapes. `save_hf(dir, cfg, params, model_type)` writes the same format back, so
 `transformers.AutoModelForCausalLM.from_pretrained(dir)` builds the same model.
 
-Name mapping: HF `nn.Linear` weights are [out, in] and compute x @ W.T; ours are
-x @ W with heads split out, e.g. q_proj.weight [H*K, D] <-> wq [D, H, K] and
-o_proj.weight [D, H*K] <-> wo [H, K, D]. Norm weights are copied as stored
-(Gemma stores the w of (1 + w), and so do we).
+Tensor names: `FAMILY_TABLE[family].tensors` maps each parameter path of ours
+("embed", "layers.{i}.wq", ...) to its Hugging Face name, its llama.cpp GGUF
+name and a layout transform (`TRANSFORMS`). HF import and export and GGUF
+import (`jaxllm.gguf_io`) all read this one table, so a new Llama-like family
+is one `Family` entry (plus a parity test).
+
+Layout transforms: HF `nn.Linear` weights are [out, in] and compute x @ W.T;
+ours are x @ W with heads split out, e.g. q_proj.weight [H*K, D] <-> wq
+[D, H, K] and o_proj.weight [D, H*K] <-> wo [H, K, D]. Norm weights are copied
+as stored (Gemma stores the w of (1 + w), and so do we). GGUF stores the same
+[out, in] matrices, with the Q/K rows of llama-architecture files permuted for
+llama.cpp's interleaved RoPE (`TensorName.gguf_rotary`).
 
 Config defaults: fields missing from config.json take the default the
 transformers config class of that family uses, as transformers itself would;
 only the fields without a meaningful default are required (`_REQUIRED`).
+
+Shape letters: D width, H query heads, Kv KV heads, N a head count (H or Kv),
+K head dim, F MLP width, V vocab.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -37,61 +51,247 @@ import safetensors.numpy
 from jaxllm.config import DTYPES, ModelConfig, RopeScaling
 from jaxllm.params import LayerParams, Params, abstract_params, check_params
 
-FAMILIES = ("llama", "qwen2", "gemma2")
 _REQUIRED = ("model_type", "vocab_size", "hidden_size", "intermediate_size",
              "num_hidden_layers", "num_attention_heads")
-
-# Defaults of the transformers config classes (LlamaConfig, Qwen2Config,
-# Gemma2Config) for the optional fields we read.
-_DEFAULTS = {
-    "llama": dict(rms_norm_eps=1e-6, tie_word_embeddings=False,
-                  max_position_embeddings=2048, hidden_act="silu"),
-    "qwen2": dict(rms_norm_eps=1e-6, tie_word_embeddings=False,
-                  max_position_embeddings=32768, hidden_act="silu",
-                  use_sliding_window=False, sliding_window=4096,
-                  max_window_layers=28),
-    "gemma2": dict(rms_norm_eps=1e-6, tie_word_embeddings=True,
-                   max_position_embeddings=8192,
-                   hidden_activation="gelu_pytorch_tanh", head_dim=256,
-                   num_key_value_heads=4, query_pre_attn_scalar=256,
-                   sliding_window=4096, attn_logit_softcapping=50.0,
-                   final_logit_softcapping=30.0),
-}
 
 # transformers' ACT2FN names -> our activation names.
 _ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu",
                 "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh",
                 "gelu_tanh": "gelu_tanh"}
 
-# Per-layer tensors: (our LayerParams field, HF name suffix, conversion kind).
-# Kinds: "vec" copy; "in" q/k/v [N*K, D] <-> [D, N, K]; "out" o [D, H*K] <->
-# [H, K, D]; "bias" [N*K] <-> [N, K]; "lin" any other nn.Linear [out,in] <-> [in,out].
-_PROJ = (("wq", "self_attn.q_proj.weight", "in"),
-         ("wk", "self_attn.k_proj.weight", "in"),
-         ("wv", "self_attn.v_proj.weight", "in"),
-         ("wo", "self_attn.o_proj.weight", "out"),
-         ("w_gate", "mlp.gate_proj.weight", "lin"),
-         ("w_up", "mlp.up_proj.weight", "lin"),
-         ("w_down", "mlp.down_proj.weight", "lin"))
-_BIAS = (("bq", "self_attn.q_proj.bias", "bias"),
-         ("bk", "self_attn.k_proj.bias", "bias"),
-         ("bv", "self_attn.v_proj.bias", "bias"))
-_LLAMA_NORMS = (("attn_norm", "input_layernorm.weight", "vec"),
-                ("mlp_norm", "post_attention_layernorm.weight", "vec"))
-# Gemma 2 reuses the name post_attention_layernorm for the norm *after* attention.
-_GEMMA2_NORMS = (("attn_norm", "input_layernorm.weight", "vec"),
-                 ("post_attn_norm", "post_attention_layernorm.weight", "vec"),
-                 ("mlp_norm", "pre_feedforward_layernorm.weight", "vec"),
-                 ("post_mlp_norm", "post_feedforward_layernorm.weight", "vec"))
-LAYER_TABLE = {"llama": _LLAMA_NORMS + _PROJ,
-               "qwen2": _LLAMA_NORMS + _PROJ + _BIAS,
-               "gemma2": _GEMMA2_NORMS + _PROJ}
-# Top-level tensors: (our Params field, HF name, kind).
-TOP_TABLE = (("embed", "model.embed_tokens.weight", "vec"),
-             ("final_norm", "model.norm.weight", "vec"),
-             ("lm_head", "lm_head.weight", "lin"))
+
+# --------------------------------------------------------------------------
+# The family table: tensor names and layouts, config defaults
+# --------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Transform:
+  """How one of our arrays relates to its checkpoint tensor.
+
+  hf_shape(ours) -> the HF / GGUF (row-major) shape; load(x, ours) -> our
+  array of shape `ours` from the checkpoint tensor x; save(ours) -> the
+  checkpoint tensor (a view; callers make it contiguous).
+  """
+
+  hf_shape: Callable[[tuple], tuple]
+  load: Callable[[np.ndarray, tuple], np.ndarray]
+  save: Callable[[np.ndarray], np.ndarray]
+
+
+TRANSFORMS = {
+    # copied as stored (norm weights, the embedding table)
+    "vec": Transform(lambda s: tuple(s), lambda x, s: x.reshape(s),
+                     lambda x: x),
+    # q/k/v projections: [N*K, D] <-> [D, N, K]
+    "in": Transform(lambda s: (s[1] * s[2], s[0]),
+                    lambda x, s: x.T.reshape(s),
+                    lambda x: x.reshape(x.shape[0], -1).T),
+    # o projection: [D, H*K] <-> [H, K, D]
+    "out": Transform(lambda s: (s[2], s[0] * s[1]),
+                     lambda x, s: x.T.reshape(s),
+                     lambda x: x.reshape(-1, x.shape[-1]).T),
+    # q/k/v bias: [N*K] <-> [N, K]
+    "bias": Transform(lambda s: (s[0] * s[1],), lambda x, s: x.reshape(s),
+                      lambda x: x.reshape(-1)),
+    # any other nn.Linear: [out, in] <-> [in, out]
+    "lin": Transform(lambda s: (s[1], s[0]), lambda x, s: x.T, lambda x: x.T),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorName:
+  """Where one parameter lives in checkpoint files.
+
+  hf: the Hugging Face safetensors name ("{i}" = layer index).
+  gguf: the llama.cpp GGUF name ("{i}" likewise), or None where GGUF import
+    does not cover the family (`jaxllm.gguf_io.GGUF_ARCHS`).
+  transform: a key of TRANSFORMS (the same for HF and GGUF: both store
+    [out, in] row-major matrices).
+  gguf_rotary: the GGUF rows are permuted for interleaved RoPE
+    (llama-architecture Q and K; undone by `gguf_io.unpermute_rotary`).
+  """
+
+  hf: str
+  gguf: Optional[str]
+  transform: str
+  gguf_rotary: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  """Everything jaxllm knows about one Hugging Face model family.
+
+  architecture: the transformers class written to config.json.
+  tensors: our parameter path ("embed", "final_norm", "lm_head" or
+    "layers.{i}.<LayerParams field>") -> TensorName. A path whose parameter
+    the config does not have (lm_head when tied) is skipped; one it needs
+    must be here.
+  defaults: the transformers config class's defaults of the optional fields
+    we read.
+  windows: per-layer sliding windows rule, a key of _WINDOW_RULES:
+    "none" (all global), "all" (`sliding_window` on every layer, Mistral),
+    "qwen2" (`use_sliding_window` / `max_window_layers` / `layer_types`),
+    "alternate" (local, global, ... unless `layer_types` says otherwise).
+  unsupported: config fields transformers honours for this family and our
+    model lacks; rejected when truthy.
+  gemma: Gemma-2 conventions ((1 + w) norms, embedding scale, soft-caps,
+    query_pre_attn_scalar, `hidden_activation`).
+  """
+
+  architecture: str
+  tensors: Mapping[str, TensorName]
+  defaults: Mapping[str, Any]
+  windows: str = "none"
+  unsupported: tuple = ()
+  gemma: bool = False
+
+  @property
+  def act_field(self) -> str:
+    return "hidden_activation" if self.gemma else "hidden_act"
+
+
+def _layer(hf: str, gguf: Optional[str], transform: str, rotary=False):
+  return TensorName(f"model.layers.{{i}}.{hf}",
+                    None if gguf is None else f"blk.{{i}}.{gguf}", transform,
+                    rotary)
+
+
+_TOP = {"embed": ("model.embed_tokens.weight", "token_embd.weight", "vec"),
+        "final_norm": ("model.norm.weight", "output_norm.weight", "vec"),
+        "lm_head": ("lm_head.weight", "output.weight", "lin")}
+_PROJ = {"wq": ("self_attn.q_proj.weight", "attn_q.weight", "in", True),
+         "wk": ("self_attn.k_proj.weight", "attn_k.weight", "in", True),
+         "wv": ("self_attn.v_proj.weight", "attn_v.weight", "in"),
+         "wo": ("self_attn.o_proj.weight", "attn_output.weight", "out"),
+         "w_gate": ("mlp.gate_proj.weight", "ffn_gate.weight", "lin"),
+         "w_up": ("mlp.up_proj.weight", "ffn_up.weight", "lin"),
+         "w_down": ("mlp.down_proj.weight", "ffn_down.weight", "lin")}
+_LLAMA_NORMS = {"attn_norm": ("input_layernorm.weight", "attn_norm.weight",
+                              "vec"),
+                "mlp_norm": ("post_attention_layernorm.weight",
+                             "ffn_norm.weight", "vec")}
+# Gemma 2 reuses the name post_attention_layernorm for the norm *after*
+# attention.
+_GEMMA2_NORMS = {"attn_norm": ("input_layernorm.weight", None, "vec"),
+                 "post_attn_norm": ("post_attention_layernorm.weight", None,
+                                    "vec"),
+                 "mlp_norm": ("pre_feedforward_layernorm.weight", None, "vec"),
+                 "post_mlp_norm": ("post_feedforward_layernorm.weight", None,
+                                   "vec")}
+_BIAS = {"bq": ("self_attn.q_proj.bias", None, "bias"),
+         "bk": ("self_attn.k_proj.bias", None, "bias"),
+         "bv": ("self_attn.v_proj.bias", None, "bias")}
+
+
+def _tensors(*layer_groups, gguf: bool = True) -> dict:
+  """{param path: TensorName}: the top-level tensors, then per-layer ones.
+  gguf=False drops the GGUF names (families GGUF import does not cover)."""
+  out = {p: TensorName(h, g if gguf else None, t) for p, (h, g, t) in
+         _TOP.items()}
+  for group in layer_groups:
+    for field, (h, g, t, *rot) in group.items():
+      out[f"layers.{{i}}.{field}"] = (
+          _layer(h, g, t, bool(rot and rot[0])) if gguf else
+          _layer(h, None, t))
+  return out
+
+
+_LLAMA_TENSORS = _tensors(_LLAMA_NORMS, _PROJ)
+
+FAMILY_TABLE: dict[str, Family] = {
+    "llama": Family(
+        architecture="LlamaForCausalLM", tensors=_LLAMA_TENSORS,
+        defaults=dict(rms_norm_eps=1e-6, tie_word_embeddings=False,
+                      max_position_embeddings=2048, hidden_act="silu"),
+        unsupported=("attention_bias", "mlp_bias")),
+    # Mistral is Llama's tensors plus one sliding window on every layer
+    # (transformers' MistralAttention ignores `layer_types`).
+    "mistral": Family(
+        architecture="MistralForCausalLM", tensors=_LLAMA_TENSORS,
+        defaults=dict(rms_norm_eps=1e-6, tie_word_embeddings=False,
+                      max_position_embeddings=4096 * 32, hidden_act="silu",
+                      num_key_value_heads=8, sliding_window=4096),
+        windows="all"),
+    "qwen2": Family(
+        architecture="Qwen2ForCausalLM",
+        tensors=_tensors(_LLAMA_NORMS, _PROJ, _BIAS, gguf=False),
+        defaults=dict(rms_norm_eps=1e-6, tie_word_embeddings=False,
+                      max_position_embeddings=32768, hidden_act="silu",
+                      use_sliding_window=False, sliding_window=4096,
+                      max_window_layers=28),
+        windows="qwen2"),
+    "gemma2": Family(
+        architecture="Gemma2ForCausalLM",
+        tensors=_tensors(_GEMMA2_NORMS, _PROJ, gguf=False),
+        defaults=dict(rms_norm_eps=1e-6, tie_word_embeddings=True,
+                      max_position_embeddings=8192,
+                      hidden_activation="gelu_pytorch_tanh", head_dim=256,
+                      num_key_value_heads=4, query_pre_attn_scalar=256,
+                      sliding_window=4096, attn_logit_softcapping=50.0,
+                      final_logit_softcapping=30.0),
+        windows="alternate",
+        unsupported=("attention_bias", "use_bidirectional_attention"),
+        gemma=True),
+}
+FAMILIES = tuple(FAMILY_TABLE)
 # Buffers some old checkpoints carry that transformers itself ignores.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def family(model_type: str, source: str = "") -> Family:
+  """The FAMILY_TABLE entry of `model_type`.
+
+  Raises:
+    ValueError: "<source>: unsupported model_type ..." listing FAMILIES.
+  """
+  if model_type not in FAMILY_TABLE:
+    raise ValueError(f"{source + ': ' if source else ''}unsupported "
+                     f"model_type {model_type!r} (supported: {FAMILIES})")
+  return FAMILY_TABLE[model_type]
+
+
+def param_at(params: Params, path: str, i: Optional[int] = None):
+  """The array at table path `path` ("embed", "layers.{i}.wq", ...) of layer
+  `i` (None for top-level paths)."""
+  if path.startswith("layers."):
+    return getattr(params.layers[i], path.rsplit(".", 1)[1])
+  return getattr(params, path)
+
+
+def expand_tensors(cfg: ModelConfig, model_type: str) -> list:
+  """The tensors `cfg` implies for a family, in table order: a list of
+  (path, layer index or None, TensorName, our shape), one per layer for
+  per-layer paths; paths of parameters `cfg` does not have (a tied lm_head)
+  are left out.
+
+  Raises:
+    ValueError: unknown model_type, or `cfg` lacks a parameter the family's
+      tensors need (e.g. no q/k/v bias for qwen2).
+  """
+  fam = family(model_type)
+  want = abstract_params(cfg)
+  out = []
+  for path, t in fam.tensors.items():
+    if not path.startswith("layers."):
+      spec = param_at(want, path)
+      if spec is not None:
+        out.append((path, None, t, tuple(spec.shape)))
+  for i in range(cfg.n_layers):
+    for path, t in fam.tensors.items():
+      if path.startswith("layers."):
+        spec = param_at(want, path, i)
+        if spec is None:
+          field = path.rsplit(".", 1)[1]
+          raise ValueError(f"config has no {field} but {model_type!r} needs "
+                           "it")
+        out.append((path, i, t, tuple(spec.shape)))
+  # Per-layer parameters the config has and the family has no name for.
+  named = {p.rsplit(".", 1)[1] for p in fam.tensors if p.startswith("layers.")}
+  for f in dataclasses.fields(LayerParams):
+    if f.name not in named and getattr(want.layers[0], f.name) is not None:
+      raise ValueError(f"config has {f.name} but {model_type!r} has no "
+                       "tensor for it")
+  return out
 
 
 # --------------------------------------------------------------------------
@@ -199,13 +399,16 @@ def _rope(hf: dict, max_pos: int, source: str):
     raise ValueError(f"{source}: {key}: {e}") from e
 
 
-def _windows(hf: dict, family: str, get, n_layers: int, source: str):
+def _windows(hf: dict, fam: Family, get, n_layers: int, source: str):
   """Per-layer sliding windows (0 = global) exactly as transformers sets them.
 
   `get(field, kind, nullable)`: the typed field or its family default."""
-  if family == "llama":
+  if fam.windows == "none":
     return None
-  if family == "qwen2":
+  if fam.windows == "all":  # Mistral: one window on every layer, or none
+    w = get("sliding_window", "pos_int", True)
+    return None if w is None else (w,) * n_layers
+  if fam.windows == "qwen2":
     # Qwen2Config drops sliding_window unless use_sliding_window is true; then
     # layers i >= max_window_layers are local (or as `layer_types` says).
     if (not get("use_sliding_window", "bool") or
@@ -214,9 +417,11 @@ def _windows(hf: dict, family: str, get, n_layers: int, source: str):
     first_local = get("max_window_layers", "uint")
     default_types = ["sliding_attention" if i >= first_local
                      else "full_attention" for i in range(n_layers)]
-  else:  # gemma2: local, global, local, ... unless layer_types says otherwise
+  elif fam.windows == "alternate":  # local, global, ... unless layer_types
     default_types = ["sliding_attention" if (i + 1) % 2 else "full_attention"
                      for i in range(n_layers)]
+  else:
+    raise AssertionError(fam.windows)
   types = hf_field(hf.get("layer_types"), "layer_types", "str_list", source,
                    nullable=True) or default_types
   if len(types) != n_layers:
@@ -255,26 +460,20 @@ def config_from_hf(hf: dict, source: str = "config.json", *,
   for f in _REQUIRED:
     if f not in hf or hf[f] is None:
       raise ValueError(f"{source}: missing required field {f!r}")
-  family = hf["model_type"]
-  if family not in FAMILIES:
-    raise ValueError(f"{source}: unsupported model_type {family!r} "
-                     f"(supported: {FAMILIES})")
-  defaults = _DEFAULTS[family]
+  fam = family(hf["model_type"], source)
+  defaults = fam.defaults
 
   def get(f, kind, nullable=False):  # an explicit null stays None, as in HF
     return hf_field(hf[f] if f in hf else defaults.get(f), f, kind, source,
                     nullable)
 
-  # Features transformers supports for these families that our model does not.
-  unsupported = {"llama": ("attention_bias", "mlp_bias"),
-                 "qwen2": (), "gemma2": ("attention_bias",
-                                         "use_bidirectional_attention")}
-  for f in unsupported[family]:
+  # Features transformers supports for this family that our model does not.
+  for f in fam.unsupported:
     if hf.get(f):
       raise ValueError(f"{source}: {f}={_json_text(hf[f])} is not supported "
-                       f"for model_type {family!r}")
+                       f"for model_type {hf['model_type']!r}")
 
-  act_field = "hidden_activation" if family == "gemma2" else "hidden_act"
+  act_field = fam.act_field
   act = get(act_field, "str")
   if act not in _ACTIVATIONS:
     raise ValueError(f"{source}: unsupported {act_field} {act!r} "
@@ -289,7 +488,7 @@ def config_from_hf(hf: dict, source: str = "config.json", *,
   eps = get("rms_norm_eps", "pos_float")
   tie = get("tie_word_embeddings", "bool")
   max_pos = get("max_position_embeddings", "pos_int")
-  gemma = family == "gemma2"
+  gemma = fam.gemma
   if gemma:
     attn_cap = get("attn_logit_softcapping", "pos_float", True)
     final_cap = get("final_logit_softcapping", "pos_float", True)
@@ -297,7 +496,7 @@ def config_from_hf(hf: dict, source: str = "config.json", *,
   else:
     attn_cap = final_cap = qpas = None
   theta, scaling = _rope(hf, max_pos, source)
-  windows = _windows(hf, family, get, n_layers, source)
+  windows = _windows(hf, fam, get, n_layers, source)
   if dtype is None:
     dtype = hf.get("dtype") or hf.get("torch_dtype") or "float32"
     dtype = dtype if isinstance(dtype, str) and dtype in DTYPES else "float32"
@@ -313,11 +512,11 @@ def config_from_hf(hf: dict, source: str = "config.json", *,
         activation=_ACTIVATIONS[act],
         norm_eps=eps,
         norm_plus_one=gemma,
-        post_norms=gemma,
+        post_norms="layers.{i}.post_attn_norm" in fam.tensors,
         rope_theta=theta,
         rope_scaling=scaling,
         tie_embeddings=tie,
-        qkv_bias=family == "qwen2",
+        qkv_bias="layers.{i}.bq" in fam.tensors,
         attn_softcap=attn_cap,
         final_softcap=final_cap,
         query_pre_attn_scalar=qpas,
@@ -342,28 +541,34 @@ def _float_or_none(x):
 def config_to_hf(cfg: ModelConfig, model_type: str) -> dict:
   """The config.json dict transformers needs to rebuild `cfg` as `model_type`.
 
-  Raises ValueError when `cfg` uses a feature that family does not have.
+  Raises:
+    ValueError: for a model_type not in FAMILIES, or when `cfg` uses a
+      feature that family does not have ("cannot export as ...").
   """
-  if model_type not in FAMILIES:
-    raise ValueError(f"unsupported model_type {model_type!r} (supported: "
-                     f"{FAMILIES})")
-  gemma = model_type == "gemma2"
+  fam = family(model_type)
+  gemma = fam.gemma
 
   def need(cond, what):
     if not cond:
       raise ValueError(f"cannot export as {model_type!r}: {what}")
 
   need(cfg.norm_plus_one == gemma, f"norm_plus_one={cfg.norm_plus_one}")
-  need(cfg.post_norms == gemma, f"post_norms={cfg.post_norms}")
+  need(cfg.post_norms == ("layers.{i}.post_attn_norm" in fam.tensors),
+       f"post_norms={cfg.post_norms}")
   need(cfg.embed_scale == gemma, f"embed_scale={cfg.embed_scale}")
-  need(cfg.qkv_bias == (model_type == "qwen2"), f"qkv_bias={cfg.qkv_bias}")
+  need(cfg.qkv_bias == ("layers.{i}.bq" in fam.tensors),
+       f"qkv_bias={cfg.qkv_bias}")
   if not gemma:
     for f in ("attn_softcap", "final_softcap", "query_pre_attn_scalar"):
       need(getattr(cfg, f) is None, f"{f}={getattr(cfg, f)}")
   windows = cfg.windows
   sizes = sorted(set(windows) - {0})
   need(len(sizes) <= 1, f"several sliding-window sizes {sizes}")
-  need(model_type != "llama" or not sizes, "llama has no sliding window")
+  need(fam.windows != "none" or not sizes,
+       f"{model_type} has no sliding window")
+  need(fam.windows != "all" or len(set(windows)) == 1,
+       f"{model_type} has one sliding window on every layer or none, got "
+       f"windows {windows}")
   layer_types = ["sliding_attention" if w else "full_attention" for w in windows]
   act_name = {"silu": "silu", "gelu_tanh": "gelu_pytorch_tanh",
               "gelu": "gelu"}[cfg.activation]
@@ -375,10 +580,8 @@ def config_to_hf(cfg: ModelConfig, model_type: str) -> dict:
             "low_freq_factor": float(rs.low_freq_factor),
             "high_freq_factor": float(rs.high_freq_factor),
             "original_max_position_embeddings": int(rs.original_max_position)}
-  arch = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
-          "gemma2": "Gemma2ForCausalLM"}[model_type]
   hf = {
-      "architectures": [arch],
+      "architectures": [fam.architecture],
       "model_type": model_type,
       "vocab_size": cfg.vocab_size,
       "hidden_size": cfg.d_model,
@@ -392,92 +595,50 @@ def config_to_hf(cfg: ModelConfig, model_type: str) -> dict:
       "max_position_embeddings": cfg.max_seq_len,
       "tie_word_embeddings": cfg.tie_embeddings,
       "dtype": cfg.param_dtype,
+      fam.act_field: act_name,
   }
-  if model_type == "llama":
-    hf.update(hidden_act=act_name, attention_bias=False, mlp_bias=False)
-  elif model_type == "qwen2":
-    hf.update(hidden_act=act_name, use_sliding_window=bool(sizes),
+  if "attention_bias" in fam.unsupported:
+    hf["attention_bias"] = False
+  if "mlp_bias" in fam.unsupported:
+    hf["mlp_bias"] = False
+  if fam.windows == "all":
+    hf.update(sliding_window=sizes[0] if sizes else None)
+  elif fam.windows == "qwen2":
+    hf.update(use_sliding_window=bool(sizes),
               sliding_window=sizes[0] if sizes else None,
               max_window_layers=cfg.n_layers, layer_types=layer_types)
-  else:
-    hf.update(hidden_activation=act_name, attention_bias=False,
-              # Gemma2Config types this field as int.
-              query_pre_attn_scalar=(_int_if_whole(cfg.query_pre_attn_scalar)
-                                     if cfg.query_pre_attn_scalar is not None
-                                     else cfg.head_dim),
-              attn_logit_softcapping=_float_or_none(cfg.attn_softcap),
-              final_logit_softcapping=_float_or_none(cfg.final_softcap),
+  elif fam.windows == "alternate":
+    hf.update(layer_types=layer_types,
               # transformers needs a window value even when no layer is local.
-              sliding_window=sizes[0] if sizes else cfg.max_seq_len,
-              layer_types=layer_types)
+              sliding_window=sizes[0] if sizes else cfg.max_seq_len)
+  if gemma:
+    hf.update(
+        # Gemma2Config types this field as int.
+        query_pre_attn_scalar=(_int_if_whole(cfg.query_pre_attn_scalar)
+                               if cfg.query_pre_attn_scalar is not None
+                               else cfg.head_dim),
+        attn_logit_softcapping=_float_or_none(cfg.attn_softcap),
+        final_logit_softcapping=_float_or_none(cfg.final_softcap))
   return hf
 
 
 # --------------------------------------------------------------------------
-# tensor name mapping
+# tensor name mapping (from FAMILY_TABLE)
 # --------------------------------------------------------------------------
 
-def _hf_shape(kind: str, shape: tuple) -> tuple:
-  """The HF tensor shape of one of our parameters of shape `shape`."""
-  if kind == "vec":
-    return tuple(shape)
-  if kind == "in":  # [D, N, K] -> [N*K, D]
-    return (shape[1] * shape[2], shape[0])
-  if kind == "out":  # [H, K, D] -> [D, H*K]
-    return (shape[2], shape[0] * shape[1])
-  if kind == "bias":  # [N, K] -> [N*K]
-    return (shape[0] * shape[1],)
-  if kind == "lin":  # [in, out] -> [out, in]
-    return (shape[1], shape[0])
-  raise AssertionError(kind)
-
-
-def _from_hf(kind: str, x: np.ndarray, shape: tuple) -> np.ndarray:
-  """HF tensor -> our layout of shape `shape` (numpy, no copy when possible)."""
-  if kind in ("vec", "bias"):
-    return x.reshape(shape)
-  if kind == "lin":
-    return x.T
-  if kind == "in":
-    return x.T.reshape(shape)
-  if kind == "out":
-    return x.T.reshape(shape)
-  raise AssertionError(kind)
-
-
-def _to_hf(kind: str, x: np.ndarray) -> np.ndarray:
-  """Our layout -> HF tensor (contiguous numpy)."""
-  if kind == "vec":
-    out = x
-  elif kind == "bias":
-    out = x.reshape(-1)
-  elif kind == "lin":
-    out = x.T
-  elif kind == "in":  # [D, N, K] -> [N*K, D]
-    out = x.reshape(x.shape[0], -1).T
-  elif kind == "out":  # [H, K, D] -> [D, H*K]
-    out = x.reshape(-1, x.shape[-1]).T
-  else:
-    raise AssertionError(kind)
-  return np.ascontiguousarray(out)
-
-
 def expected_tensors(cfg: ModelConfig, model_type: str) -> dict:
-  """{HF name: (path, kind, our shape, HF shape)}; path = (field,) for top-level
-  tensors or (layer index, field) for per-layer ones."""
-  want = abstract_params(cfg)
+  """{HF name: (path, kind, our shape, HF shape)} of the tensors `cfg`
+  implies for `model_type`; path = (field,) for top-level tensors or
+  (layer index, field) for per-layer ones; kind is a TRANSFORMS key.
+
+  Raises:
+    ValueError: see `expand_tensors`.
+  """
   out = {}
-  for field, name, kind in TOP_TABLE:
-    spec = getattr(want, field)
-    if spec is not None:
-      out[name] = ((field,), kind, spec.shape, _hf_shape(kind, spec.shape))
-  for i, lw in enumerate(want.layers):
-    for field, suffix, kind in LAYER_TABLE[model_type]:
-      spec = getattr(lw, field)
-      if spec is None:
-        raise ValueError(f"config has no {field} but {model_type!r} needs it")
-      out[f"model.layers.{i}.{suffix}"] = ((i, field), kind, spec.shape,
-                                           _hf_shape(kind, spec.shape))
+  for path, i, t, shape in expand_tensors(cfg, model_type):
+    loc = (path,) if i is None else (i, path.rsplit(".", 1)[1])
+    out[t.hf.format(i=i)] = (loc, t.transform, shape,
+                             TRANSFORMS[t.transform].hf_shape(shape))
   return out
 
 
@@ -538,12 +699,18 @@ def load_hf(ckpt_dir: str, *, dtype: Optional[str] = None,
   remain (`lm_head.weight` next to tied embeddings is accepted if equal).
   `dtype` overrides the checkpoint dtype; `shardings` (a Params tree of
   jax.sharding.Sharding) places each array, default: the default device.
+
+  Raises:
+    FileNotFoundError: no config.json / safetensors file (or a shard the
+      index lists).
+    ValueError: naming the file and field or tensor, for a bad config
+      (`config_from_hf`), a corrupt file, or missing, unexpected or wrongly
+      shaped tensors.
   """
   cfg_path = os.path.join(ckpt_dir, "config.json")
   hf_cfg = _read_json(cfg_path)
   cfg = config_from_hf(hf_cfg, cfg_path, dtype=dtype)
-  family = hf_cfg["model_type"]
-  want = expected_tensors(cfg, family)
+  want = expected_tensors(cfg, hf_cfg["model_type"])
 
   # Pass 1: names, shapes and which file holds each tensor (header only).
   where: dict = {}
@@ -597,7 +764,7 @@ def load_hf(ckpt_dir: str, *, dtype: Optional[str] = None,
           top["_tied_head"] = x
           continue
         loc, kind, shape, _ = want[n]
-        x = _from_hf(kind, x, shape).astype(np_dtype, copy=False)
+        x = TRANSFORMS[kind].load(x, shape).astype(np_dtype, copy=False)
         if len(loc) == 1:
           top[loc[0]] = x
         else:
@@ -624,7 +791,12 @@ def save_hf(ckpt_dir: str, cfg: ModelConfig, params: Params, *,
             model_type: str) -> None:
   """Write config.json + model.safetensors that transformers loads as-is.
 
-  `model_type` is 'llama', 'qwen2' or 'gemma2'; tensors keep params' dtype.
+  `model_type` is one of FAMILIES ('llama', 'mistral', 'qwen2', 'gemma2');
+  tensors keep params' dtype.
+
+  Raises:
+    ValueError: an unknown model_type, a config the family cannot express
+      (`config_to_hf`), or params that do not match cfg (`check_params`).
   """
   hf_cfg = config_to_hf(cfg, model_type)
   want = expected_tensors(cfg, model_type)
@@ -633,7 +805,8 @@ def save_hf(ckpt_dir: str, cfg: ModelConfig, params: Params, *,
   for name, (loc, kind, _, _) in want.items():
     x = (getattr(params, loc[0]) if len(loc) == 1 else
          getattr(params.layers[loc[0]], loc[1]))
-    tensors[name] = _to_hf(kind, np.asarray(jax.device_get(x)))
+    tensors[name] = np.ascontiguousarray(
+        TRANSFORMS[kind].save(np.asarray(jax.device_get(x))))
   dtypes = {str(t.dtype) for t in tensors.values()}
   if len(dtypes) == 1:
     hf_cfg["dtype"] = dtypes.pop()

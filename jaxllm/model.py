@@ -4,8 +4,17 @@ One `forward` serves training (no cache), prefill and decode (cache), ragged
 multi-token extension (per-row number of valid tokens) and tree verification
 (an arbitrary mask among the new tokens plus explicit positions).
 
-Shapes: B batch, T new tokens, S cache slots, D width, H query heads, Kv KV
-heads, G = H / Kv, K head dim, V vocab.
+Shape letters (suffixes such as `x_BxTxD`): B batch rows, T new tokens, S
+cache slots (key positions), D model width, H query heads, Kv KV heads,
+G = H / Kv query heads per KV head, K head dim, V vocab.
+
+Attention implementations: `ATTENTION_IMPLS` maps the names that
+`ModelConfig.attention_impl` may take to functions with the signature of
+`attention_jnp` (the plain-jnp reference that runs everywhere). A fused
+GPU/TPU kernel is added beside it as one more function and one more entry;
+`forward` looks the config's name up once (`get_attention`). Keys and values
+reach attention in the cache layout that jaxllm.cache owns (`K_LAYOUT`,
+`V_LAYOUT`), with or without a cache.
 """
 
 from __future__ import annotations
@@ -15,7 +24,8 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from jaxllm.cache import KVCache, write_new
+from jaxllm import cache as cache_lib
+from jaxllm.cache import KVCache, layout_keys, layout_values, write_new
 from jaxllm.config import ModelConfig
 from jaxllm.params import LayerParams, Params
 
@@ -23,6 +33,8 @@ NEG_INF = -1e30  # finite, so fully masked rows give a uniform softmax, not NaN
 
 
 def rms_norm(x, w, cfg: ModelConfig):
+  """RMSNorm over the last axis of x [..., D] with weight w [D] (scale w, or
+  1 + w when cfg.norm_plus_one), computed in float32, returned in x.dtype."""
   x32 = x.astype(jnp.float32)
   y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) +
                           cfg.norm_eps)
@@ -49,7 +61,8 @@ def rope_inv_freq(cfg: ModelConfig) -> jax.Array:
 
 
 def apply_rope(x_BxTxNxK, positions_BxT, inv_freq):
-  """Rotate-half RoPE (the Hugging Face convention)."""
+  """Rotate-half RoPE (the Hugging Face convention) on x [B, T, N, K] (N any
+  head count) at positions [B, T]; inv_freq [K/2] from `rope_inv_freq`."""
   ang = positions_BxT.astype(jnp.float32)[..., None] * inv_freq  # [B,T,K/2]
   cos = jnp.cos(ang)[:, :, None, :]
   sin = jnp.sin(ang)[:, :, None, :]
@@ -63,23 +76,58 @@ def _softcap(x, cap):
   return x if cap is None else cap * jnp.tanh(x / cap)
 
 
-def attention(q_BxTxHxK, kT_BxKvxKxS, v_BxKvxSxK, mask_BxTxS, cfg: ModelConfig):
+def attention_jnp(q_BxTxHxK, keys, values, mask_BxTxS, cfg: ModelConfig):
   """Grouped-query attention with an explicit boolean mask (plain jnp).
 
-  Keys come transposed ([B, Kv, K, S]) and values as [B, Kv, S, K] (the cache
-  layout), so both products are batched matmuls over (B, Kv) with no
+  Args:
+    q_BxTxHxK: queries (RoPE applied).
+    keys: one layer's keys in the cache key layout (`jaxllm.cache.K_LAYOUT`,
+      today [B, Kv, K, S]); S is the number of key slots.
+    values: the values in the cache value layout (`V_LAYOUT`, [B, Kv, S, K]).
+    mask_BxTxS: True where query t may attend to key slot s. A row with no
+      True entry gets a uniform softmax (finite NEG_INF), never NaN.
+    cfg: scale (`attn_scale`) and soft-cap (`attn_softcap`).
+
+  Returns:
+    o_BxTxHxK in the dtype of `values`. Scores and softmax are float32.
+  With today's layout both products are batched matmuls over (B, Kv) with no
   transpose of the cache.
   """
   B, T, H, K = q_BxTxHxK.shape
-  Kv = kT_BxKvxKxS.shape[1]
+  kl, vl = cache_lib.K_LAYOUT, cache_lib.V_LAYOUT
+  Kv = keys.shape[kl.index("k")]
+  # einsum letters: b batch, k KV head, g group, t query, d head dim, s slot
+  # (the cache layout strings use the same b, k, d, s).
   q = q_BxTxHxK.reshape(B, T, Kv, H // Kv, K).transpose(0, 2, 3, 1, 4)
-  s = jnp.einsum("bkgtd,bkds->bkgts", q, kT_BxKvxKxS,
+  s = jnp.einsum(f"bkgtd,{kl}->bkgts", q, keys,
                  preferred_element_type=jnp.float32) * cfg.attn_scale
   s = _softcap(s, cfg.attn_softcap)
   s = jnp.where(mask_BxTxS[:, None, None], s, NEG_INF)
-  p = jax.nn.softmax(s, axis=-1).astype(v_BxKvxSxK.dtype)
-  o = jnp.einsum("bkgts,bksd->bkgtd", p, v_BxKvxSxK)
+  p = jax.nn.softmax(s, axis=-1).astype(values.dtype)
+  o = jnp.einsum(f"bkgts,{vl}->bkgtd", p, values)
   return o.transpose(0, 3, 1, 2, 4).reshape(B, T, H, K)
+
+
+# name -> attention function (signature of attention_jnp). The ONE switch point
+# for the attention implementation; `ModelConfig.attention_impl` names an entry.
+ATTENTION_IMPLS = {"jnp": attention_jnp}
+
+attention = attention_jnp  # the historical name of the reference path
+
+
+def get_attention(name: str):
+  """The attention function registered as `name` in ATTENTION_IMPLS.
+
+  Raises:
+    ValueError: naming `ModelConfig.attention_impl` and the known names, for
+      an unregistered name.
+  """
+  try:
+    return ATTENTION_IMPLS[name]
+  except (KeyError, TypeError):
+    raise ValueError(f"ModelConfig.attention_impl: unknown attention "
+                     f"implementation {name!r}; registered: "
+                     f"{sorted(ATTENTION_IMPLS)}") from None
 
 
 def _mlp(x, lp: LayerParams, cfg: ModelConfig):
@@ -162,7 +210,11 @@ def forward(params: Params,
       row; "none" -> no LM head (hidden states only).
     return_hidden: also return the residual stream after every layer.
     layers: indices of layers to run (layer skipping / early exit); default all.
-  Returns: (logits, new_cache or None, hidden states tuple or None).
+  Returns: (logits, new_cache or None, hidden states tuple or None); hidden
+    states are [B, T, D] per run layer.
+  Raises:
+    ValueError: for an unknown `logits_at`, or a `cfg.attention_impl` not in
+      ATTENTION_IMPLS.
   """
   B, T = tokens_BxT.shape
   if n_valid_B is None:
@@ -175,6 +227,7 @@ def forward(params: Params,
                          n_valid_B)
   inv_freq = rope_inv_freq(cfg)
   dtype = jnp.dtype(cfg.dtype)
+  attend = get_attention(cfg.attention_impl)
 
   x = params.embed[tokens_BxT].astype(dtype)
   if cfg.embed_scale:
@@ -188,14 +241,14 @@ def forward(params: Params,
     q, k, v = _qkv(h, lp)
     q = apply_rope(q, positions_BxT, inv_freq)
     k = apply_rope(k, positions_BxT, inv_freq)
-    if cache is None:
-      keys, vals = k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3)
+    if cache is None:  # attend to the T new tokens, in the cache layout
+      keys, vals = layout_keys(k), layout_values(v)
     else:
       keys = write_new(cache.k[i], k, lengths, keys=True)
       vals = write_new(cache.v[i], v, lengths)
       new_k.append(keys)
       new_v.append(vals)
-    o = attention(q, keys, vals, masks[cfg.windows[i]], cfg)
+    o = attend(q, keys, vals, masks[cfg.windows[i]], cfg)
     o = jnp.einsum("bthk,hkd->btd", o, lp.wo)
     if lp.post_attn_norm is not None:
       o = rms_norm(o, lp.post_attn_norm, cfg)
@@ -230,7 +283,8 @@ def forward(params: Params,
 
 
 def lm_head(params: Params, x, cfg: ModelConfig):
-  """Final norm + output projection (+ final soft-cap), float32 logits."""
+  """Final norm + output projection (+ final soft-cap): x [..., D] ->
+  float32 logits [..., V]."""
   h = rms_norm(x, params.final_norm, cfg)
   if params.lm_head is None:  # tied: contract with the embedding table directly
     logits = jnp.einsum("...d,vd->...v", h, params.embed.astype(h.dtype),

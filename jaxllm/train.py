@@ -8,8 +8,10 @@
   jitted update with AdamW + warmup-cosine + global-norm clipping
   (`make_optimizer`), optional gradient accumulation (a `lax.scan` over
   microbatches) and optional mixed precision (f32 master params, bf16 compute).
-* Batching: `pad_to_length` / `lm_example` / `pad_batch` (one sequence per row,
-  bucketed length) and `pack_batch` (first-fit packing into fixed-length rows).
+* Batching: `lm_example` / `pad_batch` (one sequence per row,
+  bucketed length: `jaxllm.generate.bucket_length` with policy "multiple",
+  the next multiple of 16) and `pack_batch` (first-fit packing into
+  fixed-length rows).
 * Token ids are checked on the host, with one message
   (`jaxllm.validation.check_token_ids`): by the batch builders (`lm_example`,
   `pad_batch`, `pack_batch`, `pack_stream`; against `vocab_size=` when given,
@@ -27,11 +29,14 @@ weight, aux)`: the train step divides the summed loss of all microbatches by
 the summed weight, so accumulating A microbatches of B rows gives exactly the
 gradient of one batch of A * B rows (a token-weighted mean, not a mean of
 per-microbatch means).
+
+Shape letters: B batch rows, T tokens per row, V vocab, A microbatches.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from typing import Any, Callable, Optional, Sequence
@@ -42,6 +47,7 @@ import numpy as np
 import optax
 
 from jaxllm.config import ModelConfig
+from jaxllm.generate import bucket_length as _bucket_length
 from jaxllm.model import forward
 from jaxllm.validation import (INT32_LIMIT, check_token_id, check_token_ids,
                                is_concrete, token_id_array)
@@ -256,17 +262,11 @@ def make_train_step(loss_fn: Callable, optimizer, *, accum_steps: int = 1,
 # Batching.
 
 
-def bucket_length(n: int, buckets: Optional[Sequence[int]] = None,
-                  multiple: int = 16) -> int:
-  """Smallest bucket >= n (default: the next multiple of `multiple`)."""
-  if n < 1:
-    raise ValueError(f"length must be >= 1, got {n}")
-  if buckets:
-    for b in sorted(buckets):
-      if b >= n:
-        return int(b)
-    raise ValueError(f"length {n} exceeds the largest bucket {max(buckets)}")
-  return int(-(-n // multiple) * multiple)
+# Training batches round to the next multiple of 16 (less padding than the
+# prompts' powers of two). The one bucketing function lives in jaxllm.generate;
+# this is it with the training policy preset, kept under its old name for
+# existing callers: bucket_length(n, buckets=None, *, multiple=16).
+bucket_length = functools.partial(_bucket_length, policy="multiple")
 
 
 def _id_limit(vocab_size: Optional[int]) -> int:
@@ -342,7 +342,8 @@ def pad_batch(examples, length: Optional[int] = None, pad_id: int = 0,
   pad_id = check_token_id("pad_id", pad_id, _id_limit(vocab_size))
   exs = _as_examples(examples, fields, vocab_size)
   longest = max(len(e[0]) for e in exs)
-  T = bucket_length(longest, buckets) if length is None else length
+  T = (_bucket_length(longest, buckets, policy="multiple") if length is None
+       else length)
   if longest > T:
     raise ValueError(f"an example has {longest} tokens, longer than the "
                      f"batch length {T}")

@@ -1,7 +1,7 @@
 """Tiny random Hugging Face models built locally (no download), for parity tests.
 
 Each case is (family, config kwargs) for transformers' LlamaConfig /
-Qwen2Config / Gemma2Config. `build_hf_model` re-draws every parameter with a
+MistralConfig / Qwen2Config / Gemma2Config. `build_hf_model` re-draws every parameter with a
 larger scale than HF's init (std 0.02 gives near-uniform logits, where greedy
 decoding would hinge on 1e-7 ties) and random norm weights, so each tensor's
 mapping matters.
@@ -57,9 +57,16 @@ CASES = {
         final_logit_softcapping=None,
         layer_types=["full_attention", "sliding_attention",
                      "sliding_attention", "full_attention"])),
+    # Mistral: Llama tensors, GQA, untied, one sliding window (5, shorter than
+    # the test sequences) on every layer.
+    "mistral_window_gqa": ("mistral", dict(
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        tie_word_embeddings=False, sliding_window=5,
+        rope_parameters=dict(rope_type="default", rope_theta=10000.0))),
 }
 
 _CONFIG_CLASSES = {"llama": transformers.LlamaConfig,
+                   "mistral": transformers.MistralConfig,
                    "qwen2": transformers.Qwen2Config,
                    "gemma2": transformers.Gemma2Config}
 

@@ -497,3 +497,19 @@ def test_wrong_metadata_raises_before_dequantising(tmp_path, monkeypatch):
   with pytest.raises(ValueError, match=r"align\.gguf.*'general\.alignment' "
                      "must be an integer > 0"):
     gguf_io.open_gguf(tmp_path / "align.gguf")
+
+
+def test_family_table_gguf_names_are_llama_cpp_names():
+  """Every GGUF name in jaxllm.hf.FAMILY_TABLE for a GGUF-importable family
+  is one of gguf-py's own tensor names for that architecture (an independent
+  list), and only llama-architecture Q/K rows carry the rotary permutation."""
+  from jaxllm import hf
+
+  for arch, fam in gguf_io.GGUF_ARCHS.items():
+    known = {gguf.TENSOR_NAMES[t].replace("{bid}", "{i}") + ".weight"
+             for t in gguf.MODEL_TENSORS[gguf.MODEL_ARCH[arch.upper()]]}
+    table = hf.FAMILY_TABLE[fam].tensors
+    for path, t in table.items():
+      assert t.gguf in known, (arch, path, t.gguf)
+    rotary = {p for p, t in table.items() if t.gguf_rotary}
+    assert rotary == {"layers.{i}.wq", "layers.{i}.wk"}

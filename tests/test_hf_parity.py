@@ -1,5 +1,5 @@
-"""Parity of jaxllm against transformers on tiny random Llama / Qwen2 / Gemma 2
-models built locally, plus safetensors round trips and bad-file errors.
+"""Parity of jaxllm against transformers on tiny random Llama / Mistral / Qwen2 /
+Gemma 2 models built locally, plus safetensors round trips and bad-file errors.
 
 Reference: transformers' own eager PyTorch implementation (float32).
 """
@@ -96,7 +96,7 @@ def test_logits_match_transformers(case):
 # keeps the three cases that cover windows, soft-caps, RoPE scaling, MQA and a
 # tied head, the other three are marked slow.
 GREEDY_FAST = ("gemma2_softcap_window", "llama3_rope_mqa_tied",
-               "qwen2_window_mqa_tied")
+               "mistral_window_gqa", "qwen2_window_mqa_tied")
 
 
 @pytest.mark.parametrize(
@@ -177,6 +177,8 @@ def test_config_windows_follow_transformers():
     sw = getattr(hcfg, "sliding_window", None)
     types = getattr(hcfg, "layer_types", None) or ["full_attention"] * len(
         cfg.windows)
+    if hcfg.model_type == "mistral":  # MistralAttention: every layer local
+      types = ["sliding_attention"] * len(cfg.windows)
     want = tuple(sw if (t == "sliding_attention" and sw) else 0 for t in types)
     assert cfg.windows == want, name
   g = hf.config_from_hf(hfm.hf_config("gemma2_softcap_window").to_dict())
@@ -202,7 +204,8 @@ def test_config_missing_field(field):
 
 
 @pytest.mark.parametrize("kw,msg", [
-    (dict(model_type="mistral"), "unsupported model_type 'mistral'"),
+    # (was "mistral" until Mistral became a FAMILY_TABLE entry)
+    (dict(model_type="phi3"), "unsupported model_type 'phi3'"),
     (dict(rope_parameters=dict(rope_type="yarn", factor=2.0)),
      "unsupported rope type 'yarn'"),
     (dict(rope_scaling=dict(type="linear", factor=2.0)),
@@ -486,3 +489,57 @@ def test_index_weight_map_of_wrong_type(small_ckpt, tmp_path):
   with pytest.raises(ValueError, match=r"index\.json: field "
                      r"'weight_map\.model\.norm\.weight' must be a file name"):
     hf.load_hf(d)
+
+
+# --------------------------------------------------------------------------
+# Mistral (added as one FAMILY_TABLE entry)
+# --------------------------------------------------------------------------
+
+def test_mistral_window_shorter_than_sequence_is_applied(tmp_path):
+  """The Mistral case's window (5) is shorter than the T = 24 test tokens and
+  matters: dropping it moves our logits far from transformers', keeping it
+  matches them (max |diff| printed for the record)."""
+  name = "mistral_window_gqa"
+  model = hfm.build_hf_model(name, seed=3)
+  model.save_pretrained(str(tmp_path))
+  cfg, params = hf.load_hf(str(tmp_path))
+  assert cfg.windows == (5, 5) and T > 5
+  toks = tokens(4, (B, T))
+  theirs = hfm.hf_logits(model, toks)
+  ours = our_logits(params, cfg, toks)
+  print(f"mistral max |logit diff| = {np.max(np.abs(ours - theirs)):.3g} "
+        f"(max |logit| {np.max(np.abs(theirs)):.3g})")
+  assert rel_err(ours, theirs) < REL_TOL
+  no_window = our_logits(params, cfg.replace(layer_windows=(0, 0)), toks)
+  assert rel_err(no_window, theirs) > 1e-2
+
+
+def test_mistral_config_round_trip_and_export_limits(tmp_path):
+  """One window on every layer (or none) exports as Mistral; per-layer
+  windows do not. A config without sliding_window is global, as in
+  MistralConfig(sliding_window=None)."""
+  g = hf.config_from_hf(_base("mistral", sliding_window=None,
+                              num_key_value_heads=4))
+  assert g.windows == (0, 0)
+  d = hf.config_from_hf(_base("mistral", num_attention_heads=16))
+  assert d.windows == (4096, 4096) and d.n_kv_heads == 8  # HF defaults
+  w = hf.config_from_hf(_base("mistral", sliding_window=7,
+                              num_key_value_heads=2))
+  assert hf.config_from_hf(hf.config_to_hf(w, "mistral")) == w
+  assert hf.config_from_hf(hf.config_to_hf(g, "mistral")) == g
+  with pytest.raises(ValueError, match="cannot export as 'mistral'"):
+    hf.config_to_hf(w.replace(layer_windows=(7, 0)), "mistral")
+  with pytest.raises(ValueError, match="cannot export as 'llama'"):
+    hf.config_to_hf(w, "llama")
+
+
+def test_family_table_drives_expected_names():
+  """The HF names expected for a config are the table's, once per layer."""
+  cfg = hf.config_from_hf(_base("mistral", sliding_window=7,
+                                num_key_value_heads=2))
+  names = hf.expected_tensors(cfg, "mistral")
+  assert len(names) == 3 + 2 * 9
+  for t in hf.FAMILY_TABLE["mistral"].tensors.values():
+    for i in range(cfg.n_layers):
+      assert t.hf.format(i=i) in names
+  assert hf.FAMILY_TABLE["mistral"].tensors == hf.FAMILY_TABLE["llama"].tensors
