@@ -79,6 +79,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxllm.sampling import inverse_cdf
 from jaxllm.validation import check_int
 
 Array = jax.Array
@@ -175,18 +176,12 @@ def residual(p_V: Array, q_V: Array) -> Array:
 
 
 def _sample_from_uniform(u, probs_V):
-  """Inverse-CDF sample of an (unnormalised) probability vector from u ~ U[0, 1).
-
-  Zero-mass entries are never returned: the index is the number of cumulative sums <= t,
-  clamped to the last positive entry (u * total can round up to total in float). One
-  uniform instead of a `categorical` call keeps the number of PRNG expansions per block,
-  and so the compile time, small.
+  """Inverse-CDF sample of an (unnormalised) probability vector from u ~ U[0, 1):
+  `jaxllm.sampling.inverse_cdf` at 1 - u (zero-mass entries are never returned).
+  One uniform instead of a `categorical` call keeps the number of PRNG expansions
+  per block, and so the compile time, small.
   """
-  V = probs_V.shape[-1]
-  c_V = jnp.cumsum(probs_V)
-  idx = jnp.sum(c_V <= u * c_V[-1])
-  last_pos = V - 1 - jnp.argmax((probs_V > 0)[::-1])
-  return jnp.minimum(idx, last_pos).astype(jnp.int32)
+  return inverse_cdf(1.0 - u, probs_V)
 
 
 def _accept(u, r_x, q_x):

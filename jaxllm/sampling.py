@@ -144,14 +144,32 @@ def filter_logits(logits_BxV, s: Sampling):
   return logits
 
 
-def _inverse_cdf(key, w_BxN):
-  """Index drawn with probability proportional to w (w >= 0, positive sum).
+def inverse_cdf(u, w_xN):
+  """Inverse-CDF draw: index i with probability w_i / sum(w), from uniforms u.
 
-  u is drawn in (0, 1], so an index with zero weight is never returned."""
-  cdf = jnp.cumsum(w_BxN, axis=-1)
-  u = (1.0 - jax.random.uniform(key, w_BxN.shape[:-1] + (1,))) * cdf[..., -1:]
-  idx = jnp.sum(cdf < u, axis=-1)
-  return jnp.minimum(idx, w_BxN.shape[-1] - 1).astype(jnp.int32)
+  The one inverse-CDF sampler of the project (token sampling here, draft and
+  residual draws in `algorithms.spec_trees`).
+
+  Args:
+    u: uniforms in (0, 1], shape w_xN.shape[:-1] (one per row).
+    w_xN: non-negative weights (unnormalised), positive sum per row.
+
+  Returns:
+    int32 indices [...]: the number of cumulative sums < u * total. A
+    zero-weight entry is never returned (its cumulative sum equals its
+    predecessor's, which already reached u * total); the clamp to the last
+    positive entry only guards float rounding.
+  """
+  N = w_xN.shape[-1]
+  cdf = jnp.cumsum(w_xN, axis=-1)
+  idx = jnp.sum(cdf < u[..., None] * cdf[..., -1:], axis=-1)
+  last_pos = N - 1 - jnp.argmax((w_xN > 0)[..., ::-1], axis=-1)
+  return jnp.minimum(idx, last_pos).astype(jnp.int32)
+
+
+def _inverse_cdf(key, w_BxN):
+  """`inverse_cdf` with u = 1 - U[0, 1) drawn from `key` (u in (0, 1])."""
+  return inverse_cdf(1.0 - jax.random.uniform(key, w_BxN.shape[:-1]), w_BxN)
 
 
 def sample_from_logits(key, logits_BxV, block: int = 256):
