@@ -7,7 +7,9 @@ and every array has a readable name (`layers.3.wq`) in error messages.
 
 `restore_params` checks the stored names and shapes against `abstract_params(cfg)`
 before reading any data, then restores straight onto the requested shardings
-(each host reads only its shards on a multi-host mesh).
+(each host reads only its shards on a multi-host mesh). Pass a Mesh to get
+the sharding rules' layout (`jaxllm.sharding.param_shardings`): a checkpoint
+written from one mesh shape restores onto any other (or onto one device).
 
 `CheckpointManager` wraps `orbax.checkpoint.CheckpointManager` for training
 loops: save every K steps, keep the last n, restore params + optimiser state +
@@ -34,6 +36,7 @@ import orbax.checkpoint as ocp
 
 from jaxllm.config import ModelConfig, RopeScaling
 from jaxllm.params import LayerParams, Params, abstract_params
+from jaxllm.sharding import param_shardings
 
 Sharding = jax.sharding.Sharding
 
@@ -275,6 +278,8 @@ def _with_shardings(abstract: Any, sharding) -> Any:
 
 
 def _abstract_tree(cfg: ModelConfig, sharding) -> dict:
+  if isinstance(sharding, jax.sharding.Mesh):
+    sharding = param_shardings(cfg, sharding)
   if sharding is not None and not isinstance(sharding, Sharding):
     if isinstance(sharding, Params):
       sharding = params_to_tree(sharding)
@@ -282,14 +287,29 @@ def _abstract_tree(cfg: ModelConfig, sharding) -> dict:
 
 
 def restore_params(path: str, cfg: ModelConfig,
-                   sharding: Union[None, Sharding, Params] = None) -> Params:
+                   sharding: Union[None, Sharding, Params,
+                                   jax.sharding.Mesh] = None) -> Params:
   """Read a params checkpoint written by `save_params` (or the `params` item of
   a CheckpointManager step) onto `sharding`, cast to `cfg.param_dtype`.
 
-  `sharding`: None (first local device), one Sharding for all arrays, or a
-  Params tree of Shardings. Raises FileNotFoundError if `path` holds no
-  checkpoint and ValueError naming the tensor when the stored names or shapes
-  disagree with `cfg`, or when the data cannot be read.
+  Args:
+    path: the checkpoint directory.
+    cfg: the model config; stored names and shapes are checked against
+      `abstract_params(cfg)` before any data is read.
+    sharding: None (first local device), a Mesh (each array on
+      `jaxllm.sharding.param_shardings(cfg, mesh)`: the logical-axis rules),
+      one Sharding for all arrays, or a Params tree of Shardings. Each device
+      reads only its own shards; the mesh need not be the one the checkpoint
+      was written from.
+
+  Returns:
+    Params on the requested shardings.
+
+  Raises:
+    FileNotFoundError: `path` holds no checkpoint.
+    ValueError: naming the tensor, when the stored names or shapes disagree
+      with `cfg`, or when the data cannot be read; for a Mesh, a mesh axis
+      that does not divide a parameter dimension (`param_shardings`).
   """
   path = os.path.abspath(path)
   stored = _stored_shapes(path)
@@ -356,10 +376,13 @@ class CheckpointManager:
 
   def restore(self, cfg: ModelConfig, opt_state_like: Any, *,
               step: Optional[int] = None,
-              sharding: Union[None, Sharding, Params] = None,
+              sharding: Union[None, Sharding, Params,
+                              jax.sharding.Mesh] = None,
               opt_sharding: Any = None):
     """-> (params, opt_state, step, rng_key) of `step` (default: the latest).
 
+    `sharding`: as in `restore_params` (None, a Mesh, one Sharding or a
+    Params tree of Shardings).
     `opt_state_like`: the optimiser state or its abstract shape, e.g.
     `jax.eval_shape(optimizer.init, abstract_params(cfg))`; concrete arrays
     keep their shardings unless `opt_sharding` is given.

@@ -19,6 +19,11 @@ separate buffer that can be updated in place):
     post_mlp_norm [D]                                   (Gemma 2 only)
   final_norm   [D]
   lm_head      [D, V]  (None when tied to embed)
+
+Logical axes: vocab, embed, heads, kv_heads, head_dim, mlp. The one table
+mapping them to mesh axes is `jaxllm.sharding.RULES`
+(`sharding.param_shardings(cfg, mesh)`; `init_params(cfg, key,
+shardings=...)` initialises straight into those shardings).
 """
 
 from __future__ import annotations
@@ -114,8 +119,7 @@ def _map_specs(fn: Callable[[ParamSpec], Any], specs: Params):
   return jax.tree_util.tree_map(fn, specs, is_leaf=is_spec)
 
 
-def init_params(cfg: ModelConfig, key: jax.Array) -> Params:
-  """Random initialisation: N(0, 1/fan_in) matrices, unit (or zero) norms."""
+def _init_leaves(cfg: ModelConfig, key: jax.Array) -> Params:
   specs = param_specs(cfg)
   leaves, treedef = jax.tree_util.tree_flatten(specs, is_leaf=is_spec)
   keys = jax.random.split(key, len(leaves))
@@ -131,6 +135,47 @@ def init_params(cfg: ModelConfig, key: jax.Array) -> Params:
 
   return jax.tree_util.tree_unflatten(
       treedef, [one(s, k) for s, k in zip(leaves, keys)])
+
+
+# Always under jit, sharded or not, so that both give the same bits (XLA folds
+# the std into normal()'s own scale factor, which eager dispatch does not).
+_init_jit = jax.jit(_init_leaves, static_argnums=0)
+
+
+def init_params(cfg: ModelConfig, key: jax.Array, *,
+                shardings: Optional[Params] = None) -> Params:
+  """Random initialisation: N(0, 1/fan_in) matrices, unit (or zero) norms.
+
+  Args:
+    cfg: the model config (shapes from `param_specs(cfg)`).
+    key: a PRNG key; leaf i draws from `jax.random.split(key, n_leaves)[i]`.
+    shardings: optional Params tree of `jax.sharding.Sharding` (e.g.
+      `jaxllm.sharding.param_shardings(cfg, mesh)`): the initialiser then
+      runs under `jax.jit` with these `out_shardings`, so every device
+      computes only its own shards and no full copy of the parameters ever
+      exists on one device or host. The values equal the unsharded ones
+      bit for bit (both run under jit, and threefry random bits do not depend
+      on the sharding).
+
+  Returns:
+    Params with `cfg.param_dtype` leaves.
+
+  Raises:
+    ValueError: `shardings` is not a tree of Shardings matching the
+      parameters.
+  """
+  if shardings is None:
+    return _init_jit(cfg, key)
+  want = jax.tree_util.tree_structure(param_specs(cfg), is_leaf=is_spec)
+  got = jax.tree_util.tree_structure(shardings)
+  if want != got or not all(isinstance(s, jax.sharding.Sharding)
+                            for s in jax.tree_util.tree_leaves(shardings)):
+    raise ValueError("init_params: shardings must be a Params tree with one "
+                     "jax.sharding.Sharding per parameter (see "
+                     "jaxllm.sharding.param_shardings); got "
+                     f"{type(shardings).__name__}")
+  return jax.jit(_init_leaves, static_argnums=0,
+                 out_shardings=shardings)(cfg, key)
 
 
 def abstract_params(cfg: ModelConfig) -> Params:
