@@ -148,9 +148,11 @@ from algorithms import array_queue as aq
 from algorithms.stepping import (DELIMITER, STOP, Rows, Step, StepCounters,
                                  check_config_ids,
                                  compute_record as step_compute_record,
-                                 forced_step, id_tuple, model_config,
-                                 prefill_prompts, reorder, sample_step)
+                                 forced_step, id_tuple, prefill_prompts,
+                                 reorder, sample_step)
 from jaxllm import flops as flops_lib
+from jaxllm.decoding import fork_index
+from jaxllm.flops import model_config
 from jaxllm.generate import check_prompts
 from jaxllm.sampling import Sampling, make_sampling
 from jaxllm.validation import (INT32_LIMIT, check_int, check_length,
@@ -600,8 +602,10 @@ def _init(env: _Env, tokens_PxT, key):
                     hist_search=jnp.zeros((H,), jnp.float32),
                     hist_scored=jnp.zeros((H,), jnp.float32),
                     model_calls=jnp.int32(0), iterations=jnp.int32(0))
-  loop = SearchLoop(queue=queue, pool=reorder(env.model, env.scorer, root, jnp.repeat(pidx, Q)),
-                    meta=meta, key=key, best=best, counts=counts)
+  # Pool slot p * Q + j starts as a copy of problem p's root (the P -> P * Q fork).
+  pool = reorder(env.model, env.scorer, root, fork_index(P, Q))
+  loop = SearchLoop(queue=queue, pool=pool, meta=meta, key=key, best=best,
+                    counts=counts)
   return loop, root
 
 
@@ -931,7 +935,7 @@ def compute_record(result: AStarResult, model, scorer,
 
   Raises:
     ValueError: the policy or the scorer's model has no ModelConfig and does
-      not declare itself FLOPs-free (`stepping.flops_config`).
+      not declare itself FLOPs-free (`jaxllm.flops.flops_config`).
   """
   ctx = lambda h: np.concatenate([[0.0], np.asarray(h, np.float64)])
   counts = StepCounters(

@@ -128,6 +128,7 @@ from algorithms.stepping import (BUDGET, STOP, Rows, StepCounters,
                                  check_config_ids, compute_record,
                                  flatten_steps, forced_step, id_sequences,
                                  merge_steps, prepare_prompts, sample_step)
+from jaxllm.decoding import fork_index
 from jaxllm.sampling import Sampling, make_sampling
 from jaxllm.validation import check_int, check_token_id, check_token_ids
 
@@ -494,7 +495,8 @@ def _extend(run: _Run, v: PFState, ref: Reference, active_B, key):
   n = v.counters.count_step(ctx0, step.length, run.S, into=("gen",))
   n = n.replace(calls=n.calls + step.calls)
   if run.gibbs:
-    at_t = lambda x: jnp.repeat(x[:, v.t], run.N, axis=0)  # [P, ...] -> [B, ...]
+    fork = fork_index(run.P, run.N)  # the P -> B fork: row b reads problem b // N
+    at_t = lambda x: jnp.take(x[:, v.t], fork, axis=0)  # [P, ...] -> [B, ...]
     forced_on = active_B & is_ref
     state, logits, fstep = forced_step(
         run.model, run.params, state, logits, at_t(ref.step_tokens),

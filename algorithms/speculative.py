@@ -56,7 +56,10 @@ Accounting: a `jaxllm.flops.Compute` record; FLOPs use `jaxllm.flops.decode_flop
 `prefill_flops` with the exact number of keys every processed token attends to (prefix
 + ancestors + itself); FLOPs are affine in the context without sliding windows, so
 summing contexts is exact there (with windows the mean context is used, an
-approximation). Models without a `cfg` (BigramLM) cost 0 FLOPs.
+approximation). Which models are counted is `jaxllm.flops.flops_config`'s rule: a
+model with a `cfg` (possibly on a wrapped `.model`) is counted from it, one that
+declares `flops_free = True` (BigramLM) costs 0 FLOPs, any other is a ValueError
+(never a silent 0).
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ from jax import lax
 
 from algorithms import spec_trees as st
 from algorithms.drafts import LayerSkipDraft, SubVocabDraft  # noqa: F401 (re-export)
-from jaxllm.flops import Compute, decode_flops, prefill_flops
+from jaxllm.flops import Compute, decode_flops, flops_config, prefill_flops
 from jaxllm.generate import check_prompts
 from jaxllm.sampling import Sampling, filter_logits, make_sampling, sample
 from jaxllm.validation import (INT32_LIMIT, check_int, check_length,
@@ -379,9 +382,23 @@ def _check_models(target, draft, config):
   return Vt
 
 
-def _model_flops(model, tokens, ctx_sum):
-  """FLOPs of processing `tokens` tokens whose attended-key counts sum to ctx_sum."""
-  cfg = getattr(model, "cfg", None)
+def _flops_configs(target, draft, config):
+  """The ModelConfigs FLOPs are counted from: [target] or [target, draft] (the
+  draft only for a tree that uses one); None for a declared-free model.
+
+  Raises:
+    ValueError: a model without a ModelConfig that does not declare
+      `flops_free = True` (`jaxllm.flops.flops_config`).
+  """
+  cfgs = [flops_config(target, "target")]
+  if config.tree.uses_draft:
+    cfgs.append(flops_config(draft, "draft"))
+  return cfgs
+
+
+def _model_flops(cfg, tokens, ctx_sum):
+  """FLOPs of processing `tokens` tokens whose attended-key counts sum to ctx_sum
+  (0 for cfg None: a declared-free model)."""
   tokens = np.asarray(tokens, np.float64)
   if cfg is None:
     return np.zeros_like(tokens)
@@ -391,16 +408,21 @@ def _model_flops(model, tokens, ctx_sum):
 
 def compute_record(target, draft, config, out: SpecOutput, lengths_B) -> Compute:
   """What the run spent (summed over rows). model_calls counts target AND draft calls
-  after the prefill; the split is in the SpecOutput fields."""
+  after the prefill; the split is in the SpecOutput fields.
+
+  Raises:
+    ValueError: the target (or a used draft) has no ModelConfig and does not
+      declare `flops_free = True` (`_flops_configs`).
+  """
+  cfgs = _flops_configs(target, draft, config)
   c = {k: np.asarray(v, np.float64) for k, v in out.counts.items()}
   pre = np.asarray(lengths_B) - 1  # the last prompt token is the first block's root
-  models = [target, draft] if config.tree.uses_draft else [target]
-  pf = sum(float(np.sum(prefill_flops(m.cfg, pre))) for m in models
-           if getattr(m, "cfg", None) is not None)
-  n_models = len(models)
-  dec = float(np.sum(_model_flops(target, c["t_tok"], c["t_ctx"])))
+  pf = sum(float(np.sum(prefill_flops(cfg, pre))) for cfg in cfgs
+           if cfg is not None)
+  n_models = len(cfgs)
+  dec = float(np.sum(_model_flops(cfgs[0], c["t_tok"], c["t_ctx"])))
   if config.tree.uses_draft:
-    dec += float(np.sum(_model_flops(draft, c["d_tok"], c["d_ctx"])))
+    dec += float(np.sum(_model_flops(cfgs[1], c["d_tok"], c["d_ctx"])))
   return Compute(prefill_tokens=float(pre.sum()) * n_models,
                  generated_tokens=float(np.minimum(np.asarray(out.num_emitted),
                                                    config.max_new_tokens).sum()),
@@ -425,7 +447,9 @@ def speculative_generate(target, target_params, draft, draft_params, prompts, ke
     ValueError: naming the argument or field: a missing draft, vocabularies
       that differ, SpecConfig.pad_id or prompt ids outside [0, V), malformed
       prompts, or prompt + max_new_tokens + tree beyond ModelConfig.max_seq_len
-      or SpecConfig.cache_size.
+      or SpecConfig.cache_size; a target (or used draft) with no ModelConfig
+      that does not declare `flops_free = True` (its FLOPs are never a silent
+      0; checked before any model call).
   """
   if not isinstance(config, SpecConfig):
     raise ValueError(f"config must be a SpecConfig, got {type(config)}")
@@ -434,6 +458,7 @@ def speculative_generate(target, target_params, draft, draft_params, prompts, ke
   if draft is None:
     draft, draft_params = target, target_params
   _check_models(target, draft, config)
+  _flops_configs(target, draft, config)
   tokens, lengths = check_prompts(target, prompts, prompt_lengths, config.pad_id,
                                   pad_id_name="SpecConfig.pad_id")
   need = tokens.shape[1] + config.max_new_tokens + config.tree.tree_tokens + 2

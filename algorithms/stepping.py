@@ -18,7 +18,8 @@ Contents
   prefill_prompts / fork / prefill_and_fork / reorder   prefill once, fork N
   flatten_steps                             concatenate a row's steps
   step_contexts / add_hist / StepCounters   exact compute counters in jit
-  compute_record / flops_config             the Compute record (jaxllm.flops)
+  compute_record                            the Compute record (jaxllm.flops:
+                                            flops_config / model_config)
 
 Shape suffixes: B rows (= P problems x N rows per problem), P problems, N rows
 per problem (or an index length), T padded prompt length, S step token budget,
@@ -36,9 +37,13 @@ import jax.numpy as jnp
 import flax.struct
 import numpy as np
 
+from jaxllm import decoding
 from jaxllm import flops as flops_lib
 from jaxllm.config import ModelConfig
-from jaxllm.decoding import BigramLM
+# fork_index is the core's (re-exported: algorithms.methods reads
+# stepping.fork_index); model_config / flops_config are jaxllm.flops'.
+from jaxllm.decoding import fork_index
+from jaxllm.flops import flops_config, model_config
 from jaxllm.generate import check_prompts
 from jaxllm.sampling import Sampling, log_probs, sample
 from jaxllm.validation import (INT32_LIMIT, check_int, check_length,
@@ -338,11 +343,6 @@ def prefill_prompts(model, params, scorer, scorer_params, tokens_PxT, lengths_P,
   return Rows(state=state, logits_BxV=logits, sstate=sstate)
 
 
-def fork_index(n_problems: int, n_rows: int):
-  """int32 [P * N]: row p * N + i of the forked batch copies prompt row p."""
-  return jnp.repeat(jnp.arange(n_problems, dtype=jnp.int32), n_rows)
-
-
 def reorder(model, scorer, rows: Rows, index_N) -> Rows:
   """Gather rows of the model state, the logits and the scorer state.
 
@@ -356,18 +356,27 @@ def reorder(model, scorer, rows: Rows, index_N) -> Rows:
 
 def fork(model, scorer, prompt_rows: Rows, n_rows: int) -> Rows:
   """Fork P prefilled prompt rows into B = P * N rows (row p * N + i = copy i of
-  prompt p) by a gather (`reorder`): the prompt is never re-prefilled."""
+  prompt p) by a gather (`reorder` with `jaxllm.decoding.fork_index`): the
+  prompt is never re-prefilled."""
   P = prompt_rows.logits_BxV.shape[0]
   return reorder(model, scorer, prompt_rows, fork_index(P, n_rows))
 
 
 def prefill_and_fork(model, params, scorer, scorer_params, tokens_PxT, lengths_P,
                      cache_size: int, n_rows: int) -> Rows:
-  """Prefill each prompt once (`prefill_prompts`) and fork it into N rows
-  (`fork`): Rows with B = P * N, row p * N + i = sample i of problem p."""
-  rows = prefill_prompts(model, params, scorer, scorer_params, tokens_PxT,
-                         lengths_P, cache_size)
-  return fork(model, scorer, rows, n_rows)
+  """Prefill each prompt once and fork it into N rows: Rows with B = P * N,
+  row p * N + i = sample i of problem p.
+
+  The model's state and logits are `jaxllm.decoding.prefill_and_fork`'s; the
+  scorer is prefilled once too (`scorer.init`) and forked with the same
+  `fork_index` (no gather for N = 1, as in the core).
+  """
+  state, logits = decoding.prefill_and_fork(model, params, tokens_PxT,
+                                            lengths_P, cache_size, n_rows)
+  sstate = scorer.init(scorer_params, tokens_PxT, lengths_P, cache_size)
+  if n_rows != 1:
+    sstate = scorer.reorder(sstate, fork_index(tokens_PxT.shape[0], n_rows))
+  return Rows(state=state, logits_BxV=logits, sstate=sstate)
 
 
 # ----------------------------------------------------------------------------
@@ -472,53 +481,6 @@ class StepCounters:
     ctx, valid = step_contexts(lengths_B, length_B, S)
     return self.replace(**{k: add_hist(getattr(self, k), ctx, valid)
                            for k in into})
-
-
-# Model types that declare no FLOPs (toys with exactly known distributions).
-# A model may also declare itself free with a `flops_free = True` attribute.
-FLOPS_FREE_TYPES = (BigramLM,)
-
-
-def _model_chain(obj, depth: int = 4):
-  """obj, obj.model, obj.model.model, ... (wrappers such as GeneratorConfidence)."""
-  for _ in range(depth):
-    if obj is None:
-      return
-    yield obj
-    obj = getattr(obj, "model", None)
-
-
-def model_config(obj) -> Optional[ModelConfig]:
-  """The ModelConfig of a model or of the model it wraps (`.model`), else None."""
-  for m in _model_chain(obj):
-    cfg = getattr(m, "cfg", None)
-    if isinstance(cfg, ModelConfig):
-      return cfg
-  return None
-
-
-def is_flops_free(obj) -> bool:
-  """True for a model (or wrapper of one) that declares it costs no FLOPs:
-  a `flops_free = True` attribute or a type in FLOPS_FREE_TYPES (BigramLM)."""
-  return any(getattr(m, "flops_free", False) is True or
-             isinstance(m, FLOPS_FREE_TYPES) for m in _model_chain(obj))
-
-
-def flops_config(obj, what: str) -> Optional[ModelConfig]:
-  """The ModelConfig to count `obj`'s FLOPs from; None for a declared-free model.
-
-  Raises:
-    ValueError: naming `what`, when `obj` has no ModelConfig (`cfg`, possibly
-      through `.model`) and does not declare itself free; FLOPs are never
-      silently reported as 0.
-  """
-  cfg = model_config(obj)
-  if cfg is not None or is_flops_free(obj):
-    return cfg
-  raise ValueError(
-      f"{what} {type(obj).__name__} has no `cfg` (jaxllm ModelConfig) to count "
-      f"FLOPs from: give it one, declare a toy model free with "
-      f"`flops_free = True`, or pass count_flops=False")
 
 
 def hist_flops(cfg: Optional[ModelConfig], hist_C) -> float:

@@ -3,7 +3,9 @@ against a re-prefill-every-step PF (what text-resubmitting libraries do).
 
 Same random transformer (sized like the arith policy by default: 4 layers,
 d=256), same prompt, N sequences of the same total length K * S tokens:
-  sample   jaxllm.generate: N rows, K * S tokens each, no stop token.
+  sample   jaxllm.generate(num_samples=N): the prompt prefilled once and
+           forked into N rows (as the PF does), K * S tokens each, no
+           stop token.
   pf       algorithms.particle_filter: N particles, K steps of exactly S
            tokens (no delimiter and no stop token: allow_no_stop=True, so no
            particle ends early and the token counts match), ConfidenceScorer
@@ -165,9 +167,10 @@ def run(cfg, runs) -> str:
       jax.block_until_ready(r.tokens)
       return r, comp
 
-    def plain():
-      out = generate(model, params, [prompt] * N, key, K * S,
-                     cache_size=pf_cfg.min_cache_size(bucket_length(FLAGS.prompt_len)))
+    def plain():  # prompt prefilled once and forked, as in the particle filter
+      out = generate(model, params, [prompt], key, K * S,
+                     cache_size=pf_cfg.min_cache_size(bucket_length(FLAGS.prompt_len)),
+                     num_samples=N)
       jax.block_until_ready(out.tokens)
       return out
 

@@ -401,8 +401,7 @@ def run_search(method: str, k: int, policy, verifiers, problems, config,
     toks, lens = np.asarray(out.tokens), np.asarray(out.lengths)
     correct = [arith.check_answer(p, TOK.decode(toks[i, :lens[i]]))
                for i, p in enumerate(problems)]
-  per_problem = {f: v / P for f, v in dataclasses.asdict(out.compute).items()}
-  return float(np.mean(correct)), flops_lib.Compute(**per_problem).as_dict()
+  return float(np.mean(correct)), out.compute.per_problem(P).as_dict()
 
 
 # --------------------------------- sweep ----------------------------------

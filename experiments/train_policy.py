@@ -133,7 +133,12 @@ def sample_tokens(cfg, params, problems, key, n_samples: int,
   """n_samples continuations per problem (rows problem-major): generated
   tokens [P*N, max_new] (pad after EOS), lengths [P*N] (EOS included) and the
   policy's log-probs [P*N, max_new]. Calls use a fixed row count, so there is
-  one compilation per shape."""
+  one compilation per shape.
+
+  Each copy of a prompt is prefilled (not `generate(num_samples=)`): prefilling
+  P rows instead of P * N changes the float32 rounding (log-probs differ by
+  ~1e-6, and tokens are then not guaranteed identical), so forking would change
+  the samples and verifier data of an existing seed."""
   model = Transformer(cfg)
   prompts = [pr for pr in prompts_of(problems) for _ in range(n_samples)]
   toks, lens, lps = [], [], []

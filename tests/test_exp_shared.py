@@ -147,3 +147,5 @@ def test_bench_search_writes_each_row_as_it_is_measured(tmp_path):
     rec = json.load(f)
   assert not rec["complete"] and [r["N"] for r in rec["rows"]] == [2]
   assert rec["rows"][0]["pf_tokens"] == 2 * 2 * 4  # N particles x K x S
+  # The baseline forks the once-prefilled prompt into the same N rows.
+  assert rec["rows"][0]["sample_tokens"] == 2 * 2 * 4

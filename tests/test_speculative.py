@@ -291,3 +291,33 @@ def test_bad_input_raises():
   with pytest.raises(ValueError, match="max_seq_len"):
     speculative_generate(t, params, t, params, [[1]], jax.random.key(0),
                          SpecConfig(max_new_tokens=80))
+
+
+def test_flops_of_a_model_without_config_are_an_error_not_zero():
+  """FLOPs follow jaxllm.flops.flops_config: a model with no ModelConfig that
+  does not declare `flops_free = True` is refused before any model call (its
+  FLOPs are never a silent 0); BigramLM declares itself free (0 FLOPs)."""
+  calls = []
+
+  class NoCfg(BigramLM):  # a BigramLM that does not declare itself free
+    flops_free = False
+
+    def prefill(self, *a, **kw):
+      calls.append("prefill")
+      return super().prefill(*a, **kw)
+
+  table = jnp.zeros((V_BI, V_BI))
+  free = BigramLM(V_BI)
+  with pytest.raises(ValueError, match=r"target NoCfg has no `cfg`"):
+    speculative_generate(NoCfg(V_BI), table, None, None, [[1]], jax.random.key(0),
+                         SpecConfig(method="autoregressive", max_new_tokens=2))
+  with pytest.raises(ValueError, match=r"draft NoCfg has no `cfg`"):
+    speculative_generate(free, table, NoCfg(V_BI), table, [[1]], jax.random.key(0),
+                         SpecConfig(method="chain", gamma=2, max_new_tokens=2))
+  assert calls == []  # refused on the host, before the run
+  out, comp = speculative_generate(
+      free, table, None, None, [[1, 2]], jax.random.key(0),
+      SpecConfig(method="autoregressive", max_new_tokens=2))
+  assert comp.flops == 0 and comp.prefill_flops == 0 and comp.decode_flops == 0
+  assert comp.generated_tokens == 2 and comp.prefill_tokens == 1
+  assert int(out.target_calls[0]) == 2
