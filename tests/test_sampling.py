@@ -120,9 +120,19 @@ def test_greedy_is_argmax_and_keys():
 # first among tied tokens); min-p is a threshold and keeps every tied token.
 
 
-def kept(logits_V, s):
-  lg = filter_logits(jnp.asarray(logits_V, jnp.float32)[None], s)[0]
-  return np.flatnonzero(np.isfinite(np.asarray(lg)))
+_filter_jit = jax.jit(filter_logits)
+
+
+def kept(logits_V, s, pad_to=None):
+  """Indices `filter_logits` keeps. With `pad_to`, the logits are padded with
+  -inf (zero-probability tokens, never kept) to that width, so many
+  vocabulary sizes share one compiled program."""
+  lg = np.asarray(logits_V, np.float32)
+  V = lg.shape[0]
+  if pad_to is not None:
+    lg = np.concatenate([lg, np.full(pad_to - V, -np.inf, np.float32)])
+  out = np.asarray(_filter_jit(jnp.asarray(lg)[None], s)[0])[:V]
+  return np.flatnonzero(np.isfinite(out))
 
 
 def hf_kept(warper, logits_V):
@@ -174,7 +184,7 @@ def test_top_p_matches_transformers_on_random_logits():
     p = np.sort(np.asarray(jax.nn.softmax(jnp.asarray(lg)), np.float64))[::-1]
     if np.min(np.abs(np.cumsum(p) - top_p)) < 1e-4:
       continue  # within float rounding of the boundary: either answer is right
-    got = kept(lg, make_sampling(1.0, top_p=top_p))
+    got = kept(lg, make_sampling(1.0, top_p=top_p), pad_to=256)
     np.testing.assert_array_equal(got, hf_kept(TopPLogitsWarper(top_p), lg),
                                   err_msg=f"trial {trial}")
     checked += 1
@@ -201,7 +211,7 @@ def test_top_k_matches_transformers_on_untied_logits():
     V = int(rng.integers(2, 100))
     lg = rng.normal(size=V).astype(np.float32)
     k = int(rng.integers(1, V + 3))
-    np.testing.assert_array_equal(kept(lg, make_sampling(1.0, top_k=k)),
+    np.testing.assert_array_equal(kept(lg, make_sampling(1.0, top_k=k), pad_to=128),
                                   hf_kept(TopKLogitsWarper(k), lg),
                                   err_msg=f"trial {trial}")
 
