@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: install demo genrm chat-demo test test-slow bench bench-speculative draft smollm gsm8k-data clean
+.PHONY: format install demo genrm chat-demo test test-slow bench bench-speculative draft smollm gsm8k-data clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -38,6 +38,7 @@ chat-demo: $(STAMP)
 
 # The default test tier: everything except tests marked slow.
 test: $(STAMP) gsm8k-data
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q -m "not slow" -n 2 --dist loadfile
 
 test-slow: $(STAMP)
@@ -52,6 +53,10 @@ draft: $(STAMP) gsm8k-data
 
 bench-speculative: $(STAMP)
 	$(BIN)/python -m experiments.bench_speculative
+
+# The one formatter (config in pyproject.toml [tool.ruff]).
+format: $(STAMP)
+	$(BIN)/ruff format .
 
 clean:
 	rm -rf $(VENV) .pytest_cache results

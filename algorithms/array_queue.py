@@ -48,6 +48,7 @@ import jax.numpy as jnp
 @flax.struct.dataclass
 class ArrayQueue:
   """One queue (leading axes [...] are added by `jax.vmap`)."""
+
   f: Any  # float32 [Q] priority, ascending among valid entries (+inf empty)
   payload: Any  # int32 [Q] what each entry refers to
   seq: Any  # int32 [Q] insertion counter (FIFO among equal f)
@@ -67,11 +68,13 @@ def empty(capacity: int) -> ArrayQueue:
   """
   if not isinstance(capacity, int) or capacity < 1:
     raise ValueError(f"queue capacity must be a positive int, got {capacity!r}")
-  return ArrayQueue(f=jnp.full((capacity,), jnp.inf, jnp.float32),
-                    payload=jnp.zeros((capacity,), jnp.int32),
-                    seq=jnp.zeros((capacity,), jnp.int32),
-                    valid=jnp.zeros((capacity,), bool),
-                    next_seq=jnp.int32(0))
+  return ArrayQueue(
+    f=jnp.full((capacity,), jnp.inf, jnp.float32),
+    payload=jnp.zeros((capacity,), jnp.int32),
+    seq=jnp.zeros((capacity,), jnp.int32),
+    valid=jnp.zeros((capacity,), bool),
+    next_seq=jnp.int32(0),
+  )
 
 
 def size(q: ArrayQueue):
@@ -101,15 +104,16 @@ def push(q: ArrayQueue, f_N, payload_N, valid_N=None):
     ValueError: a batched queue (vmap instead) or inputs not of shape [N].
   """
   if q.f.ndim != 1:
-    raise ValueError("push works on one queue; jax.vmap it over a batch of "
-                     f"queues (got f of shape {tuple(q.f.shape)})")
+    raise ValueError(
+      "push works on one queue; jax.vmap it over a batch of "
+      f"queues (got f of shape {tuple(q.f.shape)})"
+    )
   f_N = jnp.asarray(f_N, jnp.float32)
   N = f_N.shape[0] if f_N.ndim == 1 else -1
   _check_1d("f_N", f_N, N)
   payload_N = jnp.asarray(payload_N, jnp.int32)
   _check_1d("payload_N", payload_N, N)
-  valid_N = (jnp.ones((N,), bool) if valid_N is None else
-             jnp.asarray(valid_N, bool))
+  valid_N = jnp.ones((N,), bool) if valid_N is None else jnp.asarray(valid_N, bool)
   _check_1d("valid_N", valid_N, N)
   Q = q.capacity
 
@@ -124,9 +128,13 @@ def push(q: ArrayQueue, f_N, payload_N, valid_N=None):
   valid = jnp.concatenate([q.valid, valid_N])
   # Sort by (valid first, f, seq): jnp.lexsort's last key is the primary one.
   order = jnp.lexsort((seq, jnp.where(valid, f, jnp.inf), ~valid))[:Q]
-  new = ArrayQueue(f=jnp.where(valid[order], f[order], jnp.inf),
-                   payload=payload[order], seq=seq[order], valid=valid[order],
-                   next_seq=q.next_seq + jnp.sum(valid_N.astype(jnp.int32)))
+  new = ArrayQueue(
+    f=jnp.where(valid[order], f[order], jnp.inf),
+    payload=payload[order],
+    seq=seq[order],
+    valid=valid[order],
+    next_seq=q.next_seq + jnp.sum(valid_N.astype(jnp.int32)),
+  )
   kept = jnp.zeros((Q + N,), bool).at[order].set(valid[order])
   return new, kept[Q:]
 
@@ -140,14 +148,19 @@ def pop(q: ArrayQueue, num: int):
     ValueError: a batched queue (vmap instead) or num not an int in [1, Q].
   """
   if q.f.ndim != 1:
-    raise ValueError("pop works on one queue; jax.vmap it over a batch of "
-                     f"queues (got f of shape {tuple(q.f.shape)})")
+    raise ValueError(
+      "pop works on one queue; jax.vmap it over a batch of "
+      f"queues (got f of shape {tuple(q.f.shape)})"
+    )
   Q = q.capacity
   if not isinstance(num, int) or not 1 <= num <= Q:
     raise ValueError(f"pop size must be an int in [1, capacity={Q}], got {num!r}")
-  shift = lambda x, fill: jnp.concatenate([x[num:], jnp.full((num,), fill,
-                                                             x.dtype)])
-  rest = ArrayQueue(f=shift(q.f, jnp.inf), payload=shift(q.payload, 0),
-                    seq=shift(q.seq, 0), valid=shift(q.valid, False),
-                    next_seq=q.next_seq)
+  shift = lambda x, fill: jnp.concatenate([x[num:], jnp.full((num,), fill, x.dtype)])
+  rest = ArrayQueue(
+    f=shift(q.f, jnp.inf),
+    payload=shift(q.payload, 0),
+    seq=shift(q.seq, 0),
+    valid=shift(q.valid, False),
+    next_seq=q.next_seq,
+  )
   return rest, q.f[:num], q.payload[:num], q.valid[:num]

@@ -145,18 +145,32 @@ import jax.numpy as jnp
 import numpy as np
 
 from algorithms import array_queue as aq
-from algorithms.stepping import (DELIMITER, STOP, Rows, Step, StepCounters,
-                                 check_config_ids,
-                                 compute_record as step_compute_record,
-                                 forced_step, id_tuple, prefill_prompts,
-                                 reorder, sample_step)
+from algorithms.stepping import (
+  DELIMITER,
+  STOP,
+  Rows,
+  Step,
+  StepCounters,
+  check_config_ids,
+  compute_record as step_compute_record,
+  forced_step,
+  id_tuple,
+  prefill_prompts,
+  reorder,
+  sample_step,
+)
 from jaxllm import flops as flops_lib
 from jaxllm.decoding import fork_index
 from jaxllm.flops import model_config
 from jaxllm.generate import check_prompts
 from jaxllm.sampling import Sampling, make_sampling
-from jaxllm.validation import (INT32_LIMIT, check_int, check_length,
-                               check_token_ids, token_id_array)
+from jaxllm.validation import (
+  INT32_LIMIT,
+  check_int,
+  check_length,
+  check_token_ids,
+  token_id_array,
+)
 
 TRACE_COUNT = {"astar": 0}  # incremented at trace time (compile checks)
 _TINY = 1e-30  # scores are clipped to [_TINY, 1] before -log
@@ -170,6 +184,7 @@ _TINY = 1e-30  # scores are clipped to [_TINY, 1] before -log
 @flax.struct.dataclass
 class HeuristicInput:
   """What a heuristic sees about N states (rows of one batch)."""
+
   tokens: Any  # int32 [N, L] solution tokens so far (0 after `length`)
   length: Any  # int32 [N] solution tokens
   depth: Any  # int32 [N] completed steps
@@ -219,15 +234,16 @@ class LatestStepHeuristic:
 
   def __call__(self, params, inp: HeuristicInput):
     del params
-    remaining = jnp.maximum(inp.expected_total_steps -
-                            inp.depth.astype(jnp.float32), 1.0)
+    remaining = jnp.maximum(
+      inp.expected_total_steps - inp.depth.astype(jnp.float32), 1.0
+    )
     return -jnp.log(jnp.clip(inp.last_score, _TINY, 1.0)) * remaining
 
 
 # Config names -> objects: the one place a string in an AStarConfig is read.
 REGISTRY = {
-    "g_mode": {"sum": SumCost(), "mean": MeanCost()},
-    "heuristic": {"zero": ZeroHeuristic(), "latest": LatestStepHeuristic()},
+  "g_mode": {"sum": SumCost(), "mean": MeanCost()},
+  "heuristic": {"zero": ZeroHeuristic(), "latest": LatestStepHeuristic()},
 }
 
 
@@ -250,10 +266,14 @@ def resolve(field: str, value):
     return value
   elif field == "heuristic" and callable(value):
     return value
-  what = ("an object with a g(cost, depth) method" if field == "g_mode" else
-          "a callable h(heuristic_params, HeuristicInput)")
-  raise ValueError(f"AStarConfig.{field} must be one of {sorted(table)} or "
-                   f"{what}, got {value!r}")
+  what = (
+    "an object with a g(cost, depth) method"
+    if field == "g_mode"
+    else "a callable h(heuristic_params, HeuristicInput)"
+  )
+  raise ValueError(
+    f"AStarConfig.{field} must be one of {sorted(table)} or {what}, got {value!r}"
+  )
 
 
 def step_cost(knobs: "Knobs", score_N, logprob_N, n_tokens_N):
@@ -261,9 +281,11 @@ def step_cost(knobs: "Knobs", score_N, logprob_N, n_tokens_N):
   [N]; r is clipped to [1e-30, 1]; the lm term is skipped (not 0 * inf) when
   lm_weight is 0, so a step of probability 0 costs inf only when it counts."""
   r = jnp.clip(score_N.astype(jnp.float32), _TINY, 1.0)
-  return (knobs.prm_weight * -jnp.log(r) +
-          jnp.where(knobs.lm_weight > 0, knobs.lm_weight * -logprob_N, 0.0) +
-          knobs.token_cost * n_tokens_N)
+  return (
+    knobs.prm_weight * -jnp.log(r)
+    + jnp.where(knobs.lm_weight > 0, knobs.lm_weight * -logprob_N, 0.0)
+    + knobs.token_cost * n_tokens_N
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -271,8 +293,15 @@ def step_cost(knobs: "Knobs", score_N, logprob_N, n_tokens_N):
 # ----------------------------------------------------------------------------
 
 
-_KNOBS = ("expected_total_steps", "prm_weight", "lm_weight", "token_cost",
-          "token_budget", "scorer_call_budget", "max_iterations")
+_KNOBS = (
+  "expected_total_steps",
+  "prm_weight",
+  "lm_weight",
+  "token_cost",
+  "token_budget",
+  "scorer_call_budget",
+  "max_iterations",
+)
 # Sampling travels as a traced `Sampling` pytree (its static part, top_k and
 # which filters are on, is in the pytree's structure), so the static config
 # holds neutral values for these.
@@ -283,6 +312,7 @@ _SAMPLING = dict(temperature=1.0, top_k=None, top_p=None, min_p=None)
 class Knobs:
   """The traced settings of one search (float32 scalars; a new value does not
   recompile). See `AStarConfig` for their meaning."""
+
   expected_total_steps: Any
   prm_weight: Any
   lm_weight: Any
@@ -333,37 +363,55 @@ class AStarConfig:
 
   def __post_init__(self):
     for name in ("delimiter_ids", "stop_ids"):
-      object.__setattr__(self, name, id_tuple(f"AStarConfig.{name}",
-                                              getattr(self, name)))
-    for name in ("capacity", "pop_batch", "num_children", "max_step_tokens",
-                 "max_solution_tokens"):
-      object.__setattr__(self, name, check_int(
-          f"AStarConfig.{name}", getattr(self, name), lo=1))
+      object.__setattr__(
+        self, name, id_tuple(f"AStarConfig.{name}", getattr(self, name))
+      )
+    for name in (
+      "capacity",
+      "pop_batch",
+      "num_children",
+      "max_step_tokens",
+      "max_solution_tokens",
+    ):
+      object.__setattr__(
+        self, name, check_int(f"AStarConfig.{name}", getattr(self, name), lo=1)
+      )
     if self.pop_batch > self.capacity:
-      raise ValueError(f"AStarConfig.pop_batch={self.pop_batch} exceeds "
-                       f"capacity={self.capacity}")
+      raise ValueError(
+        f"AStarConfig.pop_batch={self.pop_batch} exceeds capacity={self.capacity}"
+      )
     if self.expansion not in ("sample", "enumerate"):
-      raise ValueError(f"AStarConfig.expansion must be 'sample' or "
-                       f"'enumerate', got {self.expansion!r}")
+      raise ValueError(
+        f"AStarConfig.expansion must be 'sample' or 'enumerate', got {self.expansion!r}"
+      )
     resolve("g_mode", self.g_mode)
     resolve("heuristic", self.heuristic)
     if self.candidate_steps is not None:
-      object.__setattr__(self, "candidate_steps", _check_candidates(
-          self.candidate_steps, self.expansion, self.stop_ids))
+      object.__setattr__(
+        self,
+        "candidate_steps",
+        _check_candidates(self.candidate_steps, self.expansion, self.stop_ids),
+      )
     if self.step_width > self.max_solution_tokens:
-      raise ValueError(f"AStarConfig.max_solution_tokens="
-                       f"{self.max_solution_tokens} is smaller than one step "
-                       f"({self.step_width} tokens)")
-    for name in ("prm_weight", "lm_weight", "token_cost",
-                 "expected_total_steps"):
+      raise ValueError(
+        f"AStarConfig.max_solution_tokens="
+        f"{self.max_solution_tokens} is smaller than one step "
+        f"({self.step_width} tokens)"
+      )
+    for name in ("prm_weight", "lm_weight", "token_cost", "expected_total_steps"):
       if not np.isfinite(getattr(self, name)):
-        raise ValueError(f"AStarConfig.{name} must be finite, got "
-                         f"{getattr(self, name)}")
-    for name in ("prm_weight", "lm_weight", "token_budget",
-                 "scorer_call_budget", "max_iterations"):
+        raise ValueError(
+          f"AStarConfig.{name} must be finite, got {getattr(self, name)}"
+        )
+    for name in (
+      "prm_weight",
+      "lm_weight",
+      "token_budget",
+      "scorer_call_budget",
+      "max_iterations",
+    ):
       if not getattr(self, name) >= 0:
-        raise ValueError(f"AStarConfig.{name} must be >= 0, got "
-                         f"{getattr(self, name)}")
+        raise ValueError(f"AStarConfig.{name} must be >= 0, got {getattr(self, name)}")
 
   @property
   def step_width(self) -> int:
@@ -422,16 +470,22 @@ def _check_candidates(candidate_steps, expansion: str, stop_ids: tuple) -> tuple
   for c in candidate_steps:
     arr = token_id_array("AStarConfig.candidate_steps", c)
     if arr.ndim != 1 or arr.size == 0:
-      raise ValueError("AStarConfig.candidate_steps must be a non-empty "
-                       "sequence of non-empty token sequences")
+      raise ValueError(
+        "AStarConfig.candidate_steps must be a non-empty "
+        "sequence of non-empty token sequences"
+      )
     cands.append(tuple(int(t) for t in arr))
   if not cands:
-    raise ValueError("AStarConfig.candidate_steps must be a non-empty "
-                     "sequence of non-empty token sequences")
+    raise ValueError(
+      "AStarConfig.candidate_steps must be a non-empty "
+      "sequence of non-empty token sequences"
+    )
   for c in cands:
     if any(t in stop_ids for t in c[:-1]):
-      raise ValueError(f"AStarConfig.candidate_steps: stop token inside "
-                       f"candidate {c} (only allowed last)")
+      raise ValueError(
+        f"AStarConfig.candidate_steps: stop token inside "
+        f"candidate {c} (only allowed last)"
+      )
   return tuple(cands)
 
 
@@ -444,6 +498,7 @@ def _check_candidates(candidate_steps, expansion: str, stop_ids: tuple) -> tuple
 @dataclasses.dataclass
 class AStarResult:
   """Per problem (leading axis P) unless noted."""
+
   tokens: Any  # [P, L] answer tokens (solution only, no prompt; 0-padded)
   length: Any  # [P]
   complete: Any  # [P] answer ends with a stop token
@@ -469,6 +524,7 @@ class AStarResult:
 class Meta:
   """Bookkeeping of search states: leading axes [P, Q] in the pool, [P, B]
   for pops, [N] in the working batch."""
+
   tok: Any  # int32 [..., L] solution tokens (0 after `length`)
   length: Any  # int32 [...] solution tokens
   depth: Any  # int32 [...] completed steps
@@ -480,6 +536,7 @@ class Meta:
 @flax.struct.dataclass
 class Incumbent:
   """The best complete state popped so far, per problem."""
+
   tok: Any  # int32 [P, L]
   length: Any  # int32 [P]
   g: Any  # float32 [P]
@@ -490,6 +547,7 @@ class Incumbent:
 @flax.struct.dataclass
 class Counters:
   """What the search spent so far (per problem unless noted)."""
+
   search_tokens: Any  # int32 [P] tokens generated (children's steps)
   scorer_calls: Any  # int32 [P] steps scored
   expanded: Any  # int32 [P] states expanded
@@ -505,6 +563,7 @@ class Counters:
 @flax.struct.dataclass
 class SearchLoop:
   """The carry of the search's while loop."""
+
   queue: Any  # aq.ArrayQueue with leading axis P (capacity Q; payload = slot)
   pool: Rows  # P * Q rows (stepping.Rows, float32 logits); row p * Q + i
   #             holds queue entry i of problem p
@@ -517,6 +576,7 @@ class SearchLoop:
 class _Env(NamedTuple):
   """What every step of one traced search reads: the callbacks, the static
   sizes and the traced inputs (a plain bundle, built once per trace)."""
+
   model: Any
   scorer: Any
   cfg: AStarConfig  # static part
@@ -550,9 +610,11 @@ def _concat_rows(a, b):
 
 def _take_meta(meta: Meta, slot_PxB) -> Meta:
   """Gather [P, Q] bookkeeping at slots [P, B]."""
+
   def take(x):
     idx = slot_PxB.reshape(slot_PxB.shape + (1,) * (x.ndim - 2))
     return jnp.take_along_axis(x, idx, axis=1)
+
   return jax.tree_util.tree_map(take, meta)
 
 
@@ -575,37 +637,62 @@ def _init(env: _Env, tokens_PxT, key):
   queue ends empty)."""
   P, Q, L, H = env.P, env.Q, env.L, env.H
   pidx = jnp.arange(P)
-  root = prefill_prompts(env.model, env.params, env.scorer, env.sparams,
-                         tokens_PxT, env.lengths_P, H)
+  root = prefill_prompts(
+    env.model, env.params, env.scorer, env.sparams, tokens_PxT, env.lengths_P, H
+  )
   root = root.replace(logits_BxV=root.logits_BxV.astype(jnp.float32))
   prompt_last = tokens_PxT[pidx, env.lengths_P - 1]
   zi, zf = jnp.zeros((P,), jnp.int32), jnp.zeros((P,), jnp.float32)
-  meta = Meta(tok=jnp.zeros((P, Q, L), jnp.int32),
-              length=jnp.zeros((P, Q), jnp.int32),
-              depth=jnp.zeros((P, Q), jnp.int32),
-              cost=jnp.zeros((P, Q), jnp.float32),
-              last_token=jnp.broadcast_to(prompt_last[:, None], (P, Q)),
-              complete=jnp.zeros((P, Q), bool))
-  f_root = _f(env, HeuristicInput(
-      tokens=jnp.zeros((P, L), jnp.int32), length=zi, depth=zi,
-      last_score=jnp.ones((P,)), last_token=prompt_last,
-      complete=jnp.zeros((P,), bool), problem=pidx, g=zf,
-      expected_total_steps=env.knobs.expected_total_steps))
+  meta = Meta(
+    tok=jnp.zeros((P, Q, L), jnp.int32),
+    length=jnp.zeros((P, Q), jnp.int32),
+    depth=jnp.zeros((P, Q), jnp.int32),
+    cost=jnp.zeros((P, Q), jnp.float32),
+    last_token=jnp.broadcast_to(prompt_last[:, None], (P, Q)),
+    complete=jnp.zeros((P, Q), bool),
+  )
+  f_root = _f(
+    env,
+    HeuristicInput(
+      tokens=jnp.zeros((P, L), jnp.int32),
+      length=zi,
+      depth=zi,
+      last_score=jnp.ones((P,)),
+      last_token=prompt_last,
+      complete=jnp.zeros((P,), bool),
+      problem=pidx,
+      g=zf,
+      expected_total_steps=env.knobs.expected_total_steps,
+    ),
+  )
   queue = jax.vmap(lambda _: aq.empty(Q))(pidx)
-  queue, _ = jax.vmap(aq.push)(queue, f_root[:, None],
-                               jnp.zeros((P, 1), jnp.int32),
-                               jnp.ones((P, 1), bool))
-  best = Incumbent(tok=jnp.zeros((P, L), jnp.int32), length=zi, g=zf,
-                   f=jnp.full((P,), jnp.inf), found=jnp.zeros((P,), bool))
-  counts = Counters(search_tokens=zi, scorer_calls=zi, expanded=zi, pushed=zi,
-                    evicted=zi, dead=zi,
-                    hist_search=jnp.zeros((H,), jnp.float32),
-                    hist_scored=jnp.zeros((H,), jnp.float32),
-                    model_calls=jnp.int32(0), iterations=jnp.int32(0))
+  queue, _ = jax.vmap(aq.push)(
+    queue, f_root[:, None], jnp.zeros((P, 1), jnp.int32), jnp.ones((P, 1), bool)
+  )
+  best = Incumbent(
+    tok=jnp.zeros((P, L), jnp.int32),
+    length=zi,
+    g=zf,
+    f=jnp.full((P,), jnp.inf),
+    found=jnp.zeros((P,), bool),
+  )
+  counts = Counters(
+    search_tokens=zi,
+    scorer_calls=zi,
+    expanded=zi,
+    pushed=zi,
+    evicted=zi,
+    dead=zi,
+    hist_search=jnp.zeros((H,), jnp.float32),
+    hist_scored=jnp.zeros((H,), jnp.float32),
+    model_calls=jnp.int32(0),
+    iterations=jnp.int32(0),
+  )
   # Pool slot p * Q + j starts as a copy of problem p's root (the P -> P * Q fork).
   pool = reorder(env.model, env.scorer, root, fork_index(P, Q))
-  loop = SearchLoop(queue=queue, pool=pool, meta=meta, key=key, best=best,
-                    counts=counts)
+  loop = SearchLoop(
+    queue=queue, pool=pool, meta=meta, key=key, best=best, counts=counts
+  )
   return loop, root
 
 
@@ -613,11 +700,13 @@ def _done(env: _Env, loop: SearchLoop):
   """bool [P]: the problem's search is over: its incumbent beats every queued
   f, its queue is empty, or a budget is spent."""
   q, c, k = loop.queue, loop.counts, env.knobs
-  return ((loop.best.found & (loop.best.f <= jax.vmap(aq.peek)(q))) |
-          (jax.vmap(aq.size)(q) == 0) |
-          (c.search_tokens >= k.token_budget) |
-          (c.scorer_calls >= k.scorer_call_budget) |
-          (c.iterations >= k.max_iterations))
+  return (
+    (loop.best.found & (loop.best.f <= jax.vmap(aq.peek)(q)))
+    | (jax.vmap(aq.size)(q) == 0)
+    | (c.search_tokens >= k.token_budget)
+    | (c.scorer_calls >= k.scorer_call_budget)
+    | (c.iterations >= k.max_iterations)
+  )
 
 
 def _pop(env: _Env, loop: SearchLoop, act_P):
@@ -631,12 +720,12 @@ def _pop(env: _Env, loop: SearchLoop, act_P):
   Meta [P, B], slot_PxB pool slots, expand_PxB bool)."""
   P, B = env.P, env.B
   pidx = jnp.arange(P)
-  popped, f_PxB, slot_PxB, valid_PxB = jax.vmap(lambda q: aq.pop(q, B))(
-      loop.queue)
+  popped, f_PxB, slot_PxB, valid_PxB = jax.vmap(lambda q: aq.pop(q, B))(loop.queue)
   queue = jax.tree_util.tree_map(
-      lambda new, old: jnp.where(
-          act_P.reshape((P,) + (1,) * (new.ndim - 1)), new, old),
-      popped, loop.queue)
+    lambda new, old: jnp.where(act_P.reshape((P,) + (1,) * (new.ndim - 1)), new, old),
+    popped,
+    loop.queue,
+  )
   valid_PxB = valid_PxB & act_P[:, None]
   par = _take_meta(loop.meta, slot_PxB)  # [P, B, ...]
   par_g = env.path_cost.g(par.cost, par.depth)
@@ -647,13 +736,16 @@ def _pop(env: _Env, loop: SearchLoop, act_P):
   old = loop.best
   better = cand_f < old.f
   best = Incumbent(
-      tok=jnp.where(better[:, None], par.tok[pidx, first], old.tok),
-      length=jnp.where(better, par.length[pidx, first], old.length),
-      g=jnp.where(better, par_g[pidx, first], old.g),
-      f=jnp.where(better, cand_f, old.f), found=old.found | has)
+    tok=jnp.where(better[:, None], par.tok[pidx, first], old.tok),
+    length=jnp.where(better, par.length[pidx, first], old.length),
+    g=jnp.where(better, par_g[pidx, first], old.g),
+    f=jnp.where(better, cand_f, old.f),
+    found=old.found | has,
+  )
   expand_PxB = valid_PxB & ~par.complete & (f_PxB < best.f[:, None])
   counts = loop.counts.replace(
-      expanded=loop.counts.expanded + expand_PxB.sum(1, dtype=jnp.int32))
+    expanded=loop.counts.expanded + expand_PxB.sum(1, dtype=jnp.int32)
+  )
   loop = loop.replace(queue=queue, best=best, counts=counts)
   return loop, par, slot_PxB, expand_PxB
 
@@ -666,8 +758,11 @@ def _fork(env: _Env, pool: Rows, par: Meta, slot_PxB, expand_PxB):
   P, Q, B, K = env.P, env.Q, env.B, env.K
   rep = lambda x: jnp.repeat(x.reshape((P * B,) + x.shape[2:]), K, axis=0)
   src = rep(jnp.arange(P)[:, None] * Q + slot_PxB)
-  return (reorder(env.model, env.scorer, pool, src), jax.tree_util.tree_map(rep, par),
-          rep(expand_PxB))
+  return (
+    reorder(env.model, env.scorer, pool, src),
+    jax.tree_util.tree_map(rep, par),
+    rep(expand_PxB),
+  )
 
 
 def _candidate_table(cfg: AStarConfig, K: int, S: int):
@@ -680,7 +775,7 @@ def _candidate_table(cfg: AStarConfig, K: int, S: int):
   else:
     cand = np.zeros((K, S), np.int32)
     for i, s in enumerate(cfg.candidate_steps):
-      cand[i, :len(s)] = s
+      cand[i, : len(s)] = s
     clen = np.array([len(s) for s in cfg.candidate_steps], np.int32)
   last = cand[np.arange(K), clen - 1]
   ended = np.where(np.isin(last, cfg.stop_ids), STOP, DELIMITER).astype(np.int32)
@@ -695,21 +790,32 @@ def _expand(env: _Env, rows: Rows, act_N, key):
   cfg, N = env.cfg, env.P * env.W
   if cfg.expansion == "sample":
     st, lg, step = sample_step(
-        env.model, env.params, rows.state, rows.logits_BxV, key, env.sampling,
-        max_step_tokens=env.S, delimiter_ids=cfg.delimiter_ids,
-        stop_ids=cfg.stop_ids, active_B=act_N)
+      env.model,
+      env.params,
+      rows.state,
+      rows.logits_BxV,
+      key,
+      env.sampling,
+      max_step_tokens=env.S,
+      delimiter_ids=cfg.delimiter_ids,
+      stop_ids=cfg.stop_ids,
+      active_B=act_N,
+    )
   else:
-    cand, clen, ended = (jnp.asarray(np.tile(x, (N // env.K,) + (1,) *
-                                             (x.ndim - 1)))
-                         for x in _candidate_table(cfg, env.K, env.S))
-    st, lg, step = forced_step(env.model, env.params, rows.state,
-                               rows.logits_BxV, cand, clen, ended, act_N)
+    cand, clen, ended = (
+      jnp.asarray(np.tile(x, (N // env.K,) + (1,) * (x.ndim - 1)))
+      for x in _candidate_table(cfg, env.K, env.S)
+    )
+    st, lg, step = forced_step(
+      env.model, env.params, rows.state, rows.logits_BxV, cand, clen, ended, act_N
+    )
   return rows.replace(state=st, logits_BxV=lg), step
 
 
 @flax.struct.dataclass
 class Children:
   """The N = P * W children of one iteration (working-batch rows)."""
+
   meta: Meta  # [N] their bookkeeping
   f: Any  # float32 [N] f = g + h
   n: Any  # int32 [N] tokens their step added (0 for inactive rows)
@@ -731,7 +837,8 @@ def _score(env: _Env, rows: Rows, par: Meta, step: Step, act_N):
   writ = jnp.arange(S)[None, :] < n[:, None]
   pos = par.length[:, None] + jnp.arange(S)[None, :]
   tok = par.tok.at[jnp.arange(P * W)[:, None], jnp.where(writ, pos, L)].set(
-      step.tokens, mode="drop")
+    step.tokens, mode="drop"
+  )
   length = par.length + n
   complete = act_N & (step.ended == STOP)
   lp_sum = jnp.sum(jnp.where(writ, step.logprob, 0.0), 1)
@@ -739,37 +846,59 @@ def _score(env: _Env, rows: Rows, par: Meta, step: Step, act_N):
   sstate, r = env.scorer.score(env.sparams, rows.sstate, step, scored)
   r = jnp.clip(r.astype(jnp.float32), _TINY, 1.0)
   last_tok = jnp.where(
-      n > 0, jnp.take_along_axis(step.tokens, jnp.maximum(n - 1, 0)[:, None],
-                                 1)[:, 0], par.last_token)
-  meta = Meta(tok=tok, length=length, depth=par.depth + 1,
-              cost=par.cost + step_cost(env.knobs, r, lp_sum, n),
-              last_token=last_tok, complete=complete)
-  f = _f(env, HeuristicInput(
-      tokens=tok, length=length, depth=meta.depth, last_score=r,
-      last_token=last_tok, complete=complete,
+    n > 0,
+    jnp.take_along_axis(step.tokens, jnp.maximum(n - 1, 0)[:, None], 1)[:, 0],
+    par.last_token,
+  )
+  meta = Meta(
+    tok=tok,
+    length=length,
+    depth=par.depth + 1,
+    cost=par.cost + step_cost(env.knobs, r, lp_sum, n),
+    last_token=last_tok,
+    complete=complete,
+  )
+  f = _f(
+    env,
+    HeuristicInput(
+      tokens=tok,
+      length=length,
+      depth=meta.depth,
+      last_score=r,
+      last_token=last_tok,
+      complete=complete,
       problem=jnp.repeat(jnp.arange(P), W),
       g=env.path_cost.g(meta.cost, meta.depth),
-      expected_total_steps=env.knobs.expected_total_steps))
-  kids = Children(meta=meta, f=f, n=n, writ=writ, pos=pos, scored=scored,
-                  alive=scored & jnp.isfinite(f))
+      expected_total_steps=env.knobs.expected_total_steps,
+    ),
+  )
+  kids = Children(
+    meta=meta,
+    f=f,
+    n=n,
+    writ=writ,
+    pos=pos,
+    scored=scored,
+    alive=scored & jnp.isfinite(f),
+  )
   return rows.replace(sstate=sstate), kids
 
 
-def _count_children(env: _Env, counts: Counters, kids: Children,
-                    act_N) -> Counters:
+def _count_children(env: _Env, counts: Counters, kids: Children, act_N) -> Counters:
   """Charge the children's tokens (per problem and per absolute position),
   steps scored and dead children."""
   P, W, H = env.P, env.W, env.H
-  abs_pos = jnp.where(kids.writ, jnp.repeat(env.lengths_P, W)[:, None] +
-                      kids.pos, H)
+  abs_pos = jnp.where(kids.writ, jnp.repeat(env.lengths_P, W)[:, None] + kids.pos, H)
   per_P = lambda x: x.reshape(P, W).sum(1, dtype=jnp.int32)
   return counts.replace(
-      hist_search=counts.hist_search.at[abs_pos].add(1.0, mode="drop"),
-      hist_scored=counts.hist_scored.at[
-          jnp.where(kids.scored[:, None], abs_pos, H)].add(1.0, mode="drop"),
-      search_tokens=counts.search_tokens + per_P(kids.n),
-      scorer_calls=counts.scorer_calls + per_P(kids.scored),
-      dead=counts.dead + per_P(act_N & ~kids.alive))
+    hist_search=counts.hist_search.at[abs_pos].add(1.0, mode="drop"),
+    hist_scored=counts.hist_scored.at[jnp.where(kids.scored[:, None], abs_pos, H)].add(
+      1.0, mode="drop"
+    ),
+    search_tokens=counts.search_tokens + per_P(kids.n),
+    scorer_calls=counts.scorer_calls + per_P(kids.scored),
+    dead=counts.dead + per_P(act_N & ~kids.alive),
+  )
 
 
 def _push(env: _Env, queue, counts: Counters, f_N, alive_N):
@@ -778,34 +907,43 @@ def _push(env: _Env, queue, counts: Counters, f_N, alive_N):
   P, Q, W = env.P, env.Q, env.W
   size0 = jax.vmap(aq.size)(queue)
   queue, _ = jax.vmap(aq.push)(
-      queue, f_N.reshape(P, W),
-      jnp.broadcast_to(Q + jnp.arange(W, dtype=jnp.int32), (P, W)),
-      alive_N.reshape(P, W))
+    queue,
+    f_N.reshape(P, W),
+    jnp.broadcast_to(Q + jnp.arange(W, dtype=jnp.int32), (P, W)),
+    alive_N.reshape(P, W),
+  )
   n_alive = alive_N.reshape(P, W).sum(1, dtype=jnp.int32)
   counts = counts.replace(
-      pushed=counts.pushed + n_alive,
-      evicted=counts.evicted + size0 + n_alive - jax.vmap(aq.size)(queue))
+    pushed=counts.pushed + n_alive,
+    evicted=counts.evicted + size0 + n_alive - jax.vmap(aq.size)(queue),
+  )
   return queue, counts
 
 
-def _rebuild_pool(env: _Env, loop: SearchLoop, queue, rows: Rows,
-                  child: Meta) -> SearchLoop:
+def _rebuild_pool(
+  env: _Env, loop: SearchLoop, queue, rows: Rows, child: Meta
+) -> SearchLoop:
   """Pool slot i <- queue entry i: ONE gather from concat(old pool [P * Q],
   children [P * W]) (payload < Q: an old slot; >= Q: child payload - Q).
   Queue payloads become 0..Q-1 again."""
   P, Q, W = env.P, env.Q, env.W
   pidx = jnp.arange(P)
   pl = jnp.where(queue.valid, queue.payload, jnp.arange(Q)[None, :])
-  gidx = jnp.where(pl < Q, pidx[:, None] * Q + pl,
-                   P * Q + pidx[:, None] * W + (pl - Q)).reshape(-1)
+  gidx = jnp.where(
+    pl < Q, pidx[:, None] * Q + pl, P * Q + pidx[:, None] * W + (pl - Q)
+  ).reshape(-1)
   both = jax.tree_util.tree_map(
-      lambda a, b: jnp.concatenate([a, b.reshape((P, W) + b.shape[1:])], 1),
-      loop.meta, child)
+    lambda a, b: jnp.concatenate([a, b.reshape((P, W) + b.shape[1:])], 1),
+    loop.meta,
+    child,
+  )
   return loop.replace(
-      pool=reorder(env.model, env.scorer, _concat_rows(loop.pool, rows), gidx),
-      meta=_take_meta(both, pl),
-      queue=dataclasses.replace(queue, payload=jnp.broadcast_to(
-          jnp.arange(Q, dtype=jnp.int32), (P, Q))))
+    pool=reorder(env.model, env.scorer, _concat_rows(loop.pool, rows), gidx),
+    meta=_take_meta(both, pl),
+    queue=dataclasses.replace(
+      queue, payload=jnp.broadcast_to(jnp.arange(Q, dtype=jnp.int32), (P, Q))
+    ),
+  )
 
 
 def _iteration(env: _Env, loop: SearchLoop) -> SearchLoop:
@@ -816,8 +954,9 @@ def _iteration(env: _Env, loop: SearchLoop) -> SearchLoop:
   rows, step = _expand(env, rows, act, sub)
   rows, kids = _score(env, rows, par, step, act)
   counts = _count_children(env, loop.counts, kids, act)
-  counts = counts.replace(model_calls=counts.model_calls + step.calls,
-                          iterations=counts.iterations + 1)
+  counts = counts.replace(
+    model_calls=counts.model_calls + step.calls, iterations=counts.iterations + 1
+  )
   queue, counts = _push(env, loop.queue, counts, kids.f, kids.alive)
   loop = loop.replace(key=key, counts=counts)
   return _rebuild_pool(env, loop, queue, rows, kids.meta)
@@ -835,16 +974,18 @@ def _answer(env: _Env, loop: SearchLoop, root: Rows):
   q, inc = loop.queue, loop.best
   best_ok = q.valid[:, 0]
   best = jax.tree_util.tree_map(
-      lambda x: x[:, 0], _take_meta(loop.meta, q.payload[:, :1]))
+    lambda x: x[:, 0], _take_meta(loop.meta, q.payload[:, :1])
+  )
   found = inc.found
   ans = Incumbent(
-      tok=jnp.where(found[:, None], inc.tok,
-                    jnp.where(best_ok[:, None], best.tok, 0)),
-      length=jnp.where(found, inc.length, jnp.where(best_ok, best.length, 0)),
-      g=jnp.where(found, inc.g, jnp.where(
-          best_ok, env.path_cost.g(best.cost, best.depth), 0.0)),
-      f=jnp.where(found, inc.f, jnp.where(best_ok, q.f[:, 0], jnp.inf)),
-      found=found | (best_ok & best.complete))
+    tok=jnp.where(found[:, None], inc.tok, jnp.where(best_ok[:, None], best.tok, 0)),
+    length=jnp.where(found, inc.length, jnp.where(best_ok, best.length, 0)),
+    g=jnp.where(
+      found, inc.g, jnp.where(best_ok, env.path_cost.g(best.cost, best.depth), 0.0)
+    ),
+    f=jnp.where(found, inc.f, jnp.where(best_ok, q.f[:, 0], jnp.inf)),
+    found=found | (best_ok & best.complete),
+  )
   src = jnp.where(best_ok, pidx * Q + q.payload[:, 0], P * Q + pidx)
   st = env.model.reorder(_concat_rows(loop.pool.state, root.state), src)
   lg = jnp.concatenate([loop.pool.logits_BxV, root.logits_BxV])[src]
@@ -863,13 +1004,20 @@ def _fallback(env: _Env, ans: Incumbent, state, logits_PxV, key):
 
   def body(fc):
     live, st, lg, tok, length, complete, n_fb, hist, calls = fc
-    st, lg, step = sample_step(env.model, env.params, st, lg, key, greedy,
-                               max_step_tokens=1, delimiter_ids=(),
-                               stop_ids=env.cfg.stop_ids, active_B=live)
-    tok = tok.at[pidx, jnp.where(live, length, L)].set(step.tokens[:, 0],
-                                                       mode="drop")
-    hist = hist.at[jnp.where(live, env.lengths_P + length, H)].add(
-        1.0, mode="drop")
+    st, lg, step = sample_step(
+      env.model,
+      env.params,
+      st,
+      lg,
+      key,
+      greedy,
+      max_step_tokens=1,
+      delimiter_ids=(),
+      stop_ids=env.cfg.stop_ids,
+      active_B=live,
+    )
+    tok = tok.at[pidx, jnp.where(live, length, L)].set(step.tokens[:, 0], mode="drop")
+    hist = hist.at[jnp.where(live, env.lengths_P + length, H)].add(1.0, mode="drop")
     stopped = live & (step.ended == STOP)
     length = length + live
     n_fb = n_fb + live
@@ -878,42 +1026,91 @@ def _fallback(env: _Env, ans: Incumbent, state, logits_PxV, key):
     return live, st, lg, tok, length, complete, n_fb, hist, calls + 1
 
   live0 = ~ans.found & (ans.length < L)
-  out = jax.lax.while_loop(lambda fc: jnp.any(fc[0]), body, (
-      live0, state, logits_PxV, ans.tok, ans.length, ans.found,
-      jnp.zeros((P,), jnp.int32), jnp.zeros((H,), jnp.float32),
-      jnp.int32(0)))
+  out = jax.lax.while_loop(
+    lambda fc: jnp.any(fc[0]),
+    body,
+    (
+      live0,
+      state,
+      logits_PxV,
+      ans.tok,
+      ans.length,
+      ans.found,
+      jnp.zeros((P,), jnp.int32),
+      jnp.zeros((H,), jnp.float32),
+      jnp.int32(0),
+    ),
+  )
   _, _, _, tok, length, complete, n_fb, hist, calls = out
   return tok, length, complete, n_fb, hist, calls
 
 
-def _search(model, scorer, cfg: AStarConfig, params, sparams, tokens_PxT,
-            lengths_P, key, knobs: Knobs, sampling: Sampling, hparams):
+def _search(
+  model,
+  scorer,
+  cfg: AStarConfig,
+  params,
+  sparams,
+  tokens_PxT,
+  lengths_P,
+  key,
+  knobs: Knobs,
+  sampling: Sampling,
+  hparams,
+):
   """The whole search for P problems (jitted as `_search_jit`; model, scorer
   and the static config are static). Returns AStarResult."""
   TRACE_COUNT["astar"] += 1
   P, T = tokens_PxT.shape
   L = cfg.max_solution_tokens
-  env = _Env(model=model, scorer=scorer, cfg=cfg, params=params,
-             sparams=sparams, knobs=knobs, sampling=sampling, hparams=hparams,
-             lengths_P=lengths_P, path_cost=cfg.path_cost,
-             heuristic=cfg.heuristic_fn, P=P, Q=cfg.capacity,
-             B=cfg.pop_batch, K=cfg.num_expansions(model.vocab_size),
-             S=cfg.step_width, L=L, H=T + L)
+  env = _Env(
+    model=model,
+    scorer=scorer,
+    cfg=cfg,
+    params=params,
+    sparams=sparams,
+    knobs=knobs,
+    sampling=sampling,
+    hparams=hparams,
+    lengths_P=lengths_P,
+    path_cost=cfg.path_cost,
+    heuristic=cfg.heuristic_fn,
+    P=P,
+    Q=cfg.capacity,
+    B=cfg.pop_batch,
+    K=cfg.num_expansions(model.vocab_size),
+    S=cfg.step_width,
+    L=L,
+    H=T + L,
+  )
   loop, root = _init(env, tokens_PxT, key)
-  loop = jax.lax.while_loop(lambda c: jnp.any(~_done(env, c)),
-                            lambda c: _iteration(env, c), loop)
+  loop = jax.lax.while_loop(
+    lambda c: jnp.any(~_done(env, c)), lambda c: _iteration(env, c), loop
+  )
   ans, st, lg = _answer(env, loop, root)
-  tok, length, complete, n_fb, hist_fb, fb_calls = _fallback(
-      env, ans, st, lg, loop.key)
+  tok, length, complete, n_fb, hist_fb, fb_calls = _fallback(env, ans, st, lg, loop.key)
   c = loop.counts
   return AStarResult(
-      tokens=tok, length=length, complete=complete, by_search=loop.best.found,
-      search_length=ans.length, g=ans.g, f=ans.f, expanded=c.expanded,
-      pushed=c.pushed, evicted=c.evicted, dead=c.dead,
-      scorer_calls=c.scorer_calls, search_tokens=c.search_tokens,
-      fallback_tokens=n_fb, iterations=c.iterations,
-      model_calls=c.model_calls + fb_calls, hist_search=c.hist_search,
-      hist_scored=c.hist_scored, hist_fallback=hist_fb)
+    tokens=tok,
+    length=length,
+    complete=complete,
+    by_search=loop.best.found,
+    search_length=ans.length,
+    g=ans.g,
+    f=ans.f,
+    expanded=c.expanded,
+    pushed=c.pushed,
+    evicted=c.evicted,
+    dead=c.dead,
+    scorer_calls=c.scorer_calls,
+    search_tokens=c.search_tokens,
+    fallback_tokens=n_fb,
+    iterations=c.iterations,
+    model_calls=c.model_calls + fb_calls,
+    hist_search=c.hist_search,
+    hist_scored=c.hist_scored,
+    hist_fallback=hist_fb,
+  )
 
 
 _search_jit = jax.jit(_search, static_argnums=(0, 1, 2))
@@ -924,8 +1121,9 @@ _search_jit = jax.jit(_search, static_argnums=(0, 1, 2))
 # ----------------------------------------------------------------------------
 
 
-def compute_record(result: AStarResult, model, scorer,
-                   lengths_P) -> "flops_lib.Compute":
+def compute_record(
+  result: AStarResult, model, scorer, lengths_P
+) -> "flops_lib.Compute":
   """What the search spent (module docstring: "What is counted").
 
   `stepping.compute_record` from the result's position histograms (a token
@@ -939,17 +1137,29 @@ def compute_record(result: AStarResult, model, scorer,
   """
   ctx = lambda h: np.concatenate([[0.0], np.asarray(h, np.float64)])
   counts = StepCounters(
-      gen=ctx(np.asarray(result.hist_search) + np.asarray(result.hist_fallback)),
-      forced=np.zeros((1,)), scored=ctx(result.hist_scored),
-      calls=result.model_calls, vcalls=0)
+    gen=ctx(np.asarray(result.hist_search) + np.asarray(result.hist_fallback)),
+    forced=np.zeros((1,)),
+    scored=ctx(result.hist_scored),
+    calls=result.model_calls,
+    vcalls=0,
+  )
   rec = step_compute_record(model, scorer, lengths_P, counts)
-  return dataclasses.replace(
-      rec, verifier_calls=float(np.sum(result.scorer_calls)))
+  return dataclasses.replace(rec, verifier_calls=float(np.sum(result.scorer_calls)))
 
 
-def run_astar(model, params, scorer, scorer_params, prompts, key,
-              config: AStarConfig, *, prompt_lengths=None, pad_id: int = 0,
-              heuristic_params=None):
+def run_astar(
+  model,
+  params,
+  scorer,
+  scorer_params,
+  prompts,
+  key,
+  config: AStarConfig,
+  *,
+  prompt_lengths=None,
+  pad_id: int = 0,
+  heuristic_params=None,
+):
   """A*-decoding for P problems at once. Returns (AStarResult, Compute).
 
   Source: A*-decoding as summarised in ALGORITHMS.md
@@ -984,21 +1194,32 @@ def run_astar(model, params, scorer, scorer_params, prompts, key,
   V = getattr(model, "vocab_size", None)
   check_config_ids(model, config, "AStarConfig")
   if config.candidate_steps is not None:
-    check_token_ids("AStarConfig.candidate_steps",
-                    [t for c in config.candidate_steps for t in c], V)
+    check_token_ids(
+      "AStarConfig.candidate_steps", [t for c in config.candidate_steps for t in c], V
+    )
   tokens, lengths = check_prompts(model, prompts, prompt_lengths, pad_id)
   L = config.max_solution_tokens
   what = f"prompt length {int(lengths.max())} + max_solution_tokens={L}"
-  check_length(what, int(lengths.max()) + L, "the int32 position range",
-               INT32_LIMIT)
+  check_length(what, int(lengths.max()) + L, "the int32 position range", INT32_LIMIT)
   for m in (model, getattr(scorer, "model", None)):
     cfg = model_config(m)
     if cfg is not None:
-      check_length(what, int(lengths.max()) + L, "ModelConfig.max_seq_len",
-                   cfg.max_seq_len)
+      check_length(
+        what, int(lengths.max()) + L, "ModelConfig.max_seq_len", cfg.max_seq_len
+      )
   sampling = config.sampling()
   tokens, lengths = jnp.asarray(tokens), jnp.asarray(lengths)
-  result = _search_jit(model, scorer, config.static_part(), params,
-                       scorer_params, tokens, lengths, key,
-                       config.dynamic_part(), sampling, heuristic_params)
+  result = _search_jit(
+    model,
+    scorer,
+    config.static_part(),
+    params,
+    scorer_params,
+    tokens,
+    lengths,
+    key,
+    config.dynamic_part(),
+    sampling,
+    heuristic_params,
+  )
   return result, compute_record(result, model, scorer, lengths)

@@ -61,10 +61,19 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from algorithms.stepping import (STOP, Rows, StepCounters, check_config_ids,
-                                 compute_record, flatten_steps, id_tuple,
-                                 prefill_and_fork, prepare_prompts, reorder,
-                                 sample_step)
+from algorithms.stepping import (
+  STOP,
+  Rows,
+  StepCounters,
+  check_config_ids,
+  compute_record,
+  flatten_steps,
+  id_tuple,
+  prefill_and_fork,
+  prepare_prompts,
+  reorder,
+  sample_step,
+)
 from jaxllm.sampling import Sampling, make_sampling
 from jaxllm.validation import check_int, check_token_id
 
@@ -104,8 +113,7 @@ class DvtsRule:
 GROUP_RULES = {"beam": BeamRule(), "dvts": DvtsRule()}  # BeamConfig.method
 METHODS = tuple(GROUP_RULES)
 # Sampling values travel as a traced `Sampling`; the jit key holds these.
-_SAMPLING = dict(sampling_temperature=1.0, sampling_top_k=None,
-                 sampling_top_p=None)
+_SAMPLING = dict(sampling_temperature=1.0, sampling_top_k=None, sampling_top_p=None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,27 +152,37 @@ class BeamConfig:
 
   def __post_init__(self):
     for name in ("delimiter_ids", "stop_ids"):
-      object.__setattr__(self, name, id_tuple(f"BeamConfig.{name}",
-                                              getattr(self, name)))
-    object.__setattr__(self, "pad_id", check_token_id("BeamConfig.pad_id",
-                                                      self.pad_id, None))
+      object.__setattr__(
+        self, name, id_tuple(f"BeamConfig.{name}", getattr(self, name))
+      )
+    object.__setattr__(
+      self, "pad_id", check_token_id("BeamConfig.pad_id", self.pad_id, None)
+    )
     if self.cache_size is not None:
-      object.__setattr__(self, "cache_size", check_int(
-          "BeamConfig.cache_size", self.cache_size, lo=1))
+      object.__setattr__(
+        self, "cache_size", check_int("BeamConfig.cache_size", self.cache_size, lo=1)
+      )
     if self.method not in GROUP_RULES:
-      raise ValueError(f"BeamConfig.method must be one of {METHODS}, got "
-                       f"{self.method!r}")
+      raise ValueError(
+        f"BeamConfig.method must be one of {METHODS}, got {self.method!r}"
+      )
     for name in ("n_paths", "beam_width", "max_steps", "max_step_tokens"):
       v = getattr(self, name)
       if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise ValueError(f"BeamConfig.{name} must be a positive int, got {v!r}")
     if self.n_paths % self.beam_width:
-      raise ValueError(f"BeamConfig.n_paths={self.n_paths} must be a multiple of "
-                       f"beam_width={self.beam_width}")
-    if isinstance(self.lookahead, bool) or not isinstance(self.lookahead, int) \
-        or self.lookahead < 0:
-      raise ValueError(f"BeamConfig.lookahead must be an int >= 0, got "
-                       f"{self.lookahead!r}")
+      raise ValueError(
+        f"BeamConfig.n_paths={self.n_paths} must be a multiple of "
+        f"beam_width={self.beam_width}"
+      )
+    if (
+      isinstance(self.lookahead, bool)
+      or not isinstance(self.lookahead, int)
+      or self.lookahead < 0
+    ):
+      raise ValueError(
+        f"BeamConfig.lookahead must be an int >= 0, got {self.lookahead!r}"
+      )
     if not self.stop_ids:
       raise ValueError("BeamConfig.stop_ids is empty: beams could never finish")
 
@@ -184,8 +202,9 @@ class BeamConfig:
     Raises:
       ValueError: naming the bad setting (`make_sampling`).
     """
-    return make_sampling(self.sampling_temperature, self.sampling_top_k,
-                         self.sampling_top_p)
+    return make_sampling(
+      self.sampling_temperature, self.sampling_top_k, self.sampling_top_p
+    )
 
   def static_part(self) -> "BeamConfig":
     """The config with neutral sampling values: the jit cache key."""
@@ -231,6 +250,7 @@ class BeamResult:
 @flax.struct.dataclass
 class Pool:
   """Each group's completed solutions (the best G by score)."""
+
   traj: Any  # int32 [NG, G, R, S] step tokens (pad_id after each step)
   length: Any  # int32 [NG, G, R] step lengths
   score: Any  # float32 [NG, G] rank score; -inf = empty slot
@@ -240,6 +260,7 @@ class Pool:
 @flax.struct.dataclass
 class Trace:
   """Every round's candidates (return_trace); see BeamResult.trace."""
+
   cand_tokens: Any  # int32 [R, B, S]
   cand_lengths: Any  # int32 [R, B]
   cand_scores: Any  # float32 [R, B]
@@ -252,6 +273,7 @@ class Trace:
 @flax.struct.dataclass
 class BeamLoop:
   """The carry of the round loop."""
+
   t: Any  # int32 [] rounds done
   key: Any  # PRNG key
   rows: Rows  # B rows: model state, logits [B, V], scorer state
@@ -267,6 +289,7 @@ class BeamLoop:
 @flax.struct.dataclass
 class Selection:
   """One round's survivors, per group."""
+
   kept: Any  # int32 [NG, E] kept candidates (index within the group)
   row: Any  # int32 [NG, E] their batch rows
   done: Any  # bool [NG, E] kept and finished (or the last round): to the pool
@@ -275,6 +298,7 @@ class Selection:
 
 class _Env(NamedTuple):
   """What every step of one traced search reads (a plain bundle)."""
+
   model: Any
   scorer: Any
   cfg: BeamConfig  # static part
@@ -299,8 +323,12 @@ class _Env(NamedTuple):
 
   def step_kw(self) -> dict:
     c = self.cfg
-    return dict(max_step_tokens=self.S, delimiter_ids=c.delimiter_ids,
-                stop_ids=c.stop_ids, pad_id=c.pad_id)
+    return dict(
+      max_step_tokens=self.S,
+      delimiter_ids=c.delimiter_ids,
+      stop_ids=c.stop_ids,
+      pad_id=c.pad_id,
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -312,43 +340,69 @@ def _init(env: _Env, tokens_PxT, lengths_P, key, cache_size: int) -> BeamLoop:
   """Prefill each prompt once and fork it into N rows; empty pools."""
   B, R, S, NG, G = env.B, env.R, env.S, env.NG, env.G
   pad = env.cfg.pad_id
-  rows = prefill_and_fork(env.model, env.params, env.scorer, env.sparams,
-                          tokens_PxT, lengths_P, cache_size, env.N)
-  pool = Pool(traj=jnp.full((NG, G, R, S), pad, jnp.int32),
-              length=jnp.zeros((NG, G, R), jnp.int32),
-              score=jnp.full((NG, G), -jnp.inf, jnp.float32),
-              finished=jnp.zeros((NG, G), bool))
+  rows = prefill_and_fork(
+    env.model,
+    env.params,
+    env.scorer,
+    env.sparams,
+    tokens_PxT,
+    lengths_P,
+    cache_size,
+    env.N,
+  )
+  pool = Pool(
+    traj=jnp.full((NG, G, R, S), pad, jnp.int32),
+    length=jnp.zeros((NG, G, R), jnp.int32),
+    score=jnp.full((NG, G), -jnp.inf, jnp.float32),
+    finished=jnp.zeros((NG, G), bool),
+  )
   trace = None
   if env.cfg.return_trace:
     z = lambda *s: jnp.zeros(s, jnp.int32)
-    trace = Trace(cand_tokens=z(R, B, S), cand_lengths=z(R, B),
-                  cand_scores=jnp.full((R, B), -jnp.inf, jnp.float32),
-                  cand_active=jnp.zeros((R, B), bool),
-                  cand_stop=jnp.zeros((R, B), bool),
-                  source=jnp.full((R, B), -1, jnp.int32),
-                  kept=z(R, NG, env.E))
-  return BeamLoop(t=jnp.int32(0), key=key, rows=rows,
-                  traj=jnp.full((B, R, S), pad, jnp.int32),
-                  tlen=jnp.zeros((B, R), jnp.int32),
-                  alive=jnp.ones((B,), bool),
-                  source=jnp.full((B,), -1, jnp.int32), pool=pool,
-                  counts=StepCounters.zeros(cache_size + 1), trace=trace)
+    trace = Trace(
+      cand_tokens=z(R, B, S),
+      cand_lengths=z(R, B),
+      cand_scores=jnp.full((R, B), -jnp.inf, jnp.float32),
+      cand_active=jnp.zeros((R, B), bool),
+      cand_stop=jnp.zeros((R, B), bool),
+      source=jnp.full((R, B), -1, jnp.int32),
+      kept=z(R, NG, env.E),
+    )
+  return BeamLoop(
+    t=jnp.int32(0),
+    key=key,
+    rows=rows,
+    traj=jnp.full((B, R, S), pad, jnp.int32),
+    tlen=jnp.zeros((B, R), jnp.int32),
+    alive=jnp.ones((B,), bool),
+    source=jnp.full((B,), -1, jnp.int32),
+    pool=pool,
+    counts=StepCounters.zeros(cache_size + 1),
+    trace=trace,
+  )
 
 
 def _expand(env: _Env, rows: Rows, counts: StepCounters, active_B, key):
   """Every active row samples one candidate step (traced sampling settings).
   Returns (Rows, Step, counts)."""
   ctx0 = env.model.lengths(rows.state)
-  state, logits, step = sample_step(env.model, env.params, rows.state,
-                                    rows.logits_BxV, key, env.sampling,
-                                    active_B=active_B, **env.step_kw())
+  state, logits, step = sample_step(
+    env.model,
+    env.params,
+    rows.state,
+    rows.logits_BxV,
+    key,
+    env.sampling,
+    active_B=active_B,
+    **env.step_kw(),
+  )
   counts = counts.count_step(ctx0, step.length, env.S).replace(
-      calls=counts.calls + step.calls)
+    calls=counts.calls + step.calls
+  )
   return rows.replace(state=state, logits_BxV=logits), step, counts
 
 
-def _score(env: _Env, rows: Rows, counts: StepCounters, step, active_B, stop_B,
-           key):
+def _score(env: _Env, rows: Rows, counts: StepCounters, step, active_B, stop_B, key):
   """Score the candidates: the scorer's score of the new step, or, with
   lookahead k, of the k-th greedy step taken after it (unfinished
   candidates only; the look-ahead states are discarded, their tokens and
@@ -365,19 +419,28 @@ def _score(env: _Env, rows: Rows, counts: StepCounters, step, active_B, stop_B,
   greedy = make_sampling(0.0)
   for _ in range(env.cfg.lookahead):
     ctx = env.model.lengths(la_rows.state)
-    st, lg, la_step = sample_step(env.model, env.params, la_rows.state,
-                                  la_rows.logits_BxV, key, greedy,
-                                  active_B=la_live, **env.step_kw())
+    st, lg, la_step = sample_step(
+      env.model,
+      env.params,
+      la_rows.state,
+      la_rows.logits_BxV,
+      key,
+      greedy,
+      active_B=la_live,
+      **env.step_kw(),
+    )
     ss, la_sc = env.scorer.score(env.sparams, la_rows.sstate, la_step, la_live)
     la_rows = Rows(state=st, logits_BxV=lg, sstate=ss)
     score = jnp.where(la_live, la_sc, score)
     counts = counts.count_step(ctx, la_step.length, env.S).replace(
-        calls=counts.calls + la_step.calls,
-        vcalls=counts.vcalls + jnp.any(la_live).astype(jnp.int32))
+      calls=counts.calls + la_step.calls,
+      vcalls=counts.vcalls + jnp.any(la_live).astype(jnp.int32),
+    )
     la_live = la_live & (la_step.ended != STOP)
   score = score.astype(jnp.float32)
-  rank = jnp.where(active_B, jnp.where(jnp.isnan(score), _WORST,
-                                       jnp.maximum(score, _WORST)), -jnp.inf)
+  rank = jnp.where(
+    active_B, jnp.where(jnp.isnan(score), _WORST, jnp.maximum(score, _WORST)), -jnp.inf
+  )
   return rows, rank, score, counts
 
 
@@ -406,10 +469,12 @@ def _keep(env: _Env, pool: Pool, sel: Selection, rank_B, stop_B, traj, tlen):
     idx = top_i.reshape(NG, G, *([1] * (both.ndim - 2)))
     return jnp.take_along_axis(both, idx, axis=1)
 
-  return Pool(traj=best(pool.traj, traj[sel.row]),
-              length=best(pool.length, tlen[sel.row]), score=top_s,
-              finished=best(pool.finished,
-                            sel.done & jnp.take(stop_B, sel.row)))
+  return Pool(
+    traj=best(pool.traj, traj[sel.row]),
+    length=best(pool.length, tlen[sel.row]),
+    score=top_s,
+    finished=best(pool.finished, sel.done & jnp.take(stop_B, sel.row)),
+  )
 
 
 def _fork(env: _Env, rows: Rows, sel: Selection):
@@ -422,16 +487,17 @@ def _fork(env: _Env, rows: Rows, sel: Selection):
   return reorder(env.model, env.scorer, rows, index), index, alive
 
 
-def _record(trace: Trace, t, step, score_B, active_B, stop_B, source_B,
-            kept) -> Trace:
+def _record(trace: Trace, t, step, score_B, active_B, stop_B, source_B, kept) -> Trace:
   """Write round t's candidates into the trace."""
   return Trace(
-      cand_tokens=trace.cand_tokens.at[t].set(step.tokens),
-      cand_lengths=trace.cand_lengths.at[t].set(step.length),
-      cand_scores=trace.cand_scores.at[t].set(score_B),
-      cand_active=trace.cand_active.at[t].set(active_B),
-      cand_stop=trace.cand_stop.at[t].set(stop_B),
-      source=trace.source.at[t].set(source_B), kept=trace.kept.at[t].set(kept))
+    cand_tokens=trace.cand_tokens.at[t].set(step.tokens),
+    cand_lengths=trace.cand_lengths.at[t].set(step.length),
+    cand_scores=trace.cand_scores.at[t].set(score_B),
+    cand_active=trace.cand_active.at[t].set(active_B),
+    cand_stop=trace.cand_stop.at[t].set(stop_B),
+    source=trace.source.at[t].set(source_B),
+    kept=trace.kept.at[t].set(kept),
+  )
 
 
 def _round(env: _Env, v: BeamLoop) -> BeamLoop:
@@ -440,8 +506,7 @@ def _round(env: _Env, v: BeamLoop) -> BeamLoop:
   key, k_step = jax.random.split(v.key)
   rows, step, counts = _expand(env, v.rows, v.counts, active, k_step)
   stop = active & (step.ended == STOP)
-  rows, rank, score, counts = _score(env, rows, counts, step, active, stop,
-                                     k_step)
+  rows, rank, score, counts = _score(env, rows, counts, step, active, stop, k_step)
   pad = env.cfg.pad_id
   traj = v.traj.at[:, t].set(jnp.where(active[:, None], step.tokens, pad))
   tlen = v.tlen.at[:, t].set(jnp.where(active, step.length, 0))
@@ -451,54 +516,100 @@ def _round(env: _Env, v: BeamLoop) -> BeamLoop:
   trace = v.trace
   if trace is not None:
     trace = _record(trace, t, step, score, active, stop, v.source, sel.kept)
-  return BeamLoop(t=t + 1, key=key, rows=rows, traj=traj[index],
-                  tlen=tlen[index], alive=alive, source=index, pool=pool,
-                  counts=counts, trace=trace)
+  return BeamLoop(
+    t=t + 1,
+    key=key,
+    rows=rows,
+    traj=traj[index],
+    tlen=tlen[index],
+    alive=alive,
+    source=index,
+    pool=pool,
+    counts=counts,
+    trace=trace,
+  )
 
 
 def _finish(env: _Env, v: BeamLoop) -> BeamResult:
   """The pools as per-problem results (N entries per problem)."""
   P, N, R, S, NG, G = env.P, env.N, env.R, env.S, env.NG, env.G
   pool = v.pool
-  toks, lens = flatten_steps(pool.traj.reshape(NG * G, R, S),
-                             pool.length.reshape(NG * G, R), env.cfg.pad_id)
+  toks, lens = flatten_steps(
+    pool.traj.reshape(NG * G, R, S), pool.length.reshape(NG * G, R), env.cfg.pad_id
+  )
   scores = pool.score.reshape(P, N)
   groups = jnp.broadcast_to((jnp.arange(NG) % (N // G))[:, None], (NG, G))
   trace = None
   if v.trace is not None:
-    trace = {f.name: getattr(v.trace, f.name)
-             for f in dataclasses.fields(v.trace)}
+    trace = {f.name: getattr(v.trace, f.name) for f in dataclasses.fields(v.trace)}
   return BeamResult(
-      tokens=toks.reshape(P, N, R * S), lengths=lens.reshape(P, N),
-      step_tokens=pool.traj.reshape(P, N, R, S),
-      step_lengths=pool.length.reshape(P, N, R), scores=scores,
-      finished=pool.finished.reshape(P, N), group=groups.reshape(P, N),
-      best=jnp.argmax(scores, axis=1).astype(jnp.int32), rounds=v.t,
-      trace=trace)
+    tokens=toks.reshape(P, N, R * S),
+    lengths=lens.reshape(P, N),
+    step_tokens=pool.traj.reshape(P, N, R, S),
+    step_lengths=pool.length.reshape(P, N, R),
+    scores=scores,
+    finished=pool.finished.reshape(P, N),
+    group=groups.reshape(P, N),
+    best=jnp.argmax(scores, axis=1).astype(jnp.int32),
+    rounds=v.t,
+    trace=trace,
+  )
 
 
-def _beam_impl(model, scorer, config: BeamConfig, params, scorer_params,
-               tokens_PxT, lengths_P, key, sampling: Sampling, cache_size: int):
+def _beam_impl(
+  model,
+  scorer,
+  config: BeamConfig,
+  params,
+  scorer_params,
+  tokens_PxT,
+  lengths_P,
+  key,
+  sampling: Sampling,
+  cache_size: int,
+):
   """The whole search (jitted as `_beam_jit`; model, scorer, the static
   config and cache_size are static). Returns (BeamResult, StepCounters)."""
   TRACE_COUNT["beam_search"] += 1
   c = config
-  env = _Env(model=model, scorer=scorer, cfg=c, params=params,
-             sparams=scorer_params, sampling=sampling, P=tokens_PxT.shape[0],
-             N=c.n_paths, M=c.beam_width, R=c.max_steps, S=c.max_step_tokens,
-             G=c.group_size, E=c.keep)
+  env = _Env(
+    model=model,
+    scorer=scorer,
+    cfg=c,
+    params=params,
+    sparams=scorer_params,
+    sampling=sampling,
+    P=tokens_PxT.shape[0],
+    N=c.n_paths,
+    M=c.beam_width,
+    R=c.max_steps,
+    S=c.max_step_tokens,
+    G=c.group_size,
+    E=c.keep,
+  )
   v = _init(env, tokens_PxT, lengths_P, key, cache_size)
-  v = jax.lax.while_loop(lambda v: (v.t < env.R) & jnp.any(v.alive),
-                         lambda v: _round(env, v), v)
+  v = jax.lax.while_loop(
+    lambda v: (v.t < env.R) & jnp.any(v.alive), lambda v: _round(env, v), v
+  )
   return _finish(env, v), v.counts
 
 
-_beam_jit = jax.jit(_beam_impl, static_argnames=("model", "scorer", "config",
-                                                 "cache_size"))
+_beam_jit = jax.jit(
+  _beam_impl, static_argnames=("model", "scorer", "config", "cache_size")
+)
 
 
-def run_beam_search(model, params, scorer, scorer_params, prompts, key,
-                    config: BeamConfig, *, prompt_lengths=None):
+def run_beam_search(
+  model,
+  params,
+  scorer,
+  scorer_params,
+  prompts,
+  key,
+  config: BeamConfig,
+  *,
+  prompt_lengths=None,
+):
   """PRM beam search (config.method='beam') or DVTS ('dvts').
 
   Source: the search-and-learn baselines (Hugging Face, 2024) as summarised
@@ -527,18 +638,42 @@ def run_beam_search(model, params, scorer, scorer_params, prompts, key,
   if not isinstance(config, BeamConfig):
     raise ValueError(f"config must be a BeamConfig, got {type(config)}")
   check_config_ids(model, config, "BeamConfig")
-  tokens, lengths, size = prepare_prompts(model, prompts, prompt_lengths,
-                                          config.pad_id, config.min_cache_size,
-                                          config.cache_size, prefix="BeamConfig")
-  result, counts = _beam_jit(model, scorer, config.static_part(), params,
-                             scorer_params, tokens, lengths, key,
-                             config.sampling(), cache_size=size)
+  tokens, lengths, size = prepare_prompts(
+    model,
+    prompts,
+    prompt_lengths,
+    config.pad_id,
+    config.min_cache_size,
+    config.cache_size,
+    prefix="BeamConfig",
+  )
+  result, counts = _beam_jit(
+    model,
+    scorer,
+    config.static_part(),
+    params,
+    scorer_params,
+    tokens,
+    lengths,
+    key,
+    config.sampling(),
+    cache_size=size,
+  )
   return result, compute_record(model, scorer, lengths, counts)
 
 
-def run_dvts(model, params, scorer, scorer_params, prompts, key, config: BeamConfig,
-             **kw):
+def run_dvts(
+  model, params, scorer, scorer_params, prompts, key, config: BeamConfig, **kw
+):
   """DVTS: `run_beam_search` with method='dvts' (same arguments, returns and
   Raises)."""
-  return run_beam_search(model, params, scorer, scorer_params, prompts, key,
-                         dataclasses.replace(config, method="dvts"), **kw)
+  return run_beam_search(
+    model,
+    params,
+    scorer,
+    scorer_params,
+    prompts,
+    key,
+    dataclasses.replace(config, method="dvts"),
+    **kw,
+  )

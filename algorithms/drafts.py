@@ -56,25 +56,34 @@ class LayerSkipDraft:
   def __post_init__(self):
     layers = tuple(int(i) for i in self.layers)
     n = self.target_cfg.n_layers
-    if not layers or any(b <= a for a, b in zip(layers, layers[1:])) or \
-        layers[0] < 0 or layers[-1] >= n:
-      raise ValueError(f"LayerSkipDraft.layers must be a non-empty increasing tuple of "
-                       f"layer indices in [0, {n}), got {self.layers!r}")
+    if (
+      not layers
+      or any(b <= a for a, b in zip(layers, layers[1:]))
+      or layers[0] < 0
+      or layers[-1] >= n
+    ):
+      raise ValueError(
+        f"LayerSkipDraft.layers must be a non-empty increasing tuple of "
+        f"layer indices in [0, {n}), got {self.layers!r}"
+      )
     object.__setattr__(self, "layers", layers)
 
   @property
   def cfg(self):
     """Config of the sub-model (what its cache and FLOPs are sized by)."""
     win = self.target_cfg.windows
-    return self.target_cfg.replace(n_layers=len(self.layers),
-                                   layer_windows=tuple(win[i] for i in self.layers))
+    return self.target_cfg.replace(
+      n_layers=len(self.layers), layer_windows=tuple(win[i] for i in self.layers)
+    )
 
   @property
   def vocab_size(self) -> int:
     return self.target_cfg.vocab_size
 
   def sub_params(self, params):
-    return dataclasses.replace(params, layers=tuple(params.layers[i] for i in self.layers))
+    return dataclasses.replace(
+      params, layers=tuple(params.layers[i] for i in self.layers)
+    )
 
   def _m(self):
     return Transformer(self.cfg)
@@ -126,8 +135,10 @@ class SubVocabDraft:
 
   def __post_init__(self):
     if self.cfg.vocab_size < 2 or self.cfg.vocab_size - 1 > self.full_vocab:
-      raise ValueError(f"SubVocabDraft: inner vocab_size {self.cfg.vocab_size} must be "
-                       f"2..full_vocab + 1 = {self.full_vocab + 1}")
+      raise ValueError(
+        f"SubVocabDraft: inner vocab_size {self.cfg.vocab_size} must be "
+        f"2..full_vocab + 1 = {self.full_vocab + 1}"
+      )
 
   @property
   def vocab_size(self) -> int:
@@ -143,13 +154,15 @@ class SubVocabDraft:
     return out.at[..., params.to_full_K].set(logits_xK1[..., 1:])
 
   def prefill(self, params, tokens_BxT, lengths_B, cache_size: int):
-    state, logits = self._m().prefill(params.inner, params.to_sub_V[tokens_BxT],
-                                      lengths_B, cache_size)
+    state, logits = self._m().prefill(
+      params.inner, params.to_sub_V[tokens_BxT], lengths_B, cache_size
+    )
     return state, self.full_logits(params, logits)
 
   def extend(self, params, state, tokens_BxS, valid_BxS=None):
-    state, logits = self._m().extend(params.inner, state, params.to_sub_V[tokens_BxS],
-                                     valid_BxS)
+    state, logits = self._m().extend(
+      params.inner, state, params.to_sub_V[tokens_BxS], valid_BxS
+    )
     return state, self.full_logits(params, logits)
 
   def reorder(self, state, index_N):
@@ -159,8 +172,9 @@ class SubVocabDraft:
     return state.lengths
 
   def score_tree(self, params, state, tokens_BxM, parent_M):
-    state, logits = self._m().score_tree(params.inner, state,
-                                         params.to_sub_V[tokens_BxM], parent_M)
+    state, logits = self._m().score_tree(
+      params.inner, state, params.to_sub_V[tokens_BxM], parent_M
+    )
     return state, self.full_logits(params, logits)
 
   def commit(self, state, path_BxL, n_accept_B):
@@ -190,10 +204,12 @@ def frequent_tokens(token_lists, size: int, always=(), weights=None) -> np.ndarr
   """The `size` ids of largest total weight in `token_lists` (ties by id), `always`
   included. weights: parallel lists of per-token weights (default 1 = counts), e.g.
   the target's probabilities of its top-k ids, to rank by expected frequency."""
-  ids = np.concatenate([token_id_array("token_lists", t).ravel()
-                        for t in token_lists])
-  w = (np.ones(len(ids)) if weights is None else
-       np.concatenate([np.asarray(x, np.float64).ravel() for x in weights]))
+  ids = np.concatenate([token_id_array("token_lists", t).ravel() for t in token_lists])
+  w = (
+    np.ones(len(ids))
+    if weights is None
+    else np.concatenate([np.asarray(x, np.float64).ravel() for x in weights])
+  )
   if len(w) != len(ids):
     raise ValueError(f"weights have {len(w)} entries for {len(ids)} tokens")
   always = token_id_array("always", always).ravel()
@@ -206,8 +222,9 @@ def frequent_tokens(token_lists, size: int, always=(), weights=None) -> np.ndarr
   return uniq[order[:size]].astype(np.int32)
 
 
-def init_sub_vocab_draft(target_cfg: ModelConfig, target_params: Params, token_ids_K,
-                         n_layers: int):
+def init_sub_vocab_draft(
+  target_cfg: ModelConfig, target_params: Params, token_ids_K, n_layers: int
+):
   """A SubVocabDraft from the target's first `n_layers` layers, final norm and the
   embedding (and untied head) rows of the subset; inner id 0 gets the mean row.
 
@@ -217,18 +234,25 @@ def init_sub_vocab_draft(target_cfg: ModelConfig, target_params: Params, token_i
   to_sub, to_full = sub_vocab_maps(token_ids_K, target_cfg.vocab_size)
   K = int(to_full.shape[0])
   win = target_cfg.windows
-  cfg = target_cfg.replace(vocab_size=K + 1, n_layers=n_layers,
-                           layer_windows=tuple(win[:n_layers]))
+  cfg = target_cfg.replace(
+    vocab_size=K + 1, n_layers=n_layers, layer_windows=tuple(win[:n_layers])
+  )
   emb = target_params.embed
   embed = jnp.concatenate([jnp.mean(emb, axis=0, keepdims=True), emb[to_full]], axis=0)
   head = None
   if target_params.lm_head is not None:  # untied: keep the head's own columns
     w = target_params.lm_head
     head = jnp.concatenate([jnp.mean(w, axis=1, keepdims=True), w[:, to_full]], axis=1)
-  inner = Params(embed=embed, layers=tuple(target_params.layers[:n_layers]),
-                 final_norm=target_params.final_norm, lm_head=head)
+  inner = Params(
+    embed=embed,
+    layers=tuple(target_params.layers[:n_layers]),
+    final_norm=target_params.final_norm,
+    lm_head=head,
+  )
   inner = jax.tree_util.tree_map(jnp.copy, inner)  # own buffers (training donates them)
-  return SubVocabDraft(cfg, target_cfg.vocab_size), SubVocabParams(inner, to_sub, to_full)
+  return SubVocabDraft(cfg, target_cfg.vocab_size), SubVocabParams(
+    inner, to_sub, to_full
+  )
 
 
 def distill_loss_fn(draft: SubVocabDraft, to_sub_V):
@@ -262,13 +286,18 @@ def distill_loss_fn(draft: SubVocabDraft, to_sub_V):
   return loss_fn
 
 
-def save_draft(path: str, draft: SubVocabDraft, params: SubVocabParams,
-               meta: dict | None = None) -> None:
+def save_draft(
+  path: str, draft: SubVocabDraft, params: SubVocabParams, meta: dict | None = None
+) -> None:
   """<path>/inner (orbax params), <path>/draft.json (config, subset ids, meta)."""
   os.makedirs(path, exist_ok=True)
   save_params(os.path.join(path, "inner"), params.inner, overwrite=True)
-  d = dict(cfg=dataclasses.asdict(draft.cfg), full_vocab=draft.full_vocab,
-           token_ids=np.asarray(params.to_full_K).tolist(), meta=meta or {})
+  d = dict(
+    cfg=dataclasses.asdict(draft.cfg),
+    full_vocab=draft.full_vocab,
+    token_ids=np.asarray(params.to_full_K).tolist(),
+    meta=meta or {},
+  )
   tmp = os.path.join(path, "draft.json.tmp")
   with open(tmp, "w") as f:
     json.dump(d, f)
@@ -285,5 +314,8 @@ def load_draft(path: str):
   cfg = ModelConfig(**d["cfg"])
   to_sub, to_full = sub_vocab_maps(d["token_ids"], d["full_vocab"])
   inner = restore_params(os.path.join(path, "inner"), cfg)
-  return SubVocabDraft(cfg, d["full_vocab"]), SubVocabParams(inner, to_sub, to_full), \
-      d.get("meta", {})
+  return (
+    SubVocabDraft(cfg, d["full_vocab"]),
+    SubVocabParams(inner, to_sub, to_full),
+    d.get("meta", {}),
+  )

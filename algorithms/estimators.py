@@ -36,10 +36,11 @@ _CHUNK_ELEMS = 1 << 22  # cap on the size of the per-chunk work arrays
 
 class SubsetEstimate(NamedTuple):
   """Expected accuracy per problem and budget k, from subsampling one pool."""
-  value_PxK: np.ndarray       # estimate of E[correct] over k-subsets
-  stderr_PxK: np.ndarray      # Monte Carlo standard error (0 where exact)
-  exact_K: np.ndarray         # bool: True where all C(n, k) subsets were enumerated
-  num_subsets_K: np.ndarray   # number of subsets evaluated per problem
+
+  value_PxK: np.ndarray  # estimate of E[correct] over k-subsets
+  stderr_PxK: np.ndarray  # Monte Carlo standard error (0 where exact)
+  exact_K: np.ndarray  # bool: True where all C(n, k) subsets were enumerated
+  num_subsets_K: np.ndarray  # number of subsets evaluated per problem
 
 
 # ----------------------------------------------------------------------------------
@@ -64,8 +65,11 @@ def _check_ks(ks: Sequence[int], n: int) -> np.ndarray:
 def _check_pool(answers_PxN=None, scores_PxN=None, correct_PxN=None):
   shape = None
   out = []
-  for name, x in (("answers_PxN", answers_PxN), ("scores_PxN", scores_PxN),
-                  ("correct_PxN", correct_PxN)):
+  for name, x in (
+    ("answers_PxN", answers_PxN),
+    ("scores_PxN", scores_PxN),
+    ("correct_PxN", correct_PxN),
+  ):
     if x is None:
       out.append(None)
       continue
@@ -80,8 +84,11 @@ def _check_pool(answers_PxN=None, scores_PxN=None, correct_PxN=None):
         raise ValueError(f"answers_PxN must be integer answer ids, got {x.dtype}")
       x = x.astype(np.int64)
     elif name == "scores_PxN":
-      if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)
-              or x.dtype == bool):
+      if not (
+        np.issubdtype(x.dtype, np.floating)
+        or np.issubdtype(x.dtype, np.integer)
+        or x.dtype == bool
+      ):
         raise ValueError(f"scores_PxN must be numeric, got {x.dtype}")
       x = x.astype(np.float64)  # NaN allowed: a missing score (module docstring)
     else:
@@ -121,7 +128,7 @@ def pass_at_k(n, c, ks: Sequence[int]) -> np.ndarray:
   j = np.arange(ks_arr.max())
   ratio_PxJ = (n_arr[:, None] - c_arr[:, None] - j) / (n_arr[:, None] - j)
   ratio_PxJ = np.clip(ratio_PxJ, 0.0, None)  # C(n-c, k) = 0 once k > n-c
-  miss_PxJ = np.cumprod(ratio_PxJ, axis=1)   # [:, k-1] = C(n-c, k) / C(n, k)
+  miss_PxJ = np.cumprod(ratio_PxJ, axis=1)  # [:, k-1] = C(n-c, k) / C(n, k)
   out = 1.0 - miss_PxJ[:, ks_arr - 1]
   return out[0] if scalar else out
 
@@ -204,14 +211,22 @@ def _dense_groups(answers_PxN, correct_PxN):
     any_c = np.bincount(inv, weights=c, minlength=len(u))
     cnt = np.bincount(inv, minlength=len(u))
     if not np.all((any_c == 0) | (any_c == cnt)):
-      raise ValueError(f"problem {i}: samples with the same answer id disagree on "
-                       "correctness")
-    group_correct[i, :len(u)] = any_c > 0
+      raise ValueError(
+        f"problem {i}: samples with the same answer id disagree on correctness"
+      )
+    group_correct[i, : len(u)] = any_c > 0
   return groups, group_correct, num_groups
 
 
-def _subset_indices(p: int, n: int, k: int, exact: bool, num_subsets: int,
-                    chunk: int, rng: np.random.Generator):
+def _subset_indices(
+  p: int,
+  n: int,
+  k: int,
+  exact: bool,
+  num_subsets: int,
+  chunk: int,
+  rng: np.random.Generator,
+):
   """Yields index chunks of shape (1, m, k) (exact: every k-subset once, shared by all
   problems) or (P, m, k) (Monte Carlo: independent uniform k-subsets per problem)."""
   if exact:
@@ -231,9 +246,17 @@ def _subset_indices(p: int, n: int, k: int, exact: bool, num_subsets: int,
       done += m
 
 
-def _estimate_over_subsets(evaluate: Callable, p: int, n: int, ks_arr: np.ndarray,
-                           width: int, method: str, max_exact_subsets: int,
-                           num_subsets: int, seed) -> SubsetEstimate:
+def _estimate_over_subsets(
+  evaluate: Callable,
+  p: int,
+  n: int,
+  ks_arr: np.ndarray,
+  width: int,
+  method: str,
+  max_exact_subsets: int,
+  num_subsets: int,
+  seed,
+) -> SubsetEstimate:
   """Runs `evaluate(idx_Pxmxk, k) -> correct_Pxm` over k-subsets for every k."""
   if method not in METHODS:
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -305,14 +328,23 @@ def _vote_correct(value_Pxmxg, present_Pxmxg, group_correct_PxG, tie_break: str)
     out = (tied & gc).sum(-1) / np.maximum(tied.sum(-1), 1)
   else:
     first = np.argmax(tied, axis=-1)
-    out = np.take_along_axis(np.broadcast_to(gc, tied.shape), first[..., None], -1)[..., 0]
+    out = np.take_along_axis(np.broadcast_to(gc, tied.shape), first[..., None], -1)[
+      ..., 0
+    ]
   return np.where(any_present, out, 0.0)
 
 
-def majority_at_k(answers_PxN, correct_PxN, ks: Sequence[int], *,
-                  tie_break: str = "random", method: str = "auto",
-                  max_exact_subsets: int = 20_000, num_subsets: int = 2_000,
-                  seed=0) -> SubsetEstimate:
+def majority_at_k(
+  answers_PxN,
+  correct_PxN,
+  ks: Sequence[int],
+  *,
+  tie_break: str = "random",
+  method: str = "auto",
+  max_exact_subsets: int = 20_000,
+  num_subsets: int = 2_000,
+  seed=0,
+) -> SubsetEstimate:
   """maj@k: expected correctness of the majority vote over a uniform k-subset.
 
   `tie_break`: 'random' (uniform among tied answer groups; its expectation, the mean
@@ -332,14 +364,23 @@ def majority_at_k(answers_PxN, correct_PxN, ks: Sequence[int], *,
     counts = counts[..., :num_groups]
     return _vote_correct(counts, counts > 0, group_correct, tie_break)
 
-  return _estimate_over_subsets(evaluate, p, n, ks_arr, num_groups + 1, method,
-                                max_exact_subsets, num_subsets, seed)
+  return _estimate_over_subsets(
+    evaluate, p, n, ks_arr, num_groups + 1, method, max_exact_subsets, num_subsets, seed
+  )
 
 
-def weighted_majority_at_k(answers_PxN, scores_PxN, correct_PxN, ks: Sequence[int], *,
-                           tie_break: str = "random", method: str = "auto",
-                           max_exact_subsets: int = 20_000, num_subsets: int = 2_000,
-                           seed=0) -> SubsetEstimate:
+def weighted_majority_at_k(
+  answers_PxN,
+  scores_PxN,
+  correct_PxN,
+  ks: Sequence[int],
+  *,
+  tie_break: str = "random",
+  method: str = "auto",
+  max_exact_subsets: int = 20_000,
+  num_subsets: int = 2_000,
+  seed=0,
+) -> SubsetEstimate:
   """Weighted-maj@k: as `majority_at_k`, voting with the sum of scores per answer
   group (`selection.weighted_self_consistency`: a NaN score contributes nothing to its
   group's sum; a NaN group sum, from +inf and -inf in one group, ranks last)."""
@@ -353,17 +394,29 @@ def weighted_majority_at_k(answers_PxN, scores_PxN, correct_PxN, ks: Sequence[in
 
   def evaluate(idx, k):
     counts, sums, _ = _group_totals(groups, scores, idx, num_groups + 1)
-    return _vote_correct(sums[..., :num_groups], counts[..., :num_groups] > 0,
-                         group_correct, tie_break)
+    return _vote_correct(
+      sums[..., :num_groups], counts[..., :num_groups] > 0, group_correct, tie_break
+    )
 
-  return _estimate_over_subsets(evaluate, p, n, ks_arr, num_groups + 1, method,
-                                max_exact_subsets, num_subsets, seed)
+  return _estimate_over_subsets(
+    evaluate, p, n, ks_arr, num_groups + 1, method, max_exact_subsets, num_subsets, seed
+  )
 
 
-def best_of_majority_at_k(answers_PxN, scores_PxN, correct_PxN, ks: Sequence[int], *,
-                          alpha: float, num_submit: int = 1, reward: str = "mean",
-                          method: str = "auto", max_exact_subsets: int = 20_000,
-                          num_subsets: int = 2_000, seed=0) -> SubsetEstimate:
+def best_of_majority_at_k(
+  answers_PxN,
+  scores_PxN,
+  correct_PxN,
+  ks: Sequence[int],
+  *,
+  alpha: float,
+  num_submit: int = 1,
+  reward: str = "mean",
+  method: str = "auto",
+  max_exact_subsets: int = 20_000,
+  num_subsets: int = 2_000,
+  seed=0,
+) -> SubsetEstimate:
   """BoM@k: probability that Best-of-Majority run on a uniform k-subset submits a
   correct answer among its `num_submit` answers (the pass@k setting of BoM; here k is
   the sample budget and `num_submit` the number of submitted answers).
@@ -377,11 +430,17 @@ def best_of_majority_at_k(answers_PxN, scores_PxN, correct_PxN, ks: Sequence[int
   """
   if reward not in GROUP_REWARDS:
     raise ValueError(f"reward must be one of {GROUP_REWARDS}, got {reward!r}")
-  if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.number)) or \
-      not 0.0 <= alpha <= 1.0:
+  if (
+    isinstance(alpha, bool)
+    or not isinstance(alpha, (int, float, np.number))
+    or not 0.0 <= alpha <= 1.0
+  ):
     raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
-  if isinstance(num_submit, bool) or not isinstance(num_submit, (int, np.integer)) \
-      or num_submit < 1:
+  if (
+    isinstance(num_submit, bool)
+    or not isinstance(num_submit, (int, np.integer))
+    or num_submit < 1
+  ):
     raise ValueError(f"num_submit must be an int >= 1, got {num_submit!r}")
   answers, scores, correct = _check_pool(answers_PxN, scores_PxN, correct_PxN)
   p, n = answers.shape
@@ -411,10 +470,11 @@ def best_of_majority_at_k(answers_PxN, scores_PxN, correct_PxN, ks: Sequence[int
     value = np.where(eligible & ~nan, value, -np.inf)
     lowest_id = np.broadcast_to(np.arange(num_groups), value.shape)
     order = np.lexsort((lowest_id, -value, nan, ~eligible), axis=-1)[..., :num_submit]
-    hit = (np.take_along_axis(eligible, order, -1)
-           & np.take_along_axis(np.broadcast_to(group_correct[:, None, :], value.shape),
-                                order, -1))
+    hit = np.take_along_axis(eligible, order, -1) & np.take_along_axis(
+      np.broadcast_to(group_correct[:, None, :], value.shape), order, -1
+    )
     return hit.any(-1)
 
-  return _estimate_over_subsets(evaluate, p, n, ks_arr, width, method,
-                                max_exact_subsets, num_subsets, seed)
+  return _estimate_over_subsets(
+    evaluate, p, n, ks_arr, width, method, max_exact_subsets, num_subsets, seed
+  )

@@ -68,7 +68,11 @@ def _check_pool(yes_PxN, num_verdicts: int, correct_PxN):
     raise ValueError("correct_PxN must be boolean (0/1)")
   if not isinstance(num_verdicts, (int, np.integer)) or num_verdicts < 1:
     raise ValueError(f"num_verdicts must be a positive int, got {num_verdicts!r}")
-  if not np.issubdtype(yes.dtype, np.integer) or yes.min() < 0 or yes.max() > num_verdicts:
+  if (
+    not np.issubdtype(yes.dtype, np.integer)
+    or yes.min() < 0
+    or yes.max() > num_verdicts
+  ):
     raise ValueError(f"yes_PxN must be integer counts in [0, {num_verdicts}]")
   return yes.astype(np.int64), correct.astype(np.float64)
 
@@ -91,8 +95,9 @@ def verdict_count_pmf(yes_PxN, num_verdicts: int, v: int) -> np.ndarray:
   return stats.hypergeom.pmf(k, num_verdicts, np.asarray(yes_PxN)[..., None], v)
 
 
-def pick_probabilities(yes_PxN, num_verdicts: int, ss: Sequence[int], v: int,
-                       chunk: int = 8) -> np.ndarray:
+def pick_probabilities(
+  yes_PxN, num_verdicts: int, ss: Sequence[int], v: int, chunk: int = 8
+) -> np.ndarray:
   """P(solution n is submitted) at each S in `ss`, V verdicts each, uniform
   tie-break (module docstring). Shape (P, len(ss), N); sums to 1 over N."""
   yes = np.asarray(yes_PxN, np.int64)
@@ -107,27 +112,30 @@ def pick_probabilities(yes_PxN, num_verdicts: int, ss: Sequence[int], v: int,
   not_self_NxN = ~np.eye(n, dtype=bool)
   for lo in range(0, p, chunk):
     # q[b, k, u, j] = P(other j ranks below a solution at level k with priority u)
-    q = (below_PxNxK[lo:lo + chunk].transpose(0, 2, 1)[:, :, None, :]
-         + h_PxNxK[lo:lo + chunk].transpose(0, 2, 1)[:, :, None, :]
-         * u_U[None, None, :, None])                       # [b, K, U, N]
+    q = (
+      below_PxNxK[lo : lo + chunk].transpose(0, 2, 1)[:, :, None, :]
+      + h_PxNxK[lo : lo + chunk].transpose(0, 2, 1)[:, :, None, :]
+      * u_U[None, None, :, None]
+    )  # [b, K, U, N]
     b = q.shape[0]
     # e[..., n, t] = e_t(q over j != n), t < smax, by a product over j.
     e = np.zeros((b, v + 1, len(u_U), n, smax))
     e[..., 0] = 1.0
     for j in range(n):
-      qj = q[..., j][..., None] * not_self_NxN[j]           # [b, K, U, N]
+      qj = q[..., j][..., None] * not_self_NxN[j]  # [b, K, U, N]
       e[..., 1:] = e[..., 1:] + qj[..., None] * e[..., :-1]
     # integrate over u, weight by P(K_n = k)
     e_int = np.einsum("bkunt,u->bknt", e, w_U)
-    h = h_PxNxK[lo:lo + chunk]                              # [b, N, K]
-    prob = np.einsum("bnk,bknt->btn", h, e_int)            # [b, t, N]
+    h = h_PxNxK[lo : lo + chunk]  # [b, N, K]
+    prob = np.einsum("bnk,bknt->btn", h, e_int)  # [b, t, N]
     norm = np.array([math.comb(n, int(s)) for s in ss], np.float64)
-    out[lo:lo + chunk] = prob[:, ss - 1, :] / norm[None, :, None]
+    out[lo : lo + chunk] = prob[:, ss - 1, :] / norm[None, :, None]
   return out
 
 
-def genrm_accuracy(yes_PxN, num_verdicts: int, correct_PxN, ss: Sequence[int],
-                   v: int) -> np.ndarray:
+def genrm_accuracy(
+  yes_PxN, num_verdicts: int, correct_PxN, ss: Sequence[int], v: int
+) -> np.ndarray:
   """Exact expected accuracy per problem of GenRM best-of-S with V verdicts per
   solution (uniform tie-break), from a pool of N solutions x M verdicts.
   Returns (P, len(ss))."""
@@ -142,9 +150,18 @@ class MCEstimate(NamedTuple):
   num_subsets: int
 
 
-def genrm_accuracy_mc(yes_PxN, num_verdicts: int, correct_PxN, ss: Sequence[int],
-                      v: int, *, answers_PxN=None, tie_break: str = "random",
-                      num_subsets: int = 2000, seed=0) -> MCEstimate:
+def genrm_accuracy_mc(
+  yes_PxN,
+  num_verdicts: int,
+  correct_PxN,
+  ss: Sequence[int],
+  v: int,
+  *,
+  answers_PxN=None,
+  tie_break: str = "random",
+  num_subsets: int = 2000,
+  seed=0,
+) -> MCEstimate:
   """Monte Carlo estimate of the same accuracy, for tie_break 'random' or
   'majority' (needs answers_PxN: int answer ids, < 0 = no answer; the tied
   solutions vote, the top answer group's correctness counts, equal votes
@@ -171,7 +188,7 @@ def genrm_accuracy_mc(yes_PxN, num_verdicts: int, correct_PxN, ss: Sequence[int]
     s = int(s)
     idx = np.argpartition(rng.random((p, r, n)), s - 1, axis=-1)[..., :s]  # [P,R,S]
     y = np.take_along_axis(yes[:, None, :], idx, -1)
-    k = rng.hypergeometric(y, num_verdicts - y, v)                          # [P,R,S]
+    k = rng.hypergeometric(y, num_verdicts - y, v)  # [P,R,S]
     c = np.take_along_axis(correct[:, None, :], idx, -1)
     top = k == k.max(-1, keepdims=True)
     if tie_break == "random":

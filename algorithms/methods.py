@@ -106,8 +106,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from algorithms import astar as astar_lib
-from algorithms import (beam_search, particle_filter, selection, spec_trees,
-                        speculative, stepping)
+from algorithms import (
+  beam_search,
+  particle_filter,
+  selection,
+  spec_trees,
+  speculative,
+  stepping,
+)
 from algorithms.stepping import BUDGET, DELIMITER, STOP, Step, StepCounters
 from jaxllm import flops as flops_lib
 from jaxllm.generate import check_prompts, generate
@@ -179,8 +185,10 @@ def _pick(candidates_PxNxL, lengths_PxN, index_P):
 
 def _need_scorer(name: str, inputs: Inputs) -> None:
   if inputs.scorer is None:
-    raise ValueError(f"method {name!r} needs a scorer (a step scorer of "
-                     f"algorithms.scorers); got scorer=None")
+    raise ValueError(
+      f"method {name!r} needs a scorer (a step scorer of "
+      f"algorithms.scorers); got scorer=None"
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -245,16 +253,18 @@ class BestOfMajority:
 
   def __post_init__(self):
     if self.reward not in selection.GROUP_REWARDS:
-      raise ValueError(f"BestOfMajority.reward must be one of "
-                       f"{selection.GROUP_REWARDS}, got {self.reward!r}")
+      raise ValueError(
+        f"BestOfMajority.reward must be one of "
+        f"{selection.GROUP_REWARDS}, got {self.reward!r}"
+      )
     if not 0.0 <= self.alpha <= 1.0:
-      raise ValueError(f"BestOfMajority.alpha must be in [0, 1], got "
-                       f"{self.alpha!r}")
+      raise ValueError(f"BestOfMajority.alpha must be in [0, 1], got {self.alpha!r}")
 
   def __call__(self, answers_PxN, scores_PxN):
     """Returns (answer_P int32, index_P int32)."""
-    a = selection.best_of_majority(answers_PxN, scores_PxN, self.alpha,
-                                   reward=self.reward)[:, 0]
+    a = selection.best_of_majority(
+      answers_PxN, scores_PxN, self.alpha, reward=self.reward
+    )[:, 0]
     return a, _first_with(answers_PxN, a)
 
 
@@ -290,21 +300,27 @@ class SelectionConfig:
 
   def __post_init__(self):
     for name in ("n_samples", "max_new_tokens"):
-      object.__setattr__(self, name, check_int(f"SelectionConfig.{name}",
-                                               getattr(self, name), lo=1))
+      object.__setattr__(
+        self, name, check_int(f"SelectionConfig.{name}", getattr(self, name), lo=1)
+      )
     for name in ("delimiter_ids", "stop_ids"):
-      object.__setattr__(self, name, stepping.id_tuple(
-          f"SelectionConfig.{name}", getattr(self, name)))
-    object.__setattr__(self, "pad_id", check_token_id(
-        "SelectionConfig.pad_id", self.pad_id, None))
+      object.__setattr__(
+        self, name, stepping.id_tuple(f"SelectionConfig.{name}", getattr(self, name))
+      )
+    object.__setattr__(
+      self, "pad_id", check_token_id("SelectionConfig.pad_id", self.pad_id, None)
+    )
     if not (callable(self.rule) and hasattr(self.rule, "needs_scores")):
-      raise ValueError(f"SelectionConfig.rule must be a selection rule (e.g. "
-                       f"methods.BestOfN()), got {self.rule!r}")
-    if (self.aggregation is not None and
-        self.aggregation not in selection.AGGREGATIONS):
-      raise ValueError(f"SelectionConfig.aggregation must be None (outcome "
-                       f"score) or one of {selection.AGGREGATIONS}, got "
-                       f"{self.aggregation!r}")
+      raise ValueError(
+        f"SelectionConfig.rule must be a selection rule (e.g. "
+        f"methods.BestOfN()), got {self.rule!r}"
+      )
+    if self.aggregation is not None and self.aggregation not in selection.AGGREGATIONS:
+      raise ValueError(
+        f"SelectionConfig.aggregation must be None (outcome "
+        f"score) or one of {selection.AGGREGATIONS}, got "
+        f"{self.aggregation!r}"
+      )
     self.sampling()  # raises for bad sampling settings
 
   def sampling(self) -> Sampling:
@@ -313,8 +329,9 @@ class SelectionConfig:
     Raises:
       ValueError: naming the bad setting (`make_sampling`).
     """
-    return make_sampling(self.sampling_temperature, self.sampling_top_k,
-                         self.sampling_top_p)
+    return make_sampling(
+      self.sampling_temperature, self.sampling_top_k, self.sampling_top_p
+    )
 
 
 def sequence_answer_ids(tokens_PxNxL, lengths_PxN) -> np.ndarray:
@@ -327,7 +344,7 @@ def sequence_answer_ids(tokens_PxNxL, lengths_PxN) -> np.ndarray:
   for p in range(P):
     table: dict = {}
     for n in range(N):
-      seq = toks[p, n, :lens[p, n]].tobytes()
+      seq = toks[p, n, : lens[p, n]].tobytes()
       ids[p, n] = table.setdefault(seq, len(table))
   return ids
 
@@ -384,33 +401,55 @@ def _step_layout(toks_BxL, len_B, delims: tuple, stops: tuple):
     return (jnp.where(end, t + 1, start), k + end.astype(jnp.int32)), out
 
   zeros = jnp.zeros((B,), jnp.int32)
-  (start, k), (step, pos, kind) = jax.lax.scan(body, (zeros, zeros),
-                                               jnp.arange(L))
+  (start, k), (step, pos, kind) = jax.lax.scan(body, (zeros, zeros), jnp.arange(L))
   n_steps = k + (start < len_B).astype(jnp.int32)
   return step.T, pos.T, kind.T, n_steps
 
 
-def _score_impl(scorer, sparams, ptoks_PxT, plens_P, toks_BxL, lps_BxL, len_B,
-                step_BxL, pos_BxL, kind_BxL, *, N: int, K: int, S: int,
-                cache_size: int, pad_id: int):
+def _score_impl(
+  scorer,
+  sparams,
+  ptoks_PxT,
+  plens_P,
+  toks_BxL,
+  lps_BxL,
+  len_B,
+  step_BxL,
+  pos_BxL,
+  kind_BxL,
+  *,
+  N: int,
+  K: int,
+  S: int,
+  cache_size: int,
+  pad_id: int,
+):
   P, B = ptoks_PxT.shape[0], toks_BxL.shape[0]
   sstate = scorer.init(sparams, ptoks_PxT, plens_P, cache_size)
   sstate = scorer.reorder(sstate, stepping.fork_index(P, N))
   valid = jnp.arange(toks_BxL.shape[1])[None, :] < len_B[:, None]
   k_idx = jnp.where(valid, step_BxL, K)  # out of range: dropped
   rows = jnp.arange(B)[:, None]
-  tok = jnp.full((B, K, S), pad_id, jnp.int32).at[rows, k_idx, pos_BxL].set(
-      toks_BxL, mode="drop")
-  lp = jnp.zeros((B, K, S), jnp.float32).at[rows, k_idx, pos_BxL].set(
-      lps_BxL, mode="drop")
+  tok = (
+    jnp.full((B, K, S), pad_id, jnp.int32)
+    .at[rows, k_idx, pos_BxL]
+    .set(toks_BxL, mode="drop")
+  )
+  lp = (
+    jnp.zeros((B, K, S), jnp.float32).at[rows, k_idx, pos_BxL].set(lps_BxL, mode="drop")
+  )
   length = jnp.zeros((B, K), jnp.int32).at[rows, k_idx].add(1, mode="drop")
   ends = jnp.where(kind_BxL != BUDGET, k_idx, K)
-  ended = jnp.full((B, K), BUDGET, jnp.int32).at[rows, ends].set(
-      kind_BxL, mode="drop")
+  ended = jnp.full((B, K), BUDGET, jnp.int32).at[rows, ends].set(kind_BxL, mode="drop")
 
   def body(st, k):
-    step = Step(tokens=tok[:, k], length=length[:, k], logprob=lp[:, k],
-                ended=ended[:, k], calls=jnp.int32(1))
+    step = Step(
+      tokens=tok[:, k],
+      length=length[:, k],
+      logprob=lp[:, k],
+      ended=ended[:, k],
+      calls=jnp.int32(1),
+    )
     st, s = scorer.score(sparams, st, step, length[:, k] > 0)
     return st, s.astype(jnp.float32)
 
@@ -419,14 +458,25 @@ def _score_impl(scorer, sparams, ptoks_PxT, plens_P, toks_BxL, lps_BxL, len_B,
   return scores_KxB.T, mask, jnp.sum(jnp.any(mask, axis=0)).astype(jnp.int32)
 
 
-_score_jit = jax.jit(_score_impl, static_argnames=(
-    "scorer", "N", "K", "S", "cache_size", "pad_id"))
+_score_jit = jax.jit(
+  _score_impl, static_argnames=("scorer", "N", "K", "S", "cache_size", "pad_id")
+)
 
 
-def score_samples(scorer, scorer_params, prompt_tokens_PxT, prompt_lengths_P,
-                  tokens_BxL, logprobs_BxL, lengths_B, *,
-                  delimiter_ids=(), stop_ids=(), outcome: bool = False,
-                  pad_id: int = 0):
+def score_samples(
+  scorer,
+  scorer_params,
+  prompt_tokens_PxT,
+  prompt_lengths_P,
+  tokens_BxL,
+  logprobs_BxL,
+  lengths_B,
+  *,
+  delimiter_ids=(),
+  stop_ids=(),
+  outcome: bool = False,
+  pad_id: int = 0,
+):
   """Score N sampled solutions per problem with a step scorer.
 
   The scorer prefills each prompt ONCE and forks its state into N rows
@@ -466,27 +516,44 @@ def score_samples(scorer, scorer_params, prompt_tokens_PxT, prompt_lengths_P,
   lens = jnp.asarray(lengths_B, jnp.int32)
   P, B, L = ptoks.shape[0], toks.shape[0], toks.shape[1]
   if B % P or lens.shape != (B,) or np.shape(logprobs_BxL) != toks.shape:
-    raise ValueError(f"samples [B, L] = {toks.shape}, lengths {lens.shape} "
-                     f"and logprobs {np.shape(logprobs_BxL)} must be P * N = "
-                     f"B rows for P = {P} prompts")
+    raise ValueError(
+      f"samples [B, L] = {toks.shape}, lengths {lens.shape} "
+      f"and logprobs {np.shape(logprobs_BxL)} must be P * N = "
+      f"B rows for P = {P} prompts"
+    )
   delims = () if outcome else delimiter_ids
-  seqs = tuple(stepping.as_sequences(stepping.id_sequences(n, ids))
-               for n, ids in (("delimiter_ids", delims),
-                              ("stop_ids", stop_ids)))
+  seqs = tuple(
+    stepping.as_sequences(stepping.id_sequences(n, ids))
+    for n, ids in (("delimiter_ids", delims), ("stop_ids", stop_ids))
+  )
   step, pos, kind, n_steps = _step_layout(toks, lens, *seqs)
   valid = np.arange(L)[None, :] < np.asarray(lens)[:, None]
   K = _pow2(max(int(np.max(n_steps)), 1))
   S = min(_pow2(int(np.max(np.where(valid, np.asarray(pos), 0))) + 1), L)
   scores, mask, calls = _score_jit(
-      scorer, scorer_params, ptoks, plens, toks,
-      jnp.asarray(logprobs_BxL, jnp.float32), lens, step, pos, kind,
-      N=B // P, K=K, S=S, cache_size=ptoks.shape[1] + L, pad_id=pad_id)
+    scorer,
+    scorer_params,
+    ptoks,
+    plens,
+    toks,
+    jnp.asarray(logprobs_BxL, jnp.float32),
+    lens,
+    step,
+    pos,
+    kind,
+    N=B // P,
+    K=K,
+    S=S,
+    cache_size=ptoks.shape[1] + L,
+    pad_id=pad_id,
+  )
   N = B // P
   return scores.reshape(P, N, K), mask.reshape(P, N, K), calls
 
 
-def _sample_counters(plens_P, lens_B, N: int, C: int, calls, scored: bool,
-                     vcalls) -> StepCounters:
+def _sample_counters(
+  plens_P, lens_B, N: int, C: int, calls, scored: bool, vcalls
+) -> StepCounters:
   """StepCounters of N samples per prompt: token t of a sample attends to
   prompt + t + 1 keys; every sample token is scored when `scored`."""
   ctx0 = jnp.repeat(jnp.asarray(plens_P, jnp.int32), N)
@@ -494,12 +561,24 @@ def _sample_counters(plens_P, lens_B, N: int, C: int, calls, scored: bool,
   ctx, valid = stepping.step_contexts(ctx0, jnp.asarray(lens_B), max(L, 1))
   hist = stepping.add_hist(jnp.zeros((C,), jnp.float32), ctx, valid)
   zero = jnp.zeros((C,), jnp.float32)
-  return StepCounters(gen=hist, forced=zero, scored=hist if scored else zero,
-                      calls=jnp.int32(calls), vcalls=jnp.int32(vcalls))
+  return StepCounters(
+    gen=hist,
+    forced=zero,
+    scored=hist if scored else zero,
+    calls=jnp.int32(calls),
+    vcalls=jnp.int32(vcalls),
+  )
 
 
-def run_selection(config: SelectionConfig, model, params, prompts, key,
-                  inputs: Inputs, name: str = "selection") -> MethodOutput:
+def run_selection(
+  config: SelectionConfig,
+  model,
+  params,
+  prompts,
+  key,
+  inputs: Inputs,
+  name: str = "selection",
+) -> MethodOutput:
   """N samples per problem (`generate(num_samples=N)`), scored, one selected.
 
   Args:
@@ -523,44 +602,79 @@ def run_selection(config: SelectionConfig, model, params, prompts, key,
   rule, N, L = config.rule, config.n_samples, config.max_new_tokens
   if rule.needs_scores:
     _need_scorer(name, inputs)
-  check_token_ids("SelectionConfig.delimiter_ids", config.delimiter_ids,
-                  getattr(model, "vocab_size", None))
-  ptoks, plens = check_prompts(model, prompts, inputs.prompt_lengths,
-                               config.pad_id,
-                               pad_id_name="SelectionConfig.pad_id")
-  out = generate(model, params, prompts, key, L, config.sampling(),
-                 prompt_lengths=inputs.prompt_lengths,
-                 stop_tokens=config.stop_ids, pad_id=config.pad_id,
-                 num_samples=N)
+  check_token_ids(
+    "SelectionConfig.delimiter_ids",
+    config.delimiter_ids,
+    getattr(model, "vocab_size", None),
+  )
+  ptoks, plens = check_prompts(
+    model,
+    prompts,
+    inputs.prompt_lengths,
+    config.pad_id,
+    pad_id_name="SelectionConfig.pad_id",
+  )
+  out = generate(
+    model,
+    params,
+    prompts,
+    key,
+    L,
+    config.sampling(),
+    prompt_lengths=inputs.prompt_lengths,
+    stop_tokens=config.stop_ids,
+    pad_id=config.pad_id,
+    num_samples=N,
+  )
   P = ptoks.shape[0]
   cands = out.tokens.reshape(P, N, L)
   cand_lens = out.lengths.reshape(P, N)
   answer_fn = inputs.answer_fn or sequence_answer_ids
   answers = np.asarray(answer_fn(np.asarray(cands), np.asarray(cand_lens)))
   if answers.shape != (P, N) or answers.dtype.kind not in "iu":
-    raise ValueError(f"answer_fn must return integer answer ids of shape "
-                     f"[P, N] = {(P, N)}, got {answers.dtype} {answers.shape}")
+    raise ValueError(
+      f"answer_fn must return integer answer ids of shape "
+      f"[P, N] = {(P, N)}, got {answers.dtype} {answers.shape}"
+    )
   answers = jnp.asarray(answers, jnp.int32)
   scores, scorer, vcalls = None, None, 0
   if rule.needs_scores:
     scorer = inputs.scorer
     step_scores, mask, vcalls = score_samples(
-        scorer, inputs.scorer_params, ptoks, plens, out.tokens, out.logprobs,
-        out.lengths, delimiter_ids=config.delimiter_ids,
-        stop_ids=config.stop_ids, outcome=config.aggregation is None,
-        pad_id=config.pad_id)
+      scorer,
+      inputs.scorer_params,
+      ptoks,
+      plens,
+      out.tokens,
+      out.logprobs,
+      out.lengths,
+      delimiter_ids=config.delimiter_ids,
+      stop_ids=config.stop_ids,
+      outcome=config.aggregation is None,
+      pad_id=config.pad_id,
+    )
     scores = selection.aggregate_step_scores(
-        step_scores, mask, config.aggregation or "last")
-  _, index = rule(answers, jnp.zeros((P, N), jnp.float32)
-                  if scores is None else scores)
-  counts = _sample_counters(plens, out.lengths, N, ptoks.shape[1] + L + 1,
-                            out.steps, scorer is not None, vcalls)
+      step_scores, mask, config.aggregation or "last"
+    )
+  _, index = rule(answers, jnp.zeros((P, N), jnp.float32) if scores is None else scores)
+  counts = _sample_counters(
+    plens, out.lengths, N, ptoks.shape[1] + L + 1, out.steps, scorer is not None, vcalls
+  )
   rec = stepping.compute_record(model, scorer, plens, counts)
   toks, lens = _pick(cands, cand_lens, index)
-  return MethodOutput(method=name, budget=N, tokens=toks, lengths=lens,
-                      compute=rec, raw=out, index=index, candidates=cands,
-                      candidate_lengths=cand_lens, scores=scores,
-                      answers=answers)
+  return MethodOutput(
+    method=name,
+    budget=N,
+    tokens=toks,
+    lengths=lens,
+    compute=rec,
+    raw=out,
+    index=index,
+    candidates=cands,
+    candidate_lengths=cand_lens,
+    scores=scores,
+    answers=answers,
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -568,34 +682,67 @@ def run_selection(config: SelectionConfig, model, params, prompts, key,
 # ----------------------------------------------------------------------------
 
 
-def _run_pf(config, model, params, prompts, key, inputs: Inputs,
-            name: str = "pf") -> MethodOutput:
+def _run_pf(
+  config, model, params, prompts, key, inputs: Inputs, name: str = "pf"
+) -> MethodOutput:
   """`particle_filter.run_particle_filter`; chosen = the largest weight
   (`PFResult.best`). Raises as the runner, or for a missing scorer."""
   _need_scorer(name, inputs)
   res, rec = particle_filter.run_particle_filter(
-      model, params, inputs.scorer, inputs.scorer_params, prompts, key, config,
-      prompt_lengths=inputs.prompt_lengths)
+    model,
+    params,
+    inputs.scorer,
+    inputs.scorer_params,
+    prompts,
+    key,
+    config,
+    prompt_lengths=inputs.prompt_lengths,
+  )
   toks, lens = _pick(res.tokens, res.lengths, res.best)
-  return MethodOutput(method=name, budget=0, tokens=toks,
-                      lengths=lens, compute=rec, raw=res, index=res.best,
-                      candidates=res.tokens, candidate_lengths=res.lengths,
-                      scores=res.aggregated_scores, weights=res.weights)
+  return MethodOutput(
+    method=name,
+    budget=0,
+    tokens=toks,
+    lengths=lens,
+    compute=rec,
+    raw=res,
+    index=res.best,
+    candidates=res.tokens,
+    candidate_lengths=res.lengths,
+    scores=res.aggregated_scores,
+    weights=res.weights,
+  )
 
 
-def _run_beam(config, model, params, prompts, key, inputs: Inputs,
-              name: str = "beam") -> MethodOutput:
+def _run_beam(
+  config, model, params, prompts, key, inputs: Inputs, name: str = "beam"
+) -> MethodOutput:
   """`beam_search.run_beam_search` (beam or DVTS by `config.method`); chosen =
   the best pool entry. Raises as the runner, or for a missing scorer."""
   _need_scorer(name, inputs)
   res, rec = beam_search.run_beam_search(
-      model, params, inputs.scorer, inputs.scorer_params, prompts, key, config,
-      prompt_lengths=inputs.prompt_lengths)
+    model,
+    params,
+    inputs.scorer,
+    inputs.scorer_params,
+    prompts,
+    key,
+    config,
+    prompt_lengths=inputs.prompt_lengths,
+  )
   toks, lens = _pick(res.tokens, res.lengths, res.best)
-  return MethodOutput(method=name, budget=0, tokens=toks,
-                      lengths=lens, compute=rec, raw=res, index=res.best,
-                      candidates=res.tokens, candidate_lengths=res.lengths,
-                      scores=res.scores)
+  return MethodOutput(
+    method=name,
+    budget=0,
+    tokens=toks,
+    lengths=lens,
+    compute=rec,
+    raw=res,
+    index=res.best,
+    candidates=res.tokens,
+    candidate_lengths=res.lengths,
+    scores=res.scores,
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -607,30 +754,49 @@ class AStarRun:
   pad_id: int = 0
 
 
-def _run_astar(plan: AStarRun, model, params, prompts, key, inputs: Inputs,
-               name: str = "astar") -> MethodOutput:
+def _run_astar(
+  plan: AStarRun, model, params, prompts, key, inputs: Inputs, name: str = "astar"
+) -> MethodOutput:
   """`astar.run_astar`: one answer per problem (no candidates). Raises as the
   runner, or for a missing scorer."""
   _need_scorer(name, inputs)
   res, rec = astar_lib.run_astar(
-      model, params, inputs.scorer, inputs.scorer_params, prompts, key,
-      plan.config, prompt_lengths=inputs.prompt_lengths, pad_id=plan.pad_id)
-  return MethodOutput(method=name, budget=0, tokens=res.tokens,
-                      lengths=res.length, compute=rec, raw=res)
+    model,
+    params,
+    inputs.scorer,
+    inputs.scorer_params,
+    prompts,
+    key,
+    plan.config,
+    prompt_lengths=inputs.prompt_lengths,
+    pad_id=plan.pad_id,
+  )
+  return MethodOutput(
+    method=name, budget=0, tokens=res.tokens, lengths=res.length, compute=rec, raw=res
+  )
 
 
-def _run_speculative(config, model, params, prompts, key, inputs: Inputs,
-                     name: str = "speculative") -> MethodOutput:
+def _run_speculative(
+  config, model, params, prompts, key, inputs: Inputs, name: str = "speculative"
+) -> MethodOutput:
   """`speculative.speculative_generate` with `model` as the target and
   `inputs.draft` as the draft: one sample of exactly `max_new_tokens` tokens
   per problem (no stop tokens). Raises as the runner (e.g. a missing draft)."""
   out, rec = speculative.speculative_generate(
-      model, params, inputs.draft, inputs.draft_params, prompts, key, config,
-      prompt_lengths=inputs.prompt_lengths)
+    model,
+    params,
+    inputs.draft,
+    inputs.draft_params,
+    prompts,
+    key,
+    config,
+    prompt_lengths=inputs.prompt_lengths,
+  )
   toks = out.tokens
   lens = jnp.full((toks.shape[0],), toks.shape[1], jnp.int32)
-  return MethodOutput(method=name, budget=0, tokens=toks,
-                      lengths=lens, compute=rec, raw=out)
+  return MethodOutput(
+    method=name, budget=0, tokens=toks, lengths=lens, compute=rec, raw=out
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -645,8 +811,7 @@ def _budget(budget) -> int:
 def _build_selection(budget, *, rule=Majority, **settings) -> SelectionConfig:
   rule_fields = {f.name for f in dataclasses.fields(rule)}
   rule_kw = {k: settings.pop(k) for k in list(settings) if k in rule_fields}
-  return SelectionConfig(n_samples=_budget(budget), rule=rule(**rule_kw),
-                         **settings)
+  return SelectionConfig(n_samples=_budget(budget), rule=rule(**rule_kw), **settings)
 
 
 def _build_pf(budget, **settings) -> particle_filter.PFConfig:
@@ -656,33 +821,39 @@ def _build_pf(budget, **settings) -> particle_filter.PFConfig:
 def _build_beam(budget, *, beam_width: int = 4, **settings):
   n = _budget(budget)
   check_int("beam_width", beam_width, lo=1)
-  return beam_search.BeamConfig(n_paths=n, beam_width=min(beam_width, n),
-                                **settings)
+  return beam_search.BeamConfig(n_paths=n, beam_width=min(beam_width, n), **settings)
 
 
-def _build_astar(budget, *, tokens_per_sample=None, pad_id: int = 0,
-                 **settings) -> AStarRun:
+def _build_astar(
+  budget, *, tokens_per_sample=None, pad_id: int = 0, **settings
+) -> AStarRun:
   n = _budget(budget)
   if tokens_per_sample is None:
     if "max_iterations" in settings:
-      raise ValueError("astar: the budget sets max_iterations (N expansions); "
-                       "pass tokens_per_sample to budget tokens instead")
+      raise ValueError(
+        "astar: the budget sets max_iterations (N expansions); "
+        "pass tokens_per_sample to budget tokens instead"
+      )
     pop = check_int("pop_batch", settings.get("pop_batch", 1), lo=1)
     if n % pop:
-      raise ValueError(f"astar: budget {n} (states expanded) must be a "
-                       f"multiple of pop_batch={pop}")
+      raise ValueError(
+        f"astar: budget {n} (states expanded) must be a multiple of pop_batch={pop}"
+      )
     settings["max_iterations"] = float(n // pop)
   else:
     if "token_budget" in settings:
-      raise ValueError("astar: with tokens_per_sample the budget sets "
-                       "token_budget (N * tokens_per_sample)")
+      raise ValueError(
+        "astar: with tokens_per_sample the budget sets "
+        "token_budget (N * tokens_per_sample)"
+      )
     t = check_int("tokens_per_sample", tokens_per_sample, lo=1)
     settings["token_budget"] = float(n * t)
   return AStarRun(config=astar_lib.AStarConfig(**settings), pad_id=pad_id)
 
 
-def _build_speculative(budget, tree: str = "chain", width: int = 2,
-                       **settings) -> speculative.SpecConfig:
+def _build_speculative(
+  budget, tree: str = "chain", width: int = 2, **settings
+) -> speculative.SpecConfig:
   """SpecConfig whose `tree` family drafts exactly `budget` tokens per target
   call (`spec_trees.tree_for_budget`; `width` is unused by the chain)."""
   shape = spec_trees.tree_for_budget(tree, _budget(budget), width)
@@ -727,9 +898,11 @@ class Entry:
     ones it takes."""
     unknown = sorted(set(settings) - set(self.settings()))
     if unknown:
-      raise ValueError(f"method {name!r} does not take setting(s) {unknown}; "
-                       f"it takes {list(self.settings())} (the budget sets "
-                       f"the {self.budget})")
+      raise ValueError(
+        f"method {name!r} does not take setting(s) {unknown}; "
+        f"it takes {list(self.settings())} (the budget sets "
+        f"the {self.budget})"
+      )
 
   def build(self, name: str, budget, settings: Mapping):
     """The algorithm's config at `budget`.
@@ -745,52 +918,79 @@ class Entry:
 _SEL = functools.partial(_fields, SelectionConfig, "n_samples", "rule")
 _PF = functools.partial(_fields, particle_filter.PFConfig, "n_particles")
 _BEAM = functools.partial(_fields, beam_search.BeamConfig, "n_paths")
-_ASTAR = lambda: _fields(astar_lib.AStarConfig) + ("tokens_per_sample",
-                                                   "pad_id")
+_ASTAR = lambda: _fields(astar_lib.AStarConfig) + ("tokens_per_sample", "pad_id")
 _SPEC = lambda: _fields(speculative.SpecConfig, "tree") + ("width",)
 
 
 def _speculative(tree: str, what: str) -> Entry:
-  return Entry("speculative", f"draft tokens per target call ({what})",
-               _build_speculative, _run_speculative, _SPEC,
-               fixed=dict(tree=tree))
+  return Entry(
+    "speculative",
+    f"draft tokens per target call ({what})",
+    _build_speculative,
+    _run_speculative,
+    _SPEC,
+    fixed=dict(tree=tree),
+  )
 
 
 def _selection(rule, **defaults) -> Entry:
   accepts = lambda: _SEL() + _fields(rule)
-  return Entry("selection", "number of samples per problem", _build_selection,
-               run_selection, accepts, fixed=dict(rule=rule), defaults=defaults)
+  return Entry(
+    "selection",
+    "number of samples per problem",
+    _build_selection,
+    run_selection,
+    accepts,
+    fixed=dict(rule=rule),
+    defaults=defaults,
+  )
 
 
 def _pf(**defaults) -> Entry:
-  return Entry("particle_filter", "number of particles per problem",
-               _build_pf, _run_pf, _PF, defaults=defaults)
+  return Entry(
+    "particle_filter",
+    "number of particles per problem",
+    _build_pf,
+    _run_pf,
+    _PF,
+    defaults=defaults,
+  )
 
 
 def _beam(method: str) -> Entry:
-  return Entry("beam_search", "number of paths per problem", _build_beam,
-               _run_beam, lambda: _BEAM() + ("beam_width",),
-               fixed=dict(method=method))
+  return Entry(
+    "beam_search",
+    "number of paths per problem",
+    _build_beam,
+    _run_beam,
+    lambda: _BEAM() + ("beam_width",),
+    fixed=dict(method=method),
+  )
 
 
 REGISTRY: dict[str, Entry] = {
-    "majority": _selection(Majority),
-    "weighted_majority": _selection(WeightedMajority),
-    "best_of_n": _selection(BestOfN),
-    "best_of_n_prm": _selection(BestOfN, aggregation="min"),
-    "best_of_majority": _selection(BestOfMajority),
-    "pf": _pf(weighting="prm_logit"),
-    "pf_smc": _pf(weighting="smc", ess_threshold=0.5),
-    "epf": _pf(weighting="prm_logit", entropic="ess"),
-    "particle_gibbs": _pf(weighting="prm_logit", n_sweeps=2),
-    "beam": _beam("beam"),
-    "dvts": _beam("dvts"),
-    "astar": Entry("astar", "states expanded (or N * tokens_per_sample "
-                   "generated tokens)", _build_astar, _run_astar, _ASTAR),
-    "speculative": _speculative("chain", "chain length gamma"),
-    "speculative_iid": _speculative("iid", "width i.i.d. chains"),
-    "speculative_rsd_c": _speculative("rsd_c", "width children at the root"),
-    "speculative_rsd_s": _speculative("rsd_s", "stochastic beam of width"),
+  "majority": _selection(Majority),
+  "weighted_majority": _selection(WeightedMajority),
+  "best_of_n": _selection(BestOfN),
+  "best_of_n_prm": _selection(BestOfN, aggregation="min"),
+  "best_of_majority": _selection(BestOfMajority),
+  "pf": _pf(weighting="prm_logit"),
+  "pf_smc": _pf(weighting="smc", ess_threshold=0.5),
+  "epf": _pf(weighting="prm_logit", entropic="ess"),
+  "particle_gibbs": _pf(weighting="prm_logit", n_sweeps=2),
+  "beam": _beam("beam"),
+  "dvts": _beam("dvts"),
+  "astar": Entry(
+    "astar",
+    "states expanded (or N * tokens_per_sample generated tokens)",
+    _build_astar,
+    _run_astar,
+    _ASTAR,
+  ),
+  "speculative": _speculative("chain", "chain length gamma"),
+  "speculative_iid": _speculative("iid", "width i.i.d. chains"),
+  "speculative_rsd_c": _speculative("rsd_c", "width children at the root"),
+  "speculative_rsd_s": _speculative("rsd_s", "stochastic beam of width"),
 }
 NAMES = tuple(REGISTRY)
 
@@ -836,8 +1036,7 @@ class Method:
 
   def replace(self, name: Optional[str] = None, **settings) -> "Method":
     """Another name and / or more settings (e.g. `m.replace("pf_smc")`)."""
-    return Method(self.name if name is None else name,
-                  {**self.settings, **settings})
+    return Method(self.name if name is None else name, {**self.settings, **settings})
 
 
 def method(name: str, **settings) -> Method:
@@ -859,9 +1058,22 @@ def build(name: str, budget, **settings):
   return method(name, **settings).config(budget)
 
 
-def run(method_or_name, model, params, prompts, key, budget, *, scorer=None,
-        scorer_params=None, draft=None, draft_params=None, answer_fn=None,
-        prompt_lengths=None, **settings) -> MethodOutput:
+def run(
+  method_or_name,
+  model,
+  params,
+  prompts,
+  key,
+  budget,
+  *,
+  scorer=None,
+  scorer_params=None,
+  draft=None,
+  draft_params=None,
+  answer_fn=None,
+  prompt_lengths=None,
+  **settings,
+) -> MethodOutput:
   """Run any registered method at a budget: the one entry point.
 
   Args:
@@ -894,17 +1106,23 @@ def run(method_or_name, model, params, prompts, key, budget, *, scorer=None,
   """
   if isinstance(method_or_name, Method):
     if settings:
-      raise ValueError(f"settings {sorted(settings)} given with a Method: put "
-                       f"them in the Method (method(name, **settings))")
+      raise ValueError(
+        f"settings {sorted(settings)} given with a Method: put "
+        f"them in the Method (method(name, **settings))"
+      )
     m = method_or_name
   else:
     m = method(method_or_name, **settings)
   config = m.config(budget)
-  inputs = Inputs(scorer=scorer, scorer_params=scorer_params, draft=draft,
-                  draft_params=draft_params, answer_fn=answer_fn,
-                  prompt_lengths=prompt_lengths)
-  out = entry(m.name).runner(config, model, params, prompts, key, inputs,
-                             name=m.name)
+  inputs = Inputs(
+    scorer=scorer,
+    scorer_params=scorer_params,
+    draft=draft,
+    draft_params=draft_params,
+    answer_fn=answer_fn,
+    prompt_lengths=prompt_lengths,
+  )
+  out = entry(m.name).runner(config, model, params, prompts, key, inputs, name=m.name)
   return dataclasses.replace(out, budget=int(budget))
 
 
@@ -913,6 +1131,8 @@ def describe() -> str:
   settings it takes."""
   lines = []
   for name, e in REGISTRY.items():
-    lines.append(f"{name:<18} {e.family:<16} budget = {e.budget}\n"
-                 f"{'':<18} settings: {', '.join(e.settings())}")
+    lines.append(
+      f"{name:<18} {e.family:<16} budget = {e.budget}\n"
+      f"{'':<18} settings: {', '.join(e.settings())}"
+    )
   return "\n".join(lines)

@@ -124,10 +124,20 @@ from algorithms import resampling as rs
 from algorithms import stepping
 from algorithms.scorers import StepScoreAggregate
 from algorithms.selection import AGGREGATIONS
-from algorithms.stepping import (BUDGET, STOP, Rows, StepCounters,
-                                 check_config_ids, compute_record,
-                                 flatten_steps, forced_step, id_sequences,
-                                 merge_steps, prepare_prompts, sample_step)
+from algorithms.stepping import (
+  BUDGET,
+  STOP,
+  Rows,
+  StepCounters,
+  check_config_ids,
+  compute_record,
+  flatten_steps,
+  forced_step,
+  id_sequences,
+  merge_steps,
+  prepare_prompts,
+  sample_step,
+)
 from jaxllm.decoding import fork_index
 from jaxllm.sampling import Sampling, make_sampling
 from jaxllm.validation import check_int, check_token_id, check_token_ids
@@ -197,42 +207,56 @@ class PFConfig:
 
   def __post_init__(self):
     for name in ("delimiter_ids", "stop_ids"):
-      object.__setattr__(self, name, id_sequences(f"PFConfig.{name}",
-                                                  getattr(self, name)))
-    object.__setattr__(self, "pad_id", check_token_id("PFConfig.pad_id",
-                                                      self.pad_id, None))
+      object.__setattr__(
+        self, name, id_sequences(f"PFConfig.{name}", getattr(self, name))
+      )
+    object.__setattr__(
+      self, "pad_id", check_token_id("PFConfig.pad_id", self.pad_id, None)
+    )
     for name in ("n_particles", "max_steps", "max_step_tokens", "n_sweeps"):
       v = getattr(self, name)
       if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise ValueError(f"PFConfig.{name} must be a positive int, got {v!r}")
     if self.cache_size is not None:
-      object.__setattr__(self, "cache_size", check_int(
-          "PFConfig.cache_size", self.cache_size, lo=1))
+      object.__setattr__(
+        self, "cache_size", check_int("PFConfig.cache_size", self.cache_size, lo=1)
+      )
     if not self.stop_ids and not self.allow_no_stop:
-      raise ValueError("PFConfig.stop_ids is empty: particles could never "
-                       "finish (set allow_no_stop=True to run max_steps steps)")
+      raise ValueError(
+        "PFConfig.stop_ids is empty: particles could never "
+        "finish (set allow_no_stop=True to run max_steps steps)"
+      )
     self._check_weighting()
     self._check_resampling()
 
   def _check_weighting(self):
     if self.weighting in DEPRECATED_WEIGHTINGS:
       new = DEPRECATED_WEIGHTINGS[self.weighting]
-      warnings.warn(f"PFConfig.weighting={self.weighting!r} is deprecated; use "
-                    f"{new!r}", DeprecationWarning, stacklevel=4)
+      warnings.warn(
+        f"PFConfig.weighting={self.weighting!r} is deprecated; use {new!r}",
+        DeprecationWarning,
+        stacklevel=4,
+      )
       object.__setattr__(self, "weighting", new)
     if self.weighting not in WEIGHTINGS:
-      raise ValueError(f"PFConfig.weighting must be one of {WEIGHTINGS}, "
-                       f"got {self.weighting!r}")
+      raise ValueError(
+        f"PFConfig.weighting must be one of {WEIGHTINGS}, got {self.weighting!r}"
+      )
     if not self.weight_temperature > 0:
-      raise ValueError(f"PFConfig.weight_temperature must be > 0, got "
-                       f"{self.weight_temperature}")
+      raise ValueError(
+        f"PFConfig.weight_temperature must be > 0, got {self.weight_temperature}"
+      )
     if self.score_aggregation not in AGGREGATIONS:
-      raise ValueError(f"PFConfig.score_aggregation must be one of "
-                       f"{AGGREGATIONS}, got {self.score_aggregation!r}")
+      raise ValueError(
+        f"PFConfig.score_aggregation must be one of "
+        f"{AGGREGATIONS}, got {self.score_aggregation!r}"
+      )
     upper = 0.5 if self.weighting == "prm_logit" else 1.0
     if not 0 <= self.score_eps < upper:
-      raise ValueError(f"PFConfig.score_eps must be in [0, {upper}) for "
-                       f"weighting={self.weighting!r}, got {self.score_eps}")
+      raise ValueError(
+        f"PFConfig.score_eps must be in [0, {upper}) for "
+        f"weighting={self.weighting!r}, got {self.score_eps}"
+      )
 
   def _check_resampling(self):
     try:
@@ -246,34 +270,44 @@ class PFConfig:
       raise ValueError(f"PFConfig.{field}: {e}") from None
     if self.ess_threshold is not None:
       if self.weighting != "smc":
-        raise ValueError("PFConfig.ess_threshold needs weighting='smc' (the "
-                         "prm_logit weights are not accumulated)")
+        raise ValueError(
+          "PFConfig.ess_threshold needs weighting='smc' (the "
+          "prm_logit weights are not accumulated)"
+        )
       if not 0 <= self.ess_threshold:
-        raise ValueError(f"PFConfig.ess_threshold must be >= 0, got "
-                         f"{self.ess_threshold}")
+        raise ValueError(
+          f"PFConfig.ess_threshold must be >= 0, got {self.ess_threshold}"
+        )
     if self.lookahead not in LOOKAHEADS:
-      raise ValueError(f"PFConfig.lookahead must be one of {LOOKAHEADS}, "
-                       f"got {self.lookahead!r}")
+      raise ValueError(
+        f"PFConfig.lookahead must be one of {LOOKAHEADS}, got {self.lookahead!r}"
+      )
 
   def sampling(self) -> Sampling:
     """The policy's sampling settings (a traced pytree)."""
-    return make_sampling(self.sampling_temperature, self.sampling_top_k,
-                         self.sampling_top_p)
+    return make_sampling(
+      self.sampling_temperature, self.sampling_top_k, self.sampling_top_p
+    )
 
   def settings(self) -> "PFSettings":
     """The traced settings: changing them does not recompile."""
-    return PFSettings(sampling=self.sampling(),
-                      weight_temperature=jnp.float32(self.weight_temperature),
-                      ess_threshold=jnp.float32(self.ess_threshold or 0.0))
+    return PFSettings(
+      sampling=self.sampling(),
+      weight_temperature=jnp.float32(self.weight_temperature),
+      ess_threshold=jnp.float32(self.ess_threshold or 0.0),
+    )
 
   def static(self) -> "PFConfig":
     """This config with the traced settings replaced by fixed placeholders:
     the jit's static key (the values travel in `settings()`)."""
     top_p = self.sampling_top_p
     return dataclasses.replace(
-        self, weight_temperature=1.0, sampling_temperature=1.0,
-        sampling_top_p=None if top_p is None or top_p >= 1 else 0.5,
-        ess_threshold=None if self.ess_threshold is None else 0.5)
+      self,
+      weight_temperature=1.0,
+      sampling_temperature=1.0,
+      sampling_top_p=None if top_p is None or top_p >= 1 else 0.5,
+      ess_threshold=None if self.ess_threshold is None else 0.5,
+    )
 
   def min_cache_size(self, padded_prompt_len: int) -> int:
     """KV slots a row needs: padded prompt + (K + look-ahead step) * S."""
@@ -458,10 +492,19 @@ class _Run:
 
   def sample_step(self, rows: Rows, key, sampling, active_B):
     c = self.config
-    return sample_step(self.model, self.params, rows.state, rows.logits_BxV,
-                       key, sampling, max_step_tokens=c.max_step_tokens,
-                       delimiter_ids=c.delimiter_ids, stop_ids=c.stop_ids,
-                       active_B=active_B, pad_id=c.pad_id)
+    return sample_step(
+      self.model,
+      self.params,
+      rows.state,
+      rows.logits_BxV,
+      key,
+      sampling,
+      max_step_tokens=c.max_step_tokens,
+      delimiter_ids=c.delimiter_ids,
+      stop_ids=c.stop_ids,
+      active_B=active_B,
+      pad_id=c.pad_id,
+    )
 
 
 def _init_state(run: _Run, prompt_rows: Rows, key, n_contexts: int) -> PFState:
@@ -469,15 +512,23 @@ def _init_state(run: _Run, prompt_rows: Rows, key, n_contexts: int) -> PFState:
   B, K, S = run.B, run.K, run.S
   zi = lambda *s: jnp.zeros(s, jnp.int32)
   particles = Particles(
-      step_tokens=jnp.full((B, K, S), run.config.pad_id, jnp.int32),
-      step_lengths=zi(B, K), step_ended=zi(B, K), n_steps=zi(B),
-      finished=jnp.zeros((B,), bool), scores=StepScoreAggregate.empty(B),
-      twist=jnp.zeros((B,), jnp.float32))
-  return PFState(t=jnp.int32(0), key=key,
-                 rows=stepping.fork(run.model, run.scorer, prompt_rows, run.N),
-                 particles=particles, log_weights=jnp.zeros((B,), jnp.float32),
-                 log_z=jnp.zeros((run.P,), jnp.float32),
-                 counters=StepCounters.zeros(n_contexts))
+    step_tokens=jnp.full((B, K, S), run.config.pad_id, jnp.int32),
+    step_lengths=zi(B, K),
+    step_ended=zi(B, K),
+    n_steps=zi(B),
+    finished=jnp.zeros((B,), bool),
+    scores=StepScoreAggregate.empty(B),
+    twist=jnp.zeros((B,), jnp.float32),
+  )
+  return PFState(
+    t=jnp.int32(0),
+    key=key,
+    rows=stepping.fork(run.model, run.scorer, prompt_rows, run.N),
+    particles=particles,
+    log_weights=jnp.zeros((B,), jnp.float32),
+    log_z=jnp.zeros((run.P,), jnp.float32),
+    counters=StepCounters.zeros(n_contexts),
+  )
 
 
 def _extend(run: _Run, v: PFState, ref: Reference, active_B, key):
@@ -490,8 +541,9 @@ def _extend(run: _Run, v: PFState, ref: Reference, active_B, key):
   ctx0 = run.model.lengths(v.rows.state)
   slot = jnp.arange(run.B, dtype=jnp.int32) % run.N
   is_ref = ref.active & (slot == 0)
-  state, logits, step = run.sample_step(v.rows, key, run.settings.sampling,
-                                        active_B & ~is_ref)
+  state, logits, step = run.sample_step(
+    v.rows, key, run.settings.sampling, active_B & ~is_ref
+  )
   n = v.counters.count_step(ctx0, step.length, run.S, into=("gen",))
   n = n.replace(calls=n.calls + step.calls)
   if run.gibbs:
@@ -499,8 +551,15 @@ def _extend(run: _Run, v: PFState, ref: Reference, active_B, key):
     at_t = lambda x: jnp.take(x[:, v.t], fork, axis=0)  # [P, ...] -> [B, ...]
     forced_on = active_B & is_ref
     state, logits, fstep = forced_step(
-        run.model, run.params, state, logits, at_t(ref.step_tokens),
-        at_t(ref.step_lengths), at_t(ref.step_ended), forced_on)
+      run.model,
+      run.params,
+      state,
+      logits,
+      at_t(ref.step_tokens),
+      at_t(ref.step_lengths),
+      at_t(ref.step_ended),
+      forced_on,
+    )
     step = merge_steps(step, fstep, is_ref)
     n = n.count_step(ctx0, fstep.length, run.S, into=("forced",))
     n = n.replace(calls=n.calls + jnp.any(forced_on).astype(jnp.int32))
@@ -528,30 +587,34 @@ def _lookahead(run: _Run, rows: Rows, going_B, key, counters):
   _, _, la_step = run.sample_step(rows, key, sampling, going_B)
   _, la_score = run.scorer.score(run.scorer_params, rows.sstate, la_step, going_B)
   counters = counters.count_step(ctx1, la_step.length, run.S)
-  counters = counters.replace(calls=counters.calls + la_step.calls,
-                              vcalls=counters.vcalls + 1)
+  counters = counters.replace(
+    calls=counters.calls + la_step.calls, vcalls=counters.vcalls + 1
+  )
   la_score = jnp.nan_to_num(la_score.astype(jnp.float32), nan=0.0)
   la_eps = max(c.score_eps, 1e-12)
   logpot = jnp.log(jnp.clip(la_score, la_eps, 1.0)) / run.settings.weight_temperature
   return jnp.where(going_B, logpot, 0.0), counters
 
 
-def _record_step(run: _Run, p: Particles, step, score_B, active_B, finished_B,
-                 t) -> Particles:
+def _record_step(
+  run: _Run, p: Particles, step, score_B, active_B, finished_B, t
+) -> Particles:
   """Write step t of the active rows into the trajectories and fold its score
   into the running aggregate."""
   pad = run.config.pad_id
   return p.replace(
-      step_tokens=p.step_tokens.at[:, t].set(
-          jnp.where(active_B[:, None], step.tokens, pad)),
-      step_lengths=p.step_lengths.at[:, t].set(jnp.where(active_B, step.length, 0)),
-      step_ended=p.step_ended.at[:, t].set(jnp.where(active_B, step.ended, BUDGET)),
-      n_steps=p.n_steps + active_B.astype(jnp.int32), finished=finished_B,
-      scores=p.scores.add(score_B, active_B))
+    step_tokens=p.step_tokens.at[:, t].set(
+      jnp.where(active_B[:, None], step.tokens, pad)
+    ),
+    step_lengths=p.step_lengths.at[:, t].set(jnp.where(active_B, step.length, 0)),
+    step_ended=p.step_ended.at[:, t].set(jnp.where(active_B, step.ended, BUDGET)),
+    n_steps=p.n_steps + active_B.astype(jnp.int32),
+    finished=finished_B,
+    scores=p.scores.add(score_B, active_B),
+  )
 
 
-def _weight(run: _Run, v: PFState, scores: StepScoreAggregate, active_B,
-            twist_B):
+def _weight(run: _Run, v: PFState, scores: StepScoreAggregate, active_B, twist_B):
   """Weight: log-weights [P, N] and log_z [P] from the aggregate PRM score.
 
   'smc': log w += where(active, log(r) / T, 0) + twist_t - twist_{t-1}
@@ -600,8 +663,9 @@ def _resample(run: _Run, logw_PxN, log_z_P, t, last_iter, key, has_ref):
   scheme = rs.get_scheme(c.scheme)
   anc = jax.vmap(lambda k, p: scheme(k, p, N))(keys, q)
   if run.gibbs:
-    cond_anc = jax.vmap(lambda k, p: rs.conditional_resample(
-        k, p, 0, c.scheme, 0))(keys, q)
+    cond_anc = jax.vmap(lambda k, p: rs.conditional_resample(k, p, 0, c.scheme, 0))(
+      keys, q
+    )
     anc = jnp.where(has_ref, cond_anc, anc)
   anc = jnp.where(do[:, None], anc, jnp.arange(N, dtype=jnp.int32)[None])
   if run.smc:
@@ -620,8 +684,10 @@ def _gather(run: _Run, rows: Rows, particles: Particles, anc_PxN, do_P):
 
   def gather(x):
     r, p = x
-    return (stepping.reorder(run.model, run.scorer, r, index),
-            jax.tree_util.tree_map(lambda a: jnp.take(a, index, axis=0), p))
+    return (
+      stepping.reorder(run.model, run.scorer, r, index),
+      jax.tree_util.tree_map(lambda a: jnp.take(a, index, axis=0), p),
+    )
 
   return jax.lax.cond(jnp.any(do_P), gather, lambda x: x, (rows, particles))
 
@@ -639,11 +705,17 @@ def _pf_step(run: _Run, ref: Reference, v: PFState) -> PFState:
   twist, counters = _lookahead(run, rows, going, k_la, counters)
   particles = _record_step(run, v.particles, step, score, active, finished, v.t)
   logw, log_z = _weight(run, v, particles.scores, active, twist)
-  anc, logw, log_z, do = _resample(run, logw, log_z, v.t, last_iter, k_res,
-                                   ref.active)
+  anc, logw, log_z, do = _resample(run, logw, log_z, v.t, last_iter, k_res, ref.active)
   rows, particles = _gather(run, rows, particles.replace(twist=twist), anc, do)
-  return PFState(t=v.t + 1, key=key, rows=rows, particles=particles,
-                 log_weights=logw.reshape(run.B), log_z=log_z, counters=counters)
+  return PFState(
+    t=v.t + 1,
+    key=key,
+    rows=rows,
+    particles=particles,
+    log_weights=logw.reshape(run.B),
+    log_z=log_z,
+    counters=counters,
+  )
 
 
 def _final_log_weights(run: _Run, v: PFState):
@@ -653,8 +725,7 @@ def _final_log_weights(run: _Run, v: PFState):
     raw = v.log_weights
   else:
     r = v.particles.scores.value(c.score_aggregation)
-    raw = rs.prm_logit_log_weights(r, run.settings.weight_temperature,
-                                   c.score_eps)
+    raw = rs.prm_logit_log_weights(r, run.settings.weight_temperature, c.score_eps)
   logp, _ = jax.vmap(rs.log_normalize)(run.blocks(raw))
   return logp
 
@@ -665,14 +736,25 @@ def _finish_sweep(run: _Run, v: PFState):
   logp = _final_log_weights(run, v)
   key, k_ref = jax.random.split(v.key)
   ref_idx = jax.vmap(lambda k, lp: jax.random.categorical(k, lp))(
-      jax.random.split(k_ref, run.P), logp).astype(jnp.int32)
+    jax.random.split(k_ref, run.P), logp
+  ).astype(jnp.int32)
   rows = jnp.arange(run.P) * run.N + ref_idx
   p = v.particles
-  ref = Reference(step_tokens=p.step_tokens[rows], step_lengths=p.step_lengths[rows],
-                  step_ended=p.step_ended[rows], active=jnp.bool_(True))
-  out = SweepOutput(particles=p, log_weights=logp, log_z=v.log_z,
-                    ref_index=ref_idx, steps_run=v.t, counters=v.counters,
-                    logits=v.rows.logits_BxV if run.config.return_logits else None)
+  ref = Reference(
+    step_tokens=p.step_tokens[rows],
+    step_lengths=p.step_lengths[rows],
+    step_ended=p.step_ended[rows],
+    active=jnp.bool_(True),
+  )
+  out = SweepOutput(
+    particles=p,
+    log_weights=logp,
+    log_z=v.log_z,
+    ref_index=ref_idx,
+    steps_run=v.t,
+    counters=v.counters,
+    logits=v.rows.logits_BxV if run.config.return_logits else None,
+  )
   return key, ref, out
 
 
@@ -681,8 +763,10 @@ def _sweep(run: _Run, prompt_rows: Rows, n_contexts: int, carry, _):
   key, ref = carry
   v = _init_state(run, prompt_rows, key, n_contexts)
   v = jax.lax.while_loop(
-      lambda v: (v.t < run.K) & ~jnp.all(v.particles.finished),
-      lambda v: _pf_step(run, ref, v), v)
+    lambda v: (v.t < run.K) & ~jnp.all(v.particles.finished),
+    lambda v: _pf_step(run, ref, v),
+    v,
+  )
   key, ref, out = _finish_sweep(run, v)
   return (key, ref), out
 
@@ -695,45 +779,70 @@ def _assemble(run: _Run, outs: SweepOutput):
   tokens, lengths = flatten_steps(p.step_tokens, p.step_lengths, c.pad_id)
   logp = last.log_weights
   result = PFResult(
-      tokens=tokens.reshape(P, N, K * S), lengths=lengths.reshape(P, N),
-      step_tokens=p.step_tokens.reshape(P, N, K, S),
-      step_lengths=p.step_lengths.reshape(P, N, K),
-      n_steps=p.n_steps.reshape(P, N), finished=p.finished.reshape(P, N),
-      log_weights=logp, weights=jnp.exp(logp),
-      best=jnp.argmax(logp, axis=1).astype(jnp.int32),
-      scores=p.scores.last.reshape(P, N),
-      aggregated_scores=p.scores.value(c.score_aggregation).reshape(P, N),
-      log_z=last.log_z, log_z_sweeps=outs.log_z, ref_index=outs.ref_index,
-      steps_run=last.steps_run,
-      logits=last.logits.reshape(P, N, -1) if c.return_logits else None)
+    tokens=tokens.reshape(P, N, K * S),
+    lengths=lengths.reshape(P, N),
+    step_tokens=p.step_tokens.reshape(P, N, K, S),
+    step_lengths=p.step_lengths.reshape(P, N, K),
+    n_steps=p.n_steps.reshape(P, N),
+    finished=p.finished.reshape(P, N),
+    log_weights=logp,
+    weights=jnp.exp(logp),
+    best=jnp.argmax(logp, axis=1).astype(jnp.int32),
+    scores=p.scores.last.reshape(P, N),
+    aggregated_scores=p.scores.value(c.score_aggregation).reshape(P, N),
+    log_z=last.log_z,
+    log_z_sweeps=outs.log_z,
+    ref_index=outs.ref_index,
+    steps_run=last.steps_run,
+    logits=last.logits.reshape(P, N, -1) if c.return_logits else None,
+  )
   counts = jax.tree_util.tree_map(lambda x: x.sum(0), outs.counters)
   return result, counts
 
 
-def _pf_impl(model, scorer, config: PFConfig, params, scorer_params,
-             settings: PFSettings, tokens_PxT, lengths_P, key,
-             init_ref: Optional[Reference], cache_size: int):
+def _pf_impl(
+  model,
+  scorer,
+  config: PFConfig,
+  params,
+  scorer_params,
+  settings: PFSettings,
+  tokens_PxT,
+  lengths_P,
+  key,
+  init_ref: Optional[Reference],
+  cache_size: int,
+):
   """The jitted filter: prefill once, then `n_sweeps` sweeps (a scan)."""
   TRACE_COUNT["particle_filter"] += 1
   P = tokens_PxT.shape[0]
-  run = _Run(model=model, scorer=scorer, config=config, params=params,
-             scorer_params=scorer_params, settings=settings, P=P,
-             gibbs=config.n_sweeps > 1 or init_ref is not None)
-  prompt_rows = stepping.prefill_prompts(model, params, scorer, scorer_params,
-                                         tokens_PxT, lengths_P, cache_size)
+  run = _Run(
+    model=model,
+    scorer=scorer,
+    config=config,
+    params=params,
+    scorer_params=scorer_params,
+    settings=settings,
+    P=P,
+    gibbs=config.n_sweeps > 1 or init_ref is not None,
+  )
+  prompt_rows = stepping.prefill_prompts(
+    model, params, scorer, scorer_params, tokens_PxT, lengths_P, cache_size
+  )
   K, S = config.max_steps, config.max_step_tokens
   if init_ref is None:
     init_ref = Reference(
-        step_tokens=jnp.full((P, K, S), config.pad_id, jnp.int32),
-        step_lengths=jnp.zeros((P, K), jnp.int32),
-        step_ended=jnp.zeros((P, K), jnp.int32), active=jnp.bool_(False))
+      step_tokens=jnp.full((P, K, S), config.pad_id, jnp.int32),
+      step_lengths=jnp.zeros((P, K), jnp.int32),
+      step_ended=jnp.zeros((P, K), jnp.int32),
+      active=jnp.bool_(False),
+    )
   sweep = lambda carry, x: _sweep(run, prompt_rows, cache_size + 1, carry, x)
   _, outs = jax.lax.scan(sweep, (key, init_ref), None, length=config.n_sweeps)
   return _assemble(run, outs)
 
 
-_pf_jit = jax.jit(_pf_impl, static_argnames=("model", "scorer", "config",
-                                             "cache_size"))
+_pf_jit = jax.jit(_pf_impl, static_argnames=("model", "scorer", "config", "cache_size"))
 
 
 def _log_mean_exp(x_N):
@@ -745,30 +854,41 @@ def _check_reference(model, config: PFConfig, init_reference, P: int) -> Referen
   """Validated init_reference tuple -> Reference (active)."""
   K, S = config.max_steps, config.max_step_tokens
   if len(init_reference) != 3:
-    raise ValueError("init_reference must be (step_tokens, step_lengths, "
-                     "step_ended)")
-  rt = check_token_ids("init_reference step_tokens", init_reference[0],
-                       getattr(model, "vocab_size", None))
+    raise ValueError("init_reference must be (step_tokens, step_lengths, step_ended)")
+  rt = check_token_ids(
+    "init_reference step_tokens", init_reference[0], getattr(model, "vocab_size", None)
+  )
   rl, re = (np.asarray(x) for x in init_reference[1:])
   if rt.shape != (P, K, S) or rl.shape != (P, K) or re.shape != (P, K):
-    raise ValueError(f"init_reference must be ([P,K,S], [P,K], [P,K]) = "
-                     f"({(P, K, S)}, {(P, K)}, {(P, K)}); got "
-                     f"{rt.shape}, {rl.shape}, {re.shape}")
+    raise ValueError(
+      f"init_reference must be ([P,K,S], [P,K], [P,K]) = "
+      f"({(P, K, S)}, {(P, K)}, {(P, K)}); got "
+      f"{rt.shape}, {rl.shape}, {re.shape}"
+    )
   if rl.dtype.kind not in "iu" or rl.min() < 0 or rl.max() > S:
-    raise ValueError(f"init_reference step_lengths must be integers in "
-                     f"[0, {S}]")
+    raise ValueError(f"init_reference step_lengths must be integers in [0, {S}]")
   try:
     rs.get_conditional(config.scheme)
   except ValueError as e:
     raise ValueError(f"init_reference (particle Gibbs): {e}") from None
   rt, rl, re = (jnp.asarray(x, jnp.int32) for x in (rt, rl, re))
-  return Reference(step_tokens=rt, step_lengths=rl, step_ended=re,
-                   active=jnp.bool_(True))
+  return Reference(
+    step_tokens=rt, step_lengths=rl, step_ended=re, active=jnp.bool_(True)
+  )
 
 
-def run_particle_filter(model, params, scorer, scorer_params, prompts, key,
-                        config: PFConfig, *, prompt_lengths=None,
-                        init_reference=None):
+def run_particle_filter(
+  model,
+  params,
+  scorer,
+  scorer_params,
+  prompts,
+  key,
+  config: PFConfig,
+  *,
+  prompt_lengths=None,
+  init_reference=None,
+):
   """Particle filter / particle Gibbs / entropic PF over a batch of problems.
 
   Args:
@@ -796,15 +916,30 @@ def run_particle_filter(model, params, scorer, scorer_params, prompts, key,
   if not isinstance(config, PFConfig):
     raise ValueError(f"config must be a PFConfig, got {type(config)}")
   check_config_ids(model, config, "PFConfig")
-  tokens, lengths, size = prepare_prompts(model, prompts, prompt_lengths,
-                                          config.pad_id, config.min_cache_size,
-                                          config.cache_size)
+  tokens, lengths, size = prepare_prompts(
+    model,
+    prompts,
+    prompt_lengths,
+    config.pad_id,
+    config.min_cache_size,
+    config.cache_size,
+  )
   ref = None
   if init_reference is not None:
     ref = _check_reference(model, config, init_reference, tokens.shape[0])
-  result, counts = _pf_jit(model, scorer, config.static(), params, scorer_params,
-                           config.settings(), tokens, lengths, key, ref,
-                           cache_size=size)
+  result, counts = _pf_jit(
+    model,
+    scorer,
+    config.static(),
+    params,
+    scorer_params,
+    config.settings(),
+    tokens,
+    lengths,
+    key,
+    ref,
+    cache_size=size,
+  )
   return result, compute_record(model, scorer, lengths, counts)
 
 
@@ -818,8 +953,7 @@ def weighted_vote(answers, weights) -> list:
   """
   weights = np.asarray(weights, np.float64)
   if len(answers) != weights.shape[0]:
-    raise ValueError(f"answers has {len(answers)} problems, weights "
-                     f"{weights.shape[0]}")
+    raise ValueError(f"answers has {len(answers)} problems, weights {weights.shape[0]}")
   out = []
   for ans, w in zip(answers, weights):
     if len(ans) != w.shape[0]:
@@ -830,4 +964,3 @@ def weighted_vote(answers, weights) -> list:
         total[a] = total.get(a, 0.0) + (wi if np.isfinite(wi) else 0.0)
     out.append(max(total, key=total.get) if total else None)
   return out
-

@@ -88,7 +88,8 @@ def _as_1d(x, name: str) -> Array:
   x = jnp.asarray(x)
   if x.ndim != 1:
     raise ValueError(
-        f"{name} must be 1-D [N] (vmap over batch axes), got shape {x.shape}")
+      f"{name} must be 1-D [N] (vmap over batch axes), got shape {x.shape}"
+    )
   if x.shape[0] == 0:
     raise ValueError(f"{name} must have at least one particle, got shape {x.shape}")
   return x.astype(_float_dtype(x))
@@ -97,7 +98,8 @@ def _as_1d(x, name: str) -> Array:
 def _check_num_samples(num_samples) -> int:
   if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral):
     raise ValueError(
-        f"num_samples must be a static Python int, got {type(num_samples).__name__}")
+      f"num_samples must be a static Python int, got {type(num_samples).__name__}"
+    )
   if num_samples < 1:
     raise ValueError(f"num_samples must be >= 1, got {num_samples}")
   return int(num_samples)
@@ -141,8 +143,9 @@ def log_normalize(logw_N: Array) -> tuple[Array, Array]:
   num_pos_inf = jnp.maximum(jnp.sum(is_pos_inf), 1).astype(x.dtype)
   logp_pos_inf = jnp.where(is_pos_inf, -jnp.log(num_pos_inf), -jnp.inf)
   logp_uniform = jnp.full_like(x, -math.log(n))
-  logp = jnp.where(m == jnp.inf, logp_pos_inf,
-                   jnp.where(m == -jnp.inf, logp_uniform, logp_regular))
+  logp = jnp.where(
+    m == jnp.inf, logp_pos_inf, jnp.where(m == -jnp.inf, logp_uniform, logp_regular)
+  )
   lse = jnp.where(finite_m, m + lse_shifted, m)
   return logp, lse
 
@@ -160,8 +163,9 @@ def normalize_log_weights(logw_N: Array) -> tuple[Array, Array]:
   return jnp.exp(logp), lse - math.log(logp.shape[0])
 
 
-def reweight(logw_N: Array, log_potential_N: Array,
-             active_N: Array | None = None) -> tuple[Array, Array]:
+def reweight(
+  logw_N: Array, log_potential_N: Array, active_N: Array | None = None
+) -> tuple[Array, Array]:
   """One SMC reweighting: (new_logw_N, log_normaliser_increment).
 
   new_logw = log W + log G where W = normalise(logw) and G the potential, so the
@@ -174,13 +178,15 @@ def reweight(logw_N: Array, log_potential_N: Array,
   pot = _as_1d(log_potential_N, "log_potential_N")
   if pot.shape != logp.shape:
     raise ValueError(
-        f"log_potential_N shape {pot.shape} does not match logw_N shape {logp.shape}")
+      f"log_potential_N shape {pot.shape} does not match logw_N shape {logp.shape}"
+    )
   pot = jnp.where(jnp.isnan(pot), -jnp.inf, pot)
   if active_N is not None:
     active_N = jnp.asarray(active_N)
     if active_N.shape != logp.shape:
       raise ValueError(
-          f"active_N shape {active_N.shape} does not match logw_N shape {logp.shape}")
+        f"active_N shape {active_N.shape} does not match logw_N shape {logp.shape}"
+      )
     pot = jnp.where(active_N, pot, 0.0)
   new_logw = logp + pot
   new_logw = jnp.where(jnp.isnan(new_logw), -jnp.inf, new_logw)  # -inf + inf
@@ -278,10 +284,10 @@ def residual(key: Array, probs_N: Array, num_samples: int) -> Array:
 
 
 RESAMPLERS: dict[str, Resampler] = {
-    "multinomial": multinomial,
-    "systematic": systematic,
-    "stratified": stratified,
-    "residual": residual,
+  "multinomial": multinomial,
+  "systematic": systematic,
+  "stratified": stratified,
+  "residual": residual,
 }
 SCHEMES = tuple(RESAMPLERS)  # the registered names
 
@@ -296,19 +302,29 @@ def get_scheme(scheme: Union[str, Resampler]) -> Resampler:
     return scheme
   if isinstance(scheme, str) and scheme in RESAMPLERS:
     return RESAMPLERS[scheme]
-  raise ValueError(f"unknown resampling scheme {scheme!r}; expected one of {SCHEMES} "
-                   f"or a function (key, probs_N, num_samples) -> ancestors")
+  raise ValueError(
+    f"unknown resampling scheme {scheme!r}; expected one of {SCHEMES} "
+    f"or a function (key, probs_N, num_samples) -> ancestors"
+  )
 
 
-def resample(key: Array, probs_N: Array, num_samples: int,
-             scheme: Union[str, Resampler] = "multinomial") -> Array:
+def resample(
+  key: Array,
+  probs_N: Array,
+  num_samples: int,
+  scheme: Union[str, Resampler] = "multinomial",
+) -> Array:
   """Ancestor indices [num_samples] from probs_N with `scheme` (a registered name,
   static, or a Resampler function)."""
   return get_scheme(scheme)(key, probs_N, num_samples)
 
 
-def resample_log_weights(key: Array, logw_N: Array, num_samples: int,
-                         scheme: Union[str, Resampler] = "multinomial") -> Array:
+def resample_log_weights(
+  key: Array,
+  logw_N: Array,
+  num_samples: int,
+  scheme: Union[str, Resampler] = "multinomial",
+) -> Array:
   """Resample from unnormalised log-weights (degenerate inputs per module conventions)."""
   probs, _ = normalize_log_weights(logw_N)
   return resample(key, probs, num_samples, scheme)
@@ -325,8 +341,9 @@ def should_resample(probs_N: Array, threshold) -> Array:
   return ess(p) < threshold * p.shape[0]
 
 
-def maybe_resample(key: Array, logw_N: Array, threshold,
-                   scheme: Union[str, Resampler] = "multinomial") -> tuple[Array, Array, Array]:
+def maybe_resample(
+  key: Array, logw_N: Array, threshold, scheme: Union[str, Resampler] = "multinomial"
+) -> tuple[Array, Array, Array]:
   """Adaptive resampling: (ancestors_N, logw_after_N, resampled).
 
   If ESS < threshold * N: ancestors from `scheme` and log-weights reset to 0 (uniform);
@@ -338,8 +355,9 @@ def maybe_resample(key: Array, logw_N: Array, threshold,
   n = x.shape[0]
   probs, _ = normalize_log_weights(x)
   do = should_resample(probs, threshold)
-  ancestors = jnp.where(do, resample(key, probs, n, scheme),
-                        jnp.arange(n, dtype=jnp.int32))
+  ancestors = jnp.where(
+    do, resample(key, probs, n, scheme), jnp.arange(n, dtype=jnp.int32)
+  )
   clean = jnp.where(jnp.isnan(x), -jnp.inf, x)
   return ancestors, jnp.where(do, jnp.zeros_like(clean), clean), do
 
@@ -354,8 +372,9 @@ def _check_eps(eps, upper: float):
     raise ValueError(f"eps must be in [0, {upper}), got {eps}")
 
 
-def prm_logit_log_weights(scores_N: Array, temperature=1.0,
-                          eps=DEFAULT_SCORE_EPS) -> Array:
+def prm_logit_log_weights(
+  scores_N: Array, temperature=1.0, eps=DEFAULT_SCORE_EPS
+) -> Array:
   """prm_logit log-weights logit(r) / T (the reference PF implementation of Puri
   et al. 2025), r = a PRM score clipped to [eps, 1 - eps] (so r = 0 or 1 stays
   finite). NaN scores stay NaN -> zero weight. `temperature` may be traced.
@@ -370,8 +389,7 @@ def prm_logit_log_weights(scores_N: Array, temperature=1.0,
   return (jnp.log(r) - jnp.log1p(-r)) / temperature
 
 
-def prm_logit_probs(scores_N: Array, temperature=1.0,
-                    eps=DEFAULT_SCORE_EPS) -> Array:
+def prm_logit_probs(scores_N: Array, temperature=1.0, eps=DEFAULT_SCORE_EPS) -> Array:
   """The prm_logit resampling weights w = softmax(logit(r) / T), [N]."""
   probs, _ = normalize_log_weights(prm_logit_log_weights(scores_N, temperature, eps))
   return probs
@@ -400,8 +418,9 @@ def ess_mode_temperature(probs_N: Array, progress) -> Array:
   (inf when ESS = 0). Untruncated; `entropic_temperature` gates and floors it."""
   p = _as_1d(probs_N, "probs_N")
   ratio = ess(p) / p.shape[0]
-  return jnp.where(ratio > 0, (1.0 - progress) / jnp.where(ratio > 0, ratio, 1.0),
-                   jnp.inf)
+  return jnp.where(
+    ratio > 0, (1.0 - progress) / jnp.where(ratio > 0, ratio, 1.0), jnp.inf
+  )
 
 
 def entropy_mode_temperature(probs_N: Array, progress) -> Array:
@@ -414,8 +433,8 @@ def entropy_mode_temperature(probs_N: Array, progress) -> Array:
 
 
 ENTROPIC: dict[str, EntropicMode] = {
-    "ess": ess_mode_temperature,
-    "entropy": entropy_mode_temperature,
+  "ess": ess_mode_temperature,
+  "entropy": entropy_mode_temperature,
 }
 ENTROPIC_MODES = tuple(ENTROPIC)  # the registered names
 
@@ -430,14 +449,20 @@ def get_entropic_mode(mode: Union[str, EntropicMode]) -> EntropicMode:
     return mode
   if isinstance(mode, str) and mode in ENTROPIC:
     return ENTROPIC[mode]
-  raise ValueError(f"unknown entropic mode {mode!r}; expected one of {ENTROPIC_MODES} "
-                   f"or a function (probs_N, progress) -> temperature")
+  raise ValueError(
+    f"unknown entropic mode {mode!r}; expected one of {ENTROPIC_MODES} "
+    f"or a function (probs_N, progress) -> temperature"
+  )
 
 
-def entropic_temperature(probs_N: Array, progress,
-                         mode: Union[str, EntropicMode] = "ess",
-                         ess_ratio_threshold=0.5, progress_threshold=0.5,
-                         max_temperature=jnp.inf) -> Array:
+def entropic_temperature(
+  probs_N: Array,
+  progress,
+  mode: Union[str, EntropicMode] = "ess",
+  ess_ratio_threshold=0.5,
+  progress_threshold=0.5,
+  max_temperature=jnp.inf,
+) -> Array:
   """Entropic-PF resampling temperature T >= 1 (scalar array).
 
   ess_ratio = ESS / N, progress = t / max_steps. Only when ess_ratio <
@@ -469,8 +494,11 @@ def tempered_probs(logw_N: Array, temperature) -> Array:
   _check_positive(temperature, "temperature")
   x = _as_1d(logw_N, "logw_N")
   t = jnp.asarray(temperature, x.dtype)
-  scaled = jnp.where(jnp.isinf(t), jnp.where(jnp.isfinite(x), 0.0, x),
-                     x / jnp.where(jnp.isinf(t), 1.0, t))
+  scaled = jnp.where(
+    jnp.isinf(t),
+    jnp.where(jnp.isfinite(x), 0.0, x),
+    x / jnp.where(jnp.isinf(t), 1.0, t),
+  )
   probs, _ = normalize_log_weights(scaled)
   return probs
 
@@ -496,8 +524,10 @@ def _conditional_strat_sys(key, p, ref_index, ref_slot, systematic_: bool):
   key_k, key_u, key_rest = jax.random.split(key, 3)
   # The slot that carries the reference, chosen with P(k) ∝ P(A^k = ref_index).
   has_mass = jnp.sum(overlap) > 0
-  k_draw = _inverse_cdf(_normalised_cdf(jnp.where(has_mass, overlap, 1.0)),
-                        jax.random.uniform(key_k, (1,), p.dtype))[0]
+  k_draw = _inverse_cdf(
+    _normalised_cdf(jnp.where(has_mass, overlap, 1.0)),
+    jax.random.uniform(key_k, (1,), p.dtype),
+  )[0]
   k = jnp.where(has_mass, k_draw, ref_slot)
   lo = jnp.maximum(lo_b, k_lo[k])
   hi = jnp.maximum(jnp.minimum(hi_b, k_hi[k]), lo)
@@ -518,9 +548,11 @@ def _conditional_residual(key, p, ref_index):
   det, num_det, res_p, scaled, floors = _residual_parts(p, n)
   key_c, key_d = jax.random.split(key)
   # The reference copy is deterministic with prob floor(N w_b) / (N w_b), else residual.
-  prob_det = jnp.where(scaled[ref_index] > 0,
-                       floors[ref_index] / jnp.where(scaled[ref_index] > 0,
-                                                     scaled[ref_index], 1.0), 1.0)
+  prob_det = jnp.where(
+    scaled[ref_index] > 0,
+    floors[ref_index] / jnp.where(scaled[ref_index] > 0, scaled[ref_index], 1.0),
+    1.0,
+  )
   use_det = (jax.random.uniform(key_c, (), p.dtype) < prob_det) | (num_det >= n)
   slots = jnp.arange(n)
   draws = multinomial(key_d, res_p, n)
@@ -556,10 +588,10 @@ def conditional_residual(key: Array, probs_N: Array, ref_index, ref_slot) -> Arr
 
 
 CONDITIONAL_RESAMPLERS: dict[Resampler, ConditionalResampler] = {
-    multinomial: conditional_multinomial,
-    stratified: conditional_stratified,
-    systematic: conditional_systematic,
-    residual: conditional_residual,
+  multinomial: conditional_multinomial,
+  stratified: conditional_stratified,
+  systematic: conditional_systematic,
+  residual: conditional_residual,
 }
 
 
@@ -571,14 +603,20 @@ def get_conditional(scheme: Union[str, Resampler]) -> ConditionalResampler:
   """
   fn = get_scheme(scheme)
   if fn not in CONDITIONAL_RESAMPLERS:
-    raise ValueError(f"resampling scheme {scheme!r} has no conditional version for "
-                     f"particle Gibbs; register one in CONDITIONAL_RESAMPLERS")
+    raise ValueError(
+      f"resampling scheme {scheme!r} has no conditional version for "
+      f"particle Gibbs; register one in CONDITIONAL_RESAMPLERS"
+    )
   return CONDITIONAL_RESAMPLERS[fn]
 
 
-def conditional_resample(key: Array, probs_N: Array, ref_index,
-                         scheme: Union[str, Resampler] = "multinomial",
-                         ref_slot=0) -> Array:
+def conditional_resample(
+  key: Array,
+  probs_N: Array,
+  ref_index,
+  scheme: Union[str, Resampler] = "multinomial",
+  ref_slot=0,
+) -> Array:
   """Conditional-SMC resampling for particle Gibbs: N ancestors with
   ancestors[ref_slot] == ref_index, the others resampled given that constraint.
 

@@ -71,8 +71,9 @@ class ConfidenceScorer:
 
   def __post_init__(self):
     if self.kind not in ("mean_logprob", "min_prob"):
-      raise ValueError(f"ConfidenceScorer.kind must be 'mean_logprob' or "
-                       f"'min_prob', got {self.kind!r}")
+      raise ValueError(
+        f"ConfidenceScorer.kind must be 'mean_logprob' or 'min_prob', got {self.kind!r}"
+      )
 
   def init(self, params, tokens_BxT, lengths_B, cache_size: int):
     return jnp.zeros((tokens_BxT.shape[0],), jnp.int32)
@@ -117,17 +118,25 @@ class StepScoreAggregate:
   def empty(cls, n_rows: int) -> "StepScoreAggregate":
     """No step scored yet (every value is -inf)."""
     f = lambda v: jnp.full((n_rows,), v, jnp.float32)
-    return cls(last=f(-jnp.inf), min=f(jnp.inf), prod=f(1.0), sum=f(0.0),
-               count=jnp.zeros((n_rows,), jnp.int32))
+    return cls(
+      last=f(-jnp.inf),
+      min=f(jnp.inf),
+      prod=f(1.0),
+      sum=f(0.0),
+      count=jnp.zeros((n_rows,), jnp.int32),
+    )
 
   def add(self, score_B, active_B) -> "StepScoreAggregate":
     """Fold in one step's scores for the active rows (others unchanged)."""
     s = score_B.astype(jnp.float32)
     on = lambda new, old: jnp.where(active_B, new, old)
     return StepScoreAggregate(
-        last=on(s, self.last), min=on(jnp.minimum(self.min, s), self.min),
-        prod=on(self.prod * s, self.prod), sum=on(self.sum + s, self.sum),
-        count=self.count + active_B.astype(jnp.int32))
+      last=on(s, self.last),
+      min=on(jnp.minimum(self.min, s), self.min),
+      prod=on(self.prod * s, self.prod),
+      sum=on(self.sum + s, self.sum),
+      count=self.count + active_B.astype(jnp.int32),
+    )
 
   def value(self, aggregation: str):
     """float32 [B]: the aggregate ('last', 'min', 'prod' or 'mean'); -inf for a
@@ -145,8 +154,9 @@ class StepScoreAggregate:
     elif aggregation == "mean":
       out = self.sum / jnp.maximum(self.count, 1).astype(jnp.float32)
     else:
-      raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got "
-                       f"{aggregation!r}")
+      raise ValueError(
+        f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}"
+      )
     return jnp.where(self.count > 0, out, -jnp.inf)
 
   def reorder(self, index_N) -> "StepScoreAggregate":

@@ -80,10 +80,14 @@ def aggregate_step_scores(step_scores_PxNxS, step_mask_PxNxS, aggregation: str):
   if aggregation not in AGGREGATIONS:
     raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
   _check_pn("step_scores_PxNxS", step_scores_PxNxS, 3)
-  _check_same_shape("step_scores_PxNxS", step_scores_PxNxS, "step_mask_PxNxS",
-                    step_mask_PxNxS)
-  return _aggregate_step_scores(jnp.asarray(step_scores_PxNxS, jnp.float32),
-                                jnp.asarray(step_mask_PxNxS, bool), aggregation)
+  _check_same_shape(
+    "step_scores_PxNxS", step_scores_PxNxS, "step_mask_PxNxS", step_mask_PxNxS
+  )
+  return _aggregate_step_scores(
+    jnp.asarray(step_scores_PxNxS, jnp.float32),
+    jnp.asarray(step_mask_PxNxS, bool),
+    aggregation,
+  )
 
 
 @functools.partial(jax.jit, static_argnames=("aggregation",))
@@ -150,8 +154,15 @@ def best_of_n(scores_PxN, answers_PxN, key=None, *, skip_invalid: bool = True):
   return jnp.where(answer_P >= 0, answer_P, INVALID), index_P
 
 
-def best_of_n_prm(step_scores_PxNxS, step_mask_PxNxS, answers_PxN, aggregation: str,
-                  key=None, *, skip_invalid: bool = True):
+def best_of_n_prm(
+  step_scores_PxNxS,
+  step_mask_PxNxS,
+  answers_PxN,
+  aggregation: str,
+  key=None,
+  *,
+  skip_invalid: bool = True,
+):
   """Best-of-N with a PRM: aggregate step scores (see `aggregate_step_scores` for the
   no-step (-inf) and NaN rules), then `best_of_n`. Returns (answer_P, index_P)."""
   scores_PxN = aggregate_step_scores(step_scores_PxNxS, step_mask_PxNxS, aggregation)
@@ -170,11 +181,12 @@ class AnswerGroups(NamedTuple):
   missing score: it counts in `count` (the sample still votes for its answer) but
   contributes nothing to `sum`, `max` or `scored`.
   """
-  first_PxN: jax.Array   # True at the first sample of each valid answer group
-  count_PxN: jax.Array   # size of the sample's group (int32)
-  sum_PxN: jax.Array     # sum of the group's non-NaN weights (0 if none)
-  max_PxN: jax.Array     # max of the group's non-NaN weights (NaN if none; -inf for
-                         # invalid samples)
+
+  first_PxN: jax.Array  # True at the first sample of each valid answer group
+  count_PxN: jax.Array  # size of the sample's group (int32)
+  sum_PxN: jax.Array  # sum of the group's non-NaN weights (0 if none)
+  max_PxN: jax.Array  # max of the group's non-NaN weights (NaN if none; -inf for
+  # invalid samples)
   scored_PxN: jax.Array  # number of non-NaN weights in the group (int32)
 
 
@@ -194,8 +206,9 @@ def answer_groups(answers_PxN, weights_PxN=None) -> AnswerGroups:
     _check_same_shape("answers_PxN", answers_PxN, "weights_PxN", weights_PxN)
     weights = jnp.asarray(weights_PxN, jnp.float32)
   valid = answers >= 0
-  same_PxNxN = ((answers[:, :, None] == answers[:, None, :])
-                & valid[:, :, None] & valid[:, None, :])
+  same_PxNxN = (
+    (answers[:, :, None] == answers[:, None, :]) & valid[:, :, None] & valid[:, None, :]
+  )
   earlier_NxN = jnp.tril(jnp.ones((n, n), bool), k=-1)  # [i, j]: j < i
   first = valid & ~jnp.any(same_PxNxN & earlier_NxN, axis=-1)
   count = same_PxNxN.sum(-1).astype(jnp.int32)
@@ -220,7 +233,7 @@ def _rank_groups(value_PxN, eligible_PxN, answers_PxN, key, k: int):
   # lexsort: last key is primary. Eligible first, then non-NaN, then larger value,
   # then tiebreak.
   order_PxN = jnp.lexsort((tiebreak, -value, nan, ~eligible_PxN), axis=-1)
-  top = order_PxN[:, :min(k, answers_PxN.shape[-1])]
+  top = order_PxN[:, : min(k, answers_PxN.shape[-1])]
   ids = jnp.take_along_axis(answers_PxN, top, axis=-1)
   ok = jnp.take_along_axis(eligible_PxN, top, axis=-1)
   ids = jnp.where(ok, ids, INVALID)
@@ -238,7 +251,9 @@ def self_consistency(answers_PxN, key=None):
   """
   g = answer_groups(answers_PxN)
   answers = jnp.asarray(answers_PxN, jnp.int32)
-  return _rank_groups(g.count_PxN.astype(jnp.float32), g.first_PxN, answers, key, 1)[:, 0]
+  return _rank_groups(g.count_PxN.astype(jnp.float32), g.first_PxN, answers, key, 1)[
+    :, 0
+  ]
 
 
 @jax.jit
@@ -261,8 +276,9 @@ def weighted_self_consistency(answers_PxN, scores_PxN, key=None):
   return _rank_groups(g.sum_PxN, g.first_PxN, answers, key, 1)[:, 0]
 
 
-def best_of_majority(answers_PxN, scores_PxN, alpha, key=None, *, k: int = 1,
-                     reward: str = "mean"):
+def best_of_majority(
+  answers_PxN, scores_PxN, alpha, key=None, *, k: int = 1, reward: str = "mean"
+):
   """Best-of-Majority (BoM) for the pass@k setting. Returns top-k answer ids, PxK.
 
   Keeps the answer groups whose empirical frequency count / N (N counts every sample,
@@ -289,8 +305,9 @@ def best_of_majority(answers_PxN, scores_PxN, alpha, key=None, *, k: int = 1,
     raise ValueError(f"reward must be one of {GROUP_REWARDS}, got {reward!r}")
   if isinstance(alpha, (int, float)) and not 0.0 <= alpha <= 1.0:
     raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-  return _best_of_majority(answers_PxN, scores_PxN, jnp.asarray(alpha, jnp.float32),
-                           key, k=k, reward=reward)
+  return _best_of_majority(
+    answers_PxN, scores_PxN, jnp.asarray(alpha, jnp.float32), key, k=k, reward=reward
+  )
 
 
 @functools.partial(jax.jit, static_argnames=("k", "reward"))
@@ -303,6 +320,9 @@ def _best_of_majority(answers_PxN, scores_PxN, alpha, key, *, k: int, reward: st
   passes = g.first_PxN & (freq >= alpha)
   eligible = jnp.where(passes.any(-1, keepdims=True), passes, g.first_PxN)
   mean = g.sum_PxN / jnp.maximum(g.scored_PxN, 1)
-  value = {"mean": jnp.where(g.scored_PxN > 0, mean, jnp.nan),
-           "max": g.max_PxN, "sum": g.sum_PxN}[reward]
+  value = {
+    "mean": jnp.where(g.scored_PxN > 0, mean, jnp.nan),
+    "max": g.max_PxN,
+    "sum": g.sum_PxN,
+  }[reward]
   return _rank_groups(value, eligible, answers, key, k)

@@ -203,16 +203,18 @@ def top_down_gumbel_top_k(key: Array, q_V: Array, k: int) -> tuple[Array, Array]
   support is exhausted the remaining entries are distinct zero-mass tokens with value
   -inf (invalid draws).
   """
-  u_Kx2 = jax.random.uniform(key, (k, 2), dtype=q_V.dtype,
-                             minval=jnp.finfo(q_V.dtype).tiny)
+  u_Kx2 = jax.random.uniform(
+    key, (k, 2), dtype=q_V.dtype, minval=jnp.finfo(q_V.dtype).tiny
+  )
   taken_V = jnp.zeros(q_V.shape, bool)
   prev = jnp.asarray(jnp.inf, q_V.dtype)
   idx, val = [], []
   for j in range(k):  # k is small and static
     w_V = jnp.where(taken_V, 0.0, q_V)
     s = w_V.sum()
-    x = jnp.where(s > 0, _sample_from_uniform(u_Kx2[j, 0], w_V),
-                  jnp.argmax(~taken_V & (q_V <= 0))).astype(jnp.int32)
+    x = jnp.where(
+      s > 0, _sample_from_uniform(u_Kx2[j, 0], w_V), jnp.argmax(~taken_V & (q_V <= 0))
+    ).astype(jnp.int32)
     g = jnp.log(s) - jnp.log(-jnp.log(u_Kx2[j, 1]))
     prev = -jnp.logaddexp(-prev, -g)
     taken_V = taken_V.at[x].set(True)
@@ -246,7 +248,7 @@ class ChainResult(NamedTuple):
 
 
 def speculative_sample_chain(
-    key: Array, draft_tokens_G: Array, q_GxV: Array, p_Gp1xV: Array
+  key: Array, draft_tokens_G: Array, q_GxV: Array, p_Gp1xV: Array
 ) -> ChainResult:
   """Leviathan/Chen speculative sampling of one draft chain of gamma tokens.
 
@@ -258,8 +260,8 @@ def speculative_sample_chain(
   G = draft_tokens_G.shape[0]
   if q_GxV.shape[0] != G or p_Gp1xV.shape[0] != G + 1:
     raise ValueError(
-        f"q must be (gamma, V) and p (gamma+1, V) for gamma={G}; "
-        f"got q {q_GxV.shape}, p {p_Gp1xV.shape}"
+      f"q must be (gamma, V) and p (gamma+1, V) for gamma={G}; "
+      f"got q {q_GxV.shape}, p {p_Gp1xV.shape}"
     )
   qx_G = jnp.take_along_axis(q_GxV, draft_tokens_G[:, None], 1)[:, 0]
   px_G = jnp.take_along_axis(p_Gp1xV[:G], draft_tokens_G[:, None], 1)[:, 0]
@@ -292,17 +294,19 @@ def _check_root(q_root_V, V_needed=None):
   if q_root_V.ndim != 1:
     raise ValueError(f"q_root_V must be one distribution (V,), got {q_root_V.shape}")
   if V_needed is not None and V_needed > q_root_V.shape[0]:
-    raise ValueError(f"{V_needed} draws without replacement > vocab {q_root_V.shape[0]}")
+    raise ValueError(
+      f"{V_needed} draws without replacement > vocab {q_root_V.shape[0]}"
+    )
 
 
 def build_iid_tree(
-    key: Array,
-    root_token: Array,
-    q_root_V: Array,
-    draft_fn: DraftFn,
-    draft_state: Any,
-    num_drafts: int,
-    depth: int,
+  key: Array,
+  root_token: Array,
+  q_root_V: Array,
+  draft_fn: DraftFn,
+  draft_state: Any,
+  num_drafts: int,
+  depth: int,
 ) -> tuple[DraftTree, Any]:
   """k = num_drafts independent draft chains of length `depth` (with replacement).
 
@@ -324,8 +328,11 @@ def build_iid_tree(
   q_KxV = jnp.broadcast_to(q_root_V, (k, V))
   for l in range(1, depth + 1):
     tok_K = _draw(keys[l - 1], q_KxV)
-    par_K = (jnp.zeros((k,), jnp.int32) if l == 1
-             else 1 + (l - 2) * k + jnp.arange(k, dtype=jnp.int32))
+    par_K = (
+      jnp.zeros((k,), jnp.int32)
+      if l == 1
+      else 1 + (l - 2) * k + jnp.arange(k, dtype=jnp.int32)
+    )
     tokens.append(tok_K)
     parents.append(par_K)
     if l < depth:
@@ -333,21 +340,29 @@ def build_iid_tree(
       qs.append(q_KxV)
     else:
       qs.append(jnp.zeros((k, V), q_root_V.dtype))
-  depth_M = jnp.concatenate([jnp.zeros((1,), jnp.int32)]
-                            + [jnp.full((k,), l, jnp.int32) for l in range(1, depth + 1)])
-  tree = DraftTree(jnp.concatenate(tokens), jnp.concatenate(parents), depth_M,
-                   jnp.concatenate(qs), max_depth=depth, max_children=k,
-                   without_replacement=False)
+  depth_M = jnp.concatenate(
+    [jnp.zeros((1,), jnp.int32)]
+    + [jnp.full((k,), l, jnp.int32) for l in range(1, depth + 1)]
+  )
+  tree = DraftTree(
+    jnp.concatenate(tokens),
+    jnp.concatenate(parents),
+    depth_M,
+    jnp.concatenate(qs),
+    max_depth=depth,
+    max_children=k,
+    without_replacement=False,
+  )
   return tree, draft_state
 
 
 def build_rsdc_tree(
-    key: Array,
-    root_token: Array,
-    q_root_V: Array,
-    draft_fn: DraftFn,
-    draft_state: Any,
-    branching: Sequence[int],
+  key: Array,
+  root_token: Array,
+  q_root_V: Array,
+  draft_fn: DraftFn,
+  draft_state: Any,
+  branching: Sequence[int],
 ) -> tuple[DraftTree, Any]:
   """RSD-C: every level-(l-1) node gets b_l children by Gumbel-Top-b_l of its q.
 
@@ -356,7 +371,9 @@ def build_rsdc_tree(
   """
   branching = tuple(int(b) for b in branching)
   if not branching or min(branching) < 1:
-    raise ValueError(f"branching must be a non-empty tuple of ints >= 1, got {branching}")
+    raise ValueError(
+      f"branching must be a non-empty tuple of ints >= 1, got {branching}"
+    )
   _check_root(q_root_V, max(branching))
   V = q_root_V.shape[0]
   L = len(branching)
@@ -383,9 +400,15 @@ def build_rsdc_tree(
       qs.append(q_NxV)
     else:
       qs.append(jnp.zeros((n, V), q_root_V.dtype))
-  tree = DraftTree(jnp.concatenate(tokens), jnp.concatenate(parents),
-                   jnp.concatenate(depths), jnp.concatenate(qs), max_depth=L,
-                   max_children=max(branching), without_replacement=True)
+  tree = DraftTree(
+    jnp.concatenate(tokens),
+    jnp.concatenate(parents),
+    jnp.concatenate(depths),
+    jnp.concatenate(qs),
+    max_depth=L,
+    max_children=max(branching),
+    without_replacement=True,
+  )
   return tree, draft_state
 
 
@@ -405,13 +428,13 @@ def _truncated_gumbel(G_B, Gt_BxV):
 
 
 def build_rsds_tree(
-    key: Array,
-    root_token: Array,
-    q_root_V: Array,
-    draft_fn: DraftFn,
-    draft_state: Any,
-    beam_width: int,
-    depth: int,
+  key: Array,
+  root_token: Array,
+  q_root_V: Array,
+  draft_fn: DraftFn,
+  draft_state: Any,
+  beam_width: int,
+  depth: int,
 ) -> tuple[DraftTree, Any]:
   """RSD-S: stochastic beam search of width W for `depth` levels; the tree is the union
   of all beams kept at every level (W nodes per level, M = 1 + W L).
@@ -443,7 +466,8 @@ def build_rsds_tree(
     # Only a beam's W best children (by G~) can enter the global top W (the truncation
     # is monotone within a beam), so draw just those, top-down: tok, log q + Gumbel.
     tok_BxW, g_BxW = jax.vmap(top_down_gumbel_top_k, in_axes=(0, 0, None))(
-        jax.random.split(keys[l - 1], B), jax.vmap(_normalise)(q_BxV), W)
+      jax.random.split(keys[l - 1], B), jax.vmap(_normalise)(q_BxV), W
+    )
     logq_BxW = _log(jnp.take_along_axis(q_BxV, tok_BxW, axis=1))
     alive_B = jnp.isfinite(phi_B)[:, None]
     phic_BxW = jnp.where(alive_B, phi_B[:, None] + logq_BxW, -jnp.inf)
@@ -469,9 +493,15 @@ def build_rsds_tree(
       qs.append(q_BxV)
     else:
       qs.append(jnp.zeros((W, V), dt))
-  tree = DraftTree(jnp.concatenate(tokens), jnp.concatenate(parents),
-                   jnp.concatenate(depths), jnp.concatenate(qs), max_depth=L,
-                   max_children=W, without_replacement=True)
+  tree = DraftTree(
+    jnp.concatenate(tokens),
+    jnp.concatenate(parents),
+    jnp.concatenate(depths),
+    jnp.concatenate(qs),
+    max_depth=L,
+    max_children=W,
+    without_replacement=True,
+  )
   return tree, draft_state
 
 
@@ -499,8 +529,10 @@ def verify_tree(key: Array, tree: DraftTree, p_MxV: Array) -> TreeResult:
   """
   M, V = p_MxV.shape
   if tree.q_MxV.shape != (M, V) or tree.token_M.shape != (M,):
-    raise ValueError(f"p_MxV {p_MxV.shape} does not match tree q {tree.q_MxV.shape}, "
-                     f"tokens {tree.token_M.shape}")
+    raise ValueError(
+      f"p_MxV {p_MxV.shape} does not match tree q {tree.q_MxV.shape}, "
+      f"tokens {tree.token_M.shape}"
+    )
   C, D = tree.max_children, tree.max_depth
   children_MxC = children_table(tree.parent_M, C)
   u = jax.random.uniform(key, (M * C + 1,), dtype=p_MxV.dtype)
@@ -536,11 +568,21 @@ def verify_tree(key: Array, tree: DraftTree, p_MxV: Array) -> TreeResult:
     r_V, acc = visit(node)
     took = acc >= 0
     path_D = jnp.where(took, path_D.at[jnp.minimum(n, D - 1)].set(acc), path_D)
-    return (jnp.where(took, acc, node), ~took, n + took.astype(jnp.int32), path_D,
-            jnp.where(took, r_fin, r_V))
+    return (
+      jnp.where(took, acc, node),
+      ~took,
+      n + took.astype(jnp.int32),
+      path_D,
+      jnp.where(took, r_fin, r_V),
+    )
 
-  init = (jnp.int32(0), jnp.bool_(False), jnp.int32(0), jnp.full((D,), -1, jnp.int32),
-          jnp.zeros((V,), p_MxV.dtype))
+  init = (
+    jnp.int32(0),
+    jnp.bool_(False),
+    jnp.int32(0),
+    jnp.full((D,), -1, jnp.int32),
+    jnp.zeros((V,), p_MxV.dtype),
+  )
   _, _, n, path_D, r_V = lax.while_loop(cond, body, init)
   y = _sample_from_uniform(u[-1], r_V)
   i_Dp1 = jnp.arange(D + 1)
@@ -575,8 +617,9 @@ def _check_shape_field(name: str, kind: str, value):
   iterable = hasattr(value, "__iter__") and not isinstance(value, (str, bytes, dict))
   entries = tuple(value) if iterable else None
   if not entries:
-    raise ValueError(f"{name} must be a non-empty tuple of integers >= 1, got "
-                     f"{value!r:.200}")
+    raise ValueError(
+      f"{name} must be a non-empty tuple of integers >= 1, got {value!r:.200}"
+    )
   return tuple(check_int(f"{name}[{i}]", v, lo=1) for i, v in enumerate(entries))
 
 
@@ -605,8 +648,13 @@ class TreeShape:
 
   def __post_init__(self):
     for f in dataclasses.fields(self):
-      object.__setattr__(self, f.name, _check_shape_field(
-          f"{type(self).__name__}.{f.name}", _kind(f), getattr(self, f.name)))
+      object.__setattr__(
+        self,
+        f.name,
+        _check_shape_field(
+          f"{type(self).__name__}.{f.name}", _kind(f), getattr(self, f.name)
+        ),
+      )
 
   @property
   def level_sizes(self) -> tuple[int, ...]:
@@ -643,8 +691,14 @@ class TreeShape:
     """False for plain autoregressive sampling (no draft model, no tree)."""
     return self.max_depth > 0
 
-  def propose(self, key: Array, root_token: Array, q_root_V: Array, draft_fn: DraftFn,
-              draft_state: Any) -> tuple[DraftTree, Any]:
+  def propose(
+    self,
+    key: Array,
+    root_token: Array,
+    q_root_V: Array,
+    draft_fn: DraftFn,
+    draft_state: Any,
+  ) -> tuple[DraftTree, Any]:
     """Build one draft tree of this shape below `root_token`.
 
     Args:
@@ -724,8 +778,10 @@ def make_tree(name: str, owner: Optional[str] = None, **kwargs) -> TreeShape:
   checked = {}
   for f, v in kwargs.items():
     if f not in kinds:
-      raise ValueError(f"{owner + '.' if owner else ''}{f} does not apply to tree method "
-                       f"{name!r} (its fields: {tuple(kinds)})")
+      raise ValueError(
+        f"{owner + '.' if owner else ''}{f} does not apply to tree method "
+        f"{name!r} (its fields: {tuple(kinds)})"
+      )
     checked[f] = _check_shape_field(f"{owner or cls.__name__}.{f}", kinds[f], v)
   return cls(**checked)
 
@@ -739,11 +795,14 @@ def tree_for_budget(name: str, budget: int, width: int) -> TreeShape:
     ValueError: unknown name, a non-positive budget / width, or a budget the family
       cannot spend exactly at this width (e.g. iid at budget 10, width 4).
   """
-  shape = _tree_class(name, None).for_budget(check_int("budget", budget, lo=1),
-                                             check_int("width", width, lo=1))
+  shape = _tree_class(name, None).for_budget(
+    check_int("budget", budget, lo=1), check_int("width", width, lo=1)
+  )
   if shape.budget != budget:
-    raise ValueError(f"method {name!r} cannot spend exactly {budget} draft tokens per "
-                     f"call at width {width} (its tree would draft {shape.budget})")
+    raise ValueError(
+      f"method {name!r} cannot spend exactly {budget} draft tokens per "
+      f"call at width {width} (its tree would draft {shape.budget})"
+    )
   return shape
 
 
@@ -755,11 +814,14 @@ def tree_for_depth(name: str, depth: int, width: int) -> TreeShape:
     ValueError: unknown name, non-positive depth / width, or a depth the family cannot
       reach exactly at this width (rsd_c at width 4 needs depth >= 2).
   """
-  shape = _tree_class(name, None).for_depth(check_int("depth", depth, lo=1),
-                                            check_int("width", width, lo=1))
+  shape = _tree_class(name, None).for_depth(
+    check_int("depth", depth, lo=1), check_int("width", width, lo=1)
+  )
   if shape.max_depth != depth:
-    raise ValueError(f"method {name!r} at width {width} has {shape.max_depth} levels, "
-                     f"not depth {depth}")
+    raise ValueError(
+      f"method {name!r} at width {width} has {shape.max_depth} levels, "
+      f"not depth {depth}"
+    )
   return shape
 
 
@@ -796,15 +858,23 @@ class Autoregressive(TreeShape):
   def propose(self, key, root_token, q_root_V, draft_fn, draft_state):
     del key, draft_fn
     _check_root(q_root_V)
-    tree = DraftTree(jnp.asarray(root_token, jnp.int32)[None], jnp.array([-1], jnp.int32),
-                     jnp.zeros((1,), jnp.int32), q_root_V[None], max_depth=0,
-                     max_children=0, without_replacement=False)
+    tree = DraftTree(
+      jnp.asarray(root_token, jnp.int32)[None],
+      jnp.array([-1], jnp.int32),
+      jnp.zeros((1,), jnp.int32),
+      q_root_V[None],
+      max_depth=0,
+      max_children=0,
+      without_replacement=False,
+    )
     return tree, draft_state
 
   def verify(self, key, tree, p_MxV):
     u = jax.random.uniform(key, (), dtype=p_MxV.dtype)
     y = _sample_from_uniform(u, p_MxV[0])
-    return TreeResult(jnp.zeros((0,), jnp.int32), jnp.int32(0), y, y[None], jnp.int32(1))
+    return TreeResult(
+      jnp.zeros((0,), jnp.int32), jnp.int32(0), y, y[None], jnp.int32(1)
+    )
 
 
 @register_tree
@@ -825,7 +895,9 @@ class Chain(TreeShape):
     return f"gamma={self.gamma}"
 
   def propose(self, key, root_token, q_root_V, draft_fn, draft_state):
-    return build_iid_tree(key, root_token, q_root_V, draft_fn, draft_state, 1, self.gamma)
+    return build_iid_tree(
+      key, root_token, q_root_V, draft_fn, draft_state, 1, self.gamma
+    )
 
   def verify(self, key, tree, p_MxV):
     """Chain-style verification (`speculative_sample_chain`); the path is BFS 1..n."""
@@ -865,8 +937,9 @@ class IIDTree(TreeShape):
     return f"k={self.num_drafts} d={self.depth}"
 
   def propose(self, key, root_token, q_root_V, draft_fn, draft_state):
-    return build_iid_tree(key, root_token, q_root_V, draft_fn, draft_state,
-                          self.num_drafts, self.depth)
+    return build_iid_tree(
+      key, root_token, q_root_V, draft_fn, draft_state, self.num_drafts, self.depth
+    )
 
   @classmethod
   def for_budget(cls, budget, width):
@@ -903,8 +976,9 @@ class RSDC(TreeShape):
     return max(self.branching)
 
   def propose(self, key, root_token, q_root_V, draft_fn, draft_state):
-    return build_rsdc_tree(key, root_token, q_root_V, draft_fn, draft_state,
-                           self.branching)
+    return build_rsdc_tree(
+      key, root_token, q_root_V, draft_fn, draft_state, self.branching
+    )
 
   @classmethod
   def for_budget(cls, budget, width):
@@ -941,8 +1015,9 @@ class RSDS(TreeShape):
     return self.beam_width
 
   def propose(self, key, root_token, q_root_V, draft_fn, draft_state):
-    return build_rsds_tree(key, root_token, q_root_V, draft_fn, draft_state,
-                           self.beam_width, self.depth)
+    return build_rsds_tree(
+      key, root_token, q_root_V, draft_fn, draft_state, self.beam_width, self.depth
+    )
 
   @classmethod
   def for_budget(cls, budget, width):
@@ -965,8 +1040,15 @@ class ToyDecode(NamedTuple):
   first_block_emitted: Array  # tokens emitted by the first block (from start_token)
 
 
-def bigram_generate(key: Array, shape, target_VxV: Array, draft_VxV: Array,
-                    start_token, num_tokens: int, **tree_kwargs) -> ToyDecode:
+def bigram_generate(
+  key: Array,
+  shape,
+  target_VxV: Array,
+  draft_VxV: Array,
+  start_token,
+  num_tokens: int,
+  **tree_kwargs,
+) -> ToyDecode:
   """Speculative decoding of num_tokens tokens with bigram target and draft tables.
 
   Args:
@@ -992,7 +1074,9 @@ def bigram_generate(key: Array, shape, target_VxV: Array, draft_VxV: Array,
   if isinstance(shape, str):
     shape = make_tree(shape, **tree_kwargs)
   elif tree_kwargs:
-    raise ValueError(f"tree fields {tuple(tree_kwargs)} given with a TreeShape {shape!r}")
+    raise ValueError(
+      f"tree fields {tuple(tree_kwargs)} given with a TreeShape {shape!r}"
+    )
   if not isinstance(shape, TreeShape):
     raise ValueError(f"shape must be a TreeShape or a tree method name, got {shape!r}")
   draft_fn = table_draft_fn(draft_VxV)
@@ -1011,10 +1095,24 @@ def bigram_generate(key: Array, shape, target_VxV: Array, draft_VxV: Array,
     last = jnp.where(live, tok_Dp1[n_emit - 1], last)
     live_i = live.astype(jnp.int32)
     first = jnp.where(nblk == 0, n_emit, first)
-    return (buf, pos + live_i * n_emit, last, nblk + live_i, nemit + live_i * n_emit,
-            first), None
+    return (
+      buf,
+      pos + live_i * n_emit,
+      last,
+      nblk + live_i,
+      nemit + live_i * n_emit,
+      first,
+    ), None
 
-  init = (buf, jnp.int32(0), jnp.asarray(start_token, jnp.int32), jnp.int32(0), jnp.int32(0),
-          jnp.int32(0))
-  (buf, _, _, nblk, nemit, first), _ = lax.scan(block, init, jax.random.split(key, num_tokens))
+  init = (
+    buf,
+    jnp.int32(0),
+    jnp.asarray(start_token, jnp.int32),
+    jnp.int32(0),
+    jnp.int32(0),
+    jnp.int32(0),
+  )
+  (buf, _, _, nblk, nemit, first), _ = lax.scan(
+    block, init, jax.random.split(key, num_tokens)
+  )
   return ToyDecode(buf[:num_tokens], nblk, nemit, first)

@@ -77,8 +77,7 @@ from algorithms.drafts import LayerSkipDraft, SubVocabDraft  # noqa: F401 (re-ex
 from jaxllm.flops import Compute, decode_flops, flops_config, prefill_flops
 from jaxllm.generate import check_prompts
 from jaxllm.sampling import Sampling, filter_logits, make_sampling, sample
-from jaxllm.validation import (INT32_LIMIT, check_int, check_length,
-                               check_token_id)
+from jaxllm.validation import INT32_LIMIT, check_int, check_length, check_token_id
 
 METHODS = tuple(st.TREES)  # registered tree method names (autoregressive included)
 TRACE_COUNT = {"speculative": 0}
@@ -129,27 +128,38 @@ class SpecConfig:
   tree: Optional[st.TreeShape] = None
 
   def __post_init__(self, method, gamma, num_drafts, depth, branching, beam_width):
-    given = {k: v for k, v in zip(_TREE_FIELDS,
-                                  (gamma, num_drafts, depth, branching, beam_width))
-             if v is not None}
+    given = {
+      k: v
+      for k, v in zip(_TREE_FIELDS, (gamma, num_drafts, depth, branching, beam_width))
+      if v is not None
+    }
     if self.tree is None:
       tree = st.make_tree("chain" if method is None else method, "SpecConfig", **given)
       object.__setattr__(self, "tree", tree)
     elif not isinstance(self.tree, st.TreeShape):
-      raise ValueError(f"SpecConfig.tree must be a spec_trees.TreeShape (e.g. "
-                       f"spec_trees.Chain(4)), got {self.tree!r:.200}; pass a name as "
-                       f"method=")
+      raise ValueError(
+        f"SpecConfig.tree must be a spec_trees.TreeShape (e.g. "
+        f"spec_trees.Chain(4)), got {self.tree!r:.200}; pass a name as "
+        f"method="
+      )
     elif method is not None or given:
-      raise ValueError(f"SpecConfig: give the tree either as tree={self.tree!r} or as "
-                       f"method= with its fields, not both (got method={method!r}, "
-                       f"{given})")
-    object.__setattr__(self, "max_new_tokens", check_int(
-        "SpecConfig.max_new_tokens", self.max_new_tokens, lo=1))
+      raise ValueError(
+        f"SpecConfig: give the tree either as tree={self.tree!r} or as "
+        f"method= with its fields, not both (got method={method!r}, "
+        f"{given})"
+      )
+    object.__setattr__(
+      self,
+      "max_new_tokens",
+      check_int("SpecConfig.max_new_tokens", self.max_new_tokens, lo=1),
+    )
     if self.cache_size is not None:
-      object.__setattr__(self, "cache_size", check_int(
-          "SpecConfig.cache_size", self.cache_size, lo=1))
-    object.__setattr__(self, "pad_id", check_token_id("SpecConfig.pad_id",
-                                                      self.pad_id, None))
+      object.__setattr__(
+        self, "cache_size", check_int("SpecConfig.cache_size", self.cache_size, lo=1)
+      )
+    object.__setattr__(
+      self, "pad_id", check_token_id("SpecConfig.pad_id", self.pad_id, None)
+    )
 
   @property
   def draft_calls_per_block(self) -> int:
@@ -157,8 +167,12 @@ class SpecConfig:
     return self.tree.max_depth
 
   def sampling(self) -> Sampling:
-    return make_sampling(self.sampling_temperature, self.sampling_top_k,
-                         self.sampling_top_p, self.sampling_min_p)
+    return make_sampling(
+      self.sampling_temperature,
+      self.sampling_top_k,
+      self.sampling_top_p,
+      self.sampling_min_p,
+    )
 
 
 @jax.tree_util.register_dataclass
@@ -178,7 +192,7 @@ class SpecOutput:
   @property
   def tokens(self):
     """[B, max_new_tokens] the requested tokens."""
-    return self.tokens_all[:, :self.tokens_all.shape[1] - self._overshoot]
+    return self.tokens_all[:, : self.tokens_all.shape[1] - self._overshoot]
 
   @property
   def block_efficiency(self):
@@ -212,8 +226,19 @@ def _select(live, new, old):
   return jax.tree_util.tree_map(lambda a, b: jnp.where(live, a, b), new, old)
 
 
-def _spec_block(target, tp, draft, dp, config: SpecConfig, s: Sampling,
-                t_state, d_state, pend_2, npend, key):
+def _spec_block(
+  target,
+  tp,
+  draft,
+  dp,
+  config: SpecConfig,
+  s: Sampling,
+  t_state,
+  d_state,
+  pend_2,
+  npend,
+  key,
+):
   """One speculative block for ONE row (model states carry a batch axis of 1).
 
   Returns (t_state, d_state, pend_2, npend, tokens_Dp1, n_emitted, n_accepted,
@@ -248,8 +273,12 @@ def _spec_block(target, tp, draft, dp, config: SpecConfig, s: Sampling,
   t_scored, tlog = target.score_tree(tp, t_state, tree.token_M[None], tree.parent_M)
   p_MxV = sampling_probs(tlog[0], s)
   res = shape.verify(k_ver, tree, p_MxV)
-  tok_Dp1, n_emit, n_acc, path_D = (res.tokens_Dp1, res.num_emitted, res.num_accepted,
-                                    res.path_D)
+  tok_Dp1, n_emit, n_acc, path_D = (
+    res.tokens_Dp1,
+    res.num_emitted,
+    res.num_accepted,
+    res.path_D,
+  )
   extra = res.extra_token
 
   # 4. commits: target keeps root + accepted path; draft keeps the accepted nodes it
@@ -258,12 +287,13 @@ def _spec_block(target, tp, draft, dp, config: SpecConfig, s: Sampling,
   t_state = target.commit(t_scored, t_path[None], (n_acc + 1)[None])
   if L > 1:
     n_d = jnp.minimum(n_acc, L - 1)
-    d_path = jnp.maximum(path_D[:L - 1] - 1, 0)
+    d_path = jnp.maximum(path_D[: L - 1] - 1, 0)
     d_state = draft.commit(d_scored, d_path[None], n_d[None])
   leaf_taken = n_acc == L
   leaf_tok = tok_Dp1[L - 1]
-  pend_2 = jnp.where(leaf_taken, jnp.stack([leaf_tok, extra]),
-                     jnp.stack([extra, jnp.int32(0)])).astype(jnp.int32)
+  pend_2 = jnp.where(
+    leaf_taken, jnp.stack([leaf_tok, extra]), jnp.stack([extra, jnp.int32(0)])
+  ).astype(jnp.int32)
   npend = jnp.where(leaf_taken, 2, 1).astype(jnp.int32)
 
   # FLOPs bookkeeping: tokens processed and the keys each attended to.
@@ -277,8 +307,9 @@ def _spec_block(target, tp, draft, dp, config: SpecConfig, s: Sampling,
     s_l = float(sum((j + 1) * n for j, n in enumerate(sizes[:l])))
     d_tok = d_tok + m_l
     d_ctx = d_ctx + m_l * d_len + s_l
-  counts = dict(t_tok=jnp.float32(M), t_ctx=M * t_len + depth_sum + M,
-                d_tok=d_tok, d_ctx=d_ctx)
+  counts = dict(
+    t_tok=jnp.float32(M), t_ctx=M * t_len + depth_sum + M, d_tok=d_tok, d_ctx=d_ctx
+  )
   return t_state, d_state, pend_2, npend, tok_Dp1, n_emit, n_acc, counts
 
 
@@ -289,8 +320,19 @@ def _prefill(model, params, tokens_BxT, lengths_B, cache_size):
   return state, last
 
 
-def _generate_impl(target, tp, draft, dp, tokens_BxT, lengths_B, key, s, *,
-                   config: SpecConfig, cache_size: int):
+def _generate_impl(
+  target,
+  tp,
+  draft,
+  dp,
+  tokens_BxT,
+  lengths_B,
+  key,
+  s,
+  *,
+  config: SpecConfig,
+  cache_size: int,
+):
   TRACE_COUNT["speculative"] += 1
   B = tokens_BxT.shape[0]
   N = config.max_new_tokens
@@ -303,6 +345,7 @@ def _generate_impl(target, tp, draft, dp, tokens_BxT, lengths_B, key, s, *,
   t_state, last = _prefill(target, tp, tokens_BxT, lengths_B, cache_size)
 
   if not config.tree.uses_draft:
+
     def cond(c):
       return jnp.any(c[2] < N)
 
@@ -315,16 +358,29 @@ def _generate_impl(target, tp, draft, dp, tokens_BxT, lengths_B, key, s, *,
       out = jnp.where(live[:, None], out.at[jnp.arange(B), pos].set(tok), out)
       t_state = jax.vmap(_select)(live, new_state, t_state)
       lf = live.astype(jnp.float32)
-      cnt = dict(t_tok=cnt["t_tok"] + lf, t_ctx=cnt["t_ctx"] + lf * (t_len + 1),
-                 d_tok=cnt["d_tok"], d_ctx=cnt["d_ctx"])
-      return (i + 1, t_state, pos + live, jnp.where(live, tok, last), out,
-              calls + live, cnt)
+      cnt = dict(
+        t_tok=cnt["t_tok"] + lf,
+        t_ctx=cnt["t_ctx"] + lf * (t_len + 1),
+        d_tok=cnt["d_tok"],
+        d_ctx=cnt["d_ctx"],
+      )
+      return (
+        i + 1,
+        t_state,
+        pos + live,
+        jnp.where(live, tok, last),
+        out,
+        calls + live,
+        cnt,
+      )
 
     cnt = dict(t_tok=zeros_f, t_ctx=zeros_f, d_tok=zeros_f, d_ctx=zeros_f)
     _, t_state, pos, last, out, calls, cnt = lax.while_loop(
-        cond, body, (jnp.int32(0), t_state, pos, last, out, zeros_i, cnt))
-    return SpecOutput(out, pos, calls, zeros_i, zeros_i, t_state, last, cnt,
-                      _overshoot=D + 1)
+      cond, body, (jnp.int32(0), t_state, pos, last, out, zeros_i, cnt)
+    )
+    return SpecOutput(
+      out, pos, calls, zeros_i, zeros_i, t_state, last, cnt, _overshoot=D + 1
+    )
 
   d_state, _ = _prefill(draft, dp, tokens_BxT, lengths_B, cache_size)
   pend = jnp.stack([last, jnp.zeros_like(last)], axis=1)
@@ -333,17 +389,27 @@ def _generate_impl(target, tp, draft, dp, tokens_BxT, lengths_B, key, s, *,
   def row_block(t_state, d_state, pend_2, npend, pos, out_row, stats, k):
     live = pos < N
     t_new, d_new, pend_new, np_new, tok_Dp1, n_emit, n_acc, cnt = _spec_block(
-        target, tp, draft, dp, config, s, _row(t_state), _row(d_state), pend_2, npend, k)
+      target, tp, draft, dp, config, s, _row(t_state), _row(d_state), pend_2, npend, k
+    )
     t_state = _select(live, _unrow(t_new), t_state)
     d_state = _select(live, _unrow(d_new), d_state)
     tok_Dp1 = jnp.where(tok_Dp1 >= 0, tok_Dp1, pad)
-    out_row = jnp.where(live, lax.dynamic_update_slice(out_row, tok_Dp1, (pos,)), out_row)
+    out_row = jnp.where(
+      live, lax.dynamic_update_slice(out_row, tok_Dp1, (pos,)), out_row
+    )
     li, lf = live.astype(jnp.int32), live.astype(jnp.float32)
     calls, dcalls, acc, c = stats
     c = {k_: c[k_] + lf * v for k_, v in cnt.items()}
     stats = (calls + li, dcalls + li * D, acc + li * n_acc, c)
-    return (t_state, d_state, jnp.where(live, pend_new, pend_2),
-            jnp.where(live, np_new, npend), pos + li * n_emit, out_row, stats)
+    return (
+      t_state,
+      d_state,
+      jnp.where(live, pend_new, pend_2),
+      jnp.where(live, np_new, npend),
+      pos + li * n_emit,
+      out_row,
+      stats,
+    )
 
   def cond(c):
     return jnp.any(c[5] < N)
@@ -361,24 +427,28 @@ def _generate_impl(target, tp, draft, dp, tokens_BxT, lengths_B, key, s, *,
   calls, dcalls, acc, cnt = stats
   last = jnp.take_along_axis(pend, (npend - 1)[:, None], axis=1)[:, 0]
   # The target's pending token is the last emitted one (= the draft's last pending).
-  return SpecOutput(out, pos, calls, dcalls, acc, t_state, last, cnt,
-                    _overshoot=D + 1)
+  return SpecOutput(out, pos, calls, dcalls, acc, t_state, last, cnt, _overshoot=D + 1)
 
 
-_generate_jit = jax.jit(_generate_impl, static_argnames=(
-    "target", "draft", "config", "cache_size"))
+_generate_jit = jax.jit(
+  _generate_impl, static_argnames=("target", "draft", "config", "cache_size")
+)
 
 
 def _check_models(target, draft, config):
   Vt = getattr(target, "vocab_size", None)
   Vd = getattr(draft, "vocab_size", None) if draft is not None else Vt
   if Vt is None or Vt != Vd:
-    raise ValueError(f"target and draft must share a vocabulary; got vocab_size "
-                     f"{Vt} (target) and {Vd} (draft)")
+    raise ValueError(
+      f"target and draft must share a vocabulary; got vocab_size "
+      f"{Vt} (target) and {Vd} (draft)"
+    )
   need = config.tree.draft_width
   if need > Vt:
-    raise ValueError(f"{config.tree} draws {need} children without replacement but "
-                     f"the vocabulary has only {Vt} tokens")
+    raise ValueError(
+      f"{config.tree} draws {need} children without replacement but "
+      f"the vocabulary has only {Vt} tokens"
+    )
   return Vt
 
 
@@ -417,21 +487,33 @@ def compute_record(target, draft, config, out: SpecOutput, lengths_B) -> Compute
   cfgs = _flops_configs(target, draft, config)
   c = {k: np.asarray(v, np.float64) for k, v in out.counts.items()}
   pre = np.asarray(lengths_B) - 1  # the last prompt token is the first block's root
-  pf = sum(float(np.sum(prefill_flops(cfg, pre))) for cfg in cfgs
-           if cfg is not None)
+  pf = sum(float(np.sum(prefill_flops(cfg, pre))) for cfg in cfgs if cfg is not None)
   n_models = len(cfgs)
   dec = float(np.sum(_model_flops(cfgs[0], c["t_tok"], c["t_ctx"])))
   if config.tree.uses_draft:
     dec += float(np.sum(_model_flops(cfgs[1], c["d_tok"], c["d_ctx"])))
-  return Compute(prefill_tokens=float(pre.sum()) * n_models,
-                 generated_tokens=float(np.minimum(np.asarray(out.num_emitted),
-                                                   config.max_new_tokens).sum()),
-                 model_calls=float(np.sum(out.target_calls) + np.sum(out.draft_calls)),
-                 prefill_flops=pf, decode_flops=dec)
+  return Compute(
+    prefill_tokens=float(pre.sum()) * n_models,
+    generated_tokens=float(
+      np.minimum(np.asarray(out.num_emitted), config.max_new_tokens).sum()
+    ),
+    model_calls=float(np.sum(out.target_calls) + np.sum(out.draft_calls)),
+    prefill_flops=pf,
+    decode_flops=dec,
+  )
 
 
-def speculative_generate(target, target_params, draft, draft_params, prompts, key,
-                         config: SpecConfig, *, prompt_lengths=None):
+def speculative_generate(
+  target,
+  target_params,
+  draft,
+  draft_params,
+  prompts,
+  key,
+  config: SpecConfig,
+  *,
+  prompt_lengths=None,
+):
   """Sample `config.max_new_tokens` tokens per prompt with speculative decoding.
 
   Args:
@@ -459,11 +541,14 @@ def speculative_generate(target, target_params, draft, draft_params, prompts, ke
     draft, draft_params = target, target_params
   _check_models(target, draft, config)
   _flops_configs(target, draft, config)
-  tokens, lengths = check_prompts(target, prompts, prompt_lengths, config.pad_id,
-                                  pad_id_name="SpecConfig.pad_id")
+  tokens, lengths = check_prompts(
+    target, prompts, prompt_lengths, config.pad_id, pad_id_name="SpecConfig.pad_id"
+  )
   need = tokens.shape[1] + config.max_new_tokens + config.tree.tree_tokens + 2
-  what = (f"prompt length {int(lengths.max())} + max_new_tokens "
-          f"{config.max_new_tokens} + tree {config.tree.tree_tokens}")
+  what = (
+    f"prompt length {int(lengths.max())} + max_new_tokens "
+    f"{config.max_new_tokens} + tree {config.tree.tree_tokens}"
+  )
   n_max = int(lengths.max()) + config.max_new_tokens + config.tree.tree_tokens
   check_length(what, n_max, "the int32 position range", INT32_LIMIT)
   for m in (target, draft):
@@ -471,16 +556,31 @@ def speculative_generate(target, target_params, draft, draft_params, prompts, ke
     if max_seq is not None:
       check_length(what, n_max, "ModelConfig.max_seq_len", max_seq)
   cache_size = need if config.cache_size is None else config.cache_size
-  check_length(f"bucketed prompt {tokens.shape[1]} + max_new_tokens "
-               f"{config.max_new_tokens} + tree {config.tree.tree_tokens} + 2", need,
-               "SpecConfig.cache_size", cache_size)
+  check_length(
+    f"bucketed prompt {tokens.shape[1]} + max_new_tokens "
+    f"{config.max_new_tokens} + tree {config.tree.tree_tokens} + 2",
+    need,
+    "SpecConfig.cache_size",
+    cache_size,
+  )
   # Sampling values are array leaves of `Sampling`: strip them from the static config
   # so that e.g. a temperature sweep reuses one compiled program.
   static_cfg = dataclasses.replace(
-      config, sampling_temperature=1.0,
-      sampling_top_p=None if config.sampling().use_top_p is False else 0.5,
-      sampling_min_p=None if not config.sampling_min_p else 0.5)
-  out = _generate_jit(target, target_params, draft, draft_params, jnp.asarray(tokens),
-                      jnp.asarray(lengths), key, config.sampling(), config=static_cfg,
-                      cache_size=cache_size)
+    config,
+    sampling_temperature=1.0,
+    sampling_top_p=None if config.sampling().use_top_p is False else 0.5,
+    sampling_min_p=None if not config.sampling_min_p else 0.5,
+  )
+  out = _generate_jit(
+    target,
+    target_params,
+    draft,
+    draft_params,
+    jnp.asarray(tokens),
+    jnp.asarray(lengths),
+    key,
+    config.sampling(),
+    config=static_cfg,
+    cache_size=cache_size,
+  )
   return out, compute_record(target, draft, config, out, lengths)

@@ -40,15 +40,22 @@ import numpy as np
 from jaxllm import decoding
 from jaxllm import flops as flops_lib
 from jaxllm.config import ModelConfig
+
 # fork_index is the core's (re-exported: algorithms.methods reads
 # stepping.fork_index); model_config / flops_config are jaxllm.flops'.
 from jaxllm.decoding import fork_index
 from jaxllm.flops import flops_config, model_config
 from jaxllm.generate import check_prompts
 from jaxllm.sampling import Sampling, log_probs, sample
-from jaxllm.validation import (INT32_LIMIT, check_int, check_length,
-                               check_token_id, check_token_ids, is_concrete,
-                               token_id_array)
+from jaxllm.validation import (
+  INT32_LIMIT,
+  check_int,
+  check_length,
+  check_token_id,
+  check_token_ids,
+  is_concrete,
+  token_id_array,
+)
 
 BUDGET, DELIMITER, STOP = 0, 1, 2  # how a step ended
 
@@ -126,7 +133,7 @@ def _ends_with(toks_BxS, t, seqs):
     return _member(toks_BxS[:, t], [q[0] for q in seqs])
   pat = np.full((len(seqs), L), -1, np.int32)
   for d, q in enumerate(seqs):
-    pat[d, L - len(q):] = q
+    pat[d, L - len(q) :] = q
   need = np.array([len(q) for q in seqs], np.int32)
   idx = t - (L - 1) + jnp.arange(L)
   win = jnp.take(toks_BxS, jnp.clip(idx, 0, toks_BxS.shape[1] - 1), axis=1)
@@ -146,8 +153,10 @@ def _step_end_sets(delimiter_ids, stop_ids, V: int, S: int):
     check_token_ids(name, [t for q in seqs for t in q], V)
     for q in seqs:
       if len(q) > S:
-        raise ValueError(f"{name} sequence {q} is longer than max_step_tokens="
-                         f"{S}: it could never end a step")
+        raise ValueError(
+          f"{name} sequence {q} is longer than max_step_tokens="
+          f"{S}: it could never end a step"
+        )
     out.append(seqs)
   return out
 
@@ -158,9 +167,20 @@ def _matches(toks_BxS, t, tok_B, ids):
   return _member(tok_B, ids)
 
 
-def sample_step(model, params, state, logits_BxV, key, sampling: Sampling, *,
-                max_step_tokens: int, delimiter_ids, stop_ids, active_B=None,
-                pad_id: int = 0):
+def sample_step(
+  model,
+  params,
+  state,
+  logits_BxV,
+  key,
+  sampling: Sampling,
+  *,
+  max_step_tokens: int,
+  delimiter_ids,
+  stop_ids,
+  active_B=None,
+  pad_id: int = 0,
+):
   """Extend each active row by one step. Returns (state, logits_BxV, Step).
 
   A step ends after the first token that completes a stop sequence (ended =
@@ -225,11 +245,19 @@ def sample_step(model, params, state, logits_BxV, key, sampling: Sampling, *,
     return t + 1, state, logits, live, toks, lps, ended, length, key
 
   t, state, logits, _, toks, lps, ended, length, _ = jax.lax.while_loop(
-      cond, body,
-      (jnp.int32(0), state, logits_BxV, live, toks, lps, ended, length, key))
-  return state, logits, Step(tokens=toks, length=length,
-                             logprob=lps, ended=jnp.where(active, ended, BUDGET),
-                             calls=t)
+    cond, body, (jnp.int32(0), state, logits_BxV, live, toks, lps, ended, length, key)
+  )
+  return (
+    state,
+    logits,
+    Step(
+      tokens=toks,
+      length=length,
+      logprob=lps,
+      ended=jnp.where(active, ended, BUDGET),
+      calls=t,
+    ),
+  )
 
 
 def reorder_rows(model, state, logits_BxV, index_N):
@@ -253,8 +281,7 @@ def id_tuple(name: str, ids) -> tuple:
   """
   arr = token_id_array(name, ids)
   if arr.ndim != 1:
-    raise ValueError(f"{name} must be a flat sequence of token ids, got "
-                     f"{ids!r:.200}")
+    raise ValueError(f"{name} must be a flat sequence of token ids, got {ids!r:.200}")
   return tuple(int(i) for i in arr)
 
 
@@ -270,9 +297,15 @@ def check_config_ids(model, config, prefix: str) -> None:
     check_token_ids(f"{prefix}.{name}", flat_ids(getattr(config, name)), vocab)
 
 
-def prepare_prompts(model, prompts, prompt_lengths, pad_id: int,
-                    min_cache: Callable[[int], int], cache_size: Optional[int],
-                    prefix: str = "PFConfig"):
+def prepare_prompts(
+  model,
+  prompts,
+  prompt_lengths,
+  pad_id: int,
+  min_cache: Callable[[int], int],
+  cache_size: Optional[int],
+  prefix: str = "PFConfig",
+):
   """Right-padded bucketed prompts, their lengths and a validated cache size.
 
   Args:
@@ -293,21 +326,26 @@ def prepare_prompts(model, prompts, prompt_lengths, pad_id: int,
     ValueError: a bad pad id / prompt (`check_prompts`), or prompt + steps
       beyond the int32 range, ModelConfig.max_seq_len or `cache_size`.
   """
-  tokens, lengths = check_prompts(model, prompts, prompt_lengths, pad_id,
-                                  pad_id_name=f"{prefix}.pad_id")
+  tokens, lengths = check_prompts(
+    model, prompts, prompt_lengths, pad_id, pad_id_name=f"{prefix}.pad_id"
+  )
   T = tokens.shape[1]
   need = min_cache(T)
   steps = need - T
   what = f"prompt length {int(lengths.max())} + steps ({steps} tokens)"
-  check_length(what, int(lengths.max()) + steps, "the int32 position range",
-               INT32_LIMIT)
+  check_length(
+    what, int(lengths.max()) + steps, "the int32 position range", INT32_LIMIT
+  )
   max_seq = getattr(model_config(model), "max_seq_len", None)
   if max_seq is not None:
-    check_length(what, int(lengths.max()) + steps, "ModelConfig.max_seq_len",
-                 max_seq)
+    check_length(what, int(lengths.max()) + steps, "ModelConfig.max_seq_len", max_seq)
   size = need if cache_size is None else cache_size
-  check_length(f"padded prompt length {T} + steps ({steps} tokens)", need,
-               f"{prefix}.cache_size", size)
+  check_length(
+    f"padded prompt length {T} + steps ({steps} tokens)",
+    need,
+    f"{prefix}.cache_size",
+    size,
+  )
   return jnp.asarray(tokens), jnp.asarray(lengths), size
 
 
@@ -330,8 +368,9 @@ class Rows:
   sstate: Any
 
 
-def prefill_prompts(model, params, scorer, scorer_params, tokens_PxT, lengths_P,
-                    cache_size: int) -> Rows:
+def prefill_prompts(
+  model, params, scorer, scorer_params, tokens_PxT, lengths_P, cache_size: int
+) -> Rows:
   """Prefill every prompt ONCE in the model and in the scorer: Rows with B = P.
 
   tokens_PxT / lengths_P: right-padded prompts (`prepare_prompts`);
@@ -350,8 +389,9 @@ def reorder(model, scorer, rows: Rows, index_N) -> Rows:
   selection). The one row gather of every step-level search.
   """
   state, logits = reorder_rows(model, rows.state, rows.logits_BxV, index_N)
-  return Rows(state=state, logits_BxV=logits,
-              sstate=scorer.reorder(rows.sstate, index_N))
+  return Rows(
+    state=state, logits_BxV=logits, sstate=scorer.reorder(rows.sstate, index_N)
+  )
 
 
 def fork(model, scorer, prompt_rows: Rows, n_rows: int) -> Rows:
@@ -362,8 +402,16 @@ def fork(model, scorer, prompt_rows: Rows, n_rows: int) -> Rows:
   return reorder(model, scorer, prompt_rows, fork_index(P, n_rows))
 
 
-def prefill_and_fork(model, params, scorer, scorer_params, tokens_PxT, lengths_P,
-                     cache_size: int, n_rows: int) -> Rows:
+def prefill_and_fork(
+  model,
+  params,
+  scorer,
+  scorer_params,
+  tokens_PxT,
+  lengths_P,
+  cache_size: int,
+  n_rows: int,
+) -> Rows:
   """Prefill each prompt once and fork it into N rows: Rows with B = P * N,
   row p * N + i = sample i of problem p.
 
@@ -371,8 +419,9 @@ def prefill_and_fork(model, params, scorer, scorer_params, tokens_PxT, lengths_P
   scorer is prefilled once too (`scorer.init`) and forked with the same
   `fork_index` (no gather for N = 1, as in the core).
   """
-  state, logits = decoding.prefill_and_fork(model, params, tokens_PxT,
-                                            lengths_P, cache_size, n_rows)
+  state, logits = decoding.prefill_and_fork(
+    model, params, tokens_PxT, lengths_P, cache_size, n_rows
+  )
   sstate = scorer.init(scorer_params, tokens_PxT, lengths_P, cache_size)
   if n_rows != 1:
     sstate = scorer.reorder(sstate, fork_index(tokens_PxT.shape[0], n_rows))
@@ -384,8 +433,9 @@ def prefill_and_fork(model, params, scorer, scorer_params, tokens_PxT, lengths_P
 # ----------------------------------------------------------------------------
 
 
-def forced_step(model, params, state, logits_BxV, tokens_BxS, length_B, ended_B,
-                active_B):
+def forced_step(
+  model, params, state, logits_BxV, tokens_BxS, length_B, ended_B, active_B
+):
   """Replay given step tokens (ragged) through the model: (state, logits_BxV, Step).
 
   tokens_BxS: the step's tokens (row b uses its first length_B[b]); ended_B:
@@ -401,18 +451,26 @@ def forced_step(model, params, state, logits_BxV, tokens_BxS, length_B, ended_B,
   lp = jnp.take_along_axis(log_probs(before), tokens_BxS[..., None], -1)[..., 0]
   last = jnp.take_along_axis(lg_BxSxV, jnp.maximum(n - 1, 0)[:, None, None], 1)[:, 0]
   logits = jnp.where((n > 0)[:, None], last.astype(logits_BxV.dtype), logits_BxV)
-  step = Step(tokens=jnp.where(valid, tokens_BxS, 0), length=n,
-              logprob=jnp.where(valid, lp, 0.0),
-              ended=jnp.where(active_B, ended_B, BUDGET), calls=jnp.int32(1))
+  step = Step(
+    tokens=jnp.where(valid, tokens_BxS, 0),
+    length=n,
+    logprob=jnp.where(valid, lp, 0.0),
+    ended=jnp.where(active_B, ended_B, BUDGET),
+    calls=jnp.int32(1),
+  )
   return state, logits, step
 
 
 def merge_steps(a: Step, b: Step, use_b_B) -> Step:
   """Row-wise choice between two Steps (use_b_B: bool [B]); calls add up."""
   pick = lambda x, y: jnp.where(use_b_B.reshape(-1, *([1] * (x.ndim - 1))), y, x)
-  return Step(tokens=pick(a.tokens, b.tokens), length=pick(a.length, b.length),
-              logprob=pick(a.logprob, b.logprob), ended=pick(a.ended, b.ended),
-              calls=a.calls + b.calls)
+  return Step(
+    tokens=pick(a.tokens, b.tokens),
+    length=pick(a.length, b.length),
+    logprob=pick(a.logprob, b.logprob),
+    ended=pick(a.ended, b.ended),
+    calls=a.calls + b.calls,
+  )
 
 
 def flatten_steps(step_tokens_BxKxS, step_len_BxK, pad_id: int):
@@ -424,7 +482,8 @@ def flatten_steps(step_tokens_BxKxS, step_len_BxK, pad_id: int):
   out = jnp.full((B, K * S), pad_id, jnp.int32)
   rows = jnp.arange(B)[:, None]
   out = out.at[rows, pos.reshape(B, K * S)].set(
-      step_tokens_BxKxS.reshape(B, K * S), mode="drop")
+    step_tokens_BxKxS.reshape(B, K * S), mode="drop"
+  )
   return out, step_len_BxK.sum(1)
 
 
@@ -470,17 +529,16 @@ class StepCounters:
   def zeros(cls, n_contexts: int) -> "StepCounters":
     """All-zero counters with histograms of `n_contexts` bins."""
     h = jnp.zeros((n_contexts,), jnp.float32)
-    return cls(gen=h, forced=h, scored=h, calls=jnp.int32(0),
-               vcalls=jnp.int32(0))
+    return cls(gen=h, forced=h, scored=h, calls=jnp.int32(0), vcalls=jnp.int32(0))
 
-  def count_step(self, lengths_B, length_B, S: int,
-                 into: Sequence[str] = ("gen", "scored")) -> "StepCounters":
+  def count_step(
+    self, lengths_B, length_B, S: int, into: Sequence[str] = ("gen", "scored")
+  ) -> "StepCounters":
     """Add one step's tokens (lengths_B committed tokens before it, length_B
     in it, S its static width) to the histograms named in `into` (any of
     "gen", "forced", "scored")."""
     ctx, valid = step_contexts(lengths_B, length_B, S)
-    return self.replace(**{k: add_hist(getattr(self, k), ctx, valid)
-                           for k in into})
+    return self.replace(**{k: add_hist(getattr(self, k), ctx, valid) for k in into})
 
 
 def hist_flops(cfg: Optional[ModelConfig], hist_C) -> float:
@@ -504,8 +562,9 @@ def scorer_model(scorer):
   return getattr(scorer, "model", None)
 
 
-def compute_record(model, scorer, prompt_lengths, counts, *,
-                   count_flops: bool = True) -> flops_lib.Compute:
+def compute_record(
+  model, scorer, prompt_lengths, counts, *, count_flops: bool = True
+) -> flops_lib.Compute:
   """The Compute record of a step-level search from its in-jit counters.
 
   Args:
@@ -534,14 +593,16 @@ def compute_record(model, scorer, prompt_lengths, counts, *,
     if smodel is not None:
       vcfg = flops_config(smodel, "scorer model")
   lengths = np.asarray(prompt_lengths)
-  gen, forced, scored = (np.asarray(x, np.float64)
-                         for x in (counts.gen, counts.forced, counts.scored))
+  gen, forced, scored = (
+    np.asarray(x, np.float64) for x in (counts.gen, counts.forced, counts.scored)
+  )
   rec = flops_lib.Compute(
-      prefill_tokens=float(lengths.sum() + forced.sum()),
-      generated_tokens=float(gen.sum()),
-      model_calls=float(1 + int(counts.calls)),
-      prefill_flops=prompt_flops(cfg, lengths) + hist_flops(cfg, forced),
-      decode_flops=hist_flops(cfg, gen))
+    prefill_tokens=float(lengths.sum() + forced.sum()),
+    generated_tokens=float(gen.sum()),
+    model_calls=float(1 + int(counts.calls)),
+    prefill_flops=prompt_flops(cfg, lengths) + hist_flops(cfg, forced),
+    decode_flops=hist_flops(cfg, gen),
+  )
   if smodel is not None:
     rec.verifier_tokens = float(lengths.sum() + scored.sum())
     rec.verifier_calls = float(1 + int(counts.vcalls))

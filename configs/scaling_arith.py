@@ -20,8 +20,15 @@ def get_config():
   c.max_new_tokens = 48
   c.max_steps = 8  # PRM step slots per sample
   c.rows_per_call = 1024  # generate / score rows per compiled call
-  c.methods = ("coverage", "majority", "weighted_majority_orm", "bon_orm",
-               "bon_prm_min", "bon_prm_last", "bom_orm")
+  c.methods = (
+    "coverage",
+    "majority",
+    "weighted_majority_orm",
+    "bon_orm",
+    "bon_prm_min",
+    "bon_prm_last",
+    "bom_orm",
+  )
   # Search methods (run for real at each budget; see experiments/scaling.py).
   c.search_methods = ("pf", "pf_smc", "epf", "beam", "dvts", "astar")
   c.search_budgets = (4, 8, 16, 32)  # add 64 for the full study (~4 min more)

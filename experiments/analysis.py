@@ -35,8 +35,9 @@ def _r2(y, y_pred) -> float:
 def _vec(name: str, x, min_len: int = 1) -> np.ndarray:
   x = np.asarray(x, np.float64)
   if x.ndim != 1 or x.size < min_len:
-    raise ValueError(f"{name} must be 1-D with at least {min_len} entries, "
-                     f"got shape {x.shape}")
+    raise ValueError(
+      f"{name} must be 1-D with at least {min_len} entries, got shape {x.shape}"
+    )
   if not np.isfinite(x).all():
     raise ValueError(f"{name} contains non-finite values")
   return x
@@ -55,6 +56,7 @@ def _same_len(**arrays) -> None:
 @dataclasses.dataclass(frozen=True)
 class PowerLawFit:
   """log(coverage(k)) = a * k^b."""
+
   a: float
   b: float
   r2: float
@@ -88,9 +90,9 @@ def fit_coverage_power_law(ks, coverage) -> PowerLawFit:
   def model(k, c, b):
     return c * k**b
 
-  (c, b), _ = optimize.curve_fit(model, ks, y, p0=p0, bounds=([0.0, -np.inf],
-                                                              [np.inf, np.inf]),
-                                 maxfev=20_000)
+  (c, b), _ = optimize.curve_fit(
+    model, ks, y, p0=p0, bounds=([0.0, -np.inf], [np.inf, np.inf]), maxfev=20_000
+  )
   fit = PowerLawFit(a=-float(c), b=float(b), r2=0.0)
   return dataclasses.replace(fit, r2=_r2(cov, fit.predict(ks)))
 
@@ -98,6 +100,7 @@ def fit_coverage_power_law(ks, coverage) -> PowerLawFit:
 @dataclasses.dataclass(frozen=True)
 class LinearFit:
   """y = slope * x + intercept (x = log10 of compute for accuracy-vs-FLOPs fits)."""
+
   slope: float
   intercept: float
   r2: float
@@ -154,6 +157,7 @@ class BudgetChoice:
   """Best method per budget: method name ('' where nothing fits), its accuracy (nan
   where nothing fits), the compute of the chosen point and its index in the
   concatenation of the methods' points in `results` order (-1 where nothing fits)."""
+
   budgets: np.ndarray
   methods: list
   accuracy: np.ndarray
@@ -196,6 +200,7 @@ class AllocationFit:
   """Compute-optimal allocation: S_opt ~ s_coef * C^s_exponent, same for V.
 
   `budgets`, `s_opt`, `v_opt`, `accuracy` are the frontier points the fits used."""
+
   s_exponent: float
   s_coef: float
   s_r2: float
@@ -208,7 +213,9 @@ class AllocationFit:
   accuracy: np.ndarray
 
 
-def fit_compute_optimal_allocation(s, v, accuracy, compute, budgets=None) -> AllocationFit:
+def fit_compute_optimal_allocation(
+  s, v, accuracy, compute, budgets=None
+) -> AllocationFit:
   """Fits S_opt ~ C^a and V_opt ~ C^b from a grid of (S, V, accuracy, C) runs.
 
   For each budget level the compute-optimal (S, V) is the most accurate grid point with
@@ -237,11 +244,17 @@ def fit_compute_optimal_allocation(s, v, accuracy, compute, budgets=None) -> All
   sa, sb = np.polyfit(log_b, np.log(s_opt), 1)
   va, vb = np.polyfit(log_b, np.log(v_opt), 1)
   return AllocationFit(
-      s_exponent=float(sa), s_coef=float(np.exp(sb)),
-      s_r2=_r2(np.log(s_opt), sa * log_b + sb),
-      v_exponent=float(va), v_coef=float(np.exp(vb)),
-      v_r2=_r2(np.log(v_opt), va * log_b + vb),
-      budgets=budgets, s_opt=s_opt, v_opt=v_opt, accuracy=acc[rows])
+    s_exponent=float(sa),
+    s_coef=float(np.exp(sb)),
+    s_r2=_r2(np.log(s_opt), sa * log_b + sb),
+    v_exponent=float(va),
+    v_coef=float(np.exp(vb)),
+    v_r2=_r2(np.log(v_opt), va * log_b + vb),
+    budgets=budgets,
+    s_opt=s_opt,
+    v_opt=v_opt,
+    accuracy=acc[rows],
+  )
 
 
 # ----------------------------------------------------------------------------------
@@ -253,13 +266,15 @@ def new_figure(figsize=(6.0, 4.0), ncols: int = 1):
   dpi, `ncols` axes side by side."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
+
   fig = Figure(figsize=figsize, dpi=120)
   FigureCanvasAgg(fig)
   return fig, [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
 
 
-def style_axes(ax, xlabel: str, ylabel: str, title: str = "",
-               legend_fontsize: int | None = 8) -> None:
+def style_axes(
+  ax, xlabel: str, ylabel: str, title: str = "", legend_fontsize: int | None = 8
+) -> None:
   """Log x axis, labels, optional title, grid, and a legend unless
   `legend_fontsize` is None."""
   ax.set_xscale("log")
@@ -279,9 +294,14 @@ def save_figure(fig, path: str) -> str:
   return path
 
 
-def plot_accuracy_vs_flops(results: Mapping[str, tuple], path: str, *,
-                           fits: Mapping[str, LinearFit] | None = None,
-                           frontier: bool = True, title: str = "") -> str:
+def plot_accuracy_vs_flops(
+  results: Mapping[str, tuple],
+  path: str,
+  *,
+  fits: Mapping[str, LinearFit] | None = None,
+  frontier: bool = True,
+  title: str = "",
+) -> str:
   """Accuracy vs FLOPs (log x) per method, with optional log-linear fits and the
   Pareto frontier over all methods. `results`: method -> (flops, accuracy)."""
   fig, (ax,) = new_figure()
@@ -289,7 +309,7 @@ def plot_accuracy_vs_flops(results: Mapping[str, tuple], path: str, *,
   for m, (c, a) in results.items():
     c, a = _vec(f"{m} flops", c), _vec(f"{m} accuracy", a)
     order = np.argsort(c)
-    line, = ax.plot(c[order], a[order], marker="o", ms=3, label=m)
+    (line,) = ax.plot(c[order], a[order], marker="o", ms=3, label=m)
     if fits is not None and m in fits:
       xs = np.geomspace(c.min(), c.max(), 50)
       ax.plot(xs, fits[m].predict(np.log10(xs)), ls=":", color=line.get_color())
@@ -298,21 +318,30 @@ def plot_accuracy_vs_flops(results: Mapping[str, tuple], path: str, *,
   if frontier and all_c:
     c, a = np.concatenate(all_c), np.concatenate(all_a)
     idx = pareto_frontier(c, a)
-    ax.step(c[idx], a[idx], where="post", color="k", lw=1.5, alpha=0.6,
-            label="Pareto frontier")
+    ax.step(
+      c[idx],
+      a[idx],
+      where="post",
+      color="k",
+      lw=1.5,
+      alpha=0.6,
+      label="Pareto frontier",
+    )
   style_axes(ax, "FLOPs", "accuracy", title)
   return save_figure(fig, path)
 
 
-def plot_coverage(ks, coverage, path: str, *, fit: PowerLawFit | None = None,
-                  title: str = "") -> str:
+def plot_coverage(
+  ks, coverage, path: str, *, fit: PowerLawFit | None = None, title: str = ""
+) -> str:
   """Coverage vs number of samples (log x), with the exponentiated power-law fit."""
   ks, cov = _vec("ks", ks), _vec("coverage", coverage)
   fig, (ax,) = new_figure()
   ax.plot(ks, cov, marker="o", ms=3, ls="none", label="coverage")
   if fit is not None:
     xs = np.geomspace(ks.min(), ks.max(), 100)
-    ax.plot(xs, fit.predict(xs), label=f"exp({fit.a:.3g} k^{fit.b:.3g}), "
-                                       f"R²={fit.r2:.3f}")
+    ax.plot(
+      xs, fit.predict(xs), label=f"exp({fit.a:.3g} k^{fit.b:.3g}), R²={fit.r2:.3f}"
+    )
   style_axes(ax, "samples k", "coverage (pass@k)", title)
   return save_figure(fig, path)

@@ -78,7 +78,7 @@ def measure_ceilings(repeats: int = 5) -> dict:
   an, bn = np.asarray(a), np.asarray(b)
   an @ bn
   t_np, _ = workdir.median_time(lambda: an @ bn, repeats)
-  flops = 2 * n ** 3
+  flops = 2 * n**3
   # Copy: read + write of a 256 MiB buffer (bytes moved = 2 * size).
   x = jnp.ones((64 * 1024 * 1024,), jnp.float32)
   cp = jax.jit(lambda v: v + 1.0)
@@ -88,17 +88,28 @@ def measure_ceilings(repeats: int = 5) -> dict:
   yn = np.empty_like(xn)
   t_npcp, _ = workdir.median_time(lambda: np.copyto(yn, xn), repeats)
   nbytes = 2 * x.size * 4
-  return dict(matmul_flops_xla=flops / t_xla, matmul_flops_numpy=flops / t_np,
-              matmul_flops=max(flops / t_xla, flops / t_np),
-              copy_bytes_xla=nbytes / t_cp, copy_bytes_numpy=nbytes / t_npcp,
-              copy_bytes=max(nbytes / t_cp, nbytes / t_npcp))
+  return dict(
+    matmul_flops_xla=flops / t_xla,
+    matmul_flops_numpy=flops / t_np,
+    matmul_flops=max(flops / t_xla, flops / t_np),
+    copy_bytes_xla=nbytes / t_cp,
+    copy_bytes_numpy=nbytes / t_npcp,
+    copy_bytes=max(nbytes / t_cp, nbytes / t_npcp),
+  )
 
 
 def build_model(name: str, seed: int):
   """(cfg, params, hf_dir or None, hf_kwargs) for the benchmark model."""
   if name == "llama40m":
-    cfg = llama_like(vocab_size=32000, d_model=512, n_layers=8, n_heads=8,
-                     n_kv_heads=4, d_ff=1408, max_seq_len=1024)
+    cfg = llama_like(
+      vocab_size=32000,
+      d_model=512,
+      n_layers=8,
+      n_heads=8,
+      n_kv_heads=4,
+      d_ff=1408,
+      max_seq_len=1024,
+    )
     params = init_params(cfg, jax.random.key(seed))
     return cfg, params, None
   cfg, params, _ = workdir.load_pretrained(dtype="float32")
@@ -108,46 +119,62 @@ def build_model(name: str, seed: int):
 def load_hf_model(name, cfg, params, torch_threads):
   import torch
   import transformers
+
   if torch_threads:
     torch.set_num_threads(torch_threads)
   if name == "smollm2":
     from jaxllm.pretrained import pretrained_path
+
     path = pretrained_path(workdir.SMOLLM2)
     return transformers.AutoModelForCausalLM.from_pretrained(
-        os.path.dirname(path), gguf_file=os.path.basename(path),
-        dtype=torch.float32).eval()
+      os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32
+    ).eval()
   from jaxllm.hf import save_hf
+
   d = tempfile.mkdtemp(prefix="bench_hf_")
   save_hf(d, cfg, params, model_type="llama")
   return transformers.AutoModelForCausalLM.from_pretrained(
-      d, dtype=torch.float32).eval()
+    d, dtype=torch.float32
+  ).eval()
 
 
 def bench_ours(cfg, params, prompts, new_tokens, repeats, key):
   model = Transformer(cfg)
   sampling = make_sampling(1.0)
   run = lambda k: jax.block_until_ready(
-      generate(model, params, prompts, k, new_tokens, sampling))
+    generate(model, params, prompts, k, new_tokens, sampling)
+  )
   t0 = time.perf_counter()
   out = run(key)
   first = time.perf_counter() - t0
   assert int(np.min(out.lengths)) == new_tokens, "rows stopped early"
   med, ts = workdir.median_time(lambda: run(jax.random.fold_in(key, 1)), repeats)
-  return dict(first_call_s=first, median_s=med, times_s=ts,
-              compile_s=max(first - med, 0.0))
+  return dict(
+    first_call_s=first, median_s=med, times_s=ts, compile_s=max(first - med, 0.0)
+  )
 
 
 def bench_hf(hf_model, prompts, new_tokens, repeats):
   import torch
+
   ids = torch.tensor(np.asarray(prompts), dtype=torch.long)
-  kw = dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-            max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-            pad_token_id=0, attention_mask=torch.ones_like(ids))
+  kw = dict(
+    do_sample=True,
+    temperature=1.0,
+    top_k=0,
+    top_p=1.0,
+    max_new_tokens=new_tokens,
+    min_new_tokens=new_tokens,
+    pad_token_id=0,
+    attention_mask=torch.ones_like(ids),
+  )
   with torch.inference_mode():
     hf_model.generate(ids, **{**kw, "max_new_tokens": 4, "min_new_tokens": 4})
+
     def run():
       out = hf_model.generate(ids, **kw)
       assert out.shape[1] == ids.shape[1] + new_tokens
+
     med, ts = workdir.median_time(run, repeats)
   return dict(median_s=med, times_s=ts)
 
@@ -165,17 +192,22 @@ def run(batches) -> str:
   print(f"devices: {jax.devices()}")
   cfg, params, _ = build_model(FLAGS.model, FLAGS.seed)
   if FLAGS.prompt_len + FLAGS.new_tokens > cfg.max_seq_len:
-    raise app.UsageError(f"--prompt_len={FLAGS.prompt_len} + --new_tokens="
-                         f"{FLAGS.new_tokens} exceeds the model's context "
-                         f"({cfg.max_seq_len})")
+    raise app.UsageError(
+      f"--prompt_len={FLAGS.prompt_len} + --new_tokens="
+      f"{FLAGS.new_tokens} exceeds the model's context "
+      f"({cfg.max_seq_len})"
+    )
   ceil = measure_ceilings()
-  print(f"ceilings: matmul {ceil['matmul_flops'] / 1e9:.1f} GFLOP/s "
-        f"(xla {ceil['matmul_flops_xla'] / 1e9:.1f}, numpy "
-        f"{ceil['matmul_flops_numpy'] / 1e9:.1f}); copy "
-        f"{ceil['copy_bytes'] / 1e9:.1f} GB/s")
+  print(
+    f"ceilings: matmul {ceil['matmul_flops'] / 1e9:.1f} GFLOP/s "
+    f"(xla {ceil['matmul_flops_xla'] / 1e9:.1f}, numpy "
+    f"{ceil['matmul_flops_numpy'] / 1e9:.1f}); copy "
+    f"{ceil['copy_bytes'] / 1e9:.1f} GB/s"
+  )
   n_params = cfg.param_counts()["total"]
-  hf_model = (load_hf_model(FLAGS.model, cfg, params, FLAGS.torch_threads)
-              if FLAGS.hf else None)
+  hf_model = (
+    load_hf_model(FLAGS.model, cfg, params, FLAGS.torch_threads) if FLAGS.hf else None
+  )
   rng = np.random.default_rng(FLAGS.seed)
   P, N = FLAGS.prompt_len, FLAGS.new_tokens
   # Average context of a decode token, for attention FLOPs / KV bytes.
@@ -185,56 +217,92 @@ def run(batches) -> str:
   rows = []
   for B in batches:
     prompts = rng.integers(1, cfg.vocab_size, size=(B, P)).tolist()
-    ours = bench_ours(cfg, params, prompts, N, FLAGS.repeats,
-                      jax.random.key(FLAGS.seed))
+    ours = bench_ours(
+      cfg, params, prompts, N, FLAGS.repeats, jax.random.key(FLAGS.seed)
+    )
     tok_s = B * N / ours["median_s"]
     # Bytes per decode step: the weights once + every row's KV reads.
     step_bytes = wbytes + B * float(flops_lib.kv_bytes_per_token(cfg, ctx))
-    row = dict(batch=B, ours_tok_s=tok_s, ours=ours,
-               ours_mfu=tok_s * flops_tok / ceil["matmul_flops"],
-               ours_bw_util=(tok_s / B) * step_bytes / ceil["copy_bytes"])
+    row = dict(
+      batch=B,
+      ours_tok_s=tok_s,
+      ours=ours,
+      ours_mfu=tok_s * flops_tok / ceil["matmul_flops"],
+      ours_bw_util=(tok_s / B) * step_bytes / ceil["copy_bytes"],
+    )
     if hf_model is not None:
       hf = bench_hf(hf_model, prompts, N, FLAGS.repeats)
-      row.update(hf=hf, hf_tok_s=B * N / hf["median_s"],
-                 hf_mfu=(B * N / hf["median_s"]) * flops_tok /
-                 ceil["matmul_flops"])
+      row.update(
+        hf=hf,
+        hf_tok_s=B * N / hf["median_s"],
+        hf_mfu=(B * N / hf["median_s"]) * flops_tok / ceil["matmul_flops"],
+      )
       row["speedup"] = tok_s / row["hf_tok_s"]
     rows.append(row)
-    _write_json(dict(model=FLAGS.model, params=n_params, prompt_len=P,
-                     new_tokens=N, ceilings=ceil, rows=rows, complete=False))
-    print(f"batch {B}: ours {tok_s:.1f} tok/s"
-          + (f", hf {row['hf_tok_s']:.1f} tok/s, x{row['speedup']:.2f}"
-             if hf_model is not None else ""), flush=True)
+    _write_json(
+      dict(
+        model=FLAGS.model,
+        params=n_params,
+        prompt_len=P,
+        new_tokens=N,
+        ceilings=ceil,
+        rows=rows,
+        complete=False,
+      )
+    )
+    print(
+      f"batch {B}: ours {tok_s:.1f} tok/s"
+      + (
+        f", hf {row['hf_tok_s']:.1f} tok/s, x{row['speedup']:.2f}"
+        if hf_model is not None
+        else ""
+      ),
+      flush=True,
+    )
 
   # Recompilation check: a second prompt length in the same bucket.
   model = Transformer(cfg)
   before = TRACE_COUNT["generate"]
   p2 = rng.integers(1, cfg.vocab_size, size=(1, P - 3)).tolist()
-  jax.block_until_ready(generate(model, params, p2, jax.random.key(2), N,
-                                 make_sampling(1.0)))
+  jax.block_until_ready(
+    generate(model, params, p2, jax.random.key(2), N, make_sampling(1.0))
+  )
   recompiled = TRACE_COUNT["generate"] != before
 
   print()
-  print(f"model {FLAGS.model}: {n_params / 1e6:.1f}M params, prompt {P}, "
-        f"{N} new tokens, {flops_tok / 1e6:.1f} MFLOP/token, "
-        f"{wbytes / 1e6:.1f} MB weights/step")
-  hdr = (f"{'batch':>5} {'ours tok/s':>11} {'hf tok/s':>9} {'ratio':>6} "
-         f"{'ours MFU':>9} {'hf MFU':>7} {'ours BW':>8} {'compile s':>9}")
+  print(
+    f"model {FLAGS.model}: {n_params / 1e6:.1f}M params, prompt {P}, "
+    f"{N} new tokens, {flops_tok / 1e6:.1f} MFLOP/token, "
+    f"{wbytes / 1e6:.1f} MB weights/step"
+  )
+  hdr = (
+    f"{'batch':>5} {'ours tok/s':>11} {'hf tok/s':>9} {'ratio':>6} "
+    f"{'ours MFU':>9} {'hf MFU':>7} {'ours BW':>8} {'compile s':>9}"
+  )
   print(hdr)
   for r in rows:
-    print(f"{r['batch']:>5} {r['ours_tok_s']:>11.1f} "
-          f"{r.get('hf_tok_s', float('nan')):>9.1f} "
-          f"{r.get('speedup', float('nan')):>6.2f} {r['ours_mfu']:>9.1%} "
-          f"{r.get('hf_mfu', float('nan')):>7.1%} {r['ours_bw_util']:>8.1%} "
-          f"{r['ours']['compile_s']:>9.2f}")
-  print(f"second prompt length ({P - 3}) in the same bucket recompiled: "
-        f"{recompiled}")
-  result = dict(model=FLAGS.model, params=n_params, prompt_len=P,
-                new_tokens=N, flops_per_token=flops_tok,
-                weight_bytes_per_step=wbytes, ceilings=ceil, rows=rows,
-                same_bucket_recompiled=recompiled,
-                backend=jax.default_backend(), devices=str(jax.devices()),
-                complete=True)
+    print(
+      f"{r['batch']:>5} {r['ours_tok_s']:>11.1f} "
+      f"{r.get('hf_tok_s', float('nan')):>9.1f} "
+      f"{r.get('speedup', float('nan')):>6.2f} {r['ours_mfu']:>9.1%} "
+      f"{r.get('hf_mfu', float('nan')):>7.1%} {r['ours_bw_util']:>8.1%} "
+      f"{r['ours']['compile_s']:>9.2f}"
+    )
+  print(f"second prompt length ({P - 3}) in the same bucket recompiled: {recompiled}")
+  result = dict(
+    model=FLAGS.model,
+    params=n_params,
+    prompt_len=P,
+    new_tokens=N,
+    flops_per_token=flops_tok,
+    weight_bytes_per_step=wbytes,
+    ceilings=ceil,
+    rows=rows,
+    same_bucket_recompiled=recompiled,
+    backend=jax.default_backend(),
+    devices=str(jax.devices()),
+    complete=True,
+  )
   return _write_json(result)
 
 

@@ -69,28 +69,45 @@ def validate_flags():
     app.UsageError: naming the flag.
   """
   particles = workdir.flag_ints("particles")
-  workdir.flags_at_least(1, "steps", "step_tokens", "prompt_len", "layers",
-                         "repeats")
+  workdir.flags_at_least(1, "steps", "step_tokens", "prompt_len", "layers", "repeats")
   workdir.flags_at_least(4, "vocab")
   workdir.flags_at_least(0, "seed")
   if FLAGS.d_model % N_HEADS:
-    raise app.UsageError(f"--d_model={FLAGS.d_model} must be a multiple of "
-                         f"{N_HEADS} (the heads)")
+    raise app.UsageError(
+      f"--d_model={FLAGS.d_model} must be a multiple of {N_HEADS} (the heads)"
+    )
   K, S = FLAGS.steps, FLAGS.step_tokens
   try:
-    cfg = ModelConfig(vocab_size=FLAGS.vocab, d_model=FLAGS.d_model,
-                      n_layers=FLAGS.layers, n_heads=N_HEADS,
-                      n_kv_heads=N_HEADS, d_ff=4 * FLAGS.d_model,
-                      max_seq_len=FLAGS.prompt_len + (K + 1) * S)
+    cfg = ModelConfig(
+      vocab_size=FLAGS.vocab,
+      d_model=FLAGS.d_model,
+      n_layers=FLAGS.layers,
+      n_heads=N_HEADS,
+      n_kv_heads=N_HEADS,
+      d_ff=4 * FLAGS.d_model,
+      max_seq_len=FLAGS.prompt_len + (K + 1) * S,
+    )
   except (ValueError, TypeError) as e:
-    raise app.UsageError(f"the model config from --vocab/--d_model/--layers/"
-                         f"--prompt_len/--steps/--step_tokens: {e}") from None
+    raise app.UsageError(
+      f"the model config from --vocab/--d_model/--layers/"
+      f"--prompt_len/--steps/--step_tokens: {e}"
+    ) from None
   runs = []
   for N in particles:
     try:
-      runs.append((N, PFConfig(n_particles=N, max_steps=K, max_step_tokens=S,
-                               delimiter_ids=(), stop_ids=(),
-                               allow_no_stop=True)))
+      runs.append(
+        (
+          N,
+          PFConfig(
+            n_particles=N,
+            max_steps=K,
+            max_step_tokens=S,
+            delimiter_ids=(),
+            stop_ids=(),
+            allow_no_stop=True,
+          ),
+        )
+      )
     except ValueError as e:
       raise app.UsageError(f"--particles={N}: {e}") from None
   return cfg, runs
@@ -104,9 +121,17 @@ def make_reprefill_step(model, S):
   @jax.jit
   def step(params, texts_NxT, lengths_N, key):
     state, logits = model.prefill(params, texts_NxT, lengths_N, texts_NxT.shape[1] + S)
-    _, _, st = sample_step(model, params, state, logits, key, make_sampling(1.0),
-                           max_step_tokens=S, delimiter_ids=(),
-                           stop_ids=())
+    _, _, st = sample_step(
+      model,
+      params,
+      state,
+      logits,
+      key,
+      make_sampling(1.0),
+      max_step_tokens=S,
+      delimiter_ids=(),
+      stop_ids=(),
+    )
     _, score = scorer.score(None, None, st, jnp.ones_like(lengths_N, bool))
     return st.tokens, st.length, score
 
@@ -116,14 +141,15 @@ def make_reprefill_step(model, S):
 def run_reprefill(step_fn, params, prompt, N, K, S, key, rng):
   T = len(prompt) + K * S
   texts = np.zeros((N, T), np.int32)
-  texts[:, :len(prompt)] = prompt
+  texts[:, : len(prompt)] = prompt
   lengths = np.full((N,), len(prompt), np.int32)
   for k in range(K):
     key, sub = jax.random.split(key)
-    toks, lens, score = jax.device_get(step_fn(params, jnp.asarray(texts),
-                                               jnp.asarray(lengths), sub))
+    toks, lens, score = jax.device_get(
+      step_fn(params, jnp.asarray(texts), jnp.asarray(lengths), sub)
+    )
     for i in range(N):
-      texts[i, lengths[i]:lengths[i] + lens[i]] = toks[i, :lens[i]]
+      texts[i, lengths[i] : lengths[i] + lens[i]] = toks[i, : lens[i]]
     lengths = lengths + lens
     r = np.clip(score.astype(np.float64), 1e-6, 1 - 1e-6)
     logw = np.log(r) - np.log1p(-r)
@@ -136,9 +162,18 @@ def run_reprefill(step_fn, params, prompt, N, K, S, key, rng):
 def _write_json(cfg, rows, complete: bool) -> str:
   os.makedirs(FLAGS.workdir, exist_ok=True)
   path = os.path.join(FLAGS.workdir, workdir.RESULTS_FILE)
-  workdir.write_json_atomic(path, dict(
-      backend=jax.default_backend(), d_model=cfg.d_model, layers=cfg.n_layers,
-      vocab=cfg.vocab_size, rows=rows, complete=complete), indent=1)
+  workdir.write_json_atomic(
+    path,
+    dict(
+      backend=jax.default_backend(),
+      d_model=cfg.d_model,
+      layers=cfg.n_layers,
+      vocab=cfg.vocab_size,
+      rows=rows,
+      complete=complete,
+    ),
+    indent=1,
+  )
   return path
 
 
@@ -162,15 +197,22 @@ def run(cfg, runs) -> str:
     key = jax.random.key(N)
 
     def pf():
-      r, comp = run_particle_filter(model, params, ConfidenceScorer(), None, [prompt],
-                                    key, pf_cfg)
+      r, comp = run_particle_filter(
+        model, params, ConfidenceScorer(), None, [prompt], key, pf_cfg
+      )
       jax.block_until_ready(r.tokens)
       return r, comp
 
     def plain():  # prompt prefilled once and forked, as in the particle filter
-      out = generate(model, params, [prompt], key, K * S,
-                     cache_size=pf_cfg.min_cache_size(bucket_length(FLAGS.prompt_len)),
-                     num_samples=N)
+      out = generate(
+        model,
+        params,
+        [prompt],
+        key,
+        K * S,
+        cache_size=pf_cfg.min_cache_size(bucket_length(FLAGS.prompt_len)),
+        num_samples=N,
+      )
       jax.block_until_ready(out.tokens)
       return out
 
@@ -178,15 +220,21 @@ def run(cfg, runs) -> str:
     out = plain()
     t_pf, _ = workdir.median_time(pf, FLAGS.repeats)
     t_plain, _ = workdir.median_time(plain, FLAGS.repeats)
-    row = dict(N=N, steps=K, step_tokens=S, pf_s=t_pf, sample_s=t_plain,
-               pf_over_sample=t_pf / t_plain,
-               pf_tokens=float(comp.generated_tokens),
-               sample_tokens=float(np.asarray(out.lengths).sum()),
-               pf_steps_run=int(r.steps_run), pf_flops=comp.flops)
+    row = dict(
+      N=N,
+      steps=K,
+      step_tokens=S,
+      pf_s=t_pf,
+      sample_s=t_plain,
+      pf_over_sample=t_pf / t_plain,
+      pf_tokens=float(comp.generated_tokens),
+      sample_tokens=float(np.asarray(out.lengths).sum()),
+      pf_steps_run=int(r.steps_run),
+      pf_flops=comp.flops,
+    )
     if FLAGS.reprefill:
       step_fn = make_reprefill_step(model, S)
-      reprefill = lambda: run_reprefill(step_fn, params, prompt, N, K, S, key,
-                                        rng)
+      reprefill = lambda: run_reprefill(step_fn, params, prompt, N, K, S, key, rng)
       reprefill()  # warm-up
       t_re, _ = workdir.median_time(reprefill, FLAGS.repeats)
       row.update(reprefill_s=t_re, speedup_vs_reprefill=t_re / t_pf)
@@ -195,13 +243,17 @@ def run(cfg, runs) -> str:
     workdir.progress(str(row))
 
   hdr = f"{'N':>5} {'pf s':>8} {'sample s':>9} {'pf/sample':>10} {'reprefill s':>12} {'speed-up':>9}"
-  print(f"\nmodel: {cfg.n_layers} layers d={cfg.d_model} V={cfg.vocab_size}; "
-        f"K={K} steps x S={S} tokens; backend {jax.default_backend()}")
+  print(
+    f"\nmodel: {cfg.n_layers} layers d={cfg.d_model} V={cfg.vocab_size}; "
+    f"K={K} steps x S={S} tokens; backend {jax.default_backend()}"
+  )
   print(hdr)
   for r in rows:
-    print(f"{r['N']:>5} {r['pf_s']:>8.3f} {r['sample_s']:>9.3f} "
-          f"{r['pf_over_sample']:>10.2f} {r.get('reprefill_s', float('nan')):>12.3f} "
-          f"{r.get('speedup_vs_reprefill', float('nan')):>9.1f}")
+    print(
+      f"{r['N']:>5} {r['pf_s']:>8.3f} {r['sample_s']:>9.3f} "
+      f"{r['pf_over_sample']:>10.2f} {r.get('reprefill_s', float('nan')):>12.3f} "
+      f"{r.get('speedup_vs_reprefill', float('nan')):>9.1f}"
+    )
   return _write_json(cfg, rows, complete=True)
 
 

@@ -63,9 +63,14 @@ from jaxllm.decoding import Transformer
 from jaxllm.params import init_params
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("pairs", ["tiny", "smollm", "smollm_distilled"],
-                  "Model pairs: tiny, smollm, smollm_distilled.")
-flags.DEFINE_list("budgets", ["4", "8", "16", "32"], "Draft tokens per target call (tiny).")
+flags.DEFINE_list(
+  "pairs",
+  ["tiny", "smollm", "smollm_distilled"],
+  "Model pairs: tiny, smollm, smollm_distilled.",
+)
+flags.DEFINE_list(
+  "budgets", ["4", "8", "16", "32"], "Draft tokens per target call (tiny)."
+)
 flags.DEFINE_integer("depth", 4, "Depth of the equal-depth comparison (tiny).")
 flags.DEFINE_list("methods", ["chain", "iid", "rsd_c", "rsd_s"], "Methods (tiny).")
 flags.DEFINE_list("smollm_methods", ["chain", "rsd_s"], "Methods (smollm).")
@@ -73,10 +78,14 @@ flags.DEFINE_list("smollm_budgets", ["8"], "Budgets (smollm).")
 flags.DEFINE_bool("smollm_equal_depth", False, "Also the equal-depth group (smollm).")
 flags.DEFINE_integer("tiny_draft_layers", 1, "Draft = first n layers (tiny target).")
 flags.DEFINE_integer("smollm_draft_layers", 8, "Draft = first n of 30 layers.")
-flags.DEFINE_string("draft_dir", "results/smollm2/draft/draft",
-                    "Distilled SmolLM2 draft (experiments/train_draft.py).")
-flags.DEFINE_list("distilled_methods", ["chain", "iid", "rsd_c", "rsd_s"],
-                  "Methods (smollm_distilled).")
+flags.DEFINE_string(
+  "draft_dir",
+  "results/smollm2/draft/draft",
+  "Distilled SmolLM2 draft (experiments/train_draft.py).",
+)
+flags.DEFINE_list(
+  "distilled_methods", ["chain", "iid", "rsd_c", "rsd_s"], "Methods (smollm_distilled)."
+)
 flags.DEFINE_list("distilled_budgets", ["4", "8"], "Budgets (smollm_distilled).")
 flags.DEFINE_integer("distilled_prompts", 2, "Held-out GSM8K prompts (distilled).")
 flags.DEFINE_string("policy_dir", "results/arith/policy", "Trained arith policy.")
@@ -102,8 +111,11 @@ def _pair_flags(pair: str):
   if pair == "tiny":
     return "methods", "budgets", FLAGS.depth
   if pair == "smollm":
-    return ("smollm_methods", "smollm_budgets",
-            FLAGS.depth if FLAGS.smollm_equal_depth else 0)
+    return (
+      "smollm_methods",
+      "smollm_budgets",
+      FLAGS.depth if FLAGS.smollm_equal_depth else 0,
+    )
   return "distilled_methods", "distilled_budgets", 0
 
 
@@ -114,9 +126,16 @@ def validate_flags() -> None:
     app.UsageError: naming the flag (unknown pair / method, a budget that is
       not a positive int or that a method's tree cannot spend exactly, ...).
   """
-  for name in ("max_new_tokens", "prompts", "smollm_prompts", "repeats",
-               "smollm_repeats", "distilled_prompts", "tiny_draft_layers",
-               "smollm_draft_layers"):
+  for name in (
+    "max_new_tokens",
+    "prompts",
+    "smollm_prompts",
+    "repeats",
+    "smollm_repeats",
+    "distilled_prompts",
+    "tiny_draft_layers",
+    "smollm_draft_layers",
+  ):
     if getattr(FLAGS, name) < 1:
       raise app.UsageError(f"--{name} must be >= 1, got {getattr(FLAGS, name)}")
   if FLAGS.depth < 0:
@@ -124,18 +143,21 @@ def validate_flags() -> None:
   if not FLAGS.temperature >= 0:
     raise app.UsageError(f"--temperature must be >= 0, got {FLAGS.temperature}")
   if FLAGS.smollm_prompts > SMOLLM_PROMPTS:
-    raise app.UsageError(f"--smollm_prompts={FLAGS.smollm_prompts} exceeds the "
-                         f"{SMOLLM_PROMPTS} prompts there are")
+    raise app.UsageError(
+      f"--smollm_prompts={FLAGS.smollm_prompts} exceeds the "
+      f"{SMOLLM_PROMPTS} prompts there are"
+    )
   if FLAGS.smollm_draft_layers > SMOLLM_LAYERS:
-    raise app.UsageError(f"--smollm_draft_layers={FLAGS.smollm_draft_layers} "
-                         f"exceeds SmolLM2's {SMOLLM_LAYERS} layers")
+    raise app.UsageError(
+      f"--smollm_draft_layers={FLAGS.smollm_draft_layers} "
+      f"exceeds SmolLM2's {SMOLLM_LAYERS} layers"
+    )
   if not FLAGS.pairs:
     raise app.UsageError(f"--pairs is empty; choose from {PAIRS}")
   for p in FLAGS.pairs:
     if p not in PAIRS:
       raise app.UsageError(f"--pairs: unknown pair {p!r}; known: {PAIRS}")
-  kw = dict(max_new_tokens=FLAGS.max_new_tokens,
-            sampling_temperature=FLAGS.temperature)
+  kw = dict(max_new_tokens=FLAGS.max_new_tokens, sampling_temperature=FLAGS.temperature)
   for p in dict.fromkeys(FLAGS.pairs):
     mflag, bflag, depth = _pair_flags(p)
     methods, budgets = getattr(FLAGS, mflag), getattr(FLAGS, bflag)
@@ -155,8 +177,10 @@ def validate_flags() -> None:
         try:
           method_config(m, budget=b, **kw)
         except ValueError as e:
-          raise app.UsageError(f"--{bflag}: budget {b} for method {m!r}: {e}; use a "
-                               f"multiple of {budget_width(b)}") from None
+          raise app.UsageError(
+            f"--{bflag}: budget {b} for method {m!r}: {e}; use a "
+            f"multiple of {budget_width(b)}"
+          ) from None
     if depth:
       for m in methods:
         try:
@@ -199,14 +223,22 @@ def tiny_pair():
   if os.path.isdir(os.path.join(path, "policy")):
     from experiments.tasks import arith
     from experiments.train_policy import load_policy
+
     cfg, params, _ = load_policy(path)
     tok = arith.TOKENIZER
     problems = arith.generate(FLAGS.prompts, seed=FLAGS.seed + 123)
     prompts = [tok.encode(p.prompt, add_bos=True) for p in problems]
     return "arith-policy", cfg, params, LayerSkipDraft(cfg, range(n)), params, prompts
   print(f"no trained policy at {path}: using a random 3-layer pair")
-  cfg = ModelConfig(vocab_size=64, d_model=64, n_layers=3, n_heads=4, n_kv_heads=2,
-                    d_ff=128, max_seq_len=256)
+  cfg = ModelConfig(
+    vocab_size=64,
+    d_model=64,
+    n_layers=3,
+    n_heads=4,
+    n_kv_heads=2,
+    d_ff=128,
+    max_seq_len=256,
+  )
   params = init_params(cfg, jax.random.key(FLAGS.seed))
   rng = np.random.default_rng(FLAGS.seed)
   prompts = [list(rng.integers(0, 64, size=8)) for _ in range(FLAGS.prompts)]
@@ -216,6 +248,7 @@ def tiny_pair():
 def _smollm():
   try:
     from jaxllm.pretrained import load_pretrained
+
     return load_pretrained("smollm2-135m-instruct")
   except (ValueError, ImportError) as e:
     print(f"skipping smollm: {e}")
@@ -227,9 +260,13 @@ def smollm_pair():
   if got is None:
     return None
   cfg, params, tok = got
-  texts = ["The capital of France is", "def fibonacci(n):",
-           "Once upon a time, there was", "The three primary colors are"]
-  prompts = [tok.encode(t) for t in texts][:FLAGS.smollm_prompts]
+  texts = [
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Once upon a time, there was",
+    "The three primary colors are",
+  ]
+  prompts = [tok.encode(t) for t in texts][: FLAGS.smollm_prompts]
   draft = LayerSkipDraft(cfg, range(FLAGS.smollm_draft_layers))
   return "smollm2-135m", cfg, params, draft, params, prompts
 
@@ -238,8 +275,10 @@ def smollm_distilled_pair():
   """SmolLM2 + its distilled sub-vocabulary draft, on the ORIGINAL GSM8K problems of
   the templates the draft never saw (experiments/train_draft.heldout_problems)."""
   if not os.path.exists(os.path.join(FLAGS.draft_dir, "draft.json")):
-    print(f"skipping smollm_distilled: no draft at {FLAGS.draft_dir} "
-          "(python -m experiments.train_draft)")
+    print(
+      f"skipping smollm_distilled: no draft at {FLAGS.draft_dir} "
+      "(python -m experiments.train_draft)"
+    )
     return None
   got = _smollm()
   if got is None:
@@ -247,10 +286,15 @@ def smollm_distilled_pair():
   cfg, params, tok = got
   draft, dparams, meta = load_draft(FLAGS.draft_dir)
   from experiments.tasks import gsm8k
+
   orig = gsm8k.load_original()
-  held = orig[int(meta.get("train_templates", 80)):][:FLAGS.distilled_prompts]
-  prompts = [tok.apply_chat_template(
-      [{"role": "user", "content": gsm8k.format_prompt(p.question)}]) for p in held]
+  held = orig[int(meta.get("train_templates", 80)) :][: FLAGS.distilled_prompts]
+  prompts = [
+    tok.apply_chat_template(
+      [{"role": "user", "content": gsm8k.format_prompt(p.question)}]
+    )
+    for p in held
+  ]
   return "smollm2-135m+distilled", cfg, params, draft, dparams, prompts
 
 
@@ -276,69 +320,100 @@ def run_config(target, params, draft, dparams, c: SpecConfig, prompts, seed, rep
     accepted += int(out.accepted[0])
     flops += comp.flops
   n_tok = len(prompts) * c.max_new_tokens
-  return dict(tau=emitted / calls, target_calls=calls, accepted=accepted,
-              emitted=emitted, wall_s=wall, s_per_token=wall / n_tok,
-              flops_per_token=flops / n_tok)
+  return dict(
+    tau=emitted / calls,
+    target_calls=calls,
+    accepted=accepted,
+    emitted=emitted,
+    wall_s=wall,
+    s_per_token=wall / n_tok,
+    flops_per_token=flops / n_tok,
+  )
 
 
 def run_generate(target, params, prompts, seed, repeats):
   """Plain `jaxllm.generate` at batch 1 (no stop tokens), same token count."""
   s = make_sampling(FLAGS.temperature)
   key = jax.random.key(seed)
-  generate(target, params, [prompts[0]], key, FLAGS.max_new_tokens, s).tokens \
-      .block_until_ready()
+  generate(
+    target, params, [prompts[0]], key, FLAGS.max_new_tokens, s
+  ).tokens.block_until_ready()
   wall = 0.0
   for p in prompts:
     ts = []
     for _ in range(repeats):
       t0 = time.perf_counter()
-      generate(target, params, [p], key, FLAGS.max_new_tokens, s).tokens \
-          .block_until_ready()
+      generate(
+        target, params, [p], key, FLAGS.max_new_tokens, s
+      ).tokens.block_until_ready()
       ts.append(time.perf_counter() - t0)
     wall += min(ts)
   return wall / (len(prompts) * FLAGS.max_new_tokens)
 
 
-def bench_pair(name, cfg, params, draft, dparams, prompts, methods, budgets, depth,
-               repeats):
+def bench_pair(
+  name, cfg, params, draft, dparams, prompts, methods, budgets, depth, repeats
+):
   target = Transformer(cfg)
   ctx = np.mean([len(p) for p in prompts]) + FLAGS.max_new_tokens / 2
   c = float(flops_lib.decode_flops(cfg, ctx) / flops_lib.decode_flops(draft.cfg, ctx))
   kw = dict(max_new_tokens=FLAGS.max_new_tokens, sampling_temperature=FLAGS.temperature)
-  what = (f"draft layers {list(draft.layers)}" if isinstance(draft, LayerSkipDraft) else
-          f"draft {draft.cfg.n_layers} layers over {draft.cfg.vocab_size - 1} tokens")
-  print(f"\n== {name}: target {cfg.n_layers} layers, {what}, "
-        f"c = target/draft FLOPs per token = {c:.2f}, batch 1, T={FLAGS.temperature}, "
-        f"{len(prompts)} prompt(s) x {FLAGS.max_new_tokens} tokens", flush=True)
+  what = (
+    f"draft layers {list(draft.layers)}"
+    if isinstance(draft, LayerSkipDraft)
+    else f"draft {draft.cfg.n_layers} layers over {draft.cfg.vocab_size - 1} tokens"
+  )
+  print(
+    f"\n== {name}: target {cfg.n_layers} layers, {what}, "
+    f"c = target/draft FLOPs per token = {c:.2f}, batch 1, T={FLAGS.temperature}, "
+    f"{len(prompts)} prompt(s) x {FLAGS.max_new_tokens} tokens",
+    flush=True,
+  )
   t0 = time.perf_counter()
   ar = SpecConfig(tree=st.Autoregressive(), **kw)
   base = run_config(target, params, None, None, ar, prompts, FLAGS.seed, repeats)
   gen_s = run_generate(target, params, prompts, FLAGS.seed, repeats)
-  print(f"autoregressive: {base['s_per_token'] * 1e3:.2f} ms/token through the driver, "
-        f"{gen_s * 1e3:.2f} with jaxllm.generate "
-        f"(incl. compile {time.perf_counter() - t0:.0f} s)", flush=True)
-  groups = [("budget", b, method_config(m, budget=b, **kw)) for b in budgets
-            for m in methods]
+  print(
+    f"autoregressive: {base['s_per_token'] * 1e3:.2f} ms/token through the driver, "
+    f"{gen_s * 1e3:.2f} with jaxllm.generate "
+    f"(incl. compile {time.perf_counter() - t0:.0f} s)",
+    flush=True,
+  )
+  groups = [
+    ("budget", b, method_config(m, budget=b, **kw)) for b in budgets for m in methods
+  ]
   if depth:
     groups += [("depth", depth, method_config(m, depth=depth, **kw)) for m in methods]
   rows = []
-  hdr = (f"{'group':>9} {'method':>7} {'tree':>14} {'M':>3} {'L':>2} {'tau':>5} "
-         f"{'MBSU':>5} {'wall x':>6} {'gen x':>6} {'ms/tok':>7} {'FLOPs/tok':>9}")
+  hdr = (
+    f"{'group':>9} {'method':>7} {'tree':>14} {'M':>3} {'L':>2} {'tau':>5} "
+    f"{'MBSU':>5} {'wall x':>6} {'gen x':>6} {'ms/tok':>7} {'FLOPs/tok':>9}"
+  )
   print(hdr)
   for group, val, sc in groups:
     r = run_config(target, params, draft, dparams, sc, prompts, FLAGS.seed, repeats)
     L = sc.draft_calls_per_block
-    r.update(pair=name, group=f"{group}={val}", method=sc.tree.name, tree=sc.tree.label,
-             tree_tokens=sc.tree.tree_tokens, draft_calls_per_block=L, c=c,
-             mbsu=c * r["tau"] / (c + L),
-             wall_speedup=base["s_per_token"] / r["s_per_token"],
-             wall_speedup_vs_generate=gen_s / r["s_per_token"])
+    r.update(
+      pair=name,
+      group=f"{group}={val}",
+      method=sc.tree.name,
+      tree=sc.tree.label,
+      tree_tokens=sc.tree.tree_tokens,
+      draft_calls_per_block=L,
+      c=c,
+      mbsu=c * r["tau"] / (c + L),
+      wall_speedup=base["s_per_token"] / r["s_per_token"],
+      wall_speedup_vs_generate=gen_s / r["s_per_token"],
+    )
     rows.append(r)
-    print(f"{r['group']:>9} {sc.tree.name:>7} {r['tree']:>14} {sc.tree.tree_tokens:>3} "
-          f"{L:>2} "
-          f"{r['tau']:>5.2f} {r['mbsu']:>5.2f} {r['wall_speedup']:>6.2f} "
-          f"{r['wall_speedup_vs_generate']:>6.2f} "
-          f"{r['s_per_token'] * 1e3:>7.2f} {r['flops_per_token']:>9.3g}", flush=True)
+    print(
+      f"{r['group']:>9} {sc.tree.name:>7} {r['tree']:>14} {sc.tree.tree_tokens:>3} "
+      f"{L:>2} "
+      f"{r['tau']:>5.2f} {r['mbsu']:>5.2f} {r['wall_speedup']:>6.2f} "
+      f"{r['wall_speedup_vs_generate']:>6.2f} "
+      f"{r['s_per_token'] * 1e3:>7.2f} {r['flops_per_token']:>9.3g}",
+      flush=True,
+    )
   # Re-time the baselines at the end (load on a shared machine drifts); keep the min
   # for the speed-ups, which are recomputed from it.
   again = run_config(target, params, None, None, ar, prompts, FLAGS.seed, repeats)
@@ -348,10 +423,13 @@ def bench_pair(name, cfg, params, draft, dparams, prompts, methods, budgets, dep
   for r in rows:
     r["wall_speedup"] = base["s_per_token"] / r["s_per_token"]
     r["wall_speedup_vs_generate"] = gen_s / r["s_per_token"]
-  print(f"baselines re-timed (min kept): driver {base['s_per_token'] * 1e3:.2f} ms/token, "
-        f"generate {gen_s * 1e3:.2f}; wall x: " +
-        " ".join(f"{r['wall_speedup']:.2f}" for r in rows) + "; gen x: " +
-        " ".join(f"{r['wall_speedup_vs_generate']:.2f}" for r in rows))
+  print(
+    f"baselines re-timed (min kept): driver {base['s_per_token'] * 1e3:.2f} ms/token, "
+    f"generate {gen_s * 1e3:.2f}; wall x: "
+    + " ".join(f"{r['wall_speedup']:.2f}" for r in rows)
+    + "; gen x: "
+    + " ".join(f"{r['wall_speedup_vs_generate']:.2f}" for r in rows)
+  )
   base.update(pair=name, method="autoregressive", c=c, generate_s_per_token=gen_s)
   return dict(pair=name, c=c, draft=what, autoregressive=base, rows=rows)
 
@@ -361,26 +439,44 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax logs every read at INFO
   validate_flags()
   t_start = time.perf_counter()
-  results = dict(devices=str(jax.devices()), max_new_tokens=FLAGS.max_new_tokens,
-                 temperature=FLAGS.temperature, pairs=[])
+  results = dict(
+    devices=str(jax.devices()),
+    max_new_tokens=FLAGS.max_new_tokens,
+    temperature=FLAGS.temperature,
+    pairs=[],
+  )
   for pair in FLAGS.pairs:
     if pair == "tiny":
-      got, methods, budgets, depth, repeats = (tiny_pair(), FLAGS.methods, FLAGS.budgets,
-                                               FLAGS.depth, FLAGS.repeats)
+      got, methods, budgets, depth, repeats = (
+        tiny_pair(),
+        FLAGS.methods,
+        FLAGS.budgets,
+        FLAGS.depth,
+        FLAGS.repeats,
+      )
     elif pair == "smollm":
-      got, methods, budgets, repeats = (smollm_pair(), FLAGS.smollm_methods,
-                                        FLAGS.smollm_budgets, FLAGS.smollm_repeats)
+      got, methods, budgets, repeats = (
+        smollm_pair(),
+        FLAGS.smollm_methods,
+        FLAGS.smollm_budgets,
+        FLAGS.smollm_repeats,
+      )
       depth = FLAGS.depth if FLAGS.smollm_equal_depth else 0
     elif pair == "smollm_distilled":
       got, methods, budgets, depth, repeats = (
-          smollm_distilled_pair(), FLAGS.distilled_methods, FLAGS.distilled_budgets, 0,
-          FLAGS.smollm_repeats)
+        smollm_distilled_pair(),
+        FLAGS.distilled_methods,
+        FLAGS.distilled_budgets,
+        0,
+        FLAGS.smollm_repeats,
+      )
     else:  # validate_flags rejected it
       raise AssertionError(pair)
     if got is None:
       continue
-    results["pairs"].append(bench_pair(*got, methods, [int(b) for b in budgets], depth,
-                                       repeats))
+    results["pairs"].append(
+      bench_pair(*got, methods, [int(b) for b in budgets], depth, repeats)
+    )
     results["total_s"] = time.perf_counter() - t_start
     _write_results(results)  # a later pair's failure keeps this one
   results["total_s"] = time.perf_counter() - t_start

@@ -24,17 +24,19 @@ from experiments import workdir
 from jaxllm import Transformer, generate, make_sampling
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("question", "Natalia sold clips to 48 of her friends in "
-                    "April, and then she sold half as many clips in May. How "
-                    "many clips did Natalia sell altogether in April and May?",
-                    "The user message.")
+flags.DEFINE_string(
+  "question",
+  "Natalia sold clips to 48 of her friends in "
+  "April, and then she sold half as many clips in May. How "
+  "many clips did Natalia sell altogether in April and May?",
+  "The user message.",
+)
 flags.DEFINE_integer("max_new_tokens", 128, "Token budget.")
 flags.DEFINE_float("temperature", 0.7, "Sampling temperature.")
 flags.DEFINE_float("top_p", 0.9, "Nucleus sampling mass.")
 flags.DEFINE_integer("num_samples", 4, "Samples (one prefill, forked cache).")
 flags.DEFINE_integer("seed", 0, "Seed.")
-workdir.define_flags("results/chat_demo",
-                     workdir_help="Where the JSON record goes.")
+workdir.define_flags("results/chat_demo", workdir_help="Where the JSON record goes.")
 
 
 def validate_flags() -> None:
@@ -54,13 +56,23 @@ def run(out_dir: str) -> dict:
   writes and returns the record."""
   cfg, params, tok = workdir.load_pretrained(log=workdir.progress)
   prompt = tok.render_chat(
-      [{"role": "user", "content": FLAGS.question}], add_generation_prompt=True)
+    [{"role": "user", "content": FLAGS.question}], add_generation_prompt=True
+  )
   ids = tok.encode(prompt)
   model = Transformer(cfg)
   sampling = make_sampling(FLAGS.temperature, top_p=FLAGS.top_p)
-  sample = lambda key: jax.block_until_ready(generate(
-      model, params, [ids], key, FLAGS.max_new_tokens, sampling,
-      stop_tokens=[tok.eos_id], num_samples=FLAGS.num_samples))
+  sample = lambda key: jax.block_until_ready(
+    generate(
+      model,
+      params,
+      [ids],
+      key,
+      FLAGS.max_new_tokens,
+      sampling,
+      stop_tokens=[tok.eos_id],
+      num_samples=FLAGS.num_samples,
+    )
+  )
   t0 = time.perf_counter()
   sample(jax.random.key(FLAGS.seed + 1000))  # compile + warm up
   compile_s = time.perf_counter() - t0
@@ -68,21 +80,31 @@ def run(out_dir: str) -> dict:
   out = sample(jax.random.key(FLAGS.seed))
   dt = time.perf_counter() - t0
   lengths = np.asarray(out.lengths)
-  answers = [tok.decode([int(t) for t in out.tokens[i, :lengths[i]]
-                         if int(t) != tok.eos_id])
-             for i in range(FLAGS.num_samples)]
+  answers = [
+    tok.decode([int(t) for t in out.tokens[i, : lengths[i]] if int(t) != tok.eos_id])
+    for i in range(FLAGS.num_samples)
+  ]
   print(f"\nQ: {FLAGS.question}\n")
   for i, a in enumerate(answers):
     print(f"--- sample {i} ({lengths[i]} tokens) ---\n{a.strip()}\n")
   tps = float(lengths.sum() / dt)
-  print(f"{int(lengths.sum())} tokens in {dt:.2f}s: {tps:.1f} tokens/s "
-        f"(batch {FLAGS.num_samples}; first call incl. compile {compile_s:.1f}s)")
-  record = dict(question=FLAGS.question, prompt=prompt, answers=answers,
-                lengths=lengths.tolist(), seconds=dt, tokens_per_s=tps,
-                compile_s=compile_s)
+  print(
+    f"{int(lengths.sum())} tokens in {dt:.2f}s: {tps:.1f} tokens/s "
+    f"(batch {FLAGS.num_samples}; first call incl. compile {compile_s:.1f}s)"
+  )
+  record = dict(
+    question=FLAGS.question,
+    prompt=prompt,
+    answers=answers,
+    lengths=lengths.tolist(),
+    seconds=dt,
+    tokens_per_s=tps,
+    compile_s=compile_s,
+  )
   os.makedirs(out_dir, exist_ok=True)
-  workdir.write_json_atomic(os.path.join(out_dir, workdir.RESULTS_FILE),
-                            record, indent=1)
+  workdir.write_json_atomic(
+    os.path.join(out_dir, workdir.RESULTS_FILE), record, indent=1
+  )
   return record
 
 
@@ -90,8 +112,7 @@ def main(argv):
   del argv
   validate_flags()
   run(FLAGS.workdir)
-  print(f"results written to "
-        f"{os.path.join(FLAGS.workdir, workdir.RESULTS_FILE)}")
+  print(f"results written to {os.path.join(FLAGS.workdir, workdir.RESULTS_FILE)}")
 
 
 if __name__ == "__main__":

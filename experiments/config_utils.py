@@ -34,8 +34,9 @@ from typing import Any, Sequence
 import ml_collections
 
 
-CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), "configs")
+CONFIGS_DIR = os.path.join(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"
+)
 
 
 def config_path(name: str) -> str:
@@ -49,7 +50,8 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
   if not os.path.exists(path):
     raise ValueError(f"config file {path!r} does not exist")
   spec = importlib.util.spec_from_file_location(
-      "_cfg_" + os.path.basename(path).replace(".", "_"), path)
+    "_cfg_" + os.path.basename(path).replace(".", "_"), path
+  )
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   return mod.get_config()
@@ -62,17 +64,19 @@ def _type_name(x) -> str:
 def _check(value, schema, name: str):
   if isinstance(schema, ml_collections.ConfigDict):
     if not isinstance(value, (ml_collections.ConfigDict, dict)):
-      raise ValueError(f"config field {name!r} must be a ConfigDict (section), "
-                       f"got {_type_name(value)}")
+      raise ValueError(
+        f"config field {name!r} must be a ConfigDict (section), got {_type_name(value)}"
+      )
     for k in value.keys():
       if k not in schema:
         known = sorted(schema.keys())
         close = difflib.get_close_matches(k, known, n=3, cutoff=0.6)
-        hint = (f"did you mean {' or '.join(repr(c) for c in close)}? "
-                if close else "")
-        raise ValueError(f"unknown config field {name + '.' + k!r} "
-                         f"({hint}known fields of {name!r}: "
-                         f"{', '.join(known)})")
+        hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+        raise ValueError(
+          f"unknown config field {name + '.' + k!r} "
+          f"({hint}known fields of {name!r}: "
+          f"{', '.join(known)})"
+        )
     for k in schema.keys():
       if k not in value:
         raise ValueError(f"config field {name + '.' + k!r} is missing")
@@ -94,13 +98,18 @@ def _check(value, schema, name: str):
   else:
     ok = isinstance(value, type(schema))
   if not ok:
-    raise ValueError(f"config field {name!r} must be of type "
-                     f"{_type_name(schema)} (like the default {schema!r}), got "
-                     f"{_type_name(value)} {value!r}")
+    raise ValueError(
+      f"config field {name!r} must be of type "
+      f"{_type_name(schema)} (like the default {schema!r}), got "
+      f"{_type_name(value)} {value!r}"
+    )
 
 
-def check(config: ml_collections.ConfigDict,
-          schema: ml_collections.ConfigDict, name: str = "config") -> None:
+def check(
+  config: ml_collections.ConfigDict,
+  schema: ml_collections.ConfigDict,
+  name: str = "config",
+) -> None:
   """Check `config` against `schema` (same fields, same types) without
   changing it.
 
@@ -113,9 +122,11 @@ def check(config: ml_collections.ConfigDict,
   _check(config, schema, name)
 
 
-def validate(config: ml_collections.ConfigDict,
-             schema: ml_collections.ConfigDict,
-             name: str = "config") -> ml_collections.ConfigDict:
+def validate(
+  config: ml_collections.ConfigDict,
+  schema: ml_collections.ConfigDict,
+  name: str = "config",
+) -> ml_collections.ConfigDict:
   """Check `config` against `schema` (same fields, same types), lock and return
   it. Raises ValueError naming the first unknown, missing or mistyped field."""
   check(config, schema, name)
@@ -173,8 +184,7 @@ def _is_int(v) -> bool:
 
 
 def _is_number(v) -> bool:
-  return (isinstance(v, (int, float)) and not isinstance(v, bool)
-          and math.isfinite(v))
+  return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _numbers(config, names, ok, relation: str, name: str) -> None:
@@ -220,9 +230,16 @@ def _no_duplicates(v, full: str) -> None:
     raise ValueError(f"{full} lists {dup} more than once")
 
 
-def int_list(config, field: str, *, low: int | None = 1,
-             high: int | None = None, high_name: str = "",
-             allow_empty: bool = False, name: str = "config") -> list[int]:
+def int_list(
+  config,
+  field: str,
+  *,
+  low: int | None = 1,
+  high: int | None = None,
+  high_name: str = "",
+  allow_empty: bool = False,
+  name: str = "config",
+) -> list[int]:
   """The field as a list of distinct ints in [low, high].
 
   `high_name` names what bounds it (e.g. 'config.pool_size') in the error.
@@ -243,14 +260,19 @@ def int_list(config, field: str, *, low: int | None = 1,
     if low is not None and x < low:
       raise ValueError(f"{full}[{i}]={x} must be >= {low}")
     if high is not None and x > high:
-      raise ValueError(f"{full}[{i}]={x} exceeds "
-                       f"{high_name or 'the maximum'}={high}")
+      raise ValueError(f"{full}[{i}]={x} exceeds {high_name or 'the maximum'}={high}")
   _no_duplicates(v, full)
   return [int(x) for x in v]
 
 
-def str_list(config, field: str, allowed: Sequence[str], *,
-             allow_empty: bool = True, name: str = "config") -> list[str]:
+def str_list(
+  config,
+  field: str,
+  allowed: Sequence[str],
+  *,
+  allow_empty: bool = True,
+  name: str = "config",
+) -> list[str]:
   """The field as a list of distinct names from `allowed`.
 
   Raises:
@@ -267,16 +289,19 @@ def str_list(config, field: str, allowed: Sequence[str], *,
     if x not in allowed:
       close = difflib.get_close_matches(str(x), list(allowed), n=1)
       hint = f" (did you mean {close[0]!r}?)" if close else ""
-      raise ValueError(f"{full}: unknown name {x!r}{hint}; known: "
-                       f"{tuple(allowed)}")
+      raise ValueError(f"{full}: unknown name {x!r}{hint}; known: {tuple(allowed)}")
   _no_duplicates(v, full)
   return list(v)
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:
   """The config as JSON (written next to results for provenance)."""
-  return json.dumps(config.to_dict(), indent=2, sort_keys=True,
-                    default=lambda o: list(o) if isinstance(o, tuple) else str(o))
+  return json.dumps(
+    config.to_dict(),
+    indent=2,
+    sort_keys=True,
+    default=lambda o: list(o) if isinstance(o, tuple) else str(o),
+  )
 
 
 def as_tuple(x: Any):

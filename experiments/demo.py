@@ -29,8 +29,9 @@ from absl import app, flags
 from experiments import workdir
 
 FLAGS = flags.FLAGS
-workdir.define_flags("results", workdir_help="Root results directory (the "
-                     "stages write below it).")
+workdir.define_flags(
+  "results", workdir_help="Root results directory (the stages write below it)."
+)
 flags.DEFINE_list("sweep_overrides", [], "Extra --config.X=Y for the sweep.")
 
 
@@ -39,8 +40,9 @@ def _run(args):
   t0 = time.perf_counter()
   rc = subprocess.run([sys.executable, "-m"] + args).returncode
   if rc:
-    raise SystemExit(f"stopped: {args[0]} exited with status {rc} (its "
-                     f"message is above)")
+    raise SystemExit(
+      f"stopped: {args[0]} exited with status {rc} (its message is above)"
+    )
   workdir.progress(f"  ({time.perf_counter() - t0:.0f}s)")
 
 
@@ -50,19 +52,33 @@ def main(argv):
   policy = os.path.join(root, "arith", "policy")
   verifier = os.path.join(root, "arith", "verifier")
   sweep = os.path.join(root, "scaling", "arith")
-  sweep_args = (["experiments.scaling", "--config=configs/scaling_arith.py",
-                 f"--config.policy_dir={policy}",
-                 f"--config.verifier_dir={verifier}", f"--workdir={sweep}"] +
-                [f"--config.{o}" for o in FLAGS.sweep_overrides])
+  sweep_args = [
+    "experiments.scaling",
+    "--config=configs/scaling_arith.py",
+    f"--config.policy_dir={policy}",
+    f"--config.verifier_dir={verifier}",
+    f"--workdir={sweep}",
+  ] + [f"--config.{o}" for o in FLAGS.sweep_overrides]
   _run(sweep_args + ["--validate_only"])
   if not os.path.exists(os.path.join(policy, "policy")):
-    _run(["experiments.train_policy", "--config=configs/arith_policy.py",
-          f"--workdir={policy}"])
+    _run(
+      [
+        "experiments.train_policy",
+        "--config=configs/arith_policy.py",
+        f"--workdir={policy}",
+      ]
+    )
   else:
     print(f"using the trained policy in {policy}")
   if not all(os.path.exists(os.path.join(verifier, n)) for n in ("prm", "orm")):
-    _run(["experiments.train_verifier", "--config=configs/arith_verifier.py",
-          f"--workdir={verifier}", f"--config.policy_dir={policy}"])
+    _run(
+      [
+        "experiments.train_verifier",
+        "--config=configs/arith_verifier.py",
+        f"--workdir={verifier}",
+        f"--config.policy_dir={policy}",
+      ]
+    )
   else:
     print(f"using the trained verifiers in {verifier}")
   _run(sweep_args)

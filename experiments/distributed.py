@@ -52,22 +52,30 @@ def define_flags() -> None:
   """
   if "distributed" in FLAGS:
     return
-  flags.DEFINE_string("coordinator_address", None,
-                      "host:port of process 0 (jax.distributed). Unset: "
-                      "detected on SLURM / Open MPI / TPU pods.")
-  flags.DEFINE_integer("num_processes", None,
-                       "Number of processes (jax.distributed).")
-  flags.DEFINE_integer("process_id", None,
-                       "This process's id in [0, num_processes).")
-  flags.DEFINE_enum("distributed", "auto", list(MODES),
-                    "auto: start jax.distributed when the flags above are "
-                    "given or the environment is a multi-process SLURM / "
-                    "Open MPI / TPU-pod job; on: always (JAX detects what the "
-                    "flags leave out, e.g. a GCE TPU pod slice's workers); "
-                    "off: never.")
-  flags.DEFINE_string("mesh", None,
-                      "Device mesh, e.g. 'data=4,model=2' (axes data, fsdp, "
-                      "model; one may be -1). Default: every device on data.")
+  flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    "host:port of process 0 (jax.distributed). Unset: "
+    "detected on SLURM / Open MPI / TPU pods.",
+  )
+  flags.DEFINE_integer("num_processes", None, "Number of processes (jax.distributed).")
+  flags.DEFINE_integer("process_id", None, "This process's id in [0, num_processes).")
+  flags.DEFINE_enum(
+    "distributed",
+    "auto",
+    list(MODES),
+    "auto: start jax.distributed when the flags above are "
+    "given or the environment is a multi-process SLURM / "
+    "Open MPI / TPU-pod job; on: always (JAX detects what the "
+    "flags leave out, e.g. a GCE TPU pod slice's workers); "
+    "off: never.",
+  )
+  flags.DEFINE_string(
+    "mesh",
+    None,
+    "Device mesh, e.g. 'data=4,model=2' (axes data, fsdp, "
+    "model; one may be -1). Default: every device on data.",
+  )
 
 
 def _flag(name: str):
@@ -91,24 +99,33 @@ def cluster_from_env(environ: Optional[dict] = None) -> Optional[str]:
     except ValueError:
       return 1
 
-  slurm = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS",
-           "SLURM_PROCID", "SLURM_LOCALID")
+  slurm = (
+    "SLURM_JOB_ID",
+    "SLURM_STEP_NODELIST",
+    "SLURM_NTASKS",
+    "SLURM_PROCID",
+    "SLURM_LOCALID",
+  )
   if all(k in env for k in slurm) and count("SLURM_NTASKS") > 1:
     return "slurm"
   if "OMPI_MCA_orte_hnp_uri" in env and count("OMPI_COMM_WORLD_SIZE") > 1:
     return "ompi"
   hosts = env.get("TPU_WORKER_HOSTNAMES") or env.get("TPU_PROCESS_ADDRESSES")
-  if (hosts and len([h for h in hosts.split(",") if h.strip()]) > 1) or \
-      env.get("MEGASCALE_COORDINATOR_ADDRESS"):
+  if (hosts and len([h for h in hosts.split(",") if h.strip()]) > 1) or env.get(
+    "MEGASCALE_COORDINATOR_ADDRESS"
+  ):
     return "tpu"
   return None
 
 
-def maybe_initialize(*, coordinator_address: Optional[str] = None,
-                     num_processes: Optional[int] = None,
-                     process_id: Optional[int] = None,
-                     mode: Optional[str] = None,
-                     timeout_s: int = 300) -> Optional[str]:
+def maybe_initialize(
+  *,
+  coordinator_address: Optional[str] = None,
+  num_processes: Optional[int] = None,
+  process_id: Optional[int] = None,
+  mode: Optional[str] = None,
+  timeout_s: int = 300,
+) -> Optional[str]:
   """Start `jax.distributed` if this run is multi-process; call it before
   any other JAX call (it must precede backend initialisation).
 
@@ -134,10 +151,12 @@ def maybe_initialize(*, coordinator_address: Optional[str] = None,
       already initialised or the coordinator cannot be reached within
       `timeout_s` seconds.
   """
-  coordinator_address = (coordinator_address if coordinator_address
-                         is not None else _flag("coordinator_address"))
-  num_processes = (num_processes if num_processes is not None
-                   else _flag("num_processes"))
+  coordinator_address = (
+    coordinator_address
+    if coordinator_address is not None
+    else _flag("coordinator_address")
+  )
+  num_processes = num_processes if num_processes is not None else _flag("num_processes")
   process_id = process_id if process_id is not None else _flag("process_id")
   mode = mode or _flag("distributed") or "auto"
   if mode not in MODES:
@@ -146,10 +165,14 @@ def maybe_initialize(*, coordinator_address: Optional[str] = None,
     return "already"
   if num_processes is not None and num_processes < 1:
     raise ValueError(f"--num_processes must be >= 1, got {num_processes}")
-  if process_id is not None and num_processes is not None and not (
-      0 <= process_id < num_processes):
-    raise ValueError(f"--process_id={process_id} is outside [0, "
-                     f"--num_processes={num_processes})")
+  if (
+    process_id is not None
+    and num_processes is not None
+    and not (0 <= process_id < num_processes)
+  ):
+    raise ValueError(
+      f"--process_id={process_id} is outside [0, --num_processes={num_processes})"
+    )
   if mode == "off":
     return None
   cluster = cluster_from_env()
@@ -158,17 +181,21 @@ def maybe_initialize(*, coordinator_address: Optional[str] = None,
     if not explicit and cluster is None:
       return None
     if explicit and not coordinator_address and cluster is None:
-      raise ValueError(f"--num_processes={num_processes} needs "
-                       "--coordinator_address=HOST:PORT (process 0's "
-                       "address) outside SLURM / Open MPI / TPU pods")
-  if "jax_cpu_collectives_implementation" in jax.config.values and \
-      jax.config.values["jax_cpu_collectives_implementation"] in (None, "",
-                                                                  "none"):
+      raise ValueError(
+        f"--num_processes={num_processes} needs "
+        "--coordinator_address=HOST:PORT (process 0's "
+        "address) outside SLURM / Open MPI / TPU pods"
+      )
+  if "jax_cpu_collectives_implementation" in jax.config.values and jax.config.values[
+    "jax_cpu_collectives_implementation"
+  ] in (None, "", "none"):
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(coordinator_address=coordinator_address,
-                             num_processes=num_processes,
-                             process_id=process_id,
-                             initialization_timeout=timeout_s)
+  jax.distributed.initialize(
+    coordinator_address=coordinator_address,
+    num_processes=num_processes,
+    process_id=process_id,
+    initialization_timeout=timeout_s,
+  )
   if mode == "on":
     return "on"
   return "flags" if explicit else cluster
@@ -181,6 +208,7 @@ def mesh_from_flags(devices=None):
     ValueError: a bad --mesh spec (naming the axis and the numbers).
   """
   from jaxllm import sharding
+
   try:
     return sharding.make_mesh(_flag("mesh"), devices)
   except ValueError as e:
@@ -192,9 +220,12 @@ def is_writer() -> bool:
   return jax.process_index() == 0
 
 
-def split_for_process(items: Sequence[Any], *,
-                      process_id: Optional[int] = None,
-                      num_processes: Optional[int] = None) -> list:
+def split_for_process(
+  items: Sequence[Any],
+  *,
+  process_id: Optional[int] = None,
+  num_processes: Optional[int] = None,
+) -> list:
   """This process's share of `items`: items[process_id::num_processes]
   (strided, so each process gets easy and hard problems alike; sizes differ
   by at most one). Defaults: jax.process_index() / jax.process_count().
@@ -221,14 +252,15 @@ def allgather_objects(obj: Any) -> list:
   if jax.process_count() == 1:
     return [obj]
   from jax.experimental import multihost_utils
+
   data = np.frombuffer(pickle.dumps(obj), np.uint8)
-  sizes = np.asarray(multihost_utils.process_allgather(
-      np.array([data.size], np.int64))).reshape(-1)
+  sizes = np.asarray(
+    multihost_utils.process_allgather(np.array([data.size], np.int64))
+  ).reshape(-1)
   buf = np.zeros((int(sizes.max()),), np.uint8)
-  buf[:data.size] = data
+  buf[: data.size] = data
   every = np.asarray(multihost_utils.process_allgather(buf))
-  return [pickle.loads(every[p, :int(sizes[p])].tobytes())
-          for p in range(len(sizes))]
+  return [pickle.loads(every[p, : int(sizes[p])].tobytes()) for p in range(len(sizes))]
 
 
 def gather_split(local_results: Sequence[Any], n_items: int) -> list:
@@ -245,6 +277,7 @@ def gather_split(local_results: Sequence[Any], n_items: int) -> list:
   for p, part in enumerate(parts):
     want = len(range(p, n_items, n))
     if len(part) != want:
-      raise ValueError(f"process {p} returned {len(part)} results for its "
-                       f"{want} of {n_items} items")
+      raise ValueError(
+        f"process {p} returned {len(part)} results for its {want} of {n_items} items"
+      )
   return [parts[i % n][i // n] for i in range(n_items)]

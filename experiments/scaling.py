@@ -59,12 +59,16 @@ from jaxllm import flops as flops_lib
 DEFAULT_CONFIG = config_utils.config_path("scaling_arith.py")
 TOK = arith.TOKENIZER
 PRM_PREFIX = "bon_prm_"  # + an aggregation of algorithms.selection
-SELECTION_METHODS = ("coverage", "majority", "weighted_majority_orm",
-                     "bon_orm") + tuple(
-                         PRM_PREFIX + a for a in ("min", "last", "prod", "mean")
-                     ) + ("bom_orm",)
-assert all(m[len(PRM_PREFIX):] in selection.AGGREGATIONS
-           for m in SELECTION_METHODS if m.startswith(PRM_PREFIX))
+SELECTION_METHODS = (
+  ("coverage", "majority", "weighted_majority_orm", "bon_orm")
+  + tuple(PRM_PREFIX + a for a in ("min", "last", "prod", "mean"))
+  + ("bom_orm",)
+)
+assert all(
+  m[len(PRM_PREFIX) :] in selection.AGGREGATIONS
+  for m in SELECTION_METHODS
+  if m.startswith(PRM_PREFIX)
+)
 # Search methods run for real at every budget through the one method registry
 # (algorithms.methods: N particles / paths; A*: a generated-token budget of
 # N * config.astar_tokens_per_sample), guided by the PRM through its own KV
@@ -73,21 +77,32 @@ SEARCH_METHODS = ("pf", "pf_smc", "epf", "beam", "dvts", "astar")
 assert all(m in methods_lib.REGISTRY for m in SEARCH_METHODS)
 # Config fields that only choose which rows exist; every other field is pinned
 # in out_dir/settings.json (see the module doc).
-EXTENDABLE = ("budgets", "seeds", "methods", "search_methods",
-              "search_budgets", "search_seeds")
+EXTENDABLE = (
+  "budgets",
+  "seeds",
+  "methods",
+  "search_methods",
+  "search_budgets",
+  "search_seeds",
+)
 RESULT_FILES = ("rows.jsonl", "pool_seed*.npz")
 # Each search method's settings (algorithms.methods) -> the config field it is
 # read from; every method also gets the arith step / stop / pad ids.
 _PF_FIELDS = {"max_steps": "max_steps", "max_step_tokens": "max_step_tokens"}
 SEARCH_FIELDS = {
-    "pf": _PF_FIELDS, "pf_smc": _PF_FIELDS, "epf": _PF_FIELDS,
-    "beam": {"beam_width": "beam_width", **_PF_FIELDS},
-    "dvts": {"beam_width": "beam_width", **_PF_FIELDS},
-    "astar": {"capacity": "astar_capacity", "num_children": "astar_children",
-              "max_step_tokens": "max_step_tokens",
-              "max_solution_tokens": "max_new_tokens",
-              "expected_total_steps": "astar_expected_steps",
-              "tokens_per_sample": "astar_tokens_per_sample"},
+  "pf": _PF_FIELDS,
+  "pf_smc": _PF_FIELDS,
+  "epf": _PF_FIELDS,
+  "beam": {"beam_width": "beam_width", **_PF_FIELDS},
+  "dvts": {"beam_width": "beam_width", **_PF_FIELDS},
+  "astar": {
+    "capacity": "astar_capacity",
+    "num_children": "astar_children",
+    "max_step_tokens": "max_step_tokens",
+    "max_solution_tokens": "max_new_tokens",
+    "expected_total_steps": "astar_expected_steps",
+    "tokens_per_sample": "astar_tokens_per_sample",
+  },
 }
 
 
@@ -97,6 +112,7 @@ SEARCH_FIELDS = {
 @dataclasses.dataclass(frozen=True)
 class SweepPlan:
   """What a validated config asks for (tuples of ints / method names)."""
+
   methods: tuple
   budgets: tuple
   seeds: tuple
@@ -106,10 +122,14 @@ class SweepPlan:
 
   def keys(self) -> list:
     """Every (method, budget, seed) row of this config, selection first."""
-    return ([(m, k, s) for s in self.seeds for m in self.methods
-             for k in self.budgets] +
-            [(m, k, s) for s in self.search_seeds for m in self.search
-             for k in self.search_budgets])
+    return [
+      (m, k, s) for s in self.seeds for m in self.methods for k in self.budgets
+    ] + [
+      (m, k, s)
+      for s in self.search_seeds
+      for m in self.search
+      for k in self.search_budgets
+    ]
 
 
 def search_method(method: str, config) -> methods_lib.Method:
@@ -123,12 +143,14 @@ def search_method(method: str, config) -> methods_lib.Method:
     ValueError: a method this sweep does not run, listing the ones it does.
   """
   if method not in SEARCH_FIELDS:
-    raise ValueError(f"unknown search method {method!r}; known: "
-                     f"{SEARCH_METHODS}")
+    raise ValueError(f"unknown search method {method!r}; known: {SEARCH_METHODS}")
   return methods_lib.method(
-      method, delimiter_ids=(TOK.newline_id,), stop_ids=(TOK.eos_id,),
-      pad_id=TOK.pad_id,
-      **{s: config[f] for s, f in SEARCH_FIELDS[method].items()})
+    method,
+    delimiter_ids=(TOK.newline_id,),
+    stop_ids=(TOK.eos_id,),
+    pad_id=TOK.pad_id,
+    **{s: config[f] for s, f in SEARCH_FIELDS[method].items()},
+  )
 
 
 def search_config(method: str, k: int, config):
@@ -153,52 +175,81 @@ def validate_sweep(config) -> SweepPlan:
     ValueError: naming the offending config field(s).
   """
   config_utils.check(config, config_utils.load_config_file(DEFAULT_CONFIG))
-  config_utils.positive(config, "n_problems", "pool_size", "max_new_tokens",
-                        "max_steps", "rows_per_call", "max_step_tokens",
-                        "beam_width", "astar_children", "astar_capacity",
-                        "astar_expected_steps", "astar_tokens_per_sample")
+  config_utils.positive(
+    config,
+    "n_problems",
+    "pool_size",
+    "max_new_tokens",
+    "max_steps",
+    "rows_per_call",
+    "max_step_tokens",
+    "beam_width",
+    "astar_children",
+    "astar_capacity",
+    "astar_expected_steps",
+    "astar_tokens_per_sample",
+  )
   config_utils.non_negative(config, "temperature")
   methods = config_utils.str_list(config, "methods", SELECTION_METHODS)
   search = config_utils.str_list(config, "search_methods", SEARCH_METHODS)
   if not methods and not search:
-    raise ValueError("config.methods and config.search_methods are both "
-                     "empty: nothing to run")
-  budgets = config_utils.int_list(config, "budgets", high=config.pool_size,
-                                  high_name="config.pool_size",
-                                  allow_empty=not methods)
-  seeds = config_utils.int_list(config, "seeds", low=0,
-                                allow_empty=not methods)
-  search_budgets = config_utils.int_list(config, "search_budgets",
-                                         allow_empty=not search)
-  search_seeds = config_utils.int_list(config, "search_seeds", low=0,
-                                       allow_empty=not search)
+    raise ValueError(
+      "config.methods and config.search_methods are both empty: nothing to run"
+    )
+  budgets = config_utils.int_list(
+    config,
+    "budgets",
+    high=config.pool_size,
+    high_name="config.pool_size",
+    allow_empty=not methods,
+  )
+  seeds = config_utils.int_list(config, "seeds", low=0, allow_empty=not methods)
+  search_budgets = config_utils.int_list(
+    config, "search_budgets", allow_empty=not search
+  )
+  search_seeds = config_utils.int_list(
+    config, "search_seeds", low=0, allow_empty=not search
+  )
   for m in search:
     for k in search_budgets:
       try:
         search_config(m, k, config)
       except ValueError as e:
-        used = ", ".join(f"config.{f}={config[f]!r}"
-                         for f in SEARCH_FIELDS[m].values())
-        raise ValueError(f"config.search_budgets: budget {k} does not work for "
-                         f"search method {m!r} (with {used}): {e}") from None
-  return SweepPlan(tuple(methods), tuple(budgets), tuple(seeds), tuple(search),
-                   tuple(search_budgets), tuple(search_seeds))
+        used = ", ".join(f"config.{f}={config[f]!r}" for f in SEARCH_FIELDS[m].values())
+        raise ValueError(
+          f"config.search_budgets: budget {k} does not work for "
+          f"search method {m!r} (with {used}): {e}"
+        ) from None
+  return SweepPlan(
+    tuple(methods),
+    tuple(budgets),
+    tuple(seeds),
+    tuple(search),
+    tuple(search_budgets),
+    tuple(search_seeds),
+  )
 
 
 def sweep_settings(config) -> dict:
   """The settings pinned in out_dir/settings.json: every field but
   `EXTENDABLE`. Accepts a ConfigDict or the nested dict of a saved
   config.json (an earlier version's record)."""
-  return {k: (v.to_dict() if hasattr(v, "to_dict") else v)
-          for k, v in config.items() if k not in EXTENDABLE}
+  return {
+    k: (v.to_dict() if hasattr(v, "to_dict") else v)
+    for k, v in config.items()
+    if k not in EXTENDABLE
+  }
 
 
 def _pin(config, out_dir, check_only=False) -> dict:
   # Sweeps before settings.json wrote their whole config to config.json first.
   return workdir.pin_settings(
-      out_dir, sweep_settings(config), results=RESULT_FILES,
-      legacy=workdir.legacy_config_json(sweep_settings),
-      check_only=check_only)
+    out_dir,
+    sweep_settings(config),
+    results=RESULT_FILES,
+    legacy=workdir.legacy_config_json(sweep_settings),
+    check_only=check_only,
+  )
 
 
 def check_sweep(config, out_dir) -> SweepPlan:
@@ -238,33 +289,44 @@ def build_pool(policy, verifiers, problems, config, seed: int) -> dict:
   step = max(1, config.rows_per_call // N)  # problems per generate call
   model = Transformer(cfg)
   for i in range(0, P, step):
-    chunk = prompts[i:i + step]
+    chunk = prompts[i : i + step]
     chunk = chunk + [chunk[-1]] * (step - len(chunk))  # one shape, one compile
-    out = generate(model, params, chunk, jax.random.key(seed * 7919 + i),
-                   config.max_new_tokens, make_sampling(config.temperature),
-                   stop_tokens=[TOK.eos_id], pad_id=TOK.pad_id, num_samples=N)
-    toks.append(np.asarray(out.tokens)[:len(prompts[i:i + step]) * N])
-    lens.append(np.asarray(out.lengths)[:len(prompts[i:i + step]) * N])
+    out = generate(
+      model,
+      params,
+      chunk,
+      jax.random.key(seed * 7919 + i),
+      config.max_new_tokens,
+      make_sampling(config.temperature),
+      stop_tokens=[TOK.eos_id],
+      pad_id=TOK.pad_id,
+      num_samples=N,
+    )
+    toks.append(np.asarray(out.tokens)[: len(prompts[i : i + step]) * N])
+    lens.append(np.asarray(out.lengths)[: len(prompts[i : i + step]) * N])
   toks = np.concatenate(toks).reshape(P, N, -1)
   lens = np.concatenate(lens).reshape(P, N)
-  texts = [[TOK.decode(toks[p, n, :lens[p, n]]) for n in range(N)]
-           for p in range(P)]
+  texts = [[TOK.decode(toks[p, n, : lens[p, n]]) for n in range(N)] for p in range(P)]
   answers = [[arith.extract_answer(t) for t in row] for row in texts]
-  correct = np.array([[arith.check_answer(problems[p], t) for t in texts[p]]
-                      for p in range(P)], bool)
+  correct = np.array(
+    [[arith.check_answer(problems[p], t) for t in texts[p]] for p in range(P)], bool
+  )
   # Verifier scores: full sequences BOS + prompt + sample (one forward each).
-  seqs = [[prompts[p] + list(toks[p, n, :lens[p, n]]) for n in range(N)]
-          for p in range(P)]
+  seqs = [
+    [prompts[p] + list(toks[p, n, : lens[p, n]]) for n in range(N)] for p in range(P)
+  ]
   T = max(len(s) for row in seqs for s in row)
   T = 1 << (T - 1).bit_length()
   flat = np.full((P * N, T), TOK.pad_id, np.int32)
   for r, s in enumerate(s for row in seqs for s in row):
-    flat[r, :len(s)] = s
+    flat[r, : len(s)] = s
   scores = {}
   for name, (rm, rparams) in verifiers.items():
     fn = jax.jit(rm.score_all)
-    out = [np.asarray(fn(rparams, jnp.asarray(flat[i:i + config.rows_per_call])))
-           for i in range(0, P * N, config.rows_per_call)]
+    out = [
+      np.asarray(fn(rparams, jnp.asarray(flat[i : i + config.rows_per_call])))
+      for i in range(0, P * N, config.rows_per_call)
+    ]
     scores[name] = np.concatenate(out).reshape(P, N, T)
   # ORM: score at the last token. PRM: scores at step delimiters (newline or
   # EOS) inside the generated part.
@@ -275,14 +337,20 @@ def build_pool(policy, verifiers, problems, config, seed: int) -> dict:
   prm_mask = np.zeros((P, N, S), bool)
   for p in range(P):
     for n in range(N):
-      gen = toks[p, n, :lens[p, n]]
+      gen = toks[p, n, : lens[p, n]]
       ends = np.flatnonzero((gen == TOK.newline_id) | (gen == TOK.eos_id))[:S]
       pos = len(prompts[p]) + ends
-      prm_steps[p, n, :len(ends)] = scores["prm"][p, n, pos]
-      prm_mask[p, n, :len(ends)] = True
-  return dict(answers=dense_answer_ids(answers), correct=correct,
-              lengths=lens, prompt_lengths=np.array([len(x) for x in prompts]),
-              orm=orm, prm_steps=prm_steps, prm_mask=prm_mask)
+      prm_steps[p, n, : len(ends)] = scores["prm"][p, n, pos]
+      prm_mask[p, n, : len(ends)] = True
+  return dict(
+    answers=dense_answer_ids(answers),
+    correct=correct,
+    lengths=lens,
+    prompt_lengths=np.array([len(x) for x in prompts]),
+    orm=orm,
+    prm_steps=prm_steps,
+    prm_mask=prm_mask,
+  )
 
 
 def load_pool(path: str, config) -> dict:
@@ -294,13 +362,25 @@ def load_pool(path: str, config) -> dict:
   """
   pool = dict(np.load(path))
   P, N, S = config.n_problems, config.pool_size, config.max_steps
-  want = dict(answers=(P, N), correct=(P, N), lengths=(P, N), orm=(P, N),
-              prompt_lengths=(P,), prm_steps=(P, N, S), prm_mask=(P, N, S))
-  bad = {k: pool[k].shape if k in pool else None for k, w in want.items()
-         if k not in pool or pool[k].shape != w}
+  want = dict(
+    answers=(P, N),
+    correct=(P, N),
+    lengths=(P, N),
+    orm=(P, N),
+    prompt_lengths=(P,),
+    prm_steps=(P, N, S),
+    prm_mask=(P, N, S),
+  )
+  bad = {
+    k: pool[k].shape if k in pool else None
+    for k, w in want.items()
+    if k not in pool or pool[k].shape != w
+  }
   if bad:
-    raise ValueError(f"{path} does not match the config (array: shape found, "
-                     f"None = missing) {bad}; expected {want}")
+    raise ValueError(
+      f"{path} does not match the config (array: shape found, "
+      f"None = missing) {bad}; expected {want}"
+    )
   return pool
 
 
@@ -311,8 +391,10 @@ def prm_scores(pool: dict, aggregation: str) -> np.ndarray:
   """PRM score per sample [P, N] (float64): the pool's step scores aggregated
   by `algorithms.selection.aggregate_step_scores` (a sample with no scored
   step gets -inf, so it ranks below every scored sample)."""
-  return np.asarray(selection.aggregate_step_scores(
-      pool["prm_steps"], pool["prm_mask"], aggregation), np.float64)
+  return np.asarray(
+    selection.aggregate_step_scores(pool["prm_steps"], pool["prm_mask"], aggregation),
+    np.float64,
+  )
 
 
 def selection_accuracy(method: str, pool: dict, ks, seed: int) -> np.ndarray:
@@ -332,19 +414,20 @@ def selection_accuracy(method: str, pool: dict, ks, seed: int) -> np.ndarray:
   if method == "coverage":
     return estimators.pass_at_k(np.full(len(c), n), c.sum(1), ks).mean(0)
   subset = {
-      "majority": lambda k: estimators.majority_at_k(a, c, [k], seed=[seed, k]),
-      "weighted_majority_orm": lambda k: estimators.weighted_majority_at_k(
-          a, pool["orm"], c, [k], seed=[seed, k]),
-      "bom_orm": lambda k: estimators.best_of_majority_at_k(
-          a, pool["orm"], c, [k], alpha=0.1, seed=[seed, k]),
+    "majority": lambda k: estimators.majority_at_k(a, c, [k], seed=[seed, k]),
+    "weighted_majority_orm": lambda k: estimators.weighted_majority_at_k(
+      a, pool["orm"], c, [k], seed=[seed, k]
+    ),
+    "bom_orm": lambda k: estimators.best_of_majority_at_k(
+      a, pool["orm"], c, [k], alpha=0.1, seed=[seed, k]
+    ),
   }
   if method in subset:
-    return np.array([subset[method](int(k)).value_PxK[:, 0].mean()
-                     for k in ks])
+    return np.array([subset[method](int(k)).value_PxK[:, 0].mean() for k in ks])
   if method == "bon_orm":
     return estimators.best_of_n_at_k(pool["orm"], c, ks).mean(0)
   if method in SELECTION_METHODS and method.startswith(PRM_PREFIX):
-    s = prm_scores(pool, method[len(PRM_PREFIX):])
+    s = prm_scores(pool, method[len(PRM_PREFIX) :])
     return estimators.best_of_n_at_k(s, c, ks).mean(0)
   raise ValueError(f"unknown method {method!r}; known: {SELECTION_METHODS}")
 
@@ -357,50 +440,61 @@ def selection_compute(method, pool, k, policy_cfg, verifier_cfg) -> dict:
   # Decode FLOPs of one sample: each token attends to prompt + its prefix.
   ctx = prompt[:, None] + (gen + 1) / 2
   dec = (gen * flops_lib.decode_flops(policy_cfg, ctx)).mean()
-  rec = flops_lib.Compute(prefill_tokens=prompt.mean(),
-                          generated_tokens=k * gen.mean(), model_calls=0.0,
-                          prefill_flops=pre, decode_flops=k * dec)
+  rec = flops_lib.Compute(
+    prefill_tokens=prompt.mean(),
+    generated_tokens=k * gen.mean(),
+    model_calls=0.0,
+    prefill_flops=pre,
+    decode_flops=k * dec,
+  )
   if method not in ("coverage", "majority"):
     vt = prompt[:, None] + gen
     vflops = (vt * flops_lib.decode_flops(verifier_cfg, (vt + 1) / 2)).mean()
-    rec = rec + flops_lib.Compute(verifier_tokens=k * vt.mean(),
-                                  verifier_calls=float(k),
-                                  verifier_flops=k * vflops)
+    rec = rec + flops_lib.Compute(
+      verifier_tokens=k * vt.mean(), verifier_calls=float(k), verifier_flops=k * vflops
+    )
   return rec.as_dict()
 
 
 # ----------------------------- search methods -----------------------------
 
 
-def run_search(method: str, k: int, policy, verifiers, problems, config,
-               seed: int):
+def run_search(method: str, k: int, policy, verifiers, problems, config, seed: int):
   """Run a search method with budget k on every problem (`algorithms.methods.run`).
 
   A method that returns importance weights (particle filtering) is judged by
   the weighted vote of its candidates' answers; the others by their chosen
   answer. Returns (accuracy, per-problem mean Compute dict)."""
   from algorithms.scorers import ModelStepScorer
+
   cfg, params = policy
   rm, rparams = verifiers["prm"]
   prompts = [TOK.encode(p.prompt, add_bos=True) for p in problems]
   key = jax.random.key(seed * 104729 + k)
-  out = methods_lib.run(search_method(method, config), Transformer(cfg),
-                        params, prompts, key, k, scorer=ModelStepScorer(rm),
-                        scorer_params=rparams)
+  out = methods_lib.run(
+    search_method(method, config),
+    Transformer(cfg),
+    params,
+    prompts,
+    key,
+    k,
+    scorer=ModelStepScorer(rm),
+    scorer_params=rparams,
+  )
   P = len(problems)
   if out.weights is not None:
     toks = np.asarray(out.candidates)
     lens = np.asarray(out.candidate_lengths)
-    texts = [[TOK.decode(toks[p, n, :lens[p, n]]) for n in range(k)]
-             for p in range(P)]
+    texts = [[TOK.decode(toks[p, n, : lens[p, n]]) for n in range(k)] for p in range(P)]
     answers = [[arith.extract_answer(t) for t in row] for row in texts]
     picked = particle_filter.weighted_vote(answers, np.asarray(out.weights))
-    correct = [a is not None and a == p.answer
-               for a, p in zip(picked, problems)]
+    correct = [a is not None and a == p.answer for a, p in zip(picked, problems)]
   else:
     toks, lens = np.asarray(out.tokens), np.asarray(out.lengths)
-    correct = [arith.check_answer(p, TOK.decode(toks[i, :lens[i]]))
-               for i, p in enumerate(problems)]
+    correct = [
+      arith.check_answer(p, TOK.decode(toks[i, : lens[i]]))
+      for i, p in enumerate(problems)
+    ]
   return float(np.mean(correct)), out.compute.per_problem(P).as_dict()
 
 
@@ -413,11 +507,12 @@ def check_model_dirs(config) -> None:
   Raises:
     ValueError: naming the missing file and the config field pointing there.
   """
-  workdir.require_files(config, "policy_dir",
-                        (checkpoint.MODEL_CONFIG_FILE, workdir.CONFIG_FILE,
-                         "policy"))
-  workdir.require_files(config, "verifier_dir",
-                        (checkpoint.MODEL_CONFIG_FILE, "prm", "orm"))
+  workdir.require_files(
+    config, "policy_dir", (checkpoint.MODEL_CONFIG_FILE, workdir.CONFIG_FILE, "policy")
+  )
+  workdir.require_files(
+    config, "verifier_dir", (checkpoint.MODEL_CONFIG_FILE, "prm", "orm")
+  )
 
 
 def load_model_configs(config):
@@ -425,8 +520,10 @@ def load_model_configs(config):
   without loading parameters (what the compute accounting needs)."""
   for field in ("policy_dir", "verifier_dir"):
     workdir.require_files(config, field, (checkpoint.MODEL_CONFIG_FILE,))
-  return (checkpoint.load_model_config(config.policy_dir),
-          checkpoint.load_model_config(config.verifier_dir))
+  return (
+    checkpoint.load_model_config(config.policy_dir),
+    checkpoint.load_model_config(config.verifier_dir),
+  )
 
 
 def load_models(config):
@@ -463,25 +560,33 @@ def summarize(rows, methods, budgets, out_dir, log=workdir.progress):
   log(f"{'method':<24}" + "".join(f"{k:>8}" for k in budgets))
   for m, (ks, _, accs) in table.items():
     acc_of = dict(zip(ks.tolist(), accs))
-    log(f"{m:<24}" + "".join(f"{acc_of[k]:>8.3f}" if k in acc_of
-                             else f"{'-':>8}" for k in budgets))
-  summary = {"table": {m: {"budgets": ks.tolist(), "flops": f.tolist(),
-                           "accuracy": a.tolist()}
-                       for m, (ks, f, a) in table.items()}}
+    log(
+      f"{m:<24}"
+      + "".join(f"{acc_of[k]:>8.3f}" if k in acc_of else f"{'-':>8}" for k in budgets)
+    )
+  summary = {
+    "table": {
+      m: {"budgets": ks.tolist(), "flops": f.tolist(), "accuracy": a.tolist()}
+      for m, (ks, f, a) in table.items()
+    }
+  }
   if "coverage" in table:
     ks, _, cov = table["coverage"]
     if len(cov) < 3:
       log(f"\ncoverage fit: needs >= 3 budgets, have {len(cov)}")
     elif not (cov > 0).all():
-      log("\ncoverage fit: not possible (zero coverage at budgets "
-          f"{ks[cov <= 0].tolist()})")
+      log(
+        "\ncoverage fit: not possible (zero coverage at budgets "
+        f"{ks[cov <= 0].tolist()})"
+      )
     else:
       fit = analysis.fit_coverage_power_law(ks, cov)
       summary["coverage_fit"] = dataclasses.asdict(fit)
-      log(f"\ncoverage fit: log(coverage(k)) = {fit.a:.4f} * k^{fit.b:.4f}, "
-          f"R^2 = {fit.r2:.4f}")
-      analysis.plot_coverage(ks, cov,
-                             os.path.join(out_dir, "coverage.png"), fit=fit)
+      log(
+        f"\ncoverage fit: log(coverage(k)) = {fit.a:.4f} * k^{fit.b:.4f}, "
+        f"R^2 = {fit.r2:.4f}"
+      )
+      analysis.plot_coverage(ks, cov, os.path.join(out_dir, "coverage.png"), fit=fit)
   methods_acc = {m: (f, a) for m, (_, f, a) in table.items() if m != "coverage"}
   fits, fit_errors = {}, {}
   for m, (f, a) in methods_acc.items():
@@ -491,8 +596,9 @@ def summarize(rows, methods, budgets, out_dir, log=workdir.progress):
       fits[m] = analysis.fit_log_linear(f, a)
     except ValueError as e:  # e.g. every budget at the same FLOPs
       fit_errors[m] = str(e)
-  summary["accuracy_vs_log10_flops"] = {m: dataclasses.asdict(f)
-                                        for m, f in fits.items()}
+  summary["accuracy_vs_log10_flops"] = {
+    m: dataclasses.asdict(f) for m, f in fits.items()
+  }
   if fit_errors:
     summary["accuracy_vs_log10_flops_errors"] = fit_errors
   if methods_acc:
@@ -505,50 +611,61 @@ def summarize(rows, methods, budgets, out_dir, log=workdir.progress):
     levels = np.geomspace(all_flops.min(), all_flops.max(), 6)
     choice = analysis.compute_optimal_method(levels, methods_acc)
     summary["compute_optimal"] = {
-        "budget_flops": levels.tolist(),
-        "method": [str(x) for x in choice.methods],
-        "accuracy": [float(x) for x in choice.accuracy]}
+      "budget_flops": levels.tolist(),
+      "method": [str(x) for x in choice.methods],
+      "accuracy": [float(x) for x in choice.accuracy],
+    }
     log("\ncompute-optimal method per FLOPs budget")
     for b, m, a in zip(levels, choice.methods, choice.accuracy):
       log(f"  {b:10.3e} FLOPs: {m} ({a:.3f})")
     analysis.plot_accuracy_vs_flops(
-        methods_acc, os.path.join(out_dir, "accuracy_vs_flops.png"), fits=fits)
+      methods_acc, os.path.join(out_dir, "accuracy_vs_flops.png"), fits=fits
+    )
   else:
-    log("\nonly coverage (pass@k, an oracle) was run: no accuracy-vs-FLOPs "
-        "fit or compute-optimal choice")
+    log(
+      "\nonly coverage (pass@k, an oracle) was run: no accuracy-vs-FLOPs "
+      "fit or compute-optimal choice"
+    )
   comp = astar_comparison(rows)
   if comp:
     summary["astar_vs"] = comp
-    log("\nA* against best-of-N / PF: A*'s cheapest budget reaching the same "
-        "accuracy (mean over seeds); ratios = A* / reference")
+    log(
+      "\nA* against best-of-N / PF: A*'s cheapest budget reaching the same "
+      "accuracy (mean over seeds); ratios = A* / reference"
+    )
     for c in comp:
       if c["astar_budget"] is None:
-        log(f"  {c['reference']:<14} @ {c['budget']:>3} (acc {c['accuracy']:.3f}):"
-            f" not reached (A* best {c['astar_best']:.3f})")
+        log(
+          f"  {c['reference']:<14} @ {c['budget']:>3} (acc {c['accuracy']:.3f}):"
+          f" not reached (A* best {c['astar_best']:.3f})"
+        )
       else:
-        log(f"  {c['reference']:<14} @ {c['budget']:>3} (acc {c['accuracy']:.3f}):"
-            f" A* @ {c['astar_budget']:>3} acc {c['astar_accuracy']:.3f}, "
-            f"tokens x{c['token_ratio']:.2f}, PRM tokens "
-            f"x{c['prm_token_ratio']:.2f}")
-  workdir.write_json_atomic(os.path.join(out_dir, "summary.json"), summary,
-                            indent=1, default=str)
+        log(
+          f"  {c['reference']:<14} @ {c['budget']:>3} (acc {c['accuracy']:.3f}):"
+          f" A* @ {c['astar_budget']:>3} acc {c['astar_accuracy']:.3f}, "
+          f"tokens x{c['token_ratio']:.2f}, PRM tokens "
+          f"x{c['prm_token_ratio']:.2f}"
+        )
+  workdir.write_json_atomic(
+    os.path.join(out_dir, "summary.json"), summary, indent=1, default=str
+  )
   return summary
 
 
 def _mean_row(rows, method, budget):
-  rs = [r for r in rows.values() if r["method"] == method and
-        r["budget"] == budget]
+  rs = [r for r in rows.values() if r["method"] == method and r["budget"] == budget]
   if not rs:
     return None
-  return dict(accuracy=float(np.mean([r["accuracy"] for r in rs])),
-              tokens=float(np.mean([r["compute"]["generated_tokens"]
-                                    for r in rs])),
-              vtokens=float(np.mean([r["compute"]["verifier_tokens"]
-                                     for r in rs])))
+  return dict(
+    accuracy=float(np.mean([r["accuracy"] for r in rs])),
+    tokens=float(np.mean([r["compute"]["generated_tokens"] for r in rs])),
+    vtokens=float(np.mean([r["compute"]["verifier_tokens"] for r in rs])),
+  )
 
 
-def astar_comparison(rows, references=("bon_prm_min", "bon_orm", "pf",
-                                       "pf_smc"), budgets=(8, 16, 32)):
+def astar_comparison(
+  rows, references=("bon_prm_min", "bon_orm", "pf", "pf_smc"), budgets=(8, 16, 32)
+):
   """Generated tokens and PRM work A* needs to reach the accuracy a reference
   method reaches at a budget (the A*-decoding paper's claim: up to 3x fewer
   tokens, 30% fewer PRM calls). A* budgets are scanned from the smallest.
@@ -557,8 +674,7 @@ def astar_comparison(rows, references=("bon_prm_min", "bon_orm", "pf",
   unit every method reports alike: best-of-N scores each sample in one pass,
   while PF and A* score step by step through the PRM's KV cache, so their
   'calls' are not comparable."""
-  a_budgets = sorted({r["budget"] for r in rows.values()
-                      if r["method"] == "astar"})
+  a_budgets = sorted({r["budget"] for r in rows.values() if r["method"] == "astar"})
   out = []
   for ref in references:
     for b in budgets:
@@ -572,13 +688,21 @@ def astar_comparison(rows, references=("bon_prm_min", "bon_orm", "pf",
         if ar["accuracy"] >= rr["accuracy"] - 1e-9:
           hit = (ab, ar)
           break
-      c = dict(reference=ref, budget=b, accuracy=rr["accuracy"],
-               astar_budget=None, astar_best=best)
+      c = dict(
+        reference=ref,
+        budget=b,
+        accuracy=rr["accuracy"],
+        astar_budget=None,
+        astar_best=best,
+      )
       if hit is not None:
         ab, ar = hit
-        c.update(astar_budget=ab, astar_accuracy=ar["accuracy"],
-                 token_ratio=ar["tokens"] / max(rr["tokens"], 1e-9),
-                 prm_token_ratio=ar["vtokens"] / max(rr["vtokens"], 1e-9))
+        c.update(
+          astar_budget=ab,
+          astar_accuracy=ar["accuracy"],
+          token_ratio=ar["tokens"] / max(rr["tokens"], 1e-9),
+          prm_token_ratio=ar["vtokens"] / max(rr["vtokens"], 1e-9),
+        )
       out.append(c)
   return out
 
@@ -610,18 +734,23 @@ def _run_locked(config, plan: SweepPlan, out_dir, log):
   todo = [key for key in plan.keys() if key not in rows]
   pool_path = lambda seed: os.path.join(out_dir, f"pool_seed{seed}.npz")
   sel_seeds = sorted({s for m, _, s in todo if m in plan.methods})
-  need_models = (any(m in plan.search for m, _, _ in todo) or
-                 any(not os.path.exists(pool_path(s)) for s in sel_seeds))
+  need_models = any(m in plan.search for m, _, _ in todo) or any(
+    not os.path.exists(pool_path(s)) for s in sel_seeds
+  )
   generated = 0
   models = None
   if need_models:
     check_model_dirs(config)  # before loading anything
   if todo:
     # Saved pools are checked before any model is loaded.
-    pools = {s: load_pool(pool_path(s), config) for s in sel_seeds
-             if os.path.exists(pool_path(s))}
+    pools = {
+      s: load_pool(pool_path(s), config)
+      for s in sel_seeds
+      if os.path.exists(pool_path(s))
+    }
     if need_models:
       from experiments import train_policy as tp
+
       policy, pconfig, vcfg, verifiers = load_models(config)
       problems = tp.heldout_problems(pconfig, config.n_problems)
       models = (policy, verifiers, problems)
@@ -646,10 +775,15 @@ def _run_locked(config, plan: SweepPlan, out_dir, log):
         acc = selection_accuracy(m, pool, ks, seed)
         dt = (time.perf_counter() - t1) / len(ks)
         for k, a in zip(ks, acc):
-          row = dict(method=m, budget=k, seed=seed, accuracy=float(a),
-                     compute=selection_compute(m, pool, k, pcfg, vcfg),
-                     wall_s=dt + pool_s * k / config.pool_size,
-                     n_problems=config.n_problems)
+          row = dict(
+            method=m,
+            budget=k,
+            seed=seed,
+            accuracy=float(a),
+            compute=selection_compute(m, pool, k, pcfg, vcfg),
+            wall_s=dt + pool_s * k / config.pool_size,
+            n_problems=config.n_problems,
+          )
           workdir.append_row(rows_path, row)
           rows[(m, k, seed)] = row
     for m, k, seed in todo:
@@ -658,23 +792,36 @@ def _run_locked(config, plan: SweepPlan, out_dir, log):
       policy, verifiers, problems = models
       t0 = time.perf_counter()
       acc, comp = run_search(m, k, policy, verifiers, problems, config, seed)
-      row = dict(method=m, budget=k, seed=seed, accuracy=acc, compute=comp,
-                 wall_s=time.perf_counter() - t0,
-                 n_problems=config.n_problems)
+      row = dict(
+        method=m,
+        budget=k,
+        seed=seed,
+        accuracy=acc,
+        compute=comp,
+        wall_s=time.perf_counter() - t0,
+        n_problems=config.n_problems,
+      )
       workdir.append_row(rows_path, row)
       rows[(m, k, seed)] = row
-      log(f"  {m:<8} budget {k:>3} seed {seed}: accuracy {acc:.3f}, "
-          f"{comp['flops']:.3e} FLOPs/problem, {row['wall_s']:.1f}s")
+      log(
+        f"  {m:<8} budget {k:>3} seed {seed}: accuracy {acc:.3f}, "
+        f"{comp['flops']:.3e} FLOPs/problem, {row['wall_s']:.1f}s"
+      )
   log(f"sweep: {len(todo)} new rows, {generated} pools generated")
   current = {key: rows[key] for key in plan.keys()}
-  summary = summarize(current, list(plan.methods + plan.search),
-                      sorted(set(plan.budgets) | set(plan.search_budgets)),
-                      out_dir, log=log)
+  summary = summarize(
+    current,
+    list(plan.methods + plan.search),
+    sorted(set(plan.budgets) | set(plan.search_budgets)),
+    out_dir,
+    log=log,
+  )
   summary["new_rows"], summary["pools_generated"] = len(todo), generated
   other = len(rows) - len(current)
   if other:
-    log(f"({other} rows of {rows_path} are not part of this config and are "
-        f"not reported)")
+    log(
+      f"({other} rows of {rows_path} are not part of this config and are not reported)"
+    )
   return summary
 
 
@@ -693,6 +840,7 @@ def main(argv):
 
 if __name__ == "__main__":
   workdir.define_flags("results/scaling/arith", DEFAULT_CONFIG)
-  flags.DEFINE_bool("validate_only", False,
-                    "Check the config (and --workdir's settings) and exit.")
+  flags.DEFINE_bool(
+    "validate_only", False, "Check the config (and --workdir's settings) and exit."
+  )
   app.run(main)

@@ -71,8 +71,15 @@ BUCKETS = (256, 512)
 # Flags the cached stages (data shards, teacher.npz, heldout.npz) depend on;
 # the others (n_layers, vocab_subset, steps, ...) only change the training,
 # which every run redoes from scratch.
-STAGE_FLAGS = ("seed", "train_templates", "variants_per_template",
-               "max_new_tokens", "gen_batch", "topk", "eval_problems")
+STAGE_FLAGS = (
+  "seed",
+  "train_templates",
+  "variants_per_template",
+  "max_new_tokens",
+  "gen_batch",
+  "topk",
+  "eval_problems",
+)
 STAGE_FILES = ("data", "teacher.npz", "heldout.npz")
 
 
@@ -83,37 +90,58 @@ def validate_flags(cfg=None) -> None:
   Raises:
     app.UsageError: naming the flag.
   """
-  wd.flags_at_least(1, "n_layers", "vocab_subset", "variants_per_template",
-                    "max_new_tokens", "gen_batch", "topk", "steps",
-                    "batch_size", "seq_len", "eval_problems")
+  wd.flags_at_least(
+    1,
+    "n_layers",
+    "vocab_subset",
+    "variants_per_template",
+    "max_new_tokens",
+    "gen_batch",
+    "topk",
+    "steps",
+    "batch_size",
+    "seq_len",
+    "eval_problems",
+  )
   if not FLAGS.learning_rate > 0:
     raise app.UsageError(f"--learning_rate must be > 0, got {FLAGS.learning_rate}")
   wd.flags_at_least(0, "seed")
   if not 1 <= FLAGS.train_templates < gsm8k.N_TEMPLATES:
-    raise app.UsageError(f"--train_templates must be in [1, {gsm8k.N_TEMPLATES})"
-                         f" (the rest are held out), got {FLAGS.train_templates}")
+    raise app.UsageError(
+      f"--train_templates must be in [1, {gsm8k.N_TEMPLATES})"
+      f" (the rest are held out), got {FLAGS.train_templates}"
+    )
   held = gsm8k.N_TEMPLATES - FLAGS.train_templates
   if FLAGS.eval_problems > held:
-    raise app.UsageError(f"--eval_problems={FLAGS.eval_problems} exceeds the "
-                         f"{held} held-out templates (--train_templates="
-                         f"{FLAGS.train_templates})")
+    raise app.UsageError(
+      f"--eval_problems={FLAGS.eval_problems} exceeds the "
+      f"{held} held-out templates (--train_templates="
+      f"{FLAGS.train_templates})"
+    )
   if cfg is not None:
     if FLAGS.n_layers > cfg.n_layers:
-      raise app.UsageError(f"--n_layers={FLAGS.n_layers} exceeds the target's "
-                           f"{cfg.n_layers} layers")
+      raise app.UsageError(
+        f"--n_layers={FLAGS.n_layers} exceeds the target's {cfg.n_layers} layers"
+      )
     if FLAGS.vocab_subset >= cfg.vocab_size:
-      raise app.UsageError(f"--vocab_subset={FLAGS.vocab_subset} must be "
-                           f"smaller than the target's vocabulary "
-                           f"({cfg.vocab_size})")
+      raise app.UsageError(
+        f"--vocab_subset={FLAGS.vocab_subset} must be "
+        f"smaller than the target's vocabulary "
+        f"({cfg.vocab_size})"
+      )
     if FLAGS.topk > cfg.vocab_size:
-      raise app.UsageError(f"--topk={FLAGS.topk} exceeds the vocabulary "
-                           f"({cfg.vocab_size})")
+      raise app.UsageError(
+        f"--topk={FLAGS.topk} exceeds the vocabulary ({cfg.vocab_size})"
+      )
 
 
 def chat_prompts(tok, problems):
-  return [tok.apply_chat_template([{"role": "user",
-                                    "content": gsm8k.format_prompt(p.question)}])
-          for p in problems]
+  return [
+    tok.apply_chat_template(
+      [{"role": "user", "content": gsm8k.format_prompt(p.question)}]
+    )
+    for p in problems
+  ]
 
 
 def heldout_problems(n: int):
@@ -135,8 +163,10 @@ def save_pairs(path, pairs) -> None:
   """(prompt ids, answer ids) pairs as one npz (atomically): `seqs` (prompt +
   answer per pair, a `ragged` array) and `prompt_len`."""
   wd.save_npz_atomic(
-      path, seqs=ragged([np.array(p + a, np.int32) for p, a in pairs]),
-      prompt_len=np.array([len(p) for p, _ in pairs]))
+    path,
+    seqs=ragged([np.array(p + a, np.int32) for p, a in pairs]),
+    prompt_len=np.array([len(p) for p, _ in pairs]),
+  )
 
 
 def load_pairs(path) -> list:
@@ -150,33 +180,47 @@ def sample_answers(model, params, tok, prompts, seed):
   out = []
   size = min(FLAGS.gen_batch, len(prompts))  # a short list is not padded to gen_batch
   for i in range(0, len(prompts), size):
-    chunk = prompts[i:i + size]
+    chunk = prompts[i : i + size]
     n = len(chunk)
     chunk = chunk + [chunk[-1]] * (size - n)  # one shape per bucket
-    g = generate(model, params, chunk, jax.random.key(seed + i), FLAGS.max_new_tokens,
-                 make_sampling(1.0), stop_tokens=[tok.eos_id], buckets=BUCKETS)
+    g = generate(
+      model,
+      params,
+      chunk,
+      jax.random.key(seed + i),
+      FLAGS.max_new_tokens,
+      make_sampling(1.0),
+      stop_tokens=[tok.eos_id],
+      buckets=BUCKETS,
+    )
     toks, lens = np.asarray(g.tokens), np.asarray(g.lengths)
-    out += [(chunk[j], toks[j, :lens[j]].tolist()) for j in range(n)]
+    out += [(chunk[j], toks[j, : lens[j]].tolist()) for j in range(n)]
   return out
 
 
 def stage_data(model, params, tok):
   """Stage 1: shards of (prompt, answer) pairs for the training templates."""
   os.makedirs(os.path.join(FLAGS.workdir, "data"), exist_ok=True)
-  problems = gsm8k.generate_variants(FLAGS.variants_per_template, seed=FLAGS.seed,
-                                     template_ids=range(FLAGS.train_templates))
+  problems = gsm8k.generate_variants(
+    FLAGS.variants_per_template,
+    seed=FLAGS.seed,
+    template_ids=range(FLAGS.train_templates),
+  )
   prompts = chat_prompts(tok, problems)
   pairs = []
   for s, i in enumerate(range(0, len(prompts), FLAGS.gen_batch)):
     path = os.path.join(FLAGS.workdir, "data", f"shard{s:03d}.npz")
     if not os.path.exists(path):
       t0 = time.perf_counter()
-      got = sample_answers(model, params, tok, prompts[i:i + FLAGS.gen_batch],
-                           FLAGS.seed * 1000 + s)
+      got = sample_answers(
+        model, params, tok, prompts[i : i + FLAGS.gen_batch], FLAGS.seed * 1000 + s
+      )
       save_pairs(path, got)
       n_tok = sum(len(a) for _, a in got)
-      wd.progress(f"data shard {s}: {len(got)} answers, {n_tok} tokens, "
-                  f"{time.perf_counter() - t0:.0f} s")
+      wd.progress(
+        f"data shard {s}: {len(got)} answers, {n_tok} tokens, "
+        f"{time.perf_counter() - t0:.0f} s"
+      )
     pairs += load_pairs(path)
   return pairs
 
@@ -205,12 +249,15 @@ def stage_teacher(model, params, pairs):
   path = os.path.join(FLAGS.workdir, "teacher.npz")
   if not os.path.exists(path):
     t0 = time.perf_counter()
-    tk = teacher_topk(model, params, [s for s, _ in pairs], [p for _, p in pairs],
-                      FLAGS.topk)
-    wd.save_npz_atomic(path, ids=ragged([a for a, _ in tk]),
-                       p=ragged([b for _, b in tk]))
-    wd.progress(f"teacher top-{FLAGS.topk}: {len(tk)} sequences, "
-                f"{time.perf_counter() - t0:.0f} s")
+    tk = teacher_topk(
+      model, params, [s for s, _ in pairs], [p for _, p in pairs], FLAGS.topk
+    )
+    wd.save_npz_atomic(
+      path, ids=ragged([a for a, _ in tk]), p=ragged([b for _, b in tk])
+    )
+    wd.progress(
+      f"teacher top-{FLAGS.topk}: {len(tk)} sequences, {time.perf_counter() - t0:.0f} s"
+    )
   z = np.load(path, allow_pickle=True)  # our own file
   return list(zip(z["ids"], z["p"]))
 
@@ -234,8 +281,8 @@ def make_batch_fn(pairs, teacher):
       lo = max(0, pl - 64)
       hi = max(lo, min(pl + n_ans // 2, len(s) - 2))
       o = int(rng.integers(lo, hi + 1))
-      seg = s[o:o + L]
-      tokens[b, :len(seg)] = seg
+      seg = s[o : o + L]
+      tokens[b, : len(seg)] = seg
       # position t (window) = o + t (sequence) predicts s[o+t+1]; trained iff that
       # is an answer token, i.e. o + t >= pl - 1; teacher row = o + t - (pl - 1).
       t = np.arange(len(seg))
@@ -252,6 +299,7 @@ def make_batch_fn(pairs, teacher):
 def acceptance(target_cfg, tparams, draft, dparams, pairs):
   """Exact one-token acceptance at temperature 1, E_pos[sum_x min(p, q)], and greedy
   agreement, over the answer positions of `pairs`."""
+
   @jax.jit
   def both(tparams, dparams, tokens_BxT):
     lp, _, _ = forward(tparams, tokens_BxT, target_cfg)
@@ -275,8 +323,7 @@ def main(argv):
   validate_flags()
   settings = {f"--{n}": getattr(FLAGS, n) for n in STAGE_FLAGS}
   try:  # a workdir made with other data flags: refused before loading
-    wd.pin_settings(FLAGS.workdir, settings, results=STAGE_FILES,
-                    check_only=True)
+    wd.pin_settings(FLAGS.workdir, settings, results=STAGE_FILES, check_only=True)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   wd.run_cli(run, settings)
@@ -304,16 +351,20 @@ def _run_locked():
   # of them as next token (sum of its top-k probabilities), so the subset covers
   # what the target would say, not only what it said in this sample.
   subset = drafts.frequent_tokens(
-      [s for s, _ in pairs] + [i for i, _ in teacher], FLAGS.vocab_subset,
-      always=[tok.eos_id],
-      weights=[np.ones(len(s)) for s, _ in pairs] + [p for _, p in teacher])
-  ans_tok = np.concatenate([s[int(pl):] for s, pl in pairs])
+    [s for s, _ in pairs] + [i for i, _ in teacher],
+    FLAGS.vocab_subset,
+    always=[tok.eos_id],
+    weights=[np.ones(len(s)) for s, _ in pairs] + [p for _, p in teacher],
+  )
+  ans_tok = np.concatenate([s[int(pl) :] for s, pl in pairs])
   cover = float(np.isin(ans_tok, subset).mean())
   draft, dparams = drafts.init_sub_vocab_draft(cfg, params, subset, FLAGS.n_layers)
-  wd.progress(f"draft: {FLAGS.n_layers} layers, head over {FLAGS.vocab_subset} "
-              f"tokens (covering {cover:.2%} of answer tokens), "
-              f"{count_params(dparams.inner):,} params vs target "
-              f"{count_params(params):,}")
+  wd.progress(
+    f"draft: {FLAGS.n_layers} layers, head over {FLAGS.vocab_subset} "
+    f"tokens (covering {cover:.2%} of answer tokens), "
+    f"{count_params(dparams.inner):,} params vs target "
+    f"{count_params(params):,}"
+  )
 
   held = heldout_problems(FLAGS.eval_problems)
   held_path = os.path.join(FLAGS.workdir, "heldout.npz")
@@ -322,40 +373,61 @@ def _run_locked():
     save_pairs(held_path, got)
   held_pairs = load_pairs(held_path)
   acc0, agree0 = acceptance(cfg, params, draft, dparams, held_pairs)
-  wd.progress(f"before training: acceptance {acc0:.3f}, greedy agreement "
-              f"{agree0:.3f}")
+  wd.progress(f"before training: acceptance {acc0:.3f}, greedy agreement {agree0:.3f}")
 
-  opt, _ = train_lib.make_optimizer(FLAGS.learning_rate, warmup_steps=20,
-                                    total_steps=FLAGS.steps, weight_decay=0.01)
+  opt, _ = train_lib.make_optimizer(
+    FLAGS.learning_rate, warmup_steps=20, total_steps=FLAGS.steps, weight_decay=0.01
+  )
   state = train_lib.init_train_state(dparams.inner, opt, jax.random.key(FLAGS.seed))
   step = train_lib.make_train_step(drafts.distill_loss_fn(draft, dparams.to_sub_V), opt)
   t0 = time.perf_counter()
   state, hist = train_lib.train_loop(
-      state, step, make_batch_fn(pairs, teacher), FLAGS.steps,
-      log_every=max(1, FLAGS.steps // 10),
-      tokens_fn=lambda b: int(b["weight"].sum()))
+    state,
+    step,
+    make_batch_fn(pairs, teacher),
+    FLAGS.steps,
+    log_every=max(1, FLAGS.steps // 10),
+    tokens_fn=lambda b: int(b["weight"].sum()),
+  )
   train_s = time.perf_counter() - t0
   dparams = drafts.SubVocabParams(state.params, dparams.to_sub_V, dparams.to_full_K)
   acc1, agree1 = acceptance(cfg, params, draft, dparams, held_pairs)
-  wd.progress(f"after training: acceptance {acc1:.3f}, greedy agreement "
-              f"{agree1:.3f} ({train_s:.0f} s training)")
-  metrics = dict(n_layers=FLAGS.n_layers, vocab_subset=FLAGS.vocab_subset,
-                 answer_token_coverage=cover, train_answers=len(pairs),
-                 train_answer_tokens=int(n_ans), steps=FLAGS.steps,
-                 draft_params=count_params(dparams.inner),
-                 target_params=count_params(params),
-                 acceptance_before=acc0, greedy_agreement_before=agree0,
-                 acceptance_after=acc1, greedy_agreement_after=agree1,
-                 heldout_answers=len(held_pairs), train_seconds=train_s,
-                 history=hist, total_seconds=time.perf_counter() - t_start)
-  drafts.save_draft(os.path.join(FLAGS.workdir, "draft"), draft, dparams,
-                    meta=dict(target=wd.SMOLLM2,
-                              train_templates=FLAGS.train_templates, **{
-                                  k: v for k, v in metrics.items() if k != "history"}))
-  wd.write_json_atomic(os.path.join(FLAGS.workdir, "metrics.json"), metrics,
-                       indent=1)
-  print(f"wrote {FLAGS.workdir}/draft and metrics.json "
-        f"({metrics['total_seconds']:.0f} s)")
+  wd.progress(
+    f"after training: acceptance {acc1:.3f}, greedy agreement "
+    f"{agree1:.3f} ({train_s:.0f} s training)"
+  )
+  metrics = dict(
+    n_layers=FLAGS.n_layers,
+    vocab_subset=FLAGS.vocab_subset,
+    answer_token_coverage=cover,
+    train_answers=len(pairs),
+    train_answer_tokens=int(n_ans),
+    steps=FLAGS.steps,
+    draft_params=count_params(dparams.inner),
+    target_params=count_params(params),
+    acceptance_before=acc0,
+    greedy_agreement_before=agree0,
+    acceptance_after=acc1,
+    greedy_agreement_after=agree1,
+    heldout_answers=len(held_pairs),
+    train_seconds=train_s,
+    history=hist,
+    total_seconds=time.perf_counter() - t_start,
+  )
+  drafts.save_draft(
+    os.path.join(FLAGS.workdir, "draft"),
+    draft,
+    dparams,
+    meta=dict(
+      target=wd.SMOLLM2,
+      train_templates=FLAGS.train_templates,
+      **{k: v for k, v in metrics.items() if k != "history"},
+    ),
+  )
+  wd.write_json_atomic(os.path.join(FLAGS.workdir, "metrics.json"), metrics, indent=1)
+  print(
+    f"wrote {FLAGS.workdir}/draft and metrics.json ({metrics['total_seconds']:.0f} s)"
+  )
 
 
 if __name__ == "__main__":

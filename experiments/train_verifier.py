@@ -81,11 +81,19 @@ def build_samples(problems, toks_RxM, lens_R, lps_RxM, n_samples: int):
         break  # the last step was cut off by the token budget
       pos.append(len(prompt) + off)
       lab.append(bool(ok))
-      conf.append(float(np.exp(np.mean(lps_RxM[r, start:off + 1]))))
+      conf.append(float(np.exp(np.mean(lps_RxM[r, start : off + 1]))))
       start = off + 1
-    out.append(Sample(problem=j, tokens=prompt + gen, prompt_len=len(prompt),
-                      step_pos=pos, step_labels=lab, step_conf=conf,
-                      correct=arith.check_answer(p, text)))
+    out.append(
+      Sample(
+        problem=j,
+        tokens=prompt + gen,
+        prompt_len=len(prompt),
+        step_pos=pos,
+        step_labels=lab,
+        step_conf=conf,
+        correct=arith.check_answer(p, text),
+      )
+    )
   return out
 
 
@@ -104,8 +112,9 @@ def orm_example(s: Sample, where: str):
   elif where == "all":
     mask = [0] * s.prompt_len + [1] * (T - s.prompt_len)
   else:
-    raise ValueError(f"config.train.orm_labels must be one of {ORM_LABELS}, "
-                     f"got {where!r}")
+    raise ValueError(
+      f"config.train.orm_labels must be one of {ORM_LABELS}, got {where!r}"
+    )
   return s.tokens, mask, [int(s.correct)] * T
 
 
@@ -113,15 +122,24 @@ def train_reward_model(name, cfg, init, examples, config, log):
   tc = config.train
   optimizer = tp.make_optimizer(tc)
   step_fn = train.make_train_step(reward.reward_loss_fn(cfg), optimizer)
-  state = train.init_train_state(init, optimizer,
-                                 jax.random.PRNGKey(config.seed + 1))
-  batch_fn = tp.shuffled_batch_fn(examples, config.seed, tc.seq_len,
-                                  tc.batch_size, cfg.vocab_size,
-                                  fields=("label_mask", "labels"))
+  state = train.init_train_state(init, optimizer, jax.random.PRNGKey(config.seed + 1))
+  batch_fn = tp.shuffled_batch_fn(
+    examples,
+    config.seed,
+    tc.seq_len,
+    tc.batch_size,
+    cfg.vocab_size,
+    fields=("label_mask", "labels"),
+  )
   state, history = train.train_loop(
-      state, step_fn, batch_fn, tc.steps, log_every=tc.log_every,
-      log_fn=lambda s: log(f"[{name}] {s}"),
-      tokens_fn=lambda b: int((b["segment_ids"] > 0).sum()))
+    state,
+    step_fn,
+    batch_fn,
+    tc.steps,
+    log_every=tc.log_every,
+    log_fn=lambda s: log(f"[{name}] {s}"),
+    tokens_fn=lambda b: int((b["segment_ids"] > 0).sum()),
+  )
   return state.params, history
 
 
@@ -131,12 +149,12 @@ def score_samples(model: reward.RewardModel, params, samples, batch: int = 256):
   out = []
   T = train.bucket_length(max(len(s.tokens) for s in samples))
   for i in range(0, len(samples), batch):
-    chunk = samples[i:i + batch]
+    chunk = samples[i : i + batch]
     toks = np.full((batch, T), TOK.pad_id, np.int32)
     for k, s in enumerate(chunk):
-      toks[k, :len(s.tokens)] = s.tokens
+      toks[k, : len(s.tokens)] = s.tokens
     sc = np.asarray(score_fn(params, jnp.asarray(toks)))
-    out += [sc[k, :len(s.tokens)] for k, s in enumerate(chunk)]
+    out += [sc[k, : len(s.tokens)] for k, s in enumerate(chunk)]
   return out
 
 
@@ -144,7 +162,8 @@ def _problem_major(samples, values, n_problems):
   """values [R] of problem-major samples as [P, N] (checks the layout)."""
   n = len(samples) // n_problems
   if n * n_problems != len(samples) or any(
-      s.problem != r // n for r, s in enumerate(samples)):
+    s.problem != r // n for r, s in enumerate(samples)
+  ):
     raise ValueError("samples must be problem-major with N per problem")
   return np.asarray(values).reshape(n_problems, n)
 
@@ -165,20 +184,27 @@ def prm_outcome_scores(samples, token_scores, how: str) -> np.ndarray:
   steps_RxS = np.zeros((len(samples), S), np.float32)
   mask_RxS = np.zeros((len(samples), S), bool)
   for r, (s, sc) in enumerate(zip(samples, token_scores)):
-    steps_RxS[r, :len(s.step_pos)] = [sc[p] for p in s.step_pos]
-    mask_RxS[r, :len(s.step_pos)] = True
-  return np.asarray(selection.aggregate_step_scores(
-      steps_RxS[None], mask_RxS[None], how))[0]
+    steps_RxS[r, : len(s.step_pos)] = [sc[p] for p in s.step_pos]
+    mask_RxS[r, : len(s.step_pos)] = True
+  return np.asarray(
+    selection.aggregate_step_scores(steps_RxS[None], mask_RxS[None], how)
+  )[0]
 
 
 def majority(samples, problems):
   votes = {}
   for s in samples:
-    a = arith.extract_answer(TOK.decode(s.tokens[s.prompt_len:]))
+    a = arith.extract_answer(TOK.decode(s.tokens[s.prompt_len :]))
     if a is not None:
       votes.setdefault(s.problem, Counter())[a] += 1
-  return float(np.mean([j in votes and votes[j].most_common(1)[0][0] == p.answer
-                        for j, p in enumerate(problems)]))
+  return float(
+    np.mean(
+      [
+        j in votes and votes[j].most_common(1)[0][0] == p.answer
+        for j, p in enumerate(problems)
+      ]
+    )
+  )
 
 
 def validate_config(config) -> None:
@@ -191,17 +217,33 @@ def validate_config(config) -> None:
   """
   config_utils.check(config, config_utils.load_config_file(DEFAULT_CONFIG))
   config_utils.positive(
-      config, "data.train_problems", "data.test_problems",
-      "data.samples_per_problem", "data.max_new_tokens", "train.steps",
-      "train.batch_size", "train.seq_len", "train.learning_rate")
+    config,
+    "data.train_problems",
+    "data.test_problems",
+    "data.samples_per_problem",
+    "data.max_new_tokens",
+    "train.steps",
+    "train.batch_size",
+    "train.seq_len",
+    "train.learning_rate",
+  )
   config_utils.non_negative(
-      config, "seed", "data.temperature", "train.warmup_steps",
-      "train.end_lr_ratio", "train.weight_decay", "train.clip_norm",
-      "train.log_every")
+    config,
+    "seed",
+    "data.temperature",
+    "train.warmup_steps",
+    "train.end_lr_ratio",
+    "train.weight_decay",
+    "train.clip_norm",
+    "train.log_every",
+  )
   config_utils.one_of(config, "train.orm_labels", ORM_LABELS)
-  wd.require_files(config, "policy_dir",
-                   (checkpoint.MODEL_CONFIG_FILE, wd.CONFIG_FILE, "policy"),
-                   hint="; train the policy first")
+  wd.require_files(
+    config,
+    "policy_dir",
+    (checkpoint.MODEL_CONFIG_FILE, wd.CONFIG_FILE, "policy"),
+    hint="; train the policy first",
+  )
 
 
 def run(config, workdir: str, log=wd.progress) -> dict:
@@ -224,43 +266,70 @@ def _run_locked(config, workdir: str, log) -> dict:
   cfg, policy_params, pconfig = wd.load_policy(config.policy_dir)
   kw = tp.task_kwargs(pconfig)
   test_problems = tp.heldout_problems(pconfig, d.test_problems)
-  held = {p.question for p in tp.heldout_problems(
-      pconfig, max(d.test_problems, pconfig.eval.final_problems,
-                   pconfig.eval.final_sample_problems, pconfig.eval.n_problems))}
-  pool = arith.generate(2 * d.train_problems + 64,
-                        pconfig.seed + VERIFIER_SEED_OFFSET, **kw)
-  train_problems = [p for p in pool if p.question not in held][:d.train_problems]
+  held = {
+    p.question
+    for p in tp.heldout_problems(
+      pconfig,
+      max(
+        d.test_problems,
+        pconfig.eval.final_problems,
+        pconfig.eval.final_sample_problems,
+        pconfig.eval.n_problems,
+      ),
+    )
+  }
+  pool = arith.generate(
+    2 * d.train_problems + 64, pconfig.seed + VERIFIER_SEED_OFFSET, **kw
+  )
+  train_problems = [p for p in pool if p.question not in held][: d.train_problems]
 
   t0 = time.perf_counter()
   key = jax.random.PRNGKey(config.seed)
   n = d.samples_per_problem
-  tr = tp.sample_tokens(cfg, policy_params, train_problems,
-                        jax.random.fold_in(key, 0), n, d.temperature,
-                        d.max_new_tokens)
-  te = tp.sample_tokens(cfg, policy_params, test_problems,
-                        jax.random.fold_in(key, 1), n, d.temperature,
-                        d.max_new_tokens)
+  tr = tp.sample_tokens(
+    cfg,
+    policy_params,
+    train_problems,
+    jax.random.fold_in(key, 0),
+    n,
+    d.temperature,
+    d.max_new_tokens,
+  )
+  te = tp.sample_tokens(
+    cfg,
+    policy_params,
+    test_problems,
+    jax.random.fold_in(key, 1),
+    n,
+    d.temperature,
+    d.max_new_tokens,
+  )
   train_samples = build_samples(train_problems, *tr, n)
   test_samples = build_samples(test_problems, *te, n)
   sample_s = time.perf_counter() - t0
   step_lab = [l for s in train_samples for l in s.step_labels]
-  log(f"sampled {len(train_samples)} train / {len(test_samples)} test solutions "
-      f"in {sample_s:.0f}s; train: {np.mean([s.correct for s in train_samples]):.3f}"
-      f" correct, {len(step_lab)} labelled steps ({np.mean(step_lab):.3f} correct)")
+  log(
+    f"sampled {len(train_samples)} train / {len(test_samples)} test solutions "
+    f"in {sample_s:.0f}s; train: {np.mean([s.correct for s in train_samples]):.3f}"
+    f" correct, {len(step_lab)} labelled steps ({np.mean(step_lab):.3f} correct)"
+  )
 
   init_key = jax.random.PRNGKey(config.seed + 2)
   lm_init = policy_params if config.model.init_from_policy else None
   model = reward.RewardModel(cfg)
   results, timings, params_out = {}, {}, {}
-  for name, make in (("prm", prm_example),
-                     ("orm", lambda s: orm_example(s, config.train.orm_labels))):
+  for name, make in (
+    ("prm", prm_example),
+    ("orm", lambda s: orm_example(s, config.train.orm_labels)),
+  ):
     t0 = time.perf_counter()
     # A fresh copy: the train step donates its state, so the policy's own
     # arrays must not be handed over.
     lm = None if lm_init is None else jax.tree_util.tree_map(jnp.copy, lm_init)
     init = reward.init_reward_params(cfg, init_key, lm)
     params, history = train_reward_model(
-        name, cfg, init, [make(s) for s in train_samples], config, log)
+      name, cfg, init, [make(s) for s in train_samples], config, log
+    )
     timings[f"{name}_train_s"] = time.perf_counter() - t0
     params_out[name] = params
     results[f"{name}_history"] = history
@@ -268,8 +337,9 @@ def _run_locked(config, workdir: str, log) -> dict:
 
   prm_tok = score_samples(model, params_out["prm"], test_samples)
   orm_tok = score_samples(model, params_out["orm"], test_samples)
-  step_scores = np.array([sc[p] for s, sc in zip(test_samples, prm_tok)
-                          for p in s.step_pos])
+  step_scores = np.array(
+    [sc[p] for s, sc in zip(test_samples, prm_tok) for p in s.step_pos]
+  )
   step_labels = np.array([l for s in test_samples for l in s.step_labels])
   step_conf = np.array([c for s in test_samples for c in s.step_conf])
   orm_scores = np.array([sc[-1] for sc in orm_tok])
@@ -277,7 +347,8 @@ def _run_locked(config, workdir: str, log) -> dict:
   prm_last = prm_outcome_scores(test_samples, prm_tok, "last")
   prm_min = prm_outcome_scores(test_samples, prm_tok, "min")
   P = len(test_problems)
-  results.update({
+  results.update(
+    {
       "prm_step_auroc": reward.auroc(step_scores, step_labels),
       "prm_step_ece": reward.expected_calibration_error(step_scores, step_labels),
       "orm_auroc": reward.auroc(orm_scores, outcome),
@@ -292,33 +363,39 @@ def _run_locked(config, workdir: str, log) -> dict:
       f"test_best_of_{n}_orm": best_of_n(test_samples, orm_scores, P),
       f"test_best_of_{n}_prm_min": best_of_n(test_samples, prm_min, P),
       f"test_best_of_{n}_prm_last": best_of_n(test_samples, prm_last, P),
-      f"test_coverage_at_{n}": float(np.mean(
-          [any(s.correct for s in test_samples if s.problem == j)
-           for j in range(P)])),
-      "sample_s": sample_s, **timings,
+      f"test_coverage_at_{n}": float(
+        np.mean(
+          [any(s.correct for s in test_samples if s.problem == j) for j in range(P)]
+        )
+      ),
+      "sample_s": sample_s,
+      **timings,
       "total_s": time.perf_counter() - t_start,
-  })
-  checkpoint.save_model_config(
-      os.path.join(workdir, checkpoint.MODEL_CONFIG_FILE), cfg)
+    }
+  )
+  checkpoint.save_model_config(os.path.join(workdir, checkpoint.MODEL_CONFIG_FILE), cfg)
   wd.save_config(workdir, config)
   wd.write_json_atomic(os.path.join(workdir, "metrics.json"), results, indent=2)
-  log(f"PRM step AUROC {results['prm_step_auroc']:.3f} ECE "
-      f"{results['prm_step_ece']:.3f} | ORM AUROC {results['orm_auroc']:.3f} ECE "
-      f"{results['orm_ece']:.3f} | gen-confidence step AUROC "
-      f"{results['generator_confidence_step_auroc']:.3f}")
-  log(f"test: pass@1 {results['test_pass_at_1']:.3f} maj@{n} "
-      f"{results[f'test_majority_at_{n}']:.3f} BoN@{n} ORM "
-      f"{results[f'test_best_of_{n}_orm']:.3f} PRM-min "
-      f"{results[f'test_best_of_{n}_prm_min']:.3f} coverage@{n} "
-      f"{results[f'test_coverage_at_{n}']:.3f} | total {results['total_s']:.0f}s")
+  log(
+    f"PRM step AUROC {results['prm_step_auroc']:.3f} ECE "
+    f"{results['prm_step_ece']:.3f} | ORM AUROC {results['orm_auroc']:.3f} ECE "
+    f"{results['orm_ece']:.3f} | gen-confidence step AUROC "
+    f"{results['generator_confidence_step_auroc']:.3f}"
+  )
+  log(
+    f"test: pass@1 {results['test_pass_at_1']:.3f} maj@{n} "
+    f"{results[f'test_majority_at_{n}']:.3f} BoN@{n} ORM "
+    f"{results[f'test_best_of_{n}_orm']:.3f} PRM-min "
+    f"{results[f'test_best_of_{n}_prm_min']:.3f} coverage@{n} "
+    f"{results[f'test_coverage_at_{n}']:.3f} | total {results['total_s']:.0f}s"
+  )
   return results
 
 
 def main(argv):
   del argv
   # every config problem, before anything is loaded
-  config = wd.config_from_flags(DEFAULT_CONFIG,
-                                check=lambda c, _: validate_config(c))
+  config = wd.config_from_flags(DEFAULT_CONFIG, check=lambda c, _: validate_config(c))
   wd.run_cli(run, config, flags.FLAGS.workdir)
 
 

@@ -119,9 +119,10 @@ def lock(workdir: str) -> Iterator[str]:
     if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
       raise
     raise WorkdirBusy(
-        f"{workdir} is in use by another run (pid {holder}; lock file {path}). "
-        f"Wait for it to finish or use another directory; two runs on one "
-        f"directory would compute and write everything twice.") from None
+      f"{workdir} is in use by another run (pid {holder}; lock file {path}). "
+      f"Wait for it to finish or use another directory; two runs on one "
+      f"directory would compute and write everything twice."
+    ) from None
   os.ftruncate(fd, 0)
   os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
   _HELD[key] = 1
@@ -154,8 +155,9 @@ def read_json(path: str) -> Optional[dict]:
     with open(path) as f:
       obj = json.load(f)
   except json.JSONDecodeError as e:
-    raise ValueError(f"{path} is not valid JSON ({e}); delete it or use "
-                     f"another directory") from None
+    raise ValueError(
+      f"{path} is not valid JSON ({e}); delete it or use another directory"
+    ) from None
   if not isinstance(obj, dict):
     raise ValueError(f"{path} does not hold a JSON object")
   return obj
@@ -165,15 +167,21 @@ def existing_results(workdir: str, patterns: Sequence[str]) -> list[str]:
   """Names (relative to workdir) matching the glob `patterns`, sorted."""
   found = set()
   for p in patterns:
-    found.update(os.path.relpath(x, workdir)
-                 for x in glob.glob(os.path.join(glob.escape(workdir), p)))
+    found.update(
+      os.path.relpath(x, workdir)
+      for x in glob.glob(os.path.join(glob.escape(workdir), p))
+    )
   return sorted(found)
 
 
-def pin_settings(workdir: str, settings: Mapping[str, Any], *,
-                 results: Sequence[str] = (),
-                 legacy: Optional[Callable[[str], Optional[dict]]] = None,
-                 check_only: bool = False) -> dict:
+def pin_settings(
+  workdir: str,
+  settings: Mapping[str, Any],
+  *,
+  results: Sequence[str] = (),
+  legacy: Optional[Callable[[str], Optional[dict]]] = None,
+  check_only: bool = False,
+) -> dict:
   """Record `settings` in `<workdir>/settings.json`, or check them against the
   record already there.
 
@@ -214,25 +222,34 @@ def pin_settings(workdir: str, settings: Mapping[str, Any], *,
   if old is None:
     if found:
       raise ValueError(
-          f"{workdir} holds results ({', '.join(found[:6])}"
-          f"{', ...' if len(found) > 6 else ''}) but no {SETTINGS_FILE} saying "
-          f"which settings made them; use another directory, or delete them")
+        f"{workdir} holds results ({', '.join(found[:6])}"
+        f"{', ...' if len(found) > 6 else ''}) but no {SETTINGS_FILE} saying "
+        f"which settings made them; use another directory, or delete them"
+      )
   else:
     old = {k: _normalise(v) for k, v in old.items()}
-    diff = [f"{k}: {old[k]!r} -> {new[k]!r}" for k in sorted(new)
-            if k in old and old[k] != new[k]]
+    diff = [
+      f"{k}: {old[k]!r} -> {new[k]!r}"
+      for k in sorted(new)
+      if k in old and old[k] != new[k]
+    ]
     missing = [f"{k} (this run: {new[k]!r})" for k in sorted(new) if k not in old]
     if diff or missing:
-      msg = (f"{workdir} holds results made with other settings (recorded in "
-             f"{source}); use another directory, or rerun with the recorded "
-             f"settings.")
+      msg = (
+        f"{workdir} holds results made with other settings (recorded in "
+        f"{source}); use another directory, or rerun with the recorded "
+        f"settings."
+      )
       if diff:
         msg += " Differing fields (recorded -> this run): " + "; ".join(diff)
         msg += "."
       if missing:
-        msg += (" Fields the record does not have: " + "; ".join(missing) +
-                f" (if the earlier run used these values, add them to "
-                f"{path}).")
+        msg += (
+          " Fields the record does not have: "
+          + "; ".join(missing)
+          + f" (if the earlier run used these values, add them to "
+          f"{path})."
+        )
       raise ValueError(msg)
   if not check_only and (old is None or source != SETTINGS_FILE):
     os.makedirs(workdir, exist_ok=True)
@@ -240,14 +257,17 @@ def pin_settings(workdir: str, settings: Mapping[str, Any], *,
   return new
 
 
-def legacy_config_json(settings_fn: Callable[[Any], dict],
-                       filename: str = "config.json"):
+def legacy_config_json(
+  settings_fn: Callable[[Any], dict], filename: str = "config.json"
+):
   """A `legacy` reader for `pin_settings`: the settings an earlier run wrote
   as its full config (`<workdir>/<filename>`), through `settings_fn` (which
   must accept a nested dict and skip fields the dict lacks)."""
+
   def read(workdir: str) -> Optional[dict]:
     obj = read_json(os.path.join(workdir, filename))
     return None if obj is None else settings_fn(obj)
+
   return read
 
 
@@ -282,6 +302,7 @@ def save_config(workdir: str, config) -> str:
   """The run's whole config as `<workdir>/config.json` (atomically; read back
   by `load_policy` and by `pin_settings`' legacy readers). Returns the path."""
   from experiments import config_utils
+
   path = os.path.join(workdir, CONFIG_FILE)
   write_text_atomic(path, config_utils.to_json(config))
   return path
@@ -322,8 +343,7 @@ def append_row(path: str, row: dict) -> None:
     os.fsync(f.fileno())
 
 
-def require_files(config, field: str, names: Sequence[str],
-                  hint: str = "") -> None:
+def require_files(config, field: str, names: Sequence[str], hint: str = "") -> None:
   """Every name in `names` exists in the directory `config.<field>`.
 
   Raises:
@@ -334,8 +354,9 @@ def require_files(config, field: str, names: Sequence[str],
   for name in names:
     path = os.path.join(d, name)
     if not os.path.exists(path):
-      raise ValueError(f"config.{field}={d!r} has no {name} ({path} does not "
-                       f"exist{hint})")
+      raise ValueError(
+        f"config.{field}={d!r} has no {name} ({path} does not exist{hint})"
+      )
 
 
 # --------------------------------- models ----------------------------------
@@ -346,9 +367,9 @@ def load_model(model_dir: str, params_name: str):
   model_config.json` (jaxllm.checkpoint.load_model_config) and the orbax
   params `<model_dir>/<params_name>`."""
   from jaxllm import checkpoint
+
   cfg = checkpoint.load_model_config(model_dir)
-  return cfg, checkpoint.restore_params(os.path.join(model_dir, params_name),
-                                        cfg)
+  return cfg, checkpoint.restore_params(os.path.join(model_dir, params_name), cfg)
 
 
 def load_policy(policy_dir: str):
@@ -360,6 +381,7 @@ def load_policy(policy_dir: str):
   """
   import ml_collections
   from jaxllm import checkpoint
+
   cfg = checkpoint.load_model_config(policy_dir)
   path = os.path.join(policy_dir, CONFIG_FILE)
   obj = read_json(path)
@@ -373,23 +395,35 @@ def load_reward_models(verifier_dir: str, names: Sequence[str] = ("prm", "orm"))
   """(ModelConfig, {name: (RewardModel, params)}) of the reward models
   experiments/train_verifier.py wrote into `verifier_dir`."""
   from jaxllm import checkpoint, reward
+
   cfg = checkpoint.load_model_config(verifier_dir)
-  return cfg, {n: (reward.RewardModel(cfg), reward.restore_reward_params(
-      os.path.join(verifier_dir, n), cfg)) for n in names}
+  return cfg, {
+    n: (
+      reward.RewardModel(cfg),
+      reward.restore_reward_params(os.path.join(verifier_dir, n), cfg),
+    )
+    for n in names
+  }
 
 
-def load_pretrained(name: str = SMOLLM2, dtype: str = "float32",
-                    log: Optional[Callable[[str], None]] = None):
+def load_pretrained(
+  name: str = SMOLLM2,
+  dtype: str = "float32",
+  log: Optional[Callable[[str], None]] = None,
+):
   """(ModelConfig, params, tokenizer) of a pretrained model shipped as a pip
   package (jaxllm.pretrained); with `log`, one progress line saying what was
   loaded, how large and how long it took."""
   import jax
   from jaxllm import pretrained
+
   t0 = time.perf_counter()
   cfg, params, tok = pretrained.load_pretrained(name, dtype=dtype)
   if log is not None:
-    log(f"loaded {name}: {cfg.param_counts()['total'] / 1e6:.1f}M params in "
-        f"{time.perf_counter() - t0:.1f}s on {jax.default_backend()}")
+    log(
+      f"loaded {name}: {cfg.param_counts()['total'] / 1e6:.1f}M params in "
+      f"{time.perf_counter() - t0:.1f}s on {jax.default_backend()}"
+    )
   return cfg, params, tok
 
 
@@ -416,21 +450,27 @@ def median_time(fn: Callable[[], Any], repeats: int):
 # ------------------------------ command line --------------------------------
 
 
-def define_flags(default_workdir: Optional[str],
-                 default_config: Optional[str] = None,
-                 workdir_help: str = "Output directory.") -> None:
+def define_flags(
+  default_workdir: Optional[str],
+  default_config: Optional[str] = None,
+  workdir_help: str = "Output directory.",
+) -> None:
   """--workdir and, with `default_config` (a configs/*.py path), --config
   (`config_flags.DEFINE_config_file`: `--config=FILE --config.a.b=VALUE`)."""
   if default_config is not None:
     from ml_collections import config_flags
+
     config_flags.DEFINE_config_file(
-        "config", default_config,
-        "Config file (configs/*.py); override fields with --config.FIELD=V.")
+      "config",
+      default_config,
+      "Config file (configs/*.py); override fields with --config.FIELD=V.",
+    )
   flags.DEFINE_string("workdir", default_workdir, workdir_help)
 
 
-def config_from_flags(schema_path: str,
-                      check: Optional[Callable[[Any, str], None]] = None):
+def config_from_flags(
+  schema_path: str, check: Optional[Callable[[Any, str], None]] = None
+):
   """The --config flag's config, checked against the schema file's
   `get_config()` and locked (`config_utils.validate`), then `check(config,
   --workdir)` (the script's dry run: value ranges, the workdir's pinned
@@ -441,9 +481,11 @@ def config_from_flags(schema_path: str,
       prints before exiting with status 1.
   """
   from experiments import config_utils
+
   try:
     config = config_utils.validate(
-        flags.FLAGS.config, config_utils.load_config_file(schema_path))
+      flags.FLAGS.config, config_utils.load_config_file(schema_path)
+    )
     if check is not None:
       check(config, flags.FLAGS.workdir)
   except ValueError as e:
@@ -477,8 +519,9 @@ def flag_ints(name: str, low: int = 1) -> list[int]:
     except ValueError:
       raise app.UsageError(f"--{name}: {x!r} is not an int") from None
   if not out or min(out) < low:
-    raise app.UsageError(f"--{name} must be a non-empty list of ints >= {low}, "
-                         f"got {raw}")
+    raise app.UsageError(
+      f"--{name} must be a non-empty list of ints >= {low}, got {raw}"
+    )
   return out
 
 

@@ -85,8 +85,11 @@ def init_cache(cfg: ModelConfig, batch: int, size: int, dtype=None) -> KVCache:
   dtype = jnp.dtype(dtype or cfg.dtype)
   dims = (batch, cfg.n_kv_heads, cfg.head_dim, size)
   z = lambda shape: tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layers))
-  return KVCache(k=z(_shape(K_LAYOUT, *dims)), v=z(_shape(V_LAYOUT, *dims)),
-                 lengths=jnp.zeros((batch,), jnp.int32))
+  return KVCache(
+    k=z(_shape(K_LAYOUT, *dims)),
+    v=z(_shape(V_LAYOUT, *dims)),
+    lengths=jnp.zeros((batch,), jnp.int32),
+  )
 
 
 def layout_keys(k_BxTxKvxK):
@@ -109,8 +112,7 @@ def _rows_slots(layout: str, rows, slots):
   `layout`: advanced indices at b and s, full slices elsewhere. The picked
   block has shape [*rows/slots broadcast shape, remaining axes in layout
   order]."""
-  return tuple(rows if c == "b" else slots if c == "s" else slice(None)
-               for c in layout)
+  return tuple(rows if c == "b" else slots if c == "s" else slice(None) for c in layout)
 
 
 def _rest(layout: str) -> str:
@@ -120,7 +122,7 @@ def _rest(layout: str) -> str:
   ib, i_s = layout.index("b"), layout.index("s")
   if abs(ib - i_s) == 1:
     lo = min(ib, i_s)
-    return layout[:lo] + "bs" + layout[lo + 2:]
+    return layout[:lo] + "bs" + layout[lo + 2 :]
   return "bs" + "".join(c for c in layout if c not in "bs")
 
 
@@ -151,9 +153,11 @@ def reorder(cache: KVCache, index_N) -> KVCache:
   N may differ from B (fork one prompt into N samples with index = zeros(N)).
   """
   take = lambda x, layout: jnp.take(x, index_N, axis=layout.index("b"))
-  return KVCache(k=tuple(take(x, K_LAYOUT) for x in cache.k),
-                 v=tuple(take(x, V_LAYOUT) for x in cache.v),
-                 lengths=jnp.take(cache.lengths, index_N, axis=0))
+  return KVCache(
+    k=tuple(take(x, K_LAYOUT) for x in cache.k),
+    v=tuple(take(x, V_LAYOUT) for x in cache.v),
+    lengths=jnp.take(cache.lengths, index_N, axis=0),
+  )
 
 
 def commit_path(cache: KVCache, path_BxP, n_accept_B) -> KVCache:
@@ -169,14 +173,18 @@ def commit_path(cache: KVCache, path_BxP, n_accept_B) -> KVCache:
   rows = jnp.arange(B)[:, None]
   src = lengths[:, None] + path_BxP  # [B, P]
   keep = jnp.arange(P)[None, :] < n_accept_B[:, None]
-  dst = jnp.where(keep, lengths[:, None] + jnp.arange(P)[None, :],
-                  cache.size)  # out of range -> dropped
+  dst = jnp.where(
+    keep, lengths[:, None] + jnp.arange(P)[None, :], cache.size
+  )  # out of range -> dropped
   src = jnp.clip(src, 0, cache.size - 1)
 
   def move(buf, layout):
     return buf.at[_rows_slots(layout, rows, dst)].set(
-        buf[_rows_slots(layout, rows, src)], mode="drop")
+      buf[_rows_slots(layout, rows, src)], mode="drop"
+    )
 
-  return KVCache(k=tuple(move(b, K_LAYOUT) for b in cache.k),
-                 v=tuple(move(b, V_LAYOUT) for b in cache.v),
-                 lengths=lengths + n_accept_B)
+  return KVCache(
+    k=tuple(move(b, K_LAYOUT) for b in cache.k),
+    v=tuple(move(b, V_LAYOUT) for b in cache.v),
+    lengths=lengths + n_accept_B,
+  )

@@ -51,19 +51,21 @@ def params_to_tree(params: Params) -> dict:
   """Params -> nested dict of arrays (None fields omitted)."""
   tree = {f: getattr(params, f) for f in _TOP if getattr(params, f) is not None}
   tree["layers"] = {
-      str(i): {k: v for k, v in vars(lp).items() if v is not None}
-      for i, lp in enumerate(params.layers)}
+    str(i): {k: v for k, v in vars(lp).items() if v is not None}
+    for i, lp in enumerate(params.layers)
+  }
   return tree
 
 
 def tree_to_params(tree: dict) -> Params:
   """Nested dict (as written by params_to_tree) -> Params."""
   layers = tree["layers"]
-  return Params(embed=tree["embed"],
-                layers=tuple(LayerParams(**layers[str(i)])
-                             for i in range(len(layers))),
-                final_norm=tree["final_norm"],
-                lm_head=tree.get("lm_head"))
+  return Params(
+    embed=tree["embed"],
+    layers=tuple(LayerParams(**layers[str(i)]) for i in range(len(layers))),
+    final_norm=tree["final_norm"],
+    lm_head=tree.get("lm_head"),
+  )
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -94,9 +96,11 @@ MODEL_CONFIG_FILE = "model_config.json"
 def _fields(cls) -> tuple[dict, set]:
   """({field name: Field}, names of the fields without a default)."""
   fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-  required = {n for n, f in fields.items()
-              if f.default is dataclasses.MISSING and
-              f.default_factory is dataclasses.MISSING}
+  required = {
+    n
+    for n, f in fields.items()
+    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+  }
   return fields, required
 
 
@@ -111,12 +115,15 @@ def _check_keys(d: dict, cls, where: str) -> None:
   fields, required = _fields(cls)
   missing = sorted(required - set(d))
   if missing:
-    raise ValueError(f"{where}missing required field {missing[0]!r} (all "
-                     f"missing: {missing})")
+    raise ValueError(
+      f"{where}missing required field {missing[0]!r} (all missing: {missing})"
+    )
   unknown = sorted(set(d) - set(fields))
   if unknown:
-    raise ValueError(f"{where}unknown field {unknown[0]!r} (all unknown: "
-                     f"{unknown}; known: {sorted(fields)})")
+    raise ValueError(
+      f"{where}unknown field {unknown[0]!r} (all unknown: "
+      f"{unknown}; known: {sorted(fields)})"
+    )
   for k, v in d.items():
     # JSON allows NaN / Infinity; no ModelConfig number may be either.
     if isinstance(v, float) and not math.isfinite(v):
@@ -139,21 +146,27 @@ def model_config_from_dict(d: Any, source: str) -> ModelConfig:
       RopeScaling rejects a value.
   """
   if not isinstance(d, dict):
-    raise ValueError(f"{source}: expected a JSON object of ModelConfig "
-                     f"fields, got {_json_text(d)[:80]}")
+    raise ValueError(
+      f"{source}: expected a JSON object of ModelConfig "
+      f"fields, got {_json_text(d)[:80]}"
+    )
   where = f"{source}: "
   _check_keys(d, ModelConfig, where)
   kw = dict(d)
   rs = kw.get("rope_scaling")
   if rs is not None:
     if not isinstance(rs, dict):
-      raise ValueError(f"{where}field 'rope_scaling' must be an object of "
-                       f"RopeScaling fields or null, got {_json_text(rs)}")
+      raise ValueError(
+        f"{where}field 'rope_scaling' must be an object of "
+        f"RopeScaling fields or null, got {_json_text(rs)}"
+      )
     _check_keys(rs, RopeScaling, f"{where}rope_scaling: ")
   lw = kw.get("layer_windows")
   if lw is not None and not isinstance(lw, list):
-    raise ValueError(f"{where}field 'layer_windows' must be a list of ints or "
-                     f"null, got {_json_text(lw)}")
+    raise ValueError(
+      f"{where}field 'layer_windows' must be a list of ints or "
+      f"null, got {_json_text(lw)}"
+    )
   try:
     if rs is not None:
       kw["rope_scaling"] = RopeScaling(**rs)
@@ -210,6 +223,7 @@ def save_model_config(path: str, cfg: ModelConfig) -> str:
 # params only
 # --------------------------------------------------------------------------
 
+
 def save_params(path: str, params: Params, *, overwrite: bool = False) -> None:
   """Write `params` to the orbax checkpoint directory `path` (synchronously)."""
   path = os.path.abspath(path)
@@ -232,11 +246,15 @@ def _stored_shapes(path: str) -> dict:
   except FileNotFoundError as e:
     raise FileNotFoundError(f"{path} is not an orbax checkpoint: {e}") from e
   except Exception as e:  # corrupt metadata: JSON / msgpack / tensorstore errors
-    raise ValueError(f"cannot read checkpoint metadata at {path} (corrupt or "
-                     f"not a params checkpoint?): {_short(e)}") from e
+    raise ValueError(
+      f"cannot read checkpoint metadata at {path} (corrupt or "
+      f"not a params checkpoint?): {_short(e)}"
+    ) from e
   if not isinstance(tree, dict):  # orbax returns None when it cannot parse it
-    raise ValueError(f"cannot read checkpoint metadata at {path}: the array "
-                     "metadata is missing or unreadable (corrupt checkpoint?)")
+    raise ValueError(
+      f"cannot read checkpoint metadata at {path}: the array "
+      "metadata is missing or unreadable (corrupt checkpoint?)"
+    )
   return {k: tuple(m.shape) for k, m in _flat(tree).items()}
 
 
@@ -248,16 +266,21 @@ def _expected(cfg: ModelConfig) -> dict:
 def _check_against(path: str, stored: dict, want: dict, cfg_name: str) -> None:
   for k, spec in want.items():
     if k not in stored:
-      raise ValueError(f"checkpoint {path} is missing tensor {k!r} (expected "
-                       f"shape {tuple(spec.shape)} from {cfg_name})")
+      raise ValueError(
+        f"checkpoint {path} is missing tensor {k!r} (expected "
+        f"shape {tuple(spec.shape)} from {cfg_name})"
+      )
   for k, shape in stored.items():
     if k not in want:
-      raise ValueError(f"checkpoint {path} has unexpected tensor {k!r} "
-                       f"(shape {shape}) for {cfg_name}")
+      raise ValueError(
+        f"checkpoint {path} has unexpected tensor {k!r} (shape {shape}) for {cfg_name}"
+      )
   for k, spec in want.items():
     if stored[k] != tuple(spec.shape):
-      raise ValueError(f"checkpoint {path}: tensor {k!r} has shape "
-                       f"{stored[k]}, {cfg_name} expects {tuple(spec.shape)}")
+      raise ValueError(
+        f"checkpoint {path}: tensor {k!r} has shape "
+        f"{stored[k]}, {cfg_name} expects {tuple(spec.shape)}"
+      )
 
 
 def _with_shardings(abstract: Any, sharding) -> Any:
@@ -270,11 +293,13 @@ def _with_shardings(abstract: Any, sharding) -> Any:
     sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   if isinstance(sharding, Sharding):
     return jax.tree_util.tree_map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-        abstract)
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), abstract
+    )
   return jax.tree_util.tree_map(
-      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-      abstract, sharding)
+    lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+    abstract,
+    sharding,
+  )
 
 
 def _abstract_tree(cfg: ModelConfig, sharding) -> dict:
@@ -286,9 +311,11 @@ def _abstract_tree(cfg: ModelConfig, sharding) -> dict:
   return _with_shardings(params_to_tree(abstract_params(cfg)), sharding)
 
 
-def restore_params(path: str, cfg: ModelConfig,
-                   sharding: Union[None, Sharding, Params,
-                                   jax.sharding.Mesh] = None) -> Params:
+def restore_params(
+  path: str,
+  cfg: ModelConfig,
+  sharding: Union[None, Sharding, Params, jax.sharding.Mesh] = None,
+) -> Params:
   """Read a params checkpoint written by `save_params` (or the `params` item of
   a CheckpointManager step) onto `sharding`, cast to `cfg.param_dtype`.
 
@@ -319,14 +346,16 @@ def restore_params(path: str, cfg: ModelConfig,
     with ocp.StandardCheckpointer() as ckptr:
       tree = ckptr.restore(path, target)
   except Exception as e:  # tensorstore / ocdbt read errors on corrupt data
-    raise ValueError(f"cannot read checkpoint data at {path} (corrupt?): "
-                     f"{_short(e)}") from e
+    raise ValueError(
+      f"cannot read checkpoint data at {path} (corrupt?): {_short(e)}"
+    ) from e
   return tree_to_params(tree)
 
 
 # --------------------------------------------------------------------------
 # training state
 # --------------------------------------------------------------------------
+
 
 class CheckpointManager:
   """Periodic training checkpoints: params, optimiser state, step, RNG key.
@@ -341,32 +370,52 @@ class CheckpointManager:
     params, opt_state, step, key = mgr.restore(cfg, opt_state_like)
   """
 
-  def __init__(self, directory: str, *, save_every: int = 1, keep: int = 3,
-               async_save: bool = False):
+  def __init__(
+    self,
+    directory: str,
+    *,
+    save_every: int = 1,
+    keep: int = 3,
+    async_save: bool = False,
+  ):
     if save_every < 1 or keep < 1:
-      raise ValueError(f"save_every and keep must be >= 1, got {save_every}, "
-                       f"{keep}")
+      raise ValueError(f"save_every and keep must be >= 1, got {save_every}, {keep}")
     self.directory = os.path.abspath(directory)
     self._mgr = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(
-            save_interval_steps=save_every, max_to_keep=keep,
-            enable_async_checkpointing=async_save))
+      self.directory,
+      options=ocp.CheckpointManagerOptions(
+        save_interval_steps=save_every,
+        max_to_keep=keep,
+        enable_async_checkpointing=async_save,
+      ),
+    )
 
-  def save(self, step: int, params: Params, opt_state: Any, rng_key: jax.Array,
-           *, force: bool = False) -> bool:
+  def save(
+    self,
+    step: int,
+    params: Params,
+    opt_state: Any,
+    rng_key: jax.Array,
+    *,
+    force: bool = False,
+  ) -> bool:
     """Save if `step` is a multiple of save_every (or `force`); True if saved."""
     typed = jnp.issubdtype(rng_key.dtype, jax.dtypes.prng_key)
     key_data = jax.random.key_data(rng_key) if typed else rng_key
-    meta = {"step": int(step),
-            "rng_impl": str(jax.random.key_impl(rng_key)) if typed else None}
+    meta = {
+      "step": int(step),
+      "rng_impl": str(jax.random.key_impl(rng_key)) if typed else None,
+    }
     return self._mgr.save(
-        int(step), force=force,
-        args=ocp.args.Composite(
-            params=ocp.args.StandardSave(params_to_tree(params)),
-            opt_state=ocp.args.StandardSave(opt_state),
-            rng=ocp.args.StandardSave({"key": key_data}),
-            meta=ocp.args.JsonSave(meta)))
+      int(step),
+      force=force,
+      args=ocp.args.Composite(
+        params=ocp.args.StandardSave(params_to_tree(params)),
+        opt_state=ocp.args.StandardSave(opt_state),
+        rng=ocp.args.StandardSave({"key": key_data}),
+        meta=ocp.args.JsonSave(meta),
+      ),
+    )
 
   def latest_step(self) -> Optional[int]:
     return self._mgr.latest_step()
@@ -374,11 +423,15 @@ class CheckpointManager:
   def all_steps(self) -> list[int]:
     return list(self._mgr.all_steps())
 
-  def restore(self, cfg: ModelConfig, opt_state_like: Any, *,
-              step: Optional[int] = None,
-              sharding: Union[None, Sharding, Params,
-                              jax.sharding.Mesh] = None,
-              opt_sharding: Any = None):
+  def restore(
+    self,
+    cfg: ModelConfig,
+    opt_state_like: Any,
+    *,
+    step: Optional[int] = None,
+    sharding: Union[None, Sharding, Params, jax.sharding.Mesh] = None,
+    opt_sharding: Any = None,
+  ):
     """-> (params, opt_state, step, rng_key) of `step` (default: the latest).
 
     `sharding`: as in `restore_params` (None, a Mesh, one Sharding or a
@@ -392,38 +445,56 @@ class CheckpointManager:
       if step is None:
         raise FileNotFoundError(f"no checkpoint in {self.directory}")
     if step not in self._mgr.all_steps():
-      raise FileNotFoundError(f"no checkpoint for step {step} in "
-                              f"{self.directory} (have {self.all_steps()})")
+      raise FileNotFoundError(
+        f"no checkpoint for step {step} in {self.directory} (have {self.all_steps()})"
+      )
     step_dir = os.path.join(self.directory, str(step))
     params_target = _abstract_tree(cfg, sharding)
-    _check_against(os.path.join(step_dir, "params"),
-                   _stored_shapes(os.path.join(step_dir, "params")),
-                   _expected(cfg), "the config")
+    _check_against(
+      os.path.join(step_dir, "params"),
+      _stored_shapes(os.path.join(step_dir, "params")),
+      _expected(cfg),
+      "the config",
+    )
     abstract_opt = jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                       sharding=getattr(x, "sharding", None)),
-        opt_state_like)
+      lambda x: jax.ShapeDtypeStruct(
+        x.shape, x.dtype, sharding=getattr(x, "sharding", None)
+      ),
+      opt_state_like,
+    )
     if opt_sharding is not None or any(
-        s.sharding is None for s in jax.tree_util.tree_leaves(abstract_opt)):
+      s.sharding is None for s in jax.tree_util.tree_leaves(abstract_opt)
+    ):
       abstract_opt = _with_shardings(
-          jax.tree_util.tree_map(
-              lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype), abstract_opt),
-          opt_sharding)
+        jax.tree_util.tree_map(
+          lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype), abstract_opt
+        ),
+        opt_sharding,
+      )
     try:
-      out = self._mgr.restore(step, args=ocp.args.Composite(
+      out = self._mgr.restore(
+        step,
+        args=ocp.args.Composite(
           params=ocp.args.StandardRestore(params_target),
           opt_state=ocp.args.StandardRestore(abstract_opt),
           rng=ocp.args.StandardRestore(),
-          meta=ocp.args.JsonRestore()))
+          meta=ocp.args.JsonRestore(),
+        ),
+      )
     except Exception as e:
-      raise ValueError(f"cannot restore training state from {step_dir}: "
-                       f"{_short(e)}") from e
+      raise ValueError(
+        f"cannot restore training state from {step_dir}: {_short(e)}"
+      ) from e
     key = out["rng"]["key"]
     impl = out["meta"].get("rng_impl")
     if impl is not None:
       key = jax.random.wrap_key_data(key, impl=impl)
-    return tree_to_params(out["params"]), out["opt_state"], int(
-        out["meta"]["step"]), key
+    return (
+      tree_to_params(out["params"]),
+      out["opt_state"],
+      int(out["meta"]["step"]),
+      key,
+    )
 
   def wait_until_finished(self) -> None:
     self._mgr.wait_until_finished()

@@ -27,11 +27,14 @@ def as_int(name: str, value) -> int:
   rather than deep inside a jitted function.
   """
   if isinstance(value, (bool, np.bool_)) or not (
-      isinstance(value, numbers.Integral) or
-      (isinstance(value, np.ndarray) and value.ndim == 0
-       and np.issubdtype(value.dtype, np.integer))):
-    raise ValueError(f"{name} must be an int, got {value!r} "
-                     f"({type(value).__name__})")
+    isinstance(value, numbers.Integral)
+    or (
+      isinstance(value, np.ndarray)
+      and value.ndim == 0
+      and np.issubdtype(value.dtype, np.integer)
+    )
+  ):
+    raise ValueError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
   return int(value)
 
 
@@ -47,11 +50,15 @@ def as_real(name: str, value) -> float:
     ok = True
   else:  # a 0-d numpy / jax array
     shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
-    ok = (shape == () and dtype is not None and
-          (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)))
+    ok = (
+      shape == ()
+      and dtype is not None
+      and (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating))
+    )
   if not ok:
-    raise ValueError(f"{name} must be a real number, got {value!r} "
-                     f"({type(value).__name__})")
+    raise ValueError(
+      f"{name} must be a real number, got {value!r} ({type(value).__name__})"
+    )
   out = float(value)
   if not math.isfinite(out):
     raise ValueError(f"{name} must be finite, got {out}")
@@ -84,16 +91,27 @@ class RopeScaling:
 
     for f in ("factor", "low_freq_factor", "high_freq_factor"):
       object.__setattr__(self, f, as_real(f"RopeScaling.{f}", getattr(self, f)))
-    object.__setattr__(self, "original_max_position", as_int(
-        "RopeScaling.original_max_position", self.original_max_position))
+    object.__setattr__(
+      self,
+      "original_max_position",
+      as_int("RopeScaling.original_max_position", self.original_max_position),
+    )
     need(self.factor > 0, "factor", f"must be > 0, got {self.factor}")
-    need(self.low_freq_factor > 0, "low_freq_factor",
-         f"must be > 0, got {self.low_freq_factor}")
-    need(self.high_freq_factor > self.low_freq_factor, "high_freq_factor",
-         f"must be > low_freq_factor={self.low_freq_factor}, got "
-         f"{self.high_freq_factor}")
-    need(self.original_max_position >= 1, "original_max_position",
-         f"must be >= 1, got {self.original_max_position}")
+    need(
+      self.low_freq_factor > 0,
+      "low_freq_factor",
+      f"must be > 0, got {self.low_freq_factor}",
+    )
+    need(
+      self.high_freq_factor > self.low_freq_factor,
+      "high_freq_factor",
+      f"must be > low_freq_factor={self.low_freq_factor}, got {self.high_freq_factor}",
+    )
+    need(
+      self.original_max_position >= 1,
+      "original_max_position",
+      f"must be >= 1, got {self.original_max_position}",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,42 +176,73 @@ class ModelConfig:
       object.__setattr__(self, f, v)
       return v
 
-    for f in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads",
-              "d_ff", "max_seq_len"):
+    for f in (
+      "vocab_size",
+      "d_model",
+      "n_layers",
+      "n_heads",
+      "n_kv_heads",
+      "d_ff",
+      "max_seq_len",
+    ):
       v = to_int(f)
       need(v > 0, f, f"must be a positive int, got {v!r}")
     if self.head_dim is None:
-      need(self.d_model % self.n_heads == 0, "n_heads",
-           f"d_model={self.d_model} is not divisible by n_heads={self.n_heads} "
-           "(set head_dim explicitly if that is intended)")
+      need(
+        self.d_model % self.n_heads == 0,
+        "n_heads",
+        f"d_model={self.d_model} is not divisible by n_heads={self.n_heads} "
+        "(set head_dim explicitly if that is intended)",
+      )
       object.__setattr__(self, "head_dim", self.d_model // self.n_heads)
     head_dim = to_int("head_dim")
-    need(head_dim > 0 and head_dim % 2 == 0, "head_dim",
-         f"must be a positive even int (RoPE rotates pairs), got {head_dim!r}")
-    need(self.n_heads % self.n_kv_heads == 0, "n_kv_heads",
-         f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}")
-    need(isinstance(self.activation, str) and self.activation in ACTIVATIONS,
-         "activation",
-         f"unknown activation {self.activation!r}; expected one of {ACTIVATIONS}")
-    need(isinstance(self.dtype, str) and self.dtype in DTYPES, "dtype",
-         f"{self.dtype!r} not in {DTYPES}")
-    need(isinstance(self.param_dtype, str) and self.param_dtype in DTYPES,
-         "param_dtype", f"{self.param_dtype!r} not in {DTYPES}")
+    need(
+      head_dim > 0 and head_dim % 2 == 0,
+      "head_dim",
+      f"must be a positive even int (RoPE rotates pairs), got {head_dim!r}",
+    )
+    need(
+      self.n_heads % self.n_kv_heads == 0,
+      "n_kv_heads",
+      f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}",
+    )
+    need(
+      isinstance(self.activation, str) and self.activation in ACTIVATIONS,
+      "activation",
+      f"unknown activation {self.activation!r}; expected one of {ACTIVATIONS}",
+    )
+    need(
+      isinstance(self.dtype, str) and self.dtype in DTYPES,
+      "dtype",
+      f"{self.dtype!r} not in {DTYPES}",
+    )
+    need(
+      isinstance(self.param_dtype, str) and self.param_dtype in DTYPES,
+      "param_dtype",
+      f"{self.param_dtype!r} not in {DTYPES}",
+    )
     # The registry lives beside the implementations (imported here, not at
     # module level: jaxllm.model imports this module).
     from jaxllm.model import ATTENTION_IMPLS
-    need(isinstance(self.attention_impl, str) and
-         self.attention_impl in ATTENTION_IMPLS, "attention_impl",
-         f"unknown attention implementation {self.attention_impl!r}; "
-         f"registered: {sorted(ATTENTION_IMPLS)}")
-    for f in ("norm_plus_one", "post_norms", "tie_embeddings", "qkv_bias",
-              "embed_scale"):
+
+    need(
+      isinstance(self.attention_impl, str) and self.attention_impl in ATTENTION_IMPLS,
+      "attention_impl",
+      f"unknown attention implementation {self.attention_impl!r}; "
+      f"registered: {sorted(ATTENTION_IMPLS)}",
+    )
+    for f in (
+      "norm_plus_one",
+      "post_norms",
+      "tie_embeddings",
+      "qkv_bias",
+      "embed_scale",
+    ):
       v = getattr(self, f)
       need(isinstance(v, (bool, np.bool_)), f, f"must be a bool, got {v!r}")
       object.__setattr__(self, f, bool(v))
     need(to_real("norm_eps") > 0, "norm_eps", f"must be > 0, got {self.norm_eps}")
-    need(to_real("rope_theta") > 0, "rope_theta",
-         f"must be > 0, got {self.rope_theta}")
+    need(to_real("rope_theta") > 0, "rope_theta", f"must be > 0, got {self.rope_theta}")
     for f in ("attn_softcap", "final_softcap", "query_pre_attn_scalar"):
       if getattr(self, f) is not None:
         v = to_real(f)
@@ -204,24 +253,40 @@ class ModelConfig:
     v = to_int("sliding_window_pattern")
     need(v >= 1, "sliding_window_pattern", f"must be >= 1, got {v}")
     if self.layer_windows is not None:
-      need(isinstance(self.layer_windows, (tuple, list)), "layer_windows",
-           f"must be a tuple of ints, got {self.layer_windows!r}")
-      windows = tuple(as_int(f"ModelConfig.layer_windows[{i}]", w)
-                      for i, w in enumerate(self.layer_windows))
+      need(
+        isinstance(self.layer_windows, (tuple, list)),
+        "layer_windows",
+        f"must be a tuple of ints, got {self.layer_windows!r}",
+      )
+      windows = tuple(
+        as_int(f"ModelConfig.layer_windows[{i}]", w)
+        for i, w in enumerate(self.layer_windows)
+      )
       object.__setattr__(self, "layer_windows", windows)
-      need(len(windows) == self.n_layers, "layer_windows",
-           f"has {len(windows)} entries for n_layers={self.n_layers}")
-      need(all(w >= 0 for w in windows),
-           "layer_windows", "entries must be ints >= 0 (0 = global)")
+      need(
+        len(windows) == self.n_layers,
+        "layer_windows",
+        f"has {len(windows)} entries for n_layers={self.n_layers}",
+      )
+      need(
+        all(w >= 0 for w in windows),
+        "layer_windows",
+        "entries must be ints >= 0 (0 = global)",
+      )
     if isinstance(self.rope_scaling, dict):
       names = {f.name for f in dataclasses.fields(RopeScaling)}
-      need(set(self.rope_scaling) <= names, "rope_scaling",
-           f"unknown keys {sorted(set(self.rope_scaling) - names)}; "
-           f"expected some of {sorted(names)}")
+      need(
+        set(self.rope_scaling) <= names,
+        "rope_scaling",
+        f"unknown keys {sorted(set(self.rope_scaling) - names)}; "
+        f"expected some of {sorted(names)}",
+      )
       object.__setattr__(self, "rope_scaling", RopeScaling(**self.rope_scaling))
-    need(self.rope_scaling is None or isinstance(self.rope_scaling, RopeScaling),
-         "rope_scaling",
-         f"must be None, a RopeScaling or a dict, got {self.rope_scaling!r}")
+    need(
+      self.rope_scaling is None or isinstance(self.rope_scaling, RopeScaling),
+      "rope_scaling",
+      f"must be None, a RopeScaling or a dict, got {self.rope_scaling!r}",
+    )
 
   @property
   def q_per_kv(self) -> int:
@@ -240,16 +305,20 @@ class ModelConfig:
     w, p = self.sliding_window, self.sliding_window_pattern
     if not w:
       return (0,) * self.n_layers
-    return tuple(w if p == 1 or (i + 1) % p != 0 else 0
-                 for i in range(self.n_layers))
+    return tuple(w if p == 1 or (i + 1) % p != 0 else 0 for i in range(self.n_layers))
 
   def replace(self, **kw) -> "ModelConfig":
     return dataclasses.replace(self, **kw)
 
   # ---- parameter counts (used by the FLOPs accounting) ----
   def param_counts(self) -> dict[str, int]:
-    d, h, kv, hd, f = (self.d_model, self.n_heads, self.n_kv_heads,
-                       self.head_dim, self.d_ff)
+    d, h, kv, hd, f = (
+      self.d_model,
+      self.n_heads,
+      self.n_kv_heads,
+      self.head_dim,
+      self.d_ff,
+    )
     attn = d * h * hd + 2 * d * kv * hd + h * hd * d
     if self.qkv_bias:
       attn += h * hd + 2 * kv * hd
@@ -258,22 +327,44 @@ class ModelConfig:
     per_layer = attn + mlp + norms
     embed = self.vocab_size * d
     head = 0 if self.tie_embeddings else self.vocab_size * d
-    return dict(per_layer=per_layer, layers=per_layer * self.n_layers,
-                embed=embed, lm_head=head, final_norm=d,
-                total=per_layer * self.n_layers + embed + head + d)
+    return dict(
+      per_layer=per_layer,
+      layers=per_layer * self.n_layers,
+      embed=embed,
+      lm_head=head,
+      final_norm=d,
+      total=per_layer * self.n_layers + embed + head + d,
+    )
 
 
-def llama_like(vocab_size=32000, d_model=512, n_layers=8, n_heads=8,
-               n_kv_heads=4, d_ff=1408, **kw) -> ModelConfig:
+def llama_like(
+  vocab_size=32000, d_model=512, n_layers=8, n_heads=8, n_kv_heads=4, d_ff=1408, **kw
+) -> ModelConfig:
   """A Llama-family config (SwiGLU, RMSNorm, RoPE, GQA)."""
-  return ModelConfig(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers,
-                     n_heads=n_heads, n_kv_heads=n_kv_heads, d_ff=d_ff, **kw)
+  return ModelConfig(
+    vocab_size=vocab_size,
+    d_model=d_model,
+    n_layers=n_layers,
+    n_heads=n_heads,
+    n_kv_heads=n_kv_heads,
+    d_ff=d_ff,
+    **kw,
+  )
 
 
 def smollm2_135m(**kw) -> ModelConfig:
   """SmolLM2-135M architecture (Llama family)."""
-  base = dict(vocab_size=49152, d_model=576, n_layers=30, n_heads=9,
-              n_kv_heads=3, d_ff=1536, norm_eps=1e-5, rope_theta=100000.0,
-              tie_embeddings=True, max_seq_len=8192)
+  base = dict(
+    vocab_size=49152,
+    d_model=576,
+    n_layers=30,
+    n_heads=9,
+    n_kv_heads=3,
+    d_ff=1536,
+    norm_eps=1e-5,
+    rope_theta=100000.0,
+    tie_embeddings=True,
+    max_seq_len=8192,
+  )
   base.update(kw)
   return ModelConfig(**base)

@@ -80,8 +80,9 @@ def fork_index(n_prompts: int, n_samples: int) -> jax.Array:
   return jnp.repeat(jnp.arange(n_prompts, dtype=jnp.int32), n_samples)
 
 
-def prefill_and_fork(model, params, tokens_PxT, lengths_P, cache_size: int,
-                     n_samples: int):
+def prefill_and_fork(
+  model, params, tokens_PxT, lengths_P, cache_size: int, n_samples: int
+):
   """Prefill each of P prompts ONCE and fork it into N rows.
 
   Args:
@@ -119,17 +120,28 @@ class Transformer:
   def prefill(self, params, tokens_BxT, lengths_B, cache_size: int):
     B, T = tokens_BxT.shape
     if T > cache_size:
-      raise ValueError(f"prompt length {T} is longer than the cache "
-                       f"(cache_size={cache_size})")
+      raise ValueError(
+        f"prompt length {T} is longer than the cache (cache_size={cache_size})"
+      )
     state = cache_lib.init_cache(self.cfg, B, cache_size)
-    logits, state, _ = forward(params, tokens_BxT, self.cfg, cache=state,
-                               n_valid_B=lengths_B.astype(jnp.int32),
-                               logits_at="last")
+    logits, state, _ = forward(
+      params,
+      tokens_BxT,
+      self.cfg,
+      cache=state,
+      n_valid_B=lengths_B.astype(jnp.int32),
+      logits_at="last",
+    )
     return state, logits
 
   def extend(self, params, state, tokens_BxS, valid_BxS=None):
-    logits, state, _ = forward(params, tokens_BxS, self.cfg, cache=state,
-                               n_valid_B=_valid_count(tokens_BxS, valid_BxS))
+    logits, state, _ = forward(
+      params,
+      tokens_BxS,
+      self.cfg,
+      cache=state,
+      n_valid_B=_valid_count(tokens_BxS, valid_BxS),
+    )
     return state, logits
 
   def reorder(self, state, index_N):
@@ -143,9 +155,15 @@ class Transformer:
     depth = tree_depths(parent_M)
     pos = state.lengths[:, None] + depth[None, :] - 1
     mask = jnp.broadcast_to(tree_ancestor_mask(parent_M), (B, M, M))
-    logits, state, _ = forward(params, tokens_BxM, self.cfg, cache=state,
-                               positions_BxT=pos, attn_mask_BxTxT=mask,
-                               n_valid_B=jnp.zeros((B,), jnp.int32))
+    logits, state, _ = forward(
+      params,
+      tokens_BxM,
+      self.cfg,
+      cache=state,
+      positions_BxT=pos,
+      attn_mask_BxTxT=mask,
+      n_valid_B=jnp.zeros((B,), jnp.int32),
+    )
     return state, logits
 
   def commit(self, state, path_BxL, n_accept_B):
@@ -174,13 +192,15 @@ class BigramLM:
   flops_free: ClassVar[bool] = True
 
   def __post_init__(self):
-    object.__setattr__(self, "vocab_size", check_int(
-        "BigramLM.vocab_size", self.vocab_size, lo=1))
+    object.__setattr__(
+      self, "vocab_size", check_int("BigramLM.vocab_size", self.vocab_size, lo=1)
+    )
 
   def prefill(self, table_VxV, tokens_BxT, lengths_B, cache_size: int = 0):
     lengths_B = lengths_B.astype(jnp.int32)
-    last = jnp.take_along_axis(tokens_BxT, jnp.maximum(lengths_B - 1, 0)[:, None],
-                               axis=1)[:, 0]
+    last = jnp.take_along_axis(
+      tokens_BxT, jnp.maximum(lengths_B - 1, 0)[:, None], axis=1
+    )[:, 0]
     return BigramState(last=last, lengths=lengths_B), table_VxV[last]
 
   def extend(self, table_VxV, state, tokens_BxS, valid_BxS=None):
@@ -197,8 +217,7 @@ class BigramLM:
     return state.lengths
 
   def score_tree(self, table_VxV, state, tokens_BxM, parent_M):
-    return (BigramState(state.last, state.lengths, tokens_BxM),
-            table_VxV[tokens_BxM])
+    return (BigramState(state.last, state.lengths, tokens_BxM), table_VxV[tokens_BxM])
 
   def commit(self, state, path_BxL, n_accept_B):
     idx = jnp.maximum(n_accept_B - 1, 0)

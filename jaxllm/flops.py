@@ -27,9 +27,11 @@ from jaxllm.config import ModelConfig
 
 def _check_cfg(cfg) -> ModelConfig:
   if not isinstance(cfg, ModelConfig):
-    raise ValueError(f"FLOPs are counted from a jaxllm ModelConfig, got "
-                     f"{type(cfg).__name__}; a model without one must declare "
-                     f"`flops_free = True` (see jaxllm.flops.flops_config)")
+    raise ValueError(
+      f"FLOPs are counted from a jaxllm ModelConfig, got "
+      f"{type(cfg).__name__}; a model without one must declare "
+      f"`flops_free = True` (see jaxllm.flops.flops_config)"
+    )
   return cfg
 
 
@@ -69,9 +71,10 @@ def flops_config(obj, what: str = "model") -> Optional[ModelConfig]:
   if cfg is not None or is_flops_free(obj):
     return cfg
   raise ValueError(
-      f"{what} {type(obj).__name__} has no `cfg` (jaxllm ModelConfig) to count "
-      f"FLOPs from: give it one, declare a toy model free with "
-      f"`flops_free = True`, or do not count FLOPs")
+    f"{what} {type(obj).__name__} has no `cfg` (jaxllm ModelConfig) to count "
+    f"FLOPs from: give it one, declare a toy model free with "
+    f"`flops_free = True`, or do not count FLOPs"
+  )
 
 
 def matmul_params(cfg: ModelConfig) -> int:
@@ -121,7 +124,7 @@ def generate_flops(cfg: ModelConfig, prompt_len, new_tokens) -> np.ndarray:
   for idx in np.ndindex(out.shape):
     p = int(np.broadcast_to(prompt_len, out.shape)[idx])
     n = int(np.broadcast_to(new_tokens, out.shape)[idx])
-    out[idx] = decode_flops(cfg, np.arange(p + 1, p + n + 1)).sum() if n else 0.
+    out[idx] = decode_flops(cfg, np.arange(p + 1, p + n + 1)).sum() if n else 0.0
   return out + total
 
 
@@ -181,8 +184,12 @@ class Compute:
   def __add__(self, other: "Compute") -> "Compute":
     if not isinstance(other, Compute):
       return NotImplemented
-    return Compute(**{f.name: getattr(self, f.name) + getattr(other, f.name)
-                      for f in dataclasses.fields(self)})
+    return Compute(
+      **{
+        f.name: getattr(self, f.name) + getattr(other, f.name)
+        for f in dataclasses.fields(self)
+      }
+    )
 
   def __radd__(self, other) -> "Compute":
     if isinstance(other, (int, float)) and other == 0:  # sum() starts at 0
@@ -196,12 +203,18 @@ class Compute:
     Raises:
       ValueError: unless n_problems is an int >= 1.
     """
-    if (isinstance(n_problems, bool) or not isinstance(
-        n_problems, (int, np.integer)) or n_problems < 1):
-      raise ValueError(f"n_problems must be an integer >= 1, got "
-                       f"{n_problems!r}")
-    return Compute(**{f.name: getattr(self, f.name) / int(n_problems)
-                      for f in dataclasses.fields(self)})
+    if (
+      isinstance(n_problems, bool)
+      or not isinstance(n_problems, (int, np.integer))
+      or n_problems < 1
+    ):
+      raise ValueError(f"n_problems must be an integer >= 1, got {n_problems!r}")
+    return Compute(
+      **{
+        f.name: getattr(self, f.name) / int(n_problems)
+        for f in dataclasses.fields(self)
+      }
+    )
 
   def as_dict(self) -> dict:
     """The fields plus "flops" (their total), as a plain dict."""

@@ -23,8 +23,14 @@ import numpy as np
 
 from jaxllm.decoding import prefill_and_fork
 from jaxllm.sampling import Sampling, log_probs, make_sampling, sample
-from jaxllm.validation import (INT32_LIMIT, check_int, check_length,
-                               check_token_id, check_token_ids, token_id_array)
+from jaxllm.validation import (
+  INT32_LIMIT,
+  check_int,
+  check_length,
+  check_token_id,
+  check_token_ids,
+  token_id_array,
+)
 
 TRACE_COUNT = {"generate": 0}  # incremented at trace time (compile checks)
 
@@ -41,8 +47,13 @@ class GenerateOutput:
 BUCKET_POLICIES = ("pow2", "multiple")
 
 
-def bucket_length(n: int, buckets: Optional[Sequence[int]] = None, *,
-                  policy: str = "pow2", multiple: int = 16) -> int:
+def bucket_length(
+  n: int,
+  buckets: Optional[Sequence[int]] = None,
+  *,
+  policy: str = "pow2",
+  multiple: int = 16,
+) -> int:
   """The padded length for a sequence of n tokens: the smallest bucket >= n.
 
   The one bucketing function of jaxllm (prompts here, training batches in
@@ -75,21 +86,33 @@ def bucket_length(n: int, buckets: Optional[Sequence[int]] = None, *,
   if policy == "multiple":
     return int(-(-n // multiple) * multiple)
   if policy != "pow2":
-    raise ValueError(f"bucket policy must be one of {BUCKET_POLICIES}, got "
-                     f"{policy!r}")
+    raise ValueError(f"bucket policy must be one of {BUCKET_POLICIES}, got {policy!r}")
   b = multiple
   while b < n:
     b *= 2
   return b
 
 
-def _generate_impl(model, params, tokens_BxT, lengths_B, key, sampling,
-                   stop_ids, max_new_B, pad_id, *, max_new_tokens: int,
-                   cache_size: int, num_samples: int):
+def _generate_impl(
+  model,
+  params,
+  tokens_BxT,
+  lengths_B,
+  key,
+  sampling,
+  stop_ids,
+  max_new_B,
+  pad_id,
+  *,
+  max_new_tokens: int,
+  cache_size: int,
+  num_samples: int,
+):
   TRACE_COUNT["generate"] += 1
   # Each prompt prefilled once, its state forked into num_samples rows.
-  state, logits = prefill_and_fork(model, params, tokens_BxT, lengths_B,
-                                   cache_size, num_samples)
+  state, logits = prefill_and_fork(
+    model, params, tokens_BxT, lengths_B, cache_size, num_samples
+  )
   B = logits.shape[0]
   out = jnp.full((B, max_new_tokens), pad_id, jnp.int32)
   lps = jnp.zeros((B, max_new_tokens), jnp.float32)
@@ -119,35 +142,42 @@ def _generate_impl(model, params, tokens_BxT, lengths_B, key, sampling,
   return GenerateOutput(tokens=out, lengths=n_gen, logprobs=lps, steps=step)
 
 
-_generate_jit = jax.jit(_generate_impl,
-                        static_argnames=("model", "max_new_tokens",
-                                         "cache_size", "num_samples"))
+_generate_jit = jax.jit(
+  _generate_impl,
+  static_argnames=("model", "max_new_tokens", "cache_size", "num_samples"),
+)
 
 
 def _prompt_list(prompts) -> list:
   """`prompts` (a list of token-id lists, or rows of a [B, T] array) as a
   list of 1-D int64 arrays; raises ValueError naming `prompts`."""
   if isinstance(prompts, (str, bytes)) or not hasattr(prompts, "__len__"):
-    raise ValueError(f"prompts must be a list of token-id lists, or a [B, T] "
-                     f"array with prompt_lengths [B]; got {prompts!r:.200}")
+    raise ValueError(
+      f"prompts must be a list of token-id lists, or a [B, T] "
+      f"array with prompt_lengths [B]; got {prompts!r:.200}"
+    )
   if len(prompts) == 0:
     raise ValueError("prompts is empty")
   out = []
   for i, p in enumerate(prompts):
     arr = token_id_array("prompts", p)
     if arr.ndim != 1:
-      raise ValueError(f"prompts must be a list of token-id lists, or a "
-                       f"[B, T] array with prompt_lengths [B]; prompts[{i}] "
-                       f"has shape {arr.shape}")
+      raise ValueError(
+        f"prompts must be a list of token-id lists, or a "
+        f"[B, T] array with prompt_lengths [B]; prompts[{i}] "
+        f"has shape {arr.shape}"
+      )
     if arr.size == 0:
-      raise ValueError(f"every prompt needs at least one token (prompts[{i}] "
-                       f"is empty)")
+      raise ValueError(f"every prompt needs at least one token (prompts[{i}] is empty)")
     out.append(arr)
   return out
 
 
-def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int = 0,
-                buckets: Optional[Sequence[int]] = None):
+def pad_prompts(
+  prompts: Sequence[Sequence[int]],
+  pad_id: int = 0,
+  buckets: Optional[Sequence[int]] = None,
+):
   """Right-pad token lists to a bucketed length: (tokens_BxT, lengths_B).
 
   Checks the form (a non-empty list of non-empty integer lists) and that ids
@@ -163,13 +193,19 @@ def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int = 0,
   T = bucket_length(int(lens.max()), buckets)
   arr = np.full((len(rows), T), pad_id, np.int32)
   for i, p in enumerate(rows):
-    arr[i, :len(p)] = p
+    arr[i, : len(p)] = p
   return arr, lens
 
 
-def check_prompts(model, prompts, prompt_lengths=None, pad_id: int = 0,
-                  buckets: Optional[Sequence[int]] = None, *,
-                  pad_id_name: str = "pad_id"):
+def check_prompts(
+  model,
+  prompts,
+  prompt_lengths=None,
+  pad_id: int = 0,
+  buckets: Optional[Sequence[int]] = None,
+  *,
+  pad_id_name: str = "pad_id",
+):
   """Validated, right-padded, bucketed prompts: (tokens_BxT, lengths_B).
 
   The one prompt convention of every decoding entry point (generate, particle
@@ -203,15 +239,17 @@ def check_prompts(model, prompts, prompt_lengths=None, pad_id: int = 0,
   tokens = token_id_array("prompts", prompts)
   lengths = np.asarray(prompt_lengths)
   if tokens.ndim != 2 or lengths.shape != (tokens.shape[0],):
-    raise ValueError(f"prompts must be [B, T] with prompt_lengths [B]; got "
-                     f"{tokens.shape} and {lengths.shape}")
+    raise ValueError(
+      f"prompts must be [B, T] with prompt_lengths [B]; got "
+      f"{tokens.shape} and {lengths.shape}"
+    )
   B, T = tokens.shape
   if B == 0 or T == 0:
     raise ValueError(f"prompts is empty (shape {tokens.shape})")
-  if (lengths.dtype.kind not in "iu" or lengths.min() < 1 or
-      lengths.max() > T):
-    raise ValueError(f"prompt_lengths must be integers in [1, {T}], got "
-                     f"{prompt_lengths!r:.200}")
+  if lengths.dtype.kind not in "iu" or lengths.min() < 1 or lengths.max() > T:
+    raise ValueError(
+      f"prompt_lengths must be integers in [1, {T}], got {prompt_lengths!r:.200}"
+    )
   lengths = lengths.astype(np.int32)
   valid = np.arange(T)[None, :] < lengths[:, None]
   check_token_ids("prompts", tokens[valid], limit)
@@ -221,12 +259,22 @@ def check_prompts(model, prompts, prompt_lengths=None, pad_id: int = 0,
   return out, lengths
 
 
-def generate(model, params, prompts, key, max_new_tokens: int,
-             sampling: Optional[Sampling] = None, *,
-             prompt_lengths=None, stop_tokens: Sequence[int] = (),
-             max_new_B=None, pad_id: int = 0, cache_size: Optional[int] = None,
-             buckets: Optional[Sequence[int]] = None,
-             num_samples: int = 1) -> GenerateOutput:
+def generate(
+  model,
+  params,
+  prompts,
+  key,
+  max_new_tokens: int,
+  sampling: Optional[Sampling] = None,
+  *,
+  prompt_lengths=None,
+  stop_tokens: Sequence[int] = (),
+  max_new_B=None,
+  pad_id: int = 0,
+  cache_size: Optional[int] = None,
+  buckets: Optional[Sequence[int]] = None,
+  num_samples: int = 1,
+) -> GenerateOutput:
   """Sample continuations for a batch of prompts.
 
   Args:
@@ -260,16 +308,17 @@ def generate(model, params, prompts, key, max_new_tokens: int,
   max_new_tokens = check_int("max_new_tokens", max_new_tokens, lo=1)
   sampling = make_sampling() if sampling is None else sampling
   vocab = getattr(model, "vocab_size", None)
-  tokens, lengths = check_prompts(model, prompts, prompt_lengths, pad_id,
-                                  buckets)
-  stop = check_token_ids("stop_tokens",
-                         () if stop_tokens is None else stop_tokens,
-                         INT32_LIMIT + 1 if vocab is None else vocab)
+  tokens, lengths = check_prompts(model, prompts, prompt_lengths, pad_id, buckets)
+  stop = check_token_ids(
+    "stop_tokens",
+    () if stop_tokens is None else stop_tokens,
+    INT32_LIMIT + 1 if vocab is None else vocab,
+  )
   if stop.ndim != 1:
-    raise ValueError(f"stop_tokens must be a flat sequence of token ids, got "
-                     f"shape {stop.shape}")
-  what = (f"prompt length {int(lengths.max())} + max_new_tokens="
-          f"{max_new_tokens}")
+    raise ValueError(
+      f"stop_tokens must be a flat sequence of token ids, got shape {stop.shape}"
+    )
+  what = f"prompt length {int(lengths.max())} + max_new_tokens={max_new_tokens}"
   need = int(lengths.max()) + max_new_tokens
   check_length(what, need, "the int32 position range", INT32_LIMIT)
   max_seq = getattr(getattr(model, "cfg", None), "max_seq_len", None)
@@ -279,24 +328,38 @@ def generate(model, params, prompts, key, max_new_tokens: int,
     cache_size = tokens.shape[1] + max_new_tokens
   cache_size = check_int("cache_size", cache_size, lo=1)
   check_length(what, need, "cache_size", cache_size)
-  check_length(f"padded prompt length {tokens.shape[1]}", tokens.shape[1],
-               "cache_size", cache_size)
+  check_length(
+    f"padded prompt length {tokens.shape[1]}", tokens.shape[1], "cache_size", cache_size
+  )
   B = tokens.shape[0] * num_samples
   if max_new_B is None:
     max_new_B = np.full((B,), max_new_tokens, np.int32)
   else:
     budget = np.asarray(max_new_B)
     if budget.shape != (B,):
-      raise ValueError(f"max_new_B must have shape [B * num_samples] = [{B}], "
-                       f"got {budget.shape}")
+      raise ValueError(
+        f"max_new_B must have shape [B * num_samples] = [{B}], got {budget.shape}"
+      )
     if budget.dtype.kind not in "iu" or (
-        B and (budget.min() < 0 or budget.max() > max_new_tokens)):
-      raise ValueError(f"max_new_B must be integers in [0, max_new_tokens="
-                       f"{max_new_tokens}], got {max_new_B!r:.200}")
+      B and (budget.min() < 0 or budget.max() > max_new_tokens)
+    ):
+      raise ValueError(
+        f"max_new_B must be integers in [0, max_new_tokens="
+        f"{max_new_tokens}], got {max_new_B!r:.200}"
+      )
     max_new_B = budget.astype(np.int32)
   stop = stop.astype(np.int32) if stop.size else np.array([-1], np.int32)
-  return _generate_jit(model, params, jnp.asarray(tokens), jnp.asarray(lengths),
-                       key, sampling, jnp.asarray(stop),
-                       jnp.asarray(max_new_B, jnp.int32), jnp.int32(pad_id),
-                       max_new_tokens=max_new_tokens, cache_size=cache_size,
-                       num_samples=num_samples)
+  return _generate_jit(
+    model,
+    params,
+    jnp.asarray(tokens),
+    jnp.asarray(lengths),
+    key,
+    sampling,
+    jnp.asarray(stop),
+    jnp.asarray(max_new_B, jnp.int32),
+    jnp.int32(pad_id),
+    max_new_tokens=max_new_tokens,
+    cache_size=cache_size,
+    num_samples=num_samples,
+  )

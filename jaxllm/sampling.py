@@ -36,6 +36,7 @@ _F32_MAX = float(np.finfo(np.float32).max)
 @dataclasses.dataclass(frozen=True)
 class Sampling:
   """Sampling settings; build it with `make_sampling`, which validates them."""
+
   temperature: Any  # float32 scalar >= 0, finite; 0 means greedy
   top_p: Any  # float32 scalar in (0, 1]
   min_p: Any  # float32 scalar in [0, 1)
@@ -44,9 +45,14 @@ class Sampling:
   use_min_p: bool = dataclasses.field(default=False, metadata=dict(static=True))
 
 
-def make_sampling(temperature: float = 1.0, top_k: Optional[int] = None,
-                  top_p: Optional[float] = None, min_p: Optional[float] = None,
-                  *, vocab_size: Optional[int] = None) -> Sampling:
+def make_sampling(
+  temperature: float = 1.0,
+  top_k: Optional[int] = None,
+  top_p: Optional[float] = None,
+  min_p: Optional[float] = None,
+  *,
+  vocab_size: Optional[int] = None,
+) -> Sampling:
   """Validated sampling settings.
 
   Args:
@@ -70,8 +76,10 @@ def make_sampling(temperature: float = 1.0, top_k: Optional[int] = None,
   if temperature > 0 and not _F32_TINY <= temperature <= _F32_MAX:
     # Stored as float32: below `tiny` it is subnormal (flushed to 0 by XLA, i.e.
     # silently greedy), above `max` it overflows to inf (-inf / inf = NaN).
-    raise ValueError(f"temperature must be 0 (greedy) or in [{_F32_TINY:.8g}, "
-                     f"{_F32_MAX:.8g}] (float32 normal range), got {temperature}")
+    raise ValueError(
+      f"temperature must be 0 (greedy) or in [{_F32_TINY:.8g}, "
+      f"{_F32_MAX:.8g}] (float32 normal range), got {temperature}"
+    )
   if vocab_size is not None:
     vocab_size = as_int("vocab_size", vocab_size)
     if vocab_size < 1:
@@ -90,12 +98,14 @@ def make_sampling(temperature: float = 1.0, top_k: Optional[int] = None,
     min_p = as_real("min_p", min_p)
     if not 0 <= min_p < 1:
       raise ValueError(f"min_p must be in [0, 1), got {min_p}")
-  return Sampling(temperature=jnp.float32(temperature),
-                  top_p=jnp.float32(1.0 if top_p is None else top_p),
-                  min_p=jnp.float32(0.0 if min_p is None else min_p),
-                  top_k=top_k or 0,
-                  use_top_p=top_p is not None and top_p < 1,
-                  use_min_p=bool(min_p))
+  return Sampling(
+    temperature=jnp.float32(temperature),
+    top_p=jnp.float32(1.0 if top_p is None else top_p),
+    min_p=jnp.float32(0.0 if min_p is None else min_p),
+    top_k=top_k or 0,
+    use_top_p=top_p is not None and top_p < 1,
+    use_min_p=bool(min_p),
+  )
 
 
 def _keep_first(logits_BxV, cutoff_Bx1, n_keep_Bx1):
@@ -183,8 +193,9 @@ def sample_from_logits(key, logits_BxV, block: int = 256):
   *lead, V = logits_BxV.shape
   nb = -(-V // block)
   lg = logits_BxV.astype(jnp.float32)
-  lg = jnp.pad(lg, [(0, 0)] * len(lead) + [(0, nb * block - V)],
-               constant_values=-jnp.inf)
+  lg = jnp.pad(
+    lg, [(0, 0)] * len(lead) + [(0, nb * block - V)], constant_values=-jnp.inf
+  )
   w = jnp.exp(lg - lg.max(-1, keepdims=True)).reshape(*lead, nb, block)
   k1, k2 = jax.random.split(key)
   blk = _inverse_cdf(k1, w.sum(-1))
@@ -201,6 +212,5 @@ def sample(key, logits_BxV, s: Sampling):
 
 def log_probs(logits_BxV, s: Optional[Sampling] = None):
   """Log-probabilities of the model (s None) or of the sampling distribution."""
-  lg = logits_BxV.astype(jnp.float32) if s is None else filter_logits(
-      logits_BxV, s)
+  lg = logits_BxV.astype(jnp.float32) if s is None else filter_logits(logits_BxV, s)
   return jax.nn.log_softmax(lg, axis=-1)

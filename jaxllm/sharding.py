@@ -59,32 +59,33 @@ MeshAxes = Union[None, str, tuple[str, ...]]
 # Parameter axes are those of jaxllm.params.param_specs; activation, cache and
 # population axes are those of `CACHE_AXES` / `BATCH` below.
 RULES: tuple[tuple[str, MeshAxes], ...] = (
-    # population / activations
-    ("batch", ("data", "fsdp")),  # prompts, samples, particles, beams, rows
-    ("sequence", None),  # token positions, KV-cache slots
-    ("act_embed", None),  # d_model of activations (replicated)
-    # parameters (and the cache's head axes)
-    ("vocab", "model"),  # embed rows, lm_head columns, logits
-    ("embed", "fsdp"),  # d_model of parameters (FSDP)
-    ("heads", "model"),  # query heads
-    ("kv_heads", "model"),  # key/value heads (weights and KV cache)
-    ("head_dim", None),
-    ("mlp", "model"),  # d_ff
+  # population / activations
+  ("batch", ("data", "fsdp")),  # prompts, samples, particles, beams, rows
+  ("sequence", None),  # token positions, KV-cache slots
+  ("act_embed", None),  # d_model of activations (replicated)
+  # parameters (and the cache's head axes)
+  ("vocab", "model"),  # embed rows, lm_head columns, logits
+  ("embed", "fsdp"),  # d_model of parameters (FSDP)
+  ("heads", "model"),  # query heads
+  ("kv_heads", "model"),  # key/value heads (weights and KV cache)
+  ("head_dim", None),
+  ("mlp", "model"),  # d_ff
 )
 
 BATCH = "batch"
 
 # Logical axes of the KV cache buffers (jaxllm.cache.init_cache's layout).
 CACHE_AXES = dict(
-    k=("batch", "kv_heads", "head_dim", "sequence"),  # [B, Kv, K, S]
-    v=("batch", "kv_heads", "sequence", "head_dim"),  # [B, Kv, S, K]
-    lengths=("batch",),  # [B]
+  k=("batch", "kv_heads", "head_dim", "sequence"),  # [B, Kv, K, S]
+  v=("batch", "kv_heads", "sequence", "head_dim"),  # [B, Kv, S, K]
+  lengths=("batch",),  # [B]
 )
 
 
 # --------------------------------------------------------------------------
 # Meshes
 # --------------------------------------------------------------------------
+
 
 def parse_mesh_spec(spec: Optional[str], n_devices: int) -> dict[str, int]:
   """Axis sizes from a spec like "data=4,model=2" for `n_devices` devices.
@@ -112,45 +113,56 @@ def parse_mesh_spec(spec: Optional[str], n_devices: int) -> dict[str, int]:
     name, eq, val = part.partition("=")
     name = name.strip()
     if not eq:
-      raise ValueError(f"mesh spec {spec!r}: entry {part!r} is not "
-                       f"'axis=size' (axes: {', '.join(MESH_AXES)})")
+      raise ValueError(
+        f"mesh spec {spec!r}: entry {part!r} is not "
+        f"'axis=size' (axes: {', '.join(MESH_AXES)})"
+      )
     if name not in MESH_AXES:
-      raise ValueError(f"mesh spec {spec!r}: unknown mesh axis {name!r} "
-                       f"(known: {', '.join(MESH_AXES)})")
+      raise ValueError(
+        f"mesh spec {spec!r}: unknown mesh axis {name!r} "
+        f"(known: {', '.join(MESH_AXES)})"
+      )
     if name in sizes:
       raise ValueError(f"mesh spec {spec!r}: mesh axis {name!r} given twice")
     try:
       size = int(val.strip())
     except ValueError:
-      raise ValueError(f"mesh spec {spec!r}: mesh axis {name!r} size "
-                       f"{val.strip()!r} is not an integer") from None
+      raise ValueError(
+        f"mesh spec {spec!r}: mesh axis {name!r} size {val.strip()!r} is not an integer"
+      ) from None
     if size < 1 and size != -1:
-      raise ValueError(f"mesh spec {spec!r}: mesh axis {name!r} size must be "
-                       f">= 1 (or -1 for the rest), got {size}")
+      raise ValueError(
+        f"mesh spec {spec!r}: mesh axis {name!r} size must be "
+        f">= 1 (or -1 for the rest), got {size}"
+      )
     sizes[name] = size
   rest = [n for n, s in sizes.items() if s == -1]
   if len(rest) > 1:
-    raise ValueError(f"mesh spec {spec!r}: only one axis may be -1, got "
-                     f"{rest}")
+    raise ValueError(f"mesh spec {spec!r}: only one axis may be -1, got {rest}")
   known = math.prod(s for s in sizes.values() if s != -1)
   if rest:
     if n_devices % known:
-      raise ValueError(f"mesh spec {spec!r}: the other axes multiply to "
-                       f"{known}, which does not divide the {n_devices} "
-                       f"devices, so mesh axis {rest[0]!r} = -1 has no size")
+      raise ValueError(
+        f"mesh spec {spec!r}: the other axes multiply to "
+        f"{known}, which does not divide the {n_devices} "
+        f"devices, so mesh axis {rest[0]!r} = -1 has no size"
+      )
     sizes[rest[0]] = n_devices // known
   full = {a: sizes.get(a, 1) for a in MESH_AXES}
   prod = math.prod(full.values())
   if prod != n_devices:
     shown = " x ".join(f"{a}={s}" for a, s in full.items())
-    raise ValueError(f"mesh spec {spec!r}: {shown} = {prod} devices, but "
-                     f"there are {n_devices} devices (the axis sizes must "
-                     f"multiply to the device count)")
+    raise ValueError(
+      f"mesh spec {spec!r}: {shown} = {prod} devices, but "
+      f"there are {n_devices} devices (the axis sizes must "
+      f"multiply to the device count)"
+    )
   return full
 
 
-def make_mesh(spec: Optional[str] = None,
-              devices: Optional[Sequence[Any]] = None) -> Mesh:
+def make_mesh(
+  spec: Optional[str] = None, devices: Optional[Sequence[Any]] = None
+) -> Mesh:
   """A Mesh with axes ("data", "fsdp", "model") from a spec ("data=4,model=2").
 
   Args:
@@ -191,6 +203,7 @@ def mesh_size(mesh: Mesh, axes: MeshAxes) -> int:
 # Logical axes -> PartitionSpec / NamedSharding
 # --------------------------------------------------------------------------
 
+
 def _rules_dict(rules) -> dict:
   out = {}
   for name, axes in rules:
@@ -200,8 +213,9 @@ def _rules_dict(rules) -> dict:
   return out
 
 
-def logical_to_spec(axes: Sequence[Optional[str]], mesh: Mesh,
-                    rules=RULES) -> PartitionSpec:
+def logical_to_spec(
+  axes: Sequence[Optional[str]], mesh: Mesh, rules=RULES
+) -> PartitionSpec:
   """PartitionSpec of an array whose dimensions have logical names `axes`.
 
   A `None` logical axis is replicated; mesh axes the rules name but `mesh`
@@ -219,41 +233,53 @@ def logical_to_spec(axes: Sequence[Optional[str]], mesh: Mesh,
       out.append(None)
       continue
     if name not in table:
-      raise ValueError(f"unknown logical axis {name!r} (the sharding rules "
-                       f"know: {', '.join(table)})")
+      raise ValueError(
+        f"unknown logical axis {name!r} (the sharding rules know: {', '.join(table)})"
+      )
     target = table[name]
-    target = () if target is None else (
-        (target,) if isinstance(target, str) else tuple(target))
+    target = (
+      ()
+      if target is None
+      else ((target,) if isinstance(target, str) else tuple(target))
+    )
     for a in target:
       if a not in MESH_AXES:
-        raise ValueError(f"sharding rules map logical axis {name!r} to "
-                         f"unknown mesh axis {a!r} (known: "
-                         f"{', '.join(MESH_AXES)})")
+        raise ValueError(
+          f"sharding rules map logical axis {name!r} to "
+          f"unknown mesh axis {a!r} (known: "
+          f"{', '.join(MESH_AXES)})"
+        )
     target = tuple(a for a in target if a in mesh.axis_names)
     for a in target:
       if a in used:
-        raise ValueError(f"mesh axis {a!r} would shard both logical axes "
-                         f"{used[a]!r} and {name!r} of one array")
+        raise ValueError(
+          f"mesh axis {a!r} would shard both logical axes "
+          f"{used[a]!r} and {name!r} of one array"
+        )
       used[a] = name
-    out.append(None if not target else
-               (target[0] if len(target) == 1 else target))
+    out.append(None if not target else (target[0] if len(target) == 1 else target))
   return PartitionSpec(*out)
 
 
-def _check_divides(shape, axes, spec: PartitionSpec, mesh: Mesh,
-                   what: str) -> None:
+def _check_divides(shape, axes, spec: PartitionSpec, mesh: Mesh, what: str) -> None:
   for dim, name, target in zip(shape, axes, spec):
     n = mesh_size(mesh, target)
     if n > 1 and dim % n:
       raise ValueError(
-          f"{what}: mesh axis {target!r} of size {n} does not divide logical "
-          f"axis {name!r} of size {dim}; pick a mesh whose {target!r} size "
-          f"divides {dim}")
+        f"{what}: mesh axis {target!r} of size {n} does not divide logical "
+        f"axis {name!r} of size {dim}; pick a mesh whose {target!r} size "
+        f"divides {dim}"
+      )
 
 
-def logical_sharding(axes: Sequence[Optional[str]], mesh: Mesh, *,
-                     shape: Optional[Sequence[int]] = None,
-                     what: str = "array", rules=RULES) -> NamedSharding:
+def logical_sharding(
+  axes: Sequence[Optional[str]],
+  mesh: Mesh,
+  *,
+  shape: Optional[Sequence[int]] = None,
+  what: str = "array",
+  rules=RULES,
+) -> NamedSharding:
   """NamedSharding of an array with logical axes `axes` on `mesh`.
 
   Args:
@@ -268,8 +294,9 @@ def logical_sharding(axes: Sequence[Optional[str]], mesh: Mesh, *,
   spec = logical_to_spec(axes, mesh, rules)
   if shape is not None:
     if len(shape) != len(axes):
-      raise ValueError(f"{what}: {len(axes)} logical axes {tuple(axes)} for "
-                       f"shape {tuple(shape)}")
+      raise ValueError(
+        f"{what}: {len(axes)} logical axes {tuple(axes)} for shape {tuple(shape)}"
+      )
     _check_divides(shape, axes, spec, mesh, what)
   return NamedSharding(mesh, spec)
 
@@ -278,8 +305,14 @@ def logical_sharding(axes: Sequence[Optional[str]], mesh: Mesh, *,
 # Parameters
 # --------------------------------------------------------------------------
 
-_CFG_FIELD = dict(vocab="vocab_size", embed="d_model", heads="n_heads",
-                  kv_heads="n_kv_heads", head_dim="head_dim", mlp="d_ff")
+_CFG_FIELD = dict(
+  vocab="vocab_size",
+  embed="d_model",
+  heads="n_heads",
+  kv_heads="n_kv_heads",
+  head_dim="head_dim",
+  mlp="d_ff",
+)
 
 
 def param_shardings(cfg: ModelConfig, mesh: Mesh, rules=RULES) -> Params:
@@ -303,15 +336,15 @@ def param_shardings(cfg: ModelConfig, mesh: Mesh, rules=RULES) -> Params:
         field = _CFG_FIELD.get(ax)
         field = f" (ModelConfig.{field})" if field else ""
         raise ValueError(
-            f"{name}: mesh axis {target!r} of size {n} does not divide "
-            f"logical axis {ax!r} = {dim}{field}; use a mesh whose {target!r} "
-            f"size divides {dim}")
+          f"{name}: mesh axis {target!r} of size {n} does not divide "
+          f"logical axis {ax!r} = {dim}{field}; use a mesh whose {target!r} "
+          f"size divides {dim}"
+        )
     out.append(NamedSharding(mesh, spec))
   return jax.tree_util.tree_unflatten(treedef, out)
 
 
-def shard_params(params: Params, cfg: ModelConfig, mesh: Mesh,
-                 rules=RULES) -> Params:
+def shard_params(params: Params, cfg: ModelConfig, mesh: Mesh, rules=RULES) -> Params:
   """`params` placed on `param_shardings(cfg, mesh)` (jax.device_put).
 
   For a model too large for one device's memory, initialise or restore
@@ -328,8 +361,10 @@ def shard_params(params: Params, cfg: ModelConfig, mesh: Mesh,
 # Population (batch) and KV cache
 # --------------------------------------------------------------------------
 
-def batch_sharding(mesh: Mesh, ndim: int = 1, *,
-                   batch: Optional[int] = None, rules=RULES) -> NamedSharding:
+
+def batch_sharding(
+  mesh: Mesh, ndim: int = 1, *, batch: Optional[int] = None, rules=RULES
+) -> NamedSharding:
   """Sharding of a population array: dimension 0 over the batch mesh axes,
   the other `ndim - 1` dimensions replicated.
 
@@ -338,8 +373,7 @@ def batch_sharding(mesh: Mesh, ndim: int = 1, *,
       (naming both numbers).
   """
   if batch is not None:
-    logical_sharding((BATCH,), mesh, shape=(batch,), what="population",
-                     rules=rules)
+    logical_sharding((BATCH,), mesh, shape=(batch,), what="population", rules=rules)
   return logical_sharding((BATCH,) + (None,) * (ndim - 1), mesh, rules=rules)
 
 
@@ -356,16 +390,19 @@ def shard_batch(x, mesh: Mesh, rules=RULES):
     ValueError: a leaf whose dimension 0 is not divisible by the
       data-parallel size, naming both numbers.
   """
+
   def one(a):
     a = a if isinstance(a, jax.Array) else np.asarray(a)
     return jax.device_put(
-        a, batch_sharding(mesh, a.ndim, batch=a.shape[0], rules=rules))
+      a, batch_sharding(mesh, a.ndim, batch=a.shape[0], rules=rules)
+    )
 
   return jax.tree_util.tree_map(one, x)
 
 
-def cache_shardings(cfg: ModelConfig, mesh: Mesh, batch: Optional[int] = None,
-                    rules=RULES) -> KVCache:
+def cache_shardings(
+  cfg: ModelConfig, mesh: Mesh, batch: Optional[int] = None, rules=RULES
+) -> KVCache:
   """A KVCache of NamedShardings: rows over the data axes, KV heads over
   `model`, slots and head_dim replicated (`CACHE_AXES`).
 
@@ -377,11 +414,12 @@ def cache_shardings(cfg: ModelConfig, mesh: Mesh, batch: Optional[int] = None,
   kshape = (B, cfg.n_kv_heads, cfg.head_dim, 1)
   vshape = (B, cfg.n_kv_heads, 1, cfg.head_dim)
   mk = lambda field, shape: logical_sharding(
-      CACHE_AXES[field], mesh, shape=shape, what=f"KV cache {field}",
-      rules=rules)
+    CACHE_AXES[field], mesh, shape=shape, what=f"KV cache {field}", rules=rules
+  )
   k, v = mk("k", kshape), mk("v", vshape)
-  return KVCache(k=(k,) * cfg.n_layers, v=(v,) * cfg.n_layers,
-                 lengths=mk("lengths", (B,)))
+  return KVCache(
+    k=(k,) * cfg.n_layers, v=(v,) * cfg.n_layers, lengths=mk("lengths", (B,))
+  )
 
 
 def constrain(x, axes: Sequence[Optional[str]], mesh: Mesh, rules=RULES):
@@ -392,4 +430,5 @@ def constrain(x, axes: Sequence[Optional[str]], mesh: Mesh, rules=RULES):
     ValueError: see `logical_to_spec`.
   """
   return jax.lax.with_sharding_constraint(
-      x, NamedSharding(mesh, logical_to_spec(axes, mesh, rules)))
+    x, NamedSharding(mesh, logical_to_spec(axes, mesh, rules))
+  )

@@ -41,8 +41,7 @@ import warnings
 from typing import Any, Optional, Sequence
 
 import tokenizers
-from tokenizers import (AddedToken, Regex, decoders, models, pre_tokenizers,
-                        processors)
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
 
 # llama.cpp token types (tokenizer.ggml.token_type).
 TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED = 1, 2, 3, 4
@@ -51,16 +50,24 @@ TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED = 1, 2, 3, 4
 # built into tokenizers' ByteLevel pre-tokenizer. Vocabularies not listed
 # raise rather than silently splitting text the wrong way.
 _LLAMA3_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+  r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+  r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 _QWEN2_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+  r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+  r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 GGUF_PRE_SPLITS = {
-    "default": None, "gpt2": None, "smollm": None, "gpt-2": None,
-    "llama3": _LLAMA3_SPLIT, "llama-v3": _LLAMA3_SPLIT,
-    "llama-bpe": _LLAMA3_SPLIT, "smaug-bpe": _LLAMA3_SPLIT,
-    "qwen2": _QWEN2_SPLIT, "deepseek-r1-qwen": _QWEN2_SPLIT,
+  "default": None,
+  "gpt2": None,
+  "smollm": None,
+  "gpt-2": None,
+  "llama3": _LLAMA3_SPLIT,
+  "llama-v3": _LLAMA3_SPLIT,
+  "llama-bpe": _LLAMA3_SPLIT,
+  "smaug-bpe": _LLAMA3_SPLIT,
+  "qwen2": _QWEN2_SPLIT,
+  "deepseek-r1-qwen": _QWEN2_SPLIT,
 }
 
 
@@ -71,9 +78,11 @@ def byte_to_unicode() -> dict[int, str]:
   Printable Latin-1 bytes map to themselves; the other 68 bytes map, in
   increasing byte order, to U+0100, U+0101, ...
   """
-  keep = (list(range(ord("!"), ord("~") + 1)) +
-          list(range(ord("¡"), ord("¬") + 1)) +
-          list(range(ord("®"), ord("ÿ") + 1)))
+  keep = (
+    list(range(ord("!"), ord("~") + 1))
+    + list(range(ord("¡"), ord("¬") + 1))
+    + list(range(ord("®"), ord("ÿ") + 1))
+  )
   table, extra = {}, 0
   for b in range(256):
     if b in keep:
@@ -92,25 +101,30 @@ def _compile_template(source: str):
   def raise_exception(message):
     raise jinja2.exceptions.TemplateError(message)
 
-  def tojson(x, ensure_ascii=False, indent=None, separators=None,
-             sort_keys=False):
-    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent,
-                      separators=separators, sort_keys=sort_keys)
+  def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+    return json.dumps(
+      x,
+      ensure_ascii=ensure_ascii,
+      indent=indent,
+      separators=separators,
+      sort_keys=sort_keys,
+    )
 
   def strftime_now(fmt):
     return datetime.datetime.now().strftime(fmt)
 
-  env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                      extensions=["jinja2.ext.loopcontrols"])
+  env = ImmutableSandboxedEnvironment(
+    trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+  )
   env.filters["tojson"] = tojson
   env.globals["raise_exception"] = raise_exception
   env.globals["strftime_now"] = strftime_now
   return env.from_string(source)
 
 
-def bos_eos_post_processor(bos: Optional[tuple[str, int]],
-                           eos: Optional[tuple[str, int]]
-                           ) -> processors.TemplateProcessing:
+def bos_eos_post_processor(
+  bos: Optional[tuple[str, int]], eos: Optional[tuple[str, int]]
+) -> processors.TemplateProcessing:
   """The post-processor transformers builds from add_bos_token/add_eos_token.
 
   `bos` / `eos`: (token, id) to add before / after the text, or None for
@@ -120,25 +134,31 @@ def bos_eos_post_processor(bos: Optional[tuple[str, int]],
   b = f"{bos[0]}:0 " if bos else ""
   e = f" {eos[0]}:0" if eos else ""
   single = f"{b}$A:0{e}"
-  pair = (f"{single}{(' ' + bos[0] + ':1') if bos else ''} $B:1"
-          f"{(' ' + eos[0] + ':1') if eos else ''}")
+  pair = (
+    f"{single}{(' ' + bos[0] + ':1') if bos else ''} $B:1"
+    f"{(' ' + eos[0] + ':1') if eos else ''}"
+  )
   special = [t for t in (bos, eos) if t]
-  return processors.TemplateProcessing(single=single, pair=pair,
-                                       special_tokens=list(dict.fromkeys(
-                                           special)))
+  return processors.TemplateProcessing(
+    single=single, pair=pair, special_tokens=list(dict.fromkeys(special))
+  )
 
 
 class Tokenizer:
   """Text <-> token ids, special token ids and chat template of one model."""
 
-  def __init__(self, backend: tokenizers.Tokenizer, *,
-               bos_token: Optional[str] = None,
-               eos_token: Optional[str] = None,
-               pad_token: Optional[str] = None,
-               unk_token: Optional[str] = None,
-               chat_template: Optional[str] = None,
-               add_bos_token: Optional[bool] = None,
-               add_eos_token: Optional[bool] = None):
+  def __init__(
+    self,
+    backend: tokenizers.Tokenizer,
+    *,
+    bos_token: Optional[str] = None,
+    eos_token: Optional[str] = None,
+    pad_token: Optional[str] = None,
+    unk_token: Optional[str] = None,
+    chat_template: Optional[str] = None,
+    add_bos_token: Optional[bool] = None,
+    add_eos_token: Optional[bool] = None,
+  ):
     """Wrap `backend` with the model's special tokens and chat template.
 
     `add_bos_token` / `add_eos_token`: None (both, the default) keeps the
@@ -155,15 +175,22 @@ class Tokenizer:
         that is not a bool or None.
     """
     if not isinstance(backend, tokenizers.Tokenizer):
-      raise ValueError("backend must be a tokenizers.Tokenizer, got "
-                       f"{type(backend).__name__}")
-    for name, flag in (("add_bos_token", add_bos_token),
-                       ("add_eos_token", add_eos_token)):
+      raise ValueError(
+        f"backend must be a tokenizers.Tokenizer, got {type(backend).__name__}"
+      )
+    for name, flag in (
+      ("add_bos_token", add_bos_token),
+      ("add_eos_token", add_eos_token),
+    ):
       if flag is not None and not isinstance(flag, bool):
         raise ValueError(f"{name} must be a bool or None, got {flag!r}")
     self.special_tokens = {}
-    for name, tok in (("bos_token", bos_token), ("eos_token", eos_token),
-                      ("pad_token", pad_token), ("unk_token", unk_token)):
+    for name, tok in (
+      ("bos_token", bos_token),
+      ("eos_token", eos_token),
+      ("pad_token", pad_token),
+      ("unk_token", unk_token),
+    ):
       if tok is None:
         continue
       if backend.token_to_id(tok) is None:
@@ -171,17 +198,19 @@ class Tokenizer:
       self.special_tokens[name] = tok
     self.chat_template = chat_template
     explicit = add_bos_token is not None or add_eos_token is not None
-    if (explicit or backend.truncation is not None or
-        backend.padding is not None):
+    if explicit or backend.truncation is not None or backend.padding is not None:
       backend = copy.deepcopy(backend)
       backend.no_truncation()
       backend.no_padding()
     if explicit:
       backend.post_processor = bos_eos_post_processor(
-          (bos_token, backend.token_to_id(bos_token))
-          if add_bos_token and bos_token is not None else None,
-          (eos_token, backend.token_to_id(eos_token))
-          if add_eos_token and eos_token is not None else None)
+        (bos_token, backend.token_to_id(bos_token))
+        if add_bos_token and bos_token is not None
+        else None,
+        (eos_token, backend.token_to_id(eos_token))
+        if add_eos_token and eos_token is not None
+        else None,
+      )
     self.backend = backend
 
   # ---- special tokens ----
@@ -211,8 +240,8 @@ class Tokenizer:
         continue
       full = self.backend.encode(probe, add_special_tokens=True).ids
       for k in range(len(full) - len(bare) + 1):
-        if full[k:k + len(bare)] == bare:
-          return tuple(full[:k]), tuple(full[k + len(bare):])
+        if full[k : k + len(bare)] == bare:
+          return tuple(full[:k]), tuple(full[k + len(bare) :])
     return (), ()
 
   @property
@@ -248,11 +277,11 @@ class Tokenizer:
     """
     if not isinstance(text, str):
       raise ValueError(f"encode expects a str, got {type(text).__name__}")
-    return self.backend.encode(
-        text, add_special_tokens=bool(add_special_tokens)).ids
+    return self.backend.encode(text, add_special_tokens=bool(add_special_tokens)).ids
 
-  def encode_batch(self, texts: Sequence[str],
-                   add_special_tokens: bool = True) -> list[list[int]]:
+  def encode_batch(
+    self, texts: Sequence[str], add_special_tokens: bool = True
+  ) -> list[list[int]]:
     """`[encode(t, add_special_tokens) for t in texts]`, encoded in parallel.
 
     Raises:
@@ -262,16 +291,21 @@ class Tokenizer:
     for t in texts:
       if not isinstance(t, str):
         raise ValueError(f"encode_batch expects strs, got {type(t).__name__}")
-    return [e.ids for e in self.backend.encode_batch(
-        texts, add_special_tokens=bool(add_special_tokens))]
+    return [
+      e.ids
+      for e in self.backend.encode_batch(
+        texts, add_special_tokens=bool(add_special_tokens)
+      )
+    ]
 
   def decode(self, ids, skip_special_tokens: bool = False) -> str:
     ids = [int(i) for i in ids]
     return self.backend.decode(ids, skip_special_tokens=skip_special_tokens)
 
   # ---- chat ----
-  def render_chat(self, messages: Sequence[dict], add_generation_prompt=True,
-                  **kwargs) -> str:
+  def render_chat(
+    self, messages: Sequence[dict], add_generation_prompt=True, **kwargs
+  ) -> str:
     """The chat template applied to `messages`, as text."""
     if self.chat_template is None:
       raise ValueError("this tokenizer has no chat template")
@@ -280,12 +314,16 @@ class Tokenizer:
         raise ValueError(f"chat messages must be dicts, got {m!r}")
     context = {**self.special_tokens, **kwargs}
     return _compile_template(self.chat_template).render(
-        messages=list(messages), add_generation_prompt=add_generation_prompt,
-        **context)
+      messages=list(messages), add_generation_prompt=add_generation_prompt, **context
+    )
 
-  def apply_chat_template(self, messages: Sequence[dict],
-                          add_generation_prompt: bool = True,
-                          tokenize: bool = True, **kwargs):
+  def apply_chat_template(
+    self,
+    messages: Sequence[dict],
+    add_generation_prompt: bool = True,
+    tokenize: bool = True,
+    **kwargs,
+  ):
     """Render the chat template and (by default) encode it without adding
     extra special tokens (the template writes its own)."""
     text = self.render_chat(messages, add_generation_prompt, **kwargs)
@@ -334,12 +372,14 @@ class Tokenizer:
       except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{conf_path!r} is not valid JSON: {e}") from e
       if not isinstance(conf, dict):
-        raise ValueError(f"{conf_path!r}: expected a JSON object, got "
-                         f"{type(conf).__name__}")
+        raise ValueError(
+          f"{conf_path!r}: expected a JSON object, got {type(conf).__name__}"
+        )
 
     def bad(field, want):
-      return ValueError(f"{conf_path!r}: field {field!r} must be {want}, got "
-                        f"{conf[field]!r}")
+      return ValueError(
+        f"{conf_path!r}: field {field!r} must be {want}, got {conf[field]!r}"
+      )
 
     jinja_path = os.path.join(folder, "chat_template.jinja")
     if os.path.isfile(jinja_path):  # takes priority, as in transformers
@@ -348,10 +388,15 @@ class Tokenizer:
     else:
       template = conf.get("chat_template")
       if isinstance(template, list):  # named templates: take "default"
-        if not all(isinstance(t, dict) and isinstance(t.get("name"), str) and
-                   isinstance(t.get("template"), str) for t in template):
-          raise bad("chat_template", "a string or a list of "
-                    "{'name': str, 'template': str}")
+        if not all(
+          isinstance(t, dict)
+          and isinstance(t.get("name"), str)
+          and isinstance(t.get("template"), str)
+          for t in template
+        ):
+          raise bad(
+            "chat_template", "a string or a list of {'name': str, 'template': str}"
+          )
         template = {t["name"]: t["template"] for t in template}.get("default")
       elif template is not None and not isinstance(template, str):
         raise bad("chat_template", "a string or a list of named templates")
@@ -362,27 +407,30 @@ class Tokenizer:
         # an AddedToken dict: its string content, else a type error below
         v = v["content"] if isinstance(v.get("content"), str) else v
       if v is not None and not isinstance(v, str):
-        raise bad(name, "a string, an AddedToken dict with a string "
-                  "'content', or null")
+        raise bad(name, "a string, an AddedToken dict with a string 'content', or null")
       return v
 
     for flag in ("add_bos_token", "add_eos_token"):
       if conf.get(flag) is not None and not isinstance(conf[flag], bool):
         raise bad(flag, "a bool or null")
-    specials = {name: tok(name) for name in ("bos_token", "eos_token",
-                                             "pad_token", "unk_token")}
+    specials = {
+      name: tok(name) for name in ("bos_token", "eos_token", "pad_token", "unk_token")
+    }
     try:
       out = cls(backend, chat_template=template, **specials)
     except ValueError as e:
       raise ValueError(f"{conf_path!r}: {e}") from e
-    for flag, adds in (("add_bos_token", out.add_bos_token),
-                       ("add_eos_token", out.add_eos_token)):
+    for flag, adds in (
+      ("add_bos_token", out.add_bos_token),
+      ("add_eos_token", out.add_eos_token),
+    ):
       if conf.get(flag) is not None and conf[flag] != adds:
         warnings.warn(
-            f"{conf_path}: {flag}={conf[flag]} but the post-processor of "
-            f"{tok_json} {'adds' if adds else 'does not add'} that token; "
-            "encode follows tokenizer.json, as transformers does",
-            stacklevel=2)
+          f"{conf_path}: {flag}={conf[flag]} but the post-processor of "
+          f"{tok_json} {'adds' if adds else 'does not add'} that token; "
+          "encode follows tokenizer.json, as transformers does",
+          stacklevel=2,
+        )
     return out
 
   @classmethod
@@ -405,24 +453,27 @@ class Tokenizer:
     path, meta = f.path, f.metadata
 
     def get(key, kind, default=None, required=False):
-      return gguf_io.metadata_value(meta, key, path, kind, default=default,
-                                    required=required)
+      return gguf_io.metadata_value(
+        meta, key, path, kind, default=default, required=required
+      )
 
     kind = get("tokenizer.ggml.model", "str", required=True)
     if kind != "gpt2":
-      raise ValueError(f"{path!r}: tokenizer.ggml.model={kind!r} is not "
-                       "supported (only 'gpt2' byte-level BPE)")
+      raise ValueError(
+        f"{path!r}: tokenizer.ggml.model={kind!r} is not "
+        "supported (only 'gpt2' byte-level BPE)"
+      )
     pre = get("tokenizer.ggml.pre", "str", "default")
     if pre not in GGUF_PRE_SPLITS:
-      raise ValueError(f"{path!r}: unknown tokenizer.ggml.pre={pre!r}; known: "
-                       f"{sorted(GGUF_PRE_SPLITS)}")
+      raise ValueError(
+        f"{path!r}: unknown tokenizer.ggml.pre={pre!r}; known: "
+        f"{sorted(GGUF_PRE_SPLITS)}"
+      )
     tokens = get("tokenizer.ggml.tokens", "str_list", required=True)
     merges = get("tokenizer.ggml.merges", "str_list", required=True)
-    types = (get("tokenizer.ggml.token_type", "int_list") or
-             [TOKEN_NORMAL] * len(tokens))
+    types = get("tokenizer.ggml.token_type", "int_list") or [TOKEN_NORMAL] * len(tokens)
     if len(types) != len(tokens):
-      raise ValueError(f"{path!r}: {len(types)} token types for "
-                       f"{len(tokens)} tokens")
+      raise ValueError(f"{path!r}: {len(types)} token types for {len(tokens)} tokens")
     template = get("tokenizer.chat_template", "str")
     add_bos = get("tokenizer.ggml.add_bos_token", "bool")
     add_eos = get("tokenizer.ggml.add_eos_token", "bool")
@@ -432,27 +483,38 @@ class Tokenizer:
       if i is None:
         return None
       if not 0 <= i < len(tokens):
-        raise ValueError(f"{path!r}: tokenizer.ggml.{key}={i} out of range "
-                         f"(the vocabulary has {len(tokens)} tokens)")
+        raise ValueError(
+          f"{path!r}: tokenizer.ggml.{key}={i} out of range "
+          f"(the vocabulary has {len(tokens)} tokens)"
+        )
       return i
 
-    ids = {name: special(key) for name, key in (
-        ("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"),
-        ("pad_token", "padding_token_id"), ("unk_token", "unknown_token_id"))}
+    ids = {
+      name: special(key)
+      for name, key in (
+        ("bos_token", "bos_token_id"),
+        ("eos_token", "eos_token_id"),
+        ("pad_token", "padding_token_id"),
+        ("unk_token", "unknown_token_id"),
+      )
+    }
     backend = build_byte_level_bpe(tokens, merges, types, GGUF_PRE_SPLITS[pre])
     names = {k: None if i is None else tokens[i] for k, i in ids.items()}
     if add_bos is not None or add_eos is not None:
       bos, eos = ids["bos_token"], ids["eos_token"]
       backend.post_processor = bos_eos_post_processor(
-          (names["bos_token"], bos) if add_bos and bos is not None else None,
-          (names["eos_token"], eos) if add_eos and eos is not None else None)
+        (names["bos_token"], bos) if add_bos and bos is not None else None,
+        (names["eos_token"], eos) if add_eos and eos is not None else None,
+      )
     return cls(backend, chat_template=template, **names)
 
 
-def build_byte_level_bpe(tokens: Sequence[str], merges: Sequence[str],
-                         token_types: Sequence[int],
-                         split_regex: Optional[str] = None
-                         ) -> tokenizers.Tokenizer:
+def build_byte_level_bpe(
+  tokens: Sequence[str],
+  merges: Sequence[str],
+  token_types: Sequence[int],
+  split_regex: Optional[str] = None,
+) -> tokenizers.Tokenizer:
   """A byte-level BPE `tokenizers.Tokenizer` from llama.cpp vocab arrays.
 
   Tokens are normally already spelled in GPT-2's byte alphabet; any that are
@@ -471,25 +533,36 @@ def build_byte_level_bpe(tokens: Sequence[str], merges: Sequence[str],
     if len(parts) != 2:
       raise ValueError(f"malformed BPE merge {m!r}")
     pairs.append((parts[0], parts[1]))
-  bpe = models.BPE(vocab=vocab, merges=pairs, continuing_subword_prefix="",
-                   end_of_word_suffix="", fuse_unk=False)
+  bpe = models.BPE(
+    vocab=vocab,
+    merges=pairs,
+    continuing_subword_prefix="",
+    end_of_word_suffix="",
+    fuse_unk=False,
+  )
   tok = tokenizers.Tokenizer(bpe)
   if split_regex is None:
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False,
-                                                 use_regex=True)
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
   else:
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+      [
         pre_tokenizers.Split(Regex(split_regex), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+      ]
+    )
   tok.decoder = decoders.ByteLevel()
-  control = [AddedToken(t, normalized=False, special=True)
-             for t, ty in zip(tokens, token_types)
-             if ty == TOKEN_CONTROL and set(t) <= alphabet]
+  control = [
+    AddedToken(t, normalized=False, special=True)
+    for t, ty in zip(tokens, token_types)
+    if ty == TOKEN_CONTROL and set(t) <= alphabet
+  ]
   if control:
     tok.add_special_tokens(control)
-  user = [AddedToken(t, normalized=False, special=False)
-          for t, ty in zip(tokens, token_types)
-          if ty == TOKEN_USER_DEFINED and t in vocab]
+  user = [
+    AddedToken(t, normalized=False, special=False)
+    for t, ty in zip(tokens, token_types)
+    if ty == TOKEN_USER_DEFINED and t in vocab
+  ]
   if user:
     tok.add_tokens(user)
   return tok

@@ -49,8 +49,13 @@ import optax
 from jaxllm.config import ModelConfig
 from jaxllm.generate import bucket_length as _bucket_length
 from jaxllm.model import forward
-from jaxllm.validation import (INT32_LIMIT, check_token_id, check_token_ids,
-                               is_concrete, token_id_array)
+from jaxllm.validation import (
+  INT32_LIMIT,
+  check_token_id,
+  check_token_ids,
+  is_concrete,
+  token_id_array,
+)
 
 # ---------------------------------------------------------------------------
 # Loss.
@@ -69,17 +74,23 @@ def cast_params(params, dtype):
   gradients arrive in the master dtype)."""
   dtype = jnp.dtype(dtype)
   return jax.tree_util.tree_map(
-      lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p,
-      params)
+    lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, params
+  )
 
 
 def compute_config(cfg: ModelConfig, compute_dtype: Optional[str]) -> ModelConfig:
   return cfg if compute_dtype is None else cfg.replace(dtype=compute_dtype)
 
 
-def lm_loss_terms(params, cfg: ModelConfig, tokens_BxT, loss_mask_BxT,
-                  segment_ids_BxT=None, positions_BxT=None,
-                  compute_dtype: Optional[str] = None):
+def lm_loss_terms(
+  params,
+  cfg: ModelConfig,
+  tokens_BxT,
+  loss_mask_BxT,
+  segment_ids_BxT=None,
+  positions_BxT=None,
+  compute_dtype: Optional[str] = None,
+):
   """Summed next-token NLL over masked targets and the number of targets.
 
   Position t predicts token t+1; the target token t+1 counts iff
@@ -93,8 +104,10 @@ def lm_loss_terms(params, cfg: ModelConfig, tokens_BxT, loss_mask_BxT,
       loss; under jit check ids with the batch builders' `vocab_size=`).
   """
   if tokens_BxT.shape != loss_mask_BxT.shape:
-    raise ValueError(f"tokens {tokens_BxT.shape} and loss_mask "
-                     f"{loss_mask_BxT.shape} must have the same shape")
+    raise ValueError(
+      f"tokens {tokens_BxT.shape} and loss_mask "
+      f"{loss_mask_BxT.shape} must have the same shape"
+    )
   if is_concrete(tokens_BxT):
     check_token_ids("tokens_BxT", tokens_BxT, cfg.vocab_size)
   ccfg = compute_config(cfg, compute_dtype)
@@ -106,8 +119,7 @@ def lm_loss_terms(params, cfg: ModelConfig, tokens_BxT, loss_mask_BxT,
   if segment_ids_BxT is not None:
     mask = segment_attention_mask(segment_ids_BxT[:, :-1])
     pos = positions_BxT[:, :-1] if positions_BxT is not None else None
-  logits, _, _ = forward(params, inputs, ccfg, positions_BxT=pos,
-                         attn_mask_BxTxT=mask)
+  logits, _, _ = forward(params, inputs, ccfg, positions_BxT=pos, attn_mask_BxTxT=mask)
   logits = logits.astype(jnp.float32)
   targets = tokens_BxT[:, 1:]
   w = loss_mask_BxT[:, 1:].astype(jnp.float32)
@@ -119,15 +131,28 @@ def lm_loss_terms(params, cfg: ModelConfig, tokens_BxT, loss_mask_BxT,
   return (nll * w).sum(), w.sum(), (correct * w).sum()
 
 
-def lm_loss(params, cfg: ModelConfig, tokens_BxT, loss_mask_BxT,
-            segment_ids_BxT=None, positions_BxT=None,
-            compute_dtype: Optional[str] = None):
+def lm_loss(
+  params,
+  cfg: ModelConfig,
+  tokens_BxT,
+  loss_mask_BxT,
+  segment_ids_BxT=None,
+  positions_BxT=None,
+  compute_dtype: Optional[str] = None,
+):
   """Mean next-token NLL over the masked targets (nats per target token).
 
   Raises ValueError like `lm_loss_terms` (ids outside [0, V) when concrete).
   """
-  s, n, _ = lm_loss_terms(params, cfg, tokens_BxT, loss_mask_BxT,
-                          segment_ids_BxT, positions_BxT, compute_dtype)
+  s, n, _ = lm_loss_terms(
+    params,
+    cfg,
+    tokens_BxT,
+    loss_mask_BxT,
+    segment_ids_BxT,
+    positions_BxT,
+    compute_dtype,
+  )
   return s / jnp.maximum(n, 1.0)
 
 
@@ -140,9 +165,15 @@ def make_lm_loss_fn(cfg: ModelConfig, compute_dtype: Optional[str] = None):
 
   def loss_fn(params, batch, key):
     del key
-    s, n, c = lm_loss_terms(params, cfg, batch["tokens"], batch["loss_mask"],
-                            batch.get("segment_ids"), batch.get("positions"),
-                            compute_dtype=compute_dtype)
+    s, n, c = lm_loss_terms(
+      params,
+      cfg,
+      batch["tokens"],
+      batch["loss_mask"],
+      batch.get("segment_ids"),
+      batch.get("positions"),
+      compute_dtype=compute_dtype,
+    )
     return s, n, {"correct": c}
 
   return loss_fn
@@ -161,38 +192,51 @@ class TrainState:
   rng: Any  # PRNG key, split once per step
 
 
-def make_optimizer(learning_rate: float = 1e-3, *, warmup_steps: int = 100,
-                   total_steps: int = 1000, end_lr_ratio: float = 0.1,
-                   weight_decay: float = 0.1, b1: float = 0.9, b2: float = 0.95,
-                   clip_norm: Optional[float] = 1.0):
+def make_optimizer(
+  learning_rate: float = 1e-3,
+  *,
+  warmup_steps: int = 100,
+  total_steps: int = 1000,
+  end_lr_ratio: float = 0.1,
+  weight_decay: float = 0.1,
+  b1: float = 0.9,
+  b2: float = 0.95,
+  clip_norm: Optional[float] = 1.0,
+):
   """AdamW on a linear-warmup + cosine-decay schedule, after global-norm
   clipping. Weight decay skips 1-D leaves (norm weights, biases)."""
   if total_steps < 1 or warmup_steps < 0:
-    raise ValueError(f"need total_steps >= 1 and warmup_steps >= 0, got "
-                     f"{total_steps}, {warmup_steps}")
+    raise ValueError(
+      f"need total_steps >= 1 and warmup_steps >= 0, got {total_steps}, {warmup_steps}"
+    )
   warmup_steps = min(warmup_steps, total_steps)
   schedule = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=learning_rate,
-      warmup_steps=max(warmup_steps, 1),
-      decay_steps=max(total_steps, warmup_steps + 1),
-      end_value=learning_rate * end_lr_ratio)
+    init_value=0.0,
+    peak_value=learning_rate,
+    warmup_steps=max(warmup_steps, 1),
+    decay_steps=max(total_steps, warmup_steps + 1),
+    end_value=learning_rate * end_lr_ratio,
+  )
   decay_mask = lambda p: jax.tree_util.tree_map(lambda x: x.ndim >= 2, p)
   parts = [] if clip_norm is None else [optax.clip_by_global_norm(clip_norm)]
-  parts.append(optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay,
-                           mask=decay_mask))
+  parts.append(
+    optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay, mask=decay_mask)
+  )
   return optax.chain(*parts), schedule
 
 
 def init_train_state(params, optimizer, key) -> TrainState:
-  return TrainState(params=params, opt_state=optimizer.init(params),
-                    step=jnp.int32(0), rng=key)
+  return TrainState(
+    params=params, opt_state=optimizer.init(params), step=jnp.int32(0), rng=key
+  )
 
 
 def _split_micro(batch, accum_steps: int):
   def split(x):
     if x.shape[0] % accum_steps:
-      raise ValueError(f"batch size {x.shape[0]} is not divisible by "
-                       f"accum_steps={accum_steps}")
+      raise ValueError(
+        f"batch size {x.shape[0]} is not divisible by accum_steps={accum_steps}"
+      )
     return x.reshape((accum_steps, x.shape[0] // accum_steps) + x.shape[1:])
 
   return jax.tree_util.tree_map(split, batch)
@@ -202,6 +246,7 @@ def accumulate_grads(loss_fn, params, batch, key, accum_steps: int = 1):
   """Gradient of sum(loss) / sum(weight) over the whole batch, computed one
   microbatch at a time (a scan, so memory is one microbatch's activations).
   Returns (loss, weight, aux sums, grads)."""
+
   def one(p, b, k):
     s, w, aux = loss_fn(p, b, k)
     return s, (w, aux)
@@ -213,9 +258,9 @@ def accumulate_grads(loss_fn, params, batch, key, accum_steps: int = 1):
     micro = _split_micro(batch, accum_steps)
     keys = jax.random.split(key, accum_steps)
     zero_g = jax.tree_util.tree_map(jnp.zeros_like, params)
-    (s0, (w0, aux0)) = jax.eval_shape(one, params,
-                                      jax.tree_util.tree_map(lambda x: x[0], micro),
-                                      keys[0])
+    (s0, (w0, aux0)) = jax.eval_shape(
+      one, params, jax.tree_util.tree_map(lambda x: x[0], micro), keys[0]
+    )
     zeros = lambda t: jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), t)
 
     def body(carry, xs):
@@ -226,14 +271,16 @@ def accumulate_grads(loss_fn, params, batch, key, accum_steps: int = 1):
       return (s + si, w + wi, add(aux, auxi), add(g, gi)), None
 
     (s, w, aux, g), _ = jax.lax.scan(
-        body, (zeros(s0), zeros(w0), zeros(aux0), zero_g), (micro, keys))
+      body, (zeros(s0), zeros(w0), zeros(aux0), zero_g), (micro, keys)
+    )
   inv = 1.0 / jnp.maximum(w, 1e-9)
   g = jax.tree_util.tree_map(lambda x: x * inv.astype(x.dtype), g)
   return s * inv, w, aux, g
 
 
-def make_train_step(loss_fn: Callable, optimizer, *, accum_steps: int = 1,
-                    donate: bool = True):
+def make_train_step(
+  loss_fn: Callable, optimizer, *, accum_steps: int = 1, donate: bool = True
+):
   """A jitted `step(state, batch) -> (state, metrics)`.
 
   metrics: loss (sum / weight), weight (e.g. target tokens), grad_norm, every
@@ -244,15 +291,15 @@ def make_train_step(loss_fn: Callable, optimizer, *, accum_steps: int = 1,
 
   def step(state: TrainState, batch):
     rng, key = jax.random.split(state.rng)
-    loss, w, aux, grads = accumulate_grads(loss_fn, state.params, batch, key,
-                                           accum_steps)
+    loss, w, aux, grads = accumulate_grads(
+      loss_fn, state.params, batch, key, accum_steps
+    )
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": loss, "weight": w, "grad_norm": optax.global_norm(grads)}
     for k, v in aux.items():
       metrics[k] = v / jnp.maximum(w, 1e-9)
-    new = TrainState(params=params, opt_state=opt_state, step=state.step + 1,
-                     rng=rng)
+    new = TrainState(params=params, opt_state=opt_state, step=state.step + 1, rng=rng)
     return new, metrics
 
   return jax.jit(step, donate_argnums=(0,) if donate else ())
@@ -278,13 +325,15 @@ def _token_list(name: str, ids, vocab_size: Optional[int]) -> np.ndarray:
   """`ids` as a checked 1-D int64 array (ValueError naming `name`)."""
   arr = token_id_array(name, ids)
   if arr.ndim != 1:
-    raise ValueError(f"{name} must be a flat list of token ids, got shape "
-                     f"{arr.shape}")
+    raise ValueError(f"{name} must be a flat list of token ids, got shape {arr.shape}")
   return check_token_ids(name, arr, _id_limit(vocab_size))
 
 
-def lm_example(prompt_ids: Sequence[int], completion_ids: Sequence[int],
-               vocab_size: Optional[int] = None):
+def lm_example(
+  prompt_ids: Sequence[int],
+  completion_ids: Sequence[int],
+  vocab_size: Optional[int] = None,
+):
   """(tokens, loss_mask) of one prompt + completion: only completion tokens
   are targets.
 
@@ -292,8 +341,10 @@ def lm_example(prompt_ids: Sequence[int], completion_ids: Sequence[int],
     ValueError: naming `prompt_ids` / `completion_ids` if an id is not an
       integer in [0, vocab_size) ([0, 2**31) when vocab_size is None).
   """
-  tokens = (_token_list("prompt_ids", prompt_ids, vocab_size).tolist() +
-            _token_list("completion_ids", completion_ids, vocab_size).tolist())
+  tokens = (
+    _token_list("prompt_ids", prompt_ids, vocab_size).tolist()
+    + _token_list("completion_ids", completion_ids, vocab_size).tolist()
+  )
   mask = [0] * len(prompt_ids) + [1] * len(completion_ids)
   return tokens, mask
 
@@ -307,8 +358,9 @@ def _as_examples(examples, fields, vocab_size: Optional[int] = None):
     if not isinstance(e, tuple):
       e = (list(e),) + tuple([1] * len(e) for _ in fields)
     if len(e) != 1 + len(fields):
-      raise ValueError(f"example {i} has {len(e)} parts, expected tokens + "
-                       f"{list(fields)}")
+      raise ValueError(
+        f"example {i} has {len(e)} parts, expected tokens + {list(fields)}"
+      )
     if any(len(f) != len(e[0]) for f in e[1:]):
       raise ValueError(f"example {i}: tokens and {list(fields)} lengths differ")
     e = (_token_list(f"examples[{i}] tokens", e[0], vocab_size),) + tuple(e[1:])
@@ -322,10 +374,14 @@ def _field_dtype(values) -> np.dtype:
   return np.float32 if any(isinstance(v, float) for v in values) else np.int32
 
 
-def pad_batch(examples, length: Optional[int] = None, pad_id: int = 0,
-              buckets: Optional[Sequence[int]] = None,
-              fields: Sequence[str] = ("loss_mask",),
-              vocab_size: Optional[int] = None):
+def pad_batch(
+  examples,
+  length: Optional[int] = None,
+  pad_id: int = 0,
+  buckets: Optional[Sequence[int]] = None,
+  fields: Sequence[str] = ("loss_mask",),
+  vocab_size: Optional[int] = None,
+):
   """One example per row, right-padded to `length` (default: bucketed max).
 
   examples: (tokens, loss_mask) pairs (`lm_example`), or token lists (then
@@ -342,15 +398,14 @@ def pad_batch(examples, length: Optional[int] = None, pad_id: int = 0,
   pad_id = check_token_id("pad_id", pad_id, _id_limit(vocab_size))
   exs = _as_examples(examples, fields, vocab_size)
   longest = max(len(e[0]) for e in exs)
-  T = (_bucket_length(longest, buckets, policy="multiple") if length is None
-       else length)
+  T = _bucket_length(longest, buckets, policy="multiple") if length is None else length
   if longest > T:
-    raise ValueError(f"an example has {longest} tokens, longer than the "
-                     f"batch length {T}")
+    raise ValueError(
+      f"an example has {longest} tokens, longer than the batch length {T}"
+    )
   out = {"tokens": np.full((len(exs), T), pad_id, np.int32)}
   for j, f in enumerate(fields):
-    out[f] = np.zeros((len(exs), T), _field_dtype(
-        [v for e in exs for v in e[j + 1]]))
+    out[f] = np.zeros((len(exs), T), _field_dtype([v for e in exs for v in e[j + 1]]))
   for i, e in enumerate(exs):
     n = len(e[0])
     out["tokens"][i, :n] = e[0]
@@ -359,9 +414,14 @@ def pad_batch(examples, length: Optional[int] = None, pad_id: int = 0,
   return out
 
 
-def pack_batch(examples, length: int, rows: Optional[int] = None,
-               pad_id: int = 0, fields: Sequence[str] = ("loss_mask",),
-               vocab_size: Optional[int] = None):
+def pack_batch(
+  examples,
+  length: int,
+  rows: Optional[int] = None,
+  pad_id: int = 0,
+  fields: Sequence[str] = ("loss_mask",),
+  vocab_size: Optional[int] = None,
+):
   """First-fit packing of examples into rows of `length` tokens.
 
   Returns tokens, the per-token `fields` (see `pad_batch`), segment_ids (1, 2,
@@ -389,25 +449,29 @@ def pack_batch(examples, length: int, rows: Optional[int] = None,
   R = rows if rows is not None else len(fill)
   out = {"tokens": np.full((R, length), pad_id, np.int32)}
   for j, f in enumerate(fields):
-    out[f] = np.zeros((R, length), _field_dtype(
-        [v for e in exs for v in e[j + 1]]))
+    out[f] = np.zeros((R, length), _field_dtype([v for e in exs for v in e[j + 1]]))
   out["segment_ids"] = np.zeros((R, length), np.int32)
   out["positions"] = np.zeros((R, length), np.int32)
   nseg = [0] * R
   for e, (r, o) in zip(exs, place):
     n = len(e[0])
     nseg[r] += 1
-    out["tokens"][r, o:o + n] = e[0]
+    out["tokens"][r, o : o + n] = e[0]
     for j, f in enumerate(fields):
-      out[f][r, o:o + n] = e[j + 1]
-    out["segment_ids"][r, o:o + n] = nseg[r]
-    out["positions"][r, o:o + n] = np.arange(n)
+      out[f][r, o : o + n] = e[j + 1]
+    out["segment_ids"][r, o : o + n] = nseg[r]
+    out["positions"][r, o : o + n] = np.arange(n)
   return out
 
 
-def pack_stream(examples, length: int, rows: int,
-                fields: Sequence[str] = ("loss_mask",), pad_id: int = 0,
-                vocab_size: Optional[int] = None):
+def pack_stream(
+  examples,
+  length: int,
+  rows: int,
+  fields: Sequence[str] = ("loss_mask",),
+  pad_id: int = 0,
+  vocab_size: Optional[int] = None,
+):
   """Pack examples from an iterator first-fit into `rows` rows of `length`
   tokens until the next example fits nowhere (static shapes, variable count).
   Returns (batch as in `pack_batch`, number of examples packed). Ids are
@@ -425,8 +489,9 @@ def pack_stream(examples, length: int, rows: int,
     taken.append(ex)
   if not taken:
     raise ValueError("no example was packed")
-  return pack_batch(taken, length, rows=rows, pad_id=pad_id, fields=fields,
-                    vocab_size=vocab_size), len(taken)
+  return pack_batch(
+    taken, length, rows=rows, pad_id=pad_id, fields=fields, vocab_size=vocab_size
+  ), len(taken)
 
 
 # ---------------------------------------------------------------------------
@@ -440,12 +505,19 @@ def format_eta(seconds: float) -> str:
   return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
-def train_loop(state: TrainState, step_fn, batch_fn: Callable[[int], Any],
-               num_steps: int, *, checkpoint_manager=None,
-               log_every: int = 0,
-               log_fn: Callable[[str], None] = print,
-               eval_every: int = 0, eval_fn: Optional[Callable] = None,
-               tokens_fn: Optional[Callable[[Any], int]] = None):
+def train_loop(
+  state: TrainState,
+  step_fn,
+  batch_fn: Callable[[int], Any],
+  num_steps: int,
+  *,
+  checkpoint_manager=None,
+  log_every: int = 0,
+  log_fn: Callable[[str], None] = print,
+  eval_every: int = 0,
+  eval_fn: Optional[Callable] = None,
+  tokens_fn: Optional[Callable[[Any], int]] = None,
+):
   """Run steps state.step .. num_steps-1 and return (state, history).
 
   batch_fn(step) must be a pure function of the step (e.g. a numpy Generator
@@ -463,8 +535,7 @@ def train_loop(state: TrainState, step_fn, batch_fn: Callable[[int], Any],
   done_since = 0
   for s in range(start, num_steps):
     batch = batch_fn(s)
-    n_tok = (tokens_fn(batch) if tokens_fn else
-             int(np.prod(np.shape(batch["tokens"]))))
+    n_tok = tokens_fn(batch) if tokens_fn else int(np.prod(np.shape(batch["tokens"])))
     state, metrics = step_fn(state, batch)
     tok_since += n_tok
     done_since += 1
@@ -476,13 +547,22 @@ def train_loop(state: TrainState, step_fn, batch_fn: Callable[[int], Any],
       rate = done_since / max(now - t_last, 1e-9)
       tps = tok_since / max(now - t_last, 1e-9)
       eta = (num_steps - step) / max(rate, 1e-9)
-      rec = {"step": step, **{k: float(v) for k, v in metrics.items()},
-             "tokens_per_s": tps, "elapsed_s": now - t0}
-      log_fn(f"step {step}/{num_steps} loss {rec['loss']:.4f} "
-             f"tok/s {tps:,.0f} eta {format_eta(eta)}")
+      rec = {
+        "step": step,
+        **{k: float(v) for k, v in metrics.items()},
+        "tokens_per_s": tps,
+        "elapsed_s": now - t0,
+      }
+      log_fn(
+        f"step {step}/{num_steps} loss {rec['loss']:.4f} "
+        f"tok/s {tps:,.0f} eta {format_eta(eta)}"
+      )
       t_last, tok_since, done_since = now, 0, 0
-    if eval_every and eval_fn is not None and (step % eval_every == 0 or
-                                               step == num_steps):
+    if (
+      eval_every
+      and eval_fn is not None
+      and (step % eval_every == 0 or step == num_steps)
+    ):
       ev = eval_fn(state)
       rec = dict(rec or {"step": step}, **ev)
       log_fn(f"step {step} eval " + " ".join(f"{k} {v:.4f}" for k, v in ev.items()))
@@ -490,22 +570,26 @@ def train_loop(state: TrainState, step_fn, batch_fn: Callable[[int], Any],
     if rec is not None:
       history.append(rec)
     if checkpoint_manager is not None:
-      checkpoint_manager.save(step, state.params, state.opt_state, state.rng,
-                              force=step == num_steps)
+      checkpoint_manager.save(
+        step, state.params, state.opt_state, state.rng, force=step == num_steps
+      )
   if checkpoint_manager is not None:
     checkpoint_manager.wait_until_finished()
   return state, history
 
 
-def restore_train_state(checkpoint_manager, cfg: ModelConfig,
-                        state_like: TrainState,
-                        step: Optional[int] = None) -> TrainState:
+def restore_train_state(
+  checkpoint_manager,
+  cfg: ModelConfig,
+  state_like: TrainState,
+  step: Optional[int] = None,
+) -> TrainState:
   """The TrainState saved at `step` (default latest) by `train_loop`.
   `state_like` supplies the optimiser-state structure (e.g. a fresh state)."""
   params, opt_state, step, rng = checkpoint_manager.restore(
-      cfg, state_like.opt_state, step=step)
-  return TrainState(params=params, opt_state=opt_state, step=jnp.int32(step),
-                    rng=rng)
+    cfg, state_like.opt_state, step=step
+  )
+  return TrainState(params=params, opt_state=opt_state, step=jnp.int32(step), rng=rng)
 
 
 def step_rng(seed: int, step: int) -> np.random.Generator:

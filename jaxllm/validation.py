@@ -27,11 +27,13 @@ def token_id_array(name: str, ids) -> np.ndarray:
     if arr.dtype == object:  # Python ints beyond int64, or mixed types
       arr = np.asarray(ids, dtype=np.int64)
   except (OverflowError, TypeError, ValueError) as e:
-    raise ValueError(f"{name} must be integer token ids, got {ids!r:.200} "
-                     f"({type(e).__name__}: {e})") from None
+    raise ValueError(
+      f"{name} must be integer token ids, got {ids!r:.200} ({type(e).__name__}: {e})"
+    ) from None
   if arr.dtype.kind not in "iu":
-    raise ValueError(f"{name} must be integer token ids, got dtype "
-                     f"{arr.dtype}: {ids!r:.200}")
+    raise ValueError(
+      f"{name} must be integer token ids, got dtype {arr.dtype}: {ids!r:.200}"
+    )
   if arr.dtype == np.uint64 and arr.max() > np.iinfo(np.int64).max:
     raise ValueError(f"{name} token id {arr.max()} does not fit in int64")
   return arr.astype(np.int64)
@@ -52,10 +54,11 @@ def check_token_ids(name: str, ids, vocab_size: Optional[int]) -> np.ndarray:
     ValueError: naming `name`, the allowed range and the offending range.
   """
   arr = token_id_array(name, ids)
-  if vocab_size is not None and arr.size and (arr.min() < 0 or
-                                              arr.max() >= vocab_size):
-    raise ValueError(f"{name} token ids must be in [0, {vocab_size}), got "
-                     f"range [{arr.min()}, {arr.max()}]")
+  if vocab_size is not None and arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
+    raise ValueError(
+      f"{name} token ids must be in [0, {vocab_size}), got "
+      f"range [{arr.min()}, {arr.max()}]"
+    )
   return arr
 
 
@@ -78,15 +81,15 @@ def check_token_id(name: str, value, vocab_size: Optional[int]) -> int:
   """
   arr = token_id_array(name, value)
   if arr.ndim != 0:
-    raise ValueError(f"{name} must be a single integer token id, got "
-                     f"{value!r:.200}")
+    raise ValueError(f"{name} must be a single integer token id, got {value!r:.200}")
   return int(check_token_ids(name, arr, vocab_size))
 
 
 def is_concrete(*xs) -> bool:
   """True if no leaf of `xs` is a jax tracer (values can be checked now)."""
-  return not any(isinstance(leaf, jax.core.Tracer)
-                 for leaf in jax.tree_util.tree_leaves(xs))
+  return not any(
+    isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(xs)
+  )
 
 
 def _range_text(lo, hi) -> str:
@@ -97,8 +100,9 @@ def _range_text(lo, hi) -> str:
   return f" <= {hi}" if hi is not None else ""
 
 
-def check_int(name: str, value, lo: Optional[int] = None,
-              hi: Optional[int] = None) -> int:
+def check_int(
+  name: str, value, lo: Optional[int] = None, hi: Optional[int] = None
+) -> int:
   """Check a count / budget / size and return it as a Python int.
 
   Args:
@@ -110,14 +114,14 @@ def check_int(name: str, value, lo: Optional[int] = None,
   Raises:
     ValueError: "`name` must be an integer <range>, got <value>".
   """
-  ok = (isinstance(value, (int, np.integer)) and
-        not isinstance(value, (bool, np.bool_)))
+  ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
   if ok:
     v = int(value)
     ok = (lo is None or v >= lo) and (hi is None or v <= hi)
   if not ok:
-    raise ValueError(f"{name} must be an integer{_range_text(lo, hi)}, got "
-                     f"{value!r:.200}")
+    raise ValueError(
+      f"{name} must be an integer{_range_text(lo, hi)}, got {value!r:.200}"
+    )
   return v
 
 

@@ -15,60 +15,130 @@ import transformers
 
 torch.set_num_threads(1)
 
-_COMMON = dict(vocab_size=128, hidden_size=64, intermediate_size=96,
-               bos_token_id=None, eos_token_id=None, pad_token_id=None)
+_COMMON = dict(
+  vocab_size=128,
+  hidden_size=64,
+  intermediate_size=96,
+  bos_token_id=None,
+  eos_token_id=None,
+  pad_token_id=None,
+)
 
 CASES = {
-    # GQA (4 q heads / 2 kv), head_dim != d_model / n_heads, untied head.
-    "llama_gqa_untied": ("llama", dict(
-        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        head_dim=24, tie_word_embeddings=False)),
-    # MQA, tied head (SmolLM style), Llama-3 RoPE scaling with all three
-    # frequency bands present (wavelengths 6.3 < 16 < 32 < 64 < 165 ...).
-    "llama3_rope_mqa_tied": ("llama", dict(
-        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
-        tie_word_embeddings=True,
-        rope_parameters=dict(rope_type="llama3", rope_theta=500000.0,
-                             factor=8.0, low_freq_factor=1.0,
-                             high_freq_factor=4.0,
-                             original_max_position_embeddings=64))),
-    # QKV bias; sliding_window set but use_sliding_window=False: must be global.
-    "qwen2_bias_nowindow": ("qwen2", dict(
-        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        tie_word_embeddings=False, use_sliding_window=False, sliding_window=5,
-        max_window_layers=0, rope_parameters=dict(rope_type="default",
-                                                  rope_theta=1000.0))),
-    # MQA + sliding window on layers >= max_window_layers, tied head.
-    "qwen2_window_mqa_tied": ("qwen2", dict(
-        num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=1,
-        tie_word_embeddings=True, use_sliding_window=True, sliding_window=5,
-        max_window_layers=1)),
-    # Default local/global alternation, small soft-caps so tanh bites,
-    # query_pre_attn_scalar != head_dim, head_dim != d_model / n_heads.
-    "gemma2_softcap_window": ("gemma2", dict(
-        num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
-        head_dim=24, query_pre_attn_scalar=20, sliding_window=5,
-        attn_logit_softcapping=5.0, final_logit_softcapping=3.0)),
-    # MQA, untied, no soft-caps, explicit non-default layer_types pattern.
-    "gemma2_mqa_untied_layertypes": ("gemma2", dict(
-        num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=1,
-        head_dim=16, query_pre_attn_scalar=16, sliding_window=7,
-        tie_word_embeddings=False, attn_logit_softcapping=None,
-        final_logit_softcapping=None,
-        layer_types=["full_attention", "sliding_attention",
-                     "sliding_attention", "full_attention"])),
-    # Mistral: Llama tensors, GQA, untied, one sliding window (5, shorter than
-    # the test sequences) on every layer.
-    "mistral_window_gqa": ("mistral", dict(
-        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        tie_word_embeddings=False, sliding_window=5,
-        rope_parameters=dict(rope_type="default", rope_theta=10000.0))),
+  # GQA (4 q heads / 2 kv), head_dim != d_model / n_heads, untied head.
+  "llama_gqa_untied": (
+    "llama",
+    dict(
+      num_hidden_layers=2,
+      num_attention_heads=4,
+      num_key_value_heads=2,
+      head_dim=24,
+      tie_word_embeddings=False,
+    ),
+  ),
+  # MQA, tied head (SmolLM style), Llama-3 RoPE scaling with all three
+  # frequency bands present (wavelengths 6.3 < 16 < 32 < 64 < 165 ...).
+  "llama3_rope_mqa_tied": (
+    "llama",
+    dict(
+      num_hidden_layers=2,
+      num_attention_heads=4,
+      num_key_value_heads=1,
+      tie_word_embeddings=True,
+      rope_parameters=dict(
+        rope_type="llama3",
+        rope_theta=500000.0,
+        factor=8.0,
+        low_freq_factor=1.0,
+        high_freq_factor=4.0,
+        original_max_position_embeddings=64,
+      ),
+    ),
+  ),
+  # QKV bias; sliding_window set but use_sliding_window=False: must be global.
+  "qwen2_bias_nowindow": (
+    "qwen2",
+    dict(
+      num_hidden_layers=2,
+      num_attention_heads=4,
+      num_key_value_heads=2,
+      tie_word_embeddings=False,
+      use_sliding_window=False,
+      sliding_window=5,
+      max_window_layers=0,
+      rope_parameters=dict(rope_type="default", rope_theta=1000.0),
+    ),
+  ),
+  # MQA + sliding window on layers >= max_window_layers, tied head.
+  "qwen2_window_mqa_tied": (
+    "qwen2",
+    dict(
+      num_hidden_layers=3,
+      num_attention_heads=4,
+      num_key_value_heads=1,
+      tie_word_embeddings=True,
+      use_sliding_window=True,
+      sliding_window=5,
+      max_window_layers=1,
+    ),
+  ),
+  # Default local/global alternation, small soft-caps so tanh bites,
+  # query_pre_attn_scalar != head_dim, head_dim != d_model / n_heads.
+  "gemma2_softcap_window": (
+    "gemma2",
+    dict(
+      num_hidden_layers=3,
+      num_attention_heads=4,
+      num_key_value_heads=2,
+      head_dim=24,
+      query_pre_attn_scalar=20,
+      sliding_window=5,
+      attn_logit_softcapping=5.0,
+      final_logit_softcapping=3.0,
+    ),
+  ),
+  # MQA, untied, no soft-caps, explicit non-default layer_types pattern.
+  "gemma2_mqa_untied_layertypes": (
+    "gemma2",
+    dict(
+      num_hidden_layers=4,
+      num_attention_heads=4,
+      num_key_value_heads=1,
+      head_dim=16,
+      query_pre_attn_scalar=16,
+      sliding_window=7,
+      tie_word_embeddings=False,
+      attn_logit_softcapping=None,
+      final_logit_softcapping=None,
+      layer_types=[
+        "full_attention",
+        "sliding_attention",
+        "sliding_attention",
+        "full_attention",
+      ],
+    ),
+  ),
+  # Mistral: Llama tensors, GQA, untied, one sliding window (5, shorter than
+  # the test sequences) on every layer.
+  "mistral_window_gqa": (
+    "mistral",
+    dict(
+      num_hidden_layers=2,
+      num_attention_heads=4,
+      num_key_value_heads=2,
+      tie_word_embeddings=False,
+      sliding_window=5,
+      rope_parameters=dict(rope_type="default", rope_theta=10000.0),
+    ),
+  ),
 }
 
-_CONFIG_CLASSES = {"llama": transformers.LlamaConfig,
-                   "mistral": transformers.MistralConfig,
-                   "qwen2": transformers.Qwen2Config,
-                   "gemma2": transformers.Gemma2Config}
+_CONFIG_CLASSES = {
+  "llama": transformers.LlamaConfig,
+  "mistral": transformers.MistralConfig,
+  "qwen2": transformers.Qwen2Config,
+  "gemma2": transformers.Gemma2Config,
+}
 
 
 def hf_config(case: str):
@@ -109,7 +179,8 @@ def randomize_(model, seed: int) -> None:
 
 def build_hf_model(case: str, seed: int = 0):
   model = transformers.AutoModelForCausalLM.from_config(
-      hf_config(case), attn_implementation="eager", dtype=torch.float32)
+    hf_config(case), attn_implementation="eager", dtype=torch.float32
+  )
   randomize_(model, seed)
   model.eval()
   return model
@@ -117,7 +188,8 @@ def build_hf_model(case: str, seed: int = 0):
 
 def load_hf_model(path: str):
   model = transformers.AutoModelForCausalLM.from_pretrained(
-      path, attn_implementation="eager", dtype=torch.float32)
+    path, attn_implementation="eager", dtype=torch.float32
+  )
   model.eval()
   return model
 
@@ -132,7 +204,12 @@ def hf_logits(model, tokens_BxT: np.ndarray) -> np.ndarray:
 def hf_greedy(model, prompt_BxP: np.ndarray, n_new: int) -> np.ndarray:
   """model.generate(do_sample=False); no EOS, so exactly n_new tokens."""
   ids = torch.as_tensor(np.asarray(prompt_BxP), dtype=torch.long)
-  out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                       max_new_tokens=n_new, do_sample=False, eos_token_id=None,
-                       pad_token_id=0)
-  return out[:, ids.shape[1]:].numpy()
+  out = model.generate(
+    input_ids=ids,
+    attention_mask=torch.ones_like(ids),
+    max_new_tokens=n_new,
+    do_sample=False,
+    eos_token_id=None,
+    pad_token_id=0,
+  )
+  return out[:, ids.shape[1] :].numpy()

@@ -11,10 +11,15 @@ def brute_frontier(compute, acc):
   keep = []
   for i in range(len(compute)):
     dominated = any(
-        (compute[j] <= compute[i] and acc[j] >= acc[i]
-         and (compute[j] < compute[i] or acc[j] > acc[i]))
-        or (compute[j] == compute[i] and acc[j] == acc[i] and j < i)
-        for j in range(len(compute)) if j != i)
+      (
+        compute[j] <= compute[i]
+        and acc[j] >= acc[i]
+        and (compute[j] < compute[i] or acc[j] > acc[i])
+      )
+      or (compute[j] == compute[i] and acc[j] == acc[i] and j < i)
+      for j in range(len(compute))
+      if j != i
+    )
     if not dominated:
       keep.append(i)
   return sorted(keep, key=lambda i: compute[i])
@@ -64,7 +69,7 @@ def test_pareto_frontier_vs_brute_force():
   rng = np.random.default_rng(1)
   for _ in range(50):
     m = int(rng.integers(1, 30))
-    compute = rng.integers(1, 8, m).astype(float)   # small ranges -> many ties
+    compute = rng.integers(1, 8, m).astype(float)  # small ranges -> many ties
     acc = rng.integers(0, 6, m) / 5.0
     got = an.pareto_frontier(compute, acc).tolist()
     assert got == brute_frontier(compute, acc)
@@ -72,13 +77,16 @@ def test_pareto_frontier_vs_brute_force():
 
 def test_compute_optimal_method_vs_brute_force():
   rng = np.random.default_rng(2)
-  results = {name: (rng.integers(1, 50, 12).astype(float), rng.random(12))
-             for name in ("sc", "bon", "pf")}
+  results = {
+    name: (rng.integers(1, 50, 12).astype(float), rng.random(12))
+    for name in ("sc", "bon", "pf")
+  }
   budgets = np.array([0.5, 3, 10, 25, 49, 100])
   choice = an.compute_optimal_method(budgets, results)
   for j, b in enumerate(budgets):
-    feasible = [(a, m) for m, (c, accs) in results.items()
-                for ci, a in zip(c, accs) if ci <= b]
+    feasible = [
+      (a, m) for m, (c, accs) in results.items() for ci, a in zip(c, accs) if ci <= b
+    ]
     if not feasible:
       assert choice.methods[j] == "" and np.isnan(choice.accuracy[j])
       assert choice.index[j] == -1
@@ -99,8 +107,14 @@ def test_compute_optimal_allocation_recovers_exponents():
     rows.append((c**0.57, c**0.39, 0.3 + 0.04 * j, c))
     for _ in range(5):  # distractors: more compute than C_j, less accuracy than its opt
       cc = c * rng.uniform(1.0, 1.99)
-      rows.append((rng.uniform(1, 100), rng.uniform(1, 30),
-                   0.3 + 0.04 * j - rng.uniform(0.001, 0.3), cc))
+      rows.append(
+        (
+          rng.uniform(1, 100),
+          rng.uniform(1, 30),
+          0.3 + 0.04 * j - rng.uniform(0.001, 0.3),
+          cc,
+        )
+      )
   s, v, acc, comp = map(np.array, zip(*rows))
   fit = an.fit_compute_optimal_allocation(s, v, acc, comp)
   np.testing.assert_allclose(fit.budgets, budgets)
@@ -116,15 +130,19 @@ def test_compute_optimal_allocation_recovers_exponents():
 
 def test_plots_write_png(tmp_path):
   flops = np.geomspace(1e12, 1e15, 6)
-  results = {"sc": (flops, np.linspace(0.3, 0.6, 6)),
-             "bon": (flops * 1.5, np.linspace(0.25, 0.65, 6))}
+  results = {
+    "sc": (flops, np.linspace(0.3, 0.6, 6)),
+    "bon": (flops * 1.5, np.linspace(0.25, 0.65, 6)),
+  }
   fits = an.fit_accuracy_vs_flops(results)
-  p1 = an.plot_accuracy_vs_flops(results, str(tmp_path / "acc.png"), fits=fits,
-                                 title="toy")
+  p1 = an.plot_accuracy_vs_flops(
+    results, str(tmp_path / "acc.png"), fits=fits, title="toy"
+  )
   ks = np.array([1, 2, 4, 8, 16, 32])
   cov = np.exp(-1.0 * ks**-0.5)
-  p2 = an.plot_coverage(ks, cov, str(tmp_path / "cov.png"),
-                        fit=an.fit_coverage_power_law(ks, cov))
+  p2 = an.plot_coverage(
+    ks, cov, str(tmp_path / "cov.png"), fit=an.fit_coverage_power_law(ks, cov)
+  )
   for p in (p1, p2):
     data = open(p, "rb").read()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000

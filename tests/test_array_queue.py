@@ -52,8 +52,7 @@ def test_random_operations_match_reference(seed):
       f[rng.random(N) < 0.05] = np.nan
       payload = rng.integers(0, 1000, N)
       valid = rng.random(N) < 0.7
-      q, kept = _push(q, jnp.asarray(f), jnp.asarray(payload),
-                      jnp.asarray(valid))
+      q, kept = _push(q, jnp.asarray(f), jnp.asarray(payload), jnp.asarray(valid))
       ref_kept = ref.push(f, payload, valid)
       accepted = valid & np.isfinite(f)
       np.testing.assert_array_equal(np.asarray(kept)[accepted], ref_kept)
@@ -61,11 +60,14 @@ def test_random_operations_match_reference(seed):
     else:
       b = int(rng.choice(POPS))
       q, f, payload, valid = _pop[b](q)
-      got = [(float(fi), int(pi)) for fi, pi, vi in
-             zip(np.asarray(f), np.asarray(payload), np.asarray(valid)) if vi]
+      got = [
+        (float(fi), int(pi))
+        for fi, pi, vi in zip(np.asarray(f), np.asarray(payload), np.asarray(valid))
+        if vi
+      ]
       want = [(e[0], e[2]) for e in ref.pop(b)]
       assert got == want
-      assert not np.asarray(valid)[len(want):].any()
+      assert not np.asarray(valid)[len(want) :].any()
     assert int(_size(q)) == len(ref.heap)
     best = min(ref.heap)[0] if ref.heap else np.inf
     assert float(_peek(q)) == best
@@ -78,11 +80,12 @@ def test_random_operations_match_reference(seed):
 
 def test_vmap_over_queues():
   qs = jax.vmap(lambda _: aq.empty(4))(jnp.arange(3))
-  f = jnp.array([[3., 1., 2.], [0., 0., 0.], [9., 8., 7.]])
-  qs, kept = jax.vmap(aq.push)(qs, f, jnp.arange(9).reshape(3, 3),
-                               jnp.ones((3, 3), bool))
+  f = jnp.array([[3.0, 1.0, 2.0], [0.0, 0.0, 0.0], [9.0, 8.0, 7.0]])
+  qs, kept = jax.vmap(aq.push)(
+    qs, f, jnp.arange(9).reshape(3, 3), jnp.ones((3, 3), bool)
+  )
   qs, fb, pb, vb = jax.vmap(lambda q: aq.pop(q, 2))(qs)
-  np.testing.assert_array_equal(fb, [[1., 2.], [0., 0.], [7., 8.]])
+  np.testing.assert_array_equal(fb, [[1.0, 2.0], [0.0, 0.0], [7.0, 8.0]])
   np.testing.assert_array_equal(pb, [[1, 2], [3, 4], [8, 7]])
   np.testing.assert_array_equal(jax.vmap(aq.size)(qs), [1, 1, 1])
 
@@ -96,5 +99,8 @@ def test_bad_input_raises():
   with pytest.raises(ValueError, match="payload_N"):
     aq.push(q, jnp.zeros(2), jnp.zeros(3, jnp.int32))
   with pytest.raises(ValueError, match="vmap"):
-    aq.push(jax.vmap(lambda _: aq.empty(3))(jnp.arange(2)), jnp.zeros(2),
-            jnp.zeros(2, jnp.int32))
+    aq.push(
+      jax.vmap(lambda _: aq.empty(3))(jnp.arange(2)),
+      jnp.zeros(2),
+      jnp.zeros(2, jnp.int32),
+    )

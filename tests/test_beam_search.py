@@ -77,7 +77,7 @@ def _check_against_replay(cfg, result, comp, table, pot, prompts):
       prefix = [] if t == 0 else texts[(t - 1, src)]
       if t == 0:
         assert src == -1
-      step = list(tr["cand_tokens"][t, b, :tr["cand_lengths"][t, b]])
+      step = list(tr["cand_tokens"][t, b, : tr["cand_lengths"][t, b]])
       assert 1 <= len(step) <= S
       assert all(x not in (EOS, DELIM) for x in step[:-1])
       assert tr["cand_stop"][t, b] == (step[-1] == EOS)
@@ -101,8 +101,9 @@ def _check_against_replay(cfg, result, comp, table, pot, prompts):
       kept = g * G + tr["kept"][t, g]
       kept_act = kept[tr["cand_active"][t, kept]]
       assert len(kept_act) == min(K, len(act))
-      np.testing.assert_array_equal(np.sort(tr["cand_scores"][t, kept_act])[::-1],
-                                    scores[:len(kept_act)])
+      np.testing.assert_array_equal(
+        np.sort(tr["cand_scores"][t, kept_act])[::-1], scores[: len(kept_act)]
+      )
       for kr in kept_act:
         done = tr["cand_stop"][t, kr] or t + 1 == R
         if done:
@@ -110,22 +111,30 @@ def _check_against_replay(cfg, result, comp, table, pot, prompts):
       if t + 1 < rounds:
         for j, row in enumerate(rows):
           parent = kept[j // M]
-          go = (tr["cand_active"][t, parent] and not tr["cand_stop"][t, parent])
+          go = tr["cand_active"][t, parent] and not tr["cand_stop"][t, parent]
           assert tr["cand_active"][t + 1, row] == go
           if go:
             assert tr["source"][t + 1, row] == parent  # same group: never mixes
   # The loop ran until no group had a live row.
   if rounds < R:
-    assert not any(tr["cand_active"][rounds - 1, kr] and not tr["cand_stop"][rounds - 1, kr]
-                   for g in range(NG) for kr in g * G + tr["kept"][rounds - 1, g])
+    assert not any(
+      tr["cand_active"][rounds - 1, kr] and not tr["cand_stop"][rounds - 1, kr]
+      for g in range(NG)
+      for kr in g * G + tr["kept"][rounds - 1, g]
+    )
   # Pool = the best G kept-finished candidates of every group.
   scores = np.asarray(result.scores).reshape(NG, G)
-  toks, lens = np.asarray(result.tokens).reshape(NG, G, -1), np.asarray(
-      result.lengths).reshape(NG, G)
+  toks, lens = (
+    np.asarray(result.tokens).reshape(NG, G, -1),
+    np.asarray(result.lengths).reshape(NG, G),
+  )
   for g in range(NG):
     want = sorted(pool_ref[g], key=lambda x: -x[0])[:G]
-    got = [(float(scores[g, i]), list(toks[g, i, :lens[g, i]]))
-           for i in range(G) if np.isfinite(scores[g, i])]
+    got = [
+      (float(scores[g, i]), list(toks[g, i, : lens[g, i]]))
+      for i in range(G)
+      if np.isfinite(scores[g, i])
+    ]
     assert sorted(got) == sorted(want)
   best = np.asarray(result.best)
   s = np.asarray(result.scores)
@@ -144,17 +153,31 @@ def _toy(seed):
 @pytest.mark.parametrize("method,lookahead", [("beam", 1), ("dvts", 0)])
 def test_against_python_replay(method, lookahead):
   table, pot = _toy(0)
-  cfg = BeamConfig(method=method, n_paths=8, beam_width=2, max_steps=R,
-                   max_step_tokens=S, delimiter_ids=(DELIM,), stop_ids=(EOS,),
-                   lookahead=lookahead, return_trace=True)
+  cfg = BeamConfig(
+    method=method,
+    n_paths=8,
+    beam_width=2,
+    max_steps=R,
+    max_step_tokens=S,
+    delimiter_ids=(DELIM,),
+    stop_ids=(EOS,),
+    lookahead=lookahead,
+    return_trace=True,
+  )
   prompts = [[0], [1, 4], [4]]
   run = run_beam_search if method == "beam" else run_dvts
   for seed in range(3):  # same compiled program, different samples
-    result, comp = run(BigramLM(V), table, PrefixHashScorer(), pot, prompts,
-                       jax.random.key(seed), cfg)
-    _check_against_replay(cfg if method == "beam" else
-                          dataclasses.replace(cfg, method="dvts"),
-                          result, comp, table, pot, prompts)
+    result, comp = run(
+      BigramLM(V), table, PrefixHashScorer(), pot, prompts, jax.random.key(seed), cfg
+    )
+    _check_against_replay(
+      cfg if method == "beam" else dataclasses.replace(cfg, method="dvts"),
+      result,
+      comp,
+      table,
+      pot,
+      prompts,
+    )
 
 
 def test_bad_config_raises():
@@ -172,14 +195,28 @@ def test_bad_config_raises():
 def test_transformer_beam_scores_match_uncached_forward():
   """With a random transformer and the confidence scorer, every pool entry's
   score is exp(mean log-prob) of its last step under an uncached forward."""
-  cfg = ModelConfig(vocab_size=11, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1,
-                    d_ff=32, max_seq_len=64)
+  cfg = ModelConfig(
+    vocab_size=11,
+    d_model=16,
+    n_layers=1,
+    n_heads=2,
+    n_kv_heads=1,
+    d_ff=32,
+    max_seq_len=64,
+  )
   params = init_params(cfg, jax.random.key(0))
-  bc = BeamConfig(n_paths=6, beam_width=3, max_steps=3, max_step_tokens=3,
-                  delimiter_ids=(10,), stop_ids=(0,))
+  bc = BeamConfig(
+    n_paths=6,
+    beam_width=3,
+    max_steps=3,
+    max_step_tokens=3,
+    delimiter_ids=(10,),
+    stop_ids=(0,),
+  )
   prompts = [[1, 4, 5], [2, 3]]
-  r, comp = run_beam_search(Transformer(cfg), params, ConfidenceScorer(), None,
-                            prompts, jax.random.key(1), bc)
+  r, comp = run_beam_search(
+    Transformer(cfg), params, ConfidenceScorer(), None, prompts, jax.random.key(1), bc
+  )
   fwd = jax.jit(lambda p, x: forward(p, x, cfg))  # one shape: compiled once
   st, sl = np.asarray(r.step_tokens), np.asarray(r.step_lengths)
   scores = np.asarray(r.scores)
@@ -189,7 +226,7 @@ def test_transformer_beam_scores_match_uncached_forward():
       if not np.isfinite(scores[p, i]):
         continue
       n_steps = int((sl[p, i] > 0).sum())
-      gen = [int(x) for k in range(n_steps) for x in st[p, i, k, :sl[p, i, k]]]
+      gen = [int(x) for k in range(n_steps) for x in st[p, i, k, : sl[p, i, k]]]
       text = prompts[p] + gen
       lg, _, _ = fwd(params, jnp.array([text + [0] * (16 - len(text))]))
       lp = np.asarray(jax.nn.log_softmax(lg[0], -1))

@@ -18,13 +18,13 @@ from jaxllm import checkpoint as ckpt
 from jaxllm.config import ModelConfig
 from jaxllm.params import abstract_params
 
-BASE = dict(vocab_size=32, d_model=16, n_layers=2, n_heads=2, n_kv_heads=1,
-            d_ff=24)
+BASE = dict(vocab_size=32, d_model=16, n_layers=2, n_heads=2, n_kv_heads=1, d_ff=24)
 CONFIGS = {
-    "tied": ModelConfig(**BASE),
-    "untied_qkv_bias": ModelConfig(**BASE, tie_embeddings=False, qkv_bias=True),
-    "gemma_post_norms": ModelConfig(**BASE, norm_plus_one=True, post_norms=True,
-                                    head_dim=12),
+  "tied": ModelConfig(**BASE),
+  "untied_qkv_bias": ModelConfig(**BASE, tie_embeddings=False, qkv_bias=True),
+  "gemma_post_norms": ModelConfig(
+    **BASE, norm_plus_one=True, post_norms=True, head_dim=12
+  ),
 }
 
 
@@ -43,8 +43,9 @@ def randn_params(cfg, seed=0):
   so nothing, not even a norm, is trivially reconstructible."""
   rng = np.random.default_rng(seed)
   return jax.tree_util.tree_map(
-      lambda s: jnp.asarray(rng.standard_normal(s.shape).astype(np.float32)),
-      abstract_params(cfg))
+    lambda s: jnp.asarray(rng.standard_normal(s.shape).astype(np.float32)),
+    abstract_params(cfg),
+  )
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS), ids=sorted(CONFIGS))
@@ -55,8 +56,9 @@ def test_round_trip_bit_exact(name, tmp_path):
   restored = ckpt.restore_params(str(tmp_path / "ck"), cfg)
   assert_bit_equal(params, restored)
   dev = jax.local_devices()[0]
-  assert all(x.sharding.device_set == {dev}
-             for x in jax.tree_util.tree_leaves(restored))
+  assert all(
+    x.sharding.device_set == {dev} for x in jax.tree_util.tree_leaves(restored)
+  )
 
 
 def test_restore_onto_sharding_and_dtype(tmp_path):
@@ -72,17 +74,18 @@ def test_restore_onto_sharding_and_dtype(tmp_path):
   # A Params tree of shardings (row-sharded embed, replicated rest).
   rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
   tree = jax.tree_util.tree_map(lambda _: rep, abstract_params(cfg))
-  tree = tree.__class__(embed=rows, layers=tree.layers,
-                        final_norm=tree.final_norm, lm_head=tree.lm_head)
+  tree = tree.__class__(
+    embed=rows, layers=tree.layers, final_norm=tree.final_norm, lm_head=tree.lm_head
+  )
   out = ckpt.restore_params(str(tmp_path / "ck"), cfg, sharding=tree)
   assert out.embed.sharding == rows and out.final_norm.sharding == rep
   assert_bit_equal(params, out)
   # Restoring into a bf16 config casts.
-  out16 = ckpt.restore_params(str(tmp_path / "ck"), cfg.replace(
-      param_dtype="bfloat16"))
+  out16 = ckpt.restore_params(str(tmp_path / "ck"), cfg.replace(param_dtype="bfloat16"))
   assert out16.embed.dtype == jnp.bfloat16
-  np.testing.assert_array_equal(out16.embed,
-                                np.asarray(params.embed).astype(jnp.bfloat16))
+  np.testing.assert_array_equal(
+    out16.embed, np.asarray(params.embed).astype(jnp.bfloat16)
+  )
 
 
 def test_missing_checkpoint(tmp_path):
@@ -97,21 +100,36 @@ def test_save_refuses_to_overwrite(tmp_path):
     ckpt.save_params(str(tmp_path / "ck"), params)
   p2 = randn_params(CONFIGS["tied"], 5)
   ckpt.save_params(str(tmp_path / "ck"), p2, overwrite=True)
-  assert_bit_equal(p2, ckpt.restore_params(str(tmp_path / "ck"),
-                                           CONFIGS["tied"]))
+  assert_bit_equal(p2, ckpt.restore_params(str(tmp_path / "ck"), CONFIGS["tied"]))
 
 
-@pytest.mark.parametrize("saved,wanted,msg", [
-    (CONFIGS["tied"], CONFIGS["tied"].replace(d_ff=32),
-     r"tensor 'layers.0.w_gate' has shape \(16, 24\), the config expects "
-     r"\(16, 32\)"),
-    (CONFIGS["tied"], CONFIGS["tied"].replace(tie_embeddings=False),
-     r"missing tensor 'lm_head'"),
-    (CONFIGS["untied_qkv_bias"], CONFIGS["untied_qkv_bias"].replace(
-        qkv_bias=False), r"unexpected tensor 'layers.0.bk'"),
-    (CONFIGS["tied"], CONFIGS["tied"].replace(n_layers=3),
-     r"missing tensor 'layers.2.attn_norm'"),
-], ids=["wrong_shape", "missing_tensor", "unexpected_tensor", "missing_layer"])
+@pytest.mark.parametrize(
+  "saved,wanted,msg",
+  [
+    (
+      CONFIGS["tied"],
+      CONFIGS["tied"].replace(d_ff=32),
+      r"tensor 'layers.0.w_gate' has shape \(16, 24\), the config expects "
+      r"\(16, 32\)",
+    ),
+    (
+      CONFIGS["tied"],
+      CONFIGS["tied"].replace(tie_embeddings=False),
+      r"missing tensor 'lm_head'",
+    ),
+    (
+      CONFIGS["untied_qkv_bias"],
+      CONFIGS["untied_qkv_bias"].replace(qkv_bias=False),
+      r"unexpected tensor 'layers.0.bk'",
+    ),
+    (
+      CONFIGS["tied"],
+      CONFIGS["tied"].replace(n_layers=3),
+      r"missing tensor 'layers.2.attn_norm'",
+    ),
+  ],
+  ids=["wrong_shape", "missing_tensor", "unexpected_tensor", "missing_layer"],
+)
 def test_mismatch_names_tensor(saved, wanted, msg, tmp_path):
   path = str(tmp_path / "ck")
   ckpt.save_params(path, randn_params(saved))
@@ -130,8 +148,9 @@ def test_corrupt_metadata(tmp_path):
   path = str(tmp_path / "ck")
   ckpt.save_params(path, randn_params(CONFIGS["tied"]))
   open(os.path.join(path, "_METADATA"), "w").write("{not json")
-  with pytest.raises(ValueError, match="cannot read checkpoint metadata at "
-                     ".*ck.*corrupt"):
+  with pytest.raises(
+    ValueError, match="cannot read checkpoint metadata at .*ck.*corrupt"
+  ):
     ckpt.restore_params(path, CONFIGS["tied"])
 
 
@@ -148,6 +167,7 @@ def test_corrupt_data(tmp_path):
 # --------------------------------------------------------------------------
 # CheckpointManager
 # --------------------------------------------------------------------------
+
 
 def _train_state(cfg, n_steps):
   """A few real AdamW steps so the optimiser state is non-trivial."""
@@ -192,8 +212,9 @@ def test_manager_save_every_keep_last_restore(tmp_path):
     assert_bit_equal(saved_at[6][0], p)
     assert_bit_equal(state, s)
     assert jnp.issubdtype(k.dtype, jax.dtypes.prng_key)
-    np.testing.assert_array_equal(jax.random.key_data(k),
-                                  jax.random.key_data(saved_at[6][1]))
+    np.testing.assert_array_equal(
+      jax.random.key_data(k), jax.random.key_data(saved_at[6][1])
+    )
     # An explicit older step, and the concrete state as template.
     p4, _, step4, _ = mgr.restore(cfg, state, step=4)
     assert step4 == 4
@@ -204,8 +225,9 @@ def test_manager_save_every_keep_last_restore(tmp_path):
     with pytest.raises(ValueError, match="missing tensor 'layers.2.attn_norm'"):
       mgr.restore(cfg.replace(n_layers=3), abstract_state)
   # The params item is a plain params checkpoint.
-  assert_bit_equal(saved_at[6][0],
-                   ckpt.restore_params(os.path.join(d, "6", "params"), cfg))
+  assert_bit_equal(
+    saved_at[6][0], ckpt.restore_params(os.path.join(d, "6", "params"), cfg)
+  )
 
 
 def test_manager_raw_key_and_empty_dir(tmp_path):

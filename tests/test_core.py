@@ -6,26 +6,49 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxllm import (BigramLM, ModelConfig, RopeScaling, Transformer, forward,
-                    generate, init_cache, init_params, make_sampling, reorder)
+from jaxllm import (
+  BigramLM,
+  ModelConfig,
+  RopeScaling,
+  Transformer,
+  forward,
+  generate,
+  init_cache,
+  init_params,
+  make_sampling,
+  reorder,
+)
 from jaxllm.cache import commit_path
 from jaxllm.generate import TRACE_COUNT
 
-BASE = dict(vocab_size=97, d_model=48, n_layers=3, n_heads=4, n_kv_heads=2,
-            d_ff=96, max_seq_len=128)
+BASE = dict(
+  vocab_size=97,
+  d_model=48,
+  n_layers=3,
+  n_heads=4,
+  n_kv_heads=2,
+  d_ff=96,
+  max_seq_len=128,
+)
 CONFIGS = {
-    "gqa_tied": dict(),
-    "mqa_untied": dict(n_kv_heads=1, tie_embeddings=False),
-    "mha_qkv_bias": dict(n_kv_heads=4, qkv_bias=True),
-    "sliding_softcap": dict(sliding_window=4, sliding_window_pattern=2,
-                            attn_softcap=5.0, final_softcap=3.0),
-    "gemma_like": dict(activation="gelu_tanh", norm_plus_one=True,
-                       post_norms=True, embed_scale=True,
-                       query_pre_attn_scalar=16.0, head_dim=16,
-                       sliding_window=3),
-    "llama3_rope": dict(rope_scaling=RopeScaling(factor=8.0,
-                                                 original_max_position=16),
-                        rope_theta=500000.0),
+  "gqa_tied": dict(),
+  "mqa_untied": dict(n_kv_heads=1, tie_embeddings=False),
+  "mha_qkv_bias": dict(n_kv_heads=4, qkv_bias=True),
+  "sliding_softcap": dict(
+    sliding_window=4, sliding_window_pattern=2, attn_softcap=5.0, final_softcap=3.0
+  ),
+  "gemma_like": dict(
+    activation="gelu_tanh",
+    norm_plus_one=True,
+    post_norms=True,
+    embed_scale=True,
+    query_pre_attn_scalar=16.0,
+    head_dim=16,
+    sliding_window=3,
+  ),
+  "llama3_rope": dict(
+    rope_scaling=RopeScaling(factor=8.0, original_max_position=16), rope_theta=500000.0
+  ),
 }
 
 
@@ -34,8 +57,13 @@ def make(name, seed=0):
   params = init_params(cfg, jax.random.key(seed))
   # Non-trivial norm weights and biases, so every parameter matters.
   params = jax.tree_util.tree_map(
-      lambda x: x + 0.1 * jax.random.normal(jax.random.key(seed + 1), x.shape)
-      if x.ndim <= 2 and x.shape[0] != cfg.vocab_size else x, params)
+    lambda x: (
+      x + 0.1 * jax.random.normal(jax.random.key(seed + 1), x.shape)
+      if x.ndim <= 2 and x.shape[0] != cfg.vocab_size
+      else x
+    ),
+    params,
+  )
   return cfg, params
 
 
@@ -51,7 +79,7 @@ def ref_logits(params, cfg, seq, pad_to=32):
   single compilation serves every length): logits [len(seq), V]."""
   seq = [int(t) for t in seq]
   arr = jnp.array([seq + [0] * (pad_to - len(seq))])
-  return _FWD(params, arr, cfg=cfg)[0][0, :len(seq)]
+  return _FWD(params, arr, cfg=cfg)[0][0, : len(seq)]
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -64,12 +92,11 @@ def test_cached_decode_matches_full_forward(name):
   l0, cache = step(params, x[:, :6], cache)
   pieces = [l0]
   for t in range(6, 10):  # single-token decode
-    l, cache = step(params, x[:, t:t + 1], cache)
+    l, cache = step(params, x[:, t : t + 1], cache)
     pieces.append(l)
   l, cache = step(params, x[:, 10:13], cache)  # multi-token extension
   pieces.append(l)
-  np.testing.assert_allclose(jnp.concatenate(pieces, 1), full, atol=2e-5,
-                             rtol=2e-5)
+  np.testing.assert_allclose(jnp.concatenate(pieces, 1), full, atol=2e-5, rtol=2e-5)
   np.testing.assert_array_equal(cache.lengths, [13, 13])
 
 
@@ -127,8 +154,9 @@ def test_ragged_extend_matches_per_row():
   state, l2 = model.extend(params, state, jnp.array([[5], [6]]))
   s0 = ref_logits(params, cfg, seq0 + [5])
   s1 = ref_logits(params, cfg, seq1 + [6])
-  np.testing.assert_allclose(l2[:, 0], jnp.stack([s0[-1], s1[-1]]),
-                             atol=2e-5, rtol=2e-5)
+  np.testing.assert_allclose(
+    l2[:, 0], jnp.stack([s0[-1], s1[-1]]), atol=2e-5, rtol=2e-5
+  )
 
 
 @pytest.mark.parametrize("name", ["gqa_tied", "sliding_softcap"])
@@ -150,8 +178,9 @@ def test_tree_scoring_matches_per_path_forward_and_commit(name):
   state = model.commit(state, jnp.array([[0, 3, 5]]), jnp.array([3]))
   np.testing.assert_array_equal(state.lengths, [8])
   state, nxt = model.extend(params, state, jnp.array([[11]]))
-  ref = ref_logits(params, cfg, list(prompt[0]) +
-                   list(tree[0, jnp.array([0, 3, 5])]) + [11])
+  ref = ref_logits(
+    params, cfg, list(prompt[0]) + list(tree[0, jnp.array([0, 3, 5])]) + [11]
+  )
   np.testing.assert_allclose(nxt[0, 0], ref[-1], atol=2e-5, rtol=2e-5)
 
 
@@ -161,8 +190,8 @@ def test_hidden_states_and_layer_subset():
   logits, _, hidden = forward(params, x, cfg, return_hidden=True)
   assert len(hidden) == cfg.n_layers and hidden[0].shape == (2, 6, cfg.d_model)
   from jaxllm.model import lm_head
-  np.testing.assert_allclose(lm_head(params, hidden[-1], cfg), logits,
-                             atol=1e-5)
+
+  np.testing.assert_allclose(lm_head(params, hidden[-1], cfg), logits, atol=1e-5)
   # Early exit after layer 1 == running only layers (0, 1).
   sub, _, _ = forward(params, x, cfg, layers=(0, 1))
   np.testing.assert_allclose(sub, lm_head(params, hidden[1], cfg), atol=1e-5)
@@ -190,22 +219,30 @@ def test_batch_of_ragged_prompts_matches_single_greedy():
 def test_stop_tokens_budgets_and_logprobs():
   cfg, params = make("gqa_tied")
   model = Transformer(cfg)
-  out = generate(model, params, [[1, 2, 3]] * 4, jax.random.key(3), 16,
-                 make_sampling(2.0), max_new_B=jnp.array([16, 5, 0, 16]),
-                 stop_tokens=[7], pad_id=0)
+  out = generate(
+    model,
+    params,
+    [[1, 2, 3]] * 4,
+    jax.random.key(3),
+    16,
+    make_sampling(2.0),
+    max_new_B=jnp.array([16, 5, 0, 16]),
+    stop_tokens=[7],
+    pad_id=0,
+  )
   toks_, lens = np.asarray(out.tokens), np.asarray(out.lengths)
   assert lens[1] <= 5 and lens[2] == 0
   for i in range(4):
-    gen = toks_[i, :lens[i]]
+    gen = toks_[i, : lens[i]]
     assert 7 not in gen[:-1]  # nothing after a stop token
-    assert (toks_[i, lens[i]:] == 0).all()
+    assert (toks_[i, lens[i] :] == 0).all()
     if lens[i] < {0: 16, 1: 5, 2: 0, 3: 16}[i]:
       assert gen[-1] == 7
   # Log-probs equal the model's log-softmax at each generated token.
-  seq = [1, 2, 3] + list(toks_[0, :lens[0]])
+  seq = [1, 2, 3] + list(toks_[0, : lens[0]])
   lg = ref_logits(params, cfg, seq)
-  ref = jax.nn.log_softmax(lg[2:-1])[jnp.arange(lens[0]), toks_[0, :lens[0]]]
-  np.testing.assert_allclose(out.logprobs[0, :lens[0]], ref, atol=1e-4)
+  ref = jax.nn.log_softmax(lg[2:-1])[jnp.arange(lens[0]), toks_[0, : lens[0]]]
+  np.testing.assert_allclose(out.logprobs[0, : lens[0]], ref, atol=1e-4)
 
 
 def test_keys_determinism_and_bucket_reuse():
@@ -219,8 +256,9 @@ def test_keys_determinism_and_bucket_reuse():
   assert (np.asarray(a.tokens) != np.asarray(c.tokens)).any()
   before = TRACE_COUNT["generate"]
   generate(model, params, [[1, 2, 3, 4, 5]], jax.random.key(0), 20, s)
-  generate(model, params, [[1, 2, 3, 4, 5]], jax.random.key(0), 20,
-           make_sampling(0.5))  # new temperature value: no retrace either
+  generate(
+    model, params, [[1, 2, 3, 4, 5]], jax.random.key(0), 20, make_sampling(0.5)
+  )  # new temperature value: no retrace either
   assert TRACE_COUNT["generate"] == before
 
 
@@ -228,18 +266,19 @@ def test_bigram_generation_matches_exact_distribution():
   """Sequences of 3 tokens from the toy model: chi-square against the exact
   product of bigram probabilities."""
   from scipy import stats
+
   V = 4
   table = jax.random.normal(jax.random.key(5), (V, V)) * 1.5
   model = BigramLM(V)
   n = 40000
-  out = generate(model, table, [[2]] * n, jax.random.key(11), 3,
-                 make_sampling(1.0))
+  out = generate(model, table, [[2]] * n, jax.random.key(11), 3, make_sampling(1.0))
   seqs = np.asarray(out.tokens)
   codes = seqs[:, 0] * V * V + seqs[:, 1] * V + seqs[:, 2]
-  counts = np.bincount(codes, minlength=V ** 3)
+  counts = np.bincount(codes, minlength=V**3)
   p = np.asarray(jax.nn.softmax(table, -1), np.float64)
-  exp = np.array([p[2, a] * p[a, b] * p[b, c] for a in range(V)
-                  for b in range(V) for c in range(V)])
+  exp = np.array(
+    [p[2, a] * p[a, b] * p[b, c] for a in range(V) for b in range(V) for c in range(V)]
+  )
   exp = exp / exp.sum() * n
   _, pval = stats.chisquare(counts, exp)
   assert pval > 1e-6
@@ -248,7 +287,9 @@ def test_bigram_generation_matches_exact_distribution():
 # ------------------------------ bad input ---------------------------------
 
 
-@pytest.mark.parametrize("kw,field", [
+@pytest.mark.parametrize(
+  "kw,field",
+  [
     (dict(d_model=50, n_heads=4), "n_heads"),
     (dict(n_kv_heads=3), "n_kv_heads"),
     (dict(activation="relu6"), "activation"),
@@ -256,19 +297,23 @@ def test_bigram_generation_matches_exact_distribution():
     (dict(sliding_window=-2), "sliding_window"),
     (dict(layer_windows=(0, 4)), "layer_windows"),
     (dict(dtype="float8"), "dtype"),
-])
+  ],
+)
 def test_bad_config_names_field(kw, field):
   with pytest.raises(ValueError, match=field):
     ModelConfig(**{**BASE, **kw})
 
 
-@pytest.mark.parametrize("kw,field", [
+@pytest.mark.parametrize(
+  "kw,field",
+  [
     (dict(temperature=-1.0), "temperature"),
     (dict(top_p=0.0), "top_p"),
     (dict(top_p=1.5), "top_p"),
     (dict(top_k=0), "top_k"),
     (dict(min_p=1.0), "min_p"),
-])
+  ],
+)
 def test_bad_sampling_names_field(kw, field):
   with pytest.raises(ValueError, match=field):
     make_sampling(**kw)
@@ -278,11 +323,9 @@ def test_prompt_longer_than_cache():
   cfg, params = make("gqa_tied")
   model = Transformer(cfg)
   with pytest.raises(ValueError, match="cache_size"):
-    generate(model, params, [list(range(30))], jax.random.key(0), 8,
-             cache_size=32)
+    generate(model, params, [list(range(30))], jax.random.key(0), 8, cache_size=32)
   with pytest.raises(ValueError, match="max_seq_len"):
-    generate(model, params, [[i % 90 for i in range(100)]],
-             jax.random.key(0), 64)
+    generate(model, params, [[i % 90 for i in range(100)]], jax.random.key(0), 64)
   with pytest.raises(ValueError, match="token ids"):
     generate(model, params, [[1, 500]], jax.random.key(0), 4)
   with pytest.raises(ValueError, match="cache"):
@@ -294,10 +337,10 @@ def test_commit_path_moves_entries():
   cache = init_cache(cfg, 1, 10)
   marks = jnp.arange(10, dtype=jnp.float32)
   cache = cache.__class__(
-      k=tuple(jnp.broadcast_to(marks[None, None, None, :], c.shape)
-              for c in cache.k),
-      v=tuple(jnp.broadcast_to(marks[None, None, :, None], c.shape)
-              for c in cache.v), lengths=jnp.array([3]))
+    k=tuple(jnp.broadcast_to(marks[None, None, None, :], c.shape) for c in cache.k),
+    v=tuple(jnp.broadcast_to(marks[None, None, :, None], c.shape) for c in cache.v),
+    lengths=jnp.array([3]),
+  )
   out = commit_path(cache, jnp.array([[1, 4, 0]]), jnp.array([2]))
   np.testing.assert_array_equal(out.k[0][0, 0, 0, :6], [0, 1, 2, 4, 7, 5])
   np.testing.assert_array_equal(out.v[0][0, 0, :6, 0], [0, 1, 2, 4, 7, 5])
@@ -310,10 +353,10 @@ def test_num_samples_forks_prefilled_prompt():
   cfg, params = make("gqa_tied")
   model = Transformer(cfg)
   s = make_sampling(1.0)
-  a = generate(model, params, [[1, 2, 3], [4, 5]], jax.random.key(0), 6, s,
-               num_samples=3)
-  b = generate(model, params, [[1, 2, 3]] * 3 + [[4, 5]] * 3,
-               jax.random.key(0), 6, s)
+  a = generate(
+    model, params, [[1, 2, 3], [4, 5]], jax.random.key(0), 6, s, num_samples=3
+  )
+  b = generate(model, params, [[1, 2, 3]] * 3 + [[4, 5]] * 3, jax.random.key(0), 6, s)
   np.testing.assert_array_equal(a.tokens, b.tokens)
   np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
   calls = []
@@ -323,6 +366,7 @@ def test_num_samples_forks_prefilled_prompt():
       calls.append(tokens.shape)
       return super().prefill(params, tokens, lengths, cache_size)
 
-  generate(Counting(cfg), params, [[1, 2, 3], [4, 5]], jax.random.key(0), 6, s,
-           num_samples=4)
+  generate(
+    Counting(cfg), params, [[1, 2, 3], [4, 5]], jax.random.key(0), 6, s, num_samples=4
+  )
   assert calls == [(2, 16)]  # one prefill of the 2 prompts (bucket 16)

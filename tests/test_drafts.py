@@ -18,8 +18,16 @@ V = 12
 
 
 def _target():
-  cfg = ModelConfig(vocab_size=V, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2,
-                    d_ff=64, max_seq_len=64, tie_embeddings=False)
+  cfg = ModelConfig(
+    vocab_size=V,
+    d_model=32,
+    n_layers=3,
+    n_heads=4,
+    n_kv_heads=2,
+    d_ff=64,
+    max_seq_len=64,
+    tie_embeddings=False,
+  )
   params = init_params(cfg, jax.random.key(1))
   return cfg, dataclasses.replace(params, final_norm=params.final_norm * 4.0)
 
@@ -31,10 +39,15 @@ LENS = np.array([6, 3], np.int32)
 def _decode_calls(model, params):
   """Logits of prefill, a ragged extend and a 4-node tree (batch of 2 rows)."""
   st, l_pre = model.prefill(params, jnp.asarray(PROMPTS), jnp.asarray(LENS), 16)
-  st, l_ext = model.extend(params, st, jnp.asarray([[7, 8], [10, 0]]),
-                           jnp.asarray([[True, True], [True, False]]))
-  _, l_tree = model.score_tree(params, st, jnp.asarray([[1, 2, 3, 4]] * 2),
-                               jnp.asarray([-1, 0, 0, 1], jnp.int32))
+  st, l_ext = model.extend(
+    params,
+    st,
+    jnp.asarray([[7, 8], [10, 0]]),
+    jnp.asarray([[True, True], [True, False]]),
+  )
+  _, l_tree = model.score_tree(
+    params, st, jnp.asarray([[1, 2, 3, 4]] * 2), jnp.asarray([-1, 0, 0, 1], jnp.int32)
+  )
   return np.asarray(l_pre), np.asarray(l_ext), np.asarray(l_tree)
 
 
@@ -44,7 +57,9 @@ def test_full_subset_all_layers_reproduces_target():
   ids = np.random.default_rng(0).permutation(V)
   draft, dp = drafts.init_sub_vocab_draft(cfg, params, ids, cfg.n_layers)
   assert draft.vocab_size == V and draft.cfg.vocab_size == V + 1
-  for got, want in zip(_decode_calls(draft, dp), _decode_calls(Transformer(cfg), params)):
+  for got, want in zip(
+    _decode_calls(draft, dp), _decode_calls(Transformer(cfg), params)
+  ):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
@@ -59,8 +74,9 @@ def test_subset_logits_are_inner_logits_scattered():
   to_sub = {int(t): i + 1 for i, t in enumerate(ids)}
   seq = [to_sub.get(t, 0) for t in [3, 1, 4, 1, 5, 9, 7, 8]]
   ref, _, _ = forward(dp.inner, jnp.asarray([seq]), draft.cfg)
-  np.testing.assert_allclose(l_ext[0, :, ids], np.asarray(ref)[0, -2:, 1:].T,
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    l_ext[0, :, ids], np.asarray(ref)[0, -2:, 1:].T, rtol=1e-5, atol=1e-5
+  )
 
 
 def test_distill_loss_closed_form():
@@ -75,9 +91,16 @@ def test_distill_loss_closed_form():
   ids = np.broadcast_to(np.arange(V), q.shape).astype(np.int32)
   w = np.ones(PROMPTS.shape, np.float32)
   loss = drafts.distill_loss_fn(draft, dp.to_sub_V)
-  s, n, aux = loss(dp.inner, dict(tokens=toks, topk_ids=jnp.asarray(ids),
-                                  topk_p=jnp.asarray(q, jnp.float32),
-                                  weight=jnp.asarray(w)), None)
+  s, n, aux = loss(
+    dp.inner,
+    dict(
+      tokens=toks,
+      topk_ids=jnp.asarray(ids),
+      topk_p=jnp.asarray(q, jnp.float32),
+      weight=jnp.asarray(w),
+    ),
+    None,
+  )
   want = -(q * np.log(q)).sum(-1).sum()
   assert float(n) == w.sum()
   np.testing.assert_allclose(float(s), want, rtol=1e-4)
@@ -85,9 +108,16 @@ def test_distill_loss_closed_form():
   # point mass on token 4 at every position
   onehot = np.zeros_like(q)
   onehot[..., 4] = 1.0
-  s1, _, aux1 = loss(dp.inner, dict(tokens=toks, topk_ids=jnp.asarray(ids),
-                                    topk_p=jnp.asarray(onehot, jnp.float32),
-                                    weight=jnp.asarray(w)), None)
+  s1, _, aux1 = loss(
+    dp.inner,
+    dict(
+      tokens=toks,
+      topk_ids=jnp.asarray(ids),
+      topk_p=jnp.asarray(onehot, jnp.float32),
+      weight=jnp.asarray(w),
+    ),
+    None,
+  )
   np.testing.assert_allclose(float(s1), -np.log(q[..., 4]).sum(), rtol=1e-4)
   np.testing.assert_allclose(float(aux1["accept_lb"]), q[..., 4].sum(), rtol=1e-4)
 
@@ -132,8 +162,15 @@ def test_distill_loss_ignores_teacher_mass_outside_subset():
   ids = np.broadcast_to(np.array([4, 0, 6]), q.shape[:-1] + (3,)).astype(np.int32)
   p = np.broadcast_to(np.array([0.3, 0.5, 0.2]), ids.shape).astype(np.float32)
   s, n, aux = drafts.distill_loss_fn(draft, dp.to_sub_V)(
-      dp.inner, dict(tokens=toks, topk_ids=jnp.asarray(ids), topk_p=jnp.asarray(p),
-                     weight=jnp.ones(PROMPTS.shape)), None)
+    dp.inner,
+    dict(
+      tokens=toks,
+      topk_ids=jnp.asarray(ids),
+      topk_p=jnp.asarray(p),
+      weight=jnp.ones(PROMPTS.shape),
+    ),
+    None,
+  )
   want = -(0.6 * np.log(q[..., 4]) + 0.4 * np.log(q[..., 6])).sum()
   np.testing.assert_allclose(float(s), want, rtol=1e-4)
   lb = np.minimum(0.3, q[..., 4]) + np.minimum(0.2, q[..., 6])

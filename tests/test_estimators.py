@@ -24,10 +24,12 @@ def brute(n, k, outcome):
 
 def bon_outcome(scores, correct):
   """Expected correctness of best-of-subset with uniform random tie-breaking."""
+
   def f(s):
     best = max(scores[i] for i in s)
     tied = [i for i in s if scores[i] == best]
     return np.mean([correct[i] for i in tied])
+
   return f
 
 
@@ -46,11 +48,13 @@ def vote_outcome(answers, correct, weights=None, tie_break="random"):
     if tie_break == "random":
       return np.mean([ok[a] for a in tied])
     return float(ok[tied[0]])
+
   return f
 
 
 def bom_outcome(answers, scores, correct, alpha, num_submit, reward):
   agg = {"mean": lambda v: sum(v) / len(v), "max": max, "sum": sum}[reward]
+
   def f(s):
     groups = collections.defaultdict(list)
     ok = {}
@@ -61,6 +65,7 @@ def bom_outcome(answers, scores, correct, alpha, num_submit, reward):
     kept = {a: v for a, v in groups.items() if len(v) / len(s) >= alpha} or groups
     top = sorted(kept, key=lambda a: (-agg(kept[a]), a))[:num_submit]
     return float(any(ok[a] for a in top))
+
   return f
 
 
@@ -139,7 +144,9 @@ def test_best_of_n_at_k_brute_force_with_ties():
 def test_best_of_n_at_k_hand_case():
   # Scores [3, 3, 1], correct [1, 0, 1]: k=1 -> 2/3; k=2 -> subsets {0,1}: 1/2,
   # {0,2}: 1, {1,2}: 0 -> 1/2; k=3 -> 1/2 (tie between 0 and 1).
-  got = est.best_of_n_at_k(np.array([[3.0, 3.0, 1.0]]), np.array([[1, 0, 1]]), [1, 2, 3])
+  got = est.best_of_n_at_k(
+    np.array([[3.0, 3.0, 1.0]]), np.array([[1, 0, 1]]), [1, 2, 3]
+  )
   np.testing.assert_allclose(got, [[2 / 3, 1 / 2, 1 / 2]])
 
 
@@ -158,8 +165,10 @@ def test_majority_at_k_exact_brute_force(tie_break):
     np.testing.assert_array_equal(res.num_subsets_K, [math.comb(n, k) for k in ks])
     np.testing.assert_array_equal(res.stderr_PxK, 0.0)
     for i in range(5):
-      want = [brute(n, k, vote_outcome(answers[i], correct[i], tie_break=tie_break))
-              for k in ks]
+      want = [
+        brute(n, k, vote_outcome(answers[i], correct[i], tie_break=tie_break))
+        for k in ks
+      ]
       np.testing.assert_allclose(res.value_PxK[i], want, atol=1e-12)
 
 
@@ -169,10 +178,14 @@ def test_weighted_majority_at_k_exact_brute_force():
     answers, scores, correct = random_case(rng, p=5, n=n)
     ks = list(range(1, n + 1))
     for tie_break in ("random", "lowest_id"):
-      res = est.weighted_majority_at_k(answers, scores, correct, ks, tie_break=tie_break)
+      res = est.weighted_majority_at_k(
+        answers, scores, correct, ks, tie_break=tie_break
+      )
       for i in range(5):
-        want = [brute(n, k, vote_outcome(answers[i], correct[i], scores[i], tie_break))
-                for k in ks]
+        want = [
+          brute(n, k, vote_outcome(answers[i], correct[i], scores[i], tie_break))
+          for k in ks
+        ]
         np.testing.assert_allclose(res.value_PxK[i], want, atol=1e-12)
 
 
@@ -183,13 +196,21 @@ def test_best_of_majority_at_k_exact_brute_force(reward):
   answers, scores, correct = random_case(rng, p=6, n=n)
   ks = list(range(1, n + 1))
   for alpha, num_submit in ((0.0, 1), (0.3, 1), (0.3, 2), (0.6, 2)):
-    res = est.best_of_majority_at_k(answers, scores, correct, ks, alpha=alpha,
-                                    num_submit=num_submit, reward=reward)
+    res = est.best_of_majority_at_k(
+      answers, scores, correct, ks, alpha=alpha, num_submit=num_submit, reward=reward
+    )
     for i in range(6):
-      want = [brute(n, k, bom_outcome(answers[i], scores[i], correct[i], alpha,
-                                      num_submit, reward)) for k in ks]
-      np.testing.assert_allclose(res.value_PxK[i], want, atol=1e-12,
-                                 err_msg=f"alpha={alpha} submit={num_submit}")
+      want = [
+        brute(
+          n,
+          k,
+          bom_outcome(answers[i], scores[i], correct[i], alpha, num_submit, reward),
+        )
+        for k in ks
+      ]
+      np.testing.assert_allclose(
+        res.value_PxK[i], want, atol=1e-12, err_msg=f"alpha={alpha} submit={num_submit}"
+      )
 
 
 def test_best_of_majority_at_k_agrees_with_selection_module():
@@ -198,12 +219,18 @@ def test_best_of_majority_at_k_agrees_with_selection_module():
   n, k, alpha, num_submit = 7, 4, 0.3, 2
   answers, scores, correct = random_case(rng, p=3, n=n)
   subsets = np.array(list(itertools.combinations(range(n), k)))
-  res = est.best_of_majority_at_k(answers, scores, correct, [k], alpha=alpha,
-                                  num_submit=num_submit)
+  res = est.best_of_majority_at_k(
+    answers, scores, correct, [k], alpha=alpha, num_submit=num_submit
+  )
   for i in range(3):
-    top = np.asarray(sel.best_of_majority(jnp.asarray(answers[i][subsets], jnp.int32),
-                                          jnp.asarray(scores[i][subsets], jnp.float32),
-                                          alpha, k=num_submit))
+    top = np.asarray(
+      sel.best_of_majority(
+        jnp.asarray(answers[i][subsets], jnp.int32),
+        jnp.asarray(scores[i][subsets], jnp.float32),
+        alpha,
+        k=num_submit,
+      )
+    )
     hit = (top == 0).any(1)  # id 0 is the correct answer
     np.testing.assert_allclose(res.value_PxK[i, 0], hit.mean(), atol=1e-12)
 
@@ -214,8 +241,9 @@ def test_majority_at_k_monte_carlo_within_standard_errors():
   answers = rng.integers(-1, 3, size=(15, n))
   correct = answers == 0
   exact = est.majority_at_k(answers, correct, ks, method="exact")
-  mc = est.majority_at_k(answers, correct, ks, method="monte_carlo", num_subsets=3000,
-                         seed=7)
+  mc = est.majority_at_k(
+    answers, correct, ks, method="monte_carlo", num_subsets=3000, seed=7
+  )
   assert exact.exact_K.all() and not mc.exact_K.any()
   np.testing.assert_array_equal(mc.num_subsets_K, 3000)
   varying = mc.stderr_PxK > 0
@@ -229,8 +257,9 @@ def test_majority_at_k_monte_carlo_within_standard_errors():
 def test_auto_method_switches_on_subset_count():
   rng = np.random.default_rng(8)
   answers, scores, correct = random_case(rng, p=2, n=10)
-  res = est.weighted_majority_at_k(answers, scores, correct, [1, 5, 10],
-                                   max_exact_subsets=100, num_subsets=50)
+  res = est.weighted_majority_at_k(
+    answers, scores, correct, [1, 5, 10], max_exact_subsets=100, num_subsets=50
+  )
   np.testing.assert_array_equal(res.exact_K, [True, False, True])  # C(10,5) = 252
   np.testing.assert_array_equal(res.num_subsets_K, [10, 50, 1])
 
@@ -256,8 +285,9 @@ def test_validation_errors():
   # A NaN score is a missing score (ranks last), no longer an error: the correct
   # sample 0 is only picked alone (k=1: 1/3); with any other sample it loses.
   np.testing.assert_allclose(
-      est.best_of_n_at_k(np.array([[np.nan, 1.0, 2.0]]), correct, [1, 2, 3]),
-      [[1 / 3, 0.0, 0.0]])
+    est.best_of_n_at_k(np.array([[np.nan, 1.0, 2.0]]), correct, [1, 2, 3]),
+    [[1 / 3, 0.0, 0.0]],
+  )
   with pytest.raises(ValueError, match="shape"):
     est.weighted_majority_at_k(answers, scores[:, :2], correct, [1])
   with pytest.raises(ValueError, match="method"):
@@ -275,12 +305,14 @@ def test_validation_errors():
 
 def bon_outcome_nan(scores, correct):
   """bon_outcome where NaN ranks below -inf and NaNs tie with each other."""
+
   def f(s):
     scored = [i for i in s if not math.isnan(scores[i])]
     if not scored:
       return np.mean([correct[i] for i in s])
     best = max(scores[i] for i in scored)
     return np.mean([correct[i] for i in scored if scores[i] == best])
+
   return f
 
 
@@ -292,6 +324,7 @@ def bom_outcome_nan(answers, scores, correct, alpha, num_submit, reward):
     if not v:
       return None
     return sum(v) / len(v) if reward == "mean" else max(v)
+
   def f(s):
     groups = collections.defaultdict(list)
     ok = {}
@@ -300,11 +333,14 @@ def bom_outcome_nan(answers, scores, correct, alpha, num_submit, reward):
         groups[answers[i]].append(scores[i])
         ok[answers[i]] = correct[i]
     kept = {a: v for a, v in groups.items() if len(v) / len(s) >= alpha} or groups
+
     def rank(a):
       r = agg(kept[a])
       return (r is None, 0.0 if r is None else -r, a)
+
     top = sorted(kept, key=rank)[:num_submit]
     return float(any(ok[a] for a in top))
+
   return f
 
 
@@ -318,8 +354,9 @@ def test_best_of_n_at_k_nan_hand_case():
   # Scores [NaN, 1, NaN, 0], correct [1, 0, 1, 0]. k=1: 1/2. k=2 (6 subsets): {0,2}
   # both NaN -> 1; {0,1}, {0,3}, {1,2}, {1,3}, {2,3} pick a scored sample -> 0.
   # So 1/6. k >= 3: always a scored sample -> 0.
-  got = est.best_of_n_at_k(np.array([[np.nan, 1.0, np.nan, 0.0]]),
-                           np.array([[1, 0, 1, 0]]), [1, 2, 3, 4])
+  got = est.best_of_n_at_k(
+    np.array([[np.nan, 1.0, np.nan, 0.0]]), np.array([[1, 0, 1, 0]]), [1, 2, 3, 4]
+  )
   np.testing.assert_allclose(got, [[1 / 2, 1 / 6, 0.0, 0.0]], atol=1e-12)
 
 
@@ -344,11 +381,14 @@ def test_weighted_majority_at_k_nan_brute_force():
     zeroed = np.where(np.isnan(scores), 0.0, scores)  # NaN contributes nothing
     ks = list(range(1, n + 1))
     for tie_break in ("random", "lowest_id"):
-      res = est.weighted_majority_at_k(answers, scores, correct, ks,
-                                       tie_break=tie_break)
+      res = est.weighted_majority_at_k(
+        answers, scores, correct, ks, tie_break=tie_break
+      )
       for i in range(5):
-        want = [brute(n, k, vote_outcome(answers[i], correct[i], zeroed[i], tie_break))
-                for k in ks]
+        want = [
+          brute(n, k, vote_outcome(answers[i], correct[i], zeroed[i], tie_break))
+          for k in ks
+        ]
         np.testing.assert_allclose(res.value_PxK[i], want, atol=1e-12)
 
 
@@ -360,13 +400,21 @@ def test_best_of_majority_at_k_nan_brute_force(reward):
   scores = with_nans(rng, scores, 0.4)
   ks = list(range(1, n + 1))
   for alpha, num_submit in ((0.0, 1), (0.3, 2)):
-    res = est.best_of_majority_at_k(answers, scores, correct, ks, alpha=alpha,
-                                    num_submit=num_submit, reward=reward)
+    res = est.best_of_majority_at_k(
+      answers, scores, correct, ks, alpha=alpha, num_submit=num_submit, reward=reward
+    )
     for i in range(6):
-      want = [brute(n, k, bom_outcome_nan(answers[i], scores[i], correct[i], alpha,
-                                          num_submit, reward)) for k in ks]
-      np.testing.assert_allclose(res.value_PxK[i], want, atol=1e-12,
-                                 err_msg=f"alpha={alpha} submit={num_submit}")
+      want = [
+        brute(
+          n,
+          k,
+          bom_outcome_nan(answers[i], scores[i], correct[i], alpha, num_submit, reward),
+        )
+        for k in ks
+      ]
+      np.testing.assert_allclose(
+        res.value_PxK[i], want, atol=1e-12, err_msg=f"alpha={alpha} submit={num_submit}"
+      )
 
 
 @pytest.mark.parametrize("reward", ["mean", "max", "sum"])
@@ -376,15 +424,18 @@ def test_nan_rules_agree_with_selection_module(reward):
   answers, scores, correct = random_case(rng, p=3, n=n)
   scores = with_nans(rng, scores, 0.4)
   subsets = np.array(list(itertools.combinations(range(n), k)))
-  res = est.best_of_majority_at_k(answers, scores, correct, [k], alpha=0.3,
-                                  num_submit=2, reward=reward)
-  wres = est.weighted_majority_at_k(answers, scores, correct, [k],
-                                    tie_break="lowest_id")
+  res = est.best_of_majority_at_k(
+    answers, scores, correct, [k], alpha=0.3, num_submit=2, reward=reward
+  )
+  wres = est.weighted_majority_at_k(
+    answers, scores, correct, [k], tie_break="lowest_id"
+  )
   for i in range(3):
     a = jnp.asarray(answers[i][subsets], jnp.int32)
     s = jnp.asarray(scores[i][subsets], jnp.float32)
     top = np.asarray(sel.best_of_majority(a, s, 0.3, k=2, reward=reward))
-    np.testing.assert_allclose(res.value_PxK[i, 0], (top == 0).any(1).mean(),
-                               atol=1e-12)
+    np.testing.assert_allclose(
+      res.value_PxK[i, 0], (top == 0).any(1).mean(), atol=1e-12
+    )
     vote = np.asarray(sel.weighted_self_consistency(a, s))
     np.testing.assert_allclose(wres.value_PxK[i, 0], (vote == 0).mean(), atol=1e-12)

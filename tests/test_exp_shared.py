@@ -17,9 +17,10 @@ from experiments import workdir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = sorted(
-    os.path.splitext(os.path.basename(p))[0]
-    for p in glob.glob(os.path.join(ROOT, "experiments", "*.py"))
-    if not p.endswith("__init__.py"))
+  os.path.splitext(os.path.basename(p))[0]
+  for p in glob.glob(os.path.join(ROOT, "experiments", "*.py"))
+  if not p.endswith("__init__.py")
+)
 
 
 def _private_uses(path):
@@ -43,9 +44,13 @@ def _private_uses(path):
         if parts[0] == "experiments" and len(parts) == 2 and a.asname:
           aliases[a.asname] = parts[1]
   for node in ast.walk(tree):
-    if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-        and node.value.id in aliases and node.attr.startswith("_")
-        and not node.attr.startswith("__")):
+    if (
+      isinstance(node, ast.Attribute)
+      and isinstance(node.value, ast.Name)
+      and node.value.id in aliases
+      and node.attr.startswith("_")
+      and not node.attr.startswith("__")
+    ):
       out.append((node.lineno, f"{node.value.id}.{node.attr}"))
   return out
 
@@ -54,17 +59,22 @@ def _private_uses(path):
 def test_no_experiment_uses_another_experiments_private_names(name):
   path = os.path.join(ROOT, "experiments", f"{name}.py")
   assert _private_uses(path) == [], (
-      f"{path} uses private names of other experiments; move what they share "
-      f"into experiments/workdir.py")
+    f"{path} uses private names of other experiments; move what they share "
+    f"into experiments/workdir.py"
+  )
 
 
 def test_private_use_finder_finds_both_forms(tmp_path):
   p = tmp_path / "x.py"
-  p.write_text("from experiments import scaling as sc\n"
-               "from experiments.scaling import _hidden\n"
-               "sc._dense(1)\nsc.public(2)\n")
+  p.write_text(
+    "from experiments import scaling as sc\n"
+    "from experiments.scaling import _hidden\n"
+    "sc._dense(1)\nsc.public(2)\n"
+  )
   assert _private_uses(str(p)) == [
-      (2, "from experiments.scaling import _hidden"), (3, "sc._dense")]
+    (2, "from experiments.scaling import _hidden"),
+    (3, "sc._dense"),
+  ]
 
 
 def test_rows_keep_every_whole_line_and_drop_a_torn_one(tmp_path):
@@ -95,42 +105,59 @@ def test_require_files_names_the_field_and_the_file(tmp_path):
   (tmp_path / "present").write_text("")
   cfg = {"policy_dir": str(tmp_path)}
   workdir.require_files(cfg, "policy_dir", ("present",))
-  with pytest.raises(ValueError, match=r"config.policy_dir=.* has no missing "
-                                       r"\(.*missing does not exist; run X\)"):
-    workdir.require_files(cfg, "policy_dir", ("present", "missing"),
-                          hint="; run X")
+  with pytest.raises(
+    ValueError,
+    match=r"config.policy_dir=.* has no missing "
+    r"\(.*missing does not exist; run X\)",
+  ):
+    workdir.require_files(cfg, "policy_dir", ("present", "missing"), hint="; run X")
 
 
-TINY_BENCH = ["--steps=2", "--step_tokens=4", "--d_model=32", "--layers=1",
-              "--prompt_len=8", "--vocab=16", "--repeats=1", "--reprefill=false"]
+TINY_BENCH = [
+  "--steps=2",
+  "--step_tokens=4",
+  "--d_model=32",
+  "--layers=1",
+  "--prompt_len=8",
+  "--vocab=16",
+  "--repeats=1",
+  "--reprefill=false",
+]
 
 
 def _bench_search(args, tmp_path, fail_on_call=0):
   """Runs experiments.bench_search in a child; with fail_on_call=n the
   particle filter raises on its n-th call (after the earlier rows)."""
   code = (
-      "import sys; sys.argv = ['bench_search'] + sys.argv[1:];"
-      "from absl import app; from experiments import bench_search as b;"
-      f"n = [0]; real = b.run_particle_filter\n"
-      "def pf(*a, **k):\n"
-      "  n[0] += 1\n"
-      f"  if n[0] == {fail_on_call}: raise RuntimeError('injected failure')\n"
-      "  return real(*a, **k)\n"
-      "b.run_particle_filter = pf; app.run(b.main)")
+    "import sys; sys.argv = ['bench_search'] + sys.argv[1:];"
+    "from absl import app; from experiments import bench_search as b;"
+    f"n = [0]; real = b.run_particle_filter\n"
+    "def pf(*a, **k):\n"
+    "  n[0] += 1\n"
+    f"  if n[0] == {fail_on_call}: raise RuntimeError('injected failure')\n"
+    "  return real(*a, **k)\n"
+    "b.run_particle_filter = pf; app.run(b.main)"
+  )
   return subprocess.run(
-      [sys.executable, "-c", code, f"--workdir={tmp_path}/w"] + args,
-      cwd=ROOT, capture_output=True, text=True, timeout=300,
-      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    [sys.executable, "-c", code, f"--workdir={tmp_path}/w"] + args,
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  )
 
 
-@pytest.mark.parametrize("flag, message", [
+@pytest.mark.parametrize(
+  "flag, message",
+  [
     ("--particles=2,x", "--particles: 'x' is not an int"),
     ("--particles=2,0", "--particles must be a non-empty list of ints >= 1"),
     ("--d_model=30", "--d_model=30 must be a multiple of 4"),
     ("--vocab=3", "--vocab must be >= 4, got 3"),
-])
-def test_bench_search_checks_every_flag_before_building(tmp_path, flag,
-                                                         message):
+  ],
+)
+def test_bench_search_checks_every_flag_before_building(tmp_path, flag, message):
   proc = _bench_search(TINY_BENCH + [flag], tmp_path, fail_on_call=1)
   assert proc.returncode != 0
   assert message in proc.stderr
@@ -140,8 +167,7 @@ def test_bench_search_checks_every_flag_before_building(tmp_path, flag,
 
 def test_bench_search_writes_each_row_as_it_is_measured(tmp_path):
   # calls per particle count: warm-up + 1 timed repeat; fail in the second N
-  proc = _bench_search(TINY_BENCH + ["--particles=2,4"], tmp_path,
-                       fail_on_call=3)
+  proc = _bench_search(TINY_BENCH + ["--particles=2,4"], tmp_path, fail_on_call=3)
   assert proc.returncode != 0 and "injected failure" in proc.stderr
   with open(tmp_path / "w" / workdir.RESULTS_FILE) as f:
     rec = json.load(f)

@@ -37,10 +37,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Two problems x three samples x two PRM step slots. Sample 2 of problem 0 has
 # no scored step (its step scores are masked out: 0.99 would win if read).
-PRM_STEPS = np.array([[[0.9, 0.2], [0.5, 0.7], [0.99, 0.99]],
-                      [[0.9, 0.1], [0.3, 0.4], [0.2, 0.0]]], np.float32)
-PRM_MASK = np.array([[[1, 1], [1, 1], [0, 0]],
-                     [[1, 1], [1, 1], [1, 0]]], bool)
+PRM_STEPS = np.array(
+  [[[0.9, 0.2], [0.5, 0.7], [0.99, 0.99]], [[0.9, 0.1], [0.3, 0.4], [0.2, 0.0]]],
+  np.float32,
+)
+PRM_MASK = np.array([[[1, 1], [1, 1], [0, 0]], [[1, 1], [1, 1], [1, 0]]], bool)
 CORRECT = np.array([[0, 1, 0], [1, 0, 0]], bool)
 # BoN@k by hand (k = 1, 2, 3), ties impossible. Per sample aggregates:
 #   problem 0: min .2 .5 -inf | last .2 .7 -inf | prod .18 .35 -inf | mean .55 .6 -inf
@@ -49,8 +50,12 @@ CORRECT = np.array([[0, 1, 0], [1, 0, 0]], bool)
 #   problem 1: min .1 .3 .2 | last .1 .4 .2 | prod .09 .12 .2 | mean .5 .35 .2
 #     -> min, last, prod rank a wrong sample first and sample 0 (correct) last:
 #        [1/3, 0, 0]; mean ranks sample 0 first: [1/3, 2/3, 1].
-BON_PRM = {"min": [1 / 3, 1 / 3, 1 / 2], "last": [1 / 3, 1 / 3, 1 / 2],
-           "prod": [1 / 3, 1 / 3, 1 / 2], "mean": [1 / 3, 2 / 3, 1.0]}
+BON_PRM = {
+  "min": [1 / 3, 1 / 3, 1 / 2],
+  "last": [1 / 3, 1 / 3, 1 / 2],
+  "prod": [1 / 3, 1 / 3, 1 / 2],
+  "mean": [1 / 3, 2 / 3, 1.0],
+}
 # The sweep's deleted copy gave problem 0's unscored sample 1.0 under "min":
 # problem 0 -> [1/3, 1/3, 0], mean over problems [1/3, 1/6, 0].
 OLD_BON_PRM_MIN = [1 / 3, 1 / 6, 0.0]
@@ -58,16 +63,26 @@ OLD_BON_PRM_MIN = [1 / 3, 1 / 6, 0.0]
 
 def hand_pool(seed=0):
   """The pool above (the seed only shifts lengths, so pools differ)."""
-  return dict(answers=np.array([[0, 1, 2], [0, 1, 1]], np.int32),
-              correct=CORRECT, lengths=np.array([[5, 6, 7], [8, 9, 10]]) + seed,
-              prompt_lengths=np.array([7, 9]),
-              orm=np.array([[0.1, 0.8, 0.5], [0.6, 0.2, 0.3]], np.float32),
-              prm_steps=PRM_STEPS, prm_mask=PRM_MASK)
+  return dict(
+    answers=np.array([[0, 1, 2], [0, 1, 1]], np.int32),
+    correct=CORRECT,
+    lengths=np.array([[5, 6, 7], [8, 9, 10]]) + seed,
+    prompt_lengths=np.array([7, 9]),
+    orm=np.array([[0.1, 0.8, 0.5], [0.6, 0.2, 0.3]], np.float32),
+    prm_steps=PRM_STEPS,
+    prm_mask=PRM_MASK,
+  )
 
 
-TINY = ModelConfig(vocab_size=arith.TOKENIZER.vocab_size, d_model=16,
-                   n_layers=1, n_heads=2, n_kv_heads=2, d_ff=32,
-                   max_seq_len=64)
+TINY = ModelConfig(
+  vocab_size=arith.TOKENIZER.vocab_size,
+  d_model=16,
+  n_layers=1,
+  n_heads=2,
+  n_kv_heads=2,
+  d_ff=32,
+  max_seq_len=64,
+)
 
 
 class FakeModels:
@@ -78,12 +93,13 @@ class FakeModels:
     self.fail = fail
     self.policy_dir = os.path.join(root, "policy")
     self.verifier_dir = os.path.join(root, "verifier")
-    for d, names in ((self.policy_dir, ("policy",)),
-                     (self.verifier_dir, ("prm", "orm"))):
+    for d, names in (
+      (self.policy_dir, ("policy",)),
+      (self.verifier_dir, ("prm", "orm")),
+    ):
       for n in names:
         os.makedirs(os.path.join(d, n), exist_ok=True)
-      checkpoint.save_model_config(
-          os.path.join(d, checkpoint.MODEL_CONFIG_FILE), TINY)
+      checkpoint.save_model_config(os.path.join(d, checkpoint.MODEL_CONFIG_FILE), TINY)
     with open(os.path.join(self.policy_dir, "config.json"), "w") as f:
       json.dump({}, f)
     monkeypatch.setattr(scaling, "load_models", self.load_models)
@@ -108,8 +124,7 @@ class FakeModels:
   def run_search(self, method, k, policy, verifiers, problems, config, seed):
     self._check("run_search")
     self.searches += 1
-    return 0.5, dict(flops=1e6 * k, generated_tokens=10.0 * k,
-                     verifier_tokens=5.0 * k)
+    return 0.5, dict(flops=1e6 * k, generated_tokens=10.0 * k, verifier_tokens=5.0 * k)
 
 
 def sweep_config(models, **kw):
@@ -137,14 +152,15 @@ def quiet(_):
 # --------------------------- 1. settings are pinned ---------------------------
 
 
-def test_resume_with_other_settings_is_refused_naming_fields(tmp_path,
-                                                            monkeypatch):
+def test_resume_with_other_settings_is_refused_naming_fields(tmp_path, monkeypatch):
   models = FakeModels(monkeypatch, str(tmp_path))
   out = str(tmp_path / "sweep")
   s1 = scaling.run_sweep(sweep_config(models), out, log=quiet)
   assert models.builds == [0] and s1["new_rows"] == 4 * 3
-  before = {n: open(os.path.join(out, n)).read()
-            for n in ("rows.jsonl", "config.json", "settings.json")}
+  before = {
+    n: open(os.path.join(out, n)).read()
+    for n in ("rows.jsonl", "config.json", "settings.json")
+  }
 
   c2 = sweep_config(models, temperature=0.3, max_new_tokens=4)
   with pytest.raises(ValueError, match="other settings") as e:
@@ -160,14 +176,18 @@ def test_resume_with_other_settings_is_refused_naming_fields(tmp_path,
 
 
 def test_more_budgets_seeds_and_methods_extend_without_changing_rows(
-    tmp_path, monkeypatch):
+  tmp_path, monkeypatch
+):
   models = FakeModels(monkeypatch, str(tmp_path))
   out = str(tmp_path / "sweep")
   scaling.run_sweep(sweep_config(models, budgets=(1, 2)), out, log=quiet)
   first = {(r["method"], r["budget"], r["seed"]): r for r in rows_of(out)}
-  c = sweep_config(models, budgets=(1, 2, 3), seeds=(0, 1),
-                   methods=("coverage", "bon_orm", "bon_prm_min",
-                            "bon_prm_mean", "majority"))
+  c = sweep_config(
+    models,
+    budgets=(1, 2, 3),
+    seeds=(0, 1),
+    methods=("coverage", "bon_orm", "bon_prm_min", "bon_prm_mean", "majority"),
+  )
   s = scaling.run_sweep(c, out, log=quiet)
   assert models.builds == [0, 1]  # only the new seed's pool
   rows = {(r["method"], r["budget"], r["seed"]): r for r in rows_of(out)}
@@ -181,16 +201,18 @@ def test_more_budgets_seeds_and_methods_extend_without_changing_rows(
   assert s["table"]["bon_prm_mean"]["budgets"] == [1]
 
 
-def test_results_without_a_record_or_from_an_older_version(tmp_path,
-                                                          monkeypatch):
+def test_results_without_a_record_or_from_an_older_version(tmp_path, monkeypatch):
   models = FakeModels(monkeypatch, str(tmp_path), fail=True)
   c = sweep_config(models)
   # rows and pools nobody recorded the settings of
   anon = str(tmp_path / "anon")
   os.makedirs(anon)
   workdir.save_npz_atomic(os.path.join(anon, "pool_seed0.npz"), **hand_pool())
-  with pytest.raises(ValueError, match=r"holds results \(pool_seed0.npz\) but "
-                                       r"no settings.json"):
+  with pytest.raises(
+    ValueError,
+    match=r"holds results \(pool_seed0.npz\) but "
+    r"no settings.json",
+  ):
     scaling.run_sweep(c, anon, log=quiet)
   # an earlier version wrote only config.json (its whole config)
   old = str(tmp_path / "old")
@@ -211,7 +233,8 @@ def test_results_without_a_record_or_from_an_older_version(tmp_path,
 
 
 def test_genrm_refuses_other_settings_and_a_verifier_trained_otherwise(
-    tmp_path, monkeypatch):
+  tmp_path, monkeypatch
+):
   monkeypatch.setattr(tg, "train_verifier", _must_not_run("train_verifier"))
   monkeypatch.setattr(workdir, "load_policy", _must_not_run("load_policy"))
   c = _genrm_config(tmp_path)
@@ -219,10 +242,20 @@ def test_genrm_refuses_other_settings_and_a_verifier_trained_otherwise(
   out = str(tmp_path / "study")
   os.makedirs(out)
   open(os.path.join(out, "solutions.npz"), "w").close()
-  meta = {k: c[k] for k in ("policy_dir", "verifier_dir", "n_problems",
-                            "pool_size", "sc_pool_size", "verifications",
-                            "temperature", "max_new_tokens",
-                            "max_verify_tokens")}
+  meta = {
+    k: c[k]
+    for k in (
+      "policy_dir",
+      "verifier_dir",
+      "n_problems",
+      "pool_size",
+      "sc_pool_size",
+      "verifications",
+      "temperature",
+      "max_new_tokens",
+      "max_verify_tokens",
+    )
+  }
   with open(os.path.join(out, "pool_meta.json"), "w") as f:
     json.dump(dict(meta, seed=5), f)
   with pytest.raises(ValueError, match=r"seed: 5 -> 0") as e:
@@ -240,20 +273,18 @@ def test_genrm_refuses_other_settings_and_a_verifier_trained_otherwise(
     ga.run(c, str(tmp_path / "fresh"), log=quiet)
 
 
-def test_train_policy_resume_with_other_settings_is_refused(tmp_path,
-                                                           monkeypatch):
+def test_train_policy_resume_with_other_settings_is_refused(tmp_path, monkeypatch):
   from jaxllm import train
+
   monkeypatch.setattr(train, "train_loop", _must_not_run("train_loop"))
   monkeypatch.setattr(tp, "init_params", _must_not_run("init_params"))
-  c = config_utils.load_config_file(os.path.join(ROOT, "configs",
-                                                 "arith_policy.py"))
+  c = config_utils.load_config_file(os.path.join(ROOT, "configs", "arith_policy.py"))
   work = str(tmp_path / "policy")
   tp.pin_workdir(c, work)
   os.makedirs(os.path.join(work, "checkpoints"))  # a run got this far
   c.train.learning_rate = 1e-2
   c.train.log_every = 7  # not pinned: logs only
-  with pytest.raises(ValueError, match=r"train.learning_rate: 0.003 -> 0.01") \
-      as e:
+  with pytest.raises(ValueError, match=r"train.learning_rate: 0.003 -> 0.01") as e:
     tp.run(c, work)
   assert "log_every" not in str(e.value)
 
@@ -263,12 +294,15 @@ def test_train_policy_resume_with_other_settings_is_refused(tmp_path,
 
 def _hold_lock(path):
   """A child process holding `path`'s lock until killed; returns it."""
-  code = ("import sys, time; sys.path.insert(0, sys.argv[1]);"
-          "from experiments import workdir;"
-          "cm = workdir.lock(sys.argv[2]); cm.__enter__();"
-          "print('locked', flush=True); time.sleep(600)")
-  proc = subprocess.Popen([sys.executable, "-c", code, ROOT, path],
-                          stdout=subprocess.PIPE, text=True)
+  code = (
+    "import sys, time; sys.path.insert(0, sys.argv[1]);"
+    "from experiments import workdir;"
+    "cm = workdir.lock(sys.argv[2]); cm.__enter__();"
+    "print('locked', flush=True); time.sleep(600)"
+  )
+  proc = subprocess.Popen(
+    [sys.executable, "-c", code, ROOT, path], stdout=subprocess.PIPE, text=True
+  )
   assert proc.stdout.readline().strip() == "locked"
   return proc
 
@@ -315,38 +349,58 @@ def test_misspelt_field_is_rejected_with_a_suggestion(tmp_path, monkeypatch):
   c = sweep_config(models)
   c.temprature = 0.5
   out = str(tmp_path / "sweep")
-  with pytest.raises(ValueError, match=r"unknown config field "
-                                       r"'config.temprature' \(did you mean "
-                                       r"'temperature'\?"):
+  with pytest.raises(
+    ValueError,
+    match=r"unknown config field "
+    r"'config.temprature' \(did you mean "
+    r"'temperature'\?",
+  ):
     scaling.run_sweep(c, out, log=quiet)
   assert not os.path.exists(out)
   g = _genrm_config(tmp_path)
   g.verifier.stpes = 3
-  with pytest.raises(ValueError, match=r"'config.verifier.stpes' \(did you "
-                                       r"mean 'steps'\?"):
+  with pytest.raises(
+    ValueError,
+    match=r"'config.verifier.stpes' \(did you "
+    r"mean 'steps'\?",
+  ):
     ga.run(g, out, log=quiet)
 
 
 def test_wrong_type_is_rejected_naming_the_field(tmp_path, monkeypatch):
   models = FakeModels(monkeypatch, str(tmp_path), fail=True)
   # as a config file writing `c.temperature = "hot"` makes it
-  c = ml_collections.ConfigDict(dict(sweep_config(models).to_dict(),
-                                     temperature="hot"))
-  with pytest.raises(ValueError, match=r"config field 'config.temperature' "
-                                       r"must be of type float"):
+  c = ml_collections.ConfigDict(dict(sweep_config(models).to_dict(), temperature="hot"))
+  with pytest.raises(
+    ValueError,
+    match=r"config field 'config.temperature' "
+    r"must be of type float",
+  ):
     scaling.run_sweep(c, str(tmp_path / "sweep"), log=quiet)
 
 
 def test_sweep_cli_rejects_a_misspelt_config_file(tmp_path):
   cfg = tmp_path / "bad_config.py"
-  cfg.write_text("from configs import scaling_arith\n\n\ndef get_config():\n"
-                 "  c = scaling_arith.get_config()\n  c.temprature = 0.5\n"
-                 "  return c\n")
+  cfg.write_text(
+    "from configs import scaling_arith\n\n\ndef get_config():\n"
+    "  c = scaling_arith.get_config()\n  c.temprature = 0.5\n"
+    "  return c\n"
+  )
   out = tmp_path / "sweep"
   proc = subprocess.run(
-      [sys.executable, "-m", "experiments.scaling", f"--config={cfg}",
-       f"--workdir={out}"], cwd=ROOT, capture_output=True, text=True,
-      env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
+    [
+      sys.executable,
+      "-m",
+      "experiments.scaling",
+      f"--config={cfg}",
+      f"--workdir={out}",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    timeout=300,
+  )
   assert proc.returncode != 0
   assert "did you mean 'temperature'" in proc.stderr
   assert not out.exists()
@@ -355,14 +409,17 @@ def test_sweep_cli_rejects_a_misspelt_config_file(tmp_path):
 def test_default_configs_pass_the_full_validation():
   scaling.validate_sweep(scaling_arith.get_config())
   ga.validate_study(genrm_arith.get_config())
-  tp.validate_policy_config(config_utils.load_config_file(
-      os.path.join(ROOT, "configs", "arith_policy.py")))
+  tp.validate_policy_config(
+    config_utils.load_config_file(os.path.join(ROOT, "configs", "arith_policy.py"))
+  )
 
 
 # ------------------ 4. every value checked before any model ------------------
 
 
-@pytest.mark.parametrize("edit, message", [
+@pytest.mark.parametrize(
+  "edit, message",
+  [
     (dict(budgets=(1, 0)), r"config.budgets\[1\]=0 must be >= 1"),
     (dict(budgets=(-2,)), r"config.budgets\[0\]=-2 must be >= 1"),
     (dict(budgets=(1, 4)), r"config.budgets\[1\]=4 exceeds config.pool_size=3"),
@@ -371,20 +428,30 @@ def test_default_configs_pass_the_full_validation():
     (dict(seeds=()), r"config.seeds is empty"),
     (dict(n_problems=0), r"config.n_problems must be > 0"),
     (dict(max_step_tokens=0), r"config.max_step_tokens must be > 0"),
-    (dict(methods=("coverage", "bon_prm_minn")),
-     r"config.methods: unknown name 'bon_prm_minn' \(did you mean "
-     r"'bon_prm_min'\?"),
+    (
+      dict(methods=("coverage", "bon_prm_minn")),
+      r"config.methods: unknown name 'bon_prm_minn' \(did you mean "
+      r"'bon_prm_min'\?",
+    ),
     (dict(methods=(), search_methods=()), r"both empty: nothing to run"),
-    (dict(search_methods=("beam",), search_budgets=(4, 6)),
-     r"config.search_budgets: budget 6 does not work for search method 'beam' "
-     r"\(with config.beam_width=4.*multiple"),
-    (dict(search_methods=("pf",), search_budgets=()),
-     r"config.search_budgets is empty"),
-    (dict(search_methods=("astar",), max_new_tokens=4, max_step_tokens=8),
-     r"search method 'astar' .*config.max_new_tokens=4"),
-])
-def test_bad_sweep_values_fail_before_any_model_call(tmp_path, monkeypatch,
-                                                     edit, message):
+    (
+      dict(search_methods=("beam",), search_budgets=(4, 6)),
+      r"config.search_budgets: budget 6 does not work for search method 'beam' "
+      r"\(with config.beam_width=4.*multiple",
+    ),
+    (
+      dict(search_methods=("pf",), search_budgets=()),
+      r"config.search_budgets is empty",
+    ),
+    (
+      dict(search_methods=("astar",), max_new_tokens=4, max_step_tokens=8),
+      r"search method 'astar' .*config.max_new_tokens=4",
+    ),
+  ],
+)
+def test_bad_sweep_values_fail_before_any_model_call(
+  tmp_path, monkeypatch, edit, message
+):
   models = FakeModels(monkeypatch, str(tmp_path), fail=True)
   out = str(tmp_path / "sweep")
   with pytest.raises(ValueError, match=message):
@@ -395,6 +462,7 @@ def test_bad_sweep_values_fail_before_any_model_call(tmp_path, monkeypatch,
 def _must_not_run(name):
   def fail(*a, **k):
     raise AssertionError(f"{name} called: the run should have been refused")
+
   return fail
 
 
@@ -408,7 +476,9 @@ def _genrm_config(root):
   return c
 
 
-@pytest.mark.parametrize("edit, message", [
+@pytest.mark.parametrize(
+  "edit, message",
+  [
     (dict(s_grid=(1, 8)), r"config.s_grid\[1\]=8 exceeds config.pool_size=4"),
     (dict(s_grid=(0, 1)), r"config.s_grid\[0\]=0 must be >= 1"),
     (dict(v_grid=(1, 4)), r"config.v_grid\[1\]=4 exceeds config.verifications=3"),
@@ -418,9 +488,11 @@ def _genrm_config(root):
     (dict(n_problems=0), r"config.n_problems must be > 0"),
     (dict(sc_pool_size=3), r"config.sc_pool_size=3 must be >= config.pool_size"),
     (dict(tie_break="first"), r"config.tie_break must be one of"),
-])
-def test_bad_study_values_fail_before_verifier_training(tmp_path, monkeypatch,
-                                                        edit, message):
+  ],
+)
+def test_bad_study_values_fail_before_verifier_training(
+  tmp_path, monkeypatch, edit, message
+):
   monkeypatch.setattr(tg, "train_verifier", _must_not_run("train_verifier"))
   monkeypatch.setattr(workdir, "load_policy", _must_not_run("load_policy"))
   c = _genrm_config(tmp_path)
@@ -434,12 +506,15 @@ def test_bad_study_values_fail_before_verifier_training(tmp_path, monkeypatch,
 
 def test_bad_training_values_fail_before_training(tmp_path, monkeypatch):
   from jaxllm import train
+
   monkeypatch.setattr(train, "train_loop", _must_not_run("train_loop"))
-  c = config_utils.load_config_file(os.path.join(ROOT, "configs",
-                                                 "arith_policy.py"))
+  c = config_utils.load_config_file(os.path.join(ROOT, "configs", "arith_policy.py"))
   c.train.compute_dtype = "float16"
-  with pytest.raises(ValueError, match=r"config.train.compute_dtype must be "
-                                       r"one of \('float32', 'bfloat16'\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"config.train.compute_dtype must be "
+    r"one of \('float32', 'bfloat16'\)",
+  ):
     tp.run(c, str(tmp_path / "p"))
   c.train.compute_dtype, c.train.seq_len = "float32", 8
   with pytest.raises(ValueError, match=r"config.train.seq_len=8 is shorter"):
@@ -451,20 +526,37 @@ def test_bad_training_values_fail_before_training(tmp_path, monkeypatch):
   assert not os.path.exists(tmp_path / "p") and not os.path.exists(tmp_path / "v")
 
 
-@pytest.mark.parametrize("module, args, message", [
-    ("experiments.bench_speculative", ["--pairs=tiny,smolm"],
-     "--pairs: unknown pair 'smolm'"),
-    ("experiments.bench_speculative", ["--budgets=4,10"],
-     "method 'iid' cannot spend exactly 10 draft tokens"),
+@pytest.mark.parametrize(
+  "module, args, message",
+  [
+    (
+      "experiments.bench_speculative",
+      ["--pairs=tiny,smolm"],
+      "--pairs: unknown pair 'smolm'",
+    ),
+    (
+      "experiments.bench_speculative",
+      ["--budgets=4,10"],
+      "method 'iid' cannot spend exactly 10 draft tokens",
+    ),
     ("experiments.train_draft", ["--steps=0"], "--steps must be >= 1"),
-])
-def test_flag_scripts_reject_bad_flags_before_loading(tmp_path, module, args,
-                                                      message):
+  ],
+)
+def test_flag_scripts_reject_bad_flags_before_loading(tmp_path, module, args, message):
   proc = subprocess.run(
-      [sys.executable, "-m", module, f"--out={tmp_path}/o.json"
-       if "bench" in module else f"--workdir={tmp_path}/w"] + args,
-      cwd=ROOT, capture_output=True, text=True,
-      env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
+    [
+      sys.executable,
+      "-m",
+      module,
+      f"--out={tmp_path}/o.json" if "bench" in module else f"--workdir={tmp_path}/w",
+    ]
+    + args,
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    timeout=300,
+  )
   assert proc.returncode != 0
   assert message in proc.stderr
   assert not os.listdir(tmp_path)
@@ -480,8 +572,7 @@ def test_coverage_only_sweep_runs_and_reruns(tmp_path, monkeypatch):
   s1 = scaling.run_sweep(c, out, log=quiet)
   # pass@k by hand: problem 0 has 1 correct of 3, problem 1 has 1 of 3
   # -> pass@k = 1 - C(2, k) / C(3, k) = 1/3, 2/3, 1 for k = 1, 2, 3
-  np.testing.assert_allclose(s1["table"]["coverage"]["accuracy"],
-                             [1 / 3, 2 / 3, 1.0])
+  np.testing.assert_allclose(s1["table"]["coverage"]["accuracy"], [1 / 3, 2 / 3, 1.0])
   assert "coverage_fit" in s1 and "compute_optimal" not in s1
   assert os.path.exists(os.path.join(out, "coverage.png"))
   s2 = scaling.run_sweep(c, out, log=quiet)  # the rerun used to crash
@@ -489,21 +580,24 @@ def test_coverage_only_sweep_runs_and_reruns(tmp_path, monkeypatch):
   with open(os.path.join(out, "summary.json")) as f:
     assert json.load(f)["table"] == s1["table"]
   # two budgets: no coverage fit, still a summary
-  s3 = scaling.run_sweep(sweep_config(models, methods=("coverage",),
-                                      budgets=(1, 2)), out, log=quiet)
+  s3 = scaling.run_sweep(
+    sweep_config(models, methods=("coverage",), budgets=(1, 2)), out, log=quiet
+  )
   assert "coverage_fit" not in s3 and s3["new_rows"] == 0
 
 
 def test_search_only_and_single_budget_sweeps_summarize(tmp_path, monkeypatch):
   models = FakeModels(monkeypatch, str(tmp_path))
-  c = sweep_config(models, methods=(), search_methods=("pf",),
-                   search_budgets=(2, 4))
+  c = sweep_config(models, methods=(), search_methods=("pf",), search_budgets=(2, 4))
   s = scaling.run_sweep(c, str(tmp_path / "a"), log=quiet)
   assert models.builds == [] and models.searches == 2
   assert s["table"]["pf"]["accuracy"] == [0.5, 0.5]
   assert s["compute_optimal"]["method"] == ["pf"] * 6
-  s = scaling.run_sweep(sweep_config(models, methods=("bon_orm",), budgets=(2,)),
-                        str(tmp_path / "b"), log=quiet)
+  s = scaling.run_sweep(
+    sweep_config(models, methods=("bon_orm",), budgets=(2,)),
+    str(tmp_path / "b"),
+    log=quiet,
+  )
   assert s["accuracy_vs_log10_flops"] == {}  # one point: no fit, no crash
 
 
@@ -521,11 +615,12 @@ def test_prm_best_of_n_uses_selection_aggregation(agg):
 def test_sweep_rows_use_selection_prm_scores(tmp_path, monkeypatch):
   models = FakeModels(monkeypatch, str(tmp_path))
   out = str(tmp_path / "sweep")
-  c = sweep_config(models, methods=("bon_prm_min", "bon_prm_last",
-                                    "bon_prm_prod", "bon_prm_mean"))
+  c = sweep_config(
+    models, methods=("bon_prm_min", "bon_prm_last", "bon_prm_prod", "bon_prm_mean")
+  )
   scaling.run_sweep(c, out, log=quiet)
   for r in rows_of(out):
-    want = BON_PRM[r["method"][len("bon_prm_"):]][r["budget"] - 1]
+    want = BON_PRM[r["method"][len("bon_prm_") :]][r["budget"] - 1]
     assert r["accuracy"] == pytest.approx(want, abs=1e-12), r
   got = [r["accuracy"] for r in rows_of(out) if r["method"] == "bon_prm_min"]
   assert not np.allclose(got, OLD_BON_PRM_MIN)  # what the old copy reported
@@ -535,8 +630,9 @@ def test_monte_carlo_rows_do_not_depend_on_the_other_budgets():
   rng = np.random.default_rng(0)
   P, N = 3, 30  # C(30, 8) > 20000 subsets: Monte Carlo
   answers = rng.integers(0, 4, (P, N)).astype(np.int32)
-  pool = dict(answers=answers, correct=answers == 0,
-              orm=rng.random((P, N)).astype(np.float32))
+  pool = dict(
+    answers=answers, correct=answers == 0, orm=rng.random((P, N)).astype(np.float32)
+  )
   for m in ("majority", "weighted_majority_orm", "bom_orm"):
     both = scaling.selection_accuracy(m, pool, [2, 8], seed=3)
     alone = scaling.selection_accuracy(m, pool, [8], seed=3)

@@ -29,8 +29,7 @@ def brute_force(verdicts_NxM, correct_N, answers_N, s, v, tie_break):
   n, m = verdicts_NxM.shape
   total, count = 0.0, 0
   for sub in itertools.combinations(range(n), s):
-    for vs in itertools.product(*[itertools.combinations(range(m), v)
-                                  for _ in sub]):
+    for vs in itertools.product(*[itertools.combinations(range(m), v) for _ in sub]):
       score = [verdicts_NxM[i, list(c)].mean() for i, c in zip(sub, vs)]
       top = [i for i, x in zip(sub, score) if x == max(score)]
       if tie_break == "majority":
@@ -40,8 +39,7 @@ def brute_force(verdicts_NxM, correct_N, answers_N, s, v, tie_break):
             votes[answers_N[i]] = votes.get(answers_N[i], 0) + 1
         if votes:
           best = max(votes.values())
-          top = [i for i in top if answers_N[i] >= 0 and
-                 votes[answers_N[i]] == best]
+          top = [i for i in top if answers_N[i] >= 0 and votes[answers_N[i]] == best]
       total += np.mean([correct_N[i] for i in top])
       count += 1
   return total / count
@@ -63,8 +61,12 @@ def test_exact_estimator_matches_brute_force(n, m):
   ss = list(range(1, n + 1))
   for v in range(1, m + 1):
     got = genrm.genrm_accuracy(yes, m, correct, ss, v)
-    want = np.array([[brute_force(verdicts[i], correct[i], answers[i], s, v,
-                                  "random") for s in ss] for i in range(4)])
+    want = np.array(
+      [
+        [brute_force(verdicts[i], correct[i], answers[i], s, v, "random") for s in ss]
+        for i in range(4)
+      ]
+    )
     np.testing.assert_allclose(got, want, atol=1e-12)
 
 
@@ -88,13 +90,30 @@ def test_monte_carlo_matches_brute_force_both_tie_breaks():
   ss = [1, 2, 3, 5]
   for tie in ("random", "majority"):
     for v in (1, 2):
-      est = genrm.genrm_accuracy_mc(yes, 3, correct, ss, v, answers_PxN=answers,
-                                    tie_break=tie, num_subsets=20_000, seed=v)
-      want = np.array([[brute_force(verdicts[i], correct[i], answers[i], s, v,
-                                    tie) for s in ss] for i in range(3)])
+      est = genrm.genrm_accuracy_mc(
+        yes,
+        3,
+        correct,
+        ss,
+        v,
+        answers_PxN=answers,
+        tie_break=tie,
+        num_subsets=20_000,
+        seed=v,
+      )
+      want = np.array(
+        [
+          [brute_force(verdicts[i], correct[i], answers[i], s, v, tie) for s in ss]
+          for i in range(3)
+        ]
+      )
       # 5 standard errors (plus float slack where the outcome is constant)
       assert np.all(np.abs(est.value_PxS - want) <= 5 * est.stderr_PxS + 1e-9), (
-          tie, v, est.value_PxS, want)
+        tie,
+        v,
+        est.value_PxS,
+        want,
+      )
 
 
 def test_estimator_input_errors():
@@ -117,8 +136,9 @@ def test_estimator_input_errors():
 
 
 def test_budget_and_lambda():
-  np.testing.assert_allclose(genrm.budget([1, 4, 8], [0, 2, 16], 0.5),
-                             [1.0, 4 * 2.0, 8 * 9.0])
+  np.testing.assert_allclose(
+    genrm.budget([1, 4, 8], [0, 2, 16], 0.5), [1.0, 4 * 2.0, 8 * 9.0]
+  )
   assert genrm.token_ratio([[30, 10]], [10, 30, 20]) == pytest.approx(1.0)
   with pytest.raises(ValueError, match="lambda"):
     genrm.budget(1, 1, -0.1)
@@ -128,30 +148,55 @@ def test_budget_and_lambda():
 
 def test_crossover_budget():
   b = [1, 2, 4, 8, 16]
-  assert genrm.crossover_budget(b, [.1, .3, .2, .5, .6], [.2, .2, .3, .4, .5]) == 8
-  assert genrm.crossover_budget(b, [.1, .3, .5, .5, .4], [.2, .2, .3, .4, .5]) is None
-  assert genrm.crossover_budget(b, [.3] * 5, [.2, .2, np.nan, .2, .2]) == 1
+  assert (
+    genrm.crossover_budget(b, [0.1, 0.3, 0.2, 0.5, 0.6], [0.2, 0.2, 0.3, 0.4, 0.5]) == 8
+  )
+  assert (
+    genrm.crossover_budget(b, [0.1, 0.3, 0.5, 0.5, 0.4], [0.2, 0.2, 0.3, 0.4, 0.5])
+    is None
+  )
+  assert genrm.crossover_budget(b, [0.3] * 5, [0.2, 0.2, np.nan, 0.2, 0.2]) == 1
 
 
 def test_cost_model_flops_match_per_sample_sums():
-  cfg = ModelConfig(vocab_size=22, d_model=16, n_layers=2, n_heads=2,
-                    n_kv_heads=2, d_ff=32, max_seq_len=256)
+  cfg = ModelConfig(
+    vocab_size=22,
+    d_model=16,
+    n_layers=2,
+    n_heads=2,
+    n_kv_heads=2,
+    d_ff=32,
+    max_seq_len=256,
+  )
   rng = np.random.default_rng(0)
   P, N, M = 3, 4, 2
-  pool = dict(lengths=rng.integers(3, 20, (P, 6)),
-              prompt_lengths=rng.integers(5, 12, P),
-              chain_lengths=rng.integers(4, 30, (P, N, M)),
-              verifier_prompt_lengths=rng.integers(20, 40, (P, N)))
+  pool = dict(
+    lengths=rng.integers(3, 20, (P, 6)),
+    prompt_lengths=rng.integers(5, 12, P),
+    chain_lengths=rng.integers(4, 30, (P, N, M)),
+    verifier_prompt_lengths=rng.integers(20, 40, (P, N)),
+  )
   cost = ga.cost_model(pool, cfg, cfg)
-  gen = [float(flops_lib.generate_flops(cfg, pool["prompt_lengths"][p], n))
-         for p in range(P) for n in pool["lengths"][p]]
-  ver = [float(flops_lib.generate_flops(cfg, pool["verifier_prompt_lengths"][p, n],
-                                        c)) for p in range(P) for n in range(N)
-         for c in pool["chain_lengths"][p, n]]
-  pre = np.mean([float(flops_lib.prefill_flops(cfg, x))
-                 for x in pool["prompt_lengths"]])
-  vpre = np.mean([float(flops_lib.prefill_flops(cfg, x))
-                  for x in pool["verifier_prompt_lengths"].ravel()])
+  gen = [
+    float(flops_lib.generate_flops(cfg, pool["prompt_lengths"][p], n))
+    for p in range(P)
+    for n in pool["lengths"][p]
+  ]
+  ver = [
+    float(flops_lib.generate_flops(cfg, pool["verifier_prompt_lengths"][p, n], c))
+    for p in range(P)
+    for n in range(N)
+    for c in pool["chain_lengths"][p, n]
+  ]
+  pre = np.mean(
+    [float(flops_lib.prefill_flops(cfg, x)) for x in pool["prompt_lengths"]]
+  )
+  vpre = np.mean(
+    [
+      float(flops_lib.prefill_flops(cfg, x))
+      for x in pool["verifier_prompt_lengths"].ravel()
+    ]
+  )
   # per problem: prompt prefill once + S decodes; verifier: S prefills + S*V decodes
   for s, v in ((1, 0), (4, 0), (2, 3), (4, 1)):
     want = pre + s * (np.mean(gen) - pre)
@@ -196,17 +241,20 @@ def test_verifier_targets_follow_step_labels():
     full = [bool(x) for x in labels[:need]] + [False] * (need - len(labels))
     # marks: the exact labels up to and including the first wrong line
     first_bad = full.index(False) if False in full else need
-    assert marks == full[:first_bad + 1]
+    assert marks == full[: first_bad + 1]
     assert verdict == all(full)
     if verdict:
       assert arith.check_answer(p, cand)
     lines = chain.split("\n")
     cand_lines = cand.split("\n") if cand else []
     expected = list(p.steps) + [f"A:{p.answer}"]
-    stated = [l.split("=")[-1] if "=" in l else l.replace("A:", "", 1)
-              for l in cand_lines]
-    want = [f"{expected[i]}:{stated[i] if i < len(stated) else ''}:{int(m)}"
-            for i, m in enumerate(marks)]
+    stated = [
+      l.split("=")[-1] if "=" in l else l.replace("A:", "", 1) for l in cand_lines
+    ]
+    want = [
+      f"{expected[i]}:{stated[i] if i < len(stated) else ''}:{int(m)}"
+      for i, m in enumerate(marks)
+    ]
     assert lines[:-1] == want
     assert lines[-1] == ("=1" if verdict else "=0")
     assert tg.parse_verdict(chain) == verdict
@@ -214,10 +262,12 @@ def test_verifier_targets_follow_step_labels():
     prompt = tg.verifier_prompt(p, cand)
     assert toks[0] == arith.TOKENIZER.bos_id and toks[-1] == arith.TOKENIZER.eos_id
     assert arith.TOKENIZER.decode(toks) == prompt + chain
-    assert sum(mask) == len(chain) + 1 and mask[-(len(chain) + 1):] == [1] * (len(chain) + 1)
+    assert sum(mask) == len(chain) + 1 and mask[-(len(chain) + 1) :] == [1] * (
+      len(chain) + 1
+    )
     # weighted: the mark / verdict digit ending each chain line
     _, wmask = tg.verifier_example(p, cand, mark_weight=5)
-    tail = wmask[-(len(chain) + 1):]
+    tail = wmask[-(len(chain) + 1) :]
     heavy = [i for i, w in enumerate(tail) if w == 5]
     assert [chain[i] for i in heavy] == [l[-1] for l in lines]
     assert all(w == 1 for i, w in enumerate(tail) if i not in heavy)
@@ -259,8 +309,9 @@ def test_end_to_end_tiny_run_resumes(tmp_path):
   pool, _ = ga.load_or_build_pool(c, out)
   assert pool["yes"].shape == (5, 4, 3) and pool["correct"].shape == (5, 6)
   # the table is the estimator applied to the saved pool
-  acc = genrm.genrm_accuracy(pool["yes"].sum(-1), 3, pool["correct"][:, :4],
-                             [1, 2, 4], 3).mean(0)
+  acc = genrm.genrm_accuracy(
+    pool["yes"].sum(-1), 3, pool["correct"][:, :4], [1, 2, 4], 3
+  ).mean(0)
   np.testing.assert_allclose([s1["table"][f"S{s}_V3"] for s in (1, 2, 4)], acc)
 
   s2 = ga.run(c, out, log=lambda s: None)  # nothing left to do
@@ -284,8 +335,11 @@ def test_end_to_end_tiny_run_resumes(tmp_path):
   c2.verifier_dir = c.verifier_dir
   c2.verifications = 2
   # (a V grid beyond the verifications is itself refused, before anything)
-  with pytest.raises(ValueError, match=r"config.v_grid\[1\]=3 exceeds "
-                                       r"config.verifications=2"):
+  with pytest.raises(
+    ValueError,
+    match=r"config.v_grid\[1\]=3 exceeds "
+    r"config.verifications=2",
+  ):
     ga.run(c2, out, log=lambda s: None)
   c2.v_grid, c2.plot_v = (1, 2), (1, 2)
   with pytest.raises(ValueError, match="other settings"):

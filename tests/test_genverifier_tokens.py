@@ -64,8 +64,11 @@ def test_multi_token_words_use_their_first_token(bpe):
   assert ctx == _bytes("A\n") and ids == [ID["Ye"], ID["No"]]
   # " Yep" = [Ġ, Ye, p] and " Yeah" = [Ġ, Ye, a, h] share the first token.
   assert bpe.encode("A: Yeah") == _bytes("A: ") + [ID["Ye"]] + _bytes("ah")
-  with pytest.raises(ValueError, match=r"verdict words \[' Yep', ' Yeah'\] "
-                     r"start with the same token"):
+  with pytest.raises(
+    ValueError,
+    match=r"verdict words \[' Yep', ' Yeah'\] "
+    r"start with the same token",
+  ):
     reward.verdict_token_ids(bpe, "A:", (" Yep", " Yeah"))
   with pytest.raises(ValueError, match="verdict word '' adds no token"):
     reward.verdict_token_ids(bpe, "A:", (" Yes", ""))
@@ -77,11 +80,15 @@ def test_sentencepiece_style_verdict_ids():
   extra = ["Ye", "Yes", "▁Yes", "No", "▁No"]
   for t in extra:
     vocab[t] = len(vocab)
-  backend = tokenizers.Tokenizer(models.BPE(
-      vocab=vocab, merges=[("Y", "e"), ("Ye", "s"), ("▁", "Yes"), ("N", "o"),
-                           ("▁", "No")]))
-  backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁",
-                                                   prepend_scheme="first")
+  backend = tokenizers.Tokenizer(
+    models.BPE(
+      vocab=vocab,
+      merges=[("Y", "e"), ("Ye", "s"), ("▁", "Yes"), ("N", "o"), ("▁", "No")],
+    )
+  )
+  backend.pre_tokenizer = pre_tokenizers.Metaspace(
+    replacement="▁", prepend_scheme="first"
+  )
   backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
   tok = Tokenizer(backend)
   prompt = "Is it right? Answer:"
@@ -90,8 +97,9 @@ def test_sentencepiece_style_verdict_ids():
   ctx, ids = reward.verdict_token_ids(tok, prompt, (" Yes", " No"))
   assert ctx == base and ids == [vocab["▁Yes"], vocab["▁No"]]
   # A prompt ending in a space: the space goes into "▁Yes" as well.
-  ctx, ids = reward.verdict_token_ids(tok, prompt + " ",
-                                      reward.default_verdict_words(prompt + " "))
+  ctx, ids = reward.verdict_token_ids(
+    tok, prompt + " ", reward.default_verdict_words(prompt + " ")
+  )
   assert ctx == base and ids == [vocab["▁Yes"], vocab["▁No"]]
 
 
@@ -105,10 +113,13 @@ def tiny_lm(tmp_path_factory):
   same weights loaded into ours."""
   import torch
   import transformers
+
   _, kw = hfm.CASES["llama_gqa_untied"]
   model = transformers.AutoModelForCausalLM.from_config(
-      transformers.LlamaConfig(**{**hfm._COMMON, **kw, "vocab_size": V}),
-      attn_implementation="eager", dtype=torch.float32)
+    transformers.LlamaConfig(**{**hfm._COMMON, **kw, "vocab_size": V}),
+    attn_implementation="eager",
+    dtype=torch.float32,
+  )
   hfm.randomize_(model, seed=3)
   model.eval()
   d = str(tmp_path_factory.mktemp("genverifier_lm"))
@@ -128,20 +139,33 @@ QUESTIONS = ["What is 2 + 3?", "Is 7 prime?", "Name a colour."]
 SOLUTIONS = ["2 + 3 = 5.", "Yes, 7 has no divisor but 1 and 7.", "Blue"]
 
 
-@pytest.mark.parametrize("template,context", [
+@pytest.mark.parametrize(
+  "template,context",
+  [
     # The default template ends in "Answer:"; the verifier reads it all.
-    (reward.DEFAULT_VERIFIER_TEMPLATE,
-     lambda q, s: reward.DEFAULT_VERIFIER_TEMPLATE.format(question=q,
-                                                          solution=s)),
+    (
+      reward.DEFAULT_VERIFIER_TEMPLATE,
+      lambda q, s: reward.DEFAULT_VERIFIER_TEMPLATE.format(question=q, solution=s),
+    ),
     # A trailing space is merged into " Yes": the verifier reads "...A:".
     ("Q {question} S {solution} A: ", lambda q, s: f"Q {q} S {s} A:"),
-], ids=["default_template", "trailing_space"])
+  ],
+  ids=["default_template", "trailing_space"],
+)
 def test_scores_and_mass_match_transformers(bpe, tiny_lm, template, context):
   model, ours, params = tiny_lm
   prefix = [ord("#")]
   out = reward.generative_verifier_scores(
-      ours, params, bpe, QUESTIONS, SOLUTIONS, template=template,
-      prefix_ids=prefix, extra_ids=[ID["Yes"], ID["No"], 7], batch_size=2)
+    ours,
+    params,
+    bpe,
+    QUESTIONS,
+    SOLUTIONS,
+    template=template,
+    prefix_ids=prefix,
+    extra_ids=[ID["Yes"], ID["No"], 7],
+    batch_size=2,
+  )
   want_s, want_lo, want_m, want_x, want_len = [], [], [], [], []
   for q, s in zip(QUESTIONS, SOLUTIONS):
     ids = prefix + bpe.encode(context(q, s))
@@ -157,8 +181,7 @@ def test_scores_and_mass_match_transformers(bpe, tiny_lm, template, context):
   np.testing.assert_array_equal(out.no_ids, [[ID["ĠNo"]]] * 3)
   np.testing.assert_allclose(out.scores, want_s, rtol=1e-4)
   # Log-odds too: a score near 1 hides errors in 1 - score.
-  np.testing.assert_allclose(np.log(out.scores / (1 - out.scores)), want_lo,
-                             atol=1e-3)
+  np.testing.assert_allclose(np.log(out.scores / (1 - out.scores)), want_lo, atol=1e-3)
   np.testing.assert_allclose(out.verdict_mass, want_m, rtol=1e-4)
   np.testing.assert_allclose(out.extra_logprobs, want_x, atol=1e-4)
   # Not the constant 0.5 that out-of-range ids used to give.
@@ -168,9 +191,15 @@ def test_scores_and_mass_match_transformers(bpe, tiny_lm, template, context):
 def test_explicit_ids_read_the_whole_prompt(bpe, tiny_lm):
   model, ours, params = tiny_lm
   out = reward.generative_verifier_scores(
-      ours, params, bpe, QUESTIONS[:1], SOLUTIONS[:1],
-      template="{question} {solution} A: ", yes_ids=[ID["Yes"], ID["Ye"]],
-      no_ids=[ID["No"]])
+    ours,
+    params,
+    bpe,
+    QUESTIONS[:1],
+    SOLUTIONS[:1],
+    template="{question} {solution} A: ",
+    yes_ids=[ID["Yes"], ID["Ye"]],
+    no_ids=[ID["No"]],
+  )
   ids = bpe.encode(f"{QUESTIONS[0]} {SOLUTIONS[0]} A: ")  # ends in " "
   p = _hf_next_probs(model, ids)
   y, n = p[ID["Yes"]] + p[ID["Ye"]], p[ID["No"]]
@@ -199,7 +228,9 @@ def _shared_message(name, ids, vocab_size):
   return str(e.value)
 
 
-@pytest.mark.parametrize("kwargs,name,ids,vocab", [
+@pytest.mark.parametrize(
+  "kwargs,name,ids,vocab",
+  [
     (dict(prefix_ids=[V]), "prefix_ids", [V], V),
     (dict(yes_ids=[V], no_ids=[1]), "yes_ids", [V], V),
     (dict(yes_ids=[0], no_ids=[-1]), "no_ids", [-1], V),
@@ -209,17 +240,19 @@ def _shared_message(name, ids, vocab_size):
     # The tokenizer's ids exceed a smaller model vocabulary.
     (dict(yes_ids=[0], no_ids=[1]), "verifier prompt ids", "PROMPT", 100),
     # Derived verdict ids (" Yes" = 258) beyond V = 258.
-    (dict(), "yes_ids (derived from the verdict words)", [[ID["ĠYes"]]],
-     ID["ĠYes"]),
-], ids=["prefix", "yes", "no_negative", "no_float", "extra", "pad",
-        "prompt", "derived"])
+    (dict(), "yes_ids (derived from the verdict words)", [[ID["ĠYes"]]], ID["ĠYes"]),
+  ],
+  ids=["prefix", "yes", "no_negative", "no_float", "extra", "pad", "prompt", "derived"],
+)
 def test_bad_ids_raise_before_any_model_call(bpe, kwargs, name, ids, vocab):
   if ids == "PROMPT":
-    ids = bpe.encode(reward.DEFAULT_VERIFIER_TEMPLATE.format(question="q",
-                                                             solution="s"))
+    ids = bpe.encode(
+      reward.DEFAULT_VERIFIER_TEMPLATE.format(question="q", solution="s")
+    )
   with pytest.raises(ValueError) as e:
-    reward.generative_verifier_scores(_NoCallModel(vocab), None, bpe, ["q"],
-                                      ["s"], **kwargs)
+    reward.generative_verifier_scores(
+      _NoCallModel(vocab), None, bpe, ["q"], ["s"], **kwargs
+    )
   assert str(e.value) == _shared_message(name, ids, vocab)
 
 
@@ -228,11 +261,14 @@ def test_bad_arguments_raise(bpe):
   with pytest.raises(ValueError, match="pass both yes_ids and no_ids"):
     reward.generative_verifier_scores(m, None, bpe, ["q"], ["s"], yes_ids=[1])
   with pytest.raises(ValueError, match="must be disjoint"):
-    reward.generative_verifier_scores(m, None, bpe, ["q"], ["s"],
-                                      yes_ids=[1, 2], no_ids=[2])
+    reward.generative_verifier_scores(
+      m, None, bpe, ["q"], ["s"], yes_ids=[1, 2], no_ids=[2]
+    )
   with pytest.raises(ValueError, match="yes_ids must not be empty"):
-    reward.generative_verifier_scores(m, None, bpe, ["q"], ["s"], yes_ids=[],
-                                      no_ids=[2])
+    reward.generative_verifier_scores(
+      m, None, bpe, ["q"], ["s"], yes_ids=[], no_ids=[2]
+    )
   with pytest.raises(ValueError, match=r"verdict words \[' Yep', ' Yeah'\]"):
-    reward.generative_verifier_scores(m, None, bpe, ["q"], ["s"],
-                                      verdict_words=(" Yep", " Yeah"))
+    reward.generative_verifier_scores(
+      m, None, bpe, ["q"], ["s"], verdict_words=(" Yep", " Yeah")
+    )

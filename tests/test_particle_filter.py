@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from algorithms.particle_filter import (PFConfig, run_particle_filter,
-                                        weighted_vote)
+from algorithms.particle_filter import PFConfig, run_particle_filter, weighted_vote
 from algorithms.scorers import ConfidenceScorer
 from algorithms.stepping import BUDGET, STOP
 from jaxllm import BigramLM, ModelConfig, Transformer, forward, init_params
@@ -21,7 +20,7 @@ from jaxllm import flops as flops_lib
 # Toy problem: tokens 0, 1 and STOP=2, one-token steps, K=3 steps, prompt [0].
 V, EOS, K = 3, 2, 3
 BASE = V + 1  # prefix hash h' = h * BASE + tok + 1 (unique per prefix)
-H = BASE ** K
+H = BASE**K
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,15 +83,28 @@ def _hashes(result):
 
 
 def _smc(**kw):
-  return PFConfig(max_steps=K, max_step_tokens=1, stop_ids=(EOS,),
-                  weighting="smc", score_eps=0.0, **kw)
+  return PFConfig(
+    max_steps=K,
+    max_step_tokens=1,
+    stop_ids=(EOS,),
+    weighting="smc",
+    score_eps=0.0,
+    **kw,
+  )
 
 
 def _run(cfg, P, seed, logits, pot):
   prompts = np.zeros((P, 1), np.int32)
-  return run_particle_filter(BigramLM(V), logits, PrefixPotential(), pot, prompts,
-                             jax.random.key(seed), cfg,
-                             prompt_lengths=np.ones(P, np.int32))
+  return run_particle_filter(
+    BigramLM(V),
+    logits,
+    PrefixPotential(),
+    pot,
+    prompts,
+    jax.random.key(seed),
+    cfg,
+    prompt_lengths=np.ones(P, np.int32),
+  )
 
 
 def _tv_per_problem(result, target):
@@ -108,8 +120,9 @@ def _tv_per_problem(result, target):
   return np.array(tv)
 
 
-@pytest.mark.parametrize("Ns", [
-    (64, 1024), pytest.param((64, 256, 1024, 4096), marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+  "Ns", [(64, 1024), pytest.param((64, 256, 1024, 4096), marks=pytest.mark.slow)]
+)
 def test_weighted_particles_converge_at_root_n_rate(Ns):
   logits, pot = _problem(0)
   target, _, _ = _enumerate(logits, pot)
@@ -127,19 +140,26 @@ def test_weighted_particles_converge_at_root_n_rate(Ns):
 
 # Each config: (kwargs); all must keep Z_hat unbiased (proper SMC).
 Z_CONFIGS = {
-    "multinomial_every_step": dict(scheme="multinomial"),
-    "systematic_ess_lookahead_entropic": dict(
-        scheme="systematic", ess_threshold=0.5, lookahead="greedy", entropic="ess"),
-    "residual_entropic": dict(scheme="residual", entropic="ess"),
-    "stratified_entropy_slow": dict(scheme="stratified", entropic="entropy",
-                                    lookahead="sample"),
+  "multinomial_every_step": dict(scheme="multinomial"),
+  "systematic_ess_lookahead_entropic": dict(
+    scheme="systematic", ess_threshold=0.5, lookahead="greedy", entropic="ess"
+  ),
+  "residual_entropic": dict(scheme="residual", entropic="ess"),
+  "stratified_entropy_slow": dict(
+    scheme="stratified", entropic="entropy", lookahead="sample"
+  ),
 }
 
 
-@pytest.mark.parametrize("name", [
-    "multinomial_every_step", "systematic_ess_lookahead_entropic",
+@pytest.mark.parametrize(
+  "name",
+  [
+    "multinomial_every_step",
+    "systematic_ess_lookahead_entropic",
     pytest.param("residual_entropic", marks=pytest.mark.slow),
-    pytest.param("stratified_entropy_slow", marks=pytest.mark.slow)])
+    pytest.param("stratified_entropy_slow", marks=pytest.mark.slow),
+  ],
+)
 def test_log_normaliser_unbiased(name):
   logits, pot = _problem(1)
   _, Z, _ = _enumerate(logits, pot)
@@ -156,8 +176,12 @@ def test_log_normaliser_unbiased(name):
   for k in target:
     m = zhat * (w * (h == k)).sum(1)
     se_k = m.std(ddof=1) / np.sqrt(P)
-    assert abs(m.mean() - Z * target[k]) < 5 * se_k + 1e-9, (k, m.mean(),
-                                                             Z * target[k], se_k)
+    assert abs(m.mean() - Z * target[k]) < 5 * se_k + 1e-9, (
+      k,
+      m.mean(),
+      Z * target[k],
+      se_k,
+    )
 
 
 def test_particle_gibbs_kernel_leaves_target_invariant():
@@ -174,14 +198,21 @@ def test_particle_gibbs_kernel_leaves_target_invariant():
   re = np.full((P, K), BUDGET, np.int32)
   for p, d in enumerate(draw):
     seq = seqs[keys[d]]
-    rt[p, :len(seq), 0] = seq
-    rl[p, :len(seq)] = 1
-    re[p, :len(seq)] = [STOP if t == EOS else BUDGET for t in seq]
+    rt[p, : len(seq), 0] = seq
+    rl[p, : len(seq)] = 1
+    re[p, : len(seq)] = [STOP if t == EOS else BUDGET for t in seq]
   cfg = _smc(n_particles=4, scheme="multinomial")
   result, comp = run_particle_filter(
-      BigramLM(V), logits, PrefixPotential(), pot, np.zeros((P, 1), np.int32),
-      jax.random.key(4), cfg, prompt_lengths=np.ones(P, np.int32),
-      init_reference=(rt, rl, re))
+    BigramLM(V),
+    logits,
+    PrefixPotential(),
+    pot,
+    np.zeros((P, 1), np.int32),
+    jax.random.key(4),
+    cfg,
+    prompt_lengths=np.ones(P, np.int32),
+    init_reference=(rt, rl, re),
+  )
   # The reference was replayed verbatim in slot 0.
   np.testing.assert_array_equal(np.asarray(result.step_tokens)[:, 0], rt)
   np.testing.assert_array_equal(np.asarray(result.step_lengths)[:, 0], rl)
@@ -207,22 +238,40 @@ class TokenScore:
     return jnp.take(state, index_N, axis=0)
 
 
-@pytest.mark.parametrize("weighting", [
-    "smc", pytest.param("prm_logit", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+  "weighting", ["smc", pytest.param("prm_logit", marks=pytest.mark.slow)]
+)
 def test_degenerate_weights_never_nan(weighting):
   table = jnp.zeros((4, 4))  # uniform bigram over 4 tokens, STOP = 2
   eps = 0.0 if weighting == "smc" else 1e-6
-  cfg = PFConfig(n_particles=16, max_steps=3, max_step_tokens=2, delimiter_ids=(3,),
-                 stop_ids=(2,), weighting=weighting, score_eps=eps)
+  cfg = PFConfig(
+    n_particles=16,
+    max_steps=3,
+    max_step_tokens=2,
+    delimiter_ids=(3,),
+    stop_ids=(2,),
+    weighting=weighting,
+    score_eps=eps,
+  )
   nan = np.nan
-  cases = {"equal": [.5, .5, .5, .5], "one_zero": [.5, 0., .5, .5],
-           "all_zero": [0., 0., 0., 0.], "nan": [nan, .5, .5, .5],
-           "all_nan": [nan] * 4}
+  cases = {
+    "equal": [0.5, 0.5, 0.5, 0.5],
+    "one_zero": [0.5, 0.0, 0.5, 0.5],
+    "all_zero": [0.0, 0.0, 0.0, 0.0],
+    "nan": [nan, 0.5, 0.5, 0.5],
+    "all_nan": [nan] * 4,
+  }
   N = cfg.n_particles
   for name, scores in cases.items():
-    r, _ = run_particle_filter(BigramLM(4), table, TokenScore(),
-                               jnp.asarray(scores, jnp.float32), [[1], [0]],
-                               jax.random.key(5), cfg)
+    r, _ = run_particle_filter(
+      BigramLM(4),
+      table,
+      TokenScore(),
+      jnp.asarray(scores, jnp.float32),
+      [[1], [0]],
+      jax.random.key(5),
+      cfg,
+    )
     w, lw, lz = (np.asarray(x) for x in (r.weights, r.log_weights, r.log_z))
     assert not np.isnan(w).any() and not np.isnan(lw).any(), name
     assert not np.isnan(lz).any(), name
@@ -230,8 +279,9 @@ def test_degenerate_weights_never_nan(weighting):
     toks = np.asarray(r.step_tokens)
     first = toks[..., 0]  # first token of each step [P, N, K]
     taken = np.asarray(r.step_lengths) > 0
-    if name in ("all_zero", "all_nan") or (name == "equal" and
-                                           weighting == "prm_logit"):
+    if name in ("all_zero", "all_nan") or (
+      name == "equal" and weighting == "prm_logit"
+    ):
       # Nothing distinguishes particles: uniform weights.
       np.testing.assert_allclose(w, 1.0 / N, rtol=1e-5, err_msg=name)
     if name == "equal" and weighting == "smc":
@@ -281,8 +331,15 @@ def test_weighted_vote():
 
 
 def _tiny_transformer():
-  cfg = ModelConfig(vocab_size=11, d_model=16, n_layers=1, n_heads=2,
-                    n_kv_heads=1, d_ff=32, max_seq_len=64)
+  cfg = ModelConfig(
+    vocab_size=11,
+    d_model=16,
+    n_layers=1,
+    n_heads=2,
+    n_kv_heads=1,
+    d_ff=32,
+    max_seq_len=64,
+  )
   return cfg, init_params(cfg, jax.random.key(0))
 
 
@@ -290,22 +347,33 @@ def test_cache_forks_match_uncached_forward():
   """After resampling (and replaying a Gibbs reference, and look-ahead steps that
   must not commit), each particle's next-token logits equal a fresh forward."""
   cfg, params = _tiny_transformer()
-  pf = PFConfig(n_particles=6, max_steps=4, max_step_tokens=3, delimiter_ids=(10,),
-                stop_ids=(0,), lookahead="greedy", n_sweeps=2, return_logits=True,
-                scheme="systematic")
+  pf = PFConfig(
+    n_particles=6,
+    max_steps=4,
+    max_step_tokens=3,
+    delimiter_ids=(10,),
+    stop_ids=(0,),
+    lookahead="greedy",
+    n_sweeps=2,
+    return_logits=True,
+    scheme="systematic",
+  )
   prompts = [[1, 4, 5], [2, 3]]
-  r, comp = run_particle_filter(Transformer(cfg), params, ConfidenceScorer(), None,
-                                prompts, jax.random.key(1), pf)
+  r, comp = run_particle_filter(
+    Transformer(cfg), params, ConfidenceScorer(), None, prompts, jax.random.key(1), pf
+  )
   toks, lens = np.asarray(r.tokens), np.asarray(r.lengths)
-  texts = [prompts[p] + list(toks[p, i, :lens[p, i]])
-           for p in range(2) for i in range(6)]
+  texts = [
+    prompts[p] + list(toks[p, i, : lens[p, i]]) for p in range(2) for i in range(6)
+  ]
   T = max(len(t) for t in texts)
   arr = jnp.array([t + [0] * (T - len(t)) for t in texts])
   ref, _, _ = forward(params, arr, cfg)
   last = jnp.array([len(t) - 1 for t in texts])
   want = np.asarray(ref[jnp.arange(len(texts)), last])
-  np.testing.assert_allclose(np.asarray(r.logits).reshape(12, -1), want,
-                             atol=3e-5, rtol=3e-5)
+  np.testing.assert_allclose(
+    np.asarray(r.logits).reshape(12, -1), want, atol=3e-5, rtol=3e-5
+  )
   assert comp.model_calls > 1 and comp.decode_flops > 0
   # Particle Gibbs bookkeeping: one log-normaliser and reference per sweep.
   assert r.log_z_sweeps.shape == (2, 2) and r.ref_index.shape == (2, 2)
@@ -318,17 +386,30 @@ def test_compute_record_without_resampling_is_exact():
   """Never resampling (ESS threshold 0): generated tokens and FLOPs follow from
   the final particles alone (independent closed-form count)."""
   cfg, params = _tiny_transformer()
-  pf = PFConfig(n_particles=5, max_steps=3, max_step_tokens=4, delimiter_ids=(10,),
-                stop_ids=(0,), weighting="smc", ess_threshold=0.0)
+  pf = PFConfig(
+    n_particles=5,
+    max_steps=3,
+    max_step_tokens=4,
+    delimiter_ids=(10,),
+    stop_ids=(0,),
+    weighting="smc",
+    ess_threshold=0.0,
+  )
   prompts = [[1, 4, 5], [2, 3]]
-  r, comp = run_particle_filter(Transformer(cfg), params, ConfidenceScorer(), None,
-                                prompts, jax.random.key(2), pf)
+  r, comp = run_particle_filter(
+    Transformer(cfg), params, ConfidenceScorer(), None, prompts, jax.random.key(2), pf
+  )
   lens = np.asarray(r.lengths)
   assert comp.generated_tokens == lens.sum()
-  want = sum(flops_lib.decode_flops(cfg, np.arange(len(prompts[p]) + 1,
-                                                   len(prompts[p]) + 1 + L)).sum()
-             for p in range(2) for L in lens[p])
+  want = sum(
+    flops_lib.decode_flops(
+      cfg, np.arange(len(prompts[p]) + 1, len(prompts[p]) + 1 + L)
+    ).sum()
+    for p in range(2)
+    for L in lens[p]
+  )
   np.testing.assert_allclose(comp.decode_flops, want, rtol=1e-6)
-  np.testing.assert_allclose(comp.prefill_flops,
-                             flops_lib.prefill_flops(cfg, np.array([3, 2])).sum())
+  np.testing.assert_allclose(
+    comp.prefill_flops, flops_lib.prefill_flops(cfg, np.array([3, 2])).sum()
+  )
   assert comp.prefill_tokens == 5 and comp.verifier_flops == 0.0

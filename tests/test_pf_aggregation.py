@@ -31,8 +31,9 @@ def test_running_aggregate_matches_selection(aggregation):
   want = np.asarray(selection.aggregate_step_scores(scores, mask, aggregation))
   agg = StepScoreAggregate.empty(P * N)
   for t in range(K):
-    agg = agg.add(jnp.asarray(scores[..., t].reshape(-1)),
-                  jnp.asarray(mask[..., t].reshape(-1)))
+    agg = agg.add(
+      jnp.asarray(scores[..., t].reshape(-1)), jnp.asarray(mask[..., t].reshape(-1))
+    )
   got = np.asarray(agg.value(aggregation)).reshape(P, N)
   np.testing.assert_allclose(got, want, rtol=1e-6)  # NaN and -inf positions too
   assert got[2, 3] == -np.inf
@@ -64,8 +65,9 @@ SCORES = np.array([0.9, 0.3, 0.6, 0.5], np.float32)
 
 def _np_aggregate(step_scores, aggregation):
   s = np.asarray(step_scores, np.float64)
-  return {"last": s[-1], "min": s.min(), "prod": s.prod(),
-          "mean": s.mean()}[aggregation]
+  return {"last": s[-1], "min": s.min(), "prod": s.prod(), "mean": s.mean()}[
+    aggregation
+  ]
 
 
 def _step_scores(result, p, i):
@@ -74,20 +76,36 @@ def _step_scores(result, p, i):
   return SCORES[first[taken]]
 
 
-@pytest.mark.parametrize("aggregation,T", [("min", 1.0), ("prod", 0.5),
-                                           ("mean", 2.0), ("last", 1.0)])
+@pytest.mark.parametrize(
+  "aggregation,T", [("min", 1.0), ("prod", 0.5), ("mean", 2.0), ("last", 1.0)]
+)
 def test_prm_logit_weights_use_the_aggregate(aggregation, T):
   eps = 1e-6
-  cfg = PFConfig(n_particles=8, max_steps=4, max_step_tokens=2, delimiter_ids=(3,),
-                 stop_ids=(2,), weighting="prm_logit", score_aggregation=aggregation,
-                 weight_temperature=T, score_eps=eps)
-  r, _ = run_particle_filter(BigramLM(4), TABLE, FirstTokenScore(),
-                             jnp.asarray(SCORES), [[1], [0], [3]],
-                             jax.random.key(0), cfg)
+  cfg = PFConfig(
+    n_particles=8,
+    max_steps=4,
+    max_step_tokens=2,
+    delimiter_ids=(3,),
+    stop_ids=(2,),
+    weighting="prm_logit",
+    score_aggregation=aggregation,
+    weight_temperature=T,
+    score_eps=eps,
+  )
+  r, _ = run_particle_filter(
+    BigramLM(4),
+    TABLE,
+    FirstTokenScore(),
+    jnp.asarray(SCORES),
+    [[1], [0], [3]],
+    jax.random.key(0),
+    cfg,
+  )
   w = np.asarray(r.weights, np.float64)
   for p in range(3):
-    agg = np.array([_np_aggregate(_step_scores(r, p, i), aggregation)
-                    for i in range(8)])
+    agg = np.array(
+      [_np_aggregate(_step_scores(r, p, i), aggregation) for i in range(8)]
+    )
     np.testing.assert_allclose(np.asarray(r.aggregated_scores)[p], agg, rtol=1e-5)
     x = np.clip(agg, eps, 1 - eps)
     logit = np.log(x) - np.log1p(-x)
@@ -100,20 +118,39 @@ def test_smc_without_resampling_accumulates_aggregate_potentials(aggregation):
   """ESS threshold 0 never resamples: log w_i = sum_t log(A_t(x_i)) / T with
   A_t the aggregate of the first t step scores, and Z_hat = mean_i w_i."""
   T = 0.7
-  cfg = PFConfig(n_particles=6, max_steps=3, max_step_tokens=2, delimiter_ids=(3,),
-                 stop_ids=(2,), weighting="smc", ess_threshold=0.0, score_eps=0.0,
-                 score_aggregation=aggregation, weight_temperature=T)
-  r, _ = run_particle_filter(BigramLM(4), TABLE, FirstTokenScore(),
-                             jnp.asarray(SCORES), [[1], [0]], jax.random.key(3), cfg)
+  cfg = PFConfig(
+    n_particles=6,
+    max_steps=3,
+    max_step_tokens=2,
+    delimiter_ids=(3,),
+    stop_ids=(2,),
+    weighting="smc",
+    ess_threshold=0.0,
+    score_eps=0.0,
+    score_aggregation=aggregation,
+    weight_temperature=T,
+  )
+  r, _ = run_particle_filter(
+    BigramLM(4),
+    TABLE,
+    FirstTokenScore(),
+    jnp.asarray(SCORES),
+    [[1], [0]],
+    jax.random.key(3),
+    cfg,
+  )
   for p in range(2):
     logw = []
     for i in range(6):
       s = _step_scores(r, p, i)
-      logw.append(sum(np.log(_np_aggregate(s[:t + 1], aggregation))
-                      for t in range(len(s))) / T)
+      logw.append(
+        sum(np.log(_np_aggregate(s[: t + 1], aggregation)) for t in range(len(s))) / T
+      )
     logw = np.array(logw)
     want = np.exp(logw - logw.max())
-    np.testing.assert_allclose(np.asarray(r.weights)[p], want / want.sum(),
-                               rtol=1e-4, atol=1e-7)
-    np.testing.assert_allclose(float(r.log_z[p]),
-                               np.log(np.mean(np.exp(logw))), rtol=1e-4)
+    np.testing.assert_allclose(
+      np.asarray(r.weights)[p], want / want.sum(), rtol=1e-4, atol=1e-7
+    )
+    np.testing.assert_allclose(
+      float(r.log_z[p]), np.log(np.mean(np.exp(logw))), rtol=1e-4
+    )

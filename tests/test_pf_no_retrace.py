@@ -12,18 +12,34 @@ from jaxllm import BigramLM
 
 def test_temperature_sweep_traces_once():
   table = jax.random.normal(jax.random.key(0), (5, 5))
-  base = dict(n_particles=3, max_steps=3, max_step_tokens=2, delimiter_ids=(4,),
-              stop_ids=(2,), scheme="systematic", weighting="smc",
-              ess_threshold=0.5)
-  runs = [dict(sampling_temperature=1.0, weight_temperature=1.0),
-          dict(sampling_temperature=0.5, weight_temperature=1.0),
-          dict(sampling_temperature=0.5, weight_temperature=3.0, ess_threshold=0.9),
-          dict(sampling_temperature=0.0, weight_temperature=0.25)]
+  base = dict(
+    n_particles=3,
+    max_steps=3,
+    max_step_tokens=2,
+    delimiter_ids=(4,),
+    stop_ids=(2,),
+    scheme="systematic",
+    weighting="smc",
+    ess_threshold=0.5,
+  )
+  runs = [
+    dict(sampling_temperature=1.0, weight_temperature=1.0),
+    dict(sampling_temperature=0.5, weight_temperature=1.0),
+    dict(sampling_temperature=0.5, weight_temperature=3.0, ess_threshold=0.9),
+    dict(sampling_temperature=0.0, weight_temperature=0.25),
+  ]
   counts, results = [], []
   for kw in runs:
     cfg = pf.PFConfig(**{**base, **kw})
-    r, _ = pf.run_particle_filter(BigramLM(5), table, ConfidenceScorer(), None,
-                                  [[1, 3], [0]], jax.random.key(1), cfg)
+    r, _ = pf.run_particle_filter(
+      BigramLM(5),
+      table,
+      ConfidenceScorer(),
+      None,
+      [[1, 3], [0]],
+      jax.random.key(1),
+      cfg,
+    )
     results.append(r)
     counts.append(pf.TRACE_COUNT["particle_filter"])
   assert counts[1:] == [counts[0]] * 3, counts
@@ -38,8 +54,9 @@ def test_prm_logit_weight_temperature_traces_once():
   before = None
   for T in (1.0, 2.0):
     cfg = pf.PFConfig(weight_temperature=T, **base)
-    pf.run_particle_filter(BigramLM(4), table, ConfidenceScorer(), None, [[1]],
-                           jax.random.key(0), cfg)
+    pf.run_particle_filter(
+      BigramLM(4), table, ConfidenceScorer(), None, [[1]], jax.random.key(0), cfg
+    )
     n = pf.TRACE_COUNT["particle_filter"]
     assert before is None or n == before
     before = n
@@ -47,6 +64,7 @@ def test_prm_logit_weight_temperature_traces_once():
 
 def test_deprecated_reference_weighting_is_prm_logit():
   import warnings
+
   with warnings.catch_warnings(record=True) as w:
     warnings.simplefilter("always")
     cfg = pf.PFConfig(stop_ids=(1,), weighting="reference")

@@ -24,13 +24,15 @@ P_MIN = 1e-6
 Z_MAX = 5.3  # two-sided p ~ 1.2e-7 per comparison
 NUM_DRAWS = 20_000
 
-N = 8  # one particle count for the whole file: each sampler is compiled only a few times
+N = (
+  8  # one particle count for the whole file: each sampler is compiled only a few times
+)
 
 # Dyadic weights (exact in float32) with zero-weight particles interleaved;
 # N * w = [.5, 0, 1.5, 2.5, 0, 0, 3.5, 0] and [.25, 0, 1.75, .75, 0, 2.25, 3, 0].
 DYADIC_WEIGHTS = [
-    np.array([1, 0, 3, 5, 0, 0, 7, 0]) / 16,
-    np.array([1, 0, 7, 3, 0, 9, 12, 0]) / 32,
+  np.array([1, 0, 3, 5, 0, 0, 7, 0]) / 16,
+  np.array([1, 0, 7, 3, 0, 9, 12, 0]) / 32,
 ]
 
 
@@ -54,8 +56,10 @@ def _embed(support, counts, size):
 
 def _exact_multinomial(w, n):
   support = np.flatnonzero(w)
-  return {_embed(support, c, len(w)): scipy.stats.multinomial.pmf(c, n, w[support])
-          for c in _compositions(n, len(support))}
+  return {
+    _embed(support, c, len(w)): scipy.stats.multinomial.pmf(c, n, w[support])
+    for c in _compositions(n, len(support))
+  }
 
 
 def _exact_systematic(w, n):
@@ -102,15 +106,17 @@ def _exact_residual(w, n):
   r = n - floors.sum()
   if r == 0:
     return {tuple(floors): 1.0}
-  return {tuple(floors + np.array(c)): p
-          for c, p in _exact_multinomial((n * w - floors) / r, r).items()}
+  return {
+    tuple(floors + np.array(c)): p
+    for c, p in _exact_multinomial((n * w - floors) / r, r).items()
+  }
 
 
 EXACT = {
-    "multinomial": _exact_multinomial,
-    "systematic": _exact_systematic,
-    "stratified": _exact_stratified,
-    "residual": _exact_residual,
+  "multinomial": _exact_multinomial,
+  "systematic": _exact_systematic,
+  "stratified": _exact_stratified,
+  "residual": _exact_residual,
 }
 
 
@@ -128,8 +134,9 @@ def _batched_resample(scheme, num_samples):
 
 @functools.lru_cache(maxsize=None)
 def _batched_conditional(scheme):
-  return jax.jit(jax.vmap(
-      lambda k, p, b, s: rs.conditional_resample(k, p, b, scheme, s)))
+  return jax.jit(
+    jax.vmap(lambda k, p, b, s: rs.conditional_resample(k, p, b, scheme, s))
+  )
 
 
 _resample_jit = jax.jit(rs.resample, static_argnums=(2, 3))
@@ -223,17 +230,16 @@ def test_low_variance_schemes_beat_multinomial():
   w = np.array([0.3, 0.05, 0.15, 0.02, 0.2, 0.08, 0.12, 0.08], np.float32)
   w /= w.sum()
   n = N
-  var = {s: _offspring(_draw(s, w, seed=5), n).var(0, ddof=1).sum()
-         for s in SCHEMES}
+  var = {s: _offspring(_draw(s, w, seed=5), n).var(0, ddof=1).sum() for s in SCHEMES}
   # Closed-form sums of per-particle offspring variances (float64):
   w64 = w.astype(np.float64)
   frac = n * w64 - np.floor(n * w64)
   per = _stratum_law(w64, n)
   exact = {
-      "multinomial": (n * w64 * (1 - w64)).sum(),  # 6.53
-      "systematic": (frac * (1 - frac)).sum(),  # count is floor or ceil: 1.51
-      "stratified": (per * (1 - per)).sum(),  # independent strata: 2.19
-      "residual": (frac * (1 - frac / frac.sum())).sum(),  # R r (1 - r): 3.37
+    "multinomial": (n * w64 * (1 - w64)).sum(),  # 6.53
+    "systematic": (frac * (1 - frac)).sum(),  # count is floor or ceil: 1.51
+    "stratified": (per * (1 - per)).sum(),  # independent strata: 2.19
+    "residual": (frac * (1 - frac / frac.sum())).sum(),  # R r (1 - r): 3.37
   }
   for s in SCHEMES:
     assert abs(var[s] - exact[s]) < 0.08 * exact[s], (s, var[s], exact[s])
@@ -257,8 +263,9 @@ def test_residual_deterministic_part_is_exact():
   assert floors.tolist() == [3, 0, 2, 0, 2, 0, 0, 0]
   det = np.repeat(np.arange(N), floors)
   anc = _draw("residual", w, seed=7, num_samples=m)
-  np.testing.assert_array_equal(anc[:, :len(det)],
-                                np.broadcast_to(det, (NUM_DRAWS, len(det))))
+  np.testing.assert_array_equal(
+    anc[:, : len(det)], np.broadcast_to(det, (NUM_DRAWS, len(det)))
+  )
   counts = _offspring(anc, N)
   assert (counts >= floors).all()
   assert (counts[:, 3] == 0).all()  # zero weight: never drawn, not even as a residual
@@ -294,10 +301,12 @@ def test_vmap_over_problems_matches_per_problem(scheme):
   assert batched.shape == (NUM_DRAWS, N) and batched.dtype == np.int32
   keys = _keys(2)
   for b in (0, NUM_DRAWS - 1):  # each row is that problem's own unbatched draw
-    np.testing.assert_array_equal(batched[b],
-                                  _resample_jit(keys[b], probs_BxN[b], N, scheme))
     np.testing.assert_array_equal(
-        batched[b], _resample_log_weights_jit(keys[b], np.log(probs_BxN[b]), N, scheme))
+      batched[b], _resample_jit(keys[b], probs_BxN[b], N, scheme)
+    )
+    np.testing.assert_array_equal(
+      batched[b], _resample_log_weights_jit(keys[b], np.log(probs_BxN[b]), N, scheme)
+    )
 
 
 def test_invalid_arguments_raise():
@@ -338,25 +347,27 @@ def test_normalize_matches_scipy_on_finite_inputs():
   rng = np.random.default_rng(2)
   x = rng.normal(size=(5, N)) * 30 + rng.normal(size=(5, 1)) * 1e3
   probs, inc = jax.jit(jax.vmap(rs.normalize_log_weights))(jnp.asarray(x, jnp.float32))
-  np.testing.assert_allclose(probs, scipy.special.softmax(x, axis=1), rtol=1e-4,
-                             atol=1e-7)
-  np.testing.assert_allclose(inc, scipy.special.logsumexp(x, axis=1) - math.log(N),
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    probs, scipy.special.softmax(x, axis=1), rtol=1e-4, atol=1e-7
+  )
+  np.testing.assert_allclose(
+    inc, scipy.special.logsumexp(x, axis=1) - math.log(N), rtol=1e-5
+  )
 
 
 @pytest.mark.parametrize(
-    "logw, probs, inc",
-    [
-        ([3.7] * 5, [0.2] * 5, 3.7),
-        ([0.0, -np.inf, math.log(3.0)], [0.25, 0.0, 0.75], math.log(4 / 3)),
-        ([-np.inf] * 4, [0.25] * 4, -np.inf),
-        ([np.nan, 0.0, math.log(3.0)], [0.0, 0.25, 0.75], math.log(4 / 3)),
-        ([np.nan] * 3, [1 / 3] * 3, -np.inf),
-        ([np.inf, 1.0, np.inf, np.nan, -np.inf], [0.5, 0, 0.5, 0, 0], np.inf),
-        ([1e30, -1e30, 0.0], [1.0, 0.0, 0.0], 1e30 - math.log(3)),
-        ([-1e30, -1e30], [0.5, 0.5], -1e30),
-        ([5.0], [1.0], 5.0),
-    ],
+  "logw, probs, inc",
+  [
+    ([3.7] * 5, [0.2] * 5, 3.7),
+    ([0.0, -np.inf, math.log(3.0)], [0.25, 0.0, 0.75], math.log(4 / 3)),
+    ([-np.inf] * 4, [0.25] * 4, -np.inf),
+    ([np.nan, 0.0, math.log(3.0)], [0.0, 0.25, 0.75], math.log(4 / 3)),
+    ([np.nan] * 3, [1 / 3] * 3, -np.inf),
+    ([np.inf, 1.0, np.inf, np.nan, -np.inf], [0.5, 0, 0.5, 0, 0], np.inf),
+    ([1e30, -1e30, 0.0], [1.0, 0.0, 0.0], 1e30 - math.log(3)),
+    ([-1e30, -1e30], [0.5, 0.5], -1e30),
+    ([5.0], [1.0], 5.0),
+  ],
 )
 def test_normalize_degenerate(logw, probs, inc):
   fn = jax.jit(rs.normalize_log_weights)
@@ -370,8 +381,10 @@ def test_normalize_degenerate(logw, probs, inc):
 
 
 def test_normalize_vmap_over_degenerate_batch():
-  batch = jnp.array([[0.0, 1.0, 2.0], [-jnp.inf] * 3, [jnp.nan, jnp.inf, 0.0],
-                     [jnp.nan] * 3], jnp.float32)
+  batch = jnp.array(
+    [[0.0, 1.0, 2.0], [-jnp.inf] * 3, [jnp.nan, jnp.inf, 0.0], [jnp.nan] * 3],
+    jnp.float32,
+  )
   p, inc = jax.jit(jax.vmap(rs.normalize_log_weights))(batch)
   assert not np.isnan(p).any() and not np.isnan(inc).any()
   np.testing.assert_allclose(p.sum(1), 1.0, rtol=1e-6)
@@ -382,16 +395,22 @@ def test_ess_and_entropy_closed_forms():
   two = np.zeros(N)
   two[[1, 6]] = 0.5
   random = np.random.default_rng(3).dirichlet(np.ones(N), size=4)
-  rows = np.concatenate([[np.full(N, 1 / N), np.eye(N)[3], two, 5 * two, np.zeros(N)],
-                         random])
+  rows = np.concatenate(
+    [[np.full(N, 1 / N), np.eye(N)[3], two, 5 * two, np.zeros(N)], random]
+  )
   fn = jax.jit(jax.vmap(lambda p: (rs.ess(p), rs.entropy_normalised(p))))
   ess, ent = map(np.asarray, fn(rows.astype(np.float32)))
   np.testing.assert_allclose(ess[:5], [N, 1, 2, 2, 0], rtol=1e-6)  # 5 * two: scale-free
-  np.testing.assert_allclose(ess[5:], 1 / (random ** 2).sum(1), rtol=1e-5)
-  np.testing.assert_allclose(ent[:4], [1, 0, math.log(2) / math.log(N),
-                                       math.log(2) / math.log(N)], rtol=1e-6, atol=1e-7)
-  np.testing.assert_allclose(ent[5:], scipy.stats.entropy(random, axis=1) / math.log(N),
-                             rtol=1e-5)
+  np.testing.assert_allclose(ess[5:], 1 / (random**2).sum(1), rtol=1e-5)
+  np.testing.assert_allclose(
+    ent[:4],
+    [1, 0, math.log(2) / math.log(N), math.log(2) / math.log(N)],
+    rtol=1e-6,
+    atol=1e-7,
+  )
+  np.testing.assert_allclose(
+    ent[5:], scipy.stats.entropy(random, axis=1) / math.log(N), rtol=1e-5
+  )
   assert rs.entropy_normalised(jnp.ones(1)) == 1.0
 
 
@@ -408,8 +427,11 @@ def test_prm_reference_probs():
   expected = scipy.special.softmax(np.log(rc / (1 - rc)) / t)
   with_nan = np.array([np.nan, 0.5, 0.5, np.nan, np.nan, np.nan, np.nan, np.nan])
   rows = np.stack([r, with_nan, np.full(N, np.nan)]).astype(np.float32)
-  fn = jax.jit(jax.vmap(lambda s: (rs.prm_reference_probs(s, t, eps),
-                                   rs.prm_logit_log_weights(s, t, eps))))
+  fn = jax.jit(
+    jax.vmap(
+      lambda s: (rs.prm_reference_probs(s, t, eps), rs.prm_logit_log_weights(s, t, eps))
+    )
+  )
   probs, logw = map(np.asarray, fn(rows))
   np.testing.assert_allclose(probs[0], expected, rtol=2e-4, atol=1e-9)
   assert np.isfinite(logw[0]).all()  # scores 0 and 1 are clipped
@@ -424,21 +446,25 @@ _normalize_jit = jax.jit(rs.normalize_log_weights)
 def test_prm_log_potential_and_reweight_evidence():
   rng = np.random.default_rng(4)
   r1, r2 = rng.uniform(0.05, 1.0, size=(2, N))
-  pot = jax.jit(jax.vmap(rs.prm_log_potential))(np.stack([r1, r2, np.zeros(N)]),
-                                                np.array([1.0, 2.0, 1.0]))
+  pot = jax.jit(jax.vmap(rs.prm_log_potential))(
+    np.stack([r1, r2, np.zeros(N)]), np.array([1.0, 2.0, 1.0])
+  )
   np.testing.assert_allclose(pot[0], np.log(r1), rtol=1e-5)
   np.testing.assert_allclose(pot[1], np.log(r2) / 2, rtol=1e-5)
   assert np.isfinite(pot[2]).all()  # a zero score is clipped to eps by default ...
-  np.testing.assert_array_equal(rs.prm_log_potential(jnp.zeros(2), eps=0.0),
-                                [-np.inf] * 2)  # ... and kills the particle with eps = 0
+  np.testing.assert_array_equal(
+    rs.prm_log_potential(jnp.zeros(2), eps=0.0), [-np.inf] * 2
+  )  # ... and kills the particle with eps = 0
   logw, inc1 = _reweight_jit(np.zeros(N), pot[0])
   logw, inc2 = _reweight_jit(logw, pot[1])
   total = np.log(r1) + np.log(r2) / 2
   # Without resampling: log Z_hat = log mean_i prod_t G_t(i); weights ∝ prod_t G_t.
-  np.testing.assert_allclose(inc1 + inc2, scipy.special.logsumexp(total) - math.log(N),
-                             rtol=1e-5)
-  np.testing.assert_allclose(_normalize_jit(logw)[0], scipy.special.softmax(total),
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    inc1 + inc2, scipy.special.logsumexp(total) - math.log(N), rtol=1e-5
+  )
+  np.testing.assert_allclose(
+    _normalize_jit(logw)[0], scipy.special.softmax(total), rtol=1e-5
+  )
 
 
 def test_reweight_active_mask_and_degenerate():
@@ -448,8 +474,9 @@ def test_reweight_active_mask_and_degenerate():
   new, inc = rs.reweight(np.log(w), np.log(g), active)
   g_eff = np.where(active, g, 1.0)  # finished particles keep their weight (G = 1)
   np.testing.assert_allclose(inc, np.log((w * g_eff).sum()), rtol=1e-6)
-  np.testing.assert_allclose(_normalize_jit(new)[0], w * g_eff / (w * g_eff).sum(),
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    _normalize_jit(new)[0], w * g_eff / (w * g_eff).sum(), rtol=1e-5
+  )
   # All potentials -inf: evidence increment -inf, weights uniform, nothing NaN.
   new, inc = _reweight_jit(np.log(w), np.full(N, -np.inf))
   assert inc == -np.inf and not np.isnan(new).any()
@@ -475,9 +502,12 @@ def test_should_and_maybe_resample():
   peaked = np.log(np.array([0.93] + [0.01] * 7))  # ESS ~ 1.16 < N / 2
   with_nan = np.array([np.nan] + [0.0] * 7)  # ESS = 7 >= N / 2
   should = jax.jit(jax.vmap(rs.should_resample))
-  probs = np.stack([np.full(N, 1 / N), np.exp(peaked), np.exp(peaked), np.full(N, 1 / N)])
-  np.testing.assert_array_equal(should(probs, np.array([0.5, 0.5, 0.0, 1.01])),
-                                [False, True, False, True])  # 0: never, > 1: always
+  probs = np.stack(
+    [np.full(N, 1 / N), np.exp(peaked), np.exp(peaked), np.full(N, 1 / N)]
+  )
+  np.testing.assert_array_equal(
+    should(probs, np.array([0.5, 0.5, 0.0, 1.01])), [False, True, False, True]
+  )  # 0: never, > 1: always
   fn = jax.jit(jax.vmap(lambda k, lw: rs.maybe_resample(k, lw, 0.5, "systematic")))
   keys = jax.random.split(jax.random.PRNGKey(3), 3)
   anc, logw_after, did = fn(keys, np.stack([flat, peaked, with_nan]))
@@ -486,11 +516,14 @@ def test_should_and_maybe_resample():
   np.testing.assert_array_equal(anc[2], np.arange(N))
   np.testing.assert_array_equal(logw_after[0], flat)
   np.testing.assert_array_equal(logw_after[1], np.zeros(N))
-  np.testing.assert_array_equal(logw_after[2], np.where(np.isnan(with_nan), -np.inf, 0.0))
+  np.testing.assert_array_equal(
+    logw_after[2], np.where(np.isnan(with_nan), -np.inf, 0.0)
+  )
   # Systematic with N w_0 = 7.44: particle 0 gets 7 or 8 copies.
   assert 7 <= int((anc[1] == 0).sum()) <= 8
   np.testing.assert_array_equal(
-      anc[1], rs.systematic(keys[1], rs.normalize_log_weights(peaked)[0], N))
+    anc[1], rs.systematic(keys[1], rs.normalize_log_weights(peaked)[0], N)
+  )
 
 
 # ----------------------------------------------------------------------------------
@@ -505,8 +538,9 @@ def test_entropic_temperature_hand_computed():
   np.testing.assert_allclose(rs.entropic_temperature(p, 0.2, "ess"), 1.664, rtol=1e-5)
   # Entropy mode: H = -(0.7 ln 0.7 + 0.3 ln 0.1) = 0.940448, H_n = H / ln 4 = 0.678391,
   # beta = 0.678391 + 0.321609 * 0.2 = 0.742713, T = 1 / beta = 1.346417.
-  np.testing.assert_allclose(rs.entropic_temperature(p, 0.2, "entropy"), 1.346417,
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    rs.entropic_temperature(p, 0.2, "entropy"), 1.346417, rtol=1e-5
+  )
   for mode in ("ess", "entropy"):
     assert rs.entropic_temperature(p, 0.5, mode) == 1.0  # progress not < 0.5
     assert rs.entropic_temperature(jnp.full(4, 0.25), 0.1, mode) == 1.0  # ratio 1
@@ -518,7 +552,9 @@ def test_entropic_temperature_hand_computed():
   assert rs.entropic_temperature(one_hot, 0.0, "entropy", max_temperature=10.0) == 10.0
   np.testing.assert_allclose(rs.entropic_temperature(one_hot, 0.25, "entropy"), 4.0)
   # Thresholds are flags, and progress may be a traced array.
-  fn = jax.jit(lambda pr: rs.entropic_temperature(p, pr, "ess", ess_ratio_threshold=0.4))
+  fn = jax.jit(
+    lambda pr: rs.entropic_temperature(p, pr, "ess", ess_ratio_threshold=0.4)
+  )
   assert fn(jnp.float32(0.2)) == 1.0
 
 
@@ -529,8 +565,9 @@ def test_tempered_probs():
   temps = np.array([1.0, 2.5, 4.0, np.inf, np.inf])
   got = np.asarray(jax.jit(jax.vmap(rs.tempered_probs))(rows, temps))
   for b, t in enumerate(temps[:3]):
-    np.testing.assert_allclose(got[b, live], scipy.special.softmax(logw[live] / t),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+      got[b, live], scipy.special.softmax(logw[live] / t), rtol=1e-5
+    )
     assert (got[b, ~live] == 0.0).all()
   np.testing.assert_allclose(got[3], live / live.sum(), rtol=1e-6)  # T = inf: uniform
   np.testing.assert_array_equal(got[4], np.eye(N)[0])  # +inf keeps all the mass
@@ -550,8 +587,9 @@ def _conditional_draws(scheme, w, ref_index, ref_slot, seed):
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
-@pytest.mark.parametrize("widx, ref_index, ref_slot",
-                         [(0, 0, 0), (0, 6, 5), (1, 3, 7), (1, 6, 0)])
+@pytest.mark.parametrize(
+  "widx, ref_index, ref_slot", [(0, 0, 0), (0, 6, 5), (1, 3, 7), (1, 6, 0)]
+)
 def test_conditional_resample_law(scheme, widx, ref_index, ref_slot):
   """Keeps the reference, and the count law is c_b P(c) / (N w_b) (exact, exchangeable)."""
   w = DYADIC_WEIGHTS[widx]
@@ -559,7 +597,9 @@ def test_conditional_resample_law(scheme, widx, ref_index, ref_slot):
   anc = _conditional_draws(scheme, w, ref_index, ref_slot, seed=21 + ref_slot)
   assert anc.dtype == np.int32 and anc.shape == (NUM_DRAWS, N)
   assert (anc[:, ref_slot] == ref_index).all()
-  law = {c: c[ref_index] * p / (N * w[ref_index]) for c, p in EXACT[scheme](w, N).items()}
+  law = {
+    c: c[ref_index] * p / (N * w[ref_index]) for c, p in EXACT[scheme](w, N).items()
+  }
   _assert_law(_offspring(anc, N), law)
 
 

@@ -14,8 +14,7 @@ ALPHA = 1e-6  # false-alarm rate of each chi-square test
 
 def draw(logits_V, s, n=N, seed=0):
   keys = jax.random.split(jax.random.key(seed), 8)
-  lg = jnp.broadcast_to(jnp.asarray(logits_V, jnp.float32),
-                        (n // 8, len(logits_V)))
+  lg = jnp.broadcast_to(jnp.asarray(logits_V, jnp.float32), (n // 8, len(logits_V)))
   f = jax.jit(lambda k: sample(k, lg, s))
   return np.concatenate([np.asarray(f(k)) for k in keys])
 
@@ -137,11 +136,14 @@ def kept(logits_V, s, pad_to=None):
 
 def hf_kept(warper, logits_V):
   import torch
+
   out = warper(None, torch.tensor(np.asarray(logits_V, np.float32))[None])
   return np.flatnonzero(torch.isfinite(out[0]).numpy())
 
 
-@pytest.mark.parametrize("probs,top_p,want", [
+@pytest.mark.parametrize(
+  "probs,top_p,want",
+  [
     # mass before each sorted token: 0, .4, .6, .8 -> the first two reach .5.
     ([0.4, 0.2, 0.2, 0.2], 0.5, [0, 1]),
     # 0, .5, .7, .9 -> two tokens; the tied 0.2s are not both kept.
@@ -149,9 +151,11 @@ def hf_kept(warper, logits_V):
     # Tie at the top: a tiny top_p keeps only the lowest-index argmax (greedy).
     ([0.4, 0.4, 0.15, 0.05], 1e-6, [0]),
     ([0.1, 0.3, 0.3, 0.3], 1e-6, [1]),
-])
+  ],
+)
 def test_top_p_ties_keep_smallest_set(probs, top_p, want):
   from transformers.generation.logits_process import TopPLogitsWarper
+
   lg = np.log(np.asarray(probs, np.float32))
   got = kept(lg, make_sampling(1.0, top_p=top_p))
   np.testing.assert_array_equal(got, want)
@@ -159,8 +163,9 @@ def test_top_p_ties_keep_smallest_set(probs, top_p, want):
   # another member of a tie: its ascending sort keeps the highest index).
   ref = hf_kept(TopPLogitsWarper(top_p), lg)
   assert len(ref) == len(want)
-  np.testing.assert_allclose(np.sort(np.asarray(probs)[ref]),
-                             np.sort(np.asarray(probs)[want]))
+  np.testing.assert_allclose(
+    np.sort(np.asarray(probs)[ref]), np.sort(np.asarray(probs)[want])
+  )
 
 
 def test_top_p_tie_distribution():
@@ -175,6 +180,7 @@ def test_top_p_tie_distribution():
 
 def test_top_p_matches_transformers_on_random_logits():
   from transformers.generation.logits_process import TopPLogitsWarper
+
   rng = np.random.default_rng(0)
   checked = 0
   for trial in range(300):
@@ -185,8 +191,9 @@ def test_top_p_matches_transformers_on_random_logits():
     if np.min(np.abs(np.cumsum(p) - top_p)) < 1e-4:
       continue  # within float rounding of the boundary: either answer is right
     got = kept(lg, make_sampling(1.0, top_p=top_p), pad_to=256)
-    np.testing.assert_array_equal(got, hf_kept(TopPLogitsWarper(top_p), lg),
-                                  err_msg=f"trial {trial}")
+    np.testing.assert_array_equal(
+      got, hf_kept(TopPLogitsWarper(top_p), lg), err_msg=f"trial {trial}"
+    )
     checked += 1
   assert checked > 250
 
@@ -206,18 +213,22 @@ def test_top_k_ties_keep_exactly_k():
 
 def test_top_k_matches_transformers_on_untied_logits():
   from transformers.generation.logits_process import TopKLogitsWarper
+
   rng = np.random.default_rng(1)
   for trial in range(100):
     V = int(rng.integers(2, 100))
     lg = rng.normal(size=V).astype(np.float32)
     k = int(rng.integers(1, V + 3))
-    np.testing.assert_array_equal(kept(lg, make_sampling(1.0, top_k=k), pad_to=128),
-                                  hf_kept(TopKLogitsWarper(k), lg),
-                                  err_msg=f"trial {trial}")
+    np.testing.assert_array_equal(
+      kept(lg, make_sampling(1.0, top_k=k), pad_to=128),
+      hf_kept(TopKLogitsWarper(k), lg),
+      err_msg=f"trial {trial}",
+    )
 
 
 def test_min_p_keeps_every_token_at_threshold():
   from transformers.generation.logits_process import MinPLogitsWarper
+
   # p = [.4, .2, .2, .1, .1]; min_p .45 -> threshold .18: the tied .2s both stay
   # (a threshold, not a set size), the .1s go.
   lg = np.log(np.array([0.4, 0.2, 0.2, 0.1, 0.1], np.float32))

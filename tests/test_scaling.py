@@ -19,11 +19,11 @@ def _tiny_models(root):
   pol, cfg = save_tiny_policy(root)
   ver = os.path.join(root, "verifier")
   os.makedirs(ver)
-  checkpoint.save_model_config(
-      os.path.join(ver, checkpoint.MODEL_CONFIG_FILE), cfg)
+  checkpoint.save_model_config(os.path.join(ver, checkpoint.MODEL_CONFIG_FILE), cfg)
   for i, name in enumerate(("prm", "orm")):
-    reward.save_reward_params(os.path.join(ver, name),
-                              reward.init_reward_params(cfg, jax.random.key(i)))
+    reward.save_reward_params(
+      os.path.join(ver, name), reward.init_reward_params(cfg, jax.random.key(i))
+    )
   return pol, ver
 
 
@@ -73,8 +73,7 @@ def test_rerun_does_no_work_and_kill_resume_matches(setup):
   with open(os.path.join(killed, "rows.jsonl"), "w") as f:
     f.writelines(keep)
     f.write(lines[-1][:20])  # a torn line
-  os.link(os.path.join(full, "pool_seed0.npz"),
-          os.path.join(killed, "pool_seed0.npz"))
+  os.link(os.path.join(full, "pool_seed0.npz"), os.path.join(killed, "pool_seed0.npz"))
   s3 = scaling.run_sweep(c, killed)
   assert s3["pools_generated"] == 1  # only seed 1's pool
   got = _rows(killed)
@@ -89,6 +88,7 @@ def test_pool_prefills_each_prompt_once(setup, monkeypatch):
   the compute record charges one prompt prefill per problem."""
   root, c = setup
   from jaxllm.decoding import Transformer
+
   calls = []
   orig = Transformer.prefill
 
@@ -99,6 +99,7 @@ def test_pool_prefills_each_prompt_once(setup, monkeypatch):
   monkeypatch.setattr(Transformer, "prefill", counting)
   policy, pconfig, vcfg, verifiers = scaling.load_models(c)
   from experiments import train_policy as tp
+
   problems = tp.heldout_problems(pconfig, c.n_problems)
   c2 = ml_collections.ConfigDict(c.to_dict())
   c2.rows_per_call = 48  # 6 problems x 8 samples in one call

@@ -32,11 +32,26 @@ def _table(seed=0):
 
 
 def _beam(temperature, seed, **kw):
-  cfg = BeamConfig(n_paths=4, beam_width=2, max_steps=3, max_step_tokens=3,
-                   delimiter_ids=(DELIM,), stop_ids=(EOS,),
-                   sampling_temperature=temperature, return_trace=True, **kw)
-  return run_beam_search(BigramLM(V), _table(), ConfidenceScorer(), None,
-                         [[0], [1, 2]], jax.random.key(seed), cfg)[0]
+  cfg = BeamConfig(
+    n_paths=4,
+    beam_width=2,
+    max_steps=3,
+    max_step_tokens=3,
+    delimiter_ids=(DELIM,),
+    stop_ids=(EOS,),
+    sampling_temperature=temperature,
+    return_trace=True,
+    **kw,
+  )
+  return run_beam_search(
+    BigramLM(V),
+    _table(),
+    ConfidenceScorer(),
+    None,
+    [[0], [1, 2]],
+    jax.random.key(seed),
+    cfg,
+  )[0]
 
 
 def test_beam_temperature_sweep_traces_once():
@@ -56,8 +71,10 @@ def test_beam_traced_temperature_reaches_the_sampler(method):
   for p in range(2):
     rows = slice(4 * p, 4 * p + 4)
     assert (cold["cand_tokens"][0, rows] == cold["cand_tokens"][0, 4 * p]).all()
-  assert any((hot["cand_tokens"][0, 4 * p:4 * p + 4] !=
-              hot["cand_tokens"][0, 4 * p]).any() for p in range(2))
+  assert any(
+    (hot["cand_tokens"][0, 4 * p : 4 * p + 4] != hot["cand_tokens"][0, 4 * p]).any()
+    for p in range(2)
+  )
 
 
 def test_group_rules_are_the_config_names():
@@ -69,18 +86,34 @@ def test_group_rules_are_the_config_names():
 
 
 def _astar(temperature, seed, **kw):
-  cfg = AStarConfig(expansion="sample", num_children=3, capacity=8,
-                    max_step_tokens=2, max_solution_tokens=6,
-                    delimiter_ids=(DELIM,), stop_ids=(EOS,), heuristic="zero",
-                    prm_weight=0.0, lm_weight=1.0, temperature=temperature,
-                    **kw)
-  return run_astar(BigramLM(V), _table(1), ConfidenceScorer(), None,
-                   [[0], [2, 3]], jax.random.key(seed), cfg)[0]
+  cfg = AStarConfig(
+    expansion="sample",
+    num_children=3,
+    capacity=8,
+    max_step_tokens=2,
+    max_solution_tokens=6,
+    delimiter_ids=(DELIM,),
+    stop_ids=(EOS,),
+    heuristic="zero",
+    prm_weight=0.0,
+    lm_weight=1.0,
+    temperature=temperature,
+    **kw,
+  )
+  return run_astar(
+    BigramLM(V),
+    _table(1),
+    ConfidenceScorer(),
+    None,
+    [[0], [2, 3]],
+    jax.random.key(seed),
+    cfg,
+  )[0]
 
 
 def _answers(res):
   tok, n = np.asarray(res.tokens), np.asarray(res.length)
-  return [tuple(tok[i, :n[i]]) for i in range(tok.shape[0])]
+  return [tuple(tok[i, : n[i]]) for i in range(tok.shape[0])]
 
 
 def test_astar_temperature_and_budget_sweep_traces_once():
@@ -97,8 +130,10 @@ def test_astar_traced_temperature_reaches_the_sampler():
   different keys give different searches."""
   cold = {_answers(_astar(0.0, s))[0] for s in range(4)}
   assert len(cold) == 1
-  hot = [(_answers(r), np.asarray(r.expanded).tolist())
-         for r in (_astar(5.0, s) for s in range(4))]
+  hot = [
+    (_answers(r), np.asarray(r.expanded).tolist())
+    for r in (_astar(5.0, s) for s in range(4))
+  ]
   assert len({repr(h) for h in hot}) > 1
 
 
@@ -115,8 +150,7 @@ def test_registry_names_resolve_to_objects():
   assert isinstance(astar.resolve("g_mode", "sum"), astar.SumCost)
   assert isinstance(astar.resolve("g_mode", "mean"), astar.MeanCost)
   assert isinstance(astar.resolve("heuristic", "zero"), astar.ZeroHeuristic)
-  assert isinstance(astar.resolve("heuristic", "latest"),
-                    astar.LatestStepHeuristic)
+  assert isinstance(astar.resolve("heuristic", "latest"), astar.LatestStepHeuristic)
   obj = DoubleSum()
   assert astar.resolve("g_mode", obj) is obj
   with pytest.raises(ValueError, match=r"AStarConfig\.g_mode"):
@@ -133,13 +167,18 @@ def test_builtin_objects_compute_the_documented_formulas():
   np.testing.assert_allclose(astar.SumCost().g(cost, depth), [3.0, 6.0, 0.5])
   np.testing.assert_allclose(astar.MeanCost().g(cost, depth), [3.0, 2.0, 0.5])
   inp = astar.HeuristicInput(
-      tokens=jnp.zeros((3, 2), jnp.int32), length=depth, depth=depth,
-      last_score=jnp.array([0.5, 0.25, 1.0]), last_token=depth,
-      complete=jnp.zeros((3,), bool), problem=depth, g=cost,
-      expected_total_steps=jnp.float32(2.5))
+    tokens=jnp.zeros((3, 2), jnp.int32),
+    length=depth,
+    depth=depth,
+    last_score=jnp.array([0.5, 0.25, 1.0]),
+    last_token=depth,
+    complete=jnp.zeros((3,), bool),
+    problem=depth,
+    g=cost,
+    expected_total_steps=jnp.float32(2.5),
+  )
   want = [np.log(2) * 2.5, np.log(4) * 1.0, 0.0]  # max(E - d, 1)
-  np.testing.assert_allclose(astar.LatestStepHeuristic()(None, inp), want,
-                             rtol=1e-6)
+  np.testing.assert_allclose(astar.LatestStepHeuristic()(None, inp), want, rtol=1e-6)
   np.testing.assert_array_equal(astar.ZeroHeuristic()(None, inp), 0.0)
 
 
@@ -150,15 +189,26 @@ def test_objects_and_names_give_the_same_search():
   of least cost (exhaustive check) and its g is twice that cost."""
   table = _table(2)
   logp = np.asarray(jax.nn.log_softmax(table, -1), np.float64)
-  base = dict(expansion="enumerate", max_solution_tokens=3, stop_ids=(EOS,),
-              capacity=512, prm_weight=0.0, lm_weight=1.0)
-  run = lambda **kw: run_astar(BigramLM(V), table, ConfidenceScorer(), None,
-                               [[0], [3]], jax.random.key(0),
-                               AStarConfig(**base, **kw))[0]
+  base = dict(
+    expansion="enumerate",
+    max_solution_tokens=3,
+    stop_ids=(EOS,),
+    capacity=512,
+    prm_weight=0.0,
+    lm_weight=1.0,
+  )
+  run = lambda **kw: run_astar(
+    BigramLM(V),
+    table,
+    ConfidenceScorer(),
+    None,
+    [[0], [3]],
+    jax.random.key(0),
+    AStarConfig(**base, **kw),
+  )[0]
   for name in ("sum", "mean"):
     by_name = run(g_mode=name, heuristic="zero")
-    by_obj = run(g_mode=astar.resolve("g_mode", name),
-                 heuristic=astar.ZeroHeuristic())
+    by_obj = run(g_mode=astar.resolve("g_mode", name), heuristic=astar.ZeroHeuristic())
     assert _answers(by_name) == _answers(by_obj)
     np.testing.assert_array_equal(by_name.expanded, by_obj.expanded)
     np.testing.assert_array_equal(by_name.g, by_obj.g)
@@ -166,8 +216,7 @@ def test_objects_and_names_give_the_same_search():
   for i, start in enumerate((0, 3)):
     best, best_cost = None, np.inf
     for n in range(3):  # at most 2 steps before the stop (L = 3)
-      for prefix in itertools.product([t for t in range(V) if t != EOS],
-                                      repeat=n):
+      for prefix in itertools.product([t for t in range(V) if t != EOS], repeat=n):
         seq, last, total = prefix + (EOS,), start, 0.0
         for x in seq:
           total, last = total - logp[last, x], x

@@ -45,19 +45,29 @@ MESHES = ("data=8", "data=4,model=2", "data=2,model=4")
 # The subprocess driver
 # ----------------------------------------------------------------------------
 
+
 def run_case(case: str, *args: str, timeout: int = 240) -> dict:
   """Run `python tests/test_sharding.py case args...` with 8 CPU devices and
   return the JSON it prints last."""
   env = dict(os.environ)
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_"
-                      f"device_count={N_DEVICES}").strip()
+  env["XLA_FLAGS"] = (
+    env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={N_DEVICES}"
+  ).strip()
   env["JAX_PLATFORMS"] = "cpu"
   env["PYTHONPATH"] = os.pathsep.join(
-      [ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-  proc = subprocess.run([sys.executable, HERE, case, *args], env=env, cwd=ROOT,
-                        capture_output=True, text=True, timeout=timeout)
-  assert proc.returncode == 0, (f"case {case} {args} failed:\n"
-                                f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    [ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+  )
+  proc = subprocess.run(
+    [sys.executable, HERE, case, *args],
+    env=env,
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
+  assert proc.returncode == 0, (
+    f"case {case} {args} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+  )
   lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
   assert lines, f"case {case} printed no JSON:\n{proc.stdout[-2000:]}"
   return json.loads(lines[-1])
@@ -67,18 +77,22 @@ def run_case(case: str, *args: str, timeout: int = 240) -> dict:
 # In-process tests (no extra devices needed)
 # ----------------------------------------------------------------------------
 
+
 def test_parse_mesh_spec():
   from jaxllm.sharding import parse_mesh_spec
+
   assert parse_mesh_spec("data=4,model=2", 8) == dict(data=4, fsdp=1, model=2)
   assert parse_mesh_spec("", 8) == dict(data=8, fsdp=1, model=1)
   assert parse_mesh_spec(None, 2) == dict(data=2, fsdp=1, model=1)
-  assert parse_mesh_spec("data=-1,model=4", 16) == dict(data=4, fsdp=1,
-                                                        model=4)
+  assert parse_mesh_spec("data=-1,model=4", 16) == dict(data=4, fsdp=1, model=4)
   assert parse_mesh_spec(" fsdp=2 , model=2, data=2", 8) == dict(
-      data=2, fsdp=2, model=2)
+    data=2, fsdp=2, model=2
+  )
 
 
-@pytest.mark.parametrize("spec,n,words", [
+@pytest.mark.parametrize(
+  "spec,n,words",
+  [
     ("data=3,model=2", 8, ["data=3", "model=2", "= 6 devices", "8 devices"]),
     ("data=4", 2, ["data=4", "= 4 devices", "2 devices"]),
     ("data=4,tensor=2", 8, ["unknown mesh axis 'tensor'", "data, fsdp, model"]),
@@ -88,9 +102,11 @@ def test_parse_mesh_spec():
     ("model=0", 8, ["'model' size must be >= 1"]),
     ("data=-1,model=-1", 8, ["only one axis may be -1"]),
     ("data=-1,model=3", 8, ["multiply to 3", "8 devices", "'data' = -1"]),
-])
+  ],
+)
 def test_bad_mesh_spec_names_axis_and_numbers(spec, n, words):
   from jaxllm.sharding import parse_mesh_spec
+
   with pytest.raises(ValueError) as e:
     parse_mesh_spec(spec, n)
   for w in words:
@@ -102,26 +118,32 @@ def test_rules_errors_in_process():
   many devices this process has."""
   import jax
   from jaxllm import sharding as sh
+
   n = len(jax.devices())
   mesh = sh.make_mesh()
   assert dict(mesh.shape) == dict(data=n, fsdp=1, model=1)
-  with pytest.raises(ValueError, match=rf"data=\d+ .* = {n + 1} devices, but "
-                     rf"there are {n} devices"):
+  with pytest.raises(
+    ValueError,
+    match=rf"data=\d+ .* = {n + 1} devices, but "
+    rf"there are {n} devices",
+  ):
     sh.make_mesh(f"data={n + 1}")
   with pytest.raises(ValueError, match="unknown logical axis 'layers'"):
     sh.logical_to_spec(("layers", "embed"), mesh)
   with pytest.raises(ValueError, match="unknown mesh axis 'tensor'"):
     sh.logical_to_spec(("vocab",), mesh, rules=(("vocab", "tensor"),))
-  with pytest.raises(ValueError, match="mesh axis 'model' would shard both "
-                     "logical axes 'heads' and 'mlp'"):
+  with pytest.raises(
+    ValueError,
+    match="mesh axis 'model' would shard both logical axes 'heads' and 'mlp'",
+  ):
     sh.logical_to_spec(("heads", "mlp"), mesh)
   with pytest.raises(ValueError, match="listed twice"):
-    sh.logical_to_spec(("vocab",), mesh, rules=(("vocab", None),
-                                                ("vocab", "model")))
+    sh.logical_to_spec(("vocab",), mesh, rules=(("vocab", None), ("vocab", "model")))
   # A user mesh without some axes: rules naming them are dropped.
   only_data = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
   assert sh.logical_to_spec(("batch", "heads"), only_data) == (
-      jax.sharding.PartitionSpec("data", None))
+    jax.sharding.PartitionSpec("data", None)
+  )
 
 
 def test_every_param_axis_has_a_rule():
@@ -130,13 +152,25 @@ def test_every_param_axis_has_a_rule():
   from jaxllm import sharding as sh
   from jaxllm.config import ModelConfig
   from jaxllm.params import is_spec, param_specs
-  cfg = ModelConfig(vocab_size=32, d_model=16, n_layers=1, n_heads=2,
-                    n_kv_heads=1, d_ff=24, qkv_bias=True, post_norms=True,
-                    tie_embeddings=False)
+
+  cfg = ModelConfig(
+    vocab_size=32,
+    d_model=16,
+    n_layers=1,
+    n_heads=2,
+    n_kv_heads=1,
+    d_ff=24,
+    qkv_bias=True,
+    post_norms=True,
+    tie_embeddings=False,
+  )
   known = {name for name, _ in sh.RULES}
-  used = {a for spec in jax.tree_util.tree_leaves(param_specs(cfg),
-                                                  is_leaf=is_spec)
-          for a in spec.axes if a is not None}
+  used = {
+    a
+    for spec in jax.tree_util.tree_leaves(param_specs(cfg), is_leaf=is_spec)
+    for a in spec.axes
+    if a is not None
+  }
   assert used == {"vocab", "embed", "heads", "kv_heads", "head_dim", "mlp"}
   assert used <= known, used - known
   assert {a for axes in sh.CACHE_AXES.values() for a in axes} <= known
@@ -150,36 +184,42 @@ def test_init_params_under_jit_matches_eager_formula():
   import jax.numpy as jnp
   from jaxllm.config import ModelConfig
   from jaxllm.params import init_params, is_spec, param_specs
-  cfg = ModelConfig(vocab_size=32, d_model=16, n_layers=1, n_heads=2,
-                    n_kv_heads=1, d_ff=24)
+
+  cfg = ModelConfig(
+    vocab_size=32, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=24
+  )
   key = jax.random.key(3)
   got = jax.tree_util.tree_leaves(init_params(cfg, key))
   specs = jax.tree_util.tree_leaves(param_specs(cfg), is_leaf=is_spec)
   keys = jax.random.split(key, len(specs))
   for g, s, k in zip(got, specs, keys):
     if s.init == "normal":
-      want = s.fan_in ** -0.5 * jax.random.normal(k, s.shape, jnp.float32)
+      want = s.fan_in**-0.5 * jax.random.normal(k, s.shape, jnp.float32)
     else:
       want = (jnp.zeros if s.init == "zeros" else jnp.ones)(s.shape)
-    np.testing.assert_allclose(np.asarray(g), np.asarray(want), rtol=1e-6,
-                               atol=1e-7)
+    np.testing.assert_allclose(np.asarray(g), np.asarray(want), rtol=1e-6, atol=1e-7)
 
 
 def test_init_params_rejects_bad_shardings():
   import jax
   from jaxllm.config import ModelConfig
   from jaxllm.params import init_params
-  cfg = ModelConfig(vocab_size=32, d_model=16, n_layers=1, n_heads=2,
-                    n_kv_heads=1, d_ff=24)
-  with pytest.raises(ValueError, match="one jax.sharding.Sharding per "
-                     "parameter"):
-    init_params(cfg, jax.random.key(0),
-                shardings=jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+
+  cfg = ModelConfig(
+    vocab_size=32, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=24
+  )
+  with pytest.raises(ValueError, match="one jax.sharding.Sharding per parameter"):
+    init_params(
+      cfg,
+      jax.random.key(0),
+      shardings=jax.sharding.SingleDeviceSharding(jax.devices()[0]),
+    )
 
 
 # ----------------------------------------------------------------------------
 # Multi-device tests (subprocess, 8 CPU devices)
 # ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("spec", MESHES)
 def test_sharded_decoding_matches_one_device(spec):
@@ -194,12 +234,15 @@ def test_sharded_decoding_matches_one_device(spec):
   assert r["batch_sharded"], r
 
 
-@pytest.mark.parametrize("algo,spec", [
+@pytest.mark.parametrize(
+  "algo,spec",
+  [
     ("particle_filter", "data=4,model=2"),
     ("beam_search", "data=2,model=4"),
     ("astar", "data=4,model=2"),
     ("speculative", "data=2,model=4"),
-])
+  ],
+)
 def test_sharded_algorithms_match_one_device(algo, spec):
   r = run_case("algorithm", algo, spec)
   assert r["tokens_equal"], r
@@ -218,13 +261,14 @@ def test_bad_meshes_on_eight_devices():
   r = run_case("errors")
   for name, msg in r.items():
     assert msg is not None, f"{name}: no ValueError"
-  assert "mesh axis 'model' of size 8 does not divide logical axis " \
-         "'kv_heads' = 4 (ModelConfig.n_kv_heads)" in r["model8"]
+  assert (
+    "mesh axis 'model' of size 8 does not divide logical axis "
+    "'kv_heads' = 4 (ModelConfig.n_kv_heads)" in r["model8"]
+  )
   assert "params.layers[0].wk" in r["model8"]
   assert "'heads' = 6 (ModelConfig.n_heads)" in r["heads6"]
   assert "'mlp' = 36 (ModelConfig.d_ff)" in r["dff36"]
-  assert "of size 4 does not divide logical axis 'batch' of size 6" in \
-      r["batch6"]
+  assert "of size 4 does not divide logical axis 'batch' of size 6" in r["batch6"]
   assert "KV cache k" in r["cache_batch"] and "size 10" in r["cache_batch"]
   assert "= 6 devices, but there are 8 devices" in r["product"]
 
@@ -252,20 +296,28 @@ def test_blocked_resampling_hlo_has_no_collective():
       assert info["largest_collective"] == 0, (spec, info)
 
 
-@pytest.mark.xfail(strict=True, reason=(
+@pytest.mark.xfail(
+  strict=True,
+  reason=(
     "known: particle filtering's resampling gathers rows with a flat index "
     "over the whole population (jaxllm.cache.reorder), so GSPMD all-gathers "
-    "every KV-cache buffer; see test_blocked_resampling_hlo_has_no_collective"))
+    "every KV-cache buffer; see test_blocked_resampling_hlo_has_no_collective"
+  ),
+)
 def test_pf_resampling_hlo_has_no_whole_cache_all_gather():
   for spec, info in _hlo()["resample_pf"].items():
     assert info["largest_collective"] < info["local_cache_elems"], (spec, info)
 
 
-@pytest.mark.xfail(strict=True, reason=(
+@pytest.mark.xfail(
+  strict=True,
+  reason=(
     "known: jaxllm.cache.write_new scatters with (row, slot) index pairs, so "
     "GSPMD all-gathers every row's new K/V to every device: in a prefill "
     "that is the whole prompt cache (a per-row vmap of the scatter needs no "
-    "collective)"))
+    "collective)"
+  ),
+)
 def test_prefill_hlo_has_no_whole_cache_all_gather():
   for spec, info in _hlo()["prefill"].items():
     assert info["largest_collective"] < info["local_cache_elems"], (spec, info)
@@ -275,10 +327,19 @@ def test_prefill_hlo_has_no_whole_cache_all_gather():
 # The cases (run in the subprocess)
 # ----------------------------------------------------------------------------
 
+
 def _tiny_cfg(**kw):
   from jaxllm.config import ModelConfig
-  base = dict(vocab_size=32, d_model=32, n_layers=1, n_heads=4, n_kv_heads=4,
-              d_ff=64, max_seq_len=128)
+
+  base = dict(
+    vocab_size=32,
+    d_model=32,
+    n_layers=1,
+    n_heads=4,
+    n_kv_heads=4,
+    d_ff=64,
+    max_seq_len=128,
+  )
   base.update(kw)
   return ModelConfig(**base)
 
@@ -293,6 +354,7 @@ def _max_diff(a, b) -> float:
 
 def _one_device(tree):
   import jax
+
   return jax.device_put(tree, jax.devices()[0])
 
 
@@ -313,27 +375,33 @@ def case_decode(spec: str) -> dict:
   ps = init_params(cfg, key, shardings=shardings)
   out = {}
   out["init_bit_identical"] = all(
-      np.asarray(a).tobytes() == np.asarray(b).tobytes()
-      for a, b in zip(jax.tree_util.tree_leaves(p1),
-                      jax.tree_util.tree_leaves(ps)))
+    np.asarray(a).tobytes() == np.asarray(b).tobytes()
+    for a, b in zip(jax.tree_util.tree_leaves(p1), jax.tree_util.tree_leaves(ps))
+  )
   out["param_specs_ok"] = all(
-      x.sharding == s for x, s in zip(jax.tree_util.tree_leaves(ps),
-                                      jax.tree_util.tree_leaves(shardings)))
+    x.sharding == s
+    for x, s in zip(jax.tree_util.tree_leaves(ps), jax.tree_util.tree_leaves(shardings))
+  )
 
   rng = np.random.default_rng(0)
-  prompts = [list(rng.integers(1, cfg.vocab_size, size=n))
-             for n in (3, 5, 7, 2, 9, 4, 6, 8)]
+  prompts = [
+    list(rng.integers(1, cfg.vocab_size, size=n)) for n in (3, 5, 7, 2, 9, 4, 6, 8)
+  ]
   tokens, lengths = pad_prompts(prompts)  # [8, 16]
   tok_s, len_s = sh.shard_batch((tokens, lengths), mesh)
-  out["batch_sharded"] = (sh.data_parallel_size(mesh) == 1 or
-                          len(tok_s.sharding.device_set) == N_DEVICES and
-                          not tok_s.sharding.is_fully_replicated)
+  out["batch_sharded"] = (
+    sh.data_parallel_size(mesh) == 1
+    or len(tok_s.sharding.device_set) == N_DEVICES
+    and not tok_s.sharding.is_fully_replicated
+  )
 
   # forward (training / scoring path), no cache
   fwd = jax.jit(lambda p, t: forward(p, t, cfg)[0])
   l1, l2 = fwd(p1, tokens), fwd(ps, tok_s)
-  out["forward"] = dict(tokens_equal=bool(np.array_equal(
-      np.argmax(l1, -1), np.argmax(l2, -1))), max_abs_diff=_max_diff(l1, l2))
+  out["forward"] = dict(
+    tokens_equal=bool(np.array_equal(np.argmax(l1, -1), np.argmax(l2, -1))),
+    max_abs_diff=_max_diff(l1, l2),
+  )
 
   # decode interface: prefill, fork each prompt into 2 rows, 4 greedy steps
   model = Transformer(cfg)
@@ -354,17 +422,21 @@ def case_decode(spec: str) -> dict:
 
   t1, g1, _ = decode(p1, tokens, lengths)
   t2, g2, st2 = decode(ps, tok_s, len_s)
-  out["prefill_extend"] = dict(tokens_equal=bool(np.array_equal(t1, t2)),
-                               max_abs_diff=_max_diff(g1, g2),
-                               cache_spec=str(st2.k[0].sharding.spec))
+  out["prefill_extend"] = dict(
+    tokens_equal=bool(np.array_equal(t1, t2)),
+    max_abs_diff=_max_diff(g1, g2),
+    cache_spec=str(st2.k[0].sharding.spec),
+  )
 
   # the public generate (sampled, two samples per prompt) with sharded params
   o1 = generate(model, p1, prompts, jax.random.key(1), 10, num_samples=2)
   o2 = generate(model, ps, prompts, jax.random.key(1), 10, num_samples=2)
   out["generate"] = dict(
-      tokens_equal=bool(np.array_equal(o1.tokens, o2.tokens) and
-                        np.array_equal(o1.lengths, o2.lengths)),
-      max_abs_diff=_max_diff(o1.logprobs, o2.logprobs))
+    tokens_equal=bool(
+      np.array_equal(o1.tokens, o2.tokens) and np.array_equal(o1.lengths, o2.lengths)
+    ),
+    max_abs_diff=_max_diff(o1.logprobs, o2.logprobs),
+  )
   return out
 
 
@@ -385,48 +457,73 @@ def case_algorithm(algo: str, spec: str) -> dict:
 
   if algo == "particle_filter":
     from algorithms.particle_filter import PFConfig, run_particle_filter
-    c = PFConfig(n_particles=4, max_steps=3, max_step_tokens=3,
-                 delimiter_ids=(10,), stop_ids=(0,), scheme="systematic")
-    run = lambda p: run_particle_filter(model, p, ConfidenceScorer(), None,
-                                        prompts, key, c)[0]
+
+    c = PFConfig(
+      n_particles=4,
+      max_steps=3,
+      max_step_tokens=3,
+      delimiter_ids=(10,),
+      stop_ids=(0,),
+      scheme="systematic",
+    )
+    run = lambda p: run_particle_filter(
+      model, p, ConfidenceScorer(), None, prompts, key, c
+    )[0]
     toks = lambda r: (r.tokens, r.lengths)
     vals = lambda r: (r.log_weights, r.scores)
   elif algo == "beam_search":
     from algorithms.beam_search import BeamConfig, run_beam_search
-    c = BeamConfig(n_paths=4, beam_width=2, max_steps=3, max_step_tokens=3,
-                   delimiter_ids=(10,), stop_ids=(0,))
-    run = lambda p: run_beam_search(model, p, ConfidenceScorer(), None,
-                                    prompts, key, c)[0]
+
+    c = BeamConfig(
+      n_paths=4,
+      beam_width=2,
+      max_steps=3,
+      max_step_tokens=3,
+      delimiter_ids=(10,),
+      stop_ids=(0,),
+    )
+    run = lambda p: run_beam_search(
+      model, p, ConfidenceScorer(), None, prompts, key, c
+    )[0]
     toks = lambda r: (r.step_tokens, r.step_lengths)
     vals = lambda r: (r.scores,)
   elif algo == "astar":
     from algorithms.astar import AStarConfig, run_astar
-    c = AStarConfig(expansion="sample", num_children=3, pop_batch=2,
-                    capacity=6, max_step_tokens=3, max_solution_tokens=9,
-                    delimiter_ids=(10,), stop_ids=(0,), heuristic="zero",
-                    prm_weight=0.0, lm_weight=1.0, token_budget=30)
-    run = lambda p: run_astar(model, p, ConfidenceScorer(), None, prompts,
-                              key, c)[0]
+
+    c = AStarConfig(
+      expansion="sample",
+      num_children=3,
+      pop_batch=2,
+      capacity=6,
+      max_step_tokens=3,
+      max_solution_tokens=9,
+      delimiter_ids=(10,),
+      stop_ids=(0,),
+      heuristic="zero",
+      prm_weight=0.0,
+      lm_weight=1.0,
+      token_budget=30,
+    )
+    run = lambda p: run_astar(model, p, ConfidenceScorer(), None, prompts, key, c)[0]
     toks = lambda r: (r.tokens, r.length, r.expanded)
     vals = lambda r: (r.g, r.f)
   elif algo == "speculative":
-    from algorithms.speculative import (LayerSkipDraft, SpecConfig,
-                                        speculative_generate)
-    c = SpecConfig(method="chain", gamma=2, max_new_tokens=6,
-                   sampling_top_k=8)
+    from algorithms.speculative import LayerSkipDraft, SpecConfig, speculative_generate
+
+    c = SpecConfig(method="chain", gamma=2, max_new_tokens=6, sampling_top_k=8)
     draft = LayerSkipDraft(cfg, (0,))
-    run = lambda p: speculative_generate(model, p, draft, p, prompts, key,
-                                         c)[0]
+    run = lambda p: speculative_generate(model, p, draft, p, prompts, key, c)[0]
     toks = lambda r: (r.tokens, r.num_emitted, r.accepted)
     vals = lambda r: ()
   else:
     raise ValueError(f"unknown algorithm {algo!r}")
   r1, r2 = run(p1), run(ps)
   return dict(
-      tokens_equal=all(np.array_equal(a, b) for a, b in zip(toks(r1),
-                                                            toks(r2))),
-      max_abs_diff=max([_max_diff(a, b) for a, b in zip(vals(r1), vals(r2))],
-                       default=0.0))
+    tokens_equal=all(np.array_equal(a, b) for a, b in zip(toks(r1), toks(r2))),
+    max_abs_diff=max(
+      [_max_diff(a, b) for a, b in zip(vals(r1), vals(r2))], default=0.0
+    ),
+  )
 
 
 def case_checkpoint() -> dict:
@@ -439,29 +536,33 @@ def case_checkpoint() -> dict:
 
   cfg = _tiny_cfg(tie_embeddings=False, qkv_bias=True)
   src = sh.make_mesh("data=4,model=2")
-  params = init_params(cfg, jax.random.key(5),
-                       shardings=sh.param_shardings(cfg, src))
+  params = init_params(cfg, jax.random.key(5), shardings=sh.param_shardings(cfg, src))
   host = [np.asarray(x) for x in jax.tree_util.tree_leaves(params)]
   bits, as_rules = {}, {}
   with tempfile.TemporaryDirectory() as d:
     path = os.path.join(d, "ck")
     ckpt.save_params(path, params)
-    for spec in ("data=2,model=4", "data=8", "data=2,fsdp=2,model=2",
-                 "one_device"):
+    for spec in ("data=2,model=4", "data=8", "data=2,fsdp=2,model=2", "one_device"):
       if spec == "one_device":
         got = ckpt.restore_params(path, cfg)
         want = [jax.devices()[0]]
-        as_rules[spec] = all(x.sharding.device_set == set(want)
-                             for x in jax.tree_util.tree_leaves(got))
+        as_rules[spec] = all(
+          x.sharding.device_set == set(want) for x in jax.tree_util.tree_leaves(got)
+        )
       else:
         mesh = sh.make_mesh(spec)
         got = ckpt.restore_params(path, cfg, sharding=mesh)
         as_rules[spec] = all(
-            x.sharding == s for x, s in zip(
-                jax.tree_util.tree_leaves(got),
-                jax.tree_util.tree_leaves(sh.param_shardings(cfg, mesh))))
-      bits[spec] = all(a.tobytes() == np.asarray(b).tobytes() for a, b in
-                       zip(host, jax.tree_util.tree_leaves(got)))
+          x.sharding == s
+          for x, s in zip(
+            jax.tree_util.tree_leaves(got),
+            jax.tree_util.tree_leaves(sh.param_shardings(cfg, mesh)),
+          )
+        )
+      bits[spec] = all(
+        a.tobytes() == np.asarray(b).tobytes()
+        for a, b in zip(host, jax.tree_util.tree_leaves(got))
+      )
     # The training CheckpointManager takes a mesh the same way.
     mgr = ckpt.CheckpointManager(os.path.join(d, "train"))
     opt = {"m": np.arange(3, dtype=np.float32)}
@@ -469,13 +570,16 @@ def case_checkpoint() -> dict:
     mesh = sh.make_mesh("data=2,model=4")
     got, got_opt, _, _ = mgr.restore(cfg, opt, sharding=mesh)
     bits["manager data=2,model=4"] = all(
-        a.tobytes() == np.asarray(b).tobytes()
-        for a, b in zip(host, jax.tree_util.tree_leaves(got))) and \
-        np.array_equal(got_opt["m"], opt["m"])
+      a.tobytes() == np.asarray(b).tobytes()
+      for a, b in zip(host, jax.tree_util.tree_leaves(got))
+    ) and np.array_equal(got_opt["m"], opt["m"])
     as_rules["manager data=2,model=4"] = all(
-        x.sharding == s for x, s in zip(
-            jax.tree_util.tree_leaves(got),
-            jax.tree_util.tree_leaves(sh.param_shardings(cfg, mesh))))
+      x.sharding == s
+      for x, s in zip(
+        jax.tree_util.tree_leaves(got),
+        jax.tree_util.tree_leaves(sh.param_shardings(cfg, mesh)),
+      )
+    )
   return dict(bit_identical=bits, sharding_as_rules=as_rules)
 
 
@@ -494,26 +598,32 @@ def case_errors() -> dict:
   m4 = sh.make_mesh("data=2,model=4")
   d4 = sh.make_mesh("data=4,model=2")
   return dict(
-      model8=msg(lambda: sh.param_shardings(
-          _tiny_cfg(n_heads=8, n_kv_heads=4), m8)),
-      heads6=msg(lambda: sh.param_shardings(
-          _tiny_cfg(n_heads=6, n_kv_heads=2, d_model=48, head_dim=8), m4)),
-      dff36=msg(lambda: sh.param_shardings(_tiny_cfg(d_ff=36, n_heads=8,
-                                                     n_kv_heads=8), m8)),
-      batch6=msg(lambda: sh.shard_batch(np.zeros((6, 3), np.int32), d4)),
-      cache_batch=msg(lambda: sh.cache_shardings(cfg, d4, batch=10)),
-      product=msg(lambda: sh.make_mesh("data=3,model=2")),
-      unknown_axis=msg(lambda: sh.make_mesh("data=4,tensor=2")),
+    model8=msg(lambda: sh.param_shardings(_tiny_cfg(n_heads=8, n_kv_heads=4), m8)),
+    heads6=msg(
+      lambda: sh.param_shardings(
+        _tiny_cfg(n_heads=6, n_kv_heads=2, d_model=48, head_dim=8), m4
+      )
+    ),
+    dff36=msg(
+      lambda: sh.param_shardings(_tiny_cfg(d_ff=36, n_heads=8, n_kv_heads=8), m8)
+    ),
+    batch6=msg(lambda: sh.shard_batch(np.zeros((6, 3), np.int32), d4)),
+    cache_batch=msg(lambda: sh.cache_shardings(cfg, d4, batch=10)),
+    product=msg(lambda: sh.make_mesh("data=3,model=2")),
+    unknown_axis=msg(lambda: sh.make_mesh("data=4,tensor=2")),
   )
 
 
 def _collectives(hlo: str) -> list:
   """[(op, element count)] of every collective in compiled HLO text."""
   import re
+
   out = []
-  pat = re.compile(r"= \(?([a-z0-9]+)\[([0-9,]*)\][^ ]* (all-gather|"
-                   r"collective-permute|all-to-all|all-reduce|reduce-scatter)"
-                   r"(-start)?\(")
+  pat = re.compile(
+    r"= \(?([a-z0-9]+)\[([0-9,]*)\][^ ]* (all-gather|"
+    r"collective-permute|all-to-all|all-reduce|reduce-scatter)"
+    r"(-start)?\("
+  )
   for line in hlo.splitlines():
     m = pat.search(line)
     if m:
@@ -544,15 +654,17 @@ def case_hlo() -> dict:
   def summary(fn, *args, donate=()):
     hlo = jax.jit(fn, donate_argnums=donate).lower(*args).compile().as_text()
     coll = _collectives(hlo)
-    return dict(collectives=coll, largest_collective=max(
-        [n for op, n in coll if op in moved], default=0))
+    return dict(
+      collectives=coll,
+      largest_collective=max([n for op, n in coll if op in moved], default=0),
+    )
 
   for spec in MESHES:
     mesh = sh.make_mesh(spec)
-    ps = init_params(cfg, jax.random.key(0),
-                     shardings=sh.param_shardings(cfg, mesh))
-    cache = jax.device_put(cache_lib.init_cache(cfg, B, S),
-                           sh.cache_shardings(cfg, mesh, B))
+    ps = init_params(cfg, jax.random.key(0), shardings=sh.param_shardings(cfg, mesh))
+    cache = jax.device_put(
+      cache_lib.init_cache(cfg, B, S), sh.cache_shardings(cfg, mesh, B)
+    )
     local = int(np.prod(cache.k[0].sharding.shard_shape(cache.k[0].shape)))
     tok = sh.shard_batch(np.zeros((B,), np.int32), mesh)
 
@@ -570,15 +682,15 @@ def case_hlo() -> dict:
 
     # particle_filter._gather: ancestors [P, N] -> a flat row index, then
     # stepping.reorder (model state, logits, scorer state).
-    rows = stepping.Rows(state=cache,
-                         logits_BxV=sh.shard_batch(
-                             np.zeros((B, cfg.vocab_size), np.float32), mesh),
-                         sstate=sh.shard_batch(np.zeros((B,), np.int32), mesh))
+    rows = stepping.Rows(
+      state=cache,
+      logits_BxV=sh.shard_batch(np.zeros((B, cfg.vocab_size), np.float32), mesh),
+      sstate=sh.shard_batch(np.zeros((B,), np.int32), mesh),
+    )
     anc = sh.shard_batch(np.zeros((P, N), np.int32), mesh)
 
     def pf_resample(rows, anc_PxN):
-      index = (anc_PxN + jnp.arange(P, dtype=jnp.int32)[:, None] * N
-               ).reshape(B)
+      index = (anc_PxN + jnp.arange(P, dtype=jnp.int32)[:, None] * N).reshape(B)
       return stepping.reorder(model, scorer, rows, index)
 
     info = summary(pf_resample, rows, anc, donate=(0,))
@@ -588,24 +700,33 @@ def case_hlo() -> dict:
     def blocked_resample(rows, anc_PxN):
       def take(x):
         xb = x.reshape((P, N) + x.shape[1:])
-        return jax.vmap(lambda a, i: jnp.take(a, i, axis=0))(
-            xb, anc_PxN).reshape(x.shape)
+        return jax.vmap(lambda a, i: jnp.take(a, i, axis=0))(xb, anc_PxN).reshape(
+          x.shape
+        )
+
       return jax.tree_util.tree_map(take, rows)
 
     info = summary(blocked_resample, rows, anc, donate=(0,))
     res["resample_blocked"][spec] = dict(
-        info, local_cache_elems=local,
-        blocks_sharded=P % sh.data_parallel_size(mesh) == 0)
+      info, local_cache_elems=local, blocks_sharded=P % sh.data_parallel_size(mesh) == 0
+    )
   return res
 
 
-CASES = dict(decode=case_decode, algorithm=case_algorithm,
-             checkpoint=case_checkpoint, errors=case_errors, hlo=case_hlo)
+CASES = dict(
+  decode=case_decode,
+  algorithm=case_algorithm,
+  checkpoint=case_checkpoint,
+  errors=case_errors,
+  hlo=case_hlo,
+)
 
 if __name__ == "__main__":
   import jax
-  cache_dir = os.environ.get("JAXLLM_JIT_CACHE",
-                             os.path.expanduser("~/.cache/jaxllm/xla"))
+
+  cache_dir = os.environ.get(
+    "JAXLLM_JIT_CACHE", os.path.expanduser("~/.cache/jaxllm/xla")
+  )
   jax.config.update("jax_compilation_cache_dir", cache_dir)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   assert len(jax.devices()) == N_DEVICES, jax.devices()

@@ -24,19 +24,29 @@ from algorithms.speculative import METHODS, SpecConfig
 # (shape, the legacy name form, level sizes, draft width) worked out by hand:
 # budget = draft tokens per target call (root excluded), M = budget + 1.
 HAND = [
-    (st.Autoregressive(), ("autoregressive", {}), (), 0),
-    (st.Chain(1), ("chain", dict(gamma=1)), (1,), 1),
-    (st.Chain(4), ("chain", dict(gamma=4)), (1, 1, 1, 1), 1),
-    (st.IIDTree(3, 2), ("iid", dict(num_drafts=3, depth=2)), (3, 3), 1),
-    (st.IIDTree(1, 5), ("iid", dict(num_drafts=1, depth=5)), (1, 1, 1, 1, 1), 1),
-    (st.RSDC((3, 2)), ("rsd_c", dict(branching=(3, 2))), (3, 6), 3),
-    (st.RSDC((4, 2, 2)), ("rsd_c", dict(branching=(4, 2, 2))), (4, 8, 16), 4),
-    (st.RSDC((2, 1, 1)), ("rsd_c", dict(branching=(2, 1, 1))), (2, 2, 2), 2),
-    (st.RSDS(3, 3), ("rsd_s", dict(beam_width=3, depth=3)), (3, 3, 3), 3),
-    (st.RSDS(4, 1), ("rsd_s", dict(beam_width=4, depth=1)), (4,), 4),
+  (st.Autoregressive(), ("autoregressive", {}), (), 0),
+  (st.Chain(1), ("chain", dict(gamma=1)), (1,), 1),
+  (st.Chain(4), ("chain", dict(gamma=4)), (1, 1, 1, 1), 1),
+  (st.IIDTree(3, 2), ("iid", dict(num_drafts=3, depth=2)), (3, 3), 1),
+  (st.IIDTree(1, 5), ("iid", dict(num_drafts=1, depth=5)), (1, 1, 1, 1, 1), 1),
+  (st.RSDC((3, 2)), ("rsd_c", dict(branching=(3, 2))), (3, 6), 3),
+  (st.RSDC((4, 2, 2)), ("rsd_c", dict(branching=(4, 2, 2))), (4, 8, 16), 4),
+  (st.RSDC((2, 1, 1)), ("rsd_c", dict(branching=(2, 1, 1))), (2, 2, 2), 2),
+  (st.RSDS(3, 3), ("rsd_s", dict(beam_width=3, depth=3)), (3, 3, 3), 3),
+  (st.RSDS(4, 1), ("rsd_s", dict(beam_width=4, depth=1)), (4,), 4),
 ]
 BUDGETS = {  # sum of the hand level sizes above, in order
-    0: 0, 1: 1, 2: 4, 3: 6, 4: 5, 5: 9, 6: 28, 7: 6, 8: 9, 9: 4}
+  0: 0,
+  1: 1,
+  2: 4,
+  3: 6,
+  4: 5,
+  5: 9,
+  6: 28,
+  7: 6,
+  8: 9,
+  9: 4,
+}
 
 
 def test_registry_is_exactly_the_known_families():
@@ -86,27 +96,33 @@ def test_replace_keeps_or_swaps_the_tree():
   assert dataclasses.replace(cfg, tree=st.Chain(2)).tree == st.Chain(2)
 
 
-@pytest.mark.parametrize("name,budget,width,want", [
+@pytest.mark.parametrize(
+  "name,budget,width,want",
+  [
     ("chain", 5, 2, st.Chain(5)),
     ("iid", 8, 2, st.IIDTree(2, 4)),
     ("iid", 16, 4, st.IIDTree(4, 4)),
     ("rsd_s", 12, 4, st.RSDS(4, 3)),
     ("rsd_c", 8, 2, st.RSDC((2, 1, 1, 1))),
     ("rsd_c", 16, 4, st.RSDC((4, 1, 1, 1))),
-])
+  ],
+)
 def test_tree_for_budget(name, budget, width, want):
   got = st.tree_for_budget(name, budget, width)
   assert got == want and got.budget == budget
 
 
-@pytest.mark.parametrize("name,depth,width,want", [
+@pytest.mark.parametrize(
+  "name,depth,width,want",
+  [
     ("chain", 3, 4, st.Chain(3)),
     ("iid", 3, 4, st.IIDTree(4, 3)),
     ("rsd_s", 2, 4, st.RSDS(4, 2)),
     ("rsd_c", 4, 4, st.RSDC((2, 2, 1, 1))),  # 4 leaves
     ("rsd_c", 3, 6, st.RSDC((2, 3, 1))),
     ("rsd_c", 2, 1, st.RSDC((1, 1))),
-])
+  ],
+)
 def test_tree_for_depth(name, depth, width, want):
   got = st.tree_for_depth(name, depth, width)
   assert got == want and got.max_depth == depth
@@ -159,12 +175,14 @@ def test_proposed_tree_has_the_advertised_topology(i):
   if shape.draft_width > V:
     pytest.skip("wider than the toy vocabulary")
   fn = st.table_draft_fn(jnp.asarray(_Q))
-  tree, _ = jax.jit(lambda k: shape.propose(k, jnp.int32(1), jnp.asarray(_Q[1]), fn,
-                                            None))(jax.random.key(i))
+  tree, _ = jax.jit(
+    lambda k: shape.propose(k, jnp.int32(1), jnp.asarray(_Q[1]), fn, None)
+  )(jax.random.key(i))
   depth = np.asarray(tree.depth_M)
   assert depth.shape == (shape.tree_tokens,) and tree.max_depth == shape.max_depth
-  np.testing.assert_array_equal(np.bincount(depth, minlength=shape.max_depth + 1),
-                                (1,) + shape.level_sizes)
+  np.testing.assert_array_equal(
+    np.bincount(depth, minlength=shape.max_depth + 1), (1,) + shape.level_sizes
+  )
   par = np.asarray(tree.parent_M)
   assert par[0] == -1 and (depth[par[1:]] == depth[1:] - 1).all()
 
@@ -186,7 +204,7 @@ def _exact_probs(P, start, K):
 
 def _chi2(toks_NxK, probs):
   n, K = toks_NxK.shape
-  counts = np.bincount(np.ravel_multi_index(toks_NxK.T, (V,) * K), minlength=V ** K)
+  counts = np.bincount(np.ravel_multi_index(toks_NxK.T, (V,) * K), minlength=V**K)
   assert counts[probs == 0].sum() == 0
   return stats.chisquare(counts, probs / probs.sum() * n).pvalue
 
@@ -200,8 +218,13 @@ def test_autoregressive_baseline_in_the_toy_loop_is_exact():
   """Autoregressive(): one token per block, drawn from the target (2 tokens, V^2
   cells, 20k draws, chi-square at a fixed seed)."""
   P = _target()
-  f = jax.jit(jax.vmap(lambda k: st.bigram_generate(
-      k, st.Autoregressive(), jnp.asarray(P), jnp.asarray(_Q), 0, 2)))
+  f = jax.jit(
+    jax.vmap(
+      lambda k: st.bigram_generate(
+        k, st.Autoregressive(), jnp.asarray(P), jnp.asarray(_Q), 0, 2
+      )
+    )
+  )
   out = f(jax.random.split(jax.random.key(2), 20_000))
   assert (np.asarray(out.num_blocks) == 2).all()
   assert (np.asarray(out.num_emitted) == 2).all()
@@ -230,8 +253,9 @@ def test_a_new_family_is_one_registered_class():
       return self.width
 
     def propose(self, key, root_token, q_root_V, draft_fn, draft_state):
-      return st.build_rsdc_tree(key, root_token, q_root_V, draft_fn, draft_state,
-                                (self.width,))
+      return st.build_rsdc_tree(
+        key, root_token, q_root_V, draft_fn, draft_state, (self.width,)
+      )
 
   st.register_tree(Star)
   try:
@@ -239,8 +263,13 @@ def test_a_new_family_is_one_registered_class():
     assert SpecConfig(method="test_star").tree == Star(3)
     assert Star(4).budget == 4 and Star(4).tree_tokens == 5
     P = _target()
-    f = jax.jit(jax.vmap(lambda k: st.bigram_generate(
-        k, "test_star", jnp.asarray(P), jnp.asarray(_Q), 0, 2, width=3)))
+    f = jax.jit(
+      jax.vmap(
+        lambda k: st.bigram_generate(
+          k, "test_star", jnp.asarray(P), jnp.asarray(_Q), 0, 2, width=3
+        )
+      )
+    )
     out = f(jax.random.split(jax.random.key(3), 20_000))
     assert (np.asarray(out.num_emitted) <= 2 * np.asarray(out.num_blocks)).all()
     assert _chi2(np.asarray(out.tokens_K), _exact_probs(P, 0, 2)) > 1e-5

@@ -22,10 +22,10 @@ ALPHA = 1e-5  # chi-square false-alarm rate (fixed seeds, so results are determi
 V, K, START = 4, 3, 0
 
 METHOD_KW = {
-    "chain": dict(gamma=3),
-    "iid": dict(num_drafts=3, depth=2),
-    "rsd_c": dict(branching=(3, 2)),
-    "rsd_s": dict(beam_width=3, depth=3),
+  "chain": dict(gamma=3),
+  "iid": dict(num_drafts=3, depth=2),
+  "rsd_c": dict(branching=(3, 2)),
+  "rsd_s": dict(beam_width=3, depth=3),
 }
 SAMPLES_PER_PAIR = 40_000  # x 4 pairs = 160k draws per method
 
@@ -46,8 +46,12 @@ def _pairs():
   Pz = rng.dirichlet(np.ones(V), size=V)
   Pz[:, 1] = 0.0
   Pz[3, 0] = 0.0
-  pairs = {"close": (P, close), "far": (P, far), "draft_zero": (P, dz),
-           "target_zero": (Pz, rng.dirichlet(np.ones(V), size=V))}
+  pairs = {
+    "close": (P, close),
+    "far": (P, far),
+    "draft_zero": (P, dz),
+    "target_zero": (Pz, rng.dirichlet(np.ones(V), size=V)),
+  }
   norm = lambda t: (t / t.sum(1, keepdims=True)).astype(np.float32)
   return {k: (norm(p), norm(q)) for k, (p, q) in pairs.items()}
 
@@ -60,7 +64,7 @@ def exact_sequence_probs(P, start, num_tokens):
   P = np.asarray(P, np.float64)
   P = P / P.sum(1, keepdims=True)
   n = P.shape[0]
-  out = np.zeros(n ** num_tokens)
+  out = np.zeros(n**num_tokens)
   for i, seq in enumerate(itertools.product(range(n), repeat=num_tokens)):
     pr, last = 1.0, start
     for t in seq:
@@ -90,30 +94,39 @@ def _decoder(method, kw_items, num_tokens):
 
 
 @functools.lru_cache(maxsize=None)
-def decode_stats(method, kw_items, pair, num_samples, seed, num_tokens=K, chunk=100_000):
+def decode_stats(
+  method, kw_items, pair, num_samples, seed, num_tokens=K, chunk=100_000
+):
   """Histogram over V^K of the first num_tokens emitted tokens, and per-sample ToyDecode
   counters (cached, so exactness and efficiency tests share one decode)."""
   P, Q = PAIRS[pair]
   f = _decoder(method, kw_items, num_tokens)
-  counts = np.zeros(V ** num_tokens, np.int64)
+  counts = np.zeros(V**num_tokens, np.int64)
   outs = []
   for c in range(0, num_samples, chunk):
     n = min(chunk, num_samples - c)
-    out = f(jax.random.split(jax.random.fold_in(jax.random.key(seed), c), n),
-            jnp.asarray(P), jnp.asarray(Q))
+    out = f(
+      jax.random.split(jax.random.fold_in(jax.random.key(seed), c), n),
+      jnp.asarray(P),
+      jnp.asarray(Q),
+    )
     toks = np.asarray(out.tokens_K)
     assert toks.min() >= 0 and toks.max() < V
-    counts += np.bincount(np.ravel_multi_index(toks.T, (V,) * num_tokens),
-                          minlength=V ** num_tokens)
+    counts += np.bincount(
+      np.ravel_multi_index(toks.T, (V,) * num_tokens), minlength=V**num_tokens
+    )
     outs.append(jax.tree.map(np.asarray, out._replace(tokens_K=None)))
   return counts, jax.tree.map(lambda *x: np.concatenate(x), *outs)
 
 
 def assert_exact(method, kw, pair, num_samples, seed, num_tokens=K):
-  counts, _ = decode_stats(method, tuple(sorted(kw.items())), pair, num_samples, seed,
-                           num_tokens)
+  counts, _ = decode_stats(
+    method, tuple(sorted(kw.items())), pair, num_samples, seed, num_tokens
+  )
   probs = exact_sequence_probs(PAIRS[pair][0], START, num_tokens)
-  assert counts[probs == 0].sum() == 0, "emitted a sequence the target gives probability 0"
+  assert counts[probs == 0].sum() == 0, (
+    "emitted a sequence the target gives probability 0"
+  )
   pval = chi2_pvalue(counts, probs)
   assert pval > ALPHA, f"{method}: chi-square p = {pval:.2e}"
 
@@ -137,13 +150,16 @@ def test_sequence_distribution_is_exact(method, pair):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("pair", list(PAIRS))
-@pytest.mark.parametrize("method,kw", [
+@pytest.mark.parametrize(
+  "method,kw",
+  [
     ("chain", dict(gamma=4)),
     ("iid", dict(num_drafts=4, depth=3)),
     ("rsd_c", dict(branching=(4, 2, 2))),
     ("rsd_s", dict(beam_width=2, depth=3)),
     ("rsd_s", dict(beam_width=4, depth=3)),
-])
+  ],
+)
 def test_sequence_distribution_is_exact_many_samples(method, kw, pair):
   assert_exact(method, kw, pair, 1_000_000, seed=11, num_tokens=4)
 
@@ -161,11 +177,20 @@ def test_chain_block_efficiency_matches_bigram_closed_form():
   """Tokens emitted by the first block of the chain decode vs the exact expectation."""
   gamma = METHOD_KW["chain"]["gamma"]
   for pair in ("close", "far"):
-    _, out = decode_stats("chain", tuple(METHOD_KW["chain"].items()), pair,
-                          SAMPLES_PER_PAIR, 100 * 0 + list(PAIRS).index(pair))
+    _, out = decode_stats(
+      "chain",
+      tuple(METHOD_KW["chain"].items()),
+      pair,
+      SAMPLES_PER_PAIR,
+      100 * 0 + list(PAIRS).index(pair),
+    )
     exact = _exact_chain_block_efficiency(*PAIRS[pair], START, gamma)
     tau = out.first_block_emitted.mean()
-    assert abs(tau - exact) < 5 * (gamma / 2) / np.sqrt(SAMPLES_PER_PAIR), (pair, tau, exact)
+    assert abs(tau - exact) < 5 * (gamma / 2) / np.sqrt(SAMPLES_PER_PAIR), (
+      pair,
+      tau,
+      exact,
+    )
     assert (out.num_emitted >= K).all() and (out.num_blocks <= K).all()
 
 
@@ -199,7 +224,9 @@ def _check_ordered_draws(draws, q):
 def test_gumbel_top_k_is_sequential_sampling_without_replacement():
   q = np.array([0.45, 0.3, 0.15, 0.07, 0.03], np.float32)
   keys = jax.random.split(jax.random.key(3), 100_000)
-  draws = np.asarray(jax.jit(jax.vmap(lambda kk: st.gumbel_top_k(kk, jnp.asarray(q), 3)))(keys))
+  draws = np.asarray(
+    jax.jit(jax.vmap(lambda kk: st.gumbel_top_k(kk, jnp.asarray(q), 3)))(keys)
+  )
   assert (draws[:, 0] != draws[:, 1]).all() and (draws[:, 2] != draws[:, :2].T).all()
   _check_ordered_draws(draws[:, :2], q)  # the first 2 of top-3 are the top-2 draws
   _check_ordered_draws(draws, q)
@@ -207,8 +234,11 @@ def test_gumbel_top_k_is_sequential_sampling_without_replacement():
 
 def test_gumbel_top_k_puts_zero_mass_tokens_last():
   q = jnp.array([0.0, 0.6, 0.0, 0.4])
-  draws = np.asarray(jax.vmap(lambda kk: st.gumbel_top_k(kk, q, 4))(
-      jax.random.split(jax.random.key(0), 2000)))
+  draws = np.asarray(
+    jax.vmap(lambda kk: st.gumbel_top_k(kk, q, 4))(
+      jax.random.split(jax.random.key(0), 2000)
+    )
+  )
   assert set(map(tuple, draws[:, :2].tolist())) == {(1, 3), (3, 1)}
   assert (np.sort(draws[:, 2:], 1) == [0, 2]).all()
 
@@ -218,7 +248,9 @@ def _chain_program(verify_with_tree, gamma):
   """vmapped (keys, p, q) -> accepted counts of single chains with p, q at every position."""
 
   def one(key, p, q):
-    draft_fn, state = st.node_table_draft_fn(jnp.broadcast_to(q, (gamma + 1, q.shape[0])))
+    draft_fn, state = st.node_table_draft_fn(
+      jnp.broadcast_to(q, (gamma + 1, q.shape[0]))
+    )
     k1, k2 = jax.random.split(key)
     tree, state = st.build_iid_tree(k1, jnp.int32(0), q, draft_fn, state, 1, gamma)
     p_MxV = jnp.broadcast_to(p, (gamma + 1, p.shape[0]))
@@ -240,7 +272,9 @@ def test_node_table_draft_fn_feeds_rows_in_bfs_order():
   assert int(state) == 6
 
 
-@pytest.mark.parametrize("verify_with_tree", [False, True], ids=["chain", "rrs_on_chain"])
+@pytest.mark.parametrize(
+  "verify_with_tree", [False, True], ids=["chain", "rrs_on_chain"]
+)
 def test_chain_acceptance_matches_closed_form(verify_with_tree):
   """alpha = sum_x min(p, q); P(n = i) = alpha^i (1 - alpha) for i < gamma, alpha^gamma
   for i = gamma. Also p == q (zero-residual guard): everything is accepted, no NaN."""
@@ -251,7 +285,7 @@ def test_chain_acceptance_matches_closed_form(verify_with_tree):
   keys = jax.random.split(jax.random.key(5), n)
   acc = np.asarray(f(keys, p, q))
   alpha = np.minimum(p, q).sum()
-  probs = np.array([alpha ** i * (1 - alpha) for i in range(gamma)] + [alpha ** gamma])
+  probs = np.array([alpha**i * (1 - alpha) for i in range(gamma)] + [alpha**gamma])
   assert chi2_pvalue(np.bincount(acc, minlength=gamma + 1), probs) > ALPHA
   rate = (acc >= 1).mean()  # first-position acceptance rate alone (binomial, 5 sigma)
   assert abs(rate - alpha) < 5 * np.sqrt(alpha * (1 - alpha) / n)
@@ -267,10 +301,13 @@ def test_static_tree_topologies():
   _, Q = PAIRS["close"]
   fn = st.table_draft_fn(jnp.asarray(Q))
   q0 = jnp.asarray(Q[START])
-  build = jax.jit(lambda key: (
+  build = jax.jit(
+    lambda key: (
       st.build_iid_tree(key, jnp.int32(START), q0, fn, None, 3, 2)[0],
       st.build_rsdc_tree(key, jnp.int32(START), q0, fn, None, (3, 2))[0],
-      st.children_table(jnp.array([-1, 0, 0, 0, 1, 1, 2, 2, 3, 3]), 3)))
+      st.children_table(jnp.array([-1, 0, 0, 0, 1, 1, 2, 2, 3, 3]), 3),
+    )
+  )
   iid, rc, children = build(jax.random.key(0))
   np.testing.assert_array_equal(iid.parent_M, [-1, 0, 0, 0, 1, 2, 3])
   assert not iid.without_replacement
@@ -281,8 +318,8 @@ def test_static_tree_topologies():
   np.testing.assert_allclose(rc.q_MxV[:4], Q[np.asarray(rc.token_M[:4])])
   assert float(jnp.abs(rc.q_MxV[4:]).sum()) == 0.0
   np.testing.assert_array_equal(
-      children,
-      [[1, 2, 3], [4, 5, -1], [6, 7, -1], [8, 9, -1]] + [[-1, -1, -1]] * 6)
+    children, [[1, 2, 3], [4, 5, -1], [6, 7, -1], [8, 9, -1]] + [[-1, -1, -1]] * 6
+  )
 
 
 @functools.lru_cache(maxsize=None)
@@ -307,11 +344,13 @@ def test_sbs_tree_structure():
   W = 3
   for b in range(200):
     par, tok = tree.parent_M[b], tree.token_M[b]
-    assert par[0] == -1 and (par[1:1 + W] == 0).all()
+    assert par[0] == -1 and (par[1 : 1 + W] == 0).all()
     for lvl in range(2, 4):
       sl = slice(1 + W * (lvl - 1), 1 + W * lvl)
       assert (np.diff(par[sl]) >= 0).all()
-      assert (par[sl] >= 1 + W * (lvl - 2)).all() and (par[sl] < 1 + W * (lvl - 1)).all()
+      assert (par[sl] >= 1 + W * (lvl - 2)).all() and (
+        par[sl] < 1 + W * (lvl - 1)
+      ).all()
       assert len(set(zip(par[sl], tok[sl]))) == W
 
 
@@ -348,7 +387,7 @@ def test_verify_outputs_are_consistent():
       prev = path[d]
     emitted = res.tokens_Dp1[b]
     np.testing.assert_array_equal(emitted[:n], tree.token_M[b, path[:n]])
-    assert emitted[n] == res.extra_token[b] and (emitted[n + 1:] == -1).all()
+    assert emitted[n] == res.extra_token[b] and (emitted[n + 1 :] == -1).all()
     assert res.num_emitted[b] == n + 1
 
 
@@ -388,8 +427,9 @@ def test_bad_inputs_raise():
   with pytest.raises(ValueError, match="q_root_V"):
     st.build_iid_tree(key, 0, q[None], fn, None, 2, 2)
   with pytest.raises(ValueError, match="gamma"):
-    st.speculative_sample_chain(key, jnp.zeros((3,), jnp.int32), jnp.ones((3, 4)) / 4,
-                                jnp.ones((3, 4)) / 4)
+    st.speculative_sample_chain(
+      key, jnp.zeros((3,), jnp.int32), jnp.ones((3, 4)) / 4, jnp.ones((3, 4)) / 4
+    )
   tree, _ = jax.eval_shape(lambda k: st.build_iid_tree(k, 0, q, fn, None, 2, 2), key)
   with pytest.raises(ValueError, match="p_MxV"):
     st.verify_tree(key, tree, jnp.ones((4, 4)) / 4)
@@ -409,8 +449,9 @@ def test_top_down_gumbel_values_match_direct_gumbel_perturbation():
   q = np.array([0.45, 0.3, 0.15, 0.07, 0.03], np.float32)
   n = 40_000
   keys = jax.random.split(jax.random.key(8), n)
-  tok, val = jax.jit(jax.vmap(lambda kk: st.top_down_gumbel_top_k(kk, jnp.asarray(q), 3)))(
-      keys)
+  tok, val = jax.jit(
+    jax.vmap(lambda kk: st.top_down_gumbel_top_k(kk, jnp.asarray(q), 3))
+  )(keys)
   tok, val = np.asarray(tok), np.asarray(val)
   g = np.random.default_rng(0).gumbel(size=(n, len(q))) + np.log(q)
   ref_tok = np.argsort(-g, axis=1)[:, :3]
@@ -419,8 +460,16 @@ def test_top_down_gumbel_values_match_direct_gumbel_perturbation():
   for j in range(3):
     assert stats.ks_2samp(val[:, j], ref_val[:, j]).pvalue > 1e-4
   for x in range(2):  # values given the first token (independence is part of the law)
-    assert stats.ks_2samp(val[tok[:, 0] == x, 1], ref_val[ref_tok[:, 0] == x, 1]).pvalue > 1e-4
+    assert (
+      stats.ks_2samp(val[tok[:, 0] == x, 1], ref_val[ref_tok[:, 0] == x, 1]).pvalue
+      > 1e-4
+    )
   # exhausted support: distinct zero-mass tokens with value -inf
-  t2, v2 = st.top_down_gumbel_top_k(jax.random.key(1), jnp.array([0.0, 0.7, 0.0, 0.3]), 4)
+  t2, v2 = st.top_down_gumbel_top_k(
+    jax.random.key(1), jnp.array([0.0, 0.7, 0.0, 0.3]), 4
+  )
   assert sorted(np.asarray(t2)[:2].tolist()) == [1, 3]
-  assert sorted(np.asarray(t2)[2:].tolist()) == [0, 2] and np.isneginf(np.asarray(v2)[2:]).all()
+  assert (
+    sorted(np.asarray(t2)[2:].tolist()) == [0, 2]
+    and np.isneginf(np.asarray(v2)[2:]).all()
+  )

@@ -19,8 +19,12 @@ import pytest
 from scipy import stats
 
 from algorithms.drafts import init_sub_vocab_draft
-from algorithms.speculative import (METHODS, LayerSkipDraft, SpecConfig,
-                                    speculative_generate)
+from algorithms.speculative import (
+  METHODS,
+  LayerSkipDraft,
+  SpecConfig,
+  speculative_generate,
+)
 from jaxllm import flops as flops_lib
 from jaxllm.config import ModelConfig
 from jaxllm.decoding import BigramLM, Transformer
@@ -32,11 +36,11 @@ from jaxllm.sampling import make_sampling
 ALPHA = 1e-5  # chi-square false-alarm rate (seeds are fixed: results are deterministic)
 
 TREE_KW = {
-    "autoregressive": {},
-    "chain": dict(gamma=3),
-    "iid": dict(num_drafts=3, depth=2),
-    "rsd_c": dict(branching=(3, 2)),
-    "rsd_s": dict(beam_width=3, depth=3),
+  "autoregressive": {},
+  "chain": dict(gamma=3),
+  "iid": dict(num_drafts=3, depth=2),
+  "rsd_c": dict(branching=(3, 2)),
+  "rsd_s": dict(beam_width=3, depth=3),
 }
 
 
@@ -85,7 +89,7 @@ def _bigram_tables():
 
 def _bigram_exact(table, temperature, top_k):
   P = _np_filtered_probs(np.asarray(table), temperature, top_k)
-  probs = np.zeros(V_BI ** K_BI)
+  probs = np.zeros(V_BI**K_BI)
   for i, seq in enumerate(itertools.product(range(V_BI), repeat=K_BI)):
     prev, p = START, 1.0
     for x in seq:
@@ -97,23 +101,31 @@ def _bigram_exact(table, temperature, top_k):
 
 SLOW = pytest.mark.slow
 # Temperature is not static (same compiled program); top-k is (a new program).
-BIGRAM_CASES = ([(m, 1.0, None) for m in METHODS]
-                + [(m, 0.6, None) for m in ("chain", "rsd_s")]
-                + [pytest.param(m, 0.7, 3, marks=SLOW) for m in METHODS])
+BIGRAM_CASES = (
+  [(m, 1.0, None) for m in METHODS]
+  + [(m, 0.6, None) for m in ("chain", "rsd_s")]
+  + [pytest.param(m, 0.7, 3, marks=SLOW) for m in METHODS]
+)
 
 
 @pytest.mark.parametrize("method,temperature,top_k", BIGRAM_CASES)
 def test_bigram_first_tokens_follow_target(method, temperature, top_k):
   target, draft = _bigram_tables()
   m = BigramLM(V_BI)
-  cfg = SpecConfig(method=method, max_new_tokens=K_BI, sampling_temperature=temperature,
-                   sampling_top_k=top_k, **TREE_KW[method])
-  out, comp = speculative_generate(m, target, m, draft, [[1, START]] * N_BI,
-                                   jax.random.key(11), cfg)
+  cfg = SpecConfig(
+    method=method,
+    max_new_tokens=K_BI,
+    sampling_temperature=temperature,
+    sampling_top_k=top_k,
+    **TREE_KW[method],
+  )
+  out, comp = speculative_generate(
+    m, target, m, draft, [[1, START]] * N_BI, jax.random.key(11), cfg
+  )
   toks = np.asarray(out.tokens)
   assert toks.shape == (N_BI, K_BI) and toks.min() >= 0 and toks.max() < V_BI
   idx = np.ravel_multi_index(toks.T, (V_BI,) * K_BI)
-  counts = np.bincount(idx, minlength=V_BI ** K_BI)
+  counts = np.bincount(idx, minlength=V_BI**K_BI)
   pval = _chisquare(counts, _bigram_exact(target, temperature, top_k), N_BI)
   assert pval > ALPHA, f"{method}: p-value {pval:.2e}"
   calls = np.asarray(out.target_calls)
@@ -139,8 +151,15 @@ PROMPT = [3, 1, 4, 1, 5]
 
 @functools.lru_cache(maxsize=None)
 def _tiny():
-  cfg = ModelConfig(vocab_size=V_TF, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2,
-                    d_ff=64, max_seq_len=64)
+  cfg = ModelConfig(
+    vocab_size=V_TF,
+    d_model=32,
+    n_layers=3,
+    n_heads=4,
+    n_kv_heads=2,
+    d_ff=64,
+    max_seq_len=64,
+  )
   params = init_params(cfg, jax.random.key(3))
   # Scale the final norm up (= the logits) so next-token distributions are far from
   # uniform (with the default init they are nearly uniform: a weak test).
@@ -161,22 +180,29 @@ def _exact_two_token_probs(cfg, params, prompt, temperature=1.0, top_k=None):
   return p1[np.arange(len(seqs)), a] * p2[np.arange(len(seqs)), b]
 
 
-TF_EXACT_KW = {"rsd_s": dict(beam_width=2, depth=2), "iid": dict(num_drafts=2, depth=2),
-               "rsd_c": dict(branching=(2, 2)), "chain": dict(gamma=2)}
+TF_EXACT_KW = {
+  "rsd_s": dict(beam_width=2, depth=2),
+  "iid": dict(num_drafts=2, depth=2),
+  "rsd_c": dict(branching=(2, 2)),
+  "chain": dict(gamma=2),
+}
 
 
-@pytest.mark.parametrize("method", ["rsd_s"] + [pytest.param(m, marks=SLOW)
-                                                for m in ("iid", "rsd_c", "chain")])
+@pytest.mark.parametrize(
+  "method", ["rsd_s"] + [pytest.param(m, marks=SLOW) for m in ("iid", "rsd_c", "chain")]
+)
 def test_transformer_layer_skip_draft_is_exact(method):
   cfg, params = _tiny()
   target, draft = Transformer(cfg), LayerSkipDraft(cfg, (0,))
   n = 8_000
-  sc = SpecConfig(method=method, max_new_tokens=2, sampling_top_k=6,
-                  **TF_EXACT_KW[method])
-  out, comp = speculative_generate(target, params, draft, params, [PROMPT] * n,
-                                   jax.random.key(5), sc)
+  sc = SpecConfig(
+    method=method, max_new_tokens=2, sampling_top_k=6, **TF_EXACT_KW[method]
+  )
+  out, comp = speculative_generate(
+    target, params, draft, params, [PROMPT] * n, jax.random.key(5), sc
+  )
   toks = np.asarray(out.tokens)
-  counts = np.bincount(toks[:, 0] * V_TF + toks[:, 1], minlength=V_TF ** 2)
+  counts = np.bincount(toks[:, 0] * V_TF + toks[:, 1], minlength=V_TF**2)
   exact = _exact_two_token_probs(cfg, params, PROMPT, top_k=6)
   pval = _chisquare(counts, exact, n)
   assert pval > ALPHA, f"p-value {pval:.2e}"
@@ -185,20 +211,23 @@ def test_transformer_layer_skip_draft_is_exact(method):
   assert comp.decode_flops > 0 and comp.prefill_flops > 0
 
 
-@pytest.mark.parametrize("method", ["chain"] + [pytest.param(m, marks=SLOW)
-                                                for m in ("rsd_s", "rsd_c")])
+@pytest.mark.parametrize(
+  "method", ["chain"] + [pytest.param(m, marks=SLOW) for m in ("rsd_s", "rsd_c")]
+)
 def test_transformer_sub_vocab_draft_is_exact(method):
   """A draft that never proposes 3 of the 8 tokens (q = 0 where the target has mass:
   the target's residual must supply them) still yields the target's distribution."""
   cfg, params = _tiny()
   draft, dparams = init_sub_vocab_draft(cfg, params, [0, 2, 3, 5, 7], 1)
   n = 8_000
-  sc = SpecConfig(method=method, max_new_tokens=2, sampling_top_k=6,
-                  **TF_EXACT_KW[method])
-  out, _ = speculative_generate(Transformer(cfg), params, draft, dparams,
-                                [PROMPT] * n, jax.random.key(6), sc)
+  sc = SpecConfig(
+    method=method, max_new_tokens=2, sampling_top_k=6, **TF_EXACT_KW[method]
+  )
+  out, _ = speculative_generate(
+    Transformer(cfg), params, draft, dparams, [PROMPT] * n, jax.random.key(6), sc
+  )
   toks = np.asarray(out.tokens)
-  counts = np.bincount(toks[:, 0] * V_TF + toks[:, 1], minlength=V_TF ** 2)
+  counts = np.bincount(toks[:, 0] * V_TF + toks[:, 1], minlength=V_TF**2)
   exact = _exact_two_token_probs(cfg, params, PROMPT, top_k=6)
   assert exact.reshape(V_TF, V_TF)[[1, 4, 6]].sum() > 0.05  # the missed tokens matter
   pval = _chisquare(counts, exact, n)
@@ -211,15 +240,19 @@ def _greedy_runs(method):
   cfg, params = _tiny()
   target, draft = Transformer(cfg), LayerSkipDraft(cfg, (0,))
   prompts = [PROMPT, [2, 7], [6, 0, 6]]
-  sc = SpecConfig(method=method, max_new_tokens=10, sampling_temperature=0.0,
-                  **TF_EXACT_KW[method])
-  out, _ = speculative_generate(target, params, draft, params, prompts,
-                                jax.random.key(0), sc)
+  sc = SpecConfig(
+    method=method, max_new_tokens=10, sampling_temperature=0.0, **TF_EXACT_KW[method]
+  )
+  out, _ = speculative_generate(
+    target, params, draft, params, prompts, jax.random.key(0), sc
+  )
   ref = generate(target, params, prompts, jax.random.key(1), 10, make_sampling(0.0))
   return cfg, params, prompts, out, np.asarray(ref.tokens)
 
 
-GREEDY_METHODS = ["rsd_s"] + [pytest.param(m, marks=SLOW) for m in ("chain", "iid", "rsd_c")]
+GREEDY_METHODS = ["rsd_s"] + [
+  pytest.param(m, marks=SLOW) for m in ("chain", "iid", "rsd_c")
+]
 
 
 @pytest.mark.parametrize("method", GREEDY_METHODS)
@@ -235,17 +268,21 @@ def test_kv_cache_after_commits_equals_fresh_prefill(method):
   n_emit = np.asarray(out.num_emitted)
   toks_all = np.asarray(out.tokens_all)
   # The target state holds prompt + emitted[:-1]; the last emitted token is pending.
-  np.testing.assert_array_equal(np.asarray(out.last), toks_all[np.arange(3), n_emit - 1])
+  np.testing.assert_array_equal(
+    np.asarray(out.last), toks_all[np.arange(3), n_emit - 1]
+  )
   lens = np.asarray(out.target_state.lengths)
   np.testing.assert_array_equal(lens, [len(p) + e - 1 for p, e in zip(prompts, n_emit)])
   _, logits = jax.jit(target.extend)(params, out.target_state, out.last[:, None])
-  texts = [p + list(toks_all[b, :n_emit[b]]) for b, p in enumerate(prompts)]
+  texts = [p + list(toks_all[b, : n_emit[b]]) for b, p in enumerate(prompts)]
   T = max(map(len, texts))
   padded = np.array([t + [0] * (T - len(t)) for t in texts], np.int32)
   _, ref = jax.jit(target.prefill, static_argnums=3)(
-      params, jnp.asarray(padded), jnp.asarray([len(t) for t in texts]), T)
-  np.testing.assert_allclose(np.asarray(logits[:, 0]), np.asarray(ref),
-                             rtol=1e-4, atol=1e-4)
+    params, jnp.asarray(padded), jnp.asarray([len(t) for t in texts]), T
+  )
+  np.testing.assert_allclose(
+    np.asarray(logits[:, 0]), np.asarray(ref), rtol=1e-4, atol=1e-4
+  )
 
 
 def test_compute_accounting_closed_form():
@@ -253,19 +290,29 @@ def test_compute_accounting_closed_form():
   cfg, params = _tiny()
   t = Transformer(cfg)
   N, n = 6, len(PROMPT)
-  out, comp = speculative_generate(t, params, None, None, [PROMPT], jax.random.key(0),
-                                   SpecConfig(method="autoregressive", max_new_tokens=N))
+  out, comp = speculative_generate(
+    t,
+    params,
+    None,
+    None,
+    [PROMPT],
+    jax.random.key(0),
+    SpecConfig(method="autoregressive", max_new_tokens=N),
+  )
   want = sum(float(flops_lib.decode_flops(cfg, n + i)) for i in range(N))
   np.testing.assert_allclose(comp.decode_flops, want, rtol=1e-9)
-  np.testing.assert_allclose(comp.prefill_flops,
-                             sum(float(flops_lib.decode_flops(cfg, i))
-                                 for i in range(1, n)), rtol=1e-9)
+  np.testing.assert_allclose(
+    comp.prefill_flops,
+    sum(float(flops_lib.decode_flops(cfg, i)) for i in range(1, n)),
+    rtol=1e-9,
+  )
   assert comp.model_calls == N and int(out.target_calls[0]) == N
   # Tree methods: every target call scores the whole tree.
   _, _, _, tree_out, _ = _greedy_runs("rsd_s")
   M = 1 + 2 * 2
-  np.testing.assert_array_equal(np.asarray(tree_out.counts["t_tok"]),
-                                np.asarray(tree_out.target_calls) * M)
+  np.testing.assert_array_equal(
+    np.asarray(tree_out.counts["t_tok"]), np.asarray(tree_out.target_calls) * M
+  )
 
 
 # ---------------------------------------------------------------------------------
@@ -279,18 +326,27 @@ def test_bad_input_raises():
   with pytest.raises(ValueError, match="method"):
     SpecConfig(method="nope")
   with pytest.raises(ValueError, match="vocabulary"):
-    speculative_generate(t, params, BigramLM(5), None, [[1]], jax.random.key(0),
-                         SpecConfig())
+    speculative_generate(
+      t, params, BigramLM(5), None, [[1]], jax.random.key(0), SpecConfig()
+    )
   with pytest.raises(ValueError, match="without replacement"):
-    speculative_generate(t, params, t, params, [[1]], jax.random.key(0),
-                         SpecConfig(method="rsd_s", beam_width=9))
+    speculative_generate(
+      t,
+      params,
+      t,
+      params,
+      [[1]],
+      jax.random.key(0),
+      SpecConfig(method="rsd_s", beam_width=9),
+    )
   with pytest.raises(ValueError, match="layers"):
     LayerSkipDraft(cfg, (2, 1))
   with pytest.raises(ValueError, match="needs a draft"):
     speculative_generate(t, params, None, None, [[1]], jax.random.key(0), SpecConfig())
   with pytest.raises(ValueError, match="max_seq_len"):
-    speculative_generate(t, params, t, params, [[1]], jax.random.key(0),
-                         SpecConfig(max_new_tokens=80))
+    speculative_generate(
+      t, params, t, params, [[1]], jax.random.key(0), SpecConfig(max_new_tokens=80)
+    )
 
 
 def test_flops_of_a_model_without_config_are_an_error_not_zero():
@@ -309,15 +365,35 @@ def test_flops_of_a_model_without_config_are_an_error_not_zero():
   table = jnp.zeros((V_BI, V_BI))
   free = BigramLM(V_BI)
   with pytest.raises(ValueError, match=r"target NoCfg has no `cfg`"):
-    speculative_generate(NoCfg(V_BI), table, None, None, [[1]], jax.random.key(0),
-                         SpecConfig(method="autoregressive", max_new_tokens=2))
+    speculative_generate(
+      NoCfg(V_BI),
+      table,
+      None,
+      None,
+      [[1]],
+      jax.random.key(0),
+      SpecConfig(method="autoregressive", max_new_tokens=2),
+    )
   with pytest.raises(ValueError, match=r"draft NoCfg has no `cfg`"):
-    speculative_generate(free, table, NoCfg(V_BI), table, [[1]], jax.random.key(0),
-                         SpecConfig(method="chain", gamma=2, max_new_tokens=2))
+    speculative_generate(
+      free,
+      table,
+      NoCfg(V_BI),
+      table,
+      [[1]],
+      jax.random.key(0),
+      SpecConfig(method="chain", gamma=2, max_new_tokens=2),
+    )
   assert calls == []  # refused on the host, before the run
   out, comp = speculative_generate(
-      free, table, None, None, [[1, 2]], jax.random.key(0),
-      SpecConfig(method="autoregressive", max_new_tokens=2))
+    free,
+    table,
+    None,
+    None,
+    [[1, 2]],
+    jax.random.key(0),
+    SpecConfig(method="autoregressive", max_new_tokens=2),
+  )
   assert comp.flops == 0 and comp.prefill_flops == 0 and comp.decode_flops == 0
   assert comp.generated_tokens == 2 and comp.prefill_tokens == 1
   assert int(out.target_calls[0]) == 2

@@ -40,9 +40,19 @@ def test_step_distribution_matches_enumeration():
   model = BigramLM(V)
   n = 40000
   state, logits = model.prefill(table, jnp.full((n, 1), 1), jnp.ones((n,)), 0)
-  run = jax.jit(lambda k: sample_step(model, table, state, logits, k,
-                                      make_sampling(1.0), max_step_tokens=S,
-                                      delimiter_ids=[DELIM], stop_ids=[EOS]))
+  run = jax.jit(
+    lambda k: sample_step(
+      model,
+      table,
+      state,
+      logits,
+      k,
+      make_sampling(1.0),
+      max_step_tokens=S,
+      delimiter_ids=[DELIM],
+      stop_ids=[EOS],
+    )
+  )
   state2, _, step = run(jax.random.key(1))
   exact = exact_step_distribution(p, 1)
   keys = list(exact)
@@ -65,8 +75,9 @@ def test_step_distribution_matches_enumeration():
 
 
 def test_transformer_step_keeps_cache_exact():
-  cfg = ModelConfig(vocab_size=11, d_model=32, n_layers=2, n_heads=4,
-                    n_kv_heads=2, d_ff=64)
+  cfg = ModelConfig(
+    vocab_size=11, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64
+  )
   params = init_params(cfg, jax.random.key(0))
   model = Transformer(cfg)
   prompts = jnp.array([[1, 4, 5, 0], [2, 3, 0, 0], [6, 7, 8, 9]])
@@ -75,12 +86,23 @@ def test_transformer_step_keeps_cache_exact():
   active = jnp.array([True, False, True])
   for i in range(2):  # two consecutive steps
     state, logits, step = sample_step(
-        model, params, state, logits, jax.random.key(i), make_sampling(1.0),
-        max_step_tokens=5, delimiter_ids=[10], stop_ids=[0], active_B=active)
+      model,
+      params,
+      state,
+      logits,
+      jax.random.key(i),
+      make_sampling(1.0),
+      max_step_tokens=5,
+      delimiter_ids=[10],
+      stop_ids=[0],
+      active_B=active,
+    )
     assert int(step.length[1]) == 0
-    prompts = [list(np.asarray(prompts[b, :lengths[b]])) +
-               list(np.asarray(step.tokens[b, :step.length[b]]))
-               for b in range(3)]
+    prompts = [
+      list(np.asarray(prompts[b, : lengths[b]]))
+      + list(np.asarray(step.tokens[b, : step.length[b]]))
+      for b in range(3)
+    ]
     lengths = jnp.array([len(p) for p in prompts])
     np.testing.assert_array_equal(state.lengths, lengths)
     prompts = jnp.array([p + [0] * (16 - len(p)) for p in prompts])
@@ -91,7 +113,7 @@ def test_transformer_step_keeps_cache_exact():
   _, conf = ConfidenceScorer().score(None, None, step, active)
   lp = np.asarray(step.logprob)
   L = np.asarray(step.length)
-  want = np.exp(lp[0, :L[0]].mean())
+  want = np.exp(lp[0, : L[0]].mean())
   np.testing.assert_allclose(conf[0], want, rtol=1e-5)
 
 
@@ -108,16 +130,18 @@ def test_compute_record_refuses_models_without_a_config():
 
   with pytest.raises(ValueError, match="model NoCfg has no `cfg`"):
     stepping.compute_record(NoCfg(), ConfidenceScorer(), [2, 3], counts)
-  rec = stepping.compute_record(NoCfg(), ConfidenceScorer(), [2, 3], counts,
-                                count_flops=False)
+  rec = stepping.compute_record(
+    NoCfg(), ConfidenceScorer(), [2, 3], counts, count_flops=False
+  )
   assert rec.flops == 0 and rec.generated_tokens == 3 and rec.prefill_tokens == 5
 
   class Free(NoCfg):
     flops_free = True
 
   assert stepping.compute_record(Free(), ConfidenceScorer(), [2, 3], counts).flops == 0
-  assert stepping.compute_record(BigramLM(4), ConfidenceScorer(), [2, 3],
-                                 counts).flops == 0
+  assert (
+    stepping.compute_record(BigramLM(4), ConfidenceScorer(), [2, 3], counts).flops == 0
+  )
 
   @dataclasses.dataclass(frozen=True)
   class Wrapping:  # a scorer whose model has no config
@@ -126,15 +150,18 @@ def test_compute_record_refuses_models_without_a_config():
   with pytest.raises(ValueError, match="scorer model"):
     stepping.compute_record(BigramLM(4), Wrapping(NoCfg()), [2, 3], counts)
   # A wrapper reaches its inner model's config (e.g. GeneratorConfidence).
-  cfg = ModelConfig(vocab_size=11, d_model=16, n_layers=1, n_heads=2,
-                    n_kv_heads=1, d_ff=32)
-  rec = stepping.compute_record(Transformer(cfg), Wrapping(Transformer(cfg)),
-                                [2, 3], counts)
+  cfg = ModelConfig(
+    vocab_size=11, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=32
+  )
+  rec = stepping.compute_record(
+    Transformer(cfg), Wrapping(Transformer(cfg)), [2, 3], counts
+  )
   # Generated tokens: row 0 contexts 3, 4; row 1 context 4 (closed form).
   want = flops_lib.decode_flops(cfg, np.array([3, 4, 4])).sum()
   np.testing.assert_allclose(rec.decode_flops, want)
-  np.testing.assert_allclose(rec.verifier_flops, want + flops_lib.prefill_flops(
-      cfg, np.array([2, 3])).sum())
+  np.testing.assert_allclose(
+    rec.verifier_flops, want + flops_lib.prefill_flops(cfg, np.array([2, 3])).sum()
+  )
 
 
 def test_prefill_and_fork_prefills_each_prompt_once():
@@ -148,9 +175,16 @@ def test_prefill_and_fork_prefills_each_prompt_once():
       calls.append(tokens.shape)
       return super().prefill(params, tokens, lengths, cache_size)
 
-  rows = stepping.prefill_and_fork(Counting(V), table, ConfidenceScorer(), None,
-                                   jnp.array([[1, 2], [3, 0]]), jnp.array([2, 1]),
-                                   8, 3)
+  rows = stepping.prefill_and_fork(
+    Counting(V),
+    table,
+    ConfidenceScorer(),
+    None,
+    jnp.array([[1, 2], [3, 0]]),
+    jnp.array([2, 1]),
+    8,
+    3,
+  )
   assert calls == [(2, 2)]
   np.testing.assert_array_equal(rows.state.last, [2, 2, 2, 3, 3, 3])
   np.testing.assert_allclose(rows.logits_BxV, np.asarray(table)[[2, 2, 2, 3, 3, 3]])

@@ -50,29 +50,39 @@ from typing import NamedTuple
 # thin spaces inside a number), so only numbers and value-bearing macros stay.
 
 _UNWRAP = re.compile(
-    r"\\(?:text|textbf|textit|textrm|textsf|texttt|textnormal|textup|mathrm|"
-    r"mathbf|mathit|mathsf|mathtt|mathnormal|boldsymbol|bm|mbox|hbox|"
-    r"operatorname|boxed|fbox|underline|emph|ensuremath|"
-    r"(?:text)?color\{[^{}]*\})\s*"
-    r"\{([^{}]*)\}")
+  r"\\(?:text|textbf|textit|textrm|textsf|texttt|textnormal|textup|mathrm|"
+  r"mathbf|mathit|mathsf|mathtt|mathnormal|boldsymbol|bm|mbox|hbox|"
+  r"operatorname|boxed|fbox|underline|emph|ensuremath|"
+  r"(?:text)?color\{[^{}]*\})\s*"
+  r"\{([^{}]*)\}"
+)
 _BLANKS = [  # (pattern, replacement), applied in order
-    (re.compile(r"\\(?:begin|end|label|tag|[hv]space\*?)\s*\{[^{}]*\}"), " "),
-    (re.compile("\u2212"), "-"),  # Unicode minus
-    (re.compile(r"\{,\}"), ","),
-    (re.compile(r"\\[,!]"), ""),  # thin / negative spaces: 1\,000 is 1000
-    (re.compile(r"\\(?:[dtc]frac)(?![A-Za-z])"), r"\\frac"),
-    (re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\circ(?![A-Za-z])|\u00b0|"
-                r"\\degree(?![A-Za-z])"), " "),
-    (re.compile(r"\\(?:left|right|[bB]igg?[lr]?|displaystyle|textstyle|"
-                r"scriptstyle|bf|it|rm|sf|tt|mathrm|limits|nolimits|"
-                r"quad|qquad|enspace|thinspace|medspace|thickspace|"
-                r"approx|sim|simeq|equiv|cong|leq?|geq?|lt|gt|neq?|to|"
-                r"rightarrow|Rightarrow|implies|therefore|newline|"
-                r"textdollar|euro|pounds|yen|dollar|percent|[lc]?dots|"
-                r"hfill|hline|par|item|noindent|nonumber|notag)(?![A-Za-z])"),
-     " "),
-    (re.compile(r"\\[$%;:() \[\]]|\\\\|[$%~\u20ac\u00a3\u00a5]"), " "),
-    (re.compile(r"_\s*(?:\{[^{}]*\}|[A-Za-z0-9])"), " "),  # subscripts: labels
+  (re.compile(r"\\(?:begin|end|label|tag|[hv]space\*?)\s*\{[^{}]*\}"), " "),
+  (re.compile("\u2212"), "-"),  # Unicode minus
+  (re.compile(r"\{,\}"), ","),
+  (re.compile(r"\\[,!]"), ""),  # thin / negative spaces: 1\,000 is 1000
+  (re.compile(r"\\(?:[dtc]frac)(?![A-Za-z])"), r"\\frac"),
+  (
+    re.compile(
+      r"\^\s*\{?\s*\\circ\s*\}?|\\circ(?![A-Za-z])|\u00b0|"
+      r"\\degree(?![A-Za-z])"
+    ),
+    " ",
+  ),
+  (
+    re.compile(
+      r"\\(?:left|right|[bB]igg?[lr]?|displaystyle|textstyle|"
+      r"scriptstyle|bf|it|rm|sf|tt|mathrm|limits|nolimits|"
+      r"quad|qquad|enspace|thinspace|medspace|thickspace|"
+      r"approx|sim|simeq|equiv|cong|leq?|geq?|lt|gt|neq?|to|"
+      r"rightarrow|Rightarrow|implies|therefore|newline|"
+      r"textdollar|euro|pounds|yen|dollar|percent|[lc]?dots|"
+      r"hfill|hline|par|item|noindent|nonumber|notag)(?![A-Za-z])"
+    ),
+    " ",
+  ),
+  (re.compile(r"\\[$%;:() \[\]]|\\\\|[$%~\u20ac\u00a3\u00a5]"), " "),
+  (re.compile(r"_\s*(?:\{[^{}]*\}|[A-Za-z0-9])"), " "),  # subscripts: labels
 ]
 
 
@@ -92,13 +102,15 @@ def _clean(span: str) -> str:
 _DEC = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+"
 _SIGNED_DEC = re.compile(rf"\s*(-?)\s*({_DEC})\s*")
 _START = re.compile(
-    r"(?P<macro>\\[A-Za-z]+)|(?P<caret>\^)|"
-    r"(?<![\w.)}\]])(?P<sign>-)(?=[\s({]*(?:\d|\.\d|\\frac(?![A-Za-z])))|"
-    rf"(?<![\w.])(?P<num>{_DEC})")
+  r"(?P<macro>\\[A-Za-z]+)|(?P<caret>\^)|"
+  r"(?<![\w.)}\]])(?P<sign>-)(?=[\s({]*(?:\d|\.\d|\\frac(?![A-Za-z])))|"
+  rf"(?<![\w.])(?P<num>{_DEC})"
+)
 _WS = re.compile(r"\s*")
 _INT_EXP = re.compile(r"\s*\^\s*(?:\{\s*(-?\d+)\s*\}|(\d))")
 _SCI_TIMES = re.compile(
-    r"\s*(?:\\times|\\cdot|\u00d7|\*)\s*10\s*\^\s*(?:\{\s*(-?\d+)\s*\}|(\d))")
+  r"\s*(?:\\times|\\cdot|\u00d7|\*)\s*10\s*\^\s*(?:\{\s*(-?\d+)\s*\}|(\d))"
+)
 _E_EXP = re.compile(r"[eE]([-+]?\d+)(?![\w.])")
 _MAX_EXP = 1000  # 10^1000 is fine as a Fraction; 10^(10^9) would not be
 # A macro whose value we cannot read, with its arguments: \sqrt[3]{x}, \pi.
@@ -162,7 +174,7 @@ def _power(base: Fraction, exp_text: str) -> Fraction | None:
   e = int(exp_text)
   if abs(e) > _MAX_EXP or (base == 0 and e < 0):
     return None
-  return base ** e
+  return base**e
 
 
 def _read_number(s: str, i: int) -> tuple[Fraction | None, int]:
@@ -186,12 +198,12 @@ def _read_number(s: str, i: int) -> tuple[Fraction | None, int]:
       if frac is None or frac < 0:
         return None, j2
       value, j = whole + frac, j2
-    elif (m2 := _E_EXP.match(s, j) or _SCI_TIMES.match(s, j)):
+    elif m2 := _E_EXP.match(s, j) or _SCI_TIMES.match(s, j):
       p = _power(Fraction(10), next(g for g in m2.groups() if g is not None))
       value, j = (None if p is None else value * p), m2.end()
-    elif (m2 := _INT_EXP.match(s, j)):
+    elif m2 := _INT_EXP.match(s, j):
       value, j = _power(value, m2.group(1) or m2.group(2)), m2.end()
-    elif (m2 := _RATIO.match(s, j)):
+    elif m2 := _RATIO.match(s, j):
       den = Fraction(m2.group(1).replace(",", ""))
       value, j = (None if den == 0 else value / den), m2.end()
   if value is not None and negative:
@@ -221,7 +233,7 @@ def _items(span: str) -> list[_Item]:
   while (m := _START.search(s, pos)) is not None:
     if m.group("macro") and m.group("macro") != "\\frac":
       end = _skip_macro(s, m.start(), m.group("macro"))
-      out.append(_Item(None, any(c.isdigit() for c in s[m.start():end])))
+      out.append(_Item(None, any(c.isdigit() for c in s[m.start() : end])))
       pos = end
     elif m.group("caret"):  # an exponent of a variable (x^2): not a number
       pos = _skip_group(s, m.end())
@@ -284,7 +296,7 @@ def _boxed_spans(text: str) -> list[str]:
       depth += {"{": 1, "}": -1}.get(text[i], 0)
       i += 1
     if depth == 0:
-      spans.append(text[m.end():i - 1])
+      spans.append(text[m.end() : i - 1])
   return spans
 
 
@@ -296,6 +308,7 @@ class Extraction(NamedTuple):
     "unparsable: <format>" when that format's span starts with a value that
     cannot be read exactly (answer None); "none" when no format holds a number.
   """
+
   answer: str | None
   source: str
 
