@@ -8,6 +8,7 @@ from __future__ import annotations
 import glob
 import os
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,6 +30,8 @@ CONFIGS = {
 
 
 def assert_bit_equal(a_tree, b_tree):
+  chex.assert_trees_all_equal_structs(a_tree, b_tree)
+  chex.assert_trees_all_equal_shapes_and_dtypes(a_tree, b_tree)
   a_flat, a_def = jax.tree_util.tree_flatten(a_tree)
   b_flat, b_def = jax.tree_util.tree_flatten(b_tree)
   assert a_def == b_def
