@@ -463,6 +463,27 @@ _score_jit = jax.jit(
 )
 
 
+def _check_sample_shapes(P: int, toks_shape, lens_shape, logprobs_shape) -> None:
+  """Raises ValueError unless the samples are B = P * N rows of [B, L] tokens
+  with [B] lengths and [B, L] logprobs."""
+  B = toks_shape[0]
+  if B % P or lens_shape != (B,) or logprobs_shape != toks_shape:
+    raise ValueError(
+      f"samples [B, L] = {toks_shape}, lengths {lens_shape} "
+      f"and logprobs {logprobs_shape} must be P * N = "
+      f"B rows for P = {P} prompts"
+    )
+
+
+def _step_buckets(lens_B, pos_BxL, n_steps_B, L: int) -> tuple[int, int]:
+  """(K, S): the static step count (a power of two >= the most steps of any
+  sample) and step width (a power of two >= the longest step, at most L)."""
+  valid = np.arange(L)[None, :] < np.asarray(lens_B)[:, None]
+  K = _pow2(max(int(np.max(n_steps_B)), 1))
+  S = min(_pow2(int(np.max(np.where(valid, np.asarray(pos_BxL), 0))) + 1), L)
+  return K, S
+
+
 def score_samples(
   scorer,
   scorer_params,
@@ -514,22 +535,15 @@ def score_samples(
   ptoks, plens = jnp.asarray(prompt_tokens_PxT), jnp.asarray(prompt_lengths_P)
   toks = jnp.asarray(tokens_BxL, jnp.int32)
   lens = jnp.asarray(lengths_B, jnp.int32)
+  _check_sample_shapes(ptoks.shape[0], toks.shape, lens.shape, np.shape(logprobs_BxL))
   P, B, L = ptoks.shape[0], toks.shape[0], toks.shape[1]
-  if B % P or lens.shape != (B,) or np.shape(logprobs_BxL) != toks.shape:
-    raise ValueError(
-      f"samples [B, L] = {toks.shape}, lengths {lens.shape} "
-      f"and logprobs {np.shape(logprobs_BxL)} must be P * N = "
-      f"B rows for P = {P} prompts"
-    )
   delims = () if outcome else delimiter_ids
   seqs = tuple(
     stepping.as_sequences(stepping.id_sequences(n, ids))
     for n, ids in (("delimiter_ids", delims), ("stop_ids", stop_ids))
   )
   step, pos, kind, n_steps = _step_layout(toks, lens, *seqs)
-  valid = np.arange(L)[None, :] < np.asarray(lens)[:, None]
-  K = _pow2(max(int(np.max(n_steps)), 1))
-  S = min(_pow2(int(np.max(np.where(valid, np.asarray(pos), 0))) + 1), L)
+  K, S = _step_buckets(lens, pos, n_steps, L)
   scores, mask, calls = _score_jit(
     scorer,
     scorer_params,
@@ -570,6 +584,66 @@ def _sample_counters(
   )
 
 
+def _sample_answers(answer_fn, cands_PxNxL, lens_PxN):
+  """Answer ids int32 [P, N] of the candidates by `answer_fn` (default
+  `sequence_answer_ids`). Raises ValueError for a result of the wrong shape or
+  dtype."""
+  P, N = lens_PxN.shape
+  answer_fn = answer_fn or sequence_answer_ids
+  answers = np.asarray(answer_fn(np.asarray(cands_PxNxL), np.asarray(lens_PxN)))
+  if answers.shape != (P, N) or answers.dtype.kind not in "iu":
+    raise ValueError(
+      f"answer_fn must return integer answer ids of shape "
+      f"[P, N] = {(P, N)}, got {answers.dtype} {answers.shape}"
+    )
+  return jnp.asarray(answers, jnp.int32)
+
+
+def _selection_scores(config: SelectionConfig, inputs: Inputs, ptoks, plens, out):
+  """(scores float32 [P, N], scorer calls) of `generate`'s samples `out`:
+  `score_samples` by `inputs.scorer`, aggregated per `config.aggregation`
+  (one outcome step per sample when it is None)."""
+  step_scores, mask, vcalls = score_samples(
+    inputs.scorer,
+    inputs.scorer_params,
+    ptoks,
+    plens,
+    out.tokens,
+    out.logprobs,
+    out.lengths,
+    delimiter_ids=config.delimiter_ids,
+    stop_ids=config.stop_ids,
+    outcome=config.aggregation is None,
+    pad_id=config.pad_id,
+  )
+  scores = selection.aggregate_step_scores(
+    step_scores, mask, config.aggregation or "last"
+  )
+  return scores, vcalls
+
+
+def _check_selection_inputs(
+  config: SelectionConfig, model, prompts, inputs: Inputs, name: str
+):
+  """(prompt_tokens_PxT, prompt_lengths_P) by `check_prompts`, after checking
+  that a scoring rule has a scorer and the delimiters are in the vocabulary.
+  Raises ValueError otherwise."""
+  if config.rule.needs_scores:
+    _need_scorer(name, inputs)
+  check_token_ids(
+    "SelectionConfig.delimiter_ids",
+    config.delimiter_ids,
+    getattr(model, "vocab_size", None),
+  )
+  return check_prompts(
+    model,
+    prompts,
+    inputs.prompt_lengths,
+    config.pad_id,
+    pad_id_name="SelectionConfig.pad_id",
+  )
+
+
 def run_selection(
   config: SelectionConfig,
   model,
@@ -600,20 +674,7 @@ def run_selection(
       a model without a ModelConfig that does not declare itself free.
   """
   rule, N, L = config.rule, config.n_samples, config.max_new_tokens
-  if rule.needs_scores:
-    _need_scorer(name, inputs)
-  check_token_ids(
-    "SelectionConfig.delimiter_ids",
-    config.delimiter_ids,
-    getattr(model, "vocab_size", None),
-  )
-  ptoks, plens = check_prompts(
-    model,
-    prompts,
-    inputs.prompt_lengths,
-    config.pad_id,
-    pad_id_name="SelectionConfig.pad_id",
-  )
+  ptoks, plens = _check_selection_inputs(config, model, prompts, inputs, name)
   out = generate(
     model,
     params,
@@ -629,33 +690,11 @@ def run_selection(
   P = ptoks.shape[0]
   cands = out.tokens.reshape(P, N, L)
   cand_lens = out.lengths.reshape(P, N)
-  answer_fn = inputs.answer_fn or sequence_answer_ids
-  answers = np.asarray(answer_fn(np.asarray(cands), np.asarray(cand_lens)))
-  if answers.shape != (P, N) or answers.dtype.kind not in "iu":
-    raise ValueError(
-      f"answer_fn must return integer answer ids of shape "
-      f"[P, N] = {(P, N)}, got {answers.dtype} {answers.shape}"
-    )
-  answers = jnp.asarray(answers, jnp.int32)
+  answers = _sample_answers(inputs.answer_fn, cands, cand_lens)
   scores, scorer, vcalls = None, None, 0
   if rule.needs_scores:
     scorer = inputs.scorer
-    step_scores, mask, vcalls = score_samples(
-      scorer,
-      inputs.scorer_params,
-      ptoks,
-      plens,
-      out.tokens,
-      out.logprobs,
-      out.lengths,
-      delimiter_ids=config.delimiter_ids,
-      stop_ids=config.stop_ids,
-      outcome=config.aggregation is None,
-      pad_id=config.pad_id,
-    )
-    scores = selection.aggregate_step_scores(
-      step_scores, mask, config.aggregation or "last"
-    )
+    scores, vcalls = _selection_scores(config, inputs, ptoks, plens, out)
   _, index = rule(answers, jnp.zeros((P, N), jnp.float32) if scores is None else scores)
   counts = _sample_counters(
     plens, out.lengths, N, ptoks.shape[1] + L + 1, out.steps, scorer is not None, vcalls
@@ -682,13 +721,14 @@ def run_selection(
 # ----------------------------------------------------------------------------
 
 
-def _run_pf(
-  config, model, params, prompts, key, inputs: Inputs, name: str = "pf"
-) -> MethodOutput:
-  """`particle_filter.run_particle_filter`; chosen = the largest weight
-  (`PFResult.best`). Raises as the runner, or for a missing scorer."""
+def _run_search(
+  runner, config, model, params, prompts, key, inputs: Inputs, name, **kw
+):
+  """`runner(model, params, scorer, scorer_params, prompts, key, config,
+  prompt_lengths=..., **kw)` -> (result, Compute), the call shared by the
+  step searches. Raises as the runner, or for a missing scorer."""
   _need_scorer(name, inputs)
-  res, rec = particle_filter.run_particle_filter(
+  return runner(
     model,
     params,
     inputs.scorer,
@@ -697,7 +737,13 @@ def _run_pf(
     key,
     config,
     prompt_lengths=inputs.prompt_lengths,
+    **kw,
   )
+
+
+def _candidates_output(name: str, res, rec, scores, **extra) -> MethodOutput:
+  """MethodOutput of a search whose result holds candidates (tokens [P, N, L],
+  lengths [P, N]) and the chosen index `best` [P]."""
   toks, lens = _pick(res.tokens, res.lengths, res.best)
   return MethodOutput(
     method=name,
@@ -709,9 +755,19 @@ def _run_pf(
     index=res.best,
     candidates=res.tokens,
     candidate_lengths=res.lengths,
-    scores=res.aggregated_scores,
-    weights=res.weights,
+    scores=scores,
+    **extra,
   )
+
+
+def _run_pf(
+  config, model, params, prompts, key, inputs: Inputs, name: str = "pf"
+) -> MethodOutput:
+  """`particle_filter.run_particle_filter`; chosen = the largest weight
+  (`PFResult.best`). Raises as the runner, or for a missing scorer."""
+  run = particle_filter.run_particle_filter
+  res, rec = _run_search(run, config, model, params, prompts, key, inputs, name)
+  return _candidates_output(name, res, rec, res.aggregated_scores, weights=res.weights)
 
 
 def _run_beam(
@@ -719,30 +775,9 @@ def _run_beam(
 ) -> MethodOutput:
   """`beam_search.run_beam_search` (beam or DVTS by `config.method`); chosen =
   the best pool entry. Raises as the runner, or for a missing scorer."""
-  _need_scorer(name, inputs)
-  res, rec = beam_search.run_beam_search(
-    model,
-    params,
-    inputs.scorer,
-    inputs.scorer_params,
-    prompts,
-    key,
-    config,
-    prompt_lengths=inputs.prompt_lengths,
-  )
-  toks, lens = _pick(res.tokens, res.lengths, res.best)
-  return MethodOutput(
-    method=name,
-    budget=0,
-    tokens=toks,
-    lengths=lens,
-    compute=rec,
-    raw=res,
-    index=res.best,
-    candidates=res.tokens,
-    candidate_lengths=res.lengths,
-    scores=res.scores,
-  )
+  run = beam_search.run_beam_search
+  res, rec = _run_search(run, config, model, params, prompts, key, inputs, name)
+  return _candidates_output(name, res, rec, res.scores)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -759,17 +794,9 @@ def _run_astar(
 ) -> MethodOutput:
   """`astar.run_astar`: one answer per problem (no candidates). Raises as the
   runner, or for a missing scorer."""
-  _need_scorer(name, inputs)
-  res, rec = astar_lib.run_astar(
-    model,
-    params,
-    inputs.scorer,
-    inputs.scorer_params,
-    prompts,
-    key,
-    plan.config,
-    prompt_lengths=inputs.prompt_lengths,
-    pad_id=plan.pad_id,
+  run, cfg = astar_lib.run_astar, plan.config
+  res, rec = _run_search(
+    run, cfg, model, params, prompts, key, inputs, name, pad_id=plan.pad_id
   )
   return MethodOutput(
     method=name, budget=0, tokens=res.tokens, lengths=res.length, compute=rec, raw=res
