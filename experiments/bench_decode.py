@@ -9,6 +9,15 @@ JSON.
   python -m experiments.bench_decode                      # ~40M Llama config
   python -m experiments.bench_decode --model=smollm2      # real SmolLM2-135M
   python -m experiments.bench_decode --batches=1,16 --repeats=3 --hf=false
+  python -m experiments.bench_decode --model=llama1b --dtype=bfloat16   # GPU
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 \
+    python -m experiments.bench_decode --mesh=data=2,model=4 --hf=false
+
+`--dtype` sets the parameter and compute dtype of both models (and the dtype
+of the ceiling's matmul). `--mesh` (see `jaxllm.sharding.make_mesh`) puts the
+parameters into their shardings and splits the batch over `data`; the same
+`generate` runs, GSPMD places the rest. transformers runs on the GPU when
+torch sees one, else on the CPU.
 
 Writes <workdir>/results.json (default workdir results/bench_decode). The
 flags are checked (`validate_flags`, and prompt + new tokens against the
@@ -23,19 +32,36 @@ import os
 import tempfile
 import time
 
-from absl import app, flags
-
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
 
 from experiments import workdir
-from jaxllm import Transformer, generate, init_params, llama_like, make_sampling
+from jaxllm import (
+  Transformer,
+  generate,
+  init_params,
+  llama_like,
+  make_sampling,
+  sharding,
+)
 from jaxllm import flops as flops_lib
 from jaxllm.generate import TRACE_COUNT
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("model", "llama40m", ["llama40m", "smollm2"], "Model.")
+flags.DEFINE_enum(
+  "model",
+  "llama40m",
+  ["llama40m", "llama1b", "smollm2"],
+  "Model: a ~40M or a ~1.2B (Llama-3.2-1B shape) random-weight Llama config, "
+  "or the real SmolLM2-135M.",
+)
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Params/compute.")
+flags.DEFINE_string("mesh", None, "Mesh spec, e.g. 'data=4,model=2' (default: none).")
+flags.DEFINE_integer(
+  "ceiling_n", 0, "Matmul size for the FLOP/s ceiling (0: 2048 CPU, 8192 else)."
+)
 flags.DEFINE_list("batches", ["1", "16", "64"], "Batch sizes.")
 flags.DEFINE_integer("prompt_len", 32, "Prompt length (tokens).")
 flags.DEFINE_integer("new_tokens", 128, "Tokens generated per row.")
@@ -67,17 +93,22 @@ def _write_json(result) -> str:
   return path
 
 
-def measure_ceilings(repeats: int = 5) -> dict:
-  """Large float32 matmul FLOP/s (best of XLA and numpy) and copy bytes/s."""
-  n = 2048
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+def measure_ceilings(repeats: int = 5, dtype: str = "float32", n: int = 0) -> dict:
+  """Large matmul FLOP/s in `dtype` (best of XLA and numpy; n x n x n, n = 2048
+  on the CPU and 8192 on an accelerator when 0) and copy bytes/s (a 256 MiB
+  float32 buffer read and written)."""
+  if not n:
+    n = 2048 if jax.default_backend() == "cpu" else 8192
+  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+  b = jax.random.normal(jax.random.key(1), (n, n), dtype)
   mm = jax.jit(lambda x, y: x @ y)
   mm(a, b).block_until_ready()
   t_xla, _ = workdir.median_time(lambda: mm(a, b).block_until_ready(), repeats)
-  an, bn = np.asarray(a), np.asarray(b)
-  an @ bn
-  t_np, _ = workdir.median_time(lambda: an @ bn, repeats)
+  t_np = float("inf")  # numpy only competes in float32 (it has no bfloat16)
+  if dtype == "float32":
+    an, bn = np.asarray(a), np.asarray(b)
+    an @ bn
+    t_np, _ = workdir.median_time(lambda: an @ bn, repeats)
   flops = 2 * n**3
   # Copy: read + write of a 256 MiB buffer (bytes moved = 2 * size).
   x = jnp.ones((64 * 1024 * 1024,), jnp.float32)
@@ -89,6 +120,8 @@ def measure_ceilings(repeats: int = 5) -> dict:
   t_npcp, _ = workdir.median_time(lambda: np.copyto(yn, xn), repeats)
   nbytes = 2 * x.size * 4
   return dict(
+    matmul_n=n,
+    matmul_dtype=dtype,
     matmul_flops_xla=flops / t_xla,
     matmul_flops_numpy=flops / t_np,
     matmul_flops=max(flops / t_xla, flops / t_np),
@@ -98,52 +131,87 @@ def measure_ceilings(repeats: int = 5) -> dict:
   )
 
 
-def build_model(name: str, seed: int):
-  """(cfg, params, hf_dir or None, hf_kwargs) for the benchmark model."""
-  if name == "llama40m":
-    cfg = llama_like(
-      vocab_size=32000,
-      d_model=512,
-      n_layers=8,
-      n_heads=8,
-      n_kv_heads=4,
-      d_ff=1408,
-      max_seq_len=1024,
-    )
-    params = init_params(cfg, jax.random.key(seed))
+# Random-weight Llama configs: the 40M CPU model and the Llama-3.2-1B shape.
+CONFIGS = dict(
+  llama40m=dict(
+    vocab_size=32000, d_model=512, n_layers=8, n_heads=8, n_kv_heads=4, d_ff=1408
+  ),
+  llama1b=dict(
+    vocab_size=128256,
+    d_model=2048,
+    n_layers=16,
+    n_heads=32,
+    n_kv_heads=8,
+    d_ff=8192,
+    rope_theta=500000.0,
+    tie_embeddings=True,
+  ),
+)
+
+
+def build_model(name: str, seed: int, dtype: str = "float32", mesh=None):
+  """(cfg, params, hf name or None) for the benchmark model; parameters go
+  straight into their shardings when a mesh is given."""
+  if name in CONFIGS:
+    cfg = llama_like(**CONFIGS[name], max_seq_len=1024, dtype=dtype, param_dtype=dtype)
+    shardings = None if mesh is None else sharding.param_shardings(cfg, mesh)
+    params = init_params(cfg, jax.random.key(seed), shardings=shardings)
     return cfg, params, None
-  cfg, params, _ = workdir.load_pretrained(dtype="float32")
+  cfg, params, _ = workdir.load_pretrained(dtype=dtype)
+  if mesh is not None:
+    params = sharding.shard_params(params, cfg, mesh)
   return cfg, params, "smollm2"
 
 
-def load_hf_model(name, cfg, params, torch_threads):
+def load_hf_model(name, cfg, params, torch_threads, dtype: str = "float32"):
+  """The same weights in transformers, on the GPU when torch sees one."""
   import torch
   import transformers
 
   if torch_threads:
     torch.set_num_threads(torch_threads)
+  tdtype = getattr(torch, dtype)
   if name == "smollm2":
     from jaxllm.pretrained import pretrained_path
 
     path = pretrained_path(workdir.SMOLLM2)
-    return transformers.AutoModelForCausalLM.from_pretrained(
-      os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32
-    ).eval()
-  from jaxllm.hf import save_hf
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+      os.path.dirname(path), gguf_file=os.path.basename(path), dtype=tdtype
+    )
+  else:
+    from jaxllm.hf import save_hf
 
-  d = tempfile.mkdtemp(prefix="bench_hf_")
-  save_hf(d, cfg, params, model_type="llama")
-  return transformers.AutoModelForCausalLM.from_pretrained(
-    d, dtype=torch.float32
-  ).eval()
+    d = tempfile.mkdtemp(prefix="bench_hf_")
+    save_hf(d, cfg, params, model_type="llama")
+    model = transformers.AutoModelForCausalLM.from_pretrained(d, dtype=tdtype)
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  return model.to(device).eval()
 
 
-def bench_ours(cfg, params, prompts, new_tokens, repeats, key):
+def generate_fn(cfg, params, new_tokens, mesh=None):
+  """`run(prompts, key)`: our `generate` (temperature 1) on a list of
+  equal-length prompts, split over the mesh's data axes when there is one."""
   model = Transformer(cfg)
   sampling = make_sampling(1.0)
-  run = lambda k: jax.block_until_ready(
-    generate(model, params, prompts, k, new_tokens, sampling)
-  )
+
+  def run(prompts, key):
+    tokens = np.asarray(prompts, np.int32)
+    lengths = np.full((tokens.shape[0],), tokens.shape[1], np.int32)
+    if mesh is not None:
+      tokens = sharding.shard_batch(tokens, mesh)
+      lengths = sharding.shard_batch(lengths, mesh)
+    out = generate(
+      model, params, tokens, key, new_tokens, sampling, prompt_lengths=lengths
+    )
+    return jax.block_until_ready(out)
+
+  return run
+
+
+def bench_ours(cfg, params, prompts, new_tokens, repeats, key, mesh=None):
+  """First-call and median (of `repeats`) seconds of `generate_fn`."""
+  generate_once = generate_fn(cfg, params, new_tokens, mesh)
+  run = lambda k: generate_once(prompts, k)
   t0 = time.perf_counter()
   out = run(key)
   first = time.perf_counter() - t0
@@ -157,7 +225,7 @@ def bench_ours(cfg, params, prompts, new_tokens, repeats, key):
 def bench_hf(hf_model, prompts, new_tokens, repeats):
   import torch
 
-  ids = torch.tensor(np.asarray(prompts), dtype=torch.long)
+  ids = torch.tensor(np.asarray(prompts), dtype=torch.long, device=hf_model.device)
   kw = dict(
     do_sample=True,
     temperature=1.0,
@@ -174,6 +242,8 @@ def bench_hf(hf_model, prompts, new_tokens, repeats):
     def run():
       out = hf_model.generate(ids, **kw)
       assert out.shape[1] == ids.shape[1] + new_tokens
+      if ids.is_cuda:
+        torch.cuda.synchronize()
 
     med, ts = workdir.median_time(run, repeats)
   return dict(median_s=med, times_s=ts)
@@ -190,14 +260,26 @@ def run(batches) -> str:
   """Every batch size, the table and the recompilation check; returns the
   JSON's path."""
   print(f"devices: {jax.devices()}")
-  cfg, params, _ = build_model(FLAGS.model, FLAGS.seed)
+  mesh = None
+  if FLAGS.mesh:
+    try:
+      mesh = sharding.make_mesh(FLAGS.mesh)
+    except ValueError as e:
+      raise app.UsageError(f"--mesh={FLAGS.mesh!r}: {e}") from e
+    n_data = sharding.data_parallel_size(mesh)
+    bad = [b for b in batches if b % n_data]
+    if bad:
+      raise app.UsageError(
+        f"--batches {bad} not divisible by the mesh's data-parallel size {n_data}"
+      )
+  cfg, params, _ = build_model(FLAGS.model, FLAGS.seed, FLAGS.dtype, mesh)
   if FLAGS.prompt_len + FLAGS.new_tokens > cfg.max_seq_len:
     raise app.UsageError(
       f"--prompt_len={FLAGS.prompt_len} + --new_tokens="
       f"{FLAGS.new_tokens} exceeds the model's context "
       f"({cfg.max_seq_len})"
     )
-  ceil = measure_ceilings()
+  ceil = measure_ceilings(dtype=FLAGS.dtype, n=FLAGS.ceiling_n)
   print(
     f"ceilings: matmul {ceil['matmul_flops'] / 1e9:.1f} GFLOP/s "
     f"(xla {ceil['matmul_flops_xla'] / 1e9:.1f}, numpy "
@@ -206,23 +288,26 @@ def run(batches) -> str:
   )
   n_params = cfg.param_counts()["total"]
   hf_model = (
-    load_hf_model(FLAGS.model, cfg, params, FLAGS.torch_threads) if FLAGS.hf else None
+    load_hf_model(FLAGS.model, cfg, params, FLAGS.torch_threads, FLAGS.dtype)
+    if FLAGS.hf
+    else None
   )
   rng = np.random.default_rng(FLAGS.seed)
   P, N = FLAGS.prompt_len, FLAGS.new_tokens
   # Average context of a decode token, for attention FLOPs / KV bytes.
   ctx = P + (N + 1) / 2
   flops_tok = float(flops_lib.decode_flops(cfg, ctx))
-  wbytes = flops_lib.weight_bytes_per_step(cfg, 4)
+  el_bytes = jnp.dtype(FLAGS.dtype).itemsize
+  wbytes = flops_lib.weight_bytes_per_step(cfg, el_bytes)
   rows = []
   for B in batches:
     prompts = rng.integers(1, cfg.vocab_size, size=(B, P)).tolist()
     ours = bench_ours(
-      cfg, params, prompts, N, FLAGS.repeats, jax.random.key(FLAGS.seed)
+      cfg, params, prompts, N, FLAGS.repeats, jax.random.key(FLAGS.seed), mesh
     )
     tok_s = B * N / ours["median_s"]
     # Bytes per decode step: the weights once + every row's KV reads.
-    step_bytes = wbytes + B * float(flops_lib.kv_bytes_per_token(cfg, ctx))
+    step_bytes = wbytes + B * float(flops_lib.kv_bytes_per_token(cfg, ctx, el_bytes))
     row = dict(
       batch=B,
       ours_tok_s=tok_s,
@@ -242,6 +327,8 @@ def run(batches) -> str:
     _write_json(
       dict(
         model=FLAGS.model,
+        dtype=FLAGS.dtype,
+        mesh=FLAGS.mesh,
         params=n_params,
         prompt_len=P,
         new_tokens=N,
@@ -261,17 +348,15 @@ def run(batches) -> str:
     )
 
   # Recompilation check: a second prompt length in the same bucket.
-  model = Transformer(cfg)
   before = TRACE_COUNT["generate"]
-  p2 = rng.integers(1, cfg.vocab_size, size=(1, P - 3)).tolist()
-  jax.block_until_ready(
-    generate(model, params, p2, jax.random.key(2), N, make_sampling(1.0))
-  )
+  p2 = rng.integers(1, cfg.vocab_size, size=(batches[0], P - 3)).tolist()
+  generate_fn(cfg, params, N, mesh)(p2, jax.random.key(2))
   recompiled = TRACE_COUNT["generate"] != before
 
   print()
   print(
-    f"model {FLAGS.model}: {n_params / 1e6:.1f}M params, prompt {P}, "
+    f"model {FLAGS.model} ({FLAGS.dtype}, mesh {FLAGS.mesh}): "
+    f"{n_params / 1e6:.1f}M params, prompt {P}, "
     f"{N} new tokens, {flops_tok / 1e6:.1f} MFLOP/token, "
     f"{wbytes / 1e6:.1f} MB weights/step"
   )
@@ -291,6 +376,8 @@ def run(batches) -> str:
   print(f"second prompt length ({P - 3}) in the same bucket recompiled: {recompiled}")
   result = dict(
     model=FLAGS.model,
+    dtype=FLAGS.dtype,
+    mesh=FLAGS.mesh,
     params=n_params,
     prompt_len=P,
     new_tokens=N,
