@@ -245,8 +245,7 @@ def _spec_block(
   counts): the emitted tokens are the accepted drafts followed by the extra token.
   """
   shape = config.tree
-  sizes = shape.level_sizes
-  L = len(sizes)
+  L = len(shape.level_sizes)
   k_tree, k_ver = jax.random.split(key)
   # 1. the draft catches up with the pending tokens and gives q at the root.
   d_len0 = draft.lengths(d_state)[0]
@@ -296,21 +295,31 @@ def _spec_block(
   ).astype(jnp.int32)
   npend = jnp.where(leaf_taken, 2, 1).astype(jnp.int32)
 
-  # FLOPs bookkeeping: tokens processed and the keys each attended to.
+  counts = _block_counts(shape, valid_2, d_len0, d_len, t_len)
+  return t_state, d_state, pend_2, npend, tok_Dp1, n_emit, n_acc, counts
+
+
+def _block_counts(shape, valid_2, d_len0, d_len, t_len):
+  """FLOPs bookkeeping of one block: tokens processed by target and draft and the
+  sums of the keys each attended to (t_tok, t_ctx, d_tok, d_ctx).
+
+  valid_2: the draft's pending tokens; d_len0 / d_len: the draft's cache length
+  before / after extending with them; t_len: the target's cache length.
+  """
+  sizes = shape.level_sizes
   depth_sum = float(sum((l + 1) * n for l, n in enumerate(sizes)))
   M = shape.tree_tokens
   npf = valid_2.sum().astype(jnp.float32)
   d_tok = npf
   d_ctx = npf * d_len0 + npf * (npf + 1) / 2
-  for l in range(1, L):  # score_tree over levels 1..l
+  for l in range(1, len(sizes)):  # score_tree over levels 1..l
     m_l = float(sum(sizes[:l]))
     s_l = float(sum((j + 1) * n for j, n in enumerate(sizes[:l])))
     d_tok = d_tok + m_l
     d_ctx = d_ctx + m_l * d_len + s_l
-  counts = dict(
+  return dict(
     t_tok=jnp.float32(M), t_ctx=M * t_len + depth_sum + M, d_tok=d_tok, d_ctx=d_ctx
   )
-  return t_state, d_state, pend_2, npend, tok_Dp1, n_emit, n_acc, counts
 
 
 def _prefill(model, params, tokens_BxT, lengths_B, cache_size):
@@ -337,52 +346,70 @@ def _generate_impl(
   B = tokens_BxT.shape[0]
   N = config.max_new_tokens
   D = config.tree.max_depth
-  pad = jnp.int32(config.pad_id)
-  out = jnp.full((B, N + D + 1), pad, jnp.int32)
-  pos = jnp.zeros((B,), jnp.int32)
-  zeros_f = jnp.zeros((B,), jnp.float32)
-  zeros_i = jnp.zeros((B,), jnp.int32)
+  out = jnp.full((B, N + D + 1), jnp.int32(config.pad_id), jnp.int32)
   t_state, last = _prefill(target, tp, tokens_BxT, lengths_B, cache_size)
-
   if not config.tree.uses_draft:
-
-    def cond(c):
-      return jnp.any(c[2] < N)
-
-    def body(c):
-      i, t_state, pos, last, out, calls, cnt = c
-      live = pos < N
-      t_len = target.lengths(t_state)
-      new_state, logits = target.extend(tp, t_state, last[:, None])
-      tok = sample(jax.random.fold_in(key, i), logits[:, 0], s)
-      out = jnp.where(live[:, None], out.at[jnp.arange(B), pos].set(tok), out)
-      t_state = jax.vmap(_select)(live, new_state, t_state)
-      lf = live.astype(jnp.float32)
-      cnt = dict(
-        t_tok=cnt["t_tok"] + lf,
-        t_ctx=cnt["t_ctx"] + lf * (t_len + 1),
-        d_tok=cnt["d_tok"],
-        d_ctx=cnt["d_ctx"],
-      )
-      return (
-        i + 1,
-        t_state,
-        pos + live,
-        jnp.where(live, tok, last),
-        out,
-        calls + live,
-        cnt,
-      )
-
-    cnt = dict(t_tok=zeros_f, t_ctx=zeros_f, d_tok=zeros_f, d_ctx=zeros_f)
-    _, t_state, pos, last, out, calls, cnt = lax.while_loop(
-      cond, body, (jnp.int32(0), t_state, pos, last, out, zeros_i, cnt)
-    )
-    return SpecOutput(
-      out, pos, calls, zeros_i, zeros_i, t_state, last, cnt, _overshoot=D + 1
-    )
-
+    return _autoregressive_loop(target, tp, key, s, t_state, last, out, N, D)
   d_state, _ = _prefill(draft, dp, tokens_BxT, lengths_B, cache_size)
+  return _spec_loop(target, tp, draft, dp, key, s, config, t_state, d_state, last, out)
+
+
+def _zero_counts(B):
+  """The FLOPs bookkeeping of B rows before any block (`_block_counts`' keys)."""
+  zeros_f = jnp.zeros((B,), jnp.float32)
+  return dict(t_tok=zeros_f, t_ctx=zeros_f, d_tok=zeros_f, d_ctx=zeros_f)
+
+
+def _autoregressive_loop(target, tp, key, s, t_state, last, out, N: int, D: int):
+  """Plain sampling from the target, one target call per token, until every row
+  has N tokens (the Autoregressive tree). out: [B, N + D + 1] pad-filled."""
+  B = out.shape[0]
+  zeros_i = jnp.zeros((B,), jnp.int32)
+
+  def cond(c):
+    return jnp.any(c[2] < N)
+
+  def body(c):
+    i, t_state, pos, last, out, calls, cnt = c
+    live = pos < N
+    t_len = target.lengths(t_state)
+    new_state, logits = target.extend(tp, t_state, last[:, None])
+    tok = sample(jax.random.fold_in(key, i), logits[:, 0], s)
+    out = jnp.where(live[:, None], out.at[jnp.arange(B), pos].set(tok), out)
+    t_state = jax.vmap(_select)(live, new_state, t_state)
+    lf = live.astype(jnp.float32)
+    cnt = dict(
+      t_tok=cnt["t_tok"] + lf,
+      t_ctx=cnt["t_ctx"] + lf * (t_len + 1),
+      d_tok=cnt["d_tok"],
+      d_ctx=cnt["d_ctx"],
+    )
+    return (
+      i + 1,
+      t_state,
+      pos + live,
+      jnp.where(live, tok, last),
+      out,
+      calls + live,
+      cnt,
+    )
+
+  init = (jnp.int32(0), t_state, zeros_i, last, out, zeros_i, _zero_counts(B))
+  _, t_state, pos, last, out, calls, cnt = lax.while_loop(cond, body, init)
+  return SpecOutput(
+    out, pos, calls, zeros_i, zeros_i, t_state, last, cnt, _overshoot=D + 1
+  )
+
+
+def _spec_loop(target, tp, draft, dp, key, s, config, t_state, d_state, last, out):
+  """Speculative blocks (`_spec_block`, vmapped over rows) until every row has
+  config.max_new_tokens tokens; rows that are done are frozen. out: [B, N + D + 1]
+  pad-filled; last: the last prompt token (the first block's root)."""
+  B = out.shape[0]
+  N = config.max_new_tokens
+  D = config.tree.max_depth
+  pad = jnp.int32(config.pad_id)
+  zeros_i = jnp.zeros((B,), jnp.int32)
   pend = jnp.stack([last, jnp.zeros_like(last)], axis=1)
   npend = jnp.ones((B,), jnp.int32)
 
@@ -420,9 +447,8 @@ def _generate_impl(
     res = jax.vmap(row_block)(t_state, d_state, pend, npend, pos, out, stats, keys)
     return (i + 1,) + res[:2] + res[2:4] + (res[4], res[5], res[6])
 
-  cnt = dict(t_tok=zeros_f, t_ctx=zeros_f, d_tok=zeros_f, d_ctx=zeros_f)
-  stats = (zeros_i, zeros_i, zeros_i, cnt)
-  init = (jnp.int32(0), t_state, d_state, pend, npend, pos, out, stats)
+  stats = (zeros_i, zeros_i, zeros_i, _zero_counts(B))
+  init = (jnp.int32(0), t_state, d_state, pend, npend, zeros_i, out, stats)
   _, t_state, _, pend, npend, pos, out, stats = lax.while_loop(cond, body, init)
   calls, dcalls, acc, cnt = stats
   last = jnp.take_along_axis(pend, (npend - 1)[:, None], axis=1)[:, 0]
@@ -503,6 +529,48 @@ def compute_record(target, draft, config, out: SpecOutput, lengths_B) -> Compute
   )
 
 
+def _check_lengths(target, draft, config: SpecConfig, tokens_BxT, lengths_B) -> int:
+  """The cache size (config.cache_size, default bucketed prompt + max_new_tokens +
+  tree + 2), after checking that prompt + max_new_tokens + tree fits the int32
+  position range, each model's ModelConfig.max_seq_len and the cache size.
+
+  Raises:
+    ValueError: naming the limit that is exceeded.
+  """
+  need = tokens_BxT.shape[1] + config.max_new_tokens + config.tree.tree_tokens + 2
+  what = (
+    f"prompt length {int(lengths_B.max())} + max_new_tokens "
+    f"{config.max_new_tokens} + tree {config.tree.tree_tokens}"
+  )
+  n_max = int(lengths_B.max()) + config.max_new_tokens + config.tree.tree_tokens
+  check_length(what, n_max, "the int32 position range", INT32_LIMIT)
+  for m in (target, draft):
+    max_seq = getattr(getattr(m, "cfg", None), "max_seq_len", None)
+    if max_seq is not None:
+      check_length(what, n_max, "ModelConfig.max_seq_len", max_seq)
+  cache_size = need if config.cache_size is None else config.cache_size
+  check_length(
+    f"bucketed prompt {tokens_BxT.shape[1]} + max_new_tokens "
+    f"{config.max_new_tokens} + tree {config.tree.tree_tokens} + 2",
+    need,
+    "SpecConfig.cache_size",
+    cache_size,
+  )
+  return cache_size
+
+
+def _static_config(config: SpecConfig) -> SpecConfig:
+  """The config the program is compiled for. Sampling values are array leaves of
+  `Sampling`: strip them from the static config so that e.g. a temperature sweep
+  reuses one compiled program."""
+  return dataclasses.replace(
+    config,
+    sampling_temperature=1.0,
+    sampling_top_p=None if config.sampling().use_top_p is False else 0.5,
+    sampling_min_p=None if not config.sampling_min_p else 0.5,
+  )
+
+
 def speculative_generate(
   target,
   target_params,
@@ -544,33 +612,7 @@ def speculative_generate(
   tokens, lengths = check_prompts(
     target, prompts, prompt_lengths, config.pad_id, pad_id_name="SpecConfig.pad_id"
   )
-  need = tokens.shape[1] + config.max_new_tokens + config.tree.tree_tokens + 2
-  what = (
-    f"prompt length {int(lengths.max())} + max_new_tokens "
-    f"{config.max_new_tokens} + tree {config.tree.tree_tokens}"
-  )
-  n_max = int(lengths.max()) + config.max_new_tokens + config.tree.tree_tokens
-  check_length(what, n_max, "the int32 position range", INT32_LIMIT)
-  for m in (target, draft):
-    max_seq = getattr(getattr(m, "cfg", None), "max_seq_len", None)
-    if max_seq is not None:
-      check_length(what, n_max, "ModelConfig.max_seq_len", max_seq)
-  cache_size = need if config.cache_size is None else config.cache_size
-  check_length(
-    f"bucketed prompt {tokens.shape[1]} + max_new_tokens "
-    f"{config.max_new_tokens} + tree {config.tree.tree_tokens} + 2",
-    need,
-    "SpecConfig.cache_size",
-    cache_size,
-  )
-  # Sampling values are array leaves of `Sampling`: strip them from the static config
-  # so that e.g. a temperature sweep reuses one compiled program.
-  static_cfg = dataclasses.replace(
-    config,
-    sampling_temperature=1.0,
-    sampling_top_p=None if config.sampling().use_top_p is False else 0.5,
-    sampling_min_p=None if not config.sampling_min_p else 0.5,
-  )
+  cache_size = _check_lengths(target, draft, config, tokens, lengths)
   out = _generate_jit(
     target,
     target_params,
@@ -580,7 +622,7 @@ def speculative_generate(
     jnp.asarray(lengths),
     key,
     config.sampling(),
-    config=static_cfg,
+    config=_static_config(config),
     cache_size=cache_size,
   )
   return out, compute_record(target, draft, config, out, lengths)
