@@ -162,131 +162,11 @@ class ModelConfig:
   attention_impl: str = "jnp"  # a key of jaxllm.model.ATTENTION_IMPLS
 
   def __post_init__(self):
-    def need(cond, field, msg):
-      if not cond:
-        raise ValueError(f"ModelConfig.{field}: {msg}")
-
-    def to_int(f):
-      v = as_int(f"ModelConfig.{f}", getattr(self, f))
-      object.__setattr__(self, f, v)
-      return v
-
-    def to_real(f):
-      v = as_real(f"ModelConfig.{f}", getattr(self, f))
-      object.__setattr__(self, f, v)
-      return v
-
-    for f in (
-      "vocab_size",
-      "d_model",
-      "n_layers",
-      "n_heads",
-      "n_kv_heads",
-      "d_ff",
-      "max_seq_len",
-    ):
-      v = to_int(f)
-      need(v > 0, f, f"must be a positive int, got {v!r}")
-    if self.head_dim is None:
-      need(
-        self.d_model % self.n_heads == 0,
-        "n_heads",
-        f"d_model={self.d_model} is not divisible by n_heads={self.n_heads} "
-        "(set head_dim explicitly if that is intended)",
-      )
-      object.__setattr__(self, "head_dim", self.d_model // self.n_heads)
-    head_dim = to_int("head_dim")
-    need(
-      head_dim > 0 and head_dim % 2 == 0,
-      "head_dim",
-      f"must be a positive even int (RoPE rotates pairs), got {head_dim!r}",
-    )
-    need(
-      self.n_heads % self.n_kv_heads == 0,
-      "n_kv_heads",
-      f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}",
-    )
-    need(
-      isinstance(self.activation, str) and self.activation in ACTIVATIONS,
-      "activation",
-      f"unknown activation {self.activation!r}; expected one of {ACTIVATIONS}",
-    )
-    need(
-      isinstance(self.dtype, str) and self.dtype in DTYPES,
-      "dtype",
-      f"{self.dtype!r} not in {DTYPES}",
-    )
-    need(
-      isinstance(self.param_dtype, str) and self.param_dtype in DTYPES,
-      "param_dtype",
-      f"{self.param_dtype!r} not in {DTYPES}",
-    )
-    # The registry lives beside the implementations (imported here, not at
-    # module level: jaxllm.model imports this module).
-    from jaxllm.model import ATTENTION_IMPLS
-
-    need(
-      isinstance(self.attention_impl, str) and self.attention_impl in ATTENTION_IMPLS,
-      "attention_impl",
-      f"unknown attention implementation {self.attention_impl!r}; "
-      f"registered: {sorted(ATTENTION_IMPLS)}",
-    )
-    for f in (
-      "norm_plus_one",
-      "post_norms",
-      "tie_embeddings",
-      "qkv_bias",
-      "embed_scale",
-    ):
-      v = getattr(self, f)
-      need(isinstance(v, (bool, np.bool_)), f, f"must be a bool, got {v!r}")
-      object.__setattr__(self, f, bool(v))
-    need(to_real("norm_eps") > 0, "norm_eps", f"must be > 0, got {self.norm_eps}")
-    need(to_real("rope_theta") > 0, "rope_theta", f"must be > 0, got {self.rope_theta}")
-    for f in ("attn_softcap", "final_softcap", "query_pre_attn_scalar"):
-      if getattr(self, f) is not None:
-        v = to_real(f)
-        need(v > 0, f, f"must be None or > 0, got {v}")
-    if self.sliding_window is not None:
-      v = to_int("sliding_window")
-      need(v > 0, "sliding_window", f"must be None or > 0, got {v}")
-    v = to_int("sliding_window_pattern")
-    need(v >= 1, "sliding_window_pattern", f"must be >= 1, got {v}")
-    if self.layer_windows is not None:
-      need(
-        isinstance(self.layer_windows, (tuple, list)),
-        "layer_windows",
-        f"must be a tuple of ints, got {self.layer_windows!r}",
-      )
-      windows = tuple(
-        as_int(f"ModelConfig.layer_windows[{i}]", w)
-        for i, w in enumerate(self.layer_windows)
-      )
-      object.__setattr__(self, "layer_windows", windows)
-      need(
-        len(windows) == self.n_layers,
-        "layer_windows",
-        f"has {len(windows)} entries for n_layers={self.n_layers}",
-      )
-      need(
-        all(w >= 0 for w in windows),
-        "layer_windows",
-        "entries must be ints >= 0 (0 = global)",
-      )
-    if isinstance(self.rope_scaling, dict):
-      names = {f.name for f in dataclasses.fields(RopeScaling)}
-      need(
-        set(self.rope_scaling) <= names,
-        "rope_scaling",
-        f"unknown keys {sorted(set(self.rope_scaling) - names)}; "
-        f"expected some of {sorted(names)}",
-      )
-      object.__setattr__(self, "rope_scaling", RopeScaling(**self.rope_scaling))
-    need(
-      self.rope_scaling is None or isinstance(self.rope_scaling, RopeScaling),
-      "rope_scaling",
-      f"must be None, a RopeScaling or a dict, got {self.rope_scaling!r}",
-    )
+    _check_sizes(self)
+    _check_names(self)
+    _check_flags_and_scales(self)
+    _check_windows(self)
+    _check_rope_scaling(self)
 
   @property
   def q_per_kv(self) -> int:
@@ -335,6 +215,159 @@ class ModelConfig:
       final_norm=d,
       total=per_layer * self.n_layers + embed + head + d,
     )
+
+
+# ModelConfig.__post_init__'s checks, in the order they run (the first failing one
+# raises). Each normalises the fields it checks in place (the dataclass is frozen).
+
+
+def _need(cond, field: str, msg: str) -> None:
+  """ValueError "ModelConfig.<field>: <msg>" unless `cond`."""
+  if not cond:
+    raise ValueError(f"ModelConfig.{field}: {msg}")
+
+
+def _store(cfg: ModelConfig, field: str, value):
+  object.__setattr__(cfg, field, value)
+  return value
+
+
+def _to_int(cfg: ModelConfig, field: str) -> int:
+  return _store(cfg, field, as_int(f"ModelConfig.{field}", getattr(cfg, field)))
+
+
+def _to_real(cfg: ModelConfig, field: str) -> float:
+  return _store(cfg, field, as_real(f"ModelConfig.{field}", getattr(cfg, field)))
+
+
+def _check_sizes(cfg: ModelConfig) -> None:
+  """Sizes are positive ints; head_dim (default d_model // n_heads) is even and
+  n_kv_heads divides n_heads."""
+  for f in (
+    "vocab_size",
+    "d_model",
+    "n_layers",
+    "n_heads",
+    "n_kv_heads",
+    "d_ff",
+    "max_seq_len",
+  ):
+    v = _to_int(cfg, f)
+    _need(v > 0, f, f"must be a positive int, got {v!r}")
+  if cfg.head_dim is None:
+    _need(
+      cfg.d_model % cfg.n_heads == 0,
+      "n_heads",
+      f"d_model={cfg.d_model} is not divisible by n_heads={cfg.n_heads} "
+      "(set head_dim explicitly if that is intended)",
+    )
+    _store(cfg, "head_dim", cfg.d_model // cfg.n_heads)
+  head_dim = _to_int(cfg, "head_dim")
+  _need(
+    head_dim > 0 and head_dim % 2 == 0,
+    "head_dim",
+    f"must be a positive even int (RoPE rotates pairs), got {head_dim!r}",
+  )
+  _need(
+    cfg.n_heads % cfg.n_kv_heads == 0,
+    "n_kv_heads",
+    f"n_heads={cfg.n_heads} is not divisible by n_kv_heads={cfg.n_kv_heads}",
+  )
+
+
+def _check_names(cfg: ModelConfig) -> None:
+  """activation, dtype, param_dtype and attention_impl name known entries."""
+  _need(
+    isinstance(cfg.activation, str) and cfg.activation in ACTIVATIONS,
+    "activation",
+    f"unknown activation {cfg.activation!r}; expected one of {ACTIVATIONS}",
+  )
+  for f in ("dtype", "param_dtype"):
+    v = getattr(cfg, f)
+    _need(isinstance(v, str) and v in DTYPES, f, f"{v!r} not in {DTYPES}")
+  # The registry lives beside the implementations (imported here, not at
+  # module level: jaxllm.model imports this module).
+  from jaxllm.model import ATTENTION_IMPLS
+
+  _need(
+    isinstance(cfg.attention_impl, str) and cfg.attention_impl in ATTENTION_IMPLS,
+    "attention_impl",
+    f"unknown attention implementation {cfg.attention_impl!r}; "
+    f"registered: {sorted(ATTENTION_IMPLS)}",
+  )
+
+
+def _check_flags_and_scales(cfg: ModelConfig) -> None:
+  """Flags are bools; norm_eps, rope_theta and the optional softcaps /
+  query_pre_attn_scalar are finite and > 0."""
+  for f in (
+    "norm_plus_one",
+    "post_norms",
+    "tie_embeddings",
+    "qkv_bias",
+    "embed_scale",
+  ):
+    v = getattr(cfg, f)
+    _need(isinstance(v, (bool, np.bool_)), f, f"must be a bool, got {v!r}")
+    _store(cfg, f, bool(v))
+  _need(_to_real(cfg, "norm_eps") > 0, "norm_eps", f"must be > 0, got {cfg.norm_eps}")
+  _need(
+    _to_real(cfg, "rope_theta") > 0, "rope_theta", f"must be > 0, got {cfg.rope_theta}"
+  )
+  for f in ("attn_softcap", "final_softcap", "query_pre_attn_scalar"):
+    if getattr(cfg, f) is not None:
+      v = _to_real(cfg, f)
+      _need(v > 0, f, f"must be None or > 0, got {v}")
+
+
+def _check_windows(cfg: ModelConfig) -> None:
+  """sliding_window None or > 0, sliding_window_pattern >= 1, layer_windows None
+  or n_layers ints >= 0 (stored as a tuple)."""
+  if cfg.sliding_window is not None:
+    v = _to_int(cfg, "sliding_window")
+    _need(v > 0, "sliding_window", f"must be None or > 0, got {v}")
+  v = _to_int(cfg, "sliding_window_pattern")
+  _need(v >= 1, "sliding_window_pattern", f"must be >= 1, got {v}")
+  if cfg.layer_windows is None:
+    return
+  _need(
+    isinstance(cfg.layer_windows, (tuple, list)),
+    "layer_windows",
+    f"must be a tuple of ints, got {cfg.layer_windows!r}",
+  )
+  windows = tuple(
+    as_int(f"ModelConfig.layer_windows[{i}]", w)
+    for i, w in enumerate(cfg.layer_windows)
+  )
+  _store(cfg, "layer_windows", windows)
+  _need(
+    len(windows) == cfg.n_layers,
+    "layer_windows",
+    f"has {len(windows)} entries for n_layers={cfg.n_layers}",
+  )
+  _need(
+    all(w >= 0 for w in windows),
+    "layer_windows",
+    "entries must be ints >= 0 (0 = global)",
+  )
+
+
+def _check_rope_scaling(cfg: ModelConfig) -> None:
+  """rope_scaling is None or a RopeScaling (a dict of its fields is converted)."""
+  if isinstance(cfg.rope_scaling, dict):
+    names = {f.name for f in dataclasses.fields(RopeScaling)}
+    _need(
+      set(cfg.rope_scaling) <= names,
+      "rope_scaling",
+      f"unknown keys {sorted(set(cfg.rope_scaling) - names)}; "
+      f"expected some of {sorted(names)}",
+    )
+    _store(cfg, "rope_scaling", RopeScaling(**cfg.rope_scaling))
+  _need(
+    cfg.rope_scaling is None or isinstance(cfg.rope_scaling, RopeScaling),
+    "rope_scaling",
+    f"must be None, a RopeScaling or a dict, got {cfg.rope_scaling!r}",
+  )
 
 
 def llama_like(
