@@ -416,26 +416,23 @@ def config_from_metadata(
   rope_scaling = None
   if rope_freqs is not None:
     rope_scaling = llama3_scaling_from_factors(rope_freqs, head_dim, theta, omp)
-  try:
-    return ModelConfig(
-      vocab_size=int(vocab_size),
-      d_model=d_model,
-      n_layers=n_layers,
-      n_heads=n_heads,
-      n_kv_heads=n_kv,
-      d_ff=d_ff,
-      head_dim=head_dim,
-      activation="silu",
-      norm_eps=eps,
-      rope_theta=theta,
-      rope_scaling=rope_scaling,
-      tie_embeddings=tied,
-      max_seq_len=max_seq_len,
-      dtype=dtype,
-      param_dtype=dtype,
-    )
-  except ValueError as e:
-    raise ValueError(f"{path!r}: {e}") from e
+  return hf_lib.build_config(
+    repr(path),
+    dtype=dtype,
+    vocab_size=int(vocab_size),
+    d_model=d_model,
+    n_layers=n_layers,
+    n_heads=n_heads,
+    n_kv_heads=n_kv,
+    d_ff=d_ff,
+    head_dim=head_dim,
+    activation="silu",
+    norm_eps=eps,
+    rope_theta=theta,
+    rope_scaling=rope_scaling,
+    tie_embeddings=tied,
+    max_seq_len=max_seq_len,
+  )
 
 
 # ----------------------------------------------------------------------------

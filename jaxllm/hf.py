@@ -518,6 +518,36 @@ def _windows(hf: dict, fam: Family, get, n_layers: int, source: str):
   return tuple(w if t == "sliding_attention" else 0 for t in types)
 
 
+def _check_hf_dict(hf, source: str, dtype: str | None) -> None:
+  """Raises ValueError for an unknown `dtype` argument, a config that is not a
+  JSON object, or one without a required field."""
+  if dtype is not None and dtype not in DTYPES:
+    raise ValueError(f"dtype {dtype!r} is not one of {DTYPES}")
+  if not isinstance(hf, dict):
+    raise ValueError(f"{source}: expected a JSON object, got {type(hf).__name__}")
+  for f in _REQUIRED:
+    if f not in hf or hf[f] is None:
+      raise ValueError(f"{source}: missing required field {f!r}")
+
+
+def _check_supported(hf: dict, fam, source: str) -> None:
+  """Raises ValueError for a feature transformers supports for this family that
+  our model does not (`fam.unsupported`), when the config turns it on."""
+  for f in fam.unsupported:
+    if hf.get(f):
+      raise ValueError(
+        f"{source}: {f}={_json_text(hf[f])} is not supported "
+        f"for model_type {hf['model_type']!r}"
+      )
+
+
+def _checkpoint_dtype(hf: dict) -> str:
+  """The checkpoint's `dtype` / `torch_dtype` when it is one of DTYPES, else
+  float32."""
+  dtype = hf.get("dtype") or hf.get("torch_dtype") or "float32"
+  return dtype if isinstance(dtype, str) and dtype in DTYPES else "float32"
+
+
 def config_from_hf(
   hf: dict, source: str = "config.json", *, dtype: Optional[str] = None
 ) -> ModelConfig:
@@ -536,32 +566,19 @@ def config_from_hf(
       "abc", "rms_norm_eps": null), or an unsupported feature; also for an
       unknown `dtype` argument.
   """
-  if dtype is not None and dtype not in DTYPES:
-    raise ValueError(f"dtype {dtype!r} is not one of {DTYPES}")
-  if not isinstance(hf, dict):
-    raise ValueError(f"{source}: expected a JSON object, got {type(hf).__name__}")
-  for f in _REQUIRED:
-    if f not in hf or hf[f] is None:
-      raise ValueError(f"{source}: missing required field {f!r}")
+  _check_hf_dict(hf, source, dtype)
   fam = family(hf["model_type"], source)
   defaults = fam.defaults
 
   def get(f, kind, nullable=False):  # an explicit null stays None, as in HF
     return hf_field(hf[f] if f in hf else defaults.get(f), f, kind, source, nullable)
 
-  # Features transformers supports for this family that our model does not.
-  for f in fam.unsupported:
-    if hf.get(f):
-      raise ValueError(
-        f"{source}: {f}={_json_text(hf[f])} is not supported "
-        f"for model_type {hf['model_type']!r}"
-      )
-
-  act_field = fam.act_field
-  act = get(act_field, "str")
+  _check_supported(hf, fam, source)
+  act = get(fam.act_field, "str")
   if act not in _ACTIVATIONS:
     raise ValueError(
-      f"{source}: unsupported {act_field} {act!r} (supported: {sorted(_ACTIVATIONS)})"
+      f"{source}: unsupported {fam.act_field} {act!r} "
+      f"(supported: {sorted(_ACTIVATIONS)})"
     )
   vocab = get("vocab_size", "pos_int")
   d_model = get("hidden_size", "pos_int")
@@ -582,35 +599,38 @@ def config_from_hf(
     attn_cap = final_cap = qpas = None
   theta, scaling = _rope(hf, max_pos, source)
   windows = _windows(hf, fam, get, n_layers, source)
-  if dtype is None:
-    dtype = hf.get("dtype") or hf.get("torch_dtype") or "float32"
-    dtype = dtype if isinstance(dtype, str) and dtype in DTYPES else "float32"
+  return build_config(
+    source,
+    dtype=_checkpoint_dtype(hf) if dtype is None else dtype,
+    vocab_size=vocab,
+    d_model=d_model,
+    n_layers=n_layers,
+    n_heads=n_heads,
+    n_kv_heads=n_kv,
+    d_ff=d_ff,
+    head_dim=head_dim,
+    activation=_ACTIVATIONS[act],
+    norm_eps=eps,
+    norm_plus_one=gemma,
+    post_norms="layers.{i}.post_attn_norm" in fam.tensors,
+    rope_theta=theta,
+    rope_scaling=scaling,
+    tie_embeddings=tie,
+    qkv_bias="layers.{i}.bq" in fam.tensors,
+    attn_softcap=attn_cap,
+    final_softcap=final_cap,
+    query_pre_attn_scalar=qpas,
+    embed_scale=gemma,
+    layer_windows=windows,
+    max_seq_len=max_pos,
+  )
+
+
+def build_config(source: str, *, dtype: str, **fields) -> ModelConfig:
+  """ModelConfig(**fields) with `dtype` as both param and compute dtype; its
+  ValueError is raised again as "<source>: ..." (the file being read)."""
   try:
-    return ModelConfig(
-      vocab_size=vocab,
-      d_model=d_model,
-      n_layers=n_layers,
-      n_heads=n_heads,
-      n_kv_heads=n_kv,
-      d_ff=d_ff,
-      head_dim=head_dim,
-      activation=_ACTIVATIONS[act],
-      norm_eps=eps,
-      norm_plus_one=gemma,
-      post_norms="layers.{i}.post_attn_norm" in fam.tensors,
-      rope_theta=theta,
-      rope_scaling=scaling,
-      tie_embeddings=tie,
-      qkv_bias="layers.{i}.bq" in fam.tensors,
-      attn_softcap=attn_cap,
-      final_softcap=final_cap,
-      query_pre_attn_scalar=qpas,
-      embed_scale=gemma,
-      layer_windows=windows,
-      max_seq_len=max_pos,
-      dtype=dtype,
-      param_dtype=dtype,
-    )
+    return ModelConfig(dtype=dtype, param_dtype=dtype, **fields)
   except ValueError as e:
     raise ValueError(f"{source}: {e}") from e
 
@@ -623,20 +643,15 @@ def _float_or_none(x):
   return None if x is None else float(x)
 
 
-def config_to_hf(cfg: ModelConfig, model_type: str) -> dict:
-  """The config.json dict transformers needs to rebuild `cfg` as `model_type`.
-
-  Raises:
-    ValueError: for a model_type not in FAMILIES, or when `cfg` uses a
-      feature that family does not have ("cannot export as ...").
-  """
-  fam = family(model_type)
-  gemma = fam.gemma
+def _check_exportable(cfg: ModelConfig, fam, model_type: str) -> None:
+  """Raises ValueError "cannot export as ..." when `cfg` uses a feature the
+  family `fam` does not have (or lacks one it always has)."""
 
   def need(cond, what):
     if not cond:
       raise ValueError(f"cannot export as {model_type!r}: {what}")
 
+  gemma = fam.gemma
   need(cfg.norm_plus_one == gemma, f"norm_plus_one={cfg.norm_plus_one}")
   need(
     cfg.post_norms == ("layers.{i}.post_attn_norm" in fam.tensors),
@@ -656,21 +671,58 @@ def config_to_hf(cfg: ModelConfig, model_type: str) -> dict:
     f"{model_type} has one sliding window on every layer or none, got "
     f"windows {windows}",
   )
-  layer_types = ["sliding_attention" if w else "full_attention" for w in windows]
+
+
+def _rope_to_hf(cfg: ModelConfig) -> dict:
+  """config.json's `rope_parameters`: default RoPE, or llama3 scaling."""
+  if cfg.rope_scaling is None:
+    return {"rope_type": "default", "rope_theta": float(cfg.rope_theta)}
+  rs = cfg.rope_scaling
+  return {
+    "rope_type": "llama3",
+    "rope_theta": float(cfg.rope_theta),
+    "factor": float(rs.factor),
+    "low_freq_factor": float(rs.low_freq_factor),
+    "high_freq_factor": float(rs.high_freq_factor),
+    "original_max_position_embeddings": int(rs.original_max_position),
+  }
+
+
+def _windows_to_hf(cfg: ModelConfig, fam) -> dict:
+  """The sliding-window fields of config.json in the family's convention
+  (`fam.windows`; `_check_exportable` has checked there is one size at most)."""
+  sizes = sorted(set(cfg.windows) - {0})
+  layer_types = ["sliding_attention" if w else "full_attention" for w in cfg.windows]
+  if fam.windows == "all":
+    return {"sliding_window": sizes[0] if sizes else None}
+  if fam.windows == "qwen2":
+    return {
+      "use_sliding_window": bool(sizes),
+      "sliding_window": sizes[0] if sizes else None,
+      "max_window_layers": cfg.n_layers,
+      "layer_types": layer_types,
+    }
+  if fam.windows == "alternate":
+    return {
+      "layer_types": layer_types,
+      # transformers needs a window value even when no layer is local.
+      "sliding_window": sizes[0] if sizes else cfg.max_seq_len,
+    }
+  return {}
+
+
+def config_to_hf(cfg: ModelConfig, model_type: str) -> dict:
+  """The config.json dict transformers needs to rebuild `cfg` as `model_type`.
+
+  Raises:
+    ValueError: for a model_type not in FAMILIES, or when `cfg` uses a
+      feature that family does not have ("cannot export as ...").
+  """
+  fam = family(model_type)
+  _check_exportable(cfg, fam, model_type)
   act_name = {"silu": "silu", "gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu"}[
     cfg.activation
   ]
-  rope = {"rope_type": "default", "rope_theta": float(cfg.rope_theta)}
-  if cfg.rope_scaling is not None:
-    rs = cfg.rope_scaling
-    rope = {
-      "rope_type": "llama3",
-      "rope_theta": float(cfg.rope_theta),
-      "factor": float(rs.factor),
-      "low_freq_factor": float(rs.low_freq_factor),
-      "high_freq_factor": float(rs.high_freq_factor),
-      "original_max_position_embeddings": int(rs.original_max_position),
-    }
   hf = {
     "architectures": [fam.architecture],
     "model_type": model_type,
@@ -682,7 +734,7 @@ def config_to_hf(cfg: ModelConfig, model_type: str) -> dict:
     "num_key_value_heads": cfg.n_kv_heads,
     "head_dim": cfg.head_dim,
     "rms_norm_eps": float(cfg.norm_eps),
-    "rope_parameters": rope,
+    "rope_parameters": _rope_to_hf(cfg),
     "max_position_embeddings": cfg.max_seq_len,
     "tie_word_embeddings": cfg.tie_embeddings,
     "dtype": cfg.param_dtype,
@@ -692,22 +744,8 @@ def config_to_hf(cfg: ModelConfig, model_type: str) -> dict:
     hf["attention_bias"] = False
   if "mlp_bias" in fam.unsupported:
     hf["mlp_bias"] = False
-  if fam.windows == "all":
-    hf.update(sliding_window=sizes[0] if sizes else None)
-  elif fam.windows == "qwen2":
-    hf.update(
-      use_sliding_window=bool(sizes),
-      sliding_window=sizes[0] if sizes else None,
-      max_window_layers=cfg.n_layers,
-      layer_types=layer_types,
-    )
-  elif fam.windows == "alternate":
-    hf.update(
-      layer_types=layer_types,
-      # transformers needs a window value even when no layer is local.
-      sliding_window=sizes[0] if sizes else cfg.max_seq_len,
-    )
-  if gemma:
+  hf.update(_windows_to_hf(cfg, fam))
+  if fam.gemma:
     hf.update(
       # Gemma2Config types this field as int.
       query_pre_attn_scalar=(
@@ -797,31 +835,14 @@ def _open(path: str):
     ) from e
 
 
-def load_hf(
-  ckpt_dir: str, *, dtype: Optional[str] = None, shardings: Optional[Params] = None
-):
-  """Load a Hugging Face checkpoint directory -> (ModelConfig, Params).
-
-  Reads config.json and model.safetensors (or the shards listed in
-  model.safetensors.index.json, or every *.safetensors file). Every tensor the
-  config implies must be present with the right shape, and nothing else may
-  remain (`lm_head.weight` next to tied embeddings is accepted if equal).
-  `dtype` overrides the checkpoint dtype; `shardings` (a Params tree of
-  jax.sharding.Sharding) places each array, default: the default device.
+def _tensor_headers(ckpt_dir: str) -> tuple[dict, dict]:
+  """Pass 1 of `load_hf`, headers only: ({tensor name: file}, {name: shape}) of
+  the checkpoint's tensors, less the ignored ones (_IGNORED_SUFFIXES).
 
   Raises:
-    FileNotFoundError: no config.json / safetensors file (or a shard the
-      index lists).
-    ValueError: naming the file and field or tensor, for a bad config
-      (`config_from_hf`), a corrupt file, or missing, unexpected or wrongly
-      shaped tensors.
+    ValueError: a tensor in two files, or a shard without a tensor the index
+      lists for it.
   """
-  cfg_path = os.path.join(ckpt_dir, "config.json")
-  hf_cfg = _read_json(cfg_path)
-  cfg = config_from_hf(hf_cfg, cfg_path, dtype=dtype)
-  want = expected_tensors(cfg, hf_cfg["model_type"])
-
-  # Pass 1: names, shapes and which file holds each tensor (header only).
   where: dict = {}
   shapes: dict = {}
   for path, listed in _safetensors_files(ckpt_dir).items():
@@ -841,9 +862,13 @@ def load_hf(
   for n in list(where):
     if n.endswith(_IGNORED_SUFFIXES):
       del where[n]
-  extra_head = (
-    cfg.tie_embeddings and "lm_head.weight" in where and "lm_head.weight" not in want
-  )
+  return where, shapes
+
+
+def _check_tensor_names(ckpt_dir, cfg_path, want, where, shapes, extra_head) -> None:
+  """Raises ValueError for a tensor `want` (`expected_tensors`) lacks in the
+  checkpoint, one it does not expect (an lm_head beside tied embeddings, when
+  `extra_head`, is allowed), or one of the wrong shape."""
   for n in want:
     if n not in where:
       raise ValueError(
@@ -862,7 +887,16 @@ def load_hf(
         f"expected {list(hf_shape)} from {cfg_path}"
       )
 
-  # Pass 2: read data, file by file.
+
+def _read_tensors(cfg: ModelConfig, want, where, extra_head):
+  """Pass 2 of `load_hf`: read the data file by file, in our layouts and
+  cfg.param_dtype -> ({top-level field: array}, [{layer field: array}] per
+  layer).
+
+  Raises:
+    ValueError: a tensor that cannot be read, or an lm_head beside tied
+      embeddings (`extra_head`) that differs from them.
+  """
   by_file: dict = {}
   for n in where:
     by_file.setdefault(where[n], []).append(n)
@@ -895,6 +929,39 @@ def load_hf(
         "from 'model.embed_tokens.weight' but config.json has "
         "tie_word_embeddings=true"
       )
+  return top, layers
+
+
+def load_hf(
+  ckpt_dir: str, *, dtype: Optional[str] = None, shardings: Optional[Params] = None
+):
+  """Load a Hugging Face checkpoint directory -> (ModelConfig, Params).
+
+  Reads config.json and model.safetensors (or the shards listed in
+  model.safetensors.index.json, or every *.safetensors file). Every tensor the
+  config implies must be present with the right shape, and nothing else may
+  remain (`lm_head.weight` next to tied embeddings is accepted if equal).
+  `dtype` overrides the checkpoint dtype; `shardings` (a Params tree of
+  jax.sharding.Sharding) places each array, default: the default device.
+
+  Raises:
+    FileNotFoundError: no config.json / safetensors file (or a shard the
+      index lists).
+    ValueError: naming the file and field or tensor, for a bad config
+      (`config_from_hf`), a corrupt file, or missing, unexpected or wrongly
+      shaped tensors.
+  """
+  cfg_path = os.path.join(ckpt_dir, "config.json")
+  hf_cfg = _read_json(cfg_path)
+  cfg = config_from_hf(hf_cfg, cfg_path, dtype=dtype)
+  want = expected_tensors(cfg, hf_cfg["model_type"])
+
+  where, shapes = _tensor_headers(ckpt_dir)
+  extra_head = (
+    cfg.tie_embeddings and "lm_head.weight" in where and "lm_head.weight" not in want
+  )
+  _check_tensor_names(ckpt_dir, cfg_path, want, where, shapes, extra_head)
+  top, layers = _read_tensors(cfg, want, where, extra_head)
   params = Params(
     embed=top["embed"],
     layers=tuple(LayerParams(**d) for d in layers),
