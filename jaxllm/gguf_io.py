@@ -242,30 +242,6 @@ _KINDS = {
 }
 
 
-def _is_int(v) -> bool:
-  return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _kind_ok(v, kind: str) -> bool:
-  if kind in ("int", "uint", "pos_int"):
-    return _is_int(v) and (kind == "int" or v >= (0 if kind == "uint" else 1))
-  if kind in ("float", "pos_float"):
-    return (
-      (_is_int(v) or isinstance(v, float))
-      and np.isfinite(v)
-      and (kind == "float" or v > 0)
-    )
-  if kind == "bool":
-    return isinstance(v, bool)
-  if kind == "str":
-    return isinstance(v, str)
-  if kind == "str_list":
-    return isinstance(v, list) and all(isinstance(x, str) for x in v)
-  if kind == "int_list":
-    return isinstance(v, list) and all(_is_int(x) for x in v)
-  raise AssertionError(kind)
-
-
 def metadata_value(
   meta: dict,
   key: str,
@@ -296,7 +272,7 @@ def metadata_value(
       f"{path!r}: metadata {key!r} is a per-layer list {v[:4]}"
       "...; only a single value is supported"
     )
-  if not _kind_ok(v, kind):
+  if not hf_lib.kind_ok(v, kind):
     shown = f"a {len(v)}-element array" if isinstance(v, list) else repr(v)
     raise ValueError(
       f"{path!r}: GGUF metadata {key!r} must be {_KINDS[kind]}, "

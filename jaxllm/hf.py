@@ -360,15 +360,22 @@ _KINDS = {
 }
 
 
-def _kind_ok(v: Any, kind: str) -> bool:
-  is_int = isinstance(v, int) and not isinstance(v, bool)
-  if kind == "pos_int":
-    return is_int and v > 0
-  if kind == "uint":
-    return is_int and v >= 0
+def _is_int(v: Any) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def kind_ok(v: Any, kind: str) -> bool:
+  """Whether a parsed JSON / GGUF metadata value `v` is of `kind`: "int",
+  "uint" (>= 0), "pos_int" (> 0), "float" (finite; ints count), "pos_float",
+  "bool", "str", "str_list", "int_list" or "dict" (the one check behind
+  `hf_field` and `gguf_io.metadata_value`)."""
+  if kind in ("int", "uint", "pos_int"):
+    return _is_int(v) and (kind == "int" or v >= (0 if kind == "uint" else 1))
   if kind in ("pos_float", "float"):
     return (
-      (is_int or isinstance(v, float)) and np.isfinite(v) and (kind == "float" or v > 0)
+      (_is_int(v) or isinstance(v, float))
+      and np.isfinite(v)
+      and (kind == "float" or v > 0)
     )
   if kind == "bool":
     return isinstance(v, bool)
@@ -376,6 +383,8 @@ def _kind_ok(v: Any, kind: str) -> bool:
     return isinstance(v, str)
   if kind == "str_list":
     return isinstance(v, list) and all(isinstance(x, str) for x in v)
+  if kind == "int_list":
+    return isinstance(v, list) and all(_is_int(x) for x in v)
   if kind == "dict":
     return isinstance(v, dict)
   raise AssertionError(kind)
@@ -403,7 +412,7 @@ def hf_field(
   """
   if value is None and nullable:
     return None
-  if not _kind_ok(value, kind):
+  if not kind_ok(value, kind):
     raise ValueError(
       f"{source}: field {name!r} must be {_KINDS[kind]}"
       f"{' or null' if nullable else ''}, got "
@@ -431,7 +440,7 @@ def _rope(hf: dict, max_pos: int, source: str):
   else:
     theta = hf_field(hf.get("rope_theta", 10000.0), "rope_theta", "pos_float", source)
   prf = rp.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
-  if prf is not None and (not _kind_ok(prf, "float") or prf != 1):
+  if prf is not None and (not kind_ok(prf, "float") or prf != 1):
     raise ValueError(
       f"{source}: partial_rotary_factor={_json_text(prf)} is "
       "not supported (only full-width RoPE)"
