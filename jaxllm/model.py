@@ -249,49 +249,80 @@ def forward(
   new_k, new_v = [], []
   layer_ids = range(cfg.n_layers) if layers is None else layers
   for i in layer_ids:
-    lp = params.layers[i]
-    h = rms_norm(x, lp.attn_norm, cfg)
-    q, k, v = _qkv(h, lp)
-    q = apply_rope(q, positions_BxT, inv_freq)
-    k = apply_rope(k, positions_BxT, inv_freq)
-    if cache is None:  # attend to the T new tokens, in the cache layout
-      keys, vals = layout_keys(k), layout_values(v)
-    else:
-      keys = write_new(cache.k[i], k, lengths, keys=True)
-      vals = write_new(cache.v[i], v, lengths)
+    kv = None if cache is None else (cache.k[i], cache.v[i], lengths)
+    mask = masks[cfg.windows[i]]
+    x, keys, vals = _layer(
+      x, params.layers[i], cfg, attend, positions_BxT, inv_freq, mask, kv
+    )
+    if cache is not None:
       new_k.append(keys)
       new_v.append(vals)
-    o = attend(q, keys, vals, masks[cfg.windows[i]], cfg)
-    o = jnp.einsum("bthk,hkd->btd", o, lp.wo)
-    if lp.post_attn_norm is not None:
-      o = rms_norm(o, lp.post_attn_norm, cfg)
-    x = x + o
-    h = rms_norm(x, lp.mlp_norm, cfg)
-    m = _mlp(h, lp, cfg)
-    if lp.post_mlp_norm is not None:
-      m = rms_norm(m, lp.post_mlp_norm, cfg)
-    x = x + m
     if return_hidden:
       hidden.append(x)
 
   new_cache = None
   if cache is not None:
-    # Skipped layers keep their old buffers (layer skipping fills them itself).
-    ks, vs = list(cache.k), list(cache.v)
-    for j, i in enumerate(layer_ids):
-      ks[i], vs[i] = new_k[j], new_v[j]
-    new_cache = KVCache(k=tuple(ks), v=tuple(vs), lengths=lengths + n_valid_B)
-
-  if logits_at == "none":
-    logits = None
-  else:
-    if logits_at == "last":
-      idx = jnp.clip(n_valid_B - 1, 0, T - 1)
-      x = jnp.take_along_axis(x, idx[:, None, None], axis=1)[:, 0]
-    elif logits_at != "all":
-      raise ValueError(f"logits_at must be 'all', 'last' or 'none', got {logits_at!r}")
-    logits = lm_head(params, x, cfg)
+    new_cache = _updated_cache(cache, layer_ids, new_k, new_v, lengths + n_valid_B)
+  logits = _logits_at(params, x, cfg, logits_at, n_valid_B)
   return logits, new_cache, (tuple(hidden) if return_hidden else None)
+
+
+def _layer(
+  x, lp: LayerParams, cfg: ModelConfig, attend, positions_BxT, inv_freq, mask, kv
+):
+  """One transformer layer on the residual stream x [B, T, D] -> (x, keys, vals).
+
+  kv: None (attend to the T new tokens only, in the cache layout) or this
+  layer's (cache keys, cache values, lengths_B): the new keys / values are
+  written at slots [lengths, lengths + T) and the returned buffers hold them.
+  mask: [B, T, S] for this layer's window (`build_masks`); attend: the
+  attention implementation (`get_attention`).
+  """
+  h = rms_norm(x, lp.attn_norm, cfg)
+  q, k, v = _qkv(h, lp)
+  q = apply_rope(q, positions_BxT, inv_freq)
+  k = apply_rope(k, positions_BxT, inv_freq)
+  if kv is None:  # attend to the T new tokens, in the cache layout
+    keys, vals = layout_keys(k), layout_values(v)
+  else:
+    cache_k, cache_v, lengths = kv
+    keys = write_new(cache_k, k, lengths, keys=True)
+    vals = write_new(cache_v, v, lengths)
+  o = attend(q, keys, vals, mask, cfg)
+  o = jnp.einsum("bthk,hkd->btd", o, lp.wo)
+  if lp.post_attn_norm is not None:
+    o = rms_norm(o, lp.post_attn_norm, cfg)
+  x = x + o
+  h = rms_norm(x, lp.mlp_norm, cfg)
+  m = _mlp(h, lp, cfg)
+  if lp.post_mlp_norm is not None:
+    m = rms_norm(m, lp.post_mlp_norm, cfg)
+  return x + m, keys, vals
+
+
+def _updated_cache(cache: KVCache, layer_ids, new_k, new_v, lengths_B) -> KVCache:
+  """`cache` with the buffers of the run layers replaced (new_k / new_v in
+  layer_ids order) and the given lengths. Skipped layers keep their old buffers
+  (layer skipping fills them itself)."""
+  ks, vs = list(cache.k), list(cache.v)
+  for j, i in enumerate(layer_ids):
+    ks[i], vs[i] = new_k[j], new_v[j]
+  return KVCache(k=tuple(ks), v=tuple(vs), lengths=lengths_B)
+
+
+def _logits_at(params: Params, x_BxTxD, cfg: ModelConfig, logits_at: str, n_valid_B):
+  """forward's logits: "all" -> [B, T, V]; "last" -> [B, V] at token
+  n_valid - 1 of each row; "none" -> None. Raises ValueError for another
+  `logits_at`."""
+  if logits_at == "none":
+    return None
+  if logits_at == "last":
+    T = x_BxTxD.shape[1]
+    idx = jnp.clip(n_valid_B - 1, 0, T - 1)
+    x_BxTxD = jnp.take_along_axis(x_BxTxD, idx[:, None, None], axis=1)[:, 0]
+  elif logits_at != "all":
+    raise ValueError(f"logits_at must be 'all', 'last' or 'none', got {logits_at!r}")
+  return lm_head(params, x_BxTxD, cfg)
 
 
 def lm_head(params: Params, x, cfg: ModelConfig):
