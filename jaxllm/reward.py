@@ -137,8 +137,8 @@ class RewardModel:
     logits, state = head_logits(params, self.cfg, tokens_BxS, cache=state, n_valid_B=n)
     return state, jax.nn.sigmoid(logits)
 
-  def reorder(self, state, index_N):
-    return cache_lib.reorder(state, index_N)
+  def reorder(self, state, index):
+    return cache_lib.reorder(state, index)
 
   def lengths(self, state):
     return state.lengths
@@ -306,10 +306,10 @@ class GeneratorConfidence:
     logits = jnp.where((n > 0)[:, None], last, state.logits_BxV)
     return ConfidenceState(inner, logits, s, c), scores.T
 
-  def reorder(self, state: ConfidenceState, index_N):
-    take = lambda x: jnp.take(x, index_N, axis=0)
+  def reorder(self, state: ConfidenceState, index):
+    take = lambda x: cache_lib.take_rows(x, index)
     return ConfidenceState(
-      inner=self.model.reorder(state.inner, index_N),
+      inner=self.model.reorder(state.inner, index),
       logits_BxV=take(state.logits_BxV),
       sum_B=take(state.sum_B),
       count_B=take(state.count_B),
@@ -386,8 +386,8 @@ class ExactChecker:
     )
     return new, jnp.asarray(out)
 
-  def reorder(self, state: CheckerState, index_N):
-    idx = np.asarray(index_N)
+  def reorder(self, state: CheckerState, index):
+    idx = np.asarray(cache_lib.flat_index(jnp.asarray(index), len(state.tokens)))
     return CheckerState(
       tokens=[list(state.tokens[i]) for i in idx],
       problem=state.problem[idx],
@@ -625,8 +625,33 @@ def generative_verifier_scores(
       before any model call, any prompt, prefix, pad, yes / no or extra id
       outside [0, V) of the model (`check_token_ids`).
   """
-  from jaxllm.generate import pad_prompts
+  _check_verifier_args(questions, solutions, batch_size, yes_ids, no_ids, verdict_words)
+  V = _model_vocab_size(model, params)
+  prefix = [int(i) for i in check_token_ids("prefix_ids", list(prefix_ids), V).ravel()]
+  check_token_ids("pad_id", pad_id, V)
+  extra = check_token_ids("extra_ids", list(extra_ids), V).ravel()
+  texts = _verifier_texts(template, questions, solutions)
+  verdict = (yes_ids, no_ids, verdict_words)  # how the verdict tokens are found
+  prompts, yes_NxK, no_NxK = _verifier_prompts(tokenizer, texts, prefix, *verdict, V)
+  ly, ln, lx = _verdict_logprobs(
+    model, params, prompts, yes_NxK, no_NxK, extra, batch_size, pad_id, buckets
+  )
+  ly64, ln64 = ly.astype(np.float64), ln.astype(np.float64)
+  return VerifierScores(
+    scores=1.0 / (1.0 + np.exp(ln64 - ly64)),
+    prompt_tokens=np.array([len(p) for p in prompts], np.int64),
+    verdict_mass=np.exp(ly64) + np.exp(ln64),
+    yes_ids=np.asarray(yes_NxK, np.int64),
+    no_ids=np.asarray(no_NxK, np.int64),
+    extra_logprobs=lx.astype(np.float64),
+  )
 
+
+def _check_verifier_args(
+  questions, solutions, batch_size, yes_ids, no_ids, verdict_words
+) -> None:
+  """`generative_verifier_scores`' argument checks that need no model; raises
+  ValueError."""
   if len(questions) != len(solutions):
     raise ValueError(f"got {len(questions)} questions for {len(solutions)} solutions")
   if batch_size < 1:
@@ -640,16 +665,28 @@ def generative_verifier_scores(
     raise ValueError(
       f"verdict_words must be (yes_word, no_word), got {verdict_words!r}"
     )
-  V = _model_vocab_size(model, params)
-  prefix = [int(i) for i in check_token_ids("prefix_ids", list(prefix_ids), V).ravel()]
-  check_token_ids("pad_id", pad_id, V)
-  extra = check_token_ids("extra_ids", list(extra_ids), V).ravel()
+
+
+def _verifier_texts(template, questions, solutions) -> list[str]:
+  """The verifier prompt texts: template.format(question=, solution=) or
+  template(question, solution)."""
   fmt = (
     template
     if callable(template)
     else (lambda q, s: template.format(question=q, solution=s))
   )
-  texts = [fmt(q, s) for q, s in zip(questions, solutions)]
+  return [fmt(q, s) for q, s in zip(questions, solutions)]
+
+
+def _verifier_prompts(tokenizer, texts, prefix, yes_ids, no_ids, verdict_words, V):
+  """(prompts: N token lists, yes_NxK, no_NxK): prefix + the encoded text with
+  the given yes / no ids, or prefix + the context the verdict words share with
+  the text and their first tokens (`verdict_token_ids`).
+
+  Raises:
+    ValueError: empty or overlapping yes / no ids, verdict words that cannot be
+      told apart, an empty prompt, or an id outside [0, V).
+  """
   N = len(texts)
   if yes_ids is not None:
     yes, no = _id_set("yes_ids", yes_ids, V), _id_set("no_ids", no_ids, V)
@@ -682,9 +719,21 @@ def generative_verifier_scores(
       np.concatenate([np.asarray(p, np.int64) for p in prompts]),
       V,
     )
+  return prompts, yes_NxK, no_NxK
+
+
+def _verdict_logprobs(
+  model, params, prompts, yes_NxK, no_NxK, extra_E, batch_size, pad_id, buckets
+):
+  """(log p(yes) [N], log p(no) [N], log p(extra) [N, E]) float32 of the next
+  token after each prompt (`_yes_no_logprobs`), in batches of similar lengths
+  (the last batch padded to batch_size when N > batch_size: one shape)."""
+  from jaxllm.generate import pad_prompts
+
+  N = len(prompts)
   lengths = np.array([len(p) for p in prompts], np.int64)
   ly, ln = np.zeros((N,), np.float32), np.zeros((N,), np.float32)
-  lx = np.zeros((N, extra.size), np.float32)
+  lx = np.zeros((N, extra_E.size), np.float32)
   order = np.argsort(lengths, kind="stable")  # similar lengths share a batch
   for i in range(0, N, batch_size):
     idx = order[i : i + batch_size]
@@ -699,21 +748,12 @@ def generative_verifier_scores(
       jnp.asarray(lens),
       jnp.asarray(yes_NxK[idx], jnp.int32),
       jnp.asarray(no_NxK[idx], jnp.int32),
-      jnp.asarray(extra, jnp.int32),
+      jnp.asarray(extra_E, jnp.int32),
     )
     ly[idx[:n]] = np.asarray(a)[:n]
     ln[idx[:n]] = np.asarray(b)[:n]
     lx[idx[:n]] = np.asarray(c)[:n]
-  ly64, ln64 = ly.astype(np.float64), ln.astype(np.float64)
-  scores = 1.0 / (1.0 + np.exp(ln64 - ly64))
-  return VerifierScores(
-    scores=scores,
-    prompt_tokens=lengths,
-    verdict_mass=np.exp(ly64) + np.exp(ln64),
-    yes_ids=np.asarray(yes_NxK, np.int64),
-    no_ids=np.asarray(no_NxK, np.int64),
-    extra_logprobs=lx.astype(np.float64),
-  )
+  return ly, ln, lx
 
 
 # ---------------------------------------------------------------------------
