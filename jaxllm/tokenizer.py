@@ -144,6 +144,112 @@ def bos_eos_post_processor(
   )
 
 
+# ---- Tokenizer.from_files' steps ----
+
+
+def _load_backend(path) -> tuple[tokenizers.Tokenizer, str, str]:
+  """(backend, tokenizer.json path, its folder) from a directory or the path of
+  a tokenizer.json, without the truncation / padding a tokenizer.json may carry
+  (transformers encodes without them unless asked). Raises ValueError for a
+  missing or unparsable file."""
+  path = os.fspath(path)
+  if os.path.isdir(path):
+    tok_json, folder = os.path.join(path, "tokenizer.json"), path
+  else:
+    tok_json, folder = path, os.path.dirname(path)
+  if not os.path.isfile(tok_json):
+    raise ValueError(f"tokenizer file {tok_json!r} does not exist")
+  try:
+    backend = tokenizers.Tokenizer.from_file(tok_json)
+  except Exception as e:
+    raise ValueError(f"cannot parse tokenizer file {tok_json!r}: {e}") from e
+  backend.no_truncation()
+  backend.no_padding()
+  return backend, tok_json, folder
+
+
+def _read_tokenizer_config(conf_path: str) -> dict:
+  """tokenizer_config.json as a dict ({} when absent). Raises ValueError when
+  it is not a JSON object."""
+  if not os.path.isfile(conf_path):
+    return {}
+  try:
+    with open(conf_path, encoding="utf-8") as f:
+      conf = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{conf_path!r} is not valid JSON: {e}") from e
+  if not isinstance(conf, dict):
+    raise ValueError(  # noqa: TRY004 (ValueError, as documented)
+      f"{conf_path!r}: expected a JSON object, got {type(conf).__name__}"
+    )
+  return conf
+
+
+def _bad_field(conf_path: str, conf: dict, field: str, want: str) -> ValueError:
+  return ValueError(
+    f"{conf_path!r}: field {field!r} must be {want}, got {conf[field]!r}"
+  )
+
+
+def _chat_template(folder: str, conf: dict, conf_path: str) -> str | None:
+  """The chat template: chat_template.jinja if present (it takes priority, as
+  in transformers), else tokenizer_config.json's `chat_template` (the
+  "default" of a named list). Raises ValueError for a field of the wrong
+  type."""
+  jinja_path = os.path.join(folder, "chat_template.jinja")
+  if os.path.isfile(jinja_path):
+    with open(jinja_path, encoding="utf-8") as f:
+      return f.read()
+  template = conf.get("chat_template")
+  if isinstance(template, list):  # named templates: take "default"
+    if not all(
+      isinstance(t, dict)
+      and isinstance(t.get("name"), str)
+      and isinstance(t.get("template"), str)
+      for t in template
+    ):
+      raise _bad_field(
+        conf_path,
+        conf,
+        "chat_template",
+        "a string or a list of {'name': str, 'template': str}",
+      )
+    return {t["name"]: t["template"] for t in template}.get("default")
+  if template is not None and not isinstance(template, str):
+    raise _bad_field(
+      conf_path, conf, "chat_template", "a string or a list of named templates"
+    )
+  return template
+
+
+def _special_tokens(conf: dict, conf_path: str) -> dict:
+  """{bos_token, eos_token, pad_token, unk_token: str or None} of
+  tokenizer_config.json (an AddedToken dict gives its content), after checking
+  add_bos_token / add_eos_token are bools or null. Raises ValueError for a
+  field of the wrong type."""
+
+  def tok(name):
+    v = conf.get(name)
+    if isinstance(v, dict):
+      # an AddedToken dict: its string content, else a type error below
+      v = v["content"] if isinstance(v.get("content"), str) else v
+    if v is not None and not isinstance(v, str):
+      raise _bad_field(
+        conf_path,
+        conf,
+        name,
+        "a string, an AddedToken dict with a string 'content', or null",
+      )
+    return v
+
+  for flag in ("add_bos_token", "add_eos_token"):
+    if conf.get(flag) is not None and not isinstance(conf[flag], bool):
+      raise _bad_field(conf_path, conf, flag, "a bool or null")
+  return {
+    name: tok(name) for name in ("bos_token", "eos_token", "pad_token", "unk_token")
+  }
+
+
 class Tokenizer:
   """Text <-> token ids, special token ids and chat template of one model."""
 
@@ -348,74 +454,11 @@ class Tokenizer:
         unparsable tokenizer.json, an unparsable tokenizer_config.json, a
         field of the wrong type, or a special token not in the vocabulary.
     """
-    path = os.fspath(path)
-    if os.path.isdir(path):
-      tok_json, folder = os.path.join(path, "tokenizer.json"), path
-    else:
-      tok_json, folder = path, os.path.dirname(path)
-    if not os.path.isfile(tok_json):
-      raise ValueError(f"tokenizer file {tok_json!r} does not exist")
-    try:
-      backend = tokenizers.Tokenizer.from_file(tok_json)
-    except Exception as e:
-      raise ValueError(f"cannot parse tokenizer file {tok_json!r}: {e}") from e
-    # transformers encodes without the truncation / padding a tokenizer.json
-    # may carry unless asked for them.
-    backend.no_truncation()
-    backend.no_padding()
-    conf = {}
+    backend, tok_json, folder = _load_backend(path)
     conf_path = os.path.join(folder, "tokenizer_config.json")
-    if os.path.isfile(conf_path):
-      try:
-        with open(conf_path, encoding="utf-8") as f:
-          conf = json.load(f)
-      except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{conf_path!r} is not valid JSON: {e}") from e
-      if not isinstance(conf, dict):
-        raise ValueError(
-          f"{conf_path!r}: expected a JSON object, got {type(conf).__name__}"
-        )
-
-    def bad(field, want):
-      return ValueError(
-        f"{conf_path!r}: field {field!r} must be {want}, got {conf[field]!r}"
-      )
-
-    jinja_path = os.path.join(folder, "chat_template.jinja")
-    if os.path.isfile(jinja_path):  # takes priority, as in transformers
-      with open(jinja_path, encoding="utf-8") as f:
-        template = f.read()
-    else:
-      template = conf.get("chat_template")
-      if isinstance(template, list):  # named templates: take "default"
-        if not all(
-          isinstance(t, dict)
-          and isinstance(t.get("name"), str)
-          and isinstance(t.get("template"), str)
-          for t in template
-        ):
-          raise bad(
-            "chat_template", "a string or a list of {'name': str, 'template': str}"
-          )
-        template = {t["name"]: t["template"] for t in template}.get("default")
-      elif template is not None and not isinstance(template, str):
-        raise bad("chat_template", "a string or a list of named templates")
-
-    def tok(name):
-      v = conf.get(name)
-      if isinstance(v, dict):
-        # an AddedToken dict: its string content, else a type error below
-        v = v["content"] if isinstance(v.get("content"), str) else v
-      if v is not None and not isinstance(v, str):
-        raise bad(name, "a string, an AddedToken dict with a string 'content', or null")
-      return v
-
-    for flag in ("add_bos_token", "add_eos_token"):
-      if conf.get(flag) is not None and not isinstance(conf[flag], bool):
-        raise bad(flag, "a bool or null")
-    specials = {
-      name: tok(name) for name in ("bos_token", "eos_token", "pad_token", "unk_token")
-    }
+    conf = _read_tokenizer_config(conf_path)
+    template = _chat_template(folder, conf, conf_path)
+    specials = _special_tokens(conf, conf_path)
     try:
       out = cls(backend, chat_template=template, **specials)
     except ValueError as e:
