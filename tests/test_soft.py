@@ -230,18 +230,23 @@ def test_sub_model_with_cache_equals_its_forward(n):
   assert sub.cfg.n_layers == n
   got, st = _run_decoder(sub, params)
   assert len(st.k) == n  # its own cache holds only n layers
-  _, _, _hidden = forward(params, jnp.asarray(PROMPTS), cfg, return_hidden=True)
+  seqs = [list(itertools.chain(*_row_tokens(b))) for b in range(3)]
+  T = max(map(len, seqs))
+  batch = jnp.asarray([q + [0] * (T - len(q)) for q in seqs], jnp.int32)  # causal
+  # Reference 1: its own config and the first n layers' params, no cache.
+  sub_params = dataclasses.replace(params, layers=params.layers[:n])
+  want = _forward_jit(sub_params, batch, cfg.replace(n_layers=n))
+  # Reference 2: the full model's stream after layer n through the shared head.
+  _, _, hid = forward(params, batch, cfg, return_hidden=True)
+  np.testing.assert_allclose(lm_head(params, hid[n - 1], cfg), want, **TOL)
   for b in range(3):
-    prompt, step1, steps = _row_tokens(b)
-    seq = jnp.asarray([prompt + step1 + steps], jnp.int32)
-    # Reference 1: its own config and the first n layers' params, no cache.
-    sub_params = dataclasses.replace(params, layers=params.layers[:n])
-    want, _, _ = forward(sub_params, seq, cfg.replace(n_layers=n))
-    # Reference 2: the full model's stream after layer n through the shared head.
-    _, _, hid = forward(params, seq, cfg, return_hidden=True)
-    want2 = lm_head(params, hid[n - 1], cfg)
-    np.testing.assert_allclose(np.stack(got[b]), want[0, len(prompt) :], **TOL)
-    np.testing.assert_allclose(want2, want, **TOL)
+    n0, n1 = len(_row_tokens(b)[0]), len(seqs[b])
+    np.testing.assert_allclose(np.stack(got[b]), want[b, n0:n1], **TOL)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _forward_jit(params, tokens, cfg):
+  return forward(params, tokens, cfg)[0]
 
 
 def test_sub_model_bad_depth():

@@ -1,0 +1,310 @@
+"""SoFT on arith: standard vs sorted fine-tuning, evaluated at every exit depth.
+
+  python -m experiments.soft --config=configs/soft_arith.py \
+      [--config.finetune.steps=100] [--workdir=results/soft_arith]
+
+1. The shared start: a policy trained with the standard loss from a random init for
+   `train.steps` steps (the batches of experiments/train_policy.py: fresh problems
+   per step, packed rows, loss on solution tokens; held-out problems excluded).
+2. Two fine-tunes from that start, for `finetune.steps` steps on the same batches
+   with the same optimiser: the standard loss, and the SoFT loss over `soft.exits`
+   (algorithms/soft.py `sorted_loss_fn`).
+3. Each fine-tune evaluated at every depth in `soft.exits` (and the full depth): the
+   depth-n sub-model (first n layers + the shared final norm and head, its own
+   cache) decodes greedily; reported: accuracy on `eval.n_problems` held-out
+   problems, the held-out next-token loss at that depth (nats / solution token) and
+   decode FLOPs per generated token (jaxllm/flops.py, the sub-model's config, the
+   exact contexts). The standard fine-tune truncated at depth n is the baseline the
+   SoFT sub-model has to beat. Unified layer skipping (`soft.SkipDecoder`, prompt
+   through all layers) at each speed-up in `eval.skip_speedups` is evaluated on both
+   fine-tunes (its FLOPs: the kept layers plus the skipped layers' K/V fill).
+
+Writes to --workdir: `config.json`, `results.json` (one row per fine-tune x decoder:
+`branch`, `decoder`, `depth` or `kept`, `accuracy`, `loss`, `flops_per_token`),
+and prints the table. Not resumable (a rerun recomputes everything); the workdir is
+locked against a second concurrent run.
+
+Not yet here (issue 15): early exit after standard fine-tuning as a baseline, the
+accuracy-vs-FLOPs plot, the SmolLM2 run and the bench_speculative rows.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from algorithms import soft
+from experiments import config_utils
+from experiments import train_policy as tp
+from experiments import workdir as wd
+from experiments.tasks import arith
+from jaxllm import flops, train
+from jaxllm.generate import generate
+from jaxllm.params import init_params
+from jaxllm.sampling import make_sampling
+
+DEFAULT_CONFIG = config_utils.config_path("soft_arith.py")
+TOK = arith.TOKENIZER
+OPT_FIELDS = (
+  "learning_rate",
+  "warmup_steps",
+  "end_lr_ratio",
+  "weight_decay",
+  "clip_norm",
+)
+
+
+def validate_soft_config(config) -> None:
+  """Check the config before anything is built.
+
+  Raises:
+    ValueError: naming the offending field.
+  """
+  config_utils.check(config, config_utils.load_config_file(DEFAULT_CONFIG))
+  config_utils.positive(
+    config,
+    "model.d_model",
+    "model.n_layers",
+    "model.n_heads",
+    "model.n_kv_heads",
+    "model.d_ff",
+    "model.max_seq_len",
+    "train.batch_size",
+    "train.seq_len",
+    "train.learning_rate",
+    "finetune.steps",
+    "finetune.learning_rate",
+    "eval.n_problems",
+    "eval.loss_problems",
+    "eval.max_new_tokens",
+  )
+  config_utils.non_negative(
+    config,
+    "seed",
+    "train.steps",
+    "train.log_every",
+    *(f"{s}.{f}" for s in ("train", "finetune") for f in OPT_FIELDS[1:]),
+  )
+  try:
+    cfg = tp.model_config(config)
+  except (ValueError, TypeError) as e:
+    raise ValueError(f"config.model: {e}") from None
+  try:
+    exits = soft.check_exits(cfg.n_layers, config.soft.exits, "config.soft.exits")
+  except ValueError as e:
+    raise ValueError(str(e)) from None
+  k = config.soft.exits_per_step
+  if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= len(exits):
+    raise ValueError(
+      f"config.soft.exits_per_step must be an int in [0, {len(exits)}] (0: all), "
+      f"got {k!r}"
+    )
+  w = tuple(config.soft.exit_weights)
+  if w:
+    try:
+      soft.sorted_loss_fn(cfg, exits, exit_weights=w)
+    except ValueError as e:
+      raise ValueError(f"config.soft.{e}") from None
+  for s in config.eval.skip_speedups:
+    try:
+      soft.skip_layers(cfg.n_layers, s)
+    except ValueError as e:
+      raise ValueError(f"config.eval.skip_speedups: {e}") from None
+  try:
+    tp.heldout_problems(config, 0)
+  except ValueError as e:
+    raise ValueError(f"config.task: {e}") from None
+
+
+def check_run(config, workdir: str) -> None:
+  """The dry run of `run` (writes nothing). Raises ValueError naming a field."""
+  del workdir
+  validate_soft_config(config)
+
+
+def _train(state, step_fn, batch_fn, steps: int, first: int, log, name: str):
+  """`steps` updates on batch_fn(first + s); returns (state, last metrics)."""
+  m = {}
+  for s in range(steps):
+    state, m = step_fn(state, batch_fn(first + s))
+    if log is not None and (s + 1) % 50 == 0:
+      log(f"{name}: step {s + 1}/{steps} loss {float(m['loss']):.4f}")
+  return state, {k: float(v) for k, v in m.items()}
+
+
+def decode_eval(model, params, flops_cfg, problems, max_new: int, extra_flops=0.0):
+  """Greedy accuracy of `model` on `problems` and its decode FLOPs per generated
+  token (`flops_cfg`'s per-token FLOPs at the exact contexts, + `extra_flops`
+  per token)."""
+  prompts = tp.prompts_of(problems)
+  out = generate(
+    model,
+    params,
+    prompts,
+    jax.random.PRNGKey(0),
+    max_new,
+    make_sampling(0.0),
+    stop_tokens=[TOK.eos_id],
+    pad_id=TOK.pad_id,
+  )
+  toks, lens = np.asarray(out.tokens), np.asarray(out.lengths)
+  correct = [arith.check_answer(p, TOK.decode(t)) for p, t in zip(problems, toks)]
+  plen = np.array([len(p) for p in prompts])
+  total = flops.generate_flops(flops_cfg, plen, lens) - flops.prefill_flops(
+    flops_cfg, plen
+  )
+  n = max(int(lens.sum()), 1)
+  return float(np.mean(correct)), float(total.sum() / n + extra_flops)
+
+
+def depth_losses(params, cfg, problems, depths) -> dict:
+  """Held-out next-token loss (nats / solution token) at each depth, from one
+  forward pass (`soft.sorted_loss_terms`' per-exit sums)."""
+  batch = train.pad_batch([tp.example(p) for p in problems], vocab_size=cfg.vocab_size)
+  nll = _depth_nll(params, batch["tokens"], batch["loss_mask"], cfg, tuple(depths))
+  return {d: float(v) for d, v in zip(depths, nll)}
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _depth_nll(params, tokens, loss_mask, cfg, depths):
+  _, n, aux = soft.sorted_loss_terms(params, cfg, tokens, loss_mask, depths)
+  return jnp.stack([aux[f"nll_exit{d}"] for d in depths]) / n
+
+
+def run(config, workdir: str, log=wd.progress) -> dict:
+  """Train the start and both fine-tunes, evaluate every depth; returns the report.
+
+  Raises:
+    ValueError: a bad config (naming the field), before anything is built.
+    experiments.workdir.WorkdirBusy: another run holds the workdir.
+  """
+  validate_soft_config(config)
+  with wd.lock(workdir):
+    return _run_locked(config, workdir, log)
+
+
+def _run_locked(config, workdir: str, log) -> dict:
+  t0 = time.perf_counter()
+  cfg = tp.model_config(config)
+  L = cfg.n_layers
+  exits = tuple(config.soft.exits)
+  depths = exits if exits[-1] == L else exits + (L,)
+  probs = tp.heldout_problems(
+    config, max(config.eval.n_problems, config.eval.loss_problems)
+  )
+  exclude = {p.question for p in probs}
+  batch_fn = tp.make_batch_fn(config, exclude)
+  key = jax.random.PRNGKey(config.seed)
+  pkey, tkey = jax.random.split(key)
+
+  # 1. The shared start.
+  opt = tp.make_optimizer(config.train) if config.train.steps else None
+  params = init_params(cfg, pkey)
+  history = {}
+  if config.train.steps:
+    step = train.make_train_step(train.make_lm_loss_fn(cfg), opt)
+    state = train.init_train_state(params, opt, tkey)
+    state, history["start"] = _train(
+      state, step, batch_fn, config.train.steps, 0, log, "start"
+    )
+    params = state.params
+  start = jax.tree_util.tree_map(np.asarray, params)  # host copy (steps donate)
+
+  # 2. Two fine-tunes from the start, same batches and optimiser.
+  ft = config.finetune
+  ft_opt = tp.make_optimizer(ft)
+  k = config.soft.exits_per_step or None
+  w = tuple(config.soft.exit_weights) or None
+  losses = {
+    "standard": train.make_lm_loss_fn(cfg),
+    "soft": soft.sorted_loss_fn(cfg, exits, exit_weights=w, exits_per_step=k),
+  }
+  tuned = {}
+  for name, loss_fn in losses.items():
+    step = train.make_train_step(loss_fn, ft_opt)
+    state = train.init_train_state(  # a fresh key: the start's was donated
+      jax.tree_util.tree_map(jnp.asarray, start), ft_opt, jax.random.fold_in(key, 1)
+    )
+    state, history[name] = _train(
+      state, step, batch_fn, ft.steps, config.train.steps, log, name
+    )
+    tuned[name] = state.params
+
+  # 3. Every depth of both fine-tunes; layer skipping.
+  e = config.eval
+  acc_probs, loss_probs = probs[: e.n_problems], probs[: e.loss_problems]
+  rows = []
+  for name, p in tuned.items():
+    loss_at = depth_losses(p, cfg, loss_probs, depths)
+    for d in depths:
+      sub = soft.sub_model(cfg, d)
+      acc, fl = decode_eval(sub, p, sub.cfg, acc_probs, e.max_new_tokens)
+      rows.append(
+        {
+          "branch": name,
+          "decoder": "sub_model",
+          "depth": d,
+          "accuracy": acc,
+          "loss": loss_at[d],
+          "flops_per_token": fl,
+        }
+      )
+      log(f"{name} depth {d}: accuracy {acc:.3f} loss {loss_at[d]:.4f} FLOPs {fl:.3g}")
+    for s in e.skip_speedups:
+      dec = soft.SkipDecoder.for_speedup(cfg, s)
+      n_skipped = L - len(dec.layers)
+      fill = 2.0 * n_skipped * 2 * cfg.d_model * cfg.n_kv_heads * cfg.head_dim
+      acc, fl = decode_eval(dec, p, dec.kept_cfg, acc_probs, e.max_new_tokens, fill)
+      rows.append(
+        {
+          "branch": name,
+          "decoder": f"skip_s{s}",
+          "depth": len(dec.layers),
+          "kept": list(dec.layers),
+          "accuracy": acc,
+          "loss": None,
+          "flops_per_token": fl,
+        }
+      )
+      log(f"{name} layer skip s={s} {dec.layers}: accuracy {acc:.3f} FLOPs {fl:.3g}")
+
+  report = {
+    "rows": rows,
+    "history": history,
+    "total_s": time.perf_counter() - t0,
+    "n_layers": L,
+  }
+  wd.save_config(workdir, config)
+  wd.write_json_atomic(os.path.join(workdir, "results.json"), report, indent=2)
+  log(format_table(rows))
+  return report
+
+
+def format_table(rows) -> str:
+  """The results as a plain-text table (one line per fine-tune x decoder)."""
+  head = "branch    decoder    depth accuracy    loss  FLOPs/token"
+  lines = [head]
+  for r in rows:
+    loss = "-" if r["loss"] is None else f"{r['loss']:.4f}"
+    lines.append(
+      f"{r['branch']:9s} {r['decoder']:10s} {r['depth']:5d} "
+      f"{r['accuracy']:8.3f} {loss:>7s} {r['flops_per_token']:12.4g}"
+    )
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  config = wd.config_from_flags(DEFAULT_CONFIG, check=check_run)
+  wd.run_cli(run, config, flags.FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  wd.define_flags("results/soft_arith", DEFAULT_CONFIG)
+  app.run(main)

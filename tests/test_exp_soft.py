@@ -1,0 +1,66 @@
+"""experiments/soft.py on a tiny config: both fine-tunes run, every depth and the
+layer-skip baselines are evaluated and written; bad configs are refused first."""
+
+import json
+import os
+
+import pytest
+
+from experiments import config_utils
+from experiments import soft as exp
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tiny_config():
+  c = config_utils.load_config_file(os.path.join(ROOT, "configs", "soft_arith.py"))
+  c.model.d_model = 16
+  c.model.n_layers = 2
+  c.model.n_heads = 2
+  c.model.n_kv_heads = 2
+  c.model.d_ff = 32
+  c.train.steps = 0  # the start = the random init (its training is the standard step)
+  c.train.batch_size = 2
+  c.finetune.steps = 1
+  c.soft.exits = (1,)
+  c.eval.n_problems = 3
+  c.eval.loss_problems = 3
+  c.eval.max_new_tokens = 6
+  c.eval.skip_speedups = (2,)
+  return c
+
+
+def test_tiny_run_writes_every_depth(tmp_path):
+  report = exp.run(_tiny_config(), str(tmp_path), log=lambda s: None)
+  rows = report["rows"]
+  got = {(r["branch"], r["decoder"], r["depth"]) for r in rows}
+  for b in ("standard", "soft"):
+    assert {(b, "sub_model", d) for d in (1, 2)} <= got  # exits + the full depth
+    assert (b, "skip_s2", 2) in got  # first and last always kept
+  sub = [r for r in rows if r["decoder"] == "sub_model" and r["branch"] == "soft"]
+  fl = [r["flops_per_token"] for r in sorted(sub, key=lambda r: r["depth"])]
+  assert fl[0] < fl[1]  # deeper costs more
+  assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows)
+  assert all(r["loss"] > 0 for r in sub)
+  with open(tmp_path / "results.json") as f:
+    assert json.load(f)["rows"] == rows
+  assert os.path.exists(tmp_path / "config.json")
+
+
+@pytest.mark.parametrize(
+  "field,value,match",
+  [
+    ("soft.exits", (0, 1), r"config.soft.exits\[0\]"),
+    ("soft.exits", (2, 1), "config.soft.exits"),
+    ("soft.exits_per_step", 2, "exits_per_step"),
+    ("soft.exit_weights", (1.0, 1.0), "exit_weights"),
+    ("eval.skip_speedups", (0.5,), "skip_speedups"),
+  ],
+)
+def test_bad_config_is_refused_before_anything_runs(tmp_path, field, value, match):
+  c = _tiny_config()
+  section, name = field.split(".")
+  c[section][name] = value
+  with pytest.raises(ValueError, match=match):
+    exp.run(c, str(tmp_path / "w"), log=lambda s: None)
+  assert not os.path.exists(tmp_path / "w")
