@@ -21,13 +21,23 @@ per-problem results back, in the original order, to every process with one
 collective (`jax.experimental.multihost_utils.process_allgather` over the
 pickled results: it needs no shared filesystem, and works on CPU through the
 gloo collectives). Only process 0 writes (`is_writer`).
+
+Built on that gather: `split_map(fn, items)` (the split, the calls and the
+gather in one), `from_writer(obj)` (process 0's value everywhere, e.g. what
+it read from the workdir only it touches), `raise_together(error)` /
+`run_together(fn)` (a failure on one process is raised on all, so none waits
+in a collective for a process that gave up), and `single_process(script,
+why)` for the scripts that run in one process only (they still take the
+flags, and refuse a multi-process run or a --mesh, saying why).
+Used by experiments/scaling.py; tests/test_multihost.py runs it in two
+processes on localhost.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from absl import flags
 
@@ -261,6 +271,80 @@ def allgather_objects(obj: Any) -> list:
   buf[: data.size] = data
   every = np.asarray(multihost_utils.process_allgather(buf))
   return [pickle.loads(every[p, : int(sizes[p])].tobytes()) for p in range(len(sizes))]
+
+
+def split_map(fn: Callable[[Any], Any], items: Sequence[Any]) -> list:
+  """[fn(x) for x in items] with the calls split across processes: each
+  process calls `fn` on its share (`split_for_process`) and every process
+  gets all results in item order (`gather_split`). Every process must call
+  it, with the same items. One process: the plain list comprehension."""
+  items = list(items)
+  return gather_split([fn(x) for x in split_for_process(items)], len(items))
+
+
+def from_writer(obj: Any) -> Any:
+  """Process 0's `obj` on every process (what only process 0 reads, e.g. the
+  finished rows in its workdir). Every process must call it, in the same
+  order; the other processes' `obj` is ignored. One process: `obj`."""
+  if jax.process_count() == 1:
+    return obj
+  return allgather_objects(obj if is_writer() else None)[0]
+
+
+def raise_together(error: Optional[BaseException]) -> None:
+  """Turn one process's failure into every process's, so that no process is
+  left waiting in a collective for one that gave up. Every process passes
+  its error (or None), in the same order.
+
+  Raises:
+    `error` itself, on a process that has one; on the others (when any
+    process failed) a RuntimeError naming the first failing process and its
+    message. One process: `error`, if given.
+  """
+  if jax.process_count() > 1:
+    msgs = allgather_objects(
+      None if error is None else f"{type(error).__name__}: {error}"
+    )
+    failed = [(p, m) for p, m in enumerate(msgs) if m is not None]
+    if failed and error is None:
+      p, m = failed[0]
+      raise RuntimeError(f"process {p} failed, so this one stops too: {m}")
+  if error is not None:
+    raise error
+
+
+def run_together(fn: Callable[[], Any], *, writer_only: bool = False) -> Any:
+  """fn() on every process (on process 0 only with `writer_only`; the others
+  get None), with a failure on any process raised on all of them
+  (`raise_together`). Every process must call it, in the same order."""
+  result, error = None, None
+  if is_writer() or not writer_only:
+    try:
+      result = fn()
+    except Exception as e:  # noqa: BLE001 -- raised below, on every process
+      error = e
+  raise_together(error)
+  return result
+
+
+def single_process(script: str, why: str) -> None:
+  """For a script that runs in one process only: `maybe_initialize` (so the
+  shared flags and cluster detection behave as everywhere), then refuse a
+  multi-process run or a --mesh, saying why.
+
+  Raises:
+    app.UsageError: more than one process, or --mesh given.
+  """
+  from absl import app
+
+  maybe_initialize()
+  if jax.process_count() > 1:
+    raise app.UsageError(
+      f"{script} runs in one process ({why}); this run has "
+      f"{jax.process_count()} processes"
+    )
+  if _flag("mesh"):
+    raise app.UsageError(f"--mesh: {script} does not shard over a mesh ({why})")
 
 
 def gather_split(local_results: Sequence[Any], n_items: int) -> list:

@@ -40,6 +40,7 @@ and for verifier methods k verifier passes over prompt + sample.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -51,7 +52,7 @@ from absl import app, flags
 
 from algorithms import estimators, particle_filter, selection
 from algorithms import methods as methods_lib
-from experiments import analysis, config_utils, workdir
+from experiments import analysis, config_utils, distributed, workdir
 from experiments.tasks import arith
 from jaxllm import Transformer, checkpoint, generate, make_sampling
 from jaxllm import flops as flops_lib
@@ -281,16 +282,25 @@ def dense_answer_ids(answers_PxN):
 
 
 def build_pool(policy, verifiers, problems, config, seed: int) -> dict:
-  """Sample, label and score `pool_size` solutions per problem."""
+  """Sample, label and score `pool_size` solutions per problem.
+
+  Several processes (experiments/distributed.py): the generate calls (one
+  per block of problems, each with its own key) and the verifier calls (one
+  per block of `rows_per_call` rows) are split across processes and their
+  results gathered, so every process returns the whole pool, in problem
+  order, equal to one process's pool: each block is computed from the same
+  inputs, shapes and key wherever it runs. Every process must call it.
+  """
   cfg, params = policy
   P, N = len(problems), config.pool_size
   prompts = [TOK.encode(p.prompt, add_bos=True) for p in problems]
-  toks, lens = [], []
   step = max(1, config.rows_per_call // N)  # problems per generate call
   model = Transformer(cfg)
-  for i in range(0, P, step):
+
+  def sample(i):
     chunk = prompts[i : i + step]
-    chunk = chunk + [chunk[-1]] * (step - len(chunk))  # one shape, one compile
+    n = len(chunk)
+    chunk = chunk + [chunk[-1]] * (step - n)  # one shape, one compile
     out = generate(
       model,
       params,
@@ -302,10 +312,11 @@ def build_pool(policy, verifiers, problems, config, seed: int) -> dict:
       pad_id=TOK.pad_id,
       num_samples=N,
     )
-    toks.append(np.asarray(out.tokens)[: len(prompts[i : i + step]) * N])
-    lens.append(np.asarray(out.lengths)[: len(prompts[i : i + step]) * N])
-  toks = np.concatenate(toks).reshape(P, N, -1)
-  lens = np.concatenate(lens).reshape(P, N)
+    return np.asarray(out.tokens)[: n * N], np.asarray(out.lengths)[: n * N]
+
+  blocks = distributed.split_map(sample, range(0, P, step))
+  toks = np.concatenate([t for t, _ in blocks]).reshape(P, N, -1)
+  lens = np.concatenate([n for _, n in blocks]).reshape(P, N)
   texts = [[TOK.decode(toks[p, n, : lens[p, n]]) for n in range(N)] for p in range(P)]
   answers = [[arith.extract_answer(t) for t in row] for row in texts]
   correct = np.array(
@@ -323,10 +334,12 @@ def build_pool(policy, verifiers, problems, config, seed: int) -> dict:
   scores = {}
   for name, (rm, rparams) in verifiers.items():
     fn = jax.jit(rm.score_all)
-    out = [
-      np.asarray(fn(rparams, jnp.asarray(flat[i : i + config.rows_per_call])))
-      for i in range(0, P * N, config.rows_per_call)
-    ]
+    out = distributed.split_map(
+      lambda i, fn=fn, rparams=rparams: np.asarray(
+        fn(rparams, jnp.asarray(flat[i : i + config.rows_per_call]))
+      ),
+      range(0, P * N, config.rows_per_call),
+    )
     scores[name] = np.concatenate(out).reshape(P, N, T)
   # ORM: score at the last token. PRM: scores at step delimiters (newline or
   # EOS) inside the generated part.
@@ -715,6 +728,19 @@ def run_sweep(config, out_dir, log=workdir.progress):
   record its settings, write config.json, then compute only the missing rows.
   Models are loaded only when a pool must be built or a search row run.
 
+  Several processes (experiments/distributed.py; every process calls this
+  with the same config): process 0 alone locks, reads and writes out_dir
+  (the others never touch theirs, so no shared filesystem is needed) and
+  tells the others which rows and pools are missing; every process loads
+  the models; each pool's generate and verifier calls are split across the
+  processes (`build_pool`), and so are the search rows (one (method, budget,
+  seed) row per process at a time); process 0 computes the selection rows,
+  appends every row and writes the summary and plots. The rows equal one
+  process's (up to wall_s). A failure of process 0's checks, or of any
+  process's model loading, is raised on every process. The other processes
+  return only {"new_rows", "pools_generated", "searched" (the search rows
+  they ran)}.
+
   Raises:
     ValueError: a bad config (naming the field), out_dir made with other
       settings (naming the fields), a missing model file, or a saved pool of
@@ -722,51 +748,75 @@ def run_sweep(config, out_dir, log=workdir.progress):
     workdir.WorkdirBusy: another sweep holds out_dir.
   """
   plan = validate_sweep(config)
-  with workdir.lock(out_dir):
-    _pin(config, out_dir)
-    workdir.save_config(out_dir, config)
+  with contextlib.ExitStack() as held:
+
+    def prepare():  # on process 0 only
+      held.enter_context(workdir.lock(out_dir))
+      _pin(config, out_dir)
+      workdir.save_config(out_dir, config)
+
+    distributed.run_together(prepare, writer_only=True)
     return _run_locked(config, plan, out_dir, log)
 
 
 def _run_locked(config, plan: SweepPlan, out_dir, log):
+  writer = distributed.is_writer()
   rows_path = os.path.join(out_dir, "rows.jsonl")
-  rows = workdir.read_rows(rows_path)
-  todo = [key for key in plan.keys() if key not in rows]
   pool_path = lambda seed: os.path.join(out_dir, f"pool_seed{seed}.npz")
-  sel_seeds = sorted({s for m, _, s in todo if m in plan.methods})
-  need_models = any(m in plan.search for m, _, _ in todo) or any(
-    not os.path.exists(pool_path(s)) for s in sel_seeds
+  rows = distributed.run_together(  # only process 0 reads out_dir
+    lambda: workdir.read_rows(rows_path), writer_only=True
   )
-  generated = 0
+  state = None
+  if writer:
+    todo = [key for key in plan.keys() if key not in rows]
+    sel_seeds = sorted({s for m, _, s in todo if m in plan.methods})
+    saved = {s for s in sel_seeds if os.path.exists(pool_path(s))}
+    state = todo, sel_seeds, saved
+  todo, sel_seeds, saved = distributed.from_writer(state)
+  need_models = any(m in plan.search for m, _, _ in todo) or any(
+    s not in saved for s in sel_seeds
+  )
+  generated = searched = 0  # pools built with the others; search rows run here
   models = None
-  if need_models:
-    check_model_dirs(config)  # before loading anything
-  if todo:
-    # Saved pools are checked before any model is loaded.
-    pools = {
-      s: load_pool(pool_path(s), config)
-      for s in sel_seeds
-      if os.path.exists(pool_path(s))
-    }
-    if need_models:
-      from experiments import train_policy as tp
 
-      policy, pconfig, vcfg, verifiers = load_models(config)
-      problems = tp.heldout_problems(pconfig, config.n_problems)
-      models = (policy, verifiers, problems)
-      pcfg = policy[0]
-    else:
-      pcfg, vcfg = load_model_configs(config)
+  def check():
+    if need_models:
+      check_model_dirs(config)  # before loading anything
+    # Saved pools are checked (by process 0) before any model is loaded.
+    if todo and writer:
+      return {s: load_pool(pool_path(s), config) for s in sorted(saved)}
+    return {}
+
+  pools = distributed.run_together(check)
+  if todo:
+
+    def load():
+      if need_models:
+        from experiments import train_policy as tp
+
+        policy, pconfig, vcfg, verifiers = load_models(config)
+        problems = tp.heldout_problems(pconfig, config.n_problems)
+        return policy[0], vcfg, (policy, verifiers, problems)
+      if writer:
+        return (*load_model_configs(config), None)
+      return None, None, None
+
+    pcfg, vcfg, models = distributed.run_together(load)
     for seed in sel_seeds:
       t0 = time.perf_counter()
-      if seed in pools:
+      if seed in saved:
+        if not writer:
+          continue
         pool = pools.pop(seed)
       else:
         policy, verifiers, problems = models
         pool = build_pool(policy, verifiers, problems, config, seed)
-        workdir.save_npz_atomic(pool_path(seed), **pool)
+        if writer:
+          workdir.save_npz_atomic(pool_path(seed), **pool)
         generated += 1
       pool_s = time.perf_counter() - t0
+      if not writer:
+        continue
       for m in plan.methods:
         ks = [k for k in plan.budgets if (m, k, seed) not in rows]
         if not ks:
@@ -786,27 +836,24 @@ def _run_locked(config, plan: SweepPlan, out_dir, log):
           )
           workdir.append_row(rows_path, row)
           rows[(m, k, seed)] = row
-    for m, k, seed in todo:
-      if m not in plan.search:
-        continue
-      policy, verifiers, problems = models
-      t0 = time.perf_counter()
-      acc, comp = run_search(m, k, policy, verifiers, problems, config, seed)
-      row = dict(
-        method=m,
-        budget=k,
-        seed=seed,
-        accuracy=acc,
-        compute=comp,
-        wall_s=time.perf_counter() - t0,
-        n_problems=config.n_problems,
-      )
-      workdir.append_row(rows_path, row)
-      rows[(m, k, seed)] = row
-      log(
-        f"  {m:<8} budget {k:>3} seed {seed}: accuracy {acc:.3f}, "
-        f"{comp['flops']:.3e} FLOPs/problem, {row['wall_s']:.1f}s"
-      )
+    search = [key for key in todo if key[0] in plan.search]
+    n = jax.process_count()
+    for r in range(0, len(search), n):  # one row per process at a time
+      searched += len(distributed.split_for_process(search[r : r + n]))
+      for row in distributed.split_map(
+        lambda key: _search_row(*key, models, config), search[r : r + n]
+      ):
+        if not writer:
+          continue
+        workdir.append_row(rows_path, row)
+        rows[(row["method"], row["budget"], row["seed"])] = row
+        log(
+          f"  {row['method']:<8} budget {row['budget']:>3} seed {row['seed']}: "
+          f"accuracy {row['accuracy']:.3f}, "
+          f"{row['compute']['flops']:.3e} FLOPs/problem, {row['wall_s']:.1f}s"
+        )
+  if not writer:
+    return dict(new_rows=len(todo), pools_generated=generated, searched=searched)
   log(f"sweep: {len(todo)} new rows, {generated} pools generated")
   current = {key: rows[key] for key in plan.keys()}
   summary = summarize(
@@ -825,21 +872,52 @@ def _run_locked(config, plan: SweepPlan, out_dir, log):
   return summary
 
 
+def _search_row(method, k, seed, models, config) -> dict:
+  """One search method's row at budget k and seed (`run_search`)."""
+  policy, verifiers, problems = models
+  t0 = time.perf_counter()
+  acc, comp = run_search(method, k, policy, verifiers, problems, config, seed)
+  return dict(
+    method=method,
+    budget=k,
+    seed=seed,
+    accuracy=acc,
+    compute=comp,
+    wall_s=time.perf_counter() - t0,
+    n_problems=config.n_problems,
+  )
+
+
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   del argv
+  distributed.maybe_initialize()  # before any other JAX call
+  if FLAGS.mesh:
+    raise app.UsageError(
+      "--mesh: the scaling sweep does not shard a model over a mesh; it splits "
+      "its problems and search rows across processes (each process computes "
+      "on its first local device), so start one process per device instead"
+    )
   config = workdir.config_from_flags(DEFAULT_CONFIG, check=check_sweep)
   if FLAGS.validate_only:
     print(f"config OK for {os.path.abspath(FLAGS.workdir)}")
     return
-  workdir.run_cli(run_sweep, config, FLAGS.workdir)
-  print(f"results in {os.path.abspath(FLAGS.workdir)}")
+  out = workdir.run_cli(run_sweep, config, FLAGS.workdir)
+  if distributed.is_writer():
+    print(f"results in {os.path.abspath(FLAGS.workdir)}")
+  else:
+    print(
+      f"process {jax.process_index()} of {jax.process_count()} done: built "
+      f"{out['pools_generated']} pools with the others, ran {out['searched']} "
+      f"search rows; process 0 wrote the results into its --workdir"
+    )
 
 
 if __name__ == "__main__":
   workdir.define_flags("results/scaling/arith", DEFAULT_CONFIG)
+  distributed.define_flags()
   flags.DEFINE_bool(
     "validate_only", False, "Check the config (and --workdir's settings) and exit."
   )
