@@ -74,6 +74,7 @@ from algorithms.stepping import (
   reorder,
   sample_step,
 )
+from jaxllm.cache import flat_index
 from jaxllm.sampling import Sampling, make_sampling
 from jaxllm.validation import check_int, check_token_id
 
@@ -479,12 +480,14 @@ def _keep(env: _Env, pool: Pool, sel: Selection, rank_B, stop_B, traj, tlen):
 
 def _fork(env: _Env, rows: Rows, sel: Selection):
   """Row j of a group continues kept candidate j // M (a gather of the model
-  / scorer rows); rows of a done or unkept candidate go idle.
+  / scorer rows within the group: a blocked index, so groups split over
+  devices move nothing); rows of a done or unkept candidate go idle.
   Returns (Rows, index_B source rows, alive_B)."""
   j = jnp.arange(env.G) // env.M
-  index = jnp.take(sel.row, j, axis=1).reshape(env.B)
+  in_group = jnp.take(sel.kept, j, axis=1)  # [NG, G]
   alive = jnp.take(sel.go, j, axis=1).reshape(env.B)
-  return reorder(env.model, env.scorer, rows, index), index, alive
+  rows = reorder(env.model, env.scorer, rows, in_group)
+  return rows, flat_index(in_group, env.B), alive
 
 
 def _record(trace: Trace, t, step, score_B, active_B, stop_B, source_B, kept) -> Trace:

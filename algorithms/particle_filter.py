@@ -138,6 +138,7 @@ from algorithms.stepping import (
   prepare_prompts,
   sample_step,
 )
+from jaxllm.cache import take_rows
 from jaxllm.decoding import fork_index
 from jaxllm.sampling import Sampling, make_sampling
 from jaxllm.validation import check_int, check_token_id, check_token_ids
@@ -678,15 +679,15 @@ def _resample(run: _Run, logw_PxN, log_z_P, t, last_iter, key, has_ref):
 
 def _gather(run: _Run, rows: Rows, particles: Particles, anc_PxN, do_P):
   """Gather the resampled rows (model / scorer state, logits, particles);
-  skipped entirely when no block resamples."""
-  offset = jnp.arange(run.P, dtype=jnp.int32)[:, None] * run.N
-  index = (anc_PxN + offset).reshape(run.B)
+  skipped entirely when no block resamples. The ancestors are a blocked index
+  (each relative to its problem's N rows, `jaxllm.cache.take_rows`), so with
+  problems split over devices the gather moves nothing between them."""
 
   def gather(x):
     r, p = x
     return (
-      stepping.reorder(run.model, run.scorer, r, index),
-      jax.tree_util.tree_map(lambda a: jnp.take(a, index, axis=0), p),
+      stepping.reorder(run.model, run.scorer, r, anc_PxN),
+      jax.tree_util.tree_map(lambda a: take_rows(a, anc_PxN), p),
     )
 
   return jax.lax.cond(jnp.any(do_P), gather, lambda x: x, (rows, particles))

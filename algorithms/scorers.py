@@ -31,6 +31,7 @@ import jax.numpy as jnp
 
 from algorithms.selection import AGGREGATIONS
 from algorithms.stepping import Step
+from jaxllm.cache import take_rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,8 +56,8 @@ class ModelStepScorer:
     last = jnp.take_along_axis(scores, jnp.maximum(n - 1, 0)[:, None], 1)[:, 0]
     return state, last
 
-  def reorder(self, state, index_N):
-    return self.model.reorder(state, index_N)
+  def reorder(self, state, index):
+    return self.model.reorder(state, index)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,8 +89,8 @@ class ConfidenceScorer:
       s = jnp.exp(jnp.min(jnp.where(valid, step.logprob, 0.0), 1))
     return state, s
 
-  def reorder(self, state, index_N):
-    return jnp.take(state, index_N, axis=0)
+  def reorder(self, state, index):
+    return take_rows(state, index)
 
 
 @flax.struct.dataclass
@@ -115,7 +116,7 @@ class StepScoreAggregate:
   count: Any
 
   @classmethod
-  def empty(cls, n_rows: int) -> "StepScoreAggregate":
+  def empty(cls, n_rows: int) -> StepScoreAggregate:
     """No step scored yet (every value is -inf)."""
     f = lambda v: jnp.full((n_rows,), v, jnp.float32)
     return cls(
@@ -126,7 +127,7 @@ class StepScoreAggregate:
       count=jnp.zeros((n_rows,), jnp.int32),
     )
 
-  def add(self, score_B, active_B) -> "StepScoreAggregate":
+  def add(self, score_B, active_B) -> StepScoreAggregate:
     """Fold in one step's scores for the active rows (others unchanged)."""
     s = score_B.astype(jnp.float32)
     on = lambda new, old: jnp.where(active_B, new, old)
@@ -159,6 +160,7 @@ class StepScoreAggregate:
       )
     return jnp.where(self.count > 0, out, -jnp.inf)
 
-  def reorder(self, index_N) -> "StepScoreAggregate":
-    """Gather rows (resampling, forks)."""
-    return jax.tree_util.tree_map(lambda x: jnp.take(x, index_N, axis=0), self)
+  def reorder(self, index) -> StepScoreAggregate:
+    """Gather rows (resampling, forks); index [N] or blocked [P, N]
+    (`jaxllm.cache.take_rows`)."""
+    return jax.tree_util.tree_map(lambda x: take_rows(x, index), self)

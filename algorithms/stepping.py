@@ -29,21 +29,22 @@ K steps, V vocabulary, C context-histogram bins (cache_size + 1).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional, Sequence
-
-import jax
-import jax.numpy as jnp
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.struct
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxllm import decoding
 from jaxllm import flops as flops_lib
-from jaxllm.config import ModelConfig
 
 # fork_index is the core's (re-exported: algorithms.methods reads
 # stepping.fork_index); model_config / flops_config are jaxllm.flops'.
-from jaxllm.decoding import fork_index
+from jaxllm.cache import take_rows
+from jaxllm.config import ModelConfig
+from jaxllm.decoding import fork_index, fork_rows  # noqa: F401 (re-exported)
 from jaxllm.flops import flops_config, model_config
 from jaxllm.generate import check_prompts
 from jaxllm.sampling import Sampling, log_probs, sample
@@ -260,9 +261,10 @@ def sample_step(
   )
 
 
-def reorder_rows(model, state, logits_BxV, index_N):
-  """Gather rows of (state, logits) — resampling / beam selection / forks."""
-  return model.reorder(state, index_N), jnp.take(logits_BxV, index_N, axis=0)
+def reorder_rows(model, state, logits_BxV, index):
+  """Gather rows of (state, logits) — resampling / beam selection / forks;
+  index int32 [N] flat or [P, N] blocked (`jaxllm.cache.take_rows`)."""
+  return model.reorder(state, index), take_rows(logits_BxV, index)
 
 
 # ----------------------------------------------------------------------------
@@ -303,7 +305,7 @@ def prepare_prompts(
   prompt_lengths,
   pad_id: int,
   min_cache: Callable[[int], int],
-  cache_size: Optional[int],
+  cache_size: int | None,
   prefix: str = "PFConfig",
 ):
   """Right-padded bucketed prompts, their lengths and a validated cache size.
@@ -382,24 +384,25 @@ def prefill_prompts(
   return Rows(state=state, logits_BxV=logits, sstate=sstate)
 
 
-def reorder(model, scorer, rows: Rows, index_N) -> Rows:
+def reorder(model, scorer, rows: Rows, index) -> Rows:
   """Gather rows of the model state, the logits and the scorer state.
 
-  index_N: int32 [N] source row of each new row (forks, resampling, beam
-  selection). The one row gather of every step-level search.
+  index: int32 [N], the source row of each new row, or [P, N] blocked: each
+  entry relative to its problem's block of rows (`jaxllm.cache.take_rows`),
+  which a search within problems should pass, since it keeps a population
+  sharded over devices local (forks, resampling, beam selection). The one
+  row gather of every step-level search.
   """
-  state, logits = reorder_rows(model, rows.state, rows.logits_BxV, index_N)
-  return Rows(
-    state=state, logits_BxV=logits, sstate=scorer.reorder(rows.sstate, index_N)
-  )
+  state, logits = reorder_rows(model, rows.state, rows.logits_BxV, index)
+  return Rows(state=state, logits_BxV=logits, sstate=scorer.reorder(rows.sstate, index))
 
 
 def fork(model, scorer, prompt_rows: Rows, n_rows: int) -> Rows:
   """Fork P prefilled prompt rows into B = P * N rows (row p * N + i = copy i of
-  prompt p) by a gather (`reorder` with `jaxllm.decoding.fork_index`): the
-  prompt is never re-prefilled."""
+  prompt p) by a blocked gather (`reorder` with `jaxllm.decoding.fork_rows`):
+  the prompt is never re-prefilled."""
   P = prompt_rows.logits_BxV.shape[0]
-  return reorder(model, scorer, prompt_rows, fork_index(P, n_rows))
+  return reorder(model, scorer, prompt_rows, fork_rows(P, n_rows))
 
 
 def prefill_and_fork(
@@ -417,14 +420,14 @@ def prefill_and_fork(
 
   The model's state and logits are `jaxllm.decoding.prefill_and_fork`'s; the
   scorer is prefilled once too (`scorer.init`) and forked with the same
-  `fork_index` (no gather for N = 1, as in the core).
+  `fork_rows` index (no gather for N = 1, as in the core).
   """
   state, logits = decoding.prefill_and_fork(
     model, params, tokens_PxT, lengths_P, cache_size, n_rows
   )
   sstate = scorer.init(scorer_params, tokens_PxT, lengths_P, cache_size)
   if n_rows != 1:
-    sstate = scorer.reorder(sstate, fork_index(tokens_PxT.shape[0], n_rows))
+    sstate = scorer.reorder(sstate, fork_rows(tokens_PxT.shape[0], n_rows))
   return Rows(state=state, logits_BxV=logits, sstate=sstate)
 
 
@@ -526,14 +529,14 @@ class StepCounters:
   vcalls: Any
 
   @classmethod
-  def zeros(cls, n_contexts: int) -> "StepCounters":
+  def zeros(cls, n_contexts: int) -> StepCounters:
     """All-zero counters with histograms of `n_contexts` bins."""
     h = jnp.zeros((n_contexts,), jnp.float32)
     return cls(gen=h, forced=h, scored=h, calls=jnp.int32(0), vcalls=jnp.int32(0))
 
   def count_step(
     self, lengths_B, length_B, S: int, into: Sequence[str] = ("gen", "scored")
-  ) -> "StepCounters":
+  ) -> StepCounters:
     """Add one step's tokens (lengths_B committed tokens before it, length_B
     in it, S its static width) to the histograms named in `into` (any of
     "gen", "forced", "scored")."""
@@ -541,7 +544,7 @@ class StepCounters:
     return self.replace(**{k: add_hist(getattr(self, k), ctx, valid) for k in into})
 
 
-def hist_flops(cfg: Optional[ModelConfig], hist_C) -> float:
+def hist_flops(cfg: ModelConfig | None, hist_C) -> float:
   """FLOPs of the tokens in a context histogram (0 for cfg None)."""
   if cfg is None:
     return 0.0
@@ -549,7 +552,7 @@ def hist_flops(cfg: Optional[ModelConfig], hist_C) -> float:
   return float(hist @ flops_lib.decode_flops(cfg, np.arange(hist.shape[0])))
 
 
-def prompt_flops(cfg: Optional[ModelConfig], lengths_P) -> float:
+def prompt_flops(cfg: ModelConfig | None, lengths_P) -> float:
   """FLOPs of prefilling prompts of the given lengths (0 for cfg None)."""
   if cfg is None:
     return 0.0

@@ -95,8 +95,8 @@ def _write_json(result) -> str:
 
 def measure_ceilings(repeats: int = 5, dtype: str = "float32", n: int = 0) -> dict:
   """Large matmul FLOP/s in `dtype` (best of XLA and numpy; n x n x n, n = 2048
-  on the CPU and 8192 on an accelerator when 0) and copy bytes/s (a 256 MiB
-  float32 buffer read and written)."""
+  on the CPU and 8192 on an accelerator when 0) and copy bytes/s (a float32
+  buffer read and written)."""
   if not n:
     n = 2048 if jax.default_backend() == "cpu" else 8192
   a = jax.random.normal(jax.random.key(0), (n, n), dtype)
@@ -110,8 +110,11 @@ def measure_ceilings(repeats: int = 5, dtype: str = "float32", n: int = 0) -> di
     an @ bn
     t_np, _ = workdir.median_time(lambda: an @ bn, repeats)
   flops = 2 * n**3
-  # Copy: read + write of a 256 MiB buffer (bytes moved = 2 * size).
-  x = jnp.ones((64 * 1024 * 1024,), jnp.float32)
+  # Copy: read + write of a float32 buffer (bytes moved = 2 * size), 256 MiB
+  # on the CPU, 2 GiB on an accelerator (a smaller one on an H200 measured
+  # 1.8 TB/s, under half its copy rate: launch overhead, not bandwidth).
+  cpu = jax.default_backend() == "cpu"
+  x = jnp.ones(((64 if cpu else 512) * 1024 * 1024,), jnp.float32)
   cp = jax.jit(lambda v: v + 1.0)
   cp(x).block_until_ready()
   t_cp, _ = workdir.median_time(lambda: cp(x).block_until_ready(), repeats)

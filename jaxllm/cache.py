@@ -107,25 +107,6 @@ def layout_values(v_BxTxKvxK):
   return relayout(v_BxTxKvxK, _NEW, V_LAYOUT)
 
 
-def _rows_slots(layout: str, rows, slots):
-  """An index for buf.at[...] that picks (row, slot) pairs of a buffer in
-  `layout`: advanced indices at b and s, full slices elsewhere. The picked
-  block has shape [*rows/slots broadcast shape, remaining axes in layout
-  order]."""
-  return tuple(rows if c == "b" else slots if c == "s" else slice(None) for c in layout)
-
-
-def _rest(layout: str) -> str:
-  """The axis order of the block `_rows_slots` picks (numpy advanced-index
-  rules): the broadcast (b, s) pair in place when b and s are adjacent in
-  `layout`, else first; the other axes keep their order."""
-  ib, i_s = layout.index("b"), layout.index("s")
-  if abs(ib - i_s) == 1:
-    lo = min(ib, i_s)
-    return layout[:lo] + "bs" + layout[lo + 2 :]
-  return "bs" + "".join(c for c in layout if c not in "bs")
-
-
 def write_new(buf, new_BxTxKvxK, lengths_B, keys: bool = False):
   """Write T new entries per row at slots [lengths, lengths + T).
 
@@ -138,25 +119,91 @@ def write_new(buf, new_BxTxKvxK, lengths_B, keys: bool = False):
   Returns:
     The updated buffer. Writes past the end are dropped (never wrapped or
     shifted); callers bound lengths + T <= S statically (see generate.py).
+
+  The scatter is written per row and vmapped over b (a scatter with a batch
+  dimension), so with rows split over devices each device writes its own
+  rows: no collective (a scatter with (row, slot) index pairs makes GSPMD
+  all-gather every row's new entries to every device).
   """
   layout = K_LAYOUT if keys else V_LAYOUT
-  B, T = new_BxTxKvxK.shape[:2]
-  rows = jnp.arange(B)[:, None]
-  slots = lengths_B[:, None] + jnp.arange(T)[None, :]
-  new = relayout(new_BxTxKvxK.astype(buf.dtype), _NEW, _rest(layout))
-  return buf.at[_rows_slots(layout, rows, slots)].set(new, mode="drop")
+  T = new_BxTxKvxK.shape[1]
+  row_layout = layout.replace("b", "")
+  # one row's block at T slots has the row's axis order (a single advanced
+  # index keeps its place), with T entries on s
+  new = relayout(new_BxTxKvxK.astype(buf.dtype), _NEW, "b" + row_layout)
+
+  def write_row(row, new_row, length):
+    at = _at_slots(row_layout, length + jnp.arange(T))
+    return row.at[at].set(new_row, mode="drop")
+
+  b = layout.index("b")
+  return jax.vmap(write_row, in_axes=(b, 0, 0), out_axes=b)(buf, new, lengths_B)
 
 
-def reorder(cache: KVCache, index_N) -> KVCache:
-  """Gather rows: row n of the result is row index_N[n] of `cache`.
+def _at_slots(row_layout: str, slots):
+  """An index for row.at[...] of one row (layout without b) picking slots."""
+  return tuple(slots if c == "s" else slice(None) for c in row_layout)
 
-  N may differ from B (fork one prompt into N samples with index = zeros(N)).
+
+def take_rows(x, index, axis: int = 0):
+  """Gather rows of `x` along `axis`, by a flat or a blocked row index.
+
+  Args:
+    x: an array with B rows along `axis`.
+    index: int [N], flat: output row n is row index[n]; or int [P, N],
+      blocked: the B rows form P equal blocks of R = B // P rows (problem p's
+      rows), and output row p * N + n is row p * R + index[p, n], i.e. each
+      index is relative to its own block (a fork of P prompts into N samples
+      is zeros [P, N] with R = 1; resampling N particles per problem is the
+      ancestors [P, N] with R = N).
+    axis: the row axis of `x`.
+
+  Returns:
+    x with N (flat) or P * N (blocked) rows along `axis`.
+
+  The blocked form is what a population sharded over devices needs: each
+  gather stays inside its block, so with blocks split over `data` no device
+  reads another's rows (measured in tests/test_sharding.py: a flat gather
+  makes GSPMD all-gather the whole operand, the blocked one moves nothing).
+
+  Raises:
+    ValueError: if index is not 1-D or 2-D, or P does not divide B.
   """
-  take = lambda x, layout: jnp.take(x, index_N, axis=layout.index("b"))
+  if index.ndim == 1:
+    return jnp.take(x, index, axis=axis)
+  if index.ndim != 2:
+    raise ValueError(f"take_rows: index must be [N] or [P, N], got {index.shape}")
+  P, N = index.shape
+  B = x.shape[axis]
+  if B % P:
+    raise ValueError(f"take_rows: {P} blocks do not divide {B} rows")
+  xb = jnp.moveaxis(x, axis, 0).reshape(
+    (P, B // P) + x.shape[:axis] + x.shape[axis + 1 :]
+  )
+  out = jax.vmap(lambda blk, i: jnp.take(blk, i, axis=0))(xb, index)
+  return jnp.moveaxis(out.reshape((P * N,) + out.shape[2:]), 0, axis)
+
+
+def flat_index(index, n_rows: int):
+  """The flat row index [N'] equal to a flat [N] or blocked [P, N] `take_rows`
+  index over `n_rows` rows (for host-side states kept as Python lists)."""
+  if index.ndim == 1:
+    return index
+  P = index.shape[0]
+  return (index + (n_rows // P) * jnp.arange(P, dtype=index.dtype)[:, None]).reshape(-1)
+
+
+def reorder(cache: KVCache, index) -> KVCache:
+  """Gather rows (`take_rows`): index int [N] (flat) or [P, N] (blocked).
+
+  N may differ from B (fork one prompt into N samples with index =
+  zeros [N], or P prompts with zeros [P, N]).
+  """
+  take = lambda x, layout: take_rows(x, index, axis=layout.index("b"))
   return KVCache(
     k=tuple(take(x, K_LAYOUT) for x in cache.k),
     v=tuple(take(x, V_LAYOUT) for x in cache.v),
-    lengths=jnp.take(cache.lengths, index_N, axis=0),
+    lengths=take_rows(cache.lengths, index),
   )
 
 
@@ -168,19 +215,21 @@ def commit_path(cache: KVCache, path_BxP, n_accept_B) -> KVCache:
   (0-based, in path order) were accepted; they are moved to slots
   [lengths, lengths + n_accept) and the length advances by n_accept.
   """
-  B, P = path_BxP.shape
+  P = path_BxP.shape[1]
   lengths = cache.lengths
-  rows = jnp.arange(B)[:, None]
-  src = lengths[:, None] + path_BxP  # [B, P]
-  keep = jnp.arange(P)[None, :] < n_accept_B[:, None]
-  dst = jnp.where(
-    keep, lengths[:, None] + jnp.arange(P)[None, :], cache.size
-  )  # out of range -> dropped
-  src = jnp.clip(src, 0, cache.size - 1)
+
+  def move_row(row, row_layout, length, path_P, n_accept):
+    src = jnp.clip(length + path_P, 0, cache.size - 1)
+    keep = jnp.arange(P) < n_accept
+    dst = jnp.where(keep, length + jnp.arange(P), cache.size)  # out of range: dropped
+    picked = row[_at_slots(row_layout, src)]
+    return row.at[_at_slots(row_layout, dst)].set(picked, mode="drop")
 
   def move(buf, layout):
-    return buf.at[_rows_slots(layout, rows, dst)].set(
-      buf[_rows_slots(layout, rows, src)], mode="drop"
+    b, row_layout = layout.index("b"), layout.replace("b", "")
+    fn = lambda row, *a: move_row(row, row_layout, *a)
+    return jax.vmap(fn, in_axes=(b, 0, 0, 0), out_axes=b)(
+      buf, lengths, path_BxP, n_accept_B
     )
 
   return KVCache(

@@ -8,9 +8,12 @@ An algorithm reaches a model only through these calls (t5x's
       ragged multi-token step: row b appends its first sum(valid_BxS[b]) tokens
       (valid must be a prefix mask); logits[b, s] is the next-token
       distribution after token s.
-  reorder(state, index_N) -> state
-      gather rows: fork a prompt into N samples, resample particles, reorder
-      beams, move rows between a queue and the working batch.
+  reorder(state, index) -> state
+      gather rows (`jaxllm.cache.take_rows`): index [N] flat, or [P, N]
+      blocked (each index relative to its problem's block of rows): fork a
+      prompt into N samples, resample particles, reorder beams, move rows
+      between a queue and the working batch. Searches within a problem pass
+      the blocked form, which keeps a population sharded over devices local.
   score_tree(params, state, tokens_BxM, parent_M) -> (state, logits_BxMxV)
       nodes in BFS order, parent -1 = child of the committed prefix; nothing is
       committed (speculative decoding).
@@ -23,7 +26,8 @@ model with an exactly known next-token distribution p(x_t | x_{t-1}) =
 softmax(table[x_{t-1}]), which makes exactness tests possible.
 
 N samples per prompt: `prefill_and_fork` prefills each prompt ONCE and forks
-its state into N rows with one gather (`fork_index`); `generate(num_samples=)`
+its state into N rows with one blocked gather (`fork_rows`: zeros [P, N]; its
+flat equivalent is `fork_index`); `generate(num_samples=)`
 and the step-level searches (algorithms.stepping) go through it.
 
 FLOPs: a model either has a `cfg` (jaxllm ModelConfig) that jaxllm.flops
@@ -80,6 +84,13 @@ def fork_index(n_prompts: int, n_samples: int) -> jax.Array:
   return jnp.repeat(jnp.arange(n_prompts, dtype=jnp.int32), n_samples)
 
 
+def fork_rows(n_prompts: int, n_samples: int) -> jax.Array:
+  """int32 zeros [P, N]: the blocked `reorder` index of a fork (row p * N + i
+  copies the one row of block p); the same rows as `fork_index`, but each
+  gather stays inside its prompt's block (no collective when sharded)."""
+  return jnp.zeros((n_prompts, n_samples), jnp.int32)
+
+
 def prefill_and_fork(
   model, params, tokens_PxT, lengths_P, cache_size: int, n_samples: int
 ):
@@ -97,8 +108,8 @@ def prefill_and_fork(
   state, logits = model.prefill(params, tokens_PxT, lengths_P, cache_size)
   if n_samples == 1:
     return state, logits
-  index = fork_index(tokens_PxT.shape[0], n_samples)
-  return model.reorder(state, index), logits[index]
+  index = fork_rows(tokens_PxT.shape[0], n_samples)
+  return model.reorder(state, index), cache_lib.take_rows(logits, index)
 
 
 def _valid_count(tokens_BxS, valid_BxS):
@@ -144,8 +155,8 @@ class Transformer:
     )
     return state, logits
 
-  def reorder(self, state, index_N):
-    return cache_lib.reorder(state, index_N)
+  def reorder(self, state, index):
+    return cache_lib.reorder(state, index)
 
   def lengths(self, state):
     return state.lengths
@@ -210,8 +221,8 @@ class BigramLM:
     last = jnp.where(n > 0, new_last, state.last)
     return BigramState(last=last, lengths=state.lengths + n), table_VxV[tokens_BxS]
 
-  def reorder(self, state, index_N):
-    return jax.tree_util.tree_map(lambda x: jnp.take(x, index_N, axis=0), state)
+  def reorder(self, state, index):
+    return jax.tree_util.tree_map(lambda x: cache_lib.take_rows(x, index), state)
 
   def lengths(self, state):
     return state.lengths

@@ -20,6 +20,7 @@ from algorithms.astar import AStarConfig, run_astar
 from algorithms.scorers import ConfidenceScorer, ModelStepScorer
 from jaxllm import BigramLM, ModelConfig, Transformer, abstract_params, forward
 from jaxllm import flops as flops_lib
+from jaxllm.cache import take_rows
 from jaxllm.reward import RewardModel, RewardParams
 
 V, STOP, L = 4, 3, 4
@@ -46,7 +47,7 @@ class ToyCostScorer:
     return (prob, last), jnp.exp(-cost)
 
   def reorder(self, state, index_N):
-    return tuple(jnp.take(x, index_N, axis=0) for x in state)
+    return tuple(take_rows(x, index_N) for x in state)
 
 
 def table_heuristic(hp_PxVxL1, inp):

@@ -20,6 +20,7 @@ import pytest
 from algorithms.beam_search import BeamConfig, run_beam_search, run_dvts
 from algorithms.scorers import ConfidenceScorer
 from jaxllm import BigramLM, ModelConfig, Transformer, forward, init_params
+from jaxllm.cache import take_rows
 
 V, EOS, DELIM, S, R = 5, 2, 3, 2, 4
 MOD, BASE = 4099, V + 1
@@ -39,7 +40,7 @@ class PrefixHashScorer:
     return h_B, table[h_B]
 
   def reorder(self, h_B, index_N):
-    return jnp.take(h_B, index_N, axis=0)
+    return take_rows(h_B, index_N)
 
 
 def _hash(text):

@@ -30,6 +30,7 @@ from jaxllm import (
   make_sampling,
 )
 from jaxllm import flops as flops_lib
+from jaxllm.cache import take_rows
 from jaxllm.flops import Compute
 from jaxllm.reward import RewardModel, init_reward_params
 
@@ -349,7 +350,7 @@ class StepProbe:
     return state, (1e5 * step.length + 1e4 * step.ended + h).astype(jnp.float32)
 
   def reorder(self, state, index_N):
-    return jnp.take(state, index_N, axis=0)
+    return take_rows(state, index_N)
 
 
 def _np_probe(tokens, ended):

@@ -16,6 +16,7 @@ from algorithms.scorers import ConfidenceScorer
 from algorithms.stepping import BUDGET, STOP
 from jaxllm import BigramLM, ModelConfig, Transformer, forward, init_params
 from jaxllm import flops as flops_lib
+from jaxllm.cache import take_rows
 
 # Toy problem: tokens 0, 1 and STOP=2, one-token steps, K=3 steps, prompt [0].
 V, EOS, K = 3, 2, 3
@@ -39,7 +40,7 @@ class PrefixPotential:
     return h_B, table[h_B]
 
   def reorder(self, h_B, index_N):
-    return jnp.take(h_B, index_N, axis=0)
+    return take_rows(h_B, index_N)
 
 
 def _problem(seed=0):
@@ -235,7 +236,7 @@ class TokenScore:
     return state, params[step.tokens[:, 0]]
 
   def reorder(self, state, index_N):
-    return jnp.take(state, index_N, axis=0)
+    return take_rows(state, index_N)
 
 
 @pytest.mark.parametrize(

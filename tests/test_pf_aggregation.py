@@ -12,6 +12,7 @@ from algorithms import selection
 from algorithms.particle_filter import PFConfig, run_particle_filter
 from algorithms.scorers import StepScoreAggregate
 from jaxllm import BigramLM
+from jaxllm.cache import take_rows
 
 
 @pytest.mark.parametrize("aggregation", selection.AGGREGATIONS)
@@ -56,7 +57,7 @@ class FirstTokenScore:
     return state, params[step.tokens[:, 0]]
 
   def reorder(self, state, index_N):
-    return jnp.take(state, index_N, axis=0)
+    return take_rows(state, index_N)
 
 
 TABLE = jnp.zeros((4, 4))  # uniform bigram over 4 tokens; STOP = 2, delimiter 3
