@@ -24,10 +24,11 @@ Under `jax.jit` with sharded inputs, XLA's SPMD partitioner (GSPMD) places the
 rest; `constrain` pins an intermediate to its logical sharding where
 propagation needs help. Measured on 8 CPU devices (tests/test_sharding.py):
 a decode step from a cache sharded by these rules keeps it sharded and moves
-only the step's new K/V entries; the prefill all-gathers every row's new K/V
-(`jaxllm.cache.write_new` scatters with (row, slot) pairs), and a flat row
-gather (`jaxllm.cache.reorder`: forks, resampling, beam selection)
-all-gathers the whole cache.
+only the step's new K/V entries; the prefill (`jaxllm.cache.write_new`, a
+per-row scatter) and the row gathers of forks, particle resampling and beam
+selection (`jaxllm.cache.take_rows` with a blocked [P, N] index) move
+nothing between devices when P divides the data axes. A flat row index makes
+GSPMD all-gather whole cache buffers (A*'s pool rebuild still uses one).
 
 Arithmetic: with `model` > 1 the contractions over heads (attention output
 projection) and over d_ff (MLP down projection) become partial sums plus an
