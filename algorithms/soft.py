@@ -7,7 +7,7 @@ every exit goes through the model's shared final norm and LM head
 
 Training
   `sorted_loss_terms` / `sorted_loss_fn`: the SoFT loss (Kavehzadeh et al. 2023,
-  "Sorted LLaMA", Sec. 3: the sum of the sub-models' LM losses, here normalised to a
+  "Sorted LLaMA": the sum of the sub-models' LM losses; here normalised to a
   weighted mean) from ONE forward pass: the residual stream after each exit's layer
   goes through the shared head. All exits every step, or `exits_per_step` of them
   sampled uniformly per step (unbiased for the all-exit loss); optional per-exit
@@ -248,7 +248,7 @@ def sorted_loss_terms(
                           the sample k exits uniformly without replacement
                           (`sample_exits(key, E, k)`); unbiased for the above.
 
-  (Kavehzadeh et al. 2023, "Sorted LLaMA", Sec. 3: the SoFT objective is the sum of
+  (Kavehzadeh et al. 2023, "Sorted LLaMA": the SoFT objective is the sum of
   the sub-models' losses; normalising by sum w keeps the scale of one LM loss.)
 
   Returns:
@@ -593,7 +593,8 @@ class SkipDecoder:
 def confidence_of(logits_xV, confidence: str = "max_prob"):
   """Per-token confidence in [0, 1] from logits [..., V]: "max_prob" = the largest
   softmax probability; "margin" = top-1 minus top-2 probability (CALM's softmax
-  response, Schuster et al. 2022, Sec. 3.5). Float32 [...].
+  response, Schuster et al. 2022, "Confident Adaptive Language Modeling"). Float32
+  [...]. (Section and equation numbers of the sources are not cited: unchecked here.)
 
   Raises:
     ValueError: naming `confidence` for an unknown measure.
@@ -623,7 +624,7 @@ def early_exit_forward(
 
   Token t exits at the first depth n in `exits` (n < L) where
   `confidence_of(lm_head(h_n))` > threshold, else at depth L (Schuster et al. 2022,
-  Sec. 3: local exit decision against a threshold; state propagation: an exited
+  the local exit decision against a threshold; state propagation: an exited
   token's hidden state h_n is copied to every layer above, and those layers' K/V
   entries for it are computed from h_n, so later tokens can attend to it). The
   comparison is strict, so threshold 1 never exits early and the result is the full

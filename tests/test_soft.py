@@ -366,7 +366,7 @@ def test_early_exit_decoder_counts_depths():
 # ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kept", [(0, 3), (0, 2, 3)])
+@pytest.mark.parametrize("kept", [(0, 3), (0, 2, 3), (1, 3)])
 def test_layer_skip_equals_per_token_reference(kept):
   cfg, params = _tiny()
   model = soft.SkipDecoder(cfg, kept)
