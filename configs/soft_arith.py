@@ -1,7 +1,8 @@
 """SoFT on arith: an 8-layer policy fine-tuned with the standard loss and with the
 sorted (SoFT) loss for the same steps from the same start; every exit depth
 evaluated (greedy accuracy, held-out loss, decode FLOPs per token), plus unified
-layer skipping of both fine-tunes at the speed-ups in eval.skip_speedups.
+layer skipping at the speed-ups in eval.skip_speedups and CALM early exit at the
+thresholds in eval.early_exit_thresholds, on both fine-tunes.
 
   python -m experiments.soft --config=configs/soft_arith.py --workdir=results/soft_arith
 
@@ -62,4 +63,5 @@ def get_config():
   c.eval.loss_problems = 64  # held-out problems for the per-depth loss
   c.eval.max_new_tokens = 48
   c.eval.skip_speedups = (2, 3, 4)  # unified layer skipping baselines
+  c.eval.early_exit_thresholds = (0.9, 0.99)  # CALM early exit (max-prob) baselines
   return c

@@ -17,15 +17,18 @@
    exact contexts). The standard fine-tune truncated at depth n is the baseline the
    SoFT sub-model has to beat. Unified layer skipping (`soft.SkipDecoder`, prompt
    through all layers) at each speed-up in `eval.skip_speedups` is evaluated on both
-   fine-tunes (its FLOPs: the kept layers plus the skipped layers' K/V fill).
+   fine-tunes (its FLOPs: the kept layers plus the skipped layers' K/V fill), and
+   CALM early exit (max-prob confidence at the `soft.exits` depths) at each
+   threshold in `eval.early_exit_thresholds` (mean exit depth; FLOPs approximate,
+   see `early_exit_eval`).
 
 Writes to --workdir: `config.json`, `results.json` (one row per fine-tune x decoder:
 `branch`, `decoder`, `depth` or `kept`, `accuracy`, `loss`, `flops_per_token`),
 and prints the table. Not resumable (a rerun recomputes everything); the workdir is
 locked against a second concurrent run.
 
-Not yet here (issue 15): early exit after standard fine-tuning as a baseline, the
-accuracy-vs-FLOPs plot, the SmolLM2 run and the bench_speculative rows.
+Not yet here (issue 15): the accuracy-vs-FLOPs plot, the SmolLM2 run and the
+bench_speculative rows.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from experiments import train_policy as tp
 from experiments import workdir as wd
 from experiments.tasks import arith
 from jaxllm import flops, train
-from jaxllm.generate import generate
+from jaxllm.generate import generate, pad_prompts
 from jaxllm.params import init_params
 from jaxllm.sampling import make_sampling
 
@@ -111,6 +114,11 @@ def validate_soft_config(config) -> None:
       soft.sorted_loss_fn(cfg, exits, exit_weights=w)
     except ValueError as e:
       raise ValueError(f"config.soft.{e}") from None
+  for th in config.eval.early_exit_thresholds:
+    try:
+      soft.EarlyExitDecoder(cfg, exits, th)
+    except ValueError as e:
+      raise ValueError(f"config.eval.early_exit_thresholds: {e}") from None
   for s in config.eval.skip_speedups:
     try:
       soft.skip_layers(cfg.n_layers, s)
@@ -161,6 +169,55 @@ def decode_eval(model, params, flops_cfg, problems, max_new: int, extra_flops=0.
   )
   n = max(int(lens.sum()), 1)
   return float(np.mean(correct)), float(total.sum() / n + extra_flops)
+
+
+def early_exit_eval(cfg, params, problems, max_new: int, exits, threshold: float):
+  """Greedy decoding with CALM early exit (`soft.EarlyExitDecoder`, max-prob
+  confidence): (accuracy, mean exit depth over generated tokens, approximate decode
+  FLOPs per generated token).
+
+  FLOPs: the depth-d sub-model's per-token FLOPs at the exact contexts, linearly
+  interpolated at the mean depth (layers are affine in depth; exact when every
+  token exits at the same depth), plus one extra LM head (2 V D) per checked exit
+  below the mean depth and the K/V projections of the layers above it (state
+  propagation). An approximation: the decoder's state keeps per-row depth sums,
+  not per-token depths.
+  """
+  dec = soft.EarlyExitDecoder(cfg, tuple(exits), threshold)
+  prompts = tp.prompts_of(problems)
+  tokens, lens = pad_prompts(prompts, TOK.pad_id)
+  prefill = jax.jit(dec.prefill, static_argnums=3)
+  extend = jax.jit(dec.extend)
+  st, logits = prefill(
+    params, jnp.asarray(tokens), jnp.asarray(lens), tokens.shape[1] + max_new
+  )
+  B = len(prompts)
+  done = np.zeros(B, bool)
+  out = np.full((B, max_new), TOK.pad_id, np.int32)
+  n_gen = np.zeros(B, np.int64)
+  for t in range(max_new):
+    tok = np.where(done, TOK.pad_id, np.asarray(jnp.argmax(logits, -1)))
+    out[:, t] = tok
+    n_gen += ~done
+    done |= tok == TOK.eos_id
+    if done.all():
+      break
+    st, lg = extend(params, st, jnp.asarray(tok[:, None]), jnp.asarray(~done[:, None]))
+    logits = lg[:, 0]
+  correct = [arith.check_answer(p, TOK.decode(r)) for p, r in zip(problems, out)]
+  depth = float(np.sum(st.exit_layers_B)) / max(float(np.sum(st.exit_tokens_B)), 1.0)
+  L = cfg.n_layers
+  plen = np.array([len(p) for p in prompts])
+  per_depth = []
+  for d in (int(np.floor(depth)), int(np.ceil(depth))):
+    c = soft.sub_model(cfg, max(d, 1)).cfg
+    tot = flops.generate_flops(c, plen, n_gen) - flops.prefill_flops(c, plen)
+    per_depth.append(float(tot.sum()) / max(int(n_gen.sum()), 1))
+  frac = depth - np.floor(depth)
+  fl = per_depth[0] + frac * (per_depth[1] - per_depth[0])
+  fl += 2.0 * cfg.vocab_size * cfg.d_model * sum(e < depth for e in exits if e < L)
+  fl += 2.0 * (L - depth) * 2 * cfg.d_model * cfg.n_kv_heads * cfg.head_dim
+  return float(np.mean(correct)), depth, fl
 
 
 def depth_losses(params, cfg, problems, depths) -> dict:
@@ -273,6 +330,21 @@ def _run_locked(config, workdir: str, log) -> dict:
         }
       )
       log(f"{name} layer skip s={s} {dec.layers}: accuracy {acc:.3f} FLOPs {fl:.3g}")
+    for th in e.early_exit_thresholds:
+      acc, depth, fl = early_exit_eval(cfg, p, acc_probs, e.max_new_tokens, exits, th)
+      rows.append(
+        {
+          "branch": name,
+          "decoder": f"exit_{th:g}",
+          "depth": depth,
+          "accuracy": acc,
+          "loss": None,
+          "flops_per_token": fl,
+        }
+      )
+      log(
+        f"{name} early exit >{th:g}: accuracy {acc:.3f} depth {depth:.2f} FLOPs {fl:.3g}"
+      )
 
   report = {
     "rows": rows,
@@ -293,7 +365,7 @@ def format_table(rows) -> str:
   for r in rows:
     loss = "-" if r["loss"] is None else f"{r['loss']:.4f}"
     lines.append(
-      f"{r['branch']:9s} {r['decoder']:10s} {r['depth']:5d} "
+      f"{r['branch']:9s} {r['decoder']:10s} {r['depth']:5.2f} "
       f"{r['accuracy']:8.3f} {loss:>7s} {r['flops_per_token']:12.4g}"
     )
   return "\n".join(lines)

@@ -27,6 +27,7 @@ def _tiny_config():
   c.eval.loss_problems = 3
   c.eval.max_new_tokens = 6
   c.eval.skip_speedups = (2,)
+  c.eval.early_exit_thresholds = (0.5,)
   return c
 
 
@@ -37,6 +38,8 @@ def test_tiny_run_writes_every_depth(tmp_path):
   for b in ("standard", "soft"):
     assert {(b, "sub_model", d) for d in (1, 2)} <= got  # exits + the full depth
     assert (b, "skip_s2", 2) in got  # first and last always kept
+    ee = [r for r in rows if r["branch"] == b and r["decoder"] == "exit_0.5"]
+    assert len(ee) == 1 and 1.0 <= ee[0]["depth"] <= 2.0
   sub = [r for r in rows if r["decoder"] == "sub_model" and r["branch"] == "soft"]
   fl = [r["flops_per_token"] for r in sorted(sub, key=lambda r: r["depth"])]
   assert fl[0] < fl[1]  # deeper costs more
@@ -55,6 +58,7 @@ def test_tiny_run_writes_every_depth(tmp_path):
     ("soft.exits_per_step", 2, "exits_per_step"),
     ("soft.exit_weights", (1.0, 1.0), "exit_weights"),
     ("eval.skip_speedups", (0.5,), "skip_speedups"),
+    ("eval.early_exit_thresholds", (1.5,), "early_exit_thresholds"),
   ],
 )
 def test_bad_config_is_refused_before_anything_runs(tmp_path, field, value, match):
