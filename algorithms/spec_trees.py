@@ -918,27 +918,25 @@ class Chain(TreeShape):
     return cls(depth)
 
 
-@register_tree
-@dataclasses.dataclass(frozen=True)
-class IIDTree(TreeShape):
-  """`num_drafts` i.i.d. chains of length `depth` (SpecInfer-style), RRS with
-  replacement (`build_iid_tree`). Level sizes (num_drafts,) * depth."""
+class _UniformTree(TreeShape):
+  """A family whose trees have `depth` levels of the same width (IIDTree, RSDS):
+  subclasses declare the width field first and `depth` second, name the width in
+  `_level_width` and the builder `(key, root_token, q_root_V, draft_fn,
+  draft_state, width, depth)` in `_build`."""
 
-  name: ClassVar[str] = "iid"
-  num_drafts: int = 2
-  depth: int = 3
+  _build: ClassVar[Callable]
+
+  @property
+  def _level_width(self) -> int:
+    raise NotImplementedError
 
   @property
   def level_sizes(self):
-    return (self.num_drafts,) * self.depth
-
-  @property
-  def label(self):
-    return f"k={self.num_drafts} d={self.depth}"
+    return (self._level_width,) * self.depth
 
   def propose(self, key, root_token, q_root_V, draft_fn, draft_state):
-    return build_iid_tree(
-      key, root_token, q_root_V, draft_fn, draft_state, self.num_drafts, self.depth
+    return self._build(
+      key, root_token, q_root_V, draft_fn, draft_state, self._level_width, self.depth
     )
 
   @classmethod
@@ -948,6 +946,26 @@ class IIDTree(TreeShape):
   @classmethod
   def for_depth(cls, depth, width):
     return cls(width, depth)
+
+
+@register_tree
+@dataclasses.dataclass(frozen=True)
+class IIDTree(_UniformTree):
+  """`num_drafts` i.i.d. chains of length `depth` (SpecInfer-style), RRS with
+  replacement (`build_iid_tree`). Level sizes (num_drafts,) * depth."""
+
+  name: ClassVar[str] = "iid"
+  _build: ClassVar[Callable] = staticmethod(build_iid_tree)
+  num_drafts: int = 2
+  depth: int = 3
+
+  @property
+  def _level_width(self):
+    return self.num_drafts
+
+  @property
+  def label(self):
+    return f"k={self.num_drafts} d={self.depth}"
 
 
 @register_tree
@@ -994,17 +1012,18 @@ class RSDC(TreeShape):
 
 @register_tree
 @dataclasses.dataclass(frozen=True)
-class RSDS(TreeShape):
+class RSDS(_UniformTree):
   """RSD-S: stochastic beam search of width `beam_width` for `depth` levels, RRS
   without replacement (`build_rsds_tree`). Level sizes (beam_width,) * depth."""
 
   name: ClassVar[str] = "rsd_s"
+  _build: ClassVar[Callable] = staticmethod(build_rsds_tree)
   beam_width: int = 2
   depth: int = 3
 
   @property
-  def level_sizes(self):
-    return (self.beam_width,) * self.depth
+  def _level_width(self):
+    return self.beam_width
 
   @property
   def label(self):
@@ -1013,19 +1032,6 @@ class RSDS(TreeShape):
   @property
   def draft_width(self):
     return self.beam_width
-
-  def propose(self, key, root_token, q_root_V, draft_fn, draft_state):
-    return build_rsds_tree(
-      key, root_token, q_root_V, draft_fn, draft_state, self.beam_width, self.depth
-    )
-
-  @classmethod
-  def for_budget(cls, budget, width):
-    return cls(width, budget // width)
-
-  @classmethod
-  def for_depth(cls, depth, width):
-    return cls(width, depth)
 
 
 # ----------------------------------------------------------------------------------
