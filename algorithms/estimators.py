@@ -352,20 +352,17 @@ def majority_at_k(
   `selection.self_consistency` without a key). `method`: 'auto' (exact iff
   C(n, k) <= max_exact_subsets), 'exact' or 'monte_carlo' (num_subsets per problem).
   """
-  if tie_break not in TIE_BREAKS:
-    raise ValueError(f"tie_break must be one of {TIE_BREAKS}, got {tie_break!r}")
-  answers, _, correct = _check_pool(answers_PxN, None, correct_PxN)
-  p, n = answers.shape
-  ks_arr = _check_ks(ks, n)
-  groups, group_correct, num_groups = _dense_groups(answers, correct)
-
-  def evaluate(idx, k):
-    counts, _, _ = _group_totals(groups, None, idx, num_groups + 1)
-    counts = counts[..., :num_groups]
-    return _vote_correct(counts, counts > 0, group_correct, tie_break)
-
-  return _estimate_over_subsets(
-    evaluate, p, n, ks_arr, num_groups + 1, method, max_exact_subsets, num_subsets, seed
+  return _vote_at_k(
+    False,
+    answers_PxN,
+    None,
+    correct_PxN,
+    ks,
+    tie_break,
+    method,
+    max_exact_subsets,
+    num_subsets,
+    seed,
   )
 
 
@@ -384,18 +381,49 @@ def weighted_majority_at_k(
   """Weighted-maj@k: as `majority_at_k`, voting with the sum of scores per answer
   group (`selection.weighted_self_consistency`: a NaN score contributes nothing to its
   group's sum; a NaN group sum, from +inf and -inf in one group, ranks last)."""
+  return _vote_at_k(
+    True,
+    answers_PxN,
+    scores_PxN,
+    correct_PxN,
+    ks,
+    tie_break,
+    method,
+    max_exact_subsets,
+    num_subsets,
+    seed,
+  )
+
+
+def _vote_at_k(
+  weighted: bool,
+  answers_PxN,
+  scores_PxN,
+  correct_PxN,
+  ks,
+  tie_break,
+  method,
+  max_exact_subsets,
+  num_subsets,
+  seed,
+) -> SubsetEstimate:
+  """`majority_at_k` (each answer group votes with its count; scores_PxN None)
+  or, when `weighted`, `weighted_majority_at_k` (with the sum of its non-NaN
+  scores)."""
   if tie_break not in TIE_BREAKS:
     raise ValueError(f"tie_break must be one of {TIE_BREAKS}, got {tie_break!r}")
   answers, scores, correct = _check_pool(answers_PxN, scores_PxN, correct_PxN)
-  scores = np.where(np.isnan(scores), 0.0, scores)
+  if weighted:
+    scores = np.where(np.isnan(scores), 0.0, scores)
   p, n = answers.shape
   ks_arr = _check_ks(ks, n)
   groups, group_correct, num_groups = _dense_groups(answers, correct)
 
   def evaluate(idx, k):
     counts, sums, _ = _group_totals(groups, scores, idx, num_groups + 1)
+    votes = sums if weighted else counts
     return _vote_correct(
-      sums[..., :num_groups], counts[..., :num_groups] > 0, group_correct, tie_break
+      votes[..., :num_groups], counts[..., :num_groups] > 0, group_correct, tie_break
     )
 
   return _estimate_over_subsets(
