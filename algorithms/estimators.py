@@ -352,18 +352,8 @@ def majority_at_k(
   `selection.self_consistency` without a key). `method`: 'auto' (exact iff
   C(n, k) <= max_exact_subsets), 'exact' or 'monte_carlo' (num_subsets per problem).
   """
-  return _vote_at_k(
-    False,
-    answers_PxN,
-    None,
-    correct_PxN,
-    ks,
-    tie_break,
-    method,
-    max_exact_subsets,
-    num_subsets,
-    seed,
-  )
+  opts = (tie_break, method, max_exact_subsets, num_subsets, seed)
+  return _vote_at_k(False, answers_PxN, None, correct_PxN, ks, *opts)
 
 
 def weighted_majority_at_k(
@@ -381,18 +371,8 @@ def weighted_majority_at_k(
   """Weighted-maj@k: as `majority_at_k`, voting with the sum of scores per answer
   group (`selection.weighted_self_consistency`: a NaN score contributes nothing to its
   group's sum; a NaN group sum, from +inf and -inf in one group, ranks last)."""
-  return _vote_at_k(
-    True,
-    answers_PxN,
-    scores_PxN,
-    correct_PxN,
-    ks,
-    tie_break,
-    method,
-    max_exact_subsets,
-    num_subsets,
-    seed,
-  )
+  opts = (tie_break, method, max_exact_subsets, num_subsets, seed)
+  return _vote_at_k(True, answers_PxN, scores_PxN, correct_PxN, ks, *opts)
 
 
 def _vote_at_k(
