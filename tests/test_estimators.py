@@ -172,21 +172,26 @@ def test_majority_at_k_exact_brute_force(tie_break):
       np.testing.assert_allclose(res.value_PxK[i], want, atol=1e-12)
 
 
+def check_weighted_majority_brute_force(answers, scores, correct, vote_weights):
+  """weighted_majority_at_k(scores) equals brute-force enumeration of the vote
+  with `vote_weights` for every k and both tie-breaks (5 problems)."""
+  n = answers.shape[1]
+  ks = list(range(1, n + 1))
+  for tie_break in ("random", "lowest_id"):
+    res = est.weighted_majority_at_k(answers, scores, correct, ks, tie_break=tie_break)
+    for i in range(5):
+      want = [
+        brute(n, k, vote_outcome(answers[i], correct[i], vote_weights[i], tie_break))
+        for k in ks
+      ]
+      np.testing.assert_allclose(res.value_PxK[i], want, atol=1e-12)
+
+
 def test_weighted_majority_at_k_exact_brute_force():
   rng = np.random.default_rng(3)
   for n in (2, 5, 8):
     answers, scores, correct = random_case(rng, p=5, n=n)
-    ks = list(range(1, n + 1))
-    for tie_break in ("random", "lowest_id"):
-      res = est.weighted_majority_at_k(
-        answers, scores, correct, ks, tie_break=tie_break
-      )
-      for i in range(5):
-        want = [
-          brute(n, k, vote_outcome(answers[i], correct[i], scores[i], tie_break))
-          for k in ks
-        ]
-        np.testing.assert_allclose(res.value_PxK[i], want, atol=1e-12)
+    check_weighted_majority_brute_force(answers, scores, correct, scores)
 
 
 @pytest.mark.parametrize("reward", ["mean", "max", "sum"])
@@ -379,17 +384,7 @@ def test_weighted_majority_at_k_nan_brute_force():
     answers, scores, correct = random_case(rng, p=5, n=n)
     scores = with_nans(rng, scores)
     zeroed = np.where(np.isnan(scores), 0.0, scores)  # NaN contributes nothing
-    ks = list(range(1, n + 1))
-    for tie_break in ("random", "lowest_id"):
-      res = est.weighted_majority_at_k(
-        answers, scores, correct, ks, tie_break=tie_break
-      )
-      for i in range(5):
-        want = [
-          brute(n, k, vote_outcome(answers[i], correct[i], zeroed[i], tie_break))
-          for k in ks
-        ]
-        np.testing.assert_allclose(res.value_PxK[i], want, atol=1e-12)
+    check_weighted_majority_brute_force(answers, scores, correct, zeroed)
 
 
 @pytest.mark.parametrize("reward", ["mean", "max", "sum"])

@@ -145,40 +145,23 @@ ASTAR_KW = dict(
   max_step_tokens=3, max_solution_tokens=9, capacity=16, num_children=2, **STEP
 )
 SCORER = ConfidenceScorer()
+
+
+def _direct(runner, config_cls, **config):
+  """`runner` (a step search) called directly on the shared test problem."""
+  return lambda: runner(MODEL, TABLE, SCORER, None, PROMPTS, KEY, config_cls(**config))
+
+
 DIRECT = {
-  "pf": lambda: run_particle_filter(
-    MODEL, TABLE, SCORER, None, PROMPTS, KEY, PFConfig(**PF_KW)
+  "pf": _direct(run_particle_filter, PFConfig, **PF_KW),
+  "pf_smc": _direct(
+    run_particle_filter, PFConfig, weighting="smc", ess_threshold=0.5, **PF_KW
   ),
-  "pf_smc": lambda: run_particle_filter(
-    MODEL,
-    TABLE,
-    SCORER,
-    None,
-    PROMPTS,
-    KEY,
-    PFConfig(weighting="smc", ess_threshold=0.5, **PF_KW),
-  ),
-  "epf": lambda: run_particle_filter(
-    MODEL, TABLE, SCORER, None, PROMPTS, KEY, PFConfig(entropic="ess", **PF_KW)
-  ),
-  "particle_gibbs": lambda: run_particle_filter(
-    MODEL, TABLE, SCORER, None, PROMPTS, KEY, PFConfig(n_sweeps=2, **PF_KW)
-  ),
-  "beam": lambda: run_beam_search(
-    MODEL, TABLE, SCORER, None, PROMPTS, KEY, BeamConfig(method="beam", **BEAM_KW)
-  ),
-  "dvts": lambda: run_beam_search(
-    MODEL, TABLE, SCORER, None, PROMPTS, KEY, BeamConfig(method="dvts", **BEAM_KW)
-  ),
-  "astar": lambda: run_astar(
-    MODEL,
-    TABLE,
-    SCORER,
-    None,
-    PROMPTS,
-    KEY,
-    AStarConfig(max_iterations=4.0, **ASTAR_KW),
-  ),
+  "epf": _direct(run_particle_filter, PFConfig, entropic="ess", **PF_KW),
+  "particle_gibbs": _direct(run_particle_filter, PFConfig, n_sweeps=2, **PF_KW),
+  "beam": _direct(run_beam_search, BeamConfig, method="beam", **BEAM_KW),
+  "dvts": _direct(run_beam_search, BeamConfig, method="dvts", **BEAM_KW),
+  "astar": _direct(run_astar, AStarConfig, max_iterations=4.0, **ASTAR_KW),
   "speculative": lambda: speculative_generate(
     MODEL,
     TABLE,
