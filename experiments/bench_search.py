@@ -25,6 +25,11 @@ Every flag, the model config and every particle filter config are checked
 (`validate_flags`) before anything is built or timed; the JSON is rewritten
 (atomically) after every particle count, so a failure later keeps the rows
 measured (`complete` says whether every row is there).
+
+One process only (a benchmark times one process's devices; several processes
+would not make one measurement): the multi-host flags of
+experiments/distributed.py are accepted; a multi-process run or --mesh is
+refused with that reason.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import numpy as np
 from algorithms.particle_filter import PFConfig, run_particle_filter
 from algorithms.scorers import ConfidenceScorer
 from algorithms.stepping import sample_step
+from experiments import distributed
 from experiments import workdir
 from jaxllm import ModelConfig, Transformer, generate, init_params, make_sampling
 from jaxllm.generate import bucket_length
@@ -179,6 +185,13 @@ def _write_json(cfg, rows, complete: bool) -> str:
 
 def main(argv):
   del argv
+  distributed.single_process(
+    "experiments.bench_search",
+    (
+      "a benchmark times one process's devices; several processes would not make "
+      "one measurement"
+    ),
+  )
   cfg, runs = validate_flags()
   path = run(cfg, runs)
   print(f"wrote {path}")
@@ -258,4 +271,5 @@ def run(cfg, runs) -> str:
 
 
 if __name__ == "__main__":
+  distributed.define_flags()
   app.run(main)

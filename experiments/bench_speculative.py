@@ -39,6 +39,11 @@ so the default SmolLM run is small; widen it with the flags. Every flag is check
 (`validate_flags`: pair and method names, budgets that each method's tree spends
 exactly) before any model is loaded, and the JSON is rewritten after each pair, so a
 failure in a later pair keeps the earlier pairs' results.
+
+One process only (a benchmark times one process's devices; several processes
+would not make one measurement): the multi-host flags of
+experiments/distributed.py are accepted; a multi-process run or --mesh is
+refused with that reason.
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ from jaxllm.sampling import make_sampling
 from jaxllm.config import ModelConfig
 from jaxllm.decoding import Transformer
 from jaxllm.params import init_params
+from experiments import distributed
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list(
@@ -436,6 +442,13 @@ def bench_pair(
 
 def main(argv):
   del argv
+  distributed.single_process(
+    "experiments.bench_speculative",
+    (
+      "a benchmark times one process's devices; several processes would not make "
+      "one measurement"
+    ),
+  )
   logging.set_verbosity(logging.WARNING)  # orbax logs every read at INFO
   validate_flags()
   t_start = time.perf_counter()
@@ -486,4 +499,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  distributed.define_flags()
   app.run(main)

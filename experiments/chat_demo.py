@@ -8,6 +8,10 @@ tokens/s. Writes <workdir>/results.json and names it on the last line.
       [--workdir=results/chat_demo]
 
 A demo's knobs are plain absl flags, checked before the model is loaded.
+
+One process only (a demo of one model answering a few prompts): the multi-host
+flags of experiments/distributed.py are accepted; a multi-process run or --mesh
+is refused with that reason.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from absl import app, flags
 import jax
 import numpy as np
 
+from experiments import distributed
 from experiments import workdir
 from jaxllm import Transformer, generate, make_sampling
 
@@ -110,10 +115,15 @@ def run(out_dir: str) -> dict:
 
 def main(argv):
   del argv
+  distributed.single_process(
+    "experiments.chat_demo",
+    ("a demo of one model answering a few prompts"),
+  )
   validate_flags()
   run(FLAGS.workdir)
   print(f"results written to {os.path.join(FLAGS.workdir, workdir.RESULTS_FILE)}")
 
 
 if __name__ == "__main__":
+  distributed.define_flags()
   app.run(main)

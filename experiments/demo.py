@@ -15,6 +15,11 @@ directory made with other settings fails before any training.
 
 Each stage is its own script with its own config (configs/*.py); this one only
 chains them, so its two flags are plain absl flags.
+
+One process only (it launches each stage as a one-process script; start
+experiments.scaling itself on several processes): the multi-host flags of
+experiments/distributed.py are accepted; a multi-process run or --mesh is
+refused with that reason.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import time
 
 from absl import app, flags
 
-from experiments import workdir
+from experiments import distributed, workdir
 
 FLAGS = flags.FLAGS
 workdir.define_flags(
@@ -48,6 +53,13 @@ def _run(args):
 
 def main(argv):
   del argv
+  distributed.single_process(
+    "experiments.demo",
+    (
+      "it launches each stage as a one-process script; start experiments.scaling "
+      "itself on several processes"
+    ),
+  )
   root = FLAGS.workdir
   policy = os.path.join(root, "arith", "policy")
   verifier = os.path.join(root, "arith", "verifier")
@@ -86,4 +98,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  distributed.define_flags()
   app.run(main)

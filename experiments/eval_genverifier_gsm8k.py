@@ -27,6 +27,11 @@ The measurement reported with the change that added this script used
 --n_problems=50 (8 samples each, about 23 CPU-minutes on 2 cores).
 
 Writes <workdir>/results.json. Measurements, not targets.
+
+One process only (its problems are not split across processes yet;
+experiments/scaling.py shows how, with distributed.split_map): the multi-host
+flags of experiments/distributed.py are accepted; a multi-process run or --mesh
+is refused with that reason.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from absl import app, flags
 import jax
 import numpy as np
 
+from experiments import distributed
 from experiments import workdir
 from experiments.tasks import answers, gsm8k
 from jaxllm import Transformer, generate, make_sampling, reward
@@ -307,6 +313,13 @@ def reference_metrics(ref_P, ref_mass_P, scores_PxS, labels_PxS) -> dict:
 
 def main(argv):
   del argv
+  distributed.single_process(
+    "experiments.eval_genverifier_gsm8k",
+    (
+      "its problems are not split across processes yet; experiments/scaling.py "
+      "shows how, with distributed.split_map"
+    ),
+  )
   workdir.flags_at_least(
     1, "n_problems", "samples", "max_new_tokens", "verifier_batch", "gen_batch"
   )
@@ -444,5 +457,6 @@ def _run():
 
 
 if __name__ == "__main__":
+  distributed.define_flags()
   define_flags()
   app.run(main)

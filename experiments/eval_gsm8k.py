@@ -6,6 +6,11 @@ prompt prefilled once and forked into the samples). Measurements, not targets.
 
   python -m experiments.eval_gsm8k [--samples=16] [--max_new_tokens=256]
       [--workdir=results/eval_gsm8k]   (writes <workdir>/results.json)
+
+One process only (its problems are not split across processes yet;
+experiments/scaling.py shows how, with distributed.split_map): the multi-host
+flags of experiments/distributed.py are accepted; a multi-process run or --mesh
+is refused with that reason.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import jax
 import numpy as np
 
 from algorithms.estimators import pass_at_k
+from experiments import distributed
 from experiments import workdir as wd
 from experiments.tasks import gsm8k
 from jaxllm import Transformer, generate, make_sampling
@@ -60,6 +66,13 @@ def _texts(tok, out, n_rows):
 
 def main(argv):
   del argv
+  distributed.single_process(
+    "experiments.eval_gsm8k",
+    (
+      "its problems are not split across processes yet; experiments/scaling.py "
+      "shows how, with distributed.split_map"
+    ),
+  )
   wd.flags_at_least(1, "n_problems", "samples", "max_new_tokens", "problems_per_call")
   wd.flags_at_least(0.0, "temperature")
   cfg, params, tok = load_pretrained("smollm2-135m-instruct")
@@ -140,4 +153,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  distributed.define_flags()
   app.run(main)

@@ -42,6 +42,11 @@ one --workdir: the grids and budgets choose which rows are computed and
 reported, and each row depends only on its (method, S, seed) and the pinned
 settings (Monte Carlo draws are seeded per S), so extending a grid changes no
 row.
+
+One process only (its pools are not split across processes yet;
+experiments/scaling.py shows how, with distributed.split_map): the multi-host
+flags of experiments/distributed.py are accepted; a multi-process run or --mesh
+is refused with that reason.
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ import numpy as np
 from absl import app, flags
 
 from algorithms import estimators, genrm
-from experiments import analysis, config_utils, scaling, workdir
+from experiments import analysis, config_utils, distributed, scaling, workdir
 from experiments import train_genverifier as tg
 from experiments import train_policy as tp
 from experiments.tasks import arith
@@ -874,6 +879,13 @@ def _run_locked(config, out_dir, log) -> dict:
 
 def main(argv):
   del argv
+  distributed.single_process(
+    "experiments.genrm_allocation",
+    (
+      "its pools are not split across processes yet; experiments/scaling.py shows "
+      "how, with distributed.split_map"
+    ),
+  )
   # every config / directory problem, before anything is trained
   config = workdir.config_from_flags(DEFAULT_CONFIG, check=check_study)
   workdir.run_cli(run, config, flags.FLAGS.workdir)
@@ -881,5 +893,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  distributed.define_flags()
   workdir.define_flags("results/arith/genrm", DEFAULT_CONFIG)
   app.run(main)

@@ -33,6 +33,14 @@ function of its (method, budget, seed), the pool of its seed and the pinned
 fields only, so adding budgets, seeds or methods extends a finished sweep and
 changes none of its rows).
 
+Several processes (experiments/distributed.py flags: --coordinator_address,
+--num_processes, --process_id, --distributed; every process runs the same
+command): process 0 alone locks, reads and writes --workdir and tells the
+others what is missing; each pool's generate and verifier calls, and the
+search rows, are split across the processes and gathered, so the rows are a
+single process's (see `run_sweep`; BUILD.md has the launch commands). Each
+process computes on its first local device (--mesh is refused).
+
 Compute per problem and budget k (FLOPs from jaxllm.flops): the prompt's
 prefill once, k samples' decode FLOPs (mean generated length in the pool),
 and for verifier methods k verifier passes over prompt + sample.

@@ -28,6 +28,11 @@ locked against a second run, and the flags the cached stages depend on
 (`STAGE_FLAGS`) are pinned in its settings.json (experiments/workdir.py): a
 rerun with other data flags is refused instead of training on the old data.
 Its knobs are plain absl flags (no configs/ file): a one-off distillation.
+
+One process only (training is not data-parallel across processes: each process
+would train its own copy, and its checkpoints are written by one process): the
+multi-host flags of experiments/distributed.py are accepted; a multi-process run
+or --mesh is refused with that reason.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from algorithms import drafts
+from experiments import distributed
 from experiments import workdir as wd
 from experiments.tasks import gsm8k
 from jaxllm import train as train_lib
@@ -320,6 +326,13 @@ def acceptance(target_cfg, tparams, draft, dparams, pairs):
 
 def main(argv):
   del argv
+  distributed.single_process(
+    "experiments.train_draft",
+    (
+      "training is not data-parallel across processes: each process would train its"
+      " own copy, and its checkpoints are written by one process"
+    ),
+  )
   validate_flags()
   settings = {f"--{n}": getattr(FLAGS, n) for n in STAGE_FLAGS}
   try:  # a workdir made with other data flags: refused before loading
@@ -431,4 +444,5 @@ def _run_locked():
 
 
 if __name__ == "__main__":
+  distributed.define_flags()
   app.run(main)

@@ -50,6 +50,11 @@ The config is checked before anything is loaded (`validate_verifier_config`);
 the directory is locked against a second run and its settings.json pins every
 setting that changes the trained verifier (`verifier_settings`), so a resume
 never continues another configuration's checkpoints (experiments/workdir.py).
+
+One process only (training is not data-parallel across processes: each process
+would train its own copy, and its checkpoints are written by one process): the
+multi-host flags of experiments/distributed.py are accepted; a multi-process run
+or --mesh is refused with that reason.
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ import numpy as np
 from absl import app, flags
 
 from experiments import config_utils
+from experiments import distributed
 from experiments import workdir as wd
 from experiments import train_policy as tp
 from experiments.tasks import arith
@@ -538,12 +544,20 @@ def check_training(config, workdir=None) -> None:
 
 def main(argv):
   del argv
+  distributed.single_process(
+    "experiments.train_genverifier",
+    (
+      "training is not data-parallel across processes: each process would train its"
+      " own copy, and its checkpoints are written by one process"
+    ),
+  )
   # every config / directory problem, before anything is loaded
   config = wd.config_from_flags(DEFAULT_CONFIG, check=check_training)
   wd.run_cli(train_verifier, config, flags.FLAGS.workdir or config.verifier_dir)
 
 
 if __name__ == "__main__":
+  distributed.define_flags()
   wd.define_flags(
     None,
     DEFAULT_CONFIG,

@@ -18,6 +18,11 @@ Before anything is built the config is checked (`validate_policy_config`),
 --workdir is locked against a second run and its settings.json must match
 every field but `NOT_PINNED` (experiments/workdir.py), so a resume never
 continues checkpoints trained with another configuration.
+
+One process only (training is not data-parallel across processes: each process
+would train its own copy, and its checkpoints are written by one process): the
+multi-host flags of experiments/distributed.py are accepted; a multi-process run
+or --mesh is refused with that reason.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import numpy as np
 from absl import app, flags
 
 from algorithms.estimators import pass_at_k
-from experiments import config_utils
+from experiments import config_utils, distributed
 from experiments import workdir as wd
 from experiments.tasks import arith
 from jaxllm import checkpoint, train
@@ -446,11 +451,19 @@ load_policy = wd.load_policy
 
 def main(argv):
   del argv
+  distributed.single_process(
+    "experiments.train_policy",
+    (
+      "training is not data-parallel across processes: each process would train its"
+      " own copy, and its checkpoints are written by one process"
+    ),
+  )
   # every config / directory problem, before anything is built
   config = wd.config_from_flags(DEFAULT_CONFIG, check=check_run)
   wd.run_cli(run, config, flags.FLAGS.workdir)
 
 
 if __name__ == "__main__":
+  distributed.define_flags()
   wd.define_flags("results/arith/policy", DEFAULT_CONFIG)
   app.run(main)

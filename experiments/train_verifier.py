@@ -23,6 +23,11 @@ config.json, metrics.json. Nothing is resumed (every run trains both models
 from scratch and rewrites every file), so the workdir is locked against a
 concurrent run but its settings are not pinned. The config is checked
 (`validate_config`) before anything is loaded.
+
+One process only (training is not data-parallel across processes: each process
+would train its own copy, and its checkpoints are written by one process): the
+multi-host flags of experiments/distributed.py are accepted; a multi-process run
+or --mesh is refused with that reason.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import numpy as np
 from absl import app, flags
 
 from experiments import config_utils
+from experiments import distributed
 from experiments import train_policy as tp
 from experiments import workdir as wd
 from algorithms import selection
@@ -394,11 +400,19 @@ def _run_locked(config, workdir: str, log) -> dict:
 
 def main(argv):
   del argv
+  distributed.single_process(
+    "experiments.train_verifier",
+    (
+      "training is not data-parallel across processes: each process would train its"
+      " own copy, and its checkpoints are written by one process"
+    ),
+  )
   # every config problem, before anything is loaded
   config = wd.config_from_flags(DEFAULT_CONFIG, check=lambda c, _: validate_config(c))
   wd.run_cli(run, config, flags.FLAGS.workdir)
 
 
 if __name__ == "__main__":
+  distributed.define_flags()
   wd.define_flags("results/arith/verifier", DEFAULT_CONFIG)
   app.run(main)

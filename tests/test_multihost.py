@@ -245,6 +245,38 @@ def test_scaling_sweep_two_processes_search_and_resume(tmp_path):
   _assert_same_pools(w0, single)
 
 
+def test_single_process_scripts_refuse_two_processes_and_mesh():
+  """A one-process script (experiments/demo.py, the lightest) takes the shared
+  flags, starts jax.distributed, and then both processes stop with its
+  reason; --mesh is refused by it and by the scaling sweep (which splits work
+  instead of sharding it)."""
+
+  def fails(proc):
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, out + err
+    return err
+
+  port = _free_port()
+  pair = [
+    _start(
+      "-m",
+      "experiments.demo",
+      "--num_processes=2",
+      f"--process_id={i}",
+      f"--coordinator_address=localhost:{port}",
+      script=None,
+    )
+    for i in range(2)
+  ]
+  for err in [fails(p) for p in pair]:
+    assert "experiments.demo runs in one process (it launches each stage" in err
+    assert "this run has 2 processes" in err
+  err = fails(_start("-m", "experiments.demo", "--mesh=data=1", script=None))
+  assert "--mesh: experiments.demo does not shard over a mesh" in err
+  err = fails(_start("-m", "experiments.scaling", "--mesh=data=1", script=None))
+  assert "--mesh: the scaling sweep does not shard a model over a mesh" in err
+
+
 def test_cluster_from_env_and_flag_checks():
   from experiments import distributed as dist
 
