@@ -216,9 +216,13 @@ def restore_reward_params(path: str, cfg: ModelConfig) -> RewardParams:
 
   path = os.path.abspath(path)
   lm = checkpoint.restore_params(os.path.join(path, "lm"), cfg)
+  # Targets on this process's first device (as restore_params does): without
+  # a sharding orbax places the head on the device it was saved from, which
+  # another process of a multi-process run cannot address.
+  here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = {
-    "w": jax.ShapeDtypeStruct((cfg.d_model,), jnp.float32),
-    "b": jax.ShapeDtypeStruct((), jnp.float32),
+    "w": jax.ShapeDtypeStruct((cfg.d_model,), jnp.float32, sharding=here),
+    "b": jax.ShapeDtypeStruct((), jnp.float32, sharding=here),
   }
   with ocp.StandardCheckpointer() as ck:
     head = ck.restore(os.path.join(path, "head"), target)
