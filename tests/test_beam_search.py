@@ -16,10 +16,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _tiny_models import one_layer_config
 
 from algorithms.beam_search import BeamConfig, run_beam_search, run_dvts
 from algorithms.scorers import ConfidenceScorer
-from jaxllm import BigramLM, ModelConfig, Transformer, forward, init_params
+from jaxllm import BigramLM, Transformer, forward, init_params
 from jaxllm.cache import take_rows
 
 V, EOS, DELIM, S, R = 5, 2, 3, 2, 4
@@ -196,15 +197,7 @@ def test_bad_config_raises():
 def test_transformer_beam_scores_match_uncached_forward():
   """With a random transformer and the confidence scorer, every pool entry's
   score is exp(mean log-prob) of its last step under an uncached forward."""
-  cfg = ModelConfig(
-    vocab_size=11,
-    d_model=16,
-    n_layers=1,
-    n_heads=2,
-    n_kv_heads=1,
-    d_ff=32,
-    max_seq_len=64,
-  )
+  cfg = one_layer_config()
   params = init_params(cfg, jax.random.key(0))
   bc = BeamConfig(
     n_paths=6,

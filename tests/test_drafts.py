@@ -7,9 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _tiny_models import three_layer_config
 
 from algorithms import drafts
-from jaxllm.config import ModelConfig
 from jaxllm.decoding import Transformer
 from jaxllm.model import forward
 from jaxllm.params import init_params
@@ -18,16 +18,7 @@ V = 12
 
 
 def _target():
-  cfg = ModelConfig(
-    vocab_size=V,
-    d_model=32,
-    n_layers=3,
-    n_heads=4,
-    n_kv_heads=2,
-    d_ff=64,
-    max_seq_len=64,
-    tie_embeddings=False,
-  )
+  cfg = three_layer_config(V, tie_embeddings=False)
   params = init_params(cfg, jax.random.key(1))
   return cfg, dataclasses.replace(params, final_norm=params.final_norm * 4.0)
 

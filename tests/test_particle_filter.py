@@ -9,12 +9,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _tiny_models import one_layer_config
 from scipy import stats
 
 from algorithms.particle_filter import PFConfig, run_particle_filter, weighted_vote
 from algorithms.scorers import ConfidenceScorer
 from algorithms.stepping import BUDGET, STOP
-from jaxllm import BigramLM, ModelConfig, Transformer, forward, init_params
+from jaxllm import BigramLM, Transformer, forward, init_params
 from jaxllm import flops as flops_lib
 from jaxllm.cache import take_rows
 
@@ -332,15 +333,7 @@ def test_weighted_vote():
 
 
 def _tiny_transformer():
-  cfg = ModelConfig(
-    vocab_size=11,
-    d_model=16,
-    n_layers=1,
-    n_heads=2,
-    n_kv_heads=1,
-    d_ff=32,
-    max_seq_len=64,
-  )
+  cfg = one_layer_config()
   return cfg, init_params(cfg, jax.random.key(0))
 
 

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _tiny_models import three_layer_config
 from scipy import stats
 
 from algorithms.drafts import init_sub_vocab_draft
@@ -26,7 +27,6 @@ from algorithms.speculative import (
   speculative_generate,
 )
 from jaxllm import flops as flops_lib
-from jaxllm.config import ModelConfig
 from jaxllm.decoding import BigramLM, Transformer
 from jaxllm.generate import generate
 from jaxllm.model import forward
@@ -151,15 +151,7 @@ PROMPT = [3, 1, 4, 1, 5]
 
 @functools.lru_cache(maxsize=None)
 def _tiny():
-  cfg = ModelConfig(
-    vocab_size=V_TF,
-    d_model=32,
-    n_layers=3,
-    n_heads=4,
-    n_kv_heads=2,
-    d_ff=64,
-    max_seq_len=64,
-  )
+  cfg = three_layer_config(V_TF)
   params = init_params(cfg, jax.random.key(3))
   # Scale the final norm up (= the logits) so next-token distributions are far from
   # uniform (with the default init they are nearly uniform: a weak test).

@@ -7,22 +7,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from _tiny_models import one_layer_config
 
 from experiments import config_utils
 from jaxllm import checkpoint, train
-from jaxllm.config import ModelConfig
 from jaxllm.model import forward
 from jaxllm.params import init_params
 
-CFG = ModelConfig(
-  vocab_size=11,
-  d_model=16,
-  n_layers=1,
-  n_heads=2,
-  n_kv_heads=1,
-  d_ff=32,
-  max_seq_len=64,
-)
+CFG = one_layer_config()
 _terms = jax.jit(train.lm_loss_terms, static_argnames=("cfg", "compute_dtype"))
 _forward = jax.jit(lambda p, t: forward(p, t, CFG)[0])
 
