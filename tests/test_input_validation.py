@@ -100,6 +100,22 @@ def _spec(prompts=((1, 2),), model=MODEL, **cfg):
   )
 
 
+def _step(max_step_tokens=2, delimiter_ids=(), stop_ids=(3,), **kw):
+  """`sample_step` of one row of the bigram model (state None, zero logits)."""
+  return sample_step(
+    MODEL,
+    TABLE,
+    None,
+    jnp.zeros((1, V)),
+    KEY,
+    make_sampling(),
+    max_step_tokens=max_step_tokens,
+    delimiter_ids=delimiter_ids,
+    stop_ids=stop_ids,
+    **kw,
+  )
+
+
 PROMPT_ENTRIES = {
   "generate": lambda p: _gen(p),
   "particle_filter": lambda p: _pf(p),
@@ -245,31 +261,11 @@ STOP_ENTRIES = {
     r"AStarConfig\.candidate_steps",
   ),
   "sample_step.stop_ids": (
-    lambda ids: sample_step(
-      MODEL,
-      TABLE,
-      None,
-      jnp.zeros((1, V)),
-      KEY,
-      make_sampling(),
-      max_step_tokens=2,
-      delimiter_ids=(),
-      stop_ids=ids,
-    ),
+    lambda ids: _step(stop_ids=ids),
     "stop_ids",
   ),
   "sample_step.delimiter_ids": (
-    lambda ids: sample_step(
-      MODEL,
-      TABLE,
-      None,
-      jnp.zeros((1, V)),
-      KEY,
-      make_sampling(),
-      max_step_tokens=2,
-      delimiter_ids=ids,
-      stop_ids=(3,),
-    ),
+    lambda ids: _step(delimiter_ids=ids),
     "delimiter_ids",
   ),
 }
@@ -319,18 +315,7 @@ PAD_ENTRIES = {
     "pad_id",
   ),
   "sample_step": (
-    lambda pad: sample_step(
-      MODEL,
-      TABLE,
-      None,
-      jnp.zeros((1, V)),
-      KEY,
-      make_sampling(),
-      max_step_tokens=2,
-      delimiter_ids=(),
-      stop_ids=(3,),
-      pad_id=pad,
-    ),
+    lambda pad: _step(pad_id=pad),
     "pad_id",
   ),
 }
@@ -468,17 +453,7 @@ def test_search_budget_limits():
   ):
     SpecConfig(gamma=1.5)
   with pytest.raises(ValueError, match="max_step_tokens must be an integer"):
-    sample_step(
-      MODEL,
-      TABLE,
-      None,
-      jnp.zeros((1, V)),
-      KEY,
-      make_sampling(),
-      max_step_tokens=0,
-      delimiter_ids=(),
-      stop_ids=(3,),
-    )
+    _step(max_step_tokens=0)
 
 
 def test_pf_init_reference_ids_checked():
