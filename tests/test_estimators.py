@@ -194,13 +194,13 @@ def test_weighted_majority_at_k_exact_brute_force():
     check_weighted_majority_brute_force(answers, scores, correct, scores)
 
 
-@pytest.mark.parametrize("reward", ["mean", "max", "sum"])
-def test_best_of_majority_at_k_exact_brute_force(reward):
-  rng = np.random.default_rng(4)
-  n = 8
-  answers, scores, correct = random_case(rng, p=6, n=n)
+def check_bom_brute_force(answers, scores, correct, reward, settings, outcome_fn):
+  """best_of_majority_at_k equals brute-force enumeration of `outcome_fn`
+  (bom_outcome or bom_outcome_nan) for every k and (alpha, num_submit) in
+  `settings` (6 problems)."""
+  n = answers.shape[1]
   ks = list(range(1, n + 1))
-  for alpha, num_submit in ((0.0, 1), (0.3, 1), (0.3, 2), (0.6, 2)):
+  for alpha, num_submit in settings:
     res = est.best_of_majority_at_k(
       answers, scores, correct, ks, alpha=alpha, num_submit=num_submit, reward=reward
     )
@@ -209,13 +209,22 @@ def test_best_of_majority_at_k_exact_brute_force(reward):
         brute(
           n,
           k,
-          bom_outcome(answers[i], scores[i], correct[i], alpha, num_submit, reward),
+          outcome_fn(answers[i], scores[i], correct[i], alpha, num_submit, reward),
         )
         for k in ks
       ]
       np.testing.assert_allclose(
         res.value_PxK[i], want, atol=1e-12, err_msg=f"alpha={alpha} submit={num_submit}"
       )
+
+
+@pytest.mark.parametrize("reward", ["mean", "max", "sum"])
+def test_best_of_majority_at_k_exact_brute_force(reward):
+  rng = np.random.default_rng(4)
+  n = 8
+  answers, scores, correct = random_case(rng, p=6, n=n)
+  settings = ((0.0, 1), (0.3, 1), (0.3, 2), (0.6, 2))
+  check_bom_brute_force(answers, scores, correct, reward, settings, bom_outcome)
 
 
 def test_best_of_majority_at_k_agrees_with_selection_module():
@@ -393,23 +402,8 @@ def test_best_of_majority_at_k_nan_brute_force(reward):
   n = 7
   answers, scores, correct = random_case(rng, p=6, n=n)
   scores = with_nans(rng, scores, 0.4)
-  ks = list(range(1, n + 1))
-  for alpha, num_submit in ((0.0, 1), (0.3, 2)):
-    res = est.best_of_majority_at_k(
-      answers, scores, correct, ks, alpha=alpha, num_submit=num_submit, reward=reward
-    )
-    for i in range(6):
-      want = [
-        brute(
-          n,
-          k,
-          bom_outcome_nan(answers[i], scores[i], correct[i], alpha, num_submit, reward),
-        )
-        for k in ks
-      ]
-      np.testing.assert_allclose(
-        res.value_PxK[i], want, atol=1e-12, err_msg=f"alpha={alpha} submit={num_submit}"
-      )
+  settings = ((0.0, 1), (0.3, 2))
+  check_bom_brute_force(answers, scores, correct, reward, settings, bom_outcome_nan)
 
 
 @pytest.mark.parametrize("reward", ["mean", "max", "sum"])
