@@ -398,7 +398,7 @@ def load_reward_models(verifier_dir: str, names: Sequence[str] = ("prm", "orm"))
 
   cfg = checkpoint.load_model_config(verifier_dir)
   restore = reward.restore_reward_params
-  if jax_process_count() > 1:
+  if _process_count() > 1:
     restore = _restore_reward_params_local
   return cfg, {
     n: (reward.RewardModel(cfg), restore(os.path.join(verifier_dir, n), cfg))
@@ -406,7 +406,7 @@ def load_reward_models(verifier_dir: str, names: Sequence[str] = ("prm", "orm"))
   }
 
 
-def jax_process_count() -> int:
+def _process_count() -> int:
   import jax
 
   return jax.process_count()
