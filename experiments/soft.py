@@ -23,12 +23,12 @@
    see `early_exit_eval`).
 
 Writes to --workdir: `config.json`, `results.json` (one row per fine-tune x decoder:
-`branch`, `decoder`, `depth` or `kept`, `accuracy`, `loss`, `flops_per_token`),
-and prints the table. Not resumable (a rerun recomputes everything); the workdir is
+`branch`, `decoder`, `depth` (mean exit depth for early exit), `kept` (layer skip),
+`accuracy`, `loss`, `flops_per_token`), `accuracy_vs_flops.png`, and prints the
+table. Not resumable (a rerun recomputes everything); the workdir is
 locked against a second concurrent run.
 
-Not yet here (issue 15): the accuracy-vs-FLOPs plot, the SmolLM2 run and the
-bench_speculative rows.
+Not yet here (issue 15): the SmolLM2 run and the bench_speculative rows.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ import numpy as np
 from absl import app, flags
 
 from algorithms import soft
-from experiments import config_utils
+from experiments import analysis, config_utils
 from experiments import train_policy as tp
 from experiments import workdir as wd
 from experiments.tasks import arith
@@ -354,8 +354,25 @@ def _run_locked(config, workdir: str, log) -> dict:
   }
   wd.save_config(workdir, config)
   wd.write_json_atomic(os.path.join(workdir, "results.json"), report, indent=2)
+  plot(rows, os.path.join(workdir, "accuracy_vs_flops.png"))
   log(format_table(rows))
   return report
+
+
+def plot(rows, path: str) -> str:
+  """Accuracy against decode FLOPs per token, one line per fine-tune x decoder
+  family (sub-models by depth, layer skipping by speed-up, early exit by
+  threshold), with the Pareto frontier (experiments/analysis.py)."""
+  groups = {}
+  for r in rows:
+    family = r["decoder"].split("_")[0]
+    fam = {"sub": "depth-n sub-model", "skip": "layer skip", "exit": "early exit"}
+    c, a = groups.setdefault(f"{r['branch']} {fam.get(family, family)}", ([], []))
+    c.append(r["flops_per_token"])
+    a.append(r["accuracy"])
+  return analysis.plot_accuracy_vs_flops(
+    groups, path, title="arith: standard vs SoFT fine-tune"
+  )
 
 
 def format_table(rows) -> str:

@@ -48,6 +48,7 @@ def test_tiny_run_writes_every_depth(tmp_path):
   with open(tmp_path / "results.json") as f:
     assert json.load(f)["rows"] == rows
   assert os.path.exists(tmp_path / "config.json")
+  assert os.path.getsize(tmp_path / "accuracy_vs_flops.png") > 0
 
 
 @pytest.mark.parametrize(
