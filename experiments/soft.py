@@ -24,8 +24,9 @@
 
 Writes to --workdir: `config.json`, `results.json` (one row per fine-tune x decoder:
 `branch`, `decoder`, `depth` (mean exit depth for early exit), `kept` (layer skip),
-`accuracy`, `loss`, `flops_per_token`), `accuracy_vs_flops.png`, and prints the
-table. Not resumable (a rerun recomputes everything); the workdir is
+`accuracy`, `loss`, `flops_per_token`), `accuracy_vs_flops.png`, the fine-tuned
+params `standard/` and `soft/` with `model_config.json` (`workdir.load_model(
+workdir, "soft")`, e.g. for a self-speculative draft), and prints the table. Not resumable (a rerun recomputes everything); the workdir is
 locked against a second concurrent run.
 
 Not yet here (issue 15): the SmolLM2 run and the bench_speculative rows.
@@ -47,7 +48,7 @@ from experiments import analysis, config_utils
 from experiments import train_policy as tp
 from experiments import workdir as wd
 from experiments.tasks import arith
-from jaxllm import flops, train
+from jaxllm import checkpoint, flops, train
 from jaxllm.generate import generate, pad_prompts
 from jaxllm.params import init_params
 from jaxllm.sampling import make_sampling
@@ -292,6 +293,8 @@ def _run_locked(config, workdir: str, log) -> dict:
       state, step, batch_fn, ft.steps, config.train.steps, log, name
     )
     tuned[name] = state.params
+    checkpoint.save_params(os.path.join(workdir, name), state.params, overwrite=True)
+  checkpoint.save_model_config(os.path.join(workdir, checkpoint.MODEL_CONFIG_FILE), cfg)
 
   # 3. Every depth of both fine-tunes; layer skipping.
   e = config.eval

@@ -8,6 +8,7 @@ import pytest
 
 from experiments import config_utils
 from experiments import soft as exp
+from experiments import workdir as wd
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,6 +50,8 @@ def test_tiny_run_writes_every_depth(tmp_path):
     assert json.load(f)["rows"] == rows
   assert os.path.exists(tmp_path / "config.json")
   assert os.path.getsize(tmp_path / "accuracy_vs_flops.png") > 0
+  cfg, params = wd.load_model(str(tmp_path), "soft")
+  assert cfg.n_layers == 2 and len(params.layers) == 2
 
 
 @pytest.mark.parametrize(
