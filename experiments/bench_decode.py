@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from experiments import workdir
+from experiments import distributed, workdir
 from jaxllm import (
   Transformer,
   generate,
@@ -58,7 +58,6 @@ flags.DEFINE_enum(
   "or the real SmolLM2-135M.",
 )
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Params/compute.")
-flags.DEFINE_string("mesh", None, "Mesh spec, e.g. 'data=4,model=2' (default: none).")
 flags.DEFINE_integer(
   "ceiling_n", 0, "Matmul size for the FLOP/s ceiling (0: 2048 CPU, 8192 else)."
 )
@@ -70,6 +69,7 @@ flags.DEFINE_bool("hf", True, "Also time transformers (torch, CPU).")
 flags.DEFINE_integer("torch_threads", 0, "torch threads (0 = all cores).")
 flags.DEFINE_integer("seed", 0, "Seed.")
 workdir.define_flags("results/bench_decode")
+distributed.define_flags()  # --mesh (and the process flags: one process only)
 
 
 def validate_flags() -> list[int]:
@@ -263,12 +263,18 @@ def run(batches) -> str:
   """Every batch size, the table and the recompilation check; returns the
   JSON's path."""
   print(f"devices: {jax.devices()}")
+  distributed.maybe_initialize()
+  if jax.process_count() > 1:
+    raise app.UsageError(
+      "bench_decode times one process; give it one (--mesh "
+      "spans that process's devices)"
+    )
   mesh = None
   if FLAGS.mesh:
     try:
-      mesh = sharding.make_mesh(FLAGS.mesh)
+      mesh = distributed.mesh_from_flags()
     except ValueError as e:
-      raise app.UsageError(f"--mesh={FLAGS.mesh!r}: {e}") from e
+      raise app.UsageError(str(e)) from e
     n_data = sharding.data_parallel_size(mesh)
     bad = [b for b in batches if b % n_data]
     if bad:

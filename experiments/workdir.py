@@ -380,6 +380,7 @@ def load_policy(policy_dir: str):
     FileNotFoundError / ValueError: naming the missing or unreadable file.
   """
   import ml_collections
+
   from jaxllm import checkpoint
 
   cfg = checkpoint.load_model_config(policy_dir)
@@ -397,47 +398,13 @@ def load_reward_models(verifier_dir: str, names: Sequence[str] = ("prm", "orm"))
   from jaxllm import checkpoint, reward
 
   cfg = checkpoint.load_model_config(verifier_dir)
-  restore = reward.restore_reward_params
-  if _process_count() > 1:
-    restore = _restore_reward_params_local
   return cfg, {
-    n: (reward.RewardModel(cfg), restore(os.path.join(verifier_dir, n), cfg))
+    n: (
+      reward.RewardModel(cfg),
+      reward.restore_reward_params(os.path.join(verifier_dir, n), cfg),
+    )
     for n in names
   }
-
-
-def _process_count() -> int:
-  import jax
-
-  return jax.process_count()
-
-
-def _restore_reward_params_local(path: str, cfg):
-  """`jaxllm.reward.restore_reward_params` for a process other than process 0
-  of a multi-process run. Workaround: that function restores the head with
-  sharding-less targets, so orbax places it on the device it was saved from
-  (device 0, which only process 0 can address; elsewhere orbax raises
-  'Topology mismatch'). Here the head's targets name this process's first
-  local device, as `jaxllm.checkpoint.restore_params` does for the
-  transformer. Remove once jaxllm/reward.py passes such a sharding itself."""
-  import jax
-  import jax.numpy as jnp
-  import orbax.checkpoint as ocp
-  from jaxllm import checkpoint, reward
-
-  path = os.path.abspath(path)
-  here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = {
-    "w": jax.ShapeDtypeStruct((cfg.d_model,), jnp.float32, sharding=here),
-    "b": jax.ShapeDtypeStruct((), jnp.float32, sharding=here),
-  }
-  with ocp.StandardCheckpointer() as ck:
-    head = ck.restore(os.path.join(path, "head"), target)
-  return reward.RewardParams(
-    lm=checkpoint.restore_params(os.path.join(path, "lm"), cfg),
-    head_w=head["w"],
-    head_b=head["b"],
-  )
 
 
 def load_pretrained(
@@ -449,6 +416,7 @@ def load_pretrained(
   package (jaxllm.pretrained); with `log`, one progress line saying what was
   loaded, how large and how long it took."""
   import jax
+
   from jaxllm import pretrained
 
   t0 = time.perf_counter()
