@@ -218,11 +218,24 @@ def sample_step(
     check_token_id("pad_id", pad_id, V)
   B = logits_BxV.shape[0]
   active = jnp.ones((B,), bool) if active_B is None else active_B
+  state, logits, step = _step_loop(
+    model, params, state, logits_BxV, key, sampling, S, delims, stops, active, pad_id
+  )
+  ended = jnp.where(active, step.ended, BUDGET)
+  return state, logits, dataclasses.replace(step, ended=ended)
+
+
+def _step_loop(
+  model, params, state, logits_BxV, key, sampling, S, delims, stops, live, pad_id
+):
+  """`sample_step`'s token loop (its arguments validated): sample, extend and
+  test the step's end for the `live` rows until none is live or S tokens.
+  Returns (state, logits_BxV, Step)."""
+  B = logits_BxV.shape[0]
   toks = jnp.full((B, S), pad_id, jnp.int32)
   lps = jnp.zeros((B, S), jnp.float32)
   ended = jnp.full((B,), BUDGET, jnp.int32)
   length = jnp.zeros((B,), jnp.int32)
-  live = active
 
   def cond(c):
     t, _, _, live = c[:4]
@@ -248,17 +261,8 @@ def sample_step(
   t, state, logits, _, toks, lps, ended, length, _ = jax.lax.while_loop(
     cond, body, (jnp.int32(0), state, logits_BxV, live, toks, lps, ended, length, key)
   )
-  return (
-    state,
-    logits,
-    Step(
-      tokens=toks,
-      length=length,
-      logprob=lps,
-      ended=jnp.where(active, ended, BUDGET),
-      calls=t,
-    ),
-  )
+  step = Step(tokens=toks, length=length, logprob=lps, ended=ended, calls=t)
+  return state, logits, step
 
 
 def reorder_rows(model, state, logits_BxV, index):

@@ -307,8 +307,45 @@ def generate(
   num_samples = check_int("num_samples", num_samples, lo=1)
   max_new_tokens = check_int("max_new_tokens", max_new_tokens, lo=1)
   sampling = make_sampling() if sampling is None else sampling
-  vocab = getattr(model, "vocab_size", None)
   tokens, lengths = check_prompts(model, prompts, prompt_lengths, pad_id, buckets)
+  stop = _check_stop_tokens(model, stop_tokens)
+  cache_size = _check_fits(model, tokens, lengths, max_new_tokens, cache_size)
+  B = tokens.shape[0] * num_samples
+  max_new_B = _check_budgets(max_new_B, B, max_new_tokens)
+  # prompts given as a (possibly sharded) jax.Array keep their placement,
+  # e.g. rows split over a mesh's data axis (jaxllm.sharding.shard_batch)
+  tokens = _placed_like(tokens, prompts)
+  lengths = _placed_like(lengths, prompt_lengths)
+  return _generate_jit(
+    model,
+    params,
+    tokens,
+    lengths,
+    key,
+    sampling,
+    jnp.asarray(stop),
+    jnp.asarray(max_new_B, jnp.int32),
+    jnp.int32(pad_id),
+    max_new_tokens=max_new_tokens,
+    cache_size=cache_size,
+    num_samples=num_samples,
+  )
+
+
+def _placed_like(x_np, given):
+  """x (a checked numpy copy of `given`) on `given`'s sharding when `given`
+  was a jax.Array, else on the default device."""
+  if isinstance(given, jax.Array) and x_np.ndim == given.ndim:
+    return jax.device_put(x_np, given.sharding)
+  return jnp.asarray(x_np)
+
+
+def _check_stop_tokens(model, stop_tokens) -> np.ndarray:
+  """`generate`'s stop_tokens as int32 [n] (a -1 sentinel when empty).
+
+  Raises:
+    ValueError: ids outside [0, V) or not a flat sequence."""
+  vocab = getattr(model, "vocab_size", None)
   stop = check_token_ids(
     "stop_tokens",
     () if stop_tokens is None else stop_tokens,
@@ -318,6 +355,16 @@ def generate(
     raise ValueError(
       f"stop_tokens must be a flat sequence of token ids, got shape {stop.shape}"
     )
+  return stop.astype(np.int32) if stop.size else np.array([-1], np.int32)
+
+
+def _check_fits(model, tokens, lengths, max_new_tokens: int, cache_size) -> int:
+  """The cache size (default: padded prompt + max_new_tokens), after checking
+  that the longest prompt + max_new_tokens fits int32 positions,
+  ModelConfig.max_seq_len and the cache.
+
+  Raises:
+    ValueError: naming what does not fit, or a bad cache_size."""
   what = f"prompt length {int(lengths.max())} + max_new_tokens={max_new_tokens}"
   need = int(lengths.max()) + max_new_tokens
   check_length(what, need, "the int32 position range", INT32_LIMIT)
@@ -331,35 +378,26 @@ def generate(
   check_length(
     f"padded prompt length {tokens.shape[1]}", tokens.shape[1], "cache_size", cache_size
   )
-  B = tokens.shape[0] * num_samples
+  return cache_size
+
+
+def _check_budgets(max_new_B, B: int, max_new_tokens: int) -> np.ndarray:
+  """`generate`'s per-row budgets as int32 [B] (default max_new_tokens).
+
+  Raises:
+    ValueError: a shape other than [B] or values outside [0, max_new_tokens]."""
   if max_new_B is None:
-    max_new_B = np.full((B,), max_new_tokens, np.int32)
-  else:
-    budget = np.asarray(max_new_B)
-    if budget.shape != (B,):
-      raise ValueError(
-        f"max_new_B must have shape [B * num_samples] = [{B}], got {budget.shape}"
-      )
-    if budget.dtype.kind not in "iu" or (
-      B and (budget.min() < 0 or budget.max() > max_new_tokens)
-    ):
-      raise ValueError(
-        f"max_new_B must be integers in [0, max_new_tokens="
-        f"{max_new_tokens}], got {max_new_B!r:.200}"
-      )
-    max_new_B = budget.astype(np.int32)
-  stop = stop.astype(np.int32) if stop.size else np.array([-1], np.int32)
-  return _generate_jit(
-    model,
-    params,
-    jnp.asarray(tokens),
-    jnp.asarray(lengths),
-    key,
-    sampling,
-    jnp.asarray(stop),
-    jnp.asarray(max_new_B, jnp.int32),
-    jnp.int32(pad_id),
-    max_new_tokens=max_new_tokens,
-    cache_size=cache_size,
-    num_samples=num_samples,
-  )
+    return np.full((B,), max_new_tokens, np.int32)
+  budget = np.asarray(max_new_B)
+  if budget.shape != (B,):
+    raise ValueError(
+      f"max_new_B must have shape [B * num_samples] = [{B}], got {budget.shape}"
+    )
+  if budget.dtype.kind not in "iu" or (
+    B and (budget.min() < 0 or budget.max() > max_new_tokens)
+  ):
+    raise ValueError(
+      f"max_new_B must be integers in [0, max_new_tokens="
+      f"{max_new_tokens}], got {max_new_B!r:.200}"
+    )
+  return budget.astype(np.int32)

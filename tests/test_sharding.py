@@ -226,9 +226,10 @@ def test_sharded_decoding_matches_one_device(spec):
   r = run_case("decode", spec)
   assert r["init_bit_identical"], r
   assert r["param_specs_ok"], r
-  for name in ("forward", "prefill_extend", "generate"):
+  for name in ("forward", "prefill_extend", "generate", "generate_sharded_prompts"):
     assert r[name]["tokens_equal"], (name, r[name])
     assert r[name]["max_abs_diff"] <= TOL, (name, r[name])
+  assert r["generate_sharded_prompts"]["out_data_split"], r["generate_sharded_prompts"]
   if spec == "data=8":  # params replicated, batch left to GSPMD
     assert r["generate"]["max_abs_diff"] == 0.0, r["generate"]
   assert r["batch_sharded"], r
@@ -427,6 +428,19 @@ def case_decode(spec: str) -> dict:
     ),
     max_abs_diff=_max_diff(o1.logprobs, o2.logprobs),
   )
+  # prompts as a batch-sharded array: generate keeps them split over data,
+  # and the sampled rows come out split the same way
+  o3 = generate(
+    model, ps, tok_s, jax.random.key(1), 10, prompt_lengths=len_s, num_samples=2
+  )
+  out["generate_sharded_prompts"] = dict(
+    tokens_equal=bool(np.array_equal(o1.tokens, o3.tokens)),
+    max_abs_diff=_max_diff(o1.logprobs, o3.logprobs),
+    out_spec=str(o3.tokens.sharding.spec),
+    out_data_split=o3.tokens.sharding.shard_shape(o3.tokens.shape)[0]
+    * sh.data_parallel_size(mesh)
+    == o3.tokens.shape[0],
+  )
   return out
 
 
@@ -605,27 +619,33 @@ def case_errors() -> dict:
 
 
 def _collectives(hlo: str) -> list:
-  """[(op, element count)] of every collective in compiled HLO text."""
+  """[(op, element count)] of every collective in compiled HLO text; a
+  collective with a tuple result (e.g. an all-to-all of several operands, one
+  per device) counts the elements of the whole tuple."""
   import re
 
   out = []
   pat = re.compile(
-    r"= \(?([a-z0-9]+)\[([0-9,]*)\][^ ]* (all-gather|"
+    r"= (\([^()]*\)|[a-z0-9]+\[[0-9,]*\]\S*) (all-gather|"
     r"collective-permute|all-to-all|all-reduce|reduce-scatter)"
     r"(-start)?\("
   )
   for line in hlo.splitlines():
     m = pat.search(line)
     if m:
-      dims = [int(x) for x in m.group(2).split(",") if x]
-      out.append((m.group(3), int(np.prod(dims)) if dims else 1))
+      n = sum(
+        int(np.prod([int(x) for x in dims.split(",") if x]))
+        for dims in re.findall(r"[a-z0-9]+\[([0-9,]*)\]", m.group(1))
+      )
+      out.append((m.group(2), n))
   return out
 
 
 def case_hlo() -> dict:
   import jax
   import jax.numpy as jnp
-  from algorithms import stepping
+  from algorithms import array_queue as aq
+  from algorithms import astar, stepping
   from algorithms.scorers import ConfidenceScorer
   from jaxllm import cache as cache_lib
   from jaxllm import sharding as sh
@@ -639,7 +659,15 @@ def case_hlo() -> dict:
   model = Transformer(cfg)
   scorer = ConfidenceScorer()
   moved = ("all-gather", "collective-permute", "all-to-all")
-  res = dict(decode={}, prefill={}, resample_pf={}, resample_flat={})
+  A_B, A_K, A_L = 1, 2, 8  # A*: pop_batch, children per pop, solution cap
+  res = dict(
+    decode={},
+    prefill={},
+    resample_pf={},
+    resample_flat={},
+    astar_rebuild={},
+    astar_fork={},
+  )
 
   def summary(fn, *args, donate=()):
     hlo = jax.jit(fn, donate_argnums=donate).lower(*args).compile().as_text()
@@ -647,6 +675,7 @@ def case_hlo() -> dict:
     return dict(
       collectives=coll,
       largest_collective=max([n for op, n in coll if op in moved], default=0),
+      largest_any=max([n for _, n in coll], default=0),  # all-reduce too
     )
 
   for spec in MESHES:
@@ -694,6 +723,67 @@ def case_hlo() -> dict:
 
     info = summary(flat_resample, rows, anc, donate=(0,))
     res["resample_flat"][spec] = dict(
+      info, local_cache_elems=local, blocks_sharded=sharded
+    )
+
+    # A*'s per-iteration row gathers, the real functions: the pool rebuild
+    # (`_rebuild_pool`: pool slot i <- queue entry i, from old pool + children)
+    # and the fork of the popped rows into the working batch (`_fork`). The
+    # pool is `rows` (Q = N rows per problem); the children are P * W rows.
+    unused = dict.fromkeys(astar._Env._fields[2:11])  # cfg .. heuristic
+    env = astar._Env(
+      model=model, scorer=scorer, P=P, Q=N, B=A_B, K=A_K, S=1, L=A_L, H=S, **unused
+    )
+    W = env.W
+    kids = stepping.Rows(
+      state=jax.device_put(
+        cache_lib.init_cache(cfg, P * W, S), sh.cache_shardings(cfg, mesh, P * W)
+      ),
+      logits_BxV=sh.shard_batch(np.zeros((P * W, cfg.vocab_size), np.float32), mesh),
+      sstate=sh.shard_batch(np.zeros((P * W,), np.int32), mesh),
+    )
+    meta_of = lambda *lead: astar.Meta(
+      tok=np.zeros(lead + (A_L,), np.int32),
+      length=np.zeros(lead, np.int32),
+      depth=np.zeros(lead, np.int32),
+      cost=np.zeros(lead, np.float32),
+      last_token=np.zeros(lead, np.int32),
+      complete=np.zeros(lead, bool),
+    )
+    pool_meta = sh.shard_batch(meta_of(P, N), mesh)
+    kid_meta = sh.shard_batch(meta_of(P * W), mesh)
+    payload = np.random.default_rng(0).permutation(N + W)[:N]
+    queue = sh.shard_batch(
+      aq.ArrayQueue(
+        f=np.zeros((P, N), np.float32),
+        payload=np.tile(payload.astype(np.int32), (P, 1)),
+        seq=np.zeros((P, N), np.int32),
+        valid=np.ones((P, N), bool),
+        next_seq=np.zeros((P,), np.int32),
+      ),
+      mesh,
+    )
+
+    def astar_rebuild(pool, queue, meta, kids, kid_meta):
+      loop = astar.SearchLoop(
+        queue=queue, pool=pool, meta=meta, key=None, best=None, counts=None
+      )
+      return astar._rebuild_pool(env, loop, queue, kids, kid_meta)
+
+    info = summary(astar_rebuild, rows, queue, pool_meta, kids, kid_meta, donate=(0, 3))
+    res["astar_rebuild"][spec] = dict(
+      info, local_cache_elems=local, blocks_sharded=sharded
+    )
+
+    slot = sh.shard_batch(np.zeros((P, A_B), np.int32), mesh)
+    expand = sh.shard_batch(np.ones((P, A_B), bool), mesh)
+
+    def astar_fork(pool, meta, slot_PxB, expand_PxB):
+      par = astar._take_meta(meta, slot_PxB)
+      return astar._fork(env, pool, par, slot_PxB, expand_PxB)
+
+    info = summary(astar_fork, rows, pool_meta, slot, expand)
+    res["astar_fork"][spec] = dict(
       info, local_cache_elems=local, blocks_sharded=sharded
     )
   return res
