@@ -64,4 +64,10 @@ def get_config():
   c.eval.max_new_tokens = 48
   c.eval.skip_speedups = (2, 3, 4)  # unified layer skipping baselines
   c.eval.early_exit_thresholds = (0.9, 0.99)  # CALM early exit (max-prob) baselines
+  c.eval.spec_depths = (
+    2,
+    4,
+    6,
+  )  # self-speculation: sub-model drafts for the full model
+  c.eval.spec_gamma = 3  # draft chain length
   return c

@@ -21,6 +21,10 @@
    CALM early exit (max-prob confidence at the `soft.exits` depths) at each
    threshold in `eval.early_exit_thresholds` (mean exit depth; FLOPs approximate,
    see `early_exit_eval`).
+4. Self-speculation: each fine-tune's depth-n sub-model (n in `eval.spec_depths`)
+   drafts a chain of `eval.spec_gamma` tokens for its own full model
+   (`self_spec_eval`): tokens per target call and the accepted fraction, in
+   `results.json["self_speculation"]`.
 
 Writes to --workdir: `config.json`, `results.json` (one row per fine-tune x decoder:
 `branch`, `decoder`, `depth` (mean exit depth for early exit), `kept` (layer skip),
@@ -44,11 +48,13 @@ import numpy as np
 from absl import app, flags
 
 from algorithms import soft
+from algorithms.speculative import SpecConfig, speculative_generate
 from experiments import analysis, config_utils
 from experiments import train_policy as tp
 from experiments import workdir as wd
 from experiments.tasks import arith
 from jaxllm import checkpoint, flops, train
+from jaxllm.decoding import Transformer
 from jaxllm.generate import generate, pad_prompts
 from jaxllm.params import init_params
 from jaxllm.sampling import make_sampling
@@ -115,6 +121,12 @@ def validate_soft_config(config) -> None:
       soft.sorted_loss_fn(cfg, exits, exit_weights=w)
     except ValueError as e:
       raise ValueError(f"config.soft.{e}") from None
+  for d in config.eval.spec_depths:
+    try:
+      soft.sub_model(cfg, d)
+    except ValueError as e:
+      raise ValueError(f"config.eval.spec_depths: {e}") from None
+  config_utils.positive(config, "eval.spec_gamma")
   for th in config.eval.early_exit_thresholds:
     try:
       soft.EarlyExitDecoder(cfg, exits, th)
@@ -221,6 +233,26 @@ def early_exit_eval(cfg, params, problems, max_new: int, exits, threshold: float
   return float(np.mean(correct)), depth, fl
 
 
+def self_spec_eval(cfg, params, problems, max_new: int, depth: int, gamma: int):
+  """Self-speculative decoding: the depth-`depth` sub-model of `params` drafts a
+  chain of `gamma` tokens for the full model (`algorithms.speculative`, temperature
+  1, exact). Returns (tokens per target call, accepted fraction of drafted tokens).
+  Rows run to `max_new` tokens (no EOS stop inside speculative_generate)."""
+  sc = SpecConfig(method="chain", gamma=gamma, max_new_tokens=max_new)
+  out, _ = speculative_generate(
+    Transformer(cfg),
+    params,
+    soft.sub_model(cfg, depth),
+    params,
+    tp.prompts_of(problems),
+    jax.random.PRNGKey(0),
+    sc,
+  )
+  calls = float(np.asarray(out.target_calls).sum())
+  emitted = float(np.asarray(out.num_emitted).sum())
+  return emitted / calls, float(np.asarray(out.accepted).sum()) / (gamma * calls)
+
+
 def depth_losses(params, cfg, problems, depths) -> dict:
   """Held-out next-token loss (nats / solution token) at each depth, from one
   forward pass (`soft.sorted_loss_terms`' per-exit sums)."""
@@ -299,7 +331,7 @@ def _run_locked(config, workdir: str, log) -> dict:
   # 3. Every depth of both fine-tunes; layer skipping.
   e = config.eval
   acc_probs, loss_probs = probs[: e.n_problems], probs[: e.loss_problems]
-  rows = []
+  rows, spec = [], []
   for name, p in tuned.items():
     loss_at = depth_losses(p, cfg, loss_probs, depths)
     for d in depths:
@@ -348,9 +380,24 @@ def _run_locked(config, workdir: str, log) -> dict:
       log(
         f"{name} early exit >{th:g}: accuracy {acc:.3f} depth {depth:.2f} FLOPs {fl:.3g}"
       )
+    for d in e.spec_depths:
+      tpc, acc_rate = self_spec_eval(
+        cfg, p, acc_probs, e.max_new_tokens, d, e.spec_gamma
+      )
+      spec.append(
+        {
+          "branch": name,
+          "draft_depth": d,
+          "gamma": e.spec_gamma,
+          "tokens_per_target_call": tpc,
+          "accept_rate": acc_rate,
+        }
+      )
+      log(f"{name} self-spec draft depth {d}: {tpc:.2f} tokens/target call")
 
   report = {
     "rows": rows,
+    "self_speculation": spec,
     "history": history,
     "total_s": time.perf_counter() - t0,
     "n_layers": L,

@@ -29,6 +29,8 @@ def _tiny_config():
   c.eval.max_new_tokens = 6
   c.eval.skip_speedups = (2,)
   c.eval.early_exit_thresholds = (0.5,)
+  c.eval.spec_depths = (1,)
+  c.eval.spec_gamma = 2
   return c
 
 
@@ -46,6 +48,13 @@ def test_tiny_run_writes_every_depth(tmp_path):
   assert fl[0] < fl[1]  # deeper costs more
   assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows)
   assert all(r["loss"] > 0 for r in sub)
+  spec = report["self_speculation"]
+  assert [(r["branch"], r["draft_depth"]) for r in spec] == [
+    ("standard", 1),
+    ("soft", 1),
+  ]
+  assert all(1.0 <= r["tokens_per_target_call"] <= 3.0 for r in spec)  # gamma + 1
+  assert all(0.0 <= r["accept_rate"] <= 1.0 for r in spec)
   with open(tmp_path / "results.json") as f:
     assert json.load(f)["rows"] == rows
   assert os.path.exists(tmp_path / "config.json")
@@ -63,6 +72,7 @@ def test_tiny_run_writes_every_depth(tmp_path):
     ("soft.exit_weights", (1.0, 1.0), "exit_weights"),
     ("eval.skip_speedups", (0.5,), "skip_speedups"),
     ("eval.early_exit_thresholds", (1.5,), "early_exit_thresholds"),
+    ("eval.spec_depths", (3,), "spec_depths"),
   ],
 )
 def test_bad_config_is_refused_before_anything_runs(tmp_path, field, value, match):
