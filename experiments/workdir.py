@@ -411,16 +411,19 @@ def load_pretrained(
   name: str = SMOLLM2,
   dtype: str = "float32",
   log: Optional[Callable[[str], None]] = None,
+  shardings=None,
 ):
   """(ModelConfig, params, tokenizer) of a pretrained model shipped as a pip
   package (jaxllm.pretrained); with `log`, one progress line saying what was
-  loaded, how large and how long it took."""
+  loaded, how large and how long it took. `shardings` (None, a Mesh, one
+  Sharding or a Params tree of them) places each array as it is read
+  (`jaxllm.pretrained.load_pretrained`)."""
   import jax
 
   from jaxllm import pretrained
 
   t0 = time.perf_counter()
-  cfg, params, tok = pretrained.load_pretrained(name, dtype=dtype)
+  cfg, params, tok = pretrained.load_pretrained(name, dtype=dtype, shardings=shardings)
   if log is not None:
     log(
       f"loaded {name}: {cfg.param_counts()['total'] / 1e6:.1f}M params in "

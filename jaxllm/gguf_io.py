@@ -6,7 +6,9 @@ read into a ModelConfig and every tensor is dequantised to float (with the
 k-quants all go through it) and mapped onto our Params layout. `open_gguf`
 parses the header itself (`GGUFFile`: metadata dict + tensor table + memmap),
 which is much faster than gguf.GGUFReader on a large vocabulary and lets the
-model and the tokenizer (`Tokenizer.from_gguf`) share one parse.
+model and the tokenizer (`Tokenizer.from_gguf`) share one parse. Tensors
+are dequantised one at a time and each is placed on its device(s) at once
+(`shardings=`, e.g. a Mesh), so the host never holds the whole model.
 
 Three facts about GGUF that this file handles:
 
@@ -428,13 +430,76 @@ def unpermute_rotary(w_OxI: np.ndarray, n_heads: int) -> np.ndarray:
   return w_OxI.reshape(n_heads, K // 2, 2, I).swapaxes(1, 2).reshape(O, I)
 
 
+def _params_from(
+  cfg: ModelConfig,
+  names,
+  shape_of,
+  get,
+  path: str,
+  family: str,
+  place,
+) -> Params:
+  """Params from GGUF tensors, one tensor at a time.
+
+  `names`: the tensor names available; `shape_of(name)`: a tensor's
+  row-major shape (from the header, no data read); `get(name)`: the tensor as
+  a float numpy array; `place(x, loc)`: our array (layout and dtype done by
+  the caller's `place`) for Params location `loc` ((field,) or (layer,
+  field)). Names and shapes are all checked before the first `get`.
+  """
+  entries = []
+  for p, i, t, shape in hf_lib.expand_tensors(cfg, family):
+    name = t.gguf.format(i=i)
+    if name not in names:
+      raise ValueError(f"{path!r}: missing tensor {name!r}")
+    entries.append((p, i, t, shape, name))
+  used = {e[-1] for e in entries}
+  extra = sorted(set(names) - used - {"rope_freqs.weight"})
+  if extra:
+    raise ValueError(
+      f"{path!r}: unexpected tensors {extra[:8]} for a {family} checkpoint"
+    )
+  for p, i, t, shape, name in entries:
+    want = tuple(hf_lib.TRANSFORMS[t.transform].hf_shape(shape))
+    if tuple(shape_of(name)) != want:
+      raise ValueError(
+        f"{path!r}: tensor {name!r} of shape {list(shape_of(name))} does "
+        f"not fit {p.format(i=i)} {list(shape)} (expected "
+        f"{list(want)})"
+      )
+  top: dict = {}
+  layers = [dict() for _ in range(cfg.n_layers)]
+  for p, i, t, shape, name in entries:
+    x = get(name)
+    if t.gguf_rotary:  # heads: the N of our [D, N, K]
+      x = unpermute_rotary(x, shape[1])
+    x = hf_lib.TRANSFORMS[t.transform].load(x, shape)
+    if i is None:
+      top[p] = place(x, (p,))
+    else:
+      field = p.rsplit(".", 1)[1]
+      layers[i][field] = place(x, (i, field))
+  params = Params(
+    embed=top["embed"],
+    layers=tuple(LayerParams(**d) for d in layers),
+    final_norm=top["final_norm"],
+    lm_head=top.get("lm_head"),
+  )
+  try:
+    check_params(cfg, params)
+  except ValueError as e:
+    raise ValueError(f"{path!r}: {e}") from e
+  return params
+
+
 def params_from_tensors(
   cfg: ModelConfig,
   tensors: dict[str, np.ndarray],
   path: str = "<gguf>",
   family: str = "llama",
 ) -> Params:
-  """Map GGUF tensors ([out, in] row-major float arrays) onto Params.
+  """Map GGUF tensors ([out, in] row-major float arrays) onto Params (jnp
+  arrays in cfg.param_dtype on the default device).
 
   Names, layouts and the Q/K row permutation come from the family's entry
   in `jaxllm.hf.FAMILY_TABLE` (the table HF import / export read too).
@@ -444,60 +509,51 @@ def params_from_tensors(
       tensor of the wrong shape.
   """
   dt = jnp.dtype(cfg.param_dtype)
-  used = set()
-  top: dict = {}
-  layers = [dict() for _ in range(cfg.n_layers)]
-  for p, i, t, shape in hf_lib.expand_tensors(cfg, family):
-    name = t.gguf.format(i=i)
-    if name not in tensors:
-      raise ValueError(f"{path!r}: missing tensor {name!r}")
-    used.add(name)
-    x = tensors[name]
-    if t.gguf_rotary:  # heads: the N of our [D, N, K]
-      x = unpermute_rotary(x, shape[1])
-    try:
-      x = jnp.asarray(hf_lib.TRANSFORMS[t.transform].load(x, shape), dtype=dt)
-    except ValueError as e:  # a reshape of a tensor of the wrong size
-      raise ValueError(
-        f"{path!r}: tensor {name!r} of shape "
-        f"{list(np.shape(tensors[name]))} does not fit "
-        f"{p.format(i=i)} {list(shape)}: {e}"
-      ) from e
-    if i is None:
-      top[p] = x
-    else:
-      layers[i][p.rsplit(".", 1)[1]] = x
-  params = Params(
-    embed=top["embed"],
-    layers=tuple(LayerParams(**d) for d in layers),
-    final_norm=top["final_norm"],
-    lm_head=top.get("lm_head"),
+  return _params_from(
+    cfg,
+    tensors,
+    lambda n: np.shape(tensors[n]),
+    tensors.__getitem__,
+    path,
+    family,
+    lambda x, loc: jnp.asarray(x, dtype=dt),
   )
-  extra = sorted(set(tensors) - used - {"rope_freqs.weight"})
-  if extra:
-    raise ValueError(
-      f"{path!r}: unexpected tensors {extra[:8]} for a {family} checkpoint"
-    )
-  try:
-    check_params(cfg, params)
-  except ValueError as e:
-    raise ValueError(f"{path!r}: {e}") from e
-  return params
 
 
-def load_gguf(path, dtype: str = "float32") -> tuple[ModelConfig, Params]:
+def load_gguf(
+  path, dtype: str = "float32", shardings: hf_lib.Shardings = None
+) -> tuple[ModelConfig, Params]:
   """Read a llama-architecture GGUF (a path or an open GGUFFile) into
   (ModelConfig, Params).
 
   Weights are dequantised to float32 and then cast to `dtype` (also used as
   the config's compute and parameter dtype). The config (metadata, the
   vocabulary size from token_embd's shape, tied embeddings from the absence
-  of output.weight) is built and checked before any weight is dequantised.
+  of output.weight) is built and checked, and every tensor's name and shape
+  checked against it, before any weight is dequantised (only a
+  `rope_freqs.weight` tensor, part of the config, is read earlier).
+
+  `shardings` places each array, as in `jaxllm.hf.load_hf`: None (default)
+  the default device; a Mesh (`jaxllm.sharding.param_shardings(cfg, mesh)`),
+  one Sharding, or a Params tree of Shardings, checked against the config
+  before any weight is read. The values are the same bits whatever the
+  sharding.
+
+  Memory: tensors are dequantised, converted and placed one at a time, so
+  the host holds about one tensor beyond the placed arrays (as float32, plus
+  its copy in our layout and `dtype`), never the whole model; the file itself
+  is a memmap. Every process dequantises whole tensors and copies only its
+  addressable shards to its devices (`jaxllm.hf.place_array`): reading only
+  a process's slices would need the layout transforms and the rotary
+  permutation inverted per slice (and whole quantisation blocks), which is
+  not done.
 
   Raises:
     ValueError: naming the file and the metadata key or tensor, for missing
       or wrongly typed metadata, a config ModelConfig rejects, or missing,
-      unexpected or wrongly shaped tensors; also for an unknown `dtype`.
+      unexpected or wrongly shaped tensors; also for an unknown `dtype`, and
+      "load_gguf: shardings ..." for a `shardings` that does not fit the
+      config (`jaxllm.hf.resolve_shardings`).
   """
   if dtype not in DTYPES:
     raise ValueError(f"dtype {dtype!r} is not one of {DTYPES}")
@@ -525,5 +581,22 @@ def load_gguf(path, dtype: str = "float32") -> tuple[ModelConfig, Params]:
     vocab_size=vocab,
     dtype=dtype,
   )
-  tensors = {name: f.array(name) for name in f.tensors}
-  return cfg, params_from_tensors(cfg, tensors, f.path, GGUF_ARCHS[arch])
+  tree = hf_lib.resolve_shardings(cfg, shardings, "load_gguf")
+  dt = jnp.dtype(cfg.param_dtype)
+
+  def place(x, loc):
+    sharding = hf_lib.sharding_at(tree, loc)
+    if sharding is None:  # as params_from_tensors
+      return jnp.asarray(x, dtype=dt)
+    return hf_lib.place_array(np.asarray(x).astype(dt, copy=False), sharding)
+
+  params = _params_from(
+    cfg,
+    f.tensors,
+    lambda n: f.tensors[n].shape,
+    f.array,
+    f.path,
+    GGUF_ARCHS[arch],
+    place,
+  )
+  return cfg, params

@@ -10,7 +10,9 @@ Supported families (`model_type` in config.json), one `Family` entry each in
 `load_hf(dir)` reads tensors with the `safetensors` library into numpy (never
 unpickles anything), maps Hugging Face names onto our `Params` and checks that
 the checkpoint holds exactly the tensors the config implies, with the right
-shapes. `save_hf(dir, cfg, params, model_type)` writes the same format back, so
+shapes. Each tensor is placed on its device(s) (`shardings=`, e.g. a Mesh)
+as soon as it is read, so the host never holds the whole model.
+`save_hf(dir, cfg, params, model_type)` writes the same format back, so
 `transformers.AutoModelForCausalLM.from_pretrained(dir)` builds the same model.
 
 Tensor names: `FAMILY_TABLE[family].tensors` maps each parameter path of ours
@@ -39,7 +41,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -50,6 +52,7 @@ import safetensors.numpy
 
 from jaxllm.config import DTYPES, ModelConfig, RopeScaling
 from jaxllm.params import LayerParams, Params, abstract_params, check_params
+from jaxllm.sharding import param_shardings
 
 _REQUIRED = (
   "model_type",
@@ -897,10 +900,43 @@ def _check_tensor_names(ckpt_dir, cfg_path, want, where, shapes, extra_head) -> 
       )
 
 
-def _read_tensors(cfg: ModelConfig, want, where, extra_head):
-  """Pass 2 of `load_hf`: read the data file by file, in our layouts and
-  cfg.param_dtype -> ({top-level field: array}, [{layer field: array}] per
-  layer).
+def _get_tensor(f, path: str, name: str) -> np.ndarray:
+  try:
+    return f.get_tensor(name)
+  except Exception as e:
+    raise ValueError(f"{path}: cannot read tensor {name!r}: {e}") from e
+
+
+def _check_tied_head(embed: np.ndarray, where: dict) -> None:
+  """Raises ValueError when the checkpoint's 'lm_head.weight' (next to tied
+  embeddings) differs from `embed`, the embedding table as stored. Compared
+  as stored, before any dtype override, a block of rows at a time (so only
+  the head tensor itself is added to the host memory in use)."""
+  path = where["lm_head.weight"]
+  with _open(path) as f:
+    head = _get_tensor(f, path, "lm_head.weight")
+  rows = 4096
+  same = head.shape == embed.shape and all(
+    np.array_equal(
+      np.asarray(head[r : r + rows], np.float32),
+      np.asarray(embed[r : r + rows], np.float32),
+    )
+    for r in range(0, embed.shape[0], rows)
+  )
+  if not same:
+    raise ValueError(
+      f"{path}: 'lm_head.weight' differs "
+      "from 'model.embed_tokens.weight' but config.json has "
+      "tie_word_embeddings=true"
+    )
+
+
+def _read_tensors(cfg: ModelConfig, want, where, extra_head, place):
+  """Pass 2 of `load_hf`: read the data file by file and tensor by tensor,
+  convert each to our layout and cfg.param_dtype and hand it to
+  `place(loc, array)` (loc as in `expected_tensors`) before reading the next,
+  so only one tensor is held on the host at a time -> ({top-level field:
+  placed array}, [{layer field: placed array}] per layer).
 
   Raises:
     ValueError: a tensor that cannot be read, or an lm_head beside tied
@@ -915,72 +951,164 @@ def _read_tensors(cfg: ModelConfig, want, where, extra_head):
   for path, names in by_file.items():
     with _open(path) as f:
       for n in names:
-        try:
-          x = f.get_tensor(n)
-        except Exception as e:
-          raise ValueError(f"{path}: cannot read tensor {n!r}: {e}") from e
         if n == "lm_head.weight" and extra_head:
-          top["_tied_head"] = x
-          continue
+          continue  # compared with the embedding when that is read
+        x = _get_tensor(f, path, n)
         loc, kind, shape, _ = want[n]
-        x = TRANSFORMS[kind].load(x, shape).astype(np_dtype, copy=False)
+        if extra_head and loc == ("embed",):
+          _check_tied_head(x, where)
+        x = place(loc, TRANSFORMS[kind].load(x, shape).astype(np_dtype, copy=False))
         if len(loc) == 1:
           top[loc[0]] = x
         else:
           layers[loc[0]][loc[1]] = x
-  if "_tied_head" in top:
-    head = top.pop("_tied_head")
-    if not np.array_equal(
-      np.asarray(head, np.float32), np.asarray(top["embed"], np.float32)
-    ):
-      raise ValueError(
-        f"{where['lm_head.weight']}: 'lm_head.weight' differs "
-        "from 'model.embed_tokens.weight' but config.json has "
-        "tie_word_embeddings=true"
-      )
   return top, layers
 
 
-def load_hf(
-  ckpt_dir: str, *, dtype: Optional[str] = None, shardings: Optional[Params] = None
-):
+# --------------------------------------------------------------------------
+# placing arrays on shardings (shared with jaxllm.gguf_io)
+# --------------------------------------------------------------------------
+
+Shardings = Union[None, jax.sharding.Sharding, jax.sharding.Mesh, Params]
+
+
+def resolve_shardings(cfg: ModelConfig, shardings: Shardings, who: str):
+  """The `shardings=` argument of `load_hf` / `jaxllm.gguf_io.load_gguf` as a
+  Params tree with one Sharding per parameter of `cfg`, or None.
+
+  Accepts the forms `jaxllm.checkpoint.restore_params` takes: None (the
+  default device), a Mesh (`jaxllm.sharding.param_shardings(cfg, mesh)`, the
+  logical-axis rules), one Sharding for every array, or a Params tree of
+  Shardings. Checked against cfg's parameter shapes here, so a loader calls
+  it before reading any tensor data.
+
+  Raises:
+    ValueError: "<who>: shardings ..." for anything else, a Params tree whose
+      structure is not cfg's (another layer count, a tied / untied lm_head,
+      ...), or a sharding that does not fit its parameter's shape (naming the
+      parameter); for a Mesh, see `param_shardings`.
+  """
+  if shardings is None:
+    return None
+  if isinstance(shardings, jax.sharding.Mesh):
+    try:
+      return param_shardings(cfg, shardings)
+    except ValueError as e:
+      raise ValueError(f"{who}: shardings: {e}") from e
+  want = abstract_params(cfg)
+  if isinstance(shardings, jax.sharding.Sharding):
+    tree = jax.tree_util.tree_map(lambda _: shardings, want)
+  else:
+    leaves = jax.tree_util.tree_leaves(shardings)
+    if (
+      not isinstance(shardings, Params)
+      or jax.tree_util.tree_structure(shardings) != jax.tree_util.tree_structure(want)
+      or not all(isinstance(s, jax.sharding.Sharding) for s in leaves)
+    ):
+      got = (
+        f"a Params tree with {len(shardings.layers)} layers, lm_head "
+        f"{'absent' if shardings.lm_head is None else 'present'} and "
+        f"{len(leaves)} leaves of types "
+        f"{sorted({type(s).__name__ for s in leaves})}"
+        if isinstance(shardings, Params)
+        else type(shardings).__name__
+      )
+      raise ValueError(
+        f"{who}: shardings must be None, a jax.sharding.Mesh, one "
+        "jax.sharding.Sharding or a Params tree with one Sharding per "
+        f"parameter of the checkpoint's config ({cfg.n_layers} layers, "
+        f"lm_head {'absent (tied)' if cfg.tie_embeddings else 'present'}, "
+        f"{len(jax.tree_util.tree_leaves(want))} arrays; see "
+        f"jaxllm.sharding.param_shardings(cfg, mesh)); got {got}"
+      )
+    tree = shardings
+  flat = jax.tree_util.tree_flatten_with_path(want)[0]
+  for (path, spec), s in zip(flat, jax.tree_util.tree_leaves(tree)):
+    try:
+      s.shard_shape(tuple(spec.shape))
+    except Exception as e:
+      raise ValueError(
+        f"{who}: shardings{jax.tree_util.keystr(path)} {s} does not fit the "
+        f"parameter's shape {tuple(spec.shape)}: {e}"
+      ) from e
+  return tree
+
+
+def sharding_at(shardings: Optional[Params], loc: tuple):
+  """The entry of a Params-shaped tree at `loc` ((field,) or (layer, field));
+  None when `shardings` is None."""
+  if shardings is None:
+    return None
+  if len(loc) == 1:
+    return getattr(shardings, loc[0])
+  return getattr(shardings.layers[loc[0]], loc[1])
+
+
+def place_array(x: np.ndarray, sharding=None) -> jax.Array:
+  """Host array `x` as a jax.Array: on `sharding`, or (None) `jnp.asarray`
+  on the default device. Built with `jax.make_array_from_callback`, so each
+  process copies only its addressable shards of `x` to its devices (on a
+  multi-process mesh every process must pass the same `x`)."""
+  if sharding is None:
+    return jnp.asarray(x)
+  return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
+def load_hf(ckpt_dir: str, *, dtype: Optional[str] = None, shardings: Shardings = None):
   """Load a Hugging Face checkpoint directory -> (ModelConfig, Params).
 
   Reads config.json and model.safetensors (or the shards listed in
   model.safetensors.index.json, or every *.safetensors file). Every tensor the
   config implies must be present with the right shape, and nothing else may
-  remain (`lm_head.weight` next to tied embeddings is accepted if equal).
-  `dtype` overrides the checkpoint dtype; `shardings` (a Params tree of
-  jax.sharding.Sharding) places each array, default: the default device.
+  remain (`lm_head.weight` next to tied embeddings is accepted if equal to
+  the embedding as stored). `dtype` overrides the checkpoint dtype.
+
+  `shardings` places each array: None (default) the default device
+  (`jnp.asarray`); otherwise what `checkpoint.restore_params` takes: a Mesh
+  (`jaxllm.sharding.param_shardings(cfg, mesh)`, convenient because cfg is
+  only known once config.json is read), one Sharding for every array, or a
+  Params tree of Shardings. It is checked against the config before any
+  tensor data is read. The values are the same bits whatever the sharding.
+
+  Memory: tensors are read, converted and placed one at a time, so the host
+  holds at most about one tensor beyond the placed arrays: as stored, plus
+  its copy in our layout and `dtype` (the transposes copy), i.e. a small
+  multiple of the largest tensor (usually the embedding; plus the stored
+  lm_head while one beside tied embeddings is compared with them), never
+  the whole model. (Placing on the default device of a CPU backend is of
+  course host memory too.) Every process reads whole tensors from the files and
+  copies only its addressable shards to its devices (`place_array`); reading
+  only each process's slices from disk would need the layout transforms
+  (transposes, head splits) inverted per slice, which is not done.
 
   Raises:
     FileNotFoundError: no config.json / safetensors file (or a shard the
       index lists).
     ValueError: naming the file and field or tensor, for a bad config
       (`config_from_hf`), a corrupt file, or missing, unexpected or wrongly
-      shaped tensors.
+      shaped tensors; "load_hf: shardings ..." for a `shardings` that does
+      not fit the config (`resolve_shardings`).
   """
   cfg_path = os.path.join(ckpt_dir, "config.json")
   hf_cfg = _read_json(cfg_path)
   cfg = config_from_hf(hf_cfg, cfg_path, dtype=dtype)
   want = expected_tensors(cfg, hf_cfg["model_type"])
+  tree = resolve_shardings(cfg, shardings, "load_hf")
 
   where, shapes = _tensor_headers(ckpt_dir)
   extra_head = (
     cfg.tie_embeddings and "lm_head.weight" in where and "lm_head.weight" not in want
   )
   _check_tensor_names(ckpt_dir, cfg_path, want, where, shapes, extra_head)
-  top, layers = _read_tensors(cfg, want, where, extra_head)
+  top, layers = _read_tensors(
+    cfg, want, where, extra_head, lambda loc, x: place_array(x, sharding_at(tree, loc))
+  )
   params = Params(
     embed=top["embed"],
     layers=tuple(LayerParams(**d) for d in layers),
     final_norm=top["final_norm"],
     lm_head=top.get("lm_head"),
   )
-  if shardings is None:
-    params = jax.tree_util.tree_map(jnp.asarray, params)
-  else:
-    params = jax.device_put(params, shardings)
   return cfg, params
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib.util
 import os
 
-from jaxllm import gguf_io
+from jaxllm import gguf_io, hf
 from jaxllm.config import DTYPES, ModelConfig
 from jaxllm.params import Params
 from jaxllm.tokenizer import Tokenizer
@@ -49,18 +49,26 @@ def pretrained_path(name: str) -> str:
 
 
 def load_pretrained(
-  name: str, dtype: str = "float32"
+  name: str, dtype: str = "float32", shardings: hf.Shardings = None
 ) -> tuple[ModelConfig, Params, Tokenizer]:
   """(cfg, params, tokenizer) of a named checkpoint, params in `dtype`.
+
+  `shardings` places each array as it is dequantised (`gguf_io.load_gguf`):
+  None (default) the default device, a Mesh (the logical-axis rules,
+  `jaxllm.sharding.param_shardings`; the config is only known once the file
+  is read, so this is the handy form), one Sharding, or a Params tree of
+  Shardings.
 
   Raises:
     ValueError: an unknown `name` or `dtype`, a missing package (naming
       `make smollm`), or a file whose metadata is missing or of the wrong
-      type (naming the file and the key), before any weight is read.
+      type (naming the file and the key), before any weight is read; a
+      `shardings` that does not fit the model ("load_gguf: shardings ..."),
+      likewise before any weight is read.
   """
   if dtype not in DTYPES:
     raise ValueError(f"dtype {dtype!r} is not one of {DTYPES}")
   f = gguf_io.open_gguf(pretrained_path(name))
   tok = Tokenizer.from_gguf(f)  # metadata only: fails fast, before weights
-  cfg, params = gguf_io.load_gguf(f, dtype=dtype)
+  cfg, params = gguf_io.load_gguf(f, dtype=dtype, shardings=shardings)
   return cfg, params, tok
