@@ -68,7 +68,7 @@ from algorithms.stepping import (
   check_config_ids,
   compute_record,
   flatten_steps,
-  id_tuple,
+  normalize_step_config,
   prefill_and_fork,
   prepare_prompts,
   reorder,
@@ -76,7 +76,6 @@ from algorithms.stepping import (
 )
 from jaxllm.cache import flat_index
 from jaxllm.sampling import Sampling, make_sampling
-from jaxllm.validation import check_int, check_token_id
 
 TRACE_COUNT = {"beam_search": 0}  # incremented at trace time (compile checks)
 _WORST = -1e30  # rank of a live candidate with a NaN / -inf score
@@ -152,25 +151,16 @@ class BeamConfig:
   return_trace: bool = False
 
   def __post_init__(self):
-    for name in ("delimiter_ids", "stop_ids"):
-      object.__setattr__(
-        self, name, id_tuple(f"BeamConfig.{name}", getattr(self, name))
-      )
-    object.__setattr__(
-      self, "pad_id", check_token_id("BeamConfig.pad_id", self.pad_id, None)
+    normalize_step_config(
+      self,
+      "BeamConfig",
+      ("n_paths", "beam_width", "max_steps", "max_step_tokens"),
+      token_sequences=False,
     )
-    if self.cache_size is not None:
-      object.__setattr__(
-        self, "cache_size", check_int("BeamConfig.cache_size", self.cache_size, lo=1)
-      )
     if self.method not in GROUP_RULES:
       raise ValueError(
         f"BeamConfig.method must be one of {METHODS}, got {self.method!r}"
       )
-    for name in ("n_paths", "beam_width", "max_steps", "max_step_tokens"):
-      v = getattr(self, name)
-      if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"BeamConfig.{name} must be a positive int, got {v!r}")
     if self.n_paths % self.beam_width:
       raise ValueError(
         f"BeamConfig.n_paths={self.n_paths} must be a multiple of "

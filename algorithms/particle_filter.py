@@ -133,7 +133,6 @@ from algorithms.stepping import (
   compute_record,
   flatten_steps,
   forced_step,
-  id_sequences,
   merge_steps,
   prepare_prompts,
   sample_step,
@@ -141,7 +140,7 @@ from algorithms.stepping import (
 from jaxllm.cache import take_rows
 from jaxllm.decoding import fork_index
 from jaxllm.sampling import Sampling, make_sampling
-from jaxllm.validation import check_int, check_token_id, check_token_ids
+from jaxllm.validation import check_token_ids
 
 TRACE_COUNT = {"particle_filter": 0}  # incremented at trace time
 WEIGHTINGS = ("prm_logit", "smc")
@@ -207,21 +206,9 @@ class PFConfig:
   allow_no_stop: bool = False
 
   def __post_init__(self):
-    for name in ("delimiter_ids", "stop_ids"):
-      object.__setattr__(
-        self, name, id_sequences(f"PFConfig.{name}", getattr(self, name))
-      )
-    object.__setattr__(
-      self, "pad_id", check_token_id("PFConfig.pad_id", self.pad_id, None)
+    stepping.normalize_step_config(
+      self, "PFConfig", ("n_particles", "max_steps", "max_step_tokens", "n_sweeps")
     )
-    for name in ("n_particles", "max_steps", "max_step_tokens", "n_sweeps"):
-      v = getattr(self, name)
-      if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"PFConfig.{name} must be a positive int, got {v!r}")
-    if self.cache_size is not None:
-      object.__setattr__(
-        self, "cache_size", check_int("PFConfig.cache_size", self.cache_size, lo=1)
-      )
     if not self.stop_ids and not self.allow_no_stop:
       raise ValueError(
         "PFConfig.stop_ids is empty: particles could never "

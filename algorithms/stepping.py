@@ -291,6 +291,29 @@ def id_tuple(name: str, ids) -> tuple:
   return tuple(int(i) for i in arr)
 
 
+def normalize_step_config(config, prefix: str, positive, token_sequences=True):
+  """The checks every step-level search config shares, in its __post_init__:
+  `delimiter_ids` / `stop_ids` normalised (`id_sequences`, or `id_tuple` when
+  token_sequences is False), `pad_id` an id, the fields named in `positive`
+  positive ints, `cache_size` None or an int >= 1. Sets the normalised
+  values on the frozen dataclass `config`.
+
+  Raises:
+    ValueError: naming the field as `{prefix}.{field}`.
+  """
+  ids = id_sequences if token_sequences else id_tuple
+  put = lambda name, value: object.__setattr__(config, name, value)
+  for name in ("delimiter_ids", "stop_ids"):
+    put(name, ids(f"{prefix}.{name}", getattr(config, name)))
+  put("pad_id", check_token_id(f"{prefix}.pad_id", config.pad_id, None))
+  for name in positive:
+    v = getattr(config, name)
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+      raise ValueError(f"{prefix}.{name} must be a positive int, got {v!r}")
+  if config.cache_size is not None:
+    put("cache_size", check_int(f"{prefix}.cache_size", config.cache_size, lo=1))
+
+
 def check_config_ids(model, config, prefix: str) -> None:
   """Check a config's `delimiter_ids` / `stop_ids` (single ids or token
   sequences, `id_sequences`) against the model's vocabulary.
