@@ -160,9 +160,7 @@ def build_model(name: str, seed: int, dtype: str = "float32", mesh=None):
     shardings = None if mesh is None else sharding.param_shardings(cfg, mesh)
     params = init_params(cfg, jax.random.key(seed), shardings=shardings)
     return cfg, params, None
-  cfg, params, _ = workdir.load_pretrained(dtype=dtype)
-  if mesh is not None:
-    params = sharding.shard_params(params, cfg, mesh)
+  cfg, params, _ = workdir.load_pretrained(dtype=dtype, shardings=mesh)
   return cfg, params, "smollm2"
 
 
