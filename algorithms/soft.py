@@ -40,9 +40,9 @@ model's params):
                             (`exit_layers_B`, `exit_tokens_B`) for compute accounting.
   `early_exit_forward`       the pure function behind it (returns per-token depths).
 
-The early-exit layer loop re-implements the body of `jaxllm.model.forward` with the
-model's own pieces (norm, QKV, RoPE, attention, MLP), because `forward` cannot freeze
-rows between layers; `tests/test_soft.py` checks it against `forward`.
+The early-exit layer loop calls `jaxllm.model._layer` (forward's per-layer body) itself,
+because `forward` cannot freeze rows between layers; `tests/test_soft.py` checks it
+against `forward` and against a per-token reference.
 
 Shape letters: B rows, T new tokens, S cache slots, D width, V vocab, E exits,
 M tree nodes.
@@ -65,9 +65,8 @@ from jaxllm import cache as cache_lib
 from jaxllm.cache import KVCache
 from jaxllm.config import ModelConfig
 from jaxllm.decoding import Transformer, tree_ancestor_mask, tree_depths
+from jaxllm.model import _layer as model_layer  # one decoder layer, forward's body
 from jaxllm.model import (
-  _mlp,
-  _qkv,
   apply_rope,
   build_masks,
   forward,
@@ -375,7 +374,7 @@ def sub_model(cfg: ModelConfig, n: int) -> LayerSkipDraft:
 
 
 # ----------------------------------------------------------------------------------
-# Pieces of the transformer layer (the body of jaxllm.model.forward)
+# K/V of a layer from the stream entering it (state propagation, skipped layers)
 # ----------------------------------------------------------------------------------
 
 
@@ -388,27 +387,6 @@ def _kv_entries(lp, x_BxTxD, positions_BxT, inv_freq, cfg: ModelConfig):
   if lp.bk is not None:
     k, v = k + lp.bk, v + lp.bv
   return apply_rope(k, positions_BxT, inv_freq), v
-
-
-def _layer(lp, x, cfg, window_mask, k_buf, v_buf, lengths, positions, inv_freq, attend):
-  """One decoder layer with a cache write (the loop body of `forward`).
-  Returns (x_out, keys, values) with the new entries written at [lengths, +T)."""
-  h = rms_norm(x, lp.attn_norm, cfg)
-  q, k, v = _qkv(h, lp)
-  q = apply_rope(q, positions, inv_freq)
-  k = apply_rope(k, positions, inv_freq)
-  keys = cache_lib.write_new(k_buf, k, lengths, keys=True)
-  vals = cache_lib.write_new(v_buf, v, lengths)
-  o = attend(q, keys, vals, window_mask, cfg)
-  o = jnp.einsum("bthk,hkd->btd", o, lp.wo)
-  if lp.post_attn_norm is not None:
-    o = rms_norm(o, lp.post_attn_norm, cfg)
-  x = x + o
-  h = rms_norm(x, lp.mlp_norm, cfg)
-  m = _mlp(h, lp, cfg)
-  if lp.post_mlp_norm is not None:
-    m = rms_norm(m, lp.post_mlp_norm, cfg)
-  return x + m, keys, vals
 
 
 def _valid_count(tokens_BxS, valid_BxS):
@@ -672,17 +650,10 @@ def early_exit_forward(
   depth = jnp.full((B, T), L, jnp.int32)
   ks, vs = list(cache.k), list(cache.v)
   for i in range(L):
-    x_new, ks[i], vs[i] = _layer(
-      params.layers[i],
-      x,
-      cfg,
-      masks[cfg.windows[i]],
-      cache.k[i],
-      cache.v[i],
-      lengths,
-      positions_BxT,
-      inv_freq,
-      attend,
+    kv = (cache.k[i], cache.v[i], lengths)
+    mask = masks[cfg.windows[i]]
+    x_new, ks[i], vs[i] = model_layer(
+      x, params.layers[i], cfg, attend, positions_BxT, inv_freq, mask, kv
     )
     x = jnp.where(exited[..., None], x, x_new)  # exited tokens keep h_exit
     d = i + 1
