@@ -35,7 +35,7 @@ One iteration, step by step (each a function below)
   _expand    one step per working row (sampled, or a teacher-forced candidate)
   _score     score the new steps; children's tokens, costs g and f = g + h
   _push      push the live children (evict-worst keeps the Q best)
-  _rebuild_pool   pool slot i <- queue entry i, by one gather
+  _rebuild_pool   pool slot i <- queue entry i, by one blocked gather
 and after the loop: _answer (incumbent, or the best queued state) and
 _fallback (greedy completion when no complete state was popped).
 
@@ -44,15 +44,22 @@ State pool (how model states move)
 Each problem owns a pool of Q rows = the queue capacity: the model state row
 (KV cache) + next-token logits row + scorer state row + bookkeeping (solution
 tokens, length, depth, cost so far) of every queued state. After every push
-the pool is rebuilt as ONE gather (`reorder`) of concat(old pool, children),
-so that pool slot i holds queue entry i. A popped state's row is gathered into
-the working batch (K copies: the fork), expanded there, and its pool slot is
-simply not carried over. Evicted states are dropped the same way. So the pool
-never needs a free list, rows never alias, and all shapes are static:
-P problems x Q rows in the pool, P x B x K rows in the working batch. The
-concat assumes every leaf of a model / scorer state has the row axis first
-(true of `KVCache`, `BigramState` and the scorer states here; it is what
-`reorder = take(axis=0)` already assumes).
+the pool is rebuilt as ONE gather (`reorder`) from the old pool and the
+children, concatenated per problem (problem p's Q pool rows, then its W
+children), so that pool slot i holds queue entry i. A popped state's row is
+gathered into the working batch (K copies: the fork), expanded there, and its
+pool slot is simply not carried over. Evicted states are dropped the same way.
+So the pool never needs a free list, rows never alias, and all shapes are
+static: P problems x Q rows in the pool, P x B x K rows in the working batch.
+Every row gather (the prompts' fork into the pool, the fork into the working
+batch, the rebuild, the answer's rows) is blocked per problem: a [P, n] index
+relative to the problem's own rows (`jaxllm.cache.take_rows`), so with the
+problems split over the `data` mesh axis no gather moves rows between devices
+(tests/test_sharding.py checks the rebuild's and the fork's compiled HLO: no
+collective). The per-problem concat assumes every leaf of a model / scorer
+state has the row axis first, P equal blocks of rows (true of `KVCache`,
+`BigramState` and the scorer states here; it is what `reorder = take(axis=0)`
+already assumes).
 
 Costs g and heuristics h (small objects; config names via REGISTRY)
 -------------------------------------------------------------------
@@ -157,10 +164,11 @@ from algorithms.stepping import (
   id_tuple,
   prefill_prompts,
   reorder,
+  reorder_rows,
   sample_step,
 )
 from jaxllm import flops as flops_lib
-from jaxllm.decoding import fork_index
+from jaxllm.decoding import fork_rows
 from jaxllm.flops import model_config
 from jaxllm.generate import check_prompts
 from jaxllm.sampling import Sampling, make_sampling
@@ -601,11 +609,22 @@ class _Env(NamedTuple):
     return self.B * self.K
 
 
-def _concat_rows(a, b):
-  """Row-wise concatenation of two pytrees whose leaves have the row axis
-  first (the pool and the working batch). A*-only: the other searches keep a
-  fixed batch, so stepping has no such helper."""
-  return jax.tree_util.tree_map(lambda x, y: jnp.concatenate([x, y], 0), a, b)
+def _concat_rows(P: int, a, b):
+  """Per-problem row concatenation of two pytrees whose leaves have the row
+  axis first, P equal blocks each (the pool and the working batch): problem
+  p's rows of `a`, then its rows of `b`, then problem p + 1's, so each
+  problem's rows stay contiguous and a blocked [P, n] index (relative to the
+  problem's Ra + Rb rows, `jaxllm.cache.take_rows`) gathers from them.
+  A*-only: the other searches keep a fixed batch, so stepping has no such
+  helper."""
+
+  def cat(x, y):
+    bx = x.reshape((P, x.shape[0] // P) + x.shape[1:])
+    by = y.reshape((P, y.shape[0] // P) + y.shape[1:])
+    both = jnp.concatenate([bx, by], 1)
+    return both.reshape((-1,) + x.shape[1:])
+
+  return jax.tree_util.tree_map(cat, a, b)
 
 
 def _take_meta(meta: Meta, slot_PxB) -> Meta:
@@ -688,8 +707,9 @@ def _init(env: _Env, tokens_PxT, key):
     model_calls=jnp.int32(0),
     iterations=jnp.int32(0),
   )
-  # Pool slot p * Q + j starts as a copy of problem p's root (the P -> P * Q fork).
-  pool = reorder(env.model, env.scorer, root, fork_index(P, Q))
+  # Pool slot p * Q + j starts as a copy of problem p's root (the P -> P * Q
+  # fork, a blocked gather: zeros [P, Q]).
+  pool = reorder(env.model, env.scorer, root, fork_rows(P, Q))
   loop = SearchLoop(
     queue=queue, pool=pool, meta=meta, key=key, best=best, counts=counts
   )
@@ -752,14 +772,14 @@ def _pop(env: _Env, loop: SearchLoop, act_P):
 
 def _fork(env: _Env, pool: Rows, par: Meta, slot_PxB, expand_PxB):
   """K copies of every popped pool row form the working batch of N = P * B * K
-  rows (row (p * B + b) * K + k = child k of pop b of problem p).
+  rows (row (p * B + b) * K + k = child k of pop b of problem p), gathered by
+  the blocked index [P, B * K] of pool slots (relative to problem p's Q rows).
 
   Returns (Rows [N], parents Meta [N], act_N bool: the row is expanded)."""
-  P, Q, B, K = env.P, env.Q, env.B, env.K
+  P, B, K = env.P, env.B, env.K
   rep = lambda x: jnp.repeat(x.reshape((P * B,) + x.shape[2:]), K, axis=0)
-  src = rep(jnp.arange(P)[:, None] * Q + slot_PxB)
   return (
-    reorder(env.model, env.scorer, pool, src),
+    reorder(env.model, env.scorer, pool, jnp.repeat(slot_PxB, K, axis=1)),
     jax.tree_util.tree_map(rep, par),
     rep(expand_PxB),
   )
@@ -923,22 +943,20 @@ def _push(env: _Env, queue, counts: Counters, f_N, alive_N):
 def _rebuild_pool(
   env: _Env, loop: SearchLoop, queue, rows: Rows, child: Meta
 ) -> SearchLoop:
-  """Pool slot i <- queue entry i: ONE gather from concat(old pool [P * Q],
-  children [P * W]) (payload < Q: an old slot; >= Q: child payload - Q).
-  Queue payloads become 0..Q-1 again."""
+  """Pool slot i <- queue entry i: ONE blocked gather from the per-problem
+  concatenation of the old pool and the children (problem p's Q pool rows,
+  then its W children: `_concat_rows`), by the payloads [P, Q] themselves:
+  row `payload` of the problem's Q + W rows is its old slot `payload` (< Q)
+  or its child `payload - Q` (>= Q). Queue payloads become 0..Q-1 again."""
   P, Q, W = env.P, env.Q, env.W
-  pidx = jnp.arange(P)
   pl = jnp.where(queue.valid, queue.payload, jnp.arange(Q)[None, :])
-  gidx = jnp.where(
-    pl < Q, pidx[:, None] * Q + pl, P * Q + pidx[:, None] * W + (pl - Q)
-  ).reshape(-1)
   both = jax.tree_util.tree_map(
     lambda a, b: jnp.concatenate([a, b.reshape((P, W) + b.shape[1:])], 1),
     loop.meta,
     child,
   )
   return loop.replace(
-    pool=reorder(env.model, env.scorer, _concat_rows(loop.pool, rows), gidx),
+    pool=reorder(env.model, env.scorer, _concat_rows(P, loop.pool, rows), pl),
     meta=_take_meta(both, pl),
     queue=dataclasses.replace(
       queue, payload=jnp.broadcast_to(jnp.arange(Q, dtype=jnp.int32), (P, Q))
@@ -970,7 +988,6 @@ def _answer(env: _Env, loop: SearchLoop, root: Rows):
   answer is complete; its model rows (state, logits [P, V]) for the
   fallback)."""
   P, Q = env.P, env.Q
-  pidx = jnp.arange(P)
   q, inc = loop.queue, loop.best
   best_ok = q.valid[:, 0]
   best = jax.tree_util.tree_map(
@@ -986,10 +1003,14 @@ def _answer(env: _Env, loop: SearchLoop, root: Rows):
     f=jnp.where(found, inc.f, jnp.where(best_ok, q.f[:, 0], jnp.inf)),
     found=found | (best_ok & best.complete),
   )
-  src = jnp.where(best_ok, pidx * Q + q.payload[:, 0], P * Q + pidx)
-  st = env.model.reorder(_concat_rows(loop.pool.state, root.state), src)
-  lg = jnp.concatenate([loop.pool.logits_BxV, root.logits_BxV])[src]
-  return ans, st, lg
+  # blocked over problem p's Q pool rows + its root row (row Q)
+  src = jnp.where(best_ok, q.payload[:, 0], Q)[:, None]
+  return (ans,) + reorder_rows(
+    env.model,
+    _concat_rows(P, loop.pool.state, root.state),
+    _concat_rows(P, loop.pool.logits_BxV, root.logits_BxV),
+    src,
+  )
 
 
 def _fallback(env: _Env, ans: Incumbent, state, logits_PxV, key):

@@ -25,10 +25,10 @@ rest; `constrain` pins an intermediate to its logical sharding where
 propagation needs help. Measured on 8 CPU devices (tests/test_sharding.py):
 a decode step from a cache sharded by these rules keeps it sharded and moves
 only the step's new K/V entries; the prefill (`jaxllm.cache.write_new`, a
-per-row scatter) and the row gathers of forks, particle resampling and beam
-selection (`jaxllm.cache.take_rows` with a blocked [P, N] index) move
-nothing between devices when P divides the data axes. A flat row index makes
-GSPMD all-gather whole cache buffers (A*'s pool rebuild still uses one).
+per-row scatter) and the row gathers of forks, particle resampling, beam
+selection and A*'s fork and pool rebuild (`jaxllm.cache.take_rows` with a
+blocked [P, N] index) move nothing between devices when P divides the data
+axes. A flat row index makes GSPMD all-gather whole cache buffers.
 
 Arithmetic: with `model` > 1 the contractions over heads (attention output
 projection) and over d_ff (MLP down projection) become partial sums plus an
