@@ -62,6 +62,7 @@ import numpy as np
 
 from algorithms.drafts import LayerSkipDraft
 from jaxllm import cache as cache_lib
+from jaxllm import train as train_lib
 from jaxllm.cache import KVCache
 from jaxllm.config import ModelConfig
 from jaxllm.decoding import Transformer, tree_ancestor_mask, tree_depths
@@ -75,8 +76,7 @@ from jaxllm.model import (
   rms_norm,
   rope_inv_freq,
 )
-from jaxllm.train import cast_params, compute_config, segment_attention_mask
-from jaxllm.validation import check_int, check_token_ids, is_concrete
+from jaxllm.validation import check_int
 
 CONFIDENCES = ("max_prob", "margin")
 
@@ -214,13 +214,6 @@ def sample_exits(key, n_exits: int, k: int) -> jax.Array:
   )
 
 
-def _nll_terms(logits_BxTxV, targets_BxT, w_BxT):
-  logp = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32), axis=-1)
-  nll = -jnp.take_along_axis(logp, targets_BxT[..., None], axis=-1)[..., 0]
-  correct = (jnp.argmax(logits_BxTxV, -1) == targets_BxT).astype(jnp.float32)
-  return (nll * w_BxT).sum(), (correct * w_BxT).sum()
-
-
 def sorted_loss_terms(
   params,
   cfg: ModelConfig,
@@ -270,49 +263,56 @@ def sorted_loss_terms(
     exits_per_step = check_int("exits_per_step", exits_per_step, lo=1, hi=E)
     if key is None:
       raise ValueError("key is required when exits_per_step is set (exits are sampled)")
-  if tokens_BxT.shape != loss_mask_BxT.shape:
-    raise ValueError(
-      f"tokens {tokens_BxT.shape} and loss_mask {loss_mask_BxT.shape} must have the "
-      f"same shape"
-    )
-  if is_concrete(tokens_BxT):
-    check_token_ids("tokens_BxT", tokens_BxT, cfg.vocab_size)
-  ccfg = compute_config(cfg, compute_dtype)
-  if compute_dtype is not None:
-    params = cast_params(params, compute_dtype)
-  inputs = tokens_BxT[:, :-1]
-  mask = pos = None
-  if segment_ids_BxT is not None:
-    mask = segment_attention_mask(segment_ids_BxT[:, :-1])
-    pos = positions_BxT[:, :-1] if positions_BxT is not None else None
-  hidden = exit_hidden(
-    params, ccfg, inputs, exits, positions_BxT=pos, attn_mask_BxTxT=mask
+  inp = train_lib.lm_inputs(
+    params,
+    cfg,
+    tokens_BxT,
+    loss_mask_BxT,
+    segment_ids_BxT,
+    positions_BxT,
+    compute_dtype,
   )
-  targets = tokens_BxT[:, 1:]
-  w = loss_mask_BxT[:, 1:].astype(jnp.float32)
-  if segment_ids_BxT is not None:
-    w = w * (segment_ids_BxT[:, 1:] == segment_ids_BxT[:, :-1])
-  n = w.sum()
+  params, ccfg, targets, w = inp.params, inp.cfg, inp.targets_BxT, inp.weights_BxT
+  hidden = exit_hidden(
+    params,
+    ccfg,
+    inp.inputs_BxT,
+    exits,
+    positions_BxT=inp.positions_BxT,
+    attn_mask_BxTxT=inp.mask_BxTxT,
+  )
+  loss_sum, aux = _weighted_exit_nll(
+    params, ccfg, hidden, targets, w, w_np, exits, exits_per_step, key
+  )
+  return loss_sum, w.sum(), aux
+
+
+def _weighted_exit_nll(params, ccfg, hidden, targets, w, w_np, exits, k, key):
+  """`sorted_loss_terms`' sum over exits (all, or k sampled and scaled by E/k)
+  of w_e * NLL_e / sum_e w_e, with its aux sums."""
+  E = len(exits)
   total_w = float(w_np.sum())
   weights = jnp.asarray(w_np, jnp.float32)
   aux = {}
-  if exits_per_step is None:
+  if k is None:
     loss_sum = jnp.float32(0.0)
     for e, h in enumerate(hidden):
-      nll, corr = _nll_terms(lm_head(params, h, ccfg), targets, w)
+      nll, corr = train_lib.nll_terms(lm_head(params, h, ccfg), targets, w)
       loss_sum = loss_sum + weights[e] * nll
       aux[f"nll_exit{exits[e]}"] = nll
       aux[f"correct_exit{exits[e]}"] = corr
     aux["correct"] = corr
-    return loss_sum / total_w, n, aux
-  idx = sample_exits(key, E, exits_per_step)
+    return loss_sum / total_w, aux
+  idx = sample_exits(key, E, k)
   h_ExBxTxD = jnp.stack(hidden)
   loss_sum = jnp.float32(0.0)
-  for j in range(exits_per_step):
-    nll, corr = _nll_terms(lm_head(params, h_ExBxTxD[idx[j]], ccfg), targets, w)
+  for j in range(k):
+    nll, corr = train_lib.nll_terms(
+      lm_head(params, h_ExBxTxD[idx[j]], ccfg), targets, w
+    )
     loss_sum = loss_sum + weights[idx[j]] * nll
   aux["correct"] = corr  # idx is sorted: the deepest sampled exit
-  return loss_sum * (E / exits_per_step) / total_w, n, aux
+  return loss_sum * (E / k) / total_w, aux
 
 
 def sorted_loss_fn(
@@ -735,9 +735,8 @@ class EarlyExitDecoder:
     return self._run(params, state, tokens_BxS, n, n_valid_B=n)
 
   def reorder(self, state, index_N):
-    # The counters are gathered exactly as the cache's per-row lengths are (whatever
-    # row-index forms `jaxllm.cache.reorder` accepts: flat [N] or blocked [P, N]).
-    take = lambda x: cache_lib.reorder(KVCache(k=(), v=(), lengths=x), index_N).lengths
+    # the per-row counters gathered as the cache rows (flat [N] or blocked [P, N])
+    take = lambda x: cache_lib.take_rows(x, index_N)
     return EarlyExitState(
       cache_lib.reorder(state.cache, index_N),
       take(state.exit_layers_B),

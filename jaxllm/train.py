@@ -39,7 +39,7 @@ import dataclasses
 import functools
 import math
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -103,6 +103,54 @@ def lm_loss_terms(
       traced), if an id lies outside [0, cfg.vocab_size) (it would give a NaN
       loss; under jit check ids with the batch builders' `vocab_size=`).
   """
+  inp = lm_inputs(
+    params,
+    cfg,
+    tokens_BxT,
+    loss_mask_BxT,
+    segment_ids_BxT,
+    positions_BxT,
+    compute_dtype,
+  )
+  logits, _, _ = forward(
+    inp.params,
+    inp.inputs_BxT,
+    inp.cfg,
+    positions_BxT=inp.positions_BxT,
+    attn_mask_BxTxT=inp.mask_BxTxT,
+  )
+  nll_sum, n_correct = nll_terms(logits, inp.targets_BxT, inp.weights_BxT)
+  return nll_sum, inp.weights_BxT.sum(), n_correct
+
+
+class LMInputs(NamedTuple):
+  """What a next-token loss feeds the model and scores against (T' = T - 1)."""
+
+  params: Any  # the parameters, cast to the compute dtype if one is given
+  cfg: ModelConfig  # the config in the compute dtype
+  inputs_BxT: Any  # tokens[:, :-1]
+  positions_BxT: Any  # positions[:, :-1] when packed with positions, else None
+  mask_BxTxT: Any  # the packed segments' attention mask, else None
+  targets_BxT: Any  # tokens[:, 1:]
+  weights_BxT: Any  # float32: 1 where the target counts (loss mask, same segment)
+
+
+def lm_inputs(
+  params,
+  cfg: ModelConfig,
+  tokens_BxT,
+  loss_mask_BxT,
+  segment_ids_BxT=None,
+  positions_BxT=None,
+  compute_dtype: Optional[str] = None,
+) -> LMInputs:
+  """The shared set-up of next-token losses (`lm_loss_terms`, the SoFT loss):
+  position t predicts token t + 1, which counts iff loss_mask[t + 1] and, when
+  packed, it is in t's segment.
+
+  Raises:
+    ValueError: as `lm_loss_terms`.
+  """
   if tokens_BxT.shape != loss_mask_BxT.shape:
     raise ValueError(
       f"tokens {tokens_BxT.shape} and loss_mask "
@@ -113,22 +161,24 @@ def lm_loss_terms(
   ccfg = compute_config(cfg, compute_dtype)
   if compute_dtype is not None:
     params = cast_params(params, compute_dtype)
-  inputs = tokens_BxT[:, :-1]
-  mask = None
-  pos = None
+  mask = pos = None
   if segment_ids_BxT is not None:
     mask = segment_attention_mask(segment_ids_BxT[:, :-1])
     pos = positions_BxT[:, :-1] if positions_BxT is not None else None
-  logits, _, _ = forward(params, inputs, ccfg, positions_BxT=pos, attn_mask_BxTxT=mask)
-  logits = logits.astype(jnp.float32)
-  targets = tokens_BxT[:, 1:]
   w = loss_mask_BxT[:, 1:].astype(jnp.float32)
   if segment_ids_BxT is not None:
     w = w * (segment_ids_BxT[:, 1:] == segment_ids_BxT[:, :-1])
+  return LMInputs(params, ccfg, tokens_BxT[:, :-1], pos, mask, tokens_BxT[:, 1:], w)
+
+
+def nll_terms(logits_BxTxV, targets_BxT, weights_BxT):
+  """(summed weighted NLL in nats, weighted count of argmax-correct targets)
+  of next-token logits (computed in float32)."""
+  logits = logits_BxTxV.astype(jnp.float32)
   logp = jax.nn.log_softmax(logits, axis=-1)
-  nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-  correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
-  return (nll * w).sum(), w.sum(), (correct * w).sum()
+  nll = -jnp.take_along_axis(logp, targets_BxT[..., None], axis=-1)[..., 0]
+  correct = (jnp.argmax(logits, -1) == targets_BxT).astype(jnp.float32)
+  return (nll * weights_BxT).sum(), (correct * weights_BxT).sum()
 
 
 def lm_loss(
