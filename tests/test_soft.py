@@ -560,6 +560,69 @@ def test_generate_runs_on_every_decoder():
     assert out.tokens.shape == (4, 4)
 
 
+def _search_answers(model, params, prompts, key):
+  """Particle filtering, beam search and A* (confidence scorer, tiny settings)
+  on `model`: their token outputs."""
+  from algorithms import astar, beam_search, particle_filter
+  from algorithms.scorers import ConfidenceScorer
+
+  ids = dict(delimiter_ids=(0,), stop_ids=(7,))
+  pf = particle_filter.run_particle_filter(
+    model,
+    params,
+    ConfidenceScorer(),
+    None,
+    prompts,
+    key,
+    particle_filter.PFConfig(n_particles=4, max_steps=3, max_step_tokens=2, **ids),
+  )[0]
+  beam = beam_search.run_beam_search(
+    model,
+    params,
+    ConfidenceScorer(),
+    None,
+    prompts,
+    key,
+    beam_search.BeamConfig(
+      n_paths=4, beam_width=2, max_steps=3, max_step_tokens=2, **ids
+    ),
+  )[0]
+  a_star = astar.run_astar(
+    model,
+    params,
+    ConfidenceScorer(),
+    None,
+    prompts,
+    key,
+    astar.AStarConfig(
+      num_children=2,
+      capacity=8,
+      max_step_tokens=2,
+      max_solution_tokens=6,
+      heuristic="zero",
+      **ids,
+    ),
+  )[0]
+  return jax.tree_util.tree_map(np.asarray, (pf, beam, a_star))
+
+
+def test_searches_run_on_the_decoders():
+  """PF, beam and A* on the SoFT decoders: a depth-n sub-model searches exactly
+  as the standalone truncated Transformer does (same keys, same tokens), and
+  early exit that never exits as the full model; layer skipping runs."""
+  cfg, params = _tiny()
+  prompts, key = [[3, 1, 4], [2, 6]], jax.random.key(5)
+  sub = soft.sub_model(cfg, 2)
+  got = _search_answers(sub, params, prompts, key)
+  want = _search_answers(Transformer(sub.cfg), sub.sub_params(params), prompts, key)
+  chex.assert_trees_all_close(got, want, atol=1e-5, rtol=1e-5)
+  full = _search_answers(Transformer(cfg), params, prompts, key)
+  never = _search_answers(soft.EarlyExitDecoder(cfg, EXITS, 1.0), params, prompts, key)
+  chex.assert_trees_all_close(never, full, atol=1e-5, rtol=1e-5)
+  skip = _search_answers(soft.SkipDecoder.for_speedup(cfg, 2), params, prompts, key)
+  chex.assert_trees_all_equal_shapes(skip, full)
+
+
 # ----------------------------------------------------------------------------------
 # Self-speculation: a SoFT sub-model drafts for the full model, exactly
 # ----------------------------------------------------------------------------------
