@@ -33,7 +33,18 @@ params `standard/` and `soft/` with `model_config.json` (`workdir.load_model(
 workdir, "soft")`, e.g. for a self-speculative draft), and prints the table. Not resumable (a rerun recomputes everything); the workdir is
 locked against a second concurrent run.
 
-Not yet here (issue 15): the SmolLM2 run and the bench_speculative rows.
+SmolLM2 (`config.model_source = "smollm2"`, configs/soft_smollm2.py): `run` takes
+the `smollm2_run` branch instead: SmolLM2-135M-Instruct (`workdir.load_pretrained`)
+fine-tuned with the SoFT loss on its own temperature-1 answers to GSM8K-Symbolic
+variants (train_draft's data path: `workdir.chat_prompts` / `sample_answers`,
+cached as `<workdir>/data/*.npz` keyed by the data fields), windows of
+`finetune.seq_len` tokens with the loss on answer tokens; evaluated before and
+after on its answers to the original problems of the held-out templates: per exit,
+the next-token loss and the greedy next-token agreement with the full model of the
+same params (`exit_agreement`). Writes `soft/` + `model_config.json` (the
+bench_speculative `smollm_soft` pair), `config.json`, `results.json` (`rows`: stage
+x depth; `best_exit`: the shallower exit that agrees most after fine-tuning; the
+stage timings).
 """
 
 from __future__ import annotations
@@ -56,10 +67,12 @@ from experiments.tasks import arith
 from jaxllm import checkpoint, flops, train
 from jaxllm.decoding import Transformer
 from jaxllm.generate import generate, pad_prompts
+from jaxllm.model import lm_head
 from jaxllm.params import init_params
 from jaxllm.sampling import make_sampling
 
 DEFAULT_CONFIG = config_utils.config_path("soft_arith.py")
+SMOLLM2_CONFIG = config_utils.config_path("soft_smollm2.py")
 TOK = arith.TOKENIZER
 OPT_FIELDS = (
   "learning_rate",
@@ -70,12 +83,24 @@ OPT_FIELDS = (
 )
 
 
+def is_smollm2(config) -> bool:
+  """Whether `config` selects the SmolLM2 branch (`model_source = "smollm2"`)."""
+  return config is not None and config.get("model_source", "arith") == "smollm2"
+
+
+def schema_path(config) -> str:
+  """The configs/ file `config` is checked against (its branch's default)."""
+  return SMOLLM2_CONFIG if is_smollm2(config) else DEFAULT_CONFIG
+
+
 def validate_soft_config(config) -> None:
   """Check the config before anything is built.
 
   Raises:
     ValueError: naming the offending field.
   """
+  if is_smollm2(config):
+    return validate_smollm2_config(config)
   config_utils.check(config, config_utils.load_config_file(DEFAULT_CONFIG))
   config_utils.positive(
     config,
@@ -267,8 +292,9 @@ def _depth_nll(params, tokens, loss_mask, cfg, depths):
   return jnp.stack([aux[f"nll_exit{d}"] for d in depths]) / n
 
 
-def run(config, workdir: str, log=wd.progress) -> dict:
+def run(config, workdir: str, log=wd.progress, load=None) -> dict:
   """Train the start and both fine-tunes, evaluate every depth; returns the report.
+  With a SmolLM2 config, the `smollm2_run` branch (`load`: its model loader).
 
   Raises:
     ValueError: a bad config (naming the field), before anything is built.
@@ -276,6 +302,8 @@ def run(config, workdir: str, log=wd.progress) -> dict:
   """
   validate_soft_config(config)
   with wd.lock(workdir):
+    if is_smollm2(config):
+      return smollm2_run(config, workdir, log, load or wd.load_pretrained)
     return _run_locked(config, workdir, log)
 
 
@@ -438,9 +466,269 @@ def format_table(rows) -> str:
   return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------------
+# SmolLM2: a SoFT fine-tune on its own answers (configs/soft_smollm2.py)
+# ----------------------------------------------------------------------------------
+
+
+def validate_smollm2_config(config, cfg=None) -> None:
+  """Check a SmolLM2 config: fields and ranges before anything is loaded; with the
+  loaded model's ModelConfig `cfg`, the exits against its depth.
+
+  Raises:
+    ValueError: naming the offending field.
+  """
+  from experiments.tasks import gsm8k
+
+  config_utils.check(config, config_utils.load_config_file(SMOLLM2_CONFIG))
+  config_utils.positive(
+    config,
+    "data.train_templates",
+    "data.variants_per_template",
+    "data.max_new_tokens",
+    "data.gen_batch",
+    "finetune.steps",
+    "finetune.batch_size",
+    "finetune.seq_len",
+    "finetune.learning_rate",
+    "finetune.log_every",
+    "eval.n_answers",
+  )
+  config_utils.non_negative(config, "seed", *(f"finetune.{f}" for f in OPT_FIELDS[1:]))
+  T = config.data.train_templates
+  if not T < gsm8k.N_TEMPLATES:
+    raise ValueError(
+      f"config.data.train_templates must be < {gsm8k.N_TEMPLATES} (the rest are "
+      f"held out), got {T}"
+    )
+  if config.eval.n_answers > gsm8k.N_TEMPLATES - T:
+    raise ValueError(
+      f"config.eval.n_answers={config.eval.n_answers} exceeds the "
+      f"{gsm8k.N_TEMPLATES - T} held-out templates"
+    )
+  exits = tuple(config.soft.exits)
+  if not exits:
+    raise ValueError("config.soft.exits is empty")
+  k = config.soft.exits_per_step
+  if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= len(exits):
+    raise ValueError(
+      f"config.soft.exits_per_step must be an int in [0, {len(exits)}] (0: all), "
+      f"got {k!r}"
+    )
+  if cfg is not None:
+    try:
+      exits = soft.check_exits(cfg.n_layers, exits, "config.soft.exits")
+      soft.sorted_loss_fn(
+        cfg, exits, exit_weights=tuple(config.soft.exit_weights) or None
+      )
+    except ValueError as e:
+      raise ValueError(f"{e} (the model has {cfg.n_layers} layers)") from None
+
+
+def _data_file(config, what: str) -> str:
+  """The cache file of a data stage, named by every field that changes it."""
+  d = config.data
+  tag = f"s{config.seed}_t{d.train_templates}_n{d.max_new_tokens}_b{d.gen_batch}"
+  n = d.variants_per_template if what == "train" else config.eval.n_answers
+  return os.path.join("data", f"{what}_{tag}_v{n}.npz")
+
+
+def self_answers(config, workdir, model, params, tok, log) -> tuple:
+  """(train pairs, held-out pairs) of SmolLM2's own answers: [(sequence, prompt
+  length)], generated once and cached in `<workdir>/data`."""
+  from experiments.tasks import gsm8k
+
+  d = config.data
+  T = d.train_templates
+  stages = {
+    "train": (
+      lambda: gsm8k.generate_variants(
+        d.variants_per_template, seed=config.seed, template_ids=range(T)
+      ),
+      config.seed * 1000,
+    ),
+    "heldout": (lambda: gsm8k.load_original()[T:][: config.eval.n_answers], 10**6),
+  }
+  out = []
+  for what, (problems, seed) in stages.items():
+    path = os.path.join(workdir, _data_file(config, what))
+    if not os.path.exists(path):
+      t0 = time.perf_counter()
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      prompts = wd.chat_prompts(tok, problems())
+      got = wd.sample_answers(
+        model, params, tok, prompts, seed, d.max_new_tokens, d.gen_batch
+      )
+      wd.save_pairs(path, got)
+      log(
+        f"data {what}: {len(got)} answers, {sum(len(a) for _, a in got)} tokens, "
+        f"{time.perf_counter() - t0:.0f} s"
+      )
+    out.append(wd.load_pairs(path))
+  return tuple(out)
+
+
+def window_batch_fn(pairs, batch_size: int, seq_len: int, seed: int):
+  """batch_fn(step) -> {tokens, loss_mask} [batch_size, seq_len]: per row a random
+  pair and a window of it starting from 64 tokens before its answer to the answer's
+  middle (train_draft's windows); the loss on answer tokens only. Deterministic in
+  the step."""
+
+  def batch_fn(step):
+    rng = train.step_rng(seed, step)
+    tokens = np.zeros((batch_size, seq_len), np.int32)
+    mask = np.zeros((batch_size, seq_len), np.int32)
+    for b in range(batch_size):
+      s, pl = pairs[int(rng.integers(len(pairs)))]
+      pl = int(pl)
+      lo = max(0, pl - 64)
+      hi = max(lo, min(pl + (len(s) - pl) // 2, len(s) - 2))
+      o = int(rng.integers(lo, hi + 1))
+      seg = s[o : o + seq_len]
+      tokens[b, : len(seg)] = seg
+      mask[b, : len(seg)] = o + np.arange(len(seg)) >= pl  # answer tokens
+    return {"tokens": tokens, "loss_mask": mask}
+
+  return batch_fn
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _exit_stats(params, tokens_1xT, cfg, depths):
+  """Per depth: next-token NLL [T] and argmax [T] (the last depth is the full
+  model's when it is cfg.n_layers)."""
+  hidden = soft.exit_hidden(params, cfg, tokens_1xT, depths)
+  nll, top = [], []
+  targets = jnp.roll(tokens_1xT[0], -1)
+  for h in hidden:
+    lp = jax.nn.log_softmax(lm_head(params, h, cfg)[0].astype(jnp.float32), -1)
+    nll.append(-jnp.take_along_axis(lp, targets[:, None], -1)[:, 0])
+    top.append(jnp.argmax(lp, -1))
+  return jnp.stack(nll), jnp.stack(top)
+
+
+def exit_agreement(params, cfg, pairs, depths) -> dict:
+  """Per depth d in `depths` (the last one = cfg.n_layers): {loss (nats / answer
+  token), agreement (fraction of answer positions where depth d's greedy next
+  token equals the full model's), accuracy (its greedy next token is the text's)},
+  over the answer positions of `pairs` [(sequence, prompt length)], one sequence
+  per forward (padded to a bucket)."""
+  assert depths[-1] == cfg.n_layers
+  nll = [[] for _ in depths]
+  agree = [[] for _ in depths]
+  hit = [[] for _ in depths]
+  for s, pl in pairs:
+    s = np.asarray(s)
+    T = next(
+      (b for b in wd.ANSWER_BUCKETS if b >= len(s)), max(len(s), cfg.max_seq_len)
+    )
+    toks = np.pad(s, (0, T - len(s)))[None]
+    n_, t_ = _exit_stats(params, jnp.asarray(toks), cfg, tuple(depths))
+    n_, t_ = np.asarray(n_), np.asarray(t_)
+    sl = slice(int(pl) - 1, len(s) - 1)
+    for i in range(len(depths)):
+      nll[i].append(n_[i, sl])
+      agree[i].append(t_[i, sl] == t_[-1, sl])
+      hit[i].append(t_[i, sl] == s[int(pl) :])
+  return {
+    d: {
+      "loss": float(np.concatenate(nll[i]).mean()),
+      "agreement": float(np.concatenate(agree[i]).mean()),
+      "accuracy": float(np.concatenate(hit[i]).mean()),
+    }
+    for i, d in enumerate(depths)
+  }
+
+
+def smollm2_run(config, workdir: str, log=wd.progress, load=wd.load_pretrained):
+  """The SmolLM2 branch of `run` (under the workdir's lock): load, data, per-exit
+  eval of the pretrained model, the SoFT fine-tune, save, per-exit eval again.
+  `load(log=...)` -> (ModelConfig, params, tokenizer) (a stand-in in tests)."""
+  t_start = time.perf_counter()
+  cfg, params, tok = load(log=log)
+  validate_smollm2_config(config, cfg)
+  L = cfg.n_layers
+  exits = tuple(config.soft.exits)
+  depths = exits if exits[-1] == L else exits + (L,)
+  timing = {}
+  t0 = time.perf_counter()
+  pairs, held = self_answers(config, workdir, Transformer(cfg), params, tok, log)
+  timing["data_s"] = time.perf_counter() - t0
+  n_ans = sum(len(s) - int(pl) for s, pl in pairs)
+  log(f"data: {len(pairs)} train answers ({n_ans} answer tokens), {len(held)} held out")
+
+  t0 = time.perf_counter()
+  before = exit_agreement(params, cfg, held, depths)
+  timing["eval_before_s"] = time.perf_counter() - t0
+
+  ft = config.finetune
+  opt = tp.make_optimizer(ft)
+  k = config.soft.exits_per_step or None
+  w = tuple(config.soft.exit_weights) or None
+  step = train.make_train_step(
+    soft.sorted_loss_fn(cfg, exits, exit_weights=w, exits_per_step=k), opt
+  )
+  state = train.init_train_state(params, opt, jax.random.PRNGKey(config.seed))
+  t0 = time.perf_counter()
+  state, history = train.train_loop(
+    state,
+    step,
+    window_batch_fn(pairs, ft.batch_size, ft.seq_len, config.seed),
+    ft.steps,
+    log_every=ft.log_every,
+    log_fn=log,
+    tokens_fn=lambda b: int(b["loss_mask"].sum()),
+  )
+  timing["train_s"] = time.perf_counter() - t0
+  checkpoint.save_params(os.path.join(workdir, "soft"), state.params, overwrite=True)
+  checkpoint.save_model_config(os.path.join(workdir, checkpoint.MODEL_CONFIG_FILE), cfg)
+
+  t0 = time.perf_counter()
+  after = exit_agreement(state.params, cfg, held, depths)
+  timing["eval_after_s"] = time.perf_counter() - t0
+  rows = [
+    {"stage": stage, "depth": d, **m[d]}
+    for stage, m in (("pretrained", before), ("soft", after))
+    for d in depths
+  ]
+  shallow = [d for d in depths if d < L]
+  best = max(shallow, key=lambda d: after[d]["agreement"]) if shallow else L
+  timing["total_s"] = time.perf_counter() - t_start
+  report = {
+    "model_source": "smollm2",
+    "rows": rows,
+    "best_exit": best,
+    "n_layers": L,
+    "train_answers": len(pairs),
+    "train_answer_tokens": int(n_ans),
+    "heldout_answers": len(held),
+    "heldout_answer_tokens": int(sum(len(s) - int(pl) for s, pl in held)),
+    "history": history,
+    **timing,
+  }
+  wd.save_config(workdir, config)
+  wd.write_json_atomic(os.path.join(workdir, "results.json"), report, indent=2)
+  log(format_exit_table(rows))
+  log(
+    f"best exit {best}; data {timing['data_s']:.0f} s, fine-tune "
+    f"{timing['train_s']:.0f} s, total {timing['total_s']:.0f} s"
+  )
+  return report
+
+
+def format_exit_table(rows) -> str:
+  """The SmolLM2 rows as a plain-text table (one line per stage x depth)."""
+  lines = ["stage       depth    loss  agreement  accuracy"]
+  for r in rows:
+    lines.append(
+      f"{r['stage']:11s} {r['depth']:5d} {r['loss']:7.4f} {r['agreement']:10.3f} "
+      f"{r['accuracy']:9.3f}"
+    )
+  return "\n".join(lines)
+
+
 def main(argv):
   del argv
-  config = wd.config_from_flags(DEFAULT_CONFIG, check=check_run)
+  config = wd.config_from_flags(schema_path(flags.FLAGS.config), check=check_run)
   wd.run_cli(run, config, flags.FLAGS.workdir)
 
 

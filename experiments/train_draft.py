@@ -40,11 +40,10 @@ from __future__ import annotations
 import os
 import time
 
-from absl import app, flags
-
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
 
 from algorithms import drafts
 from experiments import distributed
@@ -52,10 +51,8 @@ from experiments import workdir as wd
 from experiments.tasks import gsm8k
 from jaxllm import train as train_lib
 from jaxllm.decoding import Transformer
-from jaxllm.generate import generate
 from jaxllm.model import forward
 from jaxllm.params import count_params
-from jaxllm.sampling import make_sampling
 
 FLAGS = flags.FLAGS
 wd.define_flags("results/smollm2/draft")
@@ -73,7 +70,7 @@ flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate.")
 flags.DEFINE_integer("eval_problems", 20, "Held-out originals for the eval.")
 flags.DEFINE_integer("seed", 0, "Seed.")
 
-BUCKETS = (256, 512)
+BUCKETS = wd.ANSWER_BUCKETS
 # Flags the cached stages (data shards, teacher.npz, heldout.npz) depend on;
 # the others (n_layers, vocab_subset, steps, ...) only change the training,
 # which every run redoes from scratch.
@@ -141,13 +138,8 @@ def validate_flags(cfg=None) -> None:
       )
 
 
-def chat_prompts(tok, problems):
-  return [
-    tok.apply_chat_template(
-      [{"role": "user", "content": gsm8k.format_prompt(p.question)}]
-    )
-    for p in problems
-  ]
+chat_prompts = wd.chat_prompts  # shared with experiments/soft.py (SmolLM2)
+ragged, save_pairs, load_pairs = wd.ragged, wd.save_pairs, wd.load_pairs
 
 
 def heldout_problems(n: int):
@@ -156,52 +148,12 @@ def heldout_problems(n: int):
   return [p for i, p in enumerate(orig) if i >= FLAGS.train_templates][:n]
 
 
-def ragged(arrays) -> np.ndarray:
-  """A 1-D object array holding `arrays` (np.array(..., dtype=object) would
-  make one 2-D array of objects when they all have the same length)."""
-  out = np.empty(len(arrays), dtype=object)
-  for i, a in enumerate(arrays):
-    out[i] = a
-  return out
-
-
-def save_pairs(path, pairs) -> None:
-  """(prompt ids, answer ids) pairs as one npz (atomically): `seqs` (prompt +
-  answer per pair, a `ragged` array) and `prompt_len`."""
-  wd.save_npz_atomic(
-    path,
-    seqs=ragged([np.array(p + a, np.int32) for p, a in pairs]),
-    prompt_len=np.array([len(p) for p, _ in pairs]),
-  )
-
-
-def load_pairs(path) -> list:
-  """[(sequence, prompt length)] of a `save_pairs` file."""
-  z = np.load(path, allow_pickle=True)  # our own file
-  return list(zip(z["seqs"], z["prompt_len"]))
-
-
 def sample_answers(model, params, tok, prompts, seed):
-  """SmolLM2 temperature-1 answers: list of (prompt ids, answer ids incl. EOS)."""
-  out = []
-  size = min(FLAGS.gen_batch, len(prompts))  # a short list is not padded to gen_batch
-  for i in range(0, len(prompts), size):
-    chunk = prompts[i : i + size]
-    n = len(chunk)
-    chunk = chunk + [chunk[-1]] * (size - n)  # one shape per bucket
-    g = generate(
-      model,
-      params,
-      chunk,
-      jax.random.key(seed + i),
-      FLAGS.max_new_tokens,
-      make_sampling(1.0),
-      stop_tokens=[tok.eos_id],
-      buckets=BUCKETS,
-    )
-    toks, lens = np.asarray(g.tokens), np.asarray(g.lengths)
-    out += [(chunk[j], toks[j, : lens[j]].tolist()) for j in range(n)]
-  return out
+  """SmolLM2 temperature-1 answers: list of (prompt ids, answer ids incl. EOS)
+  (`workdir.sample_answers` with --max_new_tokens and --gen_batch)."""
+  return wd.sample_answers(
+    model, params, tok, prompts, seed, FLAGS.max_new_tokens, FLAGS.gen_batch, BUCKETS
+  )
 
 
 def stage_data(model, params, tok):

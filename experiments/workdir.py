@@ -10,6 +10,9 @@ are checked by experiments/config_utils.py):
   JSONL rows (`read_rows`, `append_row`), `require_files`;
 - models: `load_model` / `load_policy` / `load_reward_models` (what the
   training scripts wrote) and `load_pretrained` (SmolLM2);
+- SmolLM2's own answers to GSM8K prompts (the data of experiments/train_draft.py
+  and experiments/soft.py's SmolLM2 config): `chat_prompts`, `sample_answers`,
+  `save_pairs` / `load_pairs`, `ragged`;
 - `progress` lines and `median_time` for benchmarks.
 
 A script that writes results takes `--workdir`; its main is thin:
@@ -430,6 +433,89 @@ def load_pretrained(
       f"{time.perf_counter() - t0:.1f}s on {jax.default_backend()}"
     )
   return cfg, params, tok
+
+
+# ------------------- SmolLM2's own answers (self-distillation) -------------------
+
+ANSWER_BUCKETS = (256, 512)  # prompt-length buckets of `sample_answers`
+
+
+def chat_prompts(tok, problems) -> list:
+  """Token ids of each GSM8K problem's prompt (`gsm8k.format_prompt`) as one user
+  turn in the tokenizer's chat template."""
+  from experiments.tasks import gsm8k
+
+  return [
+    tok.apply_chat_template(
+      [{"role": "user", "content": gsm8k.format_prompt(p.question)}]
+    )
+    for p in problems
+  ]
+
+
+def ragged(arrays) -> np.ndarray:
+  """A 1-D object array holding `arrays` (np.array(..., dtype=object) would
+  make one 2-D array of objects when they all have the same length)."""
+  out = np.empty(len(arrays), dtype=object)
+  for i, a in enumerate(arrays):
+    out[i] = a
+  return out
+
+
+def save_pairs(path, pairs) -> None:
+  """(prompt ids, answer ids) pairs as one npz (atomically): `seqs` (prompt +
+  answer per pair, a `ragged` array) and `prompt_len`."""
+  save_npz_atomic(
+    path,
+    seqs=ragged([np.array(list(p) + list(a), np.int32) for p, a in pairs]),
+    prompt_len=np.array([len(p) for p, _ in pairs]),
+  )
+
+
+def load_pairs(path) -> list:
+  """[(sequence, prompt length)] of a `save_pairs` file."""
+  z = np.load(path, allow_pickle=True)  # our own file
+  return list(zip(z["seqs"], z["prompt_len"]))
+
+
+def sample_answers(
+  model,
+  params,
+  tok,
+  prompts,
+  seed: int,
+  max_new_tokens: int,
+  gen_batch: int,
+  buckets=ANSWER_BUCKETS,
+) -> list:
+  """The model's temperature-1 answers to `prompts` (token id lists), `gen_batch`
+  prompts per `jaxllm.generate` call (the last call padded by repeating its last
+  prompt, so there is one shape per bucket), each up to `max_new_tokens` and
+  stopped at the tokenizer's EOS. Returns [(prompt ids, answer ids incl. EOS)]."""
+  import jax
+
+  from jaxllm.generate import generate
+  from jaxllm.sampling import make_sampling
+
+  out = []
+  size = min(gen_batch, len(prompts))  # a short list is not padded to gen_batch
+  for i in range(0, len(prompts), size):
+    chunk = prompts[i : i + size]
+    n = len(chunk)
+    chunk = chunk + [chunk[-1]] * (size - n)
+    g = generate(
+      model,
+      params,
+      chunk,
+      jax.random.key(seed + i),
+      max_new_tokens,
+      make_sampling(1.0),
+      stop_tokens=[tok.eos_id],
+      buckets=buckets,
+    )
+    toks, lens = np.asarray(g.tokens), np.asarray(g.lengths)
+    out += [(chunk[j], toks[j, : lens[j]].tolist()) for j in range(n)]
+  return out
 
 
 # ------------------------- progress and benchmarks -------------------------

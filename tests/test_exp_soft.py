@@ -82,3 +82,100 @@ def test_bad_config_is_refused_before_anything_runs(tmp_path, field, value, matc
   with pytest.raises(ValueError, match=match):
     exp.run(c, str(tmp_path / "w"), log=lambda s: None)
   assert not os.path.exists(tmp_path / "w")
+
+
+# ----------------------------------------------------------------------------------
+# The SmolLM2 branch (configs/soft_smollm2.py), a tiny random Llama-like stand-in
+# ----------------------------------------------------------------------------------
+
+
+class _WordTokenizer:
+  """A stand-in for SmolLM2's tokenizer: one id per word (hashed), EOS = 1."""
+
+  eos_id = 1
+
+  def apply_chat_template(self, messages):
+    text = " ".join(m["content"] for m in messages)
+    return [2] + [2 + sum(map(ord, w)) % 60 for w in text.split()][:200]
+
+
+def _tiny_smollm2_config():
+  c = config_utils.load_config_file(os.path.join(ROOT, "configs", "soft_smollm2.py"))
+  c.data.train_templates = 3
+  c.data.max_new_tokens = 4
+  c.data.gen_batch = 2
+  c.finetune.steps = 2
+  c.finetune.batch_size = 2
+  c.finetune.seq_len = 32
+  c.finetune.log_every = 1
+  c.soft.exits = (1, 2)
+  c.eval.n_answers = 2
+  return c
+
+
+def _tiny_load(log=None):
+  import jax
+
+  from jaxllm.params import init_params
+  from tests._tiny_models import three_layer_config
+
+  cfg = three_layer_config(64, d_model=16, n_heads=2, n_kv_heads=1, max_seq_len=600)
+  return cfg, init_params(cfg, jax.random.PRNGKey(0)), _WordTokenizer()
+
+
+def test_smollm2_branch_runs_end_to_end(tmp_path):
+  from experiments.tasks import gsm8k
+
+  if not gsm8k.data_available():
+    pytest.skip("no GSM8K data (make gsm8k-data)")
+  c = _tiny_smollm2_config()
+  assert exp.schema_path(c) == exp.SMOLLM2_CONFIG
+  report = exp.run(c, str(tmp_path), log=lambda s: None, load=_tiny_load)
+  assert [(r["stage"], r["depth"]) for r in report["rows"]] == [
+    (s, d) for s in ("pretrained", "soft") for d in (1, 2, 3)
+  ]
+  for r in report["rows"]:
+    assert r["loss"] > 0 and 0 <= r["agreement"] <= 1 and 0 <= r["accuracy"] <= 1
+    if r["depth"] == 3:
+      assert r["agreement"] == 1.0  # the full model agrees with itself
+  assert report["best_exit"] in (1, 2)
+  assert report["train_answers"] == 3 and report["heldout_answers"] == 2
+  assert len(report["history"]) == 2
+  cfg, params = wd.load_model(str(tmp_path), "soft")
+  assert cfg.n_layers == 3 and len(params.layers) == 3
+  data = sorted(os.listdir(tmp_path / "data"))
+  assert len(data) == 2
+  # A rerun reuses the cached answers (same files, nothing regenerated).
+  mtimes = [os.path.getmtime(tmp_path / "data" / f) for f in data]
+  exp.run(c, str(tmp_path), log=lambda s: None, load=_tiny_load)
+  assert [os.path.getmtime(tmp_path / "data" / f) for f in data] == mtimes
+
+
+@pytest.mark.parametrize(
+  "field,value,match",
+  [
+    ("data.train_templates", 100, "train_templates"),
+    ("eval.n_answers", 98, "n_answers"),
+    ("finetune.steps", 0, "finetune.steps"),
+    ("soft.exits_per_step", 5, "exits_per_step"),
+    ("soft.exits", (), "soft.exits"),
+  ],
+)
+def test_bad_smollm2_config_is_refused_before_loading(tmp_path, field, value, match):
+  c = _tiny_smollm2_config()
+  section, name = field.split(".")
+  c[section][name] = value
+
+  def load(log=None):
+    raise AssertionError("loaded before the config was checked")
+
+  with pytest.raises(ValueError, match=match):
+    exp.run(c, str(tmp_path / "w"), log=lambda s: None, load=load)
+  assert not os.path.exists(tmp_path / "w")
+
+
+def test_smollm2_exits_are_checked_against_the_loaded_model(tmp_path):
+  c = _tiny_smollm2_config()
+  c.soft.exits = (2, 4)  # the stand-in has 3 layers
+  with pytest.raises(ValueError, match="3 layers"):
+    exp.run(c, str(tmp_path), log=lambda s: None, load=_tiny_load)
