@@ -20,8 +20,16 @@ with its first `--tiny_draft_layers` layers as the draft (a random 3-layer pair 
 policy is there); `smollm` = SmolLM2-135M with its first `--smollm_draft_layers` of 30
 layers as the draft (skipped with a message if the GGUF package is not installed);
 `smollm_distilled` = SmolLM2-135M with the sub-vocabulary draft distilled by
-experiments/train_draft.py (results/smollm2/draft), on held-out GSM8K problems.
-The layer-skipped drafts are untrained early exits (no SoFT): expect low acceptance.
+experiments/train_draft.py (results/smollm2/draft), on held-out GSM8K problems;
+`smollm_soft` = self-speculation: SmolLM2-135M SoFT-fine-tuned by experiments/soft.py
+(configs/soft_smollm2.py, `--soft_dir`) as the target, with its own first
+`--soft_draft_layers` layers + the shared final norm and head as the draft
+(`algorithms.soft.sub_model`; 0: the run's `best_exit`, the exit that agreed most
+with the full model), on the same held-out GSM8K problems (skipped with a message
+if that run's params are not there). Its target is the fine-tuned model, not the
+original: its tau / speed-up compare drafts, each against its own target.
+The `tiny` / `smollm` layer-skipped drafts are untrained early exits (no SoFT):
+expect low acceptance.
 
   python -m experiments.bench_speculative                         # ~5 min on 2 CPUs
   python -m experiments.bench_speculative --pairs=tiny --budgets=4,8,16,32
@@ -29,6 +37,8 @@ The layer-skipped drafts are untrained early exits (no SoFT): expect low accepta
       --smollm_budgets=4,8,16 --max_new_tokens=64 --prompts=4
   python -m experiments.bench_speculative --pairs=smollm_distilled \
       --distilled_budgets=4,8 --max_new_tokens=64
+  python -m experiments.bench_speculative --pairs=smollm_soft \
+      --soft_dir=results/soft_smollm2 --soft_budgets=4,8
 
 Trees come from the registry in algorithms/spec_trees.py: `tree_for_budget(method,
 budget, width)` with width 2 up to budget 8 and 4 above (`budget_width`), and
@@ -52,27 +62,27 @@ import json
 import os
 import time
 
-from absl import app, flags, logging
-
 import jax
 import numpy as np
+from absl import app, flags, logging
 
+from algorithms import soft
 from algorithms import spec_trees as st
 from algorithms.drafts import LayerSkipDraft, load_draft
 from algorithms.speculative import SpecConfig, speculative_generate
+from experiments import distributed
 from jaxllm import flops as flops_lib
-from jaxllm.generate import generate
-from jaxllm.sampling import make_sampling
 from jaxllm.config import ModelConfig
 from jaxllm.decoding import Transformer
+from jaxllm.generate import generate
 from jaxllm.params import init_params
-from experiments import distributed
+from jaxllm.sampling import make_sampling
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list(
   "pairs",
-  ["tiny", "smollm", "smollm_distilled"],
-  "Model pairs: tiny, smollm, smollm_distilled.",
+  ["tiny", "smollm", "smollm_distilled", "smollm_soft"],
+  "Model pairs: tiny, smollm, smollm_distilled, smollm_soft.",
 )
 flags.DEFINE_list(
   "budgets", ["4", "8", "16", "32"], "Draft tokens per target call (tiny)."
@@ -94,6 +104,17 @@ flags.DEFINE_list(
 )
 flags.DEFINE_list("distilled_budgets", ["4", "8"], "Budgets (smollm_distilled).")
 flags.DEFINE_integer("distilled_prompts", 2, "Held-out GSM8K prompts (distilled).")
+flags.DEFINE_string(
+  "soft_dir",
+  "results/soft_smollm2",
+  "SoFT-fine-tuned SmolLM2 (experiments/soft.py --config=configs/soft_smollm2.py).",
+)
+flags.DEFINE_integer(
+  "soft_draft_layers", 0, "Self-speculative draft depth (0: the run's best_exit)."
+)
+flags.DEFINE_list("soft_methods", ["chain", "iid", "rsd_c", "rsd_s"], "Methods (soft).")
+flags.DEFINE_list("soft_budgets", ["4", "8"], "Budgets (smollm_soft).")
+flags.DEFINE_integer("soft_prompts", 2, "Held-out GSM8K prompts (smollm_soft).")
 flags.DEFINE_string("policy_dir", "results/arith/policy", "Trained arith policy.")
 flags.DEFINE_integer("max_new_tokens", 32, "Tokens per prompt.")
 flags.DEFINE_integer("prompts", 4, "Prompts per config (tiny), each run at batch 1.")
@@ -105,7 +126,7 @@ flags.DEFINE_string("out", "results/bench_speculative.json", "JSON output path."
 flags.DEFINE_integer("seed", 0, "Seed.")
 
 
-PAIRS = ("tiny", "smollm", "smollm_distilled")
+PAIRS = ("tiny", "smollm", "smollm_distilled", "smollm_soft")
 METHODS = tuple(n for n in st.TREES if st.make_tree(n).uses_draft)  # tree methods
 DEPTH_WIDTH = 4  # leaves of the equal-depth trees
 SMOLLM_PROMPTS = 4  # texts in smollm_pair
@@ -122,6 +143,8 @@ def _pair_flags(pair: str):
       "smollm_budgets",
       FLAGS.depth if FLAGS.smollm_equal_depth else 0,
     )
+  if pair == "smollm_soft":
+    return "soft_methods", "soft_budgets", 0
   return "distilled_methods", "distilled_budgets", 0
 
 
@@ -139,6 +162,7 @@ def validate_flags() -> None:
     "repeats",
     "smollm_repeats",
     "distilled_prompts",
+    "soft_prompts",
     "tiny_draft_layers",
     "smollm_draft_layers",
   ):
@@ -157,6 +181,11 @@ def validate_flags() -> None:
     raise app.UsageError(
       f"--smollm_draft_layers={FLAGS.smollm_draft_layers} "
       f"exceeds SmolLM2's {SMOLLM_LAYERS} layers"
+    )
+  if not 0 <= FLAGS.soft_draft_layers < SMOLLM_LAYERS:
+    raise app.UsageError(
+      f"--soft_draft_layers must be in [0, {SMOLLM_LAYERS}) (0: the run's best "
+      f"exit), got {FLAGS.soft_draft_layers}"
     )
   if not FLAGS.pairs:
     raise app.UsageError(f"--pairs is empty; choose from {PAIRS}")
@@ -302,6 +331,43 @@ def smollm_distilled_pair():
     for p in held
   ]
   return "smollm2-135m+distilled", cfg, params, draft, dparams, prompts
+
+
+def smollm_soft_pair():
+  """The SoFT-fine-tuned SmolLM2 (--soft_dir, experiments/soft.py) and its own
+  depth-n sub-model as the draft, on the ORIGINAL GSM8K problems of the templates
+  that run held out (its config's data.train_templates)."""
+  from experiments import workdir as wd
+
+  d = FLAGS.soft_dir
+  if not os.path.isdir(os.path.join(d, "soft")) or not os.path.exists(
+    os.path.join(d, "model_config.json")
+  ):
+    print(
+      f"skipping smollm_soft: no SoFT params at {d}/soft (python -m "
+      "experiments.soft --config=configs/soft_smollm2.py --workdir=" + d + ")"
+    )
+    return None
+  res = wd.read_json(os.path.join(d, wd.RESULTS_FILE)) or {}
+  n = FLAGS.soft_draft_layers or res.get("best_exit")
+  if not n:
+    print(
+      f"skipping smollm_soft: no best_exit in {d}/results.json; pass a depth "
+      "with --soft_draft_layers"
+    )
+    return None
+  got = _smollm()  # the tokenizer (the params are replaced by the fine-tuned ones)
+  if got is None:
+    return None
+  _, _, tok = got
+  cfg, params = wd.load_model(d, "soft")
+  conf = wd.read_json(os.path.join(d, wd.CONFIG_FILE)) or {}
+  T = int(conf.get("data", {}).get("train_templates", 80))
+  from experiments.tasks import gsm8k
+
+  held = gsm8k.load_original()[T:][: FLAGS.soft_prompts]
+  draft = soft.sub_model(cfg, int(n))
+  return "smollm2-135m-soft", cfg, params, draft, params, wd.chat_prompts(tok, held)
 
 
 def run_config(target, params, draft, dparams, c: SpecConfig, prompts, seed, repeats):
@@ -480,6 +546,14 @@ def main(argv):
         smollm_distilled_pair(),
         FLAGS.distilled_methods,
         FLAGS.distilled_budgets,
+        0,
+        FLAGS.smollm_repeats,
+      )
+    elif pair == "smollm_soft":
+      got, methods, budgets, depth, repeats = (
+        smollm_soft_pair(),
+        FLAGS.soft_methods,
+        FLAGS.soft_budgets,
         0,
         FLAGS.smollm_repeats,
       )

@@ -179,3 +179,35 @@ def test_smollm2_exits_are_checked_against_the_loaded_model(tmp_path):
   c.soft.exits = (2, 4)  # the stand-in has 3 layers
   with pytest.raises(ValueError, match="3 layers"):
     exp.run(c, str(tmp_path), log=lambda s: None, load=_tiny_load)
+
+
+def _bench(tmp_path, *args):
+  import subprocess
+  import sys
+
+  return subprocess.run(
+    [sys.executable, "-m", "experiments.bench_speculative", f"--out={tmp_path}/o.json"]
+    + list(args),
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    timeout=300,
+  )
+
+
+def test_bench_smollm_soft_pair_skips_without_a_soft_run(tmp_path):
+  proc = _bench(tmp_path, "--pairs=smollm_soft", f"--soft_dir={tmp_path}/none")
+  assert proc.returncode == 0, proc.stderr
+  assert "skipping smollm_soft: no SoFT params" in proc.stdout
+  with open(tmp_path / "o.json") as f:
+    assert json.load(f)["pairs"] == []
+
+
+def test_bench_smollm_soft_flags_are_checked(tmp_path):
+  proc = _bench(tmp_path, "--pairs=smollm_soft", "--soft_draft_layers=30")
+  assert proc.returncode != 0 and "--soft_draft_layers must be in [0, 30)" in (
+    proc.stderr
+  )
+  proc = _bench(tmp_path, "--pairs=smollm_soft", "--soft_budgets=4,10")
+  assert proc.returncode != 0 and "--soft_budgets" in proc.stderr
