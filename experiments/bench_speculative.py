@@ -324,12 +324,9 @@ def smollm_distilled_pair():
 
   orig = gsm8k.load_original()
   held = orig[int(meta.get("train_templates", 80)) :][: FLAGS.distilled_prompts]
-  prompts = [
-    tok.apply_chat_template(
-      [{"role": "user", "content": gsm8k.format_prompt(p.question)}]
-    )
-    for p in held
-  ]
+  from experiments import workdir as wd
+
+  prompts = wd.chat_prompts(tok, held)
   return "smollm2-135m+distilled", cfg, params, draft, dparams, prompts
 
 
