@@ -83,7 +83,17 @@ def validate_flags() -> list[int]:
   workdir.flags_at_least(4, "prompt_len")
   workdir.flags_at_least(1, "new_tokens", "repeats")
   workdir.flags_at_least(0, "torch_threads")
+  if FLAGS.model in CONFIGS:  # the random-weight configs' context is known now
+    _check_context(RANDOM_CONTEXT)
   return batches
+
+
+def _check_context(max_seq_len: int) -> None:
+  if FLAGS.prompt_len + FLAGS.new_tokens > max_seq_len:
+    raise app.UsageError(
+      f"--prompt_len={FLAGS.prompt_len} + --new_tokens="
+      f"{FLAGS.new_tokens} exceeds the model's context ({max_seq_len})"
+    )
 
 
 def _write_json(result) -> str:
@@ -135,6 +145,7 @@ def measure_ceilings(repeats: int = 5, dtype: str = "float32", n: int = 0) -> di
 
 
 # Random-weight Llama configs: the 40M CPU model and the Llama-3.2-1B shape.
+RANDOM_CONTEXT = 1024  # their max_seq_len
 CONFIGS = dict(
   llama40m=dict(
     vocab_size=32000, d_model=512, n_layers=8, n_heads=8, n_kv_heads=4, d_ff=1408
@@ -260,8 +271,8 @@ def main(argv):
 def run(batches) -> str:
   """Every batch size, the table and the recompilation check; returns the
   JSON's path."""
+  distributed.maybe_initialize()  # before any other JAX call
   print(f"devices: {jax.devices()}")
-  distributed.maybe_initialize()
   if jax.process_count() > 1:
     raise app.UsageError(
       "bench_decode times one process; give it one (--mesh "
@@ -279,13 +290,11 @@ def run(batches) -> str:
       raise app.UsageError(
         f"--batches {bad} not divisible by the mesh's data-parallel size {n_data}"
       )
-  cfg, params, _ = build_model(FLAGS.model, FLAGS.seed, FLAGS.dtype, mesh)
-  if FLAGS.prompt_len + FLAGS.new_tokens > cfg.max_seq_len:
-    raise app.UsageError(
-      f"--prompt_len={FLAGS.prompt_len} + --new_tokens="
-      f"{FLAGS.new_tokens} exceeds the model's context "
-      f"({cfg.max_seq_len})"
-    )
+  try:  # a mesh axis that does not divide the model's heads, named
+    cfg, params, _ = build_model(FLAGS.model, FLAGS.seed, FLAGS.dtype, mesh)
+  except ValueError as e:
+    raise app.UsageError(f"--mesh={FLAGS.mesh!r} / --model={FLAGS.model}: {e}") from e
+  _check_context(cfg.max_seq_len)
   ceil = measure_ceilings(dtype=FLAGS.dtype, n=FLAGS.ceiling_n)
   print(
     f"ceilings: matmul {ceil['matmul_flops'] / 1e9:.1f} GFLOP/s "

@@ -39,10 +39,9 @@ import os
 import pickle
 from typing import Any, Callable, Optional, Sequence
 
-from absl import flags
-
 import jax
 import numpy as np
+from absl import flags
 
 FLAGS = flags.FLAGS
 MODES = ("auto", "on", "off")
@@ -155,8 +154,9 @@ def maybe_initialize(
 
   Raises:
     ValueError: an unknown mode; a process_id outside [0, num_processes);
-      num_processes < 1; num_processes > 1 without a coordinator address
-      outside a recognised cluster.
+      num_processes < 1; num_processes > 1 without a coordinator address, or a
+      coordinator address without num_processes and process_id, outside a
+      recognised cluster.
     RuntimeError: from jax.distributed.initialize, e.g. when JAX's backend is
       already initialised or the coordinator cannot be reached within
       `timeout_s` seconds.
@@ -195,6 +195,16 @@ def maybe_initialize(
         f"--num_processes={num_processes} needs "
         "--coordinator_address=HOST:PORT (process 0's "
         "address) outside SLURM / Open MPI / TPU pods"
+      )
+    if explicit and cluster is None and (num_processes is None or process_id is None):
+      missing = [
+        f"--{n}"
+        for n, v in (("num_processes", num_processes), ("process_id", process_id))
+        if v is None
+      ]
+      raise ValueError(
+        f"--coordinator_address={coordinator_address} also needs "
+        f"{' and '.join(missing)} outside SLURM / Open MPI / TPU pods"
       )
   if "jax_cpu_collectives_implementation" in jax.config.values and jax.config.values[
     "jax_cpu_collectives_implementation"

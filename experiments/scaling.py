@@ -269,7 +269,12 @@ def check_sweep(config, out_dir) -> SweepPlan:
     ValueError: naming the offending config field(s).
   """
   plan = validate_sweep(config)
-  _pin(config, out_dir, check_only=True)
+  # With several processes only process 0 reads the workdir: its checks run
+  # in `prepare` (under distributed.run_together), which stops every process
+  # with process 0's message; a local check here would stop one process alone
+  # and leave the others waiting in jax.distributed.
+  if jax.process_count() == 1:
+    _pin(config, out_dir, check_only=True)
   return plan
 
 

@@ -27,8 +27,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxllm.config import ModelConfig
+from jaxllm.validation import is_concrete
 
 K_LAYOUT = "bkds"  # keys: [B, Kv, K, S] (transposed)
 V_LAYOUT = "bksd"  # values: [B, Kv, S, K]
@@ -167,16 +169,26 @@ def take_rows(x, index, axis: int = 0):
   makes GSPMD all-gather the whole operand, the blocked one moves nothing).
 
   Raises:
-    ValueError: if index is not 1-D or 2-D, or P does not divide B.
+    ValueError: if index is not 1-D or 2-D, P does not divide B, or a concrete
+      (not traced) index is out of range. A traced index is not checked: out
+      of range, jnp.take's fill value (NaN, or the int minimum) comes back.
   """
+  B = x.shape[axis]
+  if index.ndim not in (1, 2):
+    raise ValueError(f"take_rows: index must be [N] or [P, N], got {index.shape}")
+  if index.ndim == 2 and B % index.shape[0]:
+    raise ValueError(f"take_rows: {index.shape[0]} blocks do not divide {B} rows")
+  rows = B if index.ndim == 1 else B // index.shape[0]
+  if is_concrete(index) and index.size:
+    lo, hi = int(np.min(index)), int(np.max(index))
+    if lo < 0 or hi >= rows:
+      raise ValueError(
+        f"take_rows: index values [{lo}, {hi}] outside [0, {rows}) "
+        f"({'rows' if index.ndim == 1 else 'rows per block'})"
+      )
   if index.ndim == 1:
     return jnp.take(x, index, axis=axis)
-  if index.ndim != 2:
-    raise ValueError(f"take_rows: index must be [N] or [P, N], got {index.shape}")
   P, N = index.shape
-  B = x.shape[axis]
-  if B % P:
-    raise ValueError(f"take_rows: {P} blocks do not divide {B} rows")
   xb = jnp.moveaxis(x, axis, 0).reshape(
     (P, B // P) + x.shape[:axis] + x.shape[axis + 1 :]
   )

@@ -44,6 +44,10 @@ def test_take_rows_rejects_bad_index():
     cache_lib.take_rows(x, jnp.zeros((4, 2), jnp.int32))
   with pytest.raises(ValueError, match=r"\[N\] or \[P, N\]"):
     cache_lib.take_rows(x, jnp.zeros((1, 2, 3), jnp.int32))
+  with pytest.raises(ValueError, match=r"\[0, 3\] outside \[0, 3\)"):
+    cache_lib.take_rows(x, jnp.array([[3, 0], [0, 0]], jnp.int32))  # blocks of 3
+  with pytest.raises(ValueError, match=r"\[-1, 0\] outside \[0, 6\)"):
+    cache_lib.take_rows(x, jnp.array([0, -1], jnp.int32))
 
 
 def _cfg():
