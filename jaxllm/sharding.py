@@ -388,12 +388,14 @@ def shard_batch(x, mesh: Mesh, rules=RULES):
   data-parallel mesh axes (`batch_sharding`); other dimensions replicated.
 
   Raises:
-    ValueError: a leaf whose dimension 0 is not divisible by the
-      data-parallel size, naming both numbers.
+    ValueError: a scalar leaf, or a leaf whose dimension 0 is not divisible by
+      the data-parallel size, naming both numbers.
   """
 
   def one(a):
     a = a if isinstance(a, jax.Array) else np.asarray(a)
+    if a.ndim == 0:
+      raise ValueError("shard_batch: a scalar has no population (batch) axis")
     return jax.device_put(
       a, batch_sharding(mesh, a.ndim, batch=a.shape[0], rules=rules)
     )
