@@ -65,12 +65,11 @@ from algorithms.stepping import (
   STOP,
   Rows,
   StepCounters,
-  check_config_ids,
   compute_record,
   flatten_steps,
   normalize_step_config,
   prefill_and_fork,
-  prepare_prompts,
+  prepare_search,
   reorder,
   sample_step,
 )
@@ -628,17 +627,8 @@ def run_beam_search(
       beyond ModelConfig.max_seq_len or config.cache_size, or a model without
       a ModelConfig that does not declare itself FLOPs-free
       (`stepping.compute_record`)."""
-  if not isinstance(config, BeamConfig):
-    raise ValueError(f"config must be a BeamConfig, got {type(config)}")
-  check_config_ids(model, config, "BeamConfig")
-  tokens, lengths, size = prepare_prompts(
-    model,
-    prompts,
-    prompt_lengths,
-    config.pad_id,
-    config.min_cache_size,
-    config.cache_size,
-    prefix="BeamConfig",
+  tokens, lengths, size = prepare_search(
+    model, config, BeamConfig, prompts, prompt_lengths
   )
   result, counts = _beam_jit(
     model,

@@ -129,12 +129,10 @@ from algorithms.stepping import (
   STOP,
   Rows,
   StepCounters,
-  check_config_ids,
   compute_record,
   flatten_steps,
   forced_step,
   merge_steps,
-  prepare_prompts,
   sample_step,
 )
 from jaxllm.cache import take_rows
@@ -901,16 +899,8 @@ def run_particle_filter(
       model without a ModelConfig that does not declare itself free
       (`stepping.compute_record`).
   """
-  if not isinstance(config, PFConfig):
-    raise ValueError(f"config must be a PFConfig, got {type(config)}")
-  check_config_ids(model, config, "PFConfig")
-  tokens, lengths, size = prepare_prompts(
-    model,
-    prompts,
-    prompt_lengths,
-    config.pad_id,
-    config.min_cache_size,
-    config.cache_size,
+  tokens, lengths, size = stepping.prepare_search(
+    model, config, PFConfig, prompts, prompt_lengths
   )
   ref = None
   if init_reference is not None:

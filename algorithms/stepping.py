@@ -326,6 +326,33 @@ def check_config_ids(model, config, prefix: str) -> None:
     check_token_ids(f"{prefix}.{name}", flat_ids(getattr(config, name)), vocab)
 
 
+def prepare_search(model, config, config_type: type, prompts, prompt_lengths):
+  """The entry checks a step-level search shares: `config` is a
+  `config_type`, its delimiter / stop ids fit the model's vocabulary
+  (`check_config_ids`), and the prompts with the config's pad id and cache
+  size (`prepare_prompts`, which needs `config.min_cache_size`).
+
+  Returns:
+    (tokens_PxT int32, lengths_P int32, cache_size int).
+
+  Raises:
+    ValueError: naming the config type or field (as those functions).
+  """
+  if not isinstance(config, config_type):
+    raise ValueError(f"config must be a {config_type.__name__}, got {type(config)}")
+  prefix = config_type.__name__
+  check_config_ids(model, config, prefix)
+  return prepare_prompts(
+    model,
+    prompts,
+    prompt_lengths,
+    config.pad_id,
+    config.min_cache_size,
+    config.cache_size,
+    prefix=prefix,
+  )
+
+
 def prepare_prompts(
   model,
   prompts,
