@@ -307,6 +307,136 @@ def test_unparsable_marked_answer_is_counted_not_replaced():
     answers.extraction(None)
 
 
+# The two reported rules on hand-made completions: (text, gold, strict answer,
+# flexible answer). None is an unparsable answer (counted, never dropped).
+RULE_CASES = [
+  # no number at all
+  ("I do not know.", "5", None, None),
+  ("There are several possibilities here.", "5", None, None),
+  # several numbers, no marked answer: flexible takes the last
+  ("She had 5 apples, ate 2, and bought 10 more, so 13 apples.", "13", None, "13"),
+  ("First 3 + 4 = 7, then 7 * 2 = 14.", "14", None, "14"),
+  ("1. Add them.\n2. Double it.", "14", None, "2"),
+  # a marked answer wins over numbers after it (both rules)
+  ("\\boxed{3} No wait, 5.", "5", "3", "3"),
+  ("The answer is 5 and then \\boxed{7}.", "7", "7", "7"),
+  # \boxed{}: plain, nested braces, empty, with markup
+  ("The total is \\boxed{14}.", "14", "14", "14"),
+  ("So the answer is \\boxed{{12}} apples.", "12", "12", "12"),
+  ("\\boxed{\\frac{\\text{3}}{4}}", "0.75", "0.75", "0.75"),
+  ("\\boxed{\\boxed{7}}", "7", "7", "7"),
+  ("\\boxed{} and 4 more", "4", None, "4"),
+  # ####
+  ("Natalia sold 48 + 24 = 72 clips.\n#### 72", "72", "72", "72"),
+  ("#### 72", "71", "72", "72"),
+  # units and currency
+  ("The answer is $1,234.50.", "1234.5", "1234.5", "1234.5"),
+  ("It costs 12 dollars.", "12", None, "12"),
+  ("The answer is 12 dollars", "12", "12", "12"),
+  ("The answer is 5%.", "5", "5", "5"),
+  ("\\boxed{\\$1{,}234.50}", "1234.5", "1234.5", "1234.5"),
+  # thousands commas
+  ("Total: 1,234,567", "1234567", None, "1234567"),
+  ("#### 1,000", "1000", "1000", "1000"),
+  # negative numbers
+  ("The answer is -7.", "-7", "-7", "-7"),
+  ("The change in temperature is -7 degrees.", "-7", None, "-7"),
+  ("She is 5 - 3 = 2 years older.", "2", None, "2"),
+  # fractions
+  ("The answer is 3/4.", "0.75", "0.75", "0.75"),
+  ("He ate 3/4 of the pie.", "0.75", None, "0.75"),
+  ("\\boxed{\\frac{3}{4}}.", "3/4", "0.75", "0.75"),
+  ("\\boxed{-\\frac{1}{2}}", "-0.5", "-0.5", "-0.5"),
+  # decimals: 2.50 == 2.5, a trailing period is not a decimal point
+  ("The answer is 2.50.", "2.5", "2.5", "2.5"),
+  ("It costs $2.50.", "2.5", None, "2.5"),
+  ("The answer is 18.", "18", "18", "18"),
+  ("So she has 18.", "18", None, "18"),
+  ("#### 0.5", "1/2", "0.5", "0.5"),
+  # a marked value that is not a number is unparsable, not misread
+  ("\\boxed{\\sqrt{2}}", "2", None, None),
+  ("So x = 5\\sqrt{2}", "5", None, None),
+]
+# Cases Math-Verify reads differently by design (see MATH_VERIFY_DEVIATIONS):
+# percent is the number of percent here; unparsable values it evaluates.
+NOT_MATH_VERIFY = {
+  "The answer is 5%.",
+  "\\boxed{\\sqrt{2}}",
+  "So x = 5\\sqrt{2}",
+  "1. Add them.\n2. Double it.",
+  "\\boxed{} and 4 more",
+  "\\boxed{\\frac{\\text{3}}{4}}",  # Math-Verify reads "\\frac{"
+}
+
+
+@pytest.mark.parametrize("text, gold, strict, flexible", RULE_CASES)
+def test_rules_on_hand_made_completions(text, gold, strict, flexible):
+  for rule, want in (("strict", strict), ("flexible", flexible)):
+    g = answers.grade(text, gold, rule)
+    assert g.extraction.answer == want, rule
+    if want is None:
+      assert g.outcome == "unparsable"
+      assert g.extraction.source == "none" or g.extraction.source.startswith(
+        "unparsable: "
+      )
+    else:
+      assert g.outcome == ("correct" if answers.answers_equal(want, gold) else "wrong")
+
+
+@pytest.mark.parametrize(
+  "text, gold, strict, flexible",
+  [c for c in RULE_CASES if c[0] not in NOT_MATH_VERIFY],
+)
+def test_flexible_rule_agrees_with_math_verify(text, gold, strict, flexible):
+  """Math-Verify's own extraction (marked answer, else the last number) is an
+  independent reference for the flexible rule, on the value and the verdict."""
+  from math_verify import parse, verify
+
+  got = parse(text)
+  if flexible is None:
+    assert got == []
+    return
+  assert verify(parse(f"${flexible}$"), got)
+  assert verify(parse(f"${gold}$"), got) == answers.answers_equal(flexible, gold)
+
+
+def test_tally_counts_every_completion_under_both_rules():
+  texts = [c[0] for c in RULE_CASES]
+  golds = [c[1] for c in RULE_CASES]
+  out = answers.tally(texts, golds)
+  assert set(out) == set(answers.RULES)
+  for rule, col in (("strict", 2), ("flexible", 3)):
+    t = out[rule]
+    assert t.total == len(texts)
+    assert t.unparsable == sum(c[col] is None for c in RULE_CASES)
+    assert t.correct == sum(
+      c[col] is not None and answers.answers_equal(c[col], c[1]) for c in RULE_CASES
+    )
+    assert sum(t.reasons.values()) == t.unparsable
+    assert t.accuracy == t.correct / len(texts)
+  assert out["strict"].reasons == {"none": 14, "unparsable: boxed": 1}
+  assert out["flexible"].reasons == {
+    "none": 2,
+    "unparsable: boxed": 1,
+    "unparsable: last number": 1,
+  }
+  empty = answers.tally([], [])["strict"]
+  assert empty.total == 0 and empty.accuracy != empty.accuracy  # nan
+
+
+def test_tally_and_grade_refuse_bad_input():
+  with pytest.raises(ValueError, match="2 completions but 1 gold"):
+    answers.tally(["#### 1", "#### 2"], ["1"])
+  with pytest.raises(ValueError, match="gold answer 1 .*'n/a'"):
+    answers.tally(["#### 1", "#### 2"], ["1", "n/a"])
+  with pytest.raises(ValueError, match="gold answer"):
+    answers.grade("#### 1", None, "strict")
+  with pytest.raises(ValueError, match="unknown extraction rule 'loose'"):
+    answers.tally(["#### 1"], ["1"], rules=("loose",))
+  with pytest.raises(ValueError, match="text must be a str"):
+    answers.tally([None], ["1"])
+
+
 # ---------------------------------------------------------------------------
 # safe_eval.py
 

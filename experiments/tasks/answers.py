@@ -37,11 +37,17 @@ unit (`2x` is 2; Math-Verify: 2*x).
 
 The canonical string is an integer ("1200"), a terminating decimal ("-3.5") or a
 reduced ratio ("1/3").
+
+Reported rules (RULES): "strict" is formats 1-3 only, "flexible" adds 4.
+`grade(text, gold, rule)` gives one completion's outcome (correct / wrong /
+unparsable, with the extraction saying why), `tally(completions, golds)` the
+counts under both rules, every completion counted (none dropped).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from fractions import Fraction
 from typing import NamedTuple
 
@@ -111,14 +117,14 @@ _INT_EXP = re.compile(r"\s*\^\s*(?:\{\s*(-?\d+)\s*\}|(\d))")
 _SCI_TIMES = re.compile(
   r"\s*(?:\\times|\\cdot|\u00d7|\*)\s*10\s*\^\s*(?:\{\s*(-?\d+)\s*\}|(\d))"
 )
-_E_EXP = re.compile(r"[eE]([-+]?\d+)(?![\w.])")
+_E_EXP = re.compile(r"[eE]([-+]?\d+)(?!\w|\.\d)")  # a trailing period ends it
 _MAX_EXP = 1000  # 10^1000 is fine as a Fraction; 10^(10^9) would not be
 # A macro whose value we cannot read, with its arguments: \sqrt[3]{x}, \pi.
 _MACRO_ARGS = re.compile(r"\s*(?:\[[^\[\]]*\]\s*)?")
-_TOKEN = re.compile(r"\\[A-Za-z]+|.", re.S)
+_TOKEN = re.compile(r"\\[A-Za-z]+|.", re.DOTALL)
 _NUM = re.compile(_DEC)
 _SIGN = re.compile(r"-[\s({]*")
-_RATIO = re.compile(rf"\s*/\s*({_DEC})(?![\w.])")
+_RATIO = re.compile(rf"\s*/\s*({_DEC})(?!\w|\.\d)")  # "3/4." is 3/4
 _GLUED = re.compile(r"\\[A-Za-z]+|\^")
 
 
@@ -359,3 +365,111 @@ def answers_equal(a: str | None, b: str | None) -> bool:
   va = parse_number(a) if a is not None else None
   vb = parse_number(b) if b is not None else None
   return va is not None and vb is not None and va == vb
+
+
+# ---------------------------------------------------------------------------
+# The two reported rules and their counts.
+
+# strict: a marked answer only (\boxed{}, `####`, "the answer is"; the prompt
+#   asks for \boxed{}). flexible: the marked answer when there is one, else the
+#   last number in the text (lm-eval's "flexible-extract" takes the last number
+#   even when a marked answer exists; here a marked answer, readable or not, wins).
+RULES = ("strict", "flexible")
+OUTCOMES = ("correct", "wrong", "unparsable")
+
+
+def extract(text: str, rule: str) -> Extraction:
+  """`extraction(text)` under a named rule ("strict" or "flexible", see RULES).
+
+  Raises:
+    ValueError: an unknown rule, or `text` is not a str.
+  """
+  if rule not in RULES:
+    raise ValueError(f"unknown extraction rule {rule!r}; expected one of {RULES}")
+  return extraction(text, fallback_last_number=rule == "flexible")
+
+
+def _gold_value(gold: str, i: int) -> Fraction:
+  value = parse_number(gold) if isinstance(gold, str) else None
+  if value is None:
+    raise ValueError(f"gold answer {i} ({gold!r}) holds no readable number")
+  return value
+
+
+class Grade(NamedTuple):
+  """One completion under one rule: its extraction and outcome ("correct",
+  "wrong" or "unparsable": no answer, `extraction.source` says why)."""
+
+  extraction: Extraction
+  outcome: str
+
+
+def grade(text: str, gold: str, rule: str) -> Grade:
+  """The outcome of one completion against its gold answer under `rule`.
+
+  Raises:
+    ValueError: an unknown rule, `text` not a str, or a gold answer without a
+      readable number (a bad gold must not be scored as the model's miss).
+  """
+  ex = extract(text, rule)
+  want = _gold_value(gold, 0)
+  if ex.answer is None:
+    return Grade(ex, "unparsable")
+  return Grade(ex, "correct" if parse_number(ex.answer) == want else "wrong")
+
+
+class Tally(NamedTuple):
+  """Counts of one rule over a list of completions: correct + wrong +
+  unparsable == total; `reasons` counts the unparsable ones by
+  `Extraction.source` ("none", "unparsable: boxed", ...)."""
+
+  correct: int
+  wrong: int
+  unparsable: int
+  reasons: dict[str, int]
+
+  @property
+  def total(self) -> int:
+    return self.correct + self.wrong + self.unparsable
+
+  @property
+  def accuracy(self) -> float:
+    """correct / total, unparsable answers counted as misses (nan when empty)."""
+    return self.correct / self.total if self.total else float("nan")
+
+
+def tally(
+  completions: Sequence[str], golds: Sequence[str], rules: Sequence[str] = RULES
+) -> dict[str, Tally]:
+  """Counts of correct / wrong / unparsable completions under each rule.
+
+  Args:
+    completions: [N] generated texts.
+    golds: [N] gold answers (canonical number strings, e.g. "18", "0.75"), one
+      per completion (repeat a problem's answer for each of its samples).
+    rules: which of RULES to count.
+
+  Returns:
+    {rule: Tally}; every completion is counted under every rule, none dropped.
+
+  Raises:
+    ValueError: the lengths differ, an unknown rule, a completion that is not
+      a str, or a gold answer without a readable number.
+  """
+  if len(completions) != len(golds):
+    raise ValueError(
+      f"tally: {len(completions)} completions but {len(golds)} gold answers"
+    )
+  for i, g in enumerate(golds):
+    _gold_value(g, i)
+  out = {}
+  for rule in rules:
+    counts = dict.fromkeys(OUTCOMES, 0)
+    reasons: dict[str, int] = {}
+    for text, gold in zip(completions, golds):
+      g = grade(text, gold, rule)
+      counts[g.outcome] += 1
+      if g.outcome == "unparsable":
+        reasons[g.extraction.source] = reasons.get(g.extraction.source, 0) + 1
+    out[rule] = Tally(**counts, reasons=reasons)
+  return out
