@@ -200,6 +200,44 @@ class SpecOutput:
     return self.num_emitted / jnp.maximum(self.target_calls, 1)
 
 
+def chain_block_efficiency(alpha, gamma: int):
+  """Expected tokens emitted per target call by a single draft chain of `gamma`
+  tokens whose tokens are accepted i.i.d. with probability `alpha`:
+  (1 - alpha^(gamma + 1)) / (1 - alpha)  (gamma + 1 at alpha = 1).
+
+  Leviathan et al. 2023, "Fast Inference from Transformers via Speculative
+  Decoding", eq. (1). alpha is the acceptance rate E_x[sum_v min(p, q)] of one
+  draft token (Theorem 3.5). Works elementwise on arrays.
+
+  Raises:
+    ValueError: alpha outside [0, 1] or gamma < 1.
+  """
+  a = np.asarray(alpha, np.float64)
+  if np.any((a < 0) | (a > 1)) or np.any(np.isnan(a)):
+    raise ValueError(f"alpha: acceptance rates must lie in [0, 1], got {alpha!r}")
+  gamma = check_int("gamma", gamma, lo=1)
+  tokens = np.arange(gamma + 1)  # the geometric sum 1 + a + ... + a^gamma
+  return (a[..., None] ** tokens).sum(-1)
+
+
+def chain_speedup(alpha, gamma: int, cost_ratio):
+  """Predicted walltime improvement of chain speculative decoding over plain
+  decoding: chain_block_efficiency(alpha, gamma) / (gamma * c + 1), where c is
+  the draft's cost per token relative to the target's (e.g. FLOPs per token).
+
+  Leviathan et al. 2023, Theorem 3.8. Assumes the target's call on gamma + 1
+  tokens costs as much as on one (memory-bound decoding); on a compute-bound
+  device the measured speed-up is lower.
+
+  Raises:
+    ValueError: alpha outside [0, 1], gamma < 1, or cost_ratio < 0.
+  """
+  c = np.asarray(cost_ratio, np.float64)
+  if np.any(c < 0) or np.any(np.isnan(c)):
+    raise ValueError(f"cost_ratio: must be >= 0, got {cost_ratio!r}")
+  return chain_block_efficiency(alpha, gamma) / (gamma * c + 1.0)
+
+
 # ----------------------------------------------------------------------------------
 # The decode loop
 # ----------------------------------------------------------------------------------

@@ -43,7 +43,8 @@ after on its answers to the original problems of the held-out templates: per exi
 the next-token loss and the greedy next-token agreement with the full model of the
 same params (`exit_agreement`). Writes `soft/` + `model_config.json` (the
 bench_speculative `smollm_soft` pair), `config.json`, `results.json` (`rows`: stage
-x depth; `best_exit`: the shallower exit that agrees most after fine-tuning; the
+x depth; `best_exit` / `self_draft`: the exit and chain length with the highest
+predicted self-speculative speed-up after fine-tuning (`best_self_draft`); the
 stage timings).
 """
 
@@ -58,7 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from algorithms import soft
+from algorithms import soft, speculative
 from algorithms.speculative import SpecConfig, speculative_generate
 from experiments import analysis, config_utils
 from experiments import train_policy as tp
@@ -594,49 +595,81 @@ def window_batch_fn(pairs, batch_size: int, seq_len: int, seed: int):
 
 @functools.partial(jax.jit, static_argnums=(2, 3))
 def _exit_stats(params, tokens_1xT, cfg, depths):
-  """Per depth: next-token NLL [T] and argmax [T] (the last depth is the full
+  """Per depth: next-token NLL [T], argmax [T] and the one-token acceptance rate
+  sum_v min(p_full, p_depth) [T] at temperature 1 (the last depth is the full
   model's when it is cfg.n_layers)."""
   hidden = soft.exit_hidden(params, cfg, tokens_1xT, depths)
-  nll, top = [], []
   targets = jnp.roll(tokens_1xT[0], -1)
-  for h in hidden:
-    lp = jax.nn.log_softmax(lm_head(params, h, cfg)[0].astype(jnp.float32), -1)
-    nll.append(-jnp.take_along_axis(lp, targets[:, None], -1)[:, 0])
-    top.append(jnp.argmax(lp, -1))
-  return jnp.stack(nll), jnp.stack(top)
+  lps = [
+    jax.nn.log_softmax(lm_head(params, h, cfg)[0].astype(jnp.float32), -1)
+    for h in hidden
+  ]
+  p_full = jnp.exp(lps[-1])
+  nll = [-jnp.take_along_axis(lp, targets[:, None], -1)[:, 0] for lp in lps]
+  top = [jnp.argmax(lp, -1) for lp in lps]
+  accept = [jnp.minimum(jnp.exp(lp), p_full).sum(-1) for lp in lps]
+  return jnp.stack(nll), jnp.stack(top), jnp.stack(accept)
 
 
 def exit_agreement(params, cfg, pairs, depths) -> dict:
   """Per depth d in `depths` (the last one = cfg.n_layers): {loss (nats / answer
   token), agreement (fraction of answer positions where depth d's greedy next
-  token equals the full model's), accuracy (its greedy next token is the text's)},
-  over the answer positions of `pairs` [(sequence, prompt length)], one sequence
-  per forward (padded to a bucket)."""
+  token equals the full model's), accuracy (its greedy next token is the text's),
+  acceptance (the exact one-token acceptance rate of depth d as a draft for the
+  full model at temperature 1, mean of sum_v min(p, q); Leviathan et al. 2023,
+  Theorem 3.5)}, over the answer positions of `pairs` [(sequence, prompt
+  length)], one sequence per forward (padded to a bucket)."""
   assert depths[-1] == cfg.n_layers
-  nll = [[] for _ in depths]
-  agree = [[] for _ in depths]
-  hit = [[] for _ in depths]
+  names = ("loss", "agreement", "accuracy", "acceptance")
+  got = {k: [[] for _ in depths] for k in names}
   for s, pl in pairs:
     s = np.asarray(s)
     T = next(
       (b for b in wd.ANSWER_BUCKETS if b >= len(s)), max(len(s), cfg.max_seq_len)
     )
     toks = np.pad(s, (0, T - len(s)))[None]
-    n_, t_ = _exit_stats(params, jnp.asarray(toks), cfg, tuple(depths))
-    n_, t_ = np.asarray(n_), np.asarray(t_)
+    n_, t_, a_ = map(np.asarray, _exit_stats(params, jnp.asarray(toks), cfg, depths))
     sl = slice(int(pl) - 1, len(s) - 1)
     for i in range(len(depths)):
-      nll[i].append(n_[i, sl])
-      agree[i].append(t_[i, sl] == t_[-1, sl])
-      hit[i].append(t_[i, sl] == s[int(pl) :])
+      got["loss"][i].append(n_[i, sl])
+      got["agreement"][i].append(t_[i, sl] == t_[-1, sl])
+      got["accuracy"][i].append(t_[i, sl] == s[int(pl) :])
+      got["acceptance"][i].append(a_[i, sl])
   return {
-    d: {
-      "loss": float(np.concatenate(nll[i]).mean()),
-      "agreement": float(np.concatenate(agree[i]).mean()),
-      "accuracy": float(np.concatenate(hit[i]).mean()),
-    }
+    d: {k: float(np.concatenate(got[k][i]).mean()) for k in names}
     for i, d in enumerate(depths)
   }
+
+
+def best_self_draft(cfg, metrics: dict, context: int, max_gamma: int = 8) -> dict:
+  """The exit depth and chain length with the highest predicted speed-up as a
+  self-speculative draft for the full model.
+
+  Per shallow depth d of `metrics` ({depth: {"acceptance": alpha, ...}}, as
+  `exit_agreement` returns): cost ratio c = FLOPs per token of the depth-d
+  sub-model / the full model's at `context` keys (jaxllm.flops: the shared LM
+  head makes c well above d / L for a small model), and
+  `speculative.chain_speedup(alpha, gamma, c)` for gamma in [1, max_gamma].
+
+  Returns:
+    {"depth", "gamma", "predicted_speedup", "acceptance", "cost_ratio",
+    "per_depth": {depth: best predicted speed-up}}; depth = cfg.n_layers with
+    speed-up 1 when no shallow exit is predicted to help.
+  """
+  full = float(flops.decode_flops(cfg, context))
+  best = {"depth": cfg.n_layers, "gamma": 0, "predicted_speedup": 1.0}
+  per_depth = {}
+  for d, m in metrics.items():
+    if d >= cfg.n_layers:
+      continue
+    c = float(flops.decode_flops(soft.sub_model(cfg, d).cfg, context)) / full
+    for g in range(1, max_gamma + 1):
+      sp = float(speculative.chain_speedup(m["acceptance"], g, c))
+      per_depth[d] = max(per_depth.get(d, 0.0), sp)
+      if sp > best["predicted_speedup"]:
+        best = {"depth": d, "gamma": g, "predicted_speedup": sp}
+        best.update(acceptance=m["acceptance"], cost_ratio=c)
+  return {**best, "per_depth": per_depth}
 
 
 def smollm2_run(config, workdir: str, log=wd.progress, load=wd.load_pretrained):
@@ -690,13 +723,15 @@ def smollm2_run(config, workdir: str, log=wd.progress, load=wd.load_pretrained):
     for stage, m in (("pretrained", before), ("soft", after))
     for d in depths
   ]
-  shallow = [d for d in depths if d < L]
-  best = max(shallow, key=lambda d: after[d]["agreement"]) if shallow else L
+  ctx = int(np.mean([len(seq) for seq, _ in held]))  # mean held-out context
+  pick = best_self_draft(cfg, after, context=ctx)
+  best = pick["depth"]
   timing["total_s"] = time.perf_counter() - t_start
   report = {
     "model_source": "smollm2",
     "rows": rows,
     "best_exit": best,
+    "self_draft": pick,
     "n_layers": L,
     "train_answers": len(pairs),
     "train_answer_tokens": int(n_ans),
@@ -709,7 +744,8 @@ def smollm2_run(config, workdir: str, log=wd.progress, load=wd.load_pretrained):
   wd.write_json_atomic(os.path.join(workdir, "results.json"), report, indent=2)
   log(format_exit_table(rows))
   log(
-    f"best exit {best}; data {timing['data_s']:.0f} s, fine-tune "
+    f"best self-draft: exit {best}, gamma {pick['gamma']}, predicted speed-up "
+    f"{pick['predicted_speedup']:.2f}x; data {timing['data_s']:.0f} s, fine-tune "
     f"{timing['train_s']:.0f} s, total {timing['total_s']:.0f} s"
   )
   return report

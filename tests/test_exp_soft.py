@@ -136,9 +136,15 @@ def test_smollm2_branch_runs_end_to_end(tmp_path):
   ]
   for r in report["rows"]:
     assert r["loss"] > 0 and 0 <= r["agreement"] <= 1 and 0 <= r["accuracy"] <= 1
+    assert 0 <= r["acceptance"] <= 1 + 1e-6
     if r["depth"] == 3:
       assert r["agreement"] == 1.0  # the full model agrees with itself
-  assert report["best_exit"] in (1, 2)
+      assert r["acceptance"] == pytest.approx(1.0, abs=1e-5)
+  # A random tiny model is not worth drafting with: the full model (speed-up 1)
+  # or a shallow exit whose predicted speed-up beats 1.
+  pick = report["self_draft"]
+  assert report["best_exit"] == pick["depth"] in (1, 2, 3)
+  assert pick["predicted_speedup"] >= 1.0
   assert report["train_answers"] == 3 and report["heldout_answers"] == 2
   assert len(report["history"]) == 2
   cfg, params = wd.load_model(str(tmp_path), "soft")
@@ -211,3 +217,26 @@ def test_bench_smollm_soft_flags_are_checked(tmp_path):
   )
   proc = _bench(tmp_path, "--pairs=smollm_soft", "--soft_budgets=4,10")
   assert proc.returncode != 0 and "--soft_budgets" in proc.stderr
+
+
+def test_best_self_draft_maximises_the_closed_form():
+  """best_self_draft picks the (depth, gamma) maximising Leviathan et al.'s
+  speed-up over a brute-force grid, with the FLOPs cost ratio of each depth."""
+  from algorithms import soft
+  from jaxllm import flops
+  from tests._tiny_models import three_layer_config
+
+  cfg = three_layer_config(64, d_model=16, n_heads=2, n_kv_heads=1, max_seq_len=64)
+  metrics = {1: {"acceptance": 0.5}, 2: {"acceptance": 0.9}, 3: {"acceptance": 1.0}}
+  pick = exp.best_self_draft(cfg, metrics, context=20, max_gamma=6)
+  full = float(flops.decode_flops(cfg, 20))
+  grid = {}
+  for d in (1, 2):
+    c = float(flops.decode_flops(soft.sub_model(cfg, d).cfg, 20)) / full
+    a = metrics[d]["acceptance"]
+    for g in range(1, 7):
+      grid[(d, g)] = (1 - a ** (g + 1)) / (1 - a) / (g * c + 1)
+  (d, g), sp = max(grid.items(), key=lambda kv: kv[1])
+  assert (pick["depth"], pick["gamma"]) == (d, g)
+  assert pick["predicted_speedup"] == pytest.approx(sp)
+  assert pick["cost_ratio"] < 1

@@ -24,6 +24,8 @@ from algorithms.speculative import (
   METHODS,
   LayerSkipDraft,
   SpecConfig,
+  chain_block_efficiency,
+  chain_speedup,
   speculative_generate,
 )
 from jaxllm import flops as flops_lib
@@ -389,3 +391,27 @@ def test_flops_of_a_model_without_config_are_an_error_not_zero():
   assert comp.flops == 0 and comp.prefill_flops == 0 and comp.decode_flops == 0
   assert comp.generated_tokens == 2 and comp.prefill_tokens == 1
   assert int(out.target_calls[0]) == 2
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 0.8, 1.0])
+@pytest.mark.parametrize("gamma", [1, 2, 5])
+def test_chain_block_efficiency_matches_enumeration(alpha, gamma):
+  """Tokens per target call of a chain with i.i.d. acceptance alpha, by
+  enumerating the accept / reject pattern of the gamma draft tokens: the block
+  emits the accepted prefix plus one target token."""
+  expected = 0.0
+  for pattern in itertools.product((True, False), repeat=gamma):
+    p = np.prod([alpha if a else 1 - alpha for a in pattern])
+    n_acc = next((i for i, a in enumerate(pattern) if not a), gamma)
+    expected += p * (n_acc + 1)
+  assert chain_block_efficiency(alpha, gamma) == pytest.approx(expected)
+  assert chain_speedup(alpha, gamma, 0.25) == pytest.approx(expected / (gamma / 4 + 1))
+
+
+def test_chain_closed_forms_refuse_bad_arguments():
+  with pytest.raises(ValueError, match="alpha"):
+    chain_block_efficiency(1.2, 2)
+  with pytest.raises(ValueError, match="gamma"):
+    chain_block_efficiency(0.5, 0)
+  with pytest.raises(ValueError, match="cost_ratio"):
+    chain_speedup(0.5, 2, -1.0)
