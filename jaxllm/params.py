@@ -127,10 +127,17 @@ def _map_specs(fn: Callable[[ParamSpec], Any], specs: Params):
 
 
 def _init_leaves(cfg: ModelConfig, key: jax.Array) -> Params:
-  specs = param_specs(cfg)
+  return init_from_specs(param_specs(cfg), key, cfg.param_dtype)
+
+
+def init_from_specs(specs, key: jax.Array, dtype):
+  """Arrays for a tree of ParamSpecs (any pytree with ParamSpec leaves): leaf i
+  draws from `jax.random.split(key, n_leaves)[i]`; "normal" leaves are
+  N(0, 1/fan_in), "zeros" / "ones" constant; all in `dtype`. Call it under jit
+  (as `init_params` does) for bits that do not depend on the sharding."""
   leaves, treedef = jax.tree_util.tree_flatten(specs, is_leaf=is_spec)
   keys = jax.random.split(key, len(leaves))
-  dtype = jnp.dtype(cfg.param_dtype)
+  dtype = jnp.dtype(dtype)
 
   def one(spec: ParamSpec, k):
     if spec.init == "zeros":
@@ -150,43 +157,36 @@ def _init_leaves(cfg: ModelConfig, key: jax.Array) -> Params:
 _init_jit = jax.jit(_init_leaves, static_argnums=0)
 
 
-def init_params(
-  cfg: ModelConfig, key: jax.Array, *, shardings: Optional[Params] = None
-) -> Params:
+def init_params(cfg: ModelConfig, key: jax.Array, *, shardings=None) -> Params:
   """Random initialisation: N(0, 1/fan_in) matrices, unit (or zero) norms.
 
   Args:
     cfg: the model config (shapes from `param_specs(cfg)`).
     key: a PRNG key; leaf i draws from `jax.random.split(key, n_leaves)[i]`.
-    shardings: optional Params tree of `jax.sharding.Sharding` (e.g.
-      `jaxllm.sharding.param_shardings(cfg, mesh)`): the initialiser then
-      runs under `jax.jit` with these `out_shardings`, so every device
-      computes only its own shards and no full copy of the parameters ever
-      exists on one device or host. The values equal the unsharded ones
-      bit for bit (both run under jit, and threefry random bits do not depend
-      on the sharding).
+    shardings: optional placement, in the forms the loaders take
+      (`jaxllm.sharding.resolve_shardings`): a Mesh (the logical-axis rules,
+      `jaxllm.sharding.param_shardings(cfg, mesh)`), one Sharding for every
+      parameter, or a Params tree of Shardings. The initialiser then runs
+      under `jax.jit` with these `out_shardings`, so every device computes
+      only its own shards and no full copy of the parameters ever exists on
+      one device or host. The values equal the unsharded ones bit for bit
+      (both run under jit, and threefry random bits do not depend on the
+      sharding).
 
   Returns:
     Params with `cfg.param_dtype` leaves.
 
   Raises:
-    ValueError: `shardings` is not a tree of Shardings matching the
-      parameters.
+    ValueError: "init_params: shardings ..." for another type, a tree that
+      does not match the parameters, or a sharding that does not fit its
+      parameter's shape.
   """
   if shardings is None:
     return _init_jit(cfg, key)
-  want = jax.tree_util.tree_structure(param_specs(cfg), is_leaf=is_spec)
-  got = jax.tree_util.tree_structure(shardings)
-  if want != got or not all(
-    isinstance(s, jax.sharding.Sharding) for s in jax.tree_util.tree_leaves(shardings)
-  ):
-    raise ValueError(
-      "init_params: shardings must be a Params tree with one "
-      "jax.sharding.Sharding per parameter (see "
-      "jaxllm.sharding.param_shardings); got "
-      f"{type(shardings).__name__}"
-    )
-  return jax.jit(_init_leaves, static_argnums=0, out_shardings=shardings)(cfg, key)
+  from jaxllm.sharding import resolve_shardings  # sharding imports this module
+
+  tree = resolve_shardings(cfg, shardings, "init_params")
+  return jax.jit(_init_leaves, static_argnums=0, out_shardings=tree)(cfg, key)
 
 
 def abstract_params(cfg: ModelConfig) -> Params:

@@ -213,3 +213,118 @@ def hf_greedy(model, prompt_BxP: np.ndarray, n_new: int) -> np.ndarray:
     pad_token_id=0,
   )
   return out[:, ids.shape[1] :].numpy()
+
+
+# ---------------------------------------------------------------------------------
+# T5Gemma (encoder-decoder) cases, for tests/test_t5gemma_parity.py
+# ---------------------------------------------------------------------------------
+
+_T5G_MODULE = dict(
+  vocab_size=128,
+  hidden_size=64,
+  intermediate_size=96,
+  num_hidden_layers=2,
+  num_attention_heads=4,
+  num_key_value_heads=2,
+  head_dim=16,
+  query_pre_attn_scalar=24,
+  attn_logit_softcapping=50.0,
+  final_logit_softcapping=30.0,
+  sliding_window=4,
+  bos_token_id=2,
+  pad_token_id=0,
+  eos_token_id=1,
+)
+
+T5GEMMA_CASES = {
+  # GQA, both soft-caps, local/global layers with windows (4) shorter than the
+  # sequences (encoder and decoder), tied head.
+  "balanced_gqa_window": (dict(), dict(), True),
+  # Unbalanced: wider, deeper encoder with MQA and 3 local layers of window 3;
+  # narrower decoder, no soft-caps, untied head, all-global decoder layers.
+  "unbalanced": (
+    dict(
+      hidden_size=96,
+      intermediate_size=128,
+      num_hidden_layers=3,
+      num_attention_heads=2,
+      num_key_value_heads=1,
+      head_dim=32,
+      sliding_window=3,
+      layer_types=["sliding_attention"] * 3,
+    ),
+    dict(
+      hidden_size=48,
+      num_hidden_layers=1,
+      num_attention_heads=4,
+      num_key_value_heads=4,
+      head_dim=12,
+      query_pre_attn_scalar=12,
+      attn_logit_softcapping=None,
+      final_logit_softcapping=None,
+      layer_types=["full_attention"],
+    ),
+    False,
+  ),
+}
+
+
+def t5gemma_config(case: str):
+  enc_kw, dec_kw, tied = T5GEMMA_CASES[case]
+  enc = transformers.T5GemmaModuleConfig(**{**_T5G_MODULE, **enc_kw})
+  dec = transformers.T5GemmaModuleConfig(**{**_T5G_MODULE, **dec_kw})
+  return transformers.T5GemmaConfig(
+    encoder=enc, decoder=dec, vocab_size=128, tie_word_embeddings=tied
+  )
+
+
+@torch.no_grad()
+def randomize_t5gemma_(model, seed: int) -> None:
+  """Redraw every parameter: N(0, 1/fan_in) matrices, (1 + w) norms with w ~
+  0.2 N(0, 1) (decoder final norm around 3, to spread the logits), small
+  embeddings (they are scaled by sqrt(d)), a 0.5-std untied head."""
+  gen = torch.Generator().manual_seed(seed)
+  for name, p in model.named_parameters():
+    r = torch.randn(p.shape, generator=gen, dtype=torch.float32)
+    if name == "model.decoder.norm.weight":
+      val = 0.2 * r + 3.0
+    elif name.endswith("norm.weight"):
+      val = 0.2 * r
+    elif "embed_tokens" in name:
+      val = 0.05 * r
+    elif name == "lm_head.out_proj.weight":
+      val = 0.5 * r
+    else:
+      val = r / np.sqrt(p.shape[1])
+    p.copy_(val.to(p.dtype))
+
+
+def build_t5gemma(case: str, seed: int = 0):
+  model = transformers.T5GemmaForConditionalGeneration(t5gemma_config(case))
+  model = model.to(torch.float32)
+  model.config._attn_implementation = "eager"
+  for sub in (model.config.encoder, model.config.decoder):
+    sub._attn_implementation = "eager"
+  randomize_t5gemma_(model, seed)
+  model.eval()
+  return model
+
+
+@torch.no_grad()
+def t5gemma_logits(model, enc_BxE, enc_lengths_B, dec_BxT) -> np.ndarray:
+  """Teacher-forced logits [B, T, V]; encoder padding masked from lengths, the
+  decoder mask all ones (so a decoder token equal to pad_id stays visible)."""
+  enc = torch.as_tensor(np.asarray(enc_BxE), dtype=torch.long)
+  dec = torch.as_tensor(np.asarray(dec_BxT), dtype=torch.long)
+  mask = (
+    torch.arange(enc.shape[1])[None]
+    < torch.as_tensor(np.asarray(enc_lengths_B))[:, None]
+  )
+  out = model(
+    input_ids=enc,
+    attention_mask=mask.long(),
+    decoder_input_ids=dec,
+    decoder_attention_mask=torch.ones_like(dec),
+    use_cache=False,
+  )
+  return out.logits.float().numpy()
