@@ -250,3 +250,78 @@ def test_generative_verifier_verdict_tokens_and_score(ours, hf_model, hf_tok):
     f"{out.verdict_mass[0]:.3f} (no-space tokens: {old_mass:.4f})"
   )
   assert out.verdict_mass[0] > 100 * old_mass
+
+
+# ------------------------- GSM8K prompts, as the study runs them -------------------------
+
+GSM_NEW = 16  # default tier: 2 problems x 16 tokens
+GSM_NEW_LONG = 96  # slow tier: 8 problems x 96 tokens
+
+
+@pytest.fixture(scope="module")
+def gsm_problems():
+  from experiments.tasks import gsm8k
+
+  if not gsm8k.data_available():
+    pytest.skip(f"GSM8K data not prepared (run `{gsm8k.PREPARE_HINT}`)")
+  return gsm8k.load_original()[:8]
+
+
+def _gsm_messages(problem):
+  from experiments.tasks import gsm8k
+
+  return [{"role": "user", "content": gsm8k.format_prompt(problem.question)}]
+
+
+def test_gsm8k_chat_prompts_match_transformers(ours, hf_tok, gsm_problems):
+  """The study's prompts (workdir.chat_prompts) are the ids transformers'
+  apply_chat_template gives for the same message, text and tokens."""
+  from experiments import workdir as wd
+
+  tok = ours[2]
+  prompts = wd.chat_prompts(tok, gsm_problems)
+  for p, ids in zip(gsm_problems, prompts):
+    msgs = _gsm_messages(p)
+    text = hf_tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    assert tok.apply_chat_template(msgs, tokenize=False) == text
+    assert text.endswith("<|im_start|>assistant\n") and p.question in text
+    assert ids == hf_tok.apply_chat_template(
+      msgs, add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+
+
+def _check_gsm8k_greedy(ours, hf_model, problems, n_new):
+  """jaxllm.generate at temperature 0 (a right-padded batch, prompt buckets, stop
+  at EOS: the study's decoder) == transformers' greedy tokens, up to EOS."""
+  from experiments import workdir as wd
+  from jaxllm import Transformer, generate, make_sampling
+
+  cfg, params, tok = ours
+  prompts = wd.chat_prompts(tok, problems)
+  out = generate(
+    Transformer(cfg),
+    params,
+    prompts,
+    jax.random.key(0),
+    n_new,
+    make_sampling(0.0),
+    stop_tokens=[tok.eos_id],
+    buckets=wd.ANSWER_BUCKETS,
+  )
+  tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
+  for b, p in enumerate(prompts):
+    want = _hf_greedy(hf_model, p, n_new)
+    if tok.eos_id in want:
+      want = want[: want.index(tok.eos_id) + 1]
+    got = tokens[b, : lengths[b]].tolist()
+    assert got == want, (b, tok.decode(got), tok.decode(want))
+  print("\nSmolLM2 greedy on GSM8K:", repr(tok.decode(tokens[0, : lengths[0]])))
+
+
+def test_gsm8k_greedy_matches_transformers(ours, hf_model, gsm_problems):
+  _check_gsm8k_greedy(ours, hf_model, gsm_problems[:2], GSM_NEW)
+
+
+@pytest.mark.slow
+def test_gsm8k_greedy_matches_transformers_long(ours, hf_model, gsm_problems):
+  _check_gsm8k_greedy(ours, hf_model, gsm_problems, GSM_NEW_LONG)
