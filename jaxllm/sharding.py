@@ -50,7 +50,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxllm.cache import KVCache
 from jaxllm.config import ModelConfig
-from jaxllm.params import Params, is_spec, param_specs
+from jaxllm.params import Params, abstract_params, is_spec, param_specs
 
 MESH_AXES = ("data", "fsdp", "model")
 
@@ -435,3 +435,70 @@ def constrain(x, axes: Sequence[Optional[str]], mesh: Mesh, rules=RULES):
   return jax.lax.with_sharding_constraint(
     x, NamedSharding(mesh, logical_to_spec(axes, mesh, rules))
   )
+
+
+# The forms a `shardings=` argument of a loader or of init_params takes.
+Shardings = Union[None, jax.sharding.Sharding, Mesh, Params]
+
+
+def resolve_shardings(cfg: ModelConfig, shardings: Shardings, who: str):
+  """The `shardings=` argument of `jaxllm.hf.load_hf` / `jaxllm.gguf_io.load_gguf` /
+  `jaxllm.params.init_params` as a
+  Params tree with one Sharding per parameter of `cfg`, or None.
+
+  Accepts the forms `jaxllm.checkpoint.restore_params` takes: None (the
+  default device), a Mesh (`jaxllm.sharding.param_shardings(cfg, mesh)`, the
+  logical-axis rules), one Sharding for every array, or a Params tree of
+  Shardings. Checked against cfg's parameter shapes here, so a loader calls
+  it before reading any tensor data.
+
+  Raises:
+    ValueError: "<who>: shardings ..." for anything else, a Params tree whose
+      structure is not cfg's (another layer count, a tied / untied lm_head,
+      ...), or a sharding that does not fit its parameter's shape (naming the
+      parameter); for a Mesh, see `param_shardings`.
+  """
+  if shardings is None:
+    return None
+  if isinstance(shardings, jax.sharding.Mesh):
+    try:
+      return param_shardings(cfg, shardings)
+    except ValueError as e:
+      raise ValueError(f"{who}: shardings: {e}") from e
+  want = abstract_params(cfg)
+  if isinstance(shardings, jax.sharding.Sharding):
+    tree = jax.tree_util.tree_map(lambda _: shardings, want)
+  else:
+    leaves = jax.tree_util.tree_leaves(shardings)
+    if (
+      not isinstance(shardings, Params)
+      or jax.tree_util.tree_structure(shardings) != jax.tree_util.tree_structure(want)
+      or not all(isinstance(s, jax.sharding.Sharding) for s in leaves)
+    ):
+      got = (
+        f"a Params tree with {len(shardings.layers)} layers, lm_head "
+        f"{'absent' if shardings.lm_head is None else 'present'} and "
+        f"{len(leaves)} leaves of types "
+        f"{sorted({type(s).__name__ for s in leaves})}"
+        if isinstance(shardings, Params)
+        else type(shardings).__name__
+      )
+      raise ValueError(
+        f"{who}: shardings must be None, a jax.sharding.Mesh, one "
+        "jax.sharding.Sharding or a Params tree with one Sharding per "
+        f"parameter of the checkpoint's config ({cfg.n_layers} layers, "
+        f"lm_head {'absent (tied)' if cfg.tie_embeddings else 'present'}, "
+        f"{len(jax.tree_util.tree_leaves(want))} arrays; see "
+        f"jaxllm.sharding.param_shardings(cfg, mesh)); got {got}"
+      )
+    tree = shardings
+  flat = jax.tree_util.tree_flatten_with_path(want)[0]
+  for (path, spec), s in zip(flat, jax.tree_util.tree_leaves(tree)):
+    try:
+      s.shard_shape(tuple(spec.shape))
+    except Exception as e:
+      raise ValueError(
+        f"{who}: shardings{jax.tree_util.keystr(path)} {s} does not fit the "
+        f"parameter's shape {tuple(spec.shape)}: {e}"
+      ) from e
+  return tree

@@ -201,20 +201,32 @@ def test_init_params_under_jit_matches_eager_formula():
     np.testing.assert_allclose(np.asarray(g), np.asarray(want), rtol=1e-6, atol=1e-7)
 
 
-def test_init_params_rejects_bad_shardings():
+def test_init_params_shardings_forms():
+  """init_params takes the loaders' forms of `shardings=` (one Sharding, a Mesh,
+  a Params tree) and refuses others, naming itself and the argument."""
   import jax
+  from jaxllm import sharding as sh
   from jaxllm.config import ModelConfig
   from jaxllm.params import init_params
 
   cfg = ModelConfig(
     vocab_size=32, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=24
   )
-  with pytest.raises(ValueError, match="one jax.sharding.Sharding per parameter"):
-    init_params(
-      cfg,
-      jax.random.key(0),
-      shardings=jax.sharding.SingleDeviceSharding(jax.devices()[0]),
-    )
+  key = jax.random.key(0)
+  plain = init_params(cfg, key)
+  one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  mesh = sh.make_mesh("data=1")
+  for form in (one, mesh, sh.param_shardings(cfg, mesh)):
+    got = init_params(cfg, key, shardings=form)
+    for a, b in zip(jax.tree_util.tree_leaves(plain), jax.tree_util.tree_leaves(got)):
+      assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+  with pytest.raises(ValueError, match="init_params: shardings must be None, a jax"):
+    init_params(cfg, key, shardings="data=1")
+  wrong = ModelConfig(
+    vocab_size=32, d_model=16, n_layers=2, n_heads=2, n_kv_heads=1, d_ff=24
+  )
+  with pytest.raises(ValueError, match="init_params: shardings"):
+    init_params(cfg, key, shardings=sh.param_shardings(wrong, mesh))
 
 
 # ----------------------------------------------------------------------------
@@ -227,6 +239,7 @@ def test_sharded_decoding_matches_one_device(spec):
   r = run_case("decode", spec)
   assert r["init_bit_identical"], r
   assert r["param_specs_ok"], r
+  assert r["init_from_mesh_same"], r
   for name in ("forward", "prefill_extend", "generate", "generate_sharded_prompts"):
     assert r[name]["tokens_equal"], (name, r[name])
     assert r[name]["max_abs_diff"] <= TOL, (name, r[name])
@@ -388,6 +401,11 @@ def case_decode(spec: str) -> dict:
   out["param_specs_ok"] = all(
     x.sharding == s
     for x, s in zip(jax.tree_util.tree_leaves(ps), jax.tree_util.tree_leaves(shardings))
+  )
+  from_mesh = init_params(cfg, key, shardings=mesh)  # the rules, like the loaders
+  out["init_from_mesh_same"] = all(
+    a.sharding == b.sharding and np.array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip(jax.tree_util.tree_leaves(ps), jax.tree_util.tree_leaves(from_mesh))
   )
 
   rng = np.random.default_rng(0)
