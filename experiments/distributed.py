@@ -41,10 +41,15 @@ from typing import Any, Callable, Optional, Sequence
 
 import jax
 import numpy as np
-from absl import flags
+from absl import app, flags
 
 FLAGS = flags.FLAGS
 MODES = ("auto", "on", "off")
+
+
+class FlagError(app.UsageError, ValueError):
+  """A bad multi-process flag: absl's `app.run` prints it as a usage line (exit
+  code 1, no traceback); still a ValueError for callers that catch those."""
 
 
 def define_flags() -> None:
@@ -153,10 +158,12 @@ def maybe_initialize(
     or None when it did not.
 
   Raises:
-    ValueError: an unknown mode; a process_id outside [0, num_processes);
+    FlagError (a ValueError and absl UsageError): an unknown mode; a process_id outside [0, num_processes);
       num_processes < 1; num_processes > 1 without a coordinator address, or a
       coordinator address without num_processes and process_id, outside a
-      recognised cluster.
+      recognised cluster; on process 0, a coordinator port that is already in
+      use on this host (checked before JAX tries to bind it, whose error does
+      not say so).
     RuntimeError: from jax.distributed.initialize, e.g. when JAX's backend is
       already initialised or the coordinator cannot be reached within
       `timeout_s` seconds.
@@ -170,17 +177,17 @@ def maybe_initialize(
   process_id = process_id if process_id is not None else _flag("process_id")
   mode = mode or _flag("distributed") or "auto"
   if mode not in MODES:
-    raise ValueError(f"--distributed must be one of {MODES}, got {mode!r}")
+    raise FlagError(f"--distributed must be one of {MODES}, got {mode!r}")
   if jax.distributed.is_initialized():
     return "already"
   if num_processes is not None and num_processes < 1:
-    raise ValueError(f"--num_processes must be >= 1, got {num_processes}")
+    raise FlagError(f"--num_processes must be >= 1, got {num_processes}")
   if (
     process_id is not None
     and num_processes is not None
     and not (0 <= process_id < num_processes)
   ):
-    raise ValueError(
+    raise FlagError(
       f"--process_id={process_id} is outside [0, --num_processes={num_processes})"
     )
   if mode == "off":
@@ -191,7 +198,7 @@ def maybe_initialize(
     if not explicit and cluster is None:
       return None
     if explicit and not coordinator_address and cluster is None:
-      raise ValueError(
+      raise FlagError(
         f"--num_processes={num_processes} needs "
         "--coordinator_address=HOST:PORT (process 0's "
         "address) outside SLURM / Open MPI / TPU pods"
@@ -202,7 +209,7 @@ def maybe_initialize(
         for n, v in (("num_processes", num_processes), ("process_id", process_id))
         if v is None
       ]
-      raise ValueError(
+      raise FlagError(
         f"--coordinator_address={coordinator_address} also needs "
         f"{' and '.join(missing)} outside SLURM / Open MPI / TPU pods"
       )
@@ -210,6 +217,8 @@ def maybe_initialize(
     "jax_cpu_collectives_implementation"
   ] in (None, "", "none"):
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if coordinator_address and process_id == 0:
+    _check_port_free(coordinator_address)
   jax.distributed.initialize(
     coordinator_address=coordinator_address,
     num_processes=num_processes,
@@ -219,6 +228,31 @@ def maybe_initialize(
   if mode == "on":
     return "on"
   return "flags" if explicit else cluster
+
+
+def _check_port_free(address: str) -> None:
+  """Process 0 starts the coordinator service on `address`'s port: refuse a port
+  another program (e.g. an earlier run still alive) already listens on.
+
+  Raises:
+    FlagError: naming --coordinator_address, for a malformed address or a port
+      in use.
+  """
+  import socket
+
+  host, _, port = address.rpartition(":")
+  if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    raise FlagError(f"--coordinator_address must be HOST:PORT, got {address!r}")
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+      sock.bind(("", int(port)))
+    except OSError as e:
+      raise FlagError(
+        f"--coordinator_address={address}: port {port} is already in use on this "
+        f"host (process 0 starts the coordinator there; is an earlier run still "
+        f"alive?): {e.strerror}"
+      ) from None
 
 
 def mesh_from_flags(devices=None):

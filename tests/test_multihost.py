@@ -21,6 +21,7 @@ import subprocess
 import sys
 
 import pytest
+from absl import app
 
 HERE = os.path.abspath(__file__)
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -311,6 +312,24 @@ def test_cluster_from_env_and_flag_checks():
     dist.maybe_initialize(num_processes=2, process_id=0)
   with pytest.raises(ValueError, match="--distributed must be one of"):
     dist.maybe_initialize(mode="maybe")
+  # absl prints a UsageError as a usage line (no traceback).
+  with pytest.raises(app.UsageError, match="--num_processes must be >= 1"):
+    dist.maybe_initialize(num_processes=0)
+
+
+def test_coordinator_port_in_use_is_named():
+  """Process 0 refuses a coordinator port another socket listens on, naming the
+  flag, before jax.distributed tries (and fails vaguely after its timeout)."""
+  from experiments import distributed as dist
+
+  with socket.socket() as busy:
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    with pytest.raises(dist.FlagError, match=f"port {port} is already in use"):
+      dist._check_port_free(f"127.0.0.1:{port}")
+  with pytest.raises(dist.FlagError, match="HOST:PORT"):
+    dist._check_port_free("localhost")
   # A single process: nothing to start, and the gather is the identity.
   if not os.environ.get("SLURM_JOB_ID") and not os.environ.get("OMPI_MCA_orte_hnp_uri"):
     assert dist.maybe_initialize(mode="auto") is None
