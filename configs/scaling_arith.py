@@ -39,4 +39,16 @@ def get_config():
   c.astar_capacity = 128  # fixed, so budgets share one compiled search
   c.astar_expected_steps = 5
   c.astar_tokens_per_sample = 24  # A* token budget = budget * this
+  # The verifier axis (experiments/verifiers.py): every verifier-dependent
+  # selection method and every search method runs under each of these:
+  # "learned" (the trained PRM / ORM), "oracle" (the exact step checker),
+  # "flip<eps>" (oracle labels flipped with probability eps), "gauss<sigma>"
+  # (oracle logit +-oracle_margin plus N(0, sigma^2) noise). This file keeps
+  # the learned verifier only (the schema of every sweep config);
+  # configs/scaling_arith_verifiers.py is `make demo`'s verifier study.
+  c.verifiers = ("learned",)
+  c.oracle_seed = 0  # the noisy oracles' noise seed
+  c.oracle_margin = 2.0  # |oracle logit| of the gauss<sigma> verifiers
+  c.baselines = ()  # ("greedy",): greedy decoding, one row at budget 1
+  c.report_budget = 16  # the budget of the accuracy-vs-AUROC plot
   return c

@@ -19,7 +19,7 @@ numpy / scipy / matplotlib only; inputs are plain arrays.
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 from scipy import optimize
@@ -55,11 +55,15 @@ def _same_len(**arrays) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class PowerLawFit:
-  """log(coverage(k)) = a * k^b."""
+  """log(coverage(k)) = a * k^b; a_se / b_se: standard errors of a and b
+  from curve_fit's covariance (nan when it is undefined, e.g. 3 exact
+  points)."""
 
   a: float
   b: float
   r2: float
+  a_se: float = float("nan")
+  b_se: float = float("nan")
 
   def predict(self, k) -> np.ndarray:
     return np.exp(self.a * np.asarray(k, np.float64) ** self.b)
@@ -90,27 +94,50 @@ def fit_coverage_power_law(ks, coverage) -> PowerLawFit:
   def model(k, c, b):
     return c * k**b
 
-  (c, b), _ = optimize.curve_fit(
+  (c, b), pcov = optimize.curve_fit(
     model, ks, y, p0=p0, bounds=([0.0, -np.inf], [np.inf, np.inf]), maxfev=20_000
   )
-  fit = PowerLawFit(a=-float(c), b=float(b), r2=0.0)
+  se = (
+    np.sqrt(np.clip(np.diag(pcov), 0, None))
+    if np.isfinite(pcov).all()
+    else [np.nan] * 2
+  )
+  fit = PowerLawFit(
+    a=-float(c), b=float(b), r2=0.0, a_se=float(se[0]), b_se=float(se[1])
+  )
   return dataclasses.replace(fit, r2=_r2(cov, fit.predict(ks)))
 
 
 @dataclasses.dataclass(frozen=True)
 class LinearFit:
-  """y = slope * x + intercept (x = log10 of compute for accuracy-vs-FLOPs fits)."""
+  """y = slope * x + intercept (x = log10 of compute for accuracy-vs-FLOPs fits);
+  slope_se / intercept_se: their standard errors (nan when undefined)."""
 
   slope: float
   intercept: float
   r2: float
+  slope_se: float = float("nan")
+  intercept_se: float = float("nan")
 
   def predict(self, x) -> np.ndarray:
     return self.slope * np.asarray(x, np.float64) + self.intercept
 
 
-def fit_log_linear(flops, accuracy) -> LinearFit:
-  """Least-squares fit of accuracy ~ slope * log10(flops) + intercept."""
+def fit_log_linear(flops, accuracy, se=None) -> LinearFit:
+  """Least-squares fit of accuracy ~ slope * log10(flops) + intercept, with the
+  parameters' standard errors.
+
+  Without `se`: ordinary least squares; covariance sigma^2 (X^T X)^-1 with
+  sigma^2 the residual variance (n - 2 dof; nan for 2 points). With `se`
+  (the accuracies' standard errors, all > 0): weighted least squares, weights
+  1 / se^2, covariance (X^T W X)^-1 times max(1, reduced chi^2) (inflated
+  when the points scatter more than their errors say; not for 2 points).
+  R^2 is the unweighted one of the fitted line.
+
+  Raises:
+    ValueError: non-finite or non-positive flops, fewer than two distinct
+      flops, mismatched lengths, or an se that is not finite and > 0.
+  """
   flops = _vec("flops", flops, 2)
   acc = _vec("accuracy", accuracy, 2)
   _same_len(flops=flops, accuracy=acc)
@@ -119,8 +146,31 @@ def fit_log_linear(flops, accuracy) -> LinearFit:
   x = np.log10(flops)
   if np.ptp(x) == 0:
     raise ValueError("flops must take at least two distinct values")
-  slope, intercept = np.polyfit(x, acc, 1)
-  return LinearFit(float(slope), float(intercept), _r2(acc, slope * x + intercept))
+  n = len(x)
+  X = np.stack([x, np.ones(n)], 1)
+  if se is None:
+    w = np.ones(n)
+  else:
+    se = _vec("se", se, 2)
+    _same_len(flops=flops, se=se)
+    if (se <= 0).any():
+      raise ValueError("se must be > 0 for a weighted fit")
+    w = 1.0 / se**2
+  A = X.T @ (w[:, None] * X)
+  slope, intercept = np.linalg.solve(A, X.T @ (w * acc))
+  resid = acc - (slope * x + intercept)
+  if se is None:
+    scale = float(resid @ resid) / (n - 2) if n > 2 else np.nan
+  else:
+    scale = max(1.0, float(w @ resid**2) / (n - 2)) if n > 2 else 1.0
+  cov = np.linalg.inv(A) * scale
+  return LinearFit(
+    float(slope),
+    float(intercept),
+    _r2(acc, slope * x + intercept),
+    float(np.sqrt(cov[0, 0])),
+    float(np.sqrt(cov[1, 1])),
+  )
 
 
 def fit_accuracy_vs_flops(results: Mapping[str, tuple]) -> dict[str, LinearFit]:
@@ -193,6 +243,97 @@ def compute_optimal_method(budgets, results: Mapping[str, tuple]) -> BudgetChoic
     methods.append(names[i])
     best_acc[j], best_comp[j], best_idx[j] = acc[i], comp[i], i
   return BudgetChoice(budgets, methods, best_acc, best_comp, best_idx)
+
+
+def standard_error(values, axis: int = 0) -> np.ndarray:
+  """Standard error of the mean over `axis` (e.g. over problems): sample std
+  (ddof 1) / sqrt(n); for 0 / 1 outcomes the binomial SE
+  sqrt(p (1 - p) / (n - 1)). nan where n < 2.
+
+  Raises:
+    ValueError: non-finite values.
+  """
+  x = np.asarray(values, np.float64)
+  if not np.isfinite(x).all():
+    raise ValueError("standard_error: non-finite values")
+  n = x.shape[axis]
+  if n < 2:
+    return np.full(np.delete(x.shape, axis), np.nan)[()]
+  return x.std(axis=axis, ddof=1) / np.sqrt(n)
+
+
+def difference_se(a_P, b_P) -> float:
+  """Standard error of mean(a) - mean(b) for two methods' per-problem values
+  on the same P problems (paired: the SE of the per-problem differences).
+
+  Raises:
+    ValueError: different lengths or non-finite values.
+  """
+  a, b = _vec("a", a_P), _vec("b", b_P)
+  _same_len(a=a, b=b)
+  return float(standard_error(a - b))
+
+
+@dataclasses.dataclass(frozen=True)
+class TiedChoice:
+  """Compute-optimal choice with its uncertainty, per budget: the best
+  method (as `compute_optimal_method`), its accuracy and standard error, and
+  `tied`: every method whose best point within the budget is within
+  z * SE(difference) of the best (the best included, best first): the
+  choice is a tie when len(tied) > 1."""
+
+  budgets: np.ndarray
+  methods: list
+  accuracy: np.ndarray
+  se: np.ndarray
+  tied: list
+  z: float
+
+
+def compute_optimal_with_ties(
+  budgets, results: Mapping[str, tuple], per_problem: Mapping[str, list], z=1.96
+) -> TiedChoice:
+  """The compute-optimal method per budget and the methods tied with it.
+
+  results: method -> (compute [n], accuracy [n]); per_problem: method -> a
+  list of n per-problem value arrays [P] (one per point, the same problems
+  for every method), from which the paired SE of each difference is taken
+  (`difference_se`). A method is tied with the best when its best point
+  with compute <= budget has accuracy >= best - z * SE(best - it).
+
+  Raises:
+    ValueError: as `compute_optimal_method`, or a per_problem entry whose
+      length differs from its method's points.
+  """
+  choice = compute_optimal_method(budgets, results)
+  for m, (c, _) in results.items():
+    if len(per_problem[m]) != len(c):
+      raise ValueError(
+        f"per_problem[{m!r}] has {len(per_problem[m])} points, not {len(c)}"
+      )
+  ses, tied = [], []
+  for b, best in zip(choice.budgets, choice.methods):
+    if not best:
+      ses.append(np.nan)
+      tied.append([])
+      continue
+    pick = {}
+    for m, (c, a) in results.items():
+      ok = np.flatnonzero(np.asarray(c) <= b)
+      if len(ok):
+        i = ok[np.lexsort((np.asarray(c)[ok], -np.asarray(a)[ok]))[0]]
+        pick[m] = (float(a[i]), np.asarray(per_problem[m][i], np.float64))
+    acc_b, per_b = pick[best]
+    ses.append(float(standard_error(per_b)))
+    near = [
+      m
+      for m, (a, per) in pick.items()
+      if m != best and a >= acc_b - z * difference_se(per_b, per)
+    ]
+    tied.append([best] + sorted(near, key=lambda m: -pick[m][0]))
+  return TiedChoice(
+    choice.budgets, choice.methods, choice.accuracy, np.array(ses), tied, float(z)
+  )
 
 
 @dataclasses.dataclass(frozen=True)

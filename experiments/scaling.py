@@ -60,7 +60,8 @@ from absl import app, flags
 
 from algorithms import estimators, particle_filter, selection
 from algorithms import methods as methods_lib
-from experiments import analysis, config_utils, distributed, workdir
+from experiments import analysis, config_utils, distributed, report, workdir
+from experiments import verifiers as vlib
 from experiments.tasks import arith
 from jaxllm import Transformer, checkpoint, generate, make_sampling
 from jaxllm import flops as flops_lib
@@ -84,6 +85,11 @@ assert all(
 # cache (algorithms.scorers.ModelStepScorer).
 SEARCH_METHODS = ("pf", "pf_smc", "epf", "beam", "dvts", "astar")
 assert all(m in methods_lib.REGISTRY for m in SEARCH_METHODS)
+# Baselines (config.baselines): greedy decoding, one sample at temperature 0,
+# one row at budget 1 (seed 0); pass@1 at the sweep's temperature is
+# coverage at budget 1.
+BASELINES = ("greedy",)
+assert BASELINES == report.BASELINE_NAMES
 # Config fields that only choose which rows exist; every other field is pinned
 # in out_dir/settings.json (see the module doc).
 EXTENDABLE = (
@@ -93,11 +99,19 @@ EXTENDABLE = (
   "search_methods",
   "search_budgets",
   "search_seeds",
+  "verifiers",
+  "baselines",
+  "report_budget",
 )
 RESULT_FILES = ("rows.jsonl", "pool_seed*.npz")
+QUALITY_FILE = "verifier_quality.json"  # verifier -> seed -> verifiers.verifier_quality
 # Each search method's settings (algorithms.methods) -> the config field it is
 # read from; every method also gets the arith step / stop / pad ids.
-_PF_FIELDS = {"max_steps": "max_steps", "max_step_tokens": "max_step_tokens"}
+_PF_FIELDS = {
+  "max_steps": "max_steps",
+  "max_step_tokens": "max_step_tokens",
+  "sampling_temperature": "temperature",
+}
 SEARCH_FIELDS = {
   "pf": _PF_FIELDS,
   "pf_smc": _PF_FIELDS,
@@ -111,6 +125,7 @@ SEARCH_FIELDS = {
     "max_solution_tokens": "max_new_tokens",
     "expected_total_steps": "astar_expected_steps",
     "tokens_per_sample": "astar_tokens_per_sample",
+    "temperature": "temperature",
   },
 }
 
@@ -120,7 +135,12 @@ SEARCH_FIELDS = {
 
 @dataclasses.dataclass(frozen=True)
 class SweepPlan:
-  """What a validated config asks for (tuples of ints / method names)."""
+  """What a validated config asks for (tuples of ints / row names).
+
+  methods / search: row names, a method under each verifier
+  (`verifiers.row_name`: plain under 'learned', 'm@v' otherwise);
+  baselines: `BASELINES` rows (budget 1, seed 0); verifiers: the
+  verifier names."""
 
   methods: tuple
   budgets: tuple
@@ -128,17 +148,22 @@ class SweepPlan:
   search: tuple
   search_budgets: tuple
   search_seeds: tuple
+  baselines: tuple = ()
+  verifiers: tuple = (vlib.LEARNED,)
 
   def keys(self) -> list:
-    """Every (method, budget, seed) row of this config, selection first."""
-    return [
-      (m, k, s) for s in self.seeds for m in self.methods for k in self.budgets
-    ] + [
-      (m, k, s)
-      for s in self.search_seeds
-      for m in self.search
-      for k in self.search_budgets
-    ]
+    """Every (row name, budget, seed) row of this config, selection first,
+    then search, then the baselines."""
+    return (
+      [(m, k, s) for s in self.seeds for m in self.methods for k in self.budgets]
+      + [
+        (m, k, s)
+        for s in self.search_seeds
+        for m in self.search
+        for k in self.search_budgets
+      ]
+      + [(b, 1, 0) for b in self.baselines]
+    )
 
 
 def search_method(method: str, config) -> methods_lib.Method:
@@ -151,6 +176,7 @@ def search_method(method: str, config) -> methods_lib.Method:
   Raises:
     ValueError: a method this sweep does not run, listing the ones it does.
   """
+  method = vlib.split_name(method)[0]
   if method not in SEARCH_FIELDS:
     raise ValueError(f"unknown search method {method!r}; known: {SEARCH_METHODS}")
   return methods_lib.method(
@@ -197,8 +223,11 @@ def validate_sweep(config) -> SweepPlan:
     "astar_capacity",
     "astar_expected_steps",
     "astar_tokens_per_sample",
+    "oracle_margin",
+    "report_budget",
   )
-  config_utils.non_negative(config, "temperature")
+  config_utils.non_negative(config, "temperature", "oracle_seed")
+  verifier_names, baselines = _verifier_axis(config)
   methods = config_utils.str_list(config, "methods", SELECTION_METHODS)
   search = config_utils.str_list(config, "search_methods", SEARCH_METHODS)
   if not methods and not search:
@@ -229,14 +258,39 @@ def validate_sweep(config) -> SweepPlan:
           f"config.search_budgets: budget {k} does not work for "
           f"search method {m!r} (with {used}): {e}"
         ) from None
+  rows = lambda ms: tuple(
+    dict.fromkeys(vlib.row_name(m, v) for v in verifier_names for m in ms)
+  )
   return SweepPlan(
-    tuple(methods),
+    rows(methods),
     tuple(budgets),
     tuple(seeds),
-    tuple(search),
+    rows(search),
     tuple(search_budgets),
     tuple(search_seeds),
+    tuple(baselines),
+    tuple(verifier_names),
   )
+
+
+def _verifier_axis(config) -> tuple:
+  """(verifier names, baseline names) of a config, checked.
+
+  Raises:
+    ValueError: naming config.verifiers (empty, a duplicate, an unknown
+      name) or config.baselines.
+  """
+  names = config.verifiers
+  if isinstance(names, str) or not isinstance(names, (list, tuple)) or not names:
+    raise ValueError(  # noqa: TRY004 (config errors are ValueErrors here)
+      f"config.verifiers must be a non-empty list of verifier names, got {names!r}"
+    )
+  for n in names:
+    vlib.parse_verifier(n)
+  if len(set(names)) != len(names):
+    raise ValueError(f"config.verifiers lists a verifier more than once: {names}")
+  baselines = config_utils.str_list(config, "baselines", BASELINES)
+  return list(names), baselines
 
 
 def sweep_settings(config) -> dict:
@@ -376,6 +430,8 @@ def build_pool(policy, verifiers, problems, config, seed: int) -> dict:
     orm=orm,
     prm_steps=prm_steps,
     prm_mask=prm_mask,
+    # the exact oracle at the same step positions (experiments/verifiers.py)
+    **vlib.pool_oracle_arrays(problems, prompts, toks, lens, S, config.rows_per_call),
   )
 
 
@@ -384,7 +440,9 @@ def load_pool(path: str, config) -> dict:
 
   Raises:
     ValueError: naming the file when its arrays do not have the shapes
-      (n_problems, pool_size[, max_steps]) the config asks for.
+      (n_problems, pool_size[, max_steps]) the config asks for, or lack the
+      oracle arrays an oracle verifier of config.verifiers needs (a pool
+      saved before the verifier axis: use a new --workdir).
   """
   pool = dict(np.load(path))
   P, N, S = config.n_problems, config.pool_size, config.max_steps
@@ -397,6 +455,10 @@ def load_pool(path: str, config) -> dict:
     prm_steps=(P, N, S),
     prm_mask=(P, N, S),
   )
+  if any(v != vlib.LEARNED for v in config.verifiers):
+    want.update(
+      oracle_steps=(P, N, S), oracle_step_hash=(P, N, S), oracle_end_hash=(P, N)
+    )
   bad = {
     k: pool[k].shape if k in pool else None
     for k, w in want.items()
@@ -424,8 +486,18 @@ def prm_scores(pool: dict, aggregation: str) -> np.ndarray:
 
 
 def selection_accuracy(method: str, pool: dict, ks, seed: int) -> np.ndarray:
-  """Mean accuracy over problems for every k in ks, shape [len(ks)] (unbiased
-  subset estimators).
+  """Mean accuracy over problems for every k in ks, shape [len(ks)]: the mean
+  of `selection_per_problem`.
+
+  Raises:
+    ValueError: an unknown method, or a k outside [1, pool size].
+  """
+  return selection_per_problem(method, pool, ks, seed).mean(0)
+
+
+def selection_per_problem(method: str, pool: dict, ks, seed: int) -> np.ndarray:
+  """Per-problem expected accuracy [P, len(ks)] (unbiased subset estimators)
+  of a selection method (plain name) on the pool's verifier scores.
 
   Each k's value depends only on (method, pool, k, seed): the Monte Carlo
   estimators (majority-type methods when C(n, k) is large) draw from a
@@ -438,7 +510,7 @@ def selection_accuracy(method: str, pool: dict, ks, seed: int) -> np.ndarray:
   a, c = pool["answers"], pool["correct"]
   n = a.shape[1]
   if method == "coverage":
-    return estimators.pass_at_k(np.full(len(c), n), c.sum(1), ks).mean(0)
+    return estimators.pass_at_k(np.full(len(c), n), c.sum(1), ks)
   subset = {
     "majority": lambda k: estimators.majority_at_k(a, c, [k], seed=[seed, k]),
     "weighted_majority_orm": lambda k: estimators.weighted_majority_at_k(
@@ -449,12 +521,12 @@ def selection_accuracy(method: str, pool: dict, ks, seed: int) -> np.ndarray:
     ),
   }
   if method in subset:
-    return np.array([subset[method](int(k)).value_PxK[:, 0].mean() for k in ks])
+    return np.stack([subset[method](int(k)).value_PxK[:, 0] for k in ks], 1)
   if method == "bon_orm":
-    return estimators.best_of_n_at_k(pool["orm"], c, ks).mean(0)
+    return estimators.best_of_n_at_k(pool["orm"], c, ks)
   if method in SELECTION_METHODS and method.startswith(PRM_PREFIX):
     s = prm_scores(pool, method[len(PRM_PREFIX) :])
-    return estimators.best_of_n_at_k(s, c, ks).mean(0)
+    return estimators.best_of_n_at_k(s, c, ks)
   raise ValueError(f"unknown method {method!r}; known: {SELECTION_METHODS}")
 
 
@@ -486,26 +558,43 @@ def selection_compute(method, pool, k, policy_cfg, verifier_cfg) -> dict:
 
 
 def run_search(method: str, k: int, policy, verifiers, problems, config, seed: int):
-  """Run a search method with budget k on every problem (`algorithms.methods.run`).
+  """Run a search row (or a baseline) with budget k on every problem.
 
-  A method that returns importance weights (particle filtering) is judged by
-  the weighted vote of its candidates' answers; the others by their chosen
-  answer. Returns (accuracy, per-problem mean Compute dict)."""
+  method: a row name, `m` or `m@verifier` (`verifiers.split_name`): the
+  search is guided by that verifier's PRM -- the learned PRM through its own
+  KV cache, or the in-graph oracle (`verifiers.oracle_model`, charged the
+  learned PRM's FLOPs) with its noise -- through the one scorer interface
+  (`algorithms.scorers.ModelStepScorer`). The PRNG key depends on (seed, k)
+  only, so every verifier sees the same policy randomness. 'greedy' runs
+  `run_greedy`. A method that returns importance weights (particle
+  filtering) is judged by the weighted vote of its candidates' answers; the
+  others by their chosen answer.
+
+  Returns (per-problem correctness float64 [P] of 0 / 1, per-problem mean
+  Compute dict).
+  """
   from algorithms.scorers import ModelStepScorer
 
+  base, vname = vlib.split_name(method)
+  if base == "greedy":
+    return run_greedy(policy, problems, config)
   cfg, params = policy
   rm, rparams = verifiers["prm"]
+  scorer, sparams = ModelStepScorer(rm), rparams
+  if vname != vlib.LEARNED:
+    scorer = ModelStepScorer(vlib.oracle_model(rm.cfg))
+    sparams = vlib.oracle_params(problems, vlib.parse_verifier(vname), config)
   prompts = [TOK.encode(p.prompt, add_bos=True) for p in problems]
   key = jax.random.key(seed * 104729 + k)
   out = methods_lib.run(
-    search_method(method, config),
+    search_method(base, config),
     Transformer(cfg),
     params,
     prompts,
     key,
     k,
-    scorer=ModelStepScorer(rm),
-    scorer_params=rparams,
+    scorer=scorer,
+    scorer_params=sparams,
   )
   P = len(problems)
   if out.weights is not None:
@@ -521,7 +610,42 @@ def run_search(method: str, k: int, policy, verifiers, problems, config, seed: i
       arith.check_answer(p, TOK.decode(toks[i, : lens[i]]))
       for i, p in enumerate(problems)
     ]
-  return float(np.mean(correct)), out.compute.per_problem(P).as_dict()
+  return np.asarray(correct, np.float64), out.compute.per_problem(P).as_dict()
+
+
+def run_greedy(policy, problems, config):
+  """Greedy decoding (temperature 0, one sample per problem), in blocks of
+  `rows_per_call` problems. Returns (per-problem correctness float64 [P],
+  per-problem mean Compute dict: the prompt's prefill and the decode FLOPs
+  of the greedy lengths, as `selection_compute` counts one sample)."""
+  cfg, params = policy
+  prompts = [TOK.encode(p.prompt, add_bos=True) for p in problems]
+  step = min(len(prompts), config.rows_per_call)
+  toks, lens = [], []
+  for i in range(0, len(prompts), step):
+    chunk = prompts[i : i + step]
+    n = len(chunk)
+    out = generate(
+      Transformer(cfg),
+      params,
+      chunk + [chunk[-1]] * (step - n),  # one shape, one compile
+      jax.random.key(0),
+      config.max_new_tokens,
+      make_sampling(0.0),
+      stop_tokens=[TOK.eos_id],
+      pad_id=TOK.pad_id,
+    )
+    toks += list(np.asarray(out.tokens)[:n])
+    lens += list(np.asarray(out.lengths)[:n])
+  correct = np.array(
+    [arith.check_answer(p, TOK.decode(t[:n])) for p, t, n in zip(problems, toks, lens)],
+    np.float64,
+  )
+  pool = dict(
+    prompt_lengths=np.array([len(x) for x in prompts]),
+    lengths=np.asarray(lens)[:, None],
+  )
+  return correct, selection_compute("majority", pool, 1, cfg, None)
 
 
 # --------------------------------- sweep ----------------------------------
@@ -559,178 +683,6 @@ def load_models(config):
   cfg, params, pconfig = workdir.load_policy(config.policy_dir)
   vcfg, verifiers = workdir.load_reward_models(config.verifier_dir)
   return (cfg, params), pconfig, vcfg, verifiers
-
-
-def summarize(rows, methods, budgets, out_dir, log=workdir.progress):
-  """Table, fits, compute-optimal choice and plots from the finished rows.
-
-  rows: {(method, budget, seed): row} -- only the rows to report (run_sweep
-  passes the current config's). Works for any non-empty subset of methods:
-  coverage alone gets its table and power-law fit, the compute-optimal choice
-  and the accuracy plot need a method other than coverage, and a fit that is
-  impossible for a method (fewer than 2 distinct FLOPs) is reported as such.
-  Writes summary.json (atomically) and PNGs into out_dir; returns the summary.
-  """
-  table = {}  # method -> (budgets, flops, accuracy) over budgets with rows
-  for m in methods:
-    ks, accs, fl = [], [], []
-    for k in budgets:
-      rs = [r for r in rows.values() if r["method"] == m and r["budget"] == k]
-      if rs:
-        ks.append(k)
-        accs.append(float(np.mean([r["accuracy"] for r in rs])))
-        fl.append(float(np.mean([r["compute"]["flops"] for r in rs])))
-    if accs:
-      table[m] = (np.array(ks), np.array(fl), np.array(accs))
-  log("\naccuracy (mean over seeds); columns = budget (samples)")
-  log(f"{'method':<24}" + "".join(f"{k:>8}" for k in budgets))
-  for m, (ks, _, accs) in table.items():
-    acc_of = dict(zip(ks.tolist(), accs))
-    log(
-      f"{m:<24}"
-      + "".join(f"{acc_of[k]:>8.3f}" if k in acc_of else f"{'-':>8}" for k in budgets)
-    )
-  summary = {
-    "table": {
-      m: {"budgets": ks.tolist(), "flops": f.tolist(), "accuracy": a.tolist()}
-      for m, (ks, f, a) in table.items()
-    }
-  }
-  if "coverage" in table:
-    ks, _, cov = table["coverage"]
-    if len(cov) < 3:
-      log(f"\ncoverage fit: needs >= 3 budgets, have {len(cov)}")
-    elif not (cov > 0).all():
-      log(
-        "\ncoverage fit: not possible (zero coverage at budgets "
-        f"{ks[cov <= 0].tolist()})"
-      )
-    else:
-      fit = analysis.fit_coverage_power_law(ks, cov)
-      summary["coverage_fit"] = dataclasses.asdict(fit)
-      log(
-        f"\ncoverage fit: log(coverage(k)) = {fit.a:.4f} * k^{fit.b:.4f}, "
-        f"R^2 = {fit.r2:.4f}"
-      )
-      analysis.plot_coverage(ks, cov, os.path.join(out_dir, "coverage.png"), fit=fit)
-  methods_acc = {m: (f, a) for m, (_, f, a) in table.items() if m != "coverage"}
-  fits, fit_errors = {}, {}
-  for m, (f, a) in methods_acc.items():
-    if len(f) < 2:
-      continue
-    try:
-      fits[m] = analysis.fit_log_linear(f, a)
-    except ValueError as e:  # e.g. every budget at the same FLOPs
-      fit_errors[m] = str(e)
-  summary["accuracy_vs_log10_flops"] = {
-    m: dataclasses.asdict(f) for m, f in fits.items()
-  }
-  if fit_errors:
-    summary["accuracy_vs_log10_flops_errors"] = fit_errors
-  if methods_acc:
-    log("\naccuracy vs log10 FLOPs (per method): slope, R^2")
-    for m, f in fits.items():
-      log(f"  {m:<24} slope {f.slope:+.4f}  R^2 {f.r2:.3f}")
-    for m, e in fit_errors.items():
-      log(f"  {m:<24} no fit: {e}")
-    all_flops = np.unique(np.concatenate([v[0] for v in methods_acc.values()]))
-    levels = np.geomspace(all_flops.min(), all_flops.max(), 6)
-    choice = analysis.compute_optimal_method(levels, methods_acc)
-    summary["compute_optimal"] = {
-      "budget_flops": levels.tolist(),
-      "method": [str(x) for x in choice.methods],
-      "accuracy": [float(x) for x in choice.accuracy],
-    }
-    log("\ncompute-optimal method per FLOPs budget")
-    for b, m, a in zip(levels, choice.methods, choice.accuracy):
-      log(f"  {b:10.3e} FLOPs: {m} ({a:.3f})")
-    analysis.plot_accuracy_vs_flops(
-      methods_acc, os.path.join(out_dir, "accuracy_vs_flops.png"), fits=fits
-    )
-  else:
-    log(
-      "\nonly coverage (pass@k, an oracle) was run: no accuracy-vs-FLOPs "
-      "fit or compute-optimal choice"
-    )
-  comp = astar_comparison(rows)
-  if comp:
-    summary["astar_vs"] = comp
-    log(
-      "\nA* against best-of-N / PF: A*'s cheapest budget reaching the same "
-      "accuracy (mean over seeds); ratios = A* / reference"
-    )
-    for c in comp:
-      if c["astar_budget"] is None:
-        log(
-          f"  {c['reference']:<14} @ {c['budget']:>3} (acc {c['accuracy']:.3f}):"
-          f" not reached (A* best {c['astar_best']:.3f})"
-        )
-      else:
-        log(
-          f"  {c['reference']:<14} @ {c['budget']:>3} (acc {c['accuracy']:.3f}):"
-          f" A* @ {c['astar_budget']:>3} acc {c['astar_accuracy']:.3f}, "
-          f"tokens x{c['token_ratio']:.2f}, PRM tokens "
-          f"x{c['prm_token_ratio']:.2f}"
-        )
-  workdir.write_json_atomic(
-    os.path.join(out_dir, "summary.json"), summary, indent=1, default=str
-  )
-  return summary
-
-
-def _mean_row(rows, method, budget):
-  rs = [r for r in rows.values() if r["method"] == method and r["budget"] == budget]
-  if not rs:
-    return None
-  return dict(
-    accuracy=float(np.mean([r["accuracy"] for r in rs])),
-    tokens=float(np.mean([r["compute"]["generated_tokens"] for r in rs])),
-    vtokens=float(np.mean([r["compute"]["verifier_tokens"] for r in rs])),
-  )
-
-
-def astar_comparison(
-  rows, references=("bon_prm_min", "bon_orm", "pf", "pf_smc"), budgets=(8, 16, 32)
-):
-  """Generated tokens and PRM work A* needs to reach the accuracy a reference
-  method reaches at a budget (the A*-decoding paper's claim: up to 3x fewer
-  tokens, 30% fewer PRM calls). A* budgets are scanned from the smallest.
-
-  PRM work is compared as tokens the PRM processes (verifier_tokens), the one
-  unit every method reports alike: best-of-N scores each sample in one pass,
-  while PF and A* score step by step through the PRM's KV cache, so their
-  'calls' are not comparable."""
-  a_budgets = sorted({r["budget"] for r in rows.values() if r["method"] == "astar"})
-  out = []
-  for ref in references:
-    for b in budgets:
-      rr = _mean_row(rows, ref, b)
-      if rr is None or not a_budgets:
-        continue
-      hit, best = None, 0.0
-      for ab in a_budgets:
-        ar = _mean_row(rows, "astar", ab)
-        best = max(best, ar["accuracy"])
-        if ar["accuracy"] >= rr["accuracy"] - 1e-9:
-          hit = (ab, ar)
-          break
-      c = dict(
-        reference=ref,
-        budget=b,
-        accuracy=rr["accuracy"],
-        astar_budget=None,
-        astar_best=best,
-      )
-      if hit is not None:
-        ab, ar = hit
-        c.update(
-          astar_budget=ab,
-          astar_accuracy=ar["accuracy"],
-          token_ratio=ar["tokens"] / max(rr["tokens"], 1e-9),
-          prm_token_ratio=ar["vtokens"] / max(rr["vtokens"], 1e-9),
-        )
-      out.append(c)
-  return out
 
 
 def run_sweep(config, out_dir, log=workdir.progress):
@@ -786,11 +738,11 @@ def _run_locked(config, plan: SweepPlan, out_dir, log):
     saved = {s for s in sel_seeds if os.path.exists(pool_path(s))}
     state = todo, sel_seeds, saved
   todo, sel_seeds, saved = distributed.from_writer(state)
-  need_models = any(m in plan.search for m, _, _ in todo) or any(
+  run_rows = set(plan.search) | set(plan.baselines)  # rows that need the models
+  need_models = any(m in run_rows for m, _, _ in todo) or any(
     s not in saved for s in sel_seeds
   )
   generated = searched = 0  # pools built with the others; search rows run here
-  models = None
 
   def check():
     if need_models:
@@ -827,54 +779,17 @@ def _run_locked(config, plan: SweepPlan, out_dir, log):
         if writer:
           workdir.save_npz_atomic(pool_path(seed), **pool)
         generated += 1
-      pool_s = time.perf_counter() - t0
-      if not writer:
-        continue
-      for m in plan.methods:
-        ks = [k for k in plan.budgets if (m, k, seed) not in rows]
-        if not ks:
-          continue
-        t1 = time.perf_counter()
-        acc = selection_accuracy(m, pool, ks, seed)
-        dt = (time.perf_counter() - t1) / len(ks)
-        for k, a in zip(ks, acc):
-          row = dict(
-            method=m,
-            budget=k,
-            seed=seed,
-            accuracy=float(a),
-            compute=selection_compute(m, pool, k, pcfg, vcfg),
-            wall_s=dt + pool_s * k / config.pool_size,
-            n_problems=config.n_problems,
-          )
-          workdir.append_row(rows_path, row)
-          rows[(m, k, seed)] = row
-    search = [key for key in todo if key[0] in plan.search]
-    n = jax.process_count()
-    for r in range(0, len(search), n):  # one row per process at a time
-      searched += len(distributed.split_for_process(search[r : r + n]))
-      for row in distributed.split_map(
-        lambda key: _search_row(*key, models, config), search[r : r + n]
-      ):
-        if not writer:
-          continue
-        workdir.append_row(rows_path, row)
-        rows[(row["method"], row["budget"], row["seed"])] = row
-        log(
-          f"  {row['method']:<8} budget {row['budget']:>3} seed {row['seed']}: "
-          f"accuracy {row['accuracy']:.3f}, "
-          f"{row['compute']['flops']:.3e} FLOPs/problem, {row['wall_s']:.1f}s"
-        )
+      if writer:
+        pool_s = time.perf_counter() - t0
+        _selection_rows(config, plan, pool, seed, pool_s, (pcfg, vcfg), rows, rows_path)
+    searched = _search_rows(config, plan, todo, models, rows, rows_path, log)
   if not writer:
     return dict(new_rows=len(todo), pools_generated=generated, searched=searched)
   log(f"sweep: {len(todo)} new rows, {generated} pools generated")
   current = {key: rows[key] for key in plan.keys()}
-  summary = summarize(
-    current,
-    list(plan.methods + plan.search),
-    sorted(set(plan.budgets) | set(plan.search_budgets)),
-    out_dir,
-    log=log,
+  quality = verifier_qualities(config, plan, out_dir)
+  summary = report.summarize(
+    current, plan, out_dir, quality, report_budget=config.report_budget, log=log
   )
   summary["new_rows"], summary["pools_generated"] = len(todo), generated
   other = len(rows) - len(current)
@@ -885,20 +800,113 @@ def _run_locked(config, plan: SweepPlan, out_dir, log):
   return summary
 
 
+def _selection_rows(config, plan, pool, seed, pool_s, cfgs, rows, rows_path) -> None:
+  """Append the missing selection rows of one seed's pool (process 0): each
+  with its per-problem values and their standard error over problems."""
+  pcfg, vcfg = cfgs
+  vpools = {}
+  for m in plan.methods:
+    ks = [k for k in plan.budgets if (m, k, seed) not in rows]
+    if not ks:
+      continue
+    base, v = vlib.split_name(m)
+    if v not in vpools:
+      vpools[v] = vlib.pool_for(pool, v, config)
+    t1 = time.perf_counter()
+    per = selection_per_problem(base, vpools[v], ks, seed)
+    dt = (time.perf_counter() - t1) / len(ks)
+    for j, k in enumerate(ks):
+      row = dict(
+        method=m,
+        budget=k,
+        seed=seed,
+        verifier=v,
+        accuracy=float(per[:, j].mean()),
+        accuracy_se=float(analysis.standard_error(per[:, j])),
+        per_problem=np.round(per[:, j], 6).tolist(),
+        compute=selection_compute(base, pool, k, pcfg, vcfg),
+        wall_s=dt + pool_s * k / config.pool_size,
+        n_problems=config.n_problems,
+      )
+      workdir.append_row(rows_path, row)
+      rows[(m, k, seed)] = row
+
+
+def _search_rows(config, plan, todo, models, rows, rows_path, log) -> int:
+  """Run the missing search and baseline rows, split across processes (one
+  row per process at a time); process 0 appends them. Returns the number
+  this process ran."""
+  run_rows = set(plan.search) | set(plan.baselines)
+  search = [key for key in todo if key[0] in run_rows]
+  n = jax.process_count()
+  searched = 0
+  for r in range(0, len(search), n):  # one row per process at a time
+    searched += len(distributed.split_for_process(search[r : r + n]))
+    for row in distributed.split_map(
+      lambda key: _search_row(*key, models, config), search[r : r + n]
+    ):
+      if not distributed.is_writer():
+        continue
+      workdir.append_row(rows_path, row)
+      rows[(row["method"], row["budget"], row["seed"])] = row
+      log(
+        f"  {row['method']:<16} budget {row['budget']:>3} seed {row['seed']}: "
+        f"accuracy {row['accuracy']:.3f} ± {row['accuracy_se']:.3f}, "
+        f"{row['compute']['flops']:.3e} FLOPs/problem, {row['wall_s']:.1f}s"
+      )
+  return searched
+
+
+def verifier_qualities(config, plan, out_dir) -> dict:
+  """verifier -> mean over the selection seeds' pools of
+  `verifiers.verifier_quality`, cached per (verifier, seed) in
+  out_dir/verifier_quality.json (a pool is read only for a missing entry);
+  {} without pools."""
+  path = os.path.join(out_dir, QUALITY_FILE)
+  cache = workdir.read_json(path) or {}
+  changed = False
+  for v in plan.verifiers:
+    for seed in plan.seeds if plan.methods else ():
+      pool_file = os.path.join(out_dir, f"pool_seed{seed}.npz")
+      if str(seed) in cache.get(v, {}) or not os.path.exists(pool_file):
+        continue
+      pool = load_pool(pool_file, config)
+      cache.setdefault(v, {})[str(seed)] = vlib.verifier_quality(pool, v, config)
+      changed = True
+  if changed:
+    workdir.write_json_atomic(path, cache, indent=1)
+  out = {}
+  for v in plan.verifiers:
+    per_seed = [cache[v][str(s)] for s in plan.seeds if str(s) in cache.get(v, {})]
+    if per_seed:
+      out[v] = {k: float(np.mean([q[k] for q in per_seed])) for k in per_seed[0]}
+  return out
+
+
 def _search_row(method, k, seed, models, config) -> dict:
-  """One search method's row at budget k and seed (`run_search`)."""
+  """One search (or baseline) row at budget k and seed (`run_search`), with
+  per-problem correctness and its binomial standard error. A run_search
+  returning a plain accuracy (no per-problem values) gets se = nan."""
   policy, verifiers, problems = models
   t0 = time.perf_counter()
   acc, comp = run_search(method, k, policy, verifiers, problems, config, seed)
-  return dict(
+  per = np.atleast_1d(np.asarray(acc, np.float64))
+  row = dict(
     method=method,
     budget=k,
     seed=seed,
-    accuracy=acc,
+    verifier=vlib.split_name(method)[1],
+    accuracy=float(per.mean()),
+    accuracy_se=float("nan"),
     compute=comp,
     wall_s=time.perf_counter() - t0,
     n_problems=config.n_problems,
   )
+  if per.size == config.n_problems:
+    row.update(
+      accuracy_se=float(analysis.standard_error(per)), per_problem=per.tolist()
+    )
+  return row
 
 
 FLAGS = flags.FLAGS

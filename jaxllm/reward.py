@@ -404,6 +404,268 @@ class ExactChecker:
 
 
 # ---------------------------------------------------------------------------
+# Reference-line oracle (exact or noisy), in-graph.
+
+_FNV_OFFSET = 2166136261  # FNV-1a 32-bit offset basis
+_FNV_PRIME = 16777619  # FNV-1a 32-bit prime
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class OracleParams:
+  """What `ReferenceOracle` scores against, and its noise (all traced: a new
+  noise level or seed does not recompile).
+
+  Fields: ref_tokens int32 [P, K, L] (line k of problem p's reference
+  solution, delimiter excluded, padded with -1), ref_lengths int32 [P, K],
+  n_lines int32 [P] (lines of problem p, the answer line included), seed
+  int32 [] (the noise seed), flip_prob float32 [] (eps: probability that a
+  label is flipped), logit_noise float32 [] (sigma: std of Gaussian noise on
+  the logit; 0 = binary scores), margin float32 [] (the noiseless logit
+  magnitude m when sigma > 0).
+  """
+
+  ref_tokens: Any
+  ref_lengths: Any
+  n_lines: Any
+  seed: Any
+  flip_prob: Any
+  logit_noise: Any
+  margin: Any
+
+
+def oracle_params(
+  lines: Sequence[Sequence[Sequence[int]]],
+  *,
+  seed: int = 0,
+  flip_prob: float = 0.0,
+  logit_noise: float = 0.0,
+  margin: float = 2.0,
+) -> OracleParams:
+  """`OracleParams` from P problems' reference lines (token ids per line,
+  delimiters excluded; e.g. the arith steps and the `A:` line).
+
+  Raises:
+    ValueError: no problem, a problem without lines, an empty line, a
+      negative token id, flip_prob outside [0, 1], logit_noise < 0 or
+      margin <= 0.
+  """
+  if not lines:
+    raise ValueError("oracle_params: no problems (lines is empty)")
+  for p, ls in enumerate(lines):
+    if not ls or any(len(line) == 0 for line in ls):
+      raise ValueError(f"oracle_params: problem {p} has no lines or an empty line")
+    if any(min(line) < 0 for line in ls):
+      raise ValueError(f"oracle_params: problem {p} has a negative token id")
+  if not 0.0 <= flip_prob <= 1.0:
+    raise ValueError(f"oracle_params: flip_prob must be in [0, 1], got {flip_prob}")
+  if not logit_noise >= 0.0:
+    raise ValueError(f"oracle_params: logit_noise must be >= 0, got {logit_noise}")
+  if not margin > 0.0:
+    raise ValueError(f"oracle_params: margin must be > 0, got {margin}")
+  P, K = len(lines), max(len(ls) for ls in lines)
+  L = max(len(line) for ls in lines for line in ls)
+  toks = np.full((P, K, L), -1, np.int32)
+  lens = np.zeros((P, K), np.int32)
+  for p, ls in enumerate(lines):
+    for k, line in enumerate(ls):
+      toks[p, k, : len(line)] = line
+      lens[p, k] = len(line)
+  f32 = lambda x: jnp.asarray(x, jnp.float32)
+  return OracleParams(
+    ref_tokens=jnp.asarray(toks),
+    ref_lengths=jnp.asarray(lens),
+    n_lines=jnp.asarray([len(ls) for ls in lines], jnp.int32),
+    seed=jnp.asarray(seed, jnp.int32),
+    flip_prob=f32(flip_prob),
+    logit_noise=f32(logit_noise),
+    margin=f32(margin),
+  )
+
+
+def prefix_hash(hash_B, tokens_BxS, valid_BxS):
+  """FNV-1a over token ids, continued from hash_B (uint32 [B]; start from
+  `jnp.uint32(2166136261)`) with the valid tokens of each row: uint32 [B, S],
+  the hash after each token (an invalid position repeats the previous one).
+  Identifies a prefix (up to 32-bit collisions) inside jit."""
+
+  def body(h, inp):
+    t, v = inp
+    new = (h ^ t.astype(jnp.uint32)) * jnp.uint32(_FNV_PRIME)
+    h = jnp.where(v, new, h)
+    return h, h
+
+  _, hs = jax.lax.scan(body, hash_B.astype(jnp.uint32), (tokens_BxS.T, valid_BxS.T))
+  return hs.T
+
+
+def oracle_noise(params: OracleParams, label, hash_):
+  """Noisy oracle score of exact labels (bool, any shape) at prefixes with
+  the given hashes (uint32, same shape): the label is flipped iff
+  u < flip_prob, with u ~ U[0, 1) drawn from fold_in(key(seed), hash), so
+  the same (seed, prefix) always gets the same score. With logit_noise
+  sigma > 0 the score is sigmoid(+-margin + sigma z), z ~ N(0, 1) from the
+  same key (+ for a label that is 1 after flipping); with sigma = 0 it is
+  the flipped label as 0.0 / 1.0. Returns float32 of label's shape."""
+  base = jax.random.key(params.seed)
+  keys = jax.vmap(lambda h: jax.random.fold_in(base, h))(hash_.ravel())
+  u = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 0)))(keys)
+  z = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 1)))(keys)
+  noisy = label.ravel() ^ (u < params.flip_prob)
+  sign = jnp.where(noisy, 1.0, -1.0)
+  soft = jax.nn.sigmoid(sign * params.margin + params.logit_noise * z)
+  out = jnp.where(params.logit_noise > 0, soft, noisy.astype(jnp.float32))
+  return out.reshape(label.shape).astype(jnp.float32)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class OracleState:
+  """Per row (all [B]): problem int32 (row of OracleParams), line int32
+  (index of the line being written), pos int32 (its tokens so far), line_ok
+  bool (they match the reference line), prefix_ok bool (every completed line
+  was correct), label bool (exact label of the text so far), ended bool (a
+  stop token was seen), hash uint32 (`prefix_hash` of prompt + solution),
+  lengths int32 (committed tokens)."""
+
+  problem: Any
+  line: Any
+  pos: Any
+  line_ok: Any
+  prefix_ok: Any
+  label: Any
+  ended: Any
+  hash: Any
+  lengths: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class ReferenceOracle:
+  """Exact (and optionally noisy) step scores against a reference solution,
+  with the reward-model interface (prefill / extend / reorder), jittable, so
+  particle filtering, beam search, A* and best-of-N use it through
+  `algorithms.scorers.ModelStepScorer` like a trained PRM.
+
+  Exact label of a (partial) solution = the label of its last line, for a
+  task with one valid path and prefix-based labels (Math-Shepherd "hard"
+  labels; experiments/tasks/arith.step_labels): line i is correct iff every
+  earlier line is correct, i < n_lines, and its tokens equal reference line
+  i exactly. A line ends at a token of `delimiter_ids`; a line still being
+  written is labelled as if it ended there; a token of `stop_ids` ends the
+  text (on a fresh line it adds no line; an empty solution is wrong);
+  `ignore_ids` (pad, BOS) change nothing but the prefix hash. Rows of
+  prefill are problems in OracleParams order (fork them with `reorder`).
+  The scores are `oracle_noise(params, label, hash of the prefix)`: exact
+  0 / 1 with flip_prob = logit_noise = 0.
+
+  Compared with arith.step_labels (which parses integers), a number written
+  with a leading zero ("07") or as "-0" is wrong here and may be right there.
+
+  `cfg`: the verifier this oracle stands in for; it is charged that model's
+  FLOPs (`jaxllm.flops`), so a sweep compares verifiers at equal cost; None
+  = free (`flops_free`).
+  """
+
+  delimiter_ids: tuple = ()
+  stop_ids: tuple = ()
+  ignore_ids: tuple = ()
+  cfg: ModelConfig | None = None
+
+  @property
+  def flops_free(self) -> bool:
+    return self.cfg is None
+
+  def prefill(self, params: OracleParams, tokens_BxT, lengths_B, cache_size: int = 0):
+    """Hash each prompt; state with nothing written; score = noisy(True)."""
+    B, T = tokens_BxT.shape
+    lengths_B = jnp.asarray(lengths_B, jnp.int32)
+    if params.n_lines.shape[0] != B:
+      raise ValueError(
+        f"ReferenceOracle needs one problem per prefill row: got "
+        f"{params.n_lines.shape[0]} problems for {B} rows"
+      )
+    valid = jnp.arange(T)[None, :] < lengths_B[:, None]
+    h0 = jnp.full((B,), _FNV_OFFSET, jnp.uint32)
+    h = prefix_hash(h0, jnp.asarray(tokens_BxT), valid)[:, -1] if T else h0
+    zeros = jnp.zeros((B,), jnp.int32)
+    yes = jnp.ones((B,), bool)
+    state = OracleState(
+      problem=jnp.arange(B, dtype=jnp.int32),
+      line=zeros,
+      pos=zeros,
+      line_ok=yes,
+      prefix_ok=yes,
+      label=yes,
+      ended=~yes,
+      hash=h,
+      lengths=lengths_B,
+    )
+    return state, oracle_noise(params, state.label, state.hash)
+
+  def _token(self, params: OracleParams, st: OracleState, t, v):
+    """One token (int32 [B], valid bool [B]) -> new state."""
+    member = lambda ids: functools.reduce(
+      jnp.logical_or, [t == i for i in ids], jnp.zeros(t.shape, bool)
+    )
+    live = v & ~st.ended
+    is_stop, is_delim = member(self.stop_ids), member(self.delimiter_ids)
+    is_tok = ~is_stop & ~is_delim & ~member(self.ignore_ids)
+    K, L = params.ref_tokens.shape[1:]
+    n = params.n_lines[st.problem]
+    k = jnp.clip(st.line, 0, K - 1)
+    in_ref = st.line < n
+    ref_len = jnp.where(in_ref, params.ref_lengths[st.problem, k], 0)
+    want = params.ref_tokens[st.problem, k, jnp.clip(st.pos, 0, L - 1)]
+    tok_ok = st.line_ok & (st.pos < ref_len) & (want == t)
+    full = st.prefix_ok & st.line_ok & in_ref & (st.pos == ref_len)
+    # a stop on a fresh line ends the text without a new line
+    closes = live & (is_delim | (is_stop & (st.pos > 0)))
+    empty_stop = live & is_stop & (st.pos == 0)
+    step = live & is_tok
+    label = jnp.where(closes, full, st.label)
+    label = jnp.where(empty_stop & (st.line == 0), False, label)
+    tok_label = st.prefix_ok & tok_ok & in_ref & (st.pos + 1 == ref_len)
+    label = jnp.where(step, tok_label, label)
+    return OracleState(
+      problem=st.problem,
+      line=st.line + closes.astype(jnp.int32),
+      pos=jnp.where(closes, 0, st.pos + step.astype(jnp.int32)),
+      line_ok=jnp.where(closes, True, jnp.where(step, tok_ok, st.line_ok)),
+      prefix_ok=jnp.where(closes, full, st.prefix_ok),
+      label=label,
+      ended=st.ended | (live & is_stop),
+      hash=st.hash,
+      lengths=st.lengths + v.astype(jnp.int32),
+    )
+
+  def extend(
+    self, params: OracleParams, state: OracleState, tokens_BxS, valid_BxS=None
+  ):
+    """Scores [B, S] after each new token (valid must be a prefix mask)."""
+    B, S = tokens_BxS.shape
+    tokens_BxS = jnp.asarray(tokens_BxS, jnp.int32)
+    valid = (
+      jnp.ones((B, S), bool) if valid_BxS is None else jnp.asarray(valid_BxS, bool)
+    )
+    hashes = prefix_hash(state.hash, tokens_BxS, valid)
+
+    def body(st, inp):
+      t, v = inp
+      st = self._token(params, st, t, v)
+      return st, st.label
+
+    state, labels = jax.lax.scan(body, state, (tokens_BxS.T, valid.T))
+    state = dataclasses.replace(state, hash=hashes[:, -1] if S else state.hash)
+    return state, oracle_noise(params, labels.T, hashes)
+
+  def reorder(self, state: OracleState, index):
+    return jax.tree_util.tree_map(lambda x: cache_lib.take_rows(x, index), state)
+
+  def lengths(self, state: OracleState):
+    return state.lengths
+
+
+# ---------------------------------------------------------------------------
 # Generative verifier.
 
 DEFAULT_VERIFIER_TEMPLATE = (
