@@ -180,6 +180,11 @@ def config_from_t5gemma(hf_config, dtype: str = "float32") -> EncDecConfig:
   )
 
 
+def _int_if_whole(x):
+  """transformers' strict config wants an int query_pre_attn_scalar."""
+  return int(x) if float(x).is_integer() else x
+
+
 def _module_to_hf(c: ModelConfig, where: str, *, bidirectional: bool) -> dict:
   if not (c.norm_plus_one and c.post_norms and c.embed_scale):
     raise ValueError(
@@ -208,7 +213,7 @@ def _module_to_hf(c: ModelConfig, where: str, *, bidirectional: bool) -> dict:
     rms_norm_eps=c.norm_eps,
     rope_parameters=dict(rope_type="default", rope_theta=c.rope_theta),
     attention_bias=False,
-    query_pre_attn_scalar=c.query_pre_attn_scalar or c.head_dim,
+    query_pre_attn_scalar=_int_if_whole(c.query_pre_attn_scalar or c.head_dim),
     sliding_window=sw,
     layer_types=["sliding_attention" if w else "full_attention" for w in c.windows],
     final_logit_softcapping=c.final_softcap,
