@@ -214,7 +214,7 @@ def test_fork_and_reorder_give_from_scratch_logits():
   tokens, then permute rows (flat index): every row's logits equal a fresh
   uncached run of its own prompt and continuation."""
   cfg, params = _tiny()
-  m, j = _jm(cfg)
+  _m, j = _jm(cfg)
   prompts = PROMPTS[:2]
   toks, lens = _padded(prompts)
   state, _ = j.prefill(params, toks, lens, 12)

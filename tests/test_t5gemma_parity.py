@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 
+import _hf_models as hfm
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,7 +19,6 @@ import pytest
 import torch
 import transformers
 
-import _hf_models as hfm
 from jaxllm import t5gemma
 from jaxllm.encdec import EncDecConfig, forward
 from jaxllm.encdec_decoding import EncDecTransformer
@@ -68,7 +68,7 @@ def case(request):
 def test_config_import(case):
   name, model, cfg, _ = case
   assert isinstance(cfg, EncDecConfig)
-  enc_kw, dec_kw, tied = hfm.T5GEMMA_CASES[name]
+  _enc_kw, _dec_kw, tied = hfm.T5GEMMA_CASES[name]
   assert cfg.decoder.tie_embeddings == tied
   assert cfg.encoder.d_model == model.config.encoder.hidden_size
   assert cfg.decoder.d_model == model.config.decoder.hidden_size
@@ -90,7 +90,7 @@ def test_logit_parity_ragged(case):
 def test_window_off_by_one_would_be_caught(case):
   """The parity above is sensitive to the window convention: an encoder window
   one smaller (transformers' number taken as ours) gives different logits."""
-  name, model, cfg, params = case
+  _name, model, cfg, params = case
   enc, dec = _inputs(1)
   theirs = hfm.t5gemma_logits(model, enc, LENGTHS, dec)
   wrong_enc = cfg.encoder.replace(
@@ -103,7 +103,7 @@ def test_window_off_by_one_would_be_caught(case):
 def test_cached_decoding_matches_transformers(case):
   """Prefill (encoder once, cross K/V cached) + one extend of the teacher tokens
   equals transformers' teacher-forced logits after the start token."""
-  name, model, cfg, params = case
+  _name, model, cfg, params = case
   enc, dec = _inputs(2)
   dec[:, 0] = cfg.decoder_start_id
   theirs = hfm.t5gemma_logits(model, enc, LENGTHS, dec)
@@ -116,7 +116,7 @@ def test_cached_decoding_matches_transformers(case):
 
 
 def test_export_reproduces_logits(case, tmp_path):
-  name, model, cfg, params = case
+  _name, model, cfg, params = case
   t5gemma.save_t5gemma(str(tmp_path), cfg, params)
   back = transformers.T5GemmaForConditionalGeneration.from_pretrained(
     str(tmp_path), attn_implementation="eager", dtype=torch.float32
@@ -135,7 +135,7 @@ def test_export_reproduces_logits(case, tmp_path):
 
 
 def test_import_errors_name_the_problem(case):
-  name, model, cfg, _ = case
+  _name, model, cfg, _ = case
   sd = dict(model.state_dict())
   sd.pop("model.decoder.layers.0.cross_attn.k_proj.weight")
   with pytest.raises(ValueError, match="missing.*cross_attn.k_proj"):
