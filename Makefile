@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: format install demo genrm chat-demo test test-slow bench bench-speculative draft smollm gsm8k-data clean
+.PHONY: format install demo genrm chat-demo test test-slow bench bench-speculative draft smollm gsm8k-data adapt-encdec clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -31,6 +31,11 @@ demo: $(STAMP)
 # Solve vs verify: trains (or reuses) a generative arith verifier, S x V study.
 genrm: $(STAMP)
 	$(BIN)/python -m experiments.genrm_allocation --config=configs/genrm_arith.py
+
+# T5Gemma-style adaptation of the arith policy (balanced and unbalanced
+# encoder-decoders vs the decoder-only models, at matched FLOPs per problem).
+adapt-encdec: $(STAMP)
+	$(BIN)/python -m experiments.adapt_encdec --config=configs/adapt_arith.py
 
 # SmolLM2-135M-Instruct: chat template, sampling, tokens/s.
 chat-demo: $(STAMP)

@@ -59,7 +59,8 @@ def test_end_to_end_tiny(tmp_path, objective, kd):
   assert any(
     line.startswith("big-small: cross-attention warm-up 2 steps") for line in lines
   )
-  out = json.load(open(os.path.join(tmp_path, "results.json")))
+  with open(os.path.join(tmp_path, "results.json")) as f:
+    out = json.load(f)
   assert len(out["rows"]) == 8
   assert os.path.exists(os.path.join(tmp_path, "accuracy_vs_flops.png"))
   assert "big-small" in ae.format_table(rows)
