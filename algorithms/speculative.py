@@ -361,7 +361,14 @@ def _block_counts(shape, valid_2, d_len0, d_len, t_len):
 
 
 def _prefill(model, params, tokens_BxT, lengths_B, cache_size):
-  """Prefill all but the last prompt token (the last one is the first block's root)."""
+  """(state, root_B): the model's state holding the prompt except the first
+  block's root, and that root. By default the root is the last prompt token and
+  the rest is prefilled; a model that conditions differently defines
+  `prefill_to_root(params, tokens_BxT, lengths_B, cache_size)` (the
+  encoder-decoder: the whole prompt encoded, the root its decoder start token)."""
+  own = getattr(model, "prefill_to_root", None)
+  if own is not None:
+    return own(params, tokens_BxT, lengths_B, cache_size)
   state, _ = model.prefill(params, tokens_BxT, lengths_B - 1, cache_size)
   last = jnp.take_along_axis(tokens_BxT, (lengths_B - 1)[:, None], axis=1)[:, 0]
   return state, last

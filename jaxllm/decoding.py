@@ -20,6 +20,10 @@ An algorithm reaches a model only through these calls (t5x's
   commit(state, path_BxL, n_accept_B) -> state
       keep the accepted tree nodes path[b, :n_accept[b]] (node indices).
   lengths(state) -> [B] committed tokens per row.
+  prefill_to_root(params, tokens_BxT, lengths_B, cache_size) -> (state, root_B)
+      OPTIONAL (speculative decoding): the state without the first tree root,
+      and the root; absent, the root is the last prompt token and the rest is
+      prefilled. The encoder-decoder defines it (root = decoder start token).
 
 `Transformer` implements it with the KV-cached model; `BigramLM` is a toy
 model with an exactly known next-token distribution p(x_t | x_{t-1}) =

@@ -26,13 +26,11 @@ model (the algorithms check prompt + new tokens <= cache_size); the decoder
 self-attention cache gets cache_size slots, which always hold the start token
 plus the continuation.
 
-Speculative decoding note: `algorithms.speculative` prefills all but the last
-prompt token and feeds that token as the first tree root through `extend`. On
-an encoder-decoder this means the encoder reads the prompt without its last
-token and the decoder reads [start, last prompt token, ...]: speculative
-decoding is still exact for THAT conditional (it samples what the target's own
-autoregressive path through the same calls samples, tested), but it is not the
-same conditional as `generate`'s, which encodes the whole prompt.
+Speculative decoding: `algorithms.speculative` keeps the last emitted token out
+of the target cache (it is the root of the next block's tree). For a decoder-only
+model that is the last prompt token; here `prefill_to_root` encodes the whole
+prompt and makes the decoder start token the first root, so speculative
+decoding samples the same conditional as `generate` (tested).
 
 Shape letters: B rows, E encoder tokens, S decoder cache slots, M tree nodes,
 L path length, V vocab. Source: T5Gemma (Zhang et al. 2025, arXiv:2504.06225).
@@ -120,6 +118,23 @@ class EncDecTransformer:
     Raises:
       ValueError: if tokens_BxE is not 2-D or E > cache_size.
     """
+    state, start_B = self.prefill_to_root(params, tokens_BxE, lengths_B, cache_size)
+    logits, cache, _ = self._decode(
+      params, state, start_B[:, None], state.self_cache, logits_at="last"
+    )
+    return dataclasses.replace(state, self_cache=cache), logits
+
+  def prefill_to_root(self, params, tokens_BxE, lengths_B, cache_size: int):
+    """Speculative decoding's prefill (`algorithms.speculative`): the prompt
+    encoded in full (and the cross-attention K/V computed), the decoder cache
+    still empty, and the first tree root = the decoder start token.
+
+    Returns:
+      (EncDecState with decoder length 0, root_B int32 [B]).
+
+    Raises:
+      ValueError: as `prefill`.
+    """
     if getattr(tokens_BxE, "ndim", None) != 2:
       raise ValueError(
         f"tokens_BxE must be 2-D [rows, tokens], got {getattr(tokens_BxE, 'shape', None)}"
@@ -133,10 +148,8 @@ class EncDecTransformer:
     enc, _ = encode(params, tokens_BxE, self.cfg, lengths_B)
     ks, vs = cross_kv(params, enc, self.cfg)
     cache = cache_lib.init_cache(self.cfg.decoder, B, cache_size)
-    state = EncDecState(cache, ks, vs, lengths_B)
-    start = jnp.full((B, 1), self.cfg.decoder_start_id, jnp.int32)
-    logits, cache, _ = self._decode(params, state, start, cache, logits_at="last")
-    return dataclasses.replace(state, self_cache=cache), logits
+    root_B = jnp.full((B,), self.cfg.decoder_start_id, jnp.int32)
+    return EncDecState(cache, ks, vs, lengths_B), root_B
 
   def extend(self, params, state: EncDecState, tokens_BxS, valid_BxS=None):
     logits, cache, _ = self._decode(

@@ -415,10 +415,10 @@ def test_particle_filter_runs_and_forks_match_uncached():
   assert comp.prefill_flops >= float(np.sum(flops_lib.prefill_flops(cfg, [7, 2])))
 
 
-# Speculative decoding prefills all but the last prompt token and feeds that token
-# through `extend` (algorithms/speculative.py `_prefill`); on an encoder-decoder the
-# conditional it samples is therefore p(y | encoder(prompt[:-1]), decoder [start,
-# prompt[-1], ...]). The references below compute exactly that by uncached passes.
+# Speculative decoding roots its first tree at the decoder start token with the
+# whole prompt encoded (`EncDecTransformer.prefill_to_root`), so it samples
+# generate's conditional p(y | encoder(prompt), decoder [start, y...]); the
+# references below compute it by uncached passes.
 V_SD = 8
 SD_PROMPT = [3, 1, 4, 1, 5]
 
@@ -451,11 +451,11 @@ def _np_softmax(x):
 
 
 def _spec_ref_logits(cfg, params, prompt, ys):
-  return ref_logits(cfg, params, prompt[:-1], [prompt[-1]] + list(ys))
+  return ref_logits(cfg, params, prompt, list(ys))
 
 
 @pytest.mark.slow
-def test_speculative_greedy_equals_the_conditional_it_decodes():
+def test_speculative_greedy_equals_generate_conditional():
   t_cfg, tp, d_cfg, dp = _spec_models()
   prompts = [SD_PROMPT, [2, 7], [6, 0, 6]]
   sc = SpecConfig(method="chain", gamma=3, max_new_tokens=6, sampling_temperature=0.0)
