@@ -7,6 +7,7 @@ import re
 import zipfile
 from fractions import Fraction
 
+import numpy as np
 import pytest
 
 from experiments.tasks import answers
@@ -435,6 +436,31 @@ def test_tally_and_grade_refuse_bad_input():
     answers.tally(["#### 1"], ["1"], rules=("loose",))
   with pytest.raises(ValueError, match="text must be a str"):
     answers.tally([None], ["1"])
+
+
+def test_answer_id_fn_groups_extracted_values():
+  """Self-consistency votes on extracted values: "0.5", "1/2" and
+  "\\boxed{\\frac12}" are one answer; unparsable ones get -1 (no vote)."""
+  texts = {
+    1: "#### 0.5",
+    2: "The answer is 1/2.",
+    3: "\\boxed{\\frac12}",
+    4: "no idea",
+    5: "#### 3",
+    6: "so 3 in all",
+  }
+  toks = np.array([[[1, 0], [5, 0], [2, 0]], [[4, 0], [6, 0], [5, 0]]])
+  lens = np.ones((2, 3), int)
+  decode = lambda ids: "".join(texts[i] for i in ids)  # noqa: E731
+  strict = answers.answer_id_fn(decode, "strict")(toks, lens)
+  np.testing.assert_array_equal(strict, [[0, 1, 0], [-1, -1, 0]])
+  flexible = answers.answer_id_fn(decode, "flexible")(toks, lens)
+  np.testing.assert_array_equal(flexible, [[0, 1, 0], [-1, 0, 0]])
+  assert strict.dtype == np.int32
+  with pytest.raises(ValueError, match="unknown extraction rule"):
+    answers.answer_id_fn(decode, "loose")
+  with pytest.raises(ValueError, match=r"tokens \[P, N, L\]"):
+    answers.answer_id_fn(decode)(toks[0], lens)
 
 
 # ---------------------------------------------------------------------------

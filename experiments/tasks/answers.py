@@ -41,15 +41,18 @@ reduced ratio ("1/3").
 Reported rules (RULES): "strict" is formats 1-3 only, "flexible" adds 4.
 `grade(text, gold, rule)` gives one completion's outcome (correct / wrong /
 unparsable, with the extraction saying why), `tally(completions, golds)` the
-counts under both rules, every completion counted (none dropped).
+counts under both rules, every completion counted (none dropped);
+`answer_id_fn(decode, rule)` the answer ids self-consistency votes on.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from fractions import Fraction
 from typing import NamedTuple
+
+import numpy as np
 
 # ---------------------------------------------------------------------------
 # LaTeX clean-up: what carries no value becomes a space (or nothing, for the
@@ -473,3 +476,42 @@ def tally(
         reasons[g.extraction.source] = reasons.get(g.extraction.source, 0) + 1
     out[rule] = Tally(**counts, reasons=reasons)
   return out
+
+
+def answer_id_fn(decode: Callable[[list[int]], str], rule: str = "strict"):
+  """An `answer_fn` for `algorithms.methods.run` (self-consistency and the other
+  selection rules vote on extracted answers, not on token sequences).
+
+  Args:
+    decode: token ids -> text (e.g. `tokenizer.decode`).
+    rule: "strict" or "flexible" (RULES).
+
+  Returns:
+    fn(tokens [P, N, L], lengths [P, N]) -> int32 [P, N]: per problem, equal
+    extracted values share an id (0, 1, ... in order of first appearance);
+    -1 where the answer is unparsable (no vote).
+
+  Raises:
+    ValueError: an unknown rule (at once); from fn, shapes that do not fit.
+  """
+  if rule not in RULES:
+    raise ValueError(f"unknown extraction rule {rule!r}; expected one of {RULES}")
+
+  def fn(tokens_PxNxL, lengths_PxN) -> np.ndarray:
+    toks, lens = np.asarray(tokens_PxNxL), np.asarray(lengths_PxN)
+    if toks.ndim != 3 or lens.shape != toks.shape[:2]:
+      raise ValueError(
+        f"answer ids: need tokens [P, N, L] and lengths [P, N], got "
+        f"{toks.shape} and {lens.shape}"
+      )
+    ids = np.full(lens.shape, -1, np.int32)
+    for p in range(lens.shape[0]):
+      table: dict[Fraction, int] = {}
+      for n in range(lens.shape[1]):
+        text = decode([int(t) for t in toks[p, n, : lens[p, n]]])
+        answer = extract(text, rule).answer
+        if answer is not None:
+          ids[p, n] = table.setdefault(parse_number(answer), len(table))
+    return ids
+
+  return fn
