@@ -53,16 +53,16 @@ KNOWN_METHODS = (
   "weighted_majority_orm",
   "bon_orm",
   "bon_prm_min",
+  "bom_orm",
+  "pf",
+  "beam",
+  "astar",
+  "dvts",
+  "pf_smc",
+  "epf",
   "bon_prm_last",
   "bon_prm_prod",
   "bon_prm_mean",
-  "bom_orm",
-  "pf",
-  "pf_smc",
-  "epf",
-  "beam",
-  "dvts",
-  "astar",
 )
 XLABEL = "FLOPs per problem (log scale)"
 YLABEL = "accuracy (fraction of problems solved)"

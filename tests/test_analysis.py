@@ -159,3 +159,133 @@ def test_validation_errors():
     an.pareto_frontier([1, np.nan], [0.1, 0.2])
   with pytest.raises(ValueError, match="positive"):
     an.fit_compute_optimal_allocation([1, 2, 3], [0, 1, 2], [0.1, 0.2, 0.3], [1, 2, 3])
+
+
+# ------------------------- standard errors and ties -------------------------
+
+
+def test_standard_error_is_the_binomial_se_for_0_1_outcomes():
+  x = np.array([1, 0, 0, 1, 1, 1, 0, 1, 0, 1], float)
+  p, n = x.mean(), x.size
+  assert an.standard_error(x) == pytest.approx(np.sqrt(p * (1 - p) / (n - 1)))
+  assert np.isnan(an.standard_error([0.5]))
+  a, b = np.array([1.0, 0, 1, 1]), np.array([0.0, 0, 1, 0])
+  assert an.difference_se(a, b) == pytest.approx(np.std(a - b, ddof=1) / 2)
+
+
+def test_log_linear_fit_standard_errors_match_closed_forms():
+  flops = np.array([1e12, 1e13, 1e14, 1e15, 1e16])
+  y = np.array([0.30, 0.36, 0.37, 0.45, 0.47])
+  x = np.log10(flops)
+  fit = an.fit_log_linear(flops, y)
+  resid = y - fit.predict(x)
+  s2 = resid @ resid / (len(x) - 2)
+  sxx = ((x - x.mean()) ** 2).sum()
+  assert fit.slope_se == pytest.approx(np.sqrt(s2 / sxx))
+  assert fit.intercept_se == pytest.approx(np.sqrt(s2 * (1 / 5 + x.mean() ** 2 / sxx)))
+  # weighted: numpy's polyfit with w = 1 / se and the unscaled covariance,
+  # inflated by the reduced chi^2 when it exceeds 1
+  se = np.array([0.01, 0.02, 0.01, 0.03, 0.02])
+  wfit = an.fit_log_linear(flops, y, se)
+  (slope, icpt), cov = np.polyfit(x, y, 1, w=1 / se, cov="unscaled")
+  chi2 = (((y - slope * x - icpt) / se) ** 2).sum() / 3
+  assert wfit.slope == pytest.approx(slope) and wfit.intercept == pytest.approx(icpt)
+  assert wfit.slope_se == pytest.approx(np.sqrt(cov[0, 0] * max(1.0, chi2)))
+  assert np.isnan(an.fit_log_linear(flops[:2], y[:2]).slope_se)
+  with pytest.raises(ValueError, match="se must be > 0"):
+    an.fit_log_linear(flops, y, np.zeros(5))
+
+
+def test_power_law_fit_reports_finite_uncertainties():
+  rng = np.random.default_rng(4)
+  ks = np.geomspace(1, 256, 9)
+  cov = np.exp(-1.2 * ks**-0.4) * (1 + 0.01 * rng.standard_normal(ks.size))
+  fit = an.fit_coverage_power_law(ks, np.clip(cov, 1e-6, 1))
+  assert 0 < fit.a_se < 0.2 and 0 < fit.b_se < 0.2
+  assert abs(fit.b + 0.4) < 4 * fit.b_se + 0.02
+
+
+def test_compute_optimal_ties_within_paired_error():
+  rng = np.random.default_rng(5)
+  P = 400
+  base = (rng.random(P) < 0.5).astype(float)
+  near = base.copy()
+  near[rng.choice(P, 4, replace=False)] = 1 - near[rng.choice(P, 4, replace=False)]
+  far = (rng.random(P) < 0.2).astype(float)
+  results = {
+    "a": (np.array([1.0, 10.0]), np.array([0.1, base.mean()])),
+    "b": (np.array([9.0]), np.array([near.mean()])),
+    "c": (np.array([5.0]), np.array([far.mean()])),
+  }
+  per = {"a": [np.zeros(P), base], "b": [near], "c": [far]}
+  per["a"][0][: int(0.1 * P)] = 1
+  ch = an.compute_optimal_with_ties([2.0, 20.0], results, per)
+  assert ch.methods == ["a", max(("a", "b"), key=lambda m: results[m][1][-1])]
+  assert ch.tied[0] == ["a"]  # only a fits the first budget
+  # at 20: a and b differ on 4 problems (paired SE ~0.007): a tie; c is far
+  assert sorted(ch.tied[1]) == ["a", "b"]
+  assert ch.se[1] == pytest.approx(an.standard_error(per[ch.methods[1]][-1]))
+
+
+# ------------------------------- plot specs -------------------------------
+
+
+def test_method_styles_never_share_a_colour():
+  from experiments import plots
+
+  methods = list(plots.KNOWN_METHODS) + ["extra_1", "extra_2"]
+  st = plots.method_styles(methods)
+  colours = [s["colour"] for s in st.values()]
+  assert len(set(colours)) == len(colours) == len(methods)
+  assert len(set(plots.PALETTE)) == len(plots.PALETTE)
+  # a method keeps its colour whichever subset is drawn
+  assert plots.method_styles(["astar", "pf"])["pf"] == st["pf"]
+  with pytest.raises(ValueError, match="distinct colours"):
+    plots.method_styles([f"m{i}" for i in range(30)])
+
+
+def _panels():
+  f = np.array([1e8, 2e8, 4e8])
+  s = {
+    m: (f, np.array([0.3, 0.4, 0.5]), np.full(3, 0.05))
+    for m in ("majority", "bon_prm_min", "pf", "beam", "astar")
+  }
+  return {
+    v: {
+      "auroc": a, "series": dict(s), "coverage": (f, [0.4, 0.6, 0.8]), "greedy": 0.42, "pass1": 0.31
+    }
+    for v, a in (("oracle", 0.84), ("flip0.1", 0.7), ("learned", 0.54))
+  }
+
+
+def test_verifier_panel_spec_colours_labels_and_reference_lines(tmp_path):
+  from experiments import plots
+
+  spec = plots.verifier_panels_spec(_panels())
+  assert [p["verifier"] for p in spec["panels"]] == ["oracle", "flip0.1", "learned"]
+  assert "log" in spec["xlabel"] and "FLOPs" in spec["xlabel"]
+  assert spec["legend"] == "outside right"
+  seen = {}
+  for panel in spec["panels"]:
+    colours = [s["colour"] for s in panel["series"]]
+    assert len(set(colours)) == len(colours)  # no colour shared in a panel
+    for s in panel["series"]:
+      assert seen.setdefault(s["method"], (s["colour"], s["marker"])) == (
+        s["colour"],
+        s["marker"],
+      )  # and a method keeps it across panels
+    assert panel["upper_bound"] is not None
+    assert {h["label"] for h in panel["hlines"]} == {"greedy (T=0)", "pass@1"}
+    assert "AUROC" in panel["title"]
+  owners = {}
+  for m, (c, _) in seen.items():
+    assert owners.setdefault(c, m) == m  # no colour for two methods anywhere
+  path = plots.render_verifier_panels(spec, str(tmp_path / "panels.png"))
+  with open(path, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  pts = {"pf": [(0.84, 0.7, 0.05), (0.54, 0.3, 0.05)], "bon_orm": [(1.0, 0.8, 0.04)]}
+  aspec = plots.auroc_summary_spec(pts, 16)
+  assert [s["x"] for s in aspec["series"] if s["method"] == "pf"] == [[0.54, 0.84]]
+  cols = [s["colour"] for s in aspec["series"]]
+  assert len(set(cols)) == len(cols)
+  assert plots.render_auroc_summary(aspec, str(tmp_path / "auroc.png")).endswith(".png")
