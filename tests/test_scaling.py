@@ -5,6 +5,7 @@ import os
 
 import jax
 import ml_collections
+import numpy as np
 import pytest
 
 from _tiny_policy import save_tiny_policy
@@ -109,3 +110,54 @@ def test_pool_prefills_each_prompt_once(setup, monkeypatch):
   rec = scaling.selection_compute("majority", pool, 8, policy[0], vcfg)
   assert rec["prefill_tokens"] == pytest.approx(pool["prompt_lengths"].mean())
   assert rec["generated_tokens"] == pytest.approx(8 * pool["lengths"].mean())
+
+
+def test_verifier_axis_rows_carry_standard_errors_and_resume(setup):
+  """The verifier axis on the tiny models: selection rows per verifier from
+  one pool (its oracle arrays saved with it), a search row guided by a noisy
+  oracle, the greedy baseline; every table row has a standard error; a
+  killed run resumes to the same rows; the per-verifier report and plots."""
+  root, c0 = setup
+  c = ml_collections.ConfigDict(c0.to_dict())
+  c.seeds, c.budgets = (0,), (1, 2, 4)
+  c.methods = ("coverage", "majority", "bon_orm", "bon_prm_min")
+  c.verifiers = ("oracle", "flip0.3", "learned")
+  c.search_methods, c.search_budgets = ("pf",), (2,)
+  c.baselines = ("greedy",)
+  out = str(root / "verifiers")
+  s = scaling.run_sweep(c, out)
+  n_sel = (2 + 2 * 3) * 3  # (free + per-verifier methods) x budgets
+  assert s["new_rows"] == n_sel + 3 + 1  # + pf under 3 verifiers + greedy
+  pool = dict(np.load(os.path.join(out, "pool_seed0.npz")))
+  assert pool["oracle_steps"].shape == pool["prm_steps"].shape
+  rows = _rows(out)
+  assert {r["verifier"] for r in rows.values()} == {"oracle", "flip0.3", "learned"}
+  for r in rows.values():
+    assert len(r["per_problem"]) == c.n_problems
+    assert r["accuracy"] == pytest.approx(np.mean(r["per_problem"]))
+    assert r["accuracy_se"] == pytest.approx(
+      np.std(r["per_problem"], ddof=1) / np.sqrt(c.n_problems)
+    )
+  for name, t in s["table"].items():
+    assert all(se is not None and np.isfinite(se) for se in t["se"]), name
+  # the oracle ORM is the exact final-answer label: best-of-N = coverage
+  np.testing.assert_allclose(
+    s["table"]["bon_orm@oracle"]["accuracy"], s["table"]["coverage"]["accuracy"]
+  )
+  assert set(s["verifiers"]) == {"oracle", "flip0.3", "learned"}
+  q = s["verifiers"]["oracle"]["quality"]["orm_within_auroc"]
+  assert q == 1.0 or np.isnan(q)  # nan: no problem with both classes
+  for f in ("accuracy_vs_flops.png", "table.md", "verifier_quality.json"):
+    assert os.path.exists(os.path.join(out, f)), f
+  # kill: drop the flip0.3 search row and half the rows; resume
+  with open(os.path.join(out, "rows.jsonl")) as f:
+    lines = f.readlines()
+  with open(os.path.join(out, "rows.jsonl"), "w") as f:
+    f.writelines(l for i, l in enumerate(lines) if i % 2 and "pf@flip" not in l)
+  s2 = scaling.run_sweep(c, out)
+  assert s2["pools_generated"] == 0 and s2["new_rows"] > 0
+  again = _rows(out)
+  assert again.keys() == rows.keys()
+  for k in rows:
+    assert again[k]["accuracy"] == pytest.approx(rows[k]["accuracy"]), k
+    assert again[k]["per_problem"] == pytest.approx(rows[k]["per_problem"]), k
