@@ -413,15 +413,7 @@ def build_pool(policy, verifiers, problems, config, seed: int) -> dict:
   seq_len = np.array([[len(s) for s in row] for row in seqs])
   orm = np.take_along_axis(scores["orm"], (seq_len - 1)[..., None], 2)[..., 0]
   S = config.max_steps
-  prm_steps = np.zeros((P, N, S), np.float32)
-  prm_mask = np.zeros((P, N, S), bool)
-  for p in range(P):
-    for n in range(N):
-      gen = toks[p, n, : lens[p, n]]
-      ends = np.flatnonzero((gen == TOK.newline_id) | (gen == TOK.eos_id))[:S]
-      pos = len(prompts[p]) + ends
-      prm_steps[p, n, : len(ends)] = scores["prm"][p, n, pos]
-      prm_mask[p, n, : len(ends)] = True
+  prm_steps, prm_mask = _step_scores(scores["prm"], toks, lens, prompts, S)
   return dict(
     answers=dense_answer_ids(answers),
     correct=correct,
@@ -433,6 +425,21 @@ def build_pool(policy, verifiers, problems, config, seed: int) -> dict:
     # the exact oracle at the same step positions (experiments/verifiers.py)
     **vlib.pool_oracle_arrays(problems, prompts, toks, lens, S, config.rows_per_call),
   )
+
+
+def _step_scores(scores_PxNxT, toks, lens, prompts, S: int):
+  """PRM scores at each sample's step ends (newline / EOS of the generated
+  part, the first S): (float32 [P, N, S], mask bool [P, N, S])."""
+  P, N = lens.shape
+  prm_steps = np.zeros((P, N, S), np.float32)
+  prm_mask = np.zeros((P, N, S), bool)
+  for p in range(P):
+    for n in range(N):
+      gen = toks[p, n, : lens[p, n]]
+      ends = np.flatnonzero((gen == TOK.newline_id) | (gen == TOK.eos_id))[:S]
+      prm_steps[p, n, : len(ends)] = scores_PxNxT[p, n, len(prompts[p]) + ends]
+      prm_mask[p, n, : len(ends)] = True
+  return prm_steps, prm_mask
 
 
 def load_pool(path: str, config) -> dict:

@@ -22,6 +22,8 @@ from jaxllm import reward
 
 TOK = arith.TOKENIZER
 ORACLE = vlib.oracle_model()
+PREFILL, EXTEND = jax.jit(ORACLE.prefill), jax.jit(ORACLE.extend)
+REORDER = jax.jit(ORACLE.reorder)
 ALPHA = 1e-6  # false-alarm rate of each statistical test
 # step_labels parses integers, the oracle compares tokens: they differ only on
 # numbers written with a leading zero or as -0 (documented on ReferenceOracle).
@@ -106,13 +108,13 @@ def test_scores_do_not_depend_on_chunking_rows_or_batch():
   pt, plen, st, valid = _batch(problems, texts)
   _, whole = _score(params, pt, plen, st, valid)
   # the same rows in two chunks, after a fork into 2 copies each + reorder
-  state, _ = ORACLE.prefill(params, pt, plen)
-  state = ORACLE.reorder(state, jnp.zeros((6, 2), jnp.int32))
+  state, _ = PREFILL(params, pt, plen)
+  state = REORDER(state, jnp.zeros((6, 2), jnp.int32))
   two = lambda x: np.repeat(x, 2, 0)
   h = st.shape[1] // 2
-  state, a = ORACLE.extend(params, state, two(st[:, :h]), two(valid[:, :h]))
-  state = ORACLE.reorder(state, jnp.arange(12)[::-1])
-  _, b = ORACLE.extend(params, state, two(st[:, h:])[::-1], two(valid[:, h:])[::-1])
+  state, a = EXTEND(params, state, two(st[:, :h]), two(valid[:, :h]))
+  state = REORDER(state, jnp.arange(12)[::-1])
+  _, b = EXTEND(params, state, two(st[:, h:])[::-1], two(valid[:, h:])[::-1])
   chunked = np.concatenate([np.asarray(a), np.asarray(b)[::-1]], 1)
   np.testing.assert_array_equal(
     np.where(two(valid), chunked, 0), np.where(two(valid), two(np.asarray(whole)), 0)
@@ -229,9 +231,9 @@ def test_pool_noise_equals_search_noise():
   pt, plen, _, _ = _batch(problems, [""] * 4)
   flat = toks.reshape(4 * N, L)
   valid = np.arange(L)[None] < lens.reshape(-1)[:, None]
-  state, _ = ORACLE.prefill(params, pt, plen)
-  state = ORACLE.reorder(state, jnp.zeros((4, N), jnp.int32))
-  _, sc = ORACLE.extend(params, state, flat, valid)
+  state, _ = PREFILL(params, pt, plen)
+  state = REORDER(state, jnp.zeros((4, N), jnp.int32))
+  _, sc = EXTEND(params, state, flat, valid)
   sc = np.asarray(sc).reshape(4, N, L)
   for p in range(4):
     for n in range(N):

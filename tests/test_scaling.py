@@ -112,6 +112,7 @@ def test_pool_prefills_each_prompt_once(setup, monkeypatch):
   assert rec["generated_tokens"] == pytest.approx(8 * pool["lengths"].mean())
 
 
+@pytest.mark.slow  # ~1-2 min of CPU: a pool, PF compiled for two scorers
 def test_verifier_axis_rows_carry_standard_errors_and_resume(setup):
   """The verifier axis on the tiny models: selection rows per verifier from
   one pool (its oracle arrays saved with it), a search row guided by a noisy
