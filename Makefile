@@ -24,9 +24,10 @@ smollm: $(STAMP)
 gsm8k-data: $(STAMP)
 	$(BIN)/python -m experiments.tasks.prepare_gsm8k
 
-# Main job: train (or reuse) the arith policy + verifiers, run the scaling sweep.
+# Main job: train (or reuse) the arith policy + verifiers, run the scaling sweep
+# with the verifier-quality axis. The full study: make demo DEMO_FLAGS=--full
 demo: $(STAMP)
-	$(BIN)/python -m experiments.demo
+	$(BIN)/python -m experiments.demo $(DEMO_FLAGS)
 
 # Solve vs verify: trains (or reuses) a generative arith verifier, S x V study.
 genrm: $(STAMP)
