@@ -506,3 +506,52 @@ def test_speculative_sampling_is_exact():
   pval = stats.chisquare(obs, ex * obs.sum() / ex.sum()).pvalue
   assert pval > 1e-5, f"p-value {pval:.2e}"
   assert np.asarray(out.accepted).mean() > 0.1
+
+
+def test_beam_and_astar_match_the_parent_when_cross_attention_is_silent():
+  """Beam search and A* (confidence scorer) run unchanged on the encoder-decoder:
+  with cross-attention's output zeroed its decoder IS the decoder-only parent on
+  [start] + continuation, so every search returns the parent's tokens and scores
+  when the parent is prompted with [start] (same keys), whatever the prompt."""
+  from algorithms import astar, beam_search
+  from jaxllm.decoding import Transformer
+
+  enc_cfg = ModelConfig(V, 16, 1, 2, 1, 32, tie_embeddings=False, max_seq_len=64)
+  dec_cfg = ModelConfig(V, 16, 2, 4, 2, 32, max_seq_len=64)
+  cfg = EncDecConfig(enc_cfg, dec_cfg, decoder_start_id=START)
+  dec_p = init_params(dec_cfg, jax.random.key(2))
+  params = encdec_from_decoders(
+    cfg,
+    init_params(enc_cfg, jax.random.key(1)),
+    dec_p,
+    "zero_output",
+    key=jax.random.key(3),
+  )
+  ids = dict(delimiter_ids=(0,), stop_ids=(7,))
+  beam_cfg = beam_search.BeamConfig(
+    n_paths=4, beam_width=2, max_steps=3, max_step_tokens=2, **ids
+  )
+  astar_cfg = astar.AStarConfig(
+    num_children=2, capacity=8, max_step_tokens=2, max_solution_tokens=6, **ids
+  )
+
+  def searches(model, p, prompts):
+    key = jax.random.key(9)
+    b = beam_search.run_beam_search(
+      model, p, ConfidenceScorer(), None, prompts, key, beam_cfg
+    )
+    a = astar.run_astar(model, p, ConfidenceScorer(), None, prompts, key, astar_cfg)
+    return jax.tree_util.tree_map(np.asarray, (b[0], a[0]))
+
+  got = searches(EncDecTransformer(cfg), params, [[3, 1, 4, 1, 5], [6, 2]])
+  want = searches(Transformer(dec_cfg), dec_p, [[START], [START]])
+  flat_got = jax.tree_util.tree_flatten_with_path(got)[0]
+  flat_want = dict(jax.tree_util.tree_flatten_with_path(want)[0])
+  differ = [
+    jax.tree_util.keystr(k)
+    for k, v in flat_got
+    if v.shape != flat_want[k].shape or not np.allclose(v, flat_want[k], atol=1e-5)
+  ]
+  # A*'s FLOPs histograms are indexed by context (encoder + decoder tokens on
+  # the encoder-decoder, `lengths`): they differ by design; all else is equal.
+  assert sorted(differ) == ["[1].hist_fallback", "[1].hist_scored", "[1].hist_search"]
