@@ -24,8 +24,8 @@ experiments/train_draft.py (results/smollm2/draft), on held-out GSM8K problems;
 `smollm_soft` = self-speculation: SmolLM2-135M SoFT-fine-tuned by experiments/soft.py
 (configs/soft_smollm2.py, `--soft_dir`) as the target, with its own first
 `--soft_draft_layers` layers + the shared final norm and head as the draft
-(`algorithms.soft.sub_model`; 0: the run's `best_exit`, the exit that agreed most
-with the full model), on the same held-out GSM8K problems (skipped with a message
+(`algorithms.soft.sub_model`; 0: the run's `best_exit`, the exit with the highest
+predicted speed-up, `experiments.soft.best_self_draft`), on the same held-out GSM8K problems (skipped with a message
 if that run's params are not there). Its target is the fine-tuned model, not the
 original: its tau / speed-up compare drafts, each against its own target.
 The `tiny` / `smollm` layer-skipped drafts are untrained early exits (no SoFT):

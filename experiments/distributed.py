@@ -197,22 +197,8 @@ def maybe_initialize(
   if mode == "auto":
     if not explicit and cluster is None:
       return None
-    if explicit and not coordinator_address and cluster is None:
-      raise FlagError(
-        f"--num_processes={num_processes} needs "
-        "--coordinator_address=HOST:PORT (process 0's "
-        "address) outside SLURM / Open MPI / TPU pods"
-      )
-    if explicit and cluster is None and (num_processes is None or process_id is None):
-      missing = [
-        f"--{n}"
-        for n, v in (("num_processes", num_processes), ("process_id", process_id))
-        if v is None
-      ]
-      raise FlagError(
-        f"--coordinator_address={coordinator_address} also needs "
-        f"{' and '.join(missing)} outside SLURM / Open MPI / TPU pods"
-      )
+    if cluster is None:
+      _check_explicit_flags(coordinator_address, num_processes, process_id)
   if "jax_cpu_collectives_implementation" in jax.config.values and jax.config.values[
     "jax_cpu_collectives_implementation"
   ] in (None, "", "none"):
@@ -228,6 +214,30 @@ def maybe_initialize(
   if mode == "on":
     return "on"
   return "flags" if explicit else cluster
+
+
+def _check_explicit_flags(coordinator_address, num_processes, process_id) -> None:
+  """Outside a recognised cluster, a multi-process run names all three flags.
+
+  Raises:
+    FlagError: naming the missing flags.
+  """
+  if not coordinator_address:
+    raise FlagError(
+      f"--num_processes={num_processes} needs "
+      "--coordinator_address=HOST:PORT (process 0's "
+      "address) outside SLURM / Open MPI / TPU pods"
+    )
+  missing = [
+    f"--{n}"
+    for n, v in (("num_processes", num_processes), ("process_id", process_id))
+    if v is None
+  ]
+  if missing:
+    raise FlagError(
+      f"--coordinator_address={coordinator_address} also needs "
+      f"{' and '.join(missing)} outside SLURM / Open MPI / TPU pods"
+    )
 
 
 def _check_port_free(address: str) -> None:
