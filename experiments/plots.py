@@ -217,7 +217,9 @@ def auroc_summary_spec(points: dict, budget: int) -> dict:
       series.append(dict(method=m, **styles[m], x=x, y=y, yerr=e))
   return {
     "title": f"accuracy at budget {budget} against verifier quality",
-    "xlabel": "verifier within-problem AUROC (PRM, min over steps)",
+    "xlabel": (
+      "verifier within-problem AUROC (ORM for *_orm methods, else PRM min over steps)"
+    ),
     "ylabel": YLABEL,
     "legend": "outside right",
     "styles": styles,
