@@ -2,7 +2,10 @@
 
 A search algorithm asks for the score of each row's latest step and never
 cares where it comes from (a trained PRM with its own KV cache, the
-generator's own confidence, an exact checker, a toy potential):
+generator's own confidence, an exact checker, a toy potential). The exact
+or noisy reference oracle (`jaxllm.reward.ReferenceOracle`, jittable, noise
+a function of the seed and the prefix) goes behind `ModelStepScorer` like
+a trained PRM:
 
   init(params, tokens_BxT, lengths_B, cache_size) -> state
   score(params, state, step: Step, active_B) -> (state, score_B)
