@@ -16,13 +16,26 @@ r"""Compute-optimal scaling sweep: methods x budgets x seeds -> accuracy vs FLOP
    search, DVTS, A*) are run for real at each of `search_budgets` through the
    one method registry (`algorithms.methods.run`, budget = particles / paths /
    A* sample-equivalent tokens), guided by the PRM through its own KV cache.
-3. Each (method, budget, seed) row is appended to `rows.jsonl` as soon as it
-   is computed (one line, flushed and fsynced); a killed sweep rerun with the
-   same --workdir skips finished rows and loses nothing.
-4. At the end: the table (mean over seeds), scaling-law fits (coverage as an
-   exponentiated power law in k; accuracy against log10 FLOPs per method), the
-   compute-optimal method per FLOPs budget, and PNG plots, all from the rows
-   this config asks for (other rows in rows.jsonl are kept, not reported).
+   The verifier axis (`config.verifiers`, experiments/verifiers.py): every
+   verifier-dependent method runs under each verifier -- the learned PRM /
+   ORM, the exact oracle, noisy oracles -- as the row `method@verifier`
+   (plain `method` for 'learned'); the pool stores the oracle's exact labels
+   and prefix hashes, from which every noise level's scores follow, and the
+   searches score with the same oracle in-graph. `config.baselines`:
+   greedy decoding (`run_greedy`); pass@1 is coverage at budget 1. The
+   search methods sample at `config.temperature`, like the pool.
+3. Each (row name, budget, seed) row is appended to `rows.jsonl` as soon as
+   it is computed (one line, flushed and fsynced), with its per-problem
+   values and their standard error; a killed sweep rerun with the same
+   --workdir skips finished rows and loses nothing.
+4. At the end (experiments/report.py): per verifier, the table (± SE over
+   problems, seeds averaged per problem) next to the verifier's measured
+   within-problem AUROC (verifier_quality.json), fits with their SEs
+   (coverage as an exponentiated power law in k; accuracy against log10
+   FLOPs per row), the compute-optimal method per FLOPs budget with ties
+   within 1.96 SE, each method's budget trend, table.md and the plots
+   (experiments/plots.py), all from the rows this config asks for (other
+   rows in rows.jsonl are kept, not reported).
 
 Before any model is loaded the config is checked (`validate_sweep`: the
 schema of configs/scaling_arith.py, value ranges, and the algorithm config of

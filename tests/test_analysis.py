@@ -252,7 +252,11 @@ def _panels():
   }
   return {
     v: {
-      "auroc": a, "series": dict(s), "coverage": (f, [0.4, 0.6, 0.8]), "greedy": 0.42, "pass1": 0.31
+      "auroc": a,
+      "series": dict(s),
+      "coverage": (f, [0.4, 0.6, 0.8]),
+      "greedy": 0.42,
+      "pass1": 0.31,
     }
     for v, a in (("oracle", 0.84), ("flip0.1", 0.7), ("learned", 0.54))
   }
