@@ -53,10 +53,10 @@ from jaxllm.model import (
   _qkv,
   _updated_cache,
   apply_rope,
-  build_masks,
   get_attention,
   rms_norm,
   rope_inv_freq,
+  step_inputs,
 )
 from jaxllm.params import (
   Params,
@@ -455,13 +455,9 @@ def decode(
   _check_tokens("tokens_BxT", tokens_BxT)
   dcfg, p = cfg.decoder, params.decoder
   B, T = tokens_BxT.shape
-  if n_valid_B is None:
-    n_valid_B = jnp.full((B,), T, jnp.int32)
-  lengths = cache.lengths if cache is not None else jnp.zeros((B,), jnp.int32)
-  if positions_BxT is None:
-    positions_BxT = lengths[:, None] + jnp.arange(T, dtype=jnp.int32)[None]
-  S = None if cache is None else cache.size
-  masks, _ = build_masks(dcfg, positions_BxT, lengths, S, attn_mask_BxTxT, n_valid_B)
+  n_valid_B, lengths, positions_BxT, masks = step_inputs(
+    dcfg, tokens_BxT, cache, positions_BxT, attn_mask_BxTxT, n_valid_B
+  )
   E = cross_v[0].shape[-2]
   x_mask = jnp.broadcast_to(_valid_keys(enc_lengths_B, E)[:, None, :], (B, T, E))
   rope = (positions_BxT, rope_inv_freq(dcfg))

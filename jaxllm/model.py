@@ -194,6 +194,24 @@ def build_masks(
   return masks, kpos
 
 
+def step_inputs(
+  cfg: ModelConfig, tokens_BxT, cache, positions_BxT, mask_BxTxT, n_valid_B
+):
+  """The defaults and masks of one self-attention step (shared by `forward` and
+  the encoder-decoder's decoder): (n_valid_B (default T), cache lengths_B (0
+  without a cache), positions_BxT (default lengths + arange(T)), {window:
+  mask_BxTxS} from `build_masks`)."""
+  B, T = tokens_BxT.shape
+  if n_valid_B is None:
+    n_valid_B = jnp.full((B,), T, jnp.int32)
+  lengths = cache.lengths if cache is not None else jnp.zeros((B,), jnp.int32)
+  if positions_BxT is None:
+    positions_BxT = lengths[:, None] + jnp.arange(T, dtype=jnp.int32)[None]
+  S = None if cache is None else cache.size
+  masks, _ = build_masks(cfg, positions_BxT, lengths, S, mask_BxTxT, n_valid_B)
+  return n_valid_B, lengths, positions_BxT, masks
+
+
 def forward(
   params: Params,
   tokens_BxT: jax.Array,
@@ -230,14 +248,9 @@ def forward(
     ValueError: for an unknown `logits_at`, or a `cfg.attention_impl` not in
       ATTENTION_IMPLS.
   """
-  B, T = tokens_BxT.shape
-  if n_valid_B is None:
-    n_valid_B = jnp.full((B,), T, jnp.int32)
-  lengths = cache.lengths if cache is not None else jnp.zeros((B,), jnp.int32)
-  if positions_BxT is None:
-    positions_BxT = lengths[:, None] + jnp.arange(T, dtype=jnp.int32)[None]
-  S = None if cache is None else cache.size
-  masks, _ = build_masks(cfg, positions_BxT, lengths, S, attn_mask_BxTxT, n_valid_B)
+  n_valid_B, lengths, positions_BxT, masks = step_inputs(
+    cfg, tokens_BxT, cache, positions_BxT, attn_mask_BxTxT, n_valid_B
+  )
   inv_freq = rope_inv_freq(cfg)
   dtype = jnp.dtype(cfg.dtype)
   attend = get_attention(cfg.attention_impl)
