@@ -65,7 +65,7 @@ from jaxllm import cache as cache_lib
 from jaxllm import train as train_lib
 from jaxllm.cache import KVCache
 from jaxllm.config import ModelConfig
-from jaxllm.decoding import Transformer, tree_ancestor_mask, tree_depths
+from jaxllm.decoding import Transformer, tree_ancestor_mask, tree_depths, valid_count
 from jaxllm.model import _layer as model_layer  # one decoder layer, forward's body
 from jaxllm.model import (
   apply_rope,
@@ -389,12 +389,6 @@ def _kv_entries(lp, x_BxTxD, positions_BxT, inv_freq, cfg: ModelConfig):
   return apply_rope(k, positions_BxT, inv_freq), v
 
 
-def _valid_count(tokens_BxS, valid_BxS):
-  if valid_BxS is None:
-    return jnp.full((tokens_BxS.shape[0],), tokens_BxS.shape[1], jnp.int32)
-  return valid_BxS.astype(jnp.int32).sum(-1)
-
-
 def _tree_args(state_lengths_B, tokens_BxM, parent_M):
   B, M = tokens_BxM.shape
   depth = tree_depths(parent_M)
@@ -535,7 +529,7 @@ class SkipDecoder:
       state,
       tokens_BxS,
       self.layers,
-      n_valid_B=_valid_count(tokens_BxS, valid_BxS),
+      n_valid_B=valid_count(tokens_BxS, valid_BxS),
     )
     return state, logits
 
@@ -731,7 +725,7 @@ class EarlyExitDecoder:
     return EarlyExitState(cache, z, z), logits
 
   def extend(self, params, state, tokens_BxS, valid_BxS=None):
-    n = _valid_count(tokens_BxS, valid_BxS)
+    n = valid_count(tokens_BxS, valid_BxS)
     return self._run(params, state, tokens_BxS, n, n_valid_B=n)
 
   def reorder(self, state, index_N):

@@ -116,7 +116,9 @@ def prefill_and_fork(
   return model.reorder(state, index), cache_lib.take_rows(logits, index)
 
 
-def _valid_count(tokens_BxS, valid_BxS):
+def valid_count(tokens_BxS, valid_BxS):
+  """int32 [B]: tokens per row an `extend` appends (all S when valid_BxS is None,
+  else the row's count of True; valid is a prefix mask)."""
   if valid_BxS is None:
     return jnp.full((tokens_BxS.shape[0],), tokens_BxS.shape[1], jnp.int32)
   return valid_BxS.astype(jnp.int32).sum(-1)
@@ -155,7 +157,7 @@ class Transformer:
       tokens_BxS,
       self.cfg,
       cache=state,
-      n_valid_B=_valid_count(tokens_BxS, valid_BxS),
+      n_valid_B=valid_count(tokens_BxS, valid_BxS),
     )
     return state, logits
 
@@ -219,7 +221,7 @@ class BigramLM:
     return BigramState(last=last, lengths=lengths_B), table_VxV[last]
 
   def extend(self, table_VxV, state, tokens_BxS, valid_BxS=None):
-    n = _valid_count(tokens_BxS, valid_BxS)
+    n = valid_count(tokens_BxS, valid_BxS)
     idx = jnp.maximum(n - 1, 0)[:, None]
     new_last = jnp.take_along_axis(tokens_BxS, idx, axis=1)[:, 0]
     last = jnp.where(n > 0, new_last, state.last)

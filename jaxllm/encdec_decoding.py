@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxllm import cache as cache_lib
-from jaxllm.decoding import tree_ancestor_mask, tree_depths
+from jaxllm.decoding import tree_ancestor_mask, tree_depths, valid_count
 from jaxllm.encdec import EncDecConfig, cross_kv, decode, encode
 
 
@@ -64,12 +64,6 @@ class EncDecState:
   cross_k: tuple
   cross_v: tuple
   enc_lengths: Any
-
-
-def _valid_count(tokens_BxS, valid_BxS):
-  if valid_BxS is None:
-    return jnp.full((tokens_BxS.shape[0],), tokens_BxS.shape[1], jnp.int32)
-  return valid_BxS.astype(jnp.int32).sum(-1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,7 +151,7 @@ class EncDecTransformer:
       state,
       tokens_BxS,
       state.self_cache,
-      n_valid_B=_valid_count(tokens_BxS, valid_BxS),
+      n_valid_B=valid_count(tokens_BxS, valid_BxS),
     )
     return dataclasses.replace(state, self_cache=cache), logits
 
