@@ -31,7 +31,7 @@ from jaxllm.checkpoint import restore_params, save_params
 from jaxllm.config import ModelConfig
 from jaxllm.decoding import Transformer
 from jaxllm.model import forward
-from jaxllm.params import Params
+from jaxllm.params import Params, check_params
 from jaxllm.validation import check_int, check_token_ids, token_id_array
 
 
@@ -89,6 +89,7 @@ class LayerSkipDraft:
     return Transformer(self.cfg)
 
   def prefill(self, params, tokens_BxT, lengths_B, cache_size: int):
+    check_params(self.target_cfg, params)  # the FULL model's params
     return self._m().prefill(self.sub_params(params), tokens_BxT, lengths_B, cache_size)
 
   def extend(self, params, state, tokens_BxS, valid_BxS=None):

@@ -369,7 +369,7 @@ def sub_model(cfg: ModelConfig, n: int) -> LayerSkipDraft:
   Raises:
     ValueError: naming `n` unless it is an int in [1, cfg.n_layers].
   """
-  n = check_int("n", n, lo=1, hi=cfg.n_layers)
+  n = check_int("n", n, lo=1, hi=_check_cfg(cfg).n_layers)
   return LayerSkipDraft(cfg, tuple(range(n)))
 
 
@@ -471,16 +471,23 @@ def skip_forward(
   return logits, KVCache(k=tuple(ks), v=tuple(vs), lengths=new_cache.lengths)
 
 
+def _check_cfg(cfg) -> ModelConfig:
+  if not isinstance(cfg, ModelConfig):
+    raise ValueError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
+  return cfg
+
+
 def _check_layers(cfg, layers) -> tuple:
-  try:
-    layers = tuple(int(i) for i in layers)
-  except (TypeError, ValueError):
+  """`layers` as Python ints (check_int: no floats, strings or bools), non-empty,
+  strictly increasing, in [0, L). Raises ValueError naming `layers`."""
+  L = _check_cfg(cfg).n_layers
+  if isinstance(layers, (str, bytes)) or not hasattr(layers, "__iter__"):
     raise ValueError(f"layers must be a tuple of layer indices, got {layers!r:.200}")
-  L = cfg.n_layers
+  layers = tuple(
+    check_int(f"layers[{j}]", i, lo=0, hi=L - 1) for j, i in enumerate(layers)
+  )
   if not layers or any(b <= a for a, b in itertools.pairwise(layers)):
     raise ValueError(f"layers must be non-empty and strictly increasing, got {layers}")
-  if layers[0] < 0 or layers[-1] >= L:
-    raise ValueError(f"layers must lie in [0, {L}), got {layers}")
   return layers
 
 
@@ -506,7 +513,7 @@ class SkipDecoder:
 
   @classmethod
   def for_speedup(cls, cfg: ModelConfig, s) -> SkipDecoder:
-    return cls(cfg, skip_layers(cfg.n_layers, s))
+    return cls(cfg, skip_layers(_check_cfg(cfg).n_layers, s))
 
   @property
   def kept_cfg(self) -> ModelConfig:
@@ -689,7 +696,8 @@ class EarlyExitDecoder:
   confidence: str = "max_prob"
 
   def __post_init__(self):
-    object.__setattr__(self, "exits", check_exits(self.cfg.n_layers, self.exits))
+    L = _check_cfg(self.cfg).n_layers
+    object.__setattr__(self, "exits", check_exits(L, self.exits))
     object.__setattr__(self, "threshold", _check_threshold(self.threshold))
     _check_confidence(self.confidence)
 

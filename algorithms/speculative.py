@@ -212,12 +212,22 @@ def chain_block_efficiency(alpha, gamma: int):
   Raises:
     ValueError: alpha outside [0, 1] or gamma < 1.
   """
-  a = np.asarray(alpha, np.float64)
-  if np.any((a < 0) | (a > 1)) or np.any(np.isnan(a)):
+  a = _rates("alpha", alpha)
+  if np.any((a < 0) | (a > 1)):
     raise ValueError(f"alpha: acceptance rates must lie in [0, 1], got {alpha!r}")
   gamma = check_int("gamma", gamma, lo=1)
-  tokens = np.arange(gamma + 1)  # the geometric sum 1 + a + ... + a^gamma
-  return (a[..., None] ** tokens).sum(-1)
+  with np.errstate(divide="ignore", invalid="ignore"):  # a = 1 is the limit
+    geometric = (1.0 - a ** (gamma + 1)) / (1.0 - a)
+  return np.where(a == 1.0, gamma + 1.0, geometric)
+
+
+def _rates(name: str, x) -> np.ndarray:
+  """x as a float64 array of real numbers (no strings, bools or NaN), naming
+  `name` otherwise."""
+  arr = np.asarray(x)
+  if arr.dtype.kind not in "iuf" or np.any(np.isnan(arr.astype(np.float64))):
+    raise ValueError(f"{name}: must be real numbers, got {x!r:.200}")
+  return arr.astype(np.float64)
 
 
 def chain_speedup(alpha, gamma: int, cost_ratio):
@@ -232,10 +242,16 @@ def chain_speedup(alpha, gamma: int, cost_ratio):
   Raises:
     ValueError: alpha outside [0, 1], gamma < 1, or cost_ratio < 0.
   """
-  c = np.asarray(cost_ratio, np.float64)
-  if np.any(c < 0) or np.any(np.isnan(c)):
+  c = _rates("cost_ratio", cost_ratio)
+  if np.any(c < 0):
     raise ValueError(f"cost_ratio: must be >= 0, got {cost_ratio!r}")
-  return chain_block_efficiency(alpha, gamma) / (gamma * c + 1.0)
+  tau = chain_block_efficiency(alpha, gamma)
+  try:
+    return tau / (gamma * c + 1.0)
+  except ValueError:
+    raise ValueError(
+      f"alpha {np.shape(tau)} and cost_ratio {np.shape(c)} must broadcast"
+    ) from None
 
 
 # ----------------------------------------------------------------------------------

@@ -199,21 +199,33 @@ def maybe_initialize(
       return None
     if cluster is None:
       _check_explicit_flags(coordinator_address, num_processes, process_id)
+  _start(coordinator_address, num_processes, process_id, timeout_s)
+  if mode == "on":
+    return "on"
+  return "flags" if explicit else cluster
+
+
+def _start(coordinator_address, num_processes, process_id, timeout_s: int) -> None:
+  """Check the address, select gloo CPU collectives, start jax.distributed."""
   if "jax_cpu_collectives_implementation" in jax.config.values and jax.config.values[
     "jax_cpu_collectives_implementation"
   ] in (None, "", "none"):
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  if coordinator_address and process_id == 0:
-    _check_port_free(coordinator_address)
+  if coordinator_address:
+    port = _address_port(coordinator_address)
+    if process_id == 0:
+      _check_port_free(coordinator_address, port)
+    print(
+      f"jax.distributed: process {process_id} of {num_processes} waiting for the "
+      f"others at {coordinator_address} (timeout {timeout_s} s)",
+      flush=True,
+    )
   jax.distributed.initialize(
     coordinator_address=coordinator_address,
     num_processes=num_processes,
     process_id=process_id,
     initialization_timeout=timeout_s,
   )
-  if mode == "on":
-    return "on"
-  return "flags" if explicit else cluster
 
 
 def _check_explicit_flags(coordinator_address, num_processes, process_id) -> None:
@@ -240,23 +252,31 @@ def _check_explicit_flags(coordinator_address, num_processes, process_id) -> Non
     )
 
 
-def _check_port_free(address: str) -> None:
+def _address_port(address: str) -> int:
+  """The port of a HOST:PORT coordinator address (checked on every process).
+
+  Raises:
+    FlagError: naming --coordinator_address, for another form.
+  """
+  host, _, port = address.rpartition(":")
+  if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    raise FlagError(f"--coordinator_address must be HOST:PORT, got {address!r}")
+  return int(port)
+
+
+def _check_port_free(address: str, port: int) -> None:
   """Process 0 starts the coordinator service on `address`'s port: refuse a port
   another program (e.g. an earlier run still alive) already listens on.
 
   Raises:
-    FlagError: naming --coordinator_address, for a malformed address or a port
-      in use.
+    FlagError: naming --coordinator_address, for a port in use.
   """
   import socket
 
-  host, _, port = address.rpartition(":")
-  if not host or not port.isdigit() or not 0 < int(port) < 65536:
-    raise FlagError(f"--coordinator_address must be HOST:PORT, got {address!r}")
   with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-      sock.bind(("", int(port)))
+      sock.bind(("", port))
     except OSError as e:
       raise FlagError(
         f"--coordinator_address={address}: port {port} is already in use on this "

@@ -944,6 +944,10 @@ def main(argv):
   config = workdir.config_from_flags(DEFAULT_CONFIG, check=check_sweep)
   if FLAGS.validate_only:
     print(f"config OK for {os.path.abspath(FLAGS.workdir)}")
+    try:
+      check_model_dirs(config)
+    except ValueError as e:  # needed unless every row is already in the workdir
+      print(f"note: {e}; the sweep needs it for any row not yet computed")
     return
   out = workdir.run_cli(run_sweep, config, FLAGS.workdir)
   if distributed.is_writer():

@@ -73,7 +73,9 @@ def parse_verifier(name: str, field: str = "config.verifiers") -> Verifier:
   """The verifier a name stands for (module doc).
 
   Raises:
-    ValueError: naming `field` for an unknown name or eps outside [0, 1].
+    ValueError: naming `field` for an unknown name, eps outside [0, 1], a
+      noise level of 0 (that is 'oracle') or a non-canonical spelling
+      ('flip0.10', 'flip00.1': write 'flip0.1').
   """
   if name == LEARNED:
     return Verifier(name, LEARNED)
@@ -86,6 +88,11 @@ def parse_verifier(name: str, field: str = "config.verifiers") -> Verifier:
       f"'flip<eps>' (e.g. 'flip0.2') or 'gauss<sigma>' (e.g. 'gauss2')"
     )
   x = float(m.group(2))
+  canonical = m.group(1) + np.format_float_positional(x, trim="-")
+  if x == 0:
+    raise ValueError(f"{field}: {name!r} is the exact oracle; call it 'oracle'")
+  if name != canonical:  # one spelling per verifier, so no level runs twice
+    raise ValueError(f"{field}: write {name!r} as {canonical!r}")
   if m.group(1) == "flip":
     if not 0.0 <= x <= 1.0:
       raise ValueError(f"{field}: {name!r}: a flip probability must be in [0, 1]")

@@ -346,18 +346,23 @@ def append_row(path: str, row: dict) -> None:
     os.fsync(f.fileno())
 
 
+class MissingInput(app.UsageError, ValueError):
+  """An input file a config field points to is missing: absl's `app.run`
+  prints it as a usage line (no traceback); still a ValueError."""
+
+
 def require_files(config, field: str, names: Sequence[str], hint: str = "") -> None:
   """Every name in `names` exists in the directory `config.<field>`.
 
   Raises:
-    ValueError: naming the field, its value and the first missing file
-      (`hint` is appended to the message, e.g. what to run first).
+    MissingInput (a ValueError): naming the field, its value and the first
+      missing file (`hint` is appended to the message, e.g. what to run first).
   """
   d = config[field]
   for name in names:
     path = os.path.join(d, name)
     if not os.path.exists(path):
-      raise ValueError(
+      raise MissingInput(
         f"config.{field}={d!r} has no {name} ({path} does not exist{hint})"
       )
 

@@ -54,6 +54,7 @@ import jax.numpy as jnp
 from jaxllm import cache as cache_lib
 from jaxllm.config import ModelConfig
 from jaxllm.model import forward
+from jaxllm.params import check_params
 from jaxllm.validation import check_int
 
 
@@ -135,6 +136,10 @@ class Transformer:
     return self.cfg.vocab_size
 
   def prefill(self, params, tokens_BxT, lengths_B, cache_size: int):
+    """Raises ValueError for params whose shapes are not cfg's (naming the
+    parameter; checked on shapes, so free under jit) or a prompt longer than
+    the cache."""
+    check_params(self.cfg, params)
     B, T = tokens_BxT.shape
     if T > cache_size:
       raise ValueError(

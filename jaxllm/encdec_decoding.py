@@ -46,7 +46,7 @@ import jax.numpy as jnp
 
 from jaxllm import cache as cache_lib
 from jaxllm.decoding import tree_ancestor_mask, tree_depths, valid_count
-from jaxllm.encdec import EncDecConfig, cross_kv, decode, encode
+from jaxllm.encdec import EncDecConfig, check_encdec_params, cross_kv, decode, encode
 
 
 @jax.tree_util.register_dataclass
@@ -110,7 +110,9 @@ class EncDecTransformer:
       (EncDecState with decoder length 1, logits_BxV of the first target token).
 
     Raises:
-      ValueError: if tokens_BxE is not 2-D or E > cache_size.
+      ValueError: params that do not match cfg (naming the parameter), a
+        tokens_BxE that is not 2-D, E > the encoder's max_seq_len or E >
+        cache_size.
     """
     state, start_B = self.prefill_to_root(params, tokens_BxE, lengths_B, cache_size)
     logits, cache, _ = self._decode(
@@ -133,7 +135,13 @@ class EncDecTransformer:
       raise ValueError(
         f"tokens_BxE must be 2-D [rows, tokens], got {getattr(tokens_BxE, 'shape', None)}"
       )
+    check_encdec_params(self.cfg, params)
     B, E = tokens_BxE.shape
+    if E > self.cfg.encoder.max_seq_len:
+      raise ValueError(
+        f"prompt length {E} exceeds the encoder's max_seq_len "
+        f"({self.cfg.encoder.max_seq_len})"
+      )
     if E > cache_size:
       raise ValueError(
         f"prompt length {E} is longer than the cache (cache_size={cache_size})"

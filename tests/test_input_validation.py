@@ -558,3 +558,70 @@ def test_boundary_values_run():
   )
   np.testing.assert_array_equal(out.tokens, [[V - 1] * 3, [2, 3, 4]])
   np.testing.assert_array_equal(out.lengths, [0, 3])
+
+
+def test_params_that_do_not_match_the_config_are_refused_at_prefill():
+  """Every decode-interface model checks the params' shapes against its config
+  when it is traced (free under jit), naming the parameter: a wider, deeper or
+  shallower checkpoint used to run silently (wrong logits or an XLA error)."""
+  from algorithms import soft
+  from jaxllm.params import init_params
+
+  cfg = ModelConfig(
+    vocab_size=32, d_model=16, n_layers=2, n_heads=2, n_kv_heads=1, d_ff=24
+  )
+  deeper = init_params(cfg.replace(n_layers=3), jax.random.key(0))
+  wider = init_params(cfg.replace(d_model=24), jax.random.key(0))
+  key = jax.random.key(1)
+  with pytest.raises(ValueError, match=r"unexpected parameter .*layers\[2\]"):
+    generate(Transformer(cfg), deeper, [[1, 2]], key, 2)
+  with pytest.raises(ValueError, match="config expects"):
+    generate(Transformer(cfg), wider, [[1, 2]], key, 2)
+  with pytest.raises(ValueError, match=r"layers\[2\]"):
+    generate(soft.sub_model(cfg, 1), deeper, [[1, 2]], key, 2)
+
+
+def test_encdec_prompt_longer_than_the_encoder_is_refused():
+  from jaxllm.encdec import EncDecConfig, init_encdec_params
+  from jaxllm.encdec_decoding import EncDecTransformer
+
+  enc = ModelConfig(
+    vocab_size=32,
+    d_model=16,
+    n_layers=1,
+    n_heads=2,
+    n_kv_heads=1,
+    d_ff=24,
+    max_seq_len=4,
+  )
+  dec = ModelConfig(
+    vocab_size=32,
+    d_model=16,
+    n_layers=1,
+    n_heads=2,
+    n_kv_heads=1,
+    d_ff=24,
+    max_seq_len=16,
+  )
+  cfg = EncDecConfig(enc, dec)
+  params = init_encdec_params(cfg, jax.random.key(0))
+  with pytest.raises(ValueError, match="encoder's max_seq_len"):
+    generate(EncDecTransformer(cfg), params, [[1, 2, 3, 4, 5]], jax.random.key(1), 2)
+
+
+def test_soft_decoders_refuse_bad_layers_and_configs():
+  from algorithms import soft
+
+  cfg = ModelConfig(
+    vocab_size=32, d_model=16, n_layers=3, n_heads=2, n_kv_heads=1, d_ff=24
+  )
+  for bad in ((0, 2.5), "05", (True, 2), (0, 3)):
+    with pytest.raises(ValueError, match="layers"):
+      soft.SkipDecoder(cfg, bad)
+  for make in (
+    lambda: soft.sub_model(None, 2),
+    lambda: soft.SkipDecoder.for_speedup(None, 2),
+    lambda: soft.EarlyExitDecoder(None, (1,), 0.5),
+  ):
+    with pytest.raises(ValueError, match="cfg must be a ModelConfig"):
+      make()

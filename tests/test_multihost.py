@@ -327,9 +327,11 @@ def test_coordinator_port_in_use_is_named():
     busy.listen()
     port = busy.getsockname()[1]
     with pytest.raises(dist.FlagError, match=f"port {port} is already in use"):
-      dist._check_port_free(f"127.0.0.1:{port}")
-  with pytest.raises(dist.FlagError, match="HOST:PORT"):
-    dist._check_port_free("localhost")
+      dist._check_port_free(f"127.0.0.1:{port}", port)
+  # The address form is checked on every process, before JAX parses it.
+  for bad in ("localhost", "bogus", ":1234", "localhost:notaport", "h:99999"):
+    with pytest.raises(dist.FlagError, match="HOST:PORT"):
+      dist.maybe_initialize(coordinator_address=bad, num_processes=2, process_id=1)
   # A single process: nothing to start, and the gather is the identity.
   if not os.environ.get("SLURM_JOB_ID") and not os.environ.get("OMPI_MCA_orte_hnp_uri"):
     assert dist.maybe_initialize(mode="auto") is None

@@ -305,3 +305,16 @@ def test_oracle_params_reject_bad_values():
     vlib.parse_verifier("flipp0.1")
   with pytest.raises(ValueError, match=r"\[0, 1\]"):
     vlib.parse_verifier("flip1.5")
+  # One spelling per verifier, so no noise level is swept twice under two names.
+  for bad, good in (
+    ("flip0.10", "flip0.1"),
+    ("flip00000.1", "flip0.1"),
+    ("gauss2.0", "gauss2"),
+  ):
+    with pytest.raises(ValueError, match=f"write '{bad}' as '{good}'"):
+      vlib.parse_verifier(bad)
+  for zero in ("flip0", "gauss0.0"):
+    with pytest.raises(ValueError, match="is the exact oracle"):
+      vlib.parse_verifier(zero)
+  assert vlib.parse_verifier("flip0.05").flip_prob == 0.05
+  assert vlib.parse_verifier("gauss2").logit_noise == 2.0

@@ -415,3 +415,10 @@ def test_chain_closed_forms_refuse_bad_arguments():
     chain_block_efficiency(0.5, 0)
   with pytest.raises(ValueError, match="cost_ratio"):
     chain_speedup(0.5, 2, -1.0)
+  for bad in ("abc", "0.5", True, float("nan")):
+    with pytest.raises(ValueError, match="alpha"):
+      chain_block_efficiency(bad, 2)
+  with pytest.raises(ValueError, match="must broadcast"):
+    chain_speedup([0.5, 0.6], 2, [0.1, 0.2, 0.3])
+  # Closed form: no work proportional to gamma.
+  assert chain_block_efficiency(0.5, 10**9) == pytest.approx(2.0)
