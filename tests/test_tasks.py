@@ -163,6 +163,8 @@ MATH_VERIFY_CASES = [
   ("#### 1,234", "1234"),
   ("#### 18 dollars", "18"),
   ("the answer is .5 of a cup", "0.5"),
+  ("The answer is 10**3", "1000"),  # ** is a power, as ^
+  (r"The answer is $1\frac{1}{2}$", "1.5"),
   # no exact rational value: ours None (unparsable), Math-Verify irrational,
   # undefined, symbolic or nothing
   (r"\boxed{\sqrt{2}}", None),
@@ -219,6 +221,19 @@ MATH_VERIFY_DEVIATIONS = [
     "the right-hand side; Math-Verify keeps the equation x = 5",
   ),
   (r"\boxed{x_1 = 5}", "5", r"\boxed{5}", "the same, with a subscript"),
+  (
+    "The answer is 1 1/2",
+    "1.5",
+    r"$1\frac{1}{2}$",
+    "a plain-text mixed number, as 1\\frac{1}{2}; Math-Verify reads 1",
+  ),
+  ("The answer is 2 3/4 cups", "2.75", r"$2\frac{3}{4}$", "the same; Math-Verify: 3"),
+  (
+    "The answer is 2\u20443",
+    "2/3",
+    r"$\frac{2}{3}$",
+    "U+2044 fraction slash; Math-Verify reads 2",
+  ),
 ]
 
 # Forms Math-Verify evaluates that are not number forms: unparsable here.
@@ -227,7 +242,39 @@ NOT_NUMBER_FORMS = [
   r"\boxed{3 \cdot \frac{1}{2}}",
   r"\boxed{\frac123}",
   r"\boxed{2.5\frac12}",
+  # operators after a number (not its first number, 3 or 5)
+  "\\boxed{3 \u00d7 4}",
+  r"\boxed{3 * 4}",
+  "\\boxed{3\u00b74}",
+  "\\boxed{5 \u00f7 2}",
+  r"\boxed{5 + 3}",
+  r"\boxed{10**3.5}",
+  r"\boxed{3 5/4}",  # not a mixed number
 ]
+
+
+@pytest.mark.parametrize(
+  "text",
+  [
+    "The answer is 3 \u00d7 4",
+    "The answer is 3 * 4",
+    "The answer is 3\u00b74",
+    "The answer is 5 \u00f7 2",
+    "The answer is 5 + 3",
+    "The answer is 5 * -3",
+  ],
+)
+def test_operator_after_number_is_unparsable(text):
+  # Math-Verify evaluates these; we never take the first number instead.
+  for rule in answers.RULES:
+    assert answers.extract(text, rule) == (None, "unparsable: answer is")
+
+
+def test_markdown_and_trailing_signs_are_not_operators():
+  assert answers.extract("The answer is **18**.", "strict") == ("18", "answer is")
+  assert answers.extract("The answer is *5* apples", "strict").answer == "5"
+  assert answers.extract("The answer is 18+.", "strict").answer == "18"
+  assert answers.extract("The answer is 2**10.", "strict").answer == "1024"
 
 
 def _math_verify_rational(text):
@@ -357,6 +404,15 @@ RULE_CASES = [
   # a marked value that is not a number is unparsable, not misread
   ("\\boxed{\\sqrt{2}}", "2", None, None),
   ("So x = 5\\sqrt{2}", "5", None, None),
+  # an expression is not its first number
+  ("The answer is 3 \u00d7 4", "12", None, None),
+  # negated "answer is" is no marked answer
+  ("The answer isn't 5, it's 6", "6", None, "6"),
+  ("My answer is not certain. Total 5", "5", None, "5"),
+  # plain-text mixed number
+  ("She used 2 3/4 cups.", "2.75", None, "2.75"),
+  # a cut-off \boxed{ hides nothing from the last number
+  ("So the total is \\boxed{7", "7", None, "7"),
 ]
 # Cases Math-Verify reads differently by design (see MATH_VERIFY_DEVIATIONS):
 # percent is the number of percent here; unparsable values it evaluates.
@@ -367,6 +423,10 @@ NOT_MATH_VERIFY = {
   "1. Add them.\n2. Double it.",
   "\\boxed{} and 4 more",
   "\\boxed{\\frac{\\text{3}}{4}}",  # Math-Verify reads "\\frac{"
+  "The answer is 3 \u00d7 4",  # Math-Verify: 4
+  "The answer isn't 5, it's 6",  # Math-Verify: 5
+  "She used 2 3/4 cups.",  # Math-Verify: 3
+  "So the total is \\boxed{7",  # Math-Verify: nothing
 }
 
 
@@ -415,11 +475,16 @@ def test_tally_counts_every_completion_under_both_rules():
     )
     assert sum(t.reasons.values()) == t.unparsable
     assert t.accuracy == t.correct / len(texts)
-  assert out["strict"].reasons == {"none": 14, "unparsable: boxed": 1}
+  assert out["strict"].reasons == {
+    "none": 18,
+    "unparsable: boxed": 1,
+    "unparsable: answer is": 1,
+  }
   assert out["flexible"].reasons == {
     "none": 2,
     "unparsable: boxed": 1,
     "unparsable: last number": 1,
+    "unparsable: answer is": 1,
   }
   empty = answers.tally([], [])["strict"]
   assert empty.total == 0 and empty.accuracy != empty.accuracy  # nan
@@ -436,6 +501,36 @@ def test_tally_and_grade_refuse_bad_input():
     answers.tally(["#### 1"], ["1"], rules=("loose",))
   with pytest.raises(ValueError, match="text must be a str"):
     answers.tally([None], ["1"])
+  with pytest.raises(ValueError, match=r"gold answer \(gold\) = None"):
+    answers.grade("#### 1", None, "strict")
+
+
+def test_tally_rules_and_argument_types():
+  # One rule as a bare str; every rule checked even with nothing to count.
+  out = answers.tally(["#### 1"], ["1"], rules="strict")
+  assert list(out) == ["strict"] and out["strict"].correct == 1
+  with pytest.raises(ValueError, match="unknown extraction rule 'bogus' in rules"):
+    answers.tally([], [], rules=("bogus",))
+  with pytest.raises(ValueError, match="rules is empty"):
+    answers.tally([], [], rules=())
+  with pytest.raises(ValueError, match="rules must be"):
+    answers.tally([], [], rules=3)
+  # A str is not a list of completions (or of golds).
+  with pytest.raises(ValueError, match="completions must be a sequence"):
+    answers.tally("abc", ["1", "2", "3"])
+  with pytest.raises(ValueError, match="golds must be a sequence"):
+    answers.tally(["#### 1"], "1")
+  # Number golds are numbers (no bogus index in grade's message).
+  assert answers.grade("#### 18", 18, "strict").outcome == "correct"
+  assert answers.grade("#### 0.1", 0.1, "strict").outcome == "correct"
+  assert answers.grade("#### 1.5", Fraction(3, 2), "strict").outcome == "correct"
+  assert answers.grade("#### 18", np.int64(17), "flexible").outcome == "wrong"
+  assert answers.tally(["#### 18", "#### 2"], [18, 2.5])["strict"].correct == 1
+  for bad in (True, float("nan"), 1j):
+    with pytest.raises(ValueError, match=r"gold answer \(gold\) = "):
+      answers.grade("#### 1", bad, "strict")
+  with pytest.raises(ValueError, match=r"gold answer 1 \(golds\[1\]\) = True"):
+    answers.tally(["#### 1", "#### 2"], [1, True])
 
 
 def test_answer_id_fn_groups_extracted_values():

@@ -4,15 +4,15 @@
   1. the last `\\boxed{...}` (nested braces allowed; `\\fbox{}` too),
   2. the last `#### ...` line (GSM8K's reference format),
   3. the last "answer is ..." / "answer: ..." (case-insensitive, e.g. "The final
-     answer is $18."),
+     answer is $18."; "answer isn't" and "answer is not" are not marked answers),
   4. only if `fallback_last_number=True` (lm-eval's "flexible-extract"): the last
      number anywhere in the text,
 and returns the first number in that span, normalised by `normalize_answer`. A
 span with no number at all passes to the next format; a span whose first number
-cannot be read exactly (`\\sqrt{2}`, `2\\pi`, `3 \\times 4`, `\\frac{x}{2}`,
-`\\frac{3}{0}`) makes the answer None: unparsable, for the caller to count (it
-is never replaced by a digit read from inside the expression, nor by a number
-from a lower-priority format). `extraction(text)` also says which format
+cannot be read exactly (`\\sqrt{2}`, `2\\pi`, `3 \\times 4`, `3 * 4`, `5 + 3`,
+`5 ÷ 2`, `\\frac{x}{2}`, `\\frac{3}{0}`) makes the answer None: unparsable, for
+the caller to count (it is never replaced by a digit read from inside the
+expression, nor by a number from a lower-priority format). `extraction(text)` also says which format
 answered or why there is none.
 
 Numbers are read exactly (as a Fraction), in plain text and in the LaTeX forms
@@ -24,16 +24,22 @@ tests/test_tasks.py) on each:
   `-3.5`, `.5`, `−3` (Unicode minus), `-\\$5`, `\\$-5`,
   `3/4`, `\\frac{3}{4}`, `\\dfrac`, `\\tfrac`, `\\cfrac`, `\\frac34` / `\\frac 3 4`
       (single-token arguments), `\\frac{-3}{4}`, `-\\frac{3}{4}`, `\\frac{1.5}{2}`,
-  `2\\frac{1}{2}` and `2 \\frac12` (mixed numbers: 5/2; `-2\\frac12` is -5/2),
+  `2\\frac{1}{2}`, `2 \\frac12` and `2 1/2` (mixed numbers: 5/2; `-2\\frac12` is
+      -5/2; a plain-text one only with a proper fraction: `3 5/4` is unparsable),
+  `2⁄3` (U+2044 fraction slash, as `/`),
   `\\left( \\frac{3}{4} \\right)`, `\\displaystyle`,
   `75\\%` and `75%` (the number of percent, 75: GSM8K answers are written so),
-  `1.5 \\times 10^{3}`, `3\\cdot10^4`, `10^{-2}`, `2^{10}`, `1.2E3` / `2.5e3`,
+  `1.5 \\times 10^{3}`, `3\\cdot10^4`, `10^{-2}`, `2^{10}`, `10**3`, `1.2E3` /
+      `2.5e3`,
   `42^\\circ`.
 Where this deliberately differs from Math-Verify: a percent is its number (75,
 not 3/4), `1\\,000` is 1000 (Math-Verify reads 1*0), `2.5e3` is 2500 (Math-Verify
 reads e as Euler's number), `1,2` is 1 (Math-Verify: the set {1, 2}), a product
-`3 \\times 4` is unparsable (Math-Verify: 12), and letters after a number are a
-unit (`2x` is 2; Math-Verify: 2*x).
+`3 \\times 4` (or `3 × 4`, `3 * 4`, `5 + 3`, `5 ÷ 2`; an operator followed by an
+operand) is unparsable (Math-Verify: 12), and letters after a number are a
+unit (`2x` is 2; Math-Verify: 2*x). A wrapper cut off before its closing
+brace (`\\boxed{7` at the end of a truncated generation) is no marked answer,
+but its contents count for the last number.
 
 The canonical string is an integer ("1200"), a terminating decimal ("-3.5") or a
 reduced ratio ("1/3").
@@ -47,6 +53,8 @@ counts under both rules, every completion counted (none dropped);
 
 from __future__ import annotations
 
+import math
+import numbers
 import re
 from collections.abc import Callable, Sequence
 from fractions import Fraction
@@ -58,13 +66,18 @@ import numpy as np
 # LaTeX clean-up: what carries no value becomes a space (or nothing, for the
 # thin spaces inside a number), so only numbers and value-bearing macros stay.
 
-_UNWRAP = re.compile(
-  r"\\(?:text|textbf|textit|textrm|textsf|texttt|textnormal|textup|mathrm|"
-  r"mathbf|mathit|mathsf|mathtt|mathnormal|boldsymbol|bm|mbox|hbox|"
-  r"operatorname|boxed|fbox|underline|emph|ensuremath|"
-  r"(?:text)?color\{[^{}]*\})\s*"
-  r"\{([^{}]*)\}"
+# Macros whose one argument is their value: \text{5} is 5.
+_WRAPPERS = (
+  "text|textbf|textit|textrm|textsf|texttt|textnormal|textup|mathrm|"
+  "mathbf|mathit|mathsf|mathtt|mathnormal|boldsymbol|bm|mbox|hbox|"
+  "operatorname|boxed|fbox|underline|emph|ensuremath"
 )
+_UNWRAP = re.compile(
+  rf"\\(?:{_WRAPPERS}|(?:text)?color\{{[^{{}}]*\}})\s*\{{([^{{}}]*)\}}"
+)
+# A wrapper left after unwrapping (nested or cut-off braces: `\boxed{7` at the
+# end of a truncated generation) is transparent: its contents are read.
+_WRAPPER_OPEN = re.compile(rf"\\(?:{_WRAPPERS})(?![A-Za-z])\s*\{{?")
 _BLANKS = [  # (pattern, replacement), applied in order
   (re.compile(r"\\(?:begin|end|label|tag|[hv]space\*?)\s*\{[^{}]*\}"), " "),
   (re.compile("\u2212"), "-"),  # Unicode minus
@@ -116,9 +129,12 @@ _START = re.compile(
   rf"(?<![\w.])(?P<num>{_DEC})"
 )
 _WS = re.compile(r"\s*")
-_INT_EXP = re.compile(r"\s*\^\s*(?:\{\s*(-?\d+)\s*\}|(\d))")
+_INT_EXP = re.compile(
+  r"\s*(?:\^\s*(?:\{\s*(-?\d+)\s*\}|(\d))|\*\*\s*(-?\d+)(?!\w|\.\d))"
+)
 _SCI_TIMES = re.compile(
-  r"\s*(?:\\times|\\cdot|\u00d7|\*)\s*10\s*\^\s*(?:\{\s*(-?\d+)\s*\}|(\d))"
+  r"\s*(?:\\times|\\cdot|[\u00d7\u00b7\u22c5*])\s*10\s*\^\s*"
+  r"(?:\{\s*(-?\d+)\s*\}|(\d))"
 )
 _E_EXP = re.compile(r"[eE]([-+]?\d+)(?!\w|\.\d)")  # a trailing period ends it
 _MAX_EXP = 1000  # 10^1000 is fine as a Fraction; 10^(10^9) would not be
@@ -127,7 +143,18 @@ _MACRO_ARGS = re.compile(r"\s*(?:\[[^\[\]]*\]\s*)?")
 _TOKEN = re.compile(r"\\[A-Za-z]+|.", re.DOTALL)
 _NUM = re.compile(_DEC)
 _SIGN = re.compile(r"-[\s({]*")
-_RATIO = re.compile(rf"\s*/\s*({_DEC})(?!\w|\.\d)")  # "3/4." is 3/4
+_SLASH = "[/\u2044]"  # "/" or the fraction slash
+_RATIO = re.compile(rf"\s*{_SLASH}\s*({_DEC})(?!\w|\.\d)")  # "3/4." is 3/4
+# A plain-text mixed number's fraction: "1 1/2" (read only when proper).
+_PLAIN_MIXED = re.compile(rf"[ \t]+(\d+)\s*{_SLASH}\s*(\d+)(?!\w|\.\d)")
+# An arithmetic operator after a number, with an operand after it: the number
+# is part of an expression (3 * 4, 5 + 3, 5 ÷ 2), which is unparsable. `*` and
+# `+` need a numeric operand (`*5* apples` is Markdown, `18+` is not a sum);
+# \times, \cdot and \div are macros, caught as glued on.
+_OPERATOR = re.compile(
+  r"\s*(?:[\u00d7\u00b7\u22c5\u00f7\u2044](?=\s*[-(]*\s*(?:\w|\.\d|\\))|"
+  r"(?:\*\*?|\+)(?=\s*[-(]*\s*(?:\d|\.\d|\\[A-Za-z])))"
+)
 _GLUED = re.compile(r"\\[A-Za-z]+|\^")
 
 
@@ -186,6 +213,35 @@ def _power(base: Fraction, exp_text: str) -> Fraction | None:
   return base**e
 
 
+def _read_plain(s: str, i: int) -> tuple[Fraction | None, int]:
+  """A plain number at s[i:] (a digit or '.') with what completes it: a
+  mixed number's fraction, an exponent or a ratio -> (value or None, end)."""
+  m = _NUM.match(s, i)
+  text = m.group(0)
+  value, j = Fraction(text.replace(",", "")), m.end()
+  whole = value if re.fullmatch(r"\d+", text) else None
+  k = _WS.match(s, j).end()
+  if whole is not None and s.startswith("\\frac", k):  # mixed number
+    frac, j2 = _read_frac(s, k)
+    if frac is None or frac < 0:
+      return None, j2
+    return whole + frac, j2
+  if whole is not None and (m2 := _PLAIN_MIXED.match(s, j)):  # "1 1/2"
+    num, den = int(m2.group(1)), int(m2.group(2))
+    if 0 < num < den:
+      return whole + Fraction(num, den), m2.end()
+    return None, m2.end()  # "3 5/4": not a number form
+  if m2 := _E_EXP.match(s, j) or _SCI_TIMES.match(s, j):
+    p = _power(Fraction(10), next(g for g in m2.groups() if g is not None))
+    return (None if p is None else value * p), m2.end()
+  if m2 := _INT_EXP.match(s, j):  # 2^{10}, 2^3, 10**3
+    return _power(value, next(g for g in m2.groups() if g is not None)), m2.end()
+  if m2 := _RATIO.match(s, j):
+    den = Fraction(m2.group(1).replace(",", ""))
+    return (None if den == 0 else value / den), m2.end()
+  return value, j
+
+
 def _read_number(s: str, i: int) -> tuple[Fraction | None, int]:
   """The number expression starting at s[i:] (a sign, a digit, '.' or
   \\frac) -> (exact value or None if unreadable, end)."""
@@ -195,30 +251,13 @@ def _read_number(s: str, i: int) -> tuple[Fraction | None, int]:
     i = _SIGN.match(s, i).end()
   if s.startswith("\\frac", i):
     value, j = _read_frac(s, i)
-    whole = None
   else:
-    m = _NUM.match(s, i)
-    text = m.group(0)
-    value, j = Fraction(text.replace(",", "")), m.end()
-    whole = value if re.fullmatch(r"\d+", text) else None
-    k = _WS.match(s, j).end()
-    if whole is not None and s.startswith("\\frac", k):  # mixed number
-      frac, j2 = _read_frac(s, k)
-      if frac is None or frac < 0:
-        return None, j2
-      value, j = whole + frac, j2
-    elif m2 := _E_EXP.match(s, j) or _SCI_TIMES.match(s, j):
-      p = _power(Fraction(10), next(g for g in m2.groups() if g is not None))
-      value, j = (None if p is None else value * p), m2.end()
-    elif m2 := _INT_EXP.match(s, j):
-      value, j = _power(value, m2.group(1) or m2.group(2)), m2.end()
-    elif m2 := _RATIO.match(s, j):
-      den = Fraction(m2.group(1).replace(",", ""))
-      value, j = (None if den == 0 else value / den), m2.end()
+    value, j = _read_plain(s, i)
   if value is not None and negative:
     value = -value
   # Something glued on that continues the expression: 5\sqrt{2}, 2\pi,
-  # 3 \times 4, \frac12^2, \frac123, 2.5\frac12, x^{1/2}.
+  # 3 \times 4, \frac12^2, \frac123, 2.5\frac12, x^{1/2}; or an operator
+  # with an operand: 3 * 4, 5 + 3, 5 ÷ 2 (the operand is read on its own).
   k = _WS.match(s, j).end()
   glued = _GLUED.match(s, k)
   if glued or (j < len(s) and s[j].isdigit()):
@@ -227,6 +266,8 @@ def _read_number(s: str, i: int) -> tuple[Fraction | None, int]:
     if glued:
       return None, _skip_macro(s, k, glued.group(0))
     return None, j + 1
+  if op := _OPERATOR.match(s, j):
+    return None, op.end()
   return value, j
 
 
@@ -240,7 +281,9 @@ def _items(span: str) -> list[_Item]:
   s = _clean(span)
   out, pos = [], 0
   while (m := _START.search(s, pos)) is not None:
-    if m.group("macro") and m.group("macro") != "\\frac":
+    if wrapper := _WRAPPER_OPEN.match(s, m.start()):  # cut off: transparent
+      pos = wrapper.end()
+    elif m.group("macro") and m.group("macro") != "\\frac":
       end = _skip_macro(s, m.start(), m.group("macro"))
       out.append(_Item(None, any(c.isdigit() for c in s[m.start() : end])))
       pos = end
@@ -293,7 +336,11 @@ def normalize_answer(span: str | None) -> str | None:
 # Extraction.
 
 _HASH_RE = re.compile(r"####\s*(?P<span>[^\n]*)")
-_ANSWER_IS_RE = re.compile(r"answer\s*(?:is|:)\s*:?\s*(?P<span>[^\n]*)", re.IGNORECASE)
+# "answer is" / "answer:", not "answer isn't" or "answer is not".
+_ANSWER_IS_RE = re.compile(
+  r"\banswer\s*(?:is(?![\w'\u2019])(?!\s+not\b)|:)\s*:?\s*(?P<span>[^\n]*)",
+  re.IGNORECASE,
+)
 
 
 def _boxed_spans(text: str) -> list[str]:
@@ -392,10 +439,23 @@ def extract(text: str, rule: str) -> Extraction:
   return extraction(text, fallback_last_number=rule == "flexible")
 
 
-def _gold_value(gold: str, i: int) -> Fraction:
-  value = parse_number(gold) if isinstance(gold, str) else None
+def _gold_value(gold, where: str) -> Fraction:
+  """The exact value of a gold answer: a number, or a str holding one
+  (`where` names the argument in the error: "(gold)", "3 (golds[3])")."""
+  value = None
+  if isinstance(gold, str):
+    value = parse_number(gold)
+  elif isinstance(gold, bool):
+    pass
+  elif isinstance(gold, numbers.Rational):  # int, Fraction, numpy ints
+    value = Fraction(gold)
+  elif isinstance(gold, numbers.Real) and math.isfinite(gold):
+    value = Fraction(repr(float(gold)))  # 0.1 is 1/10, as written
   if value is None:
-    raise ValueError(f"gold answer {i} ({gold!r}) holds no readable number")
+    raise ValueError(
+      f"gold answer {where} = {gold!r} holds no readable number; expected a "
+      "number or a str such as '18'"
+    )
   return value
 
 
@@ -407,15 +467,16 @@ class Grade(NamedTuple):
   outcome: str
 
 
-def grade(text: str, gold: str, rule: str) -> Grade:
+def grade(text: str, gold: str | float | Fraction, rule: str) -> Grade:
   """The outcome of one completion against its gold answer under `rule`.
 
   Raises:
-    ValueError: an unknown rule, `text` not a str, or a gold answer without a
-      readable number (a bad gold must not be scored as the model's miss).
+    ValueError: an unknown rule, `text` not a str, or a `gold` that is neither
+      a number nor a str with a readable number (a bad gold must not be
+      scored as the model's miss).
   """
   ex = extract(text, rule)
-  want = _gold_value(gold, 0)
+  want = _gold_value(gold, "(gold)")
   if ex.answer is None:
     return Grade(ex, "unparsable")
   return Grade(ex, "correct" if parse_number(ex.answer) == want else "wrong")
@@ -441,30 +502,63 @@ class Tally(NamedTuple):
     return self.correct / self.total if self.total else float("nan")
 
 
+def _check_rules(rules) -> tuple[str, ...]:
+  """`rules` as a tuple of known rules (a bare str is one rule)."""
+  if isinstance(rules, str):
+    rules = (rules,)
+  try:
+    rules = tuple(rules)
+  except TypeError:
+    raise ValueError(
+      f"rules must be a rule name or a sequence of them (from {RULES}), got "
+      f"{type(rules).__name__}"
+    ) from None
+  if not rules:
+    raise ValueError(f"rules is empty; expected some of {RULES}")
+  for rule in rules:
+    if rule not in RULES:
+      raise ValueError(
+        f"unknown extraction rule {rule!r} in rules; expected one of {RULES}"
+      )
+  return rules
+
+
 def tally(
-  completions: Sequence[str], golds: Sequence[str], rules: Sequence[str] = RULES
+  completions: Sequence[str],
+  golds: Sequence[str | float | Fraction],
+  rules: str | Sequence[str] = RULES,
 ) -> dict[str, Tally]:
   """Counts of correct / wrong / unparsable completions under each rule.
 
   Args:
-    completions: [N] generated texts.
-    golds: [N] gold answers (canonical number strings, e.g. "18", "0.75"), one
-      per completion (repeat a problem's answer for each of its samples).
-    rules: which of RULES to count.
+    completions: [N] generated texts (a list, not one str).
+    golds: [N] gold answers (canonical number strings, e.g. "18", "0.75", or
+      numbers), one per completion (repeat a problem's answer for each of its
+      samples).
+    rules: which of RULES to count (one name, or a sequence of names).
 
   Returns:
     {rule: Tally}; every completion is counted under every rule, none dropped.
 
   Raises:
-    ValueError: the lengths differ, an unknown rule, a completion that is not
-      a str, or a gold answer without a readable number.
+    ValueError: a str for `completions` or `golds`, the lengths differ, an
+      unknown or no rule, a completion that is not a str, or a gold answer
+      without a readable number.
   """
+  for name, arg in (("completions", completions), ("golds", golds)):
+    if isinstance(arg, (str, bytes)):
+      raise ValueError(
+        f"tally: {name} must be a sequence with one entry per completion, "
+        f"got a {type(arg).__name__} ({arg[:40]!r})"
+      )
+  rules = _check_rules(rules)
+  completions, golds = list(completions), list(golds)
   if len(completions) != len(golds):
     raise ValueError(
       f"tally: {len(completions)} completions but {len(golds)} gold answers"
     )
   for i, g in enumerate(golds):
-    _gold_value(g, i)
+    _gold_value(g, f"{i} (golds[{i}])")
   out = {}
   for rule in rules:
     counts = dict.fromkeys(OUTCOMES, 0)
