@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
 from collections.abc import Sequence
 
 import jax
@@ -61,6 +62,35 @@ X_MIN_SPAN = 12
 X_MIN_RATE = 0.3
 
 
+def _is_int(x) -> bool:
+  """A Python int or numpy integer, never a bool (True is not a token id)."""
+  return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def _is_real(x) -> bool:
+  """A Python / numpy int or float, never a bool."""
+  return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
+
+
+def _id_tuple(name: str, ids) -> tuple:
+  """`ids` (a list / tuple / 1-D array of ints) as a tuple of Python ints.
+
+  Raises:
+    ValueError: naming `name` for a string, None, a non-sequence or an element
+      that is not an int (floats and bools are refused, not truncated).
+  """
+  if isinstance(ids, (str, bytes)) or not isinstance(ids, (Sequence, np.ndarray)):
+    raise ValueError(  # noqa: TRY004 (ValueError, as documented)
+      f"UL2Ids.{name} must be a sequence of int ids, got {type(ids).__name__} {ids!r}"
+    )
+  if isinstance(ids, np.ndarray) and ids.ndim != 1:
+    raise ValueError(f"UL2Ids.{name} must be 1-D, got shape {ids.shape}")
+  bad = [i for i in ids if not _is_int(i)]
+  if bad:
+    raise ValueError(f"UL2Ids.{name} ids must be ints, got {bad!r}")
+  return tuple(int(i) for i in ids)
+
+
 # ----------------------------------------------------------------------------------
 # Token ids: sentinels and mode tokens
 # ----------------------------------------------------------------------------------
@@ -79,7 +109,8 @@ class UL2Ids:
 
   Raises:
     ValueError: naming the field, for ids outside [text_vocab, vocab_size), a
-      repeated id, no sentinel, or modes without exactly the keys R, S, X.
+      repeated id, no sentinel, modes without exactly the keys R, S, X, or an
+      id that is not an int (strings, floats, bools and None are refused).
   """
 
   sentinels: tuple
@@ -88,24 +119,23 @@ class UL2Ids:
   text_vocab: int = 0
 
   def __post_init__(self):
-    if not isinstance(self.vocab_size, int) or self.vocab_size < 1:
+    if not _is_int(self.vocab_size) or self.vocab_size < 1:
       raise ValueError(
         f"UL2Ids.vocab_size must be an int >= 1, got {self.vocab_size!r}"
       )
-    if (
-      not isinstance(self.text_vocab, int)
-      or not 0 <= self.text_vocab <= self.vocab_size
-    ):
+    if not _is_int(self.text_vocab) or not 0 <= self.text_vocab <= self.vocab_size:
       raise ValueError(
         f"UL2Ids.text_vocab must be an int in [0, vocab_size={self.vocab_size}], "
         f"got {self.text_vocab!r}"
       )
-    object.__setattr__(self, "sentinels", tuple(int(s) for s in self.sentinels))
+    object.__setattr__(self, "sentinels", _id_tuple("sentinels", self.sentinels))
     if not self.sentinels:
       raise ValueError("UL2Ids.sentinels is empty: span corruption needs one per span")
     if not isinstance(self.modes, dict) or set(self.modes) != set(MODES):
       got = sorted(self.modes) if isinstance(self.modes, dict) else self.modes
       raise ValueError(f"UL2Ids.modes must map exactly {MODES} to ids, got {got!r}")
+    modes = dict(zip(MODES, _id_tuple("modes", [self.modes[m] for m in MODES])))
+    object.__setattr__(self, "modes", modes)
     for name, ids in (("sentinels", self.sentinels), ("modes", self.modes.values())):
       for i in ids:
         if not self.text_vocab <= int(i) < self.vocab_size:
@@ -130,8 +160,9 @@ def reserved_ids(vocab_size: int, n_sentinels: int, text_vocab: int = 0) -> UL2I
     ValueError: naming `n_sentinels` when it is not an int >= 1 or the ids would
       reach below `text_vocab` (the text tokens).
   """
-  if not isinstance(n_sentinels, int) or n_sentinels < 1:
+  if not _is_int(n_sentinels) or n_sentinels < 1:
     raise ValueError(f"n_sentinels must be an int >= 1, got {n_sentinels!r}")
+  n_sentinels = int(n_sentinels)
   if vocab_size - len(MODES) - n_sentinels < text_vocab:
     raise ValueError(
       f"n_sentinels={n_sentinels} + {len(MODES)} mode ids do not fit above the "
@@ -168,25 +199,31 @@ def prefix_lm_split(tokens, split: int, mode_id: int | None = None):
 
   Args:
     tokens: 1-D int token ids [N]. split: the prefix length, 1 <= split < N.
-    mode_id: if given, prepended to the input (the [S] mode token).
+    mode_id: if given (an int id >= 0), prepended to the input (the [S] mode
+      token).
 
   Returns:
     (inputs int64 [split (+1)], targets int64 [N - split]).
 
   Raises:
-    ValueError: naming `tokens` (not 1-D ints) or `split` (out of range).
+    ValueError: naming `tokens` (not 1-D ints, or fewer than 2 to split),
+      `split` (not an int, out of range) or `mode_id` (not an int >= 0).
   """
   arr = _tokens("tokens", tokens)
-  if not isinstance(split, (int, np.integer)) or not 1 <= split < len(arr):
+  if len(arr) < 2:
+    raise ValueError(f"tokens must hold >= 2 ids to split, got {len(arr)}")
+  if not _is_int(split) or not 1 <= split < len(arr):
     raise ValueError(f"split must be an int in [1, {len(arr) - 1}], got {split!r}")
+  if mode_id is not None and (not _is_int(mode_id) or mode_id < 0):
+    raise ValueError(f"mode_id must be None or an int id >= 0, got {mode_id!r}")
   head = [] if mode_id is None else [int(mode_id)]
   return np.asarray(head + arr[:split].tolist(), np.int64), arr[split:].copy()
 
 
 def _check_rate_span(rate, mean_span, who: str) -> None:
-  if not isinstance(rate, (int, float)) or not 0.0 < rate < 1.0:
+  if not _is_real(rate) or not 0.0 < rate < 1.0:
     raise ValueError(f"{who}rate must be a number in (0, 1), got {rate!r}")
-  if not isinstance(mean_span, (int, float)) or not mean_span >= 1.0:
+  if not _is_real(mean_span) or not mean_span >= 1.0:
     raise ValueError(f"{who}mean_span must be a number >= 1, got {mean_span!r}")
 
 
@@ -201,7 +238,7 @@ def span_counts(length: int, rate: float, mean_span: float) -> tuple[int, int]:
     ValueError: naming `rate` / `mean_span` / `length` out of range (length >= 2).
   """
   _check_rate_span(rate, mean_span, "")
-  if not isinstance(length, (int, np.integer)) or length < 2:
+  if not _is_int(length) or length < 2:
     raise ValueError(f"length must be an int >= 2 to corrupt a span, got {length!r}")
   n_noise = min(max(round(length * rate), 1), length - 1)
   n_spans = max(round(n_noise / mean_span), 1)
@@ -359,13 +396,18 @@ def ul2_example(rng: np.random.Generator, tokens, denoiser: Denoiser, ids: UL2Id
     (inputs int64 [E], targets int64 [T]).
 
   Raises:
-    ValueError: naming `tokens` (reserved or out-of-vocabulary ids, too
-      short) or `ids.sentinels` (fewer than the spans drawn).
+    ValueError: naming `rng` (not a numpy Generator), `tokens` (reserved or
+      out-of-vocabulary ids, too short) or `ids.sentinels` (fewer than the
+      spans drawn).
   Source: Tay et al. 2022 (arXiv:2205.05131); Raffel et al. 2020.
   """
   if not isinstance(denoiser, Denoiser) or not isinstance(ids, UL2Ids):
     raise ValueError(  # noqa: TRY004 (ValueError, as documented)
       "denoiser must be a Denoiser and ids a UL2Ids"
+    )
+  if not isinstance(rng, np.random.Generator):
+    raise ValueError(  # noqa: TRY004 (ValueError, as documented)
+      f"rng must be a numpy Generator (np.random.default_rng), got {type(rng).__name__}"
     )
   arr = _tokens("tokens", tokens, ids)
   if len(arr) < 2:
@@ -404,12 +446,19 @@ def encdec_batch(
     {"enc_tokens" int32 [B, E], "enc_lengths" int32 [B], "dec_inputs" int32
     [B, T] (start_id then the targets shifted right, T5 / T5Gemma teacher
     forcing), "targets" int32 [B, T], "loss_mask" float32 [B, T] (1 on real
-    targets)}. E and T default to the bucketed longest (`train.bucket_length`).
+    targets)}. E and T: enc_len / dec_len, or (None) the bucketed longest
+    (`train.bucket_length`).
 
   Raises:
     ValueError: naming the field: ids outside [0, vocab_size), an empty
-      input or target, or a pair longer than enc_len / dec_len.
+      input or target, enc_len / dec_len not None or an int >= 1, or a pair
+      longer than enc_len / dec_len.
   """
+  for name, n in (("enc_len", enc_len), ("dec_len", dec_len)):
+    if n is not None and (not _is_int(n) or n < 1):
+      raise ValueError(
+        f"{name} must be None (bucketed longest) or an int >= 1, got {n!r}"
+      )
   check_token_ids("start_id", [start_id], vocab_size)
   check_token_ids("pad_id", [pad_id], vocab_size)
   if not examples:
@@ -424,8 +473,8 @@ def encdec_batch(
     )
     if not len(ins[-1]) or not len(outs[-1]):
       raise ValueError(f"examples[{i}] has an empty input or target")
-  E = enc_len or train.bucket_length(max(map(len, ins)))
-  T = dec_len or train.bucket_length(max(map(len, outs)))
+  E = int(enc_len) if enc_len is not None else train.bucket_length(max(map(len, ins)))
+  T = int(dec_len) if dec_len is not None else train.bucket_length(max(map(len, outs)))
   for name, seqs, n in (("enc_len", ins, E), ("dec_len", outs, T)):
     if max(map(len, seqs)) > n:
       raise ValueError(f"{name}={n} is shorter than an example ({max(map(len, seqs))})")
@@ -466,9 +515,9 @@ def kd_terms(student_logits_BxTxV, teacher_logits_BxTxV, weights_BxT, temperatur
 
 
 def _check_kd(kd_weight, kd_temperature) -> None:
-  if not isinstance(kd_weight, (int, float)) or not 0.0 <= kd_weight <= 1.0:
+  if not _is_real(kd_weight) or not 0.0 <= kd_weight <= 1.0:
     raise ValueError(f"kd_weight must be a number in [0, 1], got {kd_weight!r}")
-  if not isinstance(kd_temperature, (int, float)) or not kd_temperature > 0:
+  if not _is_real(kd_temperature) or not kd_temperature > 0:
     raise ValueError(f"kd_temperature must be a number > 0, got {kd_temperature!r}")
 
 

@@ -24,6 +24,15 @@ problem: small 0.39 / 2.6e7, big 0.58 / 6.6e7, small-small (balanced) 0.26 /
 3.1e7, big-small (unbalanced) 0.16 / 4.4e7; majority@8: 0.33, 0.53, 0.24, 0.15.
 At this scale and 150 fine-tune steps the adapted models have not caught up
 with their parents (cross-attention and the bidirectional encoder are new).
+
+UL2 instead of PrefixLM: --config.finetune.objective=ul2 (R / S / X denoisers,
+sentinel and mode ids added to the vocabulary). UL2 has no knowledge
+distillation (the decoder-only teacher cannot score span-corruption targets),
+so finetune.kd_weight applies to prefix_lm only and is ignored for ul2.
+
+Sequence lengths are checked before training: pretrain.seq_len and every
+fine-tuning text must fit small / big max_seq_len, and the longest eval prompt
+the task can produce + eval.max_new_tokens must fit them too.
 """
 
 import ml_collections
@@ -80,7 +89,9 @@ def get_config():
   c.finetune.cross_warmup_steps = 30  # unbalanced: cross-attention only first
   c.finetune.cross_warmup_lr = 3e-3
   c.finetune.objective = "prefix_lm"  # or "ul2" (R / S / X denoisers)
-  c.finetune.kd_weight = 0.5  # prefix_lm: weight of KD from the encoder's parent
+  c.finetune.kd_weight = (
+    0.5  # prefix_lm: KD weight from the encoder's parent; ul2: ignored (no KD)
+  )
   c.finetune.kd_temperature = 1.0
   c.finetune.n_sentinels = 8  # ul2: sentinel ids added to the vocabulary
 

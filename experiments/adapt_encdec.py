@@ -20,7 +20,8 @@
    with KD from the encoder's parent at `finetune.kd_weight`; or `ul2`: each row
    a uniformly drawn R / S / X denoiser, S being the prompt -> solution split,
    with sentinel and mode ids added to the vocabulary, the eval prompts then
-   starting with [S]).
+   starting with [S]; no KD, `finetune.kd_weight` is ignored: the decoder-only
+   teacher cannot score span-corruption targets).
 4. Each fine-tuned model on `eval.n_problems` held-out problems: greedy
    accuracy, and self-consistency (`algorithms.methods.run("majority")`) at
    each budget in `eval.budgets`, with the inference FLOPs per problem of the
@@ -81,6 +82,88 @@ def model_config(section) -> ModelConfig:
   return ModelConfig(vocab_size=TOK.vocab_size, **section.to_dict())
 
 
+def kd_weight(config) -> float:
+  """The KD weight the encoder-decoder fine-tunes use: `finetune.kd_weight`
+  for objective prefix_lm, 0 for ul2 (no KD: the decoder-only teacher cannot
+  score span-corruption targets)."""
+  ft = config.finetune
+  return float(ft.kd_weight) if ft.objective == "prefix_lm" else 0.0
+
+
+def _digits(n: int) -> int:
+  return len(str(n))
+
+
+def longest_prompt(config) -> int:
+  """An upper bound on the tokens of BOS + prompt of any problem config.task
+  can produce: "Q:" + the question (the first number, then per step the
+  operator and operand, plus 2 parentheses for a `*` after a sum) + newline."""
+  kw = tp.task_kwargs(config)
+  _, hi = arith._range_of(kw["n_steps"], "n_steps")
+  add = 1 + kw["n_digits"] if set(kw["ops"]) & {"+", "-"} else None
+  mul = 1 + kw["mul_digits"] if "*" in kw["ops"] else None
+  best = {False: kw["n_digits"]}  # question length by "last op was + / -"
+  for _ in range(hi):
+    nxt = {}
+    for is_sum, n in best.items():
+      if add is not None:
+        nxt[True] = max(nxt.get(True, 0), n + add)
+      if mul is not None:
+        nxt[False] = max(nxt.get(False, 0), n + mul + 2 * is_sum)
+    best = nxt
+  return 1 + len(arith.PROMPT_PREFIX) + max(best.values()) + len(arith.DELIM)
+
+
+def longest_text(config) -> int:
+  """An upper bound on the tokens of BOS + prompt + solution + EOS (every
+  fine-tuning sequence fits it: decoder-only texts, encoder inputs and
+  decoder targets, span-corrupted ones included). The solution bound runs the
+  largest value each step can reach (`+`: + 10**n_digits - 1, `*`: times
+  10**mul_digits - 1; `-` never grows it)."""
+  kw = tp.task_kwargs(config)
+  _, hi = arith._range_of(kw["n_steps"], "n_steps")
+  top, mul_top = 10 ** kw["n_digits"] - 1, 10 ** kw["mul_digits"] - 1
+  add, mul = bool(set(kw["ops"]) & {"+", "-"}), "*" in kw["ops"]
+  operand = max(top if add else 0, mul_top if mul else 0)
+  v, n = top, 0
+  for _ in range(hi):
+    grown = max(v + top if "+" in kw["ops"] else v, v * mul_top if mul else v)
+    n += _digits(v) + 1 + _digits(operand) + 1 + _digits(grown) + 1
+    v = grown
+  n += len(arith.ANSWER_PREFIX) + _digits(v)
+  return longest_prompt(config) + n + 1
+
+
+def _check_lengths(config) -> None:
+  """Every sequence must fit the models' max_seq_len (before any training).
+
+  Raises:
+    ValueError: naming config.pretrain.seq_len, config.eval.max_new_tokens or
+      the config.<small|big>.max_seq_len a fine-tuning text does not fit.
+  """
+  trained = ("big",) if config.pretrain.small_policy_dir else ("small", "big")
+  for m in trained:
+    if config.pretrain.seq_len > config[m].max_seq_len:
+      raise ValueError(
+        f"config.pretrain.seq_len={config.pretrain.seq_len} exceeds "
+        f"config.{m}.max_seq_len={config[m].max_seq_len}"
+      )
+  text, prompt = longest_text(config), longest_prompt(config)
+  new = config.eval.max_new_tokens
+  for m in ("small", "big"):
+    msl = config[m].max_seq_len
+    if text > msl:
+      raise ValueError(
+        f"config.{m}.max_seq_len={msl} is shorter than the longest fine-tuning "
+        f"text config.task can produce (up to {text} tokens)"
+      )
+    if prompt + new > msl:
+      raise ValueError(
+        f"config.eval.max_new_tokens={new} + the longest eval prompt ({prompt} "
+        f"tokens) exceeds config.{m}.max_seq_len={msl}: use at most {msl - prompt}"
+      )
+
+
 def validate_adapt_config(config) -> None:
   """Check the config before anything is built.
 
@@ -124,13 +207,8 @@ def validate_adapt_config(config) -> None:
       f"config.finetune.steps={ft.steps} (then every parameter trains)"
     )
   config_utils.one_of(config, "finetune.objective", OBJECTIVES)
-  if not 0.0 <= ft.kd_weight <= 1.0:
+  if not 0.0 <= ft.kd_weight <= 1.0:  # ignored (no KD) with objective ul2
     raise ValueError(f"config.finetune.kd_weight must be in [0, 1], got {ft.kd_weight}")
-  if ft.objective == "ul2" and ft.kd_weight > 0:
-    raise ValueError(
-      "config.finetune.kd_weight must be 0 with objective 'ul2' (the decoder-only "
-      "teacher cannot score span-corruption targets)"
-    )
   config_utils.int_list(config, "eval.budgets")
   try:
     tp.heldout_problems(config, 0)
@@ -144,6 +222,7 @@ def validate_adapt_config(config) -> None:
     )
   if config.pretrain.big_steps < 1:
     raise ValueError("config.pretrain.big_steps must be >= 1")
+  _check_lengths(config)
 
 
 def check_run(config, workdir: str) -> None:
@@ -273,11 +352,11 @@ def _fresh(tree):
 
 def encdec_batch_fn(config, ecfg, exclude: set, teacher, ids):
   """batch_fn(step) of an encoder-decoder fine-tune: `encdec_examples` of the
-  step's problems, plus the teacher's target logits when kd_weight > 0
-  (`teacher` = (ModelConfig, params) of the decoder-only teacher)."""
+  step's problems, plus the teacher's target logits when `kd_weight(config)`
+  > 0 (`teacher` = (ModelConfig, params) of the decoder-only teacher)."""
   ft = config.finetune
   teacher_fn = None
-  if ft.kd_weight > 0:
+  if kd_weight(config) > 0:
     teacher_fn = ada.make_teacher_fn(teacher[0])
 
   def batch_fn(s):
@@ -299,11 +378,11 @@ def encdec_batch_fn(config, ecfg, exclude: set, teacher, ids):
 
 def finetune_encdec(config, ecfg, params, batch_fn, warmup: int, log, name: str):
   """`finetune.steps` steps of `make_prefix_lm_loss_fn` (KD at
-  finetune.kd_weight): the first `warmup` train only cross-attention
+  `kd_weight(config)`): the first `warmup` train only cross-attention
   (`cross_only`, lr finetune.cross_warmup_lr), the rest every parameter.
   Returns (params, last metrics)."""
   ft = config.finetune
-  loss_fn = ada.make_prefix_lm_loss_fn(ecfg, ft.kd_weight, ft.kd_temperature)
+  loss_fn = ada.make_prefix_lm_loss_fn(ecfg, kd_weight(config), ft.kd_temperature)
   warm_key, full_key = jax.random.split(jax.random.PRNGKey(config.seed))
   m = {}
   if warmup:

@@ -526,3 +526,85 @@ def test_cross_labels_rejects_decoder_only_params():
   cfg = tiny_cfg()
   with pytest.raises(ValueError, match="EncDecParams"):
     A.cross_labels(init_params(cfg, jax.random.key(0)))
+
+
+# ----------------------------------------------------------------------------------
+# Argument types: ints are ints (no str / float / bool / None coercion)
+# ----------------------------------------------------------------------------------
+
+MODES40 = {"R": 37, "S": 38, "X": 39}
+
+
+@pytest.mark.parametrize("sentinels", ["35", (35.7,), None, (True,), 35, [[35]]])
+def test_ul2_ids_refuse_non_int_sentinels(sentinels):
+  with pytest.raises(ValueError, match="UL2Ids.sentinels"):
+    A.UL2Ids(sentinels, MODES40, 40)
+
+
+@pytest.mark.parametrize("bad", ["37", 37.9, True, None])
+def test_ul2_ids_refuse_non_int_modes(bad):
+  with pytest.raises(ValueError, match="UL2Ids.modes"):
+    A.UL2Ids((35,), {**MODES40, "R": bad}, 40)
+
+
+def test_ul2_ids_accept_numpy_integers():
+  ids = A.UL2Ids(np.array([35, 36]), {**MODES40, "R": np.int64(37)}, np.int32(40))
+  assert ids.sentinels == (35, 36) and ids.modes == MODES40
+  assert all(type(i) is int for i in (*ids.sentinels, *ids.modes.values()))
+
+
+@pytest.mark.parametrize(
+  "args, kw, match",
+  [
+    (([1, 2, 3], 1), {"mode_id": -7}, "mode_id"),
+    (([1, 2, 3], 1), {"mode_id": 3.7}, "mode_id"),
+    (([1, 2, 3], 1), {"mode_id": "S"}, "mode_id"),
+    (([1, 2, 3], True), {}, "split must be an int"),
+    (([1, 2, 3], 1.0), {}, "split must be an int"),
+    (([], 1), {}, "tokens must hold >= 2 ids"),
+    (([5], 1), {}, "tokens must hold >= 2 ids"),
+  ],
+)
+def test_prefix_lm_split_rejected(args, kw, match):
+  with pytest.raises(ValueError, match=match):
+    A.prefix_lm_split(*args, **kw)
+
+
+def test_prefix_lm_split_accepts_numpy_ints():
+  x, t = A.prefix_lm_split([1, 2, 3], np.int64(2), mode_id=np.int32(38))
+  assert x.tolist() == [38, 1, 2] and t.tolist() == [3]
+
+
+@pytest.mark.parametrize("field", ["enc_len", "dec_len"])
+@pytest.mark.parametrize("bad", [0, -1, 3.5, True, "8"])
+def test_encdec_batch_rejects_bad_lengths(field, bad):
+  with pytest.raises(ValueError, match=field):
+    A.encdec_batch([([3, 4], [5])], 1, 40, **{field: bad})
+
+
+def test_encdec_batch_none_is_bucketed_and_numpy_int_accepted():
+  b = A.encdec_batch([([3, 4], [5])], 1, 40, enc_len=None, dec_len=np.int64(4))
+  assert b["enc_tokens"].shape == (1, train.bucket_length(2))
+  assert b["targets"].shape == (1, 4)
+
+
+def test_denoiser_accepts_numpy_numbers_refuses_bools():
+  d = A.Denoiser("R", rate=np.float32(0.1), mean_span=np.int64(3))
+  assert math.isclose(d.rate, 0.1, rel_tol=1e-6)
+  with pytest.raises(ValueError, match="Denoiser.rate"):
+    A.Denoiser("R", rate=True)
+  with pytest.raises(ValueError, match="kd_weight"):
+    A.make_prefix_lm_loss_fn(None, kd_weight=True)
+  A.make_prefix_lm_loss_fn(None, kd_weight=np.float32(0.5))
+
+
+def test_reserved_ids_refuse_bool_accept_numpy_int():
+  with pytest.raises(ValueError, match="n_sentinels"):
+    A.reserved_ids(40, True)
+  assert len(A.reserved_ids(40, np.int64(2)).sentinels) == 2
+
+
+@pytest.mark.parametrize("rng", [0, None, np.random.RandomState(0)])
+def test_ul2_example_rejects_non_generator_rng(rng):
+  with pytest.raises(ValueError, match="rng must be a numpy Generator"):
+    A.ul2_example(rng, [3, 4, 5, 6], A.Denoiser("R"), ids40())

@@ -72,7 +72,11 @@ def test_end_to_end_tiny(tmp_path, objective, kd):
     ({"finetune.cross_warmup_steps": 3}, "cross_warmup_steps=3"),
     ({"finetune.objective": "mlm"}, "finetune.objective"),
     ({"finetune.kd_weight": 1.5}, "kd_weight"),
-    ({"finetune.objective": "ul2", "finetune.kd_weight": 0.5}, "kd_weight must be 0"),
+    ({"pretrain.seq_len": 1000}, r"config.pretrain.seq_len=1000 exceeds"),
+    ({"eval.max_new_tokens": 500}, r"config.eval.max_new_tokens=500"),
+    ({"eval.max_new_tokens": 120}, r"config.eval.max_new_tokens=120"),
+    ({"small.max_seq_len": 32, "pretrain.seq_len": 32}, "config.small.max_seq_len"),
+    ({"big.max_seq_len": 24, "pretrain.seq_len": 24}, "config.big.max_seq_len=24"),
     ({"eval.budgets": (0,)}, "eval.budgets"),
     ({"small.n_heads": 5}, "config.small"),
     ({"finetune.steps": 0}, "finetune.steps"),
@@ -83,3 +87,43 @@ def test_bad_config_rejected_before_work(tmp_path, over, match):
   with pytest.raises(ValueError, match=match):
     ae.run(tiny_config(**over), str(tmp_path), log=lambda _: None)
   assert not os.listdir(tmp_path) or os.listdir(tmp_path) == [".lock"]
+
+
+def test_ul2_with_the_default_kd_weight_is_valid_and_has_no_kd():
+  """README: `--config.finetune.objective=ul2` alone (kd_weight stays 0.5)."""
+  c = config_utils.load_config_file(ae.DEFAULT_CONFIG)
+  c.finetune.objective = "ul2"
+  assert c.finetune.kd_weight == 0.5
+  ae.validate_adapt_config(c)
+  assert ae.kd_weight(c) == 0.0
+  c.finetune.objective = "prefix_lm"
+  assert ae.kd_weight(c) == 0.5
+
+
+@pytest.mark.parametrize(
+  "task",
+  [
+    {},
+    {"n_digits": 2},
+    {"n_digits": 2, "mul_digits": 2, "n_steps": (1, 5)},
+    {"ops": "+"},
+    {"ops": "-*"},
+  ],
+)
+def test_length_bounds_cover_generated_problems(task):
+  c = config_utils.load_config_file(ae.DEFAULT_CONFIG)
+  c.task.update(task)
+  probs = ae.arith.generate(3000, 1, **ae.tp.task_kwargs(c))
+  prompt = max(len(ae.TOK.encode(p.prompt, add_bos=True)) for p in probs)
+  text = max(len(ae.tp.example(p)[0]) for p in probs)
+  assert prompt <= ae.longest_prompt(c) <= prompt + 2
+  assert text <= ae.longest_text(c) <= text + 16
+
+
+def test_longest_eval_budget_is_accepted():
+  c = tiny_config()
+  c.eval.max_new_tokens = 128 - ae.longest_prompt(c)
+  ae.validate_adapt_config(c)
+  c.eval.max_new_tokens += 1
+  with pytest.raises(ValueError, match="use at most"):
+    ae.validate_adapt_config(c)
