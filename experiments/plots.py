@@ -178,17 +178,7 @@ def render_verifier_panels(spec: dict, path: str) -> str:
     if ub is not None:
       ax.plot(ub[0], ub[1], "k--", lw=1.2, label="coverage (pass@k, upper bound)")
     for s in panel["series"]:
-      ax.errorbar(
-        s["x"],
-        s["y"],
-        yerr=s["yerr"],
-        color=s["colour"],
-        marker=s["marker"],
-        ms=4,
-        lw=1.2,
-        capsize=2,
-        label=s["method"],
-      )
+      _draw_series(ax, s, ms=4)
     for h in panel["hlines"]:
       ax.axhline(h["y"], color=h["colour"], ls=h["linestyle"], lw=1, label=h["label"])
     analysis.style_axes(ax, spec["xlabel"], spec["ylabel"], panel["title"], None)
@@ -233,17 +223,7 @@ def render_auroc_summary(spec: dict, path: str) -> str:
 
   fig, (ax,) = analysis.new_figure(figsize=(6.0, 4.0))
   for s in spec["series"]:
-    ax.errorbar(
-      s["x"],
-      s["y"],
-      yerr=s["yerr"],
-      color=s["colour"],
-      marker=s["marker"],
-      ms=5,
-      lw=1.2,
-      capsize=2,
-      label=s["method"],
-    )
+    _draw_series(ax, s, ms=5)
   ax.set_xlabel(spec["xlabel"])
   ax.set_ylabel(spec["ylabel"])
   ax.set_title(spec["title"], fontsize=10)
@@ -253,3 +233,18 @@ def render_auroc_summary(spec: dict, path: str) -> str:
   fig.tight_layout()
   fig.savefig(path, format="png", bbox_inches="tight")
   return path
+
+
+def _draw_series(ax, s: dict, ms: float) -> None:
+  """One spec series (x, y, yerr, colour, marker, method) as an error-bar line."""
+  ax.errorbar(
+    s["x"],
+    s["y"],
+    yerr=s["yerr"],
+    color=s["colour"],
+    marker=s["marker"],
+    ms=ms,
+    lw=1.2,
+    capsize=2,
+    label=s["method"],
+  )
