@@ -44,6 +44,7 @@ from jaxllm.encdec import (
   EncDecConfig,
   EncDecParams,
   abstract_encdec_params,
+  check_encdec_params,
 )
 from jaxllm.hf import _ACTIVATIONS, TRANSFORMS
 from jaxllm.params import LayerParams, Params
@@ -349,9 +350,12 @@ def params_to_t5gemma(cfg: EncDecConfig, params: EncDecParams) -> dict:
   (tied head omitted, as `save_pretrained` does).
 
   Raises:
-    ValueError: (from config_to_t5gemma's checks) for what T5Gemma cannot express.
+    ValueError: (from config_to_t5gemma's checks) for what T5Gemma cannot
+      express; params whose shapes are not cfg's (`check_encdec_params`,
+      naming the parameter), before anything is converted or written.
   """
   config_to_t5gemma(cfg)
+  check_encdec_params(cfg, params)
   out = {}
   for name, (path, t) in tensor_names(cfg).items():
     x = np.asarray(_get(params, path))

@@ -159,6 +159,21 @@ def test_export_refuses_what_t5gemma_cannot_express(case):
     t5gemma.config_to_t5gemma(cfg.replace(cross_n_kv_heads=1))  # decoder has 2 / 4
 
 
+def test_save_refuses_params_of_another_config(case, tmp_path):
+  """Params that do not match the config are refused before anything is
+  written (they used to be saved and only failed at load)."""
+  import dataclasses
+
+  _, _, cfg, params = case
+  dec = params.decoder
+  short = dataclasses.replace(
+    params, decoder=dataclasses.replace(dec, layers=dec.layers[:-1])
+  )
+  with pytest.raises(ValueError, match="decoder"):
+    t5gemma.save_t5gemma(str(tmp_path / "ck"), cfg, short)
+  assert not (tmp_path / "ck").exists()
+
+
 def test_report_max_errors():
   """Prints the measured parity errors (run with -s)."""
   print({k: f"{v:.2e}" for k, v in MAX_ERR.items()})
