@@ -160,15 +160,19 @@ def config_from_t5gemma(hf_config, dtype: str = "float32") -> EncDecConfig:
     dtype: compute and parameter dtype of the result.
 
   Raises:
-    ValueError: naming the field: not a t5gemma config, attention_bias, an
+    ValueError: naming the field: not a t5gemma config, a missing encoder /
+      decoder section, attention_bias, an
       unknown activation or RoPE type, sliding layers without a window, a
       missing decoder bos_token_id, or anything ModelConfig / EncDecConfig reject.
   """
   hf = _as_dict(hf_config, "hf_config")
   if hf.get("model_type", "t5gemma") != "t5gemma":
     raise ValueError(f"hf_config.model_type={hf.get('model_type')!r} is not 't5gemma'")
-  enc = _as_dict(hf.get("encoder") or {}, "hf_config.encoder")
-  dec = _as_dict(hf.get("decoder") or {}, "hf_config.decoder")
+  for part in ("encoder", "decoder"):
+    if not hf.get(part):  # transformers would fill in its 2B defaults
+      raise ValueError(f"hf_config has no {part!r} section (a T5Gemma config has both)")
+  enc = _as_dict(hf["encoder"], "hf_config.encoder")
+  dec = _as_dict(hf["decoder"], "hf_config.decoder")
   tie = bool(hf.get("tie_word_embeddings", True))
   start = dec.get("bos_token_id", _MODULE_DEFAULTS["bos_token_id"])
   if start is None:

@@ -159,6 +159,15 @@ def test_export_refuses_what_t5gemma_cannot_express(case):
     t5gemma.config_to_t5gemma(cfg.replace(cross_n_kv_heads=1))  # decoder has 2 / 4
 
 
+def test_import_refuses_a_config_without_a_section(case):
+  _, model, _, _ = case
+  for part in ("encoder", "decoder"):
+    d = model.config.to_dict()
+    del d[part]
+    with pytest.raises(ValueError, match=f"no '{part}' section"):
+      t5gemma.config_from_t5gemma(d)
+
+
 def test_save_refuses_params_of_another_config(case, tmp_path):
   """Params that do not match the config are refused before anything is
   written (they used to be saved and only failed at load)."""
