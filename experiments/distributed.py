@@ -196,6 +196,11 @@ def maybe_initialize(
   explicit = bool(coordinator_address) or (num_processes or 1) > 1
   if mode == "auto":
     if not explicit and cluster is None:
+      if process_id is not None:  # a lone --process_id would be ignored
+        raise FlagError(
+          f"--process_id={process_id} needs --coordinator_address=HOST:PORT and "
+          "--num_processes outside SLURM / Open MPI / TPU pods"
+        )
       return None
     if cluster is None:
       _check_explicit_flags(coordinator_address, num_processes, process_id)

@@ -315,6 +315,8 @@ def test_cluster_from_env_and_flag_checks():
   # absl prints a UsageError as a usage line (no traceback).
   with pytest.raises(app.UsageError, match="--num_processes must be >= 1"):
     dist.maybe_initialize(num_processes=0)
+  with pytest.raises(app.UsageError, match="needs --coordinator_address"):
+    dist.maybe_initialize(process_id=1)  # alone it was silently ignored
 
 
 def test_coordinator_port_in_use_is_named():
