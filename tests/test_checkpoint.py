@@ -142,9 +142,11 @@ def test_mismatch_names_tensor(saved, wanted, msg, tmp_path):
 
 
 def _truncate(files):
+  """Empty every data file, so any array read fails. (Keeping each file's first
+  half once left the checkpoint readable in a fresh-clone CI run; the cause was
+  not established: where concurrent writes place the arrays varies by run.)"""
   for f in files:
-    data = open(f, "rb").read()
-    open(f, "wb").write(data[: len(data) // 2])
+    open(f, "wb").close()
 
 
 def test_corrupt_metadata(tmp_path):
