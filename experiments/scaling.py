@@ -2,6 +2,15 @@ r"""Compute-optimal scaling sweep: methods x budgets x seeds -> accuracy vs FLOP
 
   python -m experiments.scaling --config=configs/scaling_arith.py \
       [--config.budgets=1,2,4,8] [--workdir=results/scaling/arith]
+  python -m experiments.scaling --config=configs/scaling_gsm8k.py \
+      --workdir=results/scaling/gsm8k          # SmolLM2 on GSM8K (make gsm8k-study)
+
+The task (`config.task`, experiments/sweep_tasks.py) supplies the policy, the
+problems and prompts, the grading rules and the verifiers: 'arith' (the
+trained policy, PRM / ORM and oracles; what the steps below describe) or
+'gsm8k' (SmolLM2-135M-Instruct on GSM8K, both answer-extraction rules in
+every row with the unparsable fraction, its own confidence as the step and
+outcome score, SmolLM2 as a generative verifier 'genrm').
 
 1. Per seed, one large sample pool: `pool_size` solutions per problem from the
    policy (each prompt prefilled ONCE and its cache forked, `num_samples`),
@@ -75,12 +84,11 @@ from algorithms import estimators, particle_filter, selection
 from algorithms import methods as methods_lib
 from experiments import analysis, config_utils, distributed, report, workdir
 from experiments import verifiers as vlib
-from experiments.tasks import arith
-from jaxllm import Transformer, checkpoint, generate, make_sampling
+from experiments import sweep_tasks
+from jaxllm import Transformer, generate, make_sampling
 from jaxllm import flops as flops_lib
 
 DEFAULT_CONFIG = config_utils.config_path("scaling_arith.py")
-TOK = arith.TOKENIZER
 PRM_PREFIX = "bon_prm_"  # + an aggregation of algorithms.selection
 SELECTION_METHODS = (
   ("coverage", "majority", "weighted_majority_orm", "bon_orm")
@@ -119,7 +127,7 @@ EXTENDABLE = (
 RESULT_FILES = ("rows.jsonl", "pool_seed*.npz")
 QUALITY_FILE = "verifier_quality.json"  # verifier -> seed -> verifiers.verifier_quality
 # Each search method's settings (algorithms.methods) -> the config field it is
-# read from; every method also gets the arith step / stop / pad ids.
+# read from; every method also gets the task's step / stop / pad ids.
 _PF_FIELDS = {
   "max_steps": "max_steps",
   "max_step_tokens": "max_step_tokens",
@@ -179,12 +187,14 @@ class SweepPlan:
     )
 
 
-def search_method(method: str, config) -> methods_lib.Method:
+def search_method(method: str, config, task=None) -> methods_lib.Method:
   """The registered method (`algorithms.methods`) with the settings this sweep
-  gives it: the config fields of `SEARCH_FIELDS[method]` and the arith
-  delimiter / stop / pad ids. pf is the reference weighting, pf_smc SMC with
-  ESS-triggered resampling, epf entropic annealing (ESS mode): the registry's
-  presets; beam / DVTS cap the beam width at the budget.
+  gives it: the config fields of `SEARCH_FIELDS[method]` and the task's
+  delimiter / stop / pad ids (`task`; None: placeholder ids, enough to
+  validate the settings before any tokenizer is loaded). pf is the reference
+  weighting, pf_smc SMC with ESS-triggered resampling, epf entropic
+  annealing (ESS mode): the registry's presets; beam / DVTS cap the beam
+  width at the budget.
 
   Raises:
     ValueError: a method this sweep does not run, listing the ones it does.
@@ -192,11 +202,12 @@ def search_method(method: str, config) -> methods_lib.Method:
   method = vlib.split_name(method)[0]
   if method not in SEARCH_FIELDS:
     raise ValueError(f"unknown search method {method!r}; known: {SEARCH_METHODS}")
+  ids = (task.delimiter_ids, task.stop_ids, task.pad_id) if task else ((1,), (2,), 0)
   return methods_lib.method(
     method,
-    delimiter_ids=(TOK.newline_id,),
-    stop_ids=(TOK.eos_id,),
-    pad_id=TOK.pad_id,
+    delimiter_ids=ids[0],
+    stop_ids=ids[1],
+    pad_id=ids[2],
     **{s: config[f] for s, f in SEARCH_FIELDS[method].items()},
   )
 
@@ -222,25 +233,37 @@ def validate_sweep(config) -> SweepPlan:
   Raises:
     ValueError: naming the offending config field(s).
   """
-  config_utils.check(config, config_utils.load_config_file(DEFAULT_CONFIG))
+  task = sweep_tasks.for_config(config)  # checks config.task
+  config_utils.check(config, config_utils.load_config_file(sweep_tasks.schema_path(config)))
   config_utils.positive(
     config,
-    "n_problems",
-    "pool_size",
-    "max_new_tokens",
-    "max_steps",
-    "rows_per_call",
-    "max_step_tokens",
-    "beam_width",
-    "astar_children",
-    "astar_capacity",
-    "astar_expected_steps",
-    "astar_tokens_per_sample",
-    "oracle_margin",
-    "report_budget",
+    *(
+      f
+      for f in (
+        "n_problems",
+        "pool_size",
+        "max_new_tokens",
+        "max_steps",
+        "rows_per_call",
+        "max_step_tokens",
+        "beam_width",
+        "astar_children",
+        "astar_capacity",
+        "astar_expected_steps",
+        "astar_tokens_per_sample",
+        "oracle_margin",
+        "report_budget",
+      )
+      if f in config
+    ),
   )
-  config_utils.non_negative(config, "temperature", "oracle_seed")
-  verifier_names, baselines = _verifier_axis(config)
+  config_utils.non_negative(
+    config,
+    *(f for f in ("temperature", "oracle_seed", "gsm_variants", "gsm_variant_seed") if f in config),
+  )
+  if sweep_tasks.task_name(config) == sweep_tasks.GSM8K:
+    _check_gsm8k_fields(config)
+  verifier_names, baselines = _verifier_axis(config, task)
   methods = config_utils.str_list(config, "methods", SELECTION_METHODS)
   search = config_utils.str_list(config, "search_methods", SEARCH_METHODS)
   if not methods and not search:
@@ -271,14 +294,24 @@ def validate_sweep(config) -> SweepPlan:
           f"config.search_budgets: budget {k} does not work for "
           f"search method {m!r} (with {used}): {e}"
         ) from None
-  rows = lambda ms: tuple(
-    dict.fromkeys(vlib.row_name(m, v) for v in verifier_names for m in ms)
+  rows = lambda ms, vs: tuple(
+    dict.fromkeys(
+      vlib.row_name(m, v) for v in vs for m in ms if sweep_tasks.method_uses(m, v)
+    )
   )
+  step_verifiers = [
+    v for v in verifier_names if vlib.parse_verifier(v).kind in task.step_verifier_kinds
+  ]
+  if search and not step_verifiers:
+    raise ValueError(
+      f"config.search_methods {search} need a step verifier among "
+      f"config.verifiers {verifier_names}; this task's: {task.step_verifier_kinds}"
+    )
   return SweepPlan(
-    rows(methods),
+    rows(methods, verifier_names),
     tuple(budgets),
     tuple(seeds),
-    rows(search),
+    rows(search, step_verifiers),
     tuple(search_budgets),
     tuple(search_seeds),
     tuple(baselines),
@@ -286,20 +319,45 @@ def validate_sweep(config) -> SweepPlan:
   )
 
 
-def _verifier_axis(config) -> tuple:
+def _check_gsm8k_fields(config) -> None:
+  """The GSM8K sweep's own fields (configs/scaling_gsm8k.py).
+
+  Raises:
+    ValueError: naming config.answer_rule, config.confidence_kind or
+      config.model.
+  """
+  from algorithms.scorers import ConfidenceScorer
+  from experiments.tasks import answers
+  from jaxllm import pretrained
+
+  if config.answer_rule not in answers.RULES:
+    raise ValueError(
+      f"config.answer_rule: {config.answer_rule!r}; expected one of {answers.RULES}"
+    )
+  try:
+    ConfidenceScorer(config.confidence_kind)
+  except ValueError as e:
+    raise ValueError(f"config.confidence_kind: {e}") from None
+  if config.model not in pretrained.PRETRAINED:
+    raise ValueError(
+      f"config.model: unknown pretrained model {config.model!r}; known: "
+      f"{sorted(pretrained.PRETRAINED)}"
+    )
+
+
+def _verifier_axis(config, task) -> tuple:
   """(verifier names, baseline names) of a config, checked.
 
   Raises:
     ValueError: naming config.verifiers (empty, a duplicate, an unknown
-      name) or config.baselines.
+      name or one the task does not have) or config.baselines.
   """
   names = config.verifiers
   if isinstance(names, str) or not isinstance(names, (list, tuple)) or not names:
     raise ValueError(  # noqa: TRY004 (config errors are ValueErrors here)
       f"config.verifiers must be a non-empty list of verifier names, got {names!r}"
     )
-  for n in names:
-    vlib.parse_verifier(n)
+  sweep_tasks.check_verifiers(task, names)
   if len(set(names)) != len(names):
     raise ValueError(f"config.verifiers lists a verifier more than once: {names}")
   baselines = config_utils.str_list(config, "baselines", BASELINES)
@@ -362,7 +420,13 @@ def dense_answer_ids(answers_PxN):
 
 
 def build_pool(policy, verifiers, problems, config, seed: int) -> dict:
-  """Sample, label and score `pool_size` solutions per problem.
+  """Sample, grade and score `pool_size` solutions per problem.
+
+  The task (experiments/sweep_tasks.py) gives the prompts, grades each sample
+  (`answers` / `correct` under its headline rule; with several rules also
+  `answers_<rule>` / `correct_<rule>` / `unparsable_<rule>` for each) and
+  scores it (`orm` [P, N], `prm_steps` / `prm_mask` [P, N, max_steps], plus
+  the arrays its verifiers need).
 
   Several processes (experiments/distributed.py): the generate calls (one
   per block of problems, each with its own key) and the verifier calls (one
@@ -371,9 +435,10 @@ def build_pool(policy, verifiers, problems, config, seed: int) -> dict:
   order, equal to one process's pool: each block is computed from the same
   inputs, shapes and key wherever it runs. Every process must call it.
   """
+  task = sweep_tasks.for_config(config)
   cfg, params = policy
   P, N = len(problems), config.pool_size
-  prompts = [TOK.encode(p.prompt, add_bos=True) for p in problems]
+  prompts = task.prompts(problems)
   step = max(1, config.rows_per_call // N)  # problems per generate call
   model = Transformer(cfg)
 
@@ -388,71 +453,48 @@ def build_pool(policy, verifiers, problems, config, seed: int) -> dict:
       jax.random.key(seed * 7919 + i),
       config.max_new_tokens,
       make_sampling(config.temperature),
-      stop_tokens=[TOK.eos_id],
-      pad_id=TOK.pad_id,
+      stop_tokens=list(task.stop_ids),
+      pad_id=task.pad_id,
       num_samples=N,
     )
-    return np.asarray(out.tokens)[: n * N], np.asarray(out.lengths)[: n * N]
+    return tuple(
+      np.asarray(x)[: n * N] for x in (out.tokens, out.lengths, out.logprobs)
+    )
 
   blocks = distributed.split_map(sample, range(0, P, step))
-  toks = np.concatenate([t for t, _ in blocks]).reshape(P, N, -1)
-  lens = np.concatenate([n for _, n in blocks]).reshape(P, N)
-  texts = [[TOK.decode(toks[p, n, : lens[p, n]]) for n in range(N)] for p in range(P)]
-  answers = [[arith.extract_answer(t) for t in row] for row in texts]
-  correct = np.array(
-    [[arith.check_answer(problems[p], t) for t in texts[p]] for p in range(P)], bool
-  )
-  # Verifier scores: full sequences BOS + prompt + sample (one forward each).
-  seqs = [
-    [prompts[p] + list(toks[p, n, : lens[p, n]]) for n in range(N)] for p in range(P)
+  toks = np.concatenate([b[0] for b in blocks]).reshape(P, N, -1)
+  lens = np.concatenate([b[1] for b in blocks]).reshape(P, N)
+  logprobs = np.concatenate([b[2] for b in blocks]).reshape(P, N, -1)
+  graded = [
+    [task.grade(problems[p], task.decode(toks[p, n, : lens[p, n]])) for n in range(N)]
+    for p in range(P)
   ]
-  T = max(len(s) for row in seqs for s in row)
-  T = 1 << (T - 1).bit_length()
-  flat = np.full((P * N, T), TOK.pad_id, np.int32)
-  for r, s in enumerate(s for row in seqs for s in row):
-    flat[r, : len(s)] = s
-  scores = {}
-  for name, (rm, rparams) in verifiers.items():
-    fn = jax.jit(rm.score_all)
-    out = distributed.split_map(
-      lambda i, fn=fn, rparams=rparams: np.asarray(
-        fn(rparams, jnp.asarray(flat[i : i + config.rows_per_call]))
-      ),
-      range(0, P * N, config.rows_per_call),
-    )
-    scores[name] = np.concatenate(out).reshape(P, N, T)
-  # ORM: score at the last token. PRM: scores at step delimiters (newline or
-  # EOS) inside the generated part.
-  seq_len = np.array([[len(s) for s in row] for row in seqs])
-  orm = np.take_along_axis(scores["orm"], (seq_len - 1)[..., None], 2)[..., 0]
-  S = config.max_steps
-  prm_steps, prm_mask = _step_scores(scores["prm"], toks, lens, prompts, S)
-  return dict(
-    answers=dense_answer_ids(answers),
-    correct=correct,
+  pool = grade_arrays(task, graded)
+  pool.update(
     lengths=lens,
     prompt_lengths=np.array([len(x) for x in prompts]),
-    orm=orm,
-    prm_steps=prm_steps,
-    prm_mask=prm_mask,
-    # the exact oracle at the same step positions (experiments/verifiers.py)
-    **vlib.pool_oracle_arrays(problems, prompts, toks, lens, S, config.rows_per_call),
+    **task.pool_scores(verifiers, problems, prompts, toks, lens, logprobs),
   )
+  return pool
 
 
-def _step_scores(scores_PxNxT, toks, lens, prompts, S: int):
-  """PRM scores at each sample's step ends (newline / EOS of the generated
-  part, the first S): (float32 [P, N, S], mask bool [P, N, S])."""
-  P, N = lens.shape
-  prm_steps = np.zeros((P, N, S), np.float32)
-  prm_mask = np.zeros((P, N, S), bool)
-  for p in range(P):
-    for n in range(N):
-      gen = toks[p, n, : lens[p, n]]
-      ends = np.flatnonzero((gen == TOK.newline_id) | (gen == TOK.eos_id))[:S]
-      prm_steps[p, n, : len(ends)] = scores_PxNxT[p, n, len(prompts[p]) + ends]
-      prm_mask[p, n, : len(ends)] = True
-  return prm_steps, prm_mask
+def grade_arrays(task, graded_PxN) -> dict:
+  """`answers` (dense ids, -1 = unparsable) and `correct` [P, N] under the
+  task's headline rule; with several rules each rule's as `answers_<rule>`,
+  `correct_<rule>` and `unparsable_<rule>`."""
+  out = {}
+  for j, rule in enumerate(task.rules):
+    keys = [[g[rule][0] for g in row] for row in graded_PxN]
+    arrays = dict(
+      answers=dense_answer_ids(keys),
+      correct=np.array([[g[rule][1] for g in row] for row in graded_PxN], bool),
+    )
+    if j == 0:
+      out.update(arrays)
+    if len(task.rules) > 1:
+      out[f"answers_{rule}"], out[f"correct_{rule}"] = arrays["answers"], arrays["correct"]
+      out[f"unparsable_{rule}"] = arrays["answers"] < 0
+  return out
 
 
 def load_pool(path: str, config) -> dict:
@@ -461,8 +503,8 @@ def load_pool(path: str, config) -> dict:
   Raises:
     ValueError: naming the file when its arrays do not have the shapes
       (n_problems, pool_size[, max_steps]) the config asks for, or lack the
-      oracle arrays an oracle verifier of config.verifiers needs (a pool
-      saved before the verifier axis: use a new --workdir).
+      arrays a verifier of config.verifiers needs (the oracle's, 'genrm''s:
+      a pool saved without them; use a new --workdir).
   """
   pool = dict(np.load(path))
   P, N, S = config.n_problems, config.pool_size, config.max_steps
@@ -475,10 +517,14 @@ def load_pool(path: str, config) -> dict:
     prm_steps=(P, N, S),
     prm_mask=(P, N, S),
   )
-  if any(v != vlib.LEARNED for v in config.verifiers):
-    want.update(
-      oracle_steps=(P, N, S), oracle_step_hash=(P, N, S), oracle_end_hash=(P, N)
-    )
+  task = sweep_tasks.for_config(config)
+  dims = dict(P=P, N=N, S=S)
+  for name, letters in task.pool_arrays(config.verifiers).items():
+    want[name] = tuple(dims[d] for d in letters)
+  if len(task.rules) > 1:
+    for rule in task.rules:
+      for a in ("answers", "correct", "unparsable"):
+        want[f"{a}_{rule}"] = (P, N)
   bad = {
     k: pool[k].shape if k in pool else None
     for k, w in want.items()
@@ -550,8 +596,11 @@ def selection_per_problem(method: str, pool: dict, ks, seed: int) -> np.ndarray:
   raise ValueError(f"unknown method {method!r}; known: {SELECTION_METHODS}")
 
 
-def selection_compute(method, pool, k, policy_cfg, verifier_cfg) -> dict:
-  """Per-problem compute of a selection method at budget k (means)."""
+def selection_compute(method, pool, k, policy_cfg, verifier_cfg, verifier_tokens=None) -> dict:
+  """Per-problem compute of a selection method at budget k (means): the
+  prompt's prefill once, k samples' decode, and for a method that reads a
+  verifier k verifier passes over `verifier_tokens` [P, N] tokens each
+  (default prompt + sample) with `verifier_cfg` (None: a free verifier)."""
   prompt = pool["prompt_lengths"].astype(np.float64)
   gen = pool["lengths"].astype(np.float64)  # [P, N]
   pre = flops_lib.prefill_flops(policy_cfg, pool["prompt_lengths"]).mean()
@@ -565,8 +614,10 @@ def selection_compute(method, pool, k, policy_cfg, verifier_cfg) -> dict:
     prefill_flops=pre,
     decode_flops=k * dec,
   )
-  if method not in ("coverage", "majority"):
+  if method not in vlib.VERIFIER_FREE and verifier_cfg is not None:
     vt = prompt[:, None] + gen
+    if verifier_tokens is not None:
+      vt = np.asarray(verifier_tokens, np.float64)
     vflops = (vt * flops_lib.decode_flops(verifier_cfg, (vt + 1) / 2)).mean()
     rec = rec + flops_lib.Compute(
       verifier_tokens=k * vt.mean(), verifier_calls=float(k), verifier_flops=k * vflops
@@ -581,36 +632,32 @@ def run_search(method: str, k: int, policy, verifiers, problems, config, seed: i
   """Run a search row (or a baseline) with budget k on every problem.
 
   method: a row name, `m` or `m@verifier` (`verifiers.split_name`): the
-  search is guided by that verifier's PRM -- the learned PRM through its own
-  KV cache, or the in-graph oracle (`verifiers.oracle_model`, charged the
-  learned PRM's FLOPs) with its noise -- through the one scorer interface
-  (`algorithms.scorers.ModelStepScorer`). The PRNG key depends on (seed, k)
-  only, so every verifier sees the same policy randomness. 'greedy' runs
-  `run_greedy`. A method that returns importance weights (particle
-  filtering) is judged by the weighted vote of its candidates' answers; the
-  others by their chosen answer.
+  search is guided by that verifier's step scores through the one scorer
+  interface (`algorithms.scorers`; the task's `step_scorer`): on arith the
+  learned PRM through its own KV cache, or the in-graph oracle
+  (`verifiers.oracle_model`, charged the learned PRM's FLOPs) with its
+  noise; on gsm8k the generator's confidence. The PRNG key depends on
+  (seed, k) only, so every verifier sees the same policy randomness.
+  'greedy' runs `run_greedy`. A method that returns importance weights
+  (particle filtering) is judged by the weighted vote of its candidates'
+  answers; the others by their chosen answer.
 
-  Returns (per-problem correctness float64 [P] of 0 / 1, per-problem mean
-  Compute dict).
+  Returns (per-problem correctness float64 [P] of 0 / 1 under the task's
+  headline rule, per-problem mean Compute dict, {rule: (correct [P],
+  unparsable [P])} for every rule of the task).
   """
-  from algorithms.scorers import ModelStepScorer
-
   base, vname = vlib.split_name(method)
+  task = sweep_tasks.for_config(config)
   if base == "greedy":
     return run_greedy(policy, problems, config)
   cfg, params = policy
-  rm, rparams = verifiers["prm"]
-  scorer, sparams = ModelStepScorer(rm), rparams
-  if vname != vlib.LEARNED:
-    scorer = ModelStepScorer(vlib.oracle_model(rm.cfg))
-    sparams = vlib.oracle_params(problems, vlib.parse_verifier(vname), config)
-  prompts = [TOK.encode(p.prompt, add_bos=True) for p in problems]
+  scorer, sparams = task.step_scorer(vname, verifiers, problems)
   key = jax.random.key(seed * 104729 + k)
   out = methods_lib.run(
-    search_method(base, config),
+    search_method(base, config, task),
     Transformer(cfg),
     params,
-    prompts,
+    task.prompts(problems),
     key,
     k,
     scorer=scorer,
@@ -618,28 +665,54 @@ def run_search(method: str, k: int, policy, verifiers, problems, config, seed: i
   )
   P = len(problems)
   if out.weights is not None:
-    toks = np.asarray(out.candidates)
-    lens = np.asarray(out.candidate_lengths)
-    texts = [[TOK.decode(toks[p, n, : lens[p, n]]) for n in range(k)] for p in range(P)]
-    answers = [[arith.extract_answer(t) for t in row] for row in texts]
-    picked = particle_filter.weighted_vote(answers, np.asarray(out.weights))
-    correct = [a is not None and a == p.answer for a, p in zip(picked, problems)]
+    toks, lens = np.asarray(out.candidates), np.asarray(out.candidate_lengths)
+    weights = np.asarray(out.weights)
+    graded = [
+      [task.grade(problems[p], task.decode(toks[p, n, : lens[p, n]])) for n in range(k)]
+      for p in range(P)
+    ]
+    by_rule = {}
+    for rule in task.rules:
+      keys = [[g[rule][0] for g in row] for row in graded]
+      picked = particle_filter.weighted_vote(keys, weights)
+      by_rule[rule] = (
+        [sweep_tasks.answer_key_is_gold(task, p, a, rule) for a, p in zip(picked, problems)],
+        [a is None for a in picked],
+      )
   else:
     toks, lens = np.asarray(out.tokens), np.asarray(out.lengths)
-    correct = [
-      arith.check_answer(p, TOK.decode(toks[i, : lens[i]]))
-      for i, p in enumerate(problems)
-    ]
-  return np.asarray(correct, np.float64), out.compute.per_problem(P).as_dict()
+    by_rule = _graded_outputs(task, problems, toks, lens)
+  return _search_result(task, by_rule, out.compute.per_problem(P).as_dict())
+
+
+def _graded_outputs(task, problems, toks, lens) -> dict:
+  """{rule: (correct [P], unparsable [P])} of one output per problem."""
+  graded = [
+    task.grade(p, task.decode(toks[i, : lens[i]])) for i, p in enumerate(problems)
+  ]
+  return {
+    rule: ([g[rule][1] for g in graded], [g[rule][0] is None for g in graded])
+    for rule in task.rules
+  }
+
+
+def _search_result(task, by_rule, compute) -> tuple:
+  rules = {
+    r: (np.asarray(c, np.float64), np.asarray(u, np.float64))
+    for r, (c, u) in by_rule.items()
+  }
+  return rules[task.rules[0]][0], compute, rules
 
 
 def run_greedy(policy, problems, config):
   """Greedy decoding (temperature 0, one sample per problem), in blocks of
-  `rows_per_call` problems. Returns (per-problem correctness float64 [P],
-  per-problem mean Compute dict: the prompt's prefill and the decode FLOPs
-  of the greedy lengths, as `selection_compute` counts one sample)."""
+  `rows_per_call` problems. Returns what `run_search` returns: per-problem
+  correctness [P], the per-problem mean Compute dict (the prompt's prefill
+  and the decode FLOPs of the greedy lengths, as `selection_compute` counts
+  one sample) and the per-rule outcomes."""
+  task = sweep_tasks.for_config(config)
   cfg, params = policy
-  prompts = [TOK.encode(p.prompt, add_bos=True) for p in problems]
+  prompts = task.prompts(problems)
   step = min(len(prompts), config.rows_per_call)
   toks, lens = [], []
   for i in range(0, len(prompts), step):
@@ -652,57 +725,42 @@ def run_greedy(policy, problems, config):
       jax.random.key(0),
       config.max_new_tokens,
       make_sampling(0.0),
-      stop_tokens=[TOK.eos_id],
-      pad_id=TOK.pad_id,
+      stop_tokens=list(task.stop_ids),
+      pad_id=task.pad_id,
     )
     toks += list(np.asarray(out.tokens)[:n])
     lens += list(np.asarray(out.lengths)[:n])
-  correct = np.array(
-    [arith.check_answer(p, TOK.decode(t[:n])) for p, t, n in zip(problems, toks, lens)],
-    np.float64,
-  )
+  by_rule = _graded_outputs(task, problems, np.asarray(toks), np.asarray(lens))
   pool = dict(
     prompt_lengths=np.array([len(x) for x in prompts]),
     lengths=np.asarray(lens)[:, None],
   )
-  return correct, selection_compute("majority", pool, 1, cfg, None)
+  return _search_result(task, by_rule, selection_compute("majority", pool, 1, cfg, None))
 
 
 # --------------------------------- sweep ----------------------------------
 
 
 def check_model_dirs(config) -> None:
-  """The files `load_models` reads exist (checked before loading anything).
+  """The files `load_models` reads exist (checked before loading anything):
+  arith's policy / verifier directories, gsm8k's GGUF and GSM8K data.
 
   Raises:
     ValueError: naming the missing file and the config field pointing there.
   """
-  workdir.require_files(
-    config, "policy_dir", (checkpoint.MODEL_CONFIG_FILE, workdir.CONFIG_FILE, "policy")
-  )
-  workdir.require_files(
-    config, "verifier_dir", (checkpoint.MODEL_CONFIG_FILE, "prm", "orm")
-  )
+  sweep_tasks.for_config(config).check_files()
 
 
 def load_model_configs(config):
-  """(policy ModelConfig, verifier ModelConfig), read from their JSON files
-  without loading parameters (what the compute accounting needs)."""
-  for field in ("policy_dir", "verifier_dir"):
-    workdir.require_files(config, field, (checkpoint.MODEL_CONFIG_FILE,))
-  return (
-    checkpoint.load_model_config(config.policy_dir),
-    checkpoint.load_model_config(config.verifier_dir),
-  )
+  """(policy ModelConfig, verifier ModelConfig) for the compute accounting
+  (arith: read from their JSON files without loading parameters)."""
+  return sweep_tasks.for_config(config).model_configs()
 
 
 def load_models(config):
-  """(policy (cfg, params), policy training config, verifier cfg,
-  {'prm', 'orm': (RewardModel, params)})."""
-  check_model_dirs(config)
-  cfg, params, pconfig = workdir.load_policy(config.policy_dir)
-  vcfg, verifiers = workdir.load_reward_models(config.verifier_dir)
-  return (cfg, params), pconfig, vcfg, verifiers
+  """(policy (cfg, params), policy training config (None on gsm8k),
+  verifier cfg, {name: (model, params)} of the task's verifiers)."""
+  return sweep_tasks.for_config(config).load()
 
 
 def run_sweep(config, out_dir, log=workdir.progress):
@@ -777,10 +835,8 @@ def _run_locked(config, plan: SweepPlan, out_dir, log):
 
     def load():
       if need_models:
-        from experiments import train_policy as tp
-
         policy, pconfig, vcfg, verifiers = load_models(config)
-        problems = tp.heldout_problems(pconfig, config.n_problems)
+        problems = sweep_tasks.for_config(config).problems(pconfig)
         return policy[0], vcfg, (policy, verifiers, problems)
       if writer:
         return (*load_model_configs(config), None)
@@ -822,7 +878,10 @@ def _run_locked(config, plan: SweepPlan, out_dir, log):
 
 def _selection_rows(config, plan, pool, seed, pool_s, cfgs, rows, rows_path) -> None:
   """Append the missing selection rows of one seed's pool (process 0): each
-  with its per-problem values and their standard error over problems."""
+  with its per-problem values and their standard error over problems, and
+  for a task with several grading rules each rule's accuracy and the
+  fraction of the pool's samples it cannot parse (`rules`)."""
+  task = sweep_tasks.for_config(config)
   pcfg, vcfg = cfgs
   vpools = {}
   for m in plan.methods:
@@ -834,7 +893,17 @@ def _selection_rows(config, plan, pool, seed, pool_s, cfgs, rows, rows_path) -> 
       vpools[v] = vlib.pool_for(pool, v, config)
     t1 = time.perf_counter()
     per = selection_per_problem(base, vpools[v], ks, seed)
+    per_rule = {
+      rule: selection_per_problem(
+        base,
+        dict(vpools[v], answers=pool[f"answers_{rule}"], correct=pool[f"correct_{rule}"]),
+        ks,
+        seed,
+      )
+      for rule in task.rules[1:]
+    }
     dt = (time.perf_counter() - t1) / len(ks)
+    charged, vtokens = task.verifier_tokens(pool, v, vcfg)
     for j, k in enumerate(ks):
       row = dict(
         method=m,
@@ -844,10 +913,19 @@ def _selection_rows(config, plan, pool, seed, pool_s, cfgs, rows, rows_path) -> 
         accuracy=float(per[:, j].mean()),
         accuracy_se=float(analysis.standard_error(per[:, j])),
         per_problem=np.round(per[:, j], 6).tolist(),
-        compute=selection_compute(base, pool, k, pcfg, vcfg),
+        compute=selection_compute(base, pool, k, pcfg, charged, vtokens),
         wall_s=dt + pool_s * k / config.pool_size,
         n_problems=config.n_problems,
       )
+      if per_rule:
+        row["rules"] = {
+          rule: dict(
+            accuracy=float(x[:, j].mean()),
+            accuracy_se=float(analysis.standard_error(x[:, j])),
+            unparsable=float(pool[f"unparsable_{rule}"].mean()),
+          )
+          for rule, x in [(task.rules[0], per)] + list(per_rule.items())
+        }
       workdir.append_row(rows_path, row)
       rows[(m, k, seed)] = row
 
@@ -905,11 +983,13 @@ def verifier_qualities(config, plan, out_dir) -> dict:
 
 def _search_row(method, k, seed, models, config) -> dict:
   """One search (or baseline) row at budget k and seed (`run_search`), with
-  per-problem correctness and its binomial standard error. A run_search
-  returning a plain accuracy (no per-problem values) gets se = nan."""
+  per-problem correctness and its binomial standard error, and with several
+  grading rules each rule's accuracy and unparsable fraction (`rules`). A
+  run_search returning a plain accuracy (no per-problem values) gets se =
+  nan."""
   policy, verifiers, problems = models
   t0 = time.perf_counter()
-  acc, comp = run_search(method, k, policy, verifiers, problems, config, seed)
+  acc, comp, *by_rule = run_search(method, k, policy, verifiers, problems, config, seed)
   per = np.atleast_1d(np.asarray(acc, np.float64))
   row = dict(
     method=method,
@@ -926,6 +1006,15 @@ def _search_row(method, k, seed, models, config) -> dict:
     row.update(
       accuracy_se=float(analysis.standard_error(per)), per_problem=per.tolist()
     )
+  if by_rule and len(by_rule[0]) > 1:
+    row["rules"] = {
+      rule: dict(
+        accuracy=float(c.mean()),
+        accuracy_se=float(analysis.standard_error(c)),
+        unparsable=float(u.mean()),
+      )
+      for rule, (c, u) in by_rule[0].items()
+    }
   return row
 
 

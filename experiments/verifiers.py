@@ -50,6 +50,9 @@ from jaxllm.decoding import fork_rows
 
 TOK = arith.TOKENIZER
 LEARNED, ORACLE = "learned", "oracle"
+# The GSM8K sweep's verifiers (experiments/sweep_tasks.py): the generator's
+# own confidence, and SmolLM2 as a generative verifier of whole samples.
+CONFIDENCE, GENRM = "confidence", "genrm"
 SEP = "@"  # row name = method + SEP + verifier
 _NOISY = re.compile(r"(flip|gauss)(\d+(?:\.\d+)?)")
 # Selection methods that use no verifier (the same row in every panel).
@@ -81,11 +84,14 @@ def parse_verifier(name: str, field: str = "config.verifiers") -> Verifier:
     return Verifier(name, LEARNED)
   if name == ORACLE:
     return Verifier(name, ORACLE)
+  if name in (CONFIDENCE, GENRM):
+    return Verifier(name, name)
   m = _NOISY.fullmatch(str(name))
   if not m:
     raise ValueError(
       f"{field}: unknown verifier {name!r}; use 'learned', 'oracle', "
-      f"'flip<eps>' (e.g. 'flip0.2') or 'gauss<sigma>' (e.g. 'gauss2')"
+      f"'flip<eps>' (e.g. 'flip0.2') or 'gauss<sigma>' (e.g. 'gauss2') on "
+      f"arith, 'confidence' or 'genrm' on gsm8k"
     )
   x = float(m.group(2))
   canonical = m.group(1) + np.format_float_positional(x, trim="-")
@@ -232,16 +238,24 @@ def _noise_params(verifier: Verifier, config) -> reward.OracleParams:
 
 def pool_for(pool: dict, verifier: str, config) -> dict:
   """The pool with its 'orm' / 'prm_steps' arrays replaced by `verifier`'s
-  scores (the pool itself for 'learned'): the oracle's exact labels (ORM:
-  `correct`) through `reward.oracle_noise` at the stored prefix hashes.
+  scores (the pool itself for 'learned' and 'confidence'): the oracle's
+  exact labels (ORM: `correct`) through `reward.oracle_noise` at the stored
+  prefix hashes; for 'genrm' its verdicts as the ORM and no step scores.
 
   Raises:
     ValueError: an oracle verifier on a pool without the oracle arrays (one
       saved before this axis existed), naming the missing arrays.
   """
   v = parse_verifier(verifier)
-  if v.kind == LEARNED:
+  if v.kind in (LEARNED, CONFIDENCE):  # the pool's own orm / prm arrays
     return pool
+  if v.kind == GENRM:  # whole-sample verdicts; no step scores
+    if GENRM not in pool:
+      raise ValueError(
+        f"verifier {verifier!r} needs the pool array 'genrm' (a pool saved "
+        "without 'genrm' in config.verifiers): run the sweep in a new --workdir"
+      )
+    return dict(pool, orm=pool[GENRM], prm_mask=np.zeros_like(pool["prm_mask"]))
   missing = [k for k in ORACLE_ARRAYS if k not in pool]
   if missing:
     raise ValueError(
@@ -268,10 +282,11 @@ def verifier_quality(pool: dict, verifier: str, config) -> dict:
     selection.aggregate_step_scores(vp["prm_steps"], vp["prm_mask"], "min"),
     np.float64,
   )
+  has_steps = bool(vp["prm_mask"].any())
   out = {
-    "prm_within_auroc": within_problem_auroc(prm, c),
+    "prm_within_auroc": within_problem_auroc(prm, c) if has_steps else float("nan"),
     "orm_within_auroc": within_problem_auroc(vp["orm"], c),
-    "prm_auroc": reward.auroc(prm, c),
+    "prm_auroc": reward.auroc(prm, c) if has_steps else float("nan"),
     "orm_auroc": reward.auroc(vp["orm"], c),
   }
   if "oracle_steps" in pool:
