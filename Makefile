@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: format install demo genrm chat-demo test test-slow bench bench-speculative draft smollm gsm8k-data adapt-encdec clean
+.PHONY: format install demo genrm chat-demo test test-slow bench bench-speculative draft smollm gsm8k-data adapt-encdec gsm8k-study clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -37,6 +37,13 @@ genrm: $(STAMP)
 # encoder-decoders vs the decoder-only models, at matched FLOPs per problem).
 adapt-encdec: $(STAMP)
 	$(BIN)/python -m experiments.adapt_encdec --config=configs/adapt_arith.py
+
+# SmolLM2-135M-Instruct on GSM8K: the scaling sweep (both answer rules,
+# confidence and GenRM verifiers, PF / beam / A*), speculative decoding with
+# the distilled draft if `make draft` made one, the results page and plots.
+# ~1 h on 2 CPUs; resumable. The full study: make gsm8k-study GSM8K_FLAGS=--full
+gsm8k-study: $(STAMP) gsm8k-data
+	$(BIN)/python -m experiments.gsm8k_study $(GSM8K_FLAGS)
 
 # SmolLM2-135M-Instruct: chat template, sampling, tokens/s.
 chat-demo: $(STAMP)

@@ -234,7 +234,9 @@ def validate_sweep(config) -> SweepPlan:
     ValueError: naming the offending config field(s).
   """
   task = sweep_tasks.for_config(config)  # checks config.task
-  config_utils.check(config, config_utils.load_config_file(sweep_tasks.schema_path(config)))
+  config_utils.check(
+    config, config_utils.load_config_file(sweep_tasks.schema_path(config))
+  )
   config_utils.positive(
     config,
     *(
@@ -259,7 +261,11 @@ def validate_sweep(config) -> SweepPlan:
   )
   config_utils.non_negative(
     config,
-    *(f for f in ("temperature", "oracle_seed", "gsm_variants", "gsm_variant_seed") if f in config),
+    *(
+      f
+      for f in ("temperature", "oracle_seed", "gsm_variants", "gsm_variant_seed")
+      if f in config
+    ),
   )
   if sweep_tasks.task_name(config) == sweep_tasks.GSM8K:
     _check_gsm8k_fields(config)
@@ -492,7 +498,10 @@ def grade_arrays(task, graded_PxN) -> dict:
     if j == 0:
       out.update(arrays)
     if len(task.rules) > 1:
-      out[f"answers_{rule}"], out[f"correct_{rule}"] = arrays["answers"], arrays["correct"]
+      out[f"answers_{rule}"], out[f"correct_{rule}"] = (
+        arrays["answers"],
+        arrays["correct"],
+      )
       out[f"unparsable_{rule}"] = arrays["answers"] < 0
   return out
 
@@ -596,7 +605,9 @@ def selection_per_problem(method: str, pool: dict, ks, seed: int) -> np.ndarray:
   raise ValueError(f"unknown method {method!r}; known: {SELECTION_METHODS}")
 
 
-def selection_compute(method, pool, k, policy_cfg, verifier_cfg, verifier_tokens=None) -> dict:
+def selection_compute(
+  method, pool, k, policy_cfg, verifier_cfg, verifier_tokens=None
+) -> dict:
   """Per-problem compute of a selection method at budget k (means): the
   prompt's prefill once, k samples' decode, and for a method that reads a
   verifier k verifier passes over `verifier_tokens` [P, N] tokens each
@@ -676,7 +687,10 @@ def run_search(method: str, k: int, policy, verifiers, problems, config, seed: i
       keys = [[g[rule][0] for g in row] for row in graded]
       picked = particle_filter.weighted_vote(keys, weights)
       by_rule[rule] = (
-        [sweep_tasks.answer_key_is_gold(task, p, a, rule) for a, p in zip(picked, problems)],
+        [
+          sweep_tasks.answer_key_is_gold(task, p, a, rule)
+          for a, p in zip(picked, problems)
+        ],
         [a is None for a in picked],
       )
   else:
@@ -735,7 +749,9 @@ def run_greedy(policy, problems, config):
     prompt_lengths=np.array([len(x) for x in prompts]),
     lengths=np.asarray(lens)[:, None],
   )
-  return _search_result(task, by_rule, selection_compute("majority", pool, 1, cfg, None))
+  return _search_result(
+    task, by_rule, selection_compute("majority", pool, 1, cfg, None)
+  )
 
 
 # --------------------------------- sweep ----------------------------------
@@ -896,7 +912,9 @@ def _selection_rows(config, plan, pool, seed, pool_s, cfgs, rows, rows_path) -> 
     per_rule = {
       rule: selection_per_problem(
         base,
-        dict(vpools[v], answers=pool[f"answers_{rule}"], correct=pool[f"correct_{rule}"]),
+        dict(
+          vpools[v], answers=pool[f"answers_{rule}"], correct=pool[f"correct_{rule}"]
+        ),
         ks,
         seed,
       )
@@ -1030,7 +1048,7 @@ def main(argv):
       "its problems and search rows across processes (each process computes "
       "on its first local device), so start one process per device instead"
     )
-  config = workdir.config_from_flags(DEFAULT_CONFIG, check=check_sweep)
+  config = workdir.config_from_flags(sweep_tasks.schema_path, check=check_sweep)
   if FLAGS.validate_only:
     print(f"config OK for {os.path.abspath(FLAGS.workdir)}")
     try:

@@ -96,14 +96,20 @@ class ArithTask:
     self.config, self.arith = config, arith
     tok = arith.TOKENIZER
     self.decode = tok.decode
-    self.delimiter_ids, self.stop_ids, self.pad_id = (tok.newline_id,), (tok.eos_id,), tok.pad_id
+    self.delimiter_ids, self.stop_ids, self.pad_id = (
+      (tok.newline_id,),
+      (tok.eos_id,),
+      tok.pad_id,
+    )
 
   def prompts(self, problems) -> list:
     return [self.arith.TOKENIZER.encode(p.prompt, add_bos=True) for p in problems]
 
   def grade(self, problem, text: str) -> dict:
     """{rule: (answer key or None, correct)}."""
-    return {"exact": (self.arith.extract_answer(text), self.arith.check_answer(problem, text))}
+    return {
+      "exact": (self.arith.extract_answer(text), self.arith.check_answer(problem, text))
+    }
 
   def gold(self, problem, rule: str):
     return problem.answer
@@ -148,7 +154,9 @@ class ArithTask:
 
     c = self.config
     P, N = lens.shape
-    seqs = [[prompts[p] + list(toks[p, n, : lens[p, n]]) for n in range(N)] for p in range(P)]
+    seqs = [
+      [prompts[p] + list(toks[p, n, : lens[p, n]]) for n in range(N)] for p in range(P)
+    ]
     T = max(len(s) for row in seqs for s in row)
     T = 1 << (T - 1).bit_length()
     flat = np.full((P * N, T), self.pad_id, np.int32)
@@ -174,7 +182,9 @@ class ArithTask:
       orm=orm,
       prm_steps=prm_steps,
       prm_mask=prm_mask,
-      **vlib.pool_oracle_arrays(problems, prompts, toks, lens, c.max_steps, c.rows_per_call),
+      **vlib.pool_oracle_arrays(
+        problems, prompts, toks, lens, c.max_steps, c.rows_per_call
+      ),
     )
 
   def step_values(self, toks, lens, value_fn):
@@ -205,7 +215,9 @@ class ArithTask:
     if verifier == vlib.LEARNED:
       return ModelStepScorer(rm), rparams
     scorer = ModelStepScorer(vlib.oracle_model(rm.cfg))
-    return scorer, vlib.oracle_params(problems, vlib.parse_verifier(verifier), self.config)
+    return scorer, vlib.oracle_params(
+      problems, vlib.parse_verifier(verifier), self.config
+    )
 
   def verifier_tokens(self, pool, verifier: str, verifier_cfg):
     """(ModelConfig charged, tokens it reads per sample [P, N]) of a verifier
@@ -223,7 +235,9 @@ class GSM8KTask(ArithTask):
     from experiments.tasks import answers
 
     self.config, self.answers = config, answers
-    self.rules = (config.answer_rule,) + tuple(r for r in answers.RULES if r != config.answer_rule)
+    self.rules = (config.answer_rule,) + tuple(
+      r for r in answers.RULES if r != config.answer_rule
+    )
 
   @property
   def _loaded(self):
@@ -255,7 +269,11 @@ class GSM8KTask(ArithTask):
     out = {}
     for rule in self.rules:
       g = self.answers.grade(text, problem.answer, rule)
-      key = self.answers.parse_number(g.extraction.answer) if g.outcome != "unparsable" else None
+      key = (
+        self.answers.parse_number(g.extraction.answer)
+        if g.outcome != "unparsable"
+        else None
+      )
       out[rule] = (key, g.outcome == "correct")
     return out
 
@@ -327,7 +345,9 @@ class GSM8KTask(ArithTask):
     model, params = verifiers[vlib.GENRM]
     P, N = lens.shape
     questions = [problems[p].question for p in range(P) for _ in range(N)]
-    solutions = [self.decode(toks[p, n, : lens[p, n]]) for p in range(P) for n in range(N)]
+    solutions = [
+      self.decode(toks[p, n, : lens[p, n]]) for p in range(P) for n in range(N)
+    ]
     v = reward.generative_verifier_scores(
       model,
       params,
@@ -399,7 +419,11 @@ def check_verifiers(task, names, field: str = "config.verifiers") -> None:
       raise ValueError(
         f"{field}: verifier {n!r} does not exist for task "
         f"{task_name(task.config)!r}; its verifiers: {task.verifier_kinds}"
-        + (" (and the noisy oracles flip<eps> / gauss<sigma>)" if vlib.ORACLE in task.verifier_kinds else "")
+        + (
+          " (and the noisy oracles flip<eps> / gauss<sigma>)"
+          if vlib.ORACLE in task.verifier_kinds
+          else ""
+        )
       )
 
 

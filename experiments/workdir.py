@@ -565,12 +565,14 @@ def define_flags(
 
 
 def config_from_flags(
-  schema_path: str, check: Optional[Callable[[Any, str], None]] = None
+  schema_path: str | Callable[[Any], str],
+  check: Optional[Callable[[Any, str], None]] = None,
 ):
   """The --config flag's config, checked against the schema file's
   `get_config()` and locked (`config_utils.validate`), then `check(config,
   --workdir)` (the script's dry run: value ranges, the workdir's pinned
-  settings). Nothing is loaded or written.
+  settings). Nothing is loaded or written. `schema_path` may be a function
+  of the config (a script whose configs name their own schema).
 
   Raises:
     app.UsageError: the first problem found (every ValueError), which absl
@@ -579,6 +581,8 @@ def config_from_flags(
   from experiments import config_utils
 
   try:
+    if callable(schema_path):
+      schema_path = schema_path(flags.FLAGS.config)
     config = config_utils.validate(
       flags.FLAGS.config, config_utils.load_config_file(schema_path)
     )
