@@ -642,7 +642,8 @@ def run_beam_search(
     config.sampling(),
     cache_size=size,
   )
-  return result, compute_record(model, scorer, lengths, counts)
+  rows = tokens.shape[0] * config.n_paths
+  return result, compute_record(model, scorer, lengths, counts, rows=rows)
 
 
 def run_dvts(

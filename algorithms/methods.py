@@ -699,7 +699,7 @@ def run_selection(
   counts = _sample_counters(
     plens, out.lengths, N, ptoks.shape[1] + L + 1, out.steps, scorer is not None, vcalls
   )
-  rec = stepping.compute_record(model, scorer, plens, counts)
+  rec = stepping.compute_record(model, scorer, plens, counts, rows=P * N)
   toks, lens = _pick(cands, cand_lens, index)
   return MethodOutput(
     method=name,

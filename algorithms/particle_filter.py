@@ -918,7 +918,8 @@ def run_particle_filter(
     ref,
     cache_size=size,
   )
-  return result, compute_record(model, scorer, lengths, counts)
+  rows = tokens.shape[0] * config.n_particles
+  return result, compute_record(model, scorer, lengths, counts, rows=rows)
 
 
 def weighted_vote(answers, weights) -> list:

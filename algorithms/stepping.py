@@ -620,7 +620,7 @@ def scorer_model(scorer):
 
 
 def compute_record(
-  model, scorer, prompt_lengths, counts, *, count_flops: bool = True
+  model, scorer, prompt_lengths, counts, *, count_flops: bool = True, rows: int = 0
 ) -> flops_lib.Compute:
   """The Compute record of a step-level search from its in-jit counters.
 
@@ -629,6 +629,8 @@ def compute_record(
     prompt_lengths: [P] prompt lengths (each prompt prefilled once; forks free).
     counts: StepCounters (or a dict with the same keys), summed over sweeps.
     count_flops: False reports every FLOPs field as 0 (explicit opt-out).
+    rows: the rows every decode call runs (the search's batch); executed
+      tokens = rows x counted calls (0: not counted).
 
   Returns:
     jaxllm.flops.Compute: prefill = prompts + forced tokens, generated tokens,
@@ -657,6 +659,7 @@ def compute_record(
     prefill_tokens=float(lengths.sum() + forced.sum()),
     generated_tokens=float(gen.sum()),
     model_calls=float(1 + int(counts.calls)),
+    executed_tokens=float(rows * int(counts.calls)),
     prefill_flops=prompt_flops(cfg, lengths) + hist_flops(cfg, forced),
     decode_flops=hist_flops(cfg, gen),
   )

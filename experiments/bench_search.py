@@ -20,6 +20,20 @@ results/bench_search).
 
   python -m experiments.bench_search
   python -m experiments.bench_search --particles=16,64,256 --steps=8 --step_tokens=16
+  python -m experiments.bench_search --model=smollm2     # the real search case
+
+--model=smollm2: the case a GSM8K sweep pays for. SmolLM2-135M-Instruct
+(float32), one GSM8K chat prompt (--problem), N = --particles particles
+(default 8 here), --steps steps of up to --step_tokens tokens ending at a
+newline token or EOS (10 x 40 by default here), ConfidenceScorer, against
+  sample_ours  jaxllm.generate of N samples of T tokens (no stop), and
+  sample_hf    transformers' plain sampling of N rows x T tokens (the
+               reference a researcher would otherwise use),
+T = the PF's generated tokens per particle (rounded up), so both sample as
+many tokens as the PF did. Reports wall and process CPU seconds (medians),
+the PF's useful (generated) against executed decode row-positions (every
+particle at every model call, finished ones included: the padding the
+vectorised PF pays), and the ratios.
 
 Every flag, the model config and every particle filter config are checked
 (`validate_flags`) before anything is built or timed; the JSON is rewritten
@@ -34,7 +48,9 @@ refused with that reason.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import time
 
 from absl import app, flags
 
@@ -51,9 +67,14 @@ from jaxllm import ModelConfig, Transformer, generate, init_params, make_samplin
 from jaxllm.generate import bucket_length
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("particles", ["16", "64"], "Particle counts N.")
-flags.DEFINE_integer("steps", 8, "Steps K.")
-flags.DEFINE_integer("step_tokens", 16, "Tokens per step S.")
+flags.DEFINE_enum("model", "random", ["random", "smollm2"], "Benchmark model.")
+flags.DEFINE_list("particles", None, "Particle counts N (default 16,64; smollm2: 8).")
+flags.DEFINE_integer("steps", None, "Steps K (default 8; smollm2: 10).")
+flags.DEFINE_integer(
+  "step_tokens", None, "Tokens per step S (default 16; smollm2: 40)."
+)
+flags.DEFINE_integer("problem", 0, "smollm2: the GSM8K original problem used.")
+flags.DEFINE_bool("hf", True, "smollm2: also time transformers' plain sampling.")
 flags.DEFINE_integer("prompt_len", 32, "Prompt tokens.")
 flags.DEFINE_integer("vocab", 64, "Vocabulary size.")
 flags.DEFINE_integer("d_model", 256, "Width.")
@@ -74,6 +95,12 @@ def validate_flags():
   Raises:
     app.UsageError: naming the flag.
   """
+  defaults = dict(particles=["16", "64"], steps=8, step_tokens=16)
+  if FLAGS.model == "smollm2":
+    defaults = dict(particles=["8"], steps=10, step_tokens=40)
+  for name, value in defaults.items():
+    if FLAGS[name].value is None:
+      FLAGS[name].value = value
   particles = workdir.flag_ints("particles")
   workdir.flags_at_least(1, "steps", "step_tokens", "prompt_len", "layers", "repeats")
   workdir.flags_at_least(4, "vocab")
@@ -193,7 +220,7 @@ def main(argv):
     ),
   )
   cfg, runs = validate_flags()
-  path = run(cfg, runs)
+  path = run_smollm2(runs) if FLAGS.model == "smollm2" else run(cfg, runs)
   print(f"wrote {path}")
 
 
@@ -268,6 +295,98 @@ def run(cfg, runs) -> str:
       f"{r.get('speedup_vs_reprefill', float('nan')):>9.1f}"
     )
   return _write_json(cfg, rows, complete=True)
+
+
+def _timed(fn, repeats: int) -> tuple:
+  """(median wall s, median process CPU s) of fn() over `repeats` runs."""
+  wall, cpu = [], []
+  for _ in range(repeats):
+    t0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    wall.append(time.perf_counter() - t0)
+    cpu.append(time.process_time() - c0)
+  return float(np.median(wall)), float(np.median(cpu))
+
+
+def _smollm2_pf(runs):
+  """The SmolLM2 search case's model, prompt and one PF closure per N."""
+  from experiments import sweep_tasks
+  from experiments.tasks import gsm8k
+
+  cfg, params, tok = workdir.load_pretrained(log=workdir.progress)
+  prompt = workdir.chat_prompts(tok, [gsm8k.load_original()[FLAGS.problem]])[0]
+  newline = sweep_tasks.newline_ids(workdir.SMOLLM2)
+  model = Transformer(cfg)
+  out = []
+  for N, c in runs:
+    c = dataclasses.replace(
+      c, delimiter_ids=newline, stop_ids=(tok.eos_id,), allow_no_stop=False
+    )
+
+    def pf(c=c, N=N):
+      r, comp = run_particle_filter(
+        model, params, ConfidenceScorer(), None, [prompt], jax.random.key(N), c
+      )
+      jax.block_until_ready(r.tokens)
+      return r, comp
+
+    out.append((N, pf))
+  return cfg, params, prompt, out
+
+
+def run_smollm2(runs) -> str:
+  """The SmolLM2 PF case (module doc) per particle count; the JSON path."""
+  cfg, params, prompt, pfs = _smollm2_pf(runs)
+  hf = None
+  if FLAGS.hf:
+    hf = workdir.load_hf_pretrained()
+  rows = []
+  for N, pf in pfs:
+    _, comp = pf()  # warm-up (compile)
+    T = int(np.ceil(comp.generated_tokens / N))
+    pf_s, pf_cpu = _timed(pf, FLAGS.repeats)
+
+    def ours(T=T, N=N):
+      out = generate(
+        Transformer(cfg), params, [prompt], jax.random.key(1), T, num_samples=N
+      )
+      jax.block_until_ready(out.tokens)
+
+    ours()  # warm-up
+    row = dict(N=N, tokens_per_particle=T, pf_s=pf_s, pf_cpu_s=pf_cpu)
+    row.update(
+      generated_tokens=comp.generated_tokens, executed_tokens=comp.executed_tokens
+    )
+    row["sample_ours_s"], row["sample_ours_cpu_s"] = _timed(ours, FLAGS.repeats)
+    if hf is not None:
+      row["sample_hf_s"], row["sample_hf_cpu_s"] = _timed(
+        lambda: _hf_sample(hf, prompt, N, T), FLAGS.repeats
+      )
+      row["pf_cpu_over_hf_cpu"] = pf_cpu / row["sample_hf_cpu_s"]
+    rows.append(row)
+    _write_json(cfg, rows, complete=False)
+    workdir.progress(str(row))
+  return _write_json(cfg, rows, complete=True)
+
+
+def _hf_sample(hf, prompt, N, T):
+  """transformers' plain sampling: N rows of the prompt, T tokens each."""
+  import torch
+
+  ids = torch.tensor([prompt] * N, dtype=torch.long)
+  with torch.inference_mode():
+    out = hf.generate(
+      ids,
+      attention_mask=torch.ones_like(ids),
+      do_sample=True,
+      temperature=1.0,
+      top_k=0,
+      top_p=1.0,
+      max_new_tokens=T,
+      min_new_tokens=T,
+      pad_token_id=0,
+    )
+  assert out.shape[1] == len(prompt) + T
 
 
 if __name__ == "__main__":

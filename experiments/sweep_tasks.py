@@ -249,7 +249,7 @@ class GSM8KTask(ArithTask):
 
   @property
   def delimiter_ids(self) -> tuple:
-    return _newline_ids(self.config.model)
+    return newline_ids(self.config.model)
 
   @property
   def stop_ids(self):
@@ -386,7 +386,7 @@ def _pretrained(name: str):
 
 
 @functools.lru_cache(maxsize=2)
-def _newline_ids(name: str) -> tuple:
+def newline_ids(name: str) -> tuple:
   """Every token of the model's vocabulary that is whitespace holding a
   newline ('\\n', '\\n\\n', '\\n   ', ...): the step delimiters."""
   cfg, _, tok = _pretrained(name)

@@ -440,6 +440,22 @@ def load_pretrained(
   return cfg, params, tok
 
 
+def load_hf_pretrained(name: str = SMOLLM2, dtype: str = "float32"):
+  """The same pretrained GGUF in transformers (a test / benchmark reference;
+  the library never imports torch), in eval mode, on the GPU when torch sees
+  one."""
+  import torch
+  import transformers
+
+  from jaxllm.pretrained import pretrained_path
+
+  path = pretrained_path(name)
+  model = transformers.AutoModelForCausalLM.from_pretrained(
+    os.path.dirname(path), gguf_file=os.path.basename(path), dtype=getattr(torch, dtype)
+  )
+  return model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+
+
 # ------------------- SmolLM2's own answers (self-distillation) -------------------
 
 ANSWER_BUCKETS = (256, 512)  # prompt-length buckets of `sample_answers`

@@ -257,6 +257,11 @@ class Compute:
     verifier_calls: verifier forward calls.
     prefill_flops / decode_flops: policy FLOPs for those tokens.
     verifier_flops: verifier FLOPs.
+    executed_tokens: decode row-positions the policy RAN (every row of the
+      batch at every model call after the prefill: rows that already
+      stopped and padded positions included), beside the useful
+      generated_tokens; 0 where a producer does not count it. Its ratio to
+      generated_tokens is the padding a vectorised search pays.
   """
 
   prefill_tokens: float = 0.0
@@ -267,6 +272,7 @@ class Compute:
   prefill_flops: float = 0.0
   decode_flops: float = 0.0
   verifier_flops: float = 0.0
+  executed_tokens: float = 0.0
 
   @property
   def flops(self) -> float:

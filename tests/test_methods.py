@@ -306,6 +306,8 @@ def test_selection_equals_generate_then_a_numpy_reference(name):
     prefill_tokens=3.0,
     generated_tokens=float(lens.sum()),
     model_calls=1.0 + int(gen.steps),
+    # every one of the P x N rows runs at every decode call
+    executed_tokens=float(P * N * int(gen.steps)),
   )
 
 
@@ -586,3 +588,13 @@ def test_presets_and_budget_rules():
   assert prm.aggregation == "min"
   for name, e in methods.REGISTRY.items():
     assert e.settings() and name in methods.describe()
+
+
+@pytest.mark.parametrize("name", ["pf", "beam", "best_of_n"])
+def test_executed_work_counts_every_row_at_every_call(name):
+  """Executed decode row-positions = rows x model calls after the prefill
+  (finished rows and padded positions included), never below the useful
+  generated tokens; the rows are the P x budget particles / paths / samples."""
+  rec = _run(name).compute
+  assert rec.executed_tokens == P * BUDGET_N * (rec.model_calls - 1)
+  assert rec.executed_tokens >= rec.generated_tokens > 0
