@@ -463,9 +463,12 @@ def build_pool(policy, verifiers, problems, config, seed: int) -> dict:
       pad_id=task.pad_id,
       num_samples=N,
     )
-    return tuple(
-      np.asarray(x)[: n * N] for x in (out.tokens, out.lengths, out.logprobs)
+    got = tuple(np.asarray(x)[: n * N] for x in (out.tokens, out.lengths, out.logprobs))
+    workdir.progress(
+      f"  pool seed {seed}: problems {i + 1}-{i + n} of {P} sampled "
+      f"({int(got[1].sum())} tokens)"
     )
+    return got
 
   blocks = distributed.split_map(sample, range(0, P, step))
   toks = np.concatenate([b[0] for b in blocks]).reshape(P, N, -1)
