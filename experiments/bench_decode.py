@@ -14,10 +14,17 @@ JSON.
     python -m experiments.bench_decode --mesh=data=2,model=4 --hf=false
 
 `--dtype` sets the parameter and compute dtype of both models (and the dtype
-of the ceiling's matmul). `--mesh` (see `jaxllm.sharding.make_mesh`) puts the
+of the ceiling's matmul). `--cache_dtype` (ModelConfig.cache_dtype, e.g.
+bfloat16 under a float32 model) and `--attention_impl` (an entry of
+`jaxllm.model.ATTENTION_IMPLS`, e.g. "live") apply to ours only. `--mesh` (see `jaxllm.sharding.make_mesh`) puts the
 parameters into their shardings and splits the batch over `data`; the same
 `generate` runs, GSPMD places the rest. transformers runs on the GPU when
 torch sees one, else on the CPU.
+
+Memory: every row reports the bytes of the parameters plus the KV cache that
+batch decodes in (prompt bucket + new tokens slots; computed from the arrays'
+shapes and dtypes, global over a mesh) and the process's peak resident set
+size so far (getrusage ru_maxrss, host memory).
 
 Writes <workdir>/results.json (default workdir results/bench_decode). The
 flags are checked (`validate_flags`, and prompt + new tokens against the
@@ -28,7 +35,9 @@ rows measured.
 
 from __future__ import annotations
 
+import math
 import os
+import resource
 import tempfile
 import time
 
@@ -47,7 +56,10 @@ from jaxllm import (
   sharding,
 )
 from jaxllm import flops as flops_lib
-from jaxllm.generate import TRACE_COUNT
+from jaxllm.cache import init_cache
+from jaxllm.config import DTYPES
+from jaxllm.generate import TRACE_COUNT, bucket_length
+from jaxllm.model import ATTENTION_IMPLS
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum(
@@ -58,6 +70,18 @@ flags.DEFINE_enum(
   "or the real SmolLM2-135M.",
 )
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Params/compute.")
+flags.DEFINE_enum(
+  "cache_dtype",
+  "",
+  ["", *DTYPES],
+  "KV cache dtype of our model (ModelConfig.cache_dtype; empty: --dtype).",
+)
+flags.DEFINE_enum(
+  "attention_impl",
+  "jnp",
+  sorted(ATTENTION_IMPLS),
+  "Our attention implementation (ModelConfig.attention_impl).",
+)
 flags.DEFINE_integer(
   "ceiling_n", 0, "Matmul size for the FLOP/s ceiling (0: 2048 CPU, 8192 else)."
 )
@@ -163,16 +187,43 @@ CONFIGS = dict(
 )
 
 
-def build_model(name: str, seed: int, dtype: str = "float32", mesh=None):
+def build_model(name: str, seed: int, dtype: str = "float32", mesh=None, **fields):
   """(cfg, params, hf name or None) for the benchmark model; parameters go
-  straight into their shardings when a mesh is given."""
+  straight into their shardings when a mesh is given. `fields` (e.g.
+  cache_dtype, attention_impl) replace ModelConfig fields that do not change
+  the parameters."""
   if name in CONFIGS:
-    cfg = llama_like(**CONFIGS[name], max_seq_len=1024, dtype=dtype, param_dtype=dtype)
+    cfg = llama_like(
+      **CONFIGS[name], max_seq_len=1024, dtype=dtype, param_dtype=dtype, **fields
+    )
     shardings = None if mesh is None else sharding.param_shardings(cfg, mesh)
     params = init_params(cfg, jax.random.key(seed), shardings=shardings)
     return cfg, params, None
   cfg, params, _ = workdir.load_pretrained(dtype=dtype, shardings=mesh)
-  return cfg, params, "smollm2"
+  return cfg.replace(**fields), params, "smollm2"
+
+
+def tree_bytes(tree) -> int:
+  """Bytes of every array (or ShapeDtypeStruct) leaf of `tree`, from its shape
+  and dtype (global size for a sharded array)."""
+  leaves = jax.tree_util.tree_leaves(tree)
+  return sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in leaves)
+
+
+def memory_row(cfg, params, batch: int, prompt_len: int, new_tokens: int) -> dict:
+  """Device bytes of the parameters and of the KV cache `generate` allocates
+  for `batch` rows (bucketed prompt + new tokens slots, shapes only: nothing
+  is allocated), and the process's peak RSS so far (KiB, Linux ru_maxrss)."""
+  slots = bucket_length(prompt_len) + new_tokens
+  cache = jax.eval_shape(lambda: init_cache(cfg, batch, slots))
+  p_bytes, kv_bytes = tree_bytes(params), tree_bytes(cache)
+  return dict(
+    params_bytes=p_bytes,
+    kv_cache_bytes=kv_bytes,
+    kv_cache_slots=slots,
+    device_bytes=p_bytes + kv_bytes,
+    peak_rss_kib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+  )
 
 
 def load_hf_model(name, cfg, params, torch_threads, dtype: str = "float32"):
@@ -291,7 +342,14 @@ def run(batches) -> str:
         f"--batches {bad} not divisible by the mesh's data-parallel size {n_data}"
       )
   try:  # a mesh axis that does not divide the model's heads, named
-    cfg, params, _ = build_model(FLAGS.model, FLAGS.seed, FLAGS.dtype, mesh)
+    cfg, params, _ = build_model(
+      FLAGS.model,
+      FLAGS.seed,
+      FLAGS.dtype,
+      mesh,
+      cache_dtype=FLAGS.cache_dtype,
+      attention_impl=FLAGS.attention_impl,
+    )
   except ValueError as e:
     raise app.UsageError(f"--mesh={FLAGS.mesh!r} / --model={FLAGS.model}: {e}") from e
   _check_context(cfg.max_seq_len)
@@ -314,7 +372,18 @@ def run(batches) -> str:
   ctx = P + (N + 1) / 2
   flops_tok = float(flops_lib.decode_flops(cfg, ctx))
   el_bytes = jnp.dtype(FLAGS.dtype).itemsize
+  kv_el_bytes = jnp.dtype(cfg.kv_dtype).itemsize
   wbytes = flops_lib.weight_bytes_per_step(cfg, el_bytes)
+  meta = dict(
+    model=FLAGS.model,
+    dtype=FLAGS.dtype,
+    cache_dtype=cfg.kv_dtype,
+    attention_impl=cfg.attention_impl,
+    mesh=FLAGS.mesh,
+    params=n_params,
+    prompt_len=P,
+    new_tokens=N,
+  )
   rows = []
   for B in batches:
     prompts = rng.integers(1, cfg.vocab_size, size=(B, P)).tolist()
@@ -323,13 +392,14 @@ def run(batches) -> str:
     )
     tok_s = B * N / ours["median_s"]
     # Bytes per decode step: the weights once + every row's KV reads.
-    step_bytes = wbytes + B * float(flops_lib.kv_bytes_per_token(cfg, ctx, el_bytes))
+    step_bytes = wbytes + B * float(flops_lib.kv_bytes_per_token(cfg, ctx, kv_el_bytes))
     row = dict(
       batch=B,
       ours_tok_s=tok_s,
       ours=ours,
       ours_mfu=tok_s * flops_tok / ceil["matmul_flops"],
       ours_bw_util=(tok_s / B) * step_bytes / ceil["copy_bytes"],
+      memory=memory_row(cfg, params, B, P, N),
     )
     if hf_model is not None:
       hf = bench_hf(hf_model, prompts, N, FLAGS.repeats)
@@ -340,19 +410,7 @@ def run(batches) -> str:
       )
       row["speedup"] = tok_s / row["hf_tok_s"]
     rows.append(row)
-    _write_json(
-      dict(
-        model=FLAGS.model,
-        dtype=FLAGS.dtype,
-        mesh=FLAGS.mesh,
-        params=n_params,
-        prompt_len=P,
-        new_tokens=N,
-        ceilings=ceil,
-        rows=rows,
-        complete=False,
-      )
-    )
+    _write_json(dict(meta, ceilings=ceil, rows=rows, complete=False))
     print(
       f"batch {B}: ours {tok_s:.1f} tok/s"
       + (
@@ -371,32 +429,16 @@ def run(batches) -> str:
 
   print()
   print(
-    f"model {FLAGS.model} ({FLAGS.dtype}, mesh {FLAGS.mesh}): "
+    f"model {FLAGS.model} ({FLAGS.dtype}, KV cache {cfg.kv_dtype}, attention "
+    f"{cfg.attention_impl}, mesh {FLAGS.mesh}): "
     f"{n_params / 1e6:.1f}M params, prompt {P}, "
     f"{N} new tokens, {flops_tok / 1e6:.1f} MFLOP/token, "
     f"{wbytes / 1e6:.1f} MB weights/step"
   )
-  hdr = (
-    f"{'batch':>5} {'ours tok/s':>11} {'hf tok/s':>9} {'ratio':>6} "
-    f"{'ours MFU':>9} {'hf MFU':>7} {'ours BW':>8} {'compile s':>9}"
-  )
-  print(hdr)
-  for r in rows:
-    print(
-      f"{r['batch']:>5} {r['ours_tok_s']:>11.1f} "
-      f"{r.get('hf_tok_s', float('nan')):>9.1f} "
-      f"{r.get('speedup', float('nan')):>6.2f} {r['ours_mfu']:>9.1%} "
-      f"{r.get('hf_mfu', float('nan')):>7.1%} {r['ours_bw_util']:>8.1%} "
-      f"{r['ours']['compile_s']:>9.2f}"
-    )
+  _print_table(rows)
   print(f"second prompt length ({P - 3}) in the same bucket recompiled: {recompiled}")
   result = dict(
-    model=FLAGS.model,
-    dtype=FLAGS.dtype,
-    mesh=FLAGS.mesh,
-    params=n_params,
-    prompt_len=P,
-    new_tokens=N,
+    meta,
     flops_per_token=flops_tok,
     weight_bytes_per_step=wbytes,
     ceilings=ceil,
@@ -407,6 +449,26 @@ def run(batches) -> str:
     complete=True,
   )
   return _write_json(result)
+
+
+def _print_table(rows) -> None:
+  """The results table: speed, utilisation, compile time and memory (params +
+  KV cache bytes, the KV cache alone, the peak RSS so far) per batch size."""
+  print(
+    f"{'batch':>5} {'ours tok/s':>11} {'hf tok/s':>9} {'ratio':>6} "
+    f"{'ours MFU':>9} {'hf MFU':>7} {'ours BW':>8} {'compile s':>9} "
+    f"{'mem MB':>8} {'KV MB':>8} {'RSS MB':>8}"
+  )
+  for r in rows:
+    m = r["memory"]
+    print(
+      f"{r['batch']:>5} {r['ours_tok_s']:>11.1f} "
+      f"{r.get('hf_tok_s', float('nan')):>9.1f} "
+      f"{r.get('speedup', float('nan')):>6.2f} {r['ours_mfu']:>9.1%} "
+      f"{r.get('hf_mfu', float('nan')):>7.1%} {r['ours_bw_util']:>8.1%} "
+      f"{r['ours']['compile_s']:>9.2f} {m['device_bytes'] / 1e6:>8.1f} "
+      f"{m['kv_cache_bytes'] / 1e6:>8.1f} {m['peak_rss_kib'] / 1024:>8.1f}"
+    )
 
 
 if __name__ == "__main__":

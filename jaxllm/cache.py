@@ -16,8 +16,8 @@ matmuls over (B, Kv) with contiguous operands and no transpose of the cache
 (on CPU this halves the time of decode attention, which reads the whole cache
 every step). Everything that depends on the layout reads these two strings
 (`init_cache`, `layout_keys` / `layout_values`, `write_new`, `commit_path`,
-`KVCache.size`, and the einsums of `jaxllm.model.attention_jnp`), so a
-different layout is a change to this file only.
+`KVCache.size`, and the einsums and slot slices of `jaxllm.model`'s attention
+functions), so a different layout is a change to this file only.
 """
 
 from __future__ import annotations
@@ -76,15 +76,17 @@ def init_cache(cfg: ModelConfig, batch: int, size: int, dtype=None) -> KVCache:
   """An empty cache of `size` slots per row (all lengths 0).
 
   Args:
-    cfg: the model config (n_layers, n_kv_heads, head_dim, dtype).
-    batch: B rows. size: S slots per row. dtype: default cfg.dtype.
+    cfg: the model config (n_layers, n_kv_heads, head_dim, kv_dtype).
+    batch: B rows. size: S slots per row. dtype: default cfg.kv_dtype
+      (`ModelConfig.cache_dtype`, else cfg.dtype); `write_new` casts new
+      entries to the buffers' dtype.
 
   Raises:
     ValueError: if size <= 0.
   """
   if size <= 0:
     raise ValueError(f"cache size must be > 0, got {size}")
-  dtype = jnp.dtype(dtype or cfg.dtype)
+  dtype = jnp.dtype(dtype or cfg.kv_dtype)
   dims = (batch, cfg.n_kv_heads, cfg.head_dim, size)
   z = lambda shape: tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layers))
   return KVCache(

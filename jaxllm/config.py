@@ -131,7 +131,13 @@ class ModelConfig:
 
   `attention_impl` names the attention implementation, an entry of
   `jaxllm.model.ATTENTION_IMPLS` ("jnp", the plain-jnp path that runs on every
-  backend, is the default; a fused GPU/TPU kernel is registered beside it).
+  backend, is the default; "live" reads only the cache blocks up to the
+  batch's last live slot; a fused GPU/TPU kernel is registered beside them).
+
+  `cache_dtype` is the dtype the KV cache stores keys and values in ("" = the
+  compute `dtype`; "bfloat16" halves a float32 model's cache). Attention
+  accumulates in float32 and returns the activation dtype either way; the
+  effective name is `kv_dtype`.
   """
 
   vocab_size: int
@@ -160,6 +166,7 @@ class ModelConfig:
   dtype: str = "float32"  # activation / compute dtype
   param_dtype: str = "float32"
   attention_impl: str = "jnp"  # a key of jaxllm.model.ATTENTION_IMPLS
+  cache_dtype: str = ""  # KV cache storage dtype; "" = dtype (see kv_dtype)
 
   def __post_init__(self):
     _check_sizes(self)
@@ -171,6 +178,11 @@ class ModelConfig:
   @property
   def q_per_kv(self) -> int:
     return self.n_heads // self.n_kv_heads
+
+  @property
+  def kv_dtype(self) -> str:
+    """The KV cache's dtype name: `cache_dtype`, or `dtype` when that is ""."""
+    return self.cache_dtype or self.dtype
 
   @property
   def attn_scale(self) -> float:
@@ -276,7 +288,8 @@ def _check_sizes(cfg: ModelConfig) -> None:
 
 
 def _check_names(cfg: ModelConfig) -> None:
-  """activation, dtype, param_dtype and attention_impl name known entries."""
+  """activation, dtype, param_dtype, cache_dtype ("" or a dtype) and
+  attention_impl name known entries."""
   _need(
     isinstance(cfg.activation, str) and cfg.activation in ACTIVATIONS,
     "activation",
@@ -285,6 +298,12 @@ def _check_names(cfg: ModelConfig) -> None:
   for f in ("dtype", "param_dtype"):
     v = getattr(cfg, f)
     _need(isinstance(v, str) and v in DTYPES, f, f"{v!r} not in {DTYPES}")
+  v = cfg.cache_dtype
+  _need(
+    isinstance(v, str) and (v == "" or v in DTYPES),
+    "cache_dtype",
+    f"{v!r} is neither '' (same as dtype) nor one of {DTYPES}",
+  )
   # The registry lives beside the implementations (imported here, not at
   # module level: jaxllm.model imports this module).
   from jaxllm.model import ATTENTION_IMPLS

@@ -56,7 +56,8 @@ class EncDecState:
 
   self_cache: KVCache of the decoder self-attention (S slots per row).
   cross_k / cross_v: per decoder layer, the cross-attention keys [B, Kv_x, K, E]
-    and values [B, Kv_x, E, K] (cache layouts), computed once at prefill.
+    and values [B, Kv_x, E, K] (cache layouts), computed once at prefill and
+    stored in the decoder's `ModelConfig.kv_dtype` (as self_cache is).
   enc_lengths: int32 [B] real encoder tokens per row (the rest is masked).
   """
 
@@ -148,7 +149,11 @@ class EncDecTransformer:
       )
     lengths_B = jnp.asarray(lengths_B).astype(jnp.int32)
     enc, _ = encode(params, tokens_BxE, self.cfg, lengths_B)
-    ks, vs = cross_kv(params, enc, self.cfg)
+    # stored like the self-attention cache, in the decoder's kv_dtype
+    kv_dtype = jnp.dtype(self.cfg.decoder.kv_dtype)
+    ks, vs = jax.tree_util.tree_map(
+      lambda x: x.astype(kv_dtype), cross_kv(params, enc, self.cfg)
+    )
     cache = cache_lib.init_cache(self.cfg.decoder, B, cache_size)
     root_B = jnp.full((B,), self.cfg.decoder_start_id, jnp.int32)
     return EncDecState(cache, ks, vs, lengths_B), root_B

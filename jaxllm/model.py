@@ -10,7 +10,9 @@ G = H / Kv query heads per KV head, K head dim, V vocab.
 
 Attention implementations: `ATTENTION_IMPLS` maps the names that
 `ModelConfig.attention_impl` may take to functions with the signature of
-`attention_jnp` (the plain-jnp reference that runs everywhere). A fused
+`attention_jnp` (the plain-jnp reference that runs everywhere);
+`attention_live` ("live") computes the same in blocks of cache slots and
+reads only the blocks some query may attend to. A fused
 GPU/TPU kernel is added beside it as one more function and one more entry;
 `forward` looks the config's name up once (`get_attention`). Keys and values
 reach attention in the cache layout that jaxllm.cache owns (`K_LAYOUT`,
@@ -76,6 +78,47 @@ def _softcap(x, cap):
   return x if cap is None else cap * jnp.tanh(x / cap)
 
 
+def _split_heads(q_BxTxHxK, n_kv_heads: int):
+  """Queries [B, T, H, K] -> [B, Kv, G, T, K] (G = H / Kv per KV head)."""
+  B, T, H, K = q_BxTxHxK.shape
+  q = q_BxTxHxK.reshape(B, T, n_kv_heads, H // n_kv_heads, K)
+  return q.transpose(0, 2, 3, 1, 4)
+
+
+def _merge_heads(o_BxKvxGxTxK):
+  """[B, Kv, G, T, K] -> [B, T, H, K] (the inverse of `_split_heads`)."""
+  B, Kv, G, T, K = o_BxKvxGxTxK.shape
+  return o_BxKvxGxTxK.transpose(0, 3, 1, 2, 4).reshape(B, T, Kv * G, K)
+
+
+def _scores(q_BxKvxGxTxK, keys, cfg: ModelConfig):
+  """float32 scores [B, Kv, G, T, S] of split-head queries against keys in
+  K_LAYOUT (S slots), scaled (`attn_scale`) and soft-capped (`attn_softcap`).
+
+  einsum letters: b batch, k KV head, g group, t query, d head dim, s slot
+  (the cache layout strings use the same b, k, d, s).
+  """
+  s = jnp.einsum(
+    f"bkgtd,{cache_lib.K_LAYOUT}->bkgts",
+    q_BxKvxGxTxK,
+    keys,
+    preferred_element_type=jnp.float32,
+  )
+  return _softcap(s * cfg.attn_scale, cfg.attn_softcap)
+
+
+def _weighted_values(p_BxKvxGxTxS, values):
+  """float32 sum over slots of p [B, Kv, G, T, S] times values (V_LAYOUT):
+  [B, Kv, G, T, K]. p is cast to the values' dtype (a bfloat16 cache
+  multiplies in bfloat16) and the products accumulate in float32."""
+  return jnp.einsum(
+    f"bkgts,{cache_lib.V_LAYOUT}->bkgtd",
+    p_BxKvxGxTxS.astype(values.dtype),
+    values,
+    preferred_element_type=jnp.float32,
+  )
+
+
 def attention_jnp(q_BxTxHxK, keys, values, mask_BxTxS, cfg: ModelConfig):
   """Grouped-query attention with an explicit boolean mask (plain jnp).
 
@@ -85,34 +128,102 @@ def attention_jnp(q_BxTxHxK, keys, values, mask_BxTxS, cfg: ModelConfig):
       today [B, Kv, K, S]); S is the number of key slots.
     values: the values in the cache value layout (`V_LAYOUT`, [B, Kv, S, K]).
     mask_BxTxS: True where query t may attend to key slot s. A row with no
-      True entry gets a uniform softmax (finite NEG_INF), never NaN.
+      True entry gets a uniform softmax over all S slots (finite NEG_INF),
+      never NaN.
     cfg: scale (`attn_scale`) and soft-cap (`attn_softcap`).
 
   Returns:
-    o_BxTxHxK in the dtype of `values`. Scores and softmax are float32.
-  With today's layout both products are batched matmuls over (B, Kv) with no
-  transpose of the cache.
+    o_BxTxHxK in the dtype of the queries (the activations), whatever the
+    cache's dtype: scores, softmax and the probabilities x values sum are
+    float32. With today's layout both products are batched matmuls over
+    (B, Kv) with no transpose of the cache.
   """
-  B, T, H, K = q_BxTxHxK.shape
-  kl, vl = cache_lib.K_LAYOUT, cache_lib.V_LAYOUT
-  Kv = keys.shape[kl.index("k")]
-  # einsum letters: b batch, k KV head, g group, t query, d head dim, s slot
-  # (the cache layout strings use the same b, k, d, s).
-  q = q_BxTxHxK.reshape(B, T, Kv, H // Kv, K).transpose(0, 2, 3, 1, 4)
-  s = (
-    jnp.einsum(f"bkgtd,{kl}->bkgts", q, keys, preferred_element_type=jnp.float32)
-    * cfg.attn_scale
-  )
-  s = _softcap(s, cfg.attn_softcap)
+  Kv = keys.shape[cache_lib.K_LAYOUT.index("k")]
+  s = _scores(_split_heads(q_BxTxHxK, Kv), keys, cfg)
   s = jnp.where(mask_BxTxS[:, None, None], s, NEG_INF)
-  p = jax.nn.softmax(s, axis=-1).astype(values.dtype)
-  o = jnp.einsum(f"bkgts,{vl}->bkgtd", p, values)
-  return o.transpose(0, 3, 1, 2, 4).reshape(B, T, H, K)
+  o = _weighted_values(jax.nn.softmax(s, axis=-1), values)
+  return _merge_heads(o).astype(q_BxTxHxK.dtype)
+
+
+LIVE_BLOCK = 128  # key slots per block of attention_live
+
+
+def live_range(mask_BxTxS):
+  """(lo, hi) int32 scalars: the slots [lo, hi) any query may attend to.
+
+  lo is the first and hi - 1 the last slot with a True entry in any row of
+  the batch. When some query row has no True entry at all, (0, S): that row
+  attends uniformly to every slot (attention_jnp's NEG_INF rule), so every
+  slot has to be read. An all-False mask also gives (0, S).
+  """
+  S = mask_BxTxS.shape[-1]
+  seen_S = jnp.any(mask_BxTxS, axis=(0, 1))
+  slot = jnp.arange(S, dtype=jnp.int32)
+  lo = jnp.min(jnp.where(seen_S, slot, S))
+  hi = jnp.max(jnp.where(seen_S, slot + 1, 0))
+  some_row_empty = jnp.any(~jnp.any(mask_BxTxS, axis=-1))
+  return jnp.where(some_row_empty, 0, lo), jnp.where(some_row_empty, S, hi)
+
+
+def attention_live(
+  q_BxTxHxK, keys, values, mask_BxTxS, cfg: ModelConfig, block: int = LIVE_BLOCK
+):
+  """attention_jnp over the live slots only: blocks of `block` key slots with
+  an online (streaming) softmax, looping over just the blocks that hold the
+  slots [lo, hi) of `live_range(mask_BxTxS)`.
+
+  Same arguments, outputs (up to float32 rounding) and masking rules as
+  `attention_jnp`, including a uniform softmax over all S slots for a query
+  row with no allowed slot. A pre-allocated cache of S slots whose rows hold
+  short prefixes is then read up to the longest prefix (rounded up to a
+  block), not to S. The trip count is data-dependent (`lax.fori_loop` with
+  traced bounds, i.e. a while loop): fine under jit and vmap, but not
+  reverse-mode differentiable, so train with "jnp".
+
+  Args:
+    block: slots per block, a static int >= 1 (min(block, S) is used). The
+      last block is shifted back to end at slot S and its slots read by the
+      block before are excluded, so S need not be a multiple of it.
+
+  Raises:
+    ValueError: naming `block`, for a block < 1.
+  """
+  if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+    raise ValueError(f"attention_live: block must be an int >= 1, got {block!r}")
+  kl, vl = cache_lib.K_LAYOUT, cache_lib.V_LAYOUT
+  S = keys.shape[kl.index("s")]
+  bs = min(block, S)
+  q = _split_heads(q_BxTxHxK, keys.shape[kl.index("k")])
+  lo, hi = live_range(mask_BxTxS)
+  first, stop = lo // bs, (hi + bs - 1) // bs
+
+  def body(i, carry):
+    m, l, acc = carry  # running max, softmax denominator, weighted sum
+    start = i * bs
+    at = jnp.minimum(start, S - bs)  # the last block ends at slot S
+    take = lambda x, axis: jax.lax.dynamic_slice_in_dim(x, at, bs, axis=axis)
+    s = _scores(q, take(keys, kl.index("s")), cfg)
+    s = jnp.where(take(mask_BxTxS, 2)[:, None, None], s, NEG_INF)
+    # slots a shifted last block shares with the block before count once
+    s = jnp.where(at + jnp.arange(bs) >= start, s, -jnp.inf)
+    m_new = jnp.maximum(m, jnp.max(s, axis=-1))
+    p = jnp.exp(s - m_new[..., None])
+    decay = jnp.exp(m - m_new)
+    l = l * decay + jnp.sum(p, axis=-1)
+    acc = acc * decay[..., None] + _weighted_values(p, take(values, vl.index("s")))
+    return m_new, l, acc
+
+  # The running max starts at NEG_INF (finite): a row whose slots are all
+  # masked then weighs each one exp(0) = 1, i.e. the uniform softmax.
+  m0 = jnp.full(q.shape[:-1], NEG_INF, jnp.float32)
+  init = (m0, jnp.zeros_like(m0), jnp.zeros(q.shape, jnp.float32))
+  _, l, acc = jax.lax.fori_loop(first, stop, body, init)
+  return _merge_heads(acc / l[..., None]).astype(q_BxTxHxK.dtype)
 
 
 # name -> attention function (signature of attention_jnp). The ONE switch point
 # for the attention implementation; `ModelConfig.attention_impl` names an entry.
-ATTENTION_IMPLS = {"jnp": attention_jnp}
+ATTENTION_IMPLS = {"jnp": attention_jnp, "live": attention_live}
 
 attention = attention_jnp  # the historical name of the reference path
 
