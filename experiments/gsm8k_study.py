@@ -18,7 +18,7 @@ r"""`make gsm8k-study`: SmolLM2-135M-Instruct on GSM8K, the whole study.
    the headline rule, the strict rule, unparsable fractions, generated
    tokens, FLOPs and wall seconds per problem; the coverage fit; the
    speculative table) and the plots, copied to --figures_dir as
-   gsm8k_*.png for the README.
+   gsm8k_study.md and gsm8k_*.png for the README.
 
   python -m experiments.gsm8k_study [--full] [--workdir=results/scaling/gsm8k]
 
@@ -103,6 +103,50 @@ def results_table(rows_path: str, headline: str, other: str) -> str:
   return "\n".join(lines) + "\n"
 
 
+def pivot_table(rows_path: str, headline: str, other: str) -> str:
+  """Method x budget: headline-rule accuracy ± SE with the other rule's
+  accuracy in brackets (seed 0 rows; the long table has every seed)."""
+  cells, budgets = {}, set()
+  with open(rows_path) as f:
+    for line in f:
+      r = json.loads(line)
+      if r["seed"] == 0:
+        o = r["rules"][other]["accuracy"]
+        cells.setdefault(r["method"], {})[r["budget"]] = (
+          f"{_fmt(r['accuracy'], r['accuracy_se'])} ({o:.3f})"
+        )
+        budgets.add(r["budget"])
+  ks = sorted(budgets)
+  lines = [
+    f"| method ({headline} ± SE ({other})) | " + " | ".join(map(str, ks)) + " |",
+    "|---|" + "---:|" * len(ks),
+  ]
+  for m, row in cells.items():
+    lines.append(f"| {m} | " + " | ".join(row.get(k, "-") for k in ks) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def _recorded_time(rows_path: str) -> str:
+  """The wall time the rows record: the pool (the largest selection row's
+  share, which at budget = pool size is the whole pool) plus every search
+  and baseline row (those run for real)."""
+  from experiments import scaling
+  from experiments import verifiers as vlib
+
+  run = set(scaling.SEARCH_METHODS) | set(scaling.BASELINES)
+  sel, searched = [], []
+  with open(rows_path) as f:
+    for line in f:
+      r = json.loads(line)
+      ran = vlib.split_name(r["method"])[0] in run
+      (searched if ran else sel).append(r["wall_s"])
+  pool, rest = max(sel, default=0.0), sum(searched)
+  return (
+    f"wall time recorded in the rows: pool {pool:.0f} s + search and greedy "
+    f"rows {rest:.0f} s = {(pool + rest) / 60:.1f} min"
+  )
+
+
 def speculative_table(path: str) -> str:
   """Markdown rows of bench_speculative's JSON: block efficiency tau (tokens
   per target call), MBSU and wall-clock speed-up over autoregressive
@@ -162,7 +206,10 @@ def write_page(out_dir: str, sweep_s: float, spec_path) -> str:
   summary = workdir.read_json(os.path.join(out_dir, "summary.json")) or {}
   parts = [
     f"# SmolLM2-135M-Instruct x GSM8K ({settings.get('n_problems')} problems)\n",
-    f"sweep wall time this run: {sweep_s:.0f} s\n",
+    f"{_recorded_time(os.path.join(out_dir, 'rows.jsonl'))}; this invocation "
+    f"of the sweep: {sweep_s:.0f} s (less when it resumed finished rows)\n",
+    pivot_table(os.path.join(out_dir, "rows.jsonl"), headline, other),
+    "\n## Every row\n",
     results_table(os.path.join(out_dir, "rows.jsonl"), headline, other),
   ]
   fit = summary.get("coverage_fit")
@@ -184,6 +231,7 @@ def write_page(out_dir: str, sweep_s: float, spec_path) -> str:
   page = os.path.join(out_dir, "study.md")
   workdir.write_text_atomic(page, "\n".join(parts))
   os.makedirs(FLAGS.figures_dir, exist_ok=True)
+  shutil.copyfile(page, os.path.join(FLAGS.figures_dir, "gsm8k_study.md"))
   for name in PLOTS:
     src = os.path.join(out_dir, name)
     if os.path.exists(src):
