@@ -235,18 +235,12 @@ def load_hf_model(name, cfg, params, torch_threads, dtype: str = "float32"):
     torch.set_num_threads(torch_threads)
   tdtype = getattr(torch, dtype)
   if name == "smollm2":
-    from jaxllm.pretrained import pretrained_path
+    return workdir.load_hf_pretrained(workdir.SMOLLM2, dtype)
+  from jaxllm.hf import save_hf
 
-    path = pretrained_path(workdir.SMOLLM2)
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-      os.path.dirname(path), gguf_file=os.path.basename(path), dtype=tdtype
-    )
-  else:
-    from jaxllm.hf import save_hf
-
-    d = tempfile.mkdtemp(prefix="bench_hf_")
-    save_hf(d, cfg, params, model_type="llama")
-    model = transformers.AutoModelForCausalLM.from_pretrained(d, dtype=tdtype)
+  d = tempfile.mkdtemp(prefix="bench_hf_")
+  save_hf(d, cfg, params, model_type="llama")
+  model = transformers.AutoModelForCausalLM.from_pretrained(d, dtype=tdtype)
   device = "cuda" if torch.cuda.is_available() else "cpu"
   return model.to(device).eval()
 
@@ -289,26 +283,10 @@ def bench_hf(hf_model, prompts, new_tokens, repeats):
   import torch
 
   ids = torch.tensor(np.asarray(prompts), dtype=torch.long, device=hf_model.device)
-  kw = dict(
-    do_sample=True,
-    temperature=1.0,
-    top_k=0,
-    top_p=1.0,
-    max_new_tokens=new_tokens,
-    min_new_tokens=new_tokens,
-    pad_token_id=0,
-    attention_mask=torch.ones_like(ids),
+  workdir.hf_sample(hf_model, ids, 4)  # warm-up
+  med, ts = workdir.median_time(
+    lambda: workdir.hf_sample(hf_model, ids, new_tokens), repeats
   )
-  with torch.inference_mode():
-    hf_model.generate(ids, **{**kw, "max_new_tokens": 4, "min_new_tokens": 4})
-
-    def run():
-      out = hf_model.generate(ids, **kw)
-      assert out.shape[1] == ids.shape[1] + new_tokens
-      if ids.is_cuda:
-        torch.cuda.synchronize()
-
-    med, ts = workdir.median_time(run, repeats)
   return dict(median_s=med, times_s=ts)
 
 

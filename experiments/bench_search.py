@@ -373,20 +373,7 @@ def _hf_sample(hf, prompt, N, T):
   """transformers' plain sampling: N rows of the prompt, T tokens each."""
   import torch
 
-  ids = torch.tensor([prompt] * N, dtype=torch.long)
-  with torch.inference_mode():
-    out = hf.generate(
-      ids,
-      attention_mask=torch.ones_like(ids),
-      do_sample=True,
-      temperature=1.0,
-      top_k=0,
-      top_p=1.0,
-      max_new_tokens=T,
-      min_new_tokens=T,
-      pad_token_id=0,
-    )
-  assert out.shape[1] == len(prompt) + T
+  workdir.hf_sample(hf, torch.tensor([prompt] * N, dtype=torch.long), T)
 
 
 if __name__ == "__main__":

@@ -456,6 +456,31 @@ def load_hf_pretrained(name: str = SMOLLM2, dtype: str = "float32"):
   return model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
 
 
+def hf_sample(hf_model, ids_BxT, new_tokens: int):
+  """transformers' plain temperature-1 sampling (no top-k / top-p) of exactly
+  `new_tokens` tokens per row (a torch LongTensor [B, T] of equal-length
+  prompts); returns the [B, T + new_tokens] ids, synchronised on a GPU."""
+  import torch
+
+  with torch.inference_mode():
+    out = hf_model.generate(
+      ids_BxT,
+      attention_mask=torch.ones_like(ids_BxT),
+      do_sample=True,
+      temperature=1.0,
+      top_k=0,
+      top_p=1.0,
+      max_new_tokens=new_tokens,
+      min_new_tokens=new_tokens,
+      pad_token_id=0,
+    )
+  if out.shape[1] != ids_BxT.shape[1] + new_tokens:
+    raise RuntimeError(f"transformers stopped early: {out.shape[1]} ids")
+  if ids_BxT.is_cuda:
+    torch.cuda.synchronize()
+  return out
+
+
 # ------------------- SmolLM2's own answers (self-distillation) -------------------
 
 ANSWER_BUCKETS = (256, 512)  # prompt-length buckets of `sample_answers`
