@@ -42,10 +42,14 @@ def get_config():
   c.search_methods = ("pf", "beam", "astar")
   c.search_budgets = (4,)
   c.search_seeds = (0,)
+  # Problems per search call (0: all at once; must divide n_problems). A*
+  # keeps a KV cache per frontier node: 32 problems x 64 nodes of SmolLM2
+  # asked for ~98 GB; 8 problems x 16 nodes fit in a few GB.
+  c.search_problems_per_call = 8
   c.max_step_tokens = 32  # 16 steps x 32 tokens: room for a 256-token solution
   c.beam_width = 2
   c.astar_children = 2
-  c.astar_capacity = 64
+  c.astar_capacity = 16  # frontier nodes per problem (each holds a KV cache)
   c.astar_expected_steps = 8
   c.astar_tokens_per_sample = 256  # A* token budget = budget * this
   c.verifiers = ("confidence", "genrm")

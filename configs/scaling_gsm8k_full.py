@@ -11,5 +11,6 @@ def get_config():
   c.pool_size = 64
   c.budgets = (1, 2, 4, 8, 16, 32, 64)
   c.search_budgets = (4, 8, 16, 32)
+  c.search_problems_per_call = 4  # divides 100
   c.report_budget = 32
   return c

@@ -329,8 +329,8 @@ def _check_gsm8k_fields(config) -> None:
   """The GSM8K sweep's own fields (configs/scaling_gsm8k.py).
 
   Raises:
-    ValueError: naming config.answer_rule, config.confidence_kind or
-      config.model.
+    ValueError: naming config.answer_rule, config.confidence_kind,
+      config.search_problems_per_call or config.model.
   """
   from algorithms.scorers import ConfidenceScorer
   from experiments.tasks import answers
@@ -344,6 +344,12 @@ def _check_gsm8k_fields(config) -> None:
     ConfidenceScorer(config.confidence_kind)
   except ValueError as e:
     raise ValueError(f"config.confidence_kind: {e}") from None
+  n = config.search_problems_per_call
+  if n < 0 or (n and config.n_problems % n):
+    raise ValueError(
+      f"config.search_problems_per_call = {n} must be 0 (all at once) or "
+      f"divide config.n_problems = {config.n_problems} (one compiled shape)"
+    )
   if config.model not in pretrained.PRETRAINED:
     raise ValueError(
       f"config.model: unknown pretrained model {config.model!r}; known: "
@@ -654,7 +660,11 @@ def run_search(method: str, k: int, policy, verifiers, problems, config, seed: i
   (seed, k) only, so every verifier sees the same policy randomness.
   'greedy' runs `run_greedy`. A method that returns importance weights
   (particle filtering) is judged by the weighted vote of its candidates'
-  answers; the others by their chosen answer.
+  answers; the others by their chosen answer. With
+  config.search_problems_per_call (gsm8k) the problems run in blocks of
+  that many, block c with the key folded with c (a search keeps per-row
+  state: A* a KV cache per frontier node, so memory grows with the
+  problems run together).
 
   Returns (per-problem correctness float64 [P] of 0 / 1 under the task's
   headline rule, per-problem mean Compute dict, {rule: (correct [P],
@@ -664,9 +674,29 @@ def run_search(method: str, k: int, policy, verifiers, problems, config, seed: i
   task = sweep_tasks.for_config(config)
   if base == "greedy":
     return run_greedy(policy, problems, config)
+  key = jax.random.key(seed * 104729 + k)
+  P = len(problems)
+  n = config.get("search_problems_per_call", 0) or P
+  by_rule = {rule: ([], []) for rule in task.rules}
+  total = flops_lib.Compute()
+  for c, i in enumerate(range(0, P, n)):
+    block = problems[i : i + n]
+    got, rec = _search_block(
+      task, base, vname, k, policy, verifiers, block, config,
+      key if n >= P else jax.random.fold_in(key, c),
+    )  # fmt: skip
+    total = total + rec
+    for rule, (correct, unparsable) in got.items():
+      by_rule[rule][0].extend(correct)
+      by_rule[rule][1].extend(unparsable)
+  return _search_result(task, by_rule, total.per_problem(P).as_dict())
+
+
+def _search_block(task, base, vname, k, policy, verifiers, problems, config, key):
+  """One call of a search method on `problems`: ({rule: (correct [P],
+  unparsable [P])}, total Compute)."""
   cfg, params = policy
   scorer, sparams = task.step_scorer(vname, verifiers, problems)
-  key = jax.random.key(seed * 104729 + k)
   out = methods_lib.run(
     search_method(base, config, task),
     Transformer(cfg),
@@ -677,29 +707,26 @@ def run_search(method: str, k: int, policy, verifiers, problems, config, seed: i
     scorer=scorer,
     scorer_params=sparams,
   )
-  P = len(problems)
-  if out.weights is not None:
-    toks, lens = np.asarray(out.candidates), np.asarray(out.candidate_lengths)
-    weights = np.asarray(out.weights)
-    graded = [
-      [task.grade(problems[p], task.decode(toks[p, n, : lens[p, n]])) for n in range(k)]
-      for p in range(P)
-    ]
-    by_rule = {}
-    for rule in task.rules:
-      keys = [[g[rule][0] for g in row] for row in graded]
-      picked = particle_filter.weighted_vote(keys, weights)
-      by_rule[rule] = (
-        [
-          sweep_tasks.answer_key_is_gold(task, p, a, rule)
-          for a, p in zip(picked, problems)
-        ],
-        [a is None for a in picked],
-      )
-  else:
+  if out.weights is None:
     toks, lens = np.asarray(out.tokens), np.asarray(out.lengths)
-    by_rule = _graded_outputs(task, problems, toks, lens)
-  return _search_result(task, by_rule, out.compute.per_problem(P).as_dict())
+    return _graded_outputs(task, problems, toks, lens), out.compute
+  toks, lens = np.asarray(out.candidates), np.asarray(out.candidate_lengths)
+  graded = [
+    [task.grade(problems[p], task.decode(toks[p, n, : lens[p, n]])) for n in range(k)]
+    for p in range(len(problems))
+  ]
+  by_rule = {}
+  for rule in task.rules:
+    keys = [[g[rule][0] for g in row] for row in graded]
+    picked = particle_filter.weighted_vote(keys, np.asarray(out.weights))
+    by_rule[rule] = (
+      [
+        sweep_tasks.answer_key_is_gold(task, p, a, rule)
+        for a, p in zip(picked, problems)
+      ],
+      [a is None for a in picked],
+    )
+  return by_rule, out.compute
 
 
 def _graded_outputs(task, problems, toks, lens) -> dict:

@@ -52,6 +52,7 @@ def test_gsm8k_plan_runs_outcome_methods_under_genrm_and_searches_under_confiden
     (dict(verifiers=("genrm",)), "config.search_methods"),  # genrm scores no steps
     (dict(task="mmlu"), "config.task"),
     (dict(n_problems=0), "n_problems"),
+    (dict(search_problems_per_call=5), "config.search_problems_per_call"),
   ],
 )
 def test_gsm8k_config_errors_name_the_field(change, field):
@@ -154,6 +155,7 @@ def test_small_smollm2_gsm8k_sweep_reports_both_rules_and_resumes(tmp_path):
     search_methods=("pf",),
     search_budgets=(2,),
     rows_per_call=4,
+    search_problems_per_call=1,  # two search calls, their results joined
   )
   out = str(tmp_path / "sweep")
   s1 = scaling.run_sweep(c, out, log=lambda _: None)
