@@ -834,11 +834,9 @@ CASES = dict(
 if __name__ == "__main__":
   import jax
 
-  cache_dir = os.environ.get(
-    "JAXLLM_JIT_CACHE", os.path.expanduser("~/.cache/jaxllm/xla")
-  )
-  jax.config.update("jax_compilation_cache_dir", cache_dir)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  if os.environ.get("JAXLLM_JIT_CACHE"):  # opt-in, as in conftest.py
+    jax.config.update("jax_compilation_cache_dir", os.environ["JAXLLM_JIT_CACHE"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   assert len(jax.devices()) == N_DEVICES, jax.devices()
   result = CASES[sys.argv[1]](*sys.argv[2:])
   print(json.dumps(result, default=str))
