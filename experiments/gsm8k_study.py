@@ -142,7 +142,8 @@ def _recorded_time(rows_path: str) -> str:
       (searched if ran else sel).append(r["wall_s"])
   pool, rest = max(sel, default=0.0), sum(searched)
   return (
-    f"wall time recorded in the rows: pool {pool:.0f} s + search and greedy "
+    f"wall time recorded in the rows: pool {pool:.0f} s (a pool loaded from "
+    f"disk records its load time only) + search and greedy "
     f"rows {rest:.0f} s = {(pool + rest) / 60:.1f} min"
   )
 
