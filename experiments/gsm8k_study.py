@@ -245,6 +245,7 @@ def main(argv):
   distributed.single_process(
     "experiments.gsm8k_study", "it launches each stage as a one-process script"
   )
+  workdir.flags_at_least(1, "spec_prompts", "spec_tokens")
   out = FLAGS.workdir
   args = [
     "experiments.scaling",
