@@ -31,9 +31,6 @@ refused with that reason.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
 
 from absl import app, flags
 
@@ -96,17 +93,6 @@ def sweeps(root: str, full: bool, overrides) -> list:
   return runs
 
 
-def _run(args):
-  workdir.progress("$ " + " ".join(args))
-  t0 = time.perf_counter()
-  rc = subprocess.run([sys.executable, "-m"] + args).returncode
-  if rc:
-    raise SystemExit(
-      f"stopped: {args[0]} exited with status {rc} (its message is above)"
-    )
-  workdir.progress(f"  ({time.perf_counter() - t0:.0f}s)")
-
-
 def main(argv):
   del argv
   distributed.single_process(
@@ -121,9 +107,9 @@ def main(argv):
   verifier = os.path.join(root, "arith", "verifier")
   runs = sweeps(root, FLAGS.full, FLAGS.sweep_overrides)
   for _, sweep_args in runs:
-    _run(sweep_args + ["--validate_only"])
+    workdir.run_module(sweep_args + ["--validate_only"])
   if not os.path.exists(os.path.join(policy, "policy")):
-    _run(
+    workdir.run_module(
       [
         "experiments.train_policy",
         "--config=configs/arith_policy.py",
@@ -133,7 +119,7 @@ def main(argv):
   else:
     print(f"using the trained policy in {policy}")
   if not all(os.path.exists(os.path.join(verifier, n)) for n in ("prm", "orm")):
-    _run(
+    workdir.run_module(
       [
         "experiments.train_verifier",
         "--config=configs/arith_verifier.py",
@@ -144,7 +130,7 @@ def main(argv):
   else:
     print(f"using the trained verifiers in {verifier}")
   for _, sweep_args in runs:
-    _run(sweep_args)
+    workdir.run_module(sweep_args)
   for sweep, _ in runs:
     print(f"results: {os.path.abspath(sweep)}")
 

@@ -32,9 +32,6 @@ import collections
 import json
 import os
 import shutil
-import subprocess
-import sys
-import time
 
 import numpy as np
 from absl import app, flags
@@ -51,17 +48,6 @@ flags.DEFINE_integer("spec_tokens", 64, "Tokens per prompt (speculative).")
 flags.DEFINE_string("figures_dir", "experiments/figures", "Where the plots are copied.")
 CONFIG, FULL_CONFIG = "configs/scaling_gsm8k.py", "configs/scaling_gsm8k_full.py"
 PLOTS = ("accuracy_vs_flops.png", "coverage.png")
-
-
-def _run(args) -> float:
-  workdir.progress("$ " + " ".join(args))
-  t0 = time.perf_counter()
-  rc = subprocess.run([sys.executable, "-m"] + args).returncode
-  if rc:
-    raise SystemExit(
-      f"stopped: {args[0]} exited with status {rc} (its message is above)"
-    )
-  return time.perf_counter() - t0
 
 
 def _fmt(x, se=None, digits=3) -> str:
@@ -184,7 +170,7 @@ def speculative(out_dir: str) -> str | None:
     )
     return None
   path = os.path.join(out_dir, "speculative.json")
-  _run(
+  workdir.run_module(
     [
       "experiments.bench_speculative",
       "--pairs=smollm_distilled",
@@ -252,8 +238,8 @@ def main(argv):
     f"--config={FULL_CONFIG if FLAGS.full else CONFIG}",
     f"--workdir={out}",
   ]
-  _run(args + ["--validate_only"])
-  sweep_s = _run(args)
+  workdir.run_module(args + ["--validate_only"])
+  sweep_s = workdir.run_module(args)
   spec = speculative(out) if FLAGS.speculative else None
   print(f"results page: {os.path.abspath(write_page(out, sweep_s, spec))}")
 

@@ -567,6 +567,29 @@ def sample_answers(
 # ------------------------- progress and benchmarks -------------------------
 
 
+def run_module(args) -> float:
+  """`python -m <args>` in a child process (one stage of a chained study),
+  its command line logged first; returns its wall seconds.
+
+  Raises:
+    SystemExit: naming the module when it exits with a non-zero status (its
+      own message is above).
+  """
+  import subprocess
+  import sys
+
+  progress("$ " + " ".join(args))
+  t0 = time.perf_counter()
+  rc = subprocess.run([sys.executable, "-m", *args]).returncode
+  if rc:
+    raise SystemExit(
+      f"stopped: {args[0]} exited with status {rc} (its message is above)"
+    )
+  dt = time.perf_counter() - t0
+  progress(f"  ({dt:.0f}s)")
+  return dt
+
+
 def progress(line: str) -> None:
   """One progress line on stdout, flushed (the default `log` of the scripts'
   library functions; tests pass their own)."""
