@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -184,3 +185,7 @@ def test_small_smollm2_gsm8k_sweep_reports_both_rules_and_resumes(tmp_path):
     ml_collections.ConfigDict(c.to_dict()), out, log=lambda _: None
   )
   assert s2["new_rows"] == 0 and s2["pools_generated"] == 0
+  # free this worker's copy of SmolLM2 and its compiled programs
+  sweep_tasks._pretrained.cache_clear()
+  sweep_tasks.newline_ids.cache_clear()
+  jax.clear_caches()
