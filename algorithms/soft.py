@@ -76,6 +76,7 @@ from jaxllm.model import (
   rms_norm,
   rope_inv_freq,
 )
+from jaxllm.quant import dense, take_rows
 from jaxllm.validation import check_int
 
 CONFIDENCES = ("max_prob", "margin")
@@ -382,8 +383,8 @@ def _kv_entries(lp, x_BxTxD, positions_BxT, inv_freq, cfg: ModelConfig):
   """Layer lp's keys and values [B, T, Kv, K] for the residual stream x entering
   it (RoPE on the keys), as `forward` computes them."""
   h = rms_norm(x_BxTxD, lp.attn_norm, cfg)
-  k = jnp.einsum("btd,dhk->bthk", h, lp.wk)
-  v = jnp.einsum("btd,dhk->bthk", h, lp.wv)
+  k = dense("btd,dhk->bthk", h, lp.wk)
+  v = dense("btd,dhk->bthk", h, lp.wv)
   if lp.bk is not None:
     k, v = k + lp.bk, v + lp.bv
   return apply_rope(k, positions_BxT, inv_freq), v
@@ -461,7 +462,7 @@ def skip_forward(
       x = hidden[below[-1]]
     else:
       if x0 is None:
-        x0 = params.embed[tokens_BxT].astype(jnp.dtype(cfg.dtype))
+        x0 = take_rows(params.embed, tokens_BxT, jnp.dtype(cfg.dtype))
         if cfg.embed_scale:
           x0 = x0 * jnp.asarray(cfg.d_model**0.5, x0.dtype)
       x = x0
@@ -644,7 +645,7 @@ def early_exit_forward(
   inv_freq = rope_inv_freq(cfg)
   attend = get_attention(cfg.attention_impl)
   dtype = jnp.dtype(cfg.dtype)
-  x = params.embed[tokens_BxT].astype(dtype)
+  x = take_rows(params.embed, tokens_BxT, dtype)
   if cfg.embed_scale:
     x = x * jnp.asarray(cfg.d_model**0.5, dtype)
   exited = jnp.zeros((B, T), bool)

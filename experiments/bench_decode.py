@@ -16,7 +16,8 @@ JSON.
 `--dtype` sets the parameter and compute dtype of both models (and the dtype
 of the ceiling's matmul). `--cache_dtype` (ModelConfig.cache_dtype, e.g.
 bfloat16 under a float32 model) and `--attention_impl` (an entry of
-`jaxllm.model.ATTENTION_IMPLS`, e.g. "live") apply to ours only. `--mesh` (see `jaxllm.sharding.make_mesh`) puts the
+`jaxllm.model.ATTENTION_IMPLS`, e.g. "live") and `--weights` (bfloat16, or
+int8 through `jaxllm.quant.quantize_int8`) apply to ours only. `--mesh` (see `jaxllm.sharding.make_mesh`) puts the
 parameters into their shardings and splits the batch over `data`; the same
 `generate` runs, GSPMD places the rest. transformers runs on the GPU when
 torch sees one, else on the CPU.
@@ -60,6 +61,7 @@ from jaxllm.cache import init_cache
 from jaxllm.config import DTYPES
 from jaxllm.generate import TRACE_COUNT, bucket_length
 from jaxllm.model import ATTENTION_IMPLS
+from jaxllm.quant import quantize_int8
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum(
@@ -81,6 +83,13 @@ flags.DEFINE_enum(
   "jnp",
   sorted(ATTENTION_IMPLS),
   "Our attention implementation (ModelConfig.attention_impl).",
+)
+flags.DEFINE_enum(
+  "weights",
+  "",
+  ["", "bfloat16", "int8"],
+  "Our weights' format: empty (--dtype), bfloat16 (cast; compute stays --dtype) "
+  "or int8 (jaxllm.quant.quantize_int8: per-output-channel weight-only int8).",
 )
 flags.DEFINE_integer(
   "ceiling_n", 0, "Matmul size for the FLOP/s ceiling (0: 2048 CPU, 8192 else)."
@@ -201,6 +210,19 @@ def build_model(name: str, seed: int, dtype: str = "float32", mesh=None, **field
     return cfg, params, None
   cfg, params, _ = workdir.load_pretrained(dtype=dtype, shardings=mesh)
   return cfg.replace(**fields), params, "smollm2"
+
+
+WEIGHT_BYTES = {"bfloat16": 2, "int8": 1}  # bytes per weight read per step
+
+
+def weights_in_format(params, weights: str):
+  """`params` as --weights asks: unchanged (""), every leaf cast to bfloat16,
+  or every projection int8-quantised (`jaxllm.quant.quantize_int8`)."""
+  if weights == "int8":
+    return quantize_int8(params)
+  if weights == "bfloat16":
+    return jax.tree_util.tree_map(lambda x: x.astype(jnp.bfloat16), params)
+  return params
 
 
 def tree_bytes(tree) -> int:
@@ -344,17 +366,19 @@ def run(batches) -> str:
     if FLAGS.hf
     else None
   )
+  params = weights_in_format(params, FLAGS.weights)
   rng = np.random.default_rng(FLAGS.seed)
   P, N = FLAGS.prompt_len, FLAGS.new_tokens
   # Average context of a decode token, for attention FLOPs / KV bytes.
   ctx = P + (N + 1) / 2
   flops_tok = float(flops_lib.decode_flops(cfg, ctx))
-  el_bytes = jnp.dtype(FLAGS.dtype).itemsize
+  el_bytes = WEIGHT_BYTES.get(FLAGS.weights) or jnp.dtype(FLAGS.dtype).itemsize
   kv_el_bytes = jnp.dtype(cfg.kv_dtype).itemsize
   wbytes = flops_lib.weight_bytes_per_step(cfg, el_bytes)
   meta = dict(
     model=FLAGS.model,
     dtype=FLAGS.dtype,
+    weights=FLAGS.weights or FLAGS.dtype,
     cache_dtype=cfg.kv_dtype,
     attention_impl=cfg.attention_impl,
     mesh=FLAGS.mesh,
@@ -407,7 +431,7 @@ def run(batches) -> str:
 
   print()
   print(
-    f"model {FLAGS.model} ({FLAGS.dtype}, KV cache {cfg.kv_dtype}, attention "
+    f"model {FLAGS.model} ({FLAGS.dtype}, weights {FLAGS.weights or FLAGS.dtype}, KV cache {cfg.kv_dtype}, attention "
     f"{cfg.attention_impl}, mesh {FLAGS.mesh}): "
     f"{n_params / 1e6:.1f}M params, prompt {P}, "
     f"{N} new tokens, {flops_tok / 1e6:.1f} MFLOP/token, "

@@ -66,6 +66,7 @@ from jaxllm.params import (
   is_spec,
   param_specs,
 )
+from jaxllm.quant import dense, take_rows
 
 T5GEMMA_DECODER_START_ID = 2  # T5Gemma starts the decoder with its bos id (2)
 
@@ -346,7 +347,7 @@ def encode(
   inv_freq = rope_inv_freq(ecfg)
   attend = get_attention(ecfg.attention_impl)
   dtype = jnp.dtype(ecfg.dtype)
-  x = p.embed[tokens_BxE].astype(dtype)
+  x = take_rows(p.embed, tokens_BxE, dtype)
   if ecfg.embed_scale:
     x = x * jnp.asarray(ecfg.d_model**0.5, dtype)
   hidden = []
@@ -371,8 +372,8 @@ def cross_kv(params: EncDecParams, enc_BxExD: jax.Array, cfg: EncDecConfig):
   dtype = jnp.dtype(cfg.decoder.dtype)
   ks, vs = [], []
   for cp in params.cross:
-    k = jnp.einsum("bed,dhk->behk", enc_BxExD, cp.wk).astype(dtype)
-    v = jnp.einsum("bed,dhk->behk", enc_BxExD, cp.wv).astype(dtype)
+    k = dense("bed,dhk->behk", enc_BxExD, cp.wk).astype(dtype)
+    v = dense("bed,dhk->behk", enc_BxExD, cp.wv).astype(dtype)
     ks.append(layout_keys(k))
     vs.append(layout_values(v))
   return tuple(ks), tuple(vs)
@@ -381,9 +382,9 @@ def cross_kv(params: EncDecParams, enc_BxExD: jax.Array, cfg: EncDecConfig):
 def _cross_block(x, cp: CrossParams, cfg: ModelConfig, attend, keys, vals, mask):
   """x [B, T, D_dec] + post_norm(cross_attention(norm(x))); mask [B, T, E]."""
   h = rms_norm(x, cp.norm, cfg)
-  q = jnp.einsum("btd,dhk->bthk", h, cp.wq)
+  q = dense("btd,dhk->bthk", h, cp.wq)
   o = attend(q, keys, vals, mask, cfg)
-  o = jnp.einsum("bthk,hkd->btd", o, cp.wo)
+  o = dense("bthk,hkd->btd", o, cp.wo)
   if cp.post_norm is not None:
     o = rms_norm(o, cp.post_norm, cfg)
   return x + o
@@ -407,7 +408,7 @@ def _decoder_layer(x, lp, cp, cfg: ModelConfig, attend, rope, self_mask, kv, cro
     cache_k, cache_v, lengths = kv
     keys = write_new(cache_k, k, lengths, keys=True)
     vals = write_new(cache_v, v, lengths)
-  o = jnp.einsum("bthk,hkd->btd", attend(q, keys, vals, self_mask, cfg), lp.wo)
+  o = dense("bthk,hkd->btd", attend(q, keys, vals, self_mask, cfg), lp.wo)
   if lp.post_attn_norm is not None:
     o = rms_norm(o, lp.post_attn_norm, cfg)
   x = _cross_block(x + o, cp, cfg, attend, *cross)
@@ -463,7 +464,7 @@ def decode(
   rope = (positions_BxT, rope_inv_freq(dcfg))
   attend = get_attention(dcfg.attention_impl)
   dtype = jnp.dtype(dcfg.dtype)
-  x = p.embed[tokens_BxT].astype(dtype)
+  x = take_rows(p.embed, tokens_BxT, dtype)
   if dcfg.embed_scale:
     x = x * jnp.asarray(dcfg.d_model**0.5, dtype)
   hidden, new_k, new_v = [], [], []

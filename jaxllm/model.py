@@ -30,6 +30,7 @@ from jaxllm import cache as cache_lib
 from jaxllm.cache import KVCache, layout_keys, layout_values, write_new
 from jaxllm.config import ModelConfig
 from jaxllm.params import LayerParams, Params
+from jaxllm.quant import Int8Weight, dense, take_rows
 
 NEG_INF = -1e30  # finite, so fully masked rows give a uniform softmax, not NaN
 
@@ -246,19 +247,19 @@ def get_attention(name: str):
 
 
 def _mlp(x, lp: LayerParams, cfg: ModelConfig):
-  gate = x @ lp.w_gate
+  gate = dense("...d,df->...f", x, lp.w_gate)
   act = (
     jax.nn.silu(gate)
     if cfg.activation == "silu"
     else jax.nn.gelu(gate, approximate=(cfg.activation == "gelu_tanh"))
   )
-  return (act * (x @ lp.w_up)) @ lp.w_down
+  return dense("...f,fd->...d", act * dense("...d,df->...f", x, lp.w_up), lp.w_down)
 
 
 def _qkv(x, lp: LayerParams):
-  q = jnp.einsum("btd,dhk->bthk", x, lp.wq)
-  k = jnp.einsum("btd,dhk->bthk", x, lp.wk)
-  v = jnp.einsum("btd,dhk->bthk", x, lp.wv)
+  q = dense("btd,dhk->bthk", x, lp.wq)
+  k = dense("btd,dhk->bthk", x, lp.wk)
+  v = dense("btd,dhk->bthk", x, lp.wv)
   if lp.bq is not None:
     q, k, v = q + lp.bq, k + lp.bk, v + lp.bv
   return q, k, v
@@ -366,7 +367,7 @@ def forward(
   dtype = jnp.dtype(cfg.dtype)
   attend = get_attention(cfg.attention_impl)
 
-  x = params.embed[tokens_BxT].astype(dtype)
+  x = take_rows(params.embed, tokens_BxT, dtype)
   if cfg.embed_scale:
     x = x * jnp.asarray(cfg.d_model**0.5, dtype)
   hidden = []
@@ -413,7 +414,7 @@ def _layer(
     keys = write_new(cache_k, k, lengths, keys=True)
     vals = write_new(cache_v, v, lengths)
   o = attend(q, keys, vals, mask, cfg)
-  o = jnp.einsum("bthk,hkd->btd", o, lp.wo)
+  o = dense("bthk,hkd->btd", o, lp.wo)
   if lp.post_attn_norm is not None:
     o = rms_norm(o, lp.post_attn_norm, cfg)
   x = x + o
@@ -454,17 +455,10 @@ def lm_head(params: Params, x, cfg: ModelConfig):
   float32 logits [..., V]."""
   h = rms_norm(x, params.final_norm, cfg)
   if params.lm_head is None:  # tied: contract with the embedding table directly
-    logits = jnp.einsum(
-      "...d,vd->...v",
-      h,
-      params.embed.astype(h.dtype),
-      preferred_element_type=jnp.float32,
-    )
+    spec, w = "...d,vd->...v", params.embed
   else:
-    logits = jnp.einsum(
-      "...d,dv->...v",
-      h,
-      params.lm_head.astype(h.dtype),
-      preferred_element_type=jnp.float32,
-    )
+    spec, w = "...d,dv->...v", params.lm_head
+  if not isinstance(w, Int8Weight):
+    w = w.astype(h.dtype)
+  logits = dense(spec, h, w, preferred_element_type=jnp.float32)
   return _softcap(logits, cfg.final_softcap)

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxllm.config import ModelConfig
+from jaxllm.quant import Int8Weight
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,11 +206,15 @@ def count_params(params) -> int:
 
 
 def check_params(cfg: ModelConfig, params: Params) -> None:
-  """Raise ValueError naming the first parameter whose shape does not match cfg."""
+  """Raise ValueError naming the first parameter whose shape does not match cfg
+  (an int8-quantised matrix, `jaxllm.quant.Int8Weight`, counts as one
+  parameter of its codes' shape)."""
   want = abstract_params(cfg)
   w_flat, w_def = jax.tree_util.tree_flatten_with_path(want)
   try:
-    g_flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    g_flat = jax.tree_util.tree_flatten_with_path(
+      params, is_leaf=lambda x: isinstance(x, Int8Weight)
+    )[0]
   except Exception as e:  # pragma: no cover - defensive
     raise ValueError(f"params are not a Params tree: {e}") from e
   w_paths = {jax.tree_util.keystr(p): v for p, v in w_flat}
