@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -133,7 +132,6 @@ def test_pool_confidence_equals_the_search_scorer():
 
 
 @pytest.mark.smollm
-@pytest.mark.slow  # ~1 min; kept out of CI's tier while an XLA:CPU crash there is open
 def test_small_smollm2_gsm8k_sweep_reports_both_rules_and_resumes(tmp_path):
   """A real (tiny) sweep: SmolLM2 on 2 GSM8K problems, every selection row
   under both verifiers, PF guided by the confidence, greedy; every row has
@@ -186,7 +184,6 @@ def test_small_smollm2_gsm8k_sweep_reports_both_rules_and_resumes(tmp_path):
     ml_collections.ConfigDict(c.to_dict()), out, log=lambda _: None
   )
   assert s2["new_rows"] == 0 and s2["pools_generated"] == 0
-  # free this worker's copy of SmolLM2 and its compiled programs
+  # free this worker's copy of SmolLM2 (conftest frees the compiled programs)
   sweep_tasks._pretrained.cache_clear()
   sweep_tasks.newline_ids.cache_clear()
-  jax.clear_caches()
