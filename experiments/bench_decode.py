@@ -8,6 +8,7 @@ JSON.
 
   python -m experiments.bench_decode                      # ~40M Llama config
   python -m experiments.bench_decode --model=smollm2      # real SmolLM2-135M
+  python -m experiments.bench_decode --model=smollm2 --llama_cpp   # + llama.cpp
   python -m experiments.bench_decode --batches=1,16 --repeats=3 --hf=false
   python -m experiments.bench_decode --model=llama1b --dtype=bfloat16   # GPU
   XLA_FLAGS=--xla_force_host_platform_device_count=8 \
@@ -21,6 +22,10 @@ int8 through `jaxllm.quant.quantize_int8`) apply to ours only. `--mesh` (see `ja
 parameters into their shardings and splits the batch over `data`; the same
 `generate` runs, GSPMD places the rest. transformers runs on the GPU when
 torch sees one, else on the CPU.
+
+`--llama_cpp` (after `make llama-cpp`) adds llama.cpp, the CPU engine a user
+would pick instead, on the GGUF's own Q4_1 weights at batch 1 (same prompt,
+temperature-1 sampling of as many tokens).
 
 Memory: every row reports the bytes of the parameters plus the KV cache that
 batch decodes in (prompt bucket + new tokens slots; computed from the arrays'
@@ -100,6 +105,13 @@ flags.DEFINE_integer("new_tokens", 128, "Tokens generated per row.")
 flags.DEFINE_integer("repeats", 3, "Timed repeats (median reported).")
 flags.DEFINE_bool("hf", True, "Also time transformers (torch, CPU).")
 flags.DEFINE_integer("torch_threads", 0, "torch threads (0 = all cores).")
+flags.DEFINE_bool(
+  "llama_cpp",
+  False,
+  "Also time llama.cpp on the SmolLM2 GGUF's own weights (Q4_1), batch 1 only "
+  "(--model=smollm2; needs `pip install llama-cpp-python`, not a project "
+  "dependency: it compiles llama.cpp, ~10 min on 2 cores).",
+)
 flags.DEFINE_integer("seed", 0, "Seed.")
 workdir.define_flags("results/bench_decode")
 distributed.define_flags()  # --mesh (and the process flags: one process only)
@@ -118,6 +130,15 @@ def validate_flags() -> list[int]:
   workdir.flags_at_least(0, "torch_threads")
   if FLAGS.model in CONFIGS:  # the random-weight configs' context is known now
     _check_context(RANDOM_CONTEXT)
+  if FLAGS.llama_cpp:
+    if FLAGS.model != "smollm2":
+      raise app.UsageError("--llama_cpp needs --model=smollm2 (the GGUF it reads)")
+    try:
+      import llama_cpp  # noqa: F401
+    except ImportError:
+      raise app.UsageError(
+        "--llama_cpp: llama-cpp-python is not installed (pip install llama-cpp-python)"
+      ) from None
   return batches
 
 
@@ -312,6 +333,36 @@ def bench_hf(hf_model, prompts, new_tokens, repeats):
   return dict(median_s=med, times_s=ts)
 
 
+def load_llama_cpp(context: int):
+  """llama.cpp (llama-cpp-python) on the SmolLM2 GGUF, as many threads as
+  torch uses (--torch_threads, else every core)."""
+  import llama_cpp
+
+  from jaxllm.pretrained import pretrained_path
+
+  return llama_cpp.Llama(
+    model_path=pretrained_path(workdir.SMOLLM2),
+    n_ctx=context,
+    n_threads=FLAGS.torch_threads or os.cpu_count(),
+    verbose=False,
+  )
+
+
+def bench_llama_cpp(llm, prompt, new_tokens: int, repeats: int) -> dict:
+  """Median seconds for llama.cpp to prefill `prompt` (token ids) and sample
+  `new_tokens` tokens at temperature 1 (no top-k / top-p), batch 1."""
+
+  def once(n=new_tokens):
+    llm.reset()
+    it = llm.generate(prompt, temp=1.0, top_k=0, top_p=1.0, min_p=0.0, reset=True)
+    for _, _ in zip(range(n), it):
+      pass
+
+  once(4)  # warm-up
+  med, ts = workdir.median_time(once, repeats)
+  return dict(median_s=med, times_s=ts)
+
+
 def main(argv):
   del argv
   batches = validate_flags()
@@ -369,6 +420,7 @@ def run(batches) -> str:
   params = weights_in_format(params, FLAGS.weights)
   rng = np.random.default_rng(FLAGS.seed)
   P, N = FLAGS.prompt_len, FLAGS.new_tokens
+  llm = load_llama_cpp(P + N + 8) if FLAGS.llama_cpp else None
   # Average context of a decode token, for attention FLOPs / KV bytes.
   ctx = P + (N + 1) / 2
   flops_tok = float(flops_lib.decode_flops(cfg, ctx))
@@ -411,6 +463,10 @@ def run(batches) -> str:
         hf_mfu=(B * N / hf["median_s"]) * flops_tok / ceil["matmul_flops"],
       )
       row["speedup"] = tok_s / row["hf_tok_s"]
+    if llm is not None and B == 1:
+      row["llama_cpp"] = bench_llama_cpp(llm, prompts[0], N, FLAGS.repeats)
+      row["llama_cpp_tok_s"] = N / row["llama_cpp"]["median_s"]
+      row["vs_llama_cpp"] = tok_s / row["llama_cpp_tok_s"]
     rows.append(row)
     _write_json(dict(meta, ceilings=ceil, rows=rows, complete=False))
     print(
@@ -459,7 +515,7 @@ def _print_table(rows) -> None:
   print(
     f"{'batch':>5} {'ours tok/s':>11} {'hf tok/s':>9} {'ratio':>6} "
     f"{'ours MFU':>9} {'hf MFU':>7} {'ours BW':>8} {'compile s':>9} "
-    f"{'mem MB':>8} {'KV MB':>8} {'RSS MB':>8}"
+    f"{'mem MB':>8} {'KV MB':>8} {'RSS MB':>8} {'llama.cpp tok/s':>15}"
   )
   for r in rows:
     m = r["memory"]
@@ -469,7 +525,8 @@ def _print_table(rows) -> None:
       f"{r.get('speedup', float('nan')):>6.2f} {r['ours_mfu']:>9.1%} "
       f"{r.get('hf_mfu', float('nan')):>7.1%} {r['ours_bw_util']:>8.1%} "
       f"{r['ours']['compile_s']:>9.2f} {m['device_bytes'] / 1e6:>8.1f} "
-      f"{m['kv_cache_bytes'] / 1e6:>8.1f} {m['peak_rss_kib'] / 1024:>8.1f}"
+      f"{m['kv_cache_bytes'] / 1e6:>8.1f} {m['peak_rss_kib'] / 1024:>8.1f} "
+      f"{r.get('llama_cpp_tok_s', float('nan')):>15.1f}"
     )
 
 
