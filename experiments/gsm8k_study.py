@@ -116,10 +116,10 @@ def _recorded_time(rows_path: str) -> str:
   """The wall time the rows record: the pool (the largest selection row's
   share, which at budget = pool size is the whole pool) plus every search
   and baseline row (those run for real)."""
-  from experiments import scaling
+  from experiments import scaling, sweep_search
   from experiments import verifiers as vlib
 
-  run = set(scaling.SEARCH_METHODS) | set(scaling.BASELINES)
+  run = set(sweep_search.SEARCH_METHODS) | set(scaling.BASELINES)
   sel, searched = [], []
   with open(rows_path) as f:
     for line in f:

@@ -32,6 +32,10 @@ axis existed):
 
 Steps (the PRM's, the confidence's and the searches'): a step ends at a
 token that is whitespace containing a newline, or at EOS.
+
+Also the per-problem compute of sampled solutions (`selection_compute`),
+shared by the selection rows (experiments/scaling.py) and the greedy
+baseline (experiments/sweep_search.py).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ import numpy as np
 
 from experiments import config_utils, workdir
 from experiments import verifiers as vlib
+from jaxllm import flops as flops_lib
 
 ARITH, GSM8K = "arith", "gsm8k"
 TASKS = (ARITH, GSM8K)
@@ -433,3 +438,34 @@ def method_uses(method: str, verifier: str) -> bool:
   if vlib.parse_verifier(verifier).kind == vlib.GENRM:
     return method in OUTCOME_METHODS or method in vlib.VERIFIER_FREE
   return True
+
+
+def selection_compute(
+  method, pool, k, policy_cfg, verifier_cfg, verifier_tokens=None
+) -> dict:
+  """Per-problem compute of a selection method at budget k (means): the
+  prompt's prefill once, k samples' decode, and for a method that reads a
+  verifier k verifier passes over `verifier_tokens` [P, N] tokens each
+  (default prompt + sample) with `verifier_cfg` (None: a free verifier)."""
+  prompt = pool["prompt_lengths"].astype(np.float64)
+  gen = pool["lengths"].astype(np.float64)  # [P, N]
+  pre = flops_lib.prefill_flops(policy_cfg, pool["prompt_lengths"]).mean()
+  # Decode FLOPs of one sample: each token attends to prompt + its prefix.
+  ctx = prompt[:, None] + (gen + 1) / 2
+  dec = (gen * flops_lib.decode_flops(policy_cfg, ctx)).mean()
+  rec = flops_lib.Compute(
+    prefill_tokens=prompt.mean(),
+    generated_tokens=k * gen.mean(),
+    model_calls=0.0,
+    prefill_flops=pre,
+    decode_flops=k * dec,
+  )
+  if method not in vlib.VERIFIER_FREE and verifier_cfg is not None:
+    vt = prompt[:, None] + gen
+    if verifier_tokens is not None:
+      vt = np.asarray(verifier_tokens, np.float64)
+    vflops = (vt * flops_lib.decode_flops(verifier_cfg, (vt + 1) / 2)).mean()
+    rec = rec + flops_lib.Compute(
+      verifier_tokens=k * vt.mean(), verifier_calls=float(k), verifier_flops=k * vflops
+    )
+  return rec.as_dict()

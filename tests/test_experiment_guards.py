@@ -22,7 +22,7 @@ import pytest
 from configs import genrm_arith, scaling_arith
 from experiments import config_utils
 from experiments import genrm_allocation as ga
-from experiments import scaling
+from experiments import scaling, sweep_search
 from experiments import train_genverifier as tg
 from experiments import train_policy as tp
 from experiments import workdir
@@ -104,7 +104,7 @@ class FakeModels:
       json.dump({}, f)
     monkeypatch.setattr(scaling, "load_models", self.load_models)
     monkeypatch.setattr(scaling, "build_pool", self.build_pool)
-    monkeypatch.setattr(scaling, "run_search", self.run_search)
+    monkeypatch.setattr(sweep_search, "run_search", self.run_search)
     monkeypatch.setattr(tp, "heldout_problems", lambda pconfig, n: [None] * n)
 
   def _check(self, what):

@@ -10,7 +10,7 @@ import pytest
 
 from _tiny_policy import save_tiny_policy
 from configs import scaling_arith
-from experiments import scaling
+from experiments import scaling, sweep_tasks
 from jaxllm import checkpoint, reward
 
 
@@ -107,7 +107,7 @@ def test_pool_prefills_each_prompt_once(setup, monkeypatch):
   jax.clear_caches()
   pool = scaling.build_pool(policy, verifiers, problems, c2, seed=5)
   assert calls == [6]  # one prefill row per problem, not per sample
-  rec = scaling.selection_compute("majority", pool, 8, policy[0], vcfg)
+  rec = sweep_tasks.selection_compute("majority", pool, 8, policy[0], vcfg)
   assert rec["prefill_tokens"] == pytest.approx(pool["prompt_lengths"].mean())
   assert rec["generated_tokens"] == pytest.approx(8 * pool["lengths"].mean())
 
