@@ -21,7 +21,6 @@ Writes <workdir>/<shape>.json (default workdir results/bench_fused_projections).
 
 from __future__ import annotations
 
-import os
 import re
 
 import jax
@@ -110,21 +109,20 @@ def main(argv):
   workdir.flags_at_least(1, "layers", "inner", "repeats")
   print(f"devices: {jax.devices()}; shape {FLAGS.shape} {SHAPES[FLAGS.shape]}")
   rows = [measure(B, jax.random.key(B)) for B in batches]
-  print(
-    f"{'batch':>5s} {'sep us/layer':>12s} {'fused us/layer':>14s} {'speedup':>8s} "
-    f"{'sep dots':>8s} {'fused dots':>10s}"
+  workdir.print_rows(
+    rows,
+    [
+      ("batch", "batch", "d"),
+      ("sep us/layer", "separate_us_per_layer", ".1f"),
+      ("fused us/layer", "fused_us_per_layer", ".1f"),
+      ("speedup", "fused_speedup", ".3f"),
+      ("sep dots", "separate_dots", "d"),
+      ("fused dots", "fused_dots", "d"),
+    ],
   )
-  for r in rows:
-    print(
-      f"{r['batch']:5d} {r['separate_us_per_layer']:12.1f} "
-      f"{r['fused_us_per_layer']:14.1f} {r['fused_speedup']:8.3f} "
-      f"{r['separate_dots']:8d} {r['fused_dots']:10d}"
-    )
-  os.makedirs(FLAGS.workdir, exist_ok=True)
-  path = os.path.join(FLAGS.workdir, f"{FLAGS.shape}.json")
-  workdir.write_json_atomic(
-    path,
-    dict(shape=FLAGS.shape, dims=SHAPES[FLAGS.shape], layers=FLAGS.layers, rows=rows),
+  meta = dict(shape=FLAGS.shape, dims=SHAPES[FLAGS.shape], layers=FLAGS.layers)
+  path = workdir.save_results(
+    FLAGS.workdir, f"{FLAGS.shape}.json", dict(meta, rows=rows)
   )
   print(f"wrote {path}")
 

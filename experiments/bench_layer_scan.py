@@ -24,7 +24,6 @@ Writes <workdir>/<shape>.json (default workdir results/bench_layer_scan).
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 
 import jax
@@ -140,19 +139,19 @@ def main(argv):
   params = init_params(cfg, jax.random.key(0))
   print(f"devices: {jax.devices()}; {FLAGS.shape}: {cfg.n_layers} layers")
   rows = [measure(cfg, params, B) for B in batches]
-  print(
-    f"{'batch':>5} {'compile s unrolled':>18} {'scan':>6} {'ms/step unrolled':>16} "
-    f"{'scan':>6} {'max|dlogit|':>11}"
+  workdir.print_rows(
+    rows,
+    [
+      ("batch", "batch", "d"),
+      ("compile s unrolled", "unrolled_compile_s", ".2f"),
+      ("compile s scan", "scan_compile_s", ".2f"),
+      ("ms/step unrolled", "unrolled_ms_per_step", ".2f"),
+      ("ms/step scan", "scan_ms_per_step", ".2f"),
+      ("max|dlogit|", "max_logit_diff", ".2e"),
+    ],
   )
-  for r in rows:
-    print(
-      f"{r['batch']:5d} {r['unrolled_compile_s']:18.2f} {r['scan_compile_s']:6.2f} "
-      f"{r['unrolled_ms_per_step']:16.2f} {r['scan_ms_per_step']:6.2f} "
-      f"{r['max_logit_diff']:11.2e}"
-    )
-  os.makedirs(FLAGS.workdir, exist_ok=True)
-  path = os.path.join(FLAGS.workdir, f"{FLAGS.shape}.json")
-  workdir.write_json_atomic(path, dict(shape=FLAGS.shape, steps=FLAGS.steps, rows=rows))
+  result = dict(shape=FLAGS.shape, steps=FLAGS.steps, rows=rows)
+  path = workdir.save_results(FLAGS.workdir, f"{FLAGS.shape}.json", result)
   print(f"wrote {path}")
 
 

@@ -293,6 +293,25 @@ def write_json_atomic(path: str, obj, **kw) -> None:
   write_text_atomic(path, json.dumps(obj, **kw))
 
 
+def save_results(out_dir: str, name: str, obj) -> str:
+  """A benchmark's JSON, written atomically to out_dir/name (out_dir created);
+  returns the path."""
+  os.makedirs(out_dir, exist_ok=True)
+  path = os.path.join(out_dir, name)
+  write_json_atomic(path, obj)
+  return path
+
+
+def print_rows(rows: Sequence[dict], columns: Sequence[tuple]) -> None:
+  """A benchmark's table: one line per row dict, one column per
+  (header, key, format spec) in `columns`, right-aligned."""
+  widths = [max(len(h), 8) for h, _, _ in columns]
+  print(" ".join(f"{h:>{w}}" for (h, _, _), w in zip(columns, widths)))
+  for r in rows:
+    cells = [format(r[k], f) for _, k, f in columns]
+    print(" ".join(f"{c:>{w}}" for c, w in zip(cells, widths)))
+
+
 def save_npz_atomic(path: str, **arrays) -> None:
   """np.savez to `path` through a temporary file and os.replace (a pool or a
   data shard is either whole or absent)."""
