@@ -92,9 +92,10 @@ flags.DEFINE_enum(
 flags.DEFINE_enum(
   "weights",
   "",
-  ["", "bfloat16", "int8"],
-  "Our weights' format: empty (--dtype), bfloat16 (cast; compute stays --dtype) "
-  "or int8 (jaxllm.quant.quantize_int8: per-output-channel weight-only int8).",
+  ["", "bfloat16", "int8", "int8_block32"],
+  "Our weights' format: empty (--dtype), bfloat16 (cast; compute stays --dtype), "
+  "int8 (jaxllm.quant.quantize_int8: per-output-channel weight-only int8) or "
+  "int8_block32 (one scale per 32 input entries).",
 )
 flags.DEFINE_integer(
   "ceiling_n", 0, "Matmul size for the FLOP/s ceiling (0: 2048 CPU, 8192 else)."
@@ -233,14 +234,19 @@ def build_model(name: str, seed: int, dtype: str = "float32", mesh=None, **field
   return cfg.replace(**fields), params, "smollm2"
 
 
-WEIGHT_BYTES = {"bfloat16": 2, "int8": 1}  # bytes per weight read per step
+WEIGHT_BYTES = {
+  "bfloat16": 2,
+  "int8": 1,
+  "int8_block32": 1,
+}  # bytes per weight read per step
 
 
 def weights_in_format(params, weights: str):
   """`params` as --weights asks: unchanged (""), every leaf cast to bfloat16,
-  or every projection int8-quantised (`jaxllm.quant.quantize_int8`)."""
-  if weights == "int8":
-    return quantize_int8(params)
+  or every projection int8-quantised (`jaxllm.quant.quantize_int8`, per
+  output channel or in blocks of 32)."""
+  if weights.startswith("int8"):
+    return quantize_int8(params, block_size=32 if weights == "int8_block32" else 0)
   if weights == "bfloat16":
     return jax.tree_util.tree_map(lambda x: x.astype(jnp.bfloat16), params)
   return params

@@ -12,6 +12,7 @@ For each format, against the float32 model on the same prompts:
 
 Formats: float32; bf16_weights (every parameter cast to bfloat16, compute in
 float32); int8 (`jaxllm.quant.quantize_int8`: weight-only, per output channel);
+int8_block32 (the same with one scale per 32 input entries, as GGUF's Q8_0);
 bf16_cache (`ModelConfig.cache_dtype="bfloat16"`); int8_bf16_cache (both).
 
   python -m experiments.bench_precision                     # 100 problems
@@ -37,7 +38,14 @@ from jaxllm import Transformer, forward, generate, make_sampling
 from jaxllm.cache import init_cache
 from jaxllm.quant import param_bytes, quantize_int8
 
-FORMATS = ("float32", "bf16_weights", "int8", "bf16_cache", "int8_bf16_cache")
+FORMATS = (
+  "float32",
+  "bf16_weights",
+  "int8",
+  "int8_block32",
+  "bf16_cache",
+  "int8_bf16_cache",
+)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("formats", list(FORMATS), f"Formats to compare, of {FORMATS}.")
@@ -68,7 +76,7 @@ def validate_flags() -> list[str]:
 def in_format(cfg, params, fmt: str):
   """(cfg, params) of the float32 model in format `fmt` (module doc)."""
   if "int8" in fmt:
-    params = quantize_int8(params)
+    params = quantize_int8(params, block_size=32 if "block32" in fmt else 0)
   if fmt == "bf16_weights":
     params = jax.tree_util.tree_map(lambda x: x.astype(jnp.bfloat16), params)
   if fmt.endswith("bf16_cache"):

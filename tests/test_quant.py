@@ -51,12 +51,29 @@ def test_codes_and_scales_match_a_numpy_reference():
   assert np.abs(np.asarray(qw.q)).max() == 127
 
 
+def test_block_codes_and_scales_match_a_numpy_reference():
+  w = np.array(jax.random.normal(jax.random.key(5), (4, 8, 6)), np.float32)
+  qw = quantize_matrix(jnp.asarray(w), (0, 1), block_size=4)  # wo-like [H, K, D]
+  blocks = w.reshape(4, 2, 4, 6)  # axis 1 (the last input axis) in blocks of 4
+  amax = np.abs(blocks).max(axis=2)
+  scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+  np.testing.assert_allclose(np.asarray(qw.scale), scale, rtol=1e-7)
+  want = np.clip(np.round(blocks / scale[:, :, None]), -127, 127).astype(np.int8)
+  np.testing.assert_array_equal(np.asarray(qw.q), want.reshape(w.shape))
+  err = np.abs(np.asarray(qw.dequantize()) - w)
+  assert np.all(err <= np.repeat(scale, 4, axis=1) / 2 + 1e-7)
+  with pytest.raises(ValueError, match="block_size=5 does not divide axis 1"):
+    quantize_matrix(jnp.asarray(w), (0, 1), block_size=5)
+
+
+@pytest.mark.parametrize("block_size", [0, 4], ids=["per_channel", "block4"])
 @pytest.mark.parametrize(
   "extra", [dict(), dict(tie_embeddings=False, qkv_bias=True)], ids=["tied", "untied"]
 )
-def test_quantized_forward_equals_dequantized_forward(extra):
+def test_quantized_forward_equals_dequantized_forward(extra, block_size):
   cfg = ModelConfig(**BASE, **extra)
-  qparams = quantize_int8(init_params(cfg, jax.random.key(1)))
+  qparams = quantize_int8(init_params(cfg, jax.random.key(1)), block_size=block_size)
+  assert qparams.layers[0].w_down.block_size == block_size
   layer = qparams.layers[0]
   assert isinstance(layer.wq, Int8Weight) and isinstance(qparams.embed, Int8Weight)
   assert layer.attn_norm.dtype == jnp.float32  # norms stay float
@@ -113,3 +130,7 @@ def test_quantized_tree_passes_the_shape_check_and_bad_input_is_named():
   check_params(cfg, qparams)  # an Int8Weight is one parameter
   with pytest.raises(TypeError, match="quantize_int8: params"):
     quantize_int8({"wq": jnp.ones((2, 2))})
+  with pytest.raises(ValueError, match="block_size must be an int >= 0"):
+    quantize_int8(init_params(cfg, jax.random.key(4)), block_size=-1)
+  with pytest.raises(ValueError, match=r"block_size=7 does not divide axis 1 \(size 48\)"):
+    quantize_int8(init_params(cfg, jax.random.key(4)), block_size=7)
