@@ -132,5 +132,7 @@ def test_quantized_tree_passes_the_shape_check_and_bad_input_is_named():
     quantize_int8({"wq": jnp.ones((2, 2))})
   with pytest.raises(ValueError, match="block_size must be an int >= 0"):
     quantize_int8(init_params(cfg, jax.random.key(4)), block_size=-1)
-  with pytest.raises(ValueError, match=r"block_size=7 does not divide axis 1 \(size 48\)"):
+  with pytest.raises(
+    ValueError, match=r"block_size=7 does not divide axis 1 \(size 48\)"
+  ):
     quantize_int8(init_params(cfg, jax.random.key(4)), block_size=7)
