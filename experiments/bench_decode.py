@@ -341,7 +341,10 @@ def bench_hf(hf_model, prompts, new_tokens, repeats):
 
 def load_llama_cpp(context: int):
   """llama.cpp (llama-cpp-python) on the SmolLM2 GGUF, as many threads as
-  torch uses (--torch_threads, else every core)."""
+  torch uses (--torch_threads, else every core). n_batch=1: prompts are
+  evaluated a token at a time, because the multi-token kernels of a native
+  build died with SIGILL on this machine's CPU (single-token decode is
+  unaffected, and prompt evaluation is not timed)."""
   import llama_cpp
 
   from jaxllm.pretrained import pretrained_path
@@ -349,24 +352,28 @@ def load_llama_cpp(context: int):
   return llama_cpp.Llama(
     model_path=pretrained_path(workdir.SMOLLM2),
     n_ctx=context,
+    n_batch=1,
     n_threads=FLAGS.torch_threads or os.cpu_count(),
     verbose=False,
   )
 
 
 def bench_llama_cpp(llm, prompt, new_tokens: int, repeats: int) -> dict:
-  """Median seconds for llama.cpp to prefill `prompt` (token ids) and sample
-  `new_tokens` tokens at temperature 1 (no top-k / top-p), batch 1."""
-
-  def once(n=new_tokens):
+  """Median seconds for llama.cpp to sample `new_tokens` tokens at
+  temperature 1 (no top-k / top-p / min-p) after `prompt` (token ids), batch
+  1. Only the sampled tokens are timed; the prompt is evaluated first,
+  untimed (ours times its prefill too, so this favours llama.cpp slightly)."""
+  times = []
+  for r in range(repeats + 1):  # the first is a warm-up
     llm.reset()
-    it = llm.generate(prompt, temp=1.0, top_k=0, top_p=1.0, min_p=0.0, reset=True)
-    for _, _ in zip(range(n), it):
-      pass
-
-  once(4)  # warm-up
-  med, ts = workdir.median_time(once, repeats)
-  return dict(median_s=med, times_s=ts)
+    llm.eval(prompt)
+    t0 = time.perf_counter()
+    for _ in range(new_tokens):
+      tok = llm.sample(temp=1.0, top_k=0, top_p=1.0, min_p=0.0)
+      llm.eval([tok])
+    if r:
+      times.append(time.perf_counter() - t0)
+  return dict(median_s=float(np.median(times)), times_s=times)
 
 
 def main(argv):
