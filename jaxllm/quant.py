@@ -27,8 +27,9 @@ without its outlier decomposition (Dettmers et al., 2022, Sec. 3.1 "vector-wise
 quantization", eq. 1-2) and of the int8 weight-only modes of common serving
 stacks. Quantising is a transform of a tree, not a config option: the shapes
 the config describes do not change, and loaders, checkpoints and training see
-float weights. Quantise after loading (and after sharding: under jit the
-codes keep their input's sharding).
+float weights. Quantise after loading. On a mesh, quantise the sharded tree
+(jit lets GSPMD place the codes and scales; `jaxllm.sharding`'s rules
+describe float trees only, and no sharded int8 run has been tested yet).
 """
 
 from __future__ import annotations
