@@ -1,7 +1,7 @@
 r"""Do fused Q/K/V and gate/up weights pay on this backend? A measurement.
 
 One decode step's input projections of a layer, at SmolLM2-135M's shapes
-(D 576, 9 query / 3 KV heads of 64, F 1536) or the 40M config's, in float32:
+(D 576, 9 query / 3 KV heads of 64, F 1536) or a 512-wide one (the 40M config's attention, F 1536), in float32:
   separate: q, k, v = three einsums with wq, wk, wv; gate, up = two products
             (today's `jaxllm.model` layout);
   fused:    one einsum with a [D, H + 2 Kv, K] matrix and one with [D, 2F],
@@ -14,7 +14,7 @@ merge sibling products that share an operand, which makes the fused layout
 redundant.
 
   python -m experiments.bench_fused_projections
-  python -m experiments.bench_fused_projections --shape=llama40m --batches=1,64
+  python -m experiments.bench_fused_projections --shape=d512 --batches=1,64
 
 Writes <workdir>/<shape>.json (default workdir results/bench_fused_projections).
 """
@@ -32,7 +32,7 @@ from experiments import workdir
 
 SHAPES = {  # D, H, Kv, K, F
   "smollm2": (576, 9, 3, 64, 1536),
-  "llama40m": (512, 8, 4, 64, 1536),
+  "d512": (512, 8, 4, 64, 1536),  # the 40M config's attention, a wider MLP
 }
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("shape", "smollm2", sorted(SHAPES), "Layer shape.")

@@ -32,25 +32,14 @@ import numpy as np
 from absl import app, flags
 
 from experiments import workdir
-from jaxllm import init_params, llama_like
+from jaxllm import init_params, llama_like, smollm2_135m
 from jaxllm.cache import KVCache, init_cache
 from jaxllm.model import _layer, forward, get_attention, lm_head, rope_inv_freq
 from jaxllm.quant import take_rows
 
-SHAPES = {
-  "smollm2": dict(
-    vocab_size=49152,
-    d_model=576,
-    n_layers=30,
-    n_heads=9,
-    n_kv_heads=3,
-    head_dim=64,
-    d_ff=1536,
-    tie_embeddings=True,
-  ),
-  "llama40m": dict(
-    vocab_size=32000, d_model=512, n_layers=8, n_heads=8, n_kv_heads=4, d_ff=1536
-  ),
+SHAPES = {  # the benchmark configs' shapes (max_seq_len set per run)
+  "smollm2": lambda n: smollm2_135m(max_seq_len=n),
+  "llama40m": lambda n: llama_like(max_seq_len=n),  # its defaults: the 40M config
 }
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("shape", "smollm2", sorted(SHAPES), "Model shape (random weights).")
@@ -135,7 +124,7 @@ def main(argv):
   del argv
   batches = workdir.flag_ints("batches")
   workdir.flags_at_least(1, "context", "steps", "repeats")
-  cfg = llama_like(**SHAPES[FLAGS.shape], max_seq_len=FLAGS.context + FLAGS.steps + 8)
+  cfg = SHAPES[FLAGS.shape](FLAGS.context + FLAGS.steps + 8)
   params = init_params(cfg, jax.random.key(0))
   print(f"devices: {jax.devices()}; {FLAGS.shape}: {cfg.n_layers} layers")
   rows = [measure(cfg, params, B) for B in batches]
