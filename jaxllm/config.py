@@ -138,6 +138,12 @@ class ModelConfig:
   compute `dtype`; "bfloat16" halves a float32 model's cache). Attention
   accumulates in float32 and returns the activation dtype either way; the
   effective name is `kv_dtype`.
+
+  `prefill_chunk` bounds the prompt tokens one prefill pass runs (0 = the
+  whole prompt at once): a longer prompt is prefilled `prefill_chunk` tokens
+  at a time through the cache (`jaxllm.decoding.prefill_in_chunks`), so the
+  attention scores held at once are [B, H, chunk, S] instead of
+  [B, H, T, S]; the result is the same prefill.
   """
 
   vocab_size: int
@@ -167,6 +173,7 @@ class ModelConfig:
   param_dtype: str = "float32"
   attention_impl: str = "jnp"  # a key of jaxllm.model.ATTENTION_IMPLS
   cache_dtype: str = ""  # KV cache storage dtype; "" = dtype (see kv_dtype)
+  prefill_chunk: int = 512  # prompt tokens per prefill pass; 0 = whole prompt
 
   def __post_init__(self):
     _check_sizes(self)
@@ -266,6 +273,8 @@ def _check_sizes(cfg: ModelConfig) -> None:
   ):
     v = _to_int(cfg, f)
     _need(v > 0, f, f"must be a positive int, got {v!r}")
+  v = _to_int(cfg, "prefill_chunk")
+  _need(v >= 0, "prefill_chunk", f"must be an int >= 0 (0: no chunking), got {v!r}")
   if cfg.head_dim is None:
     _need(
       cfg.d_model % cfg.n_heads == 0,

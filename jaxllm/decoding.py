@@ -125,6 +125,54 @@ def valid_count(tokens_BxS, valid_BxS):
   return valid_BxS.astype(jnp.int32).sum(-1)
 
 
+def prefill_in_chunks(params, cfg: ModelConfig, state, tokens_BxT, lengths_B, chunk):
+  """Prefill right-padded prompts into `state` at most `chunk` tokens a pass.
+
+  Args:
+    params / cfg: the model. state: an empty KVCache (lengths 0) of S slots.
+    tokens_BxT / lengths_B: right-padded prompts and their lengths (<= T).
+    chunk: static int; 0 or >= T runs one pass over the whole prompt.
+
+  Returns:
+    (state, logits_BxV): the cache holding every prompt, and each row's
+    next-token logits after its last prompt token.
+
+  With T > chunk, a `lax.scan` over ceil(T / chunk) chunks runs `forward` on
+  each through the cache (row b takes clip(length_b - start, 0, chunk) valid
+  tokens of the chunk starting at `start`) and keeps each row's logits from
+  the chunk holding its last token. Causal attention over the cache makes this
+  the same computation as one pass (up to float summation order) while the
+  attention scores held at once shrink from [B, H, T, S] to [B, H, chunk, S]:
+  what lets long prompts at large batch fit in memory (vLLM's chunked
+  prefill, here for memory rather than scheduling). One chunk's program is
+  compiled once, whatever the number of chunks.
+  """
+  lengths_B = lengths_B.astype(jnp.int32)
+  B, T = tokens_BxT.shape
+  if not chunk or T <= chunk:
+    logits, state, _ = forward(
+      params, tokens_BxT, cfg, cache=state, n_valid_B=lengths_B, logits_at="last"
+    )
+    return state, logits
+  n = -(-T // chunk)
+  padded = jnp.pad(tokens_BxT, ((0, 0), (0, n * chunk - T)))
+  chunks_NxBxC = padded.reshape(B, n, chunk).transpose(1, 0, 2)
+  starts_N = jnp.arange(n, dtype=jnp.int32) * chunk
+
+  def body(carry, xs):
+    state, logits_BxV = carry
+    tokens_BxC, start = xs
+    n_valid_B = jnp.clip(lengths_B - start, 0, chunk)
+    lg, state, _ = forward(
+      params, tokens_BxC, cfg, cache=state, n_valid_B=n_valid_B, logits_at="last"
+    )
+    return (state, jnp.where(n_valid_B[:, None] > 0, lg, logits_BxV)), None
+
+  logits0 = jnp.zeros((B, cfg.vocab_size), jnp.float32)
+  (state, logits), _ = jax.lax.scan(body, (state, logits0), (chunks_NxBxC, starts_N))
+  return state, logits
+
+
 @dataclasses.dataclass(frozen=True)
 class Transformer:
   """The decode interface over the KV-cached transformer (state = KVCache)."""
@@ -146,15 +194,9 @@ class Transformer:
         f"prompt length {T} is longer than the cache (cache_size={cache_size})"
       )
     state = cache_lib.init_cache(self.cfg, B, cache_size)
-    logits, state, _ = forward(
-      params,
-      tokens_BxT,
-      self.cfg,
-      cache=state,
-      n_valid_B=lengths_B.astype(jnp.int32),
-      logits_at="last",
+    return prefill_in_chunks(
+      params, self.cfg, state, tokens_BxT, lengths_B, self.cfg.prefill_chunk
     )
-    return state, logits
 
   def extend(self, params, state, tokens_BxS, valid_BxS=None):
     logits, state, _ = forward(

@@ -540,6 +540,12 @@ def test_bad_training_values_fail_before_training(tmp_path, monkeypatch):
       "method 'iid' cannot spend exactly 10 draft tokens",
     ),
     ("experiments.train_draft", ["--steps=0"], "--steps must be >= 1"),
+    (
+      "experiments.bench_compile",
+      ["--drivers=generate,pff"],
+      "--drivers: unknown ['pff']",
+    ),
+    ("experiments.bench_compile", ["--draft_layers=30"], "--draft_layers must be < 30"),
   ],
 )
 def test_flag_scripts_reject_bad_flags_before_loading(tmp_path, module, args, message):
@@ -548,7 +554,9 @@ def test_flag_scripts_reject_bad_flags_before_loading(tmp_path, module, args, me
       sys.executable,
       "-m",
       module,
-      f"--out={tmp_path}/o.json" if "bench" in module else f"--workdir={tmp_path}/w",
+      f"--out={tmp_path}/o.json"
+      if module == "experiments.bench_speculative"
+      else f"--workdir={tmp_path}/w",
     ]
     + args,
     cwd=ROOT,
